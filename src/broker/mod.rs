@@ -1,0 +1,188 @@
+//! The etcd-backed broker: OSB operations as ordered, idempotent steps on a [`Store`].
+//!
+//! Ordering rules that make every operation crash-safe (see `ARCHITECTURE.md`):
+//! - a record is written (state `creating`) before the etcd user/role it describes, and removed
+//!   after them (state `deleting` first), so nothing grants access without a record;
+//! - every step is idempotent, and each record write compares the revision that was read, so a
+//!   retry, or a second broker process, continues the work instead of duplicating it;
+//! - a bind that loses a race against an unbind or deprovision removes what it created.
+
+mod bindings;
+pub mod credentials;
+mod instances;
+pub mod names;
+pub mod records;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use url::Url;
+
+use crate::clock::Clock;
+use crate::osb::catalog::Catalog;
+use crate::osb::model::*;
+use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId, ServiceBroker};
+use crate::store::{Store, StoreError, Versioned};
+use names::Names;
+use records::decode;
+
+/// How many times an operation re-reads and retries after losing a compare-and-swap race
+/// before answering 422 ConcurrencyError.
+const CAS_ATTEMPTS: usize = 8;
+
+/// One etcd cluster that holds tenant data.
+pub struct Cluster {
+    /// The broker's (root-role) connection to it.
+    pub store: Arc<dyn Store>,
+    /// Client URLs handed out in credentials (`http(s)://host:port`); never empty.
+    pub public_endpoints: Vec<Url>,
+    /// PEM CA certificate handed out when the public endpoints use TLS.
+    pub ca_certificate: Option<String>,
+}
+
+/// Everything the broker needs, already validated by the config.
+pub struct BrokerSetup {
+    pub catalog: Catalog,
+    /// plan id -> cluster name; covers every catalog plan.
+    pub plan_clusters: HashMap<String, String>,
+    /// cluster name -> cluster.
+    pub clusters: HashMap<String, Cluster>,
+    /// Where broker records live.
+    pub state: Arc<dyn Store>,
+    pub names: Names,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The broker.
+pub struct EtcdBroker {
+    setup: BrokerSetup,
+}
+
+impl EtcdBroker {
+    /// Wraps a validated setup.
+    pub fn new(setup: BrokerSetup) -> Self {
+        Self { setup }
+    }
+
+    fn names(&self) -> &Names {
+        &self.setup.names
+    }
+
+    fn now(&self) -> u64 {
+        self.setup.clock.now_unix()
+    }
+
+    fn cluster(&self, name: &str) -> BrokerResult<&Cluster> {
+        self.setup.clusters.get(name).ok_or_else(|| {
+            BrokerError::Internal(format!(
+                "the record names etcd cluster '{name}', which is not in the broker's configuration"
+            ))
+        })
+    }
+
+    /// The cluster a catalog plan uses, or a 400 naming what is unknown.
+    fn check_plan(&self, service_id: &str, plan_id: &str) -> BrokerResult<&str> {
+        if self.setup.catalog.service(service_id).is_none() {
+            return Err(BrokerError::BadRequest(format!(
+                "service_id '{service_id}' is not in this broker's catalog"
+            )));
+        }
+        if self.setup.catalog.plan(service_id, plan_id).is_none() {
+            return Err(BrokerError::BadRequest(format!(
+                "plan_id '{plan_id}' is not a plan of service '{service_id}'"
+            )));
+        }
+        Ok(self.setup.plan_clusters[plan_id].as_str())
+    }
+
+    /// Reads and decodes a record.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        store: &dyn Store,
+        key: &str,
+    ) -> BrokerResult<Option<(T, i64)>> {
+        match store.get(key).await.map_err(|e| unavailable("state", e))? {
+            None => Ok(None),
+            Some(Versioned { value, mod_revision }) => Ok(Some((decode(key, &value)?, mod_revision))),
+        }
+    }
+}
+
+/// Parameters are not supported by any plan yet; refuse them instead of silently ignoring them.
+fn refuse_parameters(parameters: &JsonObject) -> BrokerResult<()> {
+    if parameters.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = parameters.keys().map(String::as_str).collect();
+    Err(BrokerError::BadRequest(format!(
+        "unknown parameters: {} (this broker's plans take no parameters)",
+        names.join(", ")
+    )))
+}
+
+/// Maps a store failure on `cluster` to a 503 (or 500 for anything but unavailability).
+fn unavailable(cluster: &str, e: StoreError) -> BrokerError {
+    match e {
+        StoreError::Unavailable(_) | StoreError::Unauthorized(_) => {
+            BrokerError::Unavailable(format!("etcd cluster '{cluster}': {e}; nothing was left half-done, retry later"))
+        }
+        StoreError::Failed(_) => BrokerError::Internal(format!("etcd cluster '{cluster}': {e}")),
+    }
+}
+
+fn lost_race(what: &str) -> BrokerError {
+    BrokerError::Concurrency(format!(
+        "{what} is being changed by another request at the same time; retry"
+    ))
+}
+
+#[async_trait]
+impl ServiceBroker for EtcdBroker {
+    fn catalog(&self) -> &Catalog {
+        &self.setup.catalog
+    }
+
+    async fn provision(&self, req: ProvisionRequest) -> BrokerResult<Provisioned> {
+        self.provision_instance(req).await
+    }
+
+    async fn update(&self, req: UpdateRequest) -> BrokerResult<()> {
+        self.update_instance(req).await
+    }
+
+    async fn deprovision(&self, req: DeprovisionRequest) -> BrokerResult<()> {
+        self.deprovision_instance(req).await
+    }
+
+    async fn get_instance(&self, id: &InstanceId) -> BrokerResult<InstanceInfo> {
+        self.fetch_instance(id).await
+    }
+
+    async fn instance_last_operation(&self, id: &InstanceId) -> BrokerResult<LastOperation> {
+        self.instance_operation(id).await
+    }
+
+    async fn bind(&self, req: BindRequest) -> BrokerResult<Bound> {
+        self.create_binding(req).await
+    }
+
+    async fn unbind(&self, req: UnbindRequest) -> BrokerResult<()> {
+        self.delete_binding(req).await
+    }
+
+    async fn get_binding(&self, instance: &InstanceId, binding: &BindingId) -> BrokerResult<Binding> {
+        self.fetch_binding(instance, binding).await
+    }
+
+    async fn binding_last_operation(
+        &self,
+        instance: &InstanceId,
+        binding: &BindingId,
+    ) -> BrokerResult<LastOperation> {
+        self.binding_operation(instance, binding).await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

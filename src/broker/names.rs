@@ -1,0 +1,88 @@
+//! How ids map to etcd keys and etcd user/role names (documented in `docs/naming.md`).
+//!
+//! Deterministic, so an operator can find everything that belongs to an instance with
+//! `etcd-broker-ops names`. Ids cannot contain '.' or '/', so the separators below are unambiguous.
+
+use crate::osb::{BindingId, InstanceId};
+
+/// Default prefix of tenant data.
+pub const DEFAULT_DATA_PREFIX: &str = "/service_instances/";
+/// Default prefix of the broker's own records.
+pub const DEFAULT_STATE_PREFIX: &str = "/etcd-broker/";
+/// Every broker-made user and role name starts with this.
+pub const NAME_PREFIX: &str = "etcd-broker";
+
+/// The key and name scheme for one broker deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    data_prefix: String,
+    state_prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self::new(DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX)
+    }
+}
+
+impl Names {
+    /// Both prefixes must end with '/' and must not overlap (checked by the config).
+    pub fn new(data_prefix: &str, state_prefix: &str) -> Self {
+        Self { data_prefix: data_prefix.to_owned(), state_prefix: state_prefix.to_owned() }
+    }
+
+    /// The tenant's key prefix, with the trailing slash that keeps `abc` out of `abcd`.
+    pub fn tenant_prefix(&self, instance: &InstanceId) -> String {
+        format!("{}{}/", self.data_prefix, instance)
+    }
+
+    /// Where the instance record lives.
+    pub fn instance_key(&self, instance: &InstanceId) -> String {
+        format!("{}instances/{}", self.state_prefix, instance)
+    }
+
+    /// Prefix of all binding records of an instance.
+    pub fn bindings_prefix(&self, instance: &InstanceId) -> String {
+        format!("{}bindings/{}/", self.state_prefix, instance)
+    }
+
+    /// Where one binding record lives.
+    pub fn binding_key(&self, instance: &InstanceId, binding: &BindingId) -> String {
+        format!("{}{}", self.bindings_prefix(instance), binding)
+    }
+
+    /// The etcd user of a binding.
+    pub fn user(&self, instance: &InstanceId, binding: &BindingId) -> String {
+        format!("{NAME_PREFIX}.{instance}.{binding}")
+    }
+
+    /// The etcd role of a binding (same string as the user; roles and users are separate in etcd).
+    pub fn role(&self, instance: &InstanceId, binding: &BindingId) -> String {
+        self.user(instance, binding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_prefixes_of_string_prefix_ids_do_not_nest() {
+        let names = Names::default();
+        let abc = names.tenant_prefix(&InstanceId::parse("abc").unwrap());
+        let abcd = names.tenant_prefix(&InstanceId::parse("abcd").unwrap());
+        assert_eq!(abc, "/service_instances/abc/");
+        assert!(!abcd.starts_with(&abc));
+    }
+
+    #[test]
+    fn names_are_deterministic() {
+        let names = Names::new("/d/", "/s/");
+        let i = InstanceId::parse("i1").unwrap();
+        let b = BindingId::parse("b1").unwrap();
+        assert_eq!(names.instance_key(&i), "/s/instances/i1");
+        assert_eq!(names.binding_key(&i, &b), "/s/bindings/i1/b1");
+        assert_eq!(names.user(&i, &b), "etcd-broker.i1.b1");
+        assert_eq!(names.role(&i, &b), "etcd-broker.i1.b1");
+    }
+}

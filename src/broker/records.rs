@@ -1,0 +1,79 @@
+//! The broker's own records, stored as JSON under the state prefix.
+//!
+//! A record is written *before* anything it describes exists and removed *after* everything it
+//! describes is gone, so every etcd user or role the broker made is reachable from a record and
+//! an interrupted operation can be finished (or undone) by a retry.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::osb::model::JsonObject;
+use crate::osb::BrokerError;
+
+/// Lifecycle of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordState {
+    /// Written; the etcd objects it describes may not all exist yet.
+    Creating,
+    /// Everything exists.
+    Ready,
+    /// Being torn down; only a delete may touch it now.
+    Deleting,
+}
+
+/// A service instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub service_id: String,
+    pub plan_id: String,
+    /// Name of the etcd cluster holding the tenant data.
+    pub cluster: String,
+    pub organization_guid: String,
+    pub space_guid: String,
+    #[serde(default)]
+    pub context: JsonObject,
+    #[serde(default)]
+    pub parameters: JsonObject,
+    pub state: RecordState,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A service binding: one etcd user and role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingRecord {
+    pub instance_id: String,
+    pub binding_id: String,
+    pub service_id: String,
+    pub plan_id: String,
+    pub cluster: String,
+    pub username: String,
+    pub role: String,
+    /// The binding's etcd password, kept so GET binding and identical re-binds answer the same.
+    pub password: String,
+    pub prefix: String,
+    #[serde(default)]
+    pub app_guid: Option<String>,
+    #[serde(default)]
+    pub bind_resource: Option<JsonObject>,
+    #[serde(default)]
+    pub context: JsonObject,
+    #[serde(default)]
+    pub parameters: JsonObject,
+    pub state: RecordState,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// Serializes a record for etcd.
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records always serialize")
+}
+
+/// Parses a record read from etcd; a corrupt record is an internal error naming the key.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, BrokerError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| BrokerError::Internal(format!("the broker record at {key} is unreadable: {e}")))
+}

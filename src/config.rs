@@ -1,0 +1,363 @@
+//! The broker's configuration: TOML (documented in `docs/config.md`) with `ETCD_BROKER__*`
+//! environment overrides, loaded through the `config` crate and validated into a [`Config`].
+//!
+//! Validation happens once, at start-up, and names the offending field, so a broken deployment
+//! fails loudly before it serves a request.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::broker::names::{DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
+use crate::osb::catalog::Catalog;
+
+/// Environment variables starting with this (then `__`-separated paths) override the file.
+pub const ENV_PREFIX: &str = "ETCD_BROKER";
+
+/// A string that must never be printed: `Debug` shows `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The tracing filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub log_level: LogLevel,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub prefixes: PrefixConfig,
+    /// The cluster holding the broker's records; may be omitted when there is one cluster.
+    #[serde(default)]
+    pub state_cluster: Option<String>,
+    /// etcd clusters by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    pub catalog: Catalog,
+    /// Per-plan settings, keyed by plan id; must match the catalog's plans one to one.
+    pub plan_configs: BTreeMap<String, PlanConfig>,
+}
+
+/// Where the OSB API listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self { host: default_host(), port: default_port() }
+    }
+}
+
+fn default_host() -> String {
+    "0.0.0.0".into()
+}
+fn default_port() -> u16 {
+    8080
+}
+
+/// Basic-auth credentials the platform uses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Key prefixes (see `docs/naming.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixConfig {
+    #[serde(default = "default_data_prefix")]
+    pub data: String,
+    #[serde(default = "default_state_prefix")]
+    pub state: String,
+}
+
+impl Default for PrefixConfig {
+    fn default() -> Self {
+        Self { data: default_data_prefix(), state: default_state_prefix() }
+    }
+}
+
+fn default_data_prefix() -> String {
+    DEFAULT_DATA_PREFIX.into()
+}
+fn default_state_prefix() -> String {
+    DEFAULT_STATE_PREFIX.into()
+}
+
+/// One etcd cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Client URLs the broker dials (it fails over between them).
+    pub endpoints: Vec<String>,
+    /// A user with etcd's `root` role.
+    #[serde(default = "default_root")]
+    pub username: String,
+    pub password: Secret,
+    /// Client URLs put into credentials; defaults to `endpoints`.
+    #[serde(default)]
+    pub public_endpoints: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_root() -> String {
+    "root".into()
+}
+
+/// TLS towards etcd; the CA is also handed out in credentials when public endpoints use https.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Per-plan settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Name of the cluster the plan's instances live on.
+    pub cluster: String,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+impl Config {
+    /// Loads a TOML file, applies `ETCD_BROKER__*` overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = config::File::from(path).format(config::FileFormat::Toml).required(true);
+        Self::build(config::Config::builder().add_source(source))
+    }
+
+    /// Parses TOML text (no environment overrides) and validates; for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn build(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Config, ConfigError> {
+        let env = config::Environment::with_prefix(ENV_PREFIX).separator("__").try_parsing(true);
+        let config: Config = builder
+            .add_source(env)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The cluster that holds broker records.
+    pub fn state_cluster_name(&self) -> &str {
+        match &self.state_cluster {
+            Some(name) => name,
+            None => self.clusters.keys().next().map(String::as_str).unwrap_or_default(),
+        }
+    }
+
+    /// Checks everything that can be checked without dialling etcd.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.username.is_empty() {
+            return Err(invalid("auth.username", "must not be empty"));
+        }
+        if self.auth.password.expose().is_empty() {
+            return Err(invalid("auth.password", "must not be empty"));
+        }
+        for (field, prefix) in [("prefixes.data", &self.prefixes.data), ("prefixes.state", &self.prefixes.state)] {
+            if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
+                return Err(invalid(field, format!("'{prefix}' must start and end with '/' and not be just '/'")));
+            }
+        }
+        let (data, state) = (&self.prefixes.data, &self.prefixes.state);
+        if data.starts_with(state.as_str()) || state.starts_with(data.as_str()) {
+            return Err(invalid("prefixes", format!(
+                "data prefix '{data}' and state prefix '{state}' overlap; tenants could reach broker records"
+            )));
+        }
+        self.validate_clusters()?;
+        self.validate_catalog()
+    }
+
+    fn validate_clusters(&self) -> Result<(), ConfigError> {
+        if self.clusters.is_empty() {
+            return Err(invalid("clusters", "at least one etcd cluster is required"));
+        }
+        for (name, cluster) in &self.clusters {
+            let field = |f: &str| format!("clusters.{name}.{f}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+                return Err(invalid(format!("clusters.{name}"), "cluster names use a-z, 0-9, '_' and '-'"));
+            }
+            if cluster.endpoints.is_empty() {
+                return Err(invalid(field("endpoints"), "at least one endpoint is required"));
+            }
+            for endpoint in &cluster.endpoints {
+                parse_endpoint(endpoint).map_err(|m| invalid(field("endpoints"), m))?;
+            }
+            for endpoint in &cluster.public_endpoints {
+                parse_endpoint(endpoint).map_err(|m| invalid(field("public_endpoints"), m))?;
+            }
+            if cluster.username.is_empty() {
+                return Err(invalid(field("username"), "must not be empty"));
+            }
+            if cluster.password.expose().is_empty() {
+                return Err(invalid(field("password"), "must not be empty"));
+            }
+            if let Some(tls) = &cluster.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err(invalid(field("tls"), "cert_file and key_file go together"));
+                }
+                for (f, path) in [("tls.ca_file", &tls.ca_file), ("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
+                    if let Some(path) = path {
+                        if !path.is_file() {
+                            return Err(invalid(field(f), format!("{} is not a readable file", path.display())));
+                        }
+                    }
+                }
+            }
+        }
+        match &self.state_cluster {
+            Some(name) if !self.clusters.contains_key(name) => {
+                Err(invalid("state_cluster", format!("'{name}' is not one of the configured clusters")))
+            }
+            None if self.clusters.len() > 1 => Err(invalid(
+                "state_cluster",
+                "required when several clusters are configured: name the one that holds broker records",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_catalog(&self) -> Result<(), ConfigError> {
+        if self.catalog.services.is_empty() {
+            return Err(invalid("catalog.services", "at least one service is required"));
+        }
+        let mut service_ids = std::collections::BTreeSet::new();
+        let mut plan_ids = std::collections::BTreeSet::new();
+        for service in &self.catalog.services {
+            let field = format!("catalog.services[{}]", service.name);
+            if service.id.is_empty() || service.name.is_empty() {
+                return Err(invalid(field, "id and name must not be empty"));
+            }
+            if !service_ids.insert(service.id.as_str()) {
+                return Err(invalid(field, format!("service id '{}' is used twice", service.id)));
+            }
+            if service.plans.is_empty() {
+                return Err(invalid(field, "a service needs at least one plan"));
+            }
+            let mut plan_names = std::collections::BTreeSet::new();
+            for plan in &service.plans {
+                if plan.id.is_empty() || plan.name.is_empty() {
+                    return Err(invalid(format!("{field}.plans"), "plan id and name must not be empty"));
+                }
+                if !plan_ids.insert(plan.id.as_str()) {
+                    return Err(invalid(format!("{field}.plans"), format!("plan id '{}' is used twice", plan.id)));
+                }
+                if !plan_names.insert(plan.name.as_str()) {
+                    return Err(invalid(format!("{field}.plans"), format!("plan name '{}' is used twice", plan.name)));
+                }
+                let Some(plan_config) = self.plan_configs.get(&plan.id) else {
+                    return Err(invalid(
+                        format!("plan_configs.\"{}\"", plan.id),
+                        format!("plan '{}' of service '{}' has no plan_configs entry", plan.name, service.name),
+                    ));
+                };
+                if !self.clusters.contains_key(&plan_config.cluster) {
+                    return Err(invalid(
+                        format!("plan_configs.\"{}\".cluster", plan.id),
+                        format!("'{}' is not one of the configured clusters", plan_config.cluster),
+                    ));
+                }
+            }
+        }
+        if let Some(extra) = self.plan_configs.keys().find(|id| !plan_ids.contains(id.as_str())) {
+            return Err(invalid(format!("plan_configs.\"{extra}\""), "names no plan of the catalog"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses an etcd client URL: `http(s)://host:port`.
+pub fn parse_endpoint(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("'{raw}' is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("'{raw}' must use http or https"));
+    }
+    if url.host_str().is_none() || url.port_or_known_default().is_none() {
+        return Err(format!("'{raw}' needs a host and a port"));
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!("'{raw}' must be just scheme://host:port"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The real [`Store`]: one etcd v3 cluster through etcd-client.
+//!
+//! The only module that imports etcd-client. It connects lazily (the broker starts, and answers
+//! 503, while a cluster is down), authenticates as the configured root-role user, refreshes
+//! expired auth tokens, and fails over between the configured endpoints.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, OpenSslClientConfig,
+    Permission, Txn, TxnOp,
+};
+use tokio::sync::OnceCell;
+
+use crate::config::ClusterConfig;
+use crate::store::{Guard, Store, StoreError, Versioned, Write};
+
+/// How long one etcd request may take before the broker answers 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A lazily connected etcd cluster.
+pub struct EtcdStore {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    client: OnceCell<Client>,
+}
+
+impl EtcdStore {
+    /// Prepares a connection; nothing is dialled until the first call. Fails only if the TLS
+    /// material cannot be read.
+    pub fn new(config: &ClusterConfig) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new()
+            .with_user(config.username.clone(), config.password.expose())
+            .with_auto_token_refresh(true)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
+        if let Some(tls) = &config.tls {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    StoreError::Failed(format!("cannot read {}: {e}", path.display()))
+                })
+            };
+            let mut tls_config = OpenSslClientConfig::default();
+            if let Some(ca) = &tls.ca_file {
+                tls_config = tls_config.ca_cert_pem(&read(ca)?);
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                tls_config = tls_config.client_cert_pem_and_key(&read(cert)?, &read(key)?);
+            }
+            options = options.with_openssl_tls(tls_config);
+        }
+        Ok(Self { endpoints: config.endpoints.clone(), options, client: OnceCell::new() })
+    }
+
+    async fn client(&self) -> Result<Client, StoreError> {
+        self.client
+            .get_or_try_init(|| Client::connect(&self.endpoints, Some(self.options.clone())))
+            .await
+            .cloned()
+            .map_err(classify)
+    }
+}
+
+/// Turns an etcd-client error into a [`StoreError`]; etcd's messages carry no secrets.
+fn classify(e: etcd_client::Error) -> StoreError {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message().to_owned();
+            match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                    StoreError::Unavailable(message)
+                }
+                Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthorized(message),
+                _ if message.contains("authentication failed") => StoreError::Unauthorized(message),
+                _ => StoreError::Failed(message),
+            }
+        }
+        etcd_client::Error::TransportError(e) => StoreError::Unavailable(e.to_string()),
+        etcd_client::Error::IoError(e) => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Failed(other.to_string()),
+    }
+}
+
+/// Whether etcd said the user or role already exists / does not exist.
+fn says(e: &etcd_client::Error, what: &str) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains(what))
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let response = self.client().await?.get(key, None).await.map_err(classify)?;
+        Ok(response.kvs().first().map(|kv| Versioned {
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let response = self
+            .client()
+            .await?
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                (key, Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
+            })
+            .collect())
+    }
+
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+        let compares: Vec<Compare> = guards
+            .iter()
+            .map(|g| match g {
+                Guard::Absent(k) => Compare::create_revision(k.as_str(), CompareOp::Equal, 0),
+                Guard::Revision(k, r) => Compare::mod_revision(k.as_str(), CompareOp::Equal, *r),
+            })
+            .collect();
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                Write::Delete(k) => TxnOp::delete(k.as_str(), None),
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let response = self.client().await?.txn(txn).await.map_err(classify)?;
+        Ok(response.succeeded())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        match client.role_add(role).await {
+            Err(e) if !says(&e, "already exists") => return Err(classify(e)),
+            _ => {}
+        }
+        client
+            .role_grant_permission(role, Permission::read_write(prefix).with_prefix())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        match client.user_add(user, password, None).await {
+            Ok(_) => {}
+            Err(e) if says(&e, "already exists") => {
+                client.user_change_password(user, password).await.map_err(classify)?;
+            }
+            Err(e) => return Err(classify(e)),
+        }
+        client.user_grant_role(user, role).await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        match self.client().await?.user_delete(user).await {
+            Err(e) if !says(&e, "not found") => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
+        match self.client().await?.role_delete(role).await {
+            Err(e) if !says(&e, "not found") => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+}

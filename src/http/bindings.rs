@@ -1,0 +1,92 @@
+//! `PUT/GET/DELETE /v2/service_instances/{instance_id}/service_bindings/{binding_id}`.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::error::HttpError;
+use super::{binding_id, empty, instance_id, method_not_allowed, AsyncQuery, DeleteQuery, HttpState};
+use crate::osb::model::*;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/service_instances/{instance_id}/service_bindings/{binding_id}")
+            .put(bind)
+            .get(get)
+            .delete(unbind)
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+#[derive(Debug, Deserialize)]
+struct BindBody {
+    service_id: String,
+    plan_id: String,
+    #[serde(default)]
+    app_guid: Option<String>,
+    #[serde(default)]
+    bind_resource: Option<JsonObject>,
+    #[serde(default)]
+    context: Option<JsonObject>,
+    #[serde(default)]
+    parameters: Option<JsonObject>,
+}
+
+async fn bind(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<AsyncQuery>,
+    body: web::Json<BindBody>,
+) -> Result<HttpResponse, HttpError> {
+    let (instance, binding) = path.into_inner();
+    let (instance_id, binding_id) = (instance_id(&instance)?, binding_id(&binding)?);
+    let body = body.into_inner();
+    if body.service_id.is_empty() || body.plan_id.is_empty() {
+        return Err(HttpError::bad_request("service_id and plan_id must not be empty"));
+    }
+    let app_guid = body
+        .bind_resource
+        .as_ref()
+        .and_then(|r| r.get("app_guid"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .or(body.app_guid);
+    let outcome = state
+        .broker
+        .bind(BindRequest {
+            instance_id,
+            binding_id,
+            service_id: body.service_id,
+            plan_id: body.plan_id,
+            app_guid,
+            bind_resource: body.bind_resource,
+            context: body.context.unwrap_or_default(),
+            parameters: body.parameters.unwrap_or_default(),
+            accepts_incomplete: query.accepts_incomplete,
+        })
+        .await?;
+    Ok(match outcome {
+        Bound::Created(binding) => HttpResponse::Created().json(binding),
+        Bound::AlreadyExists(binding) => HttpResponse::Ok().json(binding),
+    })
+}
+
+async fn get(state: web::Data<HttpState>, path: web::Path<(String, String)>) -> Result<HttpResponse, HttpError> {
+    let (instance, binding) = path.into_inner();
+    let binding = state.broker.get_binding(&instance_id(&instance)?, &binding_id(&binding)?).await?;
+    Ok(HttpResponse::Ok().json(binding))
+}
+
+async fn unbind(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<DeleteQuery>,
+) -> Result<HttpResponse, HttpError> {
+    let (instance, binding) = path.into_inner();
+    let (instance_id, binding_id) = (instance_id(&instance)?, binding_id(&binding)?);
+    let (service_id, plan_id, accepts_incomplete) = query.into_inner().required()?;
+    state
+        .broker
+        .unbind(UnbindRequest { instance_id, binding_id, service_id, plan_id, accepts_incomplete })
+        .await?;
+    Ok(empty(actix_web::http::StatusCode::OK))
+}

@@ -1,0 +1,139 @@
+//! The thin actix-web layer: routes, extractors and the error mapping, nothing else.
+//!
+//! Handlers extract and validate input, call the [`ServiceBroker`], and map its outcome to one
+//! status code. Protocol plumbing lives in `protocol.rs`, errors become JSON in `error.rs`.
+
+mod bindings;
+mod catalog;
+pub mod error;
+mod instances;
+mod last_operation;
+pub mod protocol;
+
+use std::sync::Arc;
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use crate::osb::{BindingId, InstanceId, ServiceBroker};
+use error::HttpError;
+use protocol::BasicAuth;
+
+/// Largest request body accepted; OSB bodies are a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Shared per-process state of the HTTP layer.
+#[derive(Clone)]
+pub struct HttpState {
+    pub broker: Arc<dyn ServiceBroker>,
+    pub auth: BasicAuth,
+    /// The catalog, serialized once.
+    pub catalog_json: web::Bytes,
+}
+
+impl HttpState {
+    /// Prepares the state for a broker and its basic-auth credentials.
+    pub fn new(broker: Arc<dyn ServiceBroker>, username: &str, password: &str) -> Self {
+        let catalog_json = serde_json::to_vec(broker.catalog()).expect("the catalog serializes");
+        Self { broker, auth: BasicAuth::new(username, password), catalog_json: catalog_json.into() }
+    }
+}
+
+/// Registers every route; the one app factory for `main` and the tests:
+/// `App::new().configure(http::routes(state))`.
+pub fn routes(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_BODY_BYTES)
+                    .content_type_required(false)
+                    .error_handler(|e, _| json_error(e).into()),
+            )
+            .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
+            .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
+            .service(
+                web::scope("/v2")
+                    .wrap(from_fn(protocol::osb_protocol))
+                    .configure(catalog::routes)
+                    .configure(instances::routes)
+                    .configure(bindings::routes)
+                    .configure(last_operation::routes)
+                    .default_service(web::to(no_route)),
+            )
+            .default_service(web::to(no_route));
+    }
+}
+
+async fn no_route(req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    Err(HttpError::NoRoute(format!("{} {}", req.method(), req.path())))
+}
+
+/// Default of every resource: the path exists, the method does not.
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    Err(HttpError::MethodNotAllowed(req.method().to_string()))
+}
+
+fn json_error(e: JsonPayloadError) -> HttpError {
+    match e {
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            HttpError::PayloadTooLarge(limit)
+        }
+        JsonPayloadError::Deserialize(e) => HttpError::bad_request(format!("invalid request body: {e}")),
+        other => HttpError::bad_request(format!("invalid request body: {other}")),
+    }
+}
+
+fn query_error(e: QueryPayloadError) -> HttpError {
+    let detail = match &e {
+        QueryPayloadError::Deserialize(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    HttpError::bad_request(format!("invalid query string: {detail}"))
+}
+
+fn path_error(e: PathError) -> HttpError {
+    HttpError::bad_request(format!("invalid path: {e}"))
+}
+
+/// `?accepts_incomplete=` shared by the mutating endpoints.
+#[derive(Debug, Deserialize)]
+struct AsyncQuery {
+    #[serde(default)]
+    accepts_incomplete: bool,
+}
+
+/// `?service_id=&plan_id=` that DELETE requests must carry.
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    service_id: Option<String>,
+    plan_id: Option<String>,
+    #[serde(default)]
+    accepts_incomplete: bool,
+}
+
+impl DeleteQuery {
+    fn required(self) -> Result<(String, String, bool), HttpError> {
+        match (self.service_id, self.plan_id) {
+            (Some(s), Some(p)) if !s.is_empty() && !p.is_empty() => Ok((s, p, self.accepts_incomplete)),
+            _ => Err(HttpError::bad_request("the query parameters service_id and plan_id are required")),
+        }
+    }
+}
+
+fn instance_id(raw: &str) -> Result<InstanceId, HttpError> {
+    Ok(InstanceId::parse(raw).map_err(crate::osb::BrokerError::from)?)
+}
+
+fn binding_id(raw: &str) -> Result<BindingId, HttpError> {
+    Ok(BindingId::parse(raw).map_err(crate::osb::BrokerError::from)?)
+}
+
+/// The `{}` body of most successful answers.
+fn empty(status: actix_web::http::StatusCode) -> HttpResponse {
+    HttpResponse::build(status).content_type("application/json").body("{}")
+}
+
+#[cfg(test)]
+mod tests;

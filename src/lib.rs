@@ -1,0 +1,22 @@
+//! etcd-broker: an Open Service Broker that hands out isolated, revocable etcd namespaces.
+//!
+//! - [`osb`]: the OSB domain (ids, catalog, requests/outcomes, errors, the broker trait); no
+//!   actix-web or etcd-client in it.
+//! - [`broker`]: the etcd-backed broker logic, as ordered idempotent steps on a [`store::Store`].
+//! - [`store`]: the storage contract the broker needs (keys with CAS, users, roles).
+//! - [`etcd`]: the real store on etcd-client; the only user of etcd-client.
+//! - [`http`]: the thin actix-web layer; the only user of actix-web besides [`server`].
+//! - [`config`]: TOML + environment configuration and its validation.
+//! - [`server`]: wiring config -> broker -> HTTP server.
+//! - [`logging`], [`clock`], [`secrets`]: small services.
+
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod etcd;
+pub mod http;
+pub mod logging;
+pub mod osb;
+pub mod secrets;
+pub mod server;
+pub mod store;

@@ -1,0 +1,12 @@
+//! Structured logs through tracing-subscriber, at the configured level.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogLevel;
+
+/// Installs the global subscriber once; later calls are ignored (tests start several brokers).
+/// `RUST_LOG`, when set, refines the configured level.
+pub fn init(level: LogLevel) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}

@@ -1,0 +1,83 @@
+//! A [`Store`] wrapper that fails one chosen call, for crash-safety tests.
+//!
+//! Call number `n` (counting every method from 0) fails with `Unavailable`, either *before* the
+//! inner store runs it (the request never arrived) or *after* (it ran but the answer was lost), so
+//! tests can simulate a crash between any two steps of an operation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Guard, Store, StoreError, Versioned, Write};
+
+/// Whether the failing call reaches the inner store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    Before,
+    After,
+}
+
+/// The fault injector.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    calls: AtomicUsize,
+    fail_at: Option<usize>,
+    mode: FailMode,
+}
+
+impl FaultyStore {
+    /// Fails call number `fail_at` (none if `None`).
+    pub fn new(inner: Arc<dyn Store>, fail_at: Option<usize>, mode: FailMode) -> Self {
+        Self { inner, calls: AtomicUsize::new(0), fail_at, mode }
+    }
+
+    /// How many calls were made so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn run<T, F>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let fail = self.fail_at == Some(n);
+        if fail && self.mode == FailMode::Before {
+            return Err(StoreError::Unavailable(format!("injected fault before call {n}")));
+        }
+        let result = call.await;
+        if fail {
+            return Err(StoreError::Unavailable(format!("injected fault after call {n}")));
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.run(self.inner.get(key)).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.run(self.inner.list(prefix)).await
+    }
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+        self.run(self.inner.commit(guards, writes)).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.run(self.inner.delete_prefix(prefix)).await
+    }
+    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+        self.run(self.inner.ensure_role(role, prefix)).await
+    }
+    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
+        self.run(self.inner.ensure_user(user, password, role)).await
+    }
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        self.run(self.inner.delete_user(user)).await
+    }
+    async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
+        self.run(self.inner.delete_role(role)).await
+    }
+}

@@ -1,0 +1,110 @@
+//! An in-memory [`Store`] for unit tests: keys with revisions, users and roles.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{Guard, Store, StoreError, Versioned, Write};
+
+/// What the fake holds; public so tests can assert on the final state.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryState {
+    pub revision: i64,
+    pub keys: BTreeMap<String, Versioned>,
+    /// role -> granted prefix
+    pub roles: BTreeMap<String, Option<String>>,
+    /// user -> (password, roles)
+    pub users: BTreeMap<String, (String, BTreeSet<String>)>,
+}
+
+/// The fake store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    pub state: Mutex<MemoryState>,
+}
+
+impl MemoryStore {
+    /// A snapshot of everything, for assertions.
+    pub fn snapshot(&self) -> MemoryState {
+        self.state.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.state.lock().unwrap().keys.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let holds = guards.iter().all(|g| match g {
+            Guard::Absent(k) => !s.keys.contains_key(k),
+            Guard::Revision(k, r) => s.keys.get(k).map(|v| v.mod_revision) == Some(*r),
+        });
+        if !holds {
+            return Ok(false);
+        }
+        s.revision += 1;
+        let rev = s.revision;
+        for w in writes {
+            match w {
+                Write::Put(k, v) => {
+                    s.keys.insert(k.clone(), Versioned { value: v.clone(), mod_revision: rev });
+                }
+                Write::Delete(k) => {
+                    s.keys.remove(k);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        s.keys.retain(|k, _| !k.starts_with(prefix));
+        s.revision += 1;
+        Ok(())
+    }
+
+    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        s.roles.insert(role.to_owned(), Some(prefix.to_owned()));
+        Ok(())
+    }
+
+    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        if !s.roles.contains_key(role) {
+            return Err(StoreError::Failed("role name not found".into()));
+        }
+        let entry = s.users.entry(user.to_owned()).or_default();
+        entry.0 = password.to_owned();
+        entry.1.insert(role.to_owned());
+        Ok(())
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        self.state.lock().unwrap().users.remove(user);
+        Ok(())
+    }
+
+    async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        s.roles.remove(role);
+        for (_, roles) in s.users.values_mut() {
+            roles.remove(role);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! The storage contract the broker needs from an etcd cluster.
+//!
+//! Owned by the broker logic (`broker/`), implemented for real by `etcd::EtcdStore` and, in unit
+//! tests only, by an in-memory fake and a fault injector. Every method is idempotent: calling it
+//! again after a failure or a crash converges to the same state, which is what makes the broker's
+//! multi-step operations safe to retry.
+
+use async_trait::async_trait;
+
+#[cfg(test)]
+pub mod faulty;
+#[cfg(test)]
+pub mod memory;
+
+/// A value with the revision it was last modified at, for compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// A precondition of [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists and was last modified at this revision.
+    Revision(String, i64),
+}
+
+/// A change made by [`Store::commit`] when every guard holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// Why a store call failed. Messages never contain passwords.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// etcd could not be reached, timed out, or is not healthy.
+    #[error("etcd is unavailable: {0}")]
+    Unavailable(String),
+    /// etcd refused the broker's own credentials or permissions.
+    #[error("etcd refused the broker's credentials: {0}")]
+    Unauthorized(String),
+    /// Anything else etcd answered with.
+    #[error("etcd request failed: {0}")]
+    Failed(String),
+}
+
+/// One etcd cluster as the broker uses it: keys with compare-and-swap, plus users and roles.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+
+    /// Reads every key starting with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
+
+    /// Applies `writes` atomically if every guard holds; returns whether it did.
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError>;
+
+    /// Deletes every key starting with `prefix` (the prefix must end with '/').
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError>;
+
+    /// Makes sure `role` exists and grants read-write on exactly the keys starting with `prefix`.
+    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError>;
+
+    /// Makes sure `user` exists with `password` (resetting it if the user exists) and has `role`.
+    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError>;
+
+    /// Deletes `user`; a missing user is fine.
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError>;
+
+    /// Deletes `role`; a missing role is fine.
+    async fn delete_role(&self, role: &str) -> Result<(), StoreError>;
+}
