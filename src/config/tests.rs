@@ -1,0 +1,110 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../docs/etcd-broker.example.toml");
+
+fn with(edit: impl FnOnce(&mut toml::Table)) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = toml::from_str(EXAMPLE).unwrap();
+    edit(&mut table);
+    Config::from_toml(&toml::to_string(&table).unwrap())
+}
+
+fn field_of(result: Result<Config, ConfigError>) -> String {
+    match result {
+        Err(ConfigError::Invalid { field, .. }) => field,
+        other => panic!("expected an invalid-field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let config = Config::from_toml(EXAMPLE).unwrap();
+    assert_eq!(config.state_cluster_name(), "main");
+    assert_eq!(config.catalog.services[0].plans[0].name, "shared");
+    assert_eq!(config.listen.port, 8080);
+}
+
+#[test]
+fn debug_output_hides_passwords() {
+    let config = Config::from_toml(EXAMPLE).unwrap();
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("change-me"), "{printed}");
+}
+
+#[test]
+fn plan_configs_must_match_the_catalog() {
+    let missing = with(|t| {
+        t.remove("plan_configs");
+        t.insert("plan_configs".into(), toml::Value::Table(Default::default()));
+    });
+    assert_eq!(field_of(missing), "plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\"");
+    let extra = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        configs.insert("ghost".into(), toml::Value::Table(toml::toml! { cluster = "main" }));
+    });
+    assert_eq!(field_of(extra), "plan_configs.\"ghost\"");
+    let bad_cluster = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("cluster".into(), "nowhere".into());
+    });
+    assert_eq!(field_of(bad_cluster), "plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\".cluster");
+}
+
+#[test]
+fn bad_values_name_their_field() {
+    let overlap = with(|t| {
+        t["prefixes"].as_table_mut().unwrap().insert("data".into(), "/etcd-broker/data/".into());
+    });
+    assert_eq!(field_of(overlap), "prefixes");
+    let no_slash = with(|t| {
+        t["prefixes"].as_table_mut().unwrap().insert("data".into(), "/tenants".into());
+    });
+    assert_eq!(field_of(no_slash), "prefixes.data");
+    let endpoint = with(|t| {
+        let main = t["clusters"]["main"].as_table_mut().unwrap();
+        main.insert("endpoints".into(), toml::Value::Array(vec!["127.0.0.1:2379".into()]));
+    });
+    assert_eq!(field_of(endpoint), "clusters.main.endpoints");
+    let empty_password = with(|t| {
+        t["auth"].as_table_mut().unwrap().insert("password".into(), "".into());
+    });
+    assert_eq!(field_of(empty_password), "auth.password");
+    let two_clusters = with(|t| {
+        let clusters = t["clusters"].as_table_mut().unwrap();
+        let main = clusters["main"].clone();
+        clusters.insert("second".into(), main);
+    });
+    assert_eq!(field_of(two_clusters), "state_cluster");
+}
+
+#[test]
+fn unknown_fields_and_bad_levels_are_refused() {
+    let typo = with(|t| {
+        t["auth"].as_table_mut().unwrap().insert("pasword".into(), "x".into());
+    });
+    assert!(matches!(typo, Err(ConfigError::Load(m)) if m.contains("pasword")));
+    let level = with(|t| {
+        t.insert("log_level".into(), "loud".into());
+    });
+    assert!(matches!(level, Err(ConfigError::Load(m)) if m.contains("loud")));
+}
+
+/// The only test that touches the process environment (tests run in parallel).
+#[test]
+fn files_load_with_environment_overrides_and_keep_plan_id_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    let text = EXAMPLE.replace("0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b", "Plan-UPPER-1");
+    std::fs::write(&path, text).unwrap();
+    std::env::set_var("ETCD_BROKER__AUTH__PASSWORD", "from-env");
+    std::env::set_var("ETCD_BROKER__LISTEN__PORT", "9999");
+    let loaded = Config::load(&path);
+    std::env::remove_var("ETCD_BROKER__AUTH__PASSWORD");
+    std::env::remove_var("ETCD_BROKER__LISTEN__PORT");
+    let config = loaded.unwrap();
+    assert_eq!(config.auth.password.expose(), "from-env");
+    assert_eq!(config.listen.port, 9999);
+    assert!(config.plan_configs.contains_key("Plan-UPPER-1"));
+    let missing = Config::load(&dir.path().join("nope.toml"));
+    assert!(matches!(missing, Err(ConfigError::Load(_))));
+}
