@@ -55,14 +55,38 @@ impl EtcdStore {
         Ok(Self { endpoints: config.endpoints.clone(), options, client: OnceCell::new() })
     }
 
-    async fn client(&self) -> Result<Client, StoreError> {
+    async fn client(&self) -> Result<Client, etcd_client::Error> {
         self.client
             .get_or_try_init(|| Client::connect(&self.endpoints, Some(self.options.clone())))
             .await
             .cloned()
-            .map_err(classify)
+    }
+
+    /// Runs one etcd request. etcd refuses a token issued before the latest user/role change
+    /// ("revision in header is old"); like etcd's Go client, re-authenticate and try again.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let client = self.client().await?;
+        let mut attempts = 0;
+        loop {
+            match op(client.clone()).await {
+                Err(e) if says(&e, OLD_AUTH_REVISION) && attempts < OLD_REVISION_RETRIES => {
+                    attempts += 1;
+                    client.refresh_token().await?;
+                }
+                result => return result,
+            }
+        }
     }
 }
+
+/// etcd's answer to a token older than the newest auth change.
+const OLD_AUTH_REVISION: &str = "revision in header is old";
+/// Auth changes can keep coming while the broker binds at full speed; this bounds the chase.
+const OLD_REVISION_RETRIES: usize = 10;
 
 /// Turns an etcd-client error into a [`StoreError`]; etcd's messages carry no secrets.
 fn classify(e: etcd_client::Error) -> StoreError {
@@ -93,7 +117,7 @@ fn says(e: &etcd_client::Error, what: &str) -> bool {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let response = self.client().await?.get(key, None).await.map_err(classify)?;
+        let response = self.call(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
         Ok(response.kvs().first().map(|kv| Versioned {
             value: kv.value().to_vec(),
             mod_revision: kv.mod_revision(),
@@ -102,9 +126,7 @@ impl Store for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let response = self
-            .client()
-            .await?
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await
             .map_err(classify)?;
         Ok(response
@@ -133,56 +155,72 @@ impl Store for EtcdStore {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let response = self.client().await?.txn(txn).await.map_err(classify)?;
+        let response = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(classify)?;
         Ok(response.succeeded())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+        self.call(|mut c| async move { c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await })
             .await
             .map_err(classify)?;
         Ok(())
     }
 
     async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        match client.role_add(role).await {
+        match self.call(|mut c| async move { c.role_add(role).await }).await {
             Err(e) if !says(&e, "already exists") => return Err(classify(e)),
             _ => {}
         }
-        client
-            .role_grant_permission(role, Permission::read_write(prefix).with_prefix())
-            .await
-            .map_err(classify)?;
+        let permission = Permission::read_write(prefix).with_prefix();
+        self.call(|mut c| {
+            let permission = permission.clone();
+            async move { c.role_grant_permission(role, permission).await }
+        })
+        .await
+        .map_err(raced)?;
         Ok(())
     }
 
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        match client.user_add(user, password, None).await {
+        match self.call(|mut c| async move { c.user_add(user, password, None).await }).await {
             Ok(_) => {}
             Err(e) if says(&e, "already exists") => {
-                client.user_change_password(user, password).await.map_err(classify)?;
+                self.call(|mut c| async move { c.user_change_password(user, password).await })
+                    .await
+                    .map_err(raced)?;
             }
             Err(e) => return Err(classify(e)),
         }
-        client.user_grant_role(user, role).await.map_err(classify)?;
+        self.call(|mut c| async move { c.user_grant_role(user, role).await }).await.map_err(raced)?;
         Ok(())
     }
 
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
-        match self.client().await?.user_delete(user).await {
+        match self.call(|mut c| async move { c.user_delete(user).await }).await {
             Err(e) if !says(&e, "not found") => Err(classify(e)),
             _ => Ok(()),
         }
     }
 
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
-        match self.client().await?.role_delete(role).await {
+        match self.call(|mut c| async move { c.role_delete(role).await }).await {
             Err(e) if !says(&e, "not found") => Err(classify(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A user or role vanished between two steps: someone else is deleting it.
+fn raced(e: etcd_client::Error) -> StoreError {
+    if says(&e, "not found") {
+        StoreError::Conflict(e.to_string())
+    } else {
+        classify(e)
     }
 }

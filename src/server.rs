@@ -48,6 +48,7 @@ pub fn build_broker(config: &Config) -> Result<EtcdBroker, StartError> {
         plan_clusters,
         clusters,
         state,
+        state_cluster: config.state_cluster_name().to_owned(),
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         clock: Arc::new(SystemClock),
     }))

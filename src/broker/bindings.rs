@@ -3,7 +3,7 @@
 use crate::osb::model::*;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
-use crate::store::{Guard, Write};
+use crate::store::{Guard, StoreError, Write};
 
 use super::credentials::credentials;
 use super::instances::operation_of;
@@ -87,11 +87,11 @@ impl EtcdBroker {
                 &[Write::Put(key.clone(), encode(&record))],
             )
             .await
-            .map_err(|e| unavailable("state", e))?;
+            .map_err(|e| self.state_failed(e))?;
         if !created {
             return Ok(Attempt::Retry);
         }
-        let revision = match state.get(&key).await.map_err(|e| unavailable("state", e))? {
+        let revision = match state.get(&key).await.map_err(|e| self.state_failed(e))? {
             Some(v) => v.mod_revision,
             None => return Ok(Attempt::Retry),
         };
@@ -107,32 +107,36 @@ impl EtcdBroker {
     ) -> BrokerResult<Attempt> {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
-        store
-            .ensure_role(&record.role, &record.prefix)
-            .await
-            .map_err(|e| unavailable(&record.cluster, e))?;
-        store
-            .ensure_user(&record.username, &record.password, &record.role)
-            .await
-            .map_err(|e| unavailable(&record.cluster, e))?;
-        record.state = RecordState::Ready;
-        record.updated_at = self.now();
+        let created = match store.ensure_role(&record.role, &record.prefix).await {
+            Ok(()) => store.ensure_user(&record.username, &record.password, &record.role).await,
+            Err(e) => Err(e),
+        };
         let state = &*self.setup.state;
-        let ready = state
-            .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Put(key.to_owned(), encode(&record))])
-            .await
-            .map_err(|e| unavailable("state", e))?;
-        if ready {
-            tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "created service binding");
-            return Ok(Attempt::Done(Bound::Created(self.binding_of(&record)?)));
+        match created {
+            Ok(()) => {
+                record.state = RecordState::Ready;
+                record.updated_at = self.now();
+                let ready = state
+                    .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Put(key.to_owned(), encode(&record))])
+                    .await
+                    .map_err(|e| self.state_failed(e))?;
+                if ready {
+                    tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "created service binding");
+                    return Ok(Attempt::Done(Bound::Created(self.binding_of(&record)?)));
+                }
+            }
+            // The role or user vanished under us: an unbind or deprovision is running.
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(unavailable(&record.cluster, e)),
         }
         // Someone else changed the record meanwhile.
         match self.read::<BindingRecord>(state, key).await? {
             Some((now, _)) if now.password == record.password && now.state == RecordState::Ready => {
                 Ok(Attempt::Done(Bound::Created(self.binding_of(&now)?)))
             }
-            Some((now, revision)) if now.password == record.password && now.state == RecordState::Creating => {
-                Box::pin(self.complete_binding(key, now, revision)).await
+            // Still ours and unfinished (a step raced): the platform's retry will finish it.
+            Some((now, _)) if now.password == record.password && now.state == RecordState::Creating => {
+                Err(lost_race("the service binding"))
             }
             Some((now, _)) if now.state == RecordState::Deleting => {
                 // An unbind or deprovision is removing it; make sure what we created goes too.
@@ -143,11 +147,12 @@ impl EtcdBroker {
             None => {
                 // The record was deleted under us: re-create it as `deleting` so our user and
                 // role stay reachable from a record until they are gone.
+                let mut record = record;
                 record.state = RecordState::Deleting;
                 let claimed = state
                     .commit(&[Guard::Absent(key.to_owned())], &[Write::Put(key.to_owned(), encode(&record))])
                     .await
-                    .map_err(|e| unavailable("state", e))?;
+                    .map_err(|e| self.state_failed(e))?;
                 if claimed {
                     self.remove_binding(key).await?;
                 }
@@ -159,7 +164,7 @@ impl EtcdBroker {
     pub(super) async fn delete_binding(&self, req: UnbindRequest) -> BrokerResult<()> {
         self.check_plan(&req.service_id, &req.plan_id)?;
         let key = self.names().binding_key(&req.instance_id, &req.binding_id);
-        if self.setup.state.get(&key).await.map_err(|e| unavailable("state", e))?.is_none() {
+        if self.setup.state.get(&key).await.map_err(|e| self.state_failed(e))?.is_none() {
             return Err(BrokerError::BindingGone(req.binding_id.to_string()));
         }
         self.remove_binding(&key).await
@@ -179,20 +184,20 @@ impl EtcdBroker {
                 let marked = state
                     .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Put(key.to_owned(), encode(&record))])
                     .await
-                    .map_err(|e| unavailable("state", e))?;
+                    .map_err(|e| self.state_failed(e))?;
                 if !marked {
                     continue;
                 }
             }
             self.drop_user_and_role(&record).await?;
-            let revision = match state.get(key).await.map_err(|e| unavailable("state", e))? {
+            let revision = match state.get(key).await.map_err(|e| self.state_failed(e))? {
                 Some(v) => v.mod_revision,
                 None => return Ok(()),
             };
             let deleted = state
                 .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Delete(key.to_owned())])
                 .await
-                .map_err(|e| unavailable("state", e))?;
+                .map_err(|e| self.state_failed(e))?;
             if deleted {
                 tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "deleted service binding");
                 return Ok(());

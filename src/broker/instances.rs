@@ -31,7 +31,7 @@ impl EtcdBroker {
             let created = state
                 .commit(&[Guard::Absent(key.clone())], &[Write::Put(key.clone(), encode(&record))])
                 .await
-                .map_err(|e| unavailable("state", e))?;
+                .map_err(|e| self.state_failed(e))?;
             if created {
                 tracing::info!(instance_id = %req.instance_id, plan_id = %req.plan_id, "provisioned service instance");
                 return Ok(Provisioned::Created);
@@ -114,7 +114,7 @@ impl EtcdBroker {
             let written = state
                 .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Put(key.clone(), encode(&record))])
                 .await
-                .map_err(|e| unavailable("state", e))?;
+                .map_err(|e| self.state_failed(e))?;
             if written {
                 tracing::info!(instance_id = %req.instance_id, plan_id = %record.plan_id, "updated service instance");
                 return Ok(());
@@ -141,7 +141,7 @@ impl EtcdBroker {
                 let marked = state
                     .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Put(key.clone(), encode(&record))])
                     .await
-                    .map_err(|e| unavailable("state", e))?;
+                    .map_err(|e| self.state_failed(e))?;
                 if !marked {
                     continue;
                 }
@@ -154,7 +154,7 @@ impl EtcdBroker {
             let bindings = state
                 .list(&self.names().bindings_prefix(id))
                 .await
-                .map_err(|e| unavailable("state", e))?;
+                .map_err(|e| self.state_failed(e))?;
             for (binding_key, _) in bindings {
                 self.remove_binding(&binding_key).await?;
             }
@@ -169,8 +169,8 @@ impl EtcdBroker {
             let deleted = state
                 .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Delete(key.clone())])
                 .await
-                .map_err(|e| unavailable("state", e))?;
-            if deleted || state.get(&key).await.map_err(|e| unavailable("state", e))?.is_none() {
+                .map_err(|e| self.state_failed(e))?;
+            if deleted || state.get(&key).await.map_err(|e| self.state_failed(e))?.is_none() {
                 tracing::info!(instance_id = %id, "deprovisioned service instance");
                 return Ok(());
             }

@@ -50,6 +50,8 @@ pub struct BrokerSetup {
     pub clusters: HashMap<String, Cluster>,
     /// Where broker records live.
     pub state: Arc<dyn Store>,
+    /// Name of the cluster behind `state`, for error messages.
+    pub state_cluster: String,
     pub names: Names,
     pub clock: Arc<dyn Clock>,
 }
@@ -81,6 +83,11 @@ impl EtcdBroker {
         })
     }
 
+    /// Maps a failure of the state cluster.
+    fn state_failed(&self, e: StoreError) -> BrokerError {
+        unavailable(&self.setup.state_cluster, e)
+    }
+
     /// The cluster a catalog plan uses, or a 400 naming what is unknown.
     fn check_plan(&self, service_id: &str, plan_id: &str) -> BrokerResult<&str> {
         if self.setup.catalog.service(service_id).is_none() {
@@ -102,7 +109,7 @@ impl EtcdBroker {
         store: &dyn Store,
         key: &str,
     ) -> BrokerResult<Option<(T, i64)>> {
-        match store.get(key).await.map_err(|e| unavailable("state", e))? {
+        match store.get(key).await.map_err(|e| self.state_failed(e))? {
             None => Ok(None),
             Some(Versioned { value, mod_revision }) => Ok(Some((decode(key, &value)?, mod_revision))),
         }
@@ -127,6 +134,7 @@ fn unavailable(cluster: &str, e: StoreError) -> BrokerError {
         StoreError::Unavailable(_) | StoreError::Unauthorized(_) => {
             BrokerError::Unavailable(format!("etcd cluster '{cluster}': {e}; nothing was left half-done, retry later"))
         }
+        StoreError::Conflict(_) => lost_race("the resource"),
         StoreError::Failed(_) => BrokerError::Internal(format!("etcd cluster '{cluster}': {e}")),
     }
 }

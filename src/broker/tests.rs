@@ -69,6 +69,7 @@ pub fn broker_on(store: Arc<dyn Store>) -> EtcdBroker {
         plan_clusters,
         clusters,
         state: store,
+        state_cluster: "main".into(),
         names: Names::default(),
         clock: Arc::new(SystemClock),
     })

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::{binding_id, empty, instance_id, method_not_allowed, AsyncQuery, DeleteQuery, HttpState};
+use super::{Body, binding_id, empty, instance_id, method_not_allowed, AsyncQuery, DeleteQuery, HttpState};
 use crate::osb::model::*;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -35,12 +35,11 @@ async fn bind(
     state: web::Data<HttpState>,
     path: web::Path<(String, String)>,
     query: web::Query<AsyncQuery>,
-    body: web::Json<BindBody>,
+    Body(body): Body<BindBody>,
 ) -> Result<HttpResponse, HttpError> {
     let (instance, binding) = path.into_inner();
     let (instance_id, binding_id) = (instance_id(&instance)?, binding_id(&binding)?);
-    let body = body.into_inner();
-    if body.service_id.is_empty() || body.plan_id.is_empty() {
+        if body.service_id.is_empty() || body.plan_id.is_empty() {
         return Err(HttpError::bad_request("service_id and plan_id must not be empty"));
     }
     let app_guid = body

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::{empty, instance_id, method_not_allowed, AsyncQuery, DeleteQuery, HttpState};
+use super::{Body, empty, instance_id, method_not_allowed, AsyncQuery, DeleteQuery, HttpState};
 use crate::osb::model::*;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -54,11 +54,10 @@ async fn provision(
     state: web::Data<HttpState>,
     path: web::Path<String>,
     query: web::Query<AsyncQuery>,
-    body: web::Json<ProvisionBody>,
+    Body(body): Body<ProvisionBody>,
 ) -> Result<HttpResponse, HttpError> {
     let instance_id = instance_id(&path)?;
-    let body = body.into_inner();
-    for (field, value) in [
+        for (field, value) in [
         ("service_id", &body.service_id),
         ("plan_id", &body.plan_id),
         ("organization_guid", &body.organization_guid),
@@ -89,11 +88,10 @@ async fn update(
     state: web::Data<HttpState>,
     path: web::Path<String>,
     query: web::Query<AsyncQuery>,
-    body: web::Json<UpdateBody>,
+    Body(body): Body<UpdateBody>,
 ) -> Result<HttpResponse, HttpError> {
     let instance_id = instance_id(&path)?;
-    let body = body.into_inner();
-    non_empty("service_id", &body.service_id)?;
+        non_empty("service_id", &body.service_id)?;
     state
         .broker
         .update(UpdateRequest {

@@ -130,6 +130,27 @@ fn binding_id(raw: &str) -> Result<BindingId, HttpError> {
     Ok(BindingId::parse(raw).map_err(crate::osb::BrokerError::from)?)
 }
 
+/// A request body: any JSON first (size and syntax checked by [`web::JsonConfig`]), then the
+/// typed shape, so errors can name the offending field (`plan_id: invalid type ...`).
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> actix_web::FromRequest for Body<T> {
+    type Error = actix_web::Error;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let json = web::Json::<serde_json::Value>::from_request(req, payload);
+        Box::pin(async move {
+            let value = json.await?.into_inner();
+            serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
+                let path = e.path().to_string();
+                let at = if path == "." { String::new() } else { format!("{path}: ") };
+                HttpError::bad_request(format!("invalid request body: {at}{}", e.inner())).into()
+            })
+        })
+    }
+}
+
 /// The `{}` body of most successful answers.
 fn empty(status: actix_web::http::StatusCode) -> HttpResponse {
     HttpResponse::build(status).content_type("application/json").body("{}")

@@ -83,25 +83,17 @@ pub async fn osb_protocol(
         request_identity = identity.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         user = originating_user(headers.get(ORIGINATING_IDENTITY)).as_deref().unwrap_or(""),
     );
-    let http_request = req.request().clone();
-    let auth = req
+    let authorized = req
         .app_data::<web::Data<HttpState>>()
         .map(|s| s.auth.accepts(headers.get(AUTHORIZATION)))
         .unwrap_or(false);
-    let checked = if auth {
-        check_version(headers.get(VERSION_HEADER))
-    } else {
-        Err(HttpError::Unauthorized)
-    };
-    let result = match checked {
-        Ok(()) => next.call(req).instrument(span.clone()).await.map(|r| r.map_into_boxed_body()),
-        Err(e) => Err(e.into()),
-    };
-    let mut response = match result {
-        Ok(response) => response,
+    let checked = if authorized { check_version(headers.get(VERSION_HEADER)) } else { Err(HttpError::Unauthorized) };
+    let mut response = match checked {
+        // Handler errors are already responses here; only our own rejections need converting.
+        Ok(()) => next.call(req).instrument(span.clone()).await?.map_into_boxed_body(),
         Err(e) => {
             let _entered = span.enter();
-            ServiceResponse::from_err(e, http_request).map_into_boxed_body()
+            req.error_response(e).map_into_boxed_body()
         }
     };
     tracing::debug!(parent: &span, status = response.status().as_u16(), "answered");

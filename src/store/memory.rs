@@ -86,7 +86,7 @@ impl Store for MemoryStore {
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
         if !s.roles.contains_key(role) {
-            return Err(StoreError::Failed("role name not found".into()));
+            return Err(StoreError::Conflict("role name not found".into()));
         }
         let entry = s.users.entry(user.to_owned()).or_default();
         entry.0 = password.to_owned();

@@ -44,6 +44,9 @@ pub enum StoreError {
     /// etcd refused the broker's own credentials or permissions.
     #[error("etcd refused the broker's credentials: {0}")]
     Unauthorized(String),
+    /// A user or role the call needs was deleted concurrently (by an unbind or deprovision).
+    #[error("changed concurrently: {0}")]
+    Conflict(String),
     /// Anything else etcd answered with.
     #[error("etcd request failed: {0}")]
     Failed(String),

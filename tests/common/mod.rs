@@ -1,0 +1,267 @@
+//! Shared harness of the integration tests: a real etcd (auth enabled, version from
+//! `ETCD_VERSION`, default 3.5) and real `etcd-broker` processes on free loopback ports.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use local_etcd::{EtcdVersion, LocalEtcd, Options};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+pub const SERVICE_ID: &str = "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01";
+pub const SHARED: &str = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+pub const LARGE: &str = "1e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b";
+pub const FAR: &str = "2f4a5b6c-7d8e-4f9a-8b1c-2d3e4f5a6b7c";
+pub const USER: &str = "broker";
+pub const PASSWORD: &str = "broker-secret-Ü\"'x";
+pub const VERSION: &str = "2.17";
+
+/// Starts etcd with auth enabled, at the version the test run asks for.
+pub async fn start_etcd() -> LocalEtcd {
+    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
+    LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() })
+        .await
+        .expect("etcd starts")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The broker config for `main` (and optionally a second cluster `far`).
+pub fn config_toml(port: u16, main: &LocalEtcd, far: Option<&LocalEtcd>) -> String {
+    let cluster = |name: &str, etcd: &LocalEtcd| {
+        format!(
+            "[clusters.{name}]\nendpoints = [{endpoint:?}]\nusername = \"root\"\npassword = {password:?}\n",
+            endpoint = etcd.endpoint(),
+            password = etcd.root_password()
+        )
+    };
+    let mut text = format!(
+        r#"log_level = "debug"
+state_cluster = "main"
+[listen]
+host = "127.0.0.1"
+port = {port}
+[auth]
+username = "{USER}"
+password = {PASSWORD:?}
+"#
+    );
+    text += &cluster("main", main);
+    let far_cluster = match far {
+        Some(etcd) => {
+            text += &cluster("far", etcd);
+            "far"
+        }
+        None => "main",
+    };
+    text += &format!(
+        r#"
+[[catalog.services]]
+id = "{SERVICE_ID}"
+name = "etcd"
+description = "etcd namespaces"
+plan_updateable = true
+[[catalog.services.plans]]
+id = "{SHARED}"
+name = "shared"
+description = "shared"
+[[catalog.services.plans]]
+id = "{LARGE}"
+name = "large"
+description = "large"
+[[catalog.services.plans]]
+id = "{FAR}"
+name = "far"
+description = "on another cluster"
+[plan_configs."{SHARED}"]
+cluster = "main"
+[plan_configs."{LARGE}"]
+cluster = "main"
+[plan_configs."{FAR}"]
+cluster = "{far_cluster}"
+"#
+    );
+    text
+}
+
+/// A running `etcd-broker serve` process; killed on drop.
+pub struct BrokerProcess {
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl BrokerProcess {
+    pub async fn start(main: &LocalEtcd, far: Option<&LocalEtcd>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("broker.toml");
+        std::fs::write(&config, config_toml(port, main, far)).unwrap();
+        let log = dir.path().join("broker.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_etcd-broker"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("etcd-broker starts");
+        let broker = Self { url: format!("http://127.0.0.1:{port}"), child, _dir: dir, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let http = reqwest::Client::new();
+        while http.get(format!("{}/v2/catalog", broker.url)).send().await.is_err() {
+            assert!(Instant::now() < deadline, "broker did not start: {}", broker.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        broker
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn stop(mut self) -> String {
+        let _ = self.child.kill().await;
+        self.log_text()
+    }
+}
+
+impl Drop for BrokerProcess {
+    /// A failing test shows what the broker logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- {} log (last lines) ---", self.url);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// An OSB client speaking to one broker.
+#[derive(Clone)]
+pub struct Osb {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+/// A response: status and JSON body (Null when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Osb {
+    pub fn new(url: &str) -> Self {
+        Self { url: url.to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// A request with valid auth and version headers.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .basic_auth(USER, Some(PASSWORD))
+            .header("X-Broker-API-Version", VERSION)
+    }
+
+    pub async fn send(builder: reqwest::RequestBuilder) -> Reply {
+        let response = builder.send().await.expect("broker answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, body, headers }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let mut builder = self.request(method, path);
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        Self::send(builder).await
+    }
+
+    pub async fn provision(&self, id: &str, plan: &str) -> Reply {
+        self.call(Method::PUT, &format!("/v2/service_instances/{id}"), Some(provision_body(plan))).await
+    }
+
+    pub async fn update(&self, id: &str, plan: &str) -> Reply {
+        let body = json!({ "service_id": SERVICE_ID, "plan_id": plan });
+        self.call(Method::PATCH, &format!("/v2/service_instances/{id}"), Some(body)).await
+    }
+
+    pub async fn deprovision(&self, id: &str) -> Reply {
+        let path = format!("/v2/service_instances/{id}?service_id={SERVICE_ID}&plan_id={SHARED}");
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    pub async fn bind(&self, id: &str, binding: &str) -> Reply {
+        let body = json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-1" } });
+        self.call(Method::PUT, &format!("/v2/service_instances/{id}/service_bindings/{binding}"), Some(body)).await
+    }
+
+    pub async fn get_binding(&self, id: &str, binding: &str) -> Reply {
+        self.call(Method::GET, &format!("/v2/service_instances/{id}/service_bindings/{binding}"), None).await
+    }
+
+    pub async fn unbind(&self, id: &str, binding: &str) -> Reply {
+        let path = format!(
+            "/v2/service_instances/{id}/service_bindings/{binding}?service_id={SERVICE_ID}&plan_id={SHARED}"
+        );
+        self.call(Method::DELETE, &path, None).await
+    }
+}
+
+pub fn provision_body(plan: &str) -> Value {
+    json!({
+        "service_id": SERVICE_ID,
+        "plan_id": plan,
+        "organization_guid": "org-1",
+        "space_guid": "space-1",
+        "context": { "platform": "cloudfoundry" },
+    })
+}
+
+/// An etcd client logged in with a binding's credentials.
+pub async fn tenant_client(credentials: &Value) -> Result<Client, etcd_client::Error> {
+    let endpoints: Vec<String> = serde_json::from_value(credentials["endpoints"].clone()).unwrap();
+    let options = ConnectOptions::new()
+        .with_user(
+            credentials["username"].as_str().unwrap(),
+            credentials["password"].as_str().unwrap(),
+        )
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect(endpoints, Some(options)).await
+}
+
+/// Everything a root client sees that the broker may have made: (keys, users, roles),
+/// without etcd's own `root` user and role.
+pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut root = etcd.root_client().await.unwrap();
+    let keys = root
+        .get("", Some(GetOptions::new().with_all_keys().with_keys_only()))
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
+    let users = root.user_list().await.unwrap().users().iter().filter(|u| *u != "root").cloned().collect();
+    let roles = root.role_list().await.unwrap().roles().iter().filter(|r| *r != "root").cloned().collect();
+    (keys, users, roles)
+}
