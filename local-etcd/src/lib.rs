@@ -1,0 +1,473 @@
+//! Throw-away etcd servers for the broker's integration tests and `etcd-broker-ops dev`.
+//!
+//! The broker needs a real etcd with authentication enabled, because everything it does
+//! (users, roles, prefix permissions) only means something under auth. [`LocalEtcd::start`]
+//! runs the project-local etcd binary (installed by `scripts/install-tools.sh` into `tools/`)
+//! on free 127.0.0.1 ports, creates the `root` user and enables auth, and kills the process
+//! when dropped, so a test never leaves a server behind.
+
+#![warn(missing_docs)]
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+use tokio::process::{Child, Command};
+use tonic::Code;
+
+/// The etcd versions the broker supports and is tested against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtcdVersion {
+    /// etcd 3.5, the default.
+    V3_5,
+    /// etcd 3.4, still common on older platforms.
+    V3_4,
+}
+
+impl EtcdVersion {
+    /// The version chosen by the environment variable `ETCD_VERSION` ("3.5" or "3.4"), so CI
+    /// can run the same tests against both; unset or empty means 3.5.
+    pub fn from_env() -> Result<Self, Error> {
+        match std::env::var("ETCD_VERSION") {
+            Ok(s) if !s.trim().is_empty() => Self::parse(&s),
+            _ => Ok(EtcdVersion::V3_5),
+        }
+    }
+
+    /// Parses "3.5" or "3.4" (a leading "v" is accepted), for flags and environment variables.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s.trim().trim_start_matches('v') {
+            "3.5" => Ok(EtcdVersion::V3_5),
+            "3.4" => Ok(EtcdVersion::V3_4),
+            _ => Err(Error::UnknownVersion(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for EtcdVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EtcdVersion::V3_5 => "3.5",
+            EtcdVersion::V3_4 => "3.4",
+        })
+    }
+}
+
+/// The project-local tools folder holding the etcd binaries: `$ETCD_BROKER_TOOLS` if set,
+/// else `<workspace root>/tools`, where `scripts/install-tools.sh` puts them.
+pub fn tools_dir() -> PathBuf {
+    match std::env::var_os("ETCD_BROKER_TOOLS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("tools"),
+    }
+}
+
+/// The `etcd` server binary of a version in [`tools_dir`]; an error says how to install it.
+pub fn etcd_binary(v: EtcdVersion) -> Result<PathBuf, Error> {
+    etcd_binary_in(&tools_dir(), v)
+}
+
+/// The `etcdctl` binary of a version in [`tools_dir`], for humans and scripts poking at a
+/// local server; an error says how to install it.
+pub fn etcdctl_binary(v: EtcdVersion) -> Result<PathBuf, Error> {
+    etcdctl_binary_in(&tools_dir(), v)
+}
+
+/// Like [`etcd_binary`] but in a given tools folder (testable without touching the environment).
+pub fn etcd_binary_in(tools: &Path, v: EtcdVersion) -> Result<PathBuf, Error> {
+    binary_in(tools, v, "etcd")
+}
+
+/// Like [`etcdctl_binary`] but in a given tools folder.
+pub fn etcdctl_binary_in(tools: &Path, v: EtcdVersion) -> Result<PathBuf, Error> {
+    binary_in(tools, v, "etcdctl")
+}
+
+fn binary_in(tools: &Path, v: EtcdVersion, name: &str) -> Result<PathBuf, Error> {
+    let path = tools.join(format!("etcd-v{v}")).join("bin").join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingBinary(path))
+    }
+}
+
+/// How to start a [`LocalEtcd`]; `Options::default()` suits tests.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Which etcd to run.
+    pub version: EtcdVersion,
+    /// Client port on 127.0.0.1; 0 picks a free one.
+    pub client_port: u16,
+    /// etcd's `--bcrypt-cost`; a low value (4) makes user creation fast in tests.
+    pub bcrypt_cost: Option<u32>,
+    /// Data directory; `None` uses a temporary one removed on drop. A directory that already
+    /// holds etcd data is reused as is (auth already set up), which needs `root_password`.
+    pub data_dir: Option<PathBuf>,
+    /// Password of `root`; `None` generates 32 random hex characters.
+    pub root_password: Option<String>,
+    /// File for etcd's stdout and stderr; `None` keeps them in a temporary file removed on
+    /// drop (only used to explain a failed start).
+    pub log_file: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            version: EtcdVersion::V3_5,
+            client_port: 0,
+            bcrypt_cost: None,
+            data_dir: None,
+            root_password: None,
+            log_file: None,
+        }
+    }
+}
+
+/// Why a local etcd could not be found, started or set up. Never contains the root password.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `ETCD_VERSION` or a flag named a version we do not ship.
+    #[error("unsupported etcd version {0:?}: expected \"3.5\" or \"3.4\"")]
+    UnknownVersion(String),
+    /// The tools were not installed.
+    #[error("{} not found: run `scripts/install-tools.sh` (or `make tools`) to install etcd", .0.display())]
+    MissingBinary(PathBuf),
+    /// A file or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying failure.
+        source: std::io::Error,
+    },
+    /// Reusing a data directory needs the root password it was set up with.
+    #[error("data dir {} already holds etcd data: root_password must be given", .0.display())]
+    PasswordNeeded(PathBuf),
+    /// etcd exited while starting.
+    #[error("etcd {version} exited during startup ({status}); log tail:\n{log_tail}")]
+    Exited {
+        /// Which etcd.
+        version: EtcdVersion,
+        /// How it exited.
+        status: ExitStatus,
+        /// The last lines of etcd's log (root password redacted).
+        log_tail: String,
+    },
+    /// etcd did not answer in time.
+    #[error("etcd {version} at {endpoint} did not answer within 20 s; log tail:\n{log_tail}")]
+    Timeout {
+        /// Which etcd.
+        version: EtcdVersion,
+        /// Where it should have answered.
+        endpoint: String,
+        /// The last lines of etcd's log (root password redacted).
+        log_tail: String,
+    },
+    /// An etcd request failed.
+    #[error("{context}: {source}")]
+    Etcd {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying failure.
+        source: etcd_client::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+fn etcd_err(context: &'static str) -> impl FnOnce(etcd_client::Error) -> Error {
+    move |source| Error::Etcd { context, source }
+}
+
+const ROOT: &str = "root";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running etcd with auth enabled; the process is killed (and reaped) when this is dropped.
+pub struct LocalEtcd {
+    child: Option<Child>,
+    version: EtcdVersion,
+    client_port: u16,
+    root_password: String,
+    etcdctl: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl LocalEtcd {
+    /// Starts etcd on free ports (retrying up to 3 times if a port is taken meanwhile), waits
+    /// until it answers, creates user `root` with role `root`, enables auth, and returns once
+    /// an authenticated root client works.
+    pub async fn start(opts: Options) -> Result<LocalEtcd, Error> {
+        let etcd_bin = etcd_binary(opts.version)?;
+        let etcdctl = etcdctl_binary(opts.version)?;
+        let temp = tempfile::Builder::new()
+            .prefix("local-etcd-")
+            .tempdir()
+            .map_err(io_err("creating a temporary directory"))?;
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| temp.path().join("data"));
+        let reused = data_dir.join("member").exists();
+        let root_password = match (&opts.root_password, reused) {
+            (Some(p), _) => p.clone(),
+            (None, true) => return Err(Error::PasswordNeeded(data_dir)),
+            (None, false) => random_password(),
+        };
+        let log = opts
+            .log_file
+            .clone()
+            .unwrap_or_else(|| temp.path().join("etcd.log"));
+        let mut attempt = 0;
+        let (child, client_port) = loop {
+            attempt += 1;
+            let port = match opts.client_port {
+                0 => free_port()?,
+                p => p,
+            };
+            let mut child = spawn(&etcd_bin, &opts, &data_dir, &log, port, free_port()?)?;
+            let exit = match wait_ready(&mut child, port).await {
+                Ok(()) => break (child, port),
+                Err(exit) => exit,
+            };
+            let _ = child.kill().await;
+            let (version, log_tail) = (opts.version, log_tail(&log, &root_password));
+            return Err(match exit {
+                Some(_) if attempt < 3 && log_tail.contains("address already in use") => continue,
+                Some(status) => Error::Exited {
+                    version,
+                    status,
+                    log_tail,
+                },
+                None => Error::Timeout {
+                    version,
+                    endpoint: endpoint(port),
+                    log_tail,
+                },
+            });
+        };
+        let etcd = LocalEtcd {
+            child: Some(child),
+            version: opts.version,
+            client_port,
+            root_password,
+            etcdctl,
+            _temp: temp,
+        };
+        if !reused {
+            let mut c = Client::connect([etcd.endpoint()], None)
+                .await
+                .map_err(etcd_err("connecting to etcd"))?;
+            c.user_add(ROOT, etcd.root_password.as_str(), None)
+                .await
+                .map_err(etcd_err("adding user root"))?;
+            c.role_add(ROOT)
+                .await
+                .map_err(etcd_err("adding role root"))?;
+            c.user_grant_role(ROOT, ROOT)
+                .await
+                .map_err(etcd_err("granting role root to user root"))?;
+            c.auth_enable().await.map_err(etcd_err("enabling auth"))?;
+        }
+        let mut c = etcd.root_client().await?;
+        c.get("local-etcd/ready", None)
+            .await
+            .map_err(etcd_err("reading as root"))?;
+        Ok(etcd)
+    }
+
+    /// The client URL to give to the broker and to etcdctl.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.client_port)
+    }
+
+    /// The client port on 127.0.0.1.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// Name of the administrative user the broker logs in as.
+    pub fn root_username(&self) -> &str {
+        ROOT
+    }
+
+    /// Password of [`Self::root_username`].
+    pub fn root_password(&self) -> &str {
+        &self.root_password
+    }
+
+    /// Which etcd is running.
+    pub fn version(&self) -> EtcdVersion {
+        self.version
+    }
+
+    /// The etcdctl matching this server's version.
+    pub fn etcdctl(&self) -> PathBuf {
+        self.etcdctl.clone()
+    }
+
+    /// An etcd client logged in as root, refreshing its token when it expires.
+    pub async fn root_client(&self) -> Result<Client, Error> {
+        let opts = ConnectOptions::new()
+            .with_user(ROOT, self.root_password.as_str())
+            .with_auto_token_refresh(true)
+            .with_connect_timeout(Duration::from_secs(5));
+        Client::connect([self.endpoint()], Some(opts))
+            .await
+            .map_err(etcd_err("connecting to etcd as root"))
+    }
+
+    /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s), e.g. at the end of `dev`.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            // SAFETY: plain syscall on the pid of our own, not yet reaped, child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = child.kill().await;
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = child.start_kill();
+        // Reap it so that no zombie is left and the port is free once we return.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn endpoint(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 16];
+    openssl::rand::rand_bytes(&mut bytes).expect("OpenSSL random generator failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io_err("finding a free port"))?
+        .port())
+}
+
+fn spawn(
+    bin: &Path,
+    opts: &Options,
+    data_dir: &Path,
+    log: &Path,
+    client_port: u16,
+    peer_port: u16,
+) -> Result<Child, Error> {
+    let log_file = File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(io_err("duplicating the log file"))?;
+    let (client, peer) = (endpoint(client_port), endpoint(peer_port));
+    let mut cmd = Command::new(bin);
+    // etcd reads every ETCD_* variable as a flag (ETCD_VERSION among them): start it clean.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.arg("--name")
+        .arg("local")
+        .arg("--data-dir")
+        .arg(data_dir);
+    cmd.args([
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+    ]);
+    cmd.args([
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    cmd.args(["--initial-cluster", &format!("local={peer}")]);
+    cmd.args(["--auth-token", "simple", "--log-level", "warn"]);
+    if opts.version == EtcdVersion::V3_4 {
+        cmd.args(["--logger", "zap"]);
+    }
+    if let Some(cost) = opts.bcrypt_cost {
+        cmd.args(["--bcrypt-cost", &cost.to_string()]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .kill_on_drop(true);
+    cmd.spawn()
+        .map_err(io_err(format!("starting {}", bin.display())))
+}
+
+/// Waits until etcd serves requests: `Err(Some(status))` if it exited, `Err(None)` on timeout.
+async fn wait_ready(child: &mut Child, port: u16) -> Result<(), Option<ExitStatus>> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(2));
+    let answers = async {
+        loop {
+            if let Ok(mut c) = Client::connect([endpoint(port)], Some(opts.clone())).await {
+                // Any answer from etcd itself (even "user name is empty" when auth is already
+                // enabled in a reused data dir) means it is serving; transport failures do not.
+                match c.get("local-etcd/ready", None).await {
+                    Ok(_) => return,
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) =>
+                    {
+                        return
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        () = answers => Ok(()),
+        status = child.wait() => Err(status.ok()),
+        () = tokio::time::sleep(START_TIMEOUT) => Err(None),
+    }
+}
+
+/// The last lines of etcd's log, for error messages, with the root password scrubbed.
+fn log_tail(log: &Path, password: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if password.is_empty() {
+        tail
+    } else {
+        tail.replace(password, "<redacted>")
+    }
+}

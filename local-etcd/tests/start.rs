@@ -1,0 +1,167 @@
+//! Starts real etcd servers of both supported versions.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use local_etcd::{etcd_binary_in, etcdctl_binary_in, EtcdVersion, LocalEtcd, Options};
+
+const VERSIONS: [EtcdVersion; 2] = [EtcdVersion::V3_5, EtcdVersion::V3_4];
+
+fn opts(version: EtcdVersion) -> Options {
+    Options {
+        version,
+        bcrypt_cost: Some(4),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn auth_is_enabled_and_root_can_write() {
+    for v in VERSIONS {
+        let etcd = LocalEtcd::start(opts(v)).await.unwrap();
+        assert_eq!(etcd.version(), v);
+        assert_eq!(
+            etcd.endpoint(),
+            format!("http://127.0.0.1:{}", etcd.client_port())
+        );
+        assert_eq!(etcd.root_username(), "root");
+        assert_eq!(etcd.root_password().len(), 32);
+        assert!(etcd.etcdctl().is_file());
+
+        let mut anon = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        assert!(
+            anon.put("k", "v", None).await.is_err(),
+            "{v}: unauthenticated put accepted"
+        );
+
+        let mut root = etcd.root_client().await.unwrap();
+        root.put("k", "v", None).await.unwrap();
+        let got = root.get("k", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), b"v", "{v}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_instances_get_different_ports() {
+    for v in VERSIONS {
+        let (a, b) = tokio::join!(LocalEtcd::start(opts(v)), LocalEtcd::start(opts(v)));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_ne!(a.client_port(), b.client_port(), "{v}");
+        assert_ne!(a.root_password(), b.root_password(), "{v}");
+    }
+}
+
+fn wait_closed(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test]
+async fn drop_and_stop_end_the_process() {
+    for v in VERSIONS {
+        let etcd = LocalEtcd::start(opts(v)).await.unwrap();
+        let port = etcd.client_port();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+        drop(etcd);
+        assert!(wait_closed(port), "{v}: port {port} still open after drop");
+
+        let etcd = LocalEtcd::start(opts(v)).await.unwrap();
+        let port = etcd.client_port();
+        etcd.stop().await;
+        assert!(wait_closed(port), "{v}: port {port} still open after stop");
+    }
+}
+
+#[tokio::test]
+async fn given_password_and_persistent_data_dir_are_reused() {
+    for v in VERSIONS {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Options {
+            data_dir: Some(dir.path().join("data")),
+            root_password: Some("s3cret-pw".into()),
+            ..opts(v)
+        };
+        let etcd = LocalEtcd::start(o.clone()).await.unwrap();
+        assert_eq!(etcd.root_password(), "s3cret-pw");
+        etcd.root_client()
+            .await
+            .unwrap()
+            .put("kept", "yes", None)
+            .await
+            .unwrap();
+        etcd.stop().await;
+
+        let etcd = LocalEtcd::start(o.clone()).await.unwrap();
+        let got = etcd
+            .root_client()
+            .await
+            .unwrap()
+            .get("kept", None)
+            .await
+            .unwrap();
+        assert_eq!(got.kvs()[0].value(), b"yes", "{v}");
+        drop(etcd);
+
+        let err = LocalEtcd::start(Options {
+            root_password: None,
+            ..o
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("root_password"), "{err}");
+    }
+}
+
+#[test]
+fn missing_binary_error_mentions_install_tools() {
+    let empty = tempfile::tempdir().unwrap();
+    for v in VERSIONS {
+        for err in [
+            etcd_binary_in(empty.path(), v).unwrap_err(),
+            etcdctl_binary_in(empty.path(), v).unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(msg.contains("install-tools"), "{msg}");
+            assert!(msg.contains(&format!("etcd-v{v}")), "{msg}");
+        }
+        assert!(
+            local_etcd::etcd_binary(v).is_ok(),
+            "tools not installed for {v}"
+        );
+    }
+}
+
+#[test]
+fn versions_parse_and_display() {
+    assert_eq!(EtcdVersion::parse("3.5").unwrap(), EtcdVersion::V3_5);
+    assert_eq!(EtcdVersion::parse("v3.4").unwrap(), EtcdVersion::V3_4);
+    assert_eq!(EtcdVersion::V3_4.to_string(), "3.4");
+    let err = EtcdVersion::parse("3.6").unwrap_err().to_string();
+    assert!(err.contains("3.6") && err.contains("\"3.5\""), "{err}");
+}
+
+#[tokio::test]
+async fn taken_client_port_fails_with_log_tail() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for v in VERSIONS {
+        let o = Options {
+            client_port: port,
+            ..opts(v)
+        };
+        let err = LocalEtcd::start(o).await.err().unwrap().to_string();
+        assert!(
+            err.contains("exited during startup") && err.contains("address already in use"),
+            "{err}"
+        );
+    }
+}
