@@ -73,7 +73,7 @@ impl EtcdStore {
         let mut attempts = 0;
         loop {
             match op(client.clone()).await {
-                Err(e) if says(&e, OLD_AUTH_REVISION) && attempts < OLD_REVISION_RETRIES => {
+                Err(e) if OLD_AUTH_REVISION.iter().any(|m| says(&e, m)) && attempts < OLD_REVISION_RETRIES => {
                     attempts += 1;
                     client.refresh_token().await?;
                 }
@@ -83,8 +83,8 @@ impl EtcdStore {
     }
 }
 
-/// etcd's answer to a token older than the newest auth change.
-const OLD_AUTH_REVISION: &str = "revision in header is old";
+/// etcd's answers to a token older than the newest auth change (3.5 and 3.4 wording).
+const OLD_AUTH_REVISION: [&str; 2] = ["revision in header is old", "revision of auth store is old"];
 /// Auth changes can keep coming while the broker binds at full speed; this bounds the chase.
 const OLD_REVISION_RETRIES: usize = 10;
 
