@@ -1,0 +1,154 @@
+//! `etcd-broker-ops dev`: a local etcd (auth enabled) plus the broker, for trying things out.
+//!
+//! Writes the broker config to `<dir>/broker.toml` (the documented example catalog) and, once
+//! everything answers, `<dir>/env` with the `KEY=value` lines scripts use to drive the system.
+//! Runs until SIGINT/SIGTERM, then stops the broker and etcd and removes `<dir>/env`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use etcd_broker::config::Config;
+use etcd_broker::{logging, secrets, server};
+use local_etcd::{EtcdVersion, LocalEtcd, Options};
+
+/// The example config shipped in docs/, used for its catalog.
+const EXAMPLE_CONFIG: &str = include_str!("../../docs/etcd-broker.example.toml");
+const BROKER_USERNAME: &str = "broker";
+
+/// What `dev` needs to know.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub broker_port: u16,
+    pub etcd_port: u16,
+    pub etcd_version: EtcdVersion,
+    pub bcrypt_cost: Option<u32>,
+    pub dir: PathBuf,
+}
+
+/// Runs the local stack until interrupted.
+pub fn run(options: DevOptions) -> Result<()> {
+    actix_web::rt::System::new().block_on(serve(options))
+}
+
+async fn serve(options: DevOptions) -> Result<()> {
+    let dir = &options.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let env_file = dir.join("env");
+    let _ = std::fs::remove_file(&env_file);
+
+    eprintln!("starting etcd {} (auth enabled)...", options.etcd_version);
+    let etcd = LocalEtcd::start(Options {
+        version: options.etcd_version,
+        client_port: options.etcd_port,
+        bcrypt_cost: options.bcrypt_cost,
+        log_file: Some(dir.join("etcd.log")),
+        ..Options::default()
+    })
+    .await
+    .context("cannot start etcd")?;
+
+    let broker_password = secrets::random_password();
+    let config_path = dir.join("broker.toml");
+    write_private(&config_path, &broker_config(&etcd, options.broker_port, &broker_password)?)?;
+    let config = Config::load(&config_path)?;
+    logging::init(config.log_level);
+    let running = server::start(&config)?;
+    let broker_url = format!("http://{}", running.addr);
+
+    let env = env_lines(&broker_url, &broker_password, &etcd);
+    write_private(&env_file, &env)?;
+    println!("{}", instructions(&config, &broker_url, &env_file));
+
+    // actix-web stops the server gracefully on SIGINT/SIGTERM.
+    let served = running.server.await;
+    eprintln!("stopping etcd...");
+    etcd.stop().await;
+    let _ = std::fs::remove_file(&env_file);
+    served.context("the broker failed")
+}
+
+/// The broker config: the example's catalog, this etcd, a loopback listener.
+fn broker_config(etcd: &LocalEtcd, port: u16, password: &str) -> Result<String> {
+    let mut table: toml::Table = toml::from_str(EXAMPLE_CONFIG).context("docs/etcd-broker.example.toml")?;
+    table.insert("listen".into(), toml::Value::Table(toml::toml! { host = "127.0.0.1" }));
+    table["listen"].as_table_mut().unwrap().insert("port".into(), i64::from(port).into());
+    let mut auth = toml::Table::new();
+    auth.insert("username".into(), BROKER_USERNAME.into());
+    auth.insert("password".into(), password.into());
+    table.insert("auth".into(), auth.into());
+    let mut main = toml::Table::new();
+    main.insert("endpoints".into(), toml::Value::Array(vec![etcd.endpoint().into()]));
+    main.insert("username".into(), etcd.root_username().into());
+    main.insert("password".into(), etcd.root_password().into());
+    let mut clusters = toml::Table::new();
+    clusters.insert("main".into(), main.into());
+    table.insert("clusters".into(), clusters.into());
+    Ok(toml::to_string(&table)?)
+}
+
+/// The `.dev/env` contents.
+fn env_lines(broker_url: &str, broker_password: &str, etcd: &LocalEtcd) -> String {
+    let mut out = String::new();
+    for (key, value) in [
+        ("BROKER_URL", broker_url.to_owned()),
+        ("BROKER_USERNAME", BROKER_USERNAME.to_owned()),
+        ("BROKER_PASSWORD", broker_password.to_owned()),
+        ("ETCD_ENDPOINTS", etcd.endpoint()),
+        ("ETCD_ROOT_USERNAME", etcd.root_username().to_owned()),
+        ("ETCD_ROOT_PASSWORD", etcd.root_password().to_owned()),
+        ("ETCDCTL", etcd.etcdctl().display().to_string()),
+    ] {
+        let _ = writeln!(out, "{key}={value}");
+    }
+    out
+}
+
+/// Ready-to-paste commands; secrets come from the env file, never from this text.
+fn instructions(config: &Config, broker_url: &str, env_file: &Path) -> String {
+    let service = &config.catalog.services[0];
+    let plan = &service.plans[0];
+    let (sid, pid) = (&service.id, &plan.id);
+    format!(
+        r#"
+etcd-broker is listening on {broker_url}; etcd is at {etcd}.
+Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
+
+  set -a; . {env}; set +a
+  H='X-Broker-API-Version: 2.17'; A="$BROKER_USERNAME:$BROKER_PASSWORD"
+
+  # catalog
+  curl -s -u "$A" -H "$H" "$BROKER_URL/v2/catalog"
+  # provision
+  curl -s -u "$A" -H "$H" -X PUT "$BROKER_URL/v2/service_instances/demo" -H 'Content-Type: application/json' \
+    -d '{{"service_id":"{sid}","plan_id":"{pid}","organization_guid":"org","space_guid":"space"}}'
+  # bind (the answer holds the credentials)
+  curl -s -u "$A" -H "$H" -X PUT "$BROKER_URL/v2/service_instances/demo/service_bindings/app1" -H 'Content-Type: application/json' \
+    -d '{{"service_id":"{sid}","plan_id":"{pid}"}}'
+  # use them: "$ETCDCTL" --endpoints "$ETCD_ENDPOINTS" --user "<username>" --password "<password>" put /service_instances/demo/hello world
+  # unbind
+  curl -s -u "$A" -H "$H" -X DELETE "$BROKER_URL/v2/service_instances/demo/service_bindings/app1?service_id={sid}&plan_id={pid}"
+  # deprovision
+  curl -s -u "$A" -H "$H" -X DELETE "$BROKER_URL/v2/service_instances/demo?service_id={sid}&plan_id={pid}"
+"#,
+        etcd = config.clusters["main"].endpoints[0],
+        env = env_file.display(),
+    )
+}
+
+/// Writes a file readable by its owner only (it holds passwords), atomically.
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(contents.as_bytes())?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `etcd-broker-ops dev` end to end: it starts etcd and the broker, writes a usable env file,
+//! the printed workflow works with the real etcdctl, and Ctrl-C stops everything.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn read_env(path: &std::path::Path) -> Option<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+}
+
+#[tokio::test]
+async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+        .args(["dev", "--bcrypt-cost", "4", "--dir"])
+        .arg(dir.path())
+        .env("BROKER_PORT", "0")
+        .env("ETCD_PORT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let env_file = dir.path().join("env");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let env = loop {
+        if let Some(env) = read_env(&env_file) {
+            break env;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "dev exited early");
+        assert!(Instant::now() < deadline, "no env file");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for key in ["BROKER_URL", "BROKER_USERNAME", "BROKER_PASSWORD", "ETCD_ENDPOINTS", "ETCD_ROOT_USERNAME", "ETCD_ROOT_PASSWORD", "ETCDCTL"] {
+        assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env_file).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "env file readable by others");
+
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", env["BROKER_URL"]))
+            .basic_auth(&env["BROKER_USERNAME"], Some(&env["BROKER_PASSWORD"]))
+            .header("X-Broker-API-Version", "2.17")
+    };
+    let catalog: Value = call(reqwest::Method::GET, "/v2/catalog").send().await.unwrap().json().await.unwrap();
+    let service = catalog["services"][0]["id"].as_str().unwrap().to_owned();
+    let plan = catalog["services"][0]["plans"][0]["id"].as_str().unwrap().to_owned();
+    let body = json!({ "service_id": service, "plan_id": plan, "organization_guid": "o", "space_guid": "s" });
+    let provisioned = call(reqwest::Method::PUT, "/v2/service_instances/demo").json(&body).send().await.unwrap();
+    assert_eq!(provisioned.status(), 201);
+    let bound = call(reqwest::Method::PUT, "/v2/service_instances/demo/service_bindings/app1")
+        .json(&json!({ "service_id": service, "plan_id": plan }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 201);
+    let creds = bound.json::<Value>().await.unwrap()["credentials"].clone();
+
+    // The etcdctl named in the env file works with the binding's credentials.
+    let etcdctl = |args: &[&str]| {
+        Command::new(&env["ETCDCTL"])
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &env["ETCD_ENDPOINTS"], "--user"])
+            .arg(format!("{}:{}", creds["username"].as_str().unwrap(), creds["password"].as_str().unwrap()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(etcdctl(&["put", "/service_instances/demo/hello", "world"]).status.success());
+    let got = etcdctl(&["get", "/service_instances/demo/hello", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "world");
+    assert!(!etcdctl(&["put", "/elsewhere", "x"]).status.success());
+
+    // Ctrl-C: clean exit, env file gone, etcd stopped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(!env_file.exists());
+    let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
+    assert!(std::net::TcpStream::connect(etcd_addr).is_err(), "etcd still running");
+}
