@@ -202,9 +202,7 @@ impl Config {
         Ok(config)
     }
 
-    fn build(
-        builder: config::ConfigBuilder<config::builder::DefaultState>,
-    ) -> Result<Config, ConfigError> {
+    fn build(builder: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Config, ConfigError> {
         let env = config::Environment::with_prefix(ENV_PREFIX).separator("__").try_parsing(true);
         let config: Config = builder
             .add_source(env)
@@ -231,16 +229,24 @@ impl Config {
         if self.auth.password.expose().is_empty() {
             return Err(invalid("auth.password", "must not be empty"));
         }
-        for (field, prefix) in [("prefixes.data", &self.prefixes.data), ("prefixes.state", &self.prefixes.state)] {
+        for (field, prefix) in
+            [("prefixes.data", &self.prefixes.data), ("prefixes.state", &self.prefixes.state)]
+        {
             if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
-                return Err(invalid(field, format!("'{prefix}' must start and end with '/' and not be just '/'")));
+                return Err(invalid(
+                    field,
+                    format!("'{prefix}' must start and end with '/' and not be just '/'"),
+                ));
             }
         }
         let (data, state) = (&self.prefixes.data, &self.prefixes.state);
         if data.starts_with(state.as_str()) || state.starts_with(data.as_str()) {
-            return Err(invalid("prefixes", format!(
+            return Err(invalid(
+                "prefixes",
+                format!(
                 "data prefix '{data}' and state prefix '{state}' overlap; tenants could reach broker records"
-            )));
+            ),
+            ));
         }
         self.validate_clusters()?;
         self.validate_catalog()
@@ -252,7 +258,9 @@ impl Config {
         }
         for (name, cluster) in &self.clusters {
             let field = |f: &str| format!("clusters.{name}.{f}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
                 return Err(invalid(format!("clusters.{name}"), "cluster names use a-z, 0-9, '_' and '-'"));
             }
             if cluster.endpoints.is_empty() {
@@ -274,10 +282,17 @@ impl Config {
                 if tls.cert_file.is_some() != tls.key_file.is_some() {
                     return Err(invalid(field("tls"), "cert_file and key_file go together"));
                 }
-                for (f, path) in [("tls.ca_file", &tls.ca_file), ("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
+                for (f, path) in [
+                    ("tls.ca_file", &tls.ca_file),
+                    ("tls.cert_file", &tls.cert_file),
+                    ("tls.key_file", &tls.key_file),
+                ] {
                     if let Some(path) = path {
                         if !path.is_file() {
-                            return Err(invalid(field(f), format!("{} is not a readable file", path.display())));
+                            return Err(invalid(
+                                field(f),
+                                format!("{} is not a readable file", path.display()),
+                            ));
                         }
                     }
                 }
@@ -318,15 +333,24 @@ impl Config {
                     return Err(invalid(format!("{field}.plans"), "plan id and name must not be empty"));
                 }
                 if !plan_ids.insert(plan.id.as_str()) {
-                    return Err(invalid(format!("{field}.plans"), format!("plan id '{}' is used twice", plan.id)));
+                    return Err(invalid(
+                        format!("{field}.plans"),
+                        format!("plan id '{}' is used twice", plan.id),
+                    ));
                 }
                 if !plan_names.insert(plan.name.as_str()) {
-                    return Err(invalid(format!("{field}.plans"), format!("plan name '{}' is used twice", plan.name)));
+                    return Err(invalid(
+                        format!("{field}.plans"),
+                        format!("plan name '{}' is used twice", plan.name),
+                    ));
                 }
                 let Some(plan_config) = self.plan_configs.get(&plan.id) else {
                     return Err(invalid(
                         format!("plan_configs.\"{}\"", plan.id),
-                        format!("plan '{}' of service '{}' has no plan_configs entry", plan.name, service.name),
+                        format!(
+                            "plan '{}' of service '{}' has no plan_configs entry",
+                            plan.name, service.name
+                        ),
                     ));
                 };
                 if !self.clusters.contains_key(&plan_config.cluster) {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, OpenSslClientConfig,
-    Permission, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, OpenSslClientConfig, Permission,
+    Txn, TxnOp,
 };
 use tokio::sync::OnceCell;
 
@@ -39,9 +39,8 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
         if let Some(tls) = &config.tls {
             let read = |path: &std::path::Path| {
-                std::fs::read(path).map_err(|e| {
-                    StoreError::Failed(format!("cannot read {}: {e}", path.display()))
-                })
+                std::fs::read(path)
+                    .map_err(|e| StoreError::Failed(format!("cannot read {}: {e}", path.display())))
             };
             let mut tls_config = OpenSslClientConfig::default();
             if let Some(ca) = &tls.ca_file {
@@ -73,7 +72,9 @@ impl EtcdStore {
         let mut attempts = 0;
         loop {
             match op(client.clone()).await {
-                Err(e) if OLD_AUTH_REVISION.iter().any(|m| says(&e, m)) && attempts < OLD_REVISION_RETRIES => {
+                Err(e)
+                    if OLD_AUTH_REVISION.iter().any(|m| says(&e, m)) && attempts < OLD_REVISION_RETRIES =>
+                {
                     attempts += 1;
                     client.refresh_token().await?;
                 }
@@ -118,10 +119,10 @@ fn says(e: &etcd_client::Error, what: &str) -> bool {
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let response = self.call(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
-        Ok(response.kvs().first().map(|kv| Versioned {
-            value: kv.value().to_vec(),
-            mod_revision: kv.mod_revision(),
-        }))
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() }))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {

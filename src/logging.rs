@@ -8,7 +8,9 @@ use crate::config::LogLevel;
 /// `RUST_LOG`, when set, refines the configured level.
 pub fn init(level: LogLevel) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .try_init();
 }

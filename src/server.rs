@@ -33,16 +33,22 @@ pub fn build_broker(config: &Config) -> Result<EtcdBroker, StartError> {
     for (name, cluster) in &config.clusters {
         let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
         let store: Arc<dyn Store> = Arc::new(EtcdStore::new(cluster).map_err(|e| fail(e.to_string()))?);
-        let public = if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };
-        let public_endpoints = public.iter().map(|e| parse_endpoint(e)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+        let public =
+            if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };
+        let public_endpoints =
+            public.iter().map(|e| parse_endpoint(e)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
         let ca_certificate = match cluster.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?),
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?,
+            ),
             None => None,
         };
         clusters.insert(name.clone(), Cluster { store, public_endpoints, ca_certificate });
     }
     let state = clusters[config.state_cluster_name()].store.clone();
-    let plan_clusters = config.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.cluster.clone())).collect();
+    let plan_clusters =
+        config.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.cluster.clone())).collect();
     Ok(EtcdBroker::new(BrokerSetup {
         catalog: config.catalog.clone(),
         plan_clusters,

@@ -52,9 +52,18 @@ async fn two_brokers_under_concurrent_load_stay_consistent() {
                     1 => ("bind", osb.bind(&instance, &binding).await),
                     _ => ("unbind", osb.unbind(&instance, &binding).await),
                 };
-                assert!(allowed(op, reply.status), "{op} {instance}/{binding}: {} {:?}", reply.status, reply.body);
+                assert!(
+                    allowed(op, reply.status),
+                    "{op} {instance}/{binding}: {} {:?}",
+                    reply.status,
+                    reply.body
+                );
                 if !reply.status.is_success() {
-                    assert!(reply.body["description"].is_string(), "{op}: no description in {:?}", reply.body);
+                    assert!(
+                        reply.body["description"].is_string(),
+                        "{op}: no description in {:?}",
+                        reply.body
+                    );
                 }
                 if reply.status.is_success() && op == "bind" {
                     assert!(reply.body["credentials"]["password"].is_string());
@@ -88,7 +97,9 @@ async fn two_brokers_under_concurrent_load_stay_consistent() {
     // Tear everything down through the two brokers; nothing may remain.
     for i in 0..INSTANCES {
         for b in 0..BINDINGS {
-            let reply = Osb::new(&urls[(i + b) as usize % 2]).unbind(&format!("inst-{i}"), &format!("bind-{b}")).await;
+            let reply = Osb::new(&urls[(i + b) as usize % 2])
+                .unbind(&format!("inst-{i}"), &format!("bind-{b}"))
+                .await;
             assert!(matches!(reply.status.as_u16(), 200 | 410), "{:?}", reply.body);
         }
         let reply = osb.deprovision(&format!("inst-{i}")).await;

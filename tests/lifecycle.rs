@@ -85,11 +85,20 @@ async fn a_binding_is_confined_to_its_own_prefix() {
     // The sibling whose id has ours as a string prefix.
     denied(tenant_a.get("/service_instances/abcd/secret", None).await.map(|_| ()), "read sibling");
     denied(tenant_a.put("/service_instances/abcd/secret", "x", None).await.map(|_| ()), "write sibling");
-    denied(tenant_a.get("/service_instances/abcd", Some(GetOptions::new().with_prefix())).await.map(|_| ()), "list sibling");
-    denied(tenant_a.get("/service_instances/abc", Some(GetOptions::new().with_prefix())).await.map(|_| ()), "prefix without slash");
+    denied(
+        tenant_a.get("/service_instances/abcd", Some(GetOptions::new().with_prefix())).await.map(|_| ()),
+        "list sibling",
+    );
+    denied(
+        tenant_a.get("/service_instances/abc", Some(GetOptions::new().with_prefix())).await.map(|_| ()),
+        "prefix without slash",
+    );
     denied(tenant_a.delete("/service_instances/abcd/secret", None).await.map(|_| ()), "delete sibling");
     // The broker's state, and everything.
-    denied(tenant_a.get("/etcd-broker/", Some(GetOptions::new().with_prefix())).await.map(|_| ()), "read broker state");
+    denied(
+        tenant_a.get("/etcd-broker/", Some(GetOptions::new().with_prefix())).await.map(|_| ()),
+        "read broker state",
+    );
     denied(tenant_a.put("/etcd-broker/instances/abc", "{}", None).await.map(|_| ()), "write broker state");
     denied(tenant_a.get("", Some(GetOptions::new().with_all_keys())).await.map(|_| ()), "read all keys");
     // No administration.

@@ -9,7 +9,8 @@ use serde_json::json;
 
 fn assert_error(reply: &Reply, status: StatusCode, needle: &str) {
     assert_eq!(reply.status, status, "{:?}", reply.body);
-    let description = reply.body["description"].as_str().unwrap_or_else(|| panic!("no description: {:?}", reply.body));
+    let description =
+        reply.body["description"].as_str().unwrap_or_else(|| panic!("no description: {:?}", reply.body));
     assert!(description.contains(needle), "description {description:?} lacks {needle:?}");
 }
 
@@ -25,7 +26,11 @@ async fn status_codes_follow_the_spec_for_every_endpoint() {
     assert_eq!(osb.provision("i1", SHARED).await.body, json!({}));
     assert_eq!(osb.provision("i1", SHARED).await.status, StatusCode::OK);
     assert_error(&osb.provision("i1", LARGE).await, StatusCode::CONFLICT, "different attributes");
-    assert_error(&osb.provision("i2", "no-such-plan").await, StatusCode::BAD_REQUEST, "plan_id 'no-such-plan'");
+    assert_error(
+        &osb.provision("i2", "no-such-plan").await,
+        StatusCode::BAD_REQUEST,
+        "plan_id 'no-such-plan'",
+    );
     let mut body = provision_body(SHARED);
     body["service_id"] = json!("no-such-service");
     let reply = osb.call(Method::PUT, "/v2/service_instances/i2", Some(body)).await;
@@ -41,7 +46,10 @@ async fn status_codes_follow_the_spec_for_every_endpoint() {
 
     // GET instance.
     let got = osb.call(Method::GET, "/v2/service_instances/i1", None).await;
-    assert_eq!((got.status, got.body.clone()), (StatusCode::OK, json!({ "service_id": SERVICE_ID, "plan_id": SHARED })));
+    assert_eq!(
+        (got.status, got.body.clone()),
+        (StatusCode::OK, json!({ "service_id": SERVICE_ID, "plan_id": SHARED }))
+    );
     assert_error(&osb.call(Method::GET, "/v2/service_instances/i2", None).await, StatusCode::NOT_FOUND, "i2");
 
     // Update.
@@ -63,12 +71,17 @@ async fn status_codes_follow_the_spec_for_every_endpoint() {
     let again = osb.bind("i1", "b1").await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body["credentials"], first.body["credentials"]);
-    let other_app = json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-2" } });
+    let other_app =
+        json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-2" } });
     let reply = osb.call(Method::PUT, "/v2/service_instances/i1/service_bindings/b1", Some(other_app)).await;
     assert_error(&reply, StatusCode::CONFLICT, "different attributes");
     assert_error(&osb.bind("i2", "b1").await, StatusCode::NOT_FOUND, "i2");
     let reply = osb
-        .call(Method::PUT, "/v2/service_instances/i1/service_bindings/b9", Some(json!({ "service_id": SERVICE_ID })))
+        .call(
+            Method::PUT,
+            "/v2/service_instances/i1/service_bindings/b9",
+            Some(json!({ "service_id": SERVICE_ID })),
+        )
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "plan_id");
 
@@ -91,7 +104,10 @@ async fn status_codes_follow_the_spec_for_every_endpoint() {
     assert_error(&reply, StatusCode::BAD_REQUEST, "required");
     assert_eq!(osb.deprovision("i1").await.status, StatusCode::OK);
     assert_error(&osb.deprovision("i1").await, StatusCode::GONE, "i1");
-    assert_eq!(osb.call(Method::GET, "/v2/service_instances/i1/last_operation", None).await.status, StatusCode::GONE);
+    assert_eq!(
+        osb.call(Method::GET, "/v2/service_instances/i1/last_operation", None).await.status,
+        StatusCode::GONE
+    );
 
     // None of the refused requests left anything behind.
     let (keys, users, roles) = broker_made_things(&etcd).await;
@@ -119,7 +135,9 @@ async fn bad_input_gets_clear_osb_errors_and_never_a_500() {
     assert_error(&reply, StatusCode::BAD_REQUEST, "invalid request body");
     let reply = Osb::send(put("/v2/service_instances/i1").body("[]")).await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "invalid request body");
-    let reply = Osb::send(put("/v2/service_instances/i1?accepts_incomplete=maybe").json(&provision_body(SHARED))).await;
+    let reply =
+        Osb::send(put("/v2/service_instances/i1?accepts_incomplete=maybe").json(&provision_body(SHARED)))
+            .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "query");
 
     // A huge body.
@@ -130,7 +148,8 @@ async fn bad_input_gets_clear_osb_errors_and_never_a_500() {
 
     // Ids that must not become keys or names.
     for id in ["a%2Fb", "a.b", "a%20b", "%C3%BCnic%C3%B6de", "-lead", &"x".repeat(65)] {
-        let reply = Osb::send(put(&format!("/v2/service_instances/{id}")).json(&provision_body(SHARED))).await;
+        let reply =
+            Osb::send(put(&format!("/v2/service_instances/{id}")).json(&provision_body(SHARED))).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "invalid instance id");
         let reply = osb.bind("i1", id).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "invalid binding id");
@@ -174,7 +193,8 @@ async fn bad_input_gets_clear_osb_errors_and_never_a_500() {
 
     // Request identity is echoed, on success and on error.
     for path in ["/v2/catalog", "/v2/service_instances/missing"] {
-        let reply = Osb::send(osb.request(Method::GET, path).header("X-Broker-API-Request-Identity", "req-42")).await;
+        let reply =
+            Osb::send(osb.request(Method::GET, path).header("X-Broker-API-Request-Identity", "req-42")).await;
         assert_eq!(reply.headers["x-broker-api-request-identity"], "req-42");
     }
 

@@ -61,10 +61,7 @@ impl fmt::Display for EtcdVersion {
 pub fn tools_dir() -> PathBuf {
     match std::env::var_os("ETCD_BROKER_TOOLS") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .join("tools"),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("tools"),
     }
 }
 
@@ -213,20 +210,14 @@ impl LocalEtcd {
             .prefix("local-etcd-")
             .tempdir()
             .map_err(io_err("creating a temporary directory"))?;
-        let data_dir = opts
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| temp.path().join("data"));
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
         let reused = data_dir.join("member").exists();
         let root_password = match (&opts.root_password, reused) {
             (Some(p), _) => p.clone(),
             (None, true) => return Err(Error::PasswordNeeded(data_dir)),
             (None, false) => random_password(),
         };
-        let log = opts
-            .log_file
-            .clone()
-            .unwrap_or_else(|| temp.path().join("etcd.log"));
+        let log = opts.log_file.clone().unwrap_or_else(|| temp.path().join("etcd.log"));
         let mut attempt = 0;
         let (child, client_port) = loop {
             attempt += 1;
@@ -243,16 +234,8 @@ impl LocalEtcd {
             let (version, log_tail) = (opts.version, log_tail(&log, &root_password));
             return Err(match exit {
                 Some(_) if attempt < 3 && log_tail.contains("address already in use") => continue,
-                Some(status) => Error::Exited {
-                    version,
-                    status,
-                    log_tail,
-                },
-                None => Error::Timeout {
-                    version,
-                    endpoint: endpoint(port),
-                    log_tail,
-                },
+                Some(status) => Error::Exited { version, status, log_tail },
+                None => Error::Timeout { version, endpoint: endpoint(port), log_tail },
             });
         };
         let etcd = LocalEtcd {
@@ -264,24 +247,17 @@ impl LocalEtcd {
             _temp: temp,
         };
         if !reused {
-            let mut c = Client::connect([etcd.endpoint()], None)
-                .await
-                .map_err(etcd_err("connecting to etcd"))?;
+            let mut c =
+                Client::connect([etcd.endpoint()], None).await.map_err(etcd_err("connecting to etcd"))?;
             c.user_add(ROOT, etcd.root_password.as_str(), None)
                 .await
                 .map_err(etcd_err("adding user root"))?;
-            c.role_add(ROOT)
-                .await
-                .map_err(etcd_err("adding role root"))?;
-            c.user_grant_role(ROOT, ROOT)
-                .await
-                .map_err(etcd_err("granting role root to user root"))?;
+            c.role_add(ROOT).await.map_err(etcd_err("adding role root"))?;
+            c.user_grant_role(ROOT, ROOT).await.map_err(etcd_err("granting role root to user root"))?;
             c.auth_enable().await.map_err(etcd_err("enabling auth"))?;
         }
         let mut c = etcd.root_client().await?;
-        c.get("local-etcd/ready", None)
-            .await
-            .map_err(etcd_err("reading as root"))?;
+        c.get("local-etcd/ready", None).await.map_err(etcd_err("reading as root"))?;
         Ok(etcd)
     }
 
@@ -321,9 +297,7 @@ impl LocalEtcd {
             .with_user(ROOT, self.root_password.as_str())
             .with_auto_token_refresh(true)
             .with_connect_timeout(Duration::from_secs(5));
-        Client::connect([self.endpoint()], Some(opts))
-            .await
-            .map_err(etcd_err("connecting to etcd as root"))
+        Client::connect([self.endpoint()], Some(opts)).await.map_err(etcd_err("connecting to etcd as root"))
     }
 
     /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s), e.g. at the end of `dev`.
@@ -334,10 +308,7 @@ impl LocalEtcd {
         if let Some(pid) = child.id() {
             // SAFETY: plain syscall on the pid of our own, not yet reaped, child.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_ok()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_ok() {
                 return;
             }
         }
@@ -370,12 +341,8 @@ fn random_password() -> String {
 }
 
 fn free_port() -> Result<u16, Error> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io_err("finding a free port"))?
-        .port())
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
+    Ok(listener.local_addr().map_err(io_err("finding a free port"))?.port())
 }
 
 fn spawn(
@@ -387,9 +354,7 @@ fn spawn(
     peer_port: u16,
 ) -> Result<Child, Error> {
     let log_file = File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
-    let log_err = log_file
-        .try_clone()
-        .map_err(io_err("duplicating the log file"))?;
+    let log_err = log_file.try_clone().map_err(io_err("duplicating the log file"))?;
     let (client, peer) = (endpoint(client_port), endpoint(peer_port));
     let mut cmd = Command::new(bin);
     // etcd reads every ETCD_* variable as a flag (ETCD_VERSION among them): start it clean.
@@ -398,22 +363,9 @@ fn spawn(
             cmd.env_remove(name);
         }
     }
-    cmd.arg("--name")
-        .arg("local")
-        .arg("--data-dir")
-        .arg(data_dir);
-    cmd.args([
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-    ]);
-    cmd.args([
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]);
+    cmd.arg("--name").arg("local").arg("--data-dir").arg(data_dir);
+    cmd.args(["--listen-client-urls", &client, "--advertise-client-urls", &client]);
+    cmd.args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer]);
     cmd.args(["--initial-cluster", &format!("local={peer}")]);
     cmd.args(["--auth-token", "simple", "--log-level", "warn"]);
     if opts.version == EtcdVersion::V3_4 {
@@ -422,12 +374,8 @@ fn spawn(
     if let Some(cost) = opts.bcrypt_cost {
         cmd.args(["--bcrypt-cost", &cost.to_string()]);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err)
-        .kill_on_drop(true);
-    cmd.spawn()
-        .map_err(io_err(format!("starting {}", bin.display())))
+    cmd.stdin(Stdio::null()).stdout(log_file).stderr(log_err).kill_on_drop(true);
+    cmd.spawn().map_err(io_err(format!("starting {}", bin.display())))
 }
 
 /// Waits until etcd serves requests: `Err(Some(status))` if it exited, `Err(None)` on timeout.

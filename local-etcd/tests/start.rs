@@ -8,11 +8,7 @@ use local_etcd::{etcd_binary_in, etcdctl_binary_in, EtcdVersion, LocalEtcd, Opti
 const VERSIONS: [EtcdVersion; 2] = [EtcdVersion::V3_5, EtcdVersion::V3_4];
 
 fn opts(version: EtcdVersion) -> Options {
-    Options {
-        version,
-        bcrypt_cost: Some(4),
-        ..Options::default()
-    }
+    Options { version, bcrypt_cost: Some(4), ..Options::default() }
 }
 
 #[tokio::test]
@@ -20,21 +16,13 @@ async fn auth_is_enabled_and_root_can_write() {
     for v in VERSIONS {
         let etcd = LocalEtcd::start(opts(v)).await.unwrap();
         assert_eq!(etcd.version(), v);
-        assert_eq!(
-            etcd.endpoint(),
-            format!("http://127.0.0.1:{}", etcd.client_port())
-        );
+        assert_eq!(etcd.endpoint(), format!("http://127.0.0.1:{}", etcd.client_port()));
         assert_eq!(etcd.root_username(), "root");
         assert_eq!(etcd.root_password().len(), 32);
         assert!(etcd.etcdctl().is_file());
 
-        let mut anon = etcd_client::Client::connect([etcd.endpoint()], None)
-            .await
-            .unwrap();
-        assert!(
-            anon.put("k", "v", None).await.is_err(),
-            "{v}: unauthenticated put accepted"
-        );
+        let mut anon = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+        assert!(anon.put("k", "v", None).await.is_err(), "{v}: unauthenticated put accepted");
 
         let mut root = etcd.root_client().await.unwrap();
         root.put("k", "v", None).await.unwrap();
@@ -91,32 +79,15 @@ async fn given_password_and_persistent_data_dir_are_reused() {
         };
         let etcd = LocalEtcd::start(o.clone()).await.unwrap();
         assert_eq!(etcd.root_password(), "s3cret-pw");
-        etcd.root_client()
-            .await
-            .unwrap()
-            .put("kept", "yes", None)
-            .await
-            .unwrap();
+        etcd.root_client().await.unwrap().put("kept", "yes", None).await.unwrap();
         etcd.stop().await;
 
         let etcd = LocalEtcd::start(o.clone()).await.unwrap();
-        let got = etcd
-            .root_client()
-            .await
-            .unwrap()
-            .get("kept", None)
-            .await
-            .unwrap();
+        let got = etcd.root_client().await.unwrap().get("kept", None).await.unwrap();
         assert_eq!(got.kvs()[0].value(), b"yes", "{v}");
         drop(etcd);
 
-        let err = LocalEtcd::start(Options {
-            root_password: None,
-            ..o
-        })
-        .await
-        .err()
-        .unwrap();
+        let err = LocalEtcd::start(Options { root_password: None, ..o }).await.err().unwrap();
         assert!(err.to_string().contains("root_password"), "{err}");
     }
 }
@@ -125,18 +96,14 @@ async fn given_password_and_persistent_data_dir_are_reused() {
 fn missing_binary_error_mentions_install_tools() {
     let empty = tempfile::tempdir().unwrap();
     for v in VERSIONS {
-        for err in [
-            etcd_binary_in(empty.path(), v).unwrap_err(),
-            etcdctl_binary_in(empty.path(), v).unwrap_err(),
-        ] {
+        for err in
+            [etcd_binary_in(empty.path(), v).unwrap_err(), etcdctl_binary_in(empty.path(), v).unwrap_err()]
+        {
             let msg = err.to_string();
             assert!(msg.contains("install-tools"), "{msg}");
             assert!(msg.contains(&format!("etcd-v{v}")), "{msg}");
         }
-        assert!(
-            local_etcd::etcd_binary(v).is_ok(),
-            "tools not installed for {v}"
-        );
+        assert!(local_etcd::etcd_binary(v).is_ok(), "tools not installed for {v}");
     }
 }
 
@@ -154,14 +121,8 @@ async fn taken_client_port_fails_with_log_tail() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     for v in VERSIONS {
-        let o = Options {
-            client_port: port,
-            ..opts(v)
-        };
+        let o = Options { client_port: port, ..opts(v) };
         let err = LocalEtcd::start(o).await.err().unwrap().to_string();
-        assert!(
-            err.contains("exited during startup") && err.contains("address already in use"),
-            "{err}"
-        );
+        assert!(err.contains("exited during startup") && err.contains("address already in use"), "{err}");
     }
 }

@@ -108,7 +108,9 @@ mod tests {
 
     #[test]
     fn dev_parses_ports_and_version() {
-        let cli = Cli::try_parse_from(["etcd-broker-ops", "dev", "--broker-port", "8080", "--etcd-version", "3.4"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["etcd-broker-ops", "dev", "--broker-port", "8080", "--etcd-version", "3.4"])
+                .unwrap();
         let Command::Dev { broker_port, etcd_version, dir, .. } = cli.command else { panic!() };
         assert_eq!((broker_port, etcd_version, dir), (8080, EtcdVersion::V3_4, PathBuf::from(".dev")));
         assert!(Cli::try_parse_from(["etcd-broker-ops", "dev", "--etcd-version", "2.0"]).is_err());
@@ -120,7 +122,16 @@ mod tests {
         let cli = Cli::try_parse_from(["etcd-broker-ops", "names", "i1", "b1", "--json"]).unwrap();
         let Command::Names { instance_id, binding_id, json, .. } = cli.command else { panic!() };
         assert_eq!((instance_id.as_str(), binding_id.as_deref(), json), ("i1", Some("b1"), true));
-        assert!(Cli::try_parse_from(["etcd-broker-ops", "names", "i1", "--config", "x", "--data-prefix", "/d/"]).is_err());
+        assert!(Cli::try_parse_from([
+            "etcd-broker-ops",
+            "names",
+            "i1",
+            "--config",
+            "x",
+            "--data-prefix",
+            "/d/"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["etcd-broker-ops", "names"]).is_err());
     }
 }

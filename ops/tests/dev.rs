@@ -34,7 +34,15 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
         assert!(Instant::now() < deadline, "no env file");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for key in ["BROKER_URL", "BROKER_USERNAME", "BROKER_PASSWORD", "ETCD_ENDPOINTS", "ETCD_ROOT_USERNAME", "ETCD_ROOT_PASSWORD", "ETCDCTL"] {
+    for key in [
+        "BROKER_URL",
+        "BROKER_USERNAME",
+        "BROKER_PASSWORD",
+        "ETCD_ENDPOINTS",
+        "ETCD_ROOT_USERNAME",
+        "ETCD_ROOT_PASSWORD",
+        "ETCDCTL",
+    ] {
         assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing");
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env_file).unwrap().permissions());
@@ -46,11 +54,13 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
             .basic_auth(&env["BROKER_USERNAME"], Some(&env["BROKER_PASSWORD"]))
             .header("X-Broker-API-Version", "2.17")
     };
-    let catalog: Value = call(reqwest::Method::GET, "/v2/catalog").send().await.unwrap().json().await.unwrap();
+    let catalog: Value =
+        call(reqwest::Method::GET, "/v2/catalog").send().await.unwrap().json().await.unwrap();
     let service = catalog["services"][0]["id"].as_str().unwrap().to_owned();
     let plan = catalog["services"][0]["plans"][0]["id"].as_str().unwrap().to_owned();
     let body = json!({ "service_id": service, "plan_id": plan, "organization_guid": "o", "space_guid": "s" });
-    let provisioned = call(reqwest::Method::PUT, "/v2/service_instances/demo").json(&body).send().await.unwrap();
+    let provisioned =
+        call(reqwest::Method::PUT, "/v2/service_instances/demo").json(&body).send().await.unwrap();
     assert_eq!(provisioned.status(), 201);
     let bound = call(reqwest::Method::PUT, "/v2/service_instances/demo/service_bindings/app1")
         .json(&json!({ "service_id": service, "plan_id": plan }))

@@ -117,7 +117,10 @@ impl EtcdBroker {
                 record.state = RecordState::Ready;
                 record.updated_at = self.now();
                 let ready = state
-                    .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Put(key.to_owned(), encode(&record))])
+                    .commit(
+                        &[Guard::Revision(key.to_owned(), revision)],
+                        &[Write::Put(key.to_owned(), encode(&record))],
+                    )
                     .await
                     .map_err(|e| self.state_failed(e))?;
                 if ready {
@@ -182,7 +185,10 @@ impl EtcdBroker {
                 record.state = RecordState::Deleting;
                 record.updated_at = self.now();
                 let marked = state
-                    .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Put(key.to_owned(), encode(&record))])
+                    .commit(
+                        &[Guard::Revision(key.to_owned(), revision)],
+                        &[Write::Put(key.to_owned(), encode(&record))],
+                    )
                     .await
                     .map_err(|e| self.state_failed(e))?;
                 if !marked {
@@ -213,7 +219,11 @@ impl EtcdBroker {
         store.delete_role(&record.role).await.map_err(fail)
     }
 
-    pub(super) async fn fetch_binding(&self, instance: &InstanceId, binding: &BindingId) -> BrokerResult<Binding> {
+    pub(super) async fn fetch_binding(
+        &self,
+        instance: &InstanceId,
+        binding: &BindingId,
+    ) -> BrokerResult<Binding> {
         let key = self.names().binding_key(instance, binding);
         match self.read::<BindingRecord>(&*self.setup.state, &key).await? {
             Some((record, _)) if record.state == RecordState::Ready => self.binding_of(&record),
@@ -235,10 +245,7 @@ impl EtcdBroker {
 
     fn binding_of(&self, record: &BindingRecord) -> BrokerResult<Binding> {
         let cluster = self.cluster(&record.cluster)?;
-        Ok(Binding {
-            credentials: credentials(record, cluster),
-            parameters: None,
-        })
+        Ok(Binding { credentials: credentials(record, cluster), parameters: None })
     }
 }
 

@@ -79,14 +79,13 @@ impl EtcdBroker {
             let mut changed = false;
             if let Some(plan_id) = req.plan_id.as_deref().filter(|p| *p != record.plan_id) {
                 let target_cluster = self.check_plan(&req.service_id, plan_id)?;
-                let (service, current) = self
-                    .setup
-                    .catalog
-                    .plan(&record.service_id, &record.plan_id)
-                    .ok_or_else(|| BrokerError::Unprocessable(format!(
-                        "the instance's plan '{}' is no longer in the catalog, so it cannot change plan",
-                        record.plan_id
-                    )))?;
+                let (service, current) =
+                    self.setup.catalog.plan(&record.service_id, &record.plan_id).ok_or_else(|| {
+                        BrokerError::Unprocessable(format!(
+                            "the instance's plan '{}' is no longer in the catalog, so it cannot change plan",
+                            record.plan_id
+                        ))
+                    })?;
                 if !service.plan_updateable(current) {
                     return Err(BrokerError::Unprocessable(format!(
                         "plan '{}' does not allow plan changes",
@@ -112,7 +111,10 @@ impl EtcdBroker {
             }
             record.updated_at = self.now();
             let written = state
-                .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Put(key.clone(), encode(&record))])
+                .commit(
+                    &[Guard::Revision(key.clone(), revision)],
+                    &[Write::Put(key.clone(), encode(&record))],
+                )
                 .await
                 .map_err(|e| self.state_failed(e))?;
             if written {
@@ -139,7 +141,10 @@ impl EtcdBroker {
                 record.state = RecordState::Deleting;
                 record.updated_at = self.now();
                 let marked = state
-                    .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Put(key.clone(), encode(&record))])
+                    .commit(
+                        &[Guard::Revision(key.clone(), revision)],
+                        &[Write::Put(key.clone(), encode(&record))],
+                    )
                     .await
                     .map_err(|e| self.state_failed(e))?;
                 if !marked {
@@ -151,10 +156,8 @@ impl EtcdBroker {
                 }
             };
             // Step 2: every binding's user, role and record.
-            let bindings = state
-                .list(&self.names().bindings_prefix(id))
-                .await
-                .map_err(|e| self.state_failed(e))?;
+            let bindings =
+                state.list(&self.names().bindings_prefix(id)).await.map_err(|e| self.state_failed(e))?;
             for (binding_key, _) in bindings {
                 self.remove_binding(&binding_key).await?;
             }
@@ -203,9 +206,9 @@ impl EtcdBroker {
         let key = self.names().instance_key(id);
         match self.read::<InstanceRecord>(&*self.setup.state, &key).await? {
             None => Err(BrokerError::InstanceNotFound(id.to_string())),
-            Some((record, _)) if record.state == RecordState::Deleting => Err(BrokerError::Concurrency(
-                format!("service instance {id} is being deleted"),
-            )),
+            Some((record, _)) if record.state == RecordState::Deleting => {
+                Err(BrokerError::Concurrency(format!("service instance {id} is being deleted")))
+            }
             Some(found) => Ok(found),
         }
     }

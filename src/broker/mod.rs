@@ -131,18 +131,16 @@ fn refuse_parameters(parameters: &JsonObject) -> BrokerResult<()> {
 /// Maps a store failure on `cluster` to a 503 (or 500 for anything but unavailability).
 fn unavailable(cluster: &str, e: StoreError) -> BrokerError {
     match e {
-        StoreError::Unavailable(_) | StoreError::Unauthorized(_) => {
-            BrokerError::Unavailable(format!("etcd cluster '{cluster}': {e}; nothing was left half-done, retry later"))
-        }
+        StoreError::Unavailable(_) | StoreError::Unauthorized(_) => BrokerError::Unavailable(format!(
+            "etcd cluster '{cluster}': {e}; nothing was left half-done, retry later"
+        )),
         StoreError::Conflict(_) => lost_race("the resource"),
         StoreError::Failed(_) => BrokerError::Internal(format!("etcd cluster '{cluster}': {e}")),
     }
 }
 
 fn lost_race(what: &str) -> BrokerError {
-    BrokerError::Concurrency(format!(
-        "{what} is being changed by another request at the same time; retry"
-    ))
+    BrokerError::Concurrency(format!("{what} is being changed by another request at the same time; retry"))
 }
 
 #[async_trait]

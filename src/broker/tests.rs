@@ -120,7 +120,12 @@ fn unbind_req(instance: &str, binding: &str) -> UnbindRequest {
 }
 
 fn deprovision_req(id: &str) -> DeprovisionRequest {
-    DeprovisionRequest { instance_id: iid(id), service_id: SERVICE.into(), plan_id: SMALL.into(), accepts_incomplete: false }
+    DeprovisionRequest {
+        instance_id: iid(id),
+        service_id: SERVICE.into(),
+        plan_id: SMALL.into(),
+        accepts_incomplete: false,
+    }
 }
 
 fn update_req(id: &str, plan: &str) -> UpdateRequest {
@@ -154,7 +159,10 @@ pub fn assert_consistent(state: &MemoryState) {
         }
     }
     for record in &bindings {
-        let (password, roles) = state.users.get(&record.username).unwrap_or_else(|| panic!("user of {} missing", record.binding_id));
+        let (password, roles) = state
+            .users
+            .get(&record.username)
+            .unwrap_or_else(|| panic!("user of {} missing", record.binding_id));
         assert_eq!(password, &record.password);
         assert!(roles.contains(&record.role));
         assert_eq!(state.roles.get(&record.role), Some(&Some(record.prefix.clone())));
@@ -186,7 +194,9 @@ async fn provision_refuses_unknown_catalog_ids_and_parameters() {
     assert_eq!(err, BrokerError::BadRequest(format!("plan_id 'nope' is not a plan of service '{SERVICE}'")));
     req.plan_id = SMALL.into();
     req.service_id = "other".into();
-    assert!(matches!(broker.provision(req).await, Err(BrokerError::BadRequest(m)) if m.contains("service_id 'other'")));
+    assert!(
+        matches!(broker.provision(req).await, Err(BrokerError::BadRequest(m)) if m.contains("service_id 'other'"))
+    );
     let mut req = provision_req("i1", SMALL);
     req.parameters.insert("size".into(), json!(3));
     assert!(matches!(broker.provision(req).await, Err(BrokerError::BadRequest(m)) if m.contains("size")));
@@ -257,7 +267,10 @@ async fn deleting_records_block_new_binds_until_the_delete_is_finished() {
     ));
     broker.unbind(unbind_req("i1", "b1")).await.unwrap();
     assert_consistent(&store.snapshot());
-    assert!(matches!(broker.binding_last_operation(&iid("i1"), &bid("b1")).await, Err(BrokerError::BindingGone(_))));
+    assert!(matches!(
+        broker.binding_last_operation(&iid("i1"), &bid("b1")).await,
+        Err(BrokerError::BindingGone(_))
+    ));
 }
 
 /// Runs `op` with call `n` failing, then retries it on a healthy store until it succeeds.
@@ -272,7 +285,9 @@ where
     if reached {
         assert!(crashed.is_err(), "call {n} failed ({mode:?}) but the operation reported success");
     }
-    op(Arc::new(broker_on(store))).await.unwrap_or_else(|e| panic!("retry after fault at call {n} ({mode:?}): {e}"));
+    op(Arc::new(broker_on(store)))
+        .await
+        .unwrap_or_else(|e| panic!("retry after fault at call {n} ({mode:?}): {e}"));
     reached
 }
 
@@ -370,7 +385,10 @@ async fn provision_converges_after_a_fault_at_any_step() {
     for mode in [FailMode::Before, FailMode::After] {
         for n in 0..2 {
             let store = setup().await;
-            crash_then_retry(n, mode, store.clone(), |b| async move { b.provision(provision_req("i1", SMALL)).await.map(|_| ()) }).await;
+            crash_then_retry(n, mode, store.clone(), |b| async move {
+                b.provision(provision_req("i1", SMALL)).await.map(|_| ())
+            })
+            .await;
             assert_consistent(&store.snapshot());
             assert_eq!(store.snapshot().keys.len(), 1);
         }

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::{Body, binding_id, empty, instance_id, method_not_allowed, AsyncQuery, DeleteQuery, HttpState};
+use super::{binding_id, empty, instance_id, method_not_allowed, AsyncQuery, Body, DeleteQuery, HttpState};
 use crate::osb::model::*;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -39,7 +39,7 @@ async fn bind(
 ) -> Result<HttpResponse, HttpError> {
     let (instance, binding) = path.into_inner();
     let (instance_id, binding_id) = (instance_id(&instance)?, binding_id(&binding)?);
-        if body.service_id.is_empty() || body.plan_id.is_empty() {
+    if body.service_id.is_empty() || body.plan_id.is_empty() {
         return Err(HttpError::bad_request("service_id and plan_id must not be empty"));
     }
     let app_guid = body
@@ -69,7 +69,10 @@ async fn bind(
     })
 }
 
-async fn get(state: web::Data<HttpState>, path: web::Path<(String, String)>) -> Result<HttpResponse, HttpError> {
+async fn get(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, HttpError> {
     let (instance, binding) = path.into_inner();
     let binding = state.broker.get_binding(&instance_id(&instance)?, &binding_id(&binding)?).await?;
     Ok(HttpResponse::Ok().json(binding))

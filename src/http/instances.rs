@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::{Body, empty, instance_id, method_not_allowed, AsyncQuery, DeleteQuery, HttpState};
+use super::{empty, instance_id, method_not_allowed, AsyncQuery, Body, DeleteQuery, HttpState};
 use crate::osb::model::*;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -57,7 +57,7 @@ async fn provision(
     Body(body): Body<ProvisionBody>,
 ) -> Result<HttpResponse, HttpError> {
     let instance_id = instance_id(&path)?;
-        for (field, value) in [
+    for (field, value) in [
         ("service_id", &body.service_id),
         ("plan_id", &body.plan_id),
         ("organization_guid", &body.organization_guid),
@@ -91,7 +91,7 @@ async fn update(
     Body(body): Body<UpdateBody>,
 ) -> Result<HttpResponse, HttpError> {
     let instance_id = instance_id(&path)?;
-        non_empty("service_id", &body.service_id)?;
+    non_empty("service_id", &body.service_id)?;
     state
         .broker
         .update(UpdateRequest {

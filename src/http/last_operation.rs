@@ -34,9 +34,7 @@ async fn binding_operation(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, HttpError> {
     let (instance, binding) = path.into_inner();
-    let operation = state
-        .broker
-        .binding_last_operation(&instance_id(&instance)?, &binding_id(&binding)?)
-        .await?;
+    let operation =
+        state.broker.binding_last_operation(&instance_id(&instance)?, &binding_id(&binding)?).await?;
     Ok(HttpResponse::Ok().json(operation))
 }

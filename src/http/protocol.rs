@@ -87,7 +87,8 @@ pub async fn osb_protocol(
         .app_data::<web::Data<HttpState>>()
         .map(|s| s.auth.accepts(headers.get(AUTHORIZATION)))
         .unwrap_or(false);
-    let checked = if authorized { check_version(headers.get(VERSION_HEADER)) } else { Err(HttpError::Unauthorized) };
+    let checked =
+        if authorized { check_version(headers.get(VERSION_HEADER)) } else { Err(HttpError::Unauthorized) };
     let mut response = match checked {
         // Handler errors are already responses here; only our own rejections need converting.
         Ok(()) => next.call(req).instrument(span.clone()).await?.map_into_boxed_body(),
@@ -125,9 +126,15 @@ mod tests {
     #[test]
     fn originating_identity_names_platform_and_user() {
         let cf = base64::engine::general_purpose::STANDARD.encode(r#"{"user_id":"683ea748"}"#);
-        assert_eq!(originating_user(Some(&hv(&format!("cloudfoundry {cf}")))).as_deref(), Some("cloudfoundry/683ea748"));
+        assert_eq!(
+            originating_user(Some(&hv(&format!("cloudfoundry {cf}")))).as_deref(),
+            Some("cloudfoundry/683ea748")
+        );
         let k8s = base64::engine::general_purpose::STANDARD.encode(r#"{"username":"admin","uid":"1"}"#);
-        assert_eq!(originating_user(Some(&hv(&format!("kubernetes {k8s}")))).as_deref(), Some("kubernetes/admin"));
+        assert_eq!(
+            originating_user(Some(&hv(&format!("kubernetes {k8s}")))).as_deref(),
+            Some("kubernetes/admin")
+        );
         assert_eq!(originating_user(Some(&hv("garbage"))), None);
     }
 

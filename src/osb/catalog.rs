@@ -89,9 +89,7 @@ impl Catalog {
 
     /// Every plan with the service it belongs to.
     pub fn plans(&self) -> impl Iterator<Item = (&Service, &Plan)> {
-        self.services
-            .iter()
-            .flat_map(|s| s.plans.iter().map(move |p| (s, p)))
+        self.services.iter().flat_map(|s| s.plans.iter().map(move |p| (s, p)))
     }
 }
 

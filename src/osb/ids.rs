@@ -29,10 +29,7 @@ fn validate(kind: &'static str, raw: &str) -> Result<(), InvalidId> {
     if raw.chars().count() > MAX_ID_LEN {
         return fail(format!("it has {} characters", raw.chars().count()));
     }
-    if let Some(bad) = raw
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
+    if let Some(bad) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
         return fail(format!("it contains {bad:?}"));
     }
     if !raw.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -83,7 +80,8 @@ mod tests {
 
     #[test]
     fn refuses_what_could_escape_a_prefix_or_name() {
-        for bad in ["", "a/b", "..", ".", "a.b", "a b", "ünï", "-abc", "_abc", "a:b", "a\0", &"x".repeat(65)] {
+        for bad in ["", "a/b", "..", ".", "a.b", "a b", "ünï", "-abc", "_abc", "a:b", "a\0", &"x".repeat(65)]
+        {
             let err = BindingId::parse(bad).unwrap_err();
             assert_eq!(err.kind, "binding");
             assert!(err.to_string().contains("invalid binding id"), "{err}");

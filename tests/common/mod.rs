@@ -210,8 +210,10 @@ impl Osb {
     }
 
     pub async fn bind(&self, id: &str, binding: &str) -> Reply {
-        let body = json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-1" } });
-        self.call(Method::PUT, &format!("/v2/service_instances/{id}/service_bindings/{binding}"), Some(body)).await
+        let body =
+            json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-1" } });
+        self.call(Method::PUT, &format!("/v2/service_instances/{id}/service_bindings/{binding}"), Some(body))
+            .await
     }
 
     pub async fn get_binding(&self, id: &str, binding: &str) -> Reply {
@@ -240,10 +242,7 @@ pub fn provision_body(plan: &str) -> Value {
 pub async fn tenant_client(credentials: &Value) -> Result<Client, etcd_client::Error> {
     let endpoints: Vec<String> = serde_json::from_value(credentials["endpoints"].clone()).unwrap();
     let options = ConnectOptions::new()
-        .with_user(
-            credentials["username"].as_str().unwrap(),
-            credentials["password"].as_str().unwrap(),
-        )
+        .with_user(credentials["username"].as_str().unwrap(), credentials["password"].as_str().unwrap())
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(Duration::from_secs(5));
     Client::connect(endpoints, Some(options)).await

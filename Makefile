@@ -1,0 +1,23 @@
+# The two commands of the README, and a few helpers. Every target installs what it needs.
+.PHONY: run test tools build fmt clean-dev help
+
+help: ## list the targets
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+run: tools ## local etcd (auth on) + broker; BROKER_PORT=/ETCD_PORT= choose ports (0 = free)
+	cargo run --locked -p etcd-broker-ops -- dev
+
+test: ## the whole suite: fmt, clippy, tests on etcd 3.5, integration tests on etcd 3.4
+	bash scripts/test.sh
+
+tools: ## install protoc and etcd 3.5/3.4 into ./tools (idempotent)
+	bash scripts/install-tools.sh
+
+build: tools ## release binaries in target/release
+	cargo build --locked --release --workspace
+
+fmt: ## format the code
+	cargo fmt --all
+
+clean-dev: ## forget the local dev stack's files
+	rm -rf .dev
