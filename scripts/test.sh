@@ -11,6 +11,11 @@ bash scripts/install-tools.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Every cargo test run is copied here, so the totals can be printed at the end.
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+run_tests() { "$@" 2>&1 | tee -a "$results"; }
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -18,8 +23,11 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests against etcd 3.5"
-ETCD_VERSION=3.5 cargo test --workspace --locked
+ETCD_VERSION=3.5 run_tests cargo test --workspace --locked
 
 step "integration tests against etcd 3.4"
-ETCD_VERSION=3.4 cargo test --locked -p etcd-broker --test '*'
-ETCD_VERSION=3.4 cargo test --locked -p local-etcd
+ETCD_VERSION=3.4 run_tests cargo test --locked -p etcd-broker --test '*'
+ETCD_VERSION=3.4 run_tests cargo test --locked -p local-etcd
+
+# One closing line over all runs: "tests: N passed, N failed".
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$results"

@@ -203,7 +203,7 @@ impl Config {
     }
 
     fn build(builder: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Config, ConfigError> {
-        let env = config::Environment::with_prefix(ENV_PREFIX).separator("__").try_parsing(true);
+        let env = config::Environment::with_prefix(ENV_PREFIX).separator("__");
         let config: Config = builder
             .add_source(env)
             .build()
@@ -291,7 +291,7 @@ impl Config {
                         if !path.is_file() {
                             return Err(invalid(
                                 field(f),
-                                format!("{} is not a readable file", path.display()),
+                                format!("{} does not exist or is not a file", path.display()),
                             ));
                         }
                     }
@@ -374,7 +374,7 @@ pub fn parse_endpoint(raw: &str) -> Result<Url, String> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("'{raw}' must use http or https"));
     }
-    if url.host_str().is_none() || url.port_or_known_default().is_none() {
+    if url.host_str().is_none() || url.port().is_none() {
         return Err(format!("'{raw}' needs a host and a port"));
     }
     if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {

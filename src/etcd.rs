@@ -101,6 +101,9 @@ fn classify(e: etcd_client::Error) -> StoreError {
                 }
                 Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthorized(message),
                 _ if message.contains("authentication failed") => StoreError::Unauthorized(message),
+                _ if message.contains("authentication is not enabled") => StoreError::Unauthorized(format!(
+                    "{message}; the broker needs etcd with auth enabled and a user with the root role"
+                )),
                 _ => StoreError::Failed(message),
             }
         }

@@ -5,7 +5,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogLevel;
 
 /// Installs the global subscriber once; later calls are ignored (tests start several brokers).
-/// `RUST_LOG`, when set, refines the configured level.
+/// `RUST_LOG`, when set, replaces the configured level (e.g. `RUST_LOG=etcd_broker=debug`).
 pub fn init(level: LogLevel) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
     let _ = tracing_subscriber::fmt()

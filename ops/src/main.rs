@@ -94,7 +94,15 @@ fn run(command: Command) -> Result<()> {
                     let config = Config::load(&path)?;
                     Names::new(&config.prefixes.data, &config.prefixes.state)
                 }
-                None => Names::new(&data_prefix, &state_prefix),
+                None => {
+                    for (flag, prefix) in [("--data-prefix", &data_prefix), ("--state-prefix", &state_prefix)]
+                    {
+                        if !prefix.starts_with('/') || !prefix.ends_with('/') {
+                            anyhow::bail!("{flag} '{prefix}' must start and end with '/'");
+                        }
+                    }
+                    Names::new(&data_prefix, &state_prefix)
+                }
             };
             print!("{}", names::report(&names, &instance_id, binding_id.as_deref(), json)?);
             Ok(())

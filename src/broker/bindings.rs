@@ -19,6 +19,11 @@ enum Attempt {
 impl EtcdBroker {
     pub(super) async fn create_binding(&self, req: BindRequest) -> BrokerResult<Bound> {
         self.check_plan(&req.service_id, &req.plan_id)?;
+        if let Some((service, plan)) = self.setup.catalog.plan(&req.service_id, &req.plan_id) {
+            if !plan.bindable.unwrap_or(service.bindable) {
+                return Err(BrokerError::BadRequest(format!("plan '{}' is not bindable", plan.name)));
+            }
+        }
         refuse_parameters(&req.parameters)?;
         for _ in 0..CAS_ATTEMPTS {
             if let Attempt::Done(bound) = self.try_bind(&req).await? {
@@ -39,8 +44,8 @@ impl EtcdBroker {
         let key = self.names().binding_key(&req.instance_id, &req.binding_id);
         let state = &*self.setup.state;
         if let Some((existing, revision)) = self.read::<BindingRecord>(state, &key).await? {
+            // The plan is left out: after a plan change the platform repeats a bind with the new one.
             let identical = existing.service_id == req.service_id
-                && existing.plan_id == req.plan_id
                 && existing.app_guid == req.app_guid
                 && existing.parameters == req.parameters;
             return match (existing.state, identical) {
@@ -165,11 +170,11 @@ impl EtcdBroker {
     }
 
     pub(super) async fn delete_binding(&self, req: UnbindRequest) -> BrokerResult<()> {
-        self.check_plan(&req.service_id, &req.plan_id)?;
         let key = self.names().binding_key(&req.instance_id, &req.binding_id);
-        if self.setup.state.get(&key).await.map_err(|e| self.state_failed(e))?.is_none() {
+        let Some((record, _)) = self.read::<BindingRecord>(&*self.setup.state, &key).await? else {
             return Err(BrokerError::BindingGone(req.binding_id.to_string()));
-        }
+        };
+        self.check_delete_ids(&req.service_id, &req.plan_id, (&record.service_id, &record.plan_id))?;
         self.remove_binding(&key).await
     }
 

@@ -126,10 +126,13 @@ impl EtcdBroker {
     }
 
     pub(super) async fn deprovision_instance(&self, req: DeprovisionRequest) -> BrokerResult<()> {
-        self.check_plan(&req.service_id, &req.plan_id)?;
         let id = &req.instance_id;
         let key = self.names().instance_key(id);
         let state = &*self.setup.state;
+        let Some((record, _)) = self.read::<InstanceRecord>(state, &key).await? else {
+            return Err(BrokerError::InstanceGone(id.to_string()));
+        };
+        self.check_delete_ids(&req.service_id, &req.plan_id, (&record.service_id, &record.plan_id))?;
         for _ in 0..CAS_ATTEMPTS {
             let Some((mut record, revision)) = self.read::<InstanceRecord>(state, &key).await? else {
                 return Err(BrokerError::InstanceGone(id.to_string()));

@@ -103,6 +103,15 @@ impl EtcdBroker {
         Ok(self.setup.plan_clusters[plan_id].as_str())
     }
 
+    /// Validates the ids a DELETE carries: a catalog plan, or the plan the record was made with
+    /// (so instances of a plan removed from the catalog can still be deleted).
+    fn check_delete_ids(&self, service_id: &str, plan_id: &str, recorded: (&str, &str)) -> BrokerResult<()> {
+        if (service_id, plan_id) == recorded {
+            return Ok(());
+        }
+        self.check_plan(service_id, plan_id).map(|_| ())
+    }
+
     /// Reads and decodes a record.
     async fn read<T: serde::de::DeserializeOwned>(
         &self,

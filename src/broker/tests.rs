@@ -446,3 +446,48 @@ impl Store for RacingStore {
         self.inner.delete_role(role).await
     }
 }
+
+#[tokio::test]
+async fn a_repeated_bind_after_a_plan_change_is_the_same_binding() {
+    let broker = broker_on(Arc::new(MemoryStore::default()));
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let first = broker.bind(bind_req("i1", "b1")).await.unwrap();
+    broker.update(update_req("i1", LARGE)).await.unwrap();
+    let mut again = bind_req("i1", "b1");
+    again.plan_id = LARGE.into();
+    let again = broker.bind(again).await.unwrap();
+    assert!(matches!(again, Bound::AlreadyExists(_)));
+    assert_eq!(password_of(&again), password_of(&first));
+}
+
+#[tokio::test]
+async fn instances_of_a_plan_removed_from_the_catalog_can_still_be_deleted() {
+    let store = Arc::new(MemoryStore::default());
+    let old = broker_on(store.clone());
+    let mut req = provision_req("i1", SMALL);
+    req.plan_id = SMALL.into();
+    old.provision(req).await.unwrap();
+    old.bind(bind_req("i1", "b1")).await.unwrap();
+    // A broker whose catalog no longer has SMALL: the recorded plan is still accepted.
+    let mut setup_catalog = catalog();
+    setup_catalog.services[0].plans.retain(|p| p.id != SMALL);
+    let mut new = broker_on(store.clone());
+    new.setup.catalog = setup_catalog;
+    let mut unbind = unbind_req("i1", "b1");
+    unbind.plan_id = "never-existed".into();
+    assert!(matches!(new.unbind(unbind).await, Err(BrokerError::BadRequest(_))));
+    new.unbind(unbind_req("i1", "b1")).await.unwrap();
+    new.deprovision(deprovision_req("i1")).await.unwrap();
+    assert!(store.snapshot().keys.is_empty());
+}
+
+#[tokio::test]
+async fn plans_that_are_not_bindable_refuse_binds() {
+    let store = Arc::new(MemoryStore::default());
+    let mut broker = broker_on(store.clone());
+    broker.setup.catalog.services[0].plans[0].bindable = Some(false);
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let err = broker.bind(bind_req("i1", "b1")).await.unwrap_err();
+    assert_eq!(err, BrokerError::BadRequest(format!("plan '{SMALL}' is not bindable")));
+    assert!(store.snapshot().users.is_empty());
+}

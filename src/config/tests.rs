@@ -65,6 +65,11 @@ fn bad_values_name_their_field() {
         main.insert("endpoints".into(), toml::Value::Array(vec!["127.0.0.1:2379".into()]));
     });
     assert_eq!(field_of(endpoint), "clusters.main.endpoints");
+    let no_port = with(|t| {
+        let main = t["clusters"]["main"].as_table_mut().unwrap();
+        main.insert("public_endpoints".into(), toml::Value::Array(vec!["https://etcd.example.com".into()]));
+    });
+    assert_eq!(field_of(no_port), "clusters.main.public_endpoints");
     let empty_password = with(|t| {
         t["auth"].as_table_mut().unwrap().insert("password".into(), "".into());
     });
@@ -96,13 +101,14 @@ fn files_load_with_environment_overrides_and_keep_plan_id_case() {
     let path = dir.path().join("broker.toml");
     let text = EXAMPLE.replace("0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b", "Plan-UPPER-1");
     std::fs::write(&path, text).unwrap();
-    std::env::set_var("ETCD_BROKER__AUTH__PASSWORD", "from-env");
+    // A numeric-looking secret must survive as written.
+    std::env::set_var("ETCD_BROKER__AUTH__PASSWORD", "0123");
     std::env::set_var("ETCD_BROKER__LISTEN__PORT", "9999");
     let loaded = Config::load(&path);
     std::env::remove_var("ETCD_BROKER__AUTH__PASSWORD");
     std::env::remove_var("ETCD_BROKER__LISTEN__PORT");
     let config = loaded.unwrap();
-    assert_eq!(config.auth.password.expose(), "from-env");
+    assert_eq!(config.auth.password.expose(), "0123");
     assert_eq!(config.listen.port, 9999);
     assert!(config.plan_configs.contains_key("Plan-UPPER-1"));
     let missing = Config::load(&dir.path().join("nope.toml"));

@@ -106,6 +106,10 @@ async fn protocol_errors_are_osb_json() {
         json!({ "description": "missing or wrong broker credentials" }),
     )
     .await;
+    let body =
+        json!({ "service_id": SERVICE, "plan_id": SMALL, "organization_guid": "o", "space_guid": "s" });
+    let put = osb(test::TestRequest::put().uri("/v2/service_instances/i1")).set_json(&body);
+    check(&app, put, StatusCode::CREATED, json!({})).await;
     check(
         &app,
         osb(test::TestRequest::delete().uri("/v2/service_instances/i1?service_id=x&plan_id=y")),

@@ -30,11 +30,11 @@ pub struct Service {
     /// Whether instances may change plan (within one etcd cluster).
     #[serde(default)]
     pub plan_updateable: bool,
-    /// Always true here: `GET /v2/service_instances/:id` works.
-    #[serde(default = "yes")]
+    /// Always true, not configurable: `GET /v2/service_instances/:id` works.
+    #[serde(skip_deserializing, default = "yes")]
     pub instances_retrievable: bool,
-    /// Always true here: `GET .../service_bindings/:id` works.
-    #[serde(default = "yes")]
+    /// Always true, not configurable: `GET .../service_bindings/:id` works.
+    #[serde(skip_deserializing, default = "yes")]
     pub bindings_retrievable: bool,
     /// Free-form tags for the marketplace and `VCAP_SERVICES`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
