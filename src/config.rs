@@ -332,6 +332,15 @@ impl Config {
                 if plan.id.is_empty() || plan.name.is_empty() {
                     return Err(invalid(format!("{field}.plans"), "plan id and name must not be empty"));
                 }
+                if plan.id.contains('/') || plan.id.chars().any(char::is_whitespace) {
+                    return Err(invalid(
+                        format!("{field}.plans"),
+                        format!(
+                            "plan id '{}' must not contain '/' or spaces (it becomes part of etcd keys)",
+                            plan.id
+                        ),
+                    ));
+                }
                 if !plan_ids.insert(plan.id.as_str()) {
                     return Err(invalid(
                         format!("{field}.plans"),

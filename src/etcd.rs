@@ -143,6 +143,18 @@ impl Store for EtcdStore {
             .collect())
     }
 
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let response = self
+            .call(|mut c| {
+                let options = options.clone();
+                async move { c.get(prefix, Some(options)).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(u64::try_from(response.count()).unwrap_or(0))
+    }
+
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
         let compares: Vec<Compare> = guards
             .iter()

@@ -89,7 +89,17 @@ impl EtcdBroker {
         let created = state
             .commit(
                 &[Guard::Revision(instance_key, instance_revision), Guard::Absent(key.clone())],
-                &[Write::Put(key.clone(), encode(&record))],
+                &[
+                    Write::Put(key.clone(), encode(&record)),
+                    Write::Put(
+                        self.names().binding_index_key(
+                            &record.plan_id,
+                            &record.instance_id,
+                            &record.binding_id,
+                        ),
+                        Vec::new(),
+                    ),
+                ],
             )
             .await
             .map_err(|e| self.state_failed(e))?;
@@ -206,7 +216,17 @@ impl EtcdBroker {
                 None => return Ok(()),
             };
             let deleted = state
-                .commit(&[Guard::Revision(key.to_owned(), revision)], &[Write::Delete(key.to_owned())])
+                .commit(
+                    &[Guard::Revision(key.to_owned(), revision)],
+                    &[
+                        Write::Delete(key.to_owned()),
+                        Write::Delete(self.names().binding_index_key(
+                            &record.plan_id,
+                            &record.instance_id,
+                            &record.binding_id,
+                        )),
+                    ],
+                )
                 .await
                 .map_err(|e| self.state_failed(e))?;
             if deleted {

@@ -29,7 +29,16 @@ impl EtcdBroker {
         let state = &*self.setup.state;
         for _ in 0..CAS_ATTEMPTS {
             let created = state
-                .commit(&[Guard::Absent(key.clone())], &[Write::Put(key.clone(), encode(&record))])
+                .commit(
+                    &[Guard::Absent(key.clone())],
+                    &[
+                        Write::Put(key.clone(), encode(&record)),
+                        Write::Put(
+                            self.names().instance_index_key(&record.plan_id, req.instance_id.as_str()),
+                            Vec::new(),
+                        ),
+                    ],
+                )
                 .await
                 .map_err(|e| self.state_failed(e))?;
             if created {
@@ -77,6 +86,7 @@ impl EtcdBroker {
                 )));
             }
             let mut changed = false;
+            let old_plan = record.plan_id.clone();
             if let Some(plan_id) = req.plan_id.as_deref().filter(|p| *p != record.plan_id) {
                 let target_cluster = self.check_plan(&req.service_id, plan_id)?;
                 let (service, current) =
@@ -110,11 +120,14 @@ impl EtcdBroker {
                 return Ok(());
             }
             record.updated_at = self.now();
+            let mut writes = vec![Write::Put(key.clone(), encode(&record))];
+            if record.plan_id != old_plan {
+                let id = req.instance_id.as_str();
+                writes.push(Write::Delete(self.names().instance_index_key(&old_plan, id)));
+                writes.push(Write::Put(self.names().instance_index_key(&record.plan_id, id), Vec::new()));
+            }
             let written = state
-                .commit(
-                    &[Guard::Revision(key.clone(), revision)],
-                    &[Write::Put(key.clone(), encode(&record))],
-                )
+                .commit(&[Guard::Revision(key.clone(), revision)], &writes)
                 .await
                 .map_err(|e| self.state_failed(e))?;
             if written {
@@ -173,7 +186,13 @@ impl EtcdBroker {
                 .map_err(|e| unavailable(&record.cluster, e))?;
             // Step 4: the record itself.
             let deleted = state
-                .commit(&[Guard::Revision(key.clone(), revision)], &[Write::Delete(key.clone())])
+                .commit(
+                    &[Guard::Revision(key.clone(), revision)],
+                    &[
+                        Write::Delete(key.clone()),
+                        Write::Delete(self.names().instance_index_key(&record.plan_id, id.as_str())),
+                    ],
+                )
                 .await
                 .map_err(|e| self.state_failed(e))?;
             if deleted || state.get(&key).await.map_err(|e| self.state_failed(e))?.is_none() {

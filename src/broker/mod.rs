@@ -125,6 +125,65 @@ impl EtcdBroker {
     }
 }
 
+/// Instances and bindings of one plan, for the inventory gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanInventory {
+    pub service: String,
+    pub plan: String,
+    pub instances: u64,
+    pub bindings: u64,
+}
+
+/// Whether one etcd cluster answers with the broker's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHealth {
+    pub cluster: String,
+    /// `None` when healthy, else what failed.
+    pub error: Option<String>,
+}
+
+/// How long a readiness probe may wait for one cluster.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl EtcdBroker {
+    /// Counts instances and bindings per catalog plan from the per-plan index keys: a few
+    /// count-only requests, whatever the number of records.
+    pub async fn inventory(&self) -> BrokerResult<Vec<PlanInventory>> {
+        let state = &*self.setup.state;
+        let mut out = Vec::new();
+        for (service, plan) in self.setup.catalog.plans() {
+            let count = |prefix: String| async move { state.count(&prefix).await };
+            let instances = count(self.names().instance_index_prefix(&plan.id)).await;
+            let bindings = count(self.names().binding_index_prefix(&plan.id)).await;
+            out.push(PlanInventory {
+                service: service.name.clone(),
+                plan: plan.name.clone(),
+                instances: instances.map_err(|e| self.state_failed(e))?,
+                bindings: bindings.map_err(|e| self.state_failed(e))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Probes every cluster with one read using the broker's own credentials.
+    pub async fn readiness(&self) -> Vec<ClusterHealth> {
+        let mut out = Vec::new();
+        let mut names: Vec<&String> = self.setup.clusters.keys().collect();
+        names.sort();
+        for name in names {
+            let store = &self.setup.clusters[name].store;
+            let probe = self.names().instance_key(&InstanceId::parse("readiness-probe").expect("valid id"));
+            let error = match tokio::time::timeout(PROBE_TIMEOUT, store.get(&probe)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+            };
+            out.push(ClusterHealth { cluster: name.clone(), error });
+        }
+        out
+    }
+}
+
 /// Parameters are not supported by any plan yet; refuse them instead of silently ignoring them.
 fn refuse_parameters(parameters: &JsonObject) -> BrokerResult<()> {
     if parameters.is_empty() {

@@ -51,6 +51,27 @@ impl Names {
         format!("{}{}", self.bindings_prefix(instance), binding)
     }
 
+    /// Prefix of the per-plan instance index: one empty key per instance, so instances per
+    /// plan can be counted without reading records.
+    pub fn instance_index_prefix(&self, plan_id: &str) -> String {
+        format!("{}index/instances/{plan_id}/", self.state_prefix)
+    }
+
+    /// The instance's key in the per-plan index (ids as stored in records, already validated).
+    pub fn instance_index_key(&self, plan_id: &str, instance: &str) -> String {
+        format!("{}{instance}", self.instance_index_prefix(plan_id))
+    }
+
+    /// Prefix of the per-plan binding index.
+    pub fn binding_index_prefix(&self, plan_id: &str) -> String {
+        format!("{}index/bindings/{plan_id}/", self.state_prefix)
+    }
+
+    /// The binding's key in the per-plan index (ids as stored in records, already validated).
+    pub fn binding_index_key(&self, plan_id: &str, instance: &str, binding: &str) -> String {
+        format!("{}{instance}/{binding}", self.binding_index_prefix(plan_id))
+    }
+
     /// The etcd user of a binding.
     pub fn user(&self, instance: &InstanceId, binding: &BindingId) -> String {
         format!("{NAME_PREFIX}.{instance}.{binding}")

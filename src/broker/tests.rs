@@ -390,7 +390,10 @@ async fn provision_converges_after_a_fault_at_any_step() {
             })
             .await;
             assert_consistent(&store.snapshot());
-            assert_eq!(store.snapshot().keys.len(), 1);
+            assert_eq!(
+                store.snapshot().keys.keys().collect::<Vec<_>>(),
+                ["/etcd-broker/index/instances/plan-small/i1", "/etcd-broker/instances/i1"]
+            );
         }
     }
 }
@@ -424,6 +427,9 @@ impl Store for RacingStore {
     }
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.inner.list(prefix).await
+    }
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.inner.count(prefix).await
     }
     async fn commit(&self, guards: &[crate::store::Guard], writes: &[Write]) -> Result<bool, StoreError> {
         self.inner.commit(guards, writes).await
@@ -490,4 +496,43 @@ async fn plans_that_are_not_bindable_refuse_binds() {
     let err = broker.bind(bind_req("i1", "b1")).await.unwrap_err();
     assert_eq!(err, BrokerError::BadRequest(format!("plan '{SMALL}' is not bindable")));
     assert!(store.snapshot().users.is_empty());
+}
+
+#[tokio::test]
+async fn inventory_counts_instances_and_bindings_per_plan() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = broker_on(store.clone());
+    let counts = |inv: Vec<super::PlanInventory>| {
+        inv.into_iter().map(|p| (p.plan, p.instances, p.bindings)).collect::<Vec<_>>()
+    };
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    broker.provision(provision_req("i2", SMALL)).await.unwrap();
+    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    broker.bind(bind_req("i1", "b2")).await.unwrap();
+    assert_eq!(
+        counts(broker.inventory().await.unwrap()),
+        [(SMALL.to_owned(), 2, 2), (LARGE.to_owned(), 0, 0), (FAR.to_owned(), 0, 0)]
+    );
+    broker.update(update_req("i2", LARGE)).await.unwrap();
+    broker.unbind(unbind_req("i1", "b2")).await.unwrap();
+    assert_eq!(
+        counts(broker.inventory().await.unwrap()),
+        [(SMALL.to_owned(), 1, 1), (LARGE.to_owned(), 1, 0), (FAR.to_owned(), 0, 0)]
+    );
+    broker.deprovision(deprovision_req("i1")).await.unwrap();
+    broker.deprovision(deprovision_req("i2")).await.unwrap();
+    assert!(counts(broker.inventory().await.unwrap()).iter().all(|(_, i, b)| *i == 0 && *b == 0));
+    assert!(store.snapshot().keys.is_empty(), "index keys left: {:?}", store.snapshot().keys.keys());
+}
+
+#[tokio::test]
+async fn readiness_names_the_failing_cluster() {
+    let store = Arc::new(MemoryStore::default());
+    let broken = Arc::new(FaultyStore::new(store, Some(0), FailMode::Before));
+    let health = broker_on(broken).readiness().await;
+    assert_eq!(health.len(), 2);
+    assert_eq!(health[0].cluster, "far");
+    assert_eq!(health[0].error, None);
+    assert_eq!(health[1].cluster, "main");
+    assert!(health[1].error.as_deref().unwrap().contains("unavailable"), "{health:?}");
 }

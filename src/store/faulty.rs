@@ -62,6 +62,9 @@ impl Store for FaultyStore {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.run(self.inner.list(prefix)).await
     }
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.run(self.inner.count(prefix)).await
+    }
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
         self.run(self.inner.commit(guards, writes)).await
     }

@@ -46,6 +46,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        Ok(self.list(prefix).await?.len() as u64)
+    }
+
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
         let mut s = self.state.lock().unwrap();
         let holds = guards.iter().all(|g| match g {

@@ -61,6 +61,9 @@ pub trait Store: Send + Sync + 'static {
     /// Reads every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 
+    /// Counts the keys starting with `prefix` without reading them.
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError>;
+
     /// Applies `writes` atomically if every guard holds; returns whether it did.
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError>;
 
