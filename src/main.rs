@@ -51,11 +51,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            logging::init(config.log_level);
+            logging::init(config.log_level, config.log_format);
             actix_web::rt::System::new().block_on(async move {
                 let running = server::start(&config)?;
                 tracing::info!(addr = %running.addr, "etcd-broker listening");
-                running.server.await?;
+                running.serve().await?;
                 tracing::info!("etcd-broker stopped");
                 Ok(())
             })

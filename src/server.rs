@@ -12,7 +12,10 @@ use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
 use crate::config::{parse_endpoint, Config};
 use crate::etcd::EtcdStore;
+use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
+use crate::metrics::Metrics;
+use crate::store::metered::MeteredStore;
 use crate::store::Store;
 
 /// In-flight requests get this long to finish on shutdown (bpm allows 20 s in all).
@@ -27,12 +30,13 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
 }
 
-/// Builds the broker for a validated config: one lazily connected store per cluster.
-pub fn build_broker(config: &Config) -> Result<EtcdBroker, StartError> {
+/// Builds the broker for a validated config: one lazily connected, metered store per cluster.
+pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroker, StartError> {
     let mut clusters = HashMap::new();
     for (name, cluster) in &config.clusters {
         let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
-        let store: Arc<dyn Store> = Arc::new(EtcdStore::new(cluster).map_err(|e| fail(e.to_string()))?);
+        let etcd: Arc<dyn Store> = Arc::new(EtcdStore::new(cluster).map_err(|e| fail(e.to_string()))?);
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
         let public =
             if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };
         let public_endpoints =
@@ -60,27 +64,60 @@ pub fn build_broker(config: &Config) -> Result<EtcdBroker, StartError> {
     }))
 }
 
-/// A listening broker.
+/// A listening broker: the OSB API and, when enabled, the monitoring listener.
 pub struct RunningBroker {
-    /// The bound address (useful with port 0).
+    /// The OSB API's bound address (useful with port 0).
     pub addr: SocketAddr,
-    /// The server future: await it to serve until a signal or [`actix_web::dev::ServerHandle::stop`].
-    pub server: actix_web::dev::Server,
+    /// The monitoring listener's bound address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    servers: Vec<actix_web::dev::Server>,
 }
 
-/// Binds the listener and prepares the server; it serves once `server` is awaited or spawned.
-/// actix-web stops gracefully on SIGTERM/SIGINT, draining in-flight requests.
-pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
-    let broker = Arc::new(build_broker(config)?);
-    let state = HttpState::new(broker, &config.auth.username, config.auth.password.expose());
-    let addr = format!("{}:{}", config.listen.host, config.listen.port);
-    let server = HttpServer::new(move || App::new().configure(routes(state.clone())))
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .bind(&addr)
-        .map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
-    let bound = server.addrs().first().copied().ok_or_else(|| StartError::Listen {
-        addr: addr.clone(),
+impl RunningBroker {
+    /// Serves until SIGTERM/SIGINT (actix-web drains in-flight requests) or until stopped
+    /// through [`RunningBroker::handles`].
+    pub async fn serve(self) -> std::io::Result<()> {
+        futures_util::future::try_join_all(self.servers).await.map(|_| ())
+    }
+
+    /// Handles to stop the listeners programmatically.
+    pub fn handles(&self) -> Vec<actix_web::dev::ServerHandle> {
+        self.servers.iter().map(|s| s.handle()).collect()
+    }
+}
+
+/// The first address a bound server listens on.
+fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartError> {
+    addrs.first().copied().ok_or_else(|| StartError::Listen {
+        addr: listen.to_owned(),
         source: std::io::Error::other("no address bound"),
-    })?;
-    Ok(RunningBroker { addr: bound, server: server.run() })
+    })
+}
+
+/// Binds the listeners and prepares the servers; they serve once [`RunningBroker::serve`] runs.
+pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let broker = Arc::new(build_broker(config, &metrics)?);
+    let state =
+        HttpState::new(broker.clone(), &config.auth.username, config.auth.password.expose(), metrics.clone());
+    let listen = format!("{}:{}", config.listen.host, config.listen.port);
+    let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .bind(&listen)
+        .map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
+    let addr = first_addr(api.addrs(), &listen)?;
+    let mut servers = vec![api.run()];
+    let mut metrics_addr = None;
+    if config.metrics.enabled {
+        let state = MonitoringState { broker, metrics };
+        let listen = format!("{}:{}", config.metrics.host, config.metrics.port);
+        let monitoring = HttpServer::new(move || App::new().configure(monitoring::routes(state.clone())))
+            .workers(1)
+            .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+            .bind(&listen)
+            .map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
+        metrics_addr = Some(first_addr(monitoring.addrs(), &listen)?);
+        servers.push(monitoring.run());
+    }
+    Ok(RunningBroker { addr, metrics_addr, servers })
 }

@@ -21,6 +21,7 @@ const BROKER_USERNAME: &str = "broker";
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     pub broker_port: u16,
+    pub metrics_port: u16,
     pub etcd_port: u16,
     pub etcd_version: EtcdVersion,
     pub bcrypt_cost: Option<u32>,
@@ -51,18 +52,22 @@ async fn serve(options: DevOptions) -> Result<()> {
 
     let broker_password = secrets::random_password();
     let config_path = dir.join("broker.toml");
-    write_private(&config_path, &broker_config(&etcd, options.broker_port, &broker_password)?)?;
+    write_private(
+        &config_path,
+        &broker_config(&etcd, options.broker_port, options.metrics_port, &broker_password)?,
+    )?;
     let config = Config::load(&config_path)?;
-    logging::init(config.log_level);
+    logging::init(config.log_level, config.log_format);
     let running = server::start(&config)?;
     let broker_url = format!("http://{}", running.addr);
+    let metrics_url = running.metrics_addr.map(|a| format!("http://{a}/metrics")).unwrap_or_default();
 
-    let env = env_lines(&broker_url, &broker_password, &etcd);
+    let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd);
     write_private(&env_file, &env)?;
     println!("{}", instructions(&config, &broker_url, &env_file));
 
     // actix-web stops the server gracefully on SIGINT/SIGTERM.
-    let served = running.server.await;
+    let served = running.serve().await;
     eprintln!("stopping etcd...");
     etcd.stop().await;
     let _ = std::fs::remove_file(&env_file);
@@ -70,10 +75,14 @@ async fn serve(options: DevOptions) -> Result<()> {
 }
 
 /// The broker config: the example's catalog, this etcd, a loopback listener.
-fn broker_config(etcd: &LocalEtcd, port: u16, password: &str) -> Result<String> {
+fn broker_config(etcd: &LocalEtcd, port: u16, metrics_port: u16, password: &str) -> Result<String> {
     let mut table: toml::Table = toml::from_str(EXAMPLE_CONFIG).context("docs/etcd-broker.example.toml")?;
     table.insert("listen".into(), toml::Value::Table(toml::toml! { host = "127.0.0.1" }));
     table["listen"].as_table_mut().unwrap().insert("port".into(), i64::from(port).into());
+    let mut metrics = toml::Table::new();
+    metrics.insert("host".into(), "127.0.0.1".into());
+    metrics.insert("port".into(), i64::from(metrics_port).into());
+    table.insert("metrics".into(), metrics.into());
     let mut auth = toml::Table::new();
     auth.insert("username".into(), BROKER_USERNAME.into());
     auth.insert("password".into(), password.into());
@@ -89,7 +98,7 @@ fn broker_config(etcd: &LocalEtcd, port: u16, password: &str) -> Result<String> 
 }
 
 /// The `.dev/env` contents.
-fn env_lines(broker_url: &str, broker_password: &str, etcd: &LocalEtcd) -> String {
+fn env_lines(broker_url: &str, metrics_url: &str, broker_password: &str, etcd: &LocalEtcd) -> String {
     let mut out = String::new();
     for (key, value) in [
         ("BROKER_URL", broker_url.to_owned()),
@@ -99,6 +108,7 @@ fn env_lines(broker_url: &str, broker_password: &str, etcd: &LocalEtcd) -> Strin
         ("ETCD_ROOT_USERNAME", etcd.root_username().to_owned()),
         ("ETCD_ROOT_PASSWORD", etcd.root_password().to_owned()),
         ("ETCDCTL", etcd.etcdctl().display().to_string()),
+        ("METRICS_URL", metrics_url.to_owned()),
     ] {
         let _ = writeln!(out, "{key}={value}");
     }
@@ -112,7 +122,7 @@ fn instructions(config: &Config, broker_url: &str, env_file: &Path) -> String {
     let (sid, pid) = (&service.id, &plan.id);
     format!(
         r#"
-etcd-broker is listening on {broker_url}; etcd is at {etcd}.
+etcd-broker is listening on {broker_url}; etcd is at {etcd}; metrics at $METRICS_URL.
 Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
 
   set -a; . {env}; set +a

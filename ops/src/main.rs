@@ -29,11 +29,14 @@ struct Cli {
 enum Command {
     /// Start a local etcd (auth enabled) and the broker with the example catalog; write
     /// <dir>/env (BROKER_URL, BROKER_USERNAME, BROKER_PASSWORD, ETCD_ENDPOINTS,
-    /// ETCD_ROOT_USERNAME, ETCD_ROOT_PASSWORD, ETCDCTL) and run until Ctrl-C.
+    /// ETCD_ROOT_USERNAME, ETCD_ROOT_PASSWORD, ETCDCTL, METRICS_URL) and run until Ctrl-C.
     Dev {
         /// Broker port on 127.0.0.1; 0 picks a free port.
         #[arg(long, env = "BROKER_PORT", default_value_t = 0)]
         broker_port: u16,
+        /// Port of the broker's monitoring listener (/metrics, /health, /ready); 0 picks a free port.
+        #[arg(long, env = "METRICS_PORT", default_value_t = 0)]
+        metrics_port: u16,
         /// etcd client port on 127.0.0.1; 0 picks a free port.
         #[arg(long, env = "ETCD_PORT", default_value_t = 0)]
         etcd_port: u16,
@@ -85,8 +88,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Dev { broker_port, etcd_port, etcd_version, bcrypt_cost, dir } => {
-            dev::run(dev::DevOptions { broker_port, etcd_port, etcd_version, bcrypt_cost, dir })
+        Command::Dev { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir } => {
+            dev::run(dev::DevOptions { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir })
         }
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {

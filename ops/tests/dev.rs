@@ -70,6 +70,12 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     assert_eq!(bound.status(), 201);
     let creds = bound.json::<Value>().await.unwrap()["credentials"].clone();
 
+    let metrics = reqwest::get(&env["METRICS_URL"]).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("etcd_broker_osb_requests_total{code=\"201\",operation=\"bind\"} 1"),
+        "{metrics}"
+    );
+
     // The etcdctl named in the env file works with the binding's credentials.
     let etcdctl = |args: &[&str]| {
         Command::new(&env["ETCDCTL"])

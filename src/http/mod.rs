@@ -8,6 +8,8 @@ mod catalog;
 pub mod error;
 mod instances;
 mod last_operation;
+pub mod monitoring;
+pub mod observe;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use crate::metrics::Metrics;
 use crate::osb::{BindingId, InstanceId, ServiceBroker};
 use error::HttpError;
 use protocol::BasicAuth;
@@ -30,13 +33,19 @@ pub struct HttpState {
     pub auth: BasicAuth,
     /// The catalog, serialized once.
     pub catalog_json: web::Bytes,
+    pub metrics: Arc<Metrics>,
 }
 
 impl HttpState {
     /// Prepares the state for a broker and its basic-auth credentials.
-    pub fn new(broker: Arc<dyn ServiceBroker>, username: &str, password: &str) -> Self {
+    pub fn new(
+        broker: Arc<dyn ServiceBroker>,
+        username: &str,
+        password: &str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let catalog_json = serde_json::to_vec(broker.catalog()).expect("the catalog serializes");
-        Self { broker, auth: BasicAuth::new(username, password), catalog_json: catalog_json.into() }
+        Self { broker, auth: BasicAuth::new(username, password), catalog_json: catalog_json.into(), metrics }
     }
 }
 
@@ -56,6 +65,7 @@ pub fn routes(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) + Clone 
             .service(
                 web::scope("/v2")
                     .wrap(from_fn(protocol::osb_protocol))
+                    .wrap(from_fn(observe::record))
                     .configure(catalog::routes)
                     .configure(instances::routes)
                     .configure(bindings::routes)

@@ -69,6 +69,16 @@ pub fn originating_user(header: Option<&HeaderValue>) -> Option<String> {
     Some(format!("{platform}/{user}"))
 }
 
+/// The instance and binding ids in an OSB path, for the request span ("" when absent).
+fn ids_in(path: &str) -> (&str, &str) {
+    let mut segments = path.trim_start_matches('/').split('/');
+    match (segments.next(), segments.next(), segments.next(), segments.next(), segments.next()) {
+        (Some("v2"), Some("service_instances"), Some(i), Some("service_bindings"), Some(b)) => (i, b),
+        (Some("v2"), Some("service_instances"), Some(i), _, _) => (i, ""),
+        _ => ("", ""),
+    }
+}
+
 /// The middleware.
 pub async fn osb_protocol(
     req: ServiceRequest,
@@ -76,17 +86,22 @@ pub async fn osb_protocol(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let headers = req.headers();
     let identity = headers.get(&REQUEST_IDENTITY).cloned();
+    let (instance_id, binding_id) = ids_in(req.path());
     let span = tracing::info_span!(
         "osb",
+        operation = super::observe::operation_of(req.method(), req.path()),
         method = %req.method(),
         path = %req.path(),
+        instance_id,
+        binding_id,
         request_identity = identity.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         user = originating_user(headers.get(ORIGINATING_IDENTITY)).as_deref().unwrap_or(""),
     );
-    let authorized = req
-        .app_data::<web::Data<HttpState>>()
-        .map(|s| s.auth.accepts(headers.get(AUTHORIZATION)))
-        .unwrap_or(false);
+    let state = req.app_data::<web::Data<HttpState>>();
+    let authorized = state.is_some_and(|s| s.auth.accepts(headers.get(AUTHORIZATION)));
+    if let (false, Some(state)) = (authorized, state) {
+        state.metrics.auth_failures.inc();
+    }
     let checked =
         if authorized { check_version(headers.get(VERSION_HEADER)) } else { Err(HttpError::Unauthorized) };
     let mut response = match checked {

@@ -17,6 +17,7 @@ macro_rules! app {
             Arc::new(broker_on(Arc::new(MemoryStore::default()))),
             "broker",
             "secret",
+            Arc::new(crate::metrics::Metrics::new()),
         ))))
         .await
     };

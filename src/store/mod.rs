@@ -11,6 +11,7 @@ use async_trait::async_trait;
 pub mod faulty;
 #[cfg(test)]
 pub mod memory;
+pub mod metered;
 
 /// A value with the revision it was last modified at, for compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,7 +35,7 @@ pub fn free_port() -> u16 {
 }
 
 /// The broker config for `main` (and optionally a second cluster `far`).
-pub fn config_toml(port: u16, main: &LocalEtcd, far: Option<&LocalEtcd>) -> String {
+pub fn config_toml(port: u16, metrics_port: u16, main: &LocalEtcd, far: Option<&LocalEtcd>) -> String {
     let cluster = |name: &str, etcd: &LocalEtcd| {
         format!(
             "[clusters.{name}]\nendpoints = [{endpoint:?}]\nusername = \"root\"\npassword = {password:?}\n",
@@ -49,6 +49,9 @@ state_cluster = "main"
 [listen]
 host = "127.0.0.1"
 port = {port}
+[metrics]
+host = "127.0.0.1"
+port = {metrics_port}
 [auth]
 username = "{USER}"
 password = {PASSWORD:?}
@@ -95,6 +98,8 @@ cluster = "{far_cluster}"
 /// A running `etcd-broker serve` process; killed on drop.
 pub struct BrokerProcess {
     pub url: String,
+    /// Base URL of the monitoring listener (`/metrics`, `/health`, `/ready`).
+    pub metrics_url: String,
     child: Child,
     _dir: tempfile::TempDir,
     pub log: PathBuf,
@@ -102,21 +107,33 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub async fn start(main: &LocalEtcd, far: Option<&LocalEtcd>) -> Self {
+        Self::start_with_env(main, far, &[]).await
+    }
+
+    /// Starts with extra environment variables (e.g. `ETCD_BROKER__LOG_FORMAT=json`).
+    pub async fn start_with_env(main: &LocalEtcd, far: Option<&LocalEtcd>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let (port, metrics_port) = (free_port(), free_port());
         let config = dir.path().join("broker.toml");
-        std::fs::write(&config, config_toml(port, main, far)).unwrap();
+        std::fs::write(&config, config_toml(port, metrics_port, main, far)).unwrap();
         let log = dir.path().join("broker.log");
         let child = Command::new(env!("CARGO_BIN_EXE_etcd-broker"))
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .kill_on_drop(true)
             .spawn()
             .expect("etcd-broker starts");
-        let broker = Self { url: format!("http://127.0.0.1:{port}"), child, _dir: dir, log };
+        let broker = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            child,
+            _dir: dir,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let http = reqwest::Client::new();
         while http.get(format!("{}/v2/catalog", broker.url)).send().await.is_err() {
@@ -263,4 +280,9 @@ pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, 
     let users = root.user_list().await.unwrap().users().iter().filter(|u| *u != "root").cloned().collect();
     let roles = root.role_list().await.unwrap().roles().iter().filter(|r| *r != "root").cloned().collect();
     (keys, users, roles)
+}
+
+/// The project-local tools folder (prometheus, promtool, etcd).
+pub fn tool(path: &str) -> PathBuf {
+    local_etcd::tools_dir().join(path)
 }

@@ -1,0 +1,171 @@
+//! Prometheus metrics: one registry per broker process, rendered on the monitoring listener.
+//!
+//! Names follow Prometheus conventions (`etcd_broker_` prefix, base units, `_total` counters,
+//! `_seconds` histograms). Every label has a bounded set of values: operation names, status
+//! codes, cluster names and plan names from the config, etcd call kinds. Never an instance id,
+//! binding id or user name. The list with meanings is in `docs/observability.md`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets from 0.5 ms to 10 s: etcd round trips are sub-millisecond on loopback,
+/// bcrypt-bound binds tens of milliseconds, timeouts seconds.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// All metrics of the broker.
+pub struct Metrics {
+    registry: Registry,
+    /// OSB requests by operation and status code.
+    pub osb_requests: IntCounterVec,
+    /// OSB request latency by operation.
+    pub osb_duration: HistogramVec,
+    /// OSB requests being served now.
+    pub osb_in_flight: IntGauge,
+    /// Requests with missing or wrong broker credentials.
+    pub auth_failures: IntCounter,
+    /// etcd call latency by cluster and call kind.
+    pub etcd_duration: HistogramVec,
+    /// Failed etcd calls by cluster, call kind and failure kind.
+    pub etcd_errors: IntCounterVec,
+    /// Service instances by service and plan.
+    pub instances: IntGaugeVec,
+    /// Service bindings by service and plan.
+    pub bindings: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric, the build info and the process collector.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let osb_requests = IntCounterVec::new(
+            Opts::new(
+                "etcd_broker_osb_requests_total",
+                "OSB API requests by operation and HTTP status code.",
+            ),
+            &["operation", "code"],
+        )
+        .expect("valid metric");
+        let osb_duration = HistogramVec::new(
+            HistogramOpts::new("etcd_broker_osb_request_duration_seconds", "OSB API request latency.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let osb_in_flight =
+            IntGauge::new("etcd_broker_osb_requests_in_flight", "OSB API requests being served.")
+                .expect("valid metric");
+        let auth_failures = IntCounter::new(
+            "etcd_broker_auth_failures_total",
+            "OSB API requests refused for missing or wrong broker credentials.",
+        )
+        .expect("valid metric");
+        let etcd_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "etcd_broker_etcd_request_duration_seconds",
+                "Latency of the broker's etcd calls.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["cluster", "call"],
+        )
+        .expect("valid metric");
+        let etcd_errors = IntCounterVec::new(
+            Opts::new("etcd_broker_etcd_request_errors_total", "Failed etcd calls by failure kind."),
+            &["cluster", "call", "kind"],
+        )
+        .expect("valid metric");
+        let instances = IntGaugeVec::new(
+            Opts::new("etcd_broker_service_instances", "Service instances by service and plan."),
+            &["service", "plan"],
+        )
+        .expect("valid metric");
+        let bindings = IntGaugeVec::new(
+            Opts::new("etcd_broker_service_bindings", "Service bindings by service and plan."),
+            &["service", "plan"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("etcd_broker_build_info", "Always 1; labels say which build is running."),
+            &["version", "rust_version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CARGO_PKG_RUST_VERSION")]).set(1);
+
+        for collector in [
+            Box::new(osb_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(osb_duration.clone()),
+            Box::new(osb_in_flight.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(etcd_duration.clone()),
+            Box::new(etcd_errors.clone()),
+            Box::new(instances.clone()),
+            Box::new(bindings.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            osb_requests,
+            osb_duration,
+            osb_in_flight,
+            auth_failures,
+            etcd_duration,
+            etcd_errors,
+            instances,
+            bindings,
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for valid metrics.
+        let _ = encoder.encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_help() {
+        let metrics = Metrics::new();
+        metrics.osb_requests.with_label_values(&["provision", "201"]).inc();
+        metrics.osb_duration.with_label_values(&["provision"]).observe(0.01);
+        metrics.etcd_duration.with_label_values(&["main", "get"]).observe(0.001);
+        metrics.etcd_errors.with_label_values(&["main", "get", "unavailable"]).inc();
+        metrics.instances.with_label_values(&["etcd", "shared"]).set(2);
+        metrics.bindings.with_label_values(&["etcd", "shared"]).set(1);
+        let text = metrics.render();
+        for name in [
+            "etcd_broker_osb_requests_total{code=\"201\",operation=\"provision\"} 1",
+            "etcd_broker_osb_request_duration_seconds_bucket",
+            "etcd_broker_osb_requests_in_flight 0",
+            "etcd_broker_auth_failures_total 0",
+            "etcd_broker_etcd_request_duration_seconds_count{call=\"get\",cluster=\"main\"} 1",
+            "etcd_broker_etcd_request_errors_total{call=\"get\",cluster=\"main\",kind=\"unavailable\"} 1",
+            "etcd_broker_service_instances{plan=\"shared\",service=\"etcd\"} 2",
+            "etcd_broker_service_bindings{plan=\"shared\",service=\"etcd\"} 1",
+            "etcd_broker_build_info{rust_version=",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+            "process_cpu_seconds_total",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! A [`Store`] decorator that times every etcd call and counts failures, per cluster and call
+//! kind, for `etcd_broker_etcd_*` metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{Guard, Store, StoreError, Versioned, Write};
+use crate::metrics::Metrics;
+
+/// Wraps one cluster's store.
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    cluster: String,
+}
+
+impl MeteredStore {
+    /// Instruments `inner`, labelling its metrics with `cluster`.
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>, cluster: &str) -> Self {
+        Self { inner, metrics, cluster: cluster.to_owned() }
+    }
+
+    async fn observe<T>(
+        &self,
+        call: &str,
+        future: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = future.await;
+        let labels = [self.cluster.as_str(), call];
+        self.metrics.etcd_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            let kind = match e {
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::Unauthorized(_) => "unauthorized",
+                StoreError::Conflict(_) => "conflict",
+                StoreError::Failed(_) => "failed",
+            };
+            self.metrics.etcd_errors.with_label_values(&[self.cluster.as_str(), call, kind]).inc();
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.observe("get", self.inner.get(key)).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.observe("list", self.inner.list(prefix)).await
+    }
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.observe("count", self.inner.count(prefix)).await
+    }
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+        self.observe("txn", self.inner.commit(guards, writes)).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.observe("delete_prefix", self.inner.delete_prefix(prefix)).await
+    }
+    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+        self.observe("ensure_role", self.inner.ensure_role(role, prefix)).await
+    }
+    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
+        self.observe("ensure_user", self.inner.ensure_user(user, password, role)).await
+    }
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        self.observe("delete_user", self.inner.delete_user(user)).await
+    }
+    async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
+        self.observe("delete_role", self.inner.delete_role(role)).await
+    }
+}

@@ -1,0 +1,220 @@
+//! Acceptance: metrics that move by exactly the expected amounts and pass `promtool check
+//! metrics`, a real Prometheus scrape, health/readiness endpoints, and logs without secrets.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+/// The value of one sample line (`name{labels} value`), 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+fn requests(text: &str, operation: &str, code: u16) -> f64 {
+    sample(text, &format!("etcd_broker_osb_requests_total{{code=\"{code}\",operation=\"{operation}\"}}"))
+}
+
+async fn scrape(broker: &BrokerProcess) -> String {
+    reqwest::get(format!("{}/metrics", broker.metrics_url)).await.unwrap().text().await.unwrap()
+}
+
+/// A scripted sequence whose effect on every counter is known, 4xx cases included.
+async fn scripted_sequence(osb: &Osb) {
+    assert_eq!(osb.call(Method::GET, "/v2/catalog", None).await.status, StatusCode::OK);
+    assert_eq!(osb.provision("i1", SHARED).await.status, StatusCode::CREATED);
+    assert_eq!(osb.provision("i1", SHARED).await.status, StatusCode::OK);
+    assert_eq!(osb.provision("i1", LARGE).await.status, StatusCode::CONFLICT);
+    assert_eq!(osb.provision("i2", SHARED).await.status, StatusCode::CREATED);
+    assert_eq!(osb.bind("i1", "b1").await.status, StatusCode::CREATED);
+    assert_eq!(osb.bind("i1", "b2").await.status, StatusCode::CREATED);
+    assert_eq!(osb.get_binding("i1", "b1").await.status, StatusCode::OK);
+    assert_eq!(osb.unbind("i1", "b2").await.status, StatusCode::OK);
+    assert_eq!(osb.unbind("i1", "b2").await.status, StatusCode::GONE);
+    assert_eq!(osb.deprovision("i2").await.status, StatusCode::OK);
+    let wrong = osb.http.get(format!("{}/v2/catalog", osb.url)).basic_auth(USER, Some("nope"));
+    assert_eq!(
+        Osb::send(wrong.header("X-Broker-API-Version", VERSION)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn counters_move_exactly_and_promtool_accepts_the_output() {
+    let etcd = start_etcd().await;
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let osb = Osb::new(&broker.url);
+    let before = scrape(&broker).await;
+    // The harness polled the catalog without credentials while waiting for the broker.
+    let polls = requests(&before, "catalog", 401);
+    let auth_failures = sample(&before, "etcd_broker_auth_failures_total");
+    scripted_sequence(&osb).await;
+    let text = scrape(&broker).await;
+
+    assert_eq!(requests(&text, "catalog", 200), 1.0);
+    assert_eq!(requests(&text, "catalog", 401), polls + 1.0);
+    assert_eq!(sample(&text, "etcd_broker_auth_failures_total"), auth_failures + 1.0);
+    assert_eq!(requests(&text, "provision", 201), 2.0);
+    assert_eq!(requests(&text, "provision", 200), 1.0);
+    assert_eq!(requests(&text, "provision", 409), 1.0);
+    assert_eq!(requests(&text, "bind", 201), 2.0);
+    assert_eq!(requests(&text, "get", 200), 1.0);
+    assert_eq!(requests(&text, "unbind", 200), 1.0);
+    assert_eq!(requests(&text, "unbind", 410), 1.0);
+    assert_eq!(requests(&text, "deprovision", 200), 1.0);
+    assert_eq!(sample(&text, "etcd_broker_osb_request_duration_seconds_count{operation=\"provision\"}"), 4.0);
+    assert_eq!(sample(&text, "etcd_broker_osb_requests_in_flight"), 0.0);
+    assert_eq!(sample(&text, "etcd_broker_service_instances{plan=\"shared\",service=\"etcd\"}"), 1.0);
+    assert_eq!(sample(&text, "etcd_broker_service_bindings{plan=\"shared\",service=\"etcd\"}"), 1.0);
+    assert_eq!(sample(&text, "etcd_broker_service_instances{plan=\"large\",service=\"etcd\"}"), 0.0);
+    assert!(
+        sample(
+            &text,
+            "etcd_broker_etcd_request_duration_seconds_count{call=\"ensure_user\",cluster=\"main\"}"
+        ) >= 2.0
+    );
+    assert!(sample(&text, "process_resident_memory_bytes") > 0.0);
+    assert!(text.contains("etcd_broker_build_info{"), "{text}");
+    assert!(!text.contains("i1") && !text.contains("b1"), "ids leaked into labels");
+
+    let mut promtool = tokio::process::Command::new(tool("prometheus/bin/promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-tools.sh)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
+    let out = promtool.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_say_what_failed() {
+    let etcd = start_etcd().await;
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let get = |path: &str| {
+        let url = format!("{}{path}", broker.metrics_url);
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(get("/health").await, (StatusCode::OK, serde_json::json!({ "status": "ok" })));
+    let (status, body) = get("/ready").await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ready")), "{body}");
+    assert_eq!(body["clusters"]["main"]["ok"], true);
+    etcd.stop().await;
+    let (status, body) = get("/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["clusters"]["main"]["ok"], false);
+    assert!(body["clusters"]["main"]["error"].as_str().unwrap().contains("etcd"), "{body}");
+    assert_eq!(get("/health").await.0, StatusCode::OK);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_context_and_no_secret() {
+    let etcd = start_etcd().await;
+    let env = [("ETCD_BROKER__LOG_FORMAT", "json"), ("ETCD_BROKER__LOG_LEVEL", "debug")];
+    let broker = BrokerProcess::start_with_env(&etcd, None, &env).await;
+    let osb = Osb::new(&broker.url);
+    let identity = "cloudfoundry eyJ1c2VyX2lkIjoiYXVkaXRvci0xIn0="; // {"user_id":"auditor-1"}
+    let provision = osb
+        .request(Method::PUT, "/v2/service_instances/i1")
+        .header("X-Broker-API-Originating-Identity", identity)
+        .header("X-Broker-API-Request-Identity", "req-7")
+        .json(&provision_body(SHARED));
+    assert_eq!(Osb::send(provision).await.status, StatusCode::CREATED);
+    let mut passwords = vec![PASSWORD.to_owned(), etcd.root_password().to_owned()];
+    for b in ["b1", "b2"] {
+        let creds = osb.bind("i1", b).await.body["credentials"].clone();
+        passwords.push(creds["password"].as_str().unwrap().to_owned());
+        assert_eq!(osb.get_binding("i1", b).await.status, StatusCode::OK);
+        assert_eq!(osb.unbind("i1", b).await.status, StatusCode::OK);
+    }
+    assert_eq!(osb.deprovision("i1").await.status, StatusCode::OK);
+    let log = broker.stop().await;
+
+    for secret in &passwords {
+        assert!(!log.contains(secret.as_str()), "a secret was logged");
+    }
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let audit = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "provisioned service instance")
+        .expect("an audit line for the provision");
+    assert_eq!(audit["span"]["user"], "cloudfoundry/auditor-1", "{audit}");
+    assert_eq!(audit["span"]["request_identity"], "req-7");
+    assert_eq!(audit["span"]["operation"], "provision");
+    assert_eq!(audit["span"]["instance_id"], "i1");
+    for message in ["created service binding", "deleted service binding", "deprovisioned service instance"] {
+        assert!(lines.iter().any(|l| l["fields"]["message"] == message), "no audit line {message:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_broker() {
+    let etcd = start_etcd().await;
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let osb = Osb::new(&broker.url);
+    let dir = tempfile::tempdir().unwrap();
+    let target = broker.metrics_url.trim_start_matches("http://");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: etcd-broker\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let mut prometheus = tokio::process::Command::new(tool("prometheus/bin/prometheus"))
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus (scripts/install-tools.sh)");
+    scripted_sequence(&osb).await;
+
+    let query = |q: &'static str| {
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        async move {
+            let response = reqwest::Client::new().get(url).query(&[("query", q)]).send().await.ok()?;
+            let body: Value = response.json().await.ok()?;
+            body["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = query("up{job=\"etcd-broker\"}").await;
+        let provisions = query("etcd_broker_osb_requests_total{operation=\"provision\",code=\"201\"}").await;
+        let bindings = query("sum(etcd_broker_service_bindings)").await;
+        if (up, provisions, bindings) == (Some(1.0), Some(2.0), Some(1.0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus saw up={up:?} provisions={provisions:?} bindings={bindings:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = prometheus.kill().await;
+    broker.stop().await;
+}
