@@ -155,7 +155,7 @@ impl Store for EtcdStore {
         Ok(u64::try_from(response.count()).unwrap_or(0))
     }
 
-    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
         let compares: Vec<Compare> = guards
             .iter()
             .map(|g| match g {
@@ -178,7 +178,9 @@ impl Store for EtcdStore {
             })
             .await
             .map_err(classify)?;
-        Ok(response.succeeded())
+        // The header's revision is the store revision after the transaction: the mod_revision
+        // of every key it wrote.
+        Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

@@ -103,14 +103,10 @@ impl EtcdBroker {
             )
             .await
             .map_err(|e| self.state_failed(e))?;
-        if !created {
-            return Ok(Attempt::Retry);
+        match created {
+            Some(revision) => self.complete_binding(&key, record, revision).await,
+            None => Ok(Attempt::Retry),
         }
-        let revision = match state.get(&key).await.map_err(|e| self.state_failed(e))? {
-            Some(v) => v.mod_revision,
-            None => return Ok(Attempt::Retry),
-        };
-        self.complete_binding(&key, record, revision).await
     }
 
     /// Steps 2 to 4 of a bind: role, user, then the record becomes `ready`.
@@ -138,7 +134,7 @@ impl EtcdBroker {
                     )
                     .await
                     .map_err(|e| self.state_failed(e))?;
-                if ready {
+                if ready.is_some() {
                     tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "created service binding");
                     return Ok(Attempt::Done(Bound::Created(self.binding_of(&record)?)));
                 }
@@ -171,8 +167,8 @@ impl EtcdBroker {
                     .commit(&[Guard::Absent(key.to_owned())], &[Write::Put(key.to_owned(), encode(&record))])
                     .await
                     .map_err(|e| self.state_failed(e))?;
-                if claimed {
-                    self.remove_binding(key).await?;
+                if claimed.is_some() {
+                    self.remove_binding(key, None).await?;
                 }
                 Err(deleted_while_binding(&record))
             }
@@ -181,19 +177,27 @@ impl EtcdBroker {
 
     pub(super) async fn delete_binding(&self, req: UnbindRequest) -> BrokerResult<()> {
         let key = self.names().binding_key(&req.instance_id, &req.binding_id);
-        let Some((record, _)) = self.read::<BindingRecord>(&*self.setup.state, &key).await? else {
+        let Some((record, revision)) = self.read::<BindingRecord>(&*self.setup.state, &key).await? else {
             return Err(BrokerError::BindingGone(req.binding_id.to_string()));
         };
         self.check_delete_ids(&req.service_id, &req.plan_id, (&record.service_id, &record.plan_id))?;
-        self.remove_binding(&key).await
+        self.remove_binding(&key, Some((record, revision))).await
     }
 
     /// Marks a binding record `deleting`, deletes its user and role, then the record. Idempotent;
-    /// a record that is already gone is fine.
-    pub(super) async fn remove_binding(&self, key: &str) -> BrokerResult<()> {
+    /// a record that is already gone is fine. `known` is the record if the caller just read it.
+    pub(super) async fn remove_binding(
+        &self,
+        key: &str,
+        mut known: Option<(BindingRecord, i64)>,
+    ) -> BrokerResult<()> {
         let state = &*self.setup.state;
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut record, revision)) = self.read::<BindingRecord>(state, key).await? else {
+            let current = match known.take() {
+                Some(found) => Some(found),
+                None => self.read::<BindingRecord>(state, key).await?,
+            };
+            let Some((mut record, mut revision)) = current else {
                 return Ok(());
             };
             if record.state != RecordState::Deleting {
@@ -206,15 +210,12 @@ impl EtcdBroker {
                     )
                     .await
                     .map_err(|e| self.state_failed(e))?;
-                if !marked {
-                    continue;
+                match marked {
+                    Some(new_revision) => revision = new_revision,
+                    None => continue,
                 }
             }
             self.drop_user_and_role(&record).await?;
-            let revision = match state.get(key).await.map_err(|e| self.state_failed(e))? {
-                Some(v) => v.mod_revision,
-                None => return Ok(()),
-            };
             let deleted = state
                 .commit(
                     &[Guard::Revision(key.to_owned(), revision)],
@@ -229,7 +230,7 @@ impl EtcdBroker {
                 )
                 .await
                 .map_err(|e| self.state_failed(e))?;
-            if deleted {
+            if deleted.is_some() {
                 tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "deleted service binding");
                 return Ok(());
             }

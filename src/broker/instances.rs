@@ -4,7 +4,7 @@ use crate::osb::model::*;
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
 use crate::store::{Guard, Write};
 
-use super::records::{encode, InstanceRecord, RecordState};
+use super::records::{decode, encode, InstanceRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
 
 impl EtcdBroker {
@@ -41,7 +41,7 @@ impl EtcdBroker {
                 )
                 .await
                 .map_err(|e| self.state_failed(e))?;
-            if created {
+            if created.is_some() {
                 tracing::info!(instance_id = %req.instance_id, plan_id = %req.plan_id, "provisioned service instance");
                 return Ok(Provisioned::Created);
             }
@@ -130,7 +130,7 @@ impl EtcdBroker {
                 .commit(&[Guard::Revision(key.clone(), revision)], &writes)
                 .await
                 .map_err(|e| self.state_failed(e))?;
-            if written {
+            if written.is_some() {
                 tracing::info!(instance_id = %req.instance_id, plan_id = %record.plan_id, "updated service instance");
                 return Ok(());
             }
@@ -142,12 +142,17 @@ impl EtcdBroker {
         let id = &req.instance_id;
         let key = self.names().instance_key(id);
         let state = &*self.setup.state;
-        let Some((record, _)) = self.read::<InstanceRecord>(state, &key).await? else {
+        let Some((record, revision)) = self.read::<InstanceRecord>(state, &key).await? else {
             return Err(BrokerError::InstanceGone(id.to_string()));
         };
         self.check_delete_ids(&req.service_id, &req.plan_id, (&record.service_id, &record.plan_id))?;
+        let mut known = Some((record, revision));
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut record, revision)) = self.read::<InstanceRecord>(state, &key).await? else {
+            let current = match known.take() {
+                Some(found) => Some(found),
+                None => self.read::<InstanceRecord>(state, &key).await?,
+            };
+            let Some((mut record, revision)) = current else {
                 return Err(BrokerError::InstanceGone(id.to_string()));
             };
             // Step 1: mark the record, so no new binding can be created on it.
@@ -163,19 +168,17 @@ impl EtcdBroker {
                     )
                     .await
                     .map_err(|e| self.state_failed(e))?;
-                if !marked {
-                    continue;
-                }
-                match self.read::<InstanceRecord>(state, &key).await? {
-                    Some((_, revision)) => revision,
-                    None => return Ok(()), // another request finished the delete
+                match marked {
+                    Some(revision) => revision,
+                    None => continue,
                 }
             };
             // Step 2: every binding's user, role and record.
             let bindings =
                 state.list(&self.names().bindings_prefix(id)).await.map_err(|e| self.state_failed(e))?;
-            for (binding_key, _) in bindings {
-                self.remove_binding(&binding_key).await?;
+            for (binding_key, found) in bindings {
+                let record = decode(&binding_key, &found.value)?;
+                self.remove_binding(&binding_key, Some((record, found.mod_revision))).await?;
             }
             // Step 3: the tenant's data.
             let cluster = self.cluster(&record.cluster)?;
@@ -195,7 +198,7 @@ impl EtcdBroker {
                 )
                 .await
                 .map_err(|e| self.state_failed(e))?;
-            if deleted || state.get(&key).await.map_err(|e| self.state_failed(e))?.is_none() {
+            if deleted.is_some() || state.get(&key).await.map_err(|e| self.state_failed(e))?.is_none() {
                 tracing::info!(instance_id = %id, "deprovisioned service instance");
                 return Ok(());
             }

@@ -431,7 +431,11 @@ impl Store for RacingStore {
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.inner.count(prefix).await
     }
-    async fn commit(&self, guards: &[crate::store::Guard], writes: &[Write]) -> Result<bool, StoreError> {
+    async fn commit(
+        &self,
+        guards: &[crate::store::Guard],
+        writes: &[Write],
+    ) -> Result<Option<i64>, StoreError> {
         self.inner.commit(guards, writes).await
     }
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

@@ -65,7 +65,7 @@ impl Store for FaultyStore {
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.run(self.inner.count(prefix)).await
     }
-    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
         self.run(self.inner.commit(guards, writes)).await
     }
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

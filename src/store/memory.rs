@@ -50,14 +50,14 @@ impl Store for MemoryStore {
         Ok(self.list(prefix).await?.len() as u64)
     }
 
-    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
         let mut s = self.state.lock().unwrap();
         let holds = guards.iter().all(|g| match g {
             Guard::Absent(k) => !s.keys.contains_key(k),
             Guard::Revision(k, r) => s.keys.get(k).map(|v| v.mod_revision) == Some(*r),
         });
         if !holds {
-            return Ok(false);
+            return Ok(None);
         }
         s.revision += 1;
         let rev = s.revision;
@@ -71,7 +71,7 @@ impl Store for MemoryStore {
                 }
             }
         }
-        Ok(true)
+        Ok(Some(rev))
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

@@ -55,7 +55,7 @@ impl Store for MeteredStore {
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.observe("count", self.inner.count(prefix)).await
     }
-    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError> {
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
         self.observe("txn", self.inner.commit(guards, writes)).await
     }
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

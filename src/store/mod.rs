@@ -65,8 +65,9 @@ pub trait Store: Send + Sync + 'static {
     /// Counts the keys starting with `prefix` without reading them.
     async fn count(&self, prefix: &str) -> Result<u64, StoreError>;
 
-    /// Applies `writes` atomically if every guard holds; returns whether it did.
-    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, StoreError>;
+    /// Applies `writes` atomically if every guard holds; returns the revision of the write
+    /// (the new `mod_revision` of every key it put), or `None` if a guard failed.
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError>;
 
     /// Deletes every key starting with `prefix` (the prefix must end with '/').
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError>;
