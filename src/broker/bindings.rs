@@ -127,13 +127,7 @@ impl EtcdBroker {
             Ok(()) => {
                 record.state = RecordState::Ready;
                 record.updated_at = self.now();
-                let ready = state
-                    .commit(
-                        &[Guard::Revision(key.to_owned(), revision)],
-                        &[Write::Put(key.to_owned(), encode(&record))],
-                    )
-                    .await
-                    .map_err(|e| self.state_failed(e))?;
+                let ready = self.swap(key, revision, &[Write::Put(key.to_owned(), encode(&record))]).await?;
                 if ready.is_some() {
                     tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "created service binding");
                     return Ok(Attempt::Done(Bound::Created(self.binding_of(&record)?)));
@@ -203,22 +197,17 @@ impl EtcdBroker {
             if record.state != RecordState::Deleting {
                 record.state = RecordState::Deleting;
                 record.updated_at = self.now();
-                let marked = state
-                    .commit(
-                        &[Guard::Revision(key.to_owned(), revision)],
-                        &[Write::Put(key.to_owned(), encode(&record))],
-                    )
-                    .await
-                    .map_err(|e| self.state_failed(e))?;
+                let marked = self.swap(key, revision, &[Write::Put(key.to_owned(), encode(&record))]).await?;
                 match marked {
                     Some(new_revision) => revision = new_revision,
                     None => continue,
                 }
             }
             self.drop_user_and_role(&record).await?;
-            let deleted = state
-                .commit(
-                    &[Guard::Revision(key.to_owned(), revision)],
+            let deleted = self
+                .swap(
+                    key,
+                    revision,
                     &[
                         Write::Delete(key.to_owned()),
                         Write::Delete(self.names().binding_index_key(
@@ -228,8 +217,7 @@ impl EtcdBroker {
                         )),
                     ],
                 )
-                .await
-                .map_err(|e| self.state_failed(e))?;
+                .await?;
             if deleted.is_some() {
                 tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "deleted service binding");
                 return Ok(());

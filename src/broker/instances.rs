@@ -76,7 +76,6 @@ impl EtcdBroker {
             refuse_parameters(parameters)?;
         }
         let key = self.names().instance_key(&req.instance_id);
-        let state = &*self.setup.state;
         for _ in 0..CAS_ATTEMPTS {
             let (mut record, revision) = self.ready_instance(&req.instance_id).await?;
             if record.service_id != req.service_id {
@@ -126,10 +125,7 @@ impl EtcdBroker {
                 writes.push(Write::Delete(self.names().instance_index_key(&old_plan, id)));
                 writes.push(Write::Put(self.names().instance_index_key(&record.plan_id, id), Vec::new()));
             }
-            let written = state
-                .commit(&[Guard::Revision(key.clone(), revision)], &writes)
-                .await
-                .map_err(|e| self.state_failed(e))?;
+            let written = self.swap(&key, revision, &writes).await?;
             if written.is_some() {
                 tracing::info!(instance_id = %req.instance_id, plan_id = %record.plan_id, "updated service instance");
                 return Ok(());
@@ -161,13 +157,7 @@ impl EtcdBroker {
             } else {
                 record.state = RecordState::Deleting;
                 record.updated_at = self.now();
-                let marked = state
-                    .commit(
-                        &[Guard::Revision(key.clone(), revision)],
-                        &[Write::Put(key.clone(), encode(&record))],
-                    )
-                    .await
-                    .map_err(|e| self.state_failed(e))?;
+                let marked = self.swap(&key, revision, &[Write::Put(key.clone(), encode(&record))]).await?;
                 match marked {
                     Some(revision) => revision,
                     None => continue,
@@ -188,16 +178,16 @@ impl EtcdBroker {
                 .await
                 .map_err(|e| unavailable(&record.cluster, e))?;
             // Step 4: the record itself.
-            let deleted = state
-                .commit(
-                    &[Guard::Revision(key.clone(), revision)],
+            let deleted = self
+                .swap(
+                    &key,
+                    revision,
                     &[
                         Write::Delete(key.clone()),
                         Write::Delete(self.names().instance_index_key(&record.plan_id, id.as_str())),
                     ],
                 )
-                .await
-                .map_err(|e| self.state_failed(e))?;
+                .await?;
             if deleted.is_some() || state.get(&key).await.map_err(|e| self.state_failed(e))?.is_none() {
                 tracing::info!(instance_id = %id, "deprovisioned service instance");
                 return Ok(());

@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::osb::catalog::Catalog;
 use crate::osb::model::*;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId, ServiceBroker};
-use crate::store::{Store, StoreError, Versioned};
+use crate::store::{Guard, Store, StoreError, Versioned, Write};
 use names::Names;
 use records::decode;
 
@@ -110,6 +110,16 @@ impl EtcdBroker {
             return Ok(());
         }
         self.check_plan(service_id, plan_id).map(|_| ())
+    }
+
+    /// Applies `writes` to the state cluster if `key` is still at `revision`: the compare-and-swap
+    /// every record change goes through. The new revision, or `None` if another request won.
+    async fn swap(&self, key: &str, revision: i64, writes: &[Write]) -> BrokerResult<Option<i64>> {
+        self.setup
+            .state
+            .commit(&[Guard::Revision(key.to_owned(), revision)], writes)
+            .await
+            .map_err(|e| self.state_failed(e))
     }
 
     /// Reads and decodes a record.
