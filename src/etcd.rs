@@ -19,6 +19,8 @@ use crate::store::{Guard, Store, StoreError, Versioned, Write};
 /// How long one etcd request may take before the broker answers 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between failover attempts, so the balancer can mark a dead endpoint.
+const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
 
 /// A lazily connected etcd cluster.
 pub struct EtcdStore {
@@ -56,27 +58,53 @@ impl EtcdStore {
 
     async fn client(&self) -> Result<Client, etcd_client::Error> {
         self.client
-            .get_or_try_init(|| Client::connect(&self.endpoints, Some(self.options.clone())))
+            .get_or_try_init(|| async {
+                // The first login may be sent to a dead endpoint; the balancer moves on to the
+                // next one, so try once per endpoint before giving up.
+                let mut attempt = 0;
+                loop {
+                    match Client::connect(&self.endpoints, Some(self.options.clone())).await {
+                        Err(e) if never_reached(&e) && attempt < self.failover_attempts() => {
+                            attempt += 1;
+                            tokio::time::sleep(FAILOVER_PAUSE).await;
+                        }
+                        result => return result,
+                    }
+                }
+            })
             .await
             .cloned()
     }
 
+    /// How often a request that reached no endpoint is retried: the balancer picks endpoints at
+    /// random until it has seen the dead ones fail, so a few tries per endpoint.
+    fn failover_attempts(&self) -> usize {
+        3 * self.endpoints.len().saturating_sub(1)
+    }
+
     /// Runs one etcd request. etcd refuses a token issued before the latest user/role change
-    /// ("revision in header is old"); like etcd's Go client, re-authenticate and try again.
+    /// ("revision in header is old"); like etcd's Go client, re-authenticate and try again. A
+    /// request that could not reach an endpoint is sent again, a few times per configured endpoint.
     async fn call<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let client = self.client().await?;
-        let mut attempts = 0;
+        let (mut stale_token, mut unreachable) = (0, 0);
         loop {
             match op(client.clone()).await {
                 Err(e)
-                    if OLD_AUTH_REVISION.iter().any(|m| says(&e, m)) && attempts < OLD_REVISION_RETRIES =>
+                    if OLD_AUTH_REVISION.iter().any(|m| says(&e, m))
+                        && stale_token < OLD_REVISION_RETRIES =>
                 {
-                    attempts += 1;
+                    stale_token += 1;
                     client.refresh_token().await?;
+                }
+                // Failover: the request never left, so sending it to the next endpoint is safe.
+                Err(e) if never_reached(&e) && unreachable < self.failover_attempts() => {
+                    unreachable += 1;
+                    tokio::time::sleep(FAILOVER_PAUSE).await;
                 }
                 result => return result,
             }
@@ -110,6 +138,17 @@ fn classify(e: etcd_client::Error) -> StoreError {
         etcd_client::Error::TransportError(e) => StoreError::Unavailable(e.to_string()),
         etcd_client::Error::IoError(e) => StoreError::Unavailable(e.to_string()),
         other => StoreError::Failed(other.to_string()),
+    }
+}
+
+/// Whether the request failed before reaching any etcd (connection refused or not established).
+fn never_reached(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect")
+        }
+        _ => false,
     }
 }
 

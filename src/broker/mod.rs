@@ -210,7 +210,7 @@ fn refuse_parameters(parameters: &JsonObject) -> BrokerResult<()> {
 fn unavailable(cluster: &str, e: StoreError) -> BrokerError {
     match e {
         StoreError::Unavailable(_) | StoreError::Unauthorized(_) => BrokerError::Unavailable(format!(
-            "etcd cluster '{cluster}': {e}; nothing was left half-done, retry later"
+            "etcd cluster '{cluster}': {e}; the operation may be incomplete: repeat the request to finish it"
         )),
         StoreError::Conflict(_) => lost_race("the resource"),
         StoreError::Failed(_) => BrokerError::Internal(format!("etcd cluster '{cluster}': {e}")),

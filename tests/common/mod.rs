@@ -112,10 +112,18 @@ impl BrokerProcess {
 
     /// Starts with extra environment variables (e.g. `ETCD_BROKER__LOG_FORMAT=json`).
     pub async fn start_with_env(main: &LocalEtcd, far: Option<&LocalEtcd>, env: &[(&str, &str)]) -> Self {
+        Self::start_with_config(|port, metrics_port| config_toml(port, metrics_port, main, far), env).await
+    }
+
+    /// Starts with a config of the caller's making, given the OSB and metrics ports.
+    pub async fn start_with_config(
+        make_config: impl FnOnce(u16, u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics_port) = (free_port(), free_port());
         let config = dir.path().join("broker.toml");
-        std::fs::write(&config, config_toml(port, metrics_port, main, far)).unwrap();
+        std::fs::write(&config, make_config(port, metrics_port)).unwrap();
         let log = dir.path().join("broker.log");
         let child = Command::new(env!("CARGO_BIN_EXE_etcd-broker"))
             .args(["serve", "--config"])
