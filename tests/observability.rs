@@ -215,6 +215,44 @@ async fn a_real_prometheus_scrapes_the_broker() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // Every expression of the Grafana dashboard parses and evaluates on real data.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/grafana/etcd-broker.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let exported = scrape(&broker).await;
+    let http = reqwest::Client::new();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("etcd_broker_") || name.starts_with("process_") {
+                    let family = name.trim_end_matches("_bucket");
+                    assert!(
+                        exported.contains(family),
+                        "dashboard uses {name}, which the broker does not export"
+                    );
+                }
+            }
+            let concrete = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$job", "etcd-broker")
+                .replace("$instance", ".*");
+            let response = http
+                .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+                .query(&[("query", concrete.as_str())])
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["status"], "success", "{}: {expr}: {body}", panel["title"]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} dashboard expressions");
     let _ = prometheus.kill().await;
     broker.stop().await;
 }

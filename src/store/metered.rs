@@ -9,6 +9,21 @@ use async_trait::async_trait;
 use super::{Guard, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
+/// The `call` label values: one per [`Store`] method.
+const CALLS: [&str; 9] = [
+    "get",
+    "list",
+    "count",
+    "txn",
+    "delete_prefix",
+    "ensure_role",
+    "ensure_user",
+    "delete_user",
+    "delete_role",
+];
+/// The `kind` label values: one per [`StoreError`] variant.
+const KINDS: [&str; 4] = ["unavailable", "unauthorized", "conflict", "failed"];
+
 /// Wraps one cluster's store.
 pub struct MeteredStore {
     inner: Arc<dyn Store>,
@@ -19,6 +34,13 @@ pub struct MeteredStore {
 impl MeteredStore {
     /// Instruments `inner`, labelling its metrics with `cluster`.
     pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>, cluster: &str) -> Self {
+        // Export every error series at zero from the start, so rate() and alerts see the
+        // first failure as an increase rather than as a new series.
+        for call in CALLS {
+            for kind in KINDS {
+                metrics.etcd_errors.with_label_values(&[cluster, call, kind]);
+            }
+        }
         Self { inner, metrics, cluster: cluster.to_owned() }
     }
 
@@ -33,10 +55,10 @@ impl MeteredStore {
         self.metrics.etcd_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             let kind = match e {
-                StoreError::Unavailable(_) => "unavailable",
-                StoreError::Unauthorized(_) => "unauthorized",
-                StoreError::Conflict(_) => "conflict",
-                StoreError::Failed(_) => "failed",
+                StoreError::Unavailable(_) => KINDS[0],
+                StoreError::Unauthorized(_) => KINDS[1],
+                StoreError::Conflict(_) => KINDS[2],
+                StoreError::Failed(_) => KINDS[3],
             };
             self.metrics.etcd_errors.with_label_values(&[self.cluster.as_str(), call, kind]).inc();
         }
