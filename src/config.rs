@@ -205,6 +205,36 @@ pub struct TlsConfig {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// The CA as PEM text instead of `ca_file` (what BOSH certificate variables provide).
+    pub ca: Option<String>,
+    /// The client certificate as PEM text instead of `cert_file`.
+    pub certificate: Option<String>,
+    /// The client key as PEM text instead of `key_file`.
+    pub private_key: Option<Secret>,
+}
+
+impl TlsConfig {
+    /// The CA certificate PEM, from the file or inline.
+    pub fn ca_pem(&self) -> std::io::Result<Option<Vec<u8>>> {
+        pem(&self.ca_file, self.ca.as_deref())
+    }
+
+    /// The client certificate and key PEMs, from files or inline.
+    pub fn client_pems(&self) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let cert = pem(&self.cert_file, self.certificate.as_deref())?;
+        let key = pem(&self.key_file, self.private_key.as_ref().map(Secret::expose))?;
+        Ok(cert.zip(key))
+    }
+}
+
+fn pem(file: &Option<PathBuf>, inline: Option<&str>) -> std::io::Result<Option<Vec<u8>>> {
+    match (file, inline) {
+        (Some(path), _) => std::fs::read(path)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
+        (None, Some(text)) => Ok(Some(text.as_bytes().to_vec())),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Per-plan settings.
@@ -233,6 +263,28 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source = config::File::from(path).format(config::FileFormat::Toml).required(true);
         Self::build(config::Config::builder().add_source(source))
+    }
+
+    /// Renders the config from a BOSH `properties.json` (see [`crate::render`]) with `template`
+    /// (the built-in one when `None`), then loads it like a file: environment overrides apply.
+    pub fn from_bosh_properties(properties: &Path, template: Option<&Path>) -> Result<Config, ConfigError> {
+        let toml = Self::render_bosh_properties(properties, template)?;
+        let source = config::File::from_str(&toml, config::FileFormat::Toml);
+        Self::build(config::Config::builder().add_source(source))
+    }
+
+    /// The TOML that [`Config::from_bosh_properties`] loads, for inspection.
+    pub fn render_bosh_properties(properties: &Path, template: Option<&Path>) -> Result<String, ConfigError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Load(format!("cannot read {}: {e}", path.display())))
+        };
+        let template = match template {
+            Some(path) => read(path)?,
+            None => crate::render::CONFIG_TEMPLATE.to_owned(),
+        };
+        crate::render::render_config(&template, &read(properties)?)
+            .map_err(|e| ConfigError::Load(e.to_string()))
     }
 
     /// Parses TOML text (no environment overrides) and validates; for tests and tools.
@@ -322,8 +374,19 @@ impl Config {
                 return Err(invalid(field("password"), "must not be empty"));
             }
             if let Some(tls) = &cluster.tls {
-                if tls.cert_file.is_some() != tls.key_file.is_some() {
-                    return Err(invalid(field("tls"), "cert_file and key_file go together"));
+                let cert = tls.cert_file.is_some() || tls.certificate.is_some();
+                let key = tls.key_file.is_some() || tls.private_key.is_some();
+                if cert != key {
+                    return Err(invalid(field("tls"), "a client certificate and its key go together"));
+                }
+                for (file, inline, name) in [
+                    (tls.ca_file.is_some(), tls.ca.is_some(), "ca_file and ca"),
+                    (tls.cert_file.is_some(), tls.certificate.is_some(), "cert_file and certificate"),
+                    (tls.key_file.is_some(), tls.private_key.is_some(), "key_file and private_key"),
+                ] {
+                    if file && inline {
+                        return Err(invalid(field("tls"), format!("set one of {name}, not both")));
+                    }
                 }
                 for (f, path) in [
                     ("tls.ca_file", &tls.ca_file),

@@ -40,16 +40,13 @@ impl EtcdStore {
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
         if let Some(tls) = &config.tls {
-            let read = |path: &std::path::Path| {
-                std::fs::read(path)
-                    .map_err(|e| StoreError::Failed(format!("cannot read {}: {e}", path.display())))
-            };
+            let failed = |e: std::io::Error| StoreError::Failed(e.to_string());
             let mut tls_config = OpenSslClientConfig::default();
-            if let Some(ca) = &tls.ca_file {
-                tls_config = tls_config.ca_cert_pem(&read(ca)?);
+            if let Some(ca) = tls.ca_pem().map_err(failed)? {
+                tls_config = tls_config.ca_cert_pem(&ca);
             }
-            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-                tls_config = tls_config.client_cert_pem_and_key(&read(cert)?, &read(key)?);
+            if let Some((cert, key)) = tls.client_pems().map_err(failed)? {
+                tls_config = tls_config.client_cert_pem_and_key(&cert, &key);
             }
             options = options.with_openssl_tls(tls_config);
         }

@@ -7,6 +7,7 @@
 //! - [`etcd`]: the real store on etcd-client; the only user of etcd-client.
 //! - [`http`]: the thin actix-web layer; the only user of actix-web besides [`server`].
 //! - [`config`]: TOML + environment configuration and its validation.
+//! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
 //! - [`logging`], [`clock`], [`secrets`]: small services.
@@ -19,6 +20,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod osb;
+pub mod render;
 pub mod secrets;
 pub mod server;
 pub mod store;

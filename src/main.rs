@@ -15,13 +15,47 @@ struct Cli {
     command: Command,
 }
 
+/// Where the config comes from: a TOML file, or BOSH job properties rendered through the
+/// built-in template.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct ConfigSource {
+    /// The TOML config file (see docs/config.md); ETCD_BROKER__* variables override it.
+    #[arg(long, env = "ETCD_BROKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The properties.json of the BOSH job (see docs/rendering.md); rendered into TOML, then
+    /// loaded like --config.
+    #[arg(long)]
+    bosh_properties: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config, etcd_broker::config::ConfigError> {
+        match (&self.config, &self.bosh_properties) {
+            (_, Some(properties)) => Config::from_bosh_properties(properties, None),
+            (Some(path), None) => Config::load(path),
+            (None, None) => Err(etcd_broker::config::ConfigError::Load(
+                "give --config FILE or --bosh-properties FILE".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the OSB API until SIGTERM or SIGINT (in-flight requests are drained).
     Serve {
-        /// The TOML config file (see docs/config.md); ETCD_BROKER__* variables override it.
-        #[arg(long, env = "ETCD_BROKER_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        source: ConfigSource,
+    },
+    /// Print the TOML config rendered from a BOSH properties file, then exit.
+    Render {
+        /// The properties.json written by the BOSH job's ERB template.
+        #[arg(long)]
+        bosh_properties: PathBuf,
+        /// A handlebars template instead of the built-in templates/etcd-broker.toml.hbs.
+        #[arg(long)]
+        template: Option<PathBuf>,
     },
     /// Validate a config file and exit: 0 if valid, 1 with the offending field if not.
     CheckConfig {
@@ -49,8 +83,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}: valid", config.display());
             Ok(())
         }
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
+        Command::Render { bosh_properties, template } => {
+            print!("{}", Config::render_bosh_properties(&bosh_properties, template.as_deref())?);
+            Ok(())
+        }
+        Command::Serve { source } => {
+            let config = source.load()?;
             logging::init(config.log_level, config.log_format);
             actix_web::rt::System::new().block_on(async move {
                 let running = server::start(&config)?;

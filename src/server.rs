@@ -41,11 +41,11 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
             if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };
         let public_endpoints =
             public.iter().map(|e| parse_endpoint(e)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
-        let ca_certificate = match cluster.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?,
-            ),
+        let ca_certificate = match &cluster.tls {
+            Some(tls) => tls
+                .ca_pem()
+                .map_err(|e| fail(e.to_string()))?
+                .map(|pem| String::from_utf8_lossy(&pem).into_owned()),
             None => None,
         };
         clusters.insert(name.clone(), Cluster { store, public_endpoints, ca_certificate });

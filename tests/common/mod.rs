@@ -120,13 +120,27 @@ impl BrokerProcess {
         make_config: impl FnOnce(u16, u16) -> String,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_serving("--config", "broker.toml", make_config, env).await
+    }
+
+    /// Starts with `serve --bosh-properties`: the caller makes the properties JSON.
+    pub async fn start_with_bosh_properties(make_json: impl FnOnce(u16, u16) -> String) -> Self {
+        Self::start_serving("--bosh-properties", "properties.json", make_json, &[]).await
+    }
+
+    async fn start_serving(
+        flag: &str,
+        file: &str,
+        make_input: impl FnOnce(u16, u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics_port) = (free_port(), free_port());
-        let config = dir.path().join("broker.toml");
-        std::fs::write(&config, make_config(port, metrics_port)).unwrap();
+        let config = dir.path().join(file);
+        std::fs::write(&config, make_input(port, metrics_port)).unwrap();
         let log = dir.path().join("broker.log");
         let child = Command::new(env!("CARGO_BIN_EXE_etcd-broker"))
-            .args(["serve", "--config"])
+            .args(["serve", flag])
             .arg(&config)
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
