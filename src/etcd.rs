@@ -25,7 +25,11 @@ const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
 /// A lazily connected etcd cluster.
 pub struct EtcdStore {
     endpoints: Vec<String>,
+    /// Connection options without the user: the login happens after connecting, on the same
+    /// balanced channel, so a dead endpoint is skipped instead of failing the first request.
     options: ConnectOptions,
+    username: String,
+    password: crate::config::Secret,
     client: OnceCell<Client>,
 }
 
@@ -34,7 +38,6 @@ impl EtcdStore {
     /// material cannot be read.
     pub fn new(config: &ClusterConfig) -> Result<Self, StoreError> {
         let mut options = ConnectOptions::new()
-            .with_user(config.username.clone(), config.password.expose())
             .with_auto_token_refresh(true)
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
@@ -50,22 +53,31 @@ impl EtcdStore {
             }
             options = options.with_openssl_tls(tls_config);
         }
-        Ok(Self { endpoints: config.endpoints.clone(), options, client: OnceCell::new() })
+        Ok(Self {
+            endpoints: config.endpoints.clone(),
+            options,
+            username: config.username.clone(),
+            password: config.password.clone(),
+            client: OnceCell::new(),
+        })
     }
 
     async fn client(&self) -> Result<Client, etcd_client::Error> {
         self.client
             .get_or_try_init(|| async {
-                // The first login may be sent to a dead endpoint; the balancer moves on to the
-                // next one, so try once per endpoint before giving up.
+                // Connecting dials nothing yet; the login is the first request, retried on the
+                // same balancer while it learns which endpoints are dead.
+                let mut client = Client::connect(&self.endpoints, Some(self.options.clone())).await?;
+                let credentials = (self.username.clone(), self.password.expose().to_owned());
                 let mut attempt = 0;
                 loop {
-                    match Client::connect(&self.endpoints, Some(self.options.clone())).await {
+                    match client.update_user(Some(credentials.clone())).await {
                         Err(e) if never_reached(&e) && attempt < self.failover_attempts() => {
                             attempt += 1;
                             tokio::time::sleep(FAILOVER_PAUSE).await;
                         }
-                        result => return result,
+                        Err(e) => return Err(e),
+                        Ok(()) => return Ok(client),
                     }
                 }
             })
