@@ -171,15 +171,10 @@ fn if_p<'reg, 'rc>(
     rc: &mut RenderContext<'reg, 'rc>,
     out: &mut dyn Output,
 ) -> HelperResult {
+    let properties = &ctx.data()["properties"];
     let present = !h.params().is_empty()
-        && h.params()
-            .iter()
-            .all(|p| p.value().as_str().is_some_and(|n| lookup(&ctx.data()["properties"], n).is_some()));
-    let branch = if present { h.template() } else { h.inverse() };
-    match branch {
-        Some(t) => t.render(r, ctx, rc, out),
-        None => Ok(()),
-    }
+        && h.params().iter().all(|p| p.value().as_str().is_some_and(|n| lookup(properties, n).is_some()));
+    render_branch(present, h, r, ctx, rc, out)
 }
 
 fn if_link<'reg, 'rc>(
@@ -191,7 +186,19 @@ fn if_link<'reg, 'rc>(
 ) -> HelperResult {
     let name = string_param(h, 0, "a link name")?;
     let present = lookup(&ctx.data()["links"], name).is_some();
-    match if present { h.template() } else { h.inverse() } {
+    render_branch(present, h, r, ctx, rc, out)
+}
+
+/// The block of a conditional helper when `condition` holds, else its `{{else}}` part.
+fn render_branch<'reg, 'rc>(
+    condition: bool,
+    h: &Helper<'rc>,
+    r: &'reg Handlebars<'reg>,
+    ctx: &'rc Context,
+    rc: &mut RenderContext<'reg, 'rc>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    match if condition { h.template() } else { h.inverse() } {
         Some(t) => t.render(r, ctx, rc, out),
         None => Ok(()),
     }
