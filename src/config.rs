@@ -17,10 +17,43 @@ use crate::osb::catalog::Catalog;
 /// Environment variables starting with this (then `__`-separated paths) override the file.
 pub const ENV_PREFIX: &str = "ETCD_BROKER";
 
-/// A string that must never be printed: `Debug` shows `***`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// A string that must never be printed: `Debug` shows `***`, and a value of the wrong type is
+/// refused without echoing it (a YAML `password: 0123` would otherwise show up in the error).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+        impl serde::de::Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+        }
+        deserializer.deserialize_string(SecretVisitor)
+    }
+}
+
+const NOT_A_STRING: &str = "a secret must be a string (quote it in YAML or TOML)";
 
 impl Secret {
     /// Wraps a secret.
@@ -288,8 +321,15 @@ impl Config {
     }
 
     /// Parses TOML text (no environment overrides) and validates; for tests and tools.
+    /// Errors give the line but not the line's text, which may hold a secret.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Load(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end();
+            ConfigError::Load(match e.span() {
+                Some(span) => format!("line {}: {message}", text[..span.start].matches('\n').count() + 1),
+                None => message.to_owned(),
+            })
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -386,6 +426,18 @@ impl Config {
                 ] {
                     if file && inline {
                         return Err(invalid(field("tls"), format!("set one of {name}, not both")));
+                    }
+                }
+                for (f, pem) in [
+                    ("tls.ca", tls.ca.as_deref()),
+                    ("tls.certificate", tls.certificate.as_deref()),
+                    ("tls.private_key", tls.private_key.as_ref().map(Secret::expose)),
+                ] {
+                    if pem.is_some_and(|text| !text.contains("-----BEGIN ")) {
+                        return Err(invalid(
+                            field(f),
+                            "is not PEM text (-----BEGIN ...); a path goes into the *_file field",
+                        ));
                     }
                 }
                 for (f, path) in [

@@ -30,9 +30,9 @@ struct ConfigSource {
 }
 
 impl ConfigSource {
-    fn load(&self) -> Result<Config, etcd_broker::config::ConfigError> {
+    fn load(&self, template: Option<&std::path::Path>) -> Result<Config, etcd_broker::config::ConfigError> {
         match (&self.config, &self.bosh_properties) {
-            (_, Some(properties)) => Config::from_bosh_properties(properties, None),
+            (_, Some(properties)) => Config::from_bosh_properties(properties, template),
             (Some(path), None) => Config::load(path),
             (None, None) => Err(etcd_broker::config::ConfigError::Load(
                 "give --config FILE or --bosh-properties FILE".into(),
@@ -47,6 +47,10 @@ enum Command {
     Serve {
         #[command(flatten)]
         source: ConfigSource,
+        /// With --bosh-properties: a handlebars template instead of the built-in
+        /// templates/etcd-broker.toml.hbs.
+        #[arg(long, conflicts_with = "config")]
+        template: Option<PathBuf>,
     },
     /// Print the TOML config rendered from a BOSH properties file, then exit.
     Render {
@@ -87,8 +91,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", Config::render_bosh_properties(&bosh_properties, template.as_deref())?);
             Ok(())
         }
-        Command::Serve { source } => {
-            let config = source.load()?;
+        Command::Serve { source, template } => {
+            let config = source.load(template.as_deref())?;
             logging::init(config.log_level, config.log_format);
             actix_web::rt::System::new().block_on(async move {
                 let running = server::start(&config)?;
@@ -98,5 +102,46 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("etcd-broker").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn serve_takes_exactly_one_config_source() {
+        let Command::Serve { source, template } = parse(&["serve", "--config", "b.toml"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((source.config, source.bosh_properties, template), (Some("b.toml".into()), None, None));
+        let Command::Serve { source, template } =
+            parse(&["serve", "--bosh-properties", "p.json", "--template", "t.hbs"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((source.bosh_properties, template), (Some("p.json".into()), Some("t.hbs".into())));
+        for bad in [
+            &["serve", "--config", "b.toml", "--bosh-properties", "p.json"][..],
+            &["serve", "--config", "b.toml", "--template", "t.hbs"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn render_and_check_config_parse() {
+        let Command::Render { bosh_properties, template } =
+            parse(&["render", "--bosh-properties", "p.json"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((bosh_properties, template), ("p.json".into(), None));
+        assert!(parse(&["render"]).is_err());
+        assert!(matches!(parse(&["check-config", "--config", "b.toml"]), Ok(Command::CheckConfig { .. })));
     }
 }

@@ -114,3 +114,44 @@ fn files_load_with_environment_overrides_and_keep_plan_id_case() {
     let missing = Config::load(&dir.path().join("nope.toml"));
     assert!(matches!(missing, Err(ConfigError::Load(_))));
 }
+
+#[test]
+fn inline_pem_tls_is_checked_and_exclusive_with_files() {
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let tls = |entries: toml::Table| {
+        with(move |t| {
+            t["clusters"]["main"].as_table_mut().unwrap().insert("tls".into(), toml::Value::Table(entries));
+        })
+    };
+    let inline =
+        tls(toml::toml! { ca = CA certificate = CA private_key = "-----BEGIN PRIVATE KEY-----\nk\n" })
+            .unwrap();
+    let tls_config = inline.clusters["main"].tls.clone().unwrap();
+    assert_eq!(tls_config.ca_pem().unwrap().unwrap(), CA.as_bytes());
+    assert!(!format!("{tls_config:?}").contains("PRIVATE KEY"), "the key must not be printed");
+    let both = tls(toml::toml! { ca = CA ca_file = "/etc/hostname" });
+    assert!(
+        matches!(both, Err(ConfigError::Invalid { message, .. }) if message == "set one of ca_file and ca, not both")
+    );
+    let half = tls(toml::toml! { certificate = CA });
+    assert_eq!(field_of(half), "clusters.main.tls");
+    let path_as_pem = tls(toml::toml! { ca = "/var/vcap/jobs/etcd-broker/config/ca.pem" });
+    assert_eq!(field_of(path_as_pem), "clusters.main.tls.ca");
+    let secret_key = tls(toml::toml! { certificate = CA private_key = "hunter2-not-pem" });
+    let err = secret_key.unwrap_err().to_string();
+    assert!(err.contains("clusters.main.tls.private_key") && !err.contains("hunter2"), "{err}");
+}
+
+/// Regression: a numeric password in YAML became a TOML integer, and the type error echoed it.
+#[test]
+fn type_errors_never_echo_secrets() {
+    let numeric = with(|t| {
+        t["auth"].as_table_mut().unwrap().insert("password".into(), 9876543.into());
+    });
+    let err = numeric.unwrap_err().to_string();
+    assert!(err.contains("a secret must be a string") && !err.contains("9876543"), "{err}");
+    let port =
+        Config::from_toml("log_level = \"info\"\n[listen]\nport = \"eighty\"\n").unwrap_err().to_string();
+    assert!(port.contains("line 3: invalid type: string"), "{port}");
+    assert!(!port.contains("port = "), "the line's text is not repeated: {port}");
+}
