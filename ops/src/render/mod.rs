@@ -1,0 +1,278 @@
+//! `etcd-broker-ops render`: the BOSH director's part of the configuration flow, offline.
+//!
+//! manifest -> ops files (`patch`) -> variables (`vars`) -> instance group and job -> job
+//! properties resolved against the job's spec, links, instance spec (`director`) -> the
+//! `properties.json` the job's ERB template writes -> the broker's TOML, rendered with the very
+//! template and helpers the broker uses at start (`etcd_broker::render`) -> validated like
+//! `etcd-broker check-config`. Local runs, CI and `make bosh_scp` thus use exactly the config a
+//! deployment gets. See docs/rendering.md.
+//!
+//! - `yaml.rs`: YAML files as JSON values.
+//! - `patch.rs`: ops files (go-patch paths and operations).
+//! - `vars.rs`: `((variables))` and the `-v`/`--var-file`/`-l` flags.
+//! - `director.rs`: instance group, job, property resolution, links, spec, the ERB's output.
+
+mod director;
+mod patch;
+mod vars;
+mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use director::{Instance, JobSpec};
+use vars::Vars;
+
+/// The job whose ERB template `properties_json` mirrors and whose config the TOML template makes.
+const BROKER_JOB: &str = "etcd-broker";
+
+/// Flags of `etcd-broker-ops render` (the BOSH CLI's spelling where BOSH has one).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// The deployment manifest (YAML), e.g. manifests/etcd-broker.yml.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
+    /// An ops file applied to the manifest, in the order given (like `bosh -o`).
+    #[arg(short = 'o', long = "ops-file", value_name = "FILE")]
+    pub ops_files: Vec<PathBuf>,
+    /// A variable: name=value, the value read as YAML (like `bosh -v`); wins over the others.
+    #[arg(short = 'v', long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// A variable set to a file's contents: name=path (like `bosh --var-file`), e.g. a PEM.
+    #[arg(long = "var-file", value_name = "NAME=PATH")]
+    pub var_files: Vec<String>,
+    /// A YAML file of variables (like `bosh -l`); later files win.
+    #[arg(short = 'l', long = "vars-file", value_name = "FILE")]
+    pub vars_files: Vec<PathBuf>,
+    /// The instance group to render.
+    #[arg(long, default_value = "etcd-broker")]
+    pub instance_group: String,
+    /// The job of that instance group to render; its spec is read from the release.
+    #[arg(long, default_value = BROKER_JOB)]
+    pub job: String,
+    /// The release tree holding jobs/<job>/spec [default: the enclosing checkout of this
+    /// repository, found from the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub release_dir: Option<PathBuf>,
+    /// The data of a consumed link: name=FILE, YAML {instances: [{address: ...}], properties:
+    /// {...}}; for links the manifest wires with `from:` (offline there is no provider).
+    #[arg(long = "link", value_name = "NAME=FILE")]
+    pub links: Vec<String>,
+    /// The index of the instance to pretend to be (spec.index, spec.bootstrap, spec.az).
+    #[arg(long, default_value_t = 0)]
+    pub index: u64,
+    /// spec.address of that instance [default: <instance-group>-<index>.example.internal].
+    #[arg(long)]
+    pub address: Option<String>,
+    /// A handlebars template instead of the broker's built-in templates/etcd-broker.toml.hbs.
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// Write properties.json, etcd-broker.toml and context.json (what BOSH hands the templates)
+    /// here (mode 0600) instead of printing the TOML to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+/// Everything one render produced.
+#[derive(Debug)]
+pub struct Rendered {
+    /// What the director hands the job's templates.
+    pub context: Value,
+    /// What the job's ERB template writes (etcd-broker job only).
+    pub properties_json: Option<Value>,
+    /// The broker config (etcd-broker job only).
+    pub toml: Option<String>,
+    /// Notes for the operator (undeclared properties, unwired links); never values.
+    pub warnings: Vec<String>,
+}
+
+/// Runs `etcd-broker-ops render`: renders, reports, writes or prints; fails when the broker
+/// would refuse the config.
+pub fn run(args: &RenderArgs) -> Result<()> {
+    let rendered = render(args)?;
+    for warning in &rendered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    match &args.output_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
+            if let (Some(json), Some(toml)) = (&rendered.properties_json, &rendered.toml) {
+                write_private(&dir.join("properties.json"), &pretty(json))?;
+                write_private(&dir.join("etcd-broker.toml"), toml)?;
+                eprintln!("wrote properties.json, etcd-broker.toml and context.json to {}", dir.display());
+            } else {
+                eprintln!("wrote context.json to {}", dir.display());
+            }
+        }
+        None => match &rendered.toml {
+            Some(toml) => print!("{toml}"),
+            None => print!("{}", pretty(&rendered.context)),
+        },
+    }
+    if let Some(toml) = &rendered.toml {
+        etcd_broker::config::Config::from_toml(toml)
+            .map_err(|e| anyhow!("the rendered config would be refused by the broker: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Resolves and renders without writing anything (also used by the tests).
+pub fn render(args: &RenderArgs) -> Result<Rendered> {
+    let mut manifest = read_yaml(&args.manifest, "manifest")?;
+    if !manifest.is_object() {
+        bail!("manifest {} is not a map", args.manifest.display());
+    }
+    for file in &args.ops_files {
+        let what = format!("ops file {}", file.display());
+        let ops = patch::parse_ops(&read_yaml(file, "ops file")?, &what).map_err(|e| anyhow!(e))?;
+        for (i, op) in ops.iter().enumerate() {
+            op.apply(&mut manifest).map_err(|e| anyhow!("{what}: operation [{i}] failed: {e}"))?;
+        }
+    }
+    let vars = Vars::from_flags(&args.vars_files, &args.var_files, &args.vars).map_err(|e| anyhow!(e))?;
+
+    // Like the director, resolve only what this instance group uses.
+    let mut group =
+        director::instance_group(&manifest, &args.instance_group).map_err(|e| anyhow!(e))?.clone();
+    let mut global = manifest.get("properties").cloned().unwrap_or(Value::Null);
+    let mut missing = BTreeSet::new();
+    vars::interpolate(&mut group, &vars, &mut missing).map_err(|e| anyhow!(e))?;
+    vars::interpolate(&mut global, &vars, &mut missing).map_err(|e| anyhow!(e))?;
+    if !missing.is_empty() {
+        bail!("{}", missing_variables(&manifest, &missing));
+    }
+    let job = director::job(&group, &args.instance_group, &args.job).map_err(|e| anyhow!(e))?;
+
+    let release_dir = match &args.release_dir {
+        Some(dir) => dir.clone(),
+        None => default_release_dir(&args.job)?,
+    };
+    let spec = JobSpec::load(&release_dir, &args.job).map_err(|e| anyhow!(e))?;
+    let mut with_global = manifest.clone();
+    with_global["properties"] = global;
+    let source = director::manifest_properties(&with_global, &group, job);
+    let properties = director::resolve_properties(&spec, &source).map_err(|e| anyhow!(e))?;
+    let mut warnings: Vec<String> = director::undeclared_properties(&spec, &source)
+        .into_iter()
+        .map(|name| format!("property '{name}' is set in the manifest but jobs/{}/spec does not declare it; BOSH ignores it", args.job))
+        .collect();
+
+    let overrides = link_overrides(&args.links)?;
+    let links = director::resolve_links(&spec, job, &args.job, &overrides).map_err(|e| anyhow!(e))?;
+    let other_jobs = manifest["instance_groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["jobs"].as_array().into_iter().flatten())
+        .filter_map(|j| j["name"].as_str())
+        .any(|name| name != args.job && name != "bpm");
+    for (name, _) in &spec.consumes {
+        let wired = job.get("consumes").and_then(|c| c.get(name)).is_some();
+        if other_jobs && !links.contains_key(name) && !wired {
+            warnings.push(format!(
+                "link '{name}' is not wired in the manifest: rendering without it; BOSH could still find a provider \
+                 in the deployment (give --link {name}=FILE to render with one)"
+            ));
+        }
+    }
+    let instance = Instance { index: args.index, address: args.address.as_deref() };
+    let instance_spec = director::instance_spec(&manifest, &group, &args.instance_group, &instance)
+        .map_err(|e| anyhow!(e))?;
+    let context = director::template_context(properties, links, instance_spec);
+
+    if args.job != BROKER_JOB {
+        return Ok(Rendered { context, properties_json: None, toml: None, warnings });
+    }
+    let properties_json = director::properties_json(&spec, &context);
+    let template = match &args.template {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read template {}", path.display()))?,
+        None => etcd_broker::render::CONFIG_TEMPLATE.to_owned(),
+    };
+    let toml = etcd_broker::render::render_config(&template, &properties_json.to_string())?;
+    Ok(Rendered { context, properties_json: Some(properties_json), toml: Some(toml), warnings })
+}
+
+fn read_yaml(path: &Path, what: &str) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    yaml::parse(&text, &format!("{what} {}", path.display())).map_err(|e| anyhow!(e))
+}
+
+/// "missing variables: a, b ..." with a hint for those BOSH would generate.
+fn missing_variables(manifest: &Value, missing: &BTreeSet<String>) -> String {
+    let declared: BTreeSet<&str> = manifest
+        .get("variables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .collect();
+    let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+    let mut message = format!(
+        "missing variables: {} (give them with -v name=value, --var-file name=path or -l vars.yml)",
+        names.join(", ")
+    );
+    let generated: Vec<&str> = names.iter().copied().filter(|n| declared.contains(n)).collect();
+    if !generated.is_empty() {
+        message += &format!(
+            "; {} declared under the manifest's variables: BOSH generates them at deploy time, offline they need a value",
+            generated.join(", ")
+        );
+    }
+    message
+}
+
+fn link_overrides(flags: &[String]) -> Result<BTreeMap<String, Value>> {
+    let mut links = BTreeMap::new();
+    for flag in flags {
+        let Some((name, file)) = flag.split_once('=').filter(|(n, f)| !n.is_empty() && !f.is_empty()) else {
+            bail!("--link '{flag}' must look like name=FILE");
+        };
+        let data = read_yaml(Path::new(file), &format!("--link {name} file"))?;
+        if !data.is_object() {
+            bail!("--link {name}: {file} is not a map with instances and properties");
+        }
+        links.insert(name.to_owned(), data);
+    }
+    Ok(links)
+}
+
+/// The checkout this command runs in (the nearest directory above the current one holding
+/// jobs/<job>/spec), else the workspace this binary was built from.
+fn default_release_dir(job: &str) -> Result<PathBuf> {
+    let has_spec = |dir: &Path| dir.join("jobs").join(job).join("spec").is_file();
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    if let Some(dir) = cwd.ancestors().find(|d| has_spec(d)) {
+        return Ok(dir.to_owned());
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if has_spec(&built_from) {
+        return Ok(built_from);
+    }
+    bail!("cannot find jobs/{job}/spec above {}; give the release tree with --release-dir", cwd.display())
+}
+
+fn pretty(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON values always serialize");
+    text.push('\n');
+    text
+}
+
+/// Writes a file only its owner can read: these files hold passwords and keys.
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}

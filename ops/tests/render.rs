@@ -1,0 +1,321 @@
+//! `etcd-broker-ops render` as a binary: the golden config of the base manifest, the ERB
+//! template agreeing with the offline render, clear failures, and the whole flow (manifest ->
+//! properties.json -> `serve --bosh-properties`'s loading -> a broker that provisions and binds
+//! on a real etcd).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use etcd_broker::config::Config;
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render").join(name)
+}
+
+fn manifest() -> PathBuf {
+    repo().join("manifests/etcd-broker.yml")
+}
+
+/// The password in tests/fixtures/render/vars.yml.
+const TRICKY_PASSWORD: &str = "pa\"ss'w\\ord\nÜñï";
+
+fn render<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+        .arg("render")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("etcd-broker-ops runs")
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Renders the base manifest with the test vars (and `extra` flags) into a fresh directory.
+fn render_to_dir(extra: &[String]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args =
+        vec!["--manifest".to_owned(), path(&manifest()), "-l".to_owned(), path(&fixture("vars.yml"))];
+    args.extend_from_slice(extra);
+    args.extend(["--output-dir".to_owned(), path(dir.path())]);
+    let out = render(&args);
+    assert!(out.status.success(), "render failed: {}", stderr(&out));
+    dir
+}
+
+/// Set UPDATE_GOLDEN=1 to rewrite the fixture after an intended change; review the diff.
+#[test]
+fn the_base_manifest_renders_to_the_golden_config() {
+    let dir = render_to_dir(&[]);
+    let rendered = std::fs::read_to_string(dir.path().join("etcd-broker.toml")).unwrap();
+    let golden = fixture("etcd-broker.toml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &rendered).unwrap();
+    }
+    assert_eq!(
+        rendered,
+        std::fs::read_to_string(&golden).unwrap(),
+        "rendered config differs from {}",
+        golden.display()
+    );
+
+    // The password's quote, apostrophe, backslash, newline and unicode survive into the config.
+    let config = Config::from_toml(&rendered).unwrap();
+    assert_eq!(config.auth.password.expose(), TRICKY_PASSWORD);
+    assert_eq!(config.clusters["main"].endpoints, ["https://10.0.1.10:2379", "https://10.0.1.11:2379"]);
+    // Printing to stdout gives the same TOML; the files are private.
+    let out =
+        render(&["--manifest".to_owned(), path(&manifest()), "-l".to_owned(), path(&fixture("vars.yml"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), rendered);
+    for file in ["properties.json", "etcd-broker.toml", "context.json"] {
+        let meta = std::fs::metadata(dir.path().join(file)).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077, 0, "{file}");
+    }
+}
+
+/// Flags adding the manually wired etcd link and inline TLS material.
+fn with_etcd_link() -> Vec<String> {
+    vec!["-o".into(), path(&fixture("etcd-link.yml")), "-l".into(), path(&fixture("tls-vars.yml"))]
+}
+
+#[test]
+fn links_tls_and_ops_files_reach_the_config() {
+    let dir = render_to_dir(&with_etcd_link());
+    let config =
+        Config::from_toml(&std::fs::read_to_string(dir.path().join("etcd-broker.toml")).unwrap()).unwrap();
+    let main = &config.clusters["main"];
+    assert_eq!(main.endpoints, ["https://etcd-0.etcd.internal:4001", "https://etcd-1.etcd.internal:4001"]);
+    let tls = main.tls.as_ref().unwrap();
+    assert!(tls.ca.as_deref().unwrap().contains("MIIBca"));
+    assert!(tls.client_pems().unwrap().is_some());
+    assert!(!config.metrics.enabled);
+}
+
+/// ops/tests/erb/render_erb.rb evaluates jobs/etcd-broker/templates/properties.json.erb with
+/// BOSH's template helpers on the context the offline render resolved; the JSON must be the
+/// properties.json that `render` writes, with and without the etcd link.
+#[test]
+fn the_erb_template_writes_what_render_writes() {
+    let ruby = Command::new("ruby").arg("--version").output();
+    assert!(
+        ruby.is_ok_and(|o| o.status.success()),
+        "ruby is missing: run scripts/install-tools.sh (it installs Debian's ruby)"
+    );
+    for extra in [vec![], with_etcd_link()] {
+        let dir = render_to_dir(&extra);
+        let out = Command::new("ruby")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erb/render_erb.rb"))
+            .arg(repo().join("jobs/etcd-broker/templates/properties.json.erb"))
+            .arg(dir.path().join("context.json"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the ERB failed: {}", stderr(&out));
+        let from_erb: Value = serde_json::from_slice(&out.stdout).expect("the ERB writes JSON");
+        let from_render: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("properties.json")).unwrap())
+                .unwrap();
+        assert_eq!(from_erb, from_render, "ERB and render disagree (ops: {extra:?})");
+        assert_eq!(from_erb["properties"]["auth"]["password"], TRICKY_PASSWORD);
+    }
+}
+
+#[test]
+fn the_erb_harness_fails_like_bosh_on_a_missing_property() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("t.erb");
+    std::fs::write(&template, "<%= p('a.b') %>").unwrap();
+    let context = dir.path().join("context.json");
+    std::fs::write(&context, json!({ "properties": { "a": { "b": null } }, "spec": {} }).to_string())
+        .unwrap();
+    let out = Command::new("ruby")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erb/render_erb.rb"))
+        .args([&template, &context])
+        .output()
+        .expect("ruby runs (scripts/install-tools.sh installs it)");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Can't find property 'a.b'"), "{}", stderr(&out));
+}
+
+/// Writes a file; returns its path as a flag value.
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    path(&file)
+}
+
+#[test]
+fn failures_are_clear_and_never_show_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, v) = (path(&manifest()), path(&fixture("vars.yml")));
+    let (absent, empty_release) = (path(&dir.path().join("absent.yml")), path(dir.path()));
+    let no_password = write(
+        dir.path(),
+        "no-password.yml",
+        "- type: remove\n  path: /instance_groups/name=etcd-broker/jobs/name=etcd-broker/properties/auth/password\n",
+    );
+    let bad_path = write(
+        dir.path(),
+        "bad-path.yml",
+        "- type: replace\n  path: /instance_groups/name=nope/jobs/-\n  value: {}\n",
+    );
+    let bad_yaml = write(dir.path(), "bad.yml", "name: [unclosed\ninstance_groups: {\n");
+    let not_ops = write(dir.path(), "not-ops.yml", "type: replace\n");
+    let bad_value = write(
+        dir.path(),
+        "bad-value.yml",
+        "- type: replace\n  path: /instance_groups/name=etcd-broker/jobs/name=etcd-broker/properties/listen?/port\n  value: eighty\n",
+    );
+    let no_toml = write(
+        dir.path(),
+        "no-toml.yml",
+        "- type: replace\n  path: /instance_groups/name=etcd-broker/jobs/name=etcd-broker/properties/clusters/main/endpoints\n  value: [~]\n",
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--manifest", &m, "-l", &v, "-o", &no_password], "Can't find property 'auth.password'"),
+        (
+            vec!["--manifest", &m],
+            "missing variables: etcd_broker_password, etcd_endpoints, etcd_root_password (give them with -v",
+        ),
+        (vec!["--manifest", &m], "etcd_broker_password declared under the manifest's variables"),
+        (
+            vec!["--manifest", &m, "-l", &v, "--instance-group", "nope"],
+            "instance group 'nope' is not in the manifest (instance groups: etcd-broker)",
+        ),
+        (vec!["--manifest", &m, "-l", &v, "--job", "nope"], "job 'nope' is not in instance group 'etcd-broker' (jobs: bpm, etcd-broker)"),
+        (
+            vec!["--manifest", &m, "-l", &v, "-o", &bad_path],
+            "operation [0] failed: replace /instance_groups/name=nope/jobs/-: Expected to find exactly one matching array item for path '/instance_groups/name=nope' but found 0",
+        ),
+        (vec!["--manifest", &bad_yaml], "is not valid YAML"),
+        (vec!["--manifest", &m, "-o", &not_ops], "is not a list of operations"),
+        (vec!["--manifest", &absent], "cannot read manifest"),
+        (vec!["--manifest", &m, "-l", &v, "-v", "etcd_endpoints=not-a-list"], "the rendered config would be refused"),
+        (vec!["--manifest", &m, "-l", &v, "-o", &bad_value], "refused by the broker: cannot load configuration: line 7: invalid type: string"),
+        (vec!["--manifest", &m, "-l", &v, "-o", &no_toml], "cannot render the broker config: template line"),
+        (vec!["--manifest", &m, "-l", &v, "--release-dir", &empty_release], "cannot read the spec of job 'etcd-broker'"),
+    ];
+    for (args, expected) in cases {
+        let out = render(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err}");
+        assert!(!err.contains("root-secret") && !err.contains("w\\ord"), "a secret leaked: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Bad usage is exit code 2.
+    assert_eq!(render::<&str>(&[]).status.code(), Some(2));
+}
+
+#[test]
+fn undeclared_properties_are_reported_not_rendered() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = write(
+        dir.path(),
+        "typo.yml",
+        "- type: replace\n  path: /instance_groups/name=etcd-broker/jobs/name=etcd-broker/properties/auth/pasword?\n  value: x\n",
+    );
+    let out = render(&[
+        "--manifest".to_owned(),
+        path(&manifest()),
+        "-l".to_owned(),
+        path(&fixture("vars.yml")),
+        "-o".to_owned(),
+        typo,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: property 'auth.pasword' is set in the manifest but jobs/etcd-broker/spec does not declare it"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pasword"));
+}
+
+/// The whole configuration flow on a real etcd: the base manifest with local values, rendered
+/// offline, loaded the way `serve --bosh-properties` loads it, serving provision and bind.
+#[tokio::test]
+async fn a_rendered_manifest_runs_a_working_broker() {
+    let version = local_etcd::EtcdVersion::from_env().expect("ETCD_VERSION");
+    let etcd = local_etcd::LocalEtcd::start(local_etcd::Options {
+        version,
+        bcrypt_cost: Some(4),
+        ..Default::default()
+    })
+    .await
+    .expect("etcd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let out = render(&[
+        "--manifest".to_owned(),
+        path(&manifest()),
+        "-o".to_owned(),
+        path(&fixture("local-ports.yml")),
+        "-v".to_owned(),
+        format!("etcd_endpoints=[{}]", etcd.endpoint()),
+        "-v".to_owned(),
+        format!("etcd_root_password={}", etcd.root_password()),
+        "-v".to_owned(),
+        "etcd_broker_password=broker-pw".to_owned(),
+        "-v".to_owned(),
+        "broker_port=0".to_owned(),
+        "-v".to_owned(),
+        "metrics_port=0".to_owned(),
+        "--output-dir".to_owned(),
+        path(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut config = Config::from_bosh_properties(&dir.path().join("properties.json"), None).unwrap();
+    config.listen.host = "127.0.0.1".into();
+    config.metrics.host = "127.0.0.1".into();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let running = etcd_broker::server::start(&config).unwrap();
+            tx.send((running.addr, running.handles())).unwrap();
+            running.serve().await
+        })
+    });
+    let (addr, handles) = rx.recv_timeout(Duration::from_secs(20)).expect("the broker starts");
+
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("http://{addr}{path}"))
+            .basic_auth("broker", Some("broker-pw"))
+            .header("X-Broker-API-Version", "2.17")
+    };
+    let service = "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01";
+    let plan = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+    let provisioned = call(reqwest::Method::PUT, "/v2/service_instances/r1")
+        .json(&json!({ "service_id": service, "plan_id": plan, "organization_guid": "o", "space_guid": "s" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(provisioned.status(), 201);
+    let bound = call(reqwest::Method::PUT, "/v2/service_instances/r1/service_bindings/b1")
+        .json(&json!({ "service_id": service, "plan_id": plan }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 201);
+    let credentials = bound.json::<Value>().await.unwrap()["credentials"].clone();
+    let options = etcd_client::ConnectOptions::new()
+        .with_user(credentials["username"].as_str().unwrap(), credentials["password"].as_str().unwrap());
+    let endpoints: Vec<String> = serde_json::from_value(credentials["endpoints"].clone()).unwrap();
+    let mut tenant = etcd_client::Client::connect(endpoints, Some(options)).await.unwrap();
+    tenant.put("/service_instances/r1/k", "v", None).await.unwrap();
+    assert!(tenant.put("/elsewhere", "v", None).await.is_err(), "the binding reaches beyond its prefix");
+
+    for handle in handles {
+        handle.stop(true).await;
+    }
+    server.join().unwrap().unwrap();
+    etcd.stop().await;
+}
