@@ -147,8 +147,9 @@ Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
     )
 }
 
-/// Writes a file readable by its owner only (it holds passwords), atomically.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// Writes a file readable by its owner only (it holds passwords), atomically; `render` uses
+/// it too.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()

@@ -131,17 +131,6 @@ fn deep_merge(into: &mut Value, from: &Value) {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a hash",
-    }
-}
-
 /// Every declared property with its resolved value (`null` when neither the manifest nor the
 /// spec gives one), nested by the dots in its name.
 pub fn resolve_properties(spec: &JobSpec, source: &Value) -> Result<Value, String> {
@@ -152,7 +141,10 @@ pub fn resolve_properties(spec: &JobSpec, source: &Value) -> Result<Value, Strin
             match value {
                 Some(Value::Object(map)) => value = map.get(key).filter(|v| !v.is_null()),
                 Some(other) => {
-                    return Err(format!("Property '{name}' expects a hash, but received {}", kind_of(other)))
+                    return Err(format!(
+                        "Property '{name}' expects a hash, but received {}",
+                        super::kind_of(other)
+                    ))
                 }
                 None => break,
             }

@@ -99,10 +99,10 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     match &args.output_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
+            crate::dev::write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
             if let (Some(json), Some(toml)) = (&rendered.properties_json, &rendered.toml) {
-                write_private(&dir.join("properties.json"), &pretty(json))?;
-                write_private(&dir.join("etcd-broker.toml"), toml)?;
+                crate::dev::write_private(&dir.join("properties.json"), &pretty(json))?;
+                crate::dev::write_private(&dir.join("etcd-broker.toml"), toml)?;
                 eprintln!("wrote properties.json, etcd-broker.toml and context.json to {}", dir.display());
             } else {
                 eprintln!("wrote context.json to {}", dir.display());
@@ -257,22 +257,20 @@ fn default_release_dir(job: &str) -> Result<PathBuf> {
     bail!("cannot find jobs/{job}/spec above {}; give the release tree with --release-dir", cwd.display())
 }
 
+/// "a map", "a list", ... for messages about a value of the wrong type (never the value).
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
 fn pretty(value: &Value) -> String {
     let mut text = serde_json::to_string_pretty(value).expect("JSON values always serialize");
     text.push('\n');
     text
-}
-
-/// Writes a file only its owner can read: these files hold passwords and keys.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -287,19 +287,11 @@ impl std::fmt::Display for PatchError {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "a map",
-    }
-}
-
 fn mismatch(expected: &str, path: String, found: &Value) -> PatchError {
-    PatchError::Other(format!("Expected to find {expected} at path '{path}' but found {}", kind_of(found)))
+    PatchError::Other(format!(
+        "Expected to find {expected} at path '{path}' but found {}",
+        super::kind_of(found)
+    ))
 }
 
 fn missing_key(key: &str, path: String, map: &Map<String, Value>) -> PatchError {
@@ -393,7 +385,7 @@ fn replace(doc: &mut Value, pointer: &Pointer, value: Value) -> Result<(), Patch
         let path = pointer.prefix(i + 1);
         match token {
             Token::Index { index, modifiers } => {
-                let Value::Array(items) = node else { return Err(mismatch("an array", path, node)) };
+                let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
                 if is_last {
                     let (at, insert) = insertion(*index, modifiers, items.len(), path)?;
                     if insert {
@@ -407,7 +399,7 @@ fn replace(doc: &mut Value, pointer: &Pointer, value: Value) -> Result<(), Patch
                 node = &mut items[at];
             }
             Token::AfterLast => {
-                let Value::Array(items) = node else { return Err(mismatch("an array", path, node)) };
+                let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
                 if !is_last {
                     return Err(PatchError::Other(format!(
                         "Expected after last index token to be last in path '{pointer}'"
@@ -417,7 +409,7 @@ fn replace(doc: &mut Value, pointer: &Pointer, value: Value) -> Result<(), Patch
                 return Ok(());
             }
             Token::Matching { key, value: wanted, optional, modifiers } => {
-                let Value::Array(items) = node else { return Err(mismatch("an array", path, node)) };
+                let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
                 let found = matching(items, key, wanted);
                 if *optional && found.is_empty() {
                     if is_last {
@@ -486,7 +478,7 @@ fn remove(doc: &mut Value, pointer: &Pointer) -> Result<(), PatchError> {
         let path = pointer.prefix(i + 1);
         match token {
             Token::Index { index, modifiers } => {
-                let Value::Array(items) = node else { return Err(mismatch("an array", path, node)) };
+                let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
                 let at = concrete_index(*index, modifiers, items.len(), path)?;
                 if is_last {
                     items.remove(at);
@@ -495,7 +487,7 @@ fn remove(doc: &mut Value, pointer: &Pointer) -> Result<(), PatchError> {
                 node = &mut items[at];
             }
             Token::Matching { key, value, optional, modifiers } => {
-                let Value::Array(items) = node else { return Err(mismatch("an array", path, node)) };
+                let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
                 let found = matching(items, key, value);
                 if *optional && found.is_empty() {
                     return Ok(());
@@ -574,7 +566,7 @@ fn find(doc: &Value, pointer: &Pointer) -> Result<Value, PatchError> {
                     }
                 },
             },
-            (Token::Index { .. } | Token::Matching { .. }, other) => return Err(mismatch("an array", path, other)),
+            (Token::Index { .. } | Token::Matching { .. }, other) => return Err(mismatch("a list", path, other)),
             (Token::Key { .. }, other) => return Err(mismatch("a map", path, other)),
         };
     }
