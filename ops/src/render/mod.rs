@@ -274,3 +274,51 @@ fn pretty(value: &Value) -> String {
     text.push('\n');
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        render: RenderArgs,
+    }
+
+    #[test]
+    fn flags_parse_with_the_bosh_cli_spellings() {
+        let cli = Cli::try_parse_from([
+            "render",
+            "--manifest",
+            "m.yml",
+            "-o",
+            "a.yml",
+            "--ops-file",
+            "b.yml",
+            "-v",
+            "x=1",
+            "--var",
+            "y=2",
+            "-l",
+            "v.yml",
+            "--var-file",
+            "ca=ca.pem",
+            "--link",
+            "etcd=l.yml",
+            "--index",
+            "1",
+            "--output-dir",
+            "out",
+        ])
+        .unwrap();
+        let args = cli.render;
+        assert_eq!(args.ops_files, [PathBuf::from("a.yml"), PathBuf::from("b.yml")]);
+        assert_eq!(args.vars, ["x=1", "y=2"]);
+        assert_eq!((args.vars_files.len(), args.var_files.len(), args.links.len(), args.index), (1, 1, 1, 1));
+        assert_eq!((args.instance_group.as_str(), args.job.as_str()), ("etcd-broker", "etcd-broker"));
+        assert_eq!(args.output_dir, Some(PathBuf::from("out")));
+        assert!(Cli::try_parse_from(["render"]).is_err(), "--manifest is required");
+        assert!(Cli::try_parse_from(["render", "--manifest", "m", "--index", "-1"]).is_err());
+    }
+}
