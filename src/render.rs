@@ -90,15 +90,18 @@ impl HelperDef for ValueHelper {
         out: &mut dyn Output,
     ) -> HelperResult {
         let value = (self.0)(h, ctx.data())?;
-        out.write(&toml_value(&value)?)?;
+        out.write(&toml_value(h, &value)?)?;
         Ok(())
     }
 }
 
-/// A JSON value as an inline TOML value (strings quoted and escaped by the toml crate).
-fn toml_value(value: &Value) -> Result<String, RenderError> {
-    let converted =
-        toml::Value::try_from(value).map_err(|e| fail(format!("{value} has no TOML form: {e}")))?;
+/// A JSON value as an inline TOML value (strings quoted and escaped by the toml crate). The
+/// error leaves the value out: it may hold a password.
+fn toml_value(h: &Helper<'_>, value: &Value) -> Result<String, RenderError> {
+    let converted = toml::Value::try_from(value).map_err(|e| {
+        let what = h.param(0).and_then(|p| p.value().as_str()).unwrap_or_default();
+        fail(format!("'{}' value {what} cannot be written as TOML: {e}", h.name()))
+    })?;
     Ok(converted.to_string())
 }
 

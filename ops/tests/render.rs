@@ -240,7 +240,9 @@ fn undeclared_properties_are_reported_not_rendered() {
 }
 
 /// The whole configuration flow on a real etcd: the base manifest with local values, rendered
-/// offline, loaded the way `serve --bosh-properties` loads it, serving provision and bind.
+/// offline, loaded the way `serve --bosh-properties` loads it (the `config` crate, environment
+/// overrides), serving provision and bind behind the password with quotes, backslash, newline
+/// and unicode.
 #[tokio::test]
 async fn a_rendered_manifest_runs_a_working_broker() {
     let version = local_etcd::EtcdVersion::from_env().expect("ETCD_VERSION");
@@ -257,12 +259,12 @@ async fn a_rendered_manifest_runs_a_working_broker() {
         path(&manifest()),
         "-o".to_owned(),
         path(&fixture("local-ports.yml")),
+        "-l".to_owned(),
+        path(&fixture("vars.yml")),
         "-v".to_owned(),
         format!("etcd_endpoints=[{}]", etcd.endpoint()),
         "-v".to_owned(),
         format!("etcd_root_password={}", etcd.root_password()),
-        "-v".to_owned(),
-        "etcd_broker_password=broker-pw".to_owned(),
         "-v".to_owned(),
         "broker_port=0".to_owned(),
         "-v".to_owned(),
@@ -288,7 +290,7 @@ async fn a_rendered_manifest_runs_a_working_broker() {
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str| {
         http.request(method, format!("http://{addr}{path}"))
-            .basic_auth("broker", Some("broker-pw"))
+            .basic_auth("broker", Some(TRICKY_PASSWORD))
             .header("X-Broker-API-Version", "2.17")
     };
     let service = "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01";

@@ -92,3 +92,13 @@ fn bad_input_is_a_clear_error() {
     assert!(render_config(CONFIG_TEMPLATE, "{}").unwrap_err().to_string().contains("\"properties\""));
     assert!(render_config("{{#if_p}}", "{\"properties\":{}}").unwrap_err().to_string().contains("template"));
 }
+
+/// Regression: a value with no TOML form (a null inside a list) was echoed in the error, with any
+/// password next to it.
+#[test]
+fn values_without_a_toml_form_are_not_echoed() {
+    let properties = with(|d| d["properties"]["auth"]["tokens"] = serde_json::json!([null]));
+    let err = render_config(r#"auth = {{p "auth"}}"#, &properties).unwrap_err().to_string();
+    assert!(err.contains("'p' value auth cannot be written as TOML"), "{err}");
+    assert!(!err.contains("pa\\\"ss") && !err.contains("word"), "{err}");
+}
