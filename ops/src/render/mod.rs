@@ -120,7 +120,8 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves and renders without writing anything (also used by the tests).
+/// Resolves and renders without writing or validating anything, for callers that check many
+/// manifest and ops-file combinations.
 pub fn render(args: &RenderArgs) -> Result<Rendered> {
     let mut manifest = read_yaml(&args.manifest, "manifest")?;
     if !manifest.is_object() {
