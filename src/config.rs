@@ -326,7 +326,10 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| {
             let message = e.message().trim_end();
             ConfigError::Load(match e.span() {
-                Some(span) => format!("line {}: {message}", text[..span.start].matches('\n').count() + 1),
+                Some(span) => {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    format!("line {}: {message}", before.matches('\n').count() + 1)
+                }
                 None => message.to_owned(),
             })
         })?;
