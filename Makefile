@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers. Every target installs what it needs.
-.PHONY: run test tools build fmt clean-dev help
+.PHONY: run test tools build fmt clean-dev help release bosh_scp
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,3 +21,9 @@ fmt: ## format the code
 
 clean-dev: ## forget the local dev stack's files
 	rm -rf .dev
+
+release: ## stage the workspace + vendored crates for the BOSH package; with bosh: bosh create-release
+	bash scripts/release.sh
+
+bosh_scp: ## patch every broker VM of a deployment with a new binary (DRY_RUN=1, BOSH_DEPLOYMENT=...)
+	bash scripts/bosh-scp.sh

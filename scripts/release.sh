@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# `make release`: prepares the BOSH package source and, when the bosh CLI is installed, creates the
+# release. Steps:
+#   1. stage the workspace (Cargo.toml, Cargo.lock, src/, ops/, local-etcd/, templates/, docs/:
+#      tracked and new files, not ignored ones) into src/etcd-broker-workspace/, the folder that
+#      packages/etcd-broker/spec names (BOSH takes package files from the release's src/);
+#   2. `cargo vendor` every crate the workspace needs, plus a static protoc (crate
+#      protoc-bin-vendored-linux-x86_64, see scripts/release/protoc/), into its vendor/, and write
+#      the .cargo/config.toml that makes cargo use it, so the compilation VM builds offline;
+#   3. with bosh on PATH: vendor the Rust toolchain package rust-1-linux if the release lacks it
+#      (from $RUST_RELEASE_DIR, else a clone of cloudfoundry/bosh-package-rust-release), then
+#      `bosh create-release` with RELEASE_ARGS (default: --force --tarball dist/etcd-broker-dev.tgz).
+# Nothing of this is committed (.gitignore) except packages/rust-1-linux/spec.lock once vendored.
+#
+# Usage: scripts/release.sh [--stage-only] [--stage-dir DIR]
+#   --stage-only    stop after step 2 (also the default when bosh is not installed)
+#   --stage-dir D   stage into D instead of src/etcd-broker-workspace (tests use it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+stage_dir=src/etcd-broker-workspace
+stage_only=${STAGE_ONLY:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stage-only) stage_only=1 ;;
+    --stage-dir) stage_dir=${2:?--stage-dir needs a folder}; shift ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "release: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { printf 'release: %s\n' "$*" >&2; }
+command -v cargo >/dev/null || { say "cargo is not installed"; exit 1; }
+command -v git >/dev/null || { say "git is not installed"; exit 1; }
+
+say "staging the workspace into $stage_dir"
+rm -rf "$stage_dir"
+mkdir -p "$stage_dir"
+git ls-files -z --cached --others --exclude-standard -- \
+    Cargo.toml Cargo.lock src ops local-etcd templates docs \
+  | while IFS= read -r -d '' file; do
+      # Files deleted from the work tree but still in the index are skipped.
+      [ -f "$file" ] && printf '%s\0' "$file"
+    done \
+  | tar --null -T - -cf - | tar -xf - -C "$stage_dir"
+
+say "vendoring crates (cargo vendor)"
+mkdir -p "$stage_dir/.cargo"
+cargo vendor --locked --quiet --manifest-path "$root/Cargo.toml" \
+  --sync "$root/scripts/release/protoc/Cargo.toml" "$stage_dir/vendor" >/dev/null
+cat > "$stage_dir/.cargo/config.toml" <<'EOF'
+# Written by scripts/release.sh: build from the vendored crates only (the BOSH compilation VM
+# has no network).
+[source.crates-io]
+replace-with = "vendored-sources"
+
+[source.vendored-sources]
+directory = "vendor"
+EOF
+protoc=$(find "$stage_dir/vendor" -path '*/protoc-bin-vendored-linux-x86_64*/bin/protoc' | head -n 1)
+[ -n "$protoc" ] || { say "the vendored protoc is missing from $stage_dir/vendor"; exit 1; }
+chmod +x "$protoc"
+crates=$(find "$stage_dir/vendor" -mindepth 1 -maxdepth 1 -type d | wc -l)
+say "staged $(du -sh "$stage_dir" | cut -f1) with $crates vendored crates"
+
+if [ -n "$stage_only" ]; then
+  exit 0
+fi
+bosh=${BOSH_CLI:-bosh}
+if ! command -v "$bosh" >/dev/null; then
+  say "the bosh CLI is not installed: staged only. Install it, then run 'make release' again"
+  say "(or 'bosh create-release' yourself once packages/rust-1-linux is vendored; docs/bosh.md)"
+  exit 0
+fi
+
+if [ ! -e packages/rust-1-linux/spec.lock ]; then
+  rust_release=${RUST_RELEASE_DIR:-$root/tools/bosh-package-rust-release}
+  if [ ! -d "$rust_release" ]; then
+    say "cloning cloudfoundry/bosh-package-rust-release into $rust_release"
+    git clone --quiet --depth 1 https://github.com/cloudfoundry/bosh-package-rust-release "$rust_release"
+  fi
+  say "bosh vendor-package rust-1-linux $rust_release"
+  "$bosh" vendor-package rust-1-linux "$rust_release"
+  say "commit packages/rust-1-linux/spec.lock (it pins the toolchain)"
+fi
+
+mkdir -p dist
+# shellcheck disable=SC2086 # RELEASE_ARGS is a list of words on purpose
+set -- ${RELEASE_ARGS:---force --tarball dist/etcd-broker-dev.tgz}
+say "bosh create-release $*"
+"$bosh" create-release "$@"
