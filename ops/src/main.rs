@@ -2,11 +2,13 @@
 //!
 //! - `dev` (dev.rs): a local etcd with auth plus the broker, and `.dev/env` for scripts.
 //! - `names` (names.rs): the keys, user and role an instance/binding id maps to.
+//! - `check release` (check.rs): the release tree's specs, packages and manifests.
 //! - `render` (render/): a manifest + ops files + vars -> the job's properties.json and the
 //!   broker's TOML, exactly as a BOSH deployment would get them.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage.
 
+mod check;
 mod dev;
 mod names;
 mod render;
@@ -56,6 +58,11 @@ enum Command {
     /// Resolve a BOSH manifest (+ ops files, vars) like the director and render the job's
     /// properties.json and the broker's TOML config (see docs/rendering.md).
     Render(render::RenderArgs),
+    /// Validate something before it reaches a director.
+    Check {
+        #[command(subcommand)]
+        what: CheckWhat,
+    },
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -74,6 +81,18 @@ enum Command {
         /// Print a JSON object instead of lines.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckWhat {
+    /// The BOSH release tree: job and package specs, templates, package files, and every
+    /// manifest + ops file combination listed in manifests/check.yml rendered into a config the
+    /// broker accepts. Prints every problem; exit 1 if there is any.
+    Release {
+        /// The release tree (the folder holding jobs/, packages/, config/, manifests/).
+        #[arg(long, default_value = ".")]
+        release_dir: PathBuf,
     },
 }
 
@@ -98,6 +117,7 @@ fn run(command: Command) -> Result<()> {
             dev::run(dev::DevOptions { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir })
         }
         Command::Render(args) => render::run(&args),
+        Command::Check { what: CheckWhat::Release { release_dir } } => check::run_release(&release_dir),
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {
                 Some(path) => {

@@ -123,17 +123,7 @@ pub fn run(args: &RenderArgs) -> Result<()> {
 /// Resolves and renders without writing or validating anything, for callers that check many
 /// manifest and ops-file combinations.
 pub fn render(args: &RenderArgs) -> Result<Rendered> {
-    let mut manifest = read_yaml(&args.manifest, "manifest")?;
-    if !manifest.is_object() {
-        bail!("manifest {} is not a map", args.manifest.display());
-    }
-    for file in &args.ops_files {
-        let what = format!("ops file {}", file.display());
-        let ops = patch::parse_ops(&read_yaml(file, "ops file")?, &what).map_err(|e| anyhow!(e))?;
-        for (i, op) in ops.iter().enumerate() {
-            op.apply(&mut manifest).map_err(|e| anyhow!("{what}: operation [{i}] failed: {e}"))?;
-        }
-    }
+    let manifest = patched_manifest(&args.manifest, &args.ops_files)?;
     let vars = Vars::from_flags(&args.vars_files, &args.var_files, &args.vars).map_err(|e| anyhow!(e))?;
 
     // Like the director, resolve only what this instance group uses.
@@ -198,7 +188,32 @@ pub fn render(args: &RenderArgs) -> Result<Rendered> {
     Ok(Rendered { context, properties_json: Some(properties_json), toml: Some(toml), warnings })
 }
 
-fn read_yaml(path: &Path, what: &str) -> Result<Value> {
+/// The manifest with the ops files applied in order (variables not yet interpolated), the way
+/// `bosh deploy -o` builds it.
+pub fn patched_manifest(manifest_path: &Path, ops_files: &[PathBuf]) -> Result<Value> {
+    let mut manifest = read_yaml(manifest_path, "manifest")?;
+    if !manifest.is_object() {
+        bail!("manifest {} is not a map", manifest_path.display());
+    }
+    for file in ops_files {
+        let what = format!("ops file {}", file.display());
+        let ops = patch::parse_ops(&read_yaml(file, "ops file")?, &what).map_err(|e| anyhow!(e))?;
+        for (i, op) in ops.iter().enumerate() {
+            op.apply(&mut manifest).map_err(|e| anyhow!("{what}: operation [{i}] failed: {e}"))?;
+        }
+    }
+    Ok(manifest)
+}
+
+/// Checks an ops file's shape (type, path, value of each operation) without applying it, for
+/// ops files of other deployments; returns how many operations it has.
+pub fn check_ops_file(file: &Path) -> Result<usize> {
+    let what = format!("ops file {}", file.display());
+    Ok(patch::parse_ops(&read_yaml(file, "ops file")?, &what).map_err(|e| anyhow!(e))?.len())
+}
+
+/// A YAML file as a JSON value; `what` names it in errors ("manifest", "ops file", ...).
+pub fn read_yaml(path: &Path, what: &str) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
     yaml::parse(&text, &format!("{what} {}", path.display())).map_err(|e| anyhow!(e))
