@@ -2,7 +2,10 @@
 # The whole test suite (what `make test` and CI run):
 #   1. formatting and lints (rustfmt, clippy with warnings as errors);
 #   2. every unit and integration test of the workspace against etcd 3.5;
-#   3. the integration tests again against etcd 3.4.
+#   3. the integration tests again against etcd 3.4, and the blackbox suite (ci/blackbox) on 3.4
+#      (on 3.5 it runs inside step 2, ops/tests/blackbox.rs);
+#   4. the BOSH release tree: stage the package source (make release, stage only) and
+#      `etcd-broker-ops check release`.
 # Each integration test starts its own etcd (auth enabled) on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,13 @@ ETCD_VERSION=3.5 run_tests cargo test --workspace --locked
 step "integration tests against etcd 3.4"
 ETCD_VERSION=3.4 run_tests cargo test --locked -p etcd-broker --test '*'
 ETCD_VERSION=3.4 run_tests cargo test --locked -p local-etcd
+
+step "blackbox suite against a local etcd 3.4 + broker"
+ci/blackbox --etcd-version 3.4
+
+step "BOSH release: stage the package source, check the release tree"
+bash scripts/release.sh --stage-only
+cargo run --locked -q -p etcd-broker-ops -- check release
 
 # One closing line over all runs: "tests: N passed, N failed".
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$results"

@@ -2,15 +2,18 @@
 //!
 //! - `dev` (dev.rs): a local etcd with auth plus the broker, and `.dev/env` for scripts.
 //! - `names` (names.rs): the keys, user and role an instance/binding id maps to.
+//! - `blackbox` (blackbox/): the end-to-end suite against any deployment (osb.rs: the OSB client).
 //! - `check release` (check.rs): the release tree's specs, packages and manifests.
 //! - `render` (render/): a manifest + ops files + vars -> the job's properties.json and the
 //!   broker's TOML, exactly as a BOSH deployment would get them.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage.
 
+mod blackbox;
 mod check;
 mod dev;
 mod names;
+mod osb;
 mod render;
 
 use std::path::PathBuf;
@@ -58,6 +61,9 @@ enum Command {
     /// Resolve a BOSH manifest (+ ops files, vars) like the director and render the job's
     /// properties.json and the broker's TOML config (see docs/rendering.md).
     Render(render::RenderArgs),
+    /// Run the end-to-end suite (lifecycle + isolation) against a broker and its etcd; exit 0
+    /// only if every step passes (see docs/blackbox.md).
+    Blackbox(blackbox::BlackboxArgs),
     /// Validate something before it reaches a director.
     Check {
         #[command(subcommand)]
@@ -117,6 +123,7 @@ fn run(command: Command) -> Result<()> {
             dev::run(dev::DevOptions { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir })
         }
         Command::Render(args) => render::run(&args),
+        Command::Blackbox(args) => blackbox::run(&args),
         Command::Check { what: CheckWhat::Release { release_dir } } => check::run_release(&release_dir),
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {

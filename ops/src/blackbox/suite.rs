@@ -1,0 +1,499 @@
+//! The blackbox steps: the lifecycle of two instances whose ids are prefixes of one another, with
+//! the apps' view (etcd calls with the handed-out credentials) checked at every stage.
+//!
+//! A failed step that later steps depend on stops the run (one SKIP line says so); a failed
+//! check that nothing depends on does not. Whatever was created is removed at the end, also
+//! after a failure or Ctrl-C.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use etcd_client::{Client, ConnectOptions, GetOptions, OpenSslClientConfig, Permission};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::report::{Outcome, Report, StepResult};
+use super::Settings;
+use crate::osb::{Offering, OsbClient};
+
+/// Runs the suite; `on_step` sees each result as it is made (the terminal lines).
+pub async fn run(settings: &Settings, on_step: &mut dyn FnMut(&StepResult)) -> Result<Report> {
+    let osb = OsbClient::new(settings.broker.clone(), settings.step_timeout)?;
+    let a = format!("blackbox-{}", etcd_broker::secrets::random_password().get(..12).unwrap_or("run"));
+    let run = Run {
+        settings,
+        osb,
+        suite: Suite { report: Report::default(), on_step, timeout: settings.step_timeout, blocked: None },
+        offering: None,
+        b: format!("{a}x"),
+        a,
+        live_instances: Vec::new(),
+    };
+    let mut run = run;
+    tokio::select! {
+        () = run.steps() => {}
+        _ = tokio::signal::ctrl_c() => {
+            run.suite.blocked = Some("interrupted".into());
+            run.suite.record("interrupted (Ctrl-C)", Outcome::Fail, Duration::ZERO, Some("cleaning up".into()));
+        }
+    }
+    run.clean_up().await;
+    Ok(run.suite.report)
+}
+
+struct Suite<'a> {
+    report: Report,
+    on_step: &'a mut dyn FnMut(&StepResult),
+    timeout: Duration,
+    /// The required step that failed; every later step is skipped.
+    blocked: Option<String>,
+}
+
+impl Suite<'_> {
+    fn record(&mut self, name: &str, outcome: Outcome, duration: Duration, detail: Option<String>) {
+        let result = StepResult { name: name.to_owned(), outcome, duration, detail };
+        (self.on_step)(&result);
+        self.report.steps.push(result);
+    }
+
+    /// Runs a check within the step time limit; a failure is reported, later steps still run.
+    async fn step<T>(&mut self, name: &str, check: impl Future<Output = Result<T>>) -> Option<T> {
+        if self.blocked.is_some() {
+            return None;
+        }
+        let start = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, check).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow!("no answer within {:?}", self.timeout)),
+        };
+        match result {
+            Ok(value) => {
+                self.record(name, Outcome::Pass, start.elapsed(), None);
+                Some(value)
+            }
+            Err(e) => {
+                self.record(name, Outcome::Fail, start.elapsed(), Some(format!("{e:#}")));
+                None
+            }
+        }
+    }
+
+    /// Like `step`, but later steps need its result: a failure stops the run.
+    async fn required<T>(&mut self, name: &str, check: impl Future<Output = Result<T>>) -> Option<T> {
+        let result = self.step(name, check).await;
+        if result.is_none() && self.blocked.is_none() {
+            self.blocked = Some(name.to_owned());
+            self.record(
+                "remaining steps",
+                Outcome::Skip,
+                Duration::ZERO,
+                Some(format!("not run: '{name}' failed")),
+            );
+        }
+        result
+    }
+}
+
+struct Run<'a> {
+    settings: &'a Settings,
+    osb: OsbClient,
+    suite: Suite<'a>,
+    offering: Option<Offering>,
+    a: String,
+    b: String,
+    /// Instances created and not yet deprovisioned, for the clean-up.
+    live_instances: Vec<String>,
+}
+
+/// What a bind handed out.
+#[derive(Clone)]
+struct Credentials {
+    username: String,
+    password: String,
+    prefix: String,
+    endpoints: Vec<String>,
+    ca: Option<String>,
+}
+
+impl Credentials {
+    fn parse(value: &Value, instance: &str) -> Result<Credentials> {
+        let text = |key: &str| {
+            value[key].as_str().map(str::to_owned).with_context(|| format!("the credentials have no '{key}'"))
+        };
+        let credentials = Credentials {
+            username: text("username")?,
+            password: text("password")?,
+            prefix: text("prefix")?,
+            endpoints: serde_json::from_value(value["endpoints"].clone())
+                .context("the credentials' 'endpoints' is not a list of URLs")?,
+            ca: value["tls"]["ca_certificate"].as_str().map(str::to_owned),
+        };
+        ensure!(
+            credentials.prefix.ends_with(&format!("/{instance}/")),
+            "the prefix does not end with '/{instance}/'"
+        );
+        ensure!(!credentials.endpoints.is_empty(), "the credentials list no endpoints");
+        ensure!(credentials.password.len() >= 16, "the password is shorter than 16 characters");
+        Ok(credentials)
+    }
+}
+
+impl Run<'_> {
+    async fn steps(&mut self) {
+        let settings = self.settings;
+        let (osb, a, b) = (self.osb.clone(), self.a.clone(), self.b.clone());
+        let apps = Apps { settings, a: &a, b: &b };
+        let Some(offering) = self
+            .suite
+            .required(
+                "catalog offers a bindable plan",
+                osb.offering(settings.service.as_deref(), settings.plan.as_deref()),
+            )
+            .await
+        else {
+            return;
+        };
+        self.offering = Some(offering.clone());
+        let o = &offering;
+        let deadline = settings.step_timeout;
+
+        let provisioned = self.suite.required("provision A", osb.provision(o, &a, deadline)).await;
+        if provisioned.is_none() {
+            self.live_instances.push(a.clone()); // may exist half-made
+            return;
+        }
+        self.live_instances.push(a.clone());
+        self.live_instances.push(b.clone());
+        if self
+            .suite
+            .required("provision B (A's id is a prefix of B's)", osb.provision(o, &b, deadline))
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let step = "provision A again (same request) answers 200";
+        self.suite
+            .step(step, async {
+                let status = osb.provision(o, &a, deadline).await?;
+                ensure!(status == StatusCode::OK, "answered {status}");
+                Ok(())
+            })
+            .await;
+
+        let Some(a1) = self.suite.required("bind A", bind(&osb, o, &a, "a1")).await else { return };
+        let Some(client_a1) =
+            self.suite.required("A connects to etcd with its credentials", apps.connect(&a1)).await
+        else {
+            return;
+        };
+        let key = format!("{}blackbox-key", a1.prefix);
+        self.suite
+            .required(
+                "A writes, reads, lists and deletes in its prefix",
+                use_prefix(client_a1.clone(), &a1.prefix),
+            )
+            .await;
+        self.suite
+            .step(
+                "A is denied the whole key space",
+                denied(client_a1.clone(), |mut c| async move {
+                    c.get("", Some(GetOptions::new().with_all_keys())).await
+                }),
+            )
+            .await;
+        self.suite
+            .step(
+                "A is denied a key outside any instance",
+                denied(client_a1.clone(), |mut c| async move { c.put("/blackbox-outside", "x", None).await }),
+            )
+            .await;
+        let bare = a1.prefix.trim_end_matches('/').to_owned();
+        self.suite
+            .step(
+                "A is denied its prefix without the trailing slash",
+                denied(client_a1.clone(), |mut c| async move { c.put(bare, "x", None).await }),
+            )
+            .await;
+        self.suite
+            .step("A cannot manage users and roles", no_admin(client_a1.clone(), a1.username.clone()))
+            .await;
+
+        let Some(b1) = self.suite.required("bind B", bind(&osb, o, &b, "b1")).await else { return };
+        let step = "B's and A's prefixes are mutually invisible";
+        self.suite.step(step, apps.isolated(&a1, &b1)).await;
+        let step = "GET binding returns the same credentials";
+        self.suite
+            .step(step, async {
+                let fetched = Credentials::parse(&osb.fetch_binding(&a, "a1").await?, &a)?;
+                ensure!(
+                    fetched.username == a1.username && fetched.password == a1.password,
+                    "the fetched credentials differ from the bind's"
+                );
+                Ok(())
+            })
+            .await;
+
+        // Data for the rebind check.
+        let mut writer = client_a1.clone();
+        if self
+            .suite
+            .step("A stores a key for later", async { Ok(writer.put(key.clone(), "kept", None).await?) })
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let Some(a2) = self
+            .suite
+            .required("rebind A gives a new user and password", async {
+                let a2 = bind(&osb, o, &a, "a2").await?;
+                ensure!(a2.username != a1.username, "the new binding has the old username");
+                ensure!(a2.password != a1.password, "the new binding has the old password");
+                Ok(a2)
+            })
+            .await
+        else {
+            return;
+        };
+        if self.suite.required("unbind A's first binding", unbind_ok(&osb, o, &a, "a1")).await.is_none() {
+            return;
+        }
+        self.suite.step("unbound credentials are rejected", apps.rejected(&a1, Some(client_a1))).await;
+        self.suite
+            .step("A's new binding reads the data of before", async {
+                let mut client = apps.connect(&a2).await?;
+                let got = client.get(key.clone(), None).await?;
+                ensure!(
+                    got.kvs().first().map(|kv| kv.value()) == Some(&b"kept"[..]),
+                    "the key written before is gone"
+                );
+                Ok(())
+            })
+            .await;
+        self.suite.step("unbind again answers 410", gone(osb.unbind(o, &a, "a1"))).await;
+
+        for (name, instance) in [("deprovision A (with a binding left)", &a), ("deprovision B", &b)] {
+            if self.suite.required(name, deprovision_ok(&osb, o, instance)).await.is_none() {
+                return;
+            }
+            self.live_instances.retain(|i| i != instance);
+        }
+        self.suite
+            .step("deprovisioned instances' credentials are rejected", async {
+                apps.rejected(&a2, None).await?;
+                apps.rejected(&b1, None).await
+            })
+            .await;
+        self.suite.step("deprovision again answers 410", gone(osb.deprovision(o, &a))).await;
+        match &settings.root {
+            Some(_) => {
+                self.suite
+                    .step(
+                        "nothing is left in etcd (keys, users, roles)",
+                        apps.nothing_left(&[&a1.prefix, &b1.prefix]),
+                    )
+                    .await;
+            }
+            None => self.suite.record(
+                "nothing is left in etcd (keys, users, roles)",
+                Outcome::Skip,
+                Duration::ZERO,
+                Some("needs --etcd-root-password".into()),
+            ),
+        }
+    }
+
+    /// Best effort: deprovision whatever is still there (bindings go with their instance).
+    async fn clean_up(&mut self) {
+        let Some(offering) = self.offering.clone() else { return };
+        for instance in std::mem::take(&mut self.live_instances) {
+            let start = Instant::now();
+            let outcome = self.osb.deprovision(&offering, &instance).await;
+            let (result, detail) = match outcome {
+                Ok(_) => (Outcome::Pass, None),
+                Err(e) => (Outcome::Fail, Some(format!("{e:#}; remove it by hand"))),
+            };
+            self.suite.record(&format!("clean up instance {instance}"), result, start.elapsed(), detail);
+        }
+    }
+}
+
+/// The apps' side: etcd connections with handed-out credentials (or root's, for the last check).
+#[derive(Clone, Copy)]
+struct Apps<'s> {
+    settings: &'s Settings,
+    a: &'s str,
+    b: &'s str,
+}
+
+impl Apps<'_> {
+    fn endpoints(&self, credentials: &Credentials) -> Vec<String> {
+        if self.settings.etcd_endpoints.is_empty() {
+            credentials.endpoints.clone()
+        } else {
+            self.settings.etcd_endpoints.clone()
+        }
+    }
+
+    fn options(&self, endpoints: &[String], ca: Option<&str>) -> ConnectOptions {
+        let timeout = self.settings.step_timeout.min(Duration::from_secs(10));
+        let mut options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+        if endpoints.iter().any(|e| e.starts_with("https://")) {
+            let tls = &self.settings.etcd_tls;
+            let mut config = OpenSslClientConfig::default();
+            if let Some(ca) = tls.ca.as_deref().or(ca) {
+                config = config.ca_cert_pem(ca.as_bytes());
+            }
+            if let Some((cert, key)) = &tls.client {
+                config = config.client_cert_pem_and_key(cert.as_bytes(), key.expose().as_bytes());
+            }
+            options = options.with_openssl_tls(config);
+        }
+        options
+    }
+
+    async fn connect(&self, credentials: &Credentials) -> Result<Client> {
+        let endpoints = self.endpoints(credentials);
+        let options = self
+            .options(&endpoints, credentials.ca.as_deref())
+            .with_user(&credentials.username, &credentials.password);
+        Client::connect(&endpoints, Some(options))
+            .await
+            .map_err(|e| anyhow!("cannot connect to {endpoints:?}: {e}"))
+    }
+
+    /// Each side writes a key in its own prefix and cannot read, list or write the other's.
+    async fn isolated(&self, a: &Credentials, b: &Credentials) -> Result<()> {
+        let mut client_a = self.connect(a).await?;
+        let mut client_b = self.connect(b).await?;
+        client_a.put(format!("{}mine", a.prefix), "a", None).await?;
+        client_b.put(format!("{}mine", b.prefix), "b", None).await?;
+        for (client, other, who) in [(&client_a, b, "A"), (&client_b, a, "B")] {
+            let prefix = other.prefix.clone();
+            denied(client.clone(), |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await
+            .with_context(|| format!("{who} listing the other's prefix"))?;
+            let key = format!("{}mine", other.prefix);
+            denied(client.clone(), |mut c| async move { c.put(key, "x", None).await })
+                .await
+                .with_context(|| format!("{who} writing into the other's prefix"))?;
+        }
+        Ok(())
+    }
+
+    /// A new connection with these credentials fails, and so does a request on `open` (a
+    /// connection that logged in before). etcd may take a moment: retried until the time limit.
+    async fn rejected(&self, credentials: &Credentials, open: Option<Client>) -> Result<()> {
+        let deadline = Instant::now() + self.settings.step_timeout.saturating_sub(Duration::from_secs(1));
+        loop {
+            let mut still_works = Vec::new();
+            if let Ok(mut client) = self.connect(credentials).await {
+                if client.get(credentials.prefix.clone(), None).await.is_ok() {
+                    still_works.push("a new connection");
+                }
+            }
+            if let Some(mut client) = open.clone() {
+                if client.get(credentials.prefix.clone(), None).await.is_ok() {
+                    still_works.push("an open connection");
+                }
+            }
+            if still_works.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} still reads with the credentials", still_works.join(" and "));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn nothing_left(&self, prefixes: &[&str]) -> Result<()> {
+        let (user, password) = self.settings.root.as_ref().context("no root credentials")?;
+        let endpoints = self.settings.etcd_endpoints.clone();
+        ensure!(!endpoints.is_empty(), "the root check needs --etcd endpoints");
+        let options = self.options(&endpoints, None).with_user(user, password.expose());
+        let mut root = Client::connect(&endpoints, Some(options))
+            .await
+            .map_err(|e| anyhow!("root cannot connect: {e}"))?;
+        for prefix in prefixes {
+            let left =
+                root.get(*prefix, Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
+            ensure!(left == 0, "{left} key(s) left under {prefix}");
+        }
+        let ours = |name: &&String| {
+            name.contains(&format!(".{}.", self.a)) || name.contains(&format!(".{}.", self.b))
+        };
+        let users: Vec<String> = root.user_list().await?.users().iter().filter(ours).cloned().collect();
+        ensure!(users.is_empty(), "users left: {users:?}");
+        let roles: Vec<String> = root.role_list().await?.roles().iter().filter(ours).cloned().collect();
+        ensure!(roles.is_empty(), "roles left: {roles:?}");
+        Ok(())
+    }
+}
+
+async fn bind(osb: &OsbClient, offering: &Offering, instance: &str, binding: &str) -> Result<Credentials> {
+    let (status, credentials) = osb.bind(offering, instance, binding).await?;
+    ensure!(status == StatusCode::CREATED, "a new binding answered {status}, not 201");
+    Credentials::parse(&credentials, instance)
+}
+
+async fn unbind_ok(osb: &OsbClient, offering: &Offering, instance: &str, binding: &str) -> Result<()> {
+    let status = osb.unbind(offering, instance, binding).await?;
+    ensure!(status == StatusCode::OK, "answered {status}, not 200");
+    Ok(())
+}
+
+async fn deprovision_ok(osb: &OsbClient, offering: &Offering, instance: &str) -> Result<()> {
+    let status = osb.deprovision(offering, instance).await?;
+    ensure!(status == StatusCode::OK, "answered {status}, not 200");
+    Ok(())
+}
+
+async fn gone(delete: impl Future<Output = Result<StatusCode>>) -> Result<()> {
+    let status = delete.await?;
+    ensure!(status == StatusCode::GONE, "answered {status}, not 410");
+    Ok(())
+}
+
+async fn use_prefix(mut client: Client, prefix: &str) -> Result<()> {
+    let key = format!("{prefix}blackbox/probe");
+    client.put(key.clone(), "value", None).await.context("put")?;
+    let got = client.get(key.clone(), None).await.context("get")?;
+    ensure!(got.kvs().first().map(|kv| kv.value()) == Some(&b"value"[..]), "get returned another value");
+    let listed =
+        client.get(prefix, Some(GetOptions::new().with_prefix().with_keys_only())).await.context("list")?;
+    ensure!(listed.kvs().iter().any(|kv| kv.key() == key.as_bytes()), "listing the prefix misses the key");
+    let deleted = client.delete(key, None).await.context("delete")?;
+    ensure!(deleted.deleted() == 1, "delete removed {} keys", deleted.deleted());
+    Ok(())
+}
+
+/// The call must fail with etcd's "permission denied"; success or another error fails the step.
+async fn denied<T, F, Fut>(client: Client, call: F) -> Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    match call(client).await {
+        Ok(_) => bail!("was allowed"),
+        Err(e) if e.to_string().contains("permission denied") => Ok(()),
+        Err(e) => bail!("failed, but not with 'permission denied': {e}"),
+    }
+}
+
+async fn no_admin(client: Client, username: String) -> Result<()> {
+    denied(client.clone(), |mut c| async move { c.user_list().await }).await.context("listing users")?;
+    denied(client.clone(), |mut c| async move { c.role_list().await }).await.context("listing roles")?;
+    denied(client.clone(), |mut c| async move { c.user_grant_role(username, "root").await })
+        .await
+        .context("granting itself the root role")?;
+    denied(client, |mut c| async move {
+        c.role_grant_permission("root", Permission::read_write("/").with_prefix()).await
+    })
+    .await
+    .context("changing a role's permissions")
+}

@@ -1,0 +1,281 @@
+//! `etcd-broker-ops blackbox` end to end: every step passes against a real local stack (etcd with
+//! auth + the broker, started by `etcd-broker-ops dev`), and the suite fails, naming the step,
+//! against a broker that gets isolation wrong or with a wrong broker password. Secrets never
+//! appear in its output.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use local_etcd::{EtcdVersion, LocalEtcd, Options};
+use serde_json::{json, Value};
+
+const OPS: &str = env!("CARGO_BIN_EXE_etcd-broker-ops");
+
+/// `etcd-broker-ops dev` in a temporary folder; stopped (SIGINT) on drop.
+struct DevStack {
+    child: Child,
+    env: HashMap<String, String>,
+    _dir: tempfile::TempDir,
+}
+
+impl DevStack {
+    fn start() -> DevStack {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(OPS)
+            .args([
+                "dev",
+                "--bcrypt-cost",
+                "4",
+                "--broker-port",
+                "0",
+                "--etcd-port",
+                "0",
+                "--metrics-port",
+                "0",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stack = DevStack { child, env: HashMap::new(), _dir: dir };
+        let env_file = stack._dir.path().join("env");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stack.env.is_empty() {
+            if let Ok(text) = std::fs::read_to_string(&env_file) {
+                stack.env = text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect();
+            }
+            assert!(stack.child.try_wait().unwrap().is_none(), "dev exited");
+            assert!(Instant::now() < deadline, "dev did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stack
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+fn blackbox(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(OPS);
+    command.arg("blackbox").args(args);
+    for key in
+        ["BROKER_URL", "BROKER_USERNAME", "BROKER_PASSWORD", "ETCD_ROOT_USERNAME", "ETCD_ROOT_PASSWORD"]
+    {
+        command.env_remove(key);
+    }
+    command.envs(envs.iter().copied()).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn report(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_step_passes_against_a_real_stack_and_a_wrong_password_fails_the_catalog() {
+    let stack = DevStack::start();
+    let env = &stack.env;
+    let json_file = tempfile::NamedTempFile::new().unwrap();
+    let out = blackbox(
+        &["--etcd", &env["ETCD_ENDPOINTS"], "--json", json_file.path().to_str().unwrap()],
+        &[
+            ("BROKER_URL", &env["BROKER_URL"]),
+            ("BROKER_USERNAME", &env["BROKER_USERNAME"]),
+            ("BROKER_PASSWORD", &env["BROKER_PASSWORD"]),
+            ("ETCD_ROOT_PASSWORD", &env["ETCD_ROOT_PASSWORD"]),
+        ],
+    );
+    let output = text(&out);
+    assert!(out.status.success(), "{output}");
+    let report = report(json_file.path());
+    assert_eq!(report["passed"], true);
+    let steps = report["steps"].as_array().unwrap();
+    assert!(steps.len() >= 20, "{output}");
+    assert!(steps.iter().all(|s| s["outcome"] == "pass"), "{output}");
+    for name in [
+        "A is denied the whole key space",
+        "B's and A's prefixes are mutually invisible",
+        "unbound credentials are rejected",
+        "nothing is left in etcd (keys, users, roles)",
+    ] {
+        assert!(steps.iter().any(|s| s["name"] == name), "no step '{name}'");
+    }
+    assert!(output.lines().any(|l| l.starts_with("blackbox: ") && l.contains(" 0 failed")), "{output}");
+    for secret in [&env["BROKER_PASSWORD"], &env["ETCD_ROOT_PASSWORD"]] {
+        assert!(!output.contains(secret.as_str()), "a password in the output");
+    }
+
+    let wrong = "wrong-password-1234";
+    let out = blackbox(
+        &["--broker-url", &env["BROKER_URL"], "--broker-username", &env["BROKER_USERNAME"]],
+        &[("BROKER_PASSWORD", wrong)],
+    );
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    let line = output.lines().find(|l| l.starts_with("FAIL  catalog")).expect(&output);
+    assert!(line.contains("401"), "{line}");
+    assert!(output.contains("SKIP  remaining steps"), "{output}");
+    assert!(!output.contains(wrong), "the password in the output");
+}
+
+/// A broker that gets isolation wrong: every binding is handed etcd's root user.
+async fn leaky_broker(etcd: &LocalEtcd) -> (String, actix_web::dev::ServerHandle) {
+    let credentials = json!({
+        "endpoints": [etcd.endpoint()],
+        "username": "root",
+        "password": etcd.root_password(),
+        "tls": { "enabled": false },
+    });
+    let server = HttpServer::new(move || {
+        let credentials = credentials.clone();
+        App::new()
+            .route(
+                "/v2/catalog",
+                web::get().to(|| async {
+                    HttpResponse::Ok().json(json!({ "services": [{
+                        "id": "s", "name": "etcd", "description": "d", "bindable": true,
+                        "plans": [{ "id": "p", "name": "shared", "description": "d" }],
+                    }]}))
+                }),
+            )
+            .route(
+                "/v2/service_instances/{i}",
+                web::put().to(|| async { HttpResponse::Created().json(json!({})) }),
+            )
+            .route(
+                "/v2/service_instances/{i}",
+                web::delete().to(|| async { HttpResponse::Ok().json(json!({})) }),
+            )
+            .route(
+                "/v2/service_instances/{i}/service_bindings/{b}",
+                web::put().to(move |path: web::Path<(String, String)>| {
+                    let mut credentials = credentials.clone();
+                    credentials["prefix"] = json!(format!("/service_instances/{}/", path.0));
+                    async move { HttpResponse::Created().json(json!({ "credentials": credentials })) }
+                }),
+            )
+            .route(
+                "/v2/service_instances/{i}/service_bindings/{b}",
+                web::delete().to(|| async { HttpResponse::Ok().json(json!({})) }),
+            )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let url = format!("http://{}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (url, handle)
+}
+
+#[actix_web::test]
+async fn a_broker_handing_out_root_credentials_fails_the_isolation_steps() {
+    let etcd =
+        LocalEtcd::start(Options { version: EtcdVersion::V3_5, bcrypt_cost: Some(4), ..Options::default() })
+            .await
+            .unwrap();
+    let (url, server) = leaky_broker(&etcd).await;
+    let json_file = tempfile::NamedTempFile::new().unwrap();
+    let json_path = json_file.path().to_str().unwrap().to_owned();
+    let root_password = etcd.root_password().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        blackbox(&["--broker-url", &url, "--json", &json_path], &[("BROKER_PASSWORD", "any")])
+    })
+    .await
+    .unwrap();
+    server.stop(true).await;
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    let report = report(json_file.path());
+    let failed: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"] == "fail")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for step in [
+        "A is denied the whole key space",
+        "A is denied a key outside any instance",
+        "A cannot manage users and roles",
+    ] {
+        assert!(failed.contains(&step), "'{step}' should fail: {output}");
+    }
+    assert!(output.contains("was allowed"), "{output}");
+    assert!(!output.contains(&root_password), "the root password in the output");
+    etcd.stop().await;
+}
+
+/// The errand's chain: the offline render of manifests/etcd-broker.yml + operators/blackbox.yml,
+/// the errand's ERB evaluated on it by the Ruby harness (BOSH's template helpers), and
+/// `blackbox --bosh-properties` reading the result: broker URL and password from the
+/// servicebroker link, endpoints from the etcd link.
+#[test]
+fn the_errand_reads_the_properties_its_erb_template_writes() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // closed once dropped
+    let link = dir.path().join("servicebroker.yml");
+    std::fs::write(
+        &link,
+        format!(
+            "instances: [{{address: 127.0.0.1, index: 0, az: z1, id: b0, name: etcd-broker, bootstrap: true}}]\n\
+             properties: {{auth: {{username: broker, password: link-secret-pw}}, listen: {{port: {port}}}}}\n"
+        ),
+    )
+    .unwrap();
+    let etcd_link = repo.join("manifests/examples/etcd-link.yml");
+    let out = Command::new(OPS)
+        .args(["render", "--instance-group", "etcd-broker-blackbox", "--job", "etcd-broker-blackbox", "--manifest"])
+        .arg(repo.join("manifests/etcd-broker.yml"))
+        .arg("-o")
+        .arg(repo.join("manifests/operators/blackbox.yml"))
+        .arg("-l")
+        .arg(repo.join("manifests/examples/vars.yml"))
+        .arg(format!("--link=servicebroker={}", link.display()))
+        .arg(format!("--link=etcd={}", etcd_link.display()))
+        .arg("--output-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let erb = Command::new("ruby")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erb/render_erb.rb"))
+        .arg(repo.join("jobs/etcd-broker-blackbox/templates/properties.json.erb"))
+        .arg(dir.path().join("context.json"))
+        .output()
+        .expect("ruby (scripts/install-tools.sh installs it)");
+    assert!(erb.status.success(), "{}", text(&erb));
+    let properties: Value = serde_json::from_slice(&erb.stdout).unwrap();
+    assert_eq!(properties["properties"]["etcd"]["root_password"], "example-root-password");
+    assert_eq!(properties["properties"]["timeout"], 30);
+    let file = dir.path().join("properties.json");
+    std::fs::write(&file, &erb.stdout).unwrap();
+
+    let out = blackbox(&["--bosh-properties", file.to_str().unwrap(), "--timeout", "5"], &[]);
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(1), "nothing listens there: {output}");
+    let header = format!(
+        "blackbox: broker http://127.0.0.1:{port}, etcd http://10.0.1.10:2379,http://10.0.1.11:2379,http://10.0.1.12:2379"
+    );
+    assert!(output.starts_with(&header), "{output}");
+    assert!(output.contains("FAIL  catalog offers a bindable plan"), "{output}");
+    assert!(!output.contains("link-secret-pw") && !output.contains("example-root-password"), "{output}");
+}
