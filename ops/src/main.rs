@@ -3,6 +3,7 @@
 //! - `dev` (dev.rs): a local etcd with auth plus the broker, and `.dev/env` for scripts.
 //! - `names` (names.rs): the keys, user and role an instance/binding id maps to.
 //! - `blackbox` (blackbox/): the end-to-end suite against any deployment (osb.rs: the OSB client).
+//! - `register` / `deregister` (registration/): the broker in Cloud Foundry via the CF v3 API.
 //! - `check release` (check.rs): the release tree's specs, packages and manifests.
 //! - `render` (render/): a manifest + ops files + vars -> the job's properties.json and the
 //!   broker's TOML, exactly as a BOSH deployment would get them.
@@ -14,6 +15,7 @@ mod check;
 mod dev;
 mod names;
 mod osb;
+mod registration;
 mod render;
 
 use std::path::PathBuf;
@@ -64,6 +66,11 @@ enum Command {
     /// Run the end-to-end suite (lifecycle + isolation) against a broker and its etcd; exit 0
     /// only if every step passes (see docs/blackbox.md).
     Blackbox(blackbox::BlackboxArgs),
+    /// Register the broker in Cloud Foundry (create or update it) and make its plans visible;
+    /// idempotent (see docs/registration.md).
+    Register(registration::RegisterArgs),
+    /// Remove the broker from Cloud Foundry; nothing to do when it is not registered.
+    Deregister(registration::CfArgs),
     /// Validate something before it reaches a director.
     Check {
         #[command(subcommand)]
@@ -124,6 +131,8 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Render(args) => render::run(&args),
         Command::Blackbox(args) => blackbox::run(&args),
+        Command::Register(args) => registration::register(&args),
+        Command::Deregister(args) => registration::deregister(&args),
         Command::Check { what: CheckWhat::Release { release_dir } } => check::run_release(&release_dir),
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {

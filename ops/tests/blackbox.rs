@@ -243,7 +243,14 @@ fn the_errand_reads_the_properties_its_erb_template_writes() {
     .unwrap();
     let etcd_link = repo.join("manifests/examples/etcd-link.yml");
     let out = Command::new(OPS)
-        .args(["render", "--instance-group", "etcd-broker-blackbox", "--job", "etcd-broker-blackbox", "--manifest"])
+        .args([
+            "render",
+            "--instance-group",
+            "etcd-broker-blackbox",
+            "--job",
+            "etcd-broker-blackbox",
+            "--manifest",
+        ])
         .arg(repo.join("manifests/etcd-broker.yml"))
         .arg("-o")
         .arg(repo.join("manifests/operators/blackbox.yml"))
