@@ -164,11 +164,14 @@ pub struct ListenConfig {
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
+    /// Serve the OSB API over HTTPS with this certificate (chain) and key; plain HTTP without.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { host: default_host(), port: default_port() }
+        Self { host: default_host(), port: default_port(), tls: None }
     }
 }
 
@@ -247,6 +250,45 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
+    /// File and inline forms are exclusive, inline text must be PEM and files must exist.
+    /// `section` names the table in errors (`clusters.main.tls`, `listen.tls`).
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        for (file, inline, name) in [
+            (self.ca_file.is_some(), self.ca.is_some(), "ca_file and ca"),
+            (self.cert_file.is_some(), self.certificate.is_some(), "cert_file and certificate"),
+            (self.key_file.is_some(), self.private_key.is_some(), "key_file and private_key"),
+        ] {
+            if file && inline {
+                return Err(invalid(section, format!("set one of {name}, not both")));
+            }
+        }
+        for (key, pem) in [
+            ("ca", self.ca.as_deref()),
+            ("certificate", self.certificate.as_deref()),
+            ("private_key", self.private_key.as_ref().map(Secret::expose)),
+        ] {
+            if pem.is_some_and(|text| !text.contains("-----BEGIN ")) {
+                return Err(invalid(
+                    format!("{section}.{key}"),
+                    "is not PEM text (-----BEGIN ...); a path goes into the *_file field",
+                ));
+            }
+        }
+        for (key, path) in
+            [("ca_file", &self.ca_file), ("cert_file", &self.cert_file), ("key_file", &self.key_file)]
+        {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return Err(invalid(
+                        format!("{section}.{key}"),
+                        format!("{} does not exist or is not a file", path.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The CA certificate PEM, from the file or inline.
     pub fn ca_pem(&self) -> std::io::Result<Option<Vec<u8>>> {
         pem(&self.ca_file, self.ca.as_deref())
@@ -358,6 +400,21 @@ impl Config {
 
     /// Checks everything that can be checked without dialling etcd.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.listen.tls {
+            tls.validate("listen.tls")?;
+            if tls.ca.is_some() || tls.ca_file.is_some() {
+                return Err(invalid(
+                    "listen.tls",
+                    "takes a certificate and key only (client certificates: not yet)",
+                ));
+            }
+            if tls.client_pems().ok().flatten().is_none() {
+                return Err(invalid(
+                    "listen.tls",
+                    "needs certificate (or cert_file) and private_key (or key_file)",
+                ));
+            }
+        }
         if self.auth.username.is_empty() {
             return Err(invalid("auth.username", "must not be empty"));
         }
@@ -417,45 +474,11 @@ impl Config {
                 return Err(invalid(field("password"), "must not be empty"));
             }
             if let Some(tls) = &cluster.tls {
+                tls.validate(&format!("clusters.{name}.tls"))?;
                 let cert = tls.cert_file.is_some() || tls.certificate.is_some();
                 let key = tls.key_file.is_some() || tls.private_key.is_some();
                 if cert != key {
                     return Err(invalid(field("tls"), "a client certificate and its key go together"));
-                }
-                for (file, inline, name) in [
-                    (tls.ca_file.is_some(), tls.ca.is_some(), "ca_file and ca"),
-                    (tls.cert_file.is_some(), tls.certificate.is_some(), "cert_file and certificate"),
-                    (tls.key_file.is_some(), tls.private_key.is_some(), "key_file and private_key"),
-                ] {
-                    if file && inline {
-                        return Err(invalid(field("tls"), format!("set one of {name}, not both")));
-                    }
-                }
-                for (f, pem) in [
-                    ("tls.ca", tls.ca.as_deref()),
-                    ("tls.certificate", tls.certificate.as_deref()),
-                    ("tls.private_key", tls.private_key.as_ref().map(Secret::expose)),
-                ] {
-                    if pem.is_some_and(|text| !text.contains("-----BEGIN ")) {
-                        return Err(invalid(
-                            field(f),
-                            "is not PEM text (-----BEGIN ...); a path goes into the *_file field",
-                        ));
-                    }
-                }
-                for (f, path) in [
-                    ("tls.ca_file", &tls.ca_file),
-                    ("tls.cert_file", &tls.cert_file),
-                    ("tls.key_file", &tls.key_file),
-                ] {
-                    if let Some(path) = path {
-                        if !path.is_file() {
-                            return Err(invalid(
-                                field(f),
-                                format!("{} does not exist or is not a file", path.display()),
-                            ));
-                        }
-                    }
                 }
             }
         }

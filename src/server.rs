@@ -10,7 +10,7 @@ use actix_web::{App, HttpServer};
 use crate::broker::names::Names;
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
-use crate::config::{parse_endpoint, Config};
+use crate::config::{parse_endpoint, Config, TlsConfig};
 use crate::etcd::EtcdStore;
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
@@ -28,6 +28,8 @@ pub enum StartError {
     Cluster { cluster: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error("listen.tls: {0}")]
+    Tls(String),
 }
 
 /// Builds the broker for a validated config: one lazily connected, metered store per cluster.
@@ -94,6 +96,36 @@ fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartE
     })
 }
 
+/// The HTTPS settings of the OSB listener: Mozilla's "intermediate" profile, the configured
+/// certificate (with any chain certificates after it) and key. Errors name what is wrong, never
+/// the PEM text.
+fn tls_acceptor(tls: &TlsConfig) -> Result<openssl::ssl::SslAcceptorBuilder, StartError> {
+    use openssl::pkey::PKey;
+    use openssl::ssl::{SslAcceptor, SslMethod};
+    use openssl::x509::X509;
+    let fail = |message: &str| StartError::Tls(message.to_owned());
+    let (cert, key) = tls
+        .client_pems()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .ok_or_else(|| fail("needs a certificate and a private key"))?;
+    let chain = X509::stack_from_pem(&cert).map_err(|_| fail("the certificate is not PEM"))?;
+    let (leaf, intermediates) =
+        chain.split_first().ok_or_else(|| fail("the certificate PEM holds no certificate"))?;
+    let key =
+        PKey::private_key_from_pem(&key).map_err(|_| fail("the private key is not a PEM private key"))?;
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+        .map_err(|_| fail("OpenSSL cannot set up TLS"))?;
+    builder.set_certificate(leaf).map_err(|_| fail("OpenSSL refuses the certificate"))?;
+    for certificate in intermediates {
+        builder
+            .add_extra_chain_cert(certificate.clone())
+            .map_err(|_| fail("OpenSSL refuses a chain certificate"))?;
+    }
+    builder.set_private_key(&key).map_err(|_| fail("the private key does not belong to the certificate"))?;
+    builder.check_private_key().map_err(|_| fail("the private key does not belong to the certificate"))?;
+    Ok(builder)
+}
+
 /// Binds the listeners and prepares the servers; they serve once [`RunningBroker::serve`] runs.
 pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let metrics = Arc::new(Metrics::new());
@@ -102,9 +134,12 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         HttpState::new(broker.clone(), &config.auth.username, config.auth.password.expose(), metrics.clone());
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .bind(&listen)
-        .map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
+    let api = match &config.listen.tls {
+        Some(tls) => api.bind_openssl(&listen, tls_acceptor(tls)?),
+        None => api.bind(&listen),
+    }
+    .map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
     let addr = first_addr(api.addrs(), &listen)?;
     let mut servers = vec![api.run()];
     let mut metrics_addr = None;

@@ -224,3 +224,50 @@ cluster = "main"
     broker.stop().await;
     let _ = etcd.kill().await;
 }
+
+/// The OSB listener serves HTTPS with an inline PEM certificate (as BOSH hands it over): a client
+/// trusting the CA gets the catalog; plain HTTP gets nothing; a key that does not belong to the
+/// certificate stops the start with a message that shows no PEM.
+#[actix_web::test]
+async fn the_broker_serves_the_osb_api_over_https() {
+    let etcd = start_etcd().await;
+    let ca_key = key();
+    let ca = certificate("etcd-broker test CA", &ca_key, None, false);
+    let server_key = key();
+    let server = pem(&certificate("127.0.0.1", &server_key, Some((&ca, &ca_key)), true), &server_key);
+    let ca_pem = String::from_utf8(ca.to_pem().unwrap()).unwrap();
+    let with_tls = |cert: &str, key: &str| {
+        let text = config_toml(0, free_port(), &etcd, None)
+            + &format!("\n[listen.tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n");
+        etcd_broker::config::Config::from_toml(&text).unwrap()
+    };
+
+    let running = etcd_broker::server::start(&with_tls(&server.cert, &server.key)).unwrap();
+    let port = running.addr.port();
+    let handles = running.handles();
+    actix_web::rt::spawn(running.serve());
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let catalog = https
+        .get(format!("https://127.0.0.1:{port}/v2/catalog"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("X-Broker-API-Version", VERSION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(catalog.status(), StatusCode::OK);
+    let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/v2/catalog")).send().await;
+    assert!(plain.is_err() || plain.unwrap().status() == StatusCode::BAD_REQUEST, "plain HTTP is not served");
+    for handle in handles {
+        handle.stop(true).await;
+    }
+
+    let other_key = key();
+    let other_key_pem = String::from_utf8(other_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let error =
+        etcd_broker::server::start(&with_tls(&server.cert, &other_key_pem)).err().unwrap().to_string();
+    assert_eq!(error, "listen.tls: the private key does not belong to the certificate");
+    etcd.stop().await;
+}

@@ -155,3 +155,21 @@ fn type_errors_never_echo_secrets() {
     assert!(port.contains("line 3: invalid type: string"), "{port}");
     assert!(!port.contains("port = "), "the line's text is not repeated: {port}");
 }
+
+#[test]
+fn listen_tls_needs_a_certificate_and_key_and_takes_no_ca() {
+    let with = |tls: &str| Config::from_toml(&format!("{EXAMPLE}\n[listen.tls]\n{tls}\n"));
+    let pem = "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n";
+    let key = "-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n";
+    let config = with(&format!("certificate = \"{pem}\"\nprivate_key = \"{key}\"")).unwrap();
+    assert!(config.listen.tls.is_some());
+    let refused = |tls: &str| with(tls).unwrap_err().to_string();
+    assert!(refused(&format!("certificate = \"{pem}\"")).contains("listen.tls: needs certificate"));
+    assert!(refused(&format!("certificate = \"{pem}\"\nprivate_key = \"{key}\"\nca = \"{pem}\""))
+        .contains("listen.tls: takes a certificate and key only"));
+    let error = refused(&format!("certificate = \"{pem}\"\nprivate_key = \"not-a-pem-secret\""));
+    assert!(error.contains("listen.tls.private_key: is not PEM text"), "{error}");
+    assert!(!error.contains("not-a-pem-secret"));
+    assert!(refused("cert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"")
+        .contains("listen.tls.cert_file: /nonexistent.pem does not exist"));
+}
