@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers. Every target installs what it needs.
-.PHONY: run test tools build fmt clean-dev help release bosh_scp
+.PHONY: run test tools build fmt clean-dev help release bosh_scp bench
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,3 +27,6 @@ release: ## stage the workspace + vendored crates for the BOSH package; with bos
 
 bosh_scp: ## patch every broker VM of a deployment with a new binary (DRY_RUN=1, BOSH_DEPLOYMENT=...)
 	bash scripts/bosh-scp.sh
+
+bench: ## the standard benchmark scenario; writes docs/performance.md (BENCH_PRELOAD=, BENCH_COUNT=)
+	bash scripts/bench.sh

@@ -67,7 +67,7 @@ impl EtcdStore {
             .get_or_try_init(|| async {
                 // Connecting dials nothing yet; the login is the first request, retried on the
                 // same balancer while it learns which endpoints are dead.
-                let mut client = Client::connect(&self.endpoints, Some(self.options.clone())).await?;
+                let mut client = connect(&self.endpoints, self.options.clone()).await?;
                 let credentials = (self.username.clone(), self.password.expose().to_owned());
                 let mut attempt = 0;
                 loop {
@@ -108,6 +108,9 @@ impl EtcdStore {
                         && stale_token < OLD_REVISION_RETRIES =>
                 {
                     stale_token += 1;
+                    // Other writers keep changing auth (each bind and unbind does): back off a
+                    // little, with jitter, so the new token can win the race next time.
+                    tokio::time::sleep(stale_token_pause(stale_token)).await;
                     client.refresh_token().await?;
                 }
                 // Failover: the request never left, so sending it to the next endpoint is safe.
@@ -121,10 +124,57 @@ impl EtcdStore {
     }
 }
 
+/// Connects to etcd, with TCP_NODELAY on plain-http endpoints.
+///
+/// With the `tls-openssl` feature, `Client::connect` dials every endpoint through an OpenSSL
+/// connector whose sockets keep Nagle's algorithm on; a gRPC request's frames then wait for
+/// the server's delayed ACK, about 40 ms per etcd call on Linux (measured by
+/// `etcd-broker-ops bench`: every call 44 ms, a get included). For http:// endpoints this uses
+/// tonic's own balanced channel, which sets TCP_NODELAY; https:// endpoints keep the OpenSSL
+/// path (and its delay: see docs/performance.md).
+pub async fn connect(endpoints: &[String], options: ConnectOptions) -> Result<Client, etcd_client::Error> {
+    if endpoints.iter().all(|e| e.starts_with("http://")) {
+        Client::connect_with_balanced_channel(endpoints, Some(options), NoDelayChannel).await
+    } else {
+        Client::connect(endpoints, Some(options)).await
+    }
+}
+
+/// tonic's balanced channel (TCP_NODELAY on), for plain-http endpoints.
+struct NoDelayChannel;
+
+impl etcd_client::BalancedChannelBuilder for NoDelayChannel {
+    type Error = tonic::transport::Error;
+
+    fn balanced_channel(
+        self,
+        buffer_size: usize,
+    ) -> Result<
+        (
+            etcd_client::Channel,
+            tokio::sync::mpsc::Sender<
+                tonic::transport::channel::Change<tonic::codegen::http::Uri, tonic::transport::Endpoint>,
+            >,
+        ),
+        Self::Error,
+    > {
+        let (channel, updates) = tonic::transport::Channel::balance_channel(buffer_size);
+        Ok((etcd_client::Channel::Tonic(channel), updates))
+    }
+}
+
+/// Up to 2^attempt ms (capped at 64 ms), uniformly random.
+fn stale_token_pause(attempt: usize) -> Duration {
+    let mut byte = [0u8; 2];
+    openssl::rand::rand_bytes(&mut byte).expect("OpenSSL's random generator failed");
+    let cap = 1u64 << attempt.min(6);
+    Duration::from_micros(u64::from(u16::from_le_bytes(byte)) * cap * 1000 / 65_536)
+}
+
 /// etcd's answers to a token older than the newest auth change (3.5 and 3.4 wording).
 const OLD_AUTH_REVISION: [&str; 2] = ["revision in header is old", "revision of auth store is old"];
 /// Auth changes can keep coming while the broker binds at full speed; this bounds the chase.
-const OLD_REVISION_RETRIES: usize = 10;
+const OLD_REVISION_RETRIES: usize = 30;
 
 /// Turns an etcd-client error into a [`StoreError`]; etcd's messages carry no secrets.
 fn classify(e: etcd_client::Error) -> StoreError {
@@ -138,6 +188,9 @@ fn classify(e: etcd_client::Error) -> StoreError {
                 }
                 Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthorized(message),
                 _ if message.contains("authentication failed") => StoreError::Unauthorized(message),
+                _ if OLD_AUTH_REVISION.iter().any(|m| message.contains(m)) => StoreError::Unavailable(
+                    format!("{message} (auth kept changing under concurrent binds; retry)"),
+                ),
                 _ if message.contains("authentication is not enabled") => StoreError::Unauthorized(format!(
                     "{message}; the broker needs etcd with auth enabled and a user with the root role"
                 )),

@@ -2,6 +2,7 @@
 //!
 //! - `dev` (dev.rs): a local etcd with auth plus the broker, and `.dev/env` for scripts.
 //! - `names` (names.rs): the keys, user and role an instance/binding id maps to.
+//! - `bench` (bench/): latency and throughput per operation against the etcd floor.
 //! - `blackbox` (blackbox/): the end-to-end suite against any deployment (osb.rs: the OSB client).
 //! - `register` / `deregister` (registration/): the broker in Cloud Foundry via the CF v3 API.
 //! - `check release` (check.rs): the release tree's specs, packages and manifests.
@@ -10,6 +11,7 @@
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage.
 
+mod bench;
 mod blackbox;
 mod check;
 mod dev;
@@ -66,6 +68,9 @@ enum Command {
     /// Run the end-to-end suite (lifecycle + isolation) against a broker and its etcd; exit 0
     /// only if every step passes (see docs/blackbox.md).
     Blackbox(blackbox::BlackboxArgs),
+    /// Measure a running broker per OSB operation against the etcd floor (the same etcd calls
+    /// without the broker), optionally after preloading; see docs/performance.md.
+    Bench(Box<bench::BenchArgs>),
     /// Register the broker in Cloud Foundry (create or update it) and make its plans visible;
     /// idempotent (see docs/registration.md).
     Register(registration::RegisterArgs),
@@ -131,6 +136,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Render(args) => render::run(&args),
         Command::Blackbox(args) => blackbox::run(&args),
+        Command::Bench(args) => bench::run(*args),
         Command::Register(args) => registration::register(&args),
         Command::Deregister(args) => registration::deregister(&args),
         Command::Check { what: CheckWhat::Release { release_dir } } => check::run_release(&release_dir),

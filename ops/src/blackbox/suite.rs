@@ -359,7 +359,7 @@ impl Apps<'_> {
         let options = self
             .options(&endpoints, credentials.ca.as_deref())
             .with_user(&credentials.username, &credentials.password);
-        Client::connect(&endpoints, Some(options))
+        etcd_broker::etcd::connect(&endpoints, options)
             .await
             .map_err(|e| anyhow!("cannot connect to {endpoints:?}: {e}"))
     }
@@ -416,7 +416,7 @@ impl Apps<'_> {
         let endpoints = self.settings.etcd_endpoints.clone();
         ensure!(!endpoints.is_empty(), "the root check needs --etcd endpoints");
         let options = self.options(&endpoints, None).with_user(user, password.expose());
-        let mut root = Client::connect(&endpoints, Some(options))
+        let mut root = etcd_broker::etcd::connect(&endpoints, options)
             .await
             .map_err(|e| anyhow!("root cannot connect: {e}"))?;
         for prefix in prefixes {

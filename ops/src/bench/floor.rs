@@ -1,0 +1,210 @@
+//! The etcd floor: what an operation costs when etcd does exactly the work the broker asks of it,
+//! with no broker in between.
+//!
+//! Which calls an operation makes is not written down here (it would drift from the broker):
+//! the bench reads the broker's own counter `etcd_broker_etcd_request_duration_seconds_count`
+//! per `call` kind from /metrics before and after a phase, divides by the operations done, and
+//! the floor replays that many calls of each kind, with the broker's credentials (etcd's root
+//! user), on one shared client, at the same concurrency. Each store call kind maps to the etcd
+//! requests `src/etcd.rs` makes for it:
+//!
+//! | kind | etcd requests |
+//! | --- | --- |
+//! | get, list, count | one Range (key, prefix, prefix count) |
+//! | txn | one Txn: compare a mod revision, put the record and an index key |
+//! | delete_prefix | one DeleteRange over a prefix |
+//! | ensure_role | RoleAdd + RoleGrantPermission (read-write on a prefix) |
+//! | ensure_user | UserAdd (etcd hashes the password: bcrypt) + UserGrantRole |
+//! | delete_user, delete_role | UserDelete, RoleDelete |
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Permission, Txn, TxnOp};
+
+/// Store call kinds in the order the floor replays them (reads, writes, auth, deletes).
+pub const KINDS: &[&str] = &[
+    "get",
+    "list",
+    "count",
+    "txn",
+    "ensure_role",
+    "ensure_user",
+    "delete_prefix",
+    "delete_user",
+    "delete_role",
+];
+
+/// Calls per operation by kind, from two scrapes of the broker's /metrics.
+pub type CallMix = BTreeMap<String, u64>;
+
+/// Sum of `etcd_broker_etcd_request_duration_seconds_count` per `call` label (all clusters).
+pub fn parse_call_counts(metrics: &str) -> BTreeMap<String, f64> {
+    let mut counts = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("etcd_broker_etcd_request_duration_seconds_count{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else { continue };
+        let Some(call) =
+            labels.split(',').find_map(|l| l.strip_prefix("call=\"")).and_then(|c| c.strip_suffix('"'))
+        else {
+            continue;
+        };
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *counts.entry(call.to_owned()).or_insert(0.0) += value;
+        }
+    }
+    counts
+}
+
+/// The whole-number mix of calls per operation between two scrapes.
+pub fn call_mix(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, operations: u64) -> CallMix {
+    let mut mix = CallMix::new();
+    if operations == 0 {
+        return mix;
+    }
+    for (call, total) in after {
+        let delta = total - before.get(call).copied().unwrap_or(0.0);
+        let per_op = (delta / operations as f64).round() as u64;
+        if per_op > 0 {
+            mix.insert(call.clone(), per_op);
+        }
+    }
+    mix
+}
+
+/// `get 2, commit 1` for tables.
+pub fn describe(mix: &CallMix) -> String {
+    if mix.is_empty() {
+        return "-".into();
+    }
+    KINDS
+        .iter()
+        .filter_map(|kind| mix.get(*kind).map(|n| format!("{kind} {n}")))
+        .chain(mix.iter().filter(|(k, _)| !KINDS.contains(&k.as_str())).map(|(k, n)| format!("{k} {n}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A record-sized value, so the floor's writes weigh what the broker's do.
+const RECORD: &str = r#"{"state":"ready","service_id":"6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01","plan_id":"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b","cluster":"main","prefix":"/service_instances/bench/","organization_guid":"org","space_guid":"space","created_at":"2026-01-01T00:00:00Z"}"#;
+
+/// The floor's objects for item `i`: its own keys, user and role, apart from the broker's.
+pub struct FloorObjects {
+    pub prefix: String,
+    pub key: String,
+    pub index_key: String,
+    pub user: String,
+    pub role: String,
+}
+
+impl FloorObjects {
+    pub fn new(run: &str, i: u64) -> Self {
+        FloorObjects {
+            prefix: format!("/etcd-broker-bench-floor/{run}/{i}/"),
+            key: format!("/etcd-broker-bench-floor/{run}/records/{i}"),
+            index_key: format!("/etcd-broker-bench-floor/{run}/index/{i}"),
+            user: format!("bench-floor.{run}.{i}"),
+            role: format!("bench-floor.{run}.{i}"),
+        }
+    }
+}
+
+/// One operation's worth of etcd calls for item `i`. "Already exists" / "not found" answers
+/// still cost their round trip and are not failures here (the broker tolerates them too).
+pub async fn replay(client: &Client, mix: &CallMix, run: &str, i: u64) -> Result<()> {
+    let o = FloorObjects::new(run, i);
+    let mut c = client.clone();
+    for kind in KINDS {
+        for _ in 0..mix.get(*kind).copied().unwrap_or(0) {
+            let result = match *kind {
+                "get" => c.get(o.key.as_str(), None).await.map(drop),
+                "list" => c.get(o.prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map(drop),
+                "count" => c
+                    .get(o.prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only()))
+                    .await
+                    .map(drop),
+                "txn" => {
+                    let puts = [
+                        TxnOp::put(o.key.as_str(), RECORD, None),
+                        TxnOp::put(o.index_key.as_str(), "", None),
+                    ];
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(o.key.as_str(), CompareOp::Equal, 0)])
+                        .and_then(puts.clone())
+                        .or_else(puts);
+                    c.txn(txn).await.map(drop)
+                }
+                "ensure_role" => match c.role_add(o.role.as_str()).await {
+                    Ok(_) => c
+                        .role_grant_permission(
+                            o.role.as_str(),
+                            Permission::read_write(o.prefix.as_str()).with_prefix(),
+                        )
+                        .await
+                        .map(drop),
+                    Err(e) => Err(e),
+                },
+                "ensure_user" => {
+                    match c.user_add(o.user.as_str(), "0123456789abcdef0123456789abcdef01234567", None).await
+                    {
+                        Ok(_) => c.user_grant_role(o.user.as_str(), o.role.as_str()).await.map(drop),
+                        Err(e) => Err(e),
+                    }
+                }
+                "delete_prefix" => {
+                    c.delete(o.prefix.as_str(), Some(DeleteOptions::new().with_prefix())).await.map(drop)
+                }
+                "delete_user" => c.user_delete(o.user.as_str()).await.map(drop),
+                "delete_role" => c.role_delete(o.role.as_str()).await.map(drop),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                let text = e.to_string();
+                if !(text.contains("already exists") || text.contains("not found")) {
+                    return Err(e).with_context(|| format!("floor {kind}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes every key, user and role the floor of `run` made.
+pub async fn clean_up(client: &Client, run: &str) -> Result<()> {
+    let mut c = client.clone();
+    c.delete(format!("/etcd-broker-bench-floor/{run}/"), Some(DeleteOptions::new().with_prefix())).await?;
+    let marker = format!("bench-floor.{run}.");
+    for user in c.user_list().await?.users().iter().filter(|u| u.starts_with(&marker)) {
+        let _ = c.user_delete(user.as_str()).await;
+    }
+    for role in c.role_list().await?.roles().iter().filter(|r| r.starts_with(&marker)) {
+        let _ = c.role_delete(role.as_str()).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_counts_come_from_the_broker_metrics() {
+        let before = parse_call_counts(
+            "# HELP x\netcd_broker_etcd_request_duration_seconds_count{call=\"get\",cluster=\"main\"} 10\n\
+             etcd_broker_etcd_request_duration_seconds_count{call=\"txn\",cluster=\"main\"} 4\n\
+             etcd_broker_etcd_request_duration_seconds_sum{call=\"get\",cluster=\"main\"} 0.5\n",
+        );
+        let after = parse_call_counts(
+            "etcd_broker_etcd_request_duration_seconds_count{call=\"get\",cluster=\"main\"} 30\n\
+             etcd_broker_etcd_request_duration_seconds_count{call=\"get\",cluster=\"far\"} 10\n\
+             etcd_broker_etcd_request_duration_seconds_count{call=\"txn\",cluster=\"main\"} 24\n\
+             etcd_broker_etcd_request_duration_seconds_count{call=\"ensure_user\",cluster=\"main\"} 1\n",
+        );
+        let mix = call_mix(&before, &after, 10);
+        assert_eq!(mix, CallMix::from([("get".into(), 3), ("txn".into(), 2)]));
+        assert_eq!(describe(&mix), "get 3, txn 2");
+        assert!(call_mix(&before, &after, 0).is_empty());
+    }
+}

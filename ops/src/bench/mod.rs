@@ -1,0 +1,436 @@
+//! `etcd-broker-ops bench`: the broker's latency and throughput per OSB operation, measured
+//! against the etcd floor (the same etcd calls without the broker; see `floor.rs`), with
+//! optional preloading, the broker's memory, and an orphan check. See docs/performance.md.
+//!
+//! - `mod.rs`: flags, the run (phases in lifecycle order), the report (table and JSON);
+//! - `load.rs`: N concurrent clients over numbered items, latency histograms, progress bar;
+//! - `floor.rs`: the broker's etcd call mix per operation and its raw replay.
+
+mod floor;
+mod load;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::osb::{BrokerTarget, Offering, OsbClient};
+use load::{round, Measured};
+
+/// The operations a bench can drive, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    Catalog,
+    Provision,
+    Bind,
+    GetBinding,
+    Unbind,
+    Deprovision,
+    /// provision + bind + unbind + deprovision of a fresh instance, timed as one.
+    Lifecycle,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Catalog => "catalog",
+            Op::Provision => "provision",
+            Op::Bind => "bind",
+            Op::GetBinding => "get-binding",
+            Op::Unbind => "unbind",
+            Op::Deprovision => "deprovision",
+            Op::Lifecycle => "lifecycle",
+        }
+    }
+}
+
+/// Flags of `etcd-broker-ops bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The broker's base URL.
+    #[arg(long, env = "BROKER_URL")]
+    pub broker_url: String,
+    #[arg(long, env = "BROKER_USERNAME", default_value = "broker")]
+    pub broker_username: String,
+    /// Prefer the environment variable.
+    #[arg(long, env = "BROKER_PASSWORD", hide_env_values = true)]
+    pub broker_password: String,
+    /// The broker's Prometheus endpoint (for its etcd call counts and RSS), e.g.
+    /// http://127.0.0.1:9180/metrics.
+    #[arg(long, env = "METRICS_URL")]
+    pub metrics_url: Option<String>,
+    /// etcd endpoints (comma-separated), for the floor and the orphan check.
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The user the broker uses in etcd (the floor uses the same).
+    #[arg(long, env = "ETCD_ROOT_USERNAME", default_value = "root")]
+    pub etcd_username: String,
+    #[arg(long, env = "ETCD_ROOT_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub clients: u64,
+    /// Operations per phase (instances provisioned, bound, ...).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Also stop each phase after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+    /// Operations to measure (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub ops: Vec<Op>,
+    /// First create this many instances with a binding each (left in place with --keep-preload).
+    #[arg(long, default_value_t = 0)]
+    pub preload: u64,
+    /// Keep the preloaded instances (to reuse them in the next run with --preload 0).
+    #[arg(long)]
+    pub keep_preload: bool,
+    /// Skip the floor measurement.
+    #[arg(long)]
+    pub no_floor: bool,
+    /// Catalog service and plan names [default: the first bindable service, its first plan].
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Key prefix of tenant data and of the broker's records, for the orphan check.
+    #[arg(long, default_value = etcd_broker::broker::names::DEFAULT_DATA_PREFIX)]
+    pub data_prefix: String,
+    #[arg(long, default_value = etcd_broker::broker::names::DEFAULT_STATE_PREFIX)]
+    pub state_prefix: String,
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// One row of the report.
+struct Row {
+    op: Op,
+    broker: Measured,
+    floor: Option<Measured>,
+    calls: floor::CallMix,
+}
+
+struct Bench {
+    args: BenchArgs,
+    osb: OsbClient,
+    offering: Offering,
+    http: reqwest::Client,
+    etcd: Option<Client>,
+    run: String,
+}
+
+/// Runs the bench, prints the table, writes the JSON; fails on errors or orphans.
+pub fn run(args: BenchArgs) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: BenchArgs) -> Result<()> {
+    let target = BrokerTarget {
+        url: args.broker_url.clone(),
+        username: args.broker_username.clone(),
+        password: args.broker_password.clone(),
+        skip_tls_verification: false,
+    };
+    let osb = OsbClient::new(target, Duration::from_secs(60))?;
+    let offering = osb.offering(args.service.as_deref(), args.plan.as_deref()).await?;
+    let etcd = match (&args.etcd_password, args.etcd.is_empty()) {
+        (Some(password), false) => {
+            let options = ConnectOptions::new().with_user(&args.etcd_username, password);
+            Some(
+                etcd_broker::etcd::connect(&args.etcd, options)
+                    .await
+                    .context("cannot connect to etcd as the broker's user")?,
+            )
+        }
+        _ => None,
+    };
+    if !args.no_floor && (etcd.is_none() || args.metrics_url.is_none()) {
+        bail!("the floor needs --etcd, ETCD_ROOT_PASSWORD and --metrics-url (or give --no-floor)");
+    }
+    let run = format!("bench-{}", etcd_broker::secrets::random_password().get(..8).unwrap_or("run"));
+    let bench = Arc::new(Bench { args, osb, offering, http: reqwest::Client::new(), etcd, run: run.clone() });
+
+    let rss_start = bench.rss().await;
+    if bench.args.preload > 0 {
+        let preloaded = bench.preload().await;
+        eprintln!(
+            "preloaded {} instances with a binding each in {:.1} s ({} errors)",
+            preloaded.ok,
+            preloaded.elapsed.as_secs_f64(),
+            preloaded.errors
+        );
+    }
+    let rss_loaded = bench.rss().await;
+
+    let ops = if bench.args.ops.is_empty() {
+        vec![Op::Catalog, Op::Provision, Op::Bind, Op::GetBinding, Op::Unbind, Op::Deprovision, Op::Lifecycle]
+    } else {
+        bench.args.ops.clone()
+    };
+    let mut rows = Vec::new();
+    for op in ops {
+        rows.push(bench.clone().phase(op).await?);
+    }
+    bench.clean_up().await;
+    let rss_end = bench.rss().await;
+    let orphans = bench.orphans().await?;
+
+    println!("{}", table(&rows));
+    let mb = |rss: Option<f64>| rss.map_or("?".to_owned(), |b| format!("{:.1} MB", b / 1e6));
+    println!(
+        "broker RSS: {} at start, {} after preload, {} at the end; orphans: {}",
+        mb(rss_start),
+        mb(rss_loaded),
+        mb(rss_end),
+        orphans.as_ref().map_or("not checked (no etcd credentials)".into(), |o| o.len().to_string())
+    );
+    let report = json!({
+        "run": run,
+        "settings": {
+            "clients": bench.args.clients, "count": bench.args.count, "duration_s": bench.args.duration,
+            "preload": bench.args.preload, "floor": !bench.args.no_floor,
+        },
+        "rss_bytes": { "start": rss_start, "after_preload": rss_loaded, "end": rss_end },
+        "operations": rows.iter().map(row_json).collect::<Vec<_>>(),
+        "orphans": orphans,
+    });
+    if let Some(path) = &bench.args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let errors: u64 = rows.iter().map(|r| r.broker.errors).sum();
+    if errors > 0 {
+        let first = rows.iter().find_map(|r| r.broker.first_error.clone()).unwrap_or_default();
+        bail!("{errors} operations failed (first: {first})");
+    }
+    if let Some(orphans) = orphans.filter(|o| !o.is_empty()) {
+        bail!(
+            "the bench left {} things behind in etcd: {:?}",
+            orphans.len(),
+            &orphans[..orphans.len().min(10)]
+        );
+    }
+    Ok(())
+}
+
+impl Bench {
+    fn instance(&self, i: u64) -> String {
+        format!("{}-{i}", self.run)
+    }
+
+    fn preload_instance(&self, i: u64) -> String {
+        format!("{}-pre-{i}", self.run)
+    }
+
+    fn clients(&self) -> usize {
+        self.args.clients as usize
+    }
+
+    fn duration(&self) -> Option<Duration> {
+        self.args.duration.map(Duration::from_secs)
+    }
+
+    async fn scrape(&self) -> Option<String> {
+        self.http.get(self.args.metrics_url.as_deref()?).send().await.ok()?.text().await.ok()
+    }
+
+    /// The broker's resident memory from its /metrics (`process_resident_memory_bytes`).
+    async fn rss(&self) -> Option<f64> {
+        let metrics = self.scrape().await?;
+        metrics.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse().ok())
+    }
+
+    async fn preload(self: &Arc<Self>) -> Measured {
+        let bench = self.clone();
+        load::run("preload", self.args.preload, self.clients(), None, move |i| {
+            let bench = bench.clone();
+            async move {
+                let id = bench.preload_instance(i);
+                bench.osb.provision(&bench.offering, &id, Duration::from_secs(60)).await?;
+                bench.osb.bind(&bench.offering, &id, "b").await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// One operation on `count` items, then (unless --no-floor) the same etcd calls without
+    /// the broker.
+    async fn phase(self: Arc<Self>, op: Op) -> Result<Row> {
+        let before = self.scrape().await.map(|m| floor::parse_call_counts(&m));
+        let count = if op == Op::Catalog { self.args.count * 10 } else { self.args.count };
+        let bench = self.clone();
+        let broker = load::run(op.name(), count, self.clients(), self.duration(), move |i| {
+            let bench = bench.clone();
+            async move { bench.operation(op, i).await }
+        })
+        .await;
+        let after = self.scrape().await.map(|m| floor::parse_call_counts(&m));
+        let calls = match (&before, &after) {
+            (Some(before), Some(after)) => floor::call_mix(before, after, broker.ok),
+            _ => floor::CallMix::new(),
+        };
+        let floor = match (&self.etcd, self.args.no_floor || calls.is_empty()) {
+            (Some(client), false) => {
+                let (client, calls, run) = (client.clone(), Arc::new(calls.clone()), self.run.clone());
+                Some(
+                    load::run(
+                        &format!("{} floor", op.name()),
+                        broker.ok.max(1),
+                        self.clients(),
+                        None,
+                        move |i| {
+                            let (client, calls, run) = (client.clone(), calls.clone(), run.clone());
+                            async move { floor::replay(&client, &calls, &run, i).await }
+                        },
+                    )
+                    .await,
+                )
+            }
+            _ => None,
+        };
+        Ok(Row { op, broker, floor, calls })
+    }
+
+    async fn operation(&self, op: Op, i: u64) -> Result<()> {
+        let (osb, offering, id) = (&self.osb, &self.offering, self.instance(i));
+        match op {
+            Op::Catalog => {
+                let answer = osb.call(reqwest::Method::GET, "/v2/catalog", None).await?;
+                ensure!(answer.status == StatusCode::OK, "catalog answered {}", answer.reason());
+            }
+            Op::Provision => {
+                osb.provision(offering, &id, Duration::from_secs(60)).await?;
+            }
+            Op::Bind => {
+                osb.bind(offering, &id, "b").await?;
+            }
+            Op::GetBinding => {
+                osb.fetch_binding(&id, "b").await?;
+            }
+            Op::Unbind => {
+                let status = osb.unbind(offering, &id, "b").await?;
+                ensure!(status == StatusCode::OK, "unbind answered {status}");
+            }
+            Op::Deprovision => {
+                let status = osb.deprovision(offering, &id).await?;
+                ensure!(status == StatusCode::OK, "deprovision answered {status}");
+            }
+            Op::Lifecycle => {
+                let id = format!("{}-life-{i}", self.run);
+                osb.provision(offering, &id, Duration::from_secs(60)).await?;
+                osb.bind(offering, &id, "b").await?;
+                osb.unbind(offering, &id, "b").await?;
+                osb.deprovision(offering, &id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deprovisions whatever a phase left (e.g. only some phases were asked for) and the
+    /// preloaded instances unless kept; removes the floor's objects.
+    async fn clean_up(self: &Arc<Self>) {
+        let bench = self.clone();
+        let count = self.args.count;
+        load::run("clean up", count, self.clients(), None, move |i| {
+            let bench = bench.clone();
+            async move { bench.osb.deprovision(&bench.offering, &bench.instance(i)).await.map(drop) }
+        })
+        .await;
+        if !self.args.keep_preload && self.args.preload > 0 {
+            let bench = self.clone();
+            load::run("clean up preload", self.args.preload, self.clients(), None, move |i| {
+                let bench = bench.clone();
+                async move { bench.osb.deprovision(&bench.offering, &bench.preload_instance(i)).await.map(drop) }
+            })
+            .await;
+        }
+        if let Some(client) = &self.etcd {
+            if let Err(e) = floor::clean_up(client, &self.run).await {
+                eprintln!("warning: cleaning up the floor's objects failed: {e:#}");
+            }
+        }
+    }
+
+    /// Keys, records, users and roles of this run still in etcd (None without etcd access).
+    /// Preloaded instances kept on purpose are not orphans.
+    async fn orphans(&self) -> Result<Option<Vec<String>>> {
+        let Some(client) = &self.etcd else { return Ok(None) };
+        let mut c = client.clone();
+        let kept = format!("{}-pre-", self.run);
+        let ours = |name: &str| name.contains(&self.run) && !(self.args.keep_preload && name.contains(&kept));
+        let mut left = Vec::new();
+        for prefix in [&self.args.data_prefix, &self.args.state_prefix] {
+            let keys = c.get(prefix.as_str(), Some(GetOptions::new().with_prefix().with_keys_only())).await?;
+            left.extend(
+                keys.kvs()
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                    .filter(|k| ours(k)),
+            );
+        }
+        left.extend(c.user_list().await?.users().iter().filter(|u| ours(u)).map(|u| format!("user {u}")));
+        left.extend(c.role_list().await?.roles().iter().filter(|r| ours(r)).map(|r| format!("role {r}")));
+        Ok(Some(left))
+    }
+}
+
+fn ratio(row: &Row) -> Option<f64> {
+    let floor = row.floor.as_ref()?.quantile_ms(0.5);
+    (floor > 0.0).then(|| row.broker.quantile_ms(0.5) / floor)
+}
+
+fn row_json(row: &Row) -> Value {
+    json!({
+        "operation": row.op.name(),
+        "broker": row.broker.to_json(),
+        "floor": row.floor.as_ref().map(Measured::to_json),
+        "p50_ratio": ratio(row).map(round),
+        "etcd_calls_per_operation": row.calls,
+    })
+}
+
+/// The terminal table: one row per operation.
+fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<12} {:>7} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6}  {}\n",
+        "operation",
+        "count",
+        "errors",
+        "ops/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "floor p50",
+        "ratio",
+        "etcd calls/op"
+    );
+    for row in rows {
+        let b = &row.broker;
+        out += &format!(
+            "{:<12} {:>7} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>6}  {}\n",
+            row.op.name(),
+            b.ok + b.errors,
+            b.errors,
+            b.throughput(),
+            b.quantile_ms(0.5),
+            b.quantile_ms(0.9),
+            b.quantile_ms(0.99),
+            b.max_ms(),
+            row.floor.as_ref().map_or("-".into(), |f| format!("{:.2}", f.quantile_ms(0.5))),
+            ratio(row).map_or("-".into(), |r| format!("{r:.2}")),
+            floor::describe(&row.calls),
+        );
+    }
+    out
+}

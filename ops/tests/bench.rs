@@ -1,0 +1,82 @@
+//! CI smoke run of `etcd-broker-ops bench` against a real local stack: the tool works end to
+//! end (all operations, the floor from the broker's own etcd call counts, preload, RSS, orphan
+//! check) and its JSON report adds up. No timing is asserted: figures live in docs/performance.md.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[test]
+fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+        .args([
+            "dev",
+            "--bcrypt-cost",
+            "4",
+            "--broker-port",
+            "0",
+            "--etcd-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let env: HashMap<String, String> = loop {
+        if let Ok(text) = std::fs::read_to_string(dir.path().join("env")) {
+            break text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
+        }
+        assert!(Instant::now() < deadline && dev.try_wait().unwrap().is_none(), "dev did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let report = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+        .args(["bench", "--clients", "4", "--count", "12", "--preload", "5", "--json"])
+        .arg(&report)
+        .envs(env.iter().filter(|(k, _)| k.as_str() != "ETCDCTL"))
+        .output()
+        .unwrap();
+    unsafe { libc::kill(dev.id() as i32, libc::SIGINT) };
+    let _ = dev.wait();
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{output}");
+    assert!(
+        !output.contains(env["BROKER_PASSWORD"].as_str())
+            && !output.contains(env["ETCD_ROOT_PASSWORD"].as_str())
+    );
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["orphans"], Value::Array(vec![]), "{report}");
+    assert!(report["rss_bytes"]["end"].as_f64().unwrap() > 1e6, "RSS read from /metrics");
+    let operations = report["operations"].as_array().unwrap();
+    let names: Vec<&str> = operations.iter().map(|o| o["operation"].as_str().unwrap()).collect();
+    assert_eq!(names, ["catalog", "provision", "bind", "get-binding", "unbind", "deprovision", "lifecycle"]);
+    for op in operations {
+        let broker = &op["broker"];
+        assert_eq!(broker["errors"], 0, "{op}");
+        let expected = if op["operation"] == "catalog" { 120 } else { 12 };
+        assert_eq!(broker["count"], expected, "{op}");
+        assert!(broker["p50_ms"].as_f64().unwrap() <= broker["p99_ms"].as_f64().unwrap());
+        if op["operation"] != "catalog" {
+            assert!(op["floor"]["count"].as_u64().unwrap() > 0, "a floor for {op}");
+            assert!(op["p50_ratio"].as_f64().is_some(), "{op}");
+            assert!(!op["etcd_calls_per_operation"].as_object().unwrap().is_empty(), "{op}");
+        }
+    }
+    let bind = operations.iter().find(|o| o["operation"] == "bind").unwrap();
+    for call in ["ensure_user", "ensure_role", "txn"] {
+        assert!(bind["etcd_calls_per_operation"][call].as_u64().unwrap() >= 1, "bind makes {call}: {bind}");
+    }
+}
