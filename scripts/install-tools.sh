@@ -87,6 +87,6 @@ if [ ! -x "$prom/bin/promtool" ]; then
   rm -rf "$prom/debs"
 fi
 
-"$v35/bin/etcd" --version | head -n1 >&2
-"$v34/bin/etcd" --version | head -n1 >&2
-"$prom/bin/promtool" --version 2>&1 | head -n1 >&2
+"$v35/bin/etcd" --version | sed -n 1p >&2
+"$v34/bin/etcd" --version | sed -n 1p >&2
+"$prom/bin/promtool" --version 2>&1 | sed -n 1p >&2
