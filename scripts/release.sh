@@ -59,7 +59,7 @@ replace-with = "vendored-sources"
 [source.vendored-sources]
 directory = "vendor"
 EOF
-protoc=$(find "$stage_dir/vendor" -path '*/protoc-bin-vendored-linux-x86_64*/bin/protoc' | head -n 1)
+protoc=$(find "$stage_dir/vendor" -path '*/protoc-bin-vendored-linux-x86_64*/bin/protoc' -print -quit)
 [ -n "$protoc" ] || { say "the vendored protoc is missing from $stage_dir/vendor"; exit 1; }
 chmod +x "$protoc"
 crates=$(find "$stage_dir/vendor" -mindepth 1 -maxdepth 1 -type d | wc -l)
