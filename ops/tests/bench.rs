@@ -2,54 +2,25 @@
 //! end (all operations, the floor from the broker's own etcd call counts, preload, RSS, orphan
 //! check) and its JSON report adds up. No timing is asserted: figures live in docs/performance.md.
 
-use std::collections::HashMap;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+
+use common::DevStack;
 
 use serde_json::Value;
 
 #[test]
 fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
-        .args([
-            "dev",
-            "--bcrypt-cost",
-            "4",
-            "--broker-port",
-            "0",
-            "--etcd-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let env: HashMap<String, String> = loop {
-        if let Ok(text) = std::fs::read_to_string(dir.path().join("env")) {
-            break text
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect();
-        }
-        assert!(Instant::now() < deadline && dev.try_wait().unwrap().is_none(), "dev did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let report = dir.path().join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+    let stack = DevStack::start();
+    let env = &stack.env;
+    let report = stack.dir().join("bench.json");
+    let out = Command::new(common::OPS)
         .args(["bench", "--clients", "4", "--count", "12", "--preload", "5", "--json"])
         .arg(&report)
         .envs(env.iter().filter(|(k, _)| k.as_str() != "ETCDCTL"))
         .output()
         .unwrap();
-    unsafe { libc::kill(dev.id() as i32, libc::SIGINT) };
-    let _ = dev.wait();
     let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{output}");
     assert!(

@@ -3,70 +3,16 @@
 //! against a broker that gets isolation wrong or with a wrong broker password. Secrets never
 //! appear in its output.
 
-use std::collections::HashMap;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 use serde_json::{json, Value};
 
-const OPS: &str = env!("CARGO_BIN_EXE_etcd-broker-ops");
-
-/// `etcd-broker-ops dev` in a temporary folder; stopped (SIGINT) on drop.
-struct DevStack {
-    child: Child,
-    env: HashMap<String, String>,
-    _dir: tempfile::TempDir,
-}
-
-impl DevStack {
-    fn start() -> DevStack {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(OPS)
-            .args([
-                "dev",
-                "--bcrypt-cost",
-                "4",
-                "--broker-port",
-                "0",
-                "--etcd-port",
-                "0",
-                "--metrics-port",
-                "0",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stack = DevStack { child, env: HashMap::new(), _dir: dir };
-        let env_file = stack._dir.path().join("env");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stack.env.is_empty() {
-            if let Ok(text) = std::fs::read_to_string(&env_file) {
-                stack.env = text
-                    .lines()
-                    .filter_map(|l| l.split_once('='))
-                    .map(|(k, v)| (k.into(), v.into()))
-                    .collect();
-            }
-            assert!(stack.child.try_wait().unwrap().is_none(), "dev exited");
-            assert!(Instant::now() < deadline, "dev did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        stack
-    }
-}
-
-impl Drop for DevStack {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-    }
-}
+use common::{errand_properties, repo, DevStack, OPS};
 
 fn blackbox(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(OPS);
@@ -229,7 +175,7 @@ async fn a_broker_handing_out_root_credentials_fails_the_isolation_steps() {
 /// servicebroker link, endpoints from the etcd link.
 #[test]
 fn the_errand_reads_the_properties_its_erb_template_writes() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let repo = repo();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // closed once dropped
     let link = dir.path().join("servicebroker.yml");
@@ -241,40 +187,19 @@ fn the_errand_reads_the_properties_its_erb_template_writes() {
         ),
     )
     .unwrap();
-    let etcd_link = repo.join("manifests/examples/etcd-link.yml");
-    let out = Command::new(OPS)
-        .args([
-            "render",
-            "--instance-group",
-            "etcd-broker-blackbox",
-            "--job",
-            "etcd-broker-blackbox",
-            "--manifest",
-        ])
-        .arg(repo.join("manifests/etcd-broker.yml"))
-        .arg("-o")
-        .arg(repo.join("manifests/operators/blackbox.yml"))
-        .arg("-l")
-        .arg(repo.join("manifests/examples/vars.yml"))
-        .arg(format!("--link=servicebroker={}", link.display()))
-        .arg(format!("--link=etcd={}", etcd_link.display()))
-        .arg("--output-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let erb = Command::new("ruby")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erb/render_erb.rb"))
-        .arg(repo.join("jobs/etcd-broker-blackbox/templates/properties.json.erb"))
-        .arg(dir.path().join("context.json"))
-        .output()
-        .expect("ruby (scripts/install-tools.sh installs it)");
-    assert!(erb.status.success(), "{}", text(&erb));
-    let properties: Value = serde_json::from_slice(&erb.stdout).unwrap();
+    let file = errand_properties(
+        dir.path(),
+        "etcd-broker-blackbox",
+        "etcd-broker-blackbox",
+        "manifests/operators/blackbox.yml",
+        &[
+            format!("--link=servicebroker={}", link.display()),
+            format!("--link=etcd={}", repo.join("manifests/examples/etcd-link.yml").display()),
+        ],
+    );
+    let properties: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(properties["properties"]["etcd"]["root_password"], "example-root-password");
     assert_eq!(properties["properties"]["timeout"], 30);
-    let file = dir.path().join("properties.json");
-    std::fs::write(&file, &erb.stdout).unwrap();
 
     let out = blackbox(&["--bosh-properties", file.to_str().unwrap(), "--timeout", "5"], &[]);
     let output = text(&out);

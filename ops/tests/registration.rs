@@ -2,6 +2,8 @@
 //! this process (in-memory brokers, plans, visibilities and organizations; asynchronous jobs that
 //! finish on the second poll; plans paginated one per page), recording every call.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
-const OPS: &str = env!("CARGO_BIN_EXE_etcd-broker-ops");
+use common::OPS;
 const CF_PASSWORD: &str = "cf-admin-Pa55";
 const CLIENT_SECRET: &str = "registrar-client-S3cret";
 const TOKEN: &str = "token-abc-123";
@@ -447,42 +449,20 @@ fn register_reads_the_errand_properties() {
 #[test]
 fn the_registrar_errand_registers_what_its_erb_template_writes() {
     let (api, state) = fake_cf();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(OPS)
-        .args([
-            "render",
-            "--instance-group",
-            "broker-registration",
-            "--job",
-            "broker-registrar",
-            "--manifest",
-        ])
-        .arg(repo.join("manifests/etcd-broker.yml"))
-        .arg("-o")
-        .arg(repo.join("manifests/operators/registrar.yml"))
-        .arg("-l")
-        .arg(repo.join("manifests/examples/vars.yml"))
-        .args(["-v", &format!("cf_api_url={api}"), "-v", &format!("cf_admin_password={CF_PASSWORD}")])
-        .arg(format!(
-            "--link=servicebroker={}",
-            repo.join("manifests/examples/servicebroker-link.yml").display()
-        ))
-        .arg("--output-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let erb = Command::new("ruby")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erb/render_erb.rb"))
-        .arg(repo.join("jobs/broker-registrar/templates/properties.json.erb"))
-        .arg(dir.path().join("context.json"))
-        .output()
-        .expect("ruby (scripts/install-tools.sh installs it)");
-    assert!(erb.status.success(), "{}", text(&erb));
-    let file = dir.path().join("properties.json");
-    std::fs::write(&file, &erb.stdout).unwrap();
-
+    let file = common::errand_properties(
+        dir.path(),
+        "broker-registration",
+        "broker-registrar",
+        "manifests/operators/registrar.yml",
+        &[
+            "-v".into(),
+            format!("cf_api_url={api}"),
+            "-v".into(),
+            format!("cf_admin_password={CF_PASSWORD}"),
+            format!("--link=servicebroker={}", common::repo().join("manifests/examples/servicebroker-link.yml").display()),
+        ],
+    );
     let out = ops(&["register", "--bosh-properties", file.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let cf = state.lock().unwrap();
