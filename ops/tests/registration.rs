@@ -460,7 +460,10 @@ fn the_registrar_errand_registers_what_its_erb_template_writes() {
             format!("cf_api_url={api}"),
             "-v".into(),
             format!("cf_admin_password={CF_PASSWORD}"),
-            format!("--link=servicebroker={}", common::repo().join("manifests/examples/servicebroker-link.yml").display()),
+            format!(
+                "--link=servicebroker={}",
+                common::repo().join("manifests/examples/servicebroker-link.yml").display()
+            ),
         ],
     );
     let out = ops(&["register", "--bosh-properties", file.to_str().unwrap()], &[]);

@@ -26,7 +26,17 @@ impl DevStack {
     pub fn start() -> DevStack {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(OPS)
-            .args(["dev", "--bcrypt-cost", "4", "--broker-port", "0", "--etcd-port", "0", "--metrics-port", "0"])
+            .args([
+                "dev",
+                "--bcrypt-cost",
+                "4",
+                "--broker-port",
+                "0",
+                "--etcd-port",
+                "0",
+                "--metrics-port",
+                "0",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -38,7 +48,11 @@ impl DevStack {
         let deadline = Instant::now() + Duration::from_secs(60);
         while stack.env.is_empty() {
             if let Ok(text) = std::fs::read_to_string(&env_file) {
-                stack.env = text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+                stack.env = text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect();
             }
             assert!(stack.child.try_wait().unwrap().is_none(), "dev exited");
             assert!(Instant::now() < deadline, "dev did not start");
@@ -64,7 +78,13 @@ impl Drop for DevStack {
 /// manifests/etcd-broker.yml + `ops_file` with the example vars (and `extra` flags), then the
 /// job's ERB template evaluated by the Ruby harness on the context render resolved. Returns
 /// the path of the written file (in `dir`).
-pub fn errand_properties(dir: &Path, instance_group: &str, job: &str, ops_file: &str, extra: &[String]) -> PathBuf {
+pub fn errand_properties(
+    dir: &Path,
+    instance_group: &str,
+    job: &str,
+    ops_file: &str,
+    extra: &[String],
+) -> PathBuf {
     let repo = repo();
     let out = Command::new(OPS)
         .args(["render", "--instance-group", instance_group, "--job", job, "--manifest"])
