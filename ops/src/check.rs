@@ -133,6 +133,21 @@ fn yaml(dir: &Path, relative: &str) -> Result<Value> {
     render::read_yaml(&dir.join(relative), relative)
 }
 
+/// A job's or package's spec, with its name checked against its folder; `None` (reported) when
+/// it cannot be read.
+fn load_spec(dir: &Path, spec_path: &str, folder: &str, report: &mut Report) -> Option<Value> {
+    match yaml(dir, spec_path) {
+        Ok(spec) => {
+            check_name(report, spec_path, &spec, folder);
+            Some(spec)
+        }
+        Err(e) => {
+            report.problem(spec_path, format!("{e:#}"));
+            None
+        }
+    }
+}
+
 fn check_name(report: &mut Report, spec_path: &str, spec: &Value, folder: &str) {
     match spec.get("name").and_then(Value::as_str) {
         Some(name) if name == folder => {}
@@ -151,14 +166,7 @@ fn check_packages(dir: &Path, report: &mut Report) -> Result<Vec<String>> {
             continue; // a vendored package: bosh vendor-package wrote it
         }
         let spec_path = format!("{base}/spec");
-        let spec = match yaml(dir, &spec_path) {
-            Ok(spec) => spec,
-            Err(e) => {
-                report.problem(&spec_path, format!("{e:#}"));
-                continue;
-            }
-        };
-        check_name(report, &spec_path, &spec, name);
+        let Some(spec) = load_spec(dir, &spec_path, name, report) else { continue };
         if !dir.join(&base).join("packaging").is_file() {
             report.problem(&base, "has no packaging script");
         }
@@ -234,14 +242,7 @@ fn check_jobs(dir: &Path, packages: &[String], report: &mut Report) -> Result<()
     for name in &names {
         let base = format!("jobs/{name}");
         let spec_path = format!("{base}/spec");
-        let spec = match yaml(dir, &spec_path) {
-            Ok(spec) => spec,
-            Err(e) => {
-                report.problem(&spec_path, format!("{e:#}"));
-                continue;
-            }
-        };
-        check_name(report, &spec_path, &spec, name);
+        let Some(spec) = load_spec(dir, &spec_path, name, report) else { continue };
         if !dir.join(&base).join("monit").is_file() {
             report.problem(&base, "has no monit file (errands need an empty one)");
         }
