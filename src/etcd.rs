@@ -4,12 +4,13 @@
 //! 503, while a cluster is down), authenticates as the configured root-role user, refreshes
 //! expired auth tokens, and fails over between the configured endpoints.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, OpenSslClientConfig, Permission,
-    Txn, TxnOp,
+    AuthClient, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient,
+    OpenSslClientConfig, Permission, Txn, TxnOp,
 };
 use tokio::sync::OnceCell;
 
@@ -22,6 +23,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between failover attempts, so the balancer can mark a dead endpoint.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
 
+/// A logged-in client, and what its tokens are like.
+struct Connection {
+    client: Client,
+    /// etcd issues JWTs (`--auth-token jwt`): they carry the auth revision they were issued at,
+    /// so every user or role change makes them stale and they must be refreshed. etcd's default
+    /// simple tokens are checked against the revision current when a request arrives, and a
+    /// refresh (a bcrypt check of the password in etcd, which etcd repeats for as long as auth
+    /// keeps changing during it) would only slow things down.
+    signed_tokens: bool,
+}
+
+/// Whether `token` is a JWT (three dot-separated parts) rather than a simple token
+/// (random letters, a dot, a counter).
+fn is_signed_token(token: &str) -> bool {
+    token.split('.').count() == 3
+}
+
 /// A lazily connected etcd cluster.
 pub struct EtcdStore {
     endpoints: Vec<String>,
@@ -30,7 +48,12 @@ pub struct EtcdStore {
     options: ConnectOptions,
     username: String,
     password: crate::config::Secret,
-    client: OnceCell<Client>,
+    connection: OnceCell<Connection>,
+    /// How many times the token has been refreshed: requests that all saw the same stale token
+    /// log in once between them, not once each.
+    token_generation: AtomicU64,
+    /// Held while refreshing, so a refresh is single-flight.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl EtcdStore {
@@ -58,31 +81,35 @@ impl EtcdStore {
             options,
             username: config.username.clone(),
             password: config.password.clone(),
-            client: OnceCell::new(),
+            connection: OnceCell::new(),
+            token_generation: AtomicU64::new(0),
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
-    async fn client(&self) -> Result<Client, etcd_client::Error> {
-        self.client
+    async fn connection(&self) -> Result<&Connection, etcd_client::Error> {
+        self.connection
             .get_or_try_init(|| async {
-                // Connecting dials nothing yet; the login is the first request, retried on the
-                // same balancer while it learns which endpoints are dead.
+                // Connecting dials nothing yet; the first login is the first request, retried on
+                // the same balancer while it learns which endpoints are dead. It only tells which
+                // kind of token this etcd issues; the client then logs in for itself.
                 let mut client = connect(&self.endpoints, self.options.clone()).await?;
-                let credentials = (self.username.clone(), self.password.expose().to_owned());
+                let (user, password) = (self.username.as_str(), self.password.expose());
                 let mut attempt = 0;
-                loop {
-                    match client.update_user(Some(credentials.clone())).await {
+                let token = loop {
+                    match client.auth_client().authenticate(user.to_owned(), password.to_owned()).await {
                         Err(e) if never_reached(&e) && attempt < self.failover_attempts() => {
                             attempt += 1;
                             tokio::time::sleep(FAILOVER_PAUSE).await;
                         }
                         Err(e) => return Err(e),
-                        Ok(()) => return Ok(client),
+                        Ok(response) => break response,
                     }
-                }
+                };
+                client.update_user(Some((user.to_owned(), password.to_owned()))).await?;
+                Ok(Connection { client, signed_tokens: is_signed_token(token.token()) })
             })
             .await
-            .cloned()
     }
 
     /// How often a request that reached no endpoint is retried: the balancer picks endpoints at
@@ -91,27 +118,33 @@ impl EtcdStore {
         3 * self.endpoints.len().saturating_sub(1)
     }
 
-    /// Runs one etcd request. etcd refuses a token issued before the latest user/role change
-    /// ("revision in header is old"); like etcd's Go client, re-authenticate and try again. A
-    /// request that could not reach an endpoint is sent again, a few times per configured endpoint.
+    /// Runs one etcd request, retrying the two failures that are safe to retry.
+    ///
+    /// etcd answers "auth revision is old" when a user or role change landed between accepting
+    /// the request and applying it; each bind and unbind makes such changes, so under load this
+    /// is routine. With simple tokens, sending the request again is enough (one round trip);
+    /// JWTs are refreshed first, once for all concurrent requests (see [`Connection`]).
+    ///
+    /// A request that could not reach an endpoint is sent again, a few times per endpoint.
     async fn call<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
     where
-        F: Fn(Client) -> Fut,
+        F: Fn(&Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let client = self.client().await?;
+        let connection = self.connection().await?;
+        let client = &connection.client;
+        let mut generation = self.token_generation.load(Ordering::Acquire);
         let (mut stale_token, mut unreachable) = (0, 0);
         loop {
-            match op(client.clone()).await {
-                Err(e)
-                    if OLD_AUTH_REVISION.iter().any(|m| says(&e, m))
-                        && stale_token < OLD_REVISION_RETRIES =>
-                {
+            match op(client).await {
+                Err(e) if is_old_auth_revision(&e) && stale_token < OLD_REVISION_RETRIES => {
                     stale_token += 1;
-                    // Other writers keep changing auth (each bind and unbind does): back off a
-                    // little, with jitter, so the new token can win the race next time.
+                    // Other writers keep changing auth: back off a little, with jitter, so
+                    // this request's next try does not meet the next change head on.
                     tokio::time::sleep(stale_token_pause(stale_token)).await;
-                    client.refresh_token().await?;
+                    if connection.signed_tokens {
+                        generation = self.refresh_token_once(client, generation).await?;
+                    }
                 }
                 // Failover: the request never left, so sending it to the next endpoint is safe.
                 Err(e) if never_reached(&e) && unreachable < self.failover_attempts() => {
@@ -121,6 +154,36 @@ impl EtcdStore {
                 result => return result,
             }
         }
+    }
+
+    /// [`Self::call`] with the KV service only: cloning the whole client for each request
+    /// (nine services' channels) showed in profiles.
+    async fn kv<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(|c| op(c.kv_client())).await
+    }
+
+    /// [`Self::call`] with the auth service only (users and roles).
+    async fn auth<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(AuthClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(|c| op(c.auth_client())).await
+    }
+
+    /// Refreshes the token unless another request already did since `seen`; returns the
+    /// generation of the token now in use.
+    async fn refresh_token_once(&self, client: &Client, seen: u64) -> Result<u64, etcd_client::Error> {
+        let _refreshing = self.refreshing.lock().await;
+        if self.token_generation.load(Ordering::Acquire) == seen {
+            client.refresh_token().await?;
+            self.token_generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(self.token_generation.load(Ordering::Acquire))
     }
 }
 
@@ -171,8 +234,16 @@ fn stale_token_pause(attempt: usize) -> Duration {
     Duration::from_micros(u64::from(u16::from_le_bytes(byte)) * cap * 1000 / 65_536)
 }
 
-/// etcd's answers to a token older than the newest auth change (3.5 and 3.4 wording).
+/// etcd's answers to a request checked against an auth revision older than the newest auth
+/// change (3.5 and 3.4 wording).
 const OLD_AUTH_REVISION: [&str; 2] = ["revision in header is old", "revision of auth store is old"];
+
+/// Whether etcd refused a request because auth changed while it was in flight; public so the
+/// bench's floor retries exactly what the broker retries.
+pub fn is_old_auth_revision(e: &etcd_client::Error) -> bool {
+    OLD_AUTH_REVISION.iter().any(|m| says(e, m))
+}
+
 /// Auth changes can keep coming while the broker binds at full speed; this bounds the chase.
 const OLD_REVISION_RETRIES: usize = 30;
 
@@ -222,7 +293,7 @@ fn says(e: &etcd_client::Error, what: &str) -> bool {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let response = self.call(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
+        let response = self.kv(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
         Ok(response
             .kvs()
             .first()
@@ -231,7 +302,7 @@ impl Store for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let response = self
-            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .kv(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await
             .map_err(classify)?;
         Ok(response
@@ -247,7 +318,7 @@ impl Store for EtcdStore {
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         let options = GetOptions::new().with_prefix().with_count_only();
         let response = self
-            .call(|mut c| {
+            .kv(|mut c| {
                 let options = options.clone();
                 async move { c.get(prefix, Some(options)).await }
             })
@@ -273,7 +344,7 @@ impl Store for EtcdStore {
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
         let response = self
-            .call(|mut c| {
+            .kv(|mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -285,19 +356,19 @@ impl Store for EtcdStore {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        self.call(|mut c| async move { c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await })
+        self.kv(|mut c| async move { c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await })
             .await
             .map_err(classify)?;
         Ok(())
     }
 
     async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-        match self.call(|mut c| async move { c.role_add(role).await }).await {
+        match self.auth(|mut c| async move { c.role_add(role).await }).await {
             Err(e) if !says(&e, "already exists") => return Err(classify(e)),
             _ => {}
         }
         let permission = Permission::read_write(prefix).with_prefix();
-        self.call(|mut c| {
+        self.auth(|mut c| {
             let permission = permission.clone();
             async move { c.role_grant_permission(role, permission).await }
         })
@@ -307,28 +378,28 @@ impl Store for EtcdStore {
     }
 
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
-        match self.call(|mut c| async move { c.user_add(user, password, None).await }).await {
+        match self.auth(|mut c| async move { c.user_add(user, password, None).await }).await {
             Ok(_) => {}
             Err(e) if says(&e, "already exists") => {
-                self.call(|mut c| async move { c.user_change_password(user, password).await })
+                self.auth(|mut c| async move { c.user_change_password(user, password).await })
                     .await
                     .map_err(raced)?;
             }
             Err(e) => return Err(classify(e)),
         }
-        self.call(|mut c| async move { c.user_grant_role(user, role).await }).await.map_err(raced)?;
+        self.auth(|mut c| async move { c.user_grant_role(user, role).await }).await.map_err(raced)?;
         Ok(())
     }
 
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
-        match self.call(|mut c| async move { c.user_delete(user).await }).await {
+        match self.auth(|mut c| async move { c.user_delete(user).await }).await {
             Err(e) if !says(&e, "not found") => Err(classify(e)),
             _ => Ok(()),
         }
     }
 
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
-        match self.call(|mut c| async move { c.role_delete(role).await }).await {
+        match self.auth(|mut c| async move { c.role_delete(role).await }).await {
             Err(e) if !says(&e, "not found") => Err(classify(e)),
             _ => Ok(()),
         }

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
+use etcd_broker::etcd::is_old_auth_revision;
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Permission, Txn, TxnOp};
 
 /// Store call kinds in the order the floor replays them (reads, writes, auth, deletes).
@@ -111,65 +112,88 @@ impl FloorObjects {
     }
 }
 
-/// One operation's worth of etcd calls for item `i`. "Already exists" / "not found" answers
-/// still cost their round trip and are not failures here (the broker tolerates them too).
+/// One operation's worth of etcd calls for item `i`.
 pub async fn replay(client: &Client, mix: &CallMix, run: &str, i: u64) -> Result<()> {
     let o = FloorObjects::new(run, i);
-    let mut c = client.clone();
     for kind in KINDS {
         for _ in 0..mix.get(*kind).copied().unwrap_or(0) {
-            let result = match *kind {
-                "get" => c.get(o.key.as_str(), None).await.map(drop),
-                "list" => c.get(o.prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map(drop),
-                "count" => c
-                    .get(o.prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only()))
-                    .await
-                    .map(drop),
-                "txn" => {
-                    let puts = [
-                        TxnOp::put(o.key.as_str(), RECORD, None),
-                        TxnOp::put(o.index_key.as_str(), "", None),
-                    ];
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(o.key.as_str(), CompareOp::Equal, 0)])
-                        .and_then(puts.clone())
-                        .or_else(puts);
-                    c.txn(txn).await.map(drop)
-                }
-                "ensure_role" => match c.role_add(o.role.as_str()).await {
-                    Ok(_) => c
-                        .role_grant_permission(
-                            o.role.as_str(),
-                            Permission::read_write(o.prefix.as_str()).with_prefix(),
-                        )
-                        .await
-                        .map(drop),
-                    Err(e) => Err(e),
-                },
-                "ensure_user" => {
-                    match c.user_add(o.user.as_str(), "0123456789abcdef0123456789abcdef01234567", None).await
-                    {
-                        Ok(_) => c.user_grant_role(o.user.as_str(), o.role.as_str()).await.map(drop),
-                        Err(e) => Err(e),
-                    }
-                }
-                "delete_prefix" => {
-                    c.delete(o.prefix.as_str(), Some(DeleteOptions::new().with_prefix())).await.map(drop)
-                }
-                "delete_user" => c.user_delete(o.user.as_str()).await.map(drop),
-                "delete_role" => c.role_delete(o.role.as_str()).await.map(drop),
-                _ => Ok(()),
-            };
-            if let Err(e) = result {
-                let text = e.to_string();
-                if !(text.contains("already exists") || text.contains("not found")) {
-                    return Err(e).with_context(|| format!("floor {kind}"));
-                }
-            }
+            call(client, kind, &o).await.with_context(|| format!("floor {kind}"))?;
         }
     }
     Ok(())
 }
+
+/// The etcd requests of one store call of `kind` (see the table above).
+async fn call(client: &Client, kind: &str, o: &FloorObjects) -> Result<(), etcd_client::Error> {
+    let prefix = || Some(GetOptions::new().with_prefix());
+    match kind {
+        "get" => request(client, |mut c| async move { c.get(o.key.as_str(), None).await }).await,
+        "list" => request(client, |mut c| async move { c.get(o.prefix.as_str(), prefix()).await }).await,
+        "count" => {
+            let count = || Some(GetOptions::new().with_prefix().with_count_only());
+            request(client, |mut c| async move { c.get(o.prefix.as_str(), count()).await }).await
+        }
+        "txn" => {
+            request(client, |mut c| async move {
+                let puts =
+                    [TxnOp::put(o.key.as_str(), RECORD, None), TxnOp::put(o.index_key.as_str(), "", None)];
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(o.key.as_str(), CompareOp::Equal, 0)])
+                    .and_then(puts.clone())
+                    .or_else(puts);
+                c.txn(txn).await
+            })
+            .await
+        }
+        "ensure_role" => {
+            request(client, |mut c| async move { c.role_add(o.role.as_str()).await }).await?;
+            request(client, |mut c| async move {
+                let permission = Permission::read_write(o.prefix.as_str()).with_prefix();
+                c.role_grant_permission(o.role.as_str(), permission).await
+            })
+            .await
+        }
+        "ensure_user" => {
+            request(client, |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, None).await })
+                .await?;
+            request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
+                .await
+        }
+        "delete_prefix" => {
+            let options = || Some(DeleteOptions::new().with_prefix());
+            request(client, |mut c| async move { c.delete(o.prefix.as_str(), options()).await }).await
+        }
+        "delete_user" => request(client, |mut c| async move { c.user_delete(o.user.as_str()).await }).await,
+        "delete_role" => request(client, |mut c| async move { c.role_delete(o.role.as_str()).await }).await,
+        _ => Ok(()),
+    }
+}
+
+/// The password of the floor's users: as long as the broker's.
+const FLOOR_PASSWORD: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// One etcd request, handled as the broker handles it: sent again when auth changed while it
+/// was in flight; "already exists" / "not found" cost their round trip but are not failures
+/// (the broker tolerates them too).
+async fn request<T, F, Fut>(client: &Client, op: F) -> Result<(), etcd_client::Error>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut stale = 0;
+    loop {
+        match op(client.clone()).await {
+            Err(e) if is_old_auth_revision(&e) && stale < OLD_REVISION_RETRIES => stale += 1,
+            Err(e) if e.to_string().contains("already exists") || e.to_string().contains("not found") => {
+                return Ok(())
+            }
+            result => return result.map(drop),
+        }
+    }
+}
+
+/// How often the floor resends one request that met an auth change (the broker's bound).
+const OLD_REVISION_RETRIES: usize = 30;
 
 /// Removes every key, user and role the floor of `run` made.
 pub async fn clean_up(client: &Client, run: &str) -> Result<()> {
