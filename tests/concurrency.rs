@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
+use local_etcd::{EtcdVersion, LocalEtcd, Options};
 use reqwest::StatusCode;
 
 const CLIENTS: usize = 16;
@@ -112,4 +113,40 @@ async fn two_brokers_under_concurrent_load_stay_consistent() {
         let log = broker.stop().await;
         assert!(!log.contains("status=500"), "{log}");
     }
+}
+
+/// With `--auth-token jwt` every user or role change makes the broker's token stale (a JWT
+/// carries the auth revision it was issued at): concurrent binds and unbinds must still all
+/// succeed, the broker refreshing its token instead of answering 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_binds_succeed_when_etcd_issues_jwts() {
+    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
+    let options = Options { version, bcrypt_cost: Some(4), signed_tokens: true, ..Options::default() };
+    let etcd = LocalEtcd::start(options).await.expect("etcd with JWTs starts");
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|client| {
+            let osb = Osb::new(&broker.url);
+            tokio::spawn(async move {
+                let instance = format!("jwt-{client}");
+                let mut statuses = vec![osb.provision(&instance, SHARED).await.status.as_u16()];
+                for binding in 0..4 {
+                    statuses.push(osb.bind(&instance, &format!("b{binding}")).await.status.as_u16());
+                }
+                for binding in 0..4 {
+                    statuses.push(osb.unbind(&instance, &format!("b{binding}")).await.status.as_u16());
+                }
+                statuses.push(osb.deprovision(&instance).await.status.as_u16());
+                statuses
+            })
+        })
+        .collect();
+    for task in tasks {
+        let statuses = task.await.expect("client task");
+        assert_eq!(statuses, [201, 201, 201, 201, 201, 200, 200, 200, 200, 200]);
+    }
+    let (keys, users, roles) = broker_made_things(&etcd).await;
+    assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
+    let log = broker.stop().await;
+    assert!(!log.contains("status=503") && !log.contains("status=500"), "{log}");
 }

@@ -112,6 +112,10 @@ pub struct Options {
     /// File for etcd's stdout and stderr; `None` keeps them in a temporary file removed on
     /// drop (only used to explain a failed start).
     pub log_file: Option<PathBuf>,
+    /// Issue JWTs (`--auth-token jwt`, RS256 with a fresh key pair) instead of etcd's simple
+    /// tokens: a JWT carries the auth revision it was issued at, so every user or role change
+    /// makes clients' tokens stale. Production clusters are told to use JWTs.
+    pub signed_tokens: bool,
 }
 
 impl Default for Options {
@@ -123,6 +127,7 @@ impl Default for Options {
             data_dir: None,
             root_password: None,
             log_file: None,
+            signed_tokens: false,
         }
     }
 }
@@ -218,6 +223,10 @@ impl LocalEtcd {
             (None, false) => random_password(),
         };
         let log = opts.log_file.clone().unwrap_or_else(|| temp.path().join("etcd.log"));
+        let auth_token = match opts.signed_tokens {
+            true => jwt_keys(temp.path())?,
+            false => "simple".to_owned(),
+        };
         let mut attempt = 0;
         let (child, client_port) = loop {
             attempt += 1;
@@ -225,7 +234,8 @@ impl LocalEtcd {
                 0 => free_port()?,
                 p => p,
             };
-            let mut child = spawn(&etcd_bin, &opts, &data_dir, &log, port, free_port()?)?;
+            let ports = (port, free_port()?);
+            let mut child = spawn(&etcd_bin, &opts, &data_dir, &log, ports, &auth_token)?;
             let exit = match wait_ready(&mut child, port).await {
                 Ok(()) => break (child, port),
                 Err(exit) => exit,
@@ -340,6 +350,19 @@ fn random_password() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Writes an RSA key pair into `dir`; returns etcd's `--auth-token` value that uses it.
+fn jwt_keys(dir: &Path) -> Result<String, Error> {
+    let openssl_err =
+        |e: openssl::error::ErrorStack| io_err("generating the JWT signing key")(std::io::Error::other(e));
+    let rsa = openssl::rsa::Rsa::generate(2048).map_err(openssl_err)?;
+    let (private, public) = (dir.join("jwt.key"), dir.join("jwt.pub"));
+    std::fs::write(&private, rsa.private_key_to_pem().map_err(openssl_err)?)
+        .map_err(io_err("writing the JWT signing key"))?;
+    std::fs::write(&public, rsa.public_key_to_pem().map_err(openssl_err)?)
+        .map_err(io_err("writing the JWT public key"))?;
+    Ok(format!("jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m", public.display(), private.display()))
+}
+
 fn free_port() -> Result<u16, Error> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
     Ok(listener.local_addr().map_err(io_err("finding a free port"))?.port())
@@ -350,8 +373,8 @@ fn spawn(
     opts: &Options,
     data_dir: &Path,
     log: &Path,
-    client_port: u16,
-    peer_port: u16,
+    (client_port, peer_port): (u16, u16),
+    auth_token: &str,
 ) -> Result<Child, Error> {
     let log_file = File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
     let log_err = log_file.try_clone().map_err(io_err("duplicating the log file"))?;
@@ -367,7 +390,7 @@ fn spawn(
     cmd.args(["--listen-client-urls", &client, "--advertise-client-urls", &client]);
     cmd.args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer]);
     cmd.args(["--initial-cluster", &format!("local={peer}")]);
-    cmd.args(["--auth-token", "simple", "--log-level", "warn"]);
+    cmd.args(["--auth-token", auth_token, "--log-level", "warn"]);
     if opts.version == EtcdVersion::V3_4 {
         cmd.args(["--logger", "zap"]);
     }
