@@ -19,6 +19,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::osb::{BrokerTarget, Offering, OsbClient};
+use etcd_broker::osb::ids::{BindingId, InstanceId};
 use load::{round, Measured};
 
 /// The operations a bench can drive, in the order they run.
@@ -89,6 +90,10 @@ pub struct BenchArgs {
     /// Keep the preloaded instances (to reuse them in the next run with --preload 0).
     #[arg(long)]
     pub keep_preload: bool,
+    /// Concurrent clients while preloading (and cleaning the preload up): the preload is set-up,
+    /// not measurement, so it need not wait for --clients.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub preload_clients: u64,
     /// Skip the floor measurement.
     #[arg(long)]
     pub no_floor: bool,
@@ -144,7 +149,9 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let offering = osb.offering(args.service.as_deref(), args.plan.as_deref()).await?;
     let etcd = match (&args.etcd_password, args.etcd.is_empty()) {
         (Some(password), false) => {
-            let options = ConnectOptions::new().with_user(&args.etcd_username, password);
+            // Auto refresh: a long preload outlives etcd's simple tokens (5 minutes idle).
+            let options =
+                ConnectOptions::new().with_user(&args.etcd_username, password).with_auto_token_refresh(true);
             Some(
                 etcd_broker::etcd::connect(&args.etcd, options)
                     .await
@@ -251,12 +258,12 @@ impl Bench {
 
     async fn preload(self: &Arc<Self>) -> Measured {
         let bench = self.clone();
-        load::run("preload", self.args.preload, self.clients(), None, move |i| {
+        load::run("preload", self.args.preload, self.args.preload_clients as usize, None, move |i| {
             let bench = bench.clone();
             async move {
                 let id = bench.preload_instance(i);
                 bench.osb.provision(&bench.offering, &id, Duration::from_secs(60)).await?;
-                bench.osb.bind(&bench.offering, &id, "b").await?;
+                bench.osb.bind(&bench.offering, &id, BINDING).await?;
                 Ok(())
             }
         })
@@ -312,13 +319,13 @@ impl Bench {
                 osb.provision(offering, &id, Duration::from_secs(60)).await?;
             }
             Op::Bind => {
-                osb.bind(offering, &id, "b").await?;
+                osb.bind(offering, &id, BINDING).await?;
             }
             Op::GetBinding => {
-                osb.fetch_binding(&id, "b").await?;
+                osb.fetch_binding(&id, BINDING).await?;
             }
             Op::Unbind => {
-                let status = osb.unbind(offering, &id, "b").await?;
+                let status = osb.unbind(offering, &id, BINDING).await?;
                 ensure!(status == StatusCode::OK, "unbind answered {status}");
             }
             Op::Deprovision => {
@@ -328,8 +335,8 @@ impl Bench {
             Op::Lifecycle => {
                 let id = format!("{}-life-{i}", self.run);
                 osb.provision(offering, &id, Duration::from_secs(60)).await?;
-                osb.bind(offering, &id, "b").await?;
-                osb.unbind(offering, &id, "b").await?;
+                osb.bind(offering, &id, BINDING).await?;
+                osb.unbind(offering, &id, BINDING).await?;
                 osb.deprovision(offering, &id).await?;
             }
         }
@@ -348,10 +355,18 @@ impl Bench {
         .await;
         if !self.args.keep_preload && self.args.preload > 0 {
             let bench = self.clone();
-            load::run("clean up preload", self.args.preload, self.clients(), None, move |i| {
-                let bench = bench.clone();
-                async move { bench.osb.deprovision(&bench.offering, &bench.preload_instance(i)).await.map(drop) }
-            })
+            load::run(
+                "clean up preload",
+                self.args.preload,
+                self.args.preload_clients as usize,
+                None,
+                move |i| {
+                    let bench = bench.clone();
+                    async move {
+                        bench.osb.deprovision(&bench.offering, &bench.preload_instance(i)).await.map(drop)
+                    }
+                },
+            )
             .await;
         }
         if let Some(client) = &self.etcd {
@@ -361,26 +376,78 @@ impl Bench {
         }
     }
 
-    /// Keys, records, users and roles of this run still in etcd (None without etcd access).
-    /// Preloaded instances kept on purpose are not orphans.
+    /// What this run left in etcd: keys under the data and state prefixes that name its
+    /// instances (read in pages: a large deployment's listing exceeds gRPC's 4 MB answer), and
+    /// the user and role of every binding it made (checked by name, because etcd lists users
+    /// only all at once). Kept preloaded instances do not count.
     async fn orphans(&self) -> Result<Option<Vec<String>>> {
         let Some(client) = &self.etcd else { return Ok(None) };
-        let mut c = client.clone();
         let kept = format!("{}-pre-", self.run);
         let ours = |name: &str| name.contains(&self.run) && !(self.args.keep_preload && name.contains(&kept));
         let mut left = Vec::new();
         for prefix in [&self.args.data_prefix, &self.args.state_prefix] {
-            let keys = c.get(prefix.as_str(), Some(GetOptions::new().with_prefix().with_keys_only())).await?;
-            left.extend(
-                keys.kvs()
-                    .iter()
-                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                    .filter(|k| ours(k)),
-            );
+            left.extend(keys_under(client, prefix).await?.into_iter().filter(|k| ours(k)));
         }
-        left.extend(c.user_list().await?.users().iter().filter(|u| ours(u)).map(|u| format!("user {u}")));
-        left.extend(c.role_list().await?.roles().iter().filter(|r| ours(r)).map(|r| format!("role {r}")));
+        let names = etcd_broker::broker::names::Names::new(&self.args.data_prefix, &self.args.state_prefix);
+        let mut instances: Vec<String> =
+            (0..self.args.count).flat_map(|i| [self.instance(i), format!("{}-life-{i}", self.run)]).collect();
+        if !self.args.keep_preload {
+            instances.extend((0..self.args.preload).map(|i| self.preload_instance(i)));
+        }
+        let binding = BindingId::parse(BINDING).expect("a valid binding id");
+        let mut auth = client.auth_client();
+        for instance in instances {
+            let Ok(instance) = InstanceId::parse(&instance) else { continue };
+            let name = names.user(&instance, &binding);
+            if found(auth.user_get(name.as_str()).await)? {
+                left.push(format!("user {name}"));
+            }
+            if found(auth.role_get(name.as_str()).await)? {
+                left.push(format!("role {name}"));
+            }
+        }
         Ok(Some(left))
+    }
+}
+
+/// The binding id every bench binding uses.
+const BINDING: &str = "b";
+
+/// Every key under `prefix`, a page at a time.
+async fn keys_under(client: &Client, prefix: &str) -> Result<Vec<String>> {
+    const PAGE: i64 = 5_000;
+    let mut kv = client.kv_client();
+    let range_end = prefix_end(prefix.as_bytes());
+    let (mut from, mut keys) = (prefix.as_bytes().to_vec(), Vec::new());
+    loop {
+        let options = GetOptions::new().with_range(range_end.clone()).with_keys_only().with_limit(PAGE);
+        let page = kv.get(from.clone(), Some(options)).await?;
+        keys.extend(page.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()));
+        match page.kvs().last() {
+            Some(last) if page.more() => from = [last.key(), b"\0"].concat(),
+            _ => return Ok(keys),
+        }
+    }
+}
+
+/// The smallest key after every key that starts with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Whether a user/role lookup found it; "not found" is the answer hoped for.
+fn found<T>(lookup: Result<T, etcd_client::Error>) -> Result<bool> {
+    match lookup {
+        Ok(_) => Ok(true),
+        Err(e) if e.to_string().contains("not found") => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
