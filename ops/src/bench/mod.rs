@@ -501,3 +501,26 @@ fn table(rows: &[Row]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/etcd-broker/"), b"/etcd-broker0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn a_lookup_that_finds_nothing_is_not_an_error() {
+        let not_found = etcd_client::Error::GRpcStatus(tonic::Status::failed_precondition(
+            "etcdserver: user name not found",
+        ));
+        assert!(!found::<()>(Err(not_found)).unwrap());
+        assert!(found(Ok(())).unwrap());
+        let refused = etcd_client::Error::GRpcStatus(tonic::Status::permission_denied("permission denied"));
+        assert!(found::<()>(Err(refused)).is_err());
+    }
+}
