@@ -95,26 +95,45 @@ impl EtcdStore {
     async fn connection(&self) -> Result<&Connection, etcd_client::Error> {
         self.connection
             .get_or_try_init(|| async {
-                // Connecting dials nothing yet; the first login is the first request, retried on
-                // the same balancer while it learns which endpoints are dead. It only tells which
-                // kind of token this etcd issues; the client then logs in for itself.
-                let mut client = connect(&self.endpoints, self.options.clone()).await?;
-                let (user, password) = (self.username.as_str(), self.password.expose());
-                let mut attempt = 0;
-                let token = loop {
-                    match client.auth_client().authenticate(user.to_owned(), password.to_owned()).await {
-                        Err(e) if never_reached(&e) && attempt < self.failover_attempts() => {
-                            attempt += 1;
-                            tokio::time::sleep(FAILOVER_PAUSE).await;
-                        }
-                        Err(e) => return Err(e),
-                        Ok(response) => break response,
-                    }
-                };
-                client.update_user(Some((user.to_owned(), password.to_owned()))).await?;
+                // Connecting dials nothing yet; the logins are the first requests, retried on the
+                // same balancer while it learns which endpoints are dead. The client logs in for
+                // itself; the second login only shows which kind of token this etcd issues.
+                let client = connect(&self.endpoints, self.options.clone()).await?;
+                let credentials = (self.username.clone(), self.password.expose().to_owned());
+                self.until_reached(|| {
+                    // Clones share the token and credentials: this logs `client` in.
+                    let (mut client, credentials) = (client.clone(), credentials.clone());
+                    async move { client.update_user(Some(credentials)).await }
+                })
+                .await?;
+                let token = self
+                    .until_reached(|| {
+                        let (mut auth, (user, password)) = (client.auth_client(), credentials.clone());
+                        async move { auth.authenticate(user, password).await }
+                    })
+                    .await?;
                 Ok(Connection { client, signed_tokens: is_signed_token(token.token()) })
             })
             .await
+    }
+
+    /// Runs a request, sending it again while it reaches no endpoint (the balancer picks
+    /// endpoints at random until it has seen the dead ones fail).
+    async fn until_reached<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e) if never_reached(&e) && attempt < self.failover_attempts() => {
+                    attempt += 1;
+                    tokio::time::sleep(FAILOVER_PAUSE).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// How often a request that reached no endpoint is retried: the balancer picks endpoints at
