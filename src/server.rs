@@ -134,6 +134,7 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         HttpState::new(broker.clone(), &config.auth.username, config.auth.password.expose(), metrics.clone());
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
+        .workers(config.listen.workers)
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
     let api = match &config.listen.tls {
         Some(tls) => api.bind_openssl(&listen, tls_acceptor(tls)?),

@@ -21,6 +21,7 @@ fn the_documented_example_is_valid() {
     assert_eq!(config.state_cluster_name(), "main");
     assert_eq!(config.catalog.services[0].plans[0].name, "shared");
     assert_eq!(config.listen.port, 8080);
+    assert_eq!(config.listen.workers, 1);
 }
 
 #[test]
@@ -80,6 +81,12 @@ fn bad_values_name_their_field() {
         clusters.insert("second".into(), main);
     });
     assert_eq!(field_of(two_clusters), "state_cluster");
+    for workers in [0, 65] {
+        let threads = with(|t| {
+            t["listen"].as_table_mut().unwrap().insert("workers".into(), workers.into());
+        });
+        assert_eq!(field_of(threads), "listen.workers");
+    }
 }
 
 #[test]
