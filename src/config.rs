@@ -154,6 +154,37 @@ pub struct Config {
     pub catalog: Catalog,
     /// Per-plan settings, keyed by plan id; must match the catalog's plans one to one.
     pub plan_configs: BTreeMap<String, PlanConfig>,
+    #[serde(default)]
+    pub role_reaper: RoleReaperConfig,
+}
+
+/// How the background deletion of unbound bindings' roles is paced (see
+/// `broker/role_deletions.rs`: etcd's RoleDelete holds etcd's write lock for a time that grows
+/// with the number of users).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleReaperConfig {
+    /// The largest share of time the reaper keeps etcd busy: after a deletion that took `t`, it
+    /// waits `t * (1 - busy_share) / busy_share`. 1 deletes back to back.
+    #[serde(default = "default_busy_share")]
+    pub busy_share: f64,
+    /// How often to look for roles queued by other broker instances (or left by a crash);
+    /// roles this broker queues are taken at once.
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: u64,
+}
+
+impl Default for RoleReaperConfig {
+    fn default() -> Self {
+        Self { busy_share: default_busy_share(), poll_seconds: default_poll_seconds() }
+    }
+}
+
+fn default_busy_share() -> f64 {
+    0.1
+}
+fn default_poll_seconds() -> u64 {
+    10
 }
 
 /// Where the OSB API listens.
@@ -413,6 +444,13 @@ impl Config {
 
     /// Checks everything that can be checked without dialling etcd.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let share = self.role_reaper.busy_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(invalid("role_reaper.busy_share", "must be above 0 and at most 1"));
+        }
+        if !(1..=3600).contains(&self.role_reaper.poll_seconds) {
+            return Err(invalid("role_reaper.poll_seconds", "must be between 1 and 3600"));
+        }
         if !(1..=MAX_WORKERS).contains(&self.listen.workers) {
             return Err(invalid("listen.workers", format!("must be between 1 and {MAX_WORKERS}")));
         }

@@ -264,6 +264,19 @@ impl etcd_client::BalancedChannelBuilder for NoDelayChannel {
     }
 }
 
+/// The smallest key after every key that starts with `prefix` (etcd's range end of a prefix);
+/// public for the bench, which pages through prefixes the same way.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Up to 2^attempt ms (capped at 64 ms), uniformly random.
 fn stale_token_pause(attempt: usize) -> Duration {
     let mut byte = [0u8; 2];
@@ -280,6 +293,23 @@ const OLD_AUTH_REVISION: [&str; 2] = ["revision in header is old", "revision of 
 /// bench's floor retries exactly what the broker retries.
 pub fn is_old_auth_revision(e: &etcd_client::Error) -> bool {
     OLD_AUTH_REVISION.iter().any(|m| says(e, m))
+}
+
+/// Sends a request again (up to [`OLD_REVISION_RETRIES`] times) while etcd refuses it because
+/// auth changed meanwhile: for the operators' tools, whose plain clients meet the broker's
+/// binds, unbinds and role deletions.
+pub async fn resend_on_auth_change<T, F, Fut>(op: F) -> Result<T, etcd_client::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut stale = 0;
+    loop {
+        match op().await {
+            Err(e) if is_old_auth_revision(&e) && stale < OLD_REVISION_RETRIES => stale += 1,
+            result => return result,
+        }
+    }
 }
 
 /// Auth changes can keep coming while the broker binds at full speed; this bounds the chase.
@@ -353,6 +383,29 @@ impl Store for EtcdStore {
                 (key, Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
             })
             .collect())
+    }
+
+    async fn next_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        let from = match after {
+            Some(after) => [after.as_bytes(), b"\0"].concat(),
+            None => prefix.as_bytes().to_vec(),
+        };
+        let options = GetOptions::new().with_range(prefix_end(prefix.as_bytes())).with_limit(1);
+        let response = self
+            .kv(|mut c| {
+                let (from, options) = (from.clone(), options.clone());
+                async move { c.get(from, Some(options)).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(response.kvs().first().map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            (key, Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
+        }))
     }
 
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod osb;
 pub mod render;
+pub mod role_reaper;
 pub mod secrets;
 pub mod server;
 pub mod store;

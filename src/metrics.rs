@@ -34,6 +34,11 @@ pub struct Metrics {
     pub instances: IntGaugeVec,
     /// Service bindings by service and plan.
     pub bindings: IntGaugeVec,
+    /// Roles of deleted bindings that wait for the role reaper.
+    pub roles_awaiting_deletion: IntGauge,
+    /// Roles the role reaper deleted, and the queue entries it could not handle.
+    pub roles_deleted: IntCounter,
+    pub role_deletion_failures: IntCounter,
 }
 
 impl Metrics {
@@ -86,6 +91,19 @@ impl Metrics {
             &["service", "plan"],
         )
         .expect("valid metric");
+        let roles_awaiting_deletion = IntGauge::new(
+            "etcd_broker_roles_awaiting_deletion",
+            "Roles of deleted bindings queued for the role reaper (their users are gone).",
+        )
+        .expect("valid metric");
+        let roles_deleted =
+            IntCounter::new("etcd_broker_roles_deleted_total", "Queued roles the role reaper deleted.")
+                .expect("valid metric");
+        let role_deletion_failures = IntCounter::new(
+            "etcd_broker_role_deletion_failures_total",
+            "Queued roles the role reaper failed to delete (retried on its next pass).",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("etcd_broker_build_info", "Always 1; labels say which build is running."),
             &["version", "rust_version"],
@@ -102,6 +120,9 @@ impl Metrics {
             Box::new(etcd_errors.clone()),
             Box::new(instances.clone()),
             Box::new(bindings.clone()),
+            Box::new(roles_awaiting_deletion.clone()),
+            Box::new(roles_deleted.clone()),
+            Box::new(role_deletion_failures.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -117,6 +138,9 @@ impl Metrics {
             etcd_errors,
             instances,
             bindings,
+            roles_awaiting_deletion,
+            roles_deleted,
+            role_deletion_failures,
         }
     }
 

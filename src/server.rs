@@ -15,6 +15,7 @@ use crate::etcd::EtcdStore;
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
 use crate::metrics::Metrics;
+use crate::role_reaper;
 use crate::store::metered::MeteredStore;
 use crate::store::Store;
 
@@ -73,13 +74,19 @@ pub struct RunningBroker {
     /// The monitoring listener's bound address, if enabled.
     pub metrics_addr: Option<SocketAddr>,
     servers: Vec<actix_web::dev::Server>,
+    /// The role reaper, run for as long as the servers.
+    reaper: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 }
 
 impl RunningBroker {
     /// Serves until SIGTERM/SIGINT (actix-web drains in-flight requests) or until stopped
-    /// through [`RunningBroker::handles`].
+    /// through [`RunningBroker::handles`]; the role reaper runs meanwhile (stopping it at any
+    /// point is safe: each of its steps can be repeated).
     pub async fn serve(self) -> std::io::Result<()> {
-        futures_util::future::try_join_all(self.servers).await.map(|_| ())
+        tokio::select! {
+            served = futures_util::future::try_join_all(self.servers) => served.map(|_| ()),
+            () = self.reaper => Ok(()),
+        }
     }
 
     /// Handles to stop the listeners programmatically.
@@ -130,6 +137,7 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<openssl::ssl::SslAcceptorBuilder, Sta
 pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(build_broker(config, &metrics)?);
+    let reaper = Box::pin(role_reaper::run(broker.clone(), config.role_reaper.clone(), metrics.clone()));
     let state =
         HttpState::new(broker.clone(), &config.auth.username, config.auth.password.expose(), metrics.clone());
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
@@ -155,5 +163,5 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         metrics_addr = Some(first_addr(monitoring.addrs(), &listen)?);
         servers.push(monitoring.run());
     }
-    Ok(RunningBroker { addr, metrics_addr, servers })
+    Ok(RunningBroker { addr, metrics_addr, servers, reaper })
 }

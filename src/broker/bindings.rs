@@ -1,4 +1,5 @@
-//! Bind, unbind and read service bindings: one etcd user and role per binding.
+//! Bind, unbind and read service bindings: one etcd user and role per binding. Unbind deletes
+//! the user and queues the role (see `role_deletions.rs`).
 
 use crate::osb::model::*;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
@@ -65,7 +66,8 @@ impl EtcdBroker {
             };
         }
 
-        // Step 1: the record, only while the instance is unchanged and the binding absent.
+        // Step 1: the record, only while the instance is unchanged, the binding absent and no
+        // earlier binding's role of the same name waits for deletion.
         let instance_key = self.names().instance_key(&req.instance_id);
         let now = self.now();
         let record = BindingRecord {
@@ -86,9 +88,14 @@ impl EtcdBroker {
             created_at: now,
             updated_at: now,
         };
+        let queued_role = self.names().role_deletion_key(&record.role);
         let created = state
             .commit(
-                &[Guard::Revision(instance_key, instance_revision), Guard::Absent(key.clone())],
+                &[
+                    Guard::Revision(instance_key, instance_revision),
+                    Guard::Absent(key.clone()),
+                    Guard::Absent(queued_role),
+                ],
                 &[
                     Write::Put(key.clone(), encode(&record)),
                     Write::Put(
@@ -105,7 +112,10 @@ impl EtcdBroker {
             .map_err(|e| self.state_failed(e))?;
         match created {
             Some(revision) => self.complete_binding(&key, record, revision).await,
-            None => Ok(Attempt::Retry),
+            None => {
+                self.finish_queued_deletion(&record.role).await?;
+                Ok(Attempt::Retry)
+            }
         }
     }
 
@@ -178,8 +188,9 @@ impl EtcdBroker {
         self.remove_binding(&key, Some((record, revision))).await
     }
 
-    /// Marks a binding record `deleting`, deletes its user and role, then the record. Idempotent;
-    /// a record that is already gone is fine. `known` is the record if the caller just read it.
+    /// Marks a binding record `deleting`, deletes its user, then deletes the record and queues
+    /// its role in one transaction. Idempotent; a record that is already gone is fine. `known`
+    /// is the record if the caller just read it.
     pub(super) async fn remove_binding(
         &self,
         key: &str,
@@ -203,22 +214,13 @@ impl EtcdBroker {
                     None => continue,
                 }
             }
-            self.drop_user_and_role(&record).await?;
-            let deleted = self
-                .swap(
-                    key,
-                    revision,
-                    &[
-                        Write::Delete(key.to_owned()),
-                        Write::Delete(self.names().binding_index_key(
-                            &record.plan_id,
-                            &record.instance_id,
-                            &record.binding_id,
-                        )),
-                    ],
-                )
-                .await?;
-            if deleted.is_some() {
+            let store = &*self.cluster(&record.cluster)?.store;
+            store.delete_user(&record.username).await.map_err(|e| unavailable(&record.cluster, e))?;
+            let index_key =
+                self.names().binding_index_key(&record.plan_id, &record.instance_id, &record.binding_id);
+            let writes = [Write::Delete(key.to_owned()), Write::Delete(index_key), self.queue_role(&record)];
+            if self.swap(key, revision, &writes).await?.is_some() {
+                self.role_queued.notify_one();
                 tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "deleted service binding");
                 return Ok(());
             }
@@ -226,6 +228,8 @@ impl EtcdBroker {
         Err(lost_race("the service binding"))
     }
 
+    /// Removes what a bind that lost to an unbind or deprovision created (rare: deleting the
+    /// role right away is fine here).
     async fn drop_user_and_role(&self, record: &BindingRecord) -> BrokerResult<()> {
         let store = &*self.cluster(&record.cluster)?.store;
         let fail = |e| unavailable(&record.cluster, e);

@@ -12,6 +12,7 @@ pub mod credentials;
 mod instances;
 pub mod names;
 pub mod records;
+pub mod role_deletions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,12 +60,14 @@ pub struct BrokerSetup {
 /// The broker.
 pub struct EtcdBroker {
     setup: BrokerSetup,
+    /// Wakes the role reaper when this broker queues a role (see `role_deletions.rs`).
+    role_queued: tokio::sync::Notify,
 }
 
 impl EtcdBroker {
     /// Wraps a validated setup.
     pub fn new(setup: BrokerSetup) -> Self {
-        Self { setup }
+        Self { setup, role_queued: tokio::sync::Notify::new() }
     }
 
     fn names(&self) -> &Names {

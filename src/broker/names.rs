@@ -72,6 +72,16 @@ impl Names {
         format!("{}{instance}/{binding}", self.binding_index_prefix(plan_id))
     }
 
+    /// Prefix of the queue of roles waiting to be deleted (see `broker/role_deletions.rs`).
+    pub fn role_deletions_prefix(&self) -> String {
+        format!("{}role-deletions/", self.state_prefix)
+    }
+
+    /// The queue entry of one role (role names hold no '/').
+    pub fn role_deletion_key(&self, role: &str) -> String {
+        format!("{}{role}", self.role_deletions_prefix())
+    }
+
     /// The etcd user of a binding.
     pub fn user(&self, instance: &InstanceId, binding: &BindingId) -> String {
         format!("{NAME_PREFIX}.{instance}.{binding}")
@@ -105,5 +115,6 @@ mod tests {
         assert_eq!(names.binding_key(&i, &b), "/s/bindings/i1/b1");
         assert_eq!(names.user(&i, &b), "etcd-broker.i1.b1");
         assert_eq!(names.role(&i, &b), "etcd-broker.i1.b1");
+        assert_eq!(names.role_deletion_key("etcd-broker.i1.b1"), "/s/role-deletions/etcd-broker.i1.b1");
     }
 }

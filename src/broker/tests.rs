@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::json;
 use url::Url;
 
-use super::records::{BindingRecord, RecordState};
+use super::records::{BindingRecord, RecordState, RoleDeletion};
+use super::role_deletions::QueueStep;
 use super::*;
 use crate::clock::SystemClock;
 use crate::osb::catalog::{Plan, Service};
@@ -144,12 +145,30 @@ fn password_of(bound: &Bound) -> String {
     b.credentials["password"].as_str().unwrap().to_owned()
 }
 
-/// Every etcd user and role belongs to a `ready` binding record, every record is `ready`, and
-/// every ready binding has its user (with the recorded password and role) and role.
+/// Runs the role reaper's steps until the queue is empty; the first failure is returned.
+pub async fn drain_role_queue(broker: &EtcdBroker) -> BrokerResult<()> {
+    let mut after = None;
+    loop {
+        match broker.delete_next_queued_role(after.as_deref()).await? {
+            QueueStep::Empty => return Ok(()),
+            QueueStep::Deleted { key } => after = Some(key),
+            QueueStep::Failed { error, .. } => return Err(error),
+        }
+    }
+}
+
+/// Every etcd user belongs to a `ready` binding record, and every role to one or to the queue
+/// of roles to delete (then no user holds it); every record is `ready`, and every ready binding
+/// has its user (with the recorded password and role) and role, which is not queued.
 pub fn assert_consistent(state: &MemoryState) {
     let mut bindings = Vec::new();
+    let mut queued = Vec::new();
     for (key, v) in &state.keys {
-        if key.starts_with("/etcd-broker/bindings/") {
+        if let Some(role) = key.strip_prefix("/etcd-broker/role-deletions/") {
+            let entry: RoleDeletion = serde_json::from_slice(&v.value).unwrap();
+            assert_eq!(entry.role, role);
+            queued.push(entry.role);
+        } else if key.starts_with("/etcd-broker/bindings/") {
             let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
             assert_eq!(record.state, RecordState::Ready, "record {key} left in {:?}", record.state);
             bindings.push(record);
@@ -166,12 +185,17 @@ pub fn assert_consistent(state: &MemoryState) {
         assert_eq!(password, &record.password);
         assert!(roles.contains(&record.role));
         assert_eq!(state.roles.get(&record.role), Some(&Some(record.prefix.clone())));
+        assert!(!queued.contains(&record.role), "the role of ready binding {} is queued", record.binding_id);
     }
     for user in state.users.keys() {
         assert!(bindings.iter().any(|b| &b.username == user), "orphan user {user}");
     }
     for role in state.roles.keys() {
-        assert!(bindings.iter().any(|b| &b.role == role), "orphan role {role}");
+        let recorded = bindings.iter().any(|b| &b.role == role);
+        assert!(recorded || queued.contains(role), "orphan role {role}");
+        if !recorded {
+            assert!(state.users.values().all(|(_, roles)| !roles.contains(role)), "queued {role} is granted");
+        }
     }
 }
 
@@ -235,14 +259,24 @@ async fn bind_unbind_rebind_and_deprovision_leave_nothing_behind() {
     broker.unbind(unbind_req("i1", "b1")).await.unwrap();
     assert!(matches!(broker.unbind(unbind_req("i1", "b1")).await, Err(BrokerError::BindingGone(_))));
     assert!(matches!(broker.get_binding(&iid("i1"), &bid("b1")).await, Err(BrokerError::BindingNotFound(_))));
+    // The user is gone at once; the role waits in the queue, granted to nobody.
     assert!(store.snapshot().users.is_empty());
+    assert_consistent(&store.snapshot());
+    assert_eq!(broker.queued_roles().await, Ok(1));
 
+    // Binding the same id again deletes the queued role first, so the reaper cannot take the
+    // new binding's role later.
     let rebound = broker.bind(bind_req("i1", "b1")).await.unwrap();
     assert_ne!(password_of(&rebound), password_of(&first));
+    assert_eq!(broker.queued_roles().await, Ok(0));
+    assert_consistent(&store.snapshot());
     broker.bind(bind_req("i1", "b2")).await.unwrap();
     store.commit(&[], &[Write::Put("/service_instances/i1/k".into(), b"v".to_vec())]).await.unwrap();
 
     broker.deprovision(deprovision_req("i1")).await.unwrap();
+    assert_eq!(broker.queued_roles().await, Ok(2));
+    assert_consistent(&store.snapshot());
+    drain_role_queue(&broker).await.unwrap();
     let state = store.snapshot();
     assert!(state.keys.is_empty(), "left keys: {:?}", state.keys.keys());
     assert!(state.users.is_empty() && state.roles.is_empty());
@@ -349,11 +383,13 @@ async fn unbind_converges_after_a_fault_at_any_step() {
             match broker.unbind(unbind_req("i1", "b1")).await {
                 Err(BrokerError::BindingGone(_)) => Ok(()), // the faulty attempt finished it
                 other => other,
-            }
+            }?;
+            drain_role_queue(&broker).await
         },
         |state| {
             assert_consistent(state);
             assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
+            assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
         },
     )
     .await;
@@ -367,7 +403,8 @@ async fn deprovision_converges_after_a_fault_at_any_step() {
             match broker.deprovision(deprovision_req("i1")).await {
                 Err(BrokerError::InstanceGone(_)) => Ok(()),
                 other => other,
-            }
+            }?;
+            drain_role_queue(&broker).await
         },
         |state| {
             assert!(state.keys.is_empty(), "left keys: {:?}", state.keys.keys());
@@ -409,6 +446,8 @@ async fn a_bind_that_loses_to_an_unbind_removes_what_it_created() {
     let racing_broker = broker_on(Arc::new(racing));
     let err = racing_broker.bind(bind_req("i1", "b1")).await.unwrap_err();
     assert!(matches!(err, BrokerError::Concurrency(_)), "{err:?}");
+    assert_consistent(&store.snapshot());
+    drain_role_queue(&broker).await.unwrap();
     let state = store.snapshot();
     assert!(state.users.is_empty() && state.roles.is_empty(), "{state:?}");
     assert!(state.keys.keys().all(|k| !k.contains("bindings")));
@@ -427,6 +466,13 @@ impl Store for RacingStore {
     }
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.inner.list(prefix).await
+    }
+    async fn next_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        self.inner.next_after(prefix, after).await
     }
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.inner.count(prefix).await
@@ -488,6 +534,7 @@ async fn instances_of_a_plan_removed_from_the_catalog_can_still_be_deleted() {
     assert!(matches!(new.unbind(unbind).await, Err(BrokerError::BadRequest(_))));
     new.unbind(unbind_req("i1", "b1")).await.unwrap();
     new.deprovision(deprovision_req("i1")).await.unwrap();
+    drain_role_queue(&new).await.unwrap();
     assert!(store.snapshot().keys.is_empty());
 }
 
@@ -526,6 +573,7 @@ async fn inventory_counts_instances_and_bindings_per_plan() {
     broker.deprovision(deprovision_req("i1")).await.unwrap();
     broker.deprovision(deprovision_req("i2")).await.unwrap();
     assert!(counts(broker.inventory().await.unwrap()).iter().all(|(_, i, b)| *i == 0 && *b == 0));
+    drain_role_queue(&broker).await.unwrap();
     assert!(store.snapshot().keys.is_empty(), "index keys left: {:?}", store.snapshot().keys.keys());
 }
 
@@ -539,4 +587,25 @@ async fn readiness_names_the_failing_cluster() {
     assert_eq!(health[0].error, None);
     assert_eq!(health[1].cluster, "main");
     assert!(health[1].error.as_deref().unwrap().contains("unavailable"), "{health:?}");
+}
+
+#[tokio::test]
+async fn a_queue_entry_that_fails_does_not_hold_the_others_back() {
+    let store = provisioned().await;
+    let broker = broker_on(store.clone());
+    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    // An entry naming a cluster this broker does not know, sorted first.
+    let entry = RoleDeletion { role: "a-role".into(), cluster: "gone".into(), queued_at: 0 };
+    let key = "/etcd-broker/role-deletions/a-role";
+    store.commit(&[], &[Write::Put(key.into(), records::encode(&entry))]).await.unwrap();
+    let first = broker.delete_next_queued_role(None).await.unwrap();
+    let QueueStep::Failed { key: failed, error } = first else { panic!("{first:?}") };
+    assert_eq!(failed, key);
+    assert!(matches!(&error, BrokerError::Internal(m) if m.contains("'gone'")), "{error:?}");
+    let second = broker.delete_next_queued_role(Some(&failed)).await.unwrap();
+    assert!(matches!(second, QueueStep::Deleted { .. }), "{second:?}");
+    assert!(store.snapshot().roles.is_empty());
+    assert_eq!(broker.queued_roles().await, Ok(1));
+    assert!(matches!(broker.delete_next_queued_role(None).await, Ok(QueueStep::Failed { .. })));
 }

@@ -87,6 +87,16 @@ fn bad_values_name_their_field() {
         });
         assert_eq!(field_of(threads), "listen.workers");
     }
+    for share in [0.0, 1.5, f64::NAN] {
+        let reaper = with(|t| {
+            t.insert("role_reaper".into(), toml::Value::Table(toml::toml! { busy_share = share }));
+        });
+        assert_eq!(field_of(reaper), "role_reaper.busy_share");
+    }
+    let never = with(|t| {
+        t.insert("role_reaper".into(), toml::Value::Table(toml::toml! { poll_seconds = 0 }));
+    });
+    assert_eq!(field_of(never), "role_reaper.poll_seconds");
 }
 
 #[test]

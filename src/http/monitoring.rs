@@ -37,6 +37,9 @@ async fn metrics(state: web::Data<MonitoringState>) -> HttpResponse {
             state.metrics.bindings.with_label_values(&labels).set(plan.bindings as i64);
         }
     }
+    if let Ok(queued) = state.broker.queued_roles().await {
+        state.metrics.roles_awaiting_deletion.set(queued as i64);
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 

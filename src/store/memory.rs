@@ -46,6 +46,20 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn next_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        let s = self.state.lock().unwrap();
+        let first = s
+            .keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .find(|(k, _)| after.is_none_or(|after| k.as_str() > after));
+        Ok(first.map(|(k, v)| (k.clone(), v.clone())))
+    }
+
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         Ok(self.list(prefix).await?.len() as u64)
     }

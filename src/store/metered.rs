@@ -10,9 +10,10 @@ use super::{Guard, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
 /// The `call` label values: one per [`Store`] method.
-const CALLS: [&str; 9] = [
+const CALLS: [&str; 10] = [
     "get",
     "list",
+    "next",
     "count",
     "txn",
     "delete_prefix",
@@ -73,6 +74,13 @@ impl Store for MeteredStore {
     }
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.observe("list", self.inner.list(prefix)).await
+    }
+    async fn next_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        self.observe("next", self.inner.next_after(prefix, after)).await
     }
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.observe("count", self.inner.count(prefix)).await

@@ -62,6 +62,14 @@ pub trait Store: Send + Sync + 'static {
     /// Reads every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 
+    /// The first key starting with `prefix` that sorts after `after` (from the start without
+    /// it): a queue is walked one entry at a time, however long it is.
+    async fn next_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Versioned)>, StoreError>;
+
     /// Counts the keys starting with `prefix` without reading them.
     async fn count(&self, prefix: &str) -> Result<u64, StoreError>;
 

@@ -288,8 +288,21 @@ pub async fn tenant_client(credentials: &Value) -> Result<Client, etcd_client::E
 }
 
 /// Everything a root client sees that the broker may have made: (keys, users, roles),
-/// without etcd's own `root` user and role.
+/// without etcd's own `root` user and role, once the role reaper is done.
 pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, Vec<String>) {
+    // Unbinds leave their roles to the broker's role reaper: wait until it has drained its queue.
+    // Each look logs in afresh: the reaper's deletions outdate the tokens of earlier logins.
+    let started = Instant::now();
+    loop {
+        let queue = GetOptions::new().with_prefix().with_count_only();
+        let mut root = etcd.root_client().await.unwrap();
+        let queued = root.get("/etcd-broker/role-deletions/", Some(queue)).await.map(|r| r.count());
+        if queued.as_ref().is_ok_and(|n| *n == 0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the role reaper left roles queued: {queued:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut root = etcd.root_client().await.unwrap();
     let keys = root
         .get("", Some(GetOptions::new().with_all_keys().with_keys_only()))

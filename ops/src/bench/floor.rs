@@ -10,7 +10,7 @@
 //!
 //! | kind | etcd requests |
 //! | --- | --- |
-//! | get, list, count | one Range (key, prefix, prefix count) |
+//! | get, list, count, next | one Range (key, prefix, prefix count, first key after another) |
 //! | txn | one Txn: compare a mod revision, put the record and an index key |
 //! | delete_prefix | one DeleteRange over a prefix |
 //! | ensure_role | RoleAdd + RoleGrantPermission (read-write on a prefix) |
@@ -20,13 +20,14 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use etcd_broker::etcd::is_old_auth_revision;
+use etcd_broker::etcd::resend_on_auth_change;
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Permission, Txn, TxnOp};
 
 /// Store call kinds in the order the floor replays them (reads, writes, auth, deletes).
 pub const KINDS: &[&str] = &[
     "get",
     "list",
+    "next",
     "count",
     "txn",
     "ensure_role",
@@ -129,6 +130,10 @@ async fn call(client: &Client, kind: &str, o: &FloorObjects) -> Result<(), etcd_
     match kind {
         "get" => request(client, |mut c| async move { c.get(o.key.as_str(), None).await }).await,
         "list" => request(client, |mut c| async move { c.get(o.prefix.as_str(), prefix()).await }).await,
+        "next" => {
+            let first = || Some(GetOptions::new().with_prefix().with_limit(1));
+            request(client, |mut c| async move { c.get(o.prefix.as_str(), first()).await }).await
+        }
         "count" => {
             let count = || Some(GetOptions::new().with_prefix().with_count_only());
             request(client, |mut c| async move { c.get(o.prefix.as_str(), count()).await }).await
@@ -180,31 +185,38 @@ where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    let mut stale = 0;
-    loop {
-        match op(client.clone()).await {
-            Err(e) if is_old_auth_revision(&e) && stale < OLD_REVISION_RETRIES => stale += 1,
-            Err(e) if e.to_string().contains("already exists") || e.to_string().contains("not found") => {
-                return Ok(())
-            }
-            result => return result.map(drop),
-        }
+    match resend(client, op).await {
+        Err(e) if e.to_string().contains("already exists") || e.to_string().contains("not found") => Ok(()),
+        result => result.map(drop),
     }
 }
 
-/// How often the floor resends one request that met an auth change (the broker's bound).
-const OLD_REVISION_RETRIES: usize = 30;
+/// Sends a request again while etcd refuses it because auth changed meanwhile (routine while a
+/// broker binds and unbinds; the broker does the same).
+pub async fn resend<T, F, Fut>(client: &Client, op: F) -> Result<T, etcd_client::Error>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    resend_on_auth_change(|| op(client.clone())).await
+}
 
 /// Removes every key, user and role the floor of `run` made.
 pub async fn clean_up(client: &Client, run: &str) -> Result<()> {
-    let mut c = client.clone();
-    c.delete(format!("/etcd-broker-bench-floor/{run}/"), Some(DeleteOptions::new().with_prefix())).await?;
+    let prefix = format!("/etcd-broker-bench-floor/{run}/");
+    resend(client, |mut c| {
+        let prefix = prefix.clone();
+        async move { c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await }
+    })
+    .await?;
     let marker = format!("bench-floor.{run}.");
-    for user in c.user_list().await?.users().iter().filter(|u| u.starts_with(&marker)) {
-        let _ = c.user_delete(user.as_str()).await;
+    let users = resend(client, |mut c| async move { c.user_list().await }).await?;
+    for user in users.users().iter().filter(|u| u.starts_with(&marker)) {
+        request(client, |mut c| async move { c.user_delete(user.as_str()).await }).await?;
     }
-    for role in c.role_list().await?.roles().iter().filter(|r| r.starts_with(&marker)) {
-        let _ = c.role_delete(role.as_str()).await;
+    let roles = resend(client, |mut c| async move { c.role_list().await }).await?;
+    for role in roles.roles().iter().filter(|r| r.starts_with(&marker)) {
+        request(client, |mut c| async move { c.role_delete(role.as_str()).await }).await?;
     }
     Ok(())
 }

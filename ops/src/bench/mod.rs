@@ -19,6 +19,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::osb::{BrokerTarget, Offering, OsbClient};
+use etcd_broker::etcd::prefix_end;
 use etcd_broker::osb::ids::{BindingId, InstanceId};
 use load::{round, Measured};
 
@@ -189,7 +190,8 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     }
     bench.clean_up().await;
     let rss_end = bench.rss().await;
-    let orphans = bench.orphans().await?;
+    let left = bench.leftovers().await?;
+    let orphans = left.as_ref().map(|l| l.orphans.clone());
 
     println!("{}", table(&rows));
     let mb = |rss: Option<f64>| rss.map_or("?".to_owned(), |b| format!("{:.1} MB", b / 1e6));
@@ -198,7 +200,11 @@ async fn run_async(args: BenchArgs) -> Result<()> {
         mb(rss_start),
         mb(rss_loaded),
         mb(rss_end),
-        orphans.as_ref().map_or("not checked (no etcd credentials)".into(), |o| o.len().to_string())
+        left.as_ref().map_or("not checked (no etcd credentials)".into(), |l| format!(
+            "{}; roles still queued for the role reaper: {}",
+            l.orphans.len(),
+            l.queued_roles
+        ))
     );
     let report = json!({
         "run": run,
@@ -209,6 +215,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
         "rss_bytes": { "start": rss_start, "after_preload": rss_loaded, "end": rss_end },
         "operations": rows.iter().map(row_json).collect::<Vec<_>>(),
         "orphans": orphans,
+        "queued_roles": left.as_ref().map(|l| l.queued_roles),
     });
     if let Some(path) = &bench.args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
@@ -379,35 +386,54 @@ impl Bench {
     /// What this run left in etcd: keys under the data and state prefixes that name its
     /// instances (read in pages: a large deployment's listing exceeds gRPC's 4 MB answer), and
     /// the user and role of every binding it made (checked by name, because etcd lists users
-    /// only all at once). Kept preloaded instances do not count.
-    async fn orphans(&self) -> Result<Option<Vec<String>>> {
+    /// only all at once). Kept preloaded instances do not count. A role queued for the broker's
+    /// role reaper is not an orphan (its queue entry records it; its user must be gone).
+    async fn leftovers(&self) -> Result<Option<Leftovers>> {
         let Some(client) = &self.etcd else { return Ok(None) };
         let kept = format!("{}-pre-", self.run);
         let ours = |name: &str| name.contains(&self.run) && !(self.args.keep_preload && name.contains(&kept));
-        let mut left = Vec::new();
-        for prefix in [&self.args.data_prefix, &self.args.state_prefix] {
-            left.extend(keys_under(client, prefix).await?.into_iter().filter(|k| ours(k)));
-        }
         let names = etcd_broker::broker::names::Names::new(&self.args.data_prefix, &self.args.state_prefix);
+        let queue = names.role_deletions_prefix();
+        let (mut left, mut queued) = (Vec::new(), std::collections::HashSet::new());
+        for prefix in [&self.args.data_prefix, &self.args.state_prefix] {
+            for key in keys_under(client, prefix).await?.into_iter().filter(|k| ours(k)) {
+                match key.strip_prefix(&queue) {
+                    Some(role) => queued.insert(role.to_owned()),
+                    None => {
+                        left.push(key);
+                        true
+                    }
+                };
+            }
+        }
         let mut instances: Vec<String> =
             (0..self.args.count).flat_map(|i| [self.instance(i), format!("{}-life-{i}", self.run)]).collect();
         if !self.args.keep_preload {
             instances.extend((0..self.args.preload).map(|i| self.preload_instance(i)));
         }
         let binding = BindingId::parse(BINDING).expect("a valid binding id");
-        let mut auth = client.auth_client();
         for instance in instances {
             let Ok(instance) = InstanceId::parse(&instance) else { continue };
-            let name = names.user(&instance, &binding);
-            if found(auth.user_get(name.as_str()).await)? {
-                left.push(format!("user {name}"));
+            let (user, role) = (names.user(&instance, &binding), names.role(&instance, &binding));
+            let (user, role) = (user.as_str(), role.as_str());
+            if found(floor::resend(client, |mut c| async move { c.user_get(user).await }).await)? {
+                left.push(format!("user {user}"));
             }
-            if found(auth.role_get(name.as_str()).await)? {
-                left.push(format!("role {name}"));
+            let role_found = floor::resend(client, |mut c| async move { c.role_get(role).await });
+            if found(role_found.await)? && !queued.contains(role) {
+                left.push(format!("role {role}"));
             }
         }
-        Ok(Some(left))
+        Ok(Some(Leftovers { orphans: left, queued_roles: queued.len() }))
     }
+}
+
+/// What a run left in etcd.
+struct Leftovers {
+    /// Keys, users and roles no broker record accounts for.
+    orphans: Vec<String>,
+    /// Roles of this run in the broker's queue of roles to delete.
+    queued_roles: usize,
 }
 
 /// The binding id every bench binding uses.
@@ -416,30 +442,21 @@ const BINDING: &str = "b";
 /// Every key under `prefix`, a page at a time.
 async fn keys_under(client: &Client, prefix: &str) -> Result<Vec<String>> {
     const PAGE: i64 = 5_000;
-    let mut kv = client.kv_client();
     let range_end = prefix_end(prefix.as_bytes());
     let (mut from, mut keys) = (prefix.as_bytes().to_vec(), Vec::new());
     loop {
         let options = GetOptions::new().with_range(range_end.clone()).with_keys_only().with_limit(PAGE);
-        let page = kv.get(from.clone(), Some(options)).await?;
+        let page = floor::resend(client, |mut c| {
+            let (from, options) = (from.clone(), options.clone());
+            async move { c.get(from, Some(options)).await }
+        })
+        .await?;
         keys.extend(page.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()));
         match page.kvs().last() {
             Some(last) if page.more() => from = [last.key(), b"\0"].concat(),
             _ => return Ok(keys),
         }
     }
-}
-
-/// The smallest key after every key that starts with `prefix` (etcd's prefix range end).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// Whether a user/role lookup found it; "not found" is the answer hoped for.

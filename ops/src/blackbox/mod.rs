@@ -64,6 +64,10 @@ pub struct BlackboxArgs {
     /// Its password; without it the final check is skipped (prefer the environment variable).
     #[arg(long, env = "ETCD_ROOT_PASSWORD", hide_env_values = true)]
     pub etcd_root_password: Option<String>,
+    /// The broker's prefixes.state: roles its role reaper has yet to delete are queued there and
+    /// do not count as left behind.
+    #[arg(long, default_value = etcd_broker::broker::names::DEFAULT_STATE_PREFIX)]
+    pub state_prefix: String,
     /// Time limit of each step, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
@@ -86,6 +90,8 @@ pub struct Settings {
     pub etcd_tls: EtcdTls,
     /// The etcd root user and password, for the final check.
     pub root: Option<(String, Secret)>,
+    /// The broker's prefixes.state (where its queue of roles to delete lives).
+    pub state_prefix: String,
     pub step_timeout: Duration,
 }
 
@@ -147,6 +153,7 @@ impl Settings {
             etcd_endpoints: endpoints,
             etcd_tls: EtcdTls { ca, client },
             root: root_password.map(|p| (root_username, Secret::new(p))),
+            state_prefix: args.state_prefix.clone(),
             step_timeout: Duration::from_secs(errand.timeout.unwrap_or(args.timeout)),
         })
     }

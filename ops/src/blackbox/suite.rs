@@ -16,6 +16,8 @@ use serde_json::Value;
 use super::report::{Outcome, Report, StepResult};
 use super::Settings;
 use crate::osb::{Offering, OsbClient};
+use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
+use etcd_broker::etcd::resend_on_auth_change;
 
 /// Runs the suite; `on_step` sees each result as it is made (the terminal lines).
 pub async fn run(settings: &Settings, on_step: &mut dyn FnMut(&StepResult)) -> Result<Report> {
@@ -427,11 +429,55 @@ impl Apps<'_> {
         let ours = |name: &&String| {
             name.contains(&format!(".{}.", self.a)) || name.contains(&format!(".{}.", self.b))
         };
-        let users: Vec<String> = root.user_list().await?.users().iter().filter(ours).cloned().collect();
+        let users = resend_on_auth_change(|| {
+            let mut c = root.clone();
+            async move { c.user_list().await }
+        })
+        .await?;
+        let users: Vec<String> = users.users().iter().filter(ours).cloned().collect();
         ensure!(users.is_empty(), "users left: {users:?}");
-        let roles: Vec<String> = root.role_list().await?.roles().iter().filter(ours).cloned().collect();
-        ensure!(roles.is_empty(), "roles left: {roles:?}");
-        Ok(())
+        // Roles go in the background (the broker's role reaper): wait for them while the step
+        // lasts, then accept those still in the reaper's queue.
+        let names = Names::new(DEFAULT_DATA_PREFIX, &self.settings.state_prefix);
+        let deadline = Instant::now() + self.settings.step_timeout.saturating_sub(Duration::from_secs(1));
+        loop {
+            let roles = resend_on_auth_change(|| {
+                let mut c = root.clone();
+                async move { c.role_list().await }
+            })
+            .await?;
+            let roles: Vec<String> = roles.roles().iter().filter(ours).cloned().collect();
+            if roles.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let mut unqueued = Vec::new();
+                for role in roles {
+                    let entry = names.role_deletion_key(&role);
+                    let queued = resend_on_auth_change(|| {
+                        let (mut c, entry) = (root.clone(), entry.clone());
+                        async move { c.get(entry, None).await }
+                    })
+                    .await?
+                    .count()
+                        > 0;
+                    // The reaper may have deleted both the role and its entry meanwhile.
+                    if !queued
+                        && resend_on_auth_change(|| {
+                            let (mut c, role) = (root.clone(), role.clone());
+                            async move { c.role_get(role).await }
+                        })
+                        .await
+                        .is_ok()
+                    {
+                        unqueued.push(role);
+                    }
+                }
+                ensure!(unqueued.is_empty(), "roles left, not queued for deletion: {unqueued:?}");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 

@@ -1,0 +1,80 @@
+//! The role reaper: a background task that deletes the roles unbinds and deprovisions queue
+//! (see `broker/role_deletions.rs` for why they are queued).
+//!
+//! It walks the queue one entry at a time and rests between deletions so that it keeps etcd
+//! busy for at most `busy_share` of the time: each RoleDelete holds etcd's write lock for a time
+//! that grows with the number of users, and tenants' writes wait meanwhile. It wakes as soon as
+//! this broker queues a role, and polls for roles queued elsewhere. Every broker instance runs
+//! one; two reapers on the same entry are harmless (deleting a missing role is fine, and the
+//! entry is removed by compare-and-swap).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::broker::role_deletions::QueueStep;
+use crate::broker::EtcdBroker;
+use crate::config::RoleReaperConfig;
+use crate::metrics::Metrics;
+
+/// How long to rest after a deletion that took `took`, to stay within `busy_share`.
+pub fn pause_after(took: Duration, busy_share: f64) -> Duration {
+    took.mul_f64((1.0 - busy_share) / busy_share)
+}
+
+/// Runs forever; meant to be raced against the servers.
+pub async fn run(broker: Arc<EtcdBroker>, config: RoleReaperConfig, metrics: Arc<Metrics>) {
+    let poll = Duration::from_secs(config.poll_seconds);
+    let mut after: Option<String> = None;
+    let mut pass_failed = false;
+    loop {
+        let started = Instant::now();
+        match broker.delete_next_queued_role(after.as_deref()).await {
+            Ok(QueueStep::Deleted { key }) => {
+                metrics.roles_deleted.inc();
+                after = Some(key);
+            }
+            Ok(QueueStep::Failed { key, error }) => {
+                metrics.role_deletion_failures.inc();
+                tracing::warn!(entry = %key, %error, "could not delete a queued role; retrying on the next pass");
+                after = Some(key);
+                pass_failed = true;
+            }
+            // The end of a pass: start the next one at once, unless it would only meet the
+            // same failures again, or there is nothing left.
+            Ok(QueueStep::Empty) if after.is_some() && !pass_failed => {
+                after = None;
+                continue;
+            }
+            Ok(QueueStep::Empty) => {
+                (after, pass_failed) = (None, false);
+                idle(&broker, poll).await;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read the queue of roles to delete");
+                (after, pass_failed) = (None, false);
+                idle(&broker, poll).await;
+                continue;
+            }
+        }
+        tokio::time::sleep(pause_after(started.elapsed(), config.busy_share)).await;
+    }
+}
+
+/// Waits until this broker queues a role or `poll` passes.
+async fn idle(broker: &EtcdBroker, poll: Duration) {
+    let _ = tokio::time::timeout(poll, broker.role_queued().notified()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_keeps_etcd_busy_for_at_most_the_share() {
+        let took = Duration::from_millis(600);
+        assert_eq!(pause_after(took, 0.1), Duration::from_millis(5400));
+        assert_eq!(pause_after(took, 0.5), took);
+        assert_eq!(pause_after(took, 1.0), Duration::ZERO);
+    }
+}
