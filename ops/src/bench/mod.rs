@@ -154,7 +154,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
             let options =
                 ConnectOptions::new().with_user(&args.etcd_username, password).with_auto_token_refresh(true);
             Some(
-                etcd_broker::etcd::connect(&args.etcd, options)
+                etcd_broker::etcd::connect(&args.etcd, options, &Default::default())
                     .await
                     .context("cannot connect to etcd as the broker's user")?,
             )

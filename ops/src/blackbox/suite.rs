@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use etcd_client::{Client, ConnectOptions, GetOptions, OpenSslClientConfig, Permission};
+use etcd_client::{Client, ConnectOptions, GetOptions, Permission};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -17,7 +17,7 @@ use super::report::{Outcome, Report, StepResult};
 use super::Settings;
 use crate::osb::{Offering, OsbClient};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
-use etcd_broker::etcd::resend_on_auth_change;
+use etcd_broker::etcd::{resend_on_auth_change, EtcdTls};
 
 /// Runs the suite; `on_step` sees each result as it is made (the terminal lines).
 pub async fn run(settings: &Settings, on_step: &mut dyn FnMut(&StepResult)) -> Result<Report> {
@@ -339,29 +339,27 @@ impl Apps<'_> {
         }
     }
 
-    fn options(&self, endpoints: &[String], ca: Option<&str>) -> ConnectOptions {
+    fn options(&self) -> ConnectOptions {
         let timeout = self.settings.step_timeout.min(Duration::from_secs(10));
-        let mut options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
-        if endpoints.iter().any(|e| e.starts_with("https://")) {
-            let tls = &self.settings.etcd_tls;
-            let mut config = OpenSslClientConfig::default();
-            if let Some(ca) = tls.ca.as_deref().or(ca) {
-                config = config.ca_cert_pem(ca.as_bytes());
-            }
-            if let Some((cert, key)) = &tls.client {
-                config = config.client_cert_pem_and_key(cert.as_bytes(), key.expose().as_bytes());
-            }
-            options = options.with_openssl_tls(config);
+        ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout)
+    }
+
+    /// TLS for https endpoints: the settings' CA, else the one in the credentials.
+    fn tls(&self, ca: Option<&str>) -> EtcdTls {
+        let tls = &self.settings.etcd_tls;
+        EtcdTls {
+            ca: tls.ca.as_deref().or(ca).map(|ca| ca.as_bytes().to_vec()),
+            client: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| (cert.clone().into_bytes(), key.expose().as_bytes().to_vec())),
         }
-        options
     }
 
     async fn connect(&self, credentials: &Credentials) -> Result<Client> {
         let endpoints = self.endpoints(credentials);
-        let options = self
-            .options(&endpoints, credentials.ca.as_deref())
-            .with_user(&credentials.username, &credentials.password);
-        etcd_broker::etcd::connect(&endpoints, options)
+        let options = self.options().with_user(&credentials.username, &credentials.password);
+        etcd_broker::etcd::connect(&endpoints, options, &self.tls(credentials.ca.as_deref()))
             .await
             .map_err(|e| anyhow!("cannot connect to {endpoints:?}: {e}"))
     }
@@ -417,8 +415,8 @@ impl Apps<'_> {
         let (user, password) = self.settings.root.as_ref().context("no root credentials")?;
         let endpoints = self.settings.etcd_endpoints.clone();
         ensure!(!endpoints.is_empty(), "the root check needs --etcd endpoints");
-        let options = self.options(&endpoints, None).with_user(user, password.expose());
-        let mut root = etcd_broker::etcd::connect(&endpoints, options)
+        let options = self.options().with_user(user, password.expose());
+        let mut root = etcd_broker::etcd::connect(&endpoints, options, &self.tls(None))
             .await
             .map_err(|e| anyhow!("root cannot connect: {e}"))?;
         for prefix in prefixes {
