@@ -244,6 +244,11 @@ pub async fn connect(
     }
 }
 
+/// Where etcd-client sends the endpoints a balanced channel is to use.
+type EndpointUpdates = tokio::sync::mpsc::Sender<
+    tonic::transport::channel::Change<tonic::codegen::http::Uri, tonic::transport::Endpoint>,
+>;
+
 /// tonic's balanced channel (TCP_NODELAY on), for plain-http endpoints.
 struct NoDelayChannel;
 
@@ -253,15 +258,7 @@ impl etcd_client::BalancedChannelBuilder for NoDelayChannel {
     fn balanced_channel(
         self,
         buffer_size: usize,
-    ) -> Result<
-        (
-            etcd_client::Channel,
-            tokio::sync::mpsc::Sender<
-                tonic::transport::channel::Change<tonic::codegen::http::Uri, tonic::transport::Endpoint>,
-            >,
-        ),
-        Self::Error,
-    > {
+    ) -> Result<(etcd_client::Channel, EndpointUpdates), Self::Error> {
         let (channel, updates) = tonic::transport::Channel::balance_channel(buffer_size);
         Ok((etcd_client::Channel::Tonic(channel), updates))
     }
@@ -335,15 +332,7 @@ impl etcd_client::BalancedChannelBuilder for NoDelayTlsChannel {
     fn balanced_channel(
         self,
         buffer_size: usize,
-    ) -> Result<
-        (
-            etcd_client::Channel,
-            tokio::sync::mpsc::Sender<
-                tonic::transport::channel::Change<tonic::codegen::http::Uri, tonic::transport::Endpoint>,
-            >,
-        ),
-        Self::Error,
-    > {
+    ) -> Result<(etcd_client::Channel, EndpointUpdates), Self::Error> {
         use hyper_util::client::legacy::connect::HttpConnector;
         use tonic::transport::channel::Change;
         use tower::discover::Change as Discovered;
