@@ -175,7 +175,11 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   background, keeping etcd busy at most `role_reaper.busy_share` (10 %) of the time. The
   floor of unbind is then its own calls (get, txns, UserDelete), and the role deletions show
   up as the *roles still queued* count below each table, not in unbind's latency. The cost is
-  not gone, only paced: at 100,000 users the reaper deletes about 10 roles a minute.
+  not gone, only paced: at 100,000 users the reaper deletes about 10 roles a minute, and each
+  deletion still stalls writes for ~0.6 s, which is why the preloaded run's p90 and its unbind
+  and GET binding p50 sit above the empty run's. The reaper paces by each deletion's wall time,
+  so it slows down further while etcd is busy (the empty runs end with most of their roles
+  still queued; they drain within seconds once the load stops).
 - **Memory and start-up.** The broker keeps no per-instance state (every request reads etcd), so
   its RSS does not grow with the deployment, and it starts without reading etcd at all (it
   connects on the first request).
