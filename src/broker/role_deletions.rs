@@ -62,12 +62,11 @@ impl EtcdBroker {
 
     /// For a bind whose role name is still queued (a binding id used again after its unbind):
     /// deletes that role now, so the reaper cannot delete the new binding's role later.
-    /// Whether there was one.
-    pub(super) async fn finish_queued_deletion(&self, role: &str) -> BrokerResult<bool> {
+    pub(super) async fn finish_queued_deletion(&self, role: &str) -> BrokerResult<()> {
         let key = self.names().role_deletion_key(role);
         match self.setup.state.get(&key).await.map_err(|e| self.state_failed(e))? {
-            None => Ok(false),
-            Some(found) => self.delete_queued(&key, &found).await.map(|()| true),
+            None => Ok(()),
+            Some(found) => self.delete_queued(&key, &found).await,
         }
     }
 
