@@ -4,7 +4,10 @@
 //! 503, while a cluster is down), authenticates as the configured root-role user, refreshes
 //! expired auth tokens, and fails over between the configured endpoints.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +35,11 @@ struct Connection {
     /// refresh (a bcrypt check of the password in etcd, which etcd repeats for as long as auth
     /// keeps changing during it) would only slow things down.
     signed_tokens: bool,
+    /// How many times this client's token has been refreshed: requests that all saw the same
+    /// stale token log in once between them, not once each.
+    token_generation: AtomicU64,
+    /// Held while refreshing, so a refresh is single-flight.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// Whether `token` is a JWT (three dot-separated parts) rather than a simple token
@@ -50,12 +58,13 @@ pub struct EtcdStore {
     tls: EtcdTls,
     username: String,
     password: crate::config::Secret,
-    connection: OnceCell<Connection>,
-    /// How many times the token has been refreshed: requests that all saw the same stale token
-    /// log in once between them, not once each.
-    token_generation: AtomicU64,
-    /// Held while refreshing, so a refresh is single-flight.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One connection per thread that calls the store. tonic runs a channel's request buffer
+    /// and its HTTP/2 connection as tasks on the runtime that dialled it; a connection shared
+    /// by an actix worker and the thread that dialled it first (the role reaper's, at start)
+    /// sent every etcd request to that other thread and its answer back: two thread wake-ups
+    /// per call, and the broker's CPU per GET binding on a par with etcd's. Each thread dials
+    /// and logs in once, when it first needs etcd.
+    connections: std::sync::Mutex<HashMap<ThreadId, Arc<OnceCell<Arc<Connection>>>>>,
     /// Shared by each user/role change while it is in flight; taken exclusively by a request
     /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
     /// waits, new changes queue behind it).
@@ -83,36 +92,44 @@ impl EtcdStore {
             tls,
             username: config.username.clone(),
             password: config.password.clone(),
-            connection: OnceCell::new(),
-            token_generation: AtomicU64::new(0),
-            refreshing: tokio::sync::Mutex::new(()),
+            connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
         })
     }
 
-    async fn connection(&self) -> Result<&Connection, etcd_client::Error> {
-        self.connection
-            .get_or_try_init(|| async {
-                // Connecting dials nothing yet; the logins are the first requests, retried on the
-                // same balancer while it learns which endpoints are dead. The client logs in for
-                // itself; the second login only shows which kind of token this etcd issues.
-                let client = connect(&self.endpoints, self.options.clone(), &self.tls).await?;
-                let credentials = (self.username.clone(), self.password.expose().to_owned());
-                self.until_reached(|| {
-                    // Clones share the token and credentials: this logs `client` in.
-                    let (mut client, credentials) = (client.clone(), credentials.clone());
-                    async move { client.update_user(Some(credentials)).await }
+    /// This thread's connection, dialled and logged in on first use.
+    async fn connection(&self) -> Result<Arc<Connection>, etcd_client::Error> {
+        let cell = {
+            let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            connections.entry(std::thread::current().id()).or_default().clone()
+        };
+        cell.get_or_try_init(|| async {
+            // Connecting dials nothing yet; the logins are the first requests, retried on the
+            // same balancer while it learns which endpoints are dead. The client logs in for
+            // itself; the second login only shows which kind of token this etcd issues.
+            let client = connect(&self.endpoints, self.options.clone(), &self.tls).await?;
+            let credentials = (self.username.clone(), self.password.expose().to_owned());
+            self.until_reached(|| {
+                // Clones share the token and credentials: this logs `client` in.
+                let (mut client, credentials) = (client.clone(), credentials.clone());
+                async move { client.update_user(Some(credentials)).await }
+            })
+            .await?;
+            let token = self
+                .until_reached(|| {
+                    let (mut auth, (user, password)) = (client.auth_client(), credentials.clone());
+                    async move { auth.authenticate(user, password).await }
                 })
                 .await?;
-                let token = self
-                    .until_reached(|| {
-                        let (mut auth, (user, password)) = (client.auth_client(), credentials.clone());
-                        async move { auth.authenticate(user, password).await }
-                    })
-                    .await?;
-                Ok(Connection { client, signed_tokens: is_signed_token(token.token()) })
-            })
-            .await
+            Ok::<_, etcd_client::Error>(Arc::new(Connection {
+                client,
+                signed_tokens: is_signed_token(token.token()),
+                token_generation: AtomicU64::new(0),
+                refreshing: tokio::sync::Mutex::new(()),
+            }))
+        })
+        .await
+        .cloned()
     }
 
     /// Runs a request, sending it again while it reaches no endpoint (the balancer picks
@@ -160,7 +177,7 @@ impl EtcdStore {
     {
         let connection = self.connection().await?;
         let client = &connection.client;
-        let mut generation = self.token_generation.load(Ordering::Acquire);
+        let mut generation = connection.token_generation.load(Ordering::Acquire);
         let (mut stale_token, mut unreachable) = (0, 0);
         loop {
             let outcome = if stale_token >= QUIET_AUTH_AFTER {
@@ -179,7 +196,7 @@ impl EtcdStore {
                     // this request's next try does not meet the next change head on.
                     tokio::time::sleep(stale_token_pause(stale_token)).await;
                     if connection.signed_tokens {
-                        generation = self.refresh_token_once(client, generation).await?;
+                        generation = connection.refresh_token_once(generation).await?;
                     }
                 }
                 // Failover: the request never left, so sending it to the next endpoint is safe.
@@ -210,13 +227,15 @@ impl EtcdStore {
     {
         self.call(true, |c| op(c.auth_client())).await
     }
+}
 
+impl Connection {
     /// Refreshes the token unless another request already did since `seen`; returns the
     /// generation of the token now in use.
-    async fn refresh_token_once(&self, client: &Client, seen: u64) -> Result<u64, etcd_client::Error> {
+    async fn refresh_token_once(&self, seen: u64) -> Result<u64, etcd_client::Error> {
         let _refreshing = self.refreshing.lock().await;
         if self.token_generation.load(Ordering::Acquire) == seen {
-            client.refresh_token().await?;
+            self.client.refresh_token().await?;
             self.token_generation.fetch_add(1, Ordering::AcqRel);
         }
         Ok(self.token_generation.load(Ordering::Acquire))
