@@ -172,11 +172,20 @@ pub struct RoleReaperConfig {
     /// roles this broker queues are taken at once.
     #[serde(default = "default_poll_seconds")]
     pub poll_seconds: u64,
+    /// The longest a deletion waits for a pause in this broker's OSB traffic (half a second
+    /// without a request) before it runs anyway; 0 never waits. Deleting in the pauses keeps
+    /// the write stall of each RoleDelete out of the platform's requests.
+    #[serde(default = "default_yield_seconds")]
+    pub yield_seconds: u64,
 }
 
 impl Default for RoleReaperConfig {
     fn default() -> Self {
-        Self { busy_share: default_busy_share(), poll_seconds: default_poll_seconds() }
+        Self {
+            busy_share: default_busy_share(),
+            poll_seconds: default_poll_seconds(),
+            yield_seconds: default_yield_seconds(),
+        }
     }
 }
 
@@ -185,6 +194,9 @@ fn default_busy_share() -> f64 {
 }
 fn default_poll_seconds() -> u64 {
     10
+}
+fn default_yield_seconds() -> u64 {
+    60
 }
 
 /// Where the OSB API listens.
@@ -450,6 +462,9 @@ impl Config {
         }
         if !(1..=3600).contains(&self.role_reaper.poll_seconds) {
             return Err(invalid("role_reaper.poll_seconds", "must be between 1 and 3600"));
+        }
+        if self.role_reaper.yield_seconds > 3600 {
+            return Err(invalid("role_reaper.yield_seconds", "must be between 0 and 3600"));
         }
         if !(1..=MAX_WORKERS).contains(&self.listen.workers) {
             return Err(invalid("listen.workers", format!("must be between 1 and {MAX_WORKERS}")));

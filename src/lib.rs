@@ -10,8 +10,11 @@
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
+//! - [`role_reaper`]: the background deletion of unbound bindings' roles, in the pauses of
+//!   the OSB traffic ([`activity`]).
 //! - [`logging`], [`clock`], [`secrets`]: small services.
 
+pub mod activity;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -4,13 +4,16 @@
 //! It walks the queue one entry at a time and rests between deletions so that it keeps etcd
 //! busy for at most `busy_share` of the time: each RoleDelete holds etcd's write lock for a time
 //! that grows with the number of users, and tenants' writes wait meanwhile. It wakes as soon as
-//! this broker queues a role, and polls for roles queued elsewhere. Every broker instance runs
-//! one; two reapers on the same entry are harmless (deleting a missing role is fine, and the
-//! entry is removed by compare-and-swap).
+//! this broker queues a role, and polls for roles queued elsewhere. Each deletion waits for a
+//! pause in this broker's OSB traffic ([`QUIET`] without a request, for at most
+//! `role_reaper.yield_seconds`), so the stall lands between platform requests rather than in
+//! one. Every broker instance runs one; two reapers on the same entry are harmless (deleting a
+//! missing role is fine, and the entry is removed by compare-and-swap).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::activity::OsbActivity;
 use crate::broker::role_deletions::QueueStep;
 use crate::broker::EtcdBroker;
 use crate::config::RoleReaperConfig;
@@ -21,12 +24,35 @@ pub fn pause_after(took: Duration, busy_share: f64) -> Duration {
     took.mul_f64((1.0 - busy_share) / busy_share)
 }
 
+/// How long the OSB API must have been idle before a deletion starts.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// Waits until `activity` has been quiet for [`QUIET`], or `at_most` has passed (a broker that
+/// is never idle still drains its queue, one deletion per `at_most`).
+pub async fn wait_for_quiet(activity: &OsbActivity, at_most: Duration) {
+    let deadline = tokio::time::Instant::now() + at_most;
+    loop {
+        let (quiet, now) = (activity.quiet_for(), tokio::time::Instant::now());
+        if quiet >= QUIET || now >= deadline {
+            return;
+        }
+        tokio::time::sleep((QUIET - quiet).min(deadline - now)).await;
+    }
+}
+
 /// Runs forever; meant to be raced against the servers.
-pub async fn run(broker: Arc<EtcdBroker>, config: RoleReaperConfig, metrics: Arc<Metrics>) {
+pub async fn run(
+    broker: Arc<EtcdBroker>,
+    config: RoleReaperConfig,
+    metrics: Arc<Metrics>,
+    activity: Arc<OsbActivity>,
+) {
     let poll = Duration::from_secs(config.poll_seconds);
+    let at_most = Duration::from_secs(config.yield_seconds);
     let mut after: Option<String> = None;
     let mut pass_failed = false;
     loop {
+        wait_for_quiet(&activity, at_most).await;
         let started = Instant::now();
         match broker.delete_next_queued_role(after.as_deref()).await {
             Ok(QueueStep::Deleted { key }) => {
@@ -69,6 +95,21 @@ async fn idle(broker: &EtcdBroker, poll: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deletions_wait_for_a_quiet_api_but_not_forever() {
+        let activity = OsbActivity::default();
+        // Idle since start: no wait once QUIET has passed.
+        tokio::time::sleep(QUIET).await;
+        let started = tokio::time::Instant::now();
+        wait_for_quiet(&activity, Duration::from_secs(60)).await;
+        assert!(started.elapsed() < Duration::from_millis(1));
+        // A request that never ends: the wait gives up after `at_most`.
+        let _busy = activity.begin();
+        let started = tokio::time::Instant::now();
+        wait_for_quiet(&activity, Duration::from_secs(3)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
 
     #[test]
     fn the_pause_keeps_etcd_busy_for_at_most_the_share() {

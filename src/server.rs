@@ -137,9 +137,14 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<openssl::ssl::SslAcceptorBuilder, Sta
 pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(build_broker(config, &metrics)?);
-    let reaper = Box::pin(role_reaper::run(broker.clone(), config.role_reaper.clone(), metrics.clone()));
     let state =
         HttpState::new(broker.clone(), &config.auth.username, config.auth.password.expose(), metrics.clone());
+    let reaper = Box::pin(role_reaper::run(
+        broker.clone(),
+        config.role_reaper.clone(),
+        metrics.clone(),
+        state.activity.clone(),
+    ));
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .workers(config.listen.workers)

@@ -97,6 +97,10 @@ fn bad_values_name_their_field() {
         t.insert("role_reaper".into(), toml::Value::Table(toml::toml! { poll_seconds = 0 }));
     });
     assert_eq!(field_of(never), "role_reaper.poll_seconds");
+    let forever = with(|t| {
+        t.insert("role_reaper".into(), toml::Value::Table(toml::toml! { yield_seconds = 86400 }));
+    });
+    assert_eq!(field_of(forever), "role_reaper.yield_seconds");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use crate::activity::OsbActivity;
 use crate::metrics::Metrics;
 use crate::osb::{BindingId, InstanceId, ServiceBroker};
 use error::HttpError;
@@ -34,6 +35,8 @@ pub struct HttpState {
     /// The catalog, serialized once.
     pub catalog_json: web::Bytes,
     pub metrics: Arc<Metrics>,
+    /// Requests in flight and the end of the last one, for the role reaper.
+    pub activity: Arc<OsbActivity>,
 }
 
 impl HttpState {
@@ -45,7 +48,13 @@ impl HttpState {
         metrics: Arc<Metrics>,
     ) -> Self {
         let catalog_json = serde_json::to_vec(broker.catalog()).expect("the catalog serializes");
-        Self { broker, auth: BasicAuth::new(username, password), catalog_json: catalog_json.into(), metrics }
+        Self {
+            broker,
+            auth: BasicAuth::new(username, password),
+            catalog_json: catalog_json.into(),
+            metrics,
+            activity: Arc::default(),
+        }
     }
 }
 

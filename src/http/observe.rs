@@ -1,4 +1,5 @@
-//! Request metrics for the OSB API: count, latency and in-flight gauge per operation.
+//! Request metrics for the OSB API: count, latency and in-flight gauge per operation; and the
+//! API's activity, which the role reaper waits on.
 //!
 //! Operations are derived from the method and the shape of the path, so label values stay a
 //! small fixed set whatever ids the platform sends.
@@ -42,8 +43,10 @@ pub async fn record(
     let metrics = &state.metrics;
     let operation = operation_of(req.method(), req.path());
     metrics.osb_in_flight.inc();
+    let in_flight = state.activity.begin();
     let started = Instant::now();
     let result = next.call(req).await;
+    drop(in_flight);
     metrics.osb_in_flight.dec();
     metrics.osb_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
     let status = match &result {
