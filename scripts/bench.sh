@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the standard scenario, written to docs/performance.md.
 #   - release build; a local etcd 3.5 (auth on) + broker started like `make run`;
-#   - etcd-broker-ops bench with 8 and 64 clients at etcd's default bcrypt cost, 8 clients at
+#   - etcd-broker-ops bench (each phase in 4 rounds, broker and floor in turn) with 8 and 64 clients at etcd's default bcrypt cost, 8 clients at
 #     --bcrypt-cost 4, and 8 clients at cost 4 after preloading BENCH_PRELOAD instances with a
 #     binding each (default 100000, about 5 minutes), compared with the empty cost-4 run;
 #   - the catalog with wrk -t2 -c32 (Debian's wrk, unpacked into tools/ on first use);
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-tools.sh >/dev/null
 cargo build --release --locked -q -p etcd-broker-ops -p etcd-broker
 ops=target/release/etcd-broker-ops
-count=${BENCH_COUNT:-400}
+count=${BENCH_COUNT:-1000}
 preload=${BENCH_PRELOAD:-100000}
 out=${BENCH_OUT:-docs/performance.md}
 work=$(mktemp -d)

@@ -46,6 +46,23 @@ impl Measured {
         self.latencies.max() as f64 / 1000.0
     }
 
+    /// Adds a later run of the same measurement (a phase measured in rounds): latencies,
+    /// counts and time add up, the first error stays the first.
+    pub fn absorb(&mut self, later: Measured) {
+        let _ = self.latencies.add(&later.latencies);
+        self.ok += later.ok;
+        self.errors += later.errors;
+        self.elapsed += later.elapsed;
+        if self.first_error.is_none() {
+            self.first_error = later.first_error;
+        }
+    }
+
+    /// Nothing measured yet: what [`Measured::absorb`] starts from.
+    pub fn empty() -> Self {
+        Measured { latencies: histogram(), ok: 0, errors: 0, first_error: None, elapsed: Duration::ZERO }
+    }
+
     /// `{count, errors, throughput, p50_ms, p90_ms, p99_ms, max_ms}`.
     pub fn to_json(&self) -> Value {
         json!({
@@ -124,16 +141,10 @@ where
             (latencies, ok, errors, first_error)
         }));
     }
-    let mut measured =
-        Measured { latencies: histogram(), ok: 0, errors: 0, first_error: None, elapsed: Duration::ZERO };
+    let mut measured = Measured::empty();
     for task in tasks {
         let (latencies, ok, errors, first_error) = task.await.expect("a load task panicked");
-        let _ = measured.latencies.add(&latencies);
-        measured.ok += ok;
-        measured.errors += errors;
-        if measured.first_error.is_none() {
-            measured.first_error = first_error;
-        }
+        measured.absorb(Measured { latencies, ok, errors, first_error, elapsed: Duration::ZERO });
     }
     measured.elapsed = start.elapsed();
     bar.finish_and_clear();

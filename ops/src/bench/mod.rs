@@ -79,7 +79,7 @@ pub struct BenchArgs {
     /// Operations per phase (instances provisioned, bound, ...).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
-    /// Also stop each phase after this many seconds.
+    /// Also stop each phase after this many seconds (shared by its rounds).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
     /// Operations to measure (comma-separated) [default: all].
@@ -98,6 +98,10 @@ pub struct BenchArgs {
     /// Skip the floor measurement.
     #[arg(long)]
     pub no_floor: bool,
+    /// Measure each phase in this many rounds, the broker's and the floor's in turn, so both
+    /// meet the same background (etcd's compactions, the role reaper, other load on the machine).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
     /// Catalog service and plan names [default: the first bindable service, its first plan].
     #[arg(long)]
     pub service: Option<String>,
@@ -210,7 +214,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
         "run": run,
         "settings": {
             "clients": bench.args.clients, "count": bench.args.count, "duration_s": bench.args.duration,
-            "preload": bench.args.preload, "floor": !bench.args.no_floor,
+            "preload": bench.args.preload, "floor": !bench.args.no_floor, "rounds": bench.args.rounds,
         },
         "rss_bytes": { "start": rss_start, "after_preload": rss_loaded, "end": rss_end },
         "operations": rows.iter().map(row_json).collect::<Vec<_>>(),
@@ -277,41 +281,41 @@ impl Bench {
         .await
     }
 
-    /// One operation on `count` items, then (unless --no-floor) the same etcd calls without
-    /// the broker.
+    /// One operation on `count` items and (unless --no-floor) the same etcd calls without the
+    /// broker, in `--rounds` turns: a round of the broker, then a round of the floor with the
+    /// call mix the broker has shown so far. Broker and floor thus share the time and whatever
+    /// the machine and etcd do meanwhile, instead of one running after the other.
     async fn phase(self: Arc<Self>, op: Op) -> Result<Row> {
         let before = self.scrape().await.map(|m| floor::parse_call_counts(&m));
         let count = if op == Op::Catalog { self.args.count * 10 } else { self.args.count };
-        let bench = self.clone();
-        let broker = load::run(op.name(), count, self.clients(), self.duration(), move |i| {
-            let bench = bench.clone();
-            async move { bench.operation(op, i).await }
-        })
-        .await;
-        let after = self.scrape().await.map(|m| floor::parse_call_counts(&m));
-        let calls = match (&before, &after) {
-            (Some(before), Some(after)) => floor::call_mix(before, after, broker.ok),
-            _ => floor::CallMix::new(),
-        };
-        let floor = match (&self.etcd, self.args.no_floor || calls.is_empty()) {
-            (Some(client), false) => {
-                let (client, calls, run) = (client.clone(), Arc::new(calls.clone()), self.run.clone());
-                Some(
-                    load::run(
-                        &format!("{} floor", op.name()),
-                        broker.ok.max(1),
-                        self.clients(),
-                        None,
-                        move |i| {
-                            let (client, calls, run) = (client.clone(), calls.clone(), run.clone());
-                            async move { floor::replay(&client, &calls, &run, i).await }
-                        },
-                    )
-                    .await,
-                )
+        let rounds = rounds(count, self.args.rounds);
+        let duration = self.duration().map(|d| d / rounds.len().max(1) as u32);
+        let (mut broker, mut floor, mut calls) = (Measured::empty(), None, floor::CallMix::new());
+        for (round, items) in rounds.iter().enumerate() {
+            let (bench, first) = (self.clone(), items.start);
+            let label = format!("{} {}/{}", op.name(), round + 1, rounds.len());
+            let measured = load::run(&label, items.end - first, self.clients(), duration, move |i| {
+                let bench = bench.clone();
+                async move { bench.operation(op, first + i).await }
+            })
+            .await;
+            broker.absorb(measured);
+            let after = self.scrape().await.map(|m| floor::parse_call_counts(&m));
+            if let (Some(before), Some(after)) = (&before, &after) {
+                calls = floor::call_mix(before, after, broker.ok);
             }
-            _ => None,
-        };
+            let Some(client) = self.etcd.as_ref().filter(|_| !self.args.no_floor && !calls.is_empty()) else {
+                continue;
+            };
+            let (client, mix, run) = (client.clone(), Arc::new(calls.clone()), self.run.clone());
+            let label = format!("{} floor {}/{}", op.name(), round + 1, rounds.len());
+            let measured = load::run(&label, items.end - first, self.clients(), duration, move |i| {
+                let (client, mix, run) = (client.clone(), mix.clone(), run.clone());
+                async move { floor::replay(&client, &mix, &run, first + i).await }
+            })
+            .await;
+            floor.get_or_insert_with(Measured::empty).absorb(measured);
+        }
         Ok(Row { op, broker, floor, calls })
     }
 
@@ -436,6 +440,13 @@ struct Leftovers {
     queued_roles: usize,
 }
 
+/// Items `0..count` cut into `rounds` consecutive ranges of nearly equal size (fewer when
+/// there are fewer items than rounds).
+fn rounds(count: u64, rounds: u64) -> Vec<std::ops::Range<u64>> {
+    let rounds = rounds.clamp(1, count.max(1));
+    (0..rounds).map(|r| count * r / rounds..count * (r + 1) / rounds).filter(|r| !r.is_empty()).collect()
+}
+
 /// The binding id every bench binding uses.
 const BINDING: &str = "b";
 
@@ -528,6 +539,14 @@ mod tests {
         assert_eq!(prefix_end(b"/etcd-broker/"), b"/etcd-broker0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn rounds_cover_every_item_once_in_order() {
+        assert_eq!(rounds(10, 4), vec![0..2, 2..5, 5..7, 7..10]);
+        assert_eq!(rounds(3, 4), vec![0..1, 1..2, 2..3]);
+        assert_eq!(rounds(7, 1), vec![0..7]);
+        assert!(rounds(0, 4).is_empty());
     }
 
     #[test]
