@@ -46,6 +46,24 @@ fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behin
             assert!(!op["etcd_calls_per_operation"].as_object().unwrap().is_empty(), "{op}");
         }
     }
+    // The floor cleans up after itself too: its keys, users and roles are gone.
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new(&env["ETCDCTL"])
+            .args(["--endpoints", &env["ETCD_ENDPOINTS"], "--user", &env["ETCD_ROOT_USERNAME"]])
+            .args(["--password", &env["ETCD_ROOT_PASSWORD"]])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for listing in [
+        etcdctl(&["user", "list"]),
+        etcdctl(&["role", "list"]),
+        etcdctl(&["get", "", "--prefix", "--keys-only"]),
+    ] {
+        assert!(!listing.contains("bench-floor"), "the floor left {listing}");
+    }
     let bind = operations.iter().find(|o| o["operation"] == "bind").unwrap();
     for call in ["ensure_user", "ensure_role", "txn"] {
         assert!(bind["etcd_calls_per_operation"][call].as_u64().unwrap() >= 1, "bind makes {call}: {bind}");

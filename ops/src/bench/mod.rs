@@ -381,8 +381,15 @@ impl Bench {
             .await;
         }
         if let Some(client) = &self.etcd {
-            if let Err(e) = floor::clean_up(client, &self.run).await {
+            let keep_roles = self.args.keep_preload && self.args.preload > 0;
+            if let Err(e) = floor::clean_up(client, &self.run, self.args.count, keep_roles).await {
                 eprintln!("warning: cleaning up the floor's objects failed: {e:#}");
+            } else if keep_roles {
+                eprintln!(
+                    "note: the floor's roles (bench-floor.{}.*) are left with the kept preload: each \
+                     RoleDelete costs etcd O(users)",
+                    self.run
+                );
             }
         }
     }
