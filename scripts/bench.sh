@@ -194,6 +194,11 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   wait and the per-thread connections, the preloaded run's unbind and GET binding p50 were 1.4x
   the empty run's; now 1.12x and 1.18x). The roles queued by a run are deleted once
   the load stops (the *roles still queued* count below each table: ~40 roles/s on an empty etcd).
+  The bench waits for that (`--settle`, at most 300 s) before its preload and its first phase,
+  so one run's deletions do not stall the next run's measurements: in the previous make bench
+  the preloaded run started with the empty run's 2,000 roles still queued, each now a 0.6 s
+  stall, and its provision p50 came out 1.26x the empty run's (its catalog, which touches no
+  etcd, 1.30x).
 - **Memory and start-up.** The broker keeps no per-instance state (every request reads etcd), so
   its RSS does not grow with the deployment, and it starts without reading etcd at all (it
   connects on the first request). mimalloc was tried as the allocator: within the noise for

@@ -31,6 +31,11 @@ fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behin
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(report["orphans"], Value::Array(vec![]), "{report}");
     assert!(report["rss_bytes"]["end"].as_f64().unwrap() > 1e6, "RSS read from /metrics");
+    // The role reaper's queue was counted in etcd before the preload and the first phase.
+    let settled = report["settled"].as_array().unwrap();
+    let befores: Vec<&str> = settled.iter().map(|s| s["before"].as_str().unwrap()).collect();
+    assert_eq!(befores, ["the preload", "the first phase"], "{report}");
+    assert!(settled.iter().all(|s| s["left"] == 0), "{report}");
     let operations = report["operations"].as_array().unwrap();
     let names: Vec<&str> = operations.iter().map(|o| o["operation"].as_str().unwrap()).collect();
     assert_eq!(names, ["catalog", "provision", "bind", "get-binding", "unbind", "deprovision", "lifecycle"]);

@@ -16,8 +16,14 @@ use super::HttpState;
 
 /// The OSB operation a request is, as used in metric labels and logs.
 pub fn operation_of(method: &Method, path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method.as_str(), segments.as_slice()) {
+    // An OSB path has at most six segments; longer ones are "other" (a seventh stays in view).
+    let mut segments = [""; 7];
+    let mut count = 0;
+    for segment in path.trim_start_matches('/').split('/').take(segments.len()) {
+        segments[count] = segment;
+        count += 1;
+    }
+    match (method.as_str(), &segments[..count]) {
         ("GET", ["v2", "catalog"]) => "catalog",
         ("PUT", ["v2", "service_instances", _]) => "provision",
         ("PATCH", ["v2", "service_instances", _]) => "update",
@@ -50,10 +56,10 @@ pub async fn record(
     metrics.osb_in_flight.dec();
     metrics.osb_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
     let status = match &result {
-        Ok(response) => response.status().as_u16(),
-        Err(e) => e.as_response_error().status_code().as_u16(),
+        Ok(response) => response.status(),
+        Err(e) => e.as_response_error().status_code(),
     };
-    metrics.osb_requests.with_label_values(&[operation, &status.to_string()]).inc();
+    metrics.osb_requests.with_label_values(&[operation, status.as_str()]).inc();
     result.map(ServiceResponse::map_into_boxed_body)
 }
 
@@ -76,6 +82,8 @@ mod tests {
             (Method::GET, "/v2/service_instances/abc/service_bindings/b/last_operation", "last_operation"),
             (Method::POST, "/v2/service_instances/abc", "other"),
             (Method::GET, "/v2/anything/else", "other"),
+            (Method::GET, "/v2/service_instances/abc/service_bindings/b/last_operation/more", "other"),
+            (Method::GET, "/v2/service_instances/abc/service_bindings/b/last_operation/a/b/c", "other"),
         ];
         for (method, path, expected) in cases {
             assert_eq!(operation_of(&method, path), expected, "{method} {path}");

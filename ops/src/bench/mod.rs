@@ -102,6 +102,12 @@ pub struct BenchArgs {
     /// meet the same background (etcd's compactions, the role reaper, other load on the machine).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub rounds: u64,
+    /// Before preloading and before the first phase, wait at most this long for the broker's
+    /// role reaper to empty its queue (roles of earlier unbinds): each RoleDelete costs etcd
+    /// O(users), and deletions left from an earlier run would otherwise stall etcd in the
+    /// middle of this one's measurements. 0 measures whatever the reaper is doing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub settle: u64,
     /// Catalog service and plan names [default: the first bindable service, its first plan].
     #[arg(long)]
     pub service: Option<String>,
@@ -172,7 +178,9 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let bench = Arc::new(Bench { args, osb, offering, http: reqwest::Client::new(), etcd, run: run.clone() });
 
     let rss_start = bench.rss().await;
+    let mut settled = Vec::new();
     if bench.args.preload > 0 {
+        settled.push(bench.settle("the preload").await?);
         let preloaded = bench.preload().await;
         eprintln!(
             "preloaded {} instances with a binding each in {:.1} s ({} errors)",
@@ -188,6 +196,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     } else {
         bench.args.ops.clone()
     };
+    settled.push(bench.settle("the first phase").await?);
     let mut rows = Vec::new();
     for op in ops {
         rows.push(bench.clone().phase(op).await?);
@@ -216,6 +225,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
             "clients": bench.args.clients, "count": bench.args.count, "duration_s": bench.args.duration,
             "preload": bench.args.preload, "floor": !bench.args.no_floor, "rounds": bench.args.rounds,
         },
+        "settled": settled.into_iter().flatten().collect::<Vec<_>>(),
         "rss_bytes": { "start": rss_start, "after_preload": rss_loaded, "end": rss_end },
         "operations": rows.iter().map(row_json).collect::<Vec<_>>(),
         "orphans": orphans,
@@ -265,6 +275,46 @@ impl Bench {
     async fn rss(&self) -> Option<f64> {
         let metrics = self.scrape().await?;
         metrics.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse().ok())
+    }
+
+    /// Waits (up to `--settle`) until no role is queued for the role reaper, saying how long
+    /// that took; a queue that does not drain in time is reported and measured through. The
+    /// JSON form `{before, queued, left, seconds}`, or nothing without etcd or with `--settle 0`.
+    async fn settle(&self, before: &str) -> Result<Option<Value>> {
+        let Some(client) = self.etcd.as_ref().filter(|_| self.args.settle > 0) else { return Ok(None) };
+        let names = etcd_broker::broker::names::Names::new(&self.args.data_prefix, &self.args.state_prefix);
+        let queue = names.role_deletions_prefix();
+        let (started, limit) = (std::time::Instant::now(), Duration::from_secs(self.args.settle));
+        let mut first = None;
+        let queued = loop {
+            let count = floor::resend(client, |mut c| {
+                let queue = queue.clone();
+                async move { c.get(queue, Some(GetOptions::new().with_prefix().with_count_only())).await }
+            })
+            .await
+            .context("cannot count the role reaper's queue")?
+            .count();
+            first.get_or_insert(count);
+            if count == 0 || started.elapsed() >= limit {
+                break count;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let (first, seconds) = (first.unwrap_or(0), started.elapsed().as_secs_f64());
+        match (first, queued) {
+            (0, _) => {}
+            (first, 0) => {
+                eprintln!(
+                    "settled: the role reaper deleted {first} queued roles in {seconds:.1} s before {before}"
+                )
+            }
+            (first, left) => eprintln!(
+                "warning: {left} of {first} roles still queued for the role reaper after {} s; \
+                 {before} is measured while it deletes them (see --settle)",
+                self.args.settle
+            ),
+        }
+        Ok(Some(json!({ "before": before, "queued": first, "left": queued, "seconds": round(seconds) })))
     }
 
     async fn preload(self: &Arc<Self>) -> Measured {
