@@ -6,7 +6,8 @@
 #     --bcrypt-cost 4, and 8 clients at cost 4 after preloading BENCH_PRELOAD instances with a
 #     binding each (default 100000, about 5 minutes), compared with the empty cost-4 run;
 #   - the catalog with wrk -t2 -c32 (Debian's wrk, unpacked into tools/ on first use);
-#   - broker start-up time with the preloaded etcd.
+#   - broker start-up time with the preloaded etcd;
+#   - CPU per operation of the bench, the broker and etcd (all three on this machine).
 # Figures depend on the machine: the file records it. Not a test; CI runs a smoke version only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,8 @@ stop_stack() { kill -INT "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; 
 bench() { # NAME ARGS...
   local name=$1; shift
   echo "bench: $name" >&2
-  "$ops" bench --count "$count" --json "$work/$name.json" "$@" | tee "$work/$name.txt"
+  "$ops" bench --count "$count" --json "$work/$name.json" --cpu-of "broker=$BROKER_PID" --cpu-of "etcd=$ETCD_PID" "$@" |
+    tee "$work/$name.txt"
 }
 
 start_stack default

@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 use crate::config::ClusterConfig;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
-/// How long one etcd request may take before the broker answers 503.
+/// How long one etcd request may take before the broker answers 503 (see [`bounded`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between failover attempts, so the balancer can mark a dead endpoint.
@@ -78,7 +78,6 @@ impl EtcdStore {
         let options = ConnectOptions::new()
             .with_auto_token_refresh(true)
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
         let mut tls = EtcdTls::default();
         if let Some(config) = &config.tls {
@@ -112,13 +111,13 @@ impl EtcdStore {
             self.until_reached(|| {
                 // Clones share the token and credentials: this logs `client` in.
                 let (mut client, credentials) = (client.clone(), credentials.clone());
-                async move { client.update_user(Some(credentials)).await }
+                async move { bounded(client.update_user(Some(credentials))).await }
             })
             .await?;
             let token = self
                 .until_reached(|| {
                     let (mut auth, (user, password)) = (client.auth_client(), credentials.clone());
-                    async move { auth.authenticate(user, password).await }
+                    async move { bounded(auth.authenticate(user, password)).await }
                 })
                 .await?;
             Ok::<_, etcd_client::Error>(Arc::new(Connection {
@@ -182,12 +181,12 @@ impl EtcdStore {
         loop {
             let outcome = if stale_token >= QUIET_AUTH_AFTER {
                 let _quiet = self.auth_gate.write().await;
-                op(client).await
+                bounded(op(client)).await
             } else if changes_auth {
                 let _changing = self.auth_gate.read().await;
-                op(client).await
+                bounded(op(client)).await
             } else {
-                op(client).await
+                bounded(op(client)).await
             };
             match outcome {
                 Err(e) if is_old_auth_revision(&e) && stale_token < OLD_REVISION_RETRIES => {
@@ -235,11 +234,25 @@ impl Connection {
     async fn refresh_token_once(&self, seen: u64) -> Result<u64, etcd_client::Error> {
         let _refreshing = self.refreshing.lock().await;
         if self.token_generation.load(Ordering::Acquire) == seen {
-            self.client.refresh_token().await?;
+            bounded(self.client.refresh_token()).await?;
             self.token_generation.fetch_add(1, Ordering::AcqRel);
         }
         Ok(self.token_generation.load(Ordering::Acquire))
     }
+}
+
+/// One etcd request, given up after [`REQUEST_TIMEOUT`] (dropping it cancels its stream), with
+/// an error that says so. tonic's own deadline (`ConnectOptions::with_timeout`) reports only
+/// "Timeout expired"; an operator reading the 503 should learn that etcd stopped answering.
+async fn bounded<T>(
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request).await.unwrap_or_else(|_| {
+        Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
+            "etcd did not answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))))
+    })
 }
 
 /// Connects to etcd, with TCP_NODELAY on plain-http endpoints.

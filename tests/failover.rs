@@ -1,7 +1,10 @@
 //! Acceptance: a cluster's endpoints fail over. With a dead endpoint listed first, the broker
-//! still serves every request from the live one, from the very first request on.
+//! still serves every request from the live one, from the very first request on. An etcd that
+//! stops answering costs a request 503 after the request timeout, not a hang.
 
 mod common;
+
+use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::StatusCode;
@@ -33,5 +36,52 @@ async fn a_dead_first_endpoint_is_skipped() {
     for i in 0..5 {
         assert_eq!(osb.deprovision(&format!("f{i}")).await.status, StatusCode::OK);
     }
+    broker.stop().await;
+}
+
+/// Sends `signal` (STOP or CONT) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+}
+
+/// Resumes the process when dropped, also when the test fails.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+#[tokio::test]
+async fn an_etcd_that_stops_answering_costs_a_503_after_the_request_timeout() {
+    let etcd = start_etcd().await;
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let osb = Osb::new(&broker.url);
+    assert_eq!(osb.provision("hang-1", SHARED).await.status, StatusCode::CREATED);
+
+    let pid = etcd.pid().expect("etcd runs");
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    // The catalog needs no etcd: still served at once.
+    let catalog = osb.request(reqwest::Method::GET, "/v2/catalog").send().await.unwrap();
+    assert_eq!(catalog.status(), StatusCode::OK);
+    let started = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(30), osb.provision("hang-2", SHARED))
+        .await
+        .expect("the broker answers while etcd is stopped");
+    let waited = started.elapsed();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+    assert!(reply.body["description"].as_str().unwrap().contains("10 s"), "{:?}", reply.body);
+    assert!(waited >= Duration::from_secs(9), "answered after {waited:?}, before the timeout");
+
+    drop(resume);
+    // Once etcd answers again, so does the broker; the timed-out provision is safe to repeat
+    // (etcd may have applied it after all when it resumed: then it already exists, 200).
+    let again = osb.provision("hang-2", SHARED).await;
+    assert!([StatusCode::CREATED, StatusCode::OK].contains(&again.status), "{:?}", again.body);
+    assert_eq!(osb.deprovision("hang-1").await.status, StatusCode::OK);
+    assert_eq!(osb.deprovision("hang-2").await.status, StatusCode::OK);
     broker.stop().await;
 }

@@ -276,6 +276,11 @@ impl LocalEtcd {
         endpoint(self.client_port)
     }
 
+    /// The etcd process's id, for tests that stop and resume it (`kill -STOP`/`-CONT`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.id()
+    }
+
     /// The client port on 127.0.0.1.
     pub fn client_port(&self) -> u16 {
         self.client_port

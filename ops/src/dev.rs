@@ -109,6 +109,9 @@ fn env_lines(broker_url: &str, metrics_url: &str, broker_password: &str, etcd: &
         ("ETCD_ROOT_PASSWORD", etcd.root_password().to_owned()),
         ("ETCDCTL", etcd.etcdctl().display().to_string()),
         ("METRICS_URL", metrics_url.to_owned()),
+        // For `bench --cpu-of broker=$BROKER_PID --cpu-of etcd=$ETCD_PID`.
+        ("BROKER_PID", std::process::id().to_string()),
+        ("ETCD_PID", etcd.pid().map_or_else(String::new, |pid| pid.to_string())),
     ] {
         let _ = writeln!(out, "{key}={value}");
     }

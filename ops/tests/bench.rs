@@ -18,6 +18,12 @@ fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behin
     let out = Command::new(common::OPS)
         .args(["bench", "--clients", "4", "--count", "12", "--preload", "5", "--json"])
         .arg(&report)
+        .args([
+            "--cpu-of",
+            &format!("broker={}", env["BROKER_PID"]),
+            "--cpu-of",
+            &format!("etcd={}", env["ETCD_PID"]),
+        ])
         .envs(env.iter().filter(|(k, _)| k.as_str() != "ETCDCTL"))
         .output()
         .unwrap();
@@ -49,6 +55,13 @@ fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behin
             assert!(op["floor"]["count"].as_u64().unwrap() > 0, "a floor for {op}");
             assert!(op["p50_ratio"].as_f64().is_some(), "{op}");
             assert!(!op["etcd_calls_per_operation"].as_object().unwrap().is_empty(), "{op}");
+            // CPU per operation of the bench itself and of the broker and etcd it was told of.
+            for side in ["broker", "floor"] {
+                let cpu = &op["cpu_us_per_operation"][side];
+                assert!(cpu["client"].as_f64().unwrap() > 0.0, "{side}: {op}");
+                assert!(cpu["etcd"].as_f64().unwrap() > 0.0, "{side}: {op}");
+            }
+            assert!(op["cpu_us_per_operation"]["broker"]["broker"].as_f64().unwrap() > 0.0, "{op}");
         }
     }
     // The floor cleans up after itself too: its keys, users and roles are gone.

@@ -4,8 +4,10 @@
 //!
 //! - `mod.rs`: flags, the run (phases in lifecycle order), the report (table and JSON);
 //! - `load.rs`: N concurrent clients over numbered items, latency histograms, progress bar;
-//! - `floor.rs`: the broker's etcd call mix per operation and its raw replay.
+//! - `floor.rs`: the broker's etcd call mix per operation and its raw replay;
+//! - `cpu.rs`: CPU time per operation of the bench, and of a local broker and etcd.
 
+mod cpu;
 mod floor;
 mod load;
 
@@ -19,6 +21,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::osb::{BrokerTarget, Offering, OsbClient};
+use cpu::{CpuUse, Watched};
 use etcd_broker::etcd::prefix_end;
 use etcd_broker::osb::ids::{BindingId, InstanceId};
 use load::{round, Measured};
@@ -108,6 +111,10 @@ pub struct BenchArgs {
     /// middle of this one's measurements. 0 measures whatever the reaper is doing.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub settle: u64,
+    /// Also report the CPU time per operation of this process on this machine, e.g.
+    /// `--cpu-of broker=PID --cpu-of etcd=PID` (the bench's own is always reported, as "client").
+    #[arg(long = "cpu-of", value_name = "NAME=PID")]
+    pub cpu_of: Vec<Watched>,
     /// Catalog service and plan names [default: the first bindable service, its first plan].
     #[arg(long)]
     pub service: Option<String>,
@@ -129,6 +136,18 @@ struct Row {
     broker: Measured,
     floor: Option<Measured>,
     calls: floor::CallMix,
+    /// CPU the watched processes used in the broker's rounds and in the floor's.
+    cpu: CpuUse,
+    floor_cpu: CpuUse,
+}
+
+impl Row {
+    /// Its name and the CPU per operation in the broker's rounds and (if any) the floor's.
+    fn cpu_per_operation(&self) -> cpu::PerOperation {
+        let count = |m: &Measured| m.ok + m.errors;
+        let floor = self.floor.as_ref().map(|f| self.floor_cpu.per_operation_us(count(f)));
+        (self.op.name(), self.cpu.per_operation_us(count(&self.broker)), floor)
+    }
 }
 
 struct Bench {
@@ -138,6 +157,8 @@ struct Bench {
     http: reqwest::Client,
     etcd: Option<Client>,
     run: String,
+    /// The bench itself, then the processes of --cpu-of.
+    watched: Vec<Watched>,
 }
 
 /// Runs the bench, prints the table, writes the JSON; fails on errors or orphans.
@@ -175,7 +196,16 @@ async fn run_async(args: BenchArgs) -> Result<()> {
         bail!("the floor needs --etcd, ETCD_ROOT_PASSWORD and --metrics-url (or give --no-floor)");
     }
     let run = format!("bench-{}", etcd_broker::secrets::random_password().get(..8).unwrap_or("run"));
-    let bench = Arc::new(Bench { args, osb, offering, http: reqwest::Client::new(), etcd, run: run.clone() });
+    let watched = std::iter::once(Watched::this_process()).chain(args.cpu_of.iter().cloned()).collect();
+    let bench = Arc::new(Bench {
+        args,
+        osb,
+        offering,
+        http: reqwest::Client::new(),
+        etcd,
+        run: run.clone(),
+        watched,
+    });
 
     let rss_start = bench.rss().await;
     let mut settled = Vec::new();
@@ -207,6 +237,9 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let orphans = left.as_ref().map(|l| l.orphans.clone());
 
     println!("{}", table(&rows));
+    if let Some(cpu) = cpu::table(&rows.iter().map(Row::cpu_per_operation).collect::<Vec<_>>()) {
+        println!("{cpu}");
+    }
     let mb = |rss: Option<f64>| rss.map_or("?".to_owned(), |b| format!("{:.1} MB", b / 1e6));
     println!(
         "broker RSS: {} at start, {} after preload, {} at the end; orphans: {}",
@@ -341,15 +374,17 @@ impl Bench {
         let rounds = rounds(count, self.args.rounds);
         let duration = self.duration().map(|d| d / rounds.len().max(1) as u32);
         let (mut broker, mut floor, mut calls) = (Measured::empty(), None, floor::CallMix::new());
+        let (mut cpu, mut floor_cpu) = (CpuUse::default(), CpuUse::default());
         for (round, items) in rounds.iter().enumerate() {
             let (bench, first) = (self.clone(), items.start);
             let label = format!("{} {}/{}", op.name(), round + 1, rounds.len());
-            let measured = load::run(&label, items.end - first, self.clients(), duration, move |i| {
+            let load = load::run(&label, items.end - first, self.clients(), duration, move |i| {
                 let bench = bench.clone();
                 async move { bench.operation(op, first + i).await }
-            })
-            .await;
+            });
+            let (measured, used) = CpuUse::during(&self.watched, load).await;
             broker.absorb(measured);
+            cpu.absorb(used);
             let after = self.scrape().await.map(|m| floor::parse_call_counts(&m));
             if let (Some(before), Some(after)) = (&before, &after) {
                 calls = floor::call_mix(before, after, broker.ok);
@@ -359,14 +394,15 @@ impl Bench {
             };
             let (client, mix, run) = (client.clone(), Arc::new(calls.clone()), self.run.clone());
             let label = format!("{} floor {}/{}", op.name(), round + 1, rounds.len());
-            let measured = load::run(&label, items.end - first, self.clients(), duration, move |i| {
+            let load = load::run(&label, items.end - first, self.clients(), duration, move |i| {
                 let (client, mix, run) = (client.clone(), mix.clone(), run.clone());
                 async move { floor::replay(&client, &mix, &run, first + i).await }
-            })
-            .await;
+            });
+            let (measured, used) = CpuUse::during(&self.watched, load).await;
             floor.get_or_insert_with(Measured::empty).absorb(measured);
+            floor_cpu.absorb(used);
         }
-        Ok(Row { op, broker, floor, calls })
+        Ok(Row { op, broker, floor, calls, cpu, floor_cpu })
     }
 
     async fn operation(&self, op: Op, i: u64) -> Result<()> {
@@ -542,12 +578,14 @@ fn ratio(row: &Row) -> Option<f64> {
 }
 
 fn row_json(row: &Row) -> Value {
+    let (_, broker_cpu, floor_cpu) = row.cpu_per_operation();
     json!({
         "operation": row.op.name(),
         "broker": row.broker.to_json(),
         "floor": row.floor.as_ref().map(Measured::to_json),
         "p50_ratio": ratio(row).map(round),
         "etcd_calls_per_operation": row.calls,
+        "cpu_us_per_operation": { "broker": broker_cpu, "floor": floor_cpu },
     })
 }
 
