@@ -161,17 +161,17 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   With one client, an HTTP exchange that touches nothing is the catalog's p50, 0.12 ms, and
   GET binding's floor is a single linearizable get of about 0.29 ms: the hop alone makes that
   1.4x before the broker does any work. With 8 clients the cores are saturated and latency
-  follows CPU: a GET binding costs 220-260 us of CPU through the broker against 110-150 us
+  follows CPU: a GET binding costs 210-260 us of CPU through the broker against 110-150 us
   for the bare get. About 70 us of that is the broker's (half in the kernel's TCP paths: it
   receives and answers the HTTP request, sends and receives the etcd request); most of the rest
-  is etcd spending more on the same get when it comes through the broker (98-145 us against
-  59-89 us), most likely because the floor's clients send their gets back to back, so etcd
+  is etcd spending more on the same get when it comes through the broker (100-145 us against
+  60-90 us), most likely because the floor's clients send their gets back to back, so etcd
   reads several per socket read and serves them with one read-index round, while through the
-  broker they arrive one by one. Hence GET binding misses its 1.5x target (about 1.55x at one
-  client, 1.9-2.0x at 8, 2.2x at 64), and provision, one txn, sits at 1.35-1.5x, while the
-  operations with several etcd calls, a bcrypt or an fsync per step, stay at 0.9-1.2x: the
-  hop and the broker's CPU are a fixed cost of 0.1-0.5 ms, small against those but not against
-  a single get.
+  broker they arrive one by one. Hence GET binding misses its 1.5x target (over this
+  session's three make bench runs: 1.55-1.6x at one client, 1.7-2.0x at 8, 1.5-2.2x at 64),
+  and provision, one txn, sits at 1.34-1.54x, while the operations with several etcd calls,
+  a bcrypt or an fsync per step, stay at 0.9-1.2x: the hop and the broker's CPU are a fixed
+  cost of 0.1-0.5 ms, small against those but not against a single get or txn.
 - **What the profiles found.** The broker dialled etcd on the thread that first needed it, the
   role reaper's at start, and tonic runs a channel's buffer and HTTP/2 connection as tasks of
   that thread: every request of the actix worker crossed to the other thread and back. Each

@@ -310,13 +310,17 @@ impl Bench {
         metrics.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse().ok())
     }
 
+    /// The keys, users and roles the broker uses, under the prefixes given.
+    fn names(&self) -> etcd_broker::broker::names::Names {
+        etcd_broker::broker::names::Names::new(&self.args.data_prefix, &self.args.state_prefix)
+    }
+
     /// Waits (up to `--settle`) until no role is queued for the role reaper, saying how long
     /// that took; a queue that does not drain in time is reported and measured through. The
     /// JSON form `{before, queued, left, seconds}`, or nothing without etcd or with `--settle 0`.
     async fn settle(&self, before: &str) -> Result<Option<Value>> {
         let Some(client) = self.etcd.as_ref().filter(|_| self.args.settle > 0) else { return Ok(None) };
-        let names = etcd_broker::broker::names::Names::new(&self.args.data_prefix, &self.args.state_prefix);
-        let queue = names.role_deletions_prefix();
+        let queue = self.names().role_deletions_prefix();
         let (started, limit) = (std::time::Instant::now(), Duration::from_secs(self.args.settle));
         let mut first = None;
         let queued = loop {
@@ -489,7 +493,7 @@ impl Bench {
         let Some(client) = &self.etcd else { return Ok(None) };
         let kept = format!("{}-pre-", self.run);
         let ours = |name: &str| name.contains(&self.run) && !(self.args.keep_preload && name.contains(&kept));
-        let names = etcd_broker::broker::names::Names::new(&self.args.data_prefix, &self.args.state_prefix);
+        let names = self.names();
         let queue = names.role_deletions_prefix();
         let (mut left, mut queued) = (Vec::new(), std::collections::HashSet::new());
         for prefix in [&self.args.data_prefix, &self.args.state_prefix] {
