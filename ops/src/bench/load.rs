@@ -21,6 +21,9 @@ pub struct Measured {
     /// The first error, to say what went wrong (never holds credentials: see its callers).
     pub first_error: Option<String>,
     pub elapsed: Duration,
+    /// The items whose calls succeeded, in no particular order: what a later phase can build on
+    /// when a `--duration` cut this one short.
+    pub succeeded: Vec<u64>,
 }
 
 impl Measured {
@@ -53,6 +56,7 @@ impl Measured {
         self.ok += later.ok;
         self.errors += later.errors;
         self.elapsed += later.elapsed;
+        self.succeeded.extend(later.succeeded);
         if self.first_error.is_none() {
             self.first_error = later.first_error;
         }
@@ -60,7 +64,14 @@ impl Measured {
 
     /// Nothing measured yet: what [`Measured::absorb`] starts from.
     pub fn empty() -> Self {
-        Measured { latencies: histogram(), ok: 0, errors: 0, first_error: None, elapsed: Duration::ZERO }
+        Measured {
+            latencies: histogram(),
+            ok: 0,
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::ZERO,
+            succeeded: Vec::new(),
+        }
     }
 
     /// `{count, errors, throughput, p50_ms, p90_ms, p99_ms, max_ms}`.
@@ -116,7 +127,7 @@ where
         let (next, call, bar) = (next.clone(), call.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = histogram();
-            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            let (mut ok, mut errors, mut first_error, mut succeeded) = (0u64, 0u64, None, Vec::new());
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
@@ -129,6 +140,7 @@ where
                 match call(i).await {
                     Ok(()) => {
                         ok += 1;
+                        succeeded.push(i);
                         let _ = latencies.record((t0.elapsed().as_micros() as u64).max(1));
                     }
                     Err(e) => {
@@ -138,13 +150,13 @@ where
                 }
                 bar.inc(1);
             }
-            (latencies, ok, errors, first_error)
+            (latencies, ok, errors, first_error, succeeded)
         }));
     }
     let mut measured = Measured::empty();
     for task in tasks {
-        let (latencies, ok, errors, first_error) = task.await.expect("a load task panicked");
-        measured.absorb(Measured { latencies, ok, errors, first_error, elapsed: Duration::ZERO });
+        let (latencies, ok, errors, first_error, succeeded) = task.await.expect("a load task panicked");
+        measured.absorb(Measured { latencies, ok, errors, first_error, elapsed: Duration::ZERO, succeeded });
     }
     measured.elapsed = start.elapsed();
     bar.finish_and_clear();
@@ -174,6 +186,9 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
         assert_eq!((measured.ok, measured.errors), (45, 5));
+        let mut succeeded = measured.succeeded.clone();
+        succeeded.sort();
+        assert_eq!(succeeded, (0..50).filter(|i| i % 10 != 0).collect::<Vec<_>>());
         assert!(measured.first_error.as_deref().unwrap().starts_with("item "));
         assert_eq!(measured.to_json()["count"], 50);
     }

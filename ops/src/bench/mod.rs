@@ -82,7 +82,8 @@ pub struct BenchArgs {
     /// Operations per phase (instances provisioned, bound, ...).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
-    /// Also stop each phase after this many seconds (shared by its rounds).
+    /// Also stop each phase after this many seconds (shared by its rounds); later phases then
+    /// work on what the earlier ones got done (bind what was provisioned, and so on).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
     /// Operations to measure (comma-separated) [default: all].
@@ -228,8 +229,11 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     };
     settled.push(bench.settle("the first phase").await?);
     let mut rows = Vec::new();
+    let mut items = Items::new(bench.args.count);
     for op in ops {
-        rows.push(bench.clone().phase(op).await?);
+        let (row, succeeded) = bench.clone().phase(op, items.input(op)?).await?;
+        items.after(op, succeeded);
+        rows.push(row);
     }
     bench.clean_up().await;
     let rss_end = bench.rss().await;
@@ -372,21 +376,24 @@ impl Bench {
     /// broker, in `--rounds` turns: a round of the broker, then a round of the floor with the
     /// call mix the broker has shown so far. Broker and floor thus share the time and whatever
     /// the machine and etcd do meanwhile, instead of one running after the other.
-    async fn phase(self: Arc<Self>, op: Op) -> Result<Row> {
+    ///
+    /// Works on `items` (instance numbers); returns the row and the items it succeeded for.
+    async fn phase(self: Arc<Self>, op: Op, items: Arc<Vec<u64>>) -> Result<(Row, Vec<u64>)> {
         let before = self.scrape().await.map(|m| floor::parse_call_counts(&m));
-        let count = if op == Op::Catalog { self.args.count * 10 } else { self.args.count };
-        let rounds = rounds(count, self.args.rounds);
+        let rounds = rounds(items.len() as u64, self.args.rounds);
         let duration = self.duration().map(|d| d / rounds.len().max(1) as u32);
         let (mut broker, mut floor, mut calls) = (Measured::empty(), None, floor::CallMix::new());
         let (mut cpu, mut floor_cpu) = (CpuUse::default(), CpuUse::default());
-        for (round, items) in rounds.iter().enumerate() {
-            let (bench, first) = (self.clone(), items.start);
+        for (round, range) in rounds.iter().enumerate() {
+            let first = range.start as usize;
+            let (bench, mine) = (self.clone(), items.clone());
             let label = format!("{} {}/{}", op.name(), round + 1, rounds.len());
-            let load = load::run(&label, items.end - first, self.clients(), duration, move |i| {
-                let bench = bench.clone();
-                async move { bench.operation(op, first + i).await }
+            let load = load::run(&label, range.end - range.start, self.clients(), duration, move |i| {
+                let (bench, item) = (bench.clone(), mine[first + i as usize]);
+                async move { bench.operation(op, item).await }
             });
-            let (measured, used) = CpuUse::during(&self.watched, load).await;
+            let (mut measured, used) = CpuUse::during(&self.watched, load).await;
+            measured.succeeded.iter_mut().for_each(|i| *i = items[first + *i as usize]);
             broker.absorb(measured);
             cpu.absorb(used);
             let after = self.scrape().await.map(|m| floor::parse_call_counts(&m));
@@ -396,17 +403,20 @@ impl Bench {
             let Some(client) = self.etcd.as_ref().filter(|_| !self.args.no_floor && !calls.is_empty()) else {
                 continue;
             };
-            let (client, mix, run) = (client.clone(), Arc::new(calls.clone()), self.run.clone());
+            let (client, mix, run, mine) =
+                (client.clone(), Arc::new(calls.clone()), self.run.clone(), items.clone());
             let label = format!("{} floor {}/{}", op.name(), round + 1, rounds.len());
-            let load = load::run(&label, items.end - first, self.clients(), duration, move |i| {
-                let (client, mix, run) = (client.clone(), mix.clone(), run.clone());
-                async move { floor::replay(&client, &mix, &run, first + i).await }
+            let load = load::run(&label, range.end - range.start, self.clients(), duration, move |i| {
+                let (client, mix, run, item) =
+                    (client.clone(), mix.clone(), run.clone(), mine[first + i as usize]);
+                async move { floor::replay(&client, &mix, &run, item).await }
             });
             let (measured, used) = CpuUse::during(&self.watched, load).await;
             floor.get_or_insert_with(Measured::empty).absorb(measured);
             floor_cpu.absorb(used);
         }
-        Ok(Row { op, broker, floor, calls, cpu, floor_cpu })
+        let succeeded = std::mem::take(&mut broker.succeeded);
+        Ok((Row { op, broker, floor, calls, cpu, floor_cpu }, succeeded))
     }
 
     async fn operation(&self, op: Op, i: u64) -> Result<()> {
@@ -537,6 +547,58 @@ struct Leftovers {
     queued_roles: usize,
 }
 
+/// Which instance numbers each phase works on. Normally all of `0..count`; when `--duration`
+/// cut a phase short, the later phases work only on what it got done (a bind needs an instance
+/// provisioned, an unbind a binding made), so a shorter run measures fewer operations instead
+/// of failing on the rest.
+struct Items {
+    count: u64,
+    provisioned: Option<Vec<u64>>,
+    bound: Option<Vec<u64>>,
+}
+
+impl Items {
+    fn new(count: u64) -> Self {
+        Items { count, provisioned: None, bound: None }
+    }
+
+    /// The items `op` works on; an error when it needs a phase that has not run before it.
+    fn input(&self, op: Op) -> Result<Arc<Vec<u64>>> {
+        let needs = |state: &Option<Vec<u64>>, phases: &str| {
+            state.clone().with_context(|| {
+                format!("{} works on the instances that {phases} made earlier in the run: put them before it in --ops", op.name())
+            })
+        };
+        let items = match op {
+            Op::Catalog => (0..self.count * 10).collect(),
+            Op::Provision | Op::Lifecycle => (0..self.count).collect(),
+            Op::Bind | Op::Deprovision => needs(&self.provisioned, "provision")?,
+            Op::GetBinding | Op::Unbind => needs(&self.bound, "provision and bind")?,
+        };
+        Ok(Arc::new(items))
+    }
+
+    /// Records what `op` did to the items it `succeeded` for.
+    fn after(&mut self, op: Op, mut succeeded: Vec<u64>) {
+        succeeded.sort_unstable();
+        let without = |state: &mut Option<Vec<u64>>, gone: &[u64]| {
+            if let Some(items) = state {
+                items.retain(|i| gone.binary_search(i).is_err());
+            }
+        };
+        match op {
+            Op::Provision => self.provisioned = Some(succeeded),
+            Op::Bind => self.bound = Some(succeeded),
+            Op::Unbind => without(&mut self.bound, &succeeded),
+            Op::Deprovision => {
+                without(&mut self.provisioned, &succeeded);
+                without(&mut self.bound, &succeeded);
+            }
+            Op::Catalog | Op::GetBinding | Op::Lifecycle => {}
+        }
+    }
+}
+
 /// Items `0..count` cut into `rounds` consecutive ranges of nearly equal size (fewer when
 /// there are fewer items than rounds).
 fn rounds(count: u64, rounds: u64) -> Vec<std::ops::Range<u64>> {
@@ -646,6 +708,29 @@ mod tests {
         assert_eq!(rounds(3, 4), vec![0..1, 1..2, 2..3]);
         assert_eq!(rounds(7, 1), vec![0..7]);
         assert!(rounds(0, 4).is_empty());
+    }
+
+    #[test]
+    fn later_phases_work_on_what_the_earlier_ones_got_done() {
+        let mut items = Items::new(6);
+        let input = |items: &Items, op| items.input(op).unwrap().as_ref().clone();
+        assert_eq!(input(&items, Op::Catalog).len(), 60);
+        assert_eq!(input(&items, Op::Provision), [0, 1, 2, 3, 4, 5]);
+        let error = items.input(Op::GetBinding).unwrap_err().to_string();
+        assert!(error.contains("provision and bind") && error.contains("--ops"), "{error}");
+        // A provision cut short by --duration (items 4 and 5 never ran, 2 failed).
+        items.after(Op::Provision, vec![3, 0, 1]);
+        assert_eq!(input(&items, Op::Bind), [0, 1, 3]);
+        items.after(Op::Bind, vec![1, 3]);
+        assert_eq!(input(&items, Op::GetBinding), [1, 3]);
+        items.after(Op::GetBinding, vec![1]);
+        assert_eq!(input(&items, Op::Unbind), [1, 3]);
+        items.after(Op::Unbind, vec![3]);
+        assert_eq!(input(&items, Op::GetBinding), [1]);
+        items.after(Op::Deprovision, vec![0, 1]);
+        assert_eq!(input(&items, Op::Deprovision), [3]);
+        assert!(input(&items, Op::Unbind).is_empty());
+        assert_eq!(input(&items, Op::Lifecycle), [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]
