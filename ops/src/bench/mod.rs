@@ -172,6 +172,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 async fn run_async(args: BenchArgs) -> Result<()> {
+    let ops = if args.ops.is_empty() {
+        vec![Op::Catalog, Op::Provision, Op::Bind, Op::GetBinding, Op::Unbind, Op::Deprovision, Op::Lifecycle]
+    } else {
+        args.ops.clone()
+    };
+    Items::check_order(&ops)?;
     let target = BrokerTarget {
         url: args.broker_url.clone(),
         username: args.broker_username.clone(),
@@ -222,11 +228,6 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     }
     let rss_loaded = bench.rss().await;
 
-    let ops = if bench.args.ops.is_empty() {
-        vec![Op::Catalog, Op::Provision, Op::Bind, Op::GetBinding, Op::Unbind, Op::Deprovision, Op::Lifecycle]
-    } else {
-        bench.args.ops.clone()
-    };
     settled.push(bench.settle("the first phase").await?);
     let mut rows = Vec::new();
     let mut items = Items::new(bench.args.count);
@@ -578,6 +579,17 @@ impl Items {
         Ok(Arc::new(items))
     }
 
+    /// Refuses an order of operations in which one needs a phase that does not run before it,
+    /// before the first phase has made anything that would then be left behind.
+    fn check_order(ops: &[Op]) -> Result<()> {
+        let mut trial = Items::new(0);
+        for op in ops {
+            trial.input(*op)?;
+            trial.after(*op, Vec::new());
+        }
+        Ok(())
+    }
+
     /// Records what `op` did to the items it `succeeded` for.
     fn after(&mut self, op: Op, mut succeeded: Vec<u64>) {
         succeeded.sort_unstable();
@@ -731,6 +743,11 @@ mod tests {
         assert_eq!(input(&items, Op::Deprovision), [3]);
         assert!(input(&items, Op::Unbind).is_empty());
         assert_eq!(input(&items, Op::Lifecycle), [0, 1, 2, 3, 4, 5]);
+
+        assert!(Items::check_order(&[Op::Provision, Op::Bind, Op::GetBinding, Op::Deprovision]).is_ok());
+        assert!(Items::check_order(&[Op::Catalog, Op::Lifecycle]).is_ok());
+        assert!(Items::check_order(&[Op::Provision, Op::GetBinding]).is_err());
+        assert!(Items::check_order(&[Op::Bind, Op::Provision]).is_err());
     }
 
     #[test]
