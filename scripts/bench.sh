@@ -95,7 +95,9 @@ PY
 )
 
 wrk_rps=$( [ -s "$work/wrk.txt" ] && awk '/Requests\/sec/ {print $2}' "$work/wrk.txt" || true)
-targets_table=$(python3 scripts/bench_targets.py "$work" "$wrk_rps" "$startup_ms")
+# A failure here must not throw away the run's reports: the document says so instead.
+targets_table=$(python3 scripts/bench_targets.py "$work" "$wrk_rps" "$startup_ms") ||
+  targets_table="(scripts/bench_targets.py failed on this run's reports; see make bench's output)"
 
 etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
 {

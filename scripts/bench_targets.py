@@ -15,8 +15,16 @@ RATIO_TARGETS = {"provision": 1.5, "unbind": 1.5, "deprovision": 1.5, "get-bindi
 
 
 def load(work, name):
+    """A run's report, or None when it is missing or unreadable (said on stderr)."""
     path = os.path.join(work, f"{name}.json")
-    return json.load(open(path)) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"bench_targets: skipping {path}: {e}", file=sys.stderr)
+        return None
 
 
 def verdict(ok):
@@ -49,12 +57,13 @@ def main(work, wrk_rps, startup_ms):
     if empty and large:
         p50 = lambda r: {o["operation"]: o["broker"]["p50_ms"] for o in r["operations"]}
         e, l = p50(empty), p50(large)
-        scale = {op: l[op] / e[op] for op in e if op in l and e[op] > 0}
-        worst = max(scale, key=scale.get)
-        rows.append(("preloaded p50 within 1.2x of empty, every operation",
-                     f"{min(scale.values()):.2f}-{max(scale.values()):.2f}x (worst: {worst})",
-                     verdict(scale[worst] <= 1.2)))
-        rss = large["rss_bytes"]["end"]
+        scale = {op: l[op] / e[op] for op in e if op in l and e[op] and l[op]}
+        if scale:
+            worst = max(scale, key=scale.get)
+            rows.append(("preloaded p50 within 1.2x of empty, every operation",
+                         f"{min(scale.values()):.2f}-{max(scale.values()):.2f}x (worst: {worst})",
+                         verdict(scale[worst] <= 1.2)))
+        rss = (large.get("rss_bytes") or {}).get("end")
         if rss:
             rows.append(("broker RSS < 64 MB with the preload", f"{rss / 1e6:.1f} MB", verdict(rss < 64e6)))
     if startup_ms:
@@ -62,9 +71,9 @@ def main(work, wrk_rps, startup_ms):
     busy = reports.get("default-64")
     if busy:
         errors = sum(o["broker"]["errors"] for o in busy["operations"])
-        orphans = len(busy["orphans"] or [])
+        orphans = len(busy.get("orphans") or [])
         rows.append(("64 clients: no errors, no orphans", f"{errors} errors, {orphans} orphans",
-                     verdict(errors == 0 and orphans == 0 and busy["orphans"] is not None)))
+                     verdict(errors == 0 and orphans == 0 and busy.get("orphans") is not None)))
     print("| target | this run | |")
     print("| --- | --- | --- |")
     for row in rows:

@@ -37,10 +37,23 @@ impl Watched {
         let mut total = 0;
         for task in std::fs::read_dir(dir).ok()?.flatten() {
             // A thread that ended between the listing and the read has nothing to add.
+            // (Likewise a line that does not parse: one thread's time is less wrong than none.)
             let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
-            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+            total += stat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
         }
         Some(total)
+    }
+}
+
+/// Names the report uses itself: the bench's process and the sum of all.
+const RESERVED: [&str; 2] = ["client", "total"];
+
+/// Refuses two `--cpu-of` with the same name (the report keys processes by name).
+pub fn check_names(watched: &[Watched]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    match watched.iter().find(|w| !seen.insert(w.name.as_str())) {
+        Some(twice) => bail!("--cpu-of names '{}' twice; give each process its own name", twice.name),
+        None => Ok(()),
     }
 }
 
@@ -53,8 +66,8 @@ impl FromStr for Watched {
             bail!("expected NAME=PID (e.g. broker=1234), got '{spec}'");
         };
         let name = name.trim();
-        if name.is_empty() || name == "client" {
-            bail!("'{spec}': give the process a name other than 'client' (the bench's own)");
+        if name.is_empty() || RESERVED.contains(&name) {
+            bail!("'{spec}': give the process a name other than {RESERVED:?} (the bench's own, and the sum)");
         }
         let pid = pid.trim().parse::<u32>().with_context(|| format!("'{spec}': the PID is not a number"))?;
         let watched = Watched { name: name.to_owned(), pid: Some(pid) };
@@ -149,9 +162,12 @@ mod tests {
         let me = std::process::id();
         let watched: Watched = format!("broker={me}").parse().unwrap();
         assert_eq!(watched, Watched { name: "broker".into(), pid: Some(me) });
-        for bad in ["broker", "=12", "client=12", "broker=twelve", "broker=4294967295"] {
+        for bad in ["broker", "=12", "client=12", "total=12", "broker=twelve", "broker=4294967295"] {
             assert!(bad.parse::<Watched>().is_err(), "{bad}");
         }
+        let etcd: Watched = format!("etcd={me}").parse().unwrap();
+        assert!(check_names(&[watched.clone(), etcd]).is_ok());
+        assert!(check_names(&[watched.clone(), watched]).unwrap_err().to_string().contains("'broker' twice"));
     }
 
     #[tokio::test]

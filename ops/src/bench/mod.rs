@@ -178,6 +178,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
         args.ops.clone()
     };
     Items::check_order(&ops)?;
+    cpu::check_names(&args.cpu_of)?;
     let target = BrokerTarget {
         url: args.broker_url.clone(),
         username: args.broker_username.clone(),
@@ -217,7 +218,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let rss_start = bench.rss().await;
     let mut settled = Vec::new();
     if bench.args.preload > 0 {
-        settled.push(bench.settle("the preload").await?);
+        settled.push(bench.settle("the preload").await);
         let preloaded = bench.preload().await;
         eprintln!(
             "preloaded {} instances with a binding each in {:.1} s ({} errors)",
@@ -228,7 +229,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     }
     let rss_loaded = bench.rss().await;
 
-    settled.push(bench.settle("the first phase").await?);
+    settled.push(bench.settle("the first phase").await);
     let mut rows = Vec::new();
     let mut items = Items::new(bench.args.count);
     for op in ops {
@@ -323,19 +324,30 @@ impl Bench {
     /// Waits (up to `--settle`) until no role is queued for the role reaper, saying how long
     /// that took; a queue that does not drain in time is reported and measured through. The
     /// JSON form `{before, queued, left, seconds}`, or nothing without etcd or with `--settle 0`.
-    async fn settle(&self, before: &str) -> Result<Option<Value>> {
-        let Some(client) = self.etcd.as_ref().filter(|_| self.args.settle > 0) else { return Ok(None) };
+    /// Failing to count is only a warning: the run goes on (and, after a preload, still cleans up).
+    async fn settle(&self, before: &str) -> Option<Value> {
+        let client = self.etcd.as_ref().filter(|_| self.args.settle > 0)?;
         let queue = self.names().role_deletions_prefix();
         let (started, limit) = (std::time::Instant::now(), Duration::from_secs(self.args.settle));
         let mut first = None;
         let queued = loop {
-            let count = floor::resend(client, |mut c| {
+            let counting = floor::resend(client, |mut c| {
                 let queue = queue.clone();
                 async move { c.get(queue, Some(GetOptions::new().with_prefix().with_count_only())).await }
-            })
-            .await
-            .context("cannot count the role reaper's queue")?
-            .count();
+            });
+            let count = match tokio::time::timeout(SETTLE_COUNT_TIMEOUT, counting).await {
+                Ok(Ok(answer)) => answer.count(),
+                Ok(Err(e)) => {
+                    eprintln!(
+                        "warning: cannot count the role reaper's queue ({e}); {before} starts unsettled"
+                    );
+                    return None;
+                }
+                Err(_) => {
+                    eprintln!("warning: etcd did not count the role reaper's queue in time; {before} starts unsettled");
+                    return None;
+                }
+            };
             first.get_or_insert(count);
             if count == 0 || started.elapsed() >= limit {
                 break count;
@@ -356,7 +368,7 @@ impl Bench {
                 self.args.settle
             ),
         }
-        Ok(Some(json!({ "before": before, "queued": first, "left": queued, "seconds": round(seconds) })))
+        Some(json!({ "before": before, "queued": first, "left": queued, "seconds": round(seconds) }))
     }
 
     async fn preload(self: &Arc<Self>) -> Measured {
@@ -617,6 +629,10 @@ fn rounds(count: u64, rounds: u64) -> Vec<std::ops::Range<u64>> {
     let rounds = rounds.clamp(1, count.max(1));
     (0..rounds).map(|r| count * r / rounds..count * (r + 1) / rounds).filter(|r| !r.is_empty()).collect()
 }
+
+/// How long one count of the role reaper's queue may take (the bench's etcd client has no
+/// request timeout of its own).
+const SETTLE_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The binding id every bench binding uses.
 const BINDING: &str = "b";
