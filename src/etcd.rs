@@ -20,7 +20,8 @@ use tokio::sync::OnceCell;
 use crate::config::ClusterConfig;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
-/// How long one etcd request may take before the broker answers 503 (see [`bounded`]).
+/// How long one attempt of an etcd request may take (see [`bounded`]); a request that times
+/// out is not retried, so the broker answers 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between failover attempts, so the balancer can mark a dead endpoint.
