@@ -169,7 +169,8 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   is etcd spending more on the same get when it comes through the broker (100-145 us against
   60-90 us), most likely because the floor's clients send their gets back to back, so etcd
   reads several per socket read and serves them with one read-index round, while through the
-  broker they arrive one by one. Hence GET binding misses its 1.5x target (over this
+  broker they arrive one by one. etcd's cost per get does fall steeply with what arrives
+  together: ~200 us of its CPU per bare get with one client, 60-90 us with 8. Hence GET binding misses its 1.5x target (over this
   session's three make bench runs: 1.55-1.6x at one client, 1.7-2.0x at 8, 1.5-2.2x at 64),
   and provision, one txn, sits at 1.34-1.54x, while the operations with several etcd calls,
   a bcrypt or an fsync per step, stay at 0.9-1.2x: the hop and the broker's CPU are a fixed
