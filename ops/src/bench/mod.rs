@@ -230,14 +230,10 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let rss_loaded = bench.rss().await;
 
     settled.push(bench.settle("the first phase").await);
-    let mut rows = Vec::new();
-    let mut items = Items::new(bench.args.count);
-    for op in ops {
-        let (row, succeeded) = bench.clone().phase(op, items.input(op)?).await?;
-        items.after(op, succeeded);
-        rows.push(row);
-    }
+    let rows = bench.clone().phases(&ops).await;
+    // Cleaned up whatever happened in the phases, so a failure leaves nothing behind.
     bench.clean_up().await;
+    let rows = rows?;
     let rss_end = bench.rss().await;
     let left = bench.leftovers().await?;
     let orphans = left.as_ref().map(|l| l.orphans.clone());
@@ -335,16 +331,16 @@ impl Bench {
                 let queue = queue.clone();
                 async move { c.get(queue, Some(GetOptions::new().with_prefix().with_count_only())).await }
             });
-            let count = match tokio::time::timeout(SETTLE_COUNT_TIMEOUT, counting).await {
-                Ok(Ok(answer)) => answer.count(),
-                Ok(Err(e)) => {
+            let answer = match tokio::time::timeout(SETTLE_COUNT_TIMEOUT, counting).await {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer in {} s", SETTLE_COUNT_TIMEOUT.as_secs())),
+            };
+            let count = match answer {
+                Ok(answer) => answer.count(),
+                Err(why) => {
                     eprintln!(
-                        "warning: cannot count the role reaper's queue ({e}); {before} starts unsettled"
+                        "warning: cannot count the role reaper's queue ({why}); {before} starts unsettled"
                     );
-                    return None;
-                }
-                Err(_) => {
-                    eprintln!("warning: etcd did not count the role reaper's queue in time; {before} starts unsettled");
                     return None;
                 }
             };
@@ -385,13 +381,24 @@ impl Bench {
         .await
     }
 
+    /// The operations in `ops`' order, each on the items the ones before it got done.
+    async fn phases(self: Arc<Self>, ops: &[Op]) -> Result<Vec<Row>> {
+        let (mut rows, mut items) = (Vec::new(), Items::new(self.args.count));
+        for op in ops {
+            let (row, succeeded) = self.clone().phase(*op, items.input(*op)?).await;
+            items.after(*op, succeeded);
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
     /// One operation on `count` items and (unless --no-floor) the same etcd calls without the
     /// broker, in `--rounds` turns: a round of the broker, then a round of the floor with the
     /// call mix the broker has shown so far. Broker and floor thus share the time and whatever
     /// the machine and etcd do meanwhile, instead of one running after the other.
     ///
     /// Works on `items` (instance numbers); returns the row and the items it succeeded for.
-    async fn phase(self: Arc<Self>, op: Op, items: Arc<Vec<u64>>) -> Result<(Row, Vec<u64>)> {
+    async fn phase(self: Arc<Self>, op: Op, items: Arc<Vec<u64>>) -> (Row, Vec<u64>) {
         let before = self.scrape().await.map(|m| floor::parse_call_counts(&m));
         let rounds = rounds(items.len() as u64, self.args.rounds);
         let duration = self.duration().map(|d| d / rounds.len().max(1) as u32);
@@ -429,7 +436,7 @@ impl Bench {
             floor_cpu.absorb(used);
         }
         let succeeded = std::mem::take(&mut broker.succeeded);
-        Ok((Row { op, broker, floor, calls, cpu, floor_cpu }, succeeded))
+        (Row { op, broker, floor, calls, cpu, floor_cpu }, succeeded)
     }
 
     async fn operation(&self, op: Op, i: u64) -> Result<()> {
