@@ -6,17 +6,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    AuthClient, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Permission,
-    Txn, TxnOp,
+    AuthClient, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KvClient,
+    Permission, Txn, TxnOp, TxnOpResponse,
 };
 use tokio::sync::OnceCell;
 
+use crate::coalesce::Coalescer;
 use crate::config::ClusterConfig;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
@@ -26,6 +27,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between failover attempts, so the balancer can mark a dead endpoint.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
+/// Most keys read by one batched read (see [`Connection::reads`]): far below etcd's default
+/// `--max-txn-ops` (128), and 16 of the largest records (a 64 KB request body stored twice)
+/// stay under gRPC's 4 MB answer limit. A batch etcd refuses anyway is read key by key.
+const MAX_READ_BATCH: usize = 16;
+/// Most commits in one batched write: the broker's largest commits write two records (a
+/// 64 KB request body stored twice), and 8 of them stay under etcd's default
+/// `--max-request-bytes` (1.5 MiB). A batch etcd refuses anyway is sent commit by commit.
+const MAX_COMMIT_BATCH: usize = 8;
+
+/// What one key read answers.
+type ReadResult = Result<Option<Versioned>, StoreError>;
+/// What one [`Store::commit`] answers.
+type CommitResult = Result<Option<i64>, StoreError>;
+
+/// A [`Store::commit`] waiting for its batch: its transaction and every key it compares or
+/// writes (a batch's transactions must not share keys, see [`EtcdStore::commit_batch`]).
+struct PendingCommit {
+    txn: Txn,
+    keys: Vec<String>,
+}
 
 /// A logged-in client, and what its tokens are like.
 struct Connection {
@@ -41,6 +62,15 @@ struct Connection {
     token_generation: AtomicU64,
     /// Held while refreshing, so a refresh is single-flight.
     refreshing: tokio::sync::Mutex<()>,
+    /// Key reads waiting for this connection's next batched read: the gets that arrive while
+    /// one is in flight go out together as one read-only Txn, so etcd does one read-index
+    /// round and one gRPC exchange for all of them (linearizable like a Range of their own:
+    /// a batch is only sent after each of its reads was asked for).
+    reads: Arc<Coalescer<String, ReadResult>>,
+    /// Commits waiting for this connection's next batched write: those that arrive while one
+    /// is in flight go out as one Txn with each commit a nested Txn of its own, so etcd
+    /// checks and applies them in one request and one raft entry.
+    commits: Arc<Coalescer<PendingCommit, CommitResult>>,
 }
 
 /// Whether `token` is a JWT (three dot-separated parts) rather than a simple token
@@ -51,6 +81,9 @@ fn is_signed_token(token: &str) -> bool {
 
 /// A lazily connected etcd cluster.
 pub struct EtcdStore {
+    /// The store itself, for the task that sends batched reads (it outlives the call that
+    /// started it).
+    me: Weak<EtcdStore>,
     endpoints: Vec<String>,
     /// Connection options without the user: the login happens after connecting, on the same
     /// balanced channel, so a dead endpoint is skipped instead of failing the first request.
@@ -75,7 +108,7 @@ pub struct EtcdStore {
 impl EtcdStore {
     /// Prepares a connection; nothing is dialled until the first call. Fails only if the TLS
     /// material cannot be read.
-    pub fn new(config: &ClusterConfig) -> Result<Self, StoreError> {
+    pub fn new(config: &ClusterConfig) -> Result<Arc<Self>, StoreError> {
         let options = ConnectOptions::new()
             .with_auto_token_refresh(true)
             .with_connect_timeout(CONNECT_TIMEOUT)
@@ -86,7 +119,8 @@ impl EtcdStore {
             tls.ca = config.ca_pem().map_err(failed)?;
             tls.client = config.client_pems().map_err(failed)?;
         }
-        Ok(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             endpoints: config.endpoints.clone(),
             options,
             tls,
@@ -94,7 +128,7 @@ impl EtcdStore {
             password: config.password.clone(),
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
-        })
+        }))
     }
 
     /// This thread's connection, dialled and logged in on first use.
@@ -126,6 +160,8 @@ impl EtcdStore {
                 signed_tokens: is_signed_token(token.token()),
                 token_generation: AtomicU64::new(0),
                 refreshing: tokio::sync::Mutex::new(()),
+                reads: Coalescer::new(MAX_READ_BATCH),
+                commits: Coalescer::new(MAX_COMMIT_BATCH),
             }))
         })
         .await
@@ -227,6 +263,150 @@ impl EtcdStore {
     {
         self.call(true, |c| op(c.auth_client())).await
     }
+}
+
+impl EtcdStore {
+    /// Sends `request` in the next batch of one of this thread's queues ([`Connection::reads`],
+    /// [`Connection::commits`]); `send` sends a batch and answers its requests in order.
+    async fn batched<R, T, Fut>(
+        &self,
+        queue: fn(&Connection) -> &Arc<Coalescer<R, Result<T, StoreError>>>,
+        request: R,
+        send: fn(Arc<EtcdStore>, Vec<R>) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Vec<Result<T, StoreError>>> + Send + 'static,
+    {
+        let connection = self.connection().await.map_err(classify)?;
+        let store =
+            self.me.upgrade().ok_or_else(|| StoreError::Unavailable("the broker is stopping".into()))?;
+        queue(&connection).call(request, move |batch| send(store.clone(), batch)).await.unwrap_or_else(|| {
+            Err(StoreError::Failed("a batched etcd request was dropped unanswered".into()))
+        })
+    }
+
+    /// Sends `commits` for [`Connection::commits`], answering them in order: one as its own
+    /// Txn, several as nested Txns of one. etcd evaluates every nested Txn's compares before
+    /// applying any, and refuses a Txn that writes a key twice, so nested Txns must not share
+    /// keys: a commit that shares one with an earlier commit of the batch is sent on its own
+    /// afterwards (two requests racing for the same record, rare).
+    async fn commit_batch(self: Arc<Self>, commits: Vec<PendingCommit>) -> Vec<CommitResult> {
+        if let [commit] = commits.as_slice() {
+            return vec![self.commit_one(&commit.txn).await];
+        }
+        let (mut together, mut alone, mut keys) = (Vec::new(), Vec::new(), std::collections::HashSet::new());
+        for (i, commit) in commits.iter().enumerate() {
+            if commit.keys.iter().any(|k| keys.contains(k)) {
+                alone.push(i);
+            } else {
+                keys.extend(&commit.keys);
+                together.push(i);
+            }
+        }
+        let mut answers: Vec<CommitResult> = vec![Ok(None); commits.len()];
+        let nested: Vec<TxnOp> = together.iter().map(|&i| TxnOp::txn(commits[i].txn.clone())).collect();
+        let outer = Txn::new().and_then(nested);
+        let response = self
+            .kv(|mut c| {
+                let outer = outer.clone();
+                async move { c.txn(outer).await }
+            })
+            .await;
+        match response.map_err(classify) {
+            Ok(response) => {
+                let revision = response.header().map(|h| h.revision()).unwrap_or(0);
+                let nested = response.op_responses();
+                for (n, &i) in together.iter().enumerate() {
+                    answers[i] = match nested.get(n) {
+                        // Every write of the outer Txn is at its revision.
+                        Some(TxnOpResponse::Txn(txn)) => Ok(txn.succeeded().then_some(revision)),
+                        _ => Err(StoreError::Failed(
+                            "etcd answered a nested transaction with something else".into(),
+                        )),
+                    };
+                }
+            }
+            // Above etcd's --max-request-bytes or --max-txn-ops: nothing was applied, so each
+            // commit on its own.
+            Err(StoreError::Failed(_)) => {
+                let each = together.iter().map(|&i| self.commit_one(&commits[i].txn));
+                for (&i, answer) in together.iter().zip(futures_util::future::join_all(each).await) {
+                    answers[i] = answer;
+                }
+            }
+            Err(e) => together.iter().for_each(|&i| answers[i] = Err(e.clone())),
+        }
+        for i in alone {
+            answers[i] = self.commit_one(&commits[i].txn).await;
+        }
+        answers
+    }
+
+    /// One commit as one Txn.
+    async fn commit_one(&self, txn: &Txn) -> CommitResult {
+        let response = self
+            .kv(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(classify)?;
+        // The header's revision is the store revision after the transaction: the mod_revision
+        // of every key it wrote.
+        Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Reads `keys` for [`Connection::reads`], answering them in order: one key as a Range,
+    /// several as one read-only Txn of Ranges.
+    async fn read_batch(self: Arc<Self>, keys: Vec<String>) -> Vec<ReadResult> {
+        if let [key] = keys.as_slice() {
+            return vec![self.read_one(key).await];
+        }
+        let reads: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect();
+        let txn = Txn::new().and_then(reads);
+        let response = self
+            .kv(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        match response.map_err(classify) {
+            Ok(response) => {
+                let mut answers: Vec<ReadResult> = response
+                    .op_responses()
+                    .into_iter()
+                    .map(|answer| match answer {
+                        TxnOpResponse::Get(range) => Ok(first_value(&range)),
+                        _ => Err(StoreError::Failed("etcd answered a read with a write".into())),
+                    })
+                    .collect();
+                answers.resize(
+                    keys.len(),
+                    Err(StoreError::Failed("etcd answered fewer reads than asked".into())),
+                );
+                answers
+            }
+            // etcd's --max-txn-ops is below the batch, or the answer is above gRPC's message
+            // limit: each key on its own, all at once.
+            Err(StoreError::Failed(_)) => {
+                futures_util::future::join_all(keys.iter().map(|key| self.read_one(key))).await
+            }
+            Err(e) => vec![Err(e); keys.len()],
+        }
+    }
+
+    /// One key as one Range.
+    async fn read_one(&self, key: &str) -> ReadResult {
+        let response = self.kv(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
+        Ok(first_value(&response))
+    }
+}
+
+/// The value of a single-key Range, if the key exists.
+fn first_value(response: &GetResponse) -> Option<Versioned> {
+    response.kvs().first().map(|kv| Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
 }
 
 impl Connection {
@@ -499,11 +679,7 @@ fn says(e: &etcd_client::Error, what: &str) -> bool {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let response = self.kv(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() }))
+        self.batched(|c| &c.reads, key.to_owned(), EtcdStore::read_batch).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
@@ -572,16 +748,16 @@ impl Store for EtcdStore {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let response = self
-            .kv(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
+        let keys = guards
+            .iter()
+            .map(|g| match g {
+                Guard::Absent(k) | Guard::Revision(k, _) => k.clone(),
             })
-            .await
-            .map_err(classify)?;
-        // The header's revision is the store revision after the transaction: the mod_revision
-        // of every key it wrote.
-        Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
+            .chain(writes.iter().map(|w| match w {
+                Write::Put(k, _) | Write::Delete(k) => k.clone(),
+            }))
+            .collect();
+        self.batched(|c| &c.commits, PendingCommit { txn, keys }, EtcdStore::commit_batch).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

@@ -12,11 +12,12 @@
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
 //! - [`role_reaper`]: the background deletion of unbound bindings' roles, in the pauses of
 //!   the OSB traffic ([`activity`]).
-//! - [`logging`], [`clock`], [`secrets`]: small services.
+//! - [`logging`], [`clock`], [`secrets`], [`coalesce`]: small services.
 
 pub mod activity;
 pub mod broker;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod etcd;
 pub mod http;

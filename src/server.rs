@@ -38,7 +38,7 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
     let mut clusters = HashMap::new();
     for (name, cluster) in &config.clusters {
         let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
-        let etcd: Arc<dyn Store> = Arc::new(EtcdStore::new(cluster).map_err(|e| fail(e.to_string()))?);
+        let etcd: Arc<dyn Store> = EtcdStore::new(cluster).map_err(|e| fail(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
         let public =
             if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };

@@ -116,6 +116,9 @@ pub struct Options {
     /// tokens: a JWT carries the auth revision it was issued at, so every user or role change
     /// makes clients' tokens stale. Production clusters are told to use JWTs.
     pub signed_tokens: bool,
+    /// etcd's `--max-txn-ops` (default 128): a low value lets tests meet etcd's refusal of a
+    /// transaction with too many operations.
+    pub max_txn_ops: Option<u32>,
 }
 
 impl Default for Options {
@@ -128,6 +131,7 @@ impl Default for Options {
             root_password: None,
             log_file: None,
             signed_tokens: false,
+            max_txn_ops: None,
         }
     }
 }
@@ -401,6 +405,9 @@ fn spawn(
     }
     if let Some(cost) = opts.bcrypt_cost {
         cmd.args(["--bcrypt-cost", &cost.to_string()]);
+    }
+    if let Some(ops) = opts.max_txn_ops {
+        cmd.args(["--max-txn-ops", &ops.to_string()]);
     }
     cmd.stdin(Stdio::null()).stdout(log_file).stderr(log_err).kill_on_drop(true);
     cmd.spawn().map_err(io_err(format!("starting {}", bin.display())))

@@ -1,0 +1,85 @@
+//! The real store against a real etcd: concurrent reads and commits that share one batched
+//! request (src/coalesce.rs) get the answers they would get alone, including two commits
+//! racing for the same key, and an etcd that refuses large transactions.
+
+use std::sync::Arc;
+
+use etcd_broker::config::ClusterConfig;
+use etcd_broker::etcd::EtcdStore;
+use etcd_broker::store::{Guard, Store, Write};
+use local_etcd::{EtcdVersion, LocalEtcd, Options};
+
+const KEYS: usize = 12;
+/// Two commits per key, both guarded by the key's absence: exactly one of them may win.
+const COMMITS: usize = 2 * KEYS;
+
+async fn start(max_txn_ops: Option<u32>) -> (LocalEtcd, Arc<EtcdStore>) {
+    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
+    let etcd =
+        LocalEtcd::start(Options { version, max_txn_ops, ..Options::default() }).await.expect("etcd starts");
+    let config: ClusterConfig = toml::from_str(&format!(
+        "endpoints = [{:?}]\nusername = {:?}\npassword = {:?}",
+        etcd.endpoint(),
+        etcd.root_username(),
+        etcd.root_password()
+    ))
+    .unwrap();
+    (etcd, EtcdStore::new(&config).unwrap())
+}
+
+fn key(i: usize) -> String {
+    format!("/batching/{}", i % KEYS)
+}
+
+/// Runs the racing commits all at once on this (single-threaded) runtime, as an actix worker
+/// would, checks every answer against what etcd holds afterwards, and returns the revisions
+/// of the winning commits.
+async fn race(store: &Arc<EtcdStore>) -> Vec<i64> {
+    // One call first, so the connection is up and the racing commits queue together.
+    assert_eq!(store.get("/batching/none").await.unwrap(), None);
+    let commits = (0..COMMITS).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let writes = [Write::Put(key(i), i.to_string().into_bytes())];
+            (i, store.commit(&[Guard::Absent(key(i))], &writes).await.expect("commit answers"))
+        })
+    });
+    let answers: Vec<_> =
+        futures_util::future::join_all(commits).await.into_iter().map(|a| a.unwrap()).collect();
+    let reads = (0..KEYS).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.get(&key(i)).await.expect("get answers").expect("key was written") })
+    });
+    let stored: Vec<_> =
+        futures_util::future::join_all(reads).await.into_iter().map(|r| r.unwrap()).collect();
+    let mut revisions = Vec::new();
+    for (k, value) in stored.iter().enumerate() {
+        let contenders: Vec<_> = answers.iter().filter(|(i, _)| i % KEYS == k).collect();
+        let winners: Vec<_> = contenders.iter().filter(|(_, revision)| revision.is_some()).collect();
+        assert_eq!(winners.len(), 1, "key {k}: exactly one absent-guarded commit wins: {contenders:?}");
+        let (winner, revision) = winners[0];
+        assert_eq!(value.value, winner.to_string().into_bytes(), "key {k} holds the winner's value");
+        assert_eq!(Some(value.mod_revision), *revision, "key {k}: the commit answered its write's revision");
+        revisions.push(value.mod_revision);
+    }
+    revisions.sort_unstable();
+    revisions.dedup();
+    revisions
+}
+
+#[tokio::test]
+async fn concurrent_commits_and_reads_share_requests_and_get_their_own_answers() {
+    let (etcd, store) = start(None).await;
+    let revisions = race(&store).await;
+    // Commits batched into one etcd transaction share its revision.
+    assert!(revisions.len() < KEYS, "the {KEYS} winning commits were batched: revisions {revisions:?}");
+    etcd.stop().await;
+}
+
+#[tokio::test]
+async fn an_etcd_that_refuses_large_transactions_gets_each_request_on_its_own() {
+    let (etcd, store) = start(Some(2)).await;
+    let revisions = race(&store).await;
+    assert_eq!(revisions.len(), KEYS, "each winning commit was applied alone: revisions {revisions:?}");
+    etcd.stop().await;
+}
