@@ -36,6 +36,9 @@ const MAX_READ_BATCH: usize = 16;
 /// `--max-request-bytes` (1.5 MiB). A batch etcd refuses anyway is sent commit by commit.
 const MAX_COMMIT_BATCH: usize = 8;
 
+/// Requests of one kind waiting for a connection's next batch, each answered with a `T`.
+type Queue<R, T> = Arc<Coalescer<R, Result<T, StoreError>>>;
+
 /// What one key read answers.
 type ReadResult = Result<Option<Versioned>, StoreError>;
 /// What one [`Store::commit`] answers.
@@ -66,11 +69,11 @@ struct Connection {
     /// one is in flight go out together as one read-only Txn, so etcd does one read-index
     /// round and one gRPC exchange for all of them (linearizable like a Range of their own:
     /// a batch is only sent after each of its reads was asked for).
-    reads: Arc<Coalescer<String, ReadResult>>,
+    reads: Queue<String, Option<Versioned>>,
     /// Commits waiting for this connection's next batched write: those that arrive while one
     /// is in flight go out as one Txn with each commit a nested Txn of its own, so etcd
     /// checks and applies them in one request and one raft entry.
-    commits: Arc<Coalescer<PendingCommit, CommitResult>>,
+    commits: Queue<PendingCommit, Option<i64>>,
 }
 
 /// Whether `token` is a JWT (three dot-separated parts) rather than a simple token
@@ -270,7 +273,7 @@ impl EtcdStore {
     /// [`Connection::commits`]); `send` sends a batch and answers its requests in order.
     async fn batched<R, T, Fut>(
         &self,
-        queue: fn(&Connection) -> &Arc<Coalescer<R, Result<T, StoreError>>>,
+        queue: fn(&Connection) -> &Queue<R, T>,
         request: R,
         send: fn(Arc<EtcdStore>, Vec<R>) -> Fut,
     ) -> Result<T, StoreError>
