@@ -2,7 +2,8 @@
 //!
 //! The only module that imports etcd-client. It connects lazily (the broker starts, and answers
 //! 503, while a cluster is down), authenticates as the configured root-role user, refreshes
-//! expired auth tokens, and fails over between the configured endpoints.
+//! expired auth tokens, fails over between the configured endpoints, and sends the gets and
+//! commits that arrive together as one request ([`crate::coalesce`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,7 +85,7 @@ fn is_signed_token(token: &str) -> bool {
 
 /// A lazily connected etcd cluster.
 pub struct EtcdStore {
-    /// The store itself, for the task that sends batched reads (it outlives the call that
+    /// The store itself, for the task that sends batched requests (it outlives the call that
     /// started it).
     me: Weak<EtcdStore>,
     endpoints: Vec<String>,

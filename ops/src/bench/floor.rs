@@ -16,6 +16,10 @@
 //! | ensure_role | RoleAdd + RoleGrantPermission (read-write on a prefix) |
 //! | ensure_user | UserAdd (etcd hashes the password: bcrypt) + UserGrantRole |
 //! | delete_user, delete_role | UserDelete, RoleDelete |
+//!
+//! The floor sends each call as its own request. The broker does not always: gets and txns that
+//! arrive while another is in flight on its connection share one batched request (a Txn of
+//! Ranges, a Txn of nested Txns). That saving is the broker's, so the floor does not copy it.
 
 use std::collections::BTreeMap;
 
