@@ -83,6 +83,10 @@ fn is_signed_token(token: &str) -> bool {
     token.split('.').count() == 3
 }
 
+/// Told the size of each batch [`EtcdStore`] sends, with the call kind (`get` or `txn`): the
+/// broker's metrics, without this module knowing about them.
+pub type BatchObserver = Arc<dyn Fn(&'static str, usize) + Send + Sync>;
+
 /// A lazily connected etcd cluster.
 pub struct EtcdStore {
     /// The store itself, for the task that sends batched requests (it outlives the call that
@@ -107,12 +111,13 @@ pub struct EtcdStore {
     /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
     /// waits, new changes queue behind it).
     auth_gate: tokio::sync::RwLock<()>,
+    on_batch: BatchObserver,
 }
 
 impl EtcdStore {
     /// Prepares a connection; nothing is dialled until the first call. Fails only if the TLS
-    /// material cannot be read.
-    pub fn new(config: &ClusterConfig) -> Result<Arc<Self>, StoreError> {
+    /// material cannot be read. `on_batch` hears of every batch of gets or commits.
+    pub fn new(config: &ClusterConfig, on_batch: BatchObserver) -> Result<Arc<Self>, StoreError> {
         let options = ConnectOptions::new()
             .with_auto_token_refresh(true)
             .with_connect_timeout(CONNECT_TIMEOUT)
@@ -132,6 +137,7 @@ impl EtcdStore {
             password: config.password.clone(),
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
+            on_batch,
         }))
     }
 
@@ -297,6 +303,7 @@ impl EtcdStore {
     /// keys: a commit that shares one with an earlier commit of the batch is sent on its own
     /// afterwards (two requests racing for the same record, rare).
     async fn commit_batch(self: Arc<Self>, commits: Vec<PendingCommit>) -> Vec<CommitResult> {
+        (self.on_batch)("txn", commits.len());
         if let [commit] = commits.as_slice() {
             return vec![self.commit_one(&commit.txn).await];
         }
@@ -311,14 +318,7 @@ impl EtcdStore {
         }
         let mut answers: Vec<CommitResult> = vec![Ok(None); commits.len()];
         let nested: Vec<TxnOp> = together.iter().map(|&i| TxnOp::txn(commits[i].txn.clone())).collect();
-        let outer = Txn::new().and_then(nested);
-        let response = self
-            .kv(|mut c| {
-                let outer = outer.clone();
-                async move { c.txn(outer).await }
-            })
-            .await;
-        match response.map_err(classify) {
+        match self.send_txn(&Txn::new().and_then(nested)).await {
             Ok(response) => {
                 let revision = response.header().map(|h| h.revision()).unwrap_or(0);
                 let nested = response.op_responses();
@@ -350,13 +350,7 @@ impl EtcdStore {
 
     /// One commit as one Txn.
     async fn commit_one(&self, txn: &Txn) -> CommitResult {
-        let response = self
-            .kv(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-            .map_err(classify)?;
+        let response = self.send_txn(txn).await?;
         // The header's revision is the store revision after the transaction: the mod_revision
         // of every key it wrote.
         Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
@@ -365,18 +359,12 @@ impl EtcdStore {
     /// Reads `keys` for [`Connection::reads`], answering them in order: one key as a Range,
     /// several as one read-only Txn of Ranges.
     async fn read_batch(self: Arc<Self>, keys: Vec<String>) -> Vec<ReadResult> {
+        (self.on_batch)("get", keys.len());
         if let [key] = keys.as_slice() {
             return vec![self.read_one(key).await];
         }
         let reads: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect();
-        let txn = Txn::new().and_then(reads);
-        let response = self
-            .kv(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
-        match response.map_err(classify) {
+        match self.send_txn(&Txn::new().and_then(reads)).await {
             Ok(response) => {
                 let mut answers: Vec<ReadResult> = response
                     .op_responses()
@@ -399,6 +387,16 @@ impl EtcdStore {
             }
             Err(e) => vec![Err(e); keys.len()],
         }
+    }
+
+    /// One Txn request (with [`Self::call`]'s retries).
+    async fn send_txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.kv(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(classify)
     }
 
     /// One key as one Range.

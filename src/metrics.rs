@@ -30,6 +30,9 @@ pub struct Metrics {
     pub etcd_duration: HistogramVec,
     /// Failed etcd calls by cluster, call kind and failure kind.
     pub etcd_errors: IntCounterVec,
+    /// Calls per batched etcd request by cluster and call kind: how much the batching of
+    /// concurrent gets and commits saves etcd.
+    pub etcd_batch_size: HistogramVec,
     /// Service instances by service and plan.
     pub instances: IntGaugeVec,
     /// Service bindings by service and plan.
@@ -81,6 +84,15 @@ impl Metrics {
             &["cluster", "call", "kind"],
         )
         .expect("valid metric");
+        let etcd_batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "etcd_broker_etcd_batch_size",
+                "Concurrent etcd calls the broker sent as one request (gets and commits).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0]),
+            &["cluster", "call"],
+        )
+        .expect("valid metric");
         let instances = IntGaugeVec::new(
             Opts::new("etcd_broker_service_instances", "Service instances by service and plan."),
             &["service", "plan"],
@@ -118,6 +130,7 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(etcd_duration.clone()),
             Box::new(etcd_errors.clone()),
+            Box::new(etcd_batch_size.clone()),
             Box::new(instances.clone()),
             Box::new(bindings.clone()),
             Box::new(roles_awaiting_deletion.clone()),
@@ -136,6 +149,7 @@ impl Metrics {
             auth_failures,
             etcd_duration,
             etcd_errors,
+            etcd_batch_size,
             instances,
             bindings,
             roles_awaiting_deletion,
@@ -171,6 +185,7 @@ mod tests {
         metrics.osb_duration.with_label_values(&["provision"]).observe(0.01);
         metrics.etcd_duration.with_label_values(&["main", "get"]).observe(0.001);
         metrics.etcd_errors.with_label_values(&["main", "get", "unavailable"]).inc();
+        metrics.etcd_batch_size.with_label_values(&["main", "get"]).observe(3.0);
         metrics.instances.with_label_values(&["etcd", "shared"]).set(2);
         metrics.bindings.with_label_values(&["etcd", "shared"]).set(1);
         let text = metrics.render();
@@ -181,6 +196,7 @@ mod tests {
             "etcd_broker_auth_failures_total 0",
             "etcd_broker_etcd_request_duration_seconds_count{call=\"get\",cluster=\"main\"} 1",
             "etcd_broker_etcd_request_errors_total{call=\"get\",cluster=\"main\",kind=\"unavailable\"} 1",
+            "etcd_broker_etcd_batch_size_sum{call=\"get\",cluster=\"main\"} 3",
             "etcd_broker_service_instances{plan=\"shared\",service=\"etcd\"} 2",
             "etcd_broker_service_bindings{plan=\"shared\",service=\"etcd\"} 1",
             "etcd_broker_build_info{rust_version=",

@@ -11,7 +11,7 @@ use crate::broker::names::Names;
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
 use crate::config::{parse_endpoint, Config, TlsConfig};
-use crate::etcd::EtcdStore;
+use crate::etcd::{BatchObserver, EtcdStore};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
 use crate::metrics::Metrics;
@@ -38,7 +38,12 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
     let mut clusters = HashMap::new();
     for (name, cluster) in &config.clusters {
         let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
-        let etcd: Arc<dyn Store> = EtcdStore::new(cluster).map_err(|e| fail(e.to_string()))?;
+        let batch_size = metrics.etcd_batch_size.clone();
+        let cluster_name = name.clone();
+        let on_batch: BatchObserver = Arc::new(move |call, size| {
+            batch_size.with_label_values(&[cluster_name.as_str(), call]).observe(size as f64)
+        });
+        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, on_batch).map_err(|e| fail(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
         let public =
             if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };

@@ -81,6 +81,21 @@ async fn counters_move_exactly_and_promtool_accepts_the_output() {
             "etcd_broker_etcd_request_duration_seconds_count{call=\"ensure_user\",cluster=\"main\"}"
         ) >= 2.0
     );
+    // One request at a time: each get and each commit went to etcd on its own.
+    for call in ["get", "txn"] {
+        let calls = sample(
+            &text,
+            &format!("etcd_broker_etcd_request_duration_seconds_count{{call=\"{call}\",cluster=\"main\"}}"),
+        );
+        let batches =
+            sample(&text, &format!("etcd_broker_etcd_batch_size_count{{call=\"{call}\",cluster=\"main\"}}"));
+        let batched =
+            sample(&text, &format!("etcd_broker_etcd_batch_size_sum{{call=\"{call}\",cluster=\"main\"}}"));
+        assert!(
+            calls > 0.0 && batches == calls && batched == calls,
+            "{call}: {calls} calls, {batches} batches of {batched}"
+        );
+    }
     assert!(sample(&text, "process_resident_memory_bytes") > 0.0);
     assert!(text.contains("etcd_broker_build_info{"), "{text}");
     assert!(!text.contains("i1") && !text.contains("b1"), "ids leaked into labels");

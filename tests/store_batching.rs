@@ -2,10 +2,10 @@
 //! request (src/coalesce.rs) get the answers they would get alone, including two commits
 //! racing for the same key, and an etcd that refuses large transactions.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use etcd_broker::config::ClusterConfig;
-use etcd_broker::etcd::EtcdStore;
+use etcd_broker::etcd::{BatchObserver, EtcdStore};
 use etcd_broker::store::{Guard, Store, Write};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 
@@ -13,7 +13,10 @@ const KEYS: usize = 12;
 /// Two commits per key, both guarded by the key's absence: exactly one of them may win.
 const COMMITS: usize = 2 * KEYS;
 
-async fn start(max_txn_ops: Option<u32>) -> (LocalEtcd, Arc<EtcdStore>) {
+/// The batches the store reported: call kind and size.
+type Batches = Arc<Mutex<Vec<(&'static str, usize)>>>;
+
+async fn start(max_txn_ops: Option<u32>) -> (LocalEtcd, Arc<EtcdStore>, Batches) {
     let version = EtcdVersion::from_env().expect("ETCD_VERSION");
     let etcd =
         LocalEtcd::start(Options { version, max_txn_ops, ..Options::default() }).await.expect("etcd starts");
@@ -24,7 +27,15 @@ async fn start(max_txn_ops: Option<u32>) -> (LocalEtcd, Arc<EtcdStore>) {
         etcd.root_password()
     ))
     .unwrap();
-    (etcd, EtcdStore::new(&config).unwrap())
+    let batches = Batches::default();
+    let seen = batches.clone();
+    let on_batch: BatchObserver = Arc::new(move |call, size| seen.lock().unwrap().push((call, size)));
+    (etcd, EtcdStore::new(&config, on_batch).unwrap(), batches)
+}
+
+/// The largest batch reported for `call`.
+fn largest(batches: &Batches, call: &str) -> usize {
+    batches.lock().unwrap().iter().filter(|(c, _)| *c == call).map(|(_, size)| *size).max().unwrap_or(0)
 }
 
 fn key(i: usize) -> String {
@@ -69,17 +80,22 @@ async fn race(store: &Arc<EtcdStore>) -> Vec<i64> {
 
 #[tokio::test]
 async fn concurrent_commits_and_reads_share_requests_and_get_their_own_answers() {
-    let (etcd, store) = start(None).await;
+    let (etcd, store, batches) = start(None).await;
     let revisions = race(&store).await;
     // Commits batched into one etcd transaction share its revision.
     assert!(revisions.len() < KEYS, "the {KEYS} winning commits were batched: revisions {revisions:?}");
+    assert!(largest(&batches, "get") > 1 && largest(&batches, "txn") > 1, "batches: {batches:?}");
     etcd.stop().await;
 }
 
 #[tokio::test]
 async fn an_etcd_that_refuses_large_transactions_gets_each_request_on_its_own() {
-    let (etcd, store) = start(Some(2)).await;
+    let (etcd, store, batches) = start(Some(2)).await;
     let revisions = race(&store).await;
+    assert!(
+        largest(&batches, "get") > 2 && largest(&batches, "txn") > 2,
+        "batches too large for etcd were formed: {batches:?}"
+    );
     assert_eq!(revisions.len(), KEYS, "each winning commit was applied alone: revisions {revisions:?}");
     etcd.stop().await;
 }
