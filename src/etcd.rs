@@ -18,7 +18,7 @@ use etcd_client::{
 };
 use tokio::sync::OnceCell;
 
-use crate::coalesce::Coalescer;
+use crate::coalesce::{Batching, Coalescer, SendBatch};
 use crate::config::ClusterConfig;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
@@ -36,6 +36,12 @@ const MAX_READ_BATCH: usize = 16;
 /// 64 KB request body stored twice), and 8 of them stay under etcd's default
 /// `--max-request-bytes` (1.5 MiB). A batch etcd refuses anyway is sent commit by commit.
 const MAX_COMMIT_BATCH: usize = 8;
+/// Most batches of one kind in flight per connection: a second starts only when a full batch
+/// waits, so a slow batch does not hold everything else back.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// How long a caller waits for its batched request: one [`REQUEST_TIMEOUT`] for the batch in
+/// flight when it arrived, one for its own.
+const BATCHED_TIMEOUT: Duration = Duration::from_secs(2 * REQUEST_TIMEOUT.as_secs());
 
 /// Requests of one kind waiting for a connection's next batch, each answered with a `T`.
 type Queue<R, T> = Arc<Coalescer<R, Result<T, StoreError>>>;
@@ -45,11 +51,25 @@ type ReadResult = Result<Option<Versioned>, StoreError>;
 /// What one [`Store::commit`] answers.
 type CommitResult = Result<Option<i64>, StoreError>;
 
-/// A [`Store::commit`] waiting for its batch: its transaction and every key it compares or
-/// writes (a batch's transactions must not share keys, see [`EtcdStore::commit_batch`]).
+/// A [`Store::commit`] waiting for its batch: its transaction, the keys it compares and the
+/// keys it writes.
 struct PendingCommit {
     txn: Txn,
-    keys: Vec<String>,
+    guarded: Vec<String>,
+    written: Vec<String>,
+}
+
+impl PendingCommit {
+    /// Whether `self` may be a nested Txn beside each of `batch`. etcd evaluates every nested
+    /// Txn's compares before applying any, and refuses a Txn that writes a key twice, so a
+    /// commit must not write a key another one compares or writes. Comparing the same key is
+    /// fine (concurrent binds of one instance all compare the instance record).
+    fn fits(batch: &[PendingCommit], commit: &PendingCommit) -> bool {
+        let touches = |a: &PendingCommit, b: &PendingCommit| {
+            a.written.iter().any(|k| b.written.contains(k) || b.guarded.contains(k))
+        };
+        batch.iter().all(|other| !touches(commit, other) && !touches(other, commit))
+    }
 }
 
 /// A logged-in client, and what its tokens are like.
@@ -165,13 +185,14 @@ impl EtcdStore {
                     async move { bounded(auth.authenticate(user, password)).await }
                 })
                 .await?;
+            let (reads, commits) = self.queues();
             Ok::<_, etcd_client::Error>(Arc::new(Connection {
                 client,
                 signed_tokens: is_signed_token(token.token()),
                 token_generation: AtomicU64::new(0),
                 refreshing: tokio::sync::Mutex::new(()),
-                reads: Coalescer::new(MAX_READ_BATCH),
-                commits: Coalescer::new(MAX_COMMIT_BATCH),
+                reads,
+                commits,
             }))
         })
         .await
@@ -277,80 +298,105 @@ impl EtcdStore {
 
 impl EtcdStore {
     /// Sends `request` in the next batch of one of this thread's queues ([`Connection::reads`],
-    /// [`Connection::commits`]); `send` sends a batch and answers its requests in order.
-    async fn batched<R, T, Fut>(
+    /// [`Connection::commits`]), waiting at most [`BATCHED_TIMEOUT`].
+    async fn batched<R, T>(&self, queue: fn(&Connection) -> &Queue<R, T>, request: R) -> Result<T, StoreError>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+    {
+        let connection = self.connection().await.map_err(classify)?;
+        match tokio::time::timeout(BATCHED_TIMEOUT, queue(&connection).call(request)).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Err(StoreError::Failed("a batched etcd request was dropped unanswered".into())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "etcd did not answer within {} s",
+                BATCHED_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// A new connection's queues. Not built inside [`Self::connection`]: whether the batch
+    /// functions' futures are `Send` depends on that function's own future.
+    fn queues(&self) -> (Queue<String, Option<Versioned>>, Queue<PendingCommit, Option<i64>>) {
+        let reads = Coalescer::new(Batching {
+            max_batch: MAX_READ_BATCH,
+            max_in_flight: MAX_BATCHES_IN_FLIGHT,
+            fits: |_, _| true,
+            send: self.sender(EtcdStore::read_batch),
+        });
+        let commits = Coalescer::new(Batching {
+            max_batch: MAX_COMMIT_BATCH,
+            max_in_flight: MAX_BATCHES_IN_FLIGHT,
+            fits: PendingCommit::fits,
+            send: self.sender(EtcdStore::commit_batch),
+        });
+        (reads, commits)
+    }
+
+    /// A queue's batch function: `send` on this store, which the queue's sender tasks cannot
+    /// borrow (they outlive the call that started them).
+    fn sender<R, T, Fut>(
         &self,
-        queue: fn(&Connection) -> &Queue<R, T>,
-        request: R,
         send: fn(Arc<EtcdStore>, Vec<R>) -> Fut,
-    ) -> Result<T, StoreError>
+    ) -> SendBatch<R, Result<T, StoreError>>
     where
         R: Send + 'static,
         T: Send + 'static,
         Fut: std::future::Future<Output = Vec<Result<T, StoreError>>> + Send + 'static,
     {
-        let connection = self.connection().await.map_err(classify)?;
-        let store =
-            self.me.upgrade().ok_or_else(|| StoreError::Unavailable("the broker is stopping".into()))?;
-        queue(&connection).call(request, move |batch| send(store.clone(), batch)).await.unwrap_or_else(|| {
-            Err(StoreError::Failed("a batched etcd request was dropped unanswered".into()))
+        let me = self.me.clone();
+        Box::new(move |batch| match me.upgrade() {
+            Some(store) => Box::pin(send(store, batch)),
+            None => {
+                let stopping =
+                    batch.iter().map(|_| Err(StoreError::Unavailable("the broker is stopping".into())));
+                let answers: Vec<_> = stopping.collect();
+                Box::pin(async move { answers })
+            }
         })
     }
 
-    /// Sends `commits` for [`Connection::commits`], answering them in order: one as its own
-    /// Txn, several as nested Txns of one. etcd evaluates every nested Txn's compares before
-    /// applying any, and refuses a Txn that writes a key twice, so nested Txns must not share
-    /// keys: a commit that shares one with an earlier commit of the batch is sent on its own
-    /// afterwards (two requests racing for the same record, rare).
+    /// Sends `commits` for [`Connection::commits`] (which batches only commits that fit
+    /// together, see [`PendingCommit::fits`]), answering them in order: one as its own Txn,
+    /// several as nested Txns of one.
     async fn commit_batch(self: Arc<Self>, commits: Vec<PendingCommit>) -> Vec<CommitResult> {
         (self.on_batch)("txn", commits.len());
         if let [commit] = commits.as_slice() {
             return vec![self.commit_one(&commit.txn).await];
         }
-        let (mut together, mut alone, mut keys) = (Vec::new(), Vec::new(), std::collections::HashSet::new());
-        for (i, commit) in commits.iter().enumerate() {
-            if commit.keys.iter().any(|k| keys.contains(k)) {
-                alone.push(i);
-            } else {
-                keys.extend(&commit.keys);
-                together.push(i);
-            }
-        }
-        let mut answers: Vec<CommitResult> = vec![Ok(None); commits.len()];
-        let nested: Vec<TxnOp> = together.iter().map(|&i| TxnOp::txn(commits[i].txn.clone())).collect();
+        let nested: Vec<TxnOp> = commits.iter().map(|c| TxnOp::txn(c.txn.clone())).collect();
         match self.send_txn(&Txn::new().and_then(nested)).await {
             Ok(response) => {
+                // Every write of the outer Txn is at its revision.
                 let revision = response.header().map(|h| h.revision()).unwrap_or(0);
-                let nested = response.op_responses();
-                for (n, &i) in together.iter().enumerate() {
-                    answers[i] = match nested.get(n) {
-                        // Every write of the outer Txn is at its revision.
-                        Some(TxnOpResponse::Txn(txn)) => Ok(txn.succeeded().then_some(revision)),
-                        _ => Err(StoreError::Failed(
-                            "etcd answered a nested transaction with something else".into(),
-                        )),
-                    };
-                }
+                let mut answers: Vec<CommitResult> = response
+                    .op_responses()
+                    .iter()
+                    .map(|nested| match nested {
+                        TxnOpResponse::Txn(txn) => Ok(txn.succeeded().then_some(revision)),
+                        _ => Err(StoreError::Failed("etcd answered a nested Txn with something else".into())),
+                    })
+                    .collect();
+                answers.resize(
+                    commits.len(),
+                    Err(StoreError::Failed("etcd answered fewer nested Txns than it was sent".into())),
+                );
+                answers
             }
-            // Above etcd's --max-request-bytes or --max-txn-ops: nothing was applied, so each
-            // commit on its own.
-            Err(StoreError::Failed(_)) => {
-                let each = together.iter().map(|&i| self.commit_one(&commits[i].txn));
-                for (&i, answer) in together.iter().zip(futures_util::future::join_all(each).await) {
-                    answers[i] = answer;
-                }
+            // Above etcd's --max-txn-ops or --max-request-bytes: refused before anything was
+            // applied, so each commit can go on its own.
+            Err(e) if refused_before_applying(&e) => {
+                futures_util::future::join_all(commits.iter().map(|c| self.commit_one(&c.txn))).await
             }
-            Err(e) => together.iter().for_each(|&i| answers[i] = Err(e.clone())),
+            // Anything else may have been applied: answering each commit with the error keeps
+            // its outcome open, as for a commit of its own.
+            Err(e) => vec![Err(classify(e)); commits.len()],
         }
-        for i in alone {
-            answers[i] = self.commit_one(&commits[i].txn).await;
-        }
-        answers
     }
 
     /// One commit as one Txn.
     async fn commit_one(&self, txn: &Txn) -> CommitResult {
-        let response = self.send_txn(txn).await?;
+        let response = self.send_txn(txn).await.map_err(classify)?;
         // The header's revision is the store revision after the transaction: the mod_revision
         // of every key it wrote.
         Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
@@ -364,7 +410,7 @@ impl EtcdStore {
             return vec![self.read_one(key).await];
         }
         let reads: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect();
-        match self.send_txn(&Txn::new().and_then(reads)).await {
+        match self.send_txn(&Txn::new().and_then(reads)).await.map_err(classify) {
             Ok(response) => {
                 let mut answers: Vec<ReadResult> = response
                     .op_responses()
@@ -381,7 +427,7 @@ impl EtcdStore {
                 answers
             }
             // etcd's --max-txn-ops is below the batch, or the answer is above gRPC's message
-            // limit: each key on its own, all at once.
+            // limit: each key on its own, all at once (reading again changes nothing).
             Err(StoreError::Failed(_)) => {
                 futures_util::future::join_all(keys.iter().map(|key| self.read_one(key))).await
             }
@@ -390,13 +436,12 @@ impl EtcdStore {
     }
 
     /// One Txn request (with [`Self::call`]'s retries).
-    async fn send_txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+    async fn send_txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
         self.kv(|mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })
         .await
-        .map_err(classify)
     }
 
     /// One key as one Range.
@@ -673,6 +718,21 @@ fn never_reached(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// etcd's refusals of a whole Txn, checked before it applies anything: too many operations
+/// (`--max-txn-ops`), too large (`--max-request-bytes`, etcd's own check and gRPC's receive
+/// limit), a key written twice.
+const REFUSED_BEFORE_APPLYING: [&str; 4] = [
+    "too many operations in txn request",
+    "request is too large",
+    "larger than max",
+    "duplicate key given in txn request",
+];
+
+/// Whether etcd refused a Txn without applying any of it (see [`REFUSED_BEFORE_APPLYING`]).
+fn refused_before_applying(e: &etcd_client::Error) -> bool {
+    REFUSED_BEFORE_APPLYING.iter().any(|m| says(e, m))
+}
+
 /// Whether etcd said the user or role already exists / does not exist.
 fn says(e: &etcd_client::Error, what: &str) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains(what))
@@ -681,7 +741,7 @@ fn says(e: &etcd_client::Error, what: &str) -> bool {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.batched(|c| &c.reads, key.to_owned(), EtcdStore::read_batch).await
+        self.batched(|c| &c.reads, key.to_owned()).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
@@ -750,16 +810,19 @@ impl Store for EtcdStore {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let keys = guards
+        let guarded = guards
             .iter()
             .map(|g| match g {
                 Guard::Absent(k) | Guard::Revision(k, _) => k.clone(),
             })
-            .chain(writes.iter().map(|w| match w {
-                Write::Put(k, _) | Write::Delete(k) => k.clone(),
-            }))
             .collect();
-        self.batched(|c| &c.commits, PendingCommit { txn, keys }, EtcdStore::commit_batch).await
+        let written = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, _) | Write::Delete(k) => k.clone(),
+            })
+            .collect();
+        self.batched(|c| &c.commits, PendingCommit { txn, guarded, written }).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

@@ -99,3 +99,44 @@ async fn an_etcd_that_refuses_large_transactions_gets_each_request_on_its_own() 
     assert_eq!(revisions.len(), KEYS, "each winning commit was applied alone: revisions {revisions:?}");
     etcd.stop().await;
 }
+
+/// Sends the commits at once, in this order, and returns their answers.
+async fn commit_together(store: &Arc<EtcdStore>, commits: Vec<(Vec<Guard>, Vec<Write>)>) -> Vec<Option<i64>> {
+    let calls = commits.into_iter().map(|(guards, writes)| {
+        let store = store.clone();
+        tokio::spawn(async move { store.commit(&guards, &writes).await.expect("commit answers") })
+    });
+    futures_util::future::join_all(calls).await.into_iter().map(|a| a.unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_commit_that_writes_what_another_compares_waits_for_the_next_batch() {
+    let (etcd, store, batches) = start(None).await;
+    let put = |k: &str| Write::Put(k.to_owned(), b"v".to_vec());
+    let r = store.commit(&[], &[put("/batching/k"), put("/batching/shared")]).await.unwrap().unwrap();
+    let k = |r| Guard::Revision("/batching/k".into(), r);
+    let shared = |r| Guard::Revision("/batching/shared".into(), r);
+    let answers = commit_together(
+        &store,
+        vec![
+            (vec![], vec![put("/batching/first")]),
+            // Deletes k, which the next commit compares: in one etcd Txn both compares would
+            // see k at r and both would apply. Sent one after the other, the second fails.
+            (vec![k(r)], vec![Write::Delete("/batching/k".into())]),
+            (vec![k(r)], vec![put("/batching/after-k")]),
+            // Only compare `shared`: they may share a batch, and both apply.
+            (vec![shared(r)], vec![put("/batching/one")]),
+            (vec![shared(r)], vec![put("/batching/two")]),
+        ],
+    )
+    .await;
+    assert!(answers[1].is_some(), "the delete applied: {answers:?}");
+    assert_eq!(answers[2], None, "the commit comparing the deleted key failed: {answers:?}");
+    assert_eq!(store.get("/batching/after-k").await.unwrap(), None);
+    assert!(
+        answers[3].is_some() && answers[3] == answers[4],
+        "comparing one key, batched together: {answers:?}"
+    );
+    assert!(largest(&batches, "txn") > 1, "batches: {batches:?}");
+    etcd.stop().await;
+}
