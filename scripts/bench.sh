@@ -161,33 +161,39 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   bench itself (*client*: its HTTP client against the broker, its etcd client for the floor),
   the broker and etcd, with the floor's in the `f:` columns (read from /proc, `--cpu-of`).
   With one client, an HTTP exchange that touches nothing is the catalog's p50, 0.10 ms, and
-  GET binding's floor is a single linearizable get of about 0.30 ms: the hop alone makes that
-  1.33x before the broker does any work (measured 0.45 ms, 1.52x). With 8 clients the cores
-  are saturated and latency follows CPU: a GET binding costs 170-220 us of CPU through the
-  broker against 95-150 us for the bare get. The broker's own share is 64-77 us, over half
-  of it in the kernel's TCP paths (on loopback the sender also runs the receiver's side): it
-  receives and answers the HTTP request and sends and receives the etcd request. The bench's
-  HTTP client adds another 44-54 us. etcd no longer spends more on a get that comes through
-  the broker (63-90 us against 50-82 us; before the batching below, 100-145 against 60-90).
-  Both sides also pay for tonic's HTTP/2 stack, which writes a request's HEADERS and DATA
-  frames in two writes (h2 grants a new stream its send window only on the connection's next
-  turn) and answers etcd's BDP ping after every response. Hence GET binding still misses its
-  1.5x target at 8 clients (1.6-1.9x) and sits at it with one (1.5-1.6x); with 64 clients,
-  where batching helps most, it is at 1.28x. The operations with several etcd calls, a bcrypt
-  or an fsync per step stay at 0.7-1.2x: the hop and the broker's CPU are a fixed cost of
-  0.1-0.5 ms, small against those but not against a single get.
+  GET binding's floor is a single linearizable get of 0.24-0.30 ms: the hop alone makes that
+  1.33-1.42x before the broker does any work (measured 0.38-0.45 ms, 1.52-1.69x over the last
+  three runs). With 8 clients the cores are saturated and latency follows CPU: a GET binding
+  costs 160-250 us of CPU through the broker against 100-175 us for the bare get. The
+  broker's own share is 60-82 us, over half of it in the kernel's TCP paths (on loopback the
+  sender also runs the receiver's side): it receives and answers the HTTP request and sends
+  and receives the etcd request. The bench's HTTP client adds another 40-58 us. etcd no
+  longer spends more on a get that comes through the broker (61-112 us against 57-108 us;
+  before the batching below, 100-145 against 60-90). Both sides also pay for tonic's HTTP/2
+  stack, which writes a request's HEADERS and DATA frames in two writes (h2 grants a new
+  stream its send window only on the connection's next turn) and answers etcd's BDP ping
+  after every response. Hence GET binding still misses its 1.5x target with 1 and 8 clients
+  (1.5-1.8x); with 64, where batching helps most, it is at 1.12x. The operations with several
+  etcd calls, a bcrypt or an fsync per step stay at 0.4-1.1x: the hop and the broker's CPU
+  are a fixed cost of 0.1-0.5 ms, small against those but not against a single get.
 - **Batching (group commit).** The gets and commits that arrive on a broker thread while one of
   the same kind is in flight to etcd go out together when it returns: gets as one read-only
   Txn of Ranges (one read-index round for all, as linearizable as a Range of their own, since
   a batch is only sent after each of its gets was asked for), commits as one Txn holding each
-  commit as a nested Txn (one request, one raft entry; commits that share a key are sent on
-  their own). With one request at a time a batch holds one request and nothing waits. Against
-  the previous make bench: provision at 8 clients 1.48x -> 1.05-1.06x, at 64 1.54x -> 1.00x
-  (etcd's CPU per provision at 64 clients 115 -> 81 us); unbind at 64 0.89x -> 0.66x,
-  deprovision 1.06x -> 0.79x; GET binding at 64 1.49x -> 1.28x. The floor sends each call on
-  its own, so those ratios below 1 are the broker's batching beating the naive calls. etcd
-  refusing a batch (`--max-txn-ops` below 16, `--max-request-bytes` below 8 records) costs a
-  retry of each request on its own, never a failure (tests/store_batching.rs).
+  commit as a nested Txn (one request, one raft entry). A commit that writes a key another
+  one in the batch compares or writes waits for the next batch (etcd evaluates all nested
+  compares before applying any); commits that only compare the same key, like concurrent
+  binds of one instance, share one. Up to 16 gets or 8 commits per batch, and up to 4 batches
+  in flight per kind once full ones wait; with one request at a time a batch holds one request
+  and nothing waits. `etcd_broker_etcd_batch_size` shows the batches. Against the make bench
+  before it: provision at 8 clients 1.48x -> 1.05-1.06x, at 64 1.54x -> 0.94x (10,100 instead
+  of 6,700 provisions/s; etcd's CPU per provision 115 -> 55 us); unbind at 64 0.89x -> 0.41x,
+  deprovision 1.06x -> 0.73x; GET binding at 64 1.49x -> 1.12x. The floor sends each call on
+  its own, so the ratios below 1 are the broker's batching beating the naive calls. etcd
+  refusing a batch as a whole (`--max-txn-ops` below 16, `--max-request-bytes` below 8
+  records) costs a retry of each request on its own, never a failure; any other error of a
+  batched commit is every commit's error, since etcd may have applied it
+  (tests/store_batching.rs).
 - **What the profiles found.** The broker dialled etcd on the thread that first needed it, the
   role reaper's at start, and tonic runs a channel's buffer and HTTP/2 connection as tasks of
   that thread: every request of the actix worker crossed to the other thread and back. Each
