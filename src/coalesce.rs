@@ -175,6 +175,11 @@ mod tests {
         }
     }
 
+    /// Batches of up to 8 that all fit together, sent by `send`.
+    fn any_fits(max_in_flight: usize, send: SendBatch<u32, u32>) -> Batching<u32, u32> {
+        Batching { max_batch: 8, max_in_flight, fits: |_, _| true, send }
+    }
+
     fn recorder() -> Arc<Mutex<Vec<Vec<u32>>>> {
         Arc::new(Mutex::new(Vec::new()))
     }
@@ -266,17 +271,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_batch_answers_none_and_the_next_call_starts_afresh() {
-        let panicking = Batching::<u32, u32> {
-            max_batch: 8,
-            max_in_flight: 1,
-            fits: |_, _| true,
-            send: Box::new(|requests| {
+        let panicking = any_fits(
+            1,
+            Box::new(|requests| {
                 Box::pin(async move {
                     assert!(requests[0] != 1, "batch failed");
                     requests
                 })
             }),
-        };
+        );
         let coalescer = Coalescer::new(panicking);
         assert_eq!(coalescer.call(1).await, None);
         assert_eq!(coalescer.call(2).await, Some(2));
@@ -284,28 +287,21 @@ mod tests {
 
     #[tokio::test]
     async fn short_answers_leave_the_unanswered_with_none() {
-        let short = Batching::<u32, u32> {
-            max_batch: 8,
-            max_in_flight: 1,
-            fits: |_, _| true,
-            send: Box::new(|_| Box::pin(async { Vec::new() })),
-        };
+        let short = any_fits(1, Box::new(|_| Box::pin(async { Vec::new() })));
         assert_eq!(Coalescer::new(short).call(1).await, None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_threads_calling_never_lose_an_answer() {
-        let echo = Batching::<u32, u32> {
-            max_batch: 8,
-            max_in_flight: 2,
-            fits: |_, _| true,
-            send: Box::new(|requests| {
+        let echo = any_fits(
+            2,
+            Box::new(|requests| {
                 Box::pin(async move {
                     tokio::task::yield_now().await;
                     requests
                 })
             }),
-        };
+        );
         let coalescer = Coalescer::new(echo);
         for round in 0..200 {
             let answers = call_all(&coalescer, round * 50..(round + 1) * 50).await;

@@ -369,19 +369,10 @@ impl EtcdStore {
             Ok(response) => {
                 // Every write of the outer Txn is at its revision.
                 let revision = response.header().map(|h| h.revision()).unwrap_or(0);
-                let mut answers: Vec<CommitResult> = response
-                    .op_responses()
-                    .iter()
-                    .map(|nested| match nested {
-                        TxnOpResponse::Txn(txn) => Ok(txn.succeeded().then_some(revision)),
-                        _ => Err(StoreError::Failed("etcd answered a nested Txn with something else".into())),
-                    })
-                    .collect();
-                answers.resize(
-                    commits.len(),
-                    Err(StoreError::Failed("etcd answered fewer nested Txns than it was sent".into())),
-                );
-                answers
+                each_answer(&response, commits.len(), |nested| match nested {
+                    TxnOpResponse::Txn(txn) => Some(txn.succeeded().then_some(revision)),
+                    _ => None,
+                })
             }
             // Above etcd's --max-txn-ops or --max-request-bytes: refused before anything was
             // applied, so each commit can go on its own.
@@ -411,21 +402,10 @@ impl EtcdStore {
         }
         let reads: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect();
         match self.send_txn(&Txn::new().and_then(reads)).await.map_err(classify) {
-            Ok(response) => {
-                let mut answers: Vec<ReadResult> = response
-                    .op_responses()
-                    .into_iter()
-                    .map(|answer| match answer {
-                        TxnOpResponse::Get(range) => Ok(first_value(&range)),
-                        _ => Err(StoreError::Failed("etcd answered a read with a write".into())),
-                    })
-                    .collect();
-                answers.resize(
-                    keys.len(),
-                    Err(StoreError::Failed("etcd answered fewer reads than asked".into())),
-                );
-                answers
-            }
+            Ok(response) => each_answer(&response, keys.len(), |answer| match answer {
+                TxnOpResponse::Get(range) => Some(first_value(range)),
+                _ => None,
+            }),
             // etcd's --max-txn-ops is below the batch, or the answer is above gRPC's message
             // limit: each key on its own, all at once (reading again changes nothing).
             Err(StoreError::Failed(_)) => {
@@ -449,6 +429,28 @@ impl EtcdStore {
         let response = self.kv(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
         Ok(first_value(&response))
     }
+}
+
+/// A batch's answers, one per request in order, from the responses of the Txn that carried
+/// it (`answer` reads one, `None` if it is of the wrong kind); a missing or wrong response is
+/// that request's error.
+fn each_answer<T>(
+    response: &etcd_client::TxnResponse,
+    count: usize,
+    answer: impl Fn(&TxnOpResponse) -> Option<T>,
+) -> Vec<Result<T, StoreError>> {
+    let mut answers: Vec<_> = response
+        .op_responses()
+        .iter()
+        .map(|r| {
+            answer(r)
+                .ok_or_else(|| StoreError::Failed("etcd answered a batched call with something else".into()))
+        })
+        .collect();
+    answers.resize_with(count, || {
+        Err(StoreError::Failed("etcd answered fewer calls than the batch held".into()))
+    });
+    answers
 }
 
 /// The value of a single-key Range, if the key exists.
