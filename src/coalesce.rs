@@ -31,7 +31,9 @@ pub struct Batching<Request, Response> {
     /// Most batches in flight at once: a new one starts only when a full batch is waiting, so
     /// under light load there is one, and under heavy load the queue does not grow behind it.
     pub max_in_flight: usize,
+    /// Which requests may share a batch; one that does not fit waits for a later batch.
     pub fits: Fits<Request>,
+    /// How a batch is sent.
     pub send: SendBatch<Request, Response>,
 }
 
