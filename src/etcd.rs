@@ -308,10 +308,7 @@ impl EtcdStore {
         match tokio::time::timeout(BATCHED_TIMEOUT, queue(&connection).call(request)).await {
             Ok(Some(answer)) => answer,
             Ok(None) => Err(StoreError::Failed("a batched etcd request was dropped unanswered".into())),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd did not answer within {} s",
-                BATCHED_TIMEOUT.as_secs()
-            ))),
+            Err(_) => Err(StoreError::Unavailable(no_answer_within(BATCHED_TIMEOUT))),
         }
     }
 
@@ -478,11 +475,15 @@ async fn bounded<T>(
     request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, etcd_client::Error> {
     tokio::time::timeout(REQUEST_TIMEOUT, request).await.unwrap_or_else(|_| {
-        Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
-            "etcd did not answer within {} s",
-            REQUEST_TIMEOUT.as_secs()
+        Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(no_answer_within(
+            REQUEST_TIMEOUT,
         ))))
     })
+}
+
+/// What a 503 says when etcd let a deadline pass.
+fn no_answer_within(timeout: Duration) -> String {
+    format!("etcd did not answer within {} s", timeout.as_secs())
 }
 
 /// Connects to etcd, with TCP_NODELAY on plain-http endpoints.

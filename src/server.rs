@@ -38,11 +38,11 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
     let mut clusters = HashMap::new();
     for (name, cluster) in &config.clusters {
         let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
-        let batch_size = metrics.etcd_batch_size.clone();
-        let cluster_name = name.clone();
-        let on_batch: BatchObserver = Arc::new(move |call, size| {
-            batch_size.with_label_values(&[cluster_name.as_str(), call]).observe(size as f64)
-        });
+        // Per batch, so the two series are looked up once here rather than on every call.
+        let batch_size = |call| metrics.etcd_batch_size.with_label_values(&[name.as_str(), call]);
+        let (gets, txns) = (batch_size("get"), batch_size("txn"));
+        let on_batch: BatchObserver =
+            Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64));
         let etcd: Arc<dyn Store> = EtcdStore::new(cluster, on_batch).map_err(|e| fail(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
         let public =
