@@ -169,10 +169,8 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   sender also runs the receiver's side): it receives and answers the HTTP request and sends
   and receives the etcd request. The bench's HTTP client adds another 40-58 us. etcd no
   longer spends more on a get that comes through the broker (61-112 us against 57-108 us;
-  before the batching below, 100-145 against 60-90). Both sides also pay for tonic's HTTP/2
-  stack, which writes a request's HEADERS and DATA frames in two writes (h2 grants a new
-  stream its send window only on the connection's next turn) and answers etcd's BDP ping
-  after every response. Hence GET binding still misses its 1.5x target with 1 and 8 clients
+  before the batching below, 100-145 against 60-90). Both sides use the same etcd connection
+  code (src/etcd.rs `connect`). Hence GET binding still misses its 1.5x target with 1 and 8 clients
   (1.5-1.8x); with 64, where batching helps most, it is at 1.12x. The operations with several
   etcd calls, a bcrypt or an fsync per step stay at 0.4-1.1x: the hop and the broker's CPU
   are a fixed cost of 0.1-0.5 ms, small against those but not against a single get.
@@ -201,7 +199,19 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   0.47 to 0.40 ms, provision from 0.61 to 0.50 ms. actix-web without its `unicode` feature
   matches routes with regex-lite's backtracking PikeVM; with it, regex's DFA: GET binding at 8
   connections went from 6,900 to 9,000 requests/s. The broker serves on one thread by default
-  (`listen.workers`).
+  (`listen.workers`; with 2, GET binding at 8 clients measured 1.66-1.80x against 1.57-1.66x,
+  its batches being split between two connections).
+  tonic's HTTP/2 stack writes a request's HEADERS and DATA frames in two writes (h2 grants a
+  new stream its send window only on the connection's next turn, and the body is written by
+  another task), and answers the ping etcd sends after nearly every response (for its
+  bandwidth estimate) before the waiting task runs: three writes and three wake-ups of etcd
+  per call (strace). Tried and left out: holding each etcd connection's flush back for one
+  turn of the runtime, so a request leaves in one write. It saved 10% of the client's CPU per
+  get in a sequential loop (86-91 -> 77-84 us) but no measurable latency, and the floor would
+  gain as much; it also needs connections dialled by our own connector (as the https channel
+  has), which a dead endpoint did not leave (tests/failover.rs failed; src/endpoint_backoff.rs
+  came of that). A faster allocator (mimalloc) sped up the bench's
+  clients as much as the broker: no ratio moved, so it was left out too.
 - **fsync.** Every txn, user and role change is a raft write that etcd fsyncs before answering.
   Reads (GET binding) are cheaper.
 - **bcrypt.** etcd hashes a new user's password with bcrypt at `--bcrypt-cost` (default 10, about

@@ -19,6 +19,7 @@ pub mod broker;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
+pub mod endpoint_backoff;
 pub mod etcd;
 pub mod http;
 pub mod logging;

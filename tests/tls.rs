@@ -1,6 +1,7 @@
 //! Acceptance: TLS towards etcd. etcd serves https only and demands client certificates; the
 //! broker dials it with the configured CA and client certificate, hands out https endpoints and
-//! the CA in credentials, and tenants connect over TLS with those credentials.
+//! the CA in credentials, and tenants connect over TLS with those credentials. A dead endpoint
+//! listed first is skipped.
 
 mod common;
 
@@ -158,6 +159,8 @@ async fn the_broker_speaks_tls_to_etcd_and_hands_out_tls_credentials() {
     let ca_file = write(dir.path(), "broker-ca.pem", &ca_pem);
     let cert_file = write(dir.path(), "broker.pem", &broker_cert.cert);
     let key_file = write(dir.path(), "broker.key", &broker_cert.key);
+    // A dead member listed first is skipped, over https as over http (tests/failover.rs).
+    let dead = format!("https://127.0.0.1:{}", free_port());
     let config = |port: u16, metrics_port: u16, ca: &str| {
         format!(
             r#"[listen]
@@ -170,7 +173,7 @@ port = {metrics_port}
 username = "{USER}"
 password = {PASSWORD:?}
 [clusters.main]
-endpoints = ["{endpoint}"]
+endpoints = ["{dead}", "{endpoint}"]
 password = "{root_password}"
 [clusters.main.tls]
 ca_file = "{ca}"
@@ -191,13 +194,18 @@ cluster = "main"
     };
     let broker = BrokerProcess::start_with_config(|p, m| config(p, m, &ca_file), &[]).await;
     let osb = Osb::new(&broker.url);
+    for i in 0..5 {
+        let reply = osb.provision(&format!("f{i}"), SHARED).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "request {i}: {:?}", reply.body);
+        assert_eq!(osb.deprovision(&format!("f{i}")).await.status, StatusCode::OK, "request {i}");
+    }
     assert_eq!(osb.provision("t1", SHARED).await.status, StatusCode::CREATED);
     let bound = osb.bind("t1", "b1").await;
     assert_eq!(bound.status, StatusCode::CREATED, "{:?}", bound.body);
     let creds = bound.body["credentials"].clone();
     assert_eq!(creds["tls"]["enabled"], true);
     assert_eq!(creds["tls"]["ca_certificate"], ca_pem.as_str());
-    assert_eq!(creds["endpoints"][0], endpoint.as_str());
+    assert_eq!(creds["endpoints"], serde_json::json!([dead, endpoint]));
     assert!(creds["uri"].as_str().unwrap().starts_with("https://"));
 
     // The tenant connects over TLS with the CA from its credentials and its password.

@@ -1,0 +1,169 @@
+//! An endpoint of a balanced etcd channel that stays out of the balancer's picks for a while
+//! after a request on it failed in transport.
+//!
+//! Why: the https channel (src/etcd.rs) balances over one tonic `Channel` per endpoint, and a
+//! `Channel` always says it is ready (it queues requests in a buffer), also when its endpoint
+//! refuses every connection. The balancer then kept picking a dead endpoint for half of the
+//! requests, and a broker with a dead member first in its list answered 503s. tonic's own
+//! balanced channel (plain http) sees its connections' state and does not need this.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// How long an endpoint is skipped after its first failure; doubled on each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest an endpoint is skipped: a member that comes back is used again within this.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The failures of one endpoint in a row, and until when it is skipped.
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    skipped_until: Option<Instant>,
+}
+
+impl Health {
+    fn failed(&mut self, now: Instant) {
+        let backoff = FIRST_BACKOFF.saturating_mul(1 << self.failures.min(8)).min(MAX_BACKOFF);
+        self.failures = self.failures.saturating_add(1);
+        self.skipped_until = Some(now + backoff);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// A service that is not ready while its endpoint is backed off (see the module doc).
+pub struct EndpointBackoff<S> {
+    inner: S,
+    health: Arc<Mutex<Health>>,
+    /// The timer that wakes the balancer when the backoff ends.
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> EndpointBackoff<S> {
+    /// Wraps one endpoint's service, healthy.
+    pub fn new(inner: S) -> Self {
+        Self { inner, health: Default::default(), wait: None }
+    }
+}
+
+/// Locks a health record (nothing panics while it is held; a poisoned one is still consistent).
+fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
+    health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<S, Request> tower::Service<Request> for EndpointBackoff<S>
+where
+    S: tower::Service<Request>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let skipped_until = lock(&self.health).skipped_until;
+        match skipped_until {
+            Some(until) if Instant::now() < until => {
+                let wait = self.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                if wait.deadline() != until {
+                    wait.as_mut().reset(until);
+                }
+                if wait.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            _ => {}
+        }
+        self.wait = None;
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let response = self.inner.call(request);
+        let health = self.health.clone();
+        Box::pin(async move {
+            let result = response.await;
+            match &result {
+                Ok(_) => lock(&health).succeeded(),
+                Err(_) => lock(&health).failed(Instant::now()),
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tower::{Service, ServiceExt};
+
+    /// Fails while `down` is set; counts its calls.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        down: Arc<AtomicBool>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Service<()> for Flaky {
+        type Response = ();
+        type Error = &'static str;
+        type Future = std::future::Ready<Result<(), &'static str>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: ()) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(if self.down.load(Ordering::SeqCst) { Err("refused") } else { Ok(()) })
+        }
+    }
+
+    /// Whether the service is ready without waiting.
+    fn ready_now<S: Service<()>>(service: &mut S) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_endpoint_is_skipped_for_a_growing_while_and_used_again_once_it_answers() {
+        let flaky = Flaky::default();
+        let mut endpoint = EndpointBackoff::new(flaky.clone());
+        assert!(ready_now(&mut endpoint), "healthy at first");
+        flaky.down.store(true, Ordering::SeqCst);
+        assert!(endpoint.ready().await.unwrap().call(()).await.is_err());
+        assert!(!ready_now(&mut endpoint), "skipped after a failure");
+        tokio::time::advance(FIRST_BACKOFF - Duration::from_millis(1)).await;
+        assert!(!ready_now(&mut endpoint));
+        // The wait ends by itself: a balancer polling it is woken.
+        let started = Instant::now();
+        assert!(endpoint.ready().await.unwrap().call(()).await.is_err(), "tried again, still down");
+        assert!(started.elapsed() <= Duration::from_millis(1));
+        tokio::time::advance(FIRST_BACKOFF).await;
+        assert!(!ready_now(&mut endpoint), "the second failure doubles the backoff");
+        tokio::time::advance(FIRST_BACKOFF).await;
+        flaky.down.store(false, Ordering::SeqCst);
+        assert!(endpoint.ready().await.unwrap().call(()).await.is_ok());
+        assert!(ready_now(&mut endpoint), "healthy again after an answer");
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "never called while skipped");
+    }
+
+    #[test]
+    fn the_backoff_is_capped() {
+        let mut health = Health::default();
+        let now = Instant::now();
+        for _ in 0..40 {
+            health.failed(now);
+        }
+        assert_eq!(health.skipped_until, Some(now + MAX_BACKOFF));
+    }
+}
