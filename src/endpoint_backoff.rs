@@ -6,9 +6,14 @@
 //! refuses every connection. The balancer then kept picking a dead endpoint for half of the
 //! requests, and a broker with a dead member first in its list answered 503s. tonic's own
 //! balanced channel (plain http) sees its connections' state and does not need this.
+//!
+//! An endpoint is only skipped while another endpoint of its channel is not: with all of them
+//! failing (a single-member cluster that is down, say), each is tried as before, so requests
+//! keep failing fast and the first one after etcd is back gets through.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,41 +22,77 @@ use tokio::time::{Instant, Sleep};
 
 /// How long an endpoint is skipped after its first failure; doubled on each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest an endpoint is skipped: a member that comes back is used again within this.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest an endpoint is skipped: a member that comes back is used again within this,
+/// also when the others failed meanwhile (a skipped endpoint waits out its backoff).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The endpoints of one channel: how many have not failed since their last answer.
+#[derive(Clone, Default)]
+pub struct Endpoints {
+    healthy: Arc<AtomicUsize>,
+}
+
+impl Endpoints {
+    /// No endpoints yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wraps one endpoint's service, healthy.
+    pub fn add<S>(&self, inner: S) -> EndpointBackoff<S> {
+        self.healthy.fetch_add(1, Ordering::SeqCst);
+        let health = Health { failures: 0, skipped_until: None, group: self.clone() };
+        EndpointBackoff { inner, health: Arc::new(Mutex::new(health)), wait: None }
+    }
+}
 
 /// The failures of one endpoint in a row, and until when it is skipped.
-#[derive(Default)]
 struct Health {
     failures: u32,
     skipped_until: Option<Instant>,
+    group: Endpoints,
 }
 
 impl Health {
     fn failed(&mut self, now: Instant) {
+        if self.failures == 0 {
+            self.group.healthy.fetch_sub(1, Ordering::SeqCst);
+        }
         let backoff = FIRST_BACKOFF.saturating_mul(1 << self.failures.min(8)).min(MAX_BACKOFF);
         self.failures = self.failures.saturating_add(1);
         self.skipped_until = Some(now + backoff);
     }
 
     fn succeeded(&mut self) {
-        *self = Self::default();
+        if self.failures > 0 {
+            self.group.healthy.fetch_add(1, Ordering::SeqCst);
+        }
+        self.failures = 0;
+        self.skipped_until = None;
+    }
+
+    /// Until when the balancer should not pick this endpoint, if it should not now.
+    fn skipped(&self, now: Instant) -> Option<Instant> {
+        let others_healthy = self.group.healthy.load(Ordering::SeqCst) > 0;
+        self.skipped_until.filter(|until| now < *until && others_healthy)
     }
 }
 
-/// A service that is not ready while its endpoint is backed off (see the module doc).
+impl Drop for Health {
+    fn drop(&mut self) {
+        if self.failures == 0 {
+            self.group.healthy.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A service that is not ready while its endpoint is backed off (see the module doc); made by
+/// [`Endpoints::add`].
 pub struct EndpointBackoff<S> {
     inner: S,
     health: Arc<Mutex<Health>>,
     /// The timer that wakes the balancer when the backoff ends.
     wait: Option<Pin<Box<Sleep>>>,
-}
-
-impl<S> EndpointBackoff<S> {
-    /// Wraps one endpoint's service, healthy.
-    pub fn new(inner: S) -> Self {
-        Self { inner, health: Default::default(), wait: None }
-    }
 }
 
 /// Locks a health record (nothing panics while it is held; a poisoned one is still consistent).
@@ -69,18 +110,15 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let skipped_until = lock(&self.health).skipped_until;
-        match skipped_until {
-            Some(until) if Instant::now() < until => {
-                let wait = self.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                if wait.deadline() != until {
-                    wait.as_mut().reset(until);
-                }
-                if wait.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
+        let skipped_until = lock(&self.health).skipped(Instant::now());
+        if let Some(until) = skipped_until {
+            let wait = self.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            if wait.deadline() != until {
+                wait.as_mut().reset(until);
             }
-            _ => {}
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
         self.wait = None;
         self.inner.poll_ready(cx)
@@ -136,8 +174,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_endpoint_is_skipped_for_a_growing_while_and_used_again_once_it_answers() {
-        let flaky = Flaky::default();
-        let mut endpoint = EndpointBackoff::new(flaky.clone());
+        let (flaky, endpoints) = (Flaky::default(), Endpoints::new());
+        let mut endpoint = endpoints.add(flaky.clone());
+        let _other = endpoints.add(Flaky::default());
         assert!(ready_now(&mut endpoint), "healthy at first");
         flaky.down.store(true, Ordering::SeqCst);
         assert!(endpoint.ready().await.unwrap().call(()).await.is_err());
@@ -157,9 +196,28 @@ mod tests {
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "never called while skipped");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn with_every_endpoint_failing_none_is_skipped() {
+        let endpoints = Endpoints::new();
+        let (a, b) = (Flaky::default(), Flaky::default());
+        let (mut first, mut second) = (endpoints.add(a.clone()), endpoints.add(b.clone()));
+        a.down.store(true, Ordering::SeqCst);
+        b.down.store(true, Ordering::SeqCst);
+        assert!(first.ready().await.unwrap().call(()).await.is_err());
+        assert!(!ready_now(&mut first), "skipped while the other may answer");
+        assert!(second.ready().await.unwrap().call(()).await.is_err());
+        assert!(ready_now(&mut first) && ready_now(&mut second), "both down: both tried");
+        b.down.store(false, Ordering::SeqCst);
+        assert!(second.ready().await.unwrap().call(()).await.is_ok());
+        assert!(!ready_now(&mut first), "one answers again: the other is skipped again");
+        drop(second);
+        assert!(ready_now(&mut first), "the only endpoint left is never skipped");
+    }
+
     #[test]
     fn the_backoff_is_capped() {
-        let mut health = Health::default();
+        let endpoint = Endpoints::new().add(());
+        let mut health = lock(&endpoint.health);
         let now = Instant::now();
         for _ in 0..40 {
             health.failed(now);

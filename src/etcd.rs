@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 
 use crate::coalesce::{Batching, Coalescer, SendBatch};
 use crate::config::ClusterConfig;
-use crate::endpoint_backoff::EndpointBackoff;
+use crate::endpoint_backoff::Endpoints;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
 /// How long one attempt of an etcd request may take (see [`bounded`]); a request that times
@@ -588,7 +588,7 @@ impl EtcdTls {
 /// The balanced channel for https endpoints: OpenSSL over TCP with TCP_NODELAY. etcd-client's
 /// own OpenSSL transport leaves Nagle's algorithm on, and every small gRPC request then waits
 /// for the delayed ACK of the previous one: ~40 ms per etcd call instead of ~0.5 ms. Each
-/// endpoint is backed off after a failed request ([`EndpointBackoff`]), so a dead one is
+/// endpoint is backed off after a failed request ([`Endpoints`]), so a dead one is
 /// skipped.
 struct NoDelayTlsChannel(openssl::ssl::SslConnectorBuilder);
 
@@ -612,12 +612,12 @@ impl etcd_client::BalancedChannelBuilder for NoDelayTlsChannel {
         let (discovered, discover) = tokio::sync::mpsc::channel(16);
         // Endpoints become lazily connected channels; the balancer picks between two at random
         // (equal load, like tonic's own balanced channel for plain http).
+        let endpoints = Endpoints::new();
         tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
                 let change = match change {
                     Change::Insert(key, endpoint) => {
-                        let channel =
-                            EndpointBackoff::new(endpoint.connect_with_connector_lazy(https.clone()));
+                        let channel = endpoints.add(endpoint.connect_with_connector_lazy(https.clone()));
                         Discovered::Insert(key, tower::load::Constant::new(channel, 0usize))
                     }
                     Change::Remove(key) => Discovered::Remove(key),
