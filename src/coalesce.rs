@@ -123,8 +123,7 @@ impl<Request: Send + 'static, Response: Send + 'static> Coalescer<Request, Respo
     }
 
     fn lock(&self) -> MutexGuard<'_, State<Request, Response>> {
-        // Nothing panics while holding the lock; a poisoned queue is still consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::unpoisoned::lock(&self.state)
     }
 }
 
@@ -142,7 +141,7 @@ impl<Request, Response> Drop for Running<'_, Request, Response> {
         if self.stopped {
             return;
         }
-        let mut state = self.coalescer.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = crate::unpoisoned::lock(&self.coalescer.state);
         state.senders -= 1;
         if state.senders == 0 {
             state.waiting.clear();

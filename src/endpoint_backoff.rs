@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::unpoisoned::lock;
+
 /// How long an endpoint is skipped after its first failure; doubled on each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest an endpoint is skipped: a member that comes back is used again within this,
@@ -93,11 +95,6 @@ pub struct EndpointBackoff<S> {
     health: Arc<Mutex<Health>>,
     /// The timer that wakes the balancer when the backoff ends.
     wait: Option<Pin<Box<Sleep>>>,
-}
-
-/// Locks a health record (nothing panics while it is held; a poisoned one is still consistent).
-fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
-    health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<S, Request> tower::Service<Request> for EndpointBackoff<S>

@@ -165,7 +165,7 @@ impl EtcdStore {
     /// This thread's connection, dialled and logged in on first use.
     async fn connection(&self) -> Result<Arc<Connection>, etcd_client::Error> {
         let cell = {
-            let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut connections = crate::unpoisoned::lock(&self.connections);
             connections.entry(std::thread::current().id()).or_default().clone()
         };
         cell.get_or_try_init(|| async {

@@ -12,7 +12,7 @@
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
 //! - [`role_reaper`]: the background deletion of unbound bindings' roles, in the pauses of
 //!   the OSB traffic ([`activity`]).
-//! - [`logging`], [`clock`], [`secrets`], [`coalesce`]: small services.
+//! - [`logging`], [`clock`], [`secrets`], [`coalesce`], [`unpoisoned`]: small services.
 
 pub mod activity;
 pub mod broker;
@@ -30,3 +30,4 @@ pub mod role_reaper;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod unpoisoned;
