@@ -171,7 +171,11 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   longer spends more on a get that comes through the broker (61-112 us against 57-108 us;
   before the batching below, 100-145 against 60-90). Both sides use the same etcd connection
   code (src/etcd.rs `connect`). Hence GET binding still misses its 1.5x target with 1 and 8 clients
-  (1.5-1.8x); with 64, where batching helps most, it is at 1.12x. The operations with several
+  (1.5-1.8x); with 64, where batching helps most, it is at 1.12x. A leaner load generator
+  does not change that: with the bench on one thread (a current-thread runtime) the bare get
+  took 0.20 ms at one client instead of 0.29-0.34 ms and the broker's GET binding 0.39-0.56 ms,
+  1.9-2.0x at 1 and 8 clients. The floor is then the etcd round trip itself, and a broker
+  behind an HTTP hop cannot come within 1.5x of it on this machine. The operations with several
   etcd calls, a bcrypt or an fsync per step stay at 0.4-1.1x: the hop and the broker's CPU
   are a fixed cost of 0.1-0.5 ms, small against those but not against a single get.
 - **Batching (group commit).** The gets and commits that arrive on a broker thread while one of
@@ -208,9 +212,7 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   per call (strace). Tried and left out: holding each etcd connection's flush back for one
   turn of the runtime, so a request leaves in one write. It saved 10% of the client's CPU per
   get in a sequential loop (86-91 -> 77-84 us) but no measurable latency, and the floor would
-  gain as much; it also needs connections dialled by our own connector (as the https channel
-  has), which a dead endpoint did not leave (tests/failover.rs failed; src/endpoint_backoff.rs
-  came of that). A faster allocator (mimalloc) sped up the bench's
+  gain as much. A faster allocator (mimalloc) sped up the bench's
   clients as much as the broker: no ratio moved, so it was left out too.
 - **fsync.** Every txn, user and role change is a raft write that etcd fsyncs before answering.
   Reads (GET binding) are cheaper.

@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 
 use crate::coalesce::{Batching, Coalescer, SendBatch};
 use crate::config::ClusterConfig;
-use crate::endpoint_backoff::Endpoints;
+use crate::endpoint_health::{Endpoints, Probe};
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
 /// How long one attempt of an etcd request may take (see [`bounded`]); a request that times
@@ -487,24 +487,28 @@ fn no_answer_within(timeout: Duration) -> String {
     format!("etcd did not answer within {} s", timeout.as_secs())
 }
 
-/// Connects to etcd, with TCP_NODELAY on plain-http endpoints.
+/// Connects to etcd through a balanced channel that uses only the endpoints that answer
+/// ([`HealthCheckedChannel`]), with TCP_NODELAY on every connection.
 ///
-/// With the `tls-openssl` feature, `Client::connect` dials every endpoint through an OpenSSL
-/// connector whose sockets keep Nagle's algorithm on; a gRPC request's frames then wait for
-/// the server's delayed ACK, about 40 ms per etcd call on Linux (measured by
-/// `etcd-broker-ops bench`: every call 44 ms, a get included). For http:// endpoints this uses
-/// tonic's own balanced channel, which sets TCP_NODELAY; https:// endpoints keep the OpenSSL
-/// path (and its delay: see docs/performance.md).
+/// Both matter. etcd-client's own channels send requests to an endpoint that refuses or never
+/// answers (see [`crate::endpoint_health`]). And with the `tls-openssl` feature,
+/// `Client::connect` dials through an OpenSSL connector whose sockets keep Nagle's algorithm
+/// on: a gRPC request's frames then wait for the server's delayed ACK, about 40 ms per etcd
+/// call on Linux (measured by `etcd-broker-ops bench`: every call 44 ms, a get included).
 pub async fn connect(
     endpoints: &[String],
     options: ConnectOptions,
     tls: &EtcdTls,
 ) -> Result<Client, etcd_client::Error> {
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
     if endpoints.iter().all(|e| e.starts_with("http://")) {
-        Client::connect_with_balanced_channel(endpoints, Some(options), NoDelayChannel).await
+        Client::connect_with_balanced_channel(endpoints, Some(options), HealthCheckedChannel(tcp)).await
     } else {
-        Client::connect_with_balanced_channel(endpoints, Some(options), NoDelayTlsChannel(tls.connector()?))
-            .await
+        let https = hyper_openssl::client::legacy::HttpsConnector::with_connector(tcp, tls.connector()?)
+            .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd TLS: {e}")))?;
+        Client::connect_with_balanced_channel(endpoints, Some(options), HealthCheckedChannel(https)).await
     }
 }
 
@@ -512,21 +516,6 @@ pub async fn connect(
 type EndpointUpdates = tokio::sync::mpsc::Sender<
     tonic::transport::channel::Change<tonic::codegen::http::Uri, tonic::transport::Endpoint>,
 >;
-
-/// tonic's balanced channel (TCP_NODELAY on), for plain-http endpoints.
-struct NoDelayChannel;
-
-impl etcd_client::BalancedChannelBuilder for NoDelayChannel {
-    type Error = tonic::transport::Error;
-
-    fn balanced_channel(
-        self,
-        buffer_size: usize,
-    ) -> Result<(etcd_client::Channel, EndpointUpdates), Self::Error> {
-        let (channel, updates) = tonic::transport::Channel::balance_channel(buffer_size);
-        Ok((etcd_client::Channel::Tonic(channel), updates))
-    }
-}
 
 /// TLS settings for etcd connections, as PEM text: what [`connect`] needs to dial https
 /// endpoints itself.
@@ -585,40 +574,40 @@ impl EtcdTls {
     }
 }
 
-/// The balanced channel for https endpoints: OpenSSL over TCP with TCP_NODELAY. etcd-client's
-/// own OpenSSL transport leaves Nagle's algorithm on, and every small gRPC request then waits
-/// for the delayed ACK of the previous one: ~40 ms per etcd call instead of ~0.5 ms. Each
-/// endpoint is backed off after a failed request ([`Endpoints`]), so a dead one is
-/// skipped.
-struct NoDelayTlsChannel(openssl::ssl::SslConnectorBuilder);
+/// A balanced channel over one lazily connected tonic `Channel` per endpoint, dialled by
+/// `connector` (plain TCP or OpenSSL over it), each used only while it answers
+/// ([`Endpoints`]); the balancer picks between two usable ones at random (equal load, like
+/// tonic's own balanced channel).
+struct HealthCheckedChannel<C>(C);
 
-impl etcd_client::BalancedChannelBuilder for NoDelayTlsChannel {
+impl<C> etcd_client::BalancedChannelBuilder for HealthCheckedChannel<C>
+where
+    C: tower::Service<tonic::codegen::http::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    C::Error: Send,
+    tower::BoxError: From<C::Error>,
+    C::Future: Send,
+{
     type Error = etcd_client::Error;
 
     fn balanced_channel(
         self,
         buffer_size: usize,
     ) -> Result<(etcd_client::Channel, EndpointUpdates), Self::Error> {
-        use hyper_util::client::legacy::connect::HttpConnector;
         use tonic::transport::channel::Change;
         use tower::discover::Change as Discovered;
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        let https = hyper_openssl::client::legacy::HttpsConnector::with_connector(tcp, self.0)
-            .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd TLS: {e}")))?;
+        let connector = self.0;
         let (updates, mut changes) =
             tokio::sync::mpsc::channel::<Change<tonic::codegen::http::Uri, tonic::transport::Endpoint>>(16);
         let (discovered, discover) = tokio::sync::mpsc::channel(16);
-        // Endpoints become lazily connected channels; the balancer picks between two at random
-        // (equal load, like tonic's own balanced channel for plain http).
         let endpoints = Endpoints::new();
         tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
                 let change = match change {
                     Change::Insert(key, endpoint) => {
-                        let channel = endpoints.add(endpoint.connect_with_connector_lazy(https.clone()));
-                        Discovered::Insert(key, tower::load::Constant::new(channel, 0usize))
+                        let channel = endpoint.connect_with_connector_lazy(connector.clone());
+                        let checked = endpoints.add(key.to_string(), channel.clone(), health_probe(channel));
+                        Discovered::Insert(key, tower::load::Constant::new(checked, 0usize))
                     }
                     Change::Remove(key) => Discovered::Remove(key),
                 };
@@ -632,6 +621,23 @@ impl etcd_client::BalancedChannelBuilder for NoDelayTlsChannel {
         let channel = tower::buffer::Buffer::new(balance, buffer_size);
         Ok((etcd_client::Channel::Custom(tower::util::BoxCloneSyncService::new(channel)), updates))
     }
+}
+
+/// Asks an endpoint etcd's gRPC health check (no auth needed): it answers if it says it
+/// serves, or has no health service to ask (it still answered).
+fn health_probe(channel: tonic::transport::Channel) -> Probe {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    Box::new(move || {
+        let mut client = HealthClient::new(channel.clone());
+        Box::pin(async move {
+            match client.check(HealthCheckRequest { service: String::new() }).await {
+                Ok(reply) => reply.into_inner().status == ServingStatus::Serving as i32,
+                Err(status) => status.code() == tonic::Code::Unimplemented,
+            }
+        })
+    })
 }
 
 /// The smallest key after every key that starts with `prefix` (etcd's range end of a prefix);

@@ -19,7 +19,7 @@ pub mod broker;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
-pub mod endpoint_backoff;
+pub mod endpoint_health;
 pub mod etcd;
 pub mod http;
 pub mod logging;

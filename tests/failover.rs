@@ -1,6 +1,6 @@
-//! Acceptance: a cluster's endpoints fail over. With a dead endpoint listed first, the broker
-//! still serves every request from the live one, from the very first request on. An etcd that
-//! stops answering costs a request 503 after the request timeout, not a hang.
+//! Acceptance: a cluster's endpoints fail over. With a dead or a stopped endpoint listed first,
+//! the broker still serves every request from the live one, from the very first request on. An
+//! etcd that stops answering costs a request 503 after the request timeout, not a hang.
 
 mod common;
 
@@ -84,4 +84,52 @@ async fn an_etcd_that_stops_answering_costs_a_503_after_the_request_timeout() {
     assert_eq!(osb.deprovision("hang-1").await.status, StatusCode::OK);
     assert_eq!(osb.deprovision("hang-2").await.status, StatusCode::OK);
     broker.stop().await;
+}
+
+/// A stopped etcd accepts connections (the kernel does) and never answers: the broker must not
+/// wait on it. (The stopped etcd is a cluster of its own: it stays stopped, so nothing is
+/// written to it.)
+#[tokio::test]
+async fn a_stopped_first_endpoint_is_skipped() {
+    let (etcd, stopped) = (start_etcd().await, start_etcd().await);
+    let pid = stopped.pid().expect("etcd runs");
+    signal(pid, "STOP");
+    let _resume = Resume(pid);
+    let broker = BrokerProcess::start_with_config(
+        |port, metrics_port| {
+            let live = format!("endpoints = [{:?}]", etcd.endpoint());
+            let both = format!("endpoints = [{:?}, {:?}]", stopped.endpoint(), etcd.endpoint());
+            config_toml(port, metrics_port, &etcd, None).replace(&live, &both)
+        },
+        &[],
+    )
+    .await;
+    let osb = Osb::new(&broker.url);
+    let started = Instant::now();
+    for i in 0..5 {
+        let reply = osb.provision(&format!("s{i}"), SHARED).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "request {i}: {:?}", reply.body);
+    }
+    let bound = osb.bind("s0", "b0").await;
+    assert_eq!(bound.status, StatusCode::CREATED, "{:?}", bound.body);
+    assert_eq!(osb.get_binding("s0", "b0").await.status, StatusCode::OK);
+    assert_eq!(osb.unbind("s0", "b0").await.status, StatusCode::OK);
+    for i in 0..5 {
+        assert_eq!(osb.deprovision(&format!("s{i}")).await.status, StatusCode::OK);
+    }
+    // Each request would take the 10 s request timeout if it were sent to the stopped etcd.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The operator is told, once its health check has had its 1 s.
+    let warned = || broker.log_text().lines().any(|l| l.contains("does not answer its health check"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warned() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = broker.stop().await;
+    let warning = log
+        .lines()
+        .find(|l| l.contains("does not answer its health check"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(warning.contains(&stopped.endpoint()), "the warning names the endpoint: {warning}");
 }

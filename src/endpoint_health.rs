@@ -1,0 +1,401 @@
+//! Which endpoints of a balanced etcd channel answer: the balancer picks only those, and a
+//! probe per endpoint finds out when one that did not answers again.
+//!
+//! Why: the broker balances over one tonic `Channel` per endpoint, and a `Channel` always says
+//! it is ready (it queues requests in a buffer), also when its endpoint refuses connections or
+//! accepts them and never answers (a stopped or hung etcd, a host that drops packets). The
+//! balancer then kept sending half of the requests to such an endpoint: 503s at once for a
+//! refused one, after the 10 s request timeout for a hung one, and a broker with a stopped
+//! member first in its list failed its first requests for about 40 s.
+//!
+//! So each endpoint is *probed* (etcd's gRPC health check) before it is used, and again after
+//! a request on it failed in transport or got no answer within [`SLOW_ANSWER`] (the request
+//! itself goes on waiting for its answer). While it fails, the probe is repeated after 0.5 s,
+//! doubling up to 5 s. The balancer uses only endpoints that answered, as long as one does;
+//! with none answering (a single-member cluster that is down, say) it uses every endpoint, so
+//! requests fail as fast as before and the first one after etcd is back gets through.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::unpoisoned::lock;
+
+/// How long a probe may take before its endpoint counts as not answering.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request may wait for its answer before its endpoint is probed (and not used
+/// while the probe has no answer). Longer than etcd takes for any of the broker's requests
+/// when it is healthy, bcrypt included, so a busy endpoint is rarely probed.
+const SLOW_ANSWER: Duration = Duration::from_secs(2);
+/// The wait before probing a failing endpoint again after its first failed probe; doubled
+/// after each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between two probes of a failing endpoint: one that comes back is used
+/// again within this.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Asks an endpoint whether it answers (etcd's health check, say): `true` if it did.
+pub type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// The endpoints of one channel: how many answer, and who waits for one to.
+#[derive(Clone, Default)]
+pub struct Endpoints {
+    group: Arc<Group>,
+}
+
+#[derive(Default)]
+struct Group {
+    /// Endpoints whose last probe or request answered.
+    answering: AtomicUsize,
+    /// Endpoints whose first probe has not finished.
+    unprobed: AtomicUsize,
+    /// The balancer's tasks waiting for an endpoint to become usable.
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl Group {
+    /// Wakes whoever waits: which endpoints are usable may have changed.
+    fn changed(&self) {
+        for waker in std::mem::take(&mut *lock(&self.waiting)) {
+            waker.wake();
+        }
+    }
+}
+
+impl Endpoints {
+    /// No endpoints yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wraps one endpoint's service, not used until `probe` says it answers, and starts the
+    /// endpoint's prober on the current tokio runtime (it ends with the endpoint).
+    /// `name` (the endpoint's URL, which holds no secret) is for the log lines that say when
+    /// it stops and starts answering its probes.
+    pub fn add<S>(&self, name: String, inner: S, probe: Probe) -> HealthChecked<S> {
+        self.group.unprobed.fetch_add(1, Ordering::SeqCst);
+        let wake_prober = Arc::new(Notify::new());
+        let health = Arc::new(Health {
+            state: Mutex::new(State::Unprobed),
+            group: self.group.clone(),
+            wake_prober: wake_prober.clone(),
+        });
+        tokio::spawn(probe_when_needed(name, Arc::downgrade(&health), wake_prober, probe));
+        HealthChecked { inner, health }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Unprobed,
+    Answering,
+    Failing,
+}
+
+/// One endpoint's state, shared by its service, its requests and its prober.
+struct Health {
+    state: Mutex<State>,
+    group: Arc<Group>,
+    wake_prober: Arc<Notify>,
+}
+
+impl Health {
+    fn state(&self) -> State {
+        *lock(&self.state)
+    }
+
+    fn set(&self, new: State) {
+        let old = std::mem::replace(&mut *lock(&self.state), new);
+        if old == new {
+            return;
+        }
+        self.count(old, false);
+        self.count(new, true);
+        if new == State::Failing {
+            self.wake_prober.notify_one();
+        }
+        self.group.changed();
+    }
+
+    /// Adds this endpoint to (or takes it from) its group's count for `state`.
+    fn count(&self, state: State, add: bool) {
+        let counter = match state {
+            State::Answering => &self.group.answering,
+            State::Unprobed => &self.group.unprobed,
+            State::Failing => return,
+        };
+        if add {
+            counter.fetch_add(1, Ordering::SeqCst);
+        } else {
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the balancer may pick this endpoint now (see the module doc).
+    fn usable(&self) -> bool {
+        let group = &self.group;
+        self.state() == State::Answering
+            || (group.answering.load(Ordering::SeqCst) == 0 && group.unprobed.load(Ordering::SeqCst) == 0)
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        self.count(self.state(), false);
+        self.wake_prober.notify_one();
+        self.group.changed();
+    }
+}
+
+/// The prober of one endpoint: probes it at once, then whenever it fails, until it answers.
+async fn probe_when_needed(name: String, health: Weak<Health>, wake: Arc<Notify>, probe: Probe) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut probe_failed = false;
+    loop {
+        match health.upgrade().map(|h| h.state()) {
+            None => return,
+            Some(State::Answering) => {
+                // A failure stores a permit if it comes before this waits.
+                wake.notified().await;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let answered = tokio::time::timeout(PROBE_TIMEOUT, probe()).await.unwrap_or(false);
+        let Some(h) = health.upgrade() else { return };
+        if answered {
+            h.set(State::Answering);
+            backoff = FIRST_BACKOFF;
+            if std::mem::take(&mut probe_failed) {
+                tracing::info!(endpoint = %name, "etcd endpoint answers its health check again");
+            }
+        } else {
+            h.set(State::Failing);
+            if !std::mem::replace(&mut probe_failed, true) {
+                tracing::warn!(
+                    endpoint = %name,
+                    "etcd endpoint does not answer its health check: requests go to the other \
+                     endpoints while one answers"
+                );
+            }
+            drop(h);
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// A service that is not ready while its endpoint is out of use (see the module doc); made by
+/// [`Endpoints::add`].
+pub struct HealthChecked<S> {
+    inner: S,
+    health: Arc<Health>,
+}
+
+impl<S, Request> tower::Service<Request> for HealthChecked<S>
+where
+    S: tower::Service<Request>,
+    S::Future: Send + 'static,
+    S::Response: Send,
+    S::Error: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !self.health.usable() {
+            let mut waiting = lock(&self.health.group.waiting);
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+            drop(waiting);
+            // Checked again: a change between the first check and the registration woke no one.
+            if !self.health.usable() {
+                return Poll::Pending;
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let response = self.inner.call(request);
+        let health = self.health.clone();
+        Box::pin(async move {
+            let mut response = std::pin::pin!(response);
+            let result = match tokio::time::timeout(SLOW_ANSWER, &mut response).await {
+                Ok(result) => result,
+                Err(_) => {
+                    health.set(State::Failing);
+                    response.await
+                }
+            };
+            health.set(if result.is_ok() { State::Answering } else { State::Failing });
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use tower::{Service, ServiceExt};
+
+    /// An endpoint: refuses while `down`, never answers while `hung`; counts its calls.
+    #[derive(Clone, Default)]
+    struct Fake {
+        down: Arc<AtomicBool>,
+        hung: Arc<AtomicBool>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Fake {
+        fn answer(&self) -> Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>> {
+            let (down, hung) = (self.down.load(Ordering::SeqCst), self.hung.load(Ordering::SeqCst));
+            Box::pin(async move {
+                if hung {
+                    std::future::pending::<()>().await;
+                }
+                if down {
+                    Err("refused")
+                } else {
+                    Ok(())
+                }
+            })
+        }
+
+        fn probe(&self) -> Probe {
+            let fake = self.clone();
+            Box::new(move || {
+                let answer = fake.answer();
+                Box::pin(async move { answer.await.is_ok() })
+            })
+        }
+
+        fn add_to(&self, endpoints: &Endpoints) -> HealthChecked<Fake> {
+            endpoints.add("fake".into(), self.clone(), self.probe())
+        }
+    }
+
+    impl Service<()> for Fake {
+        type Response = ();
+        type Error = &'static str;
+        type Future = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: ()) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.answer()
+        }
+    }
+
+    /// Whether the service is ready without waiting.
+    fn ready_now<S: Service<()>>(service: &mut S) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    /// Lets the probers run (time is paused: this advances it by `by`).
+    async fn settle(by: Duration) {
+        tokio::time::sleep(by).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_are_used_once_a_probe_answers_and_a_hung_one_is_not() {
+        let endpoints = Endpoints::new();
+        let (hung, live) = (Fake::default(), Fake::default());
+        hung.hung.store(true, Ordering::SeqCst);
+        let (mut first, mut second) = (hung.add_to(&endpoints), live.add_to(&endpoints));
+        assert!(!ready_now(&mut first) && !ready_now(&mut second), "nothing is used before its probe");
+        settle(Duration::from_millis(1)).await;
+        assert!(ready_now(&mut second), "the live one answered its probe");
+        assert!(!ready_now(&mut first), "the hung one did not");
+        settle(PROBE_TIMEOUT).await;
+        assert!(!ready_now(&mut first), "its probe timed out: still skipped");
+        hung.hung.store(false, Ordering::SeqCst);
+        settle(MAX_BACKOFF + PROBE_TIMEOUT).await;
+        assert!(ready_now(&mut first), "probed again and it answers");
+        assert_eq!(hung.calls.load(Ordering::SeqCst), 0, "no request reached it while it was skipped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_or_slow_request_takes_its_endpoint_out_until_a_probe_answers() {
+        let endpoints = Endpoints::new();
+        let (flaky, other) = (Fake::default(), Fake::default());
+        let (mut endpoint, _other) = (flaky.add_to(&endpoints), other.add_to(&endpoints));
+        settle(Duration::from_millis(1)).await;
+        assert!(ready_now(&mut endpoint));
+
+        flaky.down.store(true, Ordering::SeqCst);
+        assert!(endpoint.call(()).await.is_err());
+        settle(Duration::from_millis(1)).await;
+        assert!(!ready_now(&mut endpoint), "its probe fails too");
+        flaky.down.store(false, Ordering::SeqCst);
+        settle(FIRST_BACKOFF).await;
+        assert!(ready_now(&mut endpoint), "the next probe answers");
+
+        flaky.hung.store(true, Ordering::SeqCst);
+        let request = tokio::spawn(endpoint.call(()));
+        settle(SLOW_ANSWER + Duration::from_millis(1)).await;
+        assert!(!ready_now(&mut endpoint), "no answer within SLOW_ANSWER");
+        assert!(!request.is_finished(), "the request itself goes on waiting");
+        request.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_endpoint_answering_every_endpoint_is_used() {
+        let endpoints = Endpoints::new();
+        let (a, b) = (Fake::default(), Fake::default());
+        a.down.store(true, Ordering::SeqCst);
+        b.down.store(true, Ordering::SeqCst);
+        let (mut first, mut second) = (a.add_to(&endpoints), b.add_to(&endpoints));
+        settle(Duration::from_millis(1)).await;
+        assert!(ready_now(&mut first) && ready_now(&mut second), "both down: both tried");
+        b.down.store(false, Ordering::SeqCst);
+        assert!(second.call(()).await.is_ok());
+        assert!(!ready_now(&mut first), "one answers again: the other is skipped again");
+        drop(second);
+        assert!(ready_now(&mut first), "the only endpoint left is never skipped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_balancer_is_woken_when_an_endpoint_becomes_usable() {
+        let endpoints = Endpoints::new();
+        let live = Fake::default();
+        let mut endpoint = live.add_to(&endpoints);
+        let ready = tokio::spawn(async move { endpoint.ready().await.map(drop) });
+        settle(Duration::from_millis(1)).await;
+        assert!(ready.is_finished(), "woken by the probe's answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_back_off_up_to_their_cap() {
+        let endpoints = Endpoints::new();
+        let (dead, live) = (Fake::default(), Fake::default());
+        dead.down.store(true, Ordering::SeqCst);
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted: Probe = {
+            let (probes, probe) = (probes.clone(), dead.probe());
+            Box::new(move || {
+                probes.fetch_add(1, Ordering::SeqCst);
+                probe()
+            })
+        };
+        let (_dead, _live) = (endpoints.add("dead".into(), dead.clone(), counted), live.add_to(&endpoints));
+        // Probes at 0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5 s: 7 in the first 20 s.
+        settle(Duration::from_secs(20)).await;
+        assert_eq!(probes.load(Ordering::SeqCst), 7);
+    }
+}
