@@ -133,3 +133,61 @@ async fn a_stopped_first_endpoint_is_skipped() {
         .unwrap_or_else(|| panic!("{log}"));
     assert!(warning.contains(&stopped.endpoint()), "the warning names the endpoint: {warning}");
 }
+
+/// A real three-member cluster: when a follower stops, the broker goes on with the other two.
+/// The first request the stopped member gets waits out the 10 s request timeout (it may be
+/// a write, so it is not sent again); that also takes the member out of use, and every later
+/// request goes to the two that answer.
+#[tokio::test]
+async fn a_stopped_member_of_a_cluster_is_skipped() {
+    let members = start_etcd_cluster(3).await;
+    let mut leader_of = Vec::new();
+    for member in &members {
+        let status = member.root_client().await.unwrap().status().await.unwrap();
+        leader_of.push(status.leader() == status.header().unwrap().member_id());
+    }
+    // A stopped leader would first cost an election: stop a follower, listed first.
+    let follower = leader_of.iter().position(|leader| !leader).expect("two of three follow");
+    let mut endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
+    endpoints.swap(0, follower);
+    let broker = BrokerProcess::start_with_config(
+        |port, metrics_port| {
+            let one = format!("endpoints = [{:?}]", members[0].endpoint());
+            let config = config_toml(port, metrics_port, &members[0], None);
+            assert!(config.contains(&one));
+            config.replace(&one, &format!("endpoints = {endpoints:?}"))
+        },
+        &[],
+    )
+    .await;
+    let osb = Osb::new(&broker.url);
+    assert_eq!(osb.provision("c0", SHARED).await.status, StatusCode::CREATED);
+    assert_eq!(osb.bind("c0", "b0").await.status, StatusCode::CREATED);
+
+    let pid = members[follower].pid().expect("etcd runs");
+    signal(pid, "STOP");
+    let _resume = Resume(pid);
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for i in 1..=20 {
+        let reply = osb.provision(&format!("c{i}"), SHARED).await;
+        if reply.status != StatusCode::CREATED {
+            failed.push((i, reply.status, reply.body));
+        }
+    }
+    assert!(failed.len() <= 1, "{failed:?}");
+    for (_, status, body) in &failed {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+        assert!(body["description"].as_str().unwrap().contains("10 s"), "{body:?}");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(osb.get_binding("c0", "b0").await.status, StatusCode::OK);
+    assert_eq!(osb.unbind("c0", "b0").await.status, StatusCode::OK);
+    for i in 0..=20 {
+        let status = osb.deprovision(&format!("c{i}")).await.status;
+        // The one that timed out was never written: gone.
+        assert!([StatusCode::OK, StatusCode::GONE].contains(&status), "c{i}: {status}");
+    }
+    broker.stop().await;
+}

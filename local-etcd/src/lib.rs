@@ -4,7 +4,8 @@
 //! (users, roles, prefix permissions) only means something under auth. [`LocalEtcd::start`]
 //! runs the project-local etcd binary (installed by `scripts/install-tools.sh` into `tools/`)
 //! on free 127.0.0.1 ports, creates the `root` user and enables auth, and kills the process
-//! when dropped, so a test never leaves a server behind.
+//! when dropped, so a test never leaves a server behind. [`LocalEtcd::start_cluster`] starts
+//! several members of one cluster, for tests of a member that stops.
 
 #![warn(missing_docs)]
 
@@ -239,7 +240,8 @@ impl LocalEtcd {
                 p => p,
             };
             let ports = (port, free_port()?);
-            let mut child = spawn(&etcd_bin, &opts, &data_dir, &log, ports, &auth_token)?;
+            let member = Member { name: "local".into(), initial_cluster: None };
+            let mut child = spawn(&etcd_bin, &opts, &data_dir, &log, ports, &auth_token, &member)?;
             let exit = match wait_ready(&mut child, port).await {
                 Ok(()) => break (child, port),
                 Err(exit) => exit,
@@ -261,18 +263,88 @@ impl LocalEtcd {
             _temp: temp,
         };
         if !reused {
-            let mut c =
-                Client::connect([etcd.endpoint()], None).await.map_err(etcd_err("connecting to etcd"))?;
-            c.user_add(ROOT, etcd.root_password.as_str(), None)
-                .await
-                .map_err(etcd_err("adding user root"))?;
-            c.role_add(ROOT).await.map_err(etcd_err("adding role root"))?;
-            c.user_grant_role(ROOT, ROOT).await.map_err(etcd_err("granting role root to user root"))?;
-            c.auth_enable().await.map_err(etcd_err("enabling auth"))?;
+            etcd.enable_auth().await?;
         }
-        let mut c = etcd.root_client().await?;
-        c.get("local-etcd/ready", None).await.map_err(etcd_err("reading as root"))?;
+        etcd.check_root().await?;
         Ok(etcd)
+    }
+
+    /// Starts a cluster of `size` members (`m0`, `m1`, ...) on free ports, with auth enabled as
+    /// [`Self::start`] does and one root password; for tests of what the broker does when a
+    /// member stops. `opts.client_port` and `opts.data_dir` are not used (each member gets
+    /// free ports and a temporary directory); a member whose port is taken meanwhile fails
+    /// the start instead of being retried.
+    pub async fn start_cluster(size: usize, opts: Options) -> Result<Vec<LocalEtcd>, Error> {
+        let etcd_bin = etcd_binary(opts.version)?;
+        let etcdctl = etcdctl_binary(opts.version)?;
+        let root_password = opts.root_password.clone().unwrap_or_else(random_password);
+        let mut ports = Vec::new();
+        for _ in 0..size {
+            ports.push((free_port()?, free_port()?));
+        }
+        let initial_cluster: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}={}", endpoint(*peer))).collect();
+        let mut members = Vec::new();
+        for (i, &(client_port, peer_port)) in ports.iter().enumerate() {
+            let temp = tempfile::Builder::new()
+                .prefix("local-etcd-")
+                .tempdir()
+                .map_err(io_err("creating a temporary directory"))?;
+            let log = temp.path().join("etcd.log");
+            let auth_token = match opts.signed_tokens {
+                true => jwt_keys(temp.path())?,
+                false => "simple".to_owned(),
+            };
+            let member = Member { name: format!("m{i}"), initial_cluster: Some(initial_cluster.join(",")) };
+            let data_dir = temp.path().join("data");
+            let child =
+                spawn(&etcd_bin, &opts, &data_dir, &log, (client_port, peer_port), &auth_token, &member)?;
+            members.push((
+                LocalEtcd {
+                    child: Some(child),
+                    version: opts.version,
+                    client_port,
+                    root_password: root_password.clone(),
+                    etcdctl: etcdctl.clone(),
+                    _temp: temp,
+                },
+                log,
+            ));
+        }
+        // A member serves once a quorum is up, so all are started before any is waited for.
+        for (member, log) in &mut members {
+            let child = member.child.as_mut().expect("just started");
+            if let Err(exit) = wait_ready(child, member.client_port).await {
+                let (version, log_tail) = (opts.version, log_tail(log, &root_password));
+                return Err(match exit {
+                    Some(status) => Error::Exited { version, status, log_tail },
+                    None => Error::Timeout { version, endpoint: member.endpoint(), log_tail },
+                });
+            }
+        }
+        let members: Vec<LocalEtcd> = members.into_iter().map(|(member, _)| member).collect();
+        members[0].enable_auth().await?;
+        for member in &members {
+            member.check_root().await?;
+        }
+        Ok(members)
+    }
+
+    /// Creates user and role `root` and enables auth (on a fresh data directory).
+    async fn enable_auth(&self) -> Result<(), Error> {
+        let mut c = Client::connect([self.endpoint()], None).await.map_err(etcd_err("connecting to etcd"))?;
+        c.user_add(ROOT, self.root_password.as_str(), None).await.map_err(etcd_err("adding user root"))?;
+        c.role_add(ROOT).await.map_err(etcd_err("adding role root"))?;
+        c.user_grant_role(ROOT, ROOT).await.map_err(etcd_err("granting role root to user root"))?;
+        c.auth_enable().await.map_err(etcd_err("enabling auth"))?;
+        Ok(())
+    }
+
+    /// Fails unless root can log in and read.
+    async fn check_root(&self) -> Result<(), Error> {
+        let mut c = self.root_client().await?;
+        c.get("local-etcd/ready", None).await.map_err(etcd_err("reading as root"))?;
+        Ok(())
     }
 
     /// The client URL to give to the broker and to etcdctl.
@@ -377,6 +449,12 @@ fn free_port() -> Result<u16, Error> {
     Ok(listener.local_addr().map_err(io_err("finding a free port"))?.port())
 }
 
+/// A member's name and, in a cluster, every member's peer URL (`--initial-cluster`).
+struct Member {
+    name: String,
+    initial_cluster: Option<String>,
+}
+
 fn spawn(
     bin: &Path,
     opts: &Options,
@@ -384,6 +462,7 @@ fn spawn(
     log: &Path,
     (client_port, peer_port): (u16, u16),
     auth_token: &str,
+    member: &Member,
 ) -> Result<Child, Error> {
     let log_file = File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
     let log_err = log_file.try_clone().map_err(io_err("duplicating the log file"))?;
@@ -395,10 +474,11 @@ fn spawn(
             cmd.env_remove(name);
         }
     }
-    cmd.arg("--name").arg("local").arg("--data-dir").arg(data_dir);
+    let initial_cluster = member.initial_cluster.clone().unwrap_or_else(|| format!("{}={peer}", member.name));
+    cmd.arg("--name").arg(&member.name).arg("--data-dir").arg(data_dir);
     cmd.args(["--listen-client-urls", &client, "--advertise-client-urls", &client]);
     cmd.args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer]);
-    cmd.args(["--initial-cluster", &format!("local={peer}")]);
+    cmd.args(["--initial-cluster", &initial_cluster]);
     cmd.args(["--auth-token", auth_token, "--log-level", "warn"]);
     if opts.version == EtcdVersion::V3_4 {
         cmd.args(["--logger", "zap"]);

@@ -30,6 +30,15 @@ pub async fn start_etcd() -> LocalEtcd {
         .expect("etcd starts")
 }
 
+/// Starts a cluster of `size` etcd members (auth enabled, one root password), at the version
+/// the test run asks for.
+pub async fn start_etcd_cluster(size: usize) -> Vec<LocalEtcd> {
+    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
+    LocalEtcd::start_cluster(size, Options { version, bcrypt_cost: Some(4), ..Options::default() })
+        .await
+        .expect("the etcd cluster starts")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
