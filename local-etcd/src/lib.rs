@@ -285,15 +285,18 @@ impl LocalEtcd {
         let initial_cluster: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}={}", endpoint(*peer))).collect();
         let mut members = Vec::new();
+        let mut auth_token = None;
         for (i, &(client_port, peer_port)) in ports.iter().enumerate() {
             let temp = tempfile::Builder::new()
                 .prefix("local-etcd-")
                 .tempdir()
                 .map_err(io_err("creating a temporary directory"))?;
             let log = temp.path().join("etcd.log");
-            let auth_token = match opts.signed_tokens {
-                true => jwt_keys(temp.path())?,
-                false => "simple".to_owned(),
+            // Every member signs and checks JWTs with the same key pair (kept in m0's directory).
+            let auth_token = match auth_token.clone() {
+                Some(token) => token,
+                None if opts.signed_tokens => auth_token.insert(jwt_keys(temp.path())?).clone(),
+                None => auth_token.insert("simple".to_owned()).clone(),
             };
             let member = Member { name: format!("m{i}"), initial_cluster: Some(initial_cluster.join(",")) };
             let data_dir = temp.path().join("data");

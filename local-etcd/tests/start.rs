@@ -126,3 +126,25 @@ async fn taken_client_port_fails_with_log_tail() {
         assert!(err.contains("exited during startup") && err.contains("address already in use"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_cluster_shares_data_password_and_token_keys() {
+    for v in VERSIONS {
+        for signed_tokens in [false, true] {
+            let members = LocalEtcd::start_cluster(3, Options { signed_tokens, ..opts(v) }).await.unwrap();
+            assert_eq!(members.len(), 3);
+            let password = members[0].root_password();
+            assert!(members.iter().all(|m| m.root_password() == password));
+            let mut first = members[0].root_client().await.unwrap();
+            first.put("k", "v", None).await.unwrap();
+            // One login, requests spread over every member: each accepts the others' tokens.
+            let endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
+            let login = etcd_client::ConnectOptions::new().with_user("root", password);
+            let mut all = etcd_client::Client::connect(endpoints, Some(login)).await.unwrap();
+            for _ in 0..30 {
+                let got = all.get("k", None).await.unwrap_or_else(|e| panic!("{v} jwt={signed_tokens}: {e}"));
+                assert_eq!(got.kvs()[0].value(), b"v");
+            }
+        }
+    }
+}
