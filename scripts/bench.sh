@@ -175,7 +175,7 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   longer spends more on a get that comes through the broker (61-112 us against 57-108 us;
   before the batching below, 100-145 against 60-90). Both sides use the same etcd connection
   code (src/etcd.rs `connect`). Hence GET binding still misses its 1.5x target with 1 and 8 clients
-  (1.5-1.8x); with 64, where batching helps most, it is at 1.12x. A leaner load generator
+  (1.5-1.8x); with 64, where batching helps most, it is at 1.00-1.12x. A leaner load generator
   does not change that: with the bench on one thread (a current-thread runtime) the bare get
   took 0.20 ms at one client instead of 0.29-0.34 ms and the broker's GET binding 0.39-0.56 ms,
   1.9-2.0x at 1 and 8 clients. The floor is then the etcd round trip itself, and a broker
@@ -266,10 +266,9 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   phase therefore runs in 4 rounds, broker and floor in turn, so a ratio compares the two
   under the same background; the empty/preloaded comparison cannot be interleaved that way.
   That is why its table also shows the floor's p50s: the bare etcd calls drift between the two
-  runs as much as the broker does. GET binding's floor (one get) went from 0.71 to 0.50 ms
-  between the empty and the preloaded run of one make bench, and from 0.68 to 0.96 ms in the
-  next (after the health-checked endpoints below), whose preloaded run then missed the 1.2x
-  target with the broker/floor ratios of both runs alike.
+  runs about as much as the broker does, either way. Over three make bench runs GET binding's
+  floor (one get) went from 0.71 to 0.50 ms, from 0.68 to 0.96 ms and from 0.84 to 0.63 ms
+  between the empty and the preloaded run, and two of those runs missed the 1.2x target.
 - **TCP_NODELAY.** etcd-client's OpenSSL transport leaves Nagle's algorithm on: each etcd call
   then waited ~40 ms for a delayed ACK (this bench found it: a single get took 44 ms). The broker
   dials every endpoint through its own connector (plain TCP, or OpenSSL over it) with

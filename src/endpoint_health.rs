@@ -110,12 +110,16 @@ impl Health {
     }
 
     fn set(&self, new: State) {
-        let old = std::mem::replace(&mut *lock(&self.state), new);
+        let mut state = lock(&self.state);
+        let old = std::mem::replace(&mut *state, new);
         if old == new {
             return;
         }
+        // Counted under the lock, so the group's counts never see a change's two halves
+        // out of order (a count going below zero).
         self.count(old, false);
         self.count(new, true);
+        drop(state);
         if new == State::Failing {
             self.wake_prober.notify_one();
         }
