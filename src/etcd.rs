@@ -200,8 +200,8 @@ impl EtcdStore {
         .cloned()
     }
 
-    /// Runs a request, sending it again while it reaches no endpoint (the balancer picks
-    /// endpoints at random until it has seen the dead ones fail).
+    /// Runs a request, sending it again while it reaches no endpoint (one that just failed
+    /// may still be picked until its failure takes it out of use: endpoint_health.rs).
     async fn until_reached<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn() -> Fut,
@@ -219,8 +219,7 @@ impl EtcdStore {
         }
     }
 
-    /// How often a request that reached no endpoint is retried: the balancer picks endpoints at
-    /// random until it has seen the dead ones fail, so a few tries per endpoint.
+    /// How often a request that reached no endpoint is retried: a few tries per other endpoint.
     fn failover_attempts(&self) -> usize {
         3 * self.endpoints.len().saturating_sub(1)
     }
