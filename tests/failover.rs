@@ -7,23 +7,28 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use local_etcd::LocalEtcd;
 use reqwest::StatusCode;
+
+/// A broker listing `endpoints` for the cluster of `etcd` (whose credentials it uses).
+async fn broker_listing(etcd: &LocalEtcd, endpoints: &[String]) -> BrokerProcess {
+    BrokerProcess::start_with_config(
+        |port, metrics_port| {
+            let one = format!("endpoints = [{:?}]", etcd.endpoint());
+            let config = config_toml(port, metrics_port, etcd, None);
+            assert!(config.contains(&one));
+            config.replace(&one, &format!("endpoints = {endpoints:?}"))
+        },
+        &[],
+    )
+    .await
+}
 
 #[tokio::test]
 async fn a_dead_first_endpoint_is_skipped() {
     let etcd = start_etcd().await;
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let broker = BrokerProcess::start_with_config(
-        |port, metrics_port| {
-            let live = format!("endpoints = [{:?}]", etcd.endpoint());
-            let both = format!("endpoints = [{dead:?}, {:?}]", etcd.endpoint());
-            let config = config_toml(port, metrics_port, &etcd, None);
-            assert!(config.contains(&live));
-            config.replace(&live, &both)
-        },
-        &[],
-    )
-    .await;
+    let broker = broker_listing(&etcd, &[dead.clone(), etcd.endpoint()]).await;
     let osb = Osb::new(&broker.url);
     for i in 0..5 {
         let reply = osb.provision(&format!("f{i}"), SHARED).await;
@@ -95,15 +100,7 @@ async fn a_stopped_first_endpoint_is_skipped() {
     let pid = stopped.pid().expect("etcd runs");
     signal(pid, "STOP");
     let _resume = Resume(pid);
-    let broker = BrokerProcess::start_with_config(
-        |port, metrics_port| {
-            let live = format!("endpoints = [{:?}]", etcd.endpoint());
-            let both = format!("endpoints = [{:?}, {:?}]", stopped.endpoint(), etcd.endpoint());
-            config_toml(port, metrics_port, &etcd, None).replace(&live, &both)
-        },
-        &[],
-    )
-    .await;
+    let broker = broker_listing(&etcd, &[stopped.endpoint(), etcd.endpoint()]).await;
     let osb = Osb::new(&broker.url);
     let started = Instant::now();
     for i in 0..5 {
@@ -121,16 +118,14 @@ async fn a_stopped_first_endpoint_is_skipped() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
     // The operator is told, once its health check has had its 1 s.
-    let warned = || broker.log_text().lines().any(|l| l.contains("does not answer its health check"));
+    let warning =
+        |log: &str| log.lines().find(|l| l.contains("does not answer its health check")).map(String::from);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !warned() && Instant::now() < deadline {
+    while warning(&broker.log_text()).is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = broker.stop().await;
-    let warning = log
-        .lines()
-        .find(|l| l.contains("does not answer its health check"))
-        .unwrap_or_else(|| panic!("{log}"));
+    let warning = warning(&log).unwrap_or_else(|| panic!("{log}"));
     assert!(warning.contains(&stopped.endpoint()), "the warning names the endpoint: {warning}");
 }
 
@@ -150,16 +145,7 @@ async fn a_stopped_member_of_a_cluster_is_skipped() {
     let follower = leader_of.iter().position(|leader| !leader).expect("two of three follow");
     let mut endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
     endpoints.swap(0, follower);
-    let broker = BrokerProcess::start_with_config(
-        |port, metrics_port| {
-            let one = format!("endpoints = [{:?}]", members[0].endpoint());
-            let config = config_toml(port, metrics_port, &members[0], None);
-            assert!(config.contains(&one));
-            config.replace(&one, &format!("endpoints = {endpoints:?}"))
-        },
-        &[],
-    )
-    .await;
+    let broker = broker_listing(&members[0], &endpoints).await;
     let osb = Osb::new(&broker.url);
     assert_eq!(osb.provision("c0", SHARED).await.status, StatusCode::CREATED);
     assert_eq!(osb.bind("c0", "b0").await.status, StatusCode::CREATED);

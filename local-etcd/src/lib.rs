@@ -216,10 +216,7 @@ impl LocalEtcd {
     pub async fn start(opts: Options) -> Result<LocalEtcd, Error> {
         let etcd_bin = etcd_binary(opts.version)?;
         let etcdctl = etcdctl_binary(opts.version)?;
-        let temp = tempfile::Builder::new()
-            .prefix("local-etcd-")
-            .tempdir()
-            .map_err(io_err("creating a temporary directory"))?;
+        let temp = temp_dir()?;
         let data_dir = opts.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
         let reused = data_dir.join("member").exists();
         let root_password = match (&opts.root_password, reused) {
@@ -228,10 +225,7 @@ impl LocalEtcd {
             (None, false) => random_password(),
         };
         let log = opts.log_file.clone().unwrap_or_else(|| temp.path().join("etcd.log"));
-        let auth_token = match opts.signed_tokens {
-            true => jwt_keys(temp.path())?,
-            false => "simple".to_owned(),
-        };
+        let auth_token = auth_token(opts.signed_tokens, temp.path())?;
         let mut attempt = 0;
         let (child, client_port) = loop {
             attempt += 1;
@@ -247,12 +241,15 @@ impl LocalEtcd {
                 Err(exit) => exit,
             };
             let _ = child.kill().await;
-            let (version, log_tail) = (opts.version, log_tail(&log, &root_password));
-            return Err(match exit {
-                Some(_) if attempt < 3 && log_tail.contains("address already in use") => continue,
-                Some(status) => Error::Exited { version, status, log_tail },
-                None => Error::Timeout { version, endpoint: endpoint(port), log_tail },
-            });
+            let error = startup_error(opts.version, exit, port, &log, &root_password);
+            match &error {
+                Error::Exited { log_tail, .. }
+                    if attempt < 3 && log_tail.contains("address already in use") =>
+                {
+                    continue
+                }
+                _ => return Err(error),
+            }
         };
         let etcd = LocalEtcd {
             child: Some(child),
@@ -285,18 +282,14 @@ impl LocalEtcd {
         let initial_cluster: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}={}", endpoint(*peer))).collect();
         let mut members = Vec::new();
-        let mut auth_token = None;
+        let mut token: Option<String> = None;
         for (i, &(client_port, peer_port)) in ports.iter().enumerate() {
-            let temp = tempfile::Builder::new()
-                .prefix("local-etcd-")
-                .tempdir()
-                .map_err(io_err("creating a temporary directory"))?;
+            let temp = temp_dir()?;
             let log = temp.path().join("etcd.log");
             // Every member signs and checks JWTs with the same key pair (kept in m0's directory).
-            let auth_token = match auth_token.clone() {
-                Some(token) => token,
-                None if opts.signed_tokens => auth_token.insert(jwt_keys(temp.path())?).clone(),
-                None => auth_token.insert("simple".to_owned()).clone(),
+            let auth_token = match &token {
+                Some(token) => token.clone(),
+                None => token.insert(auth_token(opts.signed_tokens, temp.path())?).clone(),
             };
             let member = Member { name: format!("m{i}"), initial_cluster: Some(initial_cluster.join(",")) };
             let data_dir = temp.path().join("data");
@@ -318,11 +311,7 @@ impl LocalEtcd {
         for (member, log) in &mut members {
             let child = member.child.as_mut().expect("just started");
             if let Err(exit) = wait_ready(child, member.client_port).await {
-                let (version, log_tail) = (opts.version, log_tail(log, &root_password));
-                return Err(match exit {
-                    Some(status) => Error::Exited { version, status, log_tail },
-                    None => Error::Timeout { version, endpoint: member.endpoint(), log_tail },
-                });
+                return Err(startup_error(opts.version, exit, member.client_port, log, &root_password));
             }
         }
         let members: Vec<LocalEtcd> = members.into_iter().map(|(member, _)| member).collect();
@@ -445,6 +434,33 @@ fn jwt_keys(dir: &Path) -> Result<String, Error> {
     std::fs::write(&public, rsa.public_key_to_pem().map_err(openssl_err)?)
         .map_err(io_err("writing the JWT public key"))?;
     Ok(format!("jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m", public.display(), private.display()))
+}
+
+fn temp_dir() -> Result<tempfile::TempDir, Error> {
+    tempfile::Builder::new().prefix("local-etcd-").tempdir().map_err(io_err("creating a temporary directory"))
+}
+
+/// etcd's `--auth-token`: JWTs signed with a key pair written into `dir`, or simple tokens.
+fn auth_token(signed: bool, dir: &Path) -> Result<String, Error> {
+    match signed {
+        true => jwt_keys(dir),
+        false => Ok("simple".to_owned()),
+    }
+}
+
+/// Why an etcd on `port` did not come up ([`wait_ready`]'s `exit`), with its log's tail.
+fn startup_error(
+    version: EtcdVersion,
+    exit: Option<ExitStatus>,
+    port: u16,
+    log: &Path,
+    password: &str,
+) -> Error {
+    let log_tail = log_tail(log, password);
+    match exit {
+        Some(status) => Error::Exited { version, status, log_tail },
+        None => Error::Timeout { version, endpoint: endpoint(port), log_tail },
+    }
 }
 
 fn free_port() -> Result<u16, Error> {
