@@ -31,7 +31,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request may wait for its answer before its endpoint is probed (and not used
 /// while the probe has no answer). Longer than etcd takes for any of the broker's requests
 /// when it is healthy, bcrypt included, so a busy endpoint is rarely probed.
-const SLOW_ANSWER: Duration = Duration::from_secs(2);
+pub(crate) const SLOW_ANSWER: Duration = Duration::from_secs(2);
 /// The wait before probing a failing endpoint again after its first failed probe; doubled
 /// after each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);

@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 
 use crate::coalesce::{Batching, Coalescer, SendBatch};
 use crate::config::ClusterConfig;
-use crate::endpoint_health::{Endpoints, Probe};
+use crate::endpoint_health::{Endpoints, Probe, SLOW_ANSWER};
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
 /// How long one attempt of an etcd request may take (see [`bounded`]); a request that times
@@ -29,6 +29,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between failover attempts, so the balancer can mark a dead endpoint.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
+/// How long a read waits for its answer before it is sent to another endpoint as well: just
+/// past the moment its endpoint is taken out of use for not answering (endpoint_health.rs),
+/// so the balancer picks one that answers.
+const HEDGE_AFTER: Duration = Duration::from_millis(SLOW_ANSWER.as_millis() as u64 + 100);
 /// Most keys read by one batched read (see [`Connection::reads`]): far below etcd's default
 /// `--max-txn-ops` (128), and 16 of the largest records (a 64 KB request body stored twice)
 /// stay under gRPC's 4 MB answer limit. A batch etcd refuses anyway is read key by key.
@@ -107,6 +111,19 @@ fn is_signed_token(token: &str) -> bool {
 /// Told the size of each batch [`EtcdStore`] sends, with the call kind (`get` or `txn`): the
 /// broker's metrics, without this module knowing about them.
 pub type BatchObserver = Arc<dyn Fn(&'static str, usize) + Send + Sync>;
+
+/// What an etcd request does: that decides whether it may be sent twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Only reads keys: sent to another endpoint as well when its own is slow to answer
+    /// ([`hedged`]), since reading twice changes nothing.
+    Read,
+    /// Writes keys: sent once, since etcd may still apply it after a slow answer.
+    Write,
+    /// Changes users or roles: sent once, and held back while a request that auth changes
+    /// keep refusing goes through ([`EtcdStore::auth_gate`]).
+    AuthChange,
+}
 
 /// A lazily connected etcd cluster.
 pub struct EtcdStore {
@@ -236,25 +253,34 @@ impl EtcdStore {
     /// So a request refused [`QUIET_AUTH_AFTER`] times waits until this broker's auth changes in
     /// flight are done and keeps new ones back while it is sent again ([`Self::auth_gate`]).
     ///
-    /// A request that could not reach an endpoint is sent again, a few times per endpoint.
-    async fn call<T, F, Fut>(&self, changes_auth: bool, op: F) -> Result<T, etcd_client::Error>
+    /// A request that could not reach an endpoint is sent again, a few times per endpoint; a
+    /// read whose endpoint is slow to answer is sent to another one as well ([`hedged`]).
+    async fn call<T, F, Fut>(&self, kind: Call, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(&Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let connection = self.connection().await?;
         let client = &connection.client;
+        let send = || async {
+            match kind {
+                Call::Read if self.endpoints.len() > 1 => {
+                    hedged(|| op(client), self.endpoints.len() - 1, HEDGE_AFTER).await
+                }
+                _ => bounded(op(client)).await,
+            }
+        };
         let mut generation = connection.token_generation.load(Ordering::Acquire);
         let (mut stale_token, mut unreachable) = (0, 0);
         loop {
             let outcome = if stale_token >= QUIET_AUTH_AFTER {
                 let _quiet = self.auth_gate.write().await;
-                bounded(op(client)).await
-            } else if changes_auth {
+                send().await
+            } else if kind == Call::AuthChange {
                 let _changing = self.auth_gate.read().await;
-                bounded(op(client)).await
+                send().await
             } else {
-                bounded(op(client)).await
+                send().await
             };
             match outcome {
                 Err(e) if is_old_auth_revision(&e) && stale_token < OLD_REVISION_RETRIES => {
@@ -276,14 +302,14 @@ impl EtcdStore {
         }
     }
 
-    /// [`Self::call`] with the KV service only: cloning the whole client for each request
-    /// (nine services' channels) showed in profiles.
-    async fn kv<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    /// [`Self::call`] with the KV service only, for a request of `kind` (a read or a write):
+    /// cloning the whole client for each request (nine services' channels) showed in profiles.
+    async fn kv<T, F, Fut>(&self, kind: Call, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(KvClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.call(false, |c| op(c.kv_client())).await
+        self.call(kind, |c| op(c.kv_client())).await
     }
 
     /// [`Self::call`] with the auth service only (users and roles).
@@ -292,7 +318,39 @@ impl EtcdStore {
         F: Fn(AuthClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.call(true, |c| op(c.auth_client())).await
+        self.call(Call::AuthChange, |c| op(c.auth_client())).await
+    }
+}
+
+/// Sends a read, and sends it again each time `after` passes without an answer, at most
+/// `spare` more times: the endpoint of a read that has no answer after [`HEDGE_AFTER`] is out
+/// of use by then, so the balancer sends the next copy to one that answers. Answers with the
+/// first success; an error waits for the copies still in flight, and only the last one's error
+/// is returned. Without this, a read sent to a member that stopped just before would wait out
+/// the whole [`REQUEST_TIMEOUT`] and answer 503.
+async fn hedged<T, F, Fut>(op: F, spare: usize, after: Duration) -> Result<T, etcd_client::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    in_flight.push(bounded(op()));
+    let mut spare = spare;
+    let next_copy = tokio::time::sleep(after);
+    tokio::pin!(next_copy);
+    loop {
+        tokio::select! {
+            Some(answer) = futures_util::StreamExt::next(&mut in_flight) => {
+                if answer.is_ok() || in_flight.is_empty() {
+                    return answer;
+                }
+            }
+            () = &mut next_copy, if spare > 0 => {
+                spare -= 1;
+                in_flight.push(bounded(op()));
+                next_copy.as_mut().reset(tokio::time::Instant::now() + after);
+            }
+        }
     }
 }
 
@@ -362,7 +420,7 @@ impl EtcdStore {
             return vec![self.commit_one(&commit.txn).await];
         }
         let nested: Vec<TxnOp> = commits.iter().map(|c| TxnOp::txn(c.txn.clone())).collect();
-        match self.send_txn(&Txn::new().and_then(nested)).await {
+        match self.send_txn(Call::Write, &Txn::new().and_then(nested)).await {
             Ok(response) => {
                 // Every write of the outer Txn is at its revision.
                 let revision = response.header().map(|h| h.revision()).unwrap_or(0);
@@ -384,7 +442,7 @@ impl EtcdStore {
 
     /// One commit as one Txn.
     async fn commit_one(&self, txn: &Txn) -> CommitResult {
-        let response = self.send_txn(txn).await.map_err(classify)?;
+        let response = self.send_txn(Call::Write, txn).await.map_err(classify)?;
         // The header's revision is the store revision after the transaction: the mod_revision
         // of every key it wrote.
         Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
@@ -398,7 +456,7 @@ impl EtcdStore {
             return vec![self.read_one(key).await];
         }
         let reads: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect();
-        match self.send_txn(&Txn::new().and_then(reads)).await.map_err(classify) {
+        match self.send_txn(Call::Read, &Txn::new().and_then(reads)).await.map_err(classify) {
             Ok(response) => each_answer(&response, keys.len(), |answer| match answer {
                 TxnOpResponse::Get(range) => Some(first_value(range)),
                 _ => None,
@@ -412,9 +470,9 @@ impl EtcdStore {
         }
     }
 
-    /// One Txn request (with [`Self::call`]'s retries).
-    async fn send_txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-        self.kv(|mut c| {
+    /// One Txn request of `kind` (with [`Self::call`]'s retries).
+    async fn send_txn(&self, kind: Call, txn: &Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.kv(kind, |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })
@@ -423,7 +481,8 @@ impl EtcdStore {
 
     /// One key as one Range.
     async fn read_one(&self, key: &str) -> ReadResult {
-        let response = self.kv(|mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
+        let response =
+            self.kv(Call::Read, |mut c| async move { c.get(key, None).await }).await.map_err(classify)?;
         Ok(first_value(&response))
     }
 }
@@ -758,7 +817,7 @@ impl Store for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let response = self
-            .kv(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .kv(Call::Read, |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await
             .map_err(classify)?;
         Ok(response
@@ -782,7 +841,7 @@ impl Store for EtcdStore {
         };
         let options = GetOptions::new().with_range(prefix_end(prefix.as_bytes())).with_limit(1);
         let response = self
-            .kv(|mut c| {
+            .kv(Call::Read, |mut c| {
                 let (from, options) = (from.clone(), options.clone());
                 async move { c.get(from, Some(options)).await }
             })
@@ -797,7 +856,7 @@ impl Store for EtcdStore {
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         let options = GetOptions::new().with_prefix().with_count_only();
         let response = self
-            .kv(|mut c| {
+            .kv(Call::Read, |mut c| {
                 let options = options.clone();
                 async move { c.get(prefix, Some(options)).await }
             })
@@ -838,9 +897,11 @@ impl Store for EtcdStore {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        self.kv(|mut c| async move { c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await })
-            .await
-            .map_err(classify)?;
+        self.kv(Call::Write, |mut c| async move {
+            c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await
+        })
+        .await
+        .map_err(classify)?;
         Ok(())
     }
 
@@ -894,5 +955,79 @@ fn raced(e: etcd_client::Error) -> StoreError {
         StoreError::Conflict(e.to_string())
     } else {
         classify(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    const AFTER: Duration = Duration::from_secs(2);
+
+    fn unavailable(n: usize) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!("copy {n} failed")))
+    }
+
+    /// A read whose `n`th copy (from 0) waits `waits[n]` seconds, then answers `answer(n)`;
+    /// counts the copies sent.
+    fn read<'a>(
+        sent: &'a AtomicUsize,
+        waits: &'static [u64],
+        answer: fn(usize) -> Result<usize, etcd_client::Error>,
+    ) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<usize, etcd_client::Error>> + 'a {
+        move || {
+            let n = sent.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(waits[n])).await;
+                answer(n)
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_answer_is_sent_once() {
+        let sent = AtomicUsize::new(0);
+        let answer = hedged(read(&sent, &[1, 0, 0], Ok), 2, AFTER).await;
+        assert_eq!(answer.unwrap(), 0);
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_without_an_answer_is_sent_again_and_the_first_answer_wins() {
+        let (sent, started) = (AtomicUsize::new(0), tokio::time::Instant::now());
+        // The first copy would answer after 60 s, the second answers 1 s after it was sent.
+        let answer = hedged(read(&sent, &[60, 1, 0], Ok), 2, AFTER).await;
+        assert_eq!(answer.unwrap(), 1);
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+        assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn copies_stop_at_spare_and_the_last_error_is_returned() {
+        let (sent, started) = (AtomicUsize::new(0), tokio::time::Instant::now());
+        let answer = hedged(read(&sent, &[60, 60, 60, 60], Ok), 2, AFTER).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 3, "one read and two copies");
+        // Each copy gives up after REQUEST_TIMEOUT; the answer is the last one's.
+        assert!(answer.unwrap_err().to_string().contains("10 s"));
+        assert_eq!(started.elapsed(), AFTER * 2 + REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_waits_for_the_copy_in_flight() {
+        let sent = AtomicUsize::new(0);
+        // The first copy fails at 3 s, while the second (sent at 2 s) is still on its way.
+        let answer =
+            hedged(read(&sent, &[3, 2], |n| if n == 0 { Err(unavailable(n)) } else { Ok(n) }), 1, AFTER);
+        assert_eq!(answer.await.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_with_nothing_else_in_flight_is_the_answer() {
+        let sent = AtomicUsize::new(0);
+        let answer = hedged(read(&sent, &[1, 0], |n| Err(unavailable(n))), 1, AFTER).await;
+        assert!(answer.unwrap_err().to_string().contains("copy 0 failed"));
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "the error came before a copy was due");
     }
 }
