@@ -179,7 +179,16 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   does not change that: with the bench on one thread (a current-thread runtime) the bare get
   took 0.20 ms at one client instead of 0.29-0.34 ms and the broker's GET binding 0.39-0.56 ms,
   1.9-2.0x at 1 and 8 clients. The floor is then the etcd round trip itself, and a broker
-  behind an HTTP hop cannot come within 1.5x of it on this machine. The operations with several
+  behind an HTTP hop cannot come within 1.5x of it on this machine. What the hop costs here is
+  mostly the VM waking an idle CPU: with wrk on one connection, the catalog's p50 was
+  0.09-0.10 ms as the scheduler placed wrk and the broker, and 0.022-0.029 ms with both pinned
+  to one CPU (taskset). Pinning is no way out: with the bench and the broker on one CPU and etcd
+  on the other, GET binding took 0.43 ms against a floor of 0.25 ms (1.73x), as the floor
+  gains from it too. The broker's own time per GET binding, its request duration less its
+  etcd call's (its metrics), is 0.03 ms, and that etcd call takes as long as a bare etcd-client
+  loop on one thread (0.29-0.30 ms). A bare hyper connection per client instead of reqwest
+  in the bench saved 16 us of its CPU per request at 8 clients, and no latency at 1. The
+  operations with several
   etcd calls, a bcrypt or an fsync per step stay at 0.4-1.1x: the hop and the broker's CPU
   are a fixed cost of 0.1-0.5 ms, small against those but not against a single get.
 - **Batching (group commit).** The gets and commits that arrive on a broker thread while one of
