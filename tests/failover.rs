@@ -119,29 +119,42 @@ async fn a_stopped_first_endpoint_is_skipped() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
     // The operator is told, once its health check has had its 1 s.
-    let warning =
-        |log: &str| log.lines().find(|l| l.contains("does not answer its health check")).map(String::from);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while warning(&broker.log_text()).is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let warning = health_warning(&broker).await;
     let log = broker.stop().await;
-    let warning = warning(&log).unwrap_or_else(|| panic!("{log}"));
+    let warning = warning.unwrap_or_else(|| panic!("{log}"));
     assert!(warning.contains(&stopped.endpoint()), "the warning names the endpoint: {warning}");
 }
 
-/// A broker for a three-member cluster whose endpoints list a follower first; `members[0]` is
-/// that follower then (a stopped leader would first cost an election).
-async fn broker_listing_follower_first(members: &mut [LocalEtcd]) -> BrokerProcess {
+/// A three-member cluster, a broker whose endpoints list a follower first (`members[0]` then;
+/// a stopped leader would first cost an election), and `instance` with a binding `b0`, made
+/// while every member answers.
+async fn cluster_with_a_binding(instance: &str) -> (Vec<LocalEtcd>, BrokerProcess, Osb) {
+    let mut members = start_etcd_cluster(3).await;
     let mut leader_of = Vec::new();
-    for member in members.iter() {
+    for member in &members {
         let status = member.root_client().await.unwrap().status().await.unwrap();
         leader_of.push(status.leader() == status.header().unwrap().member_id());
     }
     let follower = leader_of.iter().position(|leader| !leader).expect("two of three follow");
     members.swap(0, follower);
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
-    broker_listing(&members[0], &endpoints).await
+    let broker = broker_listing(&members[0], &endpoints).await;
+    let osb = Osb::new(&broker.url);
+    assert_eq!(osb.provision(instance, SHARED).await.status, StatusCode::CREATED);
+    assert_eq!(osb.bind(instance, "b0").await.status, StatusCode::CREATED);
+    (members, broker, osb)
+}
+
+/// Waits up to 10 s for the line of the broker's log that says an endpoint does not answer
+/// its health check, and returns it.
+async fn health_warning(broker: &BrokerProcess) -> Option<String> {
+    let warning =
+        |log: &str| log.lines().find(|l| l.contains("does not answer its health check")).map(String::from);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while warning(&broker.log_text()).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    warning(&broker.log_text())
 }
 
 /// Stops `etcd` until the returned guard is dropped.
@@ -157,11 +170,7 @@ fn stop(etcd: &LocalEtcd) -> Resume {
 /// request goes to the two that answer.
 #[tokio::test]
 async fn a_stopped_member_of_a_cluster_is_skipped() {
-    let mut members = start_etcd_cluster(3).await;
-    let broker = broker_listing_follower_first(&mut members).await;
-    let osb = Osb::new(&broker.url);
-    assert_eq!(osb.provision("c0", SHARED).await.status, StatusCode::CREATED);
-    assert_eq!(osb.bind("c0", "b0").await.status, StatusCode::CREATED);
+    let (members, broker, osb) = cluster_with_a_binding("c0").await;
 
     let _resume = stop(&members[0]);
     let started = Instant::now();
@@ -194,11 +203,7 @@ async fn a_stopped_member_of_a_cluster_is_skipped() {
 /// request timeout and answering 503.
 #[tokio::test]
 async fn reads_sent_to_a_member_that_stops_are_answered_by_another() {
-    let mut members = start_etcd_cluster(3).await;
-    let broker = broker_listing_follower_first(&mut members).await;
-    let osb = Osb::new(&broker.url);
-    assert_eq!(osb.provision("r0", SHARED).await.status, StatusCode::CREATED);
-    assert_eq!(osb.bind("r0", "b0").await.status, StatusCode::CREATED);
+    let (members, broker, osb) = cluster_with_a_binding("r0").await;
 
     let resume = stop(&members[0]);
     let started = Instant::now();
@@ -214,13 +219,8 @@ async fn reads_sent_to_a_member_that_stops_are_answered_by_another() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(10), "took {took:?}");
     // A read did meet it: the member was probed for not answering, and the operator told.
-    let warned =
-        |log: &str| log.contains("does not answer its health check") && log.contains(&members[0].endpoint());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !warned(&broker.log_text()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(warned(&broker.log_text()), "{}", broker.log_text());
+    let warning = health_warning(&broker).await.unwrap_or_else(|| panic!("{}", broker.log_text()));
+    assert!(warning.contains(&members[0].endpoint()), "the warning names the member: {warning}");
     drop(resume);
     assert_eq!(osb.unbind("r0", "b0").await.status, StatusCode::OK);
     assert_eq!(osb.deprovision("r0").await.status, StatusCode::OK);
