@@ -23,16 +23,17 @@ use crate::config::ClusterConfig;
 use crate::endpoint_health::{Endpoints, Probe, SLOW_ANSWER};
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
-/// How long one attempt of an etcd request may take (see [`bounded`]); a request that times
-/// out is not retried, so the broker answers 503.
+/// How long one attempt of an etcd request may take (see [`bounded`]), the copies of a read
+/// included ([`hedged`]); a request that times out is not retried, so the broker answers 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between failover attempts, so the balancer can mark a dead endpoint.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
-/// How long a read waits for its answer before it is sent to another endpoint as well: just
-/// past the moment its endpoint is taken out of use for not answering (endpoint_health.rs),
-/// so the balancer picks one that answers.
-const HEDGE_AFTER: Duration = Duration::from_millis(SLOW_ANSWER.as_millis() as u64 + 100);
+/// How long a read waits for its answer before it is sent to another endpoint as well: past
+/// the moment its endpoint is taken out of use for not answering (endpoint_health.rs; its
+/// watch starts when the request leaves the balancer, a little later), so the balancer
+/// usually picks one that answers.
+const HEDGE_AFTER: Duration = Duration::from_millis(SLOW_ANSWER.as_millis() as u64 + 500);
 /// Most keys read by one batched read (see [`Connection::reads`]): far below etcd's default
 /// `--max-txn-ops` (128), and 16 of the largest records (a 64 KB request body stored twice)
 /// stay under gRPC's 4 MB answer limit. A batch etcd refuses anyway is read key by key.
@@ -323,31 +324,45 @@ impl EtcdStore {
 }
 
 /// Sends a read, and sends it again each time `after` passes without an answer, at most
-/// `spare` more times: the endpoint of a read that has no answer after [`HEDGE_AFTER`] is out
-/// of use by then, so the balancer sends the next copy to one that answers. Answers with the
-/// first success; an error waits for the copies still in flight, and only the last one's error
-/// is returned. Without this, a read sent to a member that stopped just before would wait out
-/// the whole [`REQUEST_TIMEOUT`] and answer 503.
+/// `spare` more times, all within one [`REQUEST_TIMEOUT`]: the endpoint of a read that has no
+/// answer after [`HEDGE_AFTER`] is usually out of use by then, so the balancer sends the next
+/// copy to one that answers. Without this, a read sent to a member that stopped just before
+/// would wait out the whole timeout and answer 503.
+///
+/// Answers with the first success. An error that [`EtcdStore::call`] retries (a stale auth
+/// revision, an endpoint not reached) is returned at once, dropping the copies in flight, so
+/// the retry goes out on a balancer that knows more. Any other error waits for the copies
+/// still in flight; if they fail too, the first error is the answer (a timeout says less).
 async fn hedged<T, F, Fut>(op: F, spare: usize, after: Duration) -> Result<T, etcd_client::Error>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let copy = || bounded_until(deadline, op());
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
-    in_flight.push(bounded(op()));
-    let mut spare = spare;
+    in_flight.push(copy());
+    let (mut spare, mut first_error) = (spare, None);
     let next_copy = tokio::time::sleep(after);
     tokio::pin!(next_copy);
     loop {
         tokio::select! {
-            Some(answer) = futures_util::StreamExt::next(&mut in_flight) => {
-                if answer.is_ok() || in_flight.is_empty() {
-                    return answer;
+            // An answer beats a copy falling due at the same moment. This branch is never
+            // disabled: `in_flight` is only empty once an answer was returned.
+            biased;
+            Some(answer) = futures_util::StreamExt::next(&mut in_flight) => match answer {
+                Err(e) if !is_old_auth_revision(&e) && !never_reached(&e) => {
+                    let error = first_error.take().unwrap_or(e);
+                    if in_flight.is_empty() {
+                        return Err(error);
+                    }
+                    first_error = Some(error);
                 }
-            }
+                answer => return answer,
+            },
             () = &mut next_copy, if spare > 0 => {
                 spare -= 1;
-                in_flight.push(bounded(op()));
+                in_flight.push(copy());
                 next_copy.as_mut().reset(tokio::time::Instant::now() + after);
             }
         }
@@ -420,7 +435,7 @@ impl EtcdStore {
             return vec![self.commit_one(&commit.txn).await];
         }
         let nested: Vec<TxnOp> = commits.iter().map(|c| TxnOp::txn(c.txn.clone())).collect();
-        match self.send_txn(Call::Write, &Txn::new().and_then(nested)).await {
+        match self.send_txn(&Txn::new().and_then(nested)).await {
             Ok(response) => {
                 // Every write of the outer Txn is at its revision.
                 let revision = response.header().map(|h| h.revision()).unwrap_or(0);
@@ -442,7 +457,7 @@ impl EtcdStore {
 
     /// One commit as one Txn.
     async fn commit_one(&self, txn: &Txn) -> CommitResult {
-        let response = self.send_txn(Call::Write, txn).await.map_err(classify)?;
+        let response = self.send_txn(txn).await.map_err(classify)?;
         // The header's revision is the store revision after the transaction: the mod_revision
         // of every key it wrote.
         Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
@@ -455,8 +470,7 @@ impl EtcdStore {
         if let [key] = keys.as_slice() {
             return vec![self.read_one(key).await];
         }
-        let reads: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect();
-        match self.send_txn(Call::Read, &Txn::new().and_then(reads)).await.map_err(classify) {
+        match self.read_txn(&keys).await.map_err(classify) {
             Ok(response) => each_answer(&response, keys.len(), |answer| match answer {
                 TxnOpResponse::Get(range) => Some(first_value(range)),
                 _ => None,
@@ -470,9 +484,20 @@ impl EtcdStore {
         }
     }
 
-    /// One Txn request of `kind` (with [`Self::call`]'s retries).
-    async fn send_txn(&self, kind: Call, txn: &Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-        self.kv(kind, |mut c| {
+    /// One Txn request that writes (with [`Self::call`]'s retries): sent once.
+    async fn send_txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.kv(Call::Write, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    /// One Txn request that only gets `keys`, so it may go out twice ([`Call::Read`]).
+    async fn read_txn(&self, keys: &[String]) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        let txn =
+            Txn::new().and_then(keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect::<Vec<_>>());
+        self.kv(Call::Read, |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })
@@ -533,7 +558,15 @@ impl Connection {
 async fn bounded<T>(
     request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, etcd_client::Error> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request).await.unwrap_or_else(|_| {
+    bounded_until(tokio::time::Instant::now() + REQUEST_TIMEOUT, request).await
+}
+
+/// [`bounded`] with the deadline given: the copies of one read share it ([`hedged`]).
+async fn bounded_until<T>(
+    deadline: tokio::time::Instant,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout_at(deadline, request).await.unwrap_or_else(|_| {
         Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(no_answer_within(
             REQUEST_TIMEOUT,
         ))))
@@ -970,16 +1003,32 @@ mod tests {
         etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!("copy {n} failed")))
     }
 
-    /// A read whose `n`th copy (from 0) waits `waits[n]` seconds, then answers `answer(n)`;
-    /// counts the copies sent.
+    /// Copies of one read: how many were sent, and how many have ended (answered or dropped).
+    #[derive(Default)]
+    struct Copies {
+        sent: AtomicUsize,
+        ended: Arc<AtomicUsize>,
+    }
+
+    /// Counts a copy as ended when it is dropped, answered or not.
+    struct Ends(Arc<AtomicUsize>);
+
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A read whose `n`th copy (from 0) waits `waits[n]` seconds, then answers `answer(n)`.
     fn read<'a>(
-        sent: &'a AtomicUsize,
+        copies: &'a Copies,
         waits: &'static [u64],
         answer: fn(usize) -> Result<usize, etcd_client::Error>,
     ) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<usize, etcd_client::Error>> + 'a {
         move || {
-            let n = sent.fetch_add(1, Ordering::SeqCst);
+            let (n, ends) = (copies.sent.fetch_add(1, Ordering::SeqCst), Ends(copies.ended.clone()));
             Box::pin(async move {
+                let _ends = ends;
                 tokio::time::sleep(Duration::from_secs(waits[n])).await;
                 answer(n)
             })
@@ -988,46 +1037,67 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_prompt_answer_is_sent_once() {
-        let sent = AtomicUsize::new(0);
-        let answer = hedged(read(&sent, &[1, 0, 0], Ok), 2, AFTER).await;
+        let copies = Copies::default();
+        let answer = hedged(read(&copies, &[1, 0, 0], Ok), 2, AFTER).await;
         assert_eq!(answer.unwrap(), 0);
-        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_read_without_an_answer_is_sent_again_and_the_first_answer_wins() {
-        let (sent, started) = (AtomicUsize::new(0), tokio::time::Instant::now());
+        let (copies, started) = (Copies::default(), tokio::time::Instant::now());
         // The first copy would answer after 60 s, the second answers 1 s after it was sent.
-        let answer = hedged(read(&sent, &[60, 1, 0], Ok), 2, AFTER).await;
+        let answer = hedged(read(&copies, &[60, 1, 0], Ok), 2, AFTER).await;
         assert_eq!(answer.unwrap(), 1);
-        assert_eq!(sent.load(Ordering::SeqCst), 2);
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 2);
         assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1));
+        assert_eq!(copies.ended.load(Ordering::SeqCst), 2, "the first copy was dropped, not left running");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn copies_stop_at_spare_and_the_last_error_is_returned() {
-        let (sent, started) = (AtomicUsize::new(0), tokio::time::Instant::now());
-        let answer = hedged(read(&sent, &[60, 60, 60, 60], Ok), 2, AFTER).await;
-        assert_eq!(sent.load(Ordering::SeqCst), 3, "one read and two copies");
-        // Each copy gives up after REQUEST_TIMEOUT; the answer is the last one's.
+    async fn copies_stop_at_spare_and_share_one_deadline() {
+        let (copies, started) = (Copies::default(), tokio::time::Instant::now());
+        let answer = hedged(read(&copies, &[60, 60, 60, 60], Ok), 2, AFTER).await;
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 3, "one read and two copies");
         assert!(answer.unwrap_err().to_string().contains("10 s"));
-        assert_eq!(started.elapsed(), AFTER * 2 + REQUEST_TIMEOUT);
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT, "the copies had no time of their own");
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_error_waits_for_the_copy_in_flight() {
-        let sent = AtomicUsize::new(0);
+        let copies = Copies::default();
         // The first copy fails at 3 s, while the second (sent at 2 s) is still on its way.
         let answer =
-            hedged(read(&sent, &[3, 2], |n| if n == 0 { Err(unavailable(n)) } else { Ok(n) }), 1, AFTER);
+            hedged(read(&copies, &[3, 2], |n| if n == 0 { Err(unavailable(n)) } else { Ok(n) }), 1, AFTER);
         assert_eq!(answer.await.unwrap(), 1);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn when_every_copy_fails_the_first_error_is_the_answer() {
+        let copies = Copies::default();
+        // The second copy fails at 3 s; the first and third time out at 10 s.
+        let answer = hedged(read(&copies, &[60, 1, 60], |n| Err(unavailable(n))), 2, AFTER).await;
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 3);
+        assert!(answer.unwrap_err().to_string().contains("copy 1 failed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_that_call_retries_is_the_answer_at_once() {
+        let (copies, started) = (Copies::default(), tokio::time::Instant::now());
+        let stale =
+            |_| Err(etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(OLD_AUTH_REVISION[0])));
+        // The first copy hangs; the second is refused 1 s after it was sent, and call retries it.
+        let answer = hedged(read(&copies, &[60, 1], stale), 1, AFTER).await;
+        assert!(is_old_auth_revision(&answer.unwrap_err()));
+        assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1));
+        assert_eq!(copies.ended.load(Ordering::SeqCst), 2, "the hung copy was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_error_with_nothing_else_in_flight_is_the_answer() {
-        let sent = AtomicUsize::new(0);
-        let answer = hedged(read(&sent, &[1, 0], |n| Err(unavailable(n))), 1, AFTER).await;
+        let copies = Copies::default();
+        let answer = hedged(read(&copies, &[1, 0], |n| Err(unavailable(n))), 1, AFTER).await;
         assert!(answer.unwrap_err().to_string().contains("copy 0 failed"));
-        assert_eq!(sent.load(Ordering::SeqCst), 1, "the error came before a copy was due");
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 1, "the error came before a copy was due");
     }
 }

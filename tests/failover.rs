@@ -1,7 +1,7 @@
 //! Acceptance: a cluster's endpoints fail over. With a dead or a stopped endpoint listed first,
 //! the broker still serves every request from the live one, from the very first request on. An
-//! etcd that stops answering costs a write 503 after the request timeout, not a hang; a read is
-//! sent to another member instead.
+//! etcd that stops answering costs a request 503 after the request timeout, not a hang; with
+//! other members listed, a read is sent to one of them instead.
 
 mod common;
 
@@ -165,9 +165,9 @@ fn stop(etcd: &LocalEtcd) -> Resume {
 }
 
 /// A real three-member cluster: when a follower stops, the broker goes on with the other two.
-/// The first request the stopped member gets waits out the 10 s request timeout (it may be
-/// a write, so it is not sent again); that also takes the member out of use, and every later
-/// request goes to the two that answer.
+/// The first provision the stopped member gets waits out the 10 s request timeout (a write,
+/// so it is not sent again); that also takes the member out of use, and every later request
+/// goes to the two that answer.
 #[tokio::test]
 async fn a_stopped_member_of_a_cluster_is_skipped() {
     let (members, broker, osb) = cluster_with_a_binding("c0").await;
@@ -199,26 +199,28 @@ async fn a_stopped_member_of_a_cluster_is_skipped() {
 }
 
 /// Reads are safe to send twice: a GET binding sent to a member that stopped while in use is
-/// sent to another member once its own has had 2 s to answer, instead of waiting out the 10 s
-/// request timeout and answering 503.
+/// sent to another member once its own has had 2.5 s to answer, instead of waiting out the
+/// 10 s request timeout and answering 503.
 #[tokio::test]
 async fn reads_sent_to_a_member_that_stops_are_answered_by_another() {
     let (members, broker, osb) = cluster_with_a_binding("r0").await;
 
     let resume = stop(&members[0]);
-    let started = Instant::now();
-    // Each read goes to one of the three at random: one of the first few meets the stopped one
-    // (all 40 miss it with a chance of (2/3)^40, about 1e-7).
+    // The broker serves on one thread, whose etcd connection picks one of the three members
+    // at random for each read until it learns that one does not answer: one of the first few
+    // reads meets the stopped one (all 40 miss it with a chance of (2/3)^40, about 1e-7).
+    let mut slowest = Duration::ZERO;
     for i in 0..40 {
         let asked = Instant::now();
         let reply = osb.get_binding("r0", "b0").await;
         assert_eq!(reply.status, StatusCode::OK, "read {i}: {:?}", reply.body);
-        let took = asked.elapsed();
-        assert!(took < Duration::from_secs(5), "read {i} took {took:?}");
+        slowest = slowest.max(asked.elapsed());
     }
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    // A read did meet it: the member was probed for not answering, and the operator told.
+    // The read that met it waited for its copy (2.5 s; 5 s if the copy met it too), not for
+    // the request timeout.
+    assert!(slowest >= Duration::from_secs(2), "no read met the stopped member: {slowest:?}");
+    assert!(slowest < Duration::from_secs(9), "slowest read {slowest:?}");
+    // The member was probed for not answering, and the operator told.
     let warning = health_warning(&broker).await.unwrap_or_else(|| panic!("{}", broker.log_text()));
     assert!(warning.contains(&members[0].endpoint()), "the warning names the member: {warning}");
     drop(resume);
