@@ -109,9 +109,22 @@ fn is_signed_token(token: &str) -> bool {
     token.split('.').count() == 3
 }
 
-/// Told the size of each batch [`EtcdStore`] sends, with the call kind (`get` or `txn`): the
-/// broker's metrics, without this module knowing about them.
-pub type BatchObserver = Arc<dyn Fn(&'static str, usize) + Send + Sync>;
+/// What [`EtcdStore`] tells the broker's metrics, without this module knowing about them.
+#[derive(Clone)]
+pub struct Observer {
+    /// Each batch of gets or commits it sends: the call kind (`get` or `txn`) and its size.
+    pub batch: Arc<dyn Fn(&'static str, usize) + Send + Sync>,
+    /// Each copy of a slow read it sends to another endpoint ([`hedged`]): a member that
+    /// stopped answering while in use, or a cluster too slow for its reads.
+    pub read_copy: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Default for Observer {
+    /// Hears nothing.
+    fn default() -> Self {
+        Self { batch: Arc::new(|_, _| {}), read_copy: Arc::new(|| {}) }
+    }
+}
 
 /// What an etcd request does: that decides whether it may be sent twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,13 +163,13 @@ pub struct EtcdStore {
     /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
     /// waits, new changes queue behind it).
     auth_gate: tokio::sync::RwLock<()>,
-    on_batch: BatchObserver,
+    observer: Observer,
 }
 
 impl EtcdStore {
     /// Prepares a connection; nothing is dialled until the first call. Fails only if the TLS
-    /// material cannot be read. `on_batch` hears of every batch of gets or commits.
-    pub fn new(config: &ClusterConfig, on_batch: BatchObserver) -> Result<Arc<Self>, StoreError> {
+    /// material cannot be read. `observer` hears of its batches and read copies.
+    pub fn new(config: &ClusterConfig, observer: Observer) -> Result<Arc<Self>, StoreError> {
         let options = ConnectOptions::new()
             .with_auto_token_refresh(true)
             .with_connect_timeout(CONNECT_TIMEOUT)
@@ -176,7 +189,7 @@ impl EtcdStore {
             password: config.password.clone(),
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
-            on_batch,
+            observer,
         }))
     }
 
@@ -266,7 +279,8 @@ impl EtcdStore {
         let send = || async {
             match kind {
                 Call::Read if self.endpoints.len() > 1 => {
-                    hedged(|| op(client), self.endpoints.len() - 1, HEDGE_AFTER).await
+                    let spare = self.endpoints.len() - 1;
+                    hedged(|| op(client), spare, HEDGE_AFTER, &*self.observer.read_copy).await
                 }
                 _ => bounded(op(client)).await,
             }
@@ -333,7 +347,13 @@ impl EtcdStore {
 /// revision, an endpoint not reached) is returned at once, dropping the copies in flight, so
 /// the retry goes out on a balancer that knows more. Any other error waits for the copies
 /// still in flight; if they fail too, the first error is the answer (a timeout says less).
-async fn hedged<T, F, Fut>(op: F, spare: usize, after: Duration) -> Result<T, etcd_client::Error>
+/// `copied` hears of each copy.
+async fn hedged<T, F, Fut>(
+    op: F,
+    spare: usize,
+    after: Duration,
+    copied: &(dyn Fn() + Sync),
+) -> Result<T, etcd_client::Error>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -362,6 +382,7 @@ where
             },
             () = &mut next_copy, if spare > 0 => {
                 spare -= 1;
+                copied();
                 in_flight.push(copy());
                 next_copy.as_mut().reset(tokio::time::Instant::now() + after);
             }
@@ -430,7 +451,7 @@ impl EtcdStore {
     /// together, see [`PendingCommit::fits`]), answering them in order: one as its own Txn,
     /// several as nested Txns of one.
     async fn commit_batch(self: Arc<Self>, commits: Vec<PendingCommit>) -> Vec<CommitResult> {
-        (self.on_batch)("txn", commits.len());
+        (self.observer.batch)("txn", commits.len());
         if let [commit] = commits.as_slice() {
             return vec![self.commit_one(&commit.txn).await];
         }
@@ -466,7 +487,7 @@ impl EtcdStore {
     /// Reads `keys` for [`Connection::reads`], answering them in order: one key as a Range,
     /// several as one read-only Txn of Ranges.
     async fn read_batch(self: Arc<Self>, keys: Vec<String>) -> Vec<ReadResult> {
-        (self.on_batch)("get", keys.len());
+        (self.observer.batch)("get", keys.len());
         if let [key] = keys.as_slice() {
             return vec![self.read_one(key).await];
         }
@@ -1038,7 +1059,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_prompt_answer_is_sent_once() {
         let copies = Copies::default();
-        let answer = hedged(read(&copies, &[1, 0, 0], Ok), 2, AFTER).await;
+        let answer = hedged(read(&copies, &[1, 0, 0], Ok), 2, AFTER, &|| {}).await;
         assert_eq!(answer.unwrap(), 0);
         assert_eq!(copies.sent.load(Ordering::SeqCst), 1);
     }
@@ -1047,7 +1068,7 @@ mod tests {
     async fn a_read_without_an_answer_is_sent_again_and_the_first_answer_wins() {
         let (copies, started) = (Copies::default(), tokio::time::Instant::now());
         // The first copy would answer after 60 s, the second answers 1 s after it was sent.
-        let answer = hedged(read(&copies, &[60, 1, 0], Ok), 2, AFTER).await;
+        let answer = hedged(read(&copies, &[60, 1, 0], Ok), 2, AFTER, &|| {}).await;
         assert_eq!(answer.unwrap(), 1);
         assert_eq!(copies.sent.load(Ordering::SeqCst), 2);
         assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1));
@@ -1056,9 +1077,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn copies_stop_at_spare_and_share_one_deadline() {
-        let (copies, started) = (Copies::default(), tokio::time::Instant::now());
-        let answer = hedged(read(&copies, &[60, 60, 60, 60], Ok), 2, AFTER).await;
+        let (copies, copied, started) = (Copies::default(), AtomicUsize::new(0), tokio::time::Instant::now());
+        let observe = || {
+            copied.fetch_add(1, Ordering::SeqCst);
+        };
+        let answer = hedged(read(&copies, &[60, 60, 60, 60], Ok), 2, AFTER, &observe).await;
         assert_eq!(copies.sent.load(Ordering::SeqCst), 3, "one read and two copies");
+        assert_eq!(copied.load(Ordering::SeqCst), 2, "each copy observed");
         assert!(answer.unwrap_err().to_string().contains("10 s"));
         assert_eq!(started.elapsed(), REQUEST_TIMEOUT, "the copies had no time of their own");
     }
@@ -1067,8 +1092,12 @@ mod tests {
     async fn an_error_waits_for_the_copy_in_flight() {
         let copies = Copies::default();
         // The first copy fails at 3 s, while the second (sent at 2 s) is still on its way.
-        let answer =
-            hedged(read(&copies, &[3, 2], |n| if n == 0 { Err(unavailable(n)) } else { Ok(n) }), 1, AFTER);
+        let answer = hedged(
+            read(&copies, &[3, 2], |n| if n == 0 { Err(unavailable(n)) } else { Ok(n) }),
+            1,
+            AFTER,
+            &|| {},
+        );
         assert_eq!(answer.await.unwrap(), 1);
     }
 
@@ -1076,7 +1105,7 @@ mod tests {
     async fn when_every_copy_fails_the_first_error_is_the_answer() {
         let copies = Copies::default();
         // The second copy fails at 3 s; the first and third time out at 10 s.
-        let answer = hedged(read(&copies, &[60, 1, 60], |n| Err(unavailable(n))), 2, AFTER).await;
+        let answer = hedged(read(&copies, &[60, 1, 60], |n| Err(unavailable(n))), 2, AFTER, &|| {}).await;
         assert_eq!(copies.sent.load(Ordering::SeqCst), 3);
         assert!(answer.unwrap_err().to_string().contains("copy 1 failed"));
     }
@@ -1087,7 +1116,7 @@ mod tests {
         let stale =
             |_| Err(etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(OLD_AUTH_REVISION[0])));
         // The first copy hangs; the second is refused 1 s after it was sent, and call retries it.
-        let answer = hedged(read(&copies, &[60, 1], stale), 1, AFTER).await;
+        let answer = hedged(read(&copies, &[60, 1], stale), 1, AFTER, &|| {}).await;
         assert!(is_old_auth_revision(&answer.unwrap_err()));
         assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1));
         assert_eq!(copies.ended.load(Ordering::SeqCst), 2, "the hung copy was dropped");
@@ -1096,7 +1125,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_error_with_nothing_else_in_flight_is_the_answer() {
         let copies = Copies::default();
-        let answer = hedged(read(&copies, &[1, 0], |n| Err(unavailable(n))), 1, AFTER).await;
+        let answer = hedged(read(&copies, &[1, 0], |n| Err(unavailable(n))), 1, AFTER, &|| {}).await;
         assert!(answer.unwrap_err().to_string().contains("copy 0 failed"));
         assert_eq!(copies.sent.load(Ordering::SeqCst), 1, "the error came before a copy was due");
     }

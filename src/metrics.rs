@@ -33,6 +33,9 @@ pub struct Metrics {
     /// Calls per batched etcd request by cluster and call kind: how much the batching of
     /// concurrent gets and commits saves etcd.
     pub etcd_batch_size: HistogramVec,
+    /// Copies of slow reads sent to another endpoint, by cluster: how often a member kept the
+    /// broker's reads waiting.
+    pub etcd_read_copies: IntCounterVec,
     /// Service instances by service and plan.
     pub instances: IntGaugeVec,
     /// Service bindings by service and plan.
@@ -93,6 +96,14 @@ impl Metrics {
             &["cluster", "call"],
         )
         .expect("valid metric");
+        let etcd_read_copies = IntCounterVec::new(
+            Opts::new(
+                "etcd_broker_etcd_read_copies_total",
+                "Reads sent to another etcd endpoint as well, their own being slow to answer.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
         let instances = IntGaugeVec::new(
             Opts::new("etcd_broker_service_instances", "Service instances by service and plan."),
             &["service", "plan"],
@@ -131,6 +142,7 @@ impl Metrics {
             Box::new(etcd_duration.clone()),
             Box::new(etcd_errors.clone()),
             Box::new(etcd_batch_size.clone()),
+            Box::new(etcd_read_copies.clone()),
             Box::new(instances.clone()),
             Box::new(bindings.clone()),
             Box::new(roles_awaiting_deletion.clone()),
@@ -150,6 +162,7 @@ impl Metrics {
             etcd_duration,
             etcd_errors,
             etcd_batch_size,
+            etcd_read_copies,
             instances,
             bindings,
             roles_awaiting_deletion,

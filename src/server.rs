@@ -11,7 +11,7 @@ use crate::broker::names::Names;
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
 use crate::config::{parse_endpoint, Config, TlsConfig};
-use crate::etcd::{BatchObserver, EtcdStore};
+use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
 use crate::metrics::Metrics;
@@ -38,12 +38,16 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
     let mut clusters = HashMap::new();
     for (name, cluster) in &config.clusters {
         let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
-        // Per batch, so the two series are looked up once here rather than on every call.
+        // Per call, so the series are looked up once here (which also exports the counter at
+        // 0 from start-up).
         let batch_size = |call| metrics.etcd_batch_size.with_label_values(&[name.as_str(), call]);
         let (gets, txns) = (batch_size("get"), batch_size("txn"));
-        let on_batch: BatchObserver =
-            Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64));
-        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, on_batch).map_err(|e| fail(e.to_string()))?;
+        let copies = metrics.etcd_read_copies.with_label_values(&[name.as_str()]);
+        let observer = Observer {
+            batch: Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64)),
+            read_copy: Arc::new(move || copies.inc()),
+        };
+        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer).map_err(|e| fail(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
         let public =
             if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };

@@ -157,6 +157,16 @@ async fn health_warning(broker: &BrokerProcess) -> Option<String> {
     warning(&broker.log_text())
 }
 
+/// How many reads the broker sent to another endpoint as well (its metrics).
+async fn read_copies(broker: &BrokerProcess) -> u64 {
+    let metrics =
+        reqwest::get(format!("{}/metrics", broker.metrics_url)).await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("etcd_broker_etcd_read_copies_total{"));
+    line.and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"))
+}
+
 /// Stops `etcd` until the returned guard is dropped.
 fn stop(etcd: &LocalEtcd) -> Resume {
     let pid = etcd.pid().expect("etcd runs");
@@ -188,6 +198,7 @@ async fn a_stopped_member_of_a_cluster_is_skipped() {
     }
     let took = started.elapsed();
     assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(read_copies(&broker).await, 0, "provisions are writes: never sent twice");
     assert_eq!(osb.get_binding("c0", "b0").await.status, StatusCode::OK);
     assert_eq!(osb.unbind("c0", "b0").await.status, StatusCode::OK);
     for i in 0..=20 {
@@ -220,6 +231,7 @@ async fn reads_sent_to_a_member_that_stops_are_answered_by_another() {
     // the request timeout.
     assert!(slowest >= Duration::from_secs(2), "no read met the stopped member: {slowest:?}");
     assert!(slowest < Duration::from_secs(9), "slowest read {slowest:?}");
+    assert!(read_copies(&broker).await >= 1);
     // The member was probed for not answering, and the operator told.
     let warning = health_warning(&broker).await.unwrap_or_else(|| panic!("{}", broker.log_text()));
     assert!(warning.contains(&members[0].endpoint()), "the warning names the member: {warning}");

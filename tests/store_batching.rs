@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use etcd_broker::config::ClusterConfig;
-use etcd_broker::etcd::{BatchObserver, EtcdStore};
+use etcd_broker::etcd::{EtcdStore, Observer};
 use etcd_broker::store::{Guard, Store, Write};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 
@@ -29,8 +29,8 @@ async fn start(max_txn_ops: Option<u32>) -> (LocalEtcd, Arc<EtcdStore>, Batches)
     .unwrap();
     let batches = Batches::default();
     let seen = batches.clone();
-    let on_batch: BatchObserver = Arc::new(move |call, size| seen.lock().unwrap().push((call, size)));
-    (etcd, EtcdStore::new(&config, on_batch).unwrap(), batches)
+    let batch = Arc::new(move |call, size| seen.lock().unwrap().push((call, size)));
+    (etcd, EtcdStore::new(&config, Observer { batch, ..Observer::default() }).unwrap(), batches)
 }
 
 /// The largest batch reported for `call`.
