@@ -33,7 +33,7 @@ const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
 /// the moment its endpoint is taken out of use for not answering (endpoint_health.rs; its
 /// watch starts when the request leaves the balancer, a little later), so the balancer
 /// usually picks one that answers.
-const HEDGE_AFTER: Duration = Duration::from_millis(SLOW_ANSWER.as_millis() as u64 + 500);
+const HEDGE_AFTER: Duration = SLOW_ANSWER.saturating_add(Duration::from_millis(500));
 /// Most keys read by one batched read (see [`Connection::reads`]): far below etcd's default
 /// `--max-txn-ops` (128), and 16 of the largest records (a 64 KB request body stored twice)
 /// stay under gRPC's 4 MB answer limit. A batch etcd refuses anyway is read key by key.

@@ -38,8 +38,8 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
     let mut clusters = HashMap::new();
     for (name, cluster) in &config.clusters {
         let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
-        // Per call, so the series are looked up once here (which also exports the counter at
-        // 0 from start-up).
+        // The series are looked up once here rather than on every batch or copy (which also
+        // exports the copy counter at 0 from start-up).
         let batch_size = |call| metrics.etcd_batch_size.with_label_values(&[name.as_str(), call]);
         let (gets, txns) = (batch_size("get"), batch_size("txn"));
         let copies = metrics.etcd_read_copies.with_label_values(&[name.as_str()]);

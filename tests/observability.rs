@@ -11,20 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-/// The value of one sample line (`name{labels} value`), 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
-
 fn requests(text: &str, operation: &str, code: u16) -> f64 {
     sample(text, &format!("etcd_broker_osb_requests_total{{code=\"{code}\",operation=\"{operation}\"}}"))
-}
-
-async fn scrape(broker: &BrokerProcess) -> String {
-    reqwest::get(format!("{}/metrics", broker.metrics_url)).await.unwrap().text().await.unwrap()
 }
 
 /// A scripted sequence whose effect on every counter is known, 4xx cases included.

@@ -30,6 +30,19 @@ pub async fn start_etcd() -> LocalEtcd {
         .expect("etcd starts")
 }
 
+/// The broker's `/metrics` text.
+pub async fn scrape(broker: &BrokerProcess) -> String {
+    reqwest::get(format!("{}/metrics", broker.metrics_url)).await.unwrap().text().await.unwrap()
+}
+
+/// The value of one sample line (`name{labels} value`) of [`scrape`]'s text, 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
 /// Starts a cluster of `size` etcd members (auth enabled, one root password), at the version
 /// the test run asks for.
 pub async fn start_etcd_cluster(size: usize) -> Vec<LocalEtcd> {
