@@ -4,7 +4,8 @@
 //!   actix-web or etcd-client in it.
 //! - [`broker`]: the etcd-backed broker logic, as ordered idempotent steps on a [`store::Store`].
 //! - [`store`]: the storage contract the broker needs (keys with CAS, users, roles).
-//! - [`etcd`]: the real store on etcd-client; the only user of etcd-client.
+//! - [`etcd`]: the real store on etcd-client (connection, batching, retries, endpoint
+//!   health, error tables, timing policy); the only user of etcd-client.
 //! - [`http`]: the thin actix-web layer; the only user of actix-web besides [`server`].
 //! - [`config`]: TOML + environment configuration and its validation.
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
@@ -12,14 +13,12 @@
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
 //! - [`role_reaper`]: the background deletion of unbound bindings' roles, in the pauses of
 //!   the OSB traffic ([`activity`]).
-//! - [`logging`], [`clock`], [`secrets`], [`coalesce`], [`unpoisoned`]: small services.
+//! - [`logging`], [`clock`], [`secrets`]: small services.
 
 pub mod activity;
 pub mod broker;
 pub mod clock;
-pub mod coalesce;
 pub mod config;
-pub mod endpoint_health;
 pub mod etcd;
 pub mod http;
 pub mod logging;
@@ -30,4 +29,3 @@ pub mod role_reaper;
 pub mod secrets;
 pub mod server;
 pub mod store;
-pub mod unpoisoned;

@@ -7,6 +7,6 @@
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks `mutex`, also when it is poisoned.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

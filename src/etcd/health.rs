@@ -20,31 +20,18 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::unpoisoned::lock;
-
-/// How long a probe may take before its endpoint counts as not answering.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a request may wait for its answer before its endpoint is probed (and not used
-/// while the probe has no answer). Longer than etcd takes for any of the broker's requests
-/// when it is healthy, bcrypt included, so a busy endpoint is rarely probed.
-pub(crate) const SLOW_ANSWER: Duration = Duration::from_secs(2);
-/// The wait before probing a failing endpoint again after its first failed probe; doubled
-/// after each further one.
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest wait between two probes of a failing endpoint: one that comes back is used
-/// again within this.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+use super::policy::{FIRST_PROBE_BACKOFF, MAX_PROBE_BACKOFF, PROBE_TIMEOUT, SLOW_ANSWER};
+use super::unpoisoned::lock;
 
 /// Asks an endpoint whether it answers (etcd's health check, say): `true` if it did.
-pub type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+pub(crate) type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// The endpoints of one channel: how many answer, and who waits for one to.
 #[derive(Clone, Default)]
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     group: Arc<Group>,
 }
 
@@ -69,7 +56,7 @@ impl Group {
 
 impl Endpoints {
     /// No endpoints yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -77,7 +64,7 @@ impl Endpoints {
     /// endpoint's prober on the current tokio runtime (it ends with the endpoint).
     /// `name` (the endpoint's URL, which holds no secret) is for the log lines that say when
     /// it stops and starts answering its probes.
-    pub fn add<S>(&self, name: String, inner: S, probe: Probe) -> HealthChecked<S> {
+    pub(crate) fn add<S>(&self, name: String, inner: S, probe: Probe) -> HealthChecked<S> {
         self.group.unprobed.fetch_add(1, Ordering::SeqCst);
         let wake_prober = Arc::new(Notify::new());
         let health = Arc::new(Health {
@@ -158,7 +145,7 @@ impl Drop for Health {
 
 /// The prober of one endpoint: probes it at once, then whenever it fails, until it answers.
 async fn probe_when_needed(name: String, health: Weak<Health>, wake: Arc<Notify>, probe: Probe) {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = FIRST_PROBE_BACKOFF;
     let mut probe_failed = false;
     loop {
         match health.upgrade().map(|h| h.state()) {
@@ -174,7 +161,7 @@ async fn probe_when_needed(name: String, health: Weak<Health>, wake: Arc<Notify>
         let Some(h) = health.upgrade() else { return };
         if answered {
             h.set(State::Answering);
-            backoff = FIRST_BACKOFF;
+            backoff = FIRST_PROBE_BACKOFF;
             if std::mem::take(&mut probe_failed) {
                 tracing::info!(endpoint = %name, "etcd endpoint answers its health check again");
             }
@@ -189,14 +176,14 @@ async fn probe_when_needed(name: String, health: Weak<Health>, wake: Arc<Notify>
             }
             drop(h);
             tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
+            backoff = backoff.saturating_mul(2).min(MAX_PROBE_BACKOFF);
         }
     }
 }
 
 /// A service that is not ready while its endpoint is out of use (see the module doc); made by
 /// [`Endpoints::add`].
-pub struct HealthChecked<S> {
+pub(crate) struct HealthChecked<S> {
     inner: S,
     health: Arc<Health>,
 }
@@ -247,6 +234,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use std::sync::atomic::AtomicBool;
     use tower::{Service, ServiceExt};
@@ -329,7 +318,7 @@ mod tests {
         settle(PROBE_TIMEOUT).await;
         assert!(!ready_now(&mut first), "its probe timed out: still skipped");
         hung.hung.store(false, Ordering::SeqCst);
-        settle(MAX_BACKOFF + PROBE_TIMEOUT).await;
+        settle(MAX_PROBE_BACKOFF + PROBE_TIMEOUT).await;
         assert!(ready_now(&mut first), "probed again and it answers");
         assert_eq!(hung.calls.load(Ordering::SeqCst), 0, "no request reached it while it was skipped");
     }
@@ -347,7 +336,7 @@ mod tests {
         settle(Duration::from_millis(1)).await;
         assert!(!ready_now(&mut endpoint), "its probe fails too");
         flaky.down.store(false, Ordering::SeqCst);
-        settle(FIRST_BACKOFF).await;
+        settle(FIRST_PROBE_BACKOFF).await;
         assert!(ready_now(&mut endpoint), "the next probe answers");
 
         flaky.hung.store(true, Ordering::SeqCst);

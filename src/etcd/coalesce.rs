@@ -18,27 +18,27 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 /// Sends a batch and answers its requests in order, one response per request.
-pub type SendBatch<Request, Response> =
+pub(crate) type SendBatch<Request, Response> =
     Box<dyn Fn(Vec<Request>) -> Pin<Box<dyn Future<Output = Vec<Response>> + Send>> + Send + Sync>;
 
 /// Whether a request may join a batch that already holds these requests.
-pub type Fits<Request> = fn(&[Request], &Request) -> bool;
+pub(crate) type Fits<Request> = fn(&[Request], &Request) -> bool;
 
 /// How a [`Coalescer`] forms and sends its batches.
-pub struct Batching<Request, Response> {
+pub(crate) struct Batching<Request, Response> {
     /// Most requests in one batch.
-    pub max_batch: usize,
+    pub(crate) max_batch: usize,
     /// Most batches in flight at once: a new one starts only when a full batch is waiting, so
     /// under light load there is one, and under heavy load the queue does not grow behind it.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Which requests may share a batch; one that does not fit waits for a later batch.
-    pub fits: Fits<Request>,
+    pub(crate) fits: Fits<Request>,
     /// How a batch is sent.
-    pub send: SendBatch<Request, Response>,
+    pub(crate) send: SendBatch<Request, Response>,
 }
 
 /// The queue of requests waiting for the next batch, shared by the callers of one connection.
-pub struct Coalescer<Request, Response> {
+pub(crate) struct Coalescer<Request, Response> {
     state: Mutex<State<Request, Response>>,
     batching: Batching<Request, Response>,
 }
@@ -51,7 +51,7 @@ struct State<Request, Response> {
 
 impl<Request: Send + 'static, Response: Send + 'static> Coalescer<Request, Response> {
     /// An empty queue.
-    pub fn new(batching: Batching<Request, Response>) -> Arc<Self> {
+    pub(crate) fn new(batching: Batching<Request, Response>) -> Arc<Self> {
         let batching = Batching {
             max_batch: batching.max_batch.max(1),
             max_in_flight: batching.max_in_flight.max(1),
@@ -66,7 +66,7 @@ impl<Request: Send + 'static, Response: Send + 'static> Coalescer<Request, Respo
     /// dropped) costs the others nothing, and its request is not sent unless its batch already
     /// left. `None` if the request was dropped unanswered: the batch function answered fewer
     /// requests than it got, or panicked.
-    pub async fn call(self: &Arc<Self>, request: Request) -> Option<Response> {
+    pub(crate) async fn call(self: &Arc<Self>, request: Request) -> Option<Response> {
         let (answer, answered) = oneshot::channel();
         let start_sender = {
             let mut state = self.lock();
@@ -123,7 +123,7 @@ impl<Request: Send + 'static, Response: Send + 'static> Coalescer<Request, Respo
     }
 
     fn lock(&self) -> MutexGuard<'_, State<Request, Response>> {
-        crate::unpoisoned::lock(&self.state)
+        super::unpoisoned::lock(&self.state)
     }
 }
 
@@ -141,7 +141,7 @@ impl<Request, Response> Drop for Running<'_, Request, Response> {
         if self.stopped {
             return;
         }
-        let mut state = crate::unpoisoned::lock(&self.coalescer.state);
+        let mut state = super::unpoisoned::lock(&self.coalescer.state);
         state.senders -= 1;
         if state.senders == 0 {
             state.waiting.clear();

@@ -1,0 +1,377 @@
+//! How one etcd request is sent: bounded in time, retried when that is safe, and a slow read
+//! copied to another endpoint ([`hedged`]). The deadlines and pauses are in [`super::policy`].
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use etcd_client::{AuthClient, Client, KvClient};
+
+use super::errors::{is_old_auth_revision, never_reached, no_answer_within};
+use super::policy::{
+    stale_auth_pause, FAILOVER_ATTEMPTS_PER_ENDPOINT, FAILOVER_PAUSE, HEDGE_AFTER, OLD_REVISION_RETRIES,
+    QUIET_AUTH_AFTER, REQUEST_TIMEOUT,
+};
+use super::EtcdStore;
+
+/// What an etcd request does: that decides whether it may be sent twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// Only reads keys: sent to another endpoint as well when its own is slow to answer
+    /// ([`hedged`]), since reading twice changes nothing.
+    Read,
+    /// Writes keys: sent once, since etcd may still apply it after a slow answer.
+    Write,
+    /// Changes users or roles: sent once, and held back while a request that auth changes
+    /// keep refusing goes through ([`EtcdStore::auth_gate`]).
+    AuthChange,
+}
+
+/// The two failures after which a request is sent again, whatever it does: etcd did not apply
+/// it either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Refused because auth changed between accepting and applying it.
+    StaleAuth,
+    /// It reached no endpoint.
+    Unreached,
+}
+
+/// One request's retries so far: the single retry policy of every etcd request the broker
+/// and its tools send.
+struct Retries {
+    stale_auth: usize,
+    unreached: usize,
+    /// Sends of a request that reached no endpoint: a few per other endpoint.
+    max_unreached: usize,
+}
+
+impl Retries {
+    fn new(endpoints: usize) -> Self {
+        let max_unreached = FAILOVER_ATTEMPTS_PER_ENDPOINT * endpoints.saturating_sub(1);
+        Self { stale_auth: 0, unreached: 0, max_unreached }
+    }
+
+    /// Whether to send the request again after `error`; if so, waits the pause first.
+    async fn again(&mut self, error: &etcd_client::Error) -> Option<Retry> {
+        if is_old_auth_revision(error) && self.stale_auth < OLD_REVISION_RETRIES {
+            self.stale_auth += 1;
+            tokio::time::sleep(stale_auth_pause(self.stale_auth)).await;
+            Some(Retry::StaleAuth)
+        } else if never_reached(error) && self.unreached < self.max_unreached {
+            // The request never left, so sending it to the next endpoint is safe.
+            self.unreached += 1;
+            tokio::time::sleep(FAILOVER_PAUSE).await;
+            Some(Retry::Unreached)
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs `op` until it succeeds or fails in a way [`Retries`] does not retry, for requests
+/// `endpoints` endpoints may serve.
+async fn retrying<T, F, Fut>(endpoints: usize, op: F) -> Result<T, etcd_client::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut retries = Retries::new(endpoints);
+    loop {
+        match op().await {
+            Err(e) if retries.again(&e).await.is_some() => {}
+            result => return result,
+        }
+    }
+}
+
+/// Sends a request again while etcd refuses it because auth changed meanwhile: for the
+/// operators' tools, whose plain clients meet the broker's binds, unbinds and role deletions.
+pub async fn resend_on_auth_change<T, F, Fut>(op: F) -> Result<T, etcd_client::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    retrying(1, op).await
+}
+
+impl EtcdStore {
+    /// Runs a request of the login, sending it again while it reaches no endpoint (one that
+    /// just failed may still be picked until its failure takes it out of use).
+    pub(super) async fn until_reached<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        retrying(self.endpoints.len(), op).await
+    }
+
+    /// Runs one etcd request, retrying the two failures that are safe to retry.
+    ///
+    /// etcd answers "auth revision is old" when a user or role change landed between accepting
+    /// the request and applying it; each bind and unbind makes such changes, so under load this
+    /// is routine. With simple tokens, sending the request again is enough (one round trip);
+    /// JWTs are refreshed first, once for all concurrent requests (see
+    /// [`super::connection::Connection`]).
+    ///
+    /// Retrying alone can starve: at 64 concurrent binds etcd applies auth changes faster than
+    /// a request gets through. So a request refused [`QUIET_AUTH_AFTER`] times waits until this
+    /// broker's auth changes in flight are done and keeps new ones back while it is sent again
+    /// ([`EtcdStore::auth_gate`]).
+    ///
+    /// A request that could not reach an endpoint is sent again, a few times per endpoint; a
+    /// read whose endpoint is slow to answer is sent to another one as well ([`hedged`]).
+    pub(super) async fn call<T, F, Fut>(&self, kind: Call, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(&Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let connection = self.connection().await?;
+        let client = &connection.client;
+        let send = || async {
+            match kind {
+                Call::Read if self.endpoints.len() > 1 => {
+                    let spare = self.endpoints.len() - 1;
+                    hedged(|| op(client), spare, HEDGE_AFTER, &*self.observer.read_copy).await
+                }
+                _ => bounded(op(client)).await,
+            }
+        };
+        let mut generation = connection.token_generation.load(Ordering::Acquire);
+        let mut retries = Retries::new(self.endpoints.len());
+        loop {
+            let outcome = if retries.stale_auth >= QUIET_AUTH_AFTER {
+                let _quiet = self.auth_gate.write().await;
+                send().await
+            } else if kind == Call::AuthChange {
+                let _changing = self.auth_gate.read().await;
+                send().await
+            } else {
+                send().await
+            };
+            match outcome {
+                Err(e) => match retries.again(&e).await {
+                    Some(Retry::StaleAuth) if connection.signed_tokens => {
+                        generation = connection.refresh_token_once(generation).await?;
+                    }
+                    Some(_) => {}
+                    None => return Err(e),
+                },
+                answer => return answer,
+            }
+        }
+    }
+
+    /// [`Self::call`] with the KV service only, for a request of `kind` (a read or a write):
+    /// cloning the whole client for each request (nine services' channels) showed in profiles.
+    pub(super) async fn kv<T, F, Fut>(&self, kind: Call, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(kind, |c| op(c.kv_client())).await
+    }
+
+    /// [`Self::call`] with the auth service only (users and roles).
+    pub(super) async fn auth<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(AuthClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(Call::AuthChange, |c| op(c.auth_client())).await
+    }
+}
+
+/// Sends a read, and sends it again each time `after` passes without an answer, at most
+/// `spare` more times, all within one [`REQUEST_TIMEOUT`]: the endpoint of a read that has no
+/// answer after [`HEDGE_AFTER`] is usually out of use by then, so the balancer sends the next
+/// copy to one that answers. Without this, a read sent to a member that stopped just before
+/// would wait out the whole timeout and answer 503.
+///
+/// Answers with the first success. An error that [`EtcdStore::call`] retries (a stale auth
+/// revision, an endpoint not reached) is returned at once, dropping the copies in flight, so
+/// the retry goes out on a balancer that knows more. Any other error waits for the copies
+/// still in flight; if they fail too, the first error is the answer (a timeout says less).
+/// `copied` hears of each copy.
+async fn hedged<T, F, Fut>(
+    op: F,
+    spare: usize,
+    after: Duration,
+    copied: &(dyn Fn() + Sync),
+) -> Result<T, etcd_client::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let copy = || bounded_until(deadline, op());
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    in_flight.push(copy());
+    let (mut spare, mut first_error) = (spare, None);
+    let next_copy = tokio::time::sleep(after);
+    tokio::pin!(next_copy);
+    loop {
+        tokio::select! {
+            // An answer beats a copy falling due at the same moment. This branch is never
+            // disabled: `in_flight` is only empty once an answer was returned.
+            biased;
+            Some(answer) = futures_util::StreamExt::next(&mut in_flight) => match answer {
+                Err(e) if !is_old_auth_revision(&e) && !never_reached(&e) => {
+                    let error = first_error.take().unwrap_or(e);
+                    if in_flight.is_empty() {
+                        return Err(error);
+                    }
+                    first_error = Some(error);
+                }
+                answer => return answer,
+            },
+            () = &mut next_copy, if spare > 0 => {
+                spare -= 1;
+                copied();
+                in_flight.push(copy());
+                next_copy.as_mut().reset(tokio::time::Instant::now() + after);
+            }
+        }
+    }
+}
+/// One etcd request, given up after [`REQUEST_TIMEOUT`] (dropping it cancels its stream), with
+/// an error that says so. tonic's own deadline (`ConnectOptions::with_timeout`) reports only
+/// "Timeout expired"; an operator reading the 503 should learn that etcd stopped answering.
+pub(super) async fn bounded<T>(
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    bounded_until(tokio::time::Instant::now() + REQUEST_TIMEOUT, request).await
+}
+
+/// [`bounded`] with the deadline given: the copies of one read share it ([`hedged`]).
+async fn bounded_until<T>(
+    deadline: tokio::time::Instant,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout_at(deadline, request).await.unwrap_or_else(|_| {
+        Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(no_answer_within(
+            REQUEST_TIMEOUT,
+        ))))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use super::super::errors::OLD_AUTH_REVISION;
+    use super::*;
+
+    const AFTER: Duration = Duration::from_secs(2);
+
+    fn unavailable(n: usize) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!("copy {n} failed")))
+    }
+
+    /// Copies of one read: how many were sent, and how many have ended (answered or dropped).
+    #[derive(Default)]
+    struct Copies {
+        sent: AtomicUsize,
+        ended: Arc<AtomicUsize>,
+    }
+
+    /// Counts a copy as ended when it is dropped, answered or not.
+    struct Ends(Arc<AtomicUsize>);
+
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A read whose `n`th copy (from 0) waits `waits[n]` seconds, then answers `answer(n)`.
+    fn read<'a>(
+        copies: &'a Copies,
+        waits: &'static [u64],
+        answer: fn(usize) -> Result<usize, etcd_client::Error>,
+    ) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<usize, etcd_client::Error>> + 'a {
+        move || {
+            let (n, ends) = (copies.sent.fetch_add(1, Ordering::SeqCst), Ends(copies.ended.clone()));
+            Box::pin(async move {
+                let _ends = ends;
+                tokio::time::sleep(Duration::from_secs(waits[n])).await;
+                answer(n)
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_answer_is_sent_once() {
+        let copies = Copies::default();
+        let answer = hedged(read(&copies, &[1, 0, 0], Ok), 2, AFTER, &|| {}).await;
+        assert_eq!(answer.unwrap(), 0);
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_without_an_answer_is_sent_again_and_the_first_answer_wins() {
+        let (copies, started) = (Copies::default(), tokio::time::Instant::now());
+        // The first copy would answer after 60 s, the second answers 1 s after it was sent.
+        let answer = hedged(read(&copies, &[60, 1, 0], Ok), 2, AFTER, &|| {}).await;
+        assert_eq!(answer.unwrap(), 1);
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 2);
+        assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1));
+        assert_eq!(copies.ended.load(Ordering::SeqCst), 2, "the first copy was dropped, not left running");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn copies_stop_at_spare_and_share_one_deadline() {
+        let (copies, copied, started) = (Copies::default(), AtomicUsize::new(0), tokio::time::Instant::now());
+        let observe = || {
+            copied.fetch_add(1, Ordering::SeqCst);
+        };
+        let answer = hedged(read(&copies, &[60, 60, 60, 60], Ok), 2, AFTER, &observe).await;
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 3, "one read and two copies");
+        assert_eq!(copied.load(Ordering::SeqCst), 2, "each copy observed");
+        assert!(answer.unwrap_err().to_string().contains("10 s"));
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT, "the copies had no time of their own");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_waits_for_the_copy_in_flight() {
+        let copies = Copies::default();
+        // The first copy fails at 3 s, while the second (sent at 2 s) is still on its way.
+        let answer = hedged(
+            read(&copies, &[3, 2], |n| if n == 0 { Err(unavailable(n)) } else { Ok(n) }),
+            1,
+            AFTER,
+            &|| {},
+        );
+        assert_eq!(answer.await.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_copy_fails_the_first_error_is_the_answer() {
+        let copies = Copies::default();
+        // The second copy fails at 3 s; the first and third time out at 10 s.
+        let answer = hedged(read(&copies, &[60, 1, 60], |n| Err(unavailable(n))), 2, AFTER, &|| {}).await;
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 3);
+        assert!(answer.unwrap_err().to_string().contains("copy 1 failed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_that_call_retries_is_the_answer_at_once() {
+        let (copies, started) = (Copies::default(), tokio::time::Instant::now());
+        let stale =
+            |_| Err(etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(OLD_AUTH_REVISION[0])));
+        // The first copy hangs; the second is refused 1 s after it was sent, and call retries it.
+        let answer = hedged(read(&copies, &[60, 1], stale), 1, AFTER, &|| {}).await;
+        assert!(is_old_auth_revision(&answer.unwrap_err()));
+        assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1));
+        assert_eq!(copies.ended.load(Ordering::SeqCst), 2, "the hung copy was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_with_nothing_else_in_flight_is_the_answer() {
+        let copies = Copies::default();
+        let answer = hedged(read(&copies, &[1, 0], |n| Err(unavailable(n))), 1, AFTER, &|| {}).await;
+        assert!(answer.unwrap_err().to_string().contains("copy 0 failed"));
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 1, "the error came before a copy was due");
+    }
+}

@@ -1,0 +1,271 @@
+//! The real [`Store`]: one etcd v3 cluster through etcd-client, and the small client API the
+//! operators' tools share with it.
+//!
+//! The only module that imports etcd-client. How its parts combine, for one store call:
+//! - [`connection`]: each calling thread dials lazily (the broker starts, and answers 503,
+//!   while a cluster is down) one balanced channel over the cluster's endpoints and logs in as
+//!   the configured root-role user;
+//! - [`health`]: the balancer uses only the endpoints whose gRPC health check answers;
+//! - [`batch`]: gets and commits that arrive while one is in flight go out together as one
+//!   request ([`coalesce`] forms the batches and knows nothing of etcd);
+//! - [`call`]: each request is bounded in time, retried when etcd did not apply it (an auth
+//!   change under it, no endpoint reached), and a slow read is copied to another endpoint;
+//! - [`errors`]: what etcd's messages mean, as [`StoreError`]s;
+//! - [`policy`]: every deadline, back-off and limit of the above, and how they nest.
+//!
+//! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
+//! [`EtcdTls`], [`resend_on_auth_change`], [`is_old_auth_revision`] and [`prefix_end`].
+
+mod batch;
+mod call;
+mod coalesce;
+mod connection;
+mod errors;
+mod health;
+mod policy;
+mod unpoisoned;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, Txn, TxnOp};
+use tokio::sync::OnceCell;
+
+pub use call::resend_on_auth_change;
+pub use connection::{connect, EtcdTls};
+pub use errors::is_old_auth_revision;
+
+use batch::PendingCommit;
+use call::Call;
+use connection::Connection;
+use errors::{already_exists, classify, not_found, raced};
+use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
+
+use crate::config::ClusterConfig;
+use crate::store::{Guard, Store, StoreError, Versioned, Write};
+
+/// What [`EtcdStore`] tells the broker's metrics, without this module knowing about them.
+#[derive(Clone)]
+pub struct Observer {
+    /// Each batch of gets or commits it sends: the call kind (`get` or `txn`) and its size.
+    pub batch: Arc<dyn Fn(&'static str, usize) + Send + Sync>,
+    /// Each copy of a slow read it sends to another endpoint ([`call`]): a member that
+    /// stopped answering while in use, or a cluster too slow for its reads.
+    pub read_copy: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Default for Observer {
+    /// Hears nothing.
+    fn default() -> Self {
+        Self { batch: Arc::new(|_, _| {}), read_copy: Arc::new(|| {}) }
+    }
+}
+
+/// A lazily connected etcd cluster.
+pub struct EtcdStore {
+    /// The store itself, for the task that sends batched requests (it outlives the call that
+    /// started it).
+    me: Weak<EtcdStore>,
+    endpoints: Vec<String>,
+    /// Connection options without the user: the login happens after connecting, on the same
+    /// balanced channel, so a dead endpoint is skipped instead of failing the first request.
+    options: ConnectOptions,
+    /// TLS material for https endpoints.
+    tls: EtcdTls,
+    username: String,
+    password: crate::config::Secret,
+    /// One connection per thread that calls the store. tonic runs a channel's request buffer
+    /// and its HTTP/2 connection as tasks on the runtime that dialled it; a connection shared
+    /// by an actix worker and the thread that dialled it first (the role reaper's, at start)
+    /// sent every etcd request to that other thread and its answer back: two thread wake-ups
+    /// per call, and the broker's CPU per GET binding on a par with etcd's. Each thread dials
+    /// and logs in once, when it first needs etcd.
+    connections: std::sync::Mutex<HashMap<ThreadId, Arc<OnceCell<Arc<Connection>>>>>,
+    /// Shared by each user/role change while it is in flight; taken exclusively by a request
+    /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
+    /// waits, new changes queue behind it).
+    auth_gate: tokio::sync::RwLock<()>,
+    observer: Observer,
+}
+
+impl EtcdStore {
+    /// Prepares a connection; nothing is dialled until the first call. Fails only if the TLS
+    /// material cannot be read. `observer` hears of its batches and read copies.
+    pub fn new(config: &ClusterConfig, observer: Observer) -> Result<Arc<Self>, StoreError> {
+        let options = ConnectOptions::new()
+            .with_auto_token_refresh(true)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT);
+        let mut tls = EtcdTls::default();
+        if let Some(config) = &config.tls {
+            let failed = |e: std::io::Error| StoreError::Failed(e.to_string());
+            tls.ca = config.ca_pem().map_err(failed)?;
+            tls.client = config.client_pems().map_err(failed)?;
+        }
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            endpoints: config.endpoints.clone(),
+            options,
+            tls,
+            username: config.username.clone(),
+            password: config.password.clone(),
+            connections: Default::default(),
+            auth_gate: tokio::sync::RwLock::new(()),
+            observer,
+        }))
+    }
+}
+
+/// The smallest key after every key that starts with `prefix` (etcd's range end of a prefix);
+/// public for the bench, which pages through prefixes the same way.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.batched(|c| &c.reads, key.to_owned()).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let response = self
+            .kv(Call::Read, |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await
+            .map_err(classify)?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                (key, Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
+            })
+            .collect())
+    }
+
+    async fn next_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        let from = match after {
+            Some(after) => [after.as_bytes(), b"\0"].concat(),
+            None => prefix.as_bytes().to_vec(),
+        };
+        let options = GetOptions::new().with_range(prefix_end(prefix.as_bytes())).with_limit(1);
+        let response = self
+            .kv(Call::Read, |mut c| {
+                let (from, options) = (from.clone(), options.clone());
+                async move { c.get(from, Some(options)).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(response.kvs().first().map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            (key, Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
+        }))
+    }
+
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let response = self
+            .kv(Call::Read, |mut c| {
+                let options = options.clone();
+                async move { c.get(prefix, Some(options)).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(u64::try_from(response.count()).unwrap_or(0))
+    }
+
+    async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
+        let compares: Vec<Compare> = guards
+            .iter()
+            .map(|g| match g {
+                Guard::Absent(k) => Compare::create_revision(k.as_str(), CompareOp::Equal, 0),
+                Guard::Revision(k, r) => Compare::mod_revision(k.as_str(), CompareOp::Equal, *r),
+            })
+            .collect();
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                Write::Delete(k) => TxnOp::delete(k.as_str(), None),
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let guarded = guards
+            .iter()
+            .map(|g| match g {
+                Guard::Absent(k) | Guard::Revision(k, _) => k.clone(),
+            })
+            .collect();
+        let written = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, _) | Write::Delete(k) => k.clone(),
+            })
+            .collect();
+        self.batched(|c| &c.commits, PendingCommit { txn, guarded, written }).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.kv(Call::Write, |mut c| async move {
+            c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await
+        })
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+        match self.auth(|mut c| async move { c.role_add(role).await }).await {
+            Err(e) if !already_exists(&e) => return Err(classify(e)),
+            _ => {}
+        }
+        let permission = Permission::read_write(prefix).with_prefix();
+        self.auth(|mut c| {
+            let permission = permission.clone();
+            async move { c.role_grant_permission(role, permission).await }
+        })
+        .await
+        .map_err(raced)?;
+        Ok(())
+    }
+
+    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
+        match self.auth(|mut c| async move { c.user_add(user, password, None).await }).await {
+            Ok(_) => {}
+            Err(e) if already_exists(&e) => {
+                self.auth(|mut c| async move { c.user_change_password(user, password).await })
+                    .await
+                    .map_err(raced)?;
+            }
+            Err(e) => return Err(classify(e)),
+        }
+        self.auth(|mut c| async move { c.user_grant_role(user, role).await }).await.map_err(raced)?;
+        Ok(())
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        match self.auth(|mut c| async move { c.user_delete(user).await }).await {
+            Err(e) if !not_found(&e) => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
+        match self.auth(|mut c| async move { c.role_delete(role).await }).await {
+            Err(e) if !not_found(&e) => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+}
