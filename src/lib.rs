@@ -7,7 +7,8 @@
 //! - [`etcd`]: the real store on etcd-client (connection, batching, retries, endpoint
 //!   health, error tables, timing policy); the only user of etcd-client.
 //! - [`http`]: the thin actix-web layer; the only user of actix-web besides [`server`].
-//! - [`config`]: TOML + environment configuration and its validation.
+//! - [`config`]: TOML + environment configuration, parsed once into typed settings.
+//! - [`tls`]: TLS material and the OpenSSL contexts of the OSB listener and the etcd client.
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
@@ -29,3 +30,4 @@ pub mod role_reaper;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod tls;

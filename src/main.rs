@@ -94,13 +94,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { source, template } => {
             let config = source.load(template.as_deref())?;
             logging::init(config.log_level, config.log_format);
-            actix_web::rt::System::new().block_on(async move {
-                let running = server::start(&config)?;
-                tracing::info!(addr = %running.addr, "etcd-broker listening");
-                running.serve().await?;
-                tracing::info!("etcd-broker stopped");
-                Ok(())
-            })
+            Ok(server::run(&config)?)
         }
     }
 }

@@ -10,7 +10,7 @@ use actix_web::{App, HttpServer};
 use crate::broker::names::Names;
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
-use crate::config::{parse_endpoint, Config, TlsConfig};
+use crate::config::Config;
 use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
@@ -25,19 +25,32 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("etcd cluster '{cluster}': {message}")]
-    Cluster { cluster: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error("listen.tls: {0}")]
     Tls(String),
+    #[error("serving failed: {0}")]
+    Serve(#[from] std::io::Error),
 }
 
-/// Builds the broker for a validated config: one lazily connected, metered store per cluster.
+/// Runs the broker for `config` on actix's runtime, which its servers need, until SIGTERM or
+/// SIGINT: what `etcd-broker serve` does.
+pub fn run(config: &Config) -> Result<(), StartError> {
+    actix_web::rt::System::new().block_on(async move {
+        let running = start(config)?;
+        tracing::info!(addr = %running.addr, "etcd-broker listening");
+        running.serve().await?;
+        tracing::info!("etcd-broker stopped");
+        Ok(())
+    })
+}
+
+/// Builds the broker for a config: one lazily connected, metered store per cluster.
 pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroker, StartError> {
     let mut clusters = HashMap::new();
     for (name, cluster) in &config.clusters {
-        let fail = |message: String| StartError::Cluster { cluster: name.clone(), message };
         // The series are looked up once here rather than on every batch or copy (which also
         // exports the copy counter at 0 from start-up).
         let batch_size = |call| metrics.etcd_batch_size.with_label_values(&[name.as_str(), call]);
@@ -47,30 +60,25 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
             batch: Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64)),
             read_copy: Arc::new(move || copies.inc()),
         };
-        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer).map_err(|e| fail(e.to_string()))?;
+        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer);
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
-        let public =
-            if cluster.public_endpoints.is_empty() { &cluster.endpoints } else { &cluster.public_endpoints };
-        let public_endpoints =
-            public.iter().map(|e| parse_endpoint(e)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
-        let ca_certificate = match &cluster.tls {
-            Some(tls) => tls
-                .ca_pem()
-                .map_err(|e| fail(e.to_string()))?
-                .map(|pem| String::from_utf8_lossy(&pem).into_owned()),
-            None => None,
-        };
+        let ca_certificate = cluster
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca.as_deref())
+            .map(|pem| String::from_utf8_lossy(pem).into_owned());
+        let public_endpoints = cluster.public_endpoints.clone();
         clusters.insert(name.clone(), Cluster { store, public_endpoints, ca_certificate });
     }
-    let state = clusters[config.state_cluster_name()].store.clone();
-    let plan_clusters =
-        config.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.cluster.clone())).collect();
+    let state = clusters.get(&config.state_cluster).map(|c| c.store.clone()).ok_or_else(|| {
+        StartError::Config(format!("state_cluster '{}' is not one of the clusters", config.state_cluster))
+    })?;
     Ok(EtcdBroker::new(BrokerSetup {
         catalog: config.catalog.clone(),
-        plan_clusters,
+        plan_clusters: config.plan_clusters.iter().map(|(plan, c)| (plan.clone(), c.clone())).collect(),
         clusters,
         state,
-        state_cluster: config.state_cluster_name().to_owned(),
+        state_cluster: config.state_cluster.clone(),
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         clock: Arc::new(SystemClock),
     }))
@@ -112,36 +120,6 @@ fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartE
     })
 }
 
-/// The HTTPS settings of the OSB listener: Mozilla's "intermediate" profile, the configured
-/// certificate (with any chain certificates after it) and key. Errors name what is wrong, never
-/// the PEM text.
-fn tls_acceptor(tls: &TlsConfig) -> Result<openssl::ssl::SslAcceptorBuilder, StartError> {
-    use openssl::pkey::PKey;
-    use openssl::ssl::{SslAcceptor, SslMethod};
-    use openssl::x509::X509;
-    let fail = |message: &str| StartError::Tls(message.to_owned());
-    let (cert, key) = tls
-        .client_pems()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .ok_or_else(|| fail("needs a certificate and a private key"))?;
-    let chain = X509::stack_from_pem(&cert).map_err(|_| fail("the certificate is not PEM"))?;
-    let (leaf, intermediates) =
-        chain.split_first().ok_or_else(|| fail("the certificate PEM holds no certificate"))?;
-    let key =
-        PKey::private_key_from_pem(&key).map_err(|_| fail("the private key is not a PEM private key"))?;
-    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
-        .map_err(|_| fail("OpenSSL cannot set up TLS"))?;
-    builder.set_certificate(leaf).map_err(|_| fail("OpenSSL refuses the certificate"))?;
-    for certificate in intermediates {
-        builder
-            .add_extra_chain_cert(certificate.clone())
-            .map_err(|_| fail("OpenSSL refuses a chain certificate"))?;
-    }
-    builder.set_private_key(&key).map_err(|_| fail("the private key does not belong to the certificate"))?;
-    builder.check_private_key().map_err(|_| fail("the private key does not belong to the certificate"))?;
-    Ok(builder)
-}
-
 /// Binds the listeners and prepares the servers; they serve once [`RunningBroker::serve`] runs.
 pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let metrics = Arc::new(Metrics::new());
@@ -159,7 +137,10 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         .workers(config.listen.workers)
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
     let api = match &config.listen.tls {
-        Some(tls) => api.bind_openssl(&listen, tls_acceptor(tls)?),
+        Some(identity) => api.bind_openssl(
+            &listen,
+            crate::tls::acceptor(identity).map_err(|e| StartError::Tls(e.to_string()))?,
+        ),
         None => api.bind(&listen),
     }
     .map_err(|source| StartError::Listen { addr: listen.clone(), source })?;

@@ -1,10 +1,10 @@
 //! The real store against a real etcd: concurrent reads and commits that share one batched
-//! request (src/coalesce.rs) get the answers they would get alone, including two commits
+//! request (src/etcd/batch.rs) get the answers they would get alone, including two commits
 //! racing for the same key, and an etcd that refuses large transactions.
 
 use std::sync::{Arc, Mutex};
 
-use etcd_broker::config::ClusterConfig;
+use etcd_broker::config::{Cluster, Secret};
 use etcd_broker::etcd::{EtcdStore, Observer};
 use etcd_broker::store::{Guard, Store, Write};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
@@ -20,17 +20,18 @@ async fn start(max_txn_ops: Option<u32>) -> (LocalEtcd, Arc<EtcdStore>, Batches)
     let version = EtcdVersion::from_env().expect("ETCD_VERSION");
     let etcd =
         LocalEtcd::start(Options { version, max_txn_ops, ..Options::default() }).await.expect("etcd starts");
-    let config: ClusterConfig = toml::from_str(&format!(
-        "endpoints = [{:?}]\nusername = {:?}\npassword = {:?}",
-        etcd.endpoint(),
-        etcd.root_username(),
-        etcd.root_password()
-    ))
-    .unwrap();
+    let endpoints = vec![url::Url::parse(&etcd.endpoint()).unwrap()];
+    let config = Cluster {
+        public_endpoints: endpoints.clone(),
+        endpoints,
+        username: etcd.root_username().to_owned(),
+        password: Secret::new(etcd.root_password()),
+        tls: None,
+    };
     let batches = Batches::default();
     let seen = batches.clone();
     let batch = Arc::new(move |call, size| seen.lock().unwrap().push((call, size)));
-    (etcd, EtcdStore::new(&config, Observer { batch, ..Observer::default() }).unwrap(), batches)
+    (etcd, EtcdStore::new(&config, Observer { batch, ..Observer::default() }), batches)
 }
 
 /// The largest batch reported for `call`.

@@ -145,7 +145,7 @@ Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
   # deprovision
   curl -s -u "$A" -H "$H" -X DELETE "$BROKER_URL/v2/service_instances/demo?service_id={sid}&plan_id={pid}"
 "#,
-        etcd = config.clusters["main"].endpoints[0],
+        etcd = config.clusters["main"].endpoints[0].as_str().trim_end_matches('/'),
         env = env_file.display(),
     )
 }

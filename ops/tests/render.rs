@@ -73,7 +73,11 @@ fn the_base_manifest_renders_to_the_golden_config() {
     // The password's quote, apostrophe, backslash, newline and unicode survive into the config.
     let config = Config::from_toml(&rendered).unwrap();
     assert_eq!(config.auth.password.expose(), TRICKY_PASSWORD);
-    assert_eq!(config.clusters["main"].endpoints, ["https://10.0.1.10:2379", "https://10.0.1.11:2379"]);
+    let texts = |urls: &[url::Url]| urls.iter().map(url::Url::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        texts(&config.clusters["main"].endpoints),
+        ["https://10.0.1.10:2379/", "https://10.0.1.11:2379/"]
+    );
     // Printing to stdout gives the same TOML; the files are private.
     let out =
         render(&["--manifest".to_owned(), path(&manifest()), "-l".to_owned(), path(&fixture("vars.yml"))]);
@@ -96,10 +100,14 @@ fn links_tls_and_ops_files_reach_the_config() {
     let config =
         Config::from_toml(&std::fs::read_to_string(dir.path().join("etcd-broker.toml")).unwrap()).unwrap();
     let main = &config.clusters["main"];
-    assert_eq!(main.endpoints, ["https://etcd-0.etcd.internal:4001", "https://etcd-1.etcd.internal:4001"]);
+    let texts = |urls: &[url::Url]| urls.iter().map(url::Url::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        texts(&main.endpoints),
+        ["https://etcd-0.etcd.internal:4001/", "https://etcd-1.etcd.internal:4001/"]
+    );
     let tls = main.tls.as_ref().unwrap();
-    assert!(tls.ca.as_deref().unwrap().contains("MIIBca"));
-    assert!(tls.client_pems().unwrap().is_some());
+    assert!(String::from_utf8_lossy(tls.ca.as_deref().unwrap()).contains("MIIBca"));
+    assert!(tls.identity.is_some());
     assert!(!config.metrics.enabled);
 }
 

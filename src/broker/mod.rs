@@ -103,7 +103,9 @@ impl EtcdBroker {
                 "plan_id '{plan_id}' is not a plan of service '{service_id}'"
             )));
         }
-        Ok(self.setup.plan_clusters[plan_id].as_str())
+        self.setup.plan_clusters.get(plan_id).map(String::as_str).ok_or_else(|| {
+            BrokerError::Internal(format!("plan '{plan_id}' has no cluster in the broker's configuration"))
+        })
     }
 
     /// Validates the ids a DELETE carries: a catalog plan, or the plan the record was made with
@@ -181,10 +183,10 @@ impl EtcdBroker {
     /// Probes every cluster with one read using the broker's own credentials.
     pub async fn readiness(&self) -> Vec<ClusterHealth> {
         let mut out = Vec::new();
-        let mut names: Vec<&String> = self.setup.clusters.keys().collect();
-        names.sort();
-        for name in names {
-            let store = &self.setup.clusters[name].store;
+        let mut clusters: Vec<(&String, &Cluster)> = self.setup.clusters.iter().collect();
+        clusters.sort_by_key(|(name, _)| *name);
+        for (name, cluster) in clusters {
+            let store = &cluster.store;
             let probe = self.names().instance_key(&InstanceId::parse("readiness-probe").expect("valid id"));
             let error = match tokio::time::timeout(PROBE_TIMEOUT, store.get(&probe)).await {
                 Ok(Ok(_)) => None,

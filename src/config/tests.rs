@@ -18,7 +18,7 @@ fn field_of(result: Result<Config, ConfigError>) -> String {
 #[test]
 fn the_documented_example_is_valid() {
     let config = Config::from_toml(EXAMPLE).unwrap();
-    assert_eq!(config.state_cluster_name(), "main");
+    assert_eq!(config.state_cluster, "main");
     assert_eq!(config.catalog.services[0].plans[0].name, "shared");
     assert_eq!(config.listen.port, 8080);
     assert_eq!(config.listen.workers, 1);
@@ -131,7 +131,7 @@ fn files_load_with_environment_overrides_and_keep_plan_id_case() {
     let config = loaded.unwrap();
     assert_eq!(config.auth.password.expose(), "0123");
     assert_eq!(config.listen.port, 9999);
-    assert!(config.plan_configs.contains_key("Plan-UPPER-1"));
+    assert_eq!(config.plan_clusters["Plan-UPPER-1"], "main");
     let missing = Config::load(&dir.path().join("nope.toml"));
     assert!(matches!(missing, Err(ConfigError::Load(_))));
 }
@@ -148,7 +148,7 @@ fn inline_pem_tls_is_checked_and_exclusive_with_files() {
         tls(toml::toml! { ca = CA certificate = CA private_key = "-----BEGIN PRIVATE KEY-----\nk\n" })
             .unwrap();
     let tls_config = inline.clusters["main"].tls.clone().unwrap();
-    assert_eq!(tls_config.ca_pem().unwrap().unwrap(), CA.as_bytes());
+    assert_eq!(tls_config.ca.as_deref(), Some(CA.as_bytes()));
     assert!(!format!("{tls_config:?}").contains("PRIVATE KEY"), "the key must not be printed");
     let both = tls(toml::toml! { ca = CA ca_file = "/etc/hostname" });
     assert!(

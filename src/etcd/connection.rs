@@ -12,6 +12,7 @@ use super::call::bounded;
 use super::health::{Endpoints, Probe};
 use super::EtcdStore;
 use crate::store::Versioned;
+use crate::tls::ClientTls;
 
 /// A logged-in client, and what its tokens are like.
 pub(super) struct Connection {
@@ -108,7 +109,7 @@ impl EtcdStore {
 pub async fn connect(
     endpoints: &[String],
     options: ConnectOptions,
-    tls: &EtcdTls,
+    tls: &ClientTls,
 ) -> Result<Client, etcd_client::Error> {
     let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
     tcp.enforce_http(false);
@@ -116,73 +117,21 @@ pub async fn connect(
     if endpoints.iter().all(|e| e.starts_with("http://")) {
         Client::connect_with_balanced_channel(endpoints, Some(options), HealthCheckedChannel(tcp)).await
     } else {
-        let https = hyper_openssl::client::legacy::HttpsConnector::with_connector(tcp, tls.connector()?)
+        let https = hyper_openssl::client::legacy::HttpsConnector::with_connector(tcp, connector(tls)?)
             .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd TLS: {e}")))?;
         Client::connect_with_balanced_channel(endpoints, Some(options), HealthCheckedChannel(https)).await
     }
+}
+
+/// The OpenSSL client settings for etcd ([`crate::tls::connector`]).
+fn connector(tls: &ClientTls) -> Result<openssl::ssl::SslConnectorBuilder, etcd_client::Error> {
+    crate::tls::connector(tls).map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd TLS: {e}")))
 }
 
 /// Where etcd-client sends the endpoints a balanced channel is to use.
 type EndpointUpdates = tokio::sync::mpsc::Sender<
     tonic::transport::channel::Change<tonic::codegen::http::Uri, tonic::transport::Endpoint>,
 >;
-
-/// TLS settings for etcd connections, as PEM text: what [`connect`] needs to dial https
-/// endpoints itself.
-#[derive(Clone, Default)]
-pub struct EtcdTls {
-    /// CA certificates that verify etcd's certificate; the system's when absent.
-    pub ca: Option<Vec<u8>>,
-    /// Client certificate (with any chain after it) and private key.
-    pub client: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for EtcdTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdTls")
-            .field("ca", &self.ca.is_some())
-            .field("client", &self.client.is_some())
-            .finish()
-    }
-}
-
-impl EtcdTls {
-    /// The OpenSSL client settings: HTTP/2 by ALPN (gRPC needs it), the CA, the client key pair.
-    /// Errors name what is wrong, never the PEM text.
-    fn connector(&self) -> Result<openssl::ssl::SslConnectorBuilder, etcd_client::Error> {
-        use openssl::pkey::PKey;
-        use openssl::ssl::{SslConnector, SslMethod};
-        use openssl::x509::X509;
-        fn fail(what: &'static str) -> impl Fn(openssl::error::ErrorStack) -> etcd_client::Error {
-            move |_| etcd_client::Error::InvalidArgs(format!("etcd TLS: {what}"))
-        }
-        let mut builder =
-            SslConnector::builder(SslMethod::tls_client()).map_err(fail("OpenSSL cannot set up TLS"))?;
-        builder.set_alpn_protos(b"\x02h2").map_err(fail("OpenSSL refuses ALPN h2"))?;
-        if let Some(ca) = &self.ca {
-            for certificate in X509::stack_from_pem(ca).map_err(fail("the CA is not PEM"))? {
-                builder.cert_store_mut().add_cert(certificate).map_err(fail("OpenSSL refuses the CA"))?;
-            }
-        }
-        if let Some((cert, key)) = &self.client {
-            let chain = X509::stack_from_pem(cert).map_err(fail("the client certificate is not PEM"))?;
-            let (leaf, intermediates) = chain.split_first().ok_or_else(|| {
-                etcd_client::Error::InvalidArgs("etcd TLS: no client certificate in the PEM".into())
-            })?;
-            builder.set_certificate(leaf).map_err(fail("OpenSSL refuses the client certificate"))?;
-            for certificate in intermediates {
-                builder
-                    .add_extra_chain_cert(certificate.clone())
-                    .map_err(fail("OpenSSL refuses a chain certificate"))?;
-            }
-            let key =
-                PKey::private_key_from_pem(key).map_err(fail("the client key is not a PEM private key"))?;
-            builder.set_private_key(&key).map_err(fail("OpenSSL refuses the client key"))?;
-            builder.check_private_key().map_err(fail("the client key does not belong to its certificate"))?;
-        }
-        Ok(builder)
-    }
-}
 
 /// A balanced channel over one lazily connected tonic `Channel` per endpoint, dialled by
 /// `connector` (plain TCP or OpenSSL over it), each used only while it answers

@@ -14,7 +14,7 @@
 //! - [`policy`]: every deadline, back-off and limit of the above, and how they nest.
 //!
 //! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
-//! [`EtcdTls`], [`resend_on_auth_change`], [`is_old_auth_revision`] and [`prefix_end`].
+//! [`resend_on_auth_change`], [`is_old_auth_revision`] and [`prefix_end`].
 
 mod batch;
 mod call;
@@ -34,7 +34,7 @@ use etcd_client::{Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
 use tokio::sync::OnceCell;
 
 pub use call::resend_on_auth_change;
-pub use connection::{connect, EtcdTls};
+pub use connection::connect;
 pub use errors::is_old_auth_revision;
 
 use batch::PendingCommit;
@@ -43,8 +43,9 @@ use connection::Connection;
 use errors::{already_exists, classify, not_found, raced};
 use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
 
-use crate::config::ClusterConfig;
+use crate::config::Cluster;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
+use crate::tls::ClientTls;
 
 /// What [`EtcdStore`] tells the broker's metrics, without this module knowing about them.
 #[derive(Clone)]
@@ -73,7 +74,7 @@ pub struct EtcdStore {
     /// balanced channel, so a dead endpoint is skipped instead of failing the first request.
     options: ConnectOptions,
     /// TLS material for https endpoints.
-    tls: EtcdTls,
+    tls: ClientTls,
     username: String,
     password: crate::config::Secret,
     /// One connection per thread that calls the store. tonic runs a channel's request buffer
@@ -91,30 +92,27 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Prepares a connection; nothing is dialled until the first call. Fails only if the TLS
-    /// material cannot be read. `observer` hears of its batches and read copies.
-    pub fn new(config: &ClusterConfig, observer: Observer) -> Result<Arc<Self>, StoreError> {
+    /// Prepares a connection; nothing is dialled until the first call. `observer` hears of its
+    /// batches and read copies.
+    pub fn new(config: &Cluster, observer: Observer) -> Arc<Self> {
         let options = ConnectOptions::new()
             .with_auto_token_refresh(true)
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT);
-        let mut tls = EtcdTls::default();
-        if let Some(config) = &config.tls {
-            let failed = |e: std::io::Error| StoreError::Failed(e.to_string());
-            tls.ca = config.ca_pem().map_err(failed)?;
-            tls.client = config.client_pems().map_err(failed)?;
-        }
-        Ok(Arc::new_cyclic(|me| Self {
+        // A parsed endpoint's text ends in the path `/`, which etcd-client does not expect.
+        let endpoints =
+            config.endpoints.iter().map(|url| url.as_str().trim_end_matches('/').to_owned()).collect();
+        Arc::new_cyclic(|me| Self {
             me: me.clone(),
-            endpoints: config.endpoints.clone(),
+            endpoints,
             options,
-            tls,
+            tls: config.tls.clone().unwrap_or_default(),
             username: config.username.clone(),
             password: config.password.clone(),
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
             observer,
-        }))
+        })
     }
 }
 

@@ -25,10 +25,11 @@ fn the_fixture_renders_to_the_golden_toml_and_a_valid_config() {
     assert_eq!(config.auth.password.expose(), "pa\"ss\\word\nü 'x");
     // The etcd link supplies main's endpoints; TLS material arrives inline.
     let main = &config.clusters["main"];
-    assert_eq!(main.endpoints, ["https://10.0.1.10:2379", "https://10.0.1.11:2379"]);
+    let texts = |urls: &[url::Url]| urls.iter().map(url::Url::to_string).collect::<Vec<_>>();
+    assert_eq!(texts(&main.endpoints), ["https://10.0.1.10:2379/", "https://10.0.1.11:2379/"]);
     let tls = main.tls.as_ref().unwrap();
-    assert!(tls.ca.as_deref().unwrap().starts_with("-----BEGIN CERTIFICATE-----\nMIIB"));
-    assert!(tls.client_pems().unwrap().is_some());
+    assert!(tls.ca.as_deref().unwrap().starts_with(b"-----BEGIN CERTIFICATE-----\nMIIB"));
+    assert!(tls.identity.is_some());
     assert_eq!(config.catalog.services[0].plans[0].name, "shared");
     assert_eq!(config.log_format, crate::config::LogFormat::Json);
 }
@@ -83,7 +84,7 @@ fn without_the_link_clusters_are_taken_as_given() {
         d["properties"]["clusters"]["main"]["endpoints"] = serde_json::json!(["https://etcd.internal:2379"]);
     });
     let config = Config::from_toml(&render_config(CONFIG_TEMPLATE, &properties).unwrap()).unwrap();
-    assert_eq!(config.clusters["main"].endpoints, ["https://etcd.internal:2379"]);
+    assert_eq!(config.clusters["main"].endpoints[0].as_str(), "https://etcd.internal:2379/");
 }
 
 #[test]

@@ -17,7 +17,8 @@ use super::report::{Outcome, Report, StepResult};
 use super::Settings;
 use crate::osb::{Offering, OsbClient};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
-use etcd_broker::etcd::{resend_on_auth_change, EtcdTls};
+use etcd_broker::etcd::resend_on_auth_change;
+use etcd_broker::tls::{ClientTls, Identity};
 
 /// Runs the suite; `on_step` sees each result as it is made (the terminal lines).
 pub async fn run(settings: &Settings, on_step: &mut dyn FnMut(&StepResult)) -> Result<Report> {
@@ -345,14 +346,14 @@ impl Apps<'_> {
     }
 
     /// TLS for https endpoints: the settings' CA, else the one in the credentials.
-    fn tls(&self, ca: Option<&str>) -> EtcdTls {
+    fn tls(&self, ca: Option<&str>) -> ClientTls {
         let tls = &self.settings.etcd_tls;
-        EtcdTls {
+        ClientTls {
             ca: tls.ca.as_deref().or(ca).map(|ca| ca.as_bytes().to_vec()),
-            client: tls
-                .client
-                .as_ref()
-                .map(|(cert, key)| (cert.clone().into_bytes(), key.expose().as_bytes().to_vec())),
+            identity: tls.client.as_ref().map(|(cert, key)| Identity {
+                certificate: cert.clone().into_bytes(),
+                private_key: key.expose().as_bytes().to_vec(),
+            }),
         }
     }
 
