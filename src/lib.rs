@@ -12,8 +12,8 @@
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
-//! - [`role_reaper`]: the background deletion of unbound bindings' roles, in the pauses of
-//!   the OSB traffic ([`activity`]).
+//! - [`activity`]: how busy the OSB API is; the role reaper ([`broker::role_reaper`]) deletes
+//!   unbound bindings' roles in its pauses.
 //! - [`logging`], [`clock`], [`secrets`]: small services.
 
 pub mod activity;
@@ -26,7 +26,6 @@ pub mod logging;
 pub mod metrics;
 pub mod osb;
 pub mod render;
-pub mod role_reaper;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 
+use crate::activity::OsbActivity;
 use crate::broker::names::Names;
+use crate::broker::role_reaper::{self, Pacing};
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -15,7 +17,6 @@ use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
 use crate::metrics::Metrics;
-use crate::role_reaper;
 use crate::store::metered::MeteredStore;
 use crate::store::Store;
 
@@ -124,14 +125,27 @@ fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartE
 pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(build_broker(config, &metrics)?);
-    let state =
-        HttpState::new(broker.clone(), &config.auth.username, config.auth.password.expose(), metrics.clone());
-    let reaper = Box::pin(role_reaper::run(
+    // The OSB API reports its requests here; the role reaper deletes in their pauses.
+    let activity = Arc::new(OsbActivity::default());
+    let auth = &config.auth;
+    let state = HttpState::new(
         broker.clone(),
-        config.role_reaper.clone(),
+        &auth.username,
+        auth.password.expose(),
         metrics.clone(),
-        state.activity.clone(),
-    ));
+        activity.clone(),
+    );
+    let pacing = Pacing {
+        busy_share: config.role_reaper.busy_share,
+        poll: Duration::from_secs(config.role_reaper.poll_seconds),
+        at_most: Duration::from_secs(config.role_reaper.yield_seconds),
+    };
+    let (deleted, failed) = (metrics.roles_deleted.clone(), metrics.role_deletion_failures.clone());
+    let observer = role_reaper::Observer {
+        deleted: Box::new(move || deleted.inc()),
+        failed: Box::new(move || failed.inc()),
+    };
+    let reaper = Box::pin(role_reaper::run(broker.clone(), pacing, observer, activity));
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .workers(config.listen.workers)

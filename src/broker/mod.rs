@@ -13,6 +13,7 @@ mod instances;
 pub mod names;
 pub mod records;
 pub mod role_deletions;
+pub mod role_reaper;
 
 use std::collections::HashMap;
 use std::sync::Arc;

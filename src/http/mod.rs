@@ -40,12 +40,14 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    /// Prepares the state for a broker and its basic-auth credentials.
+    /// Prepares the state for a broker and its basic-auth credentials; the requests it serves
+    /// are counted in `activity`.
     pub fn new(
         broker: Arc<dyn ServiceBroker>,
         username: &str,
         password: &str,
         metrics: Arc<Metrics>,
+        activity: Arc<OsbActivity>,
     ) -> Self {
         let catalog_json = serde_json::to_vec(broker.catalog()).expect("the catalog serializes");
         Self {
@@ -53,7 +55,7 @@ impl HttpState {
             auth: BasicAuth::new(username, password),
             catalog_json: catalog_json.into(),
             metrics,
-            activity: Arc::default(),
+            activity,
         }
     }
 }

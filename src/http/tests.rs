@@ -18,6 +18,7 @@ macro_rules! app {
             "broker",
             "secret",
             Arc::new(crate::metrics::Metrics::new()),
+            Arc::default(),
         ))))
         .await
     };

@@ -1,5 +1,5 @@
 //! The role reaper: a background task that deletes the roles unbinds and deprovisions queue
-//! (see `broker/role_deletions.rs` for why they are queued).
+//! (see [`super::role_deletions`] for why they are queued).
 //!
 //! It walks the queue one entry at a time and rests between deletions so that it keeps etcd
 //! busy for at most `busy_share` of the time: each RoleDelete holds etcd's write lock for a time
@@ -13,11 +13,28 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::role_deletions::QueueStep;
+use super::EtcdBroker;
 use crate::activity::OsbActivity;
-use crate::broker::role_deletions::QueueStep;
-use crate::broker::EtcdBroker;
-use crate::config::RoleReaperConfig;
-use crate::metrics::Metrics;
+
+/// How the reaper is paced (from the `role_reaper` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// The largest share of time the reaper keeps etcd busy with deletions.
+    pub busy_share: f64,
+    /// How often to look for roles queued by other broker instances.
+    pub poll: Duration,
+    /// The longest a deletion waits for a pause in the OSB traffic.
+    pub at_most: Duration,
+}
+
+/// What the reaper tells the broker's metrics, without this module knowing about them.
+pub struct Observer {
+    /// A queued role was deleted.
+    pub deleted: Box<dyn Fn() + Send + Sync>,
+    /// A queued role could not be deleted (it stays queued).
+    pub failed: Box<dyn Fn() + Send + Sync>,
+}
 
 /// How long to rest after a deletion that took `took`, to stay within `busy_share`.
 pub fn pause_after(took: Duration, busy_share: f64) -> Duration {
@@ -41,14 +58,8 @@ pub async fn wait_for_quiet(activity: &OsbActivity, at_most: Duration) {
 }
 
 /// Runs forever; meant to be raced against the servers.
-pub async fn run(
-    broker: Arc<EtcdBroker>,
-    config: RoleReaperConfig,
-    metrics: Arc<Metrics>,
-    activity: Arc<OsbActivity>,
-) {
-    let poll = Duration::from_secs(config.poll_seconds);
-    let at_most = Duration::from_secs(config.yield_seconds);
+pub async fn run(broker: Arc<EtcdBroker>, pacing: Pacing, observer: Observer, activity: Arc<OsbActivity>) {
+    let Pacing { busy_share, poll, at_most } = pacing;
     let mut after: Option<String> = None;
     let mut pass_failed = false;
     loop {
@@ -56,11 +67,11 @@ pub async fn run(
         let started = Instant::now();
         match broker.delete_next_queued_role(after.as_deref()).await {
             Ok(QueueStep::Deleted { key }) => {
-                metrics.roles_deleted.inc();
+                (observer.deleted)();
                 after = Some(key);
             }
             Ok(QueueStep::Failed { key, error }) => {
-                metrics.role_deletion_failures.inc();
+                (observer.failed)();
                 tracing::warn!(entry = %key, %error, "could not delete a queued role; retrying on the next pass");
                 after = Some(key);
                 pass_failed = true;
@@ -83,7 +94,7 @@ pub async fn run(
                 continue;
             }
         }
-        tokio::time::sleep(pause_after(started.elapsed(), config.busy_share)).await;
+        tokio::time::sleep(pause_after(started.elapsed(), busy_share)).await;
     }
 }
 
