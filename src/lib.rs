@@ -11,7 +11,8 @@
 //! - [`tls`]: TLS material and the OpenSSL contexts of the OSB listener and the etcd client.
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
-//! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls.
+//! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls; [`inventory`]
+//!   collects the instance, binding and role-queue gauges.
 //! - [`activity`]: how busy the OSB API is; the role reaper ([`broker::role_reaper`]) deletes
 //!   unbound bindings' roles in its pauses.
 //! - [`logging`], [`clock`], [`secrets`]: small services.
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod etcd;
 pub mod http;
+pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod osb;

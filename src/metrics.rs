@@ -3,7 +3,8 @@
 //! Names follow Prometheus conventions (`etcd_broker_` prefix, base units, `_total` counters,
 //! `_seconds` histograms). Every label has a bounded set of values: operation names, status
 //! codes, cluster names and plan names from the config, etcd call kinds. Never an instance id,
-//! binding id or user name. The list with meanings is in `docs/observability.md`.
+//! binding id or user name. The list with meanings is in `docs/observability.md`. The inventory
+//! gauges are a collector of their own ([`crate::inventory`]).
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -36,12 +37,6 @@ pub struct Metrics {
     /// Copies of slow reads sent to another endpoint, by cluster: how often a member kept the
     /// broker's reads waiting.
     pub etcd_read_copies: IntCounterVec,
-    /// Service instances by service and plan.
-    pub instances: IntGaugeVec,
-    /// Service bindings by service and plan.
-    pub bindings: IntGaugeVec,
-    /// Roles of deleted bindings that wait for the role reaper.
-    pub roles_awaiting_deletion: IntGauge,
     /// Roles the role reaper deleted, and the queue entries it could not handle.
     pub roles_deleted: IntCounter,
     pub role_deletion_failures: IntCounter,
@@ -104,21 +99,6 @@ impl Metrics {
             &["cluster"],
         )
         .expect("valid metric");
-        let instances = IntGaugeVec::new(
-            Opts::new("etcd_broker_service_instances", "Service instances by service and plan."),
-            &["service", "plan"],
-        )
-        .expect("valid metric");
-        let bindings = IntGaugeVec::new(
-            Opts::new("etcd_broker_service_bindings", "Service bindings by service and plan."),
-            &["service", "plan"],
-        )
-        .expect("valid metric");
-        let roles_awaiting_deletion = IntGauge::new(
-            "etcd_broker_roles_awaiting_deletion",
-            "Roles of deleted bindings queued for the role reaper (their users are gone).",
-        )
-        .expect("valid metric");
         let roles_deleted =
             IntCounter::new("etcd_broker_roles_deleted_total", "Queued roles the role reaper deleted.")
                 .expect("valid metric");
@@ -143,9 +123,6 @@ impl Metrics {
             Box::new(etcd_errors.clone()),
             Box::new(etcd_batch_size.clone()),
             Box::new(etcd_read_copies.clone()),
-            Box::new(instances.clone()),
-            Box::new(bindings.clone()),
-            Box::new(roles_awaiting_deletion.clone()),
             Box::new(roles_deleted.clone()),
             Box::new(role_deletion_failures.clone()),
             Box::new(build_info),
@@ -163,12 +140,14 @@ impl Metrics {
             etcd_errors,
             etcd_batch_size,
             etcd_read_copies,
-            instances,
-            bindings,
-            roles_awaiting_deletion,
             roles_deleted,
             role_deletion_failures,
         }
+    }
+
+    /// Adds a collector of values that live outside this struct (the inventory gauges).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(collector).expect("metric names are unique");
     }
 
     /// The Prometheus text exposition of everything.
@@ -199,8 +178,6 @@ mod tests {
         metrics.etcd_duration.with_label_values(&["main", "get"]).observe(0.001);
         metrics.etcd_errors.with_label_values(&["main", "get", "unavailable"]).inc();
         metrics.etcd_batch_size.with_label_values(&["main", "get"]).observe(3.0);
-        metrics.instances.with_label_values(&["etcd", "shared"]).set(2);
-        metrics.bindings.with_label_values(&["etcd", "shared"]).set(1);
         let text = metrics.render();
         for name in [
             "etcd_broker_osb_requests_total{code=\"201\",operation=\"provision\"} 1",
@@ -210,8 +187,6 @@ mod tests {
             "etcd_broker_etcd_request_duration_seconds_count{call=\"get\",cluster=\"main\"} 1",
             "etcd_broker_etcd_request_errors_total{call=\"get\",cluster=\"main\",kind=\"unavailable\"} 1",
             "etcd_broker_etcd_batch_size_sum{call=\"get\",cluster=\"main\"} 3",
-            "etcd_broker_service_instances{plan=\"shared\",service=\"etcd\"} 2",
-            "etcd_broker_service_bindings{plan=\"shared\",service=\"etcd\"} 1",
             "etcd_broker_build_info{rust_version=",
             "process_resident_memory_bytes",
             "process_open_fds",

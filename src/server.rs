@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
+use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::store::metered::MeteredStore;
 use crate::store::Store;
@@ -162,7 +163,9 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let mut servers = vec![api.run()];
     let mut metrics_addr = None;
     if config.metrics.enabled {
-        let state = MonitoringState { broker, metrics };
+        let inventory = Inventory::new(broker.clone());
+        metrics.register(Box::new(inventory.clone()));
+        let state = MonitoringState { broker, metrics, inventory };
         let listen = format!("{}:{}", config.metrics.host, config.metrics.port);
         let monitoring = HttpServer::new(move || App::new().configure(monitoring::routes(state.clone())))
             .workers(1)

@@ -83,7 +83,7 @@ fn bid(s: &str) -> BindingId {
     BindingId::parse(s).unwrap()
 }
 
-fn provision_req(id: &str, plan: &str) -> ProvisionRequest {
+pub fn provision_req(id: &str, plan: &str) -> ProvisionRequest {
     ProvisionRequest {
         instance_id: iid(id),
         service_id: SERVICE.into(),
@@ -96,7 +96,7 @@ fn provision_req(id: &str, plan: &str) -> ProvisionRequest {
     }
 }
 
-fn bind_req(instance: &str, binding: &str) -> BindRequest {
+pub fn bind_req(instance: &str, binding: &str) -> BindRequest {
     BindRequest {
         instance_id: iid(instance),
         binding_id: bid(binding),

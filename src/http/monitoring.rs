@@ -8,6 +8,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::broker::EtcdBroker;
+use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 
 /// What the monitoring endpoints need.
@@ -15,6 +16,8 @@ use crate::metrics::Metrics;
 pub struct MonitoringState {
     pub broker: Arc<EtcdBroker>,
     pub metrics: Arc<Metrics>,
+    /// Registered in `metrics`; counted again before each scrape.
+    pub inventory: Inventory,
 }
 
 /// Registers `/metrics`, `/health` and `/ready`.
@@ -28,18 +31,7 @@ pub fn routes(state: MonitoringState) -> impl FnOnce(&mut web::ServiceConfig) + 
 }
 
 async fn metrics(state: web::Data<MonitoringState>) -> HttpResponse {
-    // Inventory gauges are refreshed per scrape from count-only requests; on failure the last
-    // values stay and the etcd error counters say why.
-    if let Ok(plans) = state.broker.inventory().await {
-        for plan in plans {
-            let labels = [plan.service.as_str(), plan.plan.as_str()];
-            state.metrics.instances.with_label_values(&labels).set(plan.instances as i64);
-            state.metrics.bindings.with_label_values(&labels).set(plan.bindings as i64);
-        }
-    }
-    if let Ok(queued) = state.broker.queued_roles().await {
-        state.metrics.roles_awaiting_deletion.set(queued as i64);
-    }
+    state.inventory.refresh().await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 
