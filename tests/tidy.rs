@@ -1,0 +1,151 @@
+//! The dependency rules of ARCHITECTURE.md, checked by reading the source tree: which modules of
+//! the broker crate each module may use, which outside crates only one module may use, and
+//! what the shipped operators' crate may take from the broker crate.
+//!
+//! Paths are found as text (`crate::x`, `etcd_client::`), outside comments and test code (a
+//! `tests.rs` file, or what follows `#[cfg(test)]` in a file), so a rule is broken by code that
+//! compiles into the product, not by a doc link or a test helper.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `.rs` file under `dir`, with its product code (see the module doc).
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && path.file_name().unwrap() != "tests.rs" {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let product = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let code: Vec<&str> = product.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+                let name = path.strip_prefix(root()).unwrap_or(&path).display().to_string();
+                files.push((name, code.join("\n")));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The names that follow `prefix` in `code` (`crate::` -> the crate's modules it uses).
+fn used_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    code.match_indices(prefix)
+        .filter(|(at, _)| !code[..*at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+        .map(|(at, _)| {
+            let rest = &code[at + prefix.len()..];
+            rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or_default().to_owned()
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// The module of the broker crate a file belongs to: `src/etcd/call.rs` -> `etcd`.
+fn module_of(file: &str) -> &str {
+    let inner = file.strip_prefix("src/").unwrap_or(file);
+    let first = inner.split('/').next().unwrap_or(inner);
+    first.strip_suffix(".rs").unwrap_or(first)
+}
+
+/// Which of the crate's modules each module may use; a module not listed may use any.
+const MAY_USE: &[(&str, &[&str])] = &[
+    ("osb", &[]),
+    ("broker", &["osb", "store", "clock", "secrets", "activity"]),
+    ("store", &["metrics"]),
+    ("etcd", &["config", "store", "tls"]),
+    ("http", &["osb", "metrics", "activity", "inventory", "broker"]),
+    ("config", &["osb", "tls", "render", "broker"]),
+    ("inventory", &["broker", "metrics"]),
+    ("tls", &[]),
+    ("render", &[]),
+    ("metrics", &[]),
+    ("activity", &[]),
+    ("clock", &[]),
+    ("secrets", &[]),
+    ("logging", &["config"]),
+    ("main", &[]),
+];
+
+/// Outside crates only these modules may use (the etcd transport's, actix-web, Prometheus).
+const ONLY_IN: &[(&str, &[&str])] = &[
+    ("etcd_client", &["etcd"]),
+    ("tonic", &["etcd"]),
+    ("tonic_health", &["etcd"]),
+    ("hyper", &["etcd"]),
+    ("hyper_util", &["etcd"]),
+    ("hyper_openssl", &["etcd"]),
+    ("tower", &["etcd"]),
+    ("tokio_stream", &["etcd"]),
+    ("actix_web", &["http", "server"]),
+    ("prometheus", &["metrics", "inventory"]),
+];
+
+#[test]
+fn modules_use_only_what_architecture_md_allows() {
+    let mut broken = Vec::new();
+    for (file, code) in sources(&root().join("src")) {
+        let module = module_of(&file);
+        if let Some((_, allowed)) = MAY_USE.iter().find(|(m, _)| *m == module) {
+            for used in used_after(&code, "crate::") {
+                if used != module && !allowed.contains(&used.as_str()) {
+                    broken.push(format!("{file} uses crate::{used}"));
+                }
+            }
+        }
+        for (external, owners) in ONLY_IN {
+            if !owners.contains(&module) && !used_after(&code, &format!("{external}::")).is_empty() {
+                broken.push(format!("{file} uses {external}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "dependency rules broken (ARCHITECTURE.md):\n{}", broken.join("\n"));
+}
+
+/// What the operators' crate may take from the broker's library: its config, rendering, names,
+/// secrets, ids, TLS material and the small etcd client API; never the server, the HTTP layer,
+/// the store or the metrics (it talks to a broker over HTTP and to etcd as a client).
+const OPS_MAY_USE: &[&str] = &["config", "render", "broker", "secrets", "osb", "tls", "etcd"];
+
+#[test]
+fn the_operators_crate_uses_only_the_broker_crates_public_tools() {
+    let mut broken = Vec::new();
+    for (file, code) in sources(&root().join("ops/src")) {
+        for used in used_after(&code, "etcd_broker::") {
+            if !OPS_MAY_USE.contains(&used.as_str()) {
+                broken.push(format!("{file} uses etcd_broker::{used}"));
+            }
+        }
+        for used in used_after(&code, "etcd_broker::broker::") {
+            if used != "names" {
+                broken.push(format!("{file} uses etcd_broker::broker::{used}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "the operators' crate reaches into the broker:\n{}", broken.join("\n"));
+}
+
+/// The tidy check itself finds what it looks for.
+#[test]
+fn used_paths_are_found_and_comments_are_not() {
+    let code = "use crate::osb::ids;\nlet x = crate::store::Guard::Absent;\nmy_crate::etcd::x();";
+    assert_eq!(used_after(code, "crate::"), ["osb".to_owned(), "store".to_owned()].into());
+    assert_eq!(module_of("src/etcd/call.rs"), "etcd");
+    assert_eq!(module_of("src/server.rs"), "server");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.rs"),
+        "//! [`crate::http`]\nuse crate::osb;\n#[cfg(test)]\nuse crate::etcd;",
+    )
+    .unwrap();
+    let sources = sources(dir.path());
+    assert_eq!(sources.len(), 1);
+    assert_eq!(used_after(&sources[0].1, "crate::"), ["osb".to_owned()].into());
+}
