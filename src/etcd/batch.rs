@@ -213,5 +213,5 @@ fn each_answer<T>(
 
 /// The value of a single-key Range, if the key exists.
 fn first_value(response: &GetResponse) -> Option<Versioned> {
-    response.kvs().first().map(|kv| Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
+    response.kvs().first().map(super::versioned)
 }

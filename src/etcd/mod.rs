@@ -116,6 +116,16 @@ impl EtcdStore {
     }
 }
 
+/// A key and its value as the store hands them out.
+fn versioned(kv: &etcd_client::KeyValue) -> Versioned {
+    Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() }
+}
+
+/// A listed key with its value (keys are the broker's own, so UTF-8).
+fn entry(kv: &etcd_client::KeyValue) -> (String, Versioned) {
+    (String::from_utf8_lossy(kv.key()).into_owned(), versioned(kv))
+}
+
 /// The smallest key after every key that starts with `prefix` (etcd's range end of a prefix);
 /// public for the bench, which pages through prefixes the same way.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -139,14 +149,7 @@ impl Store for EtcdStore {
             .kv(Call::Read, |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await
             .map_err(classify)?;
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                (key, Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
-            })
-            .collect())
+        Ok(response.kvs().iter().map(entry).collect())
     }
 
     async fn next_after(
@@ -166,10 +169,7 @@ impl Store for EtcdStore {
             })
             .await
             .map_err(classify)?;
-        Ok(response.kvs().first().map(|kv| {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            (key, Versioned { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
-        }))
+        Ok(response.kvs().first().map(entry))
     }
 
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
