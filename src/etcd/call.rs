@@ -162,8 +162,8 @@ impl EtcdStore {
         }
     }
 
-    /// [`Self::call`] with the KV service only, for a request of `kind` (a read or a write):
-    /// cloning the whole client for each request (nine services' channels) showed in profiles.
+    /// [`Self::call`] with the KV service only, for a request of `kind` (a read or a write): a
+    /// request clones one service's channel, not the whole client's nine.
     pub(super) async fn kv<T, F, Fut>(&self, kind: Call, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(KvClient) -> Fut,

@@ -104,8 +104,8 @@ impl EtcdStore {
 /// Both matter. etcd-client's own channels send requests to an endpoint that refuses or never
 /// answers (see [`super::health`]). And with the `tls-openssl` feature,
 /// `Client::connect` dials through an OpenSSL connector whose sockets keep Nagle's algorithm
-/// on: a gRPC request's frames then wait for the server's delayed ACK, about 40 ms per etcd
-/// call on Linux (measured by `etcd-broker-ops bench`: every call 44 ms, a get included).
+/// on: a gRPC request's frames then wait for the server's delayed ACK, tens of milliseconds
+/// per etcd call on Linux.
 pub async fn connect(
     endpoints: &[String],
     options: ConnectOptions,

@@ -3,15 +3,14 @@
 //!
 //! Why: the broker balances over one tonic `Channel` per endpoint, and a `Channel` always says
 //! it is ready (it queues requests in a buffer), also when its endpoint refuses connections or
-//! accepts them and never answers (a stopped or hung etcd, a host that drops packets). The
-//! balancer then kept sending half of the requests to such an endpoint: 503s at once for a
-//! refused one, after the 10 s request timeout for a hung one, and a broker with a stopped
-//! member first in its list failed its first requests for about 40 s.
+//! accepts them and never answers (a stopped or hung etcd, a host that drops packets). A plain
+//! balancer would send its share of the requests to such an endpoint, to fail at once or only
+//! after the request timeout.
 //!
 //! So each endpoint is *probed* (etcd's gRPC health check) before it is used, and again after
 //! a request on it failed in transport or got no answer within [`SLOW_ANSWER`] (the request
-//! itself goes on waiting for its answer). While it fails, the probe is repeated after 0.5 s,
-//! doubling up to 5 s. The balancer uses only endpoints that answered, as long as one does;
+//! itself goes on waiting for its answer). While it fails, the probe is repeated with a
+//! growing back-off ([`super::policy`]). The balancer uses only endpoints that answered, as long as one does;
 //! with none answering (a single-member cluster that is down, say) it uses every endpoint, so
 //! requests fail as fast as before and the first one after etcd is back gets through.
 

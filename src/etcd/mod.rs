@@ -78,11 +78,10 @@ pub struct EtcdStore {
     username: String,
     password: crate::config::Secret,
     /// One connection per thread that calls the store. tonic runs a channel's request buffer
-    /// and its HTTP/2 connection as tasks on the runtime that dialled it; a connection shared
-    /// by an actix worker and the thread that dialled it first (the role reaper's, at start)
-    /// sent every etcd request to that other thread and its answer back: two thread wake-ups
-    /// per call, and the broker's CPU per GET binding on a par with etcd's. Each thread dials
-    /// and logs in once, when it first needs etcd.
+    /// and its HTTP/2 connection as tasks on the runtime that dialled it, so a connection
+    /// shared between threads would send each request to another thread and its answer back
+    /// (two thread wake-ups per call). Each thread dials and logs in once, when it first needs
+    /// etcd.
     connections: std::sync::Mutex<HashMap<ThreadId, Arc<OnceCell<Arc<Connection>>>>>,
     /// Shared by each user/role change while it is in flight; taken exclusively by a request
     /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
