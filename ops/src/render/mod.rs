@@ -99,10 +99,10 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     match &args.output_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            crate::dev::write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
+            crate::private_file::write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
             if let (Some(json), Some(toml)) = (&rendered.properties_json, &rendered.toml) {
-                crate::dev::write_private(&dir.join("properties.json"), &pretty(json))?;
-                crate::dev::write_private(&dir.join("etcd-broker.toml"), toml)?;
+                crate::private_file::write_private(&dir.join("properties.json"), &pretty(json))?;
+                crate::private_file::write_private(&dir.join("etcd-broker.toml"), toml)?;
                 eprintln!("wrote properties.json, etcd-broker.toml and context.json to {}", dir.display());
             } else {
                 eprintln!("wrote context.json to {}", dir.display());
