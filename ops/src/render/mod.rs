@@ -205,6 +205,26 @@ pub fn patched_manifest(manifest_path: &Path, ops_files: &[PathBuf]) -> Result<V
     Ok(manifest)
 }
 
+/// What `bosh int MANIFEST -o OPS... -l VARS...` prints, as a value: the ops files applied,
+/// then every `((variable))` the vars files supply interpolated; the others stay in place, as
+/// `bosh int` leaves them without `--var-errs`, and so do the `variables:` definitions of
+/// those (`bosh int` drops a definition whose value is given). The offline model of the director's first
+/// step, compared with the real CLI in ops/tests/render_bosh_int.rs.
+pub fn interpolated_manifest(
+    manifest_path: &Path,
+    ops_files: &[PathBuf],
+    vars_files: &[PathBuf],
+) -> Result<Value> {
+    let mut manifest = patched_manifest(manifest_path, ops_files)?;
+    let vars = Vars::from_flags(vars_files, &[], &[]).map_err(|e| anyhow!(e))?;
+    vars::interpolate(&mut manifest, &vars, &mut BTreeSet::new()).map_err(|e| anyhow!(e))?;
+    if let Some(Value::Array(definitions)) = manifest.get_mut("variables") {
+        definitions
+            .retain(|d| !d.get("name").and_then(Value::as_str).is_some_and(|name| vars.supplies(name)));
+    }
+    Ok(manifest)
+}
+
 /// Checks an ops file's shape (type, path, value of each operation) without applying it, for
 /// ops files of other deployments; returns how many operations it has.
 pub fn check_ops_file(file: &Path) -> Result<usize> {
