@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use xtask::stack::ENV_KEYS;
 
 fn read_env(path: &std::path::Path) -> Option<HashMap<String, String>> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -35,15 +36,7 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
         assert!(Instant::now() < deadline, "no env file");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for key in [
-        "BROKER_URL",
-        "BROKER_USERNAME",
-        "BROKER_PASSWORD",
-        "ETCD_ENDPOINTS",
-        "ETCD_ROOT_USERNAME",
-        "ETCD_ROOT_PASSWORD",
-        "ETCDCTL",
-    ] {
+    for key in ENV_KEYS {
         assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing");
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env_file).unwrap().permissions());
@@ -125,19 +118,8 @@ exit 3"#;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     let env = read_env(&seen).unwrap();
-    for key in [
-        "BROKER_URL",
-        "BROKER_USERNAME",
-        "BROKER_PASSWORD",
-        "ETCD_ENDPOINTS",
-        "ETCD_ROOT_USERNAME",
-        "ETCD_ROOT_PASSWORD",
-        "ETCDCTL",
-        "METRICS_URL",
-        "BROKER_PID",
-        "ETCD_PID",
-    ] {
-        assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing: {env:?}");
+    for key in ENV_KEYS {
+        assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing");
     }
     assert!(!stderr.contains(&env["BROKER_PASSWORD"]) && !stderr.contains(&env["ETCD_ROOT_PASSWORD"]));
     let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
