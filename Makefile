@@ -5,7 +5,7 @@ help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 run: tools ## local etcd (auth on) + broker; BROKER_PORT=/ETCD_PORT= choose ports (0 = free)
-	cargo run --locked -p etcd-broker-ops -- dev
+	cargo run --locked -q -p xtask -- dev
 
 test: ## the whole suite: fmt, clippy, tests on etcd 3.5, integration tests on etcd 3.4
 	bash scripts/test.sh
@@ -28,5 +28,6 @@ release: ## stage the workspace + vendored crates for the BOSH package; with bos
 bosh_scp: ## patch every broker VM of a deployment with a new binary (DRY_RUN=1, BOSH_DEPLOYMENT=...)
 	bash scripts/bosh-scp.sh
 
-bench: ## the standard benchmark scenario; writes docs/performance.md (BENCH_PRELOAD=, BENCH_COUNT=)
-	bash scripts/bench.sh
+bench: tools ## the standard benchmark scenario; rewrites docs/performance.md's tables (BENCH_PRELOAD=, BENCH_COUNT=)
+	cargo build --locked --release -q -p etcd-broker -p xtask
+	target/release/xtask bench-scenario

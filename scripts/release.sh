@@ -4,6 +4,8 @@
 #   1. stage the workspace (Cargo.toml, Cargo.lock, src/, ops/, local-etcd/, templates/, docs/:
 #      tracked and new files, not ignored ones) into src/etcd-broker-workspace/, the folder that
 #      packages/etcd-broker/spec names (BOSH takes package files from the release's src/);
+#      the developers' xtask crate stays out: it is dropped from the staged workspace's members
+#      and Cargo.lock (local-etcd stays, the broker's tests use it);
 #   2. `cargo vendor` every crate the workspace needs, plus a static protoc (crate
 #      protoc-bin-vendored-linux-x86_64, see scripts/release/protoc/), into its vendor/, and write
 #      the .cargo/config.toml that makes cargo use it, so the compilation VM builds offline;
@@ -46,9 +48,17 @@ git ls-files -z --cached --others --exclude-standard -- \
     done \
   | tar --null -T - -cf - | tar -xf - -C "$stage_dir"
 
+# The one members line of Cargo.toml, without xtask; a changed layout fails here, not later.
+sed -i 's/^members = \[\(.*\), "xtask"\]$/members = [\1]/' "$stage_dir/Cargo.toml"
+if grep -q '"xtask"' "$stage_dir/Cargo.toml"; then
+  say "cannot drop xtask from the staged Cargo.toml's members"; exit 1
+fi
+# Forget xtask's own dependencies in the staged lock file; every other version stays as locked.
+cargo metadata --quiet --offline --format-version 1 --manifest-path "$stage_dir/Cargo.toml" >/dev/null
+
 say "vendoring crates (cargo vendor)"
 mkdir -p "$stage_dir/.cargo"
-cargo vendor --locked --quiet --manifest-path "$root/Cargo.toml" \
+cargo vendor --locked --quiet --manifest-path "$stage_dir/Cargo.toml" \
   --sync "$root/scripts/release/protoc/Cargo.toml" "$stage_dir/vendor" >/dev/null
 cat > "$stage_dir/.cargo/config.toml" <<'EOF'
 # Written by scripts/release.sh: build from the vendored crates only (the BOSH compilation VM

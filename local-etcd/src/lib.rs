@@ -1,4 +1,4 @@
-//! Throw-away etcd servers for the broker's integration tests and `etcd-broker-ops dev`.
+//! Throw-away etcd servers for the broker's integration tests and `xtask dev`.
 //!
 //! The broker needs a real etcd with authentication enabled, because everything it does
 //! (users, roles, prefix permissions) only means something under auth. [`LocalEtcd::start`]

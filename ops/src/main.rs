@@ -11,15 +11,6 @@
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage.
 
-mod bench;
-mod blackbox;
-mod check;
-mod dev;
-mod names;
-mod osb;
-mod registration;
-mod render;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,7 +18,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
-use local_etcd::EtcdVersion;
+use etcd_broker_ops::{blackbox, check, names, registration, render};
 
 /// Operators' tools for etcd-broker.
 #[derive(Debug, Parser)]
@@ -39,38 +30,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a local etcd (auth enabled) and the broker with the example catalog; write
-    /// <dir>/env (BROKER_URL, BROKER_USERNAME, BROKER_PASSWORD, ETCD_ENDPOINTS,
-    /// ETCD_ROOT_USERNAME, ETCD_ROOT_PASSWORD, ETCDCTL, METRICS_URL) and run until Ctrl-C.
-    Dev {
-        /// Broker port on 127.0.0.1; 0 picks a free port.
-        #[arg(long, env = "BROKER_PORT", default_value_t = 0)]
-        broker_port: u16,
-        /// Port of the broker's monitoring listener (/metrics, /health, /ready); 0 picks a free port.
-        #[arg(long, env = "METRICS_PORT", default_value_t = 0)]
-        metrics_port: u16,
-        /// etcd client port on 127.0.0.1; 0 picks a free port.
-        #[arg(long, env = "ETCD_PORT", default_value_t = 0)]
-        etcd_port: u16,
-        /// etcd version to run: 3.5 or 3.4 (installed by scripts/install-tools.sh).
-        #[arg(long, default_value = "3.5", value_parser = parse_version)]
-        etcd_version: EtcdVersion,
-        /// etcd's --bcrypt-cost (4 makes binds fast; etcd's default is 10).
-        #[arg(long)]
-        bcrypt_cost: Option<u32>,
-        /// Folder for broker.toml, env and etcd.log.
-        #[arg(long, default_value = ".dev")]
-        dir: PathBuf,
-    },
     /// Resolve a BOSH manifest (+ ops files, vars) like the director and render the job's
     /// properties.json and the broker's TOML config (see docs/rendering.md).
     Render(render::RenderArgs),
     /// Run the end-to-end suite (lifecycle + isolation) against a broker and its etcd; exit 0
     /// only if every step passes (see docs/blackbox.md).
     Blackbox(blackbox::BlackboxArgs),
-    /// Measure a running broker per OSB operation against the etcd floor (the same etcd calls
-    /// without the broker), optionally after preloading; see docs/performance.md.
-    Bench(Box<bench::BenchArgs>),
     /// Register the broker in Cloud Foundry (create or update it) and make its plans visible;
     /// idempotent (see docs/registration.md).
     Register(registration::RegisterArgs),
@@ -114,10 +79,6 @@ enum CheckWhat {
     },
 }
 
-fn parse_version(s: &str) -> Result<EtcdVersion, String> {
-    EtcdVersion::parse(s).map_err(|e| e.to_string())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -131,12 +92,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Dev { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir } => {
-            dev::run(dev::DevOptions { broker_port, metrics_port, etcd_port, etcd_version, bcrypt_cost, dir })
-        }
         Command::Render(args) => render::run(&args),
         Command::Blackbox(args) => blackbox::run(&args),
-        Command::Bench(args) => bench::run(*args),
         Command::Register(args) => registration::register(&args),
         Command::Deregister(args) => registration::deregister(&args),
         Command::Check { what: CheckWhat::Release { release_dir } } => check::run_release(&release_dir),
@@ -165,17 +122,6 @@ fn run(command: Command) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dev_parses_ports_and_version() {
-        let cli =
-            Cli::try_parse_from(["etcd-broker-ops", "dev", "--broker-port", "8080", "--etcd-version", "3.4"])
-                .unwrap();
-        let Command::Dev { broker_port, etcd_version, dir, .. } = cli.command else { panic!() };
-        assert_eq!((broker_port, etcd_version, dir), (8080, EtcdVersion::V3_4, PathBuf::from(".dev")));
-        assert!(Cli::try_parse_from(["etcd-broker-ops", "dev", "--etcd-version", "2.0"]).is_err());
-        assert!(Cli::try_parse_from(["etcd-broker-ops", "dev", "--broker-port", "99999"]).is_err());
-    }
 
     #[test]
     fn names_parses_ids_and_refuses_mixed_prefix_sources() {

@@ -1,7 +1,15 @@
 //! A small Open Service Broker API client: what a platform sends, for the tools that drive a
-//! broker from outside (`blackbox`, `bench`). One HTTP connection pool, basic auth, API version
-//! 2.17, `accepts_incomplete=true` with `last_operation` polling. Errors name the request and the
-//! status, never the credentials.
+//! broker from outside (`blackbox`, xtask's `bench`) and for the integration tests. One HTTP
+//! connection pool, basic auth, API version 2.17. Errors name the request and the status,
+//! never the credentials.
+//!
+//! Three layers, each built on the one before, so a test that judges a raw answer and a tool
+//! that wants an outcome send the same requests:
+//! - [`OsbClient::request`] / [`OsbClient::send`] / [`OsbClient::call`]: any request, the answer
+//!   with status, JSON body and headers (tests of the protocol: bad headers, bad bodies);
+//! - one method per OSB endpoint (`put_instance`, `get_binding`, ...): the raw [`Answer`];
+//! - the lifecycle (`provision`, `bind`, `unbind`, `deprovision`, `fetch_binding`):
+//!   `accepts_incomplete=true`, `last_operation` polling, an error for any unexpected status.
 
 use std::time::{Duration, Instant};
 
@@ -32,11 +40,12 @@ impl std::fmt::Debug for BrokerTarget {
     }
 }
 
-/// A broker's answer: status and JSON body (`null` when the body is not JSON).
+/// A broker's answer: status, JSON body (`null` when the body is not JSON) and headers.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Answer {
@@ -55,6 +64,56 @@ impl Answer {
 pub struct Offering {
     pub service_id: String,
     pub plan_id: String,
+}
+
+impl Offering {
+    /// The body of a provision (PUT instance) of this plan, as a platform sends it.
+    pub fn provision_body(&self) -> Value {
+        json!({
+            "service_id": self.service_id,
+            "plan_id": self.plan_id,
+            "organization_guid": "etcd-broker-ops",
+            "space_guid": "etcd-broker-ops",
+            "context": { "platform": "etcd-broker-ops" },
+        })
+    }
+
+    /// The body of a bind (PUT binding) or an update (PATCH instance) to this plan.
+    pub fn plan_body(&self) -> Value {
+        json!({ "service_id": self.service_id, "plan_id": self.plan_id })
+    }
+
+    /// The query a DELETE of an instance or binding of this plan carries.
+    fn delete_query(&self) -> String {
+        format!("service_id={}&plan_id={}", self.service_id, self.plan_id)
+    }
+}
+
+/// Whether a request accepts an asynchronous answer (202 + `operation`): the lifecycle methods
+/// do; tests of the synchronous protocol do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incomplete {
+    Accepted,
+    Refused,
+}
+
+impl Incomplete {
+    /// `path` with `accepts_incomplete=true` appended when accepted.
+    fn add_to(self, path: String) -> String {
+        match self {
+            Incomplete::Refused => path,
+            Incomplete::Accepted if path.contains('?') => format!("{path}&accepts_incomplete=true"),
+            Incomplete::Accepted => format!("{path}?accepts_incomplete=true"),
+        }
+    }
+}
+
+fn instance_path(instance: &str) -> String {
+    format!("/v2/service_instances/{instance}")
+}
+
+fn binding_path(instance: &str, binding: &str) -> String {
+    format!("/v2/service_instances/{instance}/service_bindings/{binding}")
 }
 
 /// An OSB client bound to one broker.
@@ -77,23 +136,116 @@ impl OsbClient {
         Ok(OsbClient { http, target })
     }
 
-    /// Sends one request; a transport failure is an error, any HTTP status is an answer.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Answer> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.target.url))
+    /// The broker's base URL, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.target.url
+    }
+
+    /// The HTTP client, for requests that must differ from a platform's in auth or headers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A request as a platform sends it (basic auth, API version), for the caller to add
+    /// headers or a body to, then [`OsbClient::send`].
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.target.url))
             .basic_auth(&self.target.username, Some(&self.target.password))
-            .header("X-Broker-API-Version", API_VERSION);
+            .header("X-Broker-API-Version", API_VERSION)
+    }
+
+    /// Sends a request; a transport failure is an error, any HTTP status is an answer.
+    pub async fn send(request: reqwest::RequestBuilder) -> Result<Answer> {
+        let what = request
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .map(|r| format!("{} {}", r.method(), r.url().path()))
+            .unwrap_or_else(|| "request".to_owned());
+        let response = request.send().await.map_err(|e| anyhow!("{what}: {}", transport_error(&e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| anyhow!("{what}: {}", transport_error(&e)))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Answer { status, body, headers })
+    }
+
+    /// Sends one request with an optional JSON body; any HTTP status is an answer.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Answer> {
+        let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response =
-            request.send().await.map_err(|e| anyhow!("{method} {path}: {}", transport_error(&e)))?;
-        let status = response.status();
-        let bytes =
-            response.bytes().await.map_err(|e| anyhow!("{method} {path}: {}", transport_error(&e)))?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Answer { status, body })
+        Self::send(request).await
+    }
+
+    /// PUT /v2/service_instances/{instance}: the raw answer.
+    pub async fn put_instance(&self, instance: &str, body: &Value, incomplete: Incomplete) -> Result<Answer> {
+        self.call(Method::PUT, &incomplete.add_to(instance_path(instance)), Some(body.clone())).await
+    }
+
+    /// PATCH /v2/service_instances/{instance}: the raw answer.
+    pub async fn patch_instance(
+        &self,
+        instance: &str,
+        body: &Value,
+        incomplete: Incomplete,
+    ) -> Result<Answer> {
+        self.call(Method::PATCH, &incomplete.add_to(instance_path(instance)), Some(body.clone())).await
+    }
+
+    /// GET /v2/service_instances/{instance}: the raw answer.
+    pub async fn get_instance(&self, instance: &str) -> Result<Answer> {
+        self.call(Method::GET, &instance_path(instance), None).await
+    }
+
+    /// DELETE /v2/service_instances/{instance}?service_id=..&plan_id=..: the raw answer.
+    pub async fn delete_instance(
+        &self,
+        offering: &Offering,
+        instance: &str,
+        incomplete: Incomplete,
+    ) -> Result<Answer> {
+        let path = format!("{}?{}", instance_path(instance), offering.delete_query());
+        self.call(Method::DELETE, &incomplete.add_to(path), None).await
+    }
+
+    /// PUT /v2/service_instances/{instance}/service_bindings/{binding}: the raw answer.
+    pub async fn put_binding(
+        &self,
+        instance: &str,
+        binding: &str,
+        body: &Value,
+        incomplete: Incomplete,
+    ) -> Result<Answer> {
+        self.call(Method::PUT, &incomplete.add_to(binding_path(instance, binding)), Some(body.clone())).await
+    }
+
+    /// GET /v2/service_instances/{instance}/service_bindings/{binding}: the raw answer.
+    pub async fn get_binding(&self, instance: &str, binding: &str) -> Result<Answer> {
+        self.call(Method::GET, &binding_path(instance, binding), None).await
+    }
+
+    /// DELETE /v2/service_instances/{instance}/service_bindings/{binding}?service_id=..&plan_id=..:
+    /// the raw answer.
+    pub async fn delete_binding(
+        &self,
+        offering: &Offering,
+        instance: &str,
+        binding: &str,
+        incomplete: Incomplete,
+    ) -> Result<Answer> {
+        let path = format!("{}?{}", binding_path(instance, binding), offering.delete_query());
+        self.call(Method::DELETE, &incomplete.add_to(path), None).await
+    }
+
+    /// GET .../last_operation of an instance (`binding` None) or a binding: the raw answer.
+    pub async fn last_operation(&self, instance: &str, binding: Option<&str>) -> Result<Answer> {
+        let resource = match binding {
+            Some(binding) => binding_path(instance, binding),
+            None => instance_path(instance),
+        };
+        self.call(Method::GET, &format!("{resource}/last_operation"), None).await
     }
 
     /// GET /v2/catalog, then the service and plan named (the first bindable ones when `None`).
@@ -132,23 +284,11 @@ impl OsbClient {
         instance: &str,
         deadline: Duration,
     ) -> Result<StatusCode> {
-        let body = json!({
-            "service_id": offering.service_id,
-            "plan_id": offering.plan_id,
-            "organization_guid": "etcd-broker-ops",
-            "space_guid": "etcd-broker-ops",
-            "context": { "platform": "etcd-broker-ops" },
-        });
-        let path = format!("/v2/service_instances/{instance}?accepts_incomplete=true");
-        let answer = self.call(Method::PUT, &path, Some(body)).await?;
+        let answer = self.put_instance(instance, &offering.provision_body(), Incomplete::Accepted).await?;
         match answer.status {
             StatusCode::CREATED | StatusCode::OK => Ok(answer.status),
             StatusCode::ACCEPTED => {
-                self.wait_for_operation(
-                    &format!("/v2/service_instances/{instance}/last_operation"),
-                    deadline,
-                )
-                .await?;
+                self.wait_for_operation(instance, None, deadline).await?;
                 Ok(answer.status)
             }
             _ => bail!("provision answered {}", answer.reason()),
@@ -162,10 +302,7 @@ impl OsbClient {
         instance: &str,
         binding: &str,
     ) -> Result<(StatusCode, Value)> {
-        let body = json!({ "service_id": offering.service_id, "plan_id": offering.plan_id });
-        let path =
-            format!("/v2/service_instances/{instance}/service_bindings/{binding}?accepts_incomplete=true");
-        let answer = self.call(Method::PUT, &path, Some(body)).await?;
+        let answer = self.put_binding(instance, binding, &offering.plan_body(), Incomplete::Accepted).await?;
         match answer.status {
             StatusCode::CREATED | StatusCode::OK => {
                 let credentials =
@@ -178,8 +315,7 @@ impl OsbClient {
 
     /// GET of a binding: its credentials.
     pub async fn fetch_binding(&self, instance: &str, binding: &str) -> Result<Value> {
-        let path = format!("/v2/service_instances/{instance}/service_bindings/{binding}");
-        let answer = self.call(Method::GET, &path, None).await?;
+        let answer = self.get_binding(instance, binding).await?;
         if answer.status != StatusCode::OK {
             bail!("GET binding answered {}", answer.reason());
         }
@@ -188,42 +324,38 @@ impl OsbClient {
 
     /// DELETE of a binding; the status (200, or 410 when it is already gone).
     pub async fn unbind(&self, offering: &Offering, instance: &str, binding: &str) -> Result<StatusCode> {
-        let path = format!(
-            "/v2/service_instances/{instance}/service_bindings/{binding}?service_id={}&plan_id={}&accepts_incomplete=true",
-            offering.service_id, offering.plan_id
-        );
-        self.delete(
-            &path,
-            &format!("/v2/service_instances/{instance}/service_bindings/{binding}/last_operation"),
-        )
-        .await
+        let answer = self.delete_binding(offering, instance, binding, Incomplete::Accepted).await?;
+        self.deleted(answer, instance, Some(binding)).await
     }
 
     /// DELETE of an instance; the status (200, or 410 when it is already gone).
     pub async fn deprovision(&self, offering: &Offering, instance: &str) -> Result<StatusCode> {
-        let path = format!(
-            "/v2/service_instances/{instance}?service_id={}&plan_id={}&accepts_incomplete=true",
-            offering.service_id, offering.plan_id
-        );
-        self.delete(&path, &format!("/v2/service_instances/{instance}/last_operation")).await
+        let answer = self.delete_instance(offering, instance, Incomplete::Accepted).await?;
+        self.deleted(answer, instance, None).await
     }
 
-    async fn delete(&self, path: &str, last_operation: &str) -> Result<StatusCode> {
-        let answer = self.call(Method::DELETE, path, None).await?;
+    /// The outcome of a DELETE's answer, waiting for an asynchronous one.
+    async fn deleted(&self, answer: Answer, instance: &str, binding: Option<&str>) -> Result<StatusCode> {
         match answer.status {
             StatusCode::OK | StatusCode::GONE => Ok(answer.status),
             StatusCode::ACCEPTED => {
-                self.wait_for_operation(last_operation, Duration::from_secs(60)).await?;
+                self.wait_for_operation(instance, binding, Duration::from_secs(60)).await?;
                 Ok(StatusCode::OK)
             }
             _ => bail!("DELETE answered {}", answer.reason()),
         }
     }
 
-    async fn wait_for_operation(&self, path: &str, deadline: Duration) -> Result<()> {
+    /// Polls `last_operation` until the operation succeeded (or the resource is gone).
+    async fn wait_for_operation(
+        &self,
+        instance: &str,
+        binding: Option<&str>,
+        deadline: Duration,
+    ) -> Result<()> {
         let until = Instant::now() + deadline;
         loop {
-            let answer = self.call(Method::GET, path, None).await?;
+            let answer = self.last_operation(instance, binding).await?;
             match (answer.status, answer.body["state"].as_str()) {
                 (StatusCode::OK, Some("succeeded")) | (StatusCode::GONE, _) => return Ok(()),
                 (StatusCode::OK, Some("failed")) => bail!("the operation failed: {}", answer.reason()),
@@ -262,5 +394,25 @@ fn transport_error(e: &reqwest::Error) -> String {
         kind.to_owned()
     } else {
         format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_incomplete_joins_the_query_it_finds() {
+        let offering = Offering { service_id: "s".into(), plan_id: "p".into() };
+        let path = format!("{}?{}", binding_path("i", "b"), offering.delete_query());
+        assert_eq!(
+            Incomplete::Accepted.add_to(path.clone()),
+            "/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p&accepts_incomplete=true"
+        );
+        assert_eq!(Incomplete::Refused.add_to(path.clone()), path);
+        assert_eq!(
+            Incomplete::Accepted.add_to(instance_path("i")),
+            "/v2/service_instances/i?accepts_incomplete=true"
+        );
     }
 }

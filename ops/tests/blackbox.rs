@@ -1,5 +1,5 @@
 //! `etcd-broker-ops blackbox` end to end: every step passes against a real local stack (etcd with
-//! auth + the broker, started by `etcd-broker-ops dev`), and the suite fails, naming the step,
+//! auth + the broker, run by `xtask dev --run`), and the suite fails, naming the step,
 //! against a broker that gets isolation wrong or with a wrong broker password. Secrets never
 //! appear in its output.
 
@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 use serde_json::{json, Value};
 
-use common::{errand_properties, repo, DevStack, OPS};
+use common::{errand_properties, repo, xtask, OPS};
 
 fn blackbox(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(OPS);
@@ -33,23 +33,31 @@ fn report(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `xtask dev --run -- sh -c SCRIPT etcd-broker-ops` with the stack's files in `dir`: the script
+/// runs the blackbox (`$0`) with the stack's variables in its environment, which the suite's
+/// flags read. Returns the output and the passwords the stack made (from its broker.toml).
+fn on_a_dev_stack(dir: &Path, script: &str) -> (Output, [String; 2]) {
+    let out = Command::new(xtask())
+        .args(["dev", "--bcrypt-cost", "4", "--dir"])
+        .arg(dir)
+        .args(["--run", "--", "sh", "-c", script, OPS])
+        .output()
+        .unwrap();
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.join("broker.toml")).unwrap()).unwrap();
+    let password = |v: &toml::Value| v["password"].as_str().unwrap().to_owned();
+    (out, [password(&config["auth"]), password(&config["clusters"]["main"])])
+}
+
 #[test]
 fn every_step_passes_against_a_real_stack_and_a_wrong_password_fails_the_catalog() {
-    let stack = DevStack::start();
-    let env = &stack.env;
-    let json_file = tempfile::NamedTempFile::new().unwrap();
-    let out = blackbox(
-        &["--etcd", &env["ETCD_ENDPOINTS"], "--json", json_file.path().to_str().unwrap()],
-        &[
-            ("BROKER_URL", &env["BROKER_URL"]),
-            ("BROKER_USERNAME", &env["BROKER_USERNAME"]),
-            ("BROKER_PASSWORD", &env["BROKER_PASSWORD"]),
-            ("ETCD_ROOT_PASSWORD", &env["ETCD_ROOT_PASSWORD"]),
-        ],
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let json_file = dir.path().join("report.json");
+    let script = format!(r#"exec "$0" blackbox --etcd "$ETCD_ENDPOINTS" --json '{}'"#, json_file.display());
+    let (out, passwords) = on_a_dev_stack(&dir.path().join("stack"), &script);
     let output = text(&out);
     assert!(out.status.success(), "{output}");
-    let report = report(json_file.path());
+    let report = report(&json_file);
     assert_eq!(report["passed"], true);
     let steps = report["steps"].as_array().unwrap();
     assert!(steps.len() >= 20, "{output}");
@@ -63,15 +71,15 @@ fn every_step_passes_against_a_real_stack_and_a_wrong_password_fails_the_catalog
         assert!(steps.iter().any(|s| s["name"] == name), "no step '{name}'");
     }
     assert!(output.lines().any(|l| l.starts_with("blackbox: ") && l.contains(" 0 failed")), "{output}");
-    for secret in [&env["BROKER_PASSWORD"], &env["ETCD_ROOT_PASSWORD"]] {
+    for secret in &passwords {
         assert!(!output.contains(secret.as_str()), "a password in the output");
     }
 
     let wrong = "wrong-password-1234";
-    let out = blackbox(
-        &["--broker-url", &env["BROKER_URL"], "--broker-username", &env["BROKER_USERNAME"]],
-        &[("BROKER_PASSWORD", wrong)],
+    let script = format!(
+        r#"BROKER_PASSWORD={wrong} exec "$0" blackbox --broker-url "$BROKER_URL" --broker-username "$BROKER_USERNAME""#
     );
+    let (out, _) = on_a_dev_stack(&dir.path().join("stack-2"), &script);
     let output = text(&out);
     assert_eq!(out.status.code(), Some(1), "{output}");
     let line = output.lines().find(|l| l.starts_with("FAIL  catalog")).expect(&output);

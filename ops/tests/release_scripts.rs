@@ -221,6 +221,11 @@ fn release_stages_a_workspace_that_resolves_offline_and_creates_the_release() {
     for crate_name in ["etcd-client", "actix-web", "openssl"] {
         assert!(names.contains(&crate_name), "{crate_name} resolved from vendor/");
     }
+    // The developers' crate never reaches the BOSH package, nor what only it needs.
+    assert!(!stage_dir.join("xtask").exists(), "xtask staged");
+    for crate_name in ["xtask", "hdrhistogram", "indicatif"] {
+        assert!(!names.contains(&crate_name), "{crate_name} in the staged workspace");
+    }
 
     let rust_release = rust_release.path().to_str().unwrap();
     let calls = bosh.calls();

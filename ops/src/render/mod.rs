@@ -99,10 +99,10 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     match &args.output_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            crate::dev::write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
+            crate::private_file::write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
             if let (Some(json), Some(toml)) = (&rendered.properties_json, &rendered.toml) {
-                crate::dev::write_private(&dir.join("properties.json"), &pretty(json))?;
-                crate::dev::write_private(&dir.join("etcd-broker.toml"), toml)?;
+                crate::private_file::write_private(&dir.join("properties.json"), &pretty(json))?;
+                crate::private_file::write_private(&dir.join("etcd-broker.toml"), toml)?;
                 eprintln!("wrote properties.json, etcd-broker.toml and context.json to {}", dir.display());
             } else {
                 eprintln!("wrote context.json to {}", dir.display());
@@ -201,6 +201,26 @@ pub fn patched_manifest(manifest_path: &Path, ops_files: &[PathBuf]) -> Result<V
         for (i, op) in ops.iter().enumerate() {
             op.apply(&mut manifest).map_err(|e| anyhow!("{what}: operation [{i}] failed: {e}"))?;
         }
+    }
+    Ok(manifest)
+}
+
+/// What `bosh int MANIFEST -o OPS... -l VARS...` prints, as a value: the ops files applied,
+/// then every `((variable))` the vars files supply interpolated; the others stay in place, as
+/// `bosh int` leaves them without `--var-errs`, and so do the `variables:` definitions of
+/// those (`bosh int` drops a definition whose value is given). The offline model of the director's first
+/// step, compared with the real CLI in ops/tests/render_bosh_int.rs.
+pub fn interpolated_manifest(
+    manifest_path: &Path,
+    ops_files: &[PathBuf],
+    vars_files: &[PathBuf],
+) -> Result<Value> {
+    let mut manifest = patched_manifest(manifest_path, ops_files)?;
+    let vars = Vars::from_flags(vars_files, &[], &[]).map_err(|e| anyhow!(e))?;
+    vars::interpolate(&mut manifest, &vars, &mut BTreeSet::new()).map_err(|e| anyhow!(e))?;
+    if let Some(Value::Array(definitions)) = manifest.get_mut("variables") {
+        definitions
+            .retain(|d| !d.get("name").and_then(Value::as_str).is_some_and(|name| vars.supplies(name)));
     }
     Ok(manifest)
 }

@@ -1,33 +1,28 @@
 //! BOSH ops files (the BOSH CLI's go-patch) on JSON values, so `-o` files change the manifest
-//! here exactly as they do in `bosh deploy`.
+//! here as they do in `bosh deploy`: the part of go-patch that this release's ops files and an
+//! operator's own need, checked against `bosh int` for every shipped ops file
+//! (ops/tests/render_bosh_int.rs).
 //!
-//! Operations: `replace` (`path`, `value`), `remove` (`path`), `test` (`path` with `value` or
-//! `absent: true`); an optional `error` replaces the failure message. Paths: `/a/b` (map keys),
-//! `/0`, `/-1` (array indexes, negative from the end), `/-` (after the last item),
-//! `/name=x` (the one array item whose `name` is `x`), `?` (this and every later segment is
-//! optional: missing maps and `name=x` items are created by `replace`, and `remove` does
-//! nothing), modifiers `:prev`, `:next` (indexes) and `:before`, `:after` (insert instead of
-//! replace), and the escapes `~0` (`~`), `~1` (`/`), `~7` (`:`). Error messages are go-patch's.
+//! Supported: `replace` (`path`, `value`) and `remove` (`path`). Paths: `/a/b` (map keys), `/0`,
+//! `/-1` (array indexes, negative from the end), `/-` (after the last item, `replace` only),
+//! `/name=x` (the one array item whose `name`, or any other key, is `x`), `?` (this and every
+//! later segment is optional: missing maps and `name=x` items are created by `replace`, and
+//! `remove` does nothing), and the escapes `~0` (`~`), `~1` (`/`), `~7` (`:`). Error messages
+//! are go-patch's. Refused with a message naming the feature, before anything is applied:
+//! `test` operations, the `error` field, and the `:prev`, `:next`, `:before`, `:after`
+//! modifiers. Supporting one means adding it here and an ops file using it to the `bosh int`
+//! comparison.
 
 use serde_json::{Map, Value};
 
 /// One operation of an ops file, ready to apply.
 #[derive(Debug, Clone)]
 pub struct Op {
-    kind: OpKind,
+    /// `Some(value)` for `replace`, `None` for `remove`.
+    value: Option<Value>,
     path: Pointer,
     /// The path as written, for messages.
     raw_path: String,
-    /// The file's `error` text, shown instead of the generic prefix when the op fails.
-    error: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-enum OpKind {
-    Replace(Value),
-    Remove,
-    TestValue(Value),
-    TestAbsent,
 }
 
 /// Parses an ops file's operations (a YAML list already converted to JSON); `what` names the
@@ -54,61 +49,42 @@ fn parse_op(item: &Value) -> Result<Op, String> {
     };
     // A `value: null` is no value, as in go-patch.
     let value = def.get("value").filter(|v| !v.is_null()).cloned();
-    let kind_name = text("type")?.unwrap_or_default();
-    let raw_path = text("path")?.ok_or_else(|| format!("{} operation: Missing path", op_name(&kind_name)))?;
-    let path = Pointer::parse(&raw_path).map_err(|e| format!("Invalid path '{raw_path}': {e}"))?;
-    let kind = match kind_name.as_str() {
-        "replace" => OpKind::Replace(value.ok_or("Replace operation: Missing value")?),
-        "remove" if value.is_some() => return Err("Remove operation: Cannot specify value".into()),
-        "remove" => OpKind::Remove,
-        "test" => match (value, def.get("absent").and_then(Value::as_bool)) {
-            (_, Some(true)) => OpKind::TestAbsent,
-            (Some(value), _) => OpKind::TestValue(value),
-            (None, _) => return Err("Test operation: Missing value or absent".into()),
-        },
-        other => return Err(format!("Unknown operation with type '{other}' (replace, remove or test)")),
-    };
-    Ok(Op { kind, path, raw_path, error: text("error")? })
-}
-
-fn op_name(kind: &str) -> &str {
-    match kind {
+    let kind = text("type")?.unwrap_or_default();
+    let name = match kind.as_str() {
         "replace" => "Replace",
         "remove" => "Remove",
-        "test" => "Test",
-        _ => "An",
+        "test" => return Err(unsupported("'test' operations")),
+        other => return Err(format!("Unknown operation with type '{other}' (replace or remove)")),
+    };
+    if def.contains_key("error") {
+        return Err(unsupported("the 'error' field"));
     }
+    let raw_path = text("path")?.ok_or_else(|| format!("{name} operation: Missing path"))?;
+    let path = Pointer::parse(&raw_path).map_err(|e| format!("Invalid path '{raw_path}': {e}"))?;
+    let value = match (name, value) {
+        ("Replace", None) => return Err("Replace operation: Missing value".into()),
+        ("Remove", Some(_)) => return Err("Remove operation: Cannot specify value".into()),
+        (_, value) => value,
+    };
+    Ok(Op { value, path, raw_path })
+}
+
+/// The message for a go-patch feature this implementation leaves out.
+fn unsupported(feature: &str) -> String {
+    format!(
+        "{feature} are not supported by etcd-broker-ops (it implements replace and remove with keys, \
+         indexes, name=value, '-' and '?'; see docs/rendering.md)"
+    )
 }
 
 impl Op {
     /// Applies the operation to `doc` in place.
     pub fn apply(&self, doc: &mut Value) -> Result<(), String> {
-        let result = match &self.kind {
-            OpKind::Replace(value) => replace(doc, &self.path, value.clone()),
-            OpKind::Remove => remove(doc, &self.path),
-            OpKind::TestValue(expected) => match find(doc, &self.path) {
-                Ok(found) if &found == expected => Ok(()),
-                Ok(_) => Err(PatchError::Other("Found value does not match expected value".into())),
-                Err(e) => Err(e),
-            },
-            OpKind::TestAbsent => match find(doc, &self.path) {
-                Ok(_) => Err(PatchError::Other(format!("Expected to not find '{}'", self.path))),
-                Err(PatchError::Missing { path, .. }) if path == self.path.to_string() => Ok(()),
-                Err(e) => Err(e),
-            },
+        let (kind, result) = match &self.value {
+            Some(value) => ("replace", replace(doc, &self.path, value.clone())),
+            None => ("remove", remove(doc, &self.path)),
         };
-        result.map_err(|e| match &self.error {
-            Some(text) => format!("Error '{text}': {e}"),
-            None => format!("{} {}: {e}", self.kind_name(), self.raw_path),
-        })
-    }
-
-    fn kind_name(&self) -> &'static str {
-        match self.kind {
-            OpKind::Replace(_) => "replace",
-            OpKind::Remove => "remove",
-            OpKind::TestValue(_) | OpKind::TestAbsent => "test",
-        }
+        result.map_err(|e| format!("{kind} {}: {e}", self.raw_path))
     }
 }
 
@@ -120,22 +96,14 @@ pub struct Pointer {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
-    Index { index: i64, modifiers: Vec<Modifier> },
+    Index(i64),
     AfterLast,
-    Matching { key: String, value: String, optional: bool, modifiers: Vec<Modifier> },
+    Matching { key: String, value: String, optional: bool },
     Key { key: String, optional: bool },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Modifier {
-    Prev,
-    Next,
-    Before,
-    After,
-}
-
 impl Pointer {
-    /// Parses `/a/name=x?/0:before/-`.
+    /// Parses `/a/name=x?/0/-`.
     pub fn parse(text: &str) -> Result<Pointer, String> {
         if text.is_empty() {
             return Ok(Pointer { tokens: Vec::new() });
@@ -147,48 +115,28 @@ impl Pointer {
         let mut tokens = Vec::with_capacity(pieces.len());
         let mut optional = false;
         for (i, piece) in pieces.iter().enumerate() {
-            let is_last = i == pieces.len() - 1;
-            let mut parts = piece.split(':');
-            let raw = parts.next().unwrap_or_default();
-            let modifiers = parts
-                .map(|m| match m {
-                    "prev" => Ok(Modifier::Prev),
-                    "next" => Ok(Modifier::Next),
-                    "before" => Ok(Modifier::Before),
-                    "after" => Ok(Modifier::After),
-                    other => Err(format!(
-                        "Expected to find one of the following modifiers: 'prev', 'next', 'before', or 'after' but found '{other}'"
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let tok = unescape(raw);
-            if is_last && tok == "-" {
-                if !modifiers.is_empty() {
-                    return Err("Expected not to find any modifiers with after last index token".into());
-                }
+            if let Some((_, modifier)) = piece.split_once(':') {
+                return Err(unsupported(&format!("modifiers like ':{modifier}'")));
+            }
+            let tok = unescape(piece);
+            if i == pieces.len() - 1 && tok == "-" {
                 tokens.push(Token::AfterLast);
                 continue;
             }
             if let Ok(index) = tok.parse::<i64>() {
-                tokens.push(Token::Index { index, modifiers });
+                tokens.push(Token::Index(index));
                 continue;
             }
             if tok.ends_with('?') {
                 optional = true;
             }
-            if let Some((key, value)) = tok.split_once('=') {
-                tokens.push(Token::Matching {
-                    key: key.to_owned(),
-                    value: value.strip_suffix('?').unwrap_or(value).to_owned(),
-                    optional,
-                    modifiers,
-                });
-                continue;
-            }
-            if !modifiers.is_empty() {
-                return Err("Expected not to find any modifiers with key token".into());
-            }
-            tokens.push(Token::Key { key: tok.strip_suffix('?').unwrap_or(&tok).to_owned(), optional });
+            let tok = tok.strip_suffix('?').unwrap_or(&tok);
+            tokens.push(match tok.split_once('=') {
+                Some((key, value)) => {
+                    Token::Matching { key: key.to_owned(), value: value.to_owned(), optional }
+                }
+                None => Token::Key { key: tok.to_owned(), optional },
+            });
         }
         Ok(Pointer { tokens })
     }
@@ -197,29 +145,29 @@ impl Pointer {
     fn prefix(&self, n: usize) -> String {
         let mut out = String::new();
         let mut optional_shown = false;
-        let mut mark = |optional: bool, s: &mut String| {
-            if optional && !optional_shown {
-                s.push('?');
-                optional_shown = true;
-            }
-        };
         for token in &self.tokens[..n.min(self.tokens.len())] {
             out.push('/');
-            match token {
-                Token::Index { index, modifiers } => {
+            let optional = match token {
+                Token::Index(index) => {
                     out += &index.to_string();
-                    out += &modifiers_text(modifiers);
+                    false
                 }
-                Token::AfterLast => out.push('-'),
-                Token::Matching { key, value, optional, modifiers } => {
+                Token::AfterLast => {
+                    out.push('-');
+                    false
+                }
+                Token::Matching { key, value, optional } => {
                     out += &format!("{}={}", escape(key), escape(value));
-                    mark(*optional, &mut out);
-                    out += &modifiers_text(modifiers);
+                    *optional
                 }
                 Token::Key { key, optional } => {
                     out += &escape(key);
-                    mark(*optional, &mut out);
+                    *optional
                 }
+            };
+            if optional && !optional_shown {
+                out.push('?');
+                optional_shown = true;
             }
         }
         out
@@ -230,18 +178,6 @@ impl std::fmt::Display for Pointer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.prefix(self.tokens.len()))
     }
-}
-
-fn modifiers_text(modifiers: &[Modifier]) -> String {
-    modifiers
-        .iter()
-        .map(|m| match m {
-            Modifier::Prev => ":prev",
-            Modifier::Next => ":next",
-            Modifier::Before => ":before",
-            Modifier::After => ":after",
-        })
-        .collect()
 }
 
 /// RFC 6901 plus go-patch's `~7`, replaced left to right in one pass.
@@ -272,235 +208,156 @@ fn escape(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1").replace(':', "~7")
 }
 
-/// Why an operation failed; `Missing` is told apart for `test` with `absent`.
-#[derive(Debug)]
-enum PatchError {
-    Missing { path: String, message: String },
-    Other(String),
+fn mismatch(expected: &str, path: String, found: &Value) -> String {
+    format!("Expected to find {expected} at path '{path}' but found {}", super::kind_of(found))
 }
 
-impl std::fmt::Display for PatchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PatchError::Missing { message, .. } | PatchError::Other(message) => f.write_str(message),
-        }
-    }
-}
-
-fn mismatch(expected: &str, path: String, found: &Value) -> PatchError {
-    PatchError::Other(format!(
-        "Expected to find {expected} at path '{path}' but found {}",
-        super::kind_of(found)
-    ))
-}
-
-fn missing_key(key: &str, path: String, map: &Map<String, Value>) -> PatchError {
+fn missing_key(key: &str, path: String, map: &Map<String, Value>) -> String {
     let siblings = if map.is_empty() {
         "found no other map keys".to_owned()
     } else {
         format!("found map keys: '{}'", map.keys().cloned().collect::<Vec<_>>().join("', '"))
     };
-    let message = format!("Expected to find a map key '{key}' for path '{path}' ({siblings})");
-    PatchError::Missing { path, message }
+    format!("Expected to find a map key '{key}' for path '{path}' ({siblings})")
 }
 
-/// An index with `:prev`/`:next` applied, checked, negative ones counted from the end.
-fn concrete_index(index: i64, modifiers: &[Modifier], len: usize, path: String) -> Result<usize, PatchError> {
-    let mut result = index;
-    for modifier in modifiers {
-        match modifier {
-            Modifier::Prev => result -= 1,
-            Modifier::Next => result += 1,
-            other => {
-                return Err(PatchError::Other(format!(
-                    "Expected to find one of the following modifiers: 'prev', 'next', but found modifier '{other:?}'"
-                )))
-            }
-        }
+/// An index checked against the array's length, negative ones counted from the end.
+fn concrete_index(index: i64, len: usize, path: String) -> Result<usize, String> {
+    let len_i = i64::try_from(len).unwrap_or(i64::MAX);
+    if index >= len_i || -index > len_i {
+        return Err(format!(
+            "Expected to find array index '{index}' but found array of length '{len}' for path '{path}'"
+        ));
     }
-    let len_i = len as i64;
-    if result >= len_i || -result > len_i {
-        let message = format!(
-            "Expected to find array index '{result}' but found array of length '{len}' for path '{path}'"
-        );
-        return Err(PatchError::Missing { path, message });
-    }
-    Ok(if result < 0 { (len_i + result) as usize } else { result as usize })
+    let at = if index < 0 { len_i + index } else { index };
+    Ok(usize::try_from(at).expect("checked against the length"))
 }
 
-/// Where a replace at an index writes: the position, and whether it inserts (`:before`/`:after`).
-fn insertion(
-    index: i64,
-    modifiers: &[Modifier],
-    len: usize,
-    path: String,
-) -> Result<(usize, bool), PatchError> {
-    let (mut before, mut after) = (false, false);
-    let mut rest = Vec::new();
-    for modifier in modifiers {
-        if before || after {
-            let which = if before { "before" } else { "after" };
-            return Err(PatchError::Other(format!(
-                "Expected to not find any modifiers after '{which}' modifier, but found modifier '{modifier:?}'"
-            )));
-        }
-        match modifier {
-            Modifier::Before => before = true,
-            Modifier::After => after = true,
-            other => rest.push(*other),
-        }
-    }
-    let mut number = concrete_index(index, &rest, len, path)?;
-    if after && number != len {
-        number += 1;
-    }
-    Ok((number, before || after))
-}
-
-/// The indexes of the array items that are maps whose `key` is the string `value`.
-fn matching(items: &[Value], key: &str, value: &str) -> Vec<usize> {
-    items
+/// The index of the one array item that is a map whose `key` is the string `value`; `None`
+/// when there is none; an error when there are several.
+fn matching(items: &[Value], key: &str, value: &str, path: String) -> Result<Option<usize>, String> {
+    let found: Vec<usize> = items
         .iter()
         .enumerate()
         .filter(|(_, item)| item.get(key).and_then(Value::as_str) == Some(value))
         .map(|(i, _)| i)
-        .collect()
+        .collect();
+    match found[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(format!(
+            "Expected to find exactly one matching array item for path '{path}' but found {}",
+            found.len()
+        )),
+    }
 }
 
-fn not_exactly_one(path: String, found: usize) -> PatchError {
-    PatchError::Other(format!(
-        "Expected to find exactly one matching array item for path '{path}' but found {found}"
-    ))
+fn no_match(path: String) -> String {
+    format!("Expected to find exactly one matching array item for path '{path}' but found 0")
 }
 
-fn replace(doc: &mut Value, pointer: &Pointer, value: Value) -> Result<(), PatchError> {
+fn replace(doc: &mut Value, pointer: &Pointer, value: Value) -> Result<(), String> {
     let tokens = &pointer.tokens;
-    if tokens.is_empty() {
+    let Some((last, walk)) = tokens.split_last() else {
         *doc = value;
         return Ok(());
-    }
+    };
     let mut node = doc;
-    for (i, token) in tokens.iter().enumerate() {
-        let is_last = i == tokens.len() - 1;
+    for (i, token) in walk.iter().enumerate() {
         let path = pointer.prefix(i + 1);
-        match token {
-            Token::Index { index, modifiers } => {
+        node = match token {
+            Token::Index(index) => {
                 let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
-                if is_last {
-                    let (at, insert) = insertion(*index, modifiers, items.len(), path)?;
-                    if insert {
-                        items.insert(at, value);
-                    } else {
-                        items[at] = value;
-                    }
-                    return Ok(());
-                }
-                let at = concrete_index(*index, modifiers, items.len(), path)?;
-                node = &mut items[at];
+                let at = concrete_index(*index, items.len(), path)?;
+                &mut items[at]
             }
-            Token::AfterLast => {
+            Token::AfterLast => unreachable!("parse makes '-' a token only at the end"),
+            Token::Matching { key, value: wanted, optional } => {
                 let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
-                if !is_last {
-                    return Err(PatchError::Other(format!(
-                        "Expected after last index token to be last in path '{pointer}'"
-                    )));
-                }
-                items.push(value);
-                return Ok(());
-            }
-            Token::Matching { key, value: wanted, optional, modifiers } => {
-                let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
-                let found = matching(items, key, wanted);
-                if *optional && found.is_empty() {
-                    if is_last {
-                        items.push(value);
-                        return Ok(());
+                match matching(items, key, wanted, path.clone())? {
+                    Some(at) => &mut items[at],
+                    None if *optional => {
+                        let mut item = Map::new();
+                        item.insert(key.clone(), Value::String(wanted.clone()));
+                        items.push(Value::Object(item));
+                        items.last_mut().expect("just pushed")
                     }
-                    let mut item = Map::new();
-                    item.insert(key.clone(), Value::String(wanted.clone()));
-                    items.push(Value::Object(item));
-                    node = items.last_mut().expect("just pushed");
-                    continue;
+                    None => return Err(no_match(path)),
                 }
-                if found.len() != 1 {
-                    return Err(not_exactly_one(path, found.len()));
-                }
-                if is_last {
-                    let (at, insert) = insertion(found[0] as i64, modifiers, items.len(), path)?;
-                    if insert {
-                        items.insert(at, value);
-                    } else {
-                        items[at] = value;
-                    }
-                    return Ok(());
-                }
-                let at = concrete_index(found[0] as i64, modifiers, items.len(), path)?;
-                node = &mut items[at];
             }
             Token::Key { key, optional } => {
                 let Value::Object(map) = node else { return Err(mismatch("a map", path, node)) };
-                let found = map.contains_key(key);
-                if !found && !optional {
-                    return Err(missing_key(key, path, map));
-                }
-                if is_last {
-                    map.insert(key.clone(), value);
-                    return Ok(());
-                }
-                if !found {
+                if !map.contains_key(key) {
+                    if !optional {
+                        return Err(missing_key(key, path, map));
+                    }
                     let empty = match tokens[i + 1] {
                         Token::AfterLast | Token::Matching { .. } => Value::Array(Vec::new()),
                         Token::Key { .. } => Value::Object(Map::new()),
-                        Token::Index { .. } => {
-                            return Err(PatchError::Other(format!(
+                        Token::Index(_) => {
+                            return Err(format!(
                                 "Expected to find key, matching index or after last index token at path '{}'",
                                 pointer.prefix(i + 2)
-                            )))
+                            ))
                         }
                     };
                     map.insert(key.clone(), empty);
                 }
-                node = map.get_mut(key).expect("present or just inserted");
+                map.get_mut(key).expect("present or just inserted")
             }
+        };
+    }
+    let path = pointer.prefix(tokens.len());
+    match last {
+        Token::Index(index) => {
+            let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
+            let at = concrete_index(*index, items.len(), path)?;
+            items[at] = value;
+        }
+        Token::AfterLast => {
+            let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
+            items.push(value);
+        }
+        Token::Matching { key, value: wanted, optional } => {
+            let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
+            match matching(items, key, wanted, path.clone())? {
+                Some(at) => items[at] = value,
+                None if *optional => items.push(value),
+                None => return Err(no_match(path)),
+            }
+        }
+        Token::Key { key, optional } => {
+            let Value::Object(map) = node else { return Err(mismatch("a map", path, node)) };
+            if !optional && !map.contains_key(key) {
+                return Err(missing_key(key, path, map));
+            }
+            map.insert(key.clone(), value);
         }
     }
     Ok(())
 }
 
-fn remove(doc: &mut Value, pointer: &Pointer) -> Result<(), PatchError> {
+fn remove(doc: &mut Value, pointer: &Pointer) -> Result<(), String> {
     let tokens = &pointer.tokens;
     if tokens.is_empty() {
-        return Err(PatchError::Other("Cannot remove entire document".into()));
+        return Err("Cannot remove entire document".into());
     }
     let mut node = doc;
     for (i, token) in tokens.iter().enumerate() {
         let is_last = i == tokens.len() - 1;
         let path = pointer.prefix(i + 1);
-        match token {
-            Token::Index { index, modifiers } => {
+        let at = match token {
+            Token::Index(index) => {
                 let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
-                let at = concrete_index(*index, modifiers, items.len(), path)?;
-                if is_last {
-                    items.remove(at);
-                    return Ok(());
-                }
-                node = &mut items[at];
+                concrete_index(*index, items.len(), path)?
             }
-            Token::Matching { key, value, optional, modifiers } => {
+            Token::Matching { key, value, optional } => {
                 let Value::Array(items) = node else { return Err(mismatch("a list", path, node)) };
-                let found = matching(items, key, value);
-                if *optional && found.is_empty() {
-                    return Ok(());
+                match matching(items, key, value, path.clone())? {
+                    Some(at) => at,
+                    None if *optional => return Ok(()),
+                    None => return Err(no_match(path)),
                 }
-                if found.len() != 1 {
-                    return Err(not_exactly_one(path, found.len()));
-                }
-                let at = concrete_index(found[0] as i64, modifiers, items.len(), path)?;
-                if is_last {
-                    items.remove(at);
-                    return Ok(());
-                }
-                node = &mut items[at];
             }
             Token::Key { key, optional } => {
                 let Value::Object(map) = node else { return Err(mismatch("a map", path, node)) };
@@ -512,43 +369,45 @@ fn remove(doc: &mut Value, pointer: &Pointer) -> Result<(), PatchError> {
                     return Ok(());
                 }
                 node = map.get_mut(key).expect("present");
+                continue;
             }
             Token::AfterLast => {
-                return Err(PatchError::Other(format!(
-                    "Expected to not find token 'AfterLastIndexToken' at path '{path}'"
-                )))
+                return Err(format!("Expected to not find token 'AfterLastIndexToken' at path '{path}'"))
             }
+        };
+        let Value::Array(items) = node else { unreachable!("checked above") };
+        if is_last {
+            items.remove(at);
+            return Ok(());
         }
+        node = &mut items[at];
     }
     Ok(())
 }
 
 /// The value at `pointer` (go-patch's find): optional segments that are missing yield `null`
 /// or the `name=x` item they would create.
-fn find(doc: &Value, pointer: &Pointer) -> Result<Value, PatchError> {
+fn find(doc: &Value, pointer: &Pointer) -> Result<Value, String> {
     let tokens = &pointer.tokens;
     let mut node = doc.clone();
     for (i, token) in tokens.iter().enumerate() {
         let path = pointer.prefix(i + 1);
         node = match (token, &node) {
-            (Token::Index { index, modifiers }, Value::Array(items)) => {
-                items[concrete_index(*index, modifiers, items.len(), path)?].clone()
-            }
+            (Token::Index(index), Value::Array(items)) => items[concrete_index(*index, items.len(), path)?].clone(),
             (Token::AfterLast, _) => {
-                return Err(PatchError::Other(format!(
+                return Err(format!(
                     "Expected not to find after last index token in path '{pointer}' (not supported in find operations)"
-                )))
+                ))
             }
-            (Token::Matching { key, value, optional, modifiers }, Value::Array(items)) => {
-                let found = matching(items, key, value);
-                if *optional && found.is_empty() {
-                    let mut item = Map::new();
-                    item.insert(key.clone(), Value::String(value.clone()));
-                    Value::Object(item)
-                } else if found.len() != 1 {
-                    return Err(not_exactly_one(path, found.len()));
-                } else {
-                    items[concrete_index(found[0] as i64, modifiers, items.len(), path)?].clone()
+            (Token::Matching { key, value, optional }, Value::Array(items)) => {
+                match matching(items, key, value, path.clone())? {
+                    Some(at) => items[at].clone(),
+                    None if *optional => {
+                        let mut item = Map::new();
+                        item.insert(key.clone(), Value::String(value.clone()));
+                        Value::Object(item)
+                    }
+                    None => return Err(no_match(path)),
                 }
             }
             (Token::Key { key, optional }, Value::Object(map)) => match map.get(key) {
@@ -559,14 +418,14 @@ fn find(doc: &Value, pointer: &Pointer) -> Result<Value, PatchError> {
                     Some(Token::Matching { .. }) => Value::Array(Vec::new()),
                     Some(Token::Key { .. }) => Value::Object(Map::new()),
                     Some(_) => {
-                        return Err(PatchError::Other(format!(
+                        return Err(format!(
                             "Expected to find key or matching index token at path '{}'",
                             pointer.prefix(i + 2)
-                        )))
+                        ))
                     }
                 },
             },
-            (Token::Index { .. } | Token::Matching { .. }, other) => return Err(mismatch("a list", path, other)),
+            (Token::Index(_) | Token::Matching { .. }, other) => return Err(mismatch("a list", path, other)),
             (Token::Key { .. }, other) => return Err(mismatch("a map", path, other)),
         };
     }
@@ -586,12 +445,12 @@ pub fn find_in_variable(value: &Value, keys: &[&str]) -> Result<Value, String> {
                     .tokens
                     .iter()
                     .map(|t| match t {
-                        Token::Index { index, .. } => Token::Key { key: index.to_string(), optional: false },
+                        Token::Index(index) => Token::Key { key: index.to_string(), optional: false },
                         other => other.clone(),
                     })
                     .collect(),
             };
-            find(value, &as_keys).map_err(|_| first.to_string())
+            find(value, &as_keys).map_err(|_| first)
         }
     }
 }

@@ -58,6 +58,11 @@ impl Vars {
         Ok(Vars { values })
     }
 
+    /// Whether a variable of this name was given (the whole variable, not a key of it).
+    pub fn supplies(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+
     /// Variables from a map, for tests.
     #[cfg(test)]
     pub fn from_map(values: BTreeMap<String, Value>) -> Vars {

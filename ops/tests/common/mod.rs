@@ -1,12 +1,10 @@
-//! Shared harness of the ops integration tests: a local stack started with
-//! `etcd-broker-ops dev`, and an errand's properties.json made the way BOSH makes it.
+//! Shared harness of the ops integration tests: the developers' `xtask` (its `dev --run` runs a
+//! command against a local stack), and an errand's properties.json made the way BOSH makes it.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 pub const OPS: &str = env!("CARGO_BIN_EXE_etcd-broker-ops");
 
@@ -14,64 +12,14 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-/// `etcd-broker-ops dev` (etcd 3.5, bcrypt cost 4, free ports) in a temporary folder, with the
-/// KEY=value lines of its env file; stopped with SIGINT on drop.
-pub struct DevStack {
-    child: Child,
-    pub env: HashMap<String, String>,
-    dir: tempfile::TempDir,
-}
-
-impl DevStack {
-    pub fn start() -> DevStack {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(OPS)
-            .args([
-                "dev",
-                "--bcrypt-cost",
-                "4",
-                "--broker-port",
-                "0",
-                "--etcd-port",
-                "0",
-                "--metrics-port",
-                "0",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stack = DevStack { child, env: HashMap::new(), dir };
-        let env_file = stack.dir.path().join("env");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stack.env.is_empty() {
-            if let Ok(text) = std::fs::read_to_string(&env_file) {
-                stack.env = text
-                    .lines()
-                    .filter_map(|l| l.split_once('='))
-                    .map(|(k, v)| (k.into(), v.into()))
-                    .collect();
-            }
-            assert!(stack.child.try_wait().unwrap().is_none(), "dev exited");
-            assert!(Instant::now() < deadline, "dev did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        stack
-    }
-
-    /// A scratch folder that lives as long as the stack.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for DevStack {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-    }
+/// The developers' `xtask` binary, which runs the local stack (`xtask dev --run -- CMD`).
+/// This crate ships and must not depend on the developers' crate, so the binary is taken from
+/// the target folder it shares with this one: `cargo test --workspace` (make test) and
+/// ci/blackbox build it, `cargo build -p xtask` alone does too.
+pub fn xtask() -> PathBuf {
+    let path = Path::new(OPS).with_file_name("xtask");
+    assert!(path.is_file(), "{} is missing: build it first (cargo build -p xtask)", path.display());
+    path
 }
 
 /// What BOSH would write to an errand's config/properties.json: `etcd-broker-ops render` of

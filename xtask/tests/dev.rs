@@ -1,11 +1,13 @@
-//! `etcd-broker-ops dev` end to end: it starts etcd and the broker, writes a usable env file,
-//! the printed workflow works with the real etcdctl, and Ctrl-C stops everything.
+//! `xtask dev` end to end: it starts etcd and the broker, writes a usable env file, the
+//! printed workflow works with the real etcdctl, and Ctrl-C stops everything; `dev --run`
+//! hands the same env to a command, stops the stack and exits with the command's code.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use xtask::stack::ENV_KEYS;
 
 fn read_env(path: &std::path::Path) -> Option<HashMap<String, String>> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -15,7 +17,7 @@ fn read_env(path: &std::path::Path) -> Option<HashMap<String, String>> {
 #[tokio::test]
 async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["dev", "--bcrypt-cost", "4", "--dir"])
         .arg(dir.path())
         .env("BROKER_PORT", "0")
@@ -34,15 +36,7 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
         assert!(Instant::now() < deadline, "no env file");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for key in [
-        "BROKER_URL",
-        "BROKER_USERNAME",
-        "BROKER_PASSWORD",
-        "ETCD_ENDPOINTS",
-        "ETCD_ROOT_USERNAME",
-        "ETCD_ROOT_PASSWORD",
-        "ETCDCTL",
-    ] {
+    for key in ENV_KEYS {
         assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing");
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env_file).unwrap().permissions());
@@ -105,4 +99,45 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     assert!(!env_file.exists());
     let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
     assert!(std::net::TcpStream::connect(etcd_addr).is_err(), "etcd still running");
+}
+
+/// `dev --run -- sh -c ...`: the command sees every variable of the env file, talks to the
+/// broker, and its exit code is dev's; the stack is gone afterwards.
+#[test]
+fn dev_run_gives_the_command_the_stack_and_its_exit_code() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let seen = out_dir.path().join("seen");
+    let script = r#"env > "$0"
+curl -sf -o /dev/null -u "$BROKER_USERNAME:$BROKER_PASSWORD" -H 'X-Broker-API-Version: 2.17' "$BROKER_URL/v2/catalog" || exit 9
+exit 3"#;
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--run", "--", "sh", "-c", script])
+        .arg(&seen)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let env = read_env(&seen).unwrap();
+    for key in ENV_KEYS {
+        assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing");
+    }
+    assert!(!stderr.contains(&env["BROKER_PASSWORD"]) && !stderr.contains(&env["ETCD_ROOT_PASSWORD"]));
+    let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
+    assert!(std::net::TcpStream::connect(etcd_addr).is_err(), "etcd still running");
+    let broker_addr = env["BROKER_URL"].trim_start_matches("http://").to_owned();
+    assert!(std::net::TcpStream::connect(broker_addr).is_err(), "the broker still running");
+    let pid: i32 = env["BROKER_PID"].parse().unwrap();
+    assert_ne!(pid, std::process::id() as i32);
+    // SAFETY: signal 0 only asks whether the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "the stack's process is gone");
+
+    // A command that cannot be started is a clear error, and the stack stops all the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--run", "--", "/nonexistent/command"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot run '/nonexistent/command'"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

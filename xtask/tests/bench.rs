@@ -1,21 +1,32 @@
-//! CI smoke run of `etcd-broker-ops bench` against a real local stack: the tool works end to
+//! CI smoke run of `xtask bench` against a real local stack: the tool works end to
 //! end (all operations, the floor from the broker's own etcd call counts, preload, RSS, orphan
 //! check) and its JSON report adds up. No timing is asserted: figures live in docs/performance.md.
 
-mod common;
-
+use std::path::Path;
 use std::process::Command;
 
-use common::DevStack;
-
 use serde_json::Value;
+use xtask::stack::{DevProcess, StackOptions};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+/// A local stack at bcrypt cost 4 (binds in milliseconds) with its files in `dir`.
+fn stack(dir: &Path) -> DevProcess {
+    DevProcess::start(
+        Path::new(XTASK),
+        &StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() },
+        dir,
+    )
+    .unwrap()
+}
 
 #[test]
 fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behind() {
-    let stack = DevStack::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path());
     let env = &stack.env;
-    let report = stack.dir().join("bench.json");
-    let out = Command::new(common::OPS)
+    let report = dir.path().join("bench.json");
+    let out = Command::new(XTASK)
         .args(["bench", "--clients", "4", "--count", "12", "--preload", "5", "--json"])
         .arg(&report)
         .args([
@@ -92,9 +103,10 @@ fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behin
 /// done: no bind of an instance that was never provisioned, no errors, nothing left behind.
 #[test]
 fn a_bench_cut_short_by_its_duration_builds_only_on_what_was_done() {
-    let stack = DevStack::start();
-    let report = stack.dir().join("bench.json");
-    let out = Command::new(common::OPS)
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path());
+    let report = dir.path().join("bench.json");
+    let out = Command::new(XTASK)
         .args(["bench", "--clients", "1", "--count", "600", "--duration", "1", "--rounds", "1", "--json"])
         .arg(&report)
         .args(["--ops", "provision,bind,get-binding,unbind,deprovision"])

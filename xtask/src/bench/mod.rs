@@ -1,4 +1,4 @@
-//! `etcd-broker-ops bench`: the broker's latency and throughput per OSB operation, measured
+//! `xtask bench`: the broker's latency and throughput per OSB operation, measured
 //! against the etcd floor (the same etcd calls without the broker; see `floor.rs`), with
 //! optional preloading, the broker's memory, and an orphan check. See docs/performance.md.
 //!
@@ -20,10 +20,10 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::osb::{BrokerTarget, Offering, OsbClient};
 use cpu::{CpuUse, Watched};
 use etcd_broker::etcd::prefix_end;
 use etcd_broker::osb::ids::{BindingId, InstanceId};
+use etcd_broker_ops::osb::{BrokerTarget, Offering, OsbClient};
 use load::{round, Measured};
 
 /// The operations a bench can drive, in the order they run.
@@ -53,7 +53,7 @@ impl Op {
     }
 }
 
-/// Flags of `etcd-broker-ops bench`.
+/// Flags of `xtask bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// The broker's base URL.

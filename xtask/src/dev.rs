@@ -1,16 +1,17 @@
-//! `etcd-broker-ops dev`: a local etcd (auth enabled) plus the broker, for trying things out.
+//! `xtask dev`: a local etcd (auth enabled) plus the broker, for trying things out.
 //!
 //! Writes the broker config to `<dir>/broker.toml` (the documented example catalog) and, once
-//! everything answers, `<dir>/env` with the `KEY=value` lines scripts use to drive the system.
+//! everything answers, `<dir>/env` with the `KEY=value` lines scripts use to drive the system
+//! (stack.rs's `ENV_KEYS`; the file's existence is the "ready" signal `DevProcess` waits for).
 //! Runs until SIGINT/SIGTERM, then stops the broker and etcd and removes `<dir>/env`.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use etcd_broker::config::Config;
 use etcd_broker::{logging, secrets, server};
+use etcd_broker_ops::private_file::write_private;
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 
 /// The example config shipped in docs/, used for its catalog.
@@ -100,19 +101,20 @@ fn broker_config(etcd: &LocalEtcd, port: u16, metrics_port: u16, password: &str)
 /// The `.dev/env` contents.
 fn env_lines(broker_url: &str, metrics_url: &str, broker_password: &str, etcd: &LocalEtcd) -> String {
     let mut out = String::new();
-    for (key, value) in [
-        ("BROKER_URL", broker_url.to_owned()),
-        ("BROKER_USERNAME", BROKER_USERNAME.to_owned()),
-        ("BROKER_PASSWORD", broker_password.to_owned()),
-        ("ETCD_ENDPOINTS", etcd.endpoint()),
-        ("ETCD_ROOT_USERNAME", etcd.root_username().to_owned()),
-        ("ETCD_ROOT_PASSWORD", etcd.root_password().to_owned()),
-        ("ETCDCTL", etcd.etcdctl().display().to_string()),
-        ("METRICS_URL", metrics_url.to_owned()),
+    let values = [
+        broker_url.to_owned(),
+        BROKER_USERNAME.to_owned(),
+        broker_password.to_owned(),
+        etcd.endpoint(),
+        etcd.root_username().to_owned(),
+        etcd.root_password().to_owned(),
+        etcd.etcdctl().display().to_string(),
+        metrics_url.to_owned(),
         // For `bench --cpu-of broker=$BROKER_PID --cpu-of etcd=$ETCD_PID`.
-        ("BROKER_PID", std::process::id().to_string()),
-        ("ETCD_PID", etcd.pid().map_or_else(String::new, |pid| pid.to_string())),
-    ] {
+        std::process::id().to_string(),
+        etcd.pid().map_or_else(String::new, |pid| pid.to_string()),
+    ];
+    for (key, value) in crate::stack::ENV_KEYS.iter().zip(values) {
         let _ = writeln!(out, "{key}={value}");
     }
     out
@@ -148,21 +150,4 @@ Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
         etcd = config.clusters["main"].endpoints[0].as_str().trim_end_matches('/'),
         env = env_file.display(),
     )
-}
-
-/// Writes a file readable by its owner only (it holds passwords), atomically; `render` uses
-/// it too.
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(contents.as_bytes())?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

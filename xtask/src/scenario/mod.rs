@@ -1,0 +1,352 @@
+//! `xtask bench-scenario` (`make bench`): the standard benchmark, written into the generated
+//! regions of docs/performance.md.
+//!
+//! - a local stack at etcd's default bcrypt cost: `bench` with 8 and 64 clients, then the
+//!   catalog with wrk -t2 -c32 (Debian's wrk, unpacked into tools/wrk on first use);
+//! - a local stack at --bcrypt-cost 4 (at the default cost, 100,000 binds would take etcd close
+//!   to two hours of bcrypt): 1 and 8 clients, then 8 clients after preloading --preload
+//!   instances with a binding each, compared with the empty run; then the start-up time of a
+//!   second broker on the same config against the preloaded etcd;
+//! - CPU per operation of the bench, the broker and etcd (`--cpu-of`), all on this machine.
+//!
+//! Each stack is a `DevProcess` and each bench a process of its own (this binary's `bench`),
+//! so the CPU figures of client, broker and etcd are separate processes'. Figures depend on
+//! the machine: the document records it. Not a test; xtask/tests/bench.rs is the smoke run.
+//!
+//! - `doc.rs`: the generated regions of a markdown file;
+//! - `tables.rs`: the comparison and targets tables from the bench's JSON reports.
+
+mod doc;
+pub mod tables;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::stack::{DevProcess, StackOptions};
+
+/// Flags of `xtask bench-scenario`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScenarioArgs {
+    /// Operations per phase of each bench run.
+    #[arg(long, env = "BENCH_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Instances (with a binding each) preloaded before the last run; about 5 minutes per 100,000.
+    #[arg(long, env = "BENCH_PRELOAD", default_value_t = 100_000)]
+    pub preload: u64,
+    /// The document whose generated regions receive the figures.
+    #[arg(long, env = "BENCH_OUT", default_value = "docs/performance.md")]
+    pub out: PathBuf,
+    /// The `etcd-broker` binary timed at start-up [default: the one next to this program].
+    #[arg(long)]
+    pub broker_binary: Option<PathBuf>,
+}
+
+/// Regions of the document the scenario writes, checked before anything runs.
+const REGIONS: [&str; 10] = [
+    "machine",
+    "default-8",
+    "default-64",
+    "cost4-1",
+    "cost4-8",
+    "preload-8",
+    "catalog-wrk",
+    "scale",
+    "startup",
+    "targets",
+];
+
+/// One bench run: its printed tables and its JSON report.
+struct BenchRun {
+    text: String,
+    report: Value,
+}
+
+/// Runs the scenario and rewrites the document's generated regions.
+pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
+    let doc =
+        std::fs::read_to_string(&args.out).with_context(|| format!("cannot read {}", args.out.display()))?;
+    doc::check_regions(&doc, &REGIONS).with_context(|| args.out.display().to_string())?;
+    let broker = args.broker_binary.clone().unwrap_or_else(|| xtask.with_file_name("etcd-broker"));
+    ensure!(
+        broker.is_file(),
+        "{} does not exist: build it with `cargo build --release -p etcd-broker` (make bench does)",
+        broker.display()
+    );
+    let work = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let wrk = wrk_binary(work.path());
+
+    let mut runs = BTreeMap::new();
+    let stack = DevProcess::start(xtask, &StackOptions::default(), &work.path().join("default"))?;
+    let bench = |stack: &DevProcess, name: &str, extra: &[&str]| {
+        bench(xtask, args.count, stack, work.path(), name, extra)
+    };
+    runs.insert("default-8", bench(&stack, "default-8", &["--clients", "8"])?);
+    runs.insert(
+        "default-64",
+        bench(
+            &stack,
+            "default-64",
+            &["--clients", "64", "--ops", "provision,bind,get-binding,unbind,deprovision"],
+        )?,
+    );
+    let catalog = match &wrk {
+        Some(wrk) => Some(catalog_with_wrk(wrk, &stack.env)?),
+        None => None,
+    };
+    stack.stop()?;
+
+    let cost4 = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
+    let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
+    runs.insert("cost4-1", bench(&stack, "cost4-1", &["--clients", "1"])?);
+    runs.insert("cost4-8", bench(&stack, "cost4-8", &["--clients", "8"])?);
+    let preload = args.preload.to_string();
+    runs.insert(
+        "preload-8",
+        bench(&stack, "preload-8", &["--clients", "8", "--preload", &preload, "--keep-preload"])?,
+    );
+    let startup = startup_time(&broker, &stack)?;
+    stack.stop()?;
+
+    let reports: BTreeMap<String, Value> =
+        runs.iter().map(|(name, run)| ((*name).to_owned(), run.report.clone())).collect();
+    let mut regions: Vec<(&str, String)> = vec![("machine", machine(args.count)?)];
+    for name in tables::RUNS {
+        let mut text = String::new();
+        if name == "preload-8" {
+            text += &format!("Preloaded: {} instances with a binding each.\n\n", args.preload);
+        }
+        text += &format!("```\n{}\n```\n", runs[name].text.trim_end());
+        regions.push((name, text));
+    }
+    let (catalog_line, rps) = match catalog {
+        Some((line, rps)) => (line, rps),
+        None => ("(wrk not available)".to_owned(), None),
+    };
+    regions.push(("catalog-wrk", catalog_line));
+    regions.push((
+        "scale",
+        format!(
+            "Preloaded: {} instances.\n\n{}",
+            args.preload,
+            tables::scale_table(&reports["cost4-8"], &reports["preload-8"])
+        ),
+    ));
+    regions.push((
+        "startup",
+        format!(
+            "A broker started against the preloaded etcd answered its first catalog request after {} ms.",
+            startup.as_millis()
+        ),
+    ));
+    let startup_ms = u64::try_from(startup.as_millis()).ok();
+    regions.push(("targets", tables::targets_table(&reports, rps, startup_ms)));
+
+    let mut doc = doc;
+    for (name, contents) in regions {
+        doc = doc::replace_region(&doc, name, &contents)?;
+    }
+    std::fs::write(&args.out, doc).with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("bench-scenario: wrote {}", args.out.display());
+    Ok(())
+}
+
+/// `xtask bench --count N --json <work>/NAME.json --cpu-of ... EXTRA` against `stack`; its
+/// tables are printed as they come and kept for the document.
+fn bench(
+    xtask: &Path,
+    count: u64,
+    stack: &DevProcess,
+    work: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<BenchRun> {
+    eprintln!("bench-scenario: {name}");
+    let json = work.join(format!("{name}.json"));
+    let out = Command::new(xtask)
+        .args(["bench", "--count", &count.to_string(), "--json"])
+        .arg(&json)
+        .args(["--cpu-of", &format!("broker={}", stack.env["BROKER_PID"])])
+        .args(["--cpu-of", &format!("etcd={}", stack.env["ETCD_PID"])])
+        .args(extra)
+        .envs(&stack.env)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {} bench", xtask.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{text}");
+    if !out.status.success() {
+        bail!("bench {name} failed ({})", out.status);
+    }
+    let report = std::fs::read_to_string(&json).with_context(|| format!("bench {name} wrote no report"))?;
+    let report = serde_json::from_str(&report).with_context(|| format!("bench {name}'s report"))?;
+    Ok(BenchRun { text, report })
+}
+
+/// tools/wrk's wrk (Debian's package and the LuaJIT it links, unpacked there with
+/// `apt-get download` + `dpkg -x` on first use: no root needed); `None`, said on stderr,
+/// when it cannot be had.
+fn wrk_binary(work: &Path) -> Option<PathBuf> {
+    let root = local_etcd::tools_dir().join("wrk");
+    let wrk = root.join("usr/bin/wrk");
+    let has_luajit = || root.join("usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2").exists();
+    if wrk.is_file() && has_luajit() {
+        return Some(wrk);
+    }
+    let unpacked = (|| -> Result<()> {
+        let download = Command::new("apt-get")
+            .args(["download", "wrk", "libluajit-5.1-2"])
+            .current_dir(work)
+            .output()
+            .context("apt-get")?;
+        ensure!(download.status.success(), "apt-get download: {}", String::from_utf8_lossy(&download.stderr));
+        for entry in std::fs::read_dir(work)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "deb") {
+                let status = Command::new("dpkg").arg("-x").arg(&path).arg(&root).status().context("dpkg")?;
+                ensure!(status.success(), "dpkg -x {}", path.display());
+            }
+        }
+        ensure!(wrk.is_file() && has_luajit(), "the packages hold no wrk or libluajit");
+        Ok(())
+    })();
+    match unpacked {
+        Ok(()) => Some(wrk),
+        Err(e) => {
+            eprintln!(
+                "bench-scenario: could not install wrk ({e:#}); the catalog figure comes from bench only"
+            );
+            None
+        }
+    }
+}
+
+/// wrk -t2 -c32 -d10s on the catalog with basic auth: its latency and requests/s lines joined
+/// by `;`, and the requests/s.
+fn catalog_with_wrk(wrk: &Path, env: &BTreeMap<String, String>) -> Result<(String, Option<f64>)> {
+    use base64::Engine as _;
+    let credentials = format!("{}:{}", env["BROKER_USERNAME"], env["BROKER_PASSWORD"]);
+    let auth = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let libs =
+        wrk.parent().and_then(Path::parent).map(|usr| usr.join("lib/x86_64-linux-gnu")).unwrap_or_default();
+    eprintln!("bench-scenario: wrk on the catalog");
+    let out = Command::new(wrk)
+        .env("LD_LIBRARY_PATH", libs)
+        .args(["-t2", "-c32", "-d10s", "-H"])
+        .arg(format!("Authorization: Basic {auth}"))
+        .args(["-H", "X-Broker-API-Version: 2.17"])
+        .arg(format!("{}/v2/catalog", env["BROKER_URL"]))
+        .output()
+        .context("cannot run wrk")?;
+    ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(wrk_summary(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// wrk's `Latency` and `Requests/sec` lines, blanks squeezed and joined by `;`, and the
+/// requests/s as a number.
+fn wrk_summary(output: &str) -> (String, Option<f64>) {
+    let lines: Vec<String> = output
+        .lines()
+        .filter(|l| l.contains("Requests/sec") || l.contains("Latency"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let rps = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok());
+    (lines.join(";"), rps)
+}
+
+/// A second broker on the stack's config (other ports) started and timed until it answers the
+/// catalog; the stack's etcd holds the preload by then.
+fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
+    let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
+    let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
+    let (listen_port, metrics_port) = (port(&a)?, port(&b)?);
+    drop((a, b));
+    let log = std::fs::File::create(stack.dir().join("startup.log"))?;
+    let started = Instant::now();
+    let mut child = Command::new(broker)
+        .args(["serve", "--config"])
+        .arg(stack.dir().join("broker.toml"))
+        .env("ETCD_BROKER__LISTEN__PORT", listen_port.to_string())
+        .env("ETCD_BROKER__METRICS__PORT", metrics_port.to_string())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot run {}", broker.display()))?;
+    let answered = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{listen_port}/v2/catalog");
+        while started.elapsed() < Duration::from_secs(30) {
+            let request = http
+                .get(&url)
+                .basic_auth(&stack.env["BROKER_USERNAME"], Some(&stack.env["BROKER_PASSWORD"]))
+                .header("X-Broker-API-Version", "2.17");
+            if request.send().await.is_ok() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    answered.context("the second broker did not answer within 30 s (see startup.log)")
+}
+
+/// The machine's lines: cores and model, memory, etcd version, date, operations per phase.
+fn machine(count: u64) -> Result<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, m)| m.trim())
+        })
+        .unwrap_or("unknown CPU");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or_else(|| "?".to_owned(), |kib| (kib / 1024 / 1024).to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let etcd = local_etcd::etcd_binary(local_etcd::EtcdVersion::V3_5)?;
+    let version = command_line(Command::new(etcd).arg("--version"))?;
+    let date = command_line(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    Ok(format!(
+        "- {cores} cores: {model}\n- memory: {memory_gib} GiB; {version}; measured {date}\n\
+         - {count} operations per phase; broker and etcd on the same machine as the load\n"
+    ))
+}
+
+/// The first line a command prints.
+fn command_line(command: &mut Command) -> Result<String> {
+    let out = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    ensure!(out.status.success(), "{command:?} failed");
+    Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_gives_its_summary_and_rate() {
+        let output = "Running 10s test @ http://127.0.0.1:1/v2/catalog\n  2 threads and 32 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   589.37us  603.75us   8.05ms   93.68%\n    Req/Sec    31.81k     2.07k   36.37k    70.00%\n  633017 requests in 10.00s, 1.41GB read\nRequests/sec:  63300.84\nTransfer/sec:    144.37MB\n";
+        let (line, rps) = wrk_summary(output);
+        assert_eq!(line, "Latency 589.37us 603.75us 8.05ms 93.68%;Requests/sec: 63300.84");
+        assert_eq!(rps, Some(63300.84));
+        assert_eq!(wrk_summary("nothing"), (String::new(), None));
+    }
+
+    #[test]
+    fn the_shipped_document_has_every_region() {
+        let doc = include_str!("../../../docs/performance.md");
+        doc::check_regions(doc, &REGIONS).unwrap();
+    }
+}

@@ -1,0 +1,246 @@
+//! The markdown tables of docs/performance.md computed from the bench's JSON reports: the
+//! empty against preloaded comparison and the issue's performance targets. Pure functions of
+//! the reports, so a missing figure leaves out its row instead of failing the run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Runs whose broker/floor ratios count towards the targets, in the document's order.
+pub const RUNS: [&str; 5] = ["default-8", "default-64", "cost4-1", "cost4-8", "preload-8"];
+
+/// Each operation's target: broker p50 within this factor of its floor's p50.
+const RATIO_TARGETS: [(&str, f64); 5] =
+    [("provision", 1.5), ("unbind", 1.5), ("deprovision", 1.5), ("get-binding", 1.5), ("bind", 1.2)];
+
+/// Operation name -> a figure of it, in the report's order.
+fn per_operation(report: &Value, figure: impl Fn(&Value) -> Option<f64>) -> Vec<(String, Option<f64>)> {
+    let operations = report["operations"].as_array().map(Vec::as_slice).unwrap_or_default();
+    operations.iter().filter_map(|o| Some((o["operation"].as_str()?.to_owned(), figure(o)))).collect()
+}
+
+fn broker_p50(o: &Value) -> Option<f64> {
+    o["broker"]["p50_ms"].as_f64()
+}
+
+fn floor_p50(o: &Value) -> Option<f64> {
+    o["floor"]["p50_ms"].as_f64()
+}
+
+fn lookup(pairs: &[(String, Option<f64>)], op: &str) -> Option<f64> {
+    pairs.iter().find(|(name, _)| name == op).and_then(|(_, v)| *v)
+}
+
+/// p50 per operation with the preload against the empty stack, with the floors' p50s (the bare
+/// etcd calls drift between two runs too).
+pub fn scale_table(empty: &Value, large: &Value) -> String {
+    let (e, l) = (per_operation(empty, broker_p50), per_operation(large, broker_p50));
+    let (fe, fl) = (per_operation(empty, floor_p50), per_operation(large, floor_p50));
+    let mut out = String::from(
+        "| operation | p50 empty (ms) | p50 preloaded (ms) | preloaded / empty | floor: empty | preloaded | preloaded / empty |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (op, empty_p50) in &e {
+        let (Some(empty_p50), Some(large_p50)) = (*empty_p50, lookup(&l, op)) else { continue };
+        if empty_p50 <= 0.0 {
+            continue;
+        }
+        let floors = match (lookup(&fe, op), lookup(&fl, op)) {
+            (Some(a), Some(b)) if a != 0.0 && b != 0.0 => format!("| {a:.2} | {b:.2} | {:.2} |", b / a),
+            _ => "| - | - | - |".to_owned(),
+        };
+        let _ =
+            writeln!(out, "| {op} | {empty_p50:.2} | {large_p50:.2} | {:.2} {floors}", large_p50 / empty_p50);
+    }
+    out
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The smallest and largest of `values` and the name of the (first) largest.
+fn spread(values: &[(&str, f64)]) -> Option<(f64, f64, String)> {
+    let mut worst = values.first()?;
+    for value in values {
+        if value.1 > worst.1 {
+            worst = value;
+        }
+    }
+    let min = values.iter().map(|v| v.1).fold(f64::INFINITY, f64::min);
+    Some((min, worst.1, worst.0.to_owned()))
+}
+
+/// `12345.6` -> `12,346`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if value < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// The issue's targets against one run of the scenario: `reports` by run name (see [`RUNS`]),
+/// wrk's catalog requests/s and the start-up time, when measured.
+pub fn targets_table(
+    reports: &BTreeMap<String, Value>,
+    wrk_rps: Option<f64>,
+    startup_ms: Option<u64>,
+) -> String {
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    for (op, target) in RATIO_TARGETS {
+        let ratios: Vec<(&str, f64)> = RUNS
+            .iter()
+            .filter_map(|run| {
+                let report = reports.get(*run)?;
+                let row = report["operations"].as_array()?.iter().find(|o| o["operation"] == op)?;
+                Some((*run, row["p50_ratio"].as_f64()?))
+            })
+            .collect();
+        if let Some((min, max, worst)) = spread(&ratios) {
+            rows.push([
+                format!("{op} p50 within {target}x of its floor"),
+                format!("{min:.2}-{max:.2}x (worst: {worst})"),
+                verdict(max <= target).to_owned(),
+            ]);
+        }
+    }
+    if let Some(rps) = wrk_rps {
+        rows.push([
+            "catalog >= 32,000 requests/s (wrk -t2 -c32)".to_owned(),
+            format!("{}/s", thousands(rps)),
+            verdict(rps >= 32000.0).to_owned(),
+        ]);
+    }
+    if let (Some(empty), Some(large)) = (reports.get("cost4-8"), reports.get("preload-8")) {
+        let (e, l) = (per_operation(empty, broker_p50), per_operation(large, broker_p50));
+        let scale: Vec<(&str, f64)> = e
+            .iter()
+            .filter_map(|(op, empty_p50)| {
+                let (empty_p50, large_p50) = ((*empty_p50)?, lookup(&l, op)?);
+                (empty_p50 != 0.0 && large_p50 != 0.0).then_some((op.as_str(), large_p50 / empty_p50))
+            })
+            .collect();
+        if let Some((min, max, worst)) = spread(&scale) {
+            rows.push([
+                "preloaded p50 within 1.2x of empty, every operation".to_owned(),
+                format!("{min:.2}-{max:.2}x (worst: {worst})"),
+                verdict(max <= 1.2).to_owned(),
+            ]);
+        }
+        if let Some(rss) = large["rss_bytes"]["end"].as_f64().filter(|rss| *rss != 0.0) {
+            rows.push([
+                "broker RSS < 64 MB with the preload".to_owned(),
+                format!("{:.1} MB", rss / 1e6),
+                verdict(rss < 64e6).to_owned(),
+            ]);
+        }
+    }
+    if let Some(ms) = startup_ms {
+        rows.push([
+            "start-up < 1 s with the preload".to_owned(),
+            format!("{ms} ms"),
+            verdict(ms < 1000).to_owned(),
+        ]);
+    }
+    if let Some(busy) = reports.get("default-64") {
+        let operations = busy["operations"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let errors: u64 = operations.iter().filter_map(|o| o["broker"]["errors"].as_u64()).sum();
+        let orphans = busy["orphans"].as_array().map(Vec::len);
+        rows.push([
+            "64 clients: no errors, no orphans".to_owned(),
+            format!("{errors} errors, {} orphans", orphans.unwrap_or(0)),
+            verdict(errors == 0 && orphans == Some(0)).to_owned(),
+        ]);
+    }
+    let mut out = String::from("| target | this run | |\n| --- | --- | --- |\n");
+    for row in rows {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn op(name: &str, p50: f64, floor: Option<f64>, ratio: Option<f64>) -> Value {
+        json!({ "operation": name, "broker": { "p50_ms": p50, "errors": 0 },
+                "floor": floor.map(|f| json!({ "p50_ms": f })), "p50_ratio": ratio })
+    }
+
+    #[test]
+    fn the_scale_table_compares_each_operation_and_its_floor() {
+        let empty = json!({ "operations": [op("catalog", 0.25, None, None), op("bind", 20.0, Some(22.0), Some(0.9))] });
+        let large = json!({ "operations": [op("catalog", 0.33, None, None), op("bind", 25.0, Some(27.5), Some(0.9))] });
+        assert_eq!(
+            scale_table(&empty, &large),
+            "| operation | p50 empty (ms) | p50 preloaded (ms) | preloaded / empty | floor: empty | preloaded | preloaded / empty |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | catalog | 0.25 | 0.33 | 1.32 | - | - | - |\n\
+             | bind | 20.00 | 25.00 | 1.25 | 22.00 | 27.50 | 1.25 |\n"
+        );
+    }
+
+    #[test]
+    fn targets_name_the_worst_run_and_miss_when_it_is_over() {
+        let mut reports = BTreeMap::new();
+        reports.insert(
+            "cost4-1".to_owned(),
+            json!({ "operations": [op("provision", 1.0, Some(0.5), Some(1.38)), op("get-binding", 1.0, Some(0.5), Some(1.56))] }),
+        );
+        reports.insert(
+            "cost4-8".to_owned(),
+            json!({ "operations": [op("provision", 2.0, Some(2.0), Some(0.95)), op("get-binding", 1.0, Some(1.0), Some(1.48))] }),
+        );
+        reports.insert(
+            "preload-8".to_owned(),
+            json!({ "operations": [op("provision", 2.2, None, None), op("get-binding", 1.0, None, None)],
+                    "rss_bytes": { "end": 27.0e6 } }),
+        );
+        reports.insert(
+            "default-64".to_owned(),
+            json!({ "operations": [op("provision", 1.0, None, None)], "orphans": [] }),
+        );
+        let table = targets_table(&reports, Some(63300.84), Some(90));
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "| target | this run | |",
+                "| --- | --- | --- |",
+                "| provision p50 within 1.5x of its floor | 0.95-1.38x (worst: cost4-1) | met |",
+                "| get-binding p50 within 1.5x of its floor | 1.48-1.56x (worst: cost4-1) | **missed** |",
+                "| catalog >= 32,000 requests/s (wrk -t2 -c32) | 63,301/s | met |",
+                "| preloaded p50 within 1.2x of empty, every operation | 1.00-1.10x (worst: provision) | met |",
+                "| broker RSS < 64 MB with the preload | 27.0 MB | met |",
+                "| start-up < 1 s with the preload | 90 ms | met |",
+                "| 64 clients: no errors, no orphans | 0 errors, 0 orphans | met |",
+            ]
+        );
+        // No orphan list (the check did not run) is no pass.
+        reports.insert("default-64".to_owned(), json!({ "operations": [] }));
+        assert!(targets_table(&reports, None, None).contains("| 0 errors, 0 orphans | **missed** |"));
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(63300.84), "63,301");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+    }
+}

@@ -1,0 +1,241 @@
+//! The one way to use the local stack from outside: start `xtask dev` as a child process,
+//! wait until it has written its env file (etcd and the broker answer by then), hand its
+//! `KEY=value` pairs to whoever runs against it, stop it with SIGINT.
+//!
+//! `dev --run -- CMD` (ci/blackbox, the ops crate's tests), the bench scenario and this crate's
+//! tests all go through [`DevProcess`]. The stack runs in a process of its own so that its pid
+//! is the broker's (`BROKER_PID`, read by `bench --cpu-of`) and a crash of the command cannot
+//! take the stack's clean-up with it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use local_etcd::EtcdVersion;
+
+/// How long a stack may take to answer: etcd with auth, then the broker.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopping stack may drain before it is killed (bpm's 20 s, plus etcd's stop).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The variables `dev` writes to `<dir>/env`, in that order; `dev --run` exports all of them.
+pub const ENV_KEYS: [&str; 10] = [
+    "BROKER_URL",
+    "BROKER_USERNAME",
+    "BROKER_PASSWORD",
+    "ETCD_ENDPOINTS",
+    "ETCD_ROOT_USERNAME",
+    "ETCD_ROOT_PASSWORD",
+    "ETCDCTL",
+    "METRICS_URL",
+    "BROKER_PID",
+    "ETCD_PID",
+];
+
+/// What the stack is started with: the flags of `dev` that a caller may want to choose.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub etcd_version: EtcdVersion,
+    pub bcrypt_cost: Option<u32>,
+    pub broker_port: u16,
+    pub metrics_port: u16,
+    pub etcd_port: u16,
+}
+
+impl Default for StackOptions {
+    /// etcd 3.5 at its default bcrypt cost, every port free.
+    fn default() -> Self {
+        StackOptions {
+            etcd_version: EtcdVersion::V3_5,
+            bcrypt_cost: None,
+            broker_port: 0,
+            metrics_port: 0,
+            etcd_port: 0,
+        }
+    }
+}
+
+/// A running `xtask dev`: its env, its folder (broker.toml, etcd.log, dev.log); stopped on
+/// drop.
+pub struct DevProcess {
+    child: Child,
+    /// The env file's `KEY=value` pairs (see [`ENV_KEYS`]).
+    pub env: BTreeMap<String, String>,
+    dir: PathBuf,
+}
+
+impl DevProcess {
+    /// Starts `xtask dev` (the binary `xtask`, usually `std::env::current_exe()`) with its files
+    /// in `dir`, and returns once its env file exists. A stack that exits or does not answer
+    /// within a minute is an error quoting its log.
+    pub fn start(xtask: &Path, options: &StackOptions, dir: &Path) -> Result<DevProcess> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = dir.join("dev.log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
+        let mut command = Command::new(xtask);
+        command.arg("dev").arg("--dir").arg(dir);
+        command.args(["--etcd-version", &options.etcd_version.to_string()]);
+        command.args(["--broker-port", &options.broker_port.to_string()]);
+        command.args(["--metrics-port", &options.metrics_port.to_string()]);
+        command.args(["--etcd-port", &options.etcd_port.to_string()]);
+        if let Some(cost) = options.bcrypt_cost {
+            command.args(["--bcrypt-cost", &cost.to_string()]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot run {} dev", xtask.display()))?;
+        let mut stack = DevProcess { child, env: BTreeMap::new(), dir: dir.to_owned() };
+        let env_file = dir.join("env");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&env_file) {
+                stack.env = parse_env(&text);
+                if ENV_KEYS.iter().all(|key| stack.env.contains_key(*key)) {
+                    return Ok(stack);
+                }
+            }
+            if stack.child.try_wait()?.is_some() {
+                bail!("the local stack did not start:\n{}", log_text(&log));
+            }
+            if Instant::now() > deadline {
+                bail!("the local stack did not start within {START_TIMEOUT:?}:\n{}", log_text(&log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The folder holding broker.toml, etcd.log and dev.log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the stack (SIGINT: the broker drains, etcd stops); kills it if it takes longer
+    /// than 30 s. An error when it did not exit cleanly.
+    pub fn stop(mut self) -> Result<()> {
+        let status = self.stop_child()?;
+        if !status.success() {
+            bail!("the local stack exited with {status}:\n{}", log_text(&self.dir.join("dev.log")));
+        }
+        Ok(())
+    }
+
+    fn stop_child(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        signal(self.child.id(), libc::SIGINT);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Ok(self.child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for DevProcess {
+    /// A stack is never left running, whatever happened to its user.
+    fn drop(&mut self) {
+        let _ = self.stop_child();
+    }
+}
+
+/// `KEY=value` lines (the env file's format) as pairs; other lines are ignored.
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+fn log_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a pid of our own child; it cannot affect this process's memory.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// The signal this process received while a command ran (0: none), forwarded to the command.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn remember(signal: libc::c_int) {
+    RECEIVED.store(signal, Ordering::SeqCst);
+}
+
+/// `dev --run`: starts the stack in `dir`, runs `command` with the stack's env added to its
+/// environment, stops the stack, and returns the command's exit code (128 + the signal when a
+/// signal ended it). SIGINT and SIGTERM do not end this process while the command runs: they
+/// are passed on to the command (a terminal's Ctrl-C reaches it directly), and the stack is
+/// stopped once it exits.
+pub fn run_command(xtask: &Path, options: &StackOptions, dir: &Path, command: &[String]) -> Result<i32> {
+    let (program, args) = command.split_first().context("--run needs a command")?;
+    let stack = DevProcess::start(xtask, options, dir)?;
+    eprintln!(
+        "dev: etcd at {}, broker at {}; running {program}",
+        stack.env["ETCD_ENDPOINTS"], stack.env["BROKER_URL"]
+    );
+    // A handler, not SIG_IGN: handlers are reset by exec, so the command still gets the
+    // default behaviour.
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, remember as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(&stack.env)
+        .spawn()
+        .with_context(|| format!("cannot run '{program}'"))?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let received = RECEIVED.swap(0, Ordering::SeqCst);
+        if received != 0 {
+            signal(child.id(), received);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    stack.stop()?;
+    Ok(exit_code(status))
+}
+
+/// A shell's `$?` for a finished process.
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_become_pairs_and_values_keep_their_equal_signs() {
+        let env = parse_env("A=1\nB=x=y\n\nnoise\nC=\n");
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "x=y");
+        assert_eq!(env["C"], "");
+        assert_eq!(env.len(), 3);
+    }
+
+    #[test]
+    fn a_signal_ending_a_command_gives_the_shell_exit_code() {
+        let status = Command::new("sh").args(["-c", "kill -TERM $$"]).status().unwrap();
+        assert_eq!(exit_code(status), 128 + libc::SIGTERM);
+        let status = Command::new("sh").args(["-c", "exit 7"]).status().unwrap();
+        assert_eq!(exit_code(status), 7);
+    }
+}
