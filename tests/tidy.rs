@@ -132,6 +132,20 @@ fn the_operators_crate_uses_only_the_broker_crates_public_tools() {
     assert!(broken.is_empty(), "the operators' crate reaches into the broker:\n{}", broken.join("\n"));
 }
 
+/// Crates only developers need: the shipped operators' crate (and so the BOSH package's
+/// binary) must not link them.
+const DEVELOPERS_ONLY: &[&str] = &["xtask", "local-etcd", "hdrhistogram", "indicatif"];
+
+#[test]
+fn the_operators_crate_links_no_developer_tools() {
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root().join("ops/Cargo.toml")).unwrap()).unwrap();
+    let dependencies = manifest["dependencies"].as_table().expect("ops has dependencies");
+    let linked: Vec<&&str> =
+        DEVELOPERS_ONLY.iter().filter(|name| dependencies.contains_key(**name)).collect();
+    assert!(linked.is_empty(), "ops/Cargo.toml [dependencies] holds developers' crates: {linked:?}");
+}
+
 /// The tidy check itself finds what it looks for.
 #[test]
 fn used_paths_are_found_and_comments_are_not() {
