@@ -65,7 +65,7 @@ async fn serve(options: DevOptions) -> Result<()> {
 
     let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd);
     write_private(&env_file, &env)?;
-    println!("{}", instructions(&config, &broker_url, &env_file));
+    println!("{}", instructions(&config, &broker_url, &metrics_url, &env_file));
 
     // actix-web stops the server gracefully on SIGINT/SIGTERM.
     let served = running.serve().await;
@@ -121,13 +121,13 @@ fn env_lines(broker_url: &str, metrics_url: &str, broker_password: &str, etcd: &
 }
 
 /// Ready-to-paste commands; secrets come from the env file, never from this text.
-fn instructions(config: &Config, broker_url: &str, env_file: &Path) -> String {
+fn instructions(config: &Config, broker_url: &str, metrics_url: &str, env_file: &Path) -> String {
     let service = &config.catalog.services[0];
     let plan = &service.plans[0];
     let (sid, pid) = (&service.id, &plan.id);
     format!(
         r#"
-etcd-broker is listening on {broker_url}; etcd is at {etcd}; metrics at $METRICS_URL.
+etcd-broker is listening on {broker_url}; etcd is at {etcd}; metrics at {metrics_url}.
 Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
 
   set -a; . {env}; set +a
