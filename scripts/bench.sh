@@ -208,7 +208,7 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   refusing a batch as a whole (`--max-txn-ops` below 16, `--max-request-bytes` below 8
   records) costs a retry of each request on its own, never a failure; any other error of a
   batched commit is every commit's error, since etcd may have applied it
-  (tests/store_batching.rs).
+  (tests/it/store_batching.rs).
 - **What the profiles found.** The broker dialled etcd on the thread that first needed it, the
   role reaper's at start, and tonic runs a channel's buffer and HTTP/2 connection as tasks of
   that thread: every request of the actix worker crossed to the other thread and back. Each
@@ -282,7 +282,7 @@ etcd_version=$(tools/etcd-v3.5/bin/etcd --version | sed -n 1p)
   then waited ~40 ms for a delayed ACK (this bench found it: a single get took 44 ms). The broker
   dials every endpoint through its own connector (plain TCP, or OpenSSL over it) with
   TCP_NODELAY (src/etcd.rs `connect`): a provision against etcd with TLS and client
-  certificates took 44 ms before, 0.76 ms after (tests/tls.rs, 50 in a row). Since the
+  certificates took 44 ms before, 0.76 ms after (tests/it/tls.rs, 50 in a row). Since the
   endpoints are health-checked (src/endpoint_health.rs), each etcd request also passes one more
   buffer task and arms a 2 s timer; quick runs of GET binding showed no change.
 - **Catalog** is served from memory (one constant-time basic-auth comparison, a pre-built JSON

@@ -3,7 +3,7 @@
 #   1. formatting and lints (rustfmt, clippy with warnings as errors);
 #   2. every unit and integration test of the workspace against etcd 3.5;
 #   3. the integration tests again against etcd 3.4, and the blackbox suite (ci/blackbox) on 3.4
-#      (on 3.5 it runs inside step 2, ops/tests/blackbox.rs);
+#      (on 3.5 it runs inside step 2, ops/tests/it/blackbox.rs);
 #   4. the BOSH release tree: stage the package source (make release, stage only) and
 #      `etcd-broker-ops check release`.
 # Each integration test starts its own etcd (auth enabled) on free loopback ports.

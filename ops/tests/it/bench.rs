@@ -2,7 +2,7 @@
 //! end (all operations, the floor from the broker's own etcd call counts, preload, RSS, orphan
 //! check) and its JSON report adds up. No timing is asserted: figures live in docs/performance.md.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

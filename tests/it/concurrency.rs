@@ -1,11 +1,9 @@
 //! Acceptance: two broker processes on one etcd, many clients racing on the same and different
 //! ids. Every answer must be one the spec allows, and the end state must have no orphans.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 use reqwest::StatusCode;
 

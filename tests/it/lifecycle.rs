@@ -1,8 +1,6 @@
 //! Acceptance: the whole lifecycle and tenant isolation, on a real etcd with auth enabled.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use etcd_client::{GetOptions, Permission};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

@@ -1,9 +1,7 @@
 //! Acceptance: the OSB status-code matrix for every endpoint and bad input of every kind, on a
 //! real etcd. Every error answer must be OSB error JSON with a description.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

@@ -1,8 +1,6 @@
 //! Shared harness of the integration tests: a real etcd (auth enabled, version from
 //! `ETCD_VERSION`, default 3.5) and real `etcd-broker` processes on free loopback ports.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
