@@ -258,11 +258,6 @@ impl Osb {
         self.call(Method::PUT, &format!("/v2/service_instances/{id}"), Some(provision_body(plan))).await
     }
 
-    pub async fn update(&self, id: &str, plan: &str) -> Reply {
-        let body = json!({ "service_id": SERVICE_ID, "plan_id": plan });
-        self.call(Method::PATCH, &format!("/v2/service_instances/{id}"), Some(body)).await
-    }
-
     pub async fn deprovision(&self, id: &str) -> Reply {
         let path = format!("/v2/service_instances/{id}?service_id={SERVICE_ID}&plan_id={SHARED}");
         self.call(Method::DELETE, &path, None).await

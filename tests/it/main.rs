@@ -1,11 +1,12 @@
-//! The broker's integration tests, one test binary (`cargo test --test it`): every module
-//! starts real etcd (auth on, `ETCD_VERSION` 3.5 or 3.4) and real `etcd-broker` processes on
-//! free loopback ports. One binary links the harness and the dependencies once, and its tests
-//! share the two cores through one thread pool instead of one run per file.
+//! The broker's integration tests, one test binary (`cargo test --test it`): real etcd (auth on,
+//! `ETCD_VERSION` 3.5 or 3.4) and real `etcd-broker` processes on free loopback ports, no fakes.
+//! One binary links the harness and the dependencies once, and all tests share one pool of
+//! test threads instead of running file after file.
 //!
 //! - `common`: the harness: etcd, broker processes, an OSB client, metrics scraping
 //! - `lifecycle`: provision, bind, use, unbind, deprovision; tenant isolation; role reaper pauses
-//! - `osb_protocol`: the status-code matrix, bad input, etcd down
+//! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
+//!   etcd down
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
 //! - `failover`: dead and stopped endpoints and members
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
