@@ -8,7 +8,7 @@
 //! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
 //!   etcd down
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
-//! - `failover`: dead and stopped endpoints and members
+//! - `failover`: dead and stopped endpoints and members (timing-based: etcd 3.5 only, test.sh)
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
 //! - `store_batching`: the real store's coalesced reads and commits on a real etcd
