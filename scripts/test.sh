@@ -2,8 +2,9 @@
 # The whole test suite (what `make test` and CI run):
 #   1. formatting and lints (rustfmt, clippy with warnings as errors);
 #   2. every unit and integration test of the workspace against etcd 3.5;
-#   3. the integration tests again against etcd 3.4, and the blackbox suite (ci/blackbox) on 3.4
-#      (on 3.5 it runs inside step 2, ops/tests/blackbox.rs);
+#   3. the broker's integration tests again against etcd 3.4 (without the timing-based ones),
+#      and the blackbox suite (ci/blackbox) on 3.4 (on 3.5 it runs inside step 2,
+#      ops/tests/it/blackbox.rs);
 #   4. the BOSH release tree: stage the package source (make release, stage only) and
 #      `etcd-broker-ops check release`.
 # Each integration test starts its own etcd (auth enabled) on free loopback ports.
@@ -29,8 +30,15 @@ step "tests against etcd 3.5"
 ETCD_VERSION=3.5 run_tests cargo test --workspace --locked
 
 step "integration tests against etcd 3.4"
-ETCD_VERSION=3.4 run_tests cargo test --locked -p etcd-broker --test '*'
-ETCD_VERSION=3.4 run_tests cargo test --locked -p local-etcd
+# The broker's integration tests again, on the other etcd, except those that mostly measure
+# time: failover (the request timeout, reads copied away from a stopped member) and the role
+# reaper waiting for a pause in the traffic. What they time are the broker's own timeouts and
+# pacing, and their waits are about half the run; they run on 3.5 (step 2). They are left out by
+# name with cargo's --skip filter, never by returning early, so the list of what ran stays
+# honest. On 3.4 tls.rs still lists a dead endpoint first. local-etcd's tests start both
+# versions themselves (step 2).
+ETCD_VERSION=3.4 run_tests cargo test --locked -p etcd-broker --test it -- \
+  --skip failover:: --skip lifecycle::roles_are_deleted_in_the_pauses_of_the_osb_traffic
 
 step "blackbox suite against a local etcd 3.4 + broker"
 ci/blackbox --etcd-version 3.4

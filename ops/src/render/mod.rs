@@ -209,7 +209,7 @@ pub fn patched_manifest(manifest_path: &Path, ops_files: &[PathBuf]) -> Result<V
 /// then every `((variable))` the vars files supply interpolated; the others stay in place, as
 /// `bosh int` leaves them without `--var-errs`, and so do the `variables:` definitions of
 /// those (`bosh int` drops a definition whose value is given). The offline model of the director's first
-/// step, compared with the real CLI in ops/tests/render_bosh_int.rs.
+/// step, compared with the real CLI in ops/tests/it/render_bosh_int.rs.
 pub fn interpolated_manifest(
     manifest_path: &Path,
     ops_files: &[PathBuf],

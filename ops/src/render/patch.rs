@@ -1,7 +1,7 @@
 //! BOSH ops files (the BOSH CLI's go-patch) on JSON values, so `-o` files change the manifest
 //! here as they do in `bosh deploy`: the part of go-patch that this release's ops files and an
 //! operator's own need, checked against `bosh int` for every shipped ops file
-//! (ops/tests/render_bosh_int.rs).
+//! (ops/tests/it/render_bosh_int.rs).
 //!
 //! Supported: `replace` (`path`, `value`) and `remove` (`path`). Paths: `/a/b` (map keys), `/0`,
 //! `/-1` (array indexes, negative from the end), `/-` (after the last item, `replace` only),

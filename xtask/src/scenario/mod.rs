@@ -11,7 +11,7 @@
 //!
 //! Each stack is a `DevProcess` and each bench a process of its own (this binary's `bench`),
 //! so the CPU figures of client, broker and etcd are separate processes'. Figures depend on
-//! the machine: the document records it. Not a test; xtask/tests/bench.rs is the smoke run.
+//! the machine: the document records it. Not a test; xtask/tests/it/bench.rs is the smoke run.
 //!
 //! - `doc.rs`: the generated regions of a markdown file;
 //! - `tables.rs`: the comparison and targets tables from the bench's JSON reports.

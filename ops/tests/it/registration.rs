@@ -2,7 +2,7 @@
 //! this process (in-memory brokers, plans, visibilities and organizations; asynchronous jobs that
 //! finish on the second poll; plans paginated one per page), recording every call.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! against a broker that gets isolation wrong or with a wrong broker password. Secrets never
 //! appear in its output.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

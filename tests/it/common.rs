@@ -1,8 +1,6 @@
 //! Shared harness of the integration tests: a real etcd (auth enabled, version from
 //! `ETCD_VERSION`, default 3.5) and real `etcd-broker` processes on free loopback ports.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -258,11 +256,6 @@ impl Osb {
 
     pub async fn provision(&self, id: &str, plan: &str) -> Reply {
         self.call(Method::PUT, &format!("/v2/service_instances/{id}"), Some(provision_body(plan))).await
-    }
-
-    pub async fn update(&self, id: &str, plan: &str) -> Reply {
-        let body = json!({ "service_id": SERVICE_ID, "plan_id": plan });
-        self.call(Method::PATCH, &format!("/v2/service_instances/{id}"), Some(body)).await
     }
 
     pub async fn deprovision(&self, id: &str) -> Reply {

@@ -3,13 +3,11 @@
 //! the CA in credentials, and tenants connect over TLS with those credentials. A dead endpoint
 //! listed first is skipped.
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use etcd_client::{Client, ConnectOptions, OpenSslClientConfig};
 use local_etcd::{etcd_binary, EtcdVersion};
 use openssl::asn1::Asn1Time;
@@ -159,7 +157,7 @@ async fn the_broker_speaks_tls_to_etcd_and_hands_out_tls_credentials() {
     let ca_file = write(dir.path(), "broker-ca.pem", &ca_pem);
     let cert_file = write(dir.path(), "broker.pem", &broker_cert.cert);
     let key_file = write(dir.path(), "broker.key", &broker_cert.key);
-    // A dead member listed first is skipped, over https as over http (tests/failover.rs).
+    // A dead member listed first is skipped, over https as over http (failover.rs).
     let dead = format!("https://127.0.0.1:{}", free_port());
     let config = |port: u16, metrics_port: u16, ca: &str| {
         format!(

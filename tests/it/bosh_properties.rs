@@ -1,9 +1,7 @@
 //! Acceptance: `etcd-broker serve --bosh-properties` renders the config from the BOSH job's
 //! properties JSON and serves a working broker on real etcd.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -11,7 +9,7 @@ use serde_json::{json, Value};
 async fn serve_renders_bosh_properties_and_works() {
     let etcd = start_etcd().await;
     let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/bosh/properties.json")).expect("fixture is JSON");
+        serde_json::from_str(include_str!("../fixtures/bosh/properties.json")).expect("fixture is JSON");
     let broker = BrokerProcess::start_with_bosh_properties(|port, metrics_port| {
         let mut data = fixture.clone();
         data.as_object_mut().unwrap().remove("links");
@@ -42,7 +40,7 @@ async fn serve_renders_bosh_properties_and_works() {
 #[tokio::test]
 async fn a_missing_property_stops_the_start_with_bosh_s_message() {
     let dir = tempfile::tempdir().unwrap();
-    let mut data: Value = serde_json::from_str(include_str!("fixtures/bosh/properties.json")).unwrap();
+    let mut data: Value = serde_json::from_str(include_str!("../fixtures/bosh/properties.json")).unwrap();
     data["properties"]["auth"].as_object_mut().unwrap().remove("password");
     let path = dir.path().join("properties.json");
     std::fs::write(&path, data.to_string()).unwrap();

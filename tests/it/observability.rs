@@ -1,12 +1,10 @@
 //! Acceptance: metrics that move by exactly the expected amounts and pass `promtool check
 //! metrics`, a real Prometheus scrape, health/readiness endpoints, and logs without secrets.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;

@@ -1,13 +1,11 @@
 //! The alert rules pass `promtool check rules` and their unit tests (`promtool test rules`).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
 fn promtool(args: &[&str]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/prometheus");
-    let out = Command::new(common::tool("prometheus/bin/promtool"))
+    let out = Command::new(crate::common::tool("prometheus/bin/promtool"))
         .args(args)
         .current_dir(&dir)
         .output()

@@ -3,11 +3,9 @@
 //! etcd that stops answering costs a request 503 after the request timeout, not a hang; with
 //! other members listed, a read is sent to one of them instead.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use local_etcd::LocalEtcd;
 use reqwest::StatusCode;
 

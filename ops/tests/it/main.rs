@@ -1,0 +1,16 @@
+//! The ops crate's integration tests, one test binary (`cargo test -p etcd-broker-ops --test
+//! it`): the `etcd-broker-ops` binary against real etcd, real brokers and fakes of BOSH and
+//! Cloud Foundry. Fixtures stay in `ops/tests/fixtures` and `ops/tests/erb`.
+//!
+//! - `common`: the harness: a `dev` stack (through xtask), an errand's properties.json
+//! - `blackbox`, `check_release`, `registration`, `release_scripts`, `render`: one subcommand
+//!   (or script) each
+//! - `render_bosh_int`: our go-patch and interpolation against the real `bosh int`
+
+mod blackbox;
+mod check_release;
+mod common;
+mod registration;
+mod release_scripts;
+mod render;
+mod render_bosh_int;

@@ -1,0 +1,29 @@
+//! The broker's integration tests, one test binary (`cargo test --test it`): real etcd (auth on,
+//! `ETCD_VERSION` 3.5 or 3.4) and real `etcd-broker` processes on free loopback ports, no fakes.
+//! One binary links the harness and the dependencies once, and all tests share one pool of
+//! test threads instead of running file after file.
+//!
+//! - `common`: the harness: etcd, broker processes, an OSB client, metrics scraping
+//! - `lifecycle`: provision, bind, use, unbind, deprovision; tenant isolation; role reaper pauses
+//! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
+//!   etcd down
+//! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
+//! - `failover`: dead and stopped endpoints and members (timing-based: etcd 3.5 only, test.sh)
+//! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
+//! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
+//! - `store_batching`: the real store's coalesced reads and commits on a real etcd
+//! - `bosh_properties`: `serve --bosh-properties`
+//! - `tls`: TLS towards etcd and on the OSB listener
+//! - `tidy`: the dependency rules of ARCHITECTURE.md, read from the source tree
+
+mod bosh_properties;
+mod common;
+mod concurrency;
+mod failover;
+mod lifecycle;
+mod observability;
+mod osb_protocol;
+mod prometheus_rules;
+mod store_batching;
+mod tidy;
+mod tls;
