@@ -22,7 +22,11 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                pending.push(path);
+                // A folder with a Cargo.toml is another crate (make release stages the whole
+                // workspace under src/etcd-broker-workspace/): not this crate's source.
+                if !path.join("Cargo.toml").exists() {
+                    pending.push(path);
+                }
             } else if path.extension().is_some_and(|e| e == "rs") && path.file_name().unwrap() != "tests.rs" {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let product = text.split("#[cfg(test)]").next().unwrap_or_default();
