@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use etcd_broker_ops::osb::{BrokerTarget, Incomplete, Offering, OsbClient};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
@@ -209,76 +210,65 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// An OSB client speaking to one broker.
-#[derive(Clone)]
-pub struct Osb {
-    pub url: String,
-    pub http: reqwest::Client,
-}
+/// The ops crate's OSB client (the one blackbox and bench use) acting as the platform, with the
+/// test broker's credentials; its shorthand calls panic only if the broker does not answer.
+pub struct Osb(OsbClient);
 
-/// A response: status and JSON body (Null when the body is not JSON).
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-    pub headers: reqwest::header::HeaderMap,
+/// An answer: status, JSON body (Null when the body is not JSON) and headers.
+pub type Reply = etcd_broker_ops::osb::Answer;
+
+impl std::ops::Deref for Osb {
+    type Target = OsbClient;
+
+    fn deref(&self) -> &OsbClient {
+        &self.0
+    }
 }
 
 impl Osb {
     pub fn new(url: &str) -> Self {
-        Self { url: url.to_owned(), http: reqwest::Client::new() }
+        let target = BrokerTarget {
+            url: url.to_owned(),
+            username: USER.to_owned(),
+            password: PASSWORD.to_owned(),
+            skip_tls_verification: false,
+        };
+        Self(OsbClient::new(target, Duration::from_secs(60)).expect("an HTTP client"))
     }
 
-    /// A request with valid auth and version headers.
-    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.url))
-            .basic_auth(USER, Some(PASSWORD))
-            .header("X-Broker-API-Version", VERSION)
+    /// The shared plan of the test catalog.
+    fn shared() -> Offering {
+        Offering { service_id: SERVICE_ID.to_owned(), plan_id: SHARED.to_owned() }
     }
 
     pub async fn send(builder: reqwest::RequestBuilder) -> Reply {
-        let response = builder.send().await.expect("broker answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.unwrap();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, body, headers }
+        OsbClient::send(builder).await.expect("broker answers")
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let mut builder = self.request(method, path);
-        if let Some(body) = body {
-            builder = builder.json(&body);
-        }
-        Self::send(builder).await
+        self.0.call(method, path, body).await.expect("broker answers")
     }
 
     pub async fn provision(&self, id: &str, plan: &str) -> Reply {
-        self.call(Method::PUT, &format!("/v2/service_instances/{id}"), Some(provision_body(plan))).await
+        self.put_instance(id, &provision_body(plan), Incomplete::Refused).await.expect("broker answers")
     }
 
     pub async fn deprovision(&self, id: &str) -> Reply {
-        let path = format!("/v2/service_instances/{id}?service_id={SERVICE_ID}&plan_id={SHARED}");
-        self.call(Method::DELETE, &path, None).await
+        self.delete_instance(&Self::shared(), id, Incomplete::Refused).await.expect("broker answers")
     }
 
     pub async fn bind(&self, id: &str, binding: &str) -> Reply {
         let body =
             json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-1" } });
-        self.call(Method::PUT, &format!("/v2/service_instances/{id}/service_bindings/{binding}"), Some(body))
-            .await
+        self.put_binding(id, binding, &body, Incomplete::Refused).await.expect("broker answers")
     }
 
     pub async fn get_binding(&self, id: &str, binding: &str) -> Reply {
-        self.call(Method::GET, &format!("/v2/service_instances/{id}/service_bindings/{binding}"), None).await
+        self.0.get_binding(id, binding).await.expect("broker answers")
     }
 
     pub async fn unbind(&self, id: &str, binding: &str) -> Reply {
-        let path = format!(
-            "/v2/service_instances/{id}/service_bindings/{binding}?service_id={SERVICE_ID}&plan_id={SHARED}"
-        );
-        self.call(Method::DELETE, &path, None).await
+        self.delete_binding(&Self::shared(), id, binding, Incomplete::Refused).await.expect("broker answers")
     }
 }
 

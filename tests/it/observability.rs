@@ -26,7 +26,7 @@ async fn scripted_sequence(osb: &Osb) {
     assert_eq!(osb.unbind("i1", "b2").await.status, StatusCode::OK);
     assert_eq!(osb.unbind("i1", "b2").await.status, StatusCode::GONE);
     assert_eq!(osb.deprovision("i2").await.status, StatusCode::OK);
-    let wrong = osb.http.get(format!("{}/v2/catalog", osb.url)).basic_auth(USER, Some("nope"));
+    let wrong = osb.http().get(format!("{}/v2/catalog", osb.url())).basic_auth(USER, Some("nope"));
     assert_eq!(
         Osb::send(wrong.header("X-Broker-API-Version", VERSION)).await.status,
         StatusCode::UNAUTHORIZED

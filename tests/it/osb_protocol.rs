@@ -118,9 +118,9 @@ impl Row {
 
     async fn send(&self, osb: &Osb) -> Reply {
         if self.raw {
-            return self.send_raw(&osb.url).await;
+            return self.send_raw(osb.url()).await;
         }
-        let mut builder = osb.http.request(self.method.clone(), format!("{}{}", osb.url, self.path));
+        let mut builder = osb.http().request(self.method.clone(), format!("{}{}", osb.url(), self.path));
         if let Some((user, password)) = self.auth {
             builder = builder.basic_auth(user, Some(password));
         }
