@@ -64,10 +64,24 @@ pub fn config_toml(port: u16, metrics_port: u16, main: &LocalEtcd, far: Option<&
             password = etcd.root_password()
         )
     };
-    let mut text = format!(
-        r#"log_level = "debug"
-state_cluster = "main"
-[listen]
+    let mut text =
+        format!("log_level = \"debug\"\nstate_cluster = \"main\"\n{}", listeners_toml(port, metrics_port));
+    text += &cluster("main", main);
+    let far_cluster = match far {
+        Some(etcd) => {
+            text += &cluster("far", etcd);
+            "far"
+        }
+        None => "main",
+    };
+    text += &catalog_toml(far_cluster);
+    text
+}
+
+/// The config's listeners (OSB API and metrics on loopback) and the broker's credentials.
+pub fn listeners_toml(port: u16, metrics_port: u16) -> String {
+    format!(
+        r#"[listen]
 host = "127.0.0.1"
 port = {port}
 [metrics]
@@ -77,16 +91,12 @@ port = {metrics_port}
 username = "{USER}"
 password = {PASSWORD:?}
 "#
-    );
-    text += &cluster("main", main);
-    let far_cluster = match far {
-        Some(etcd) => {
-            text += &cluster("far", etcd);
-            "far"
-        }
-        None => "main",
-    };
-    text += &format!(
+    )
+}
+
+/// The test catalog: plans SHARED and LARGE on cluster `main`, FAR on `far_cluster`.
+pub fn catalog_toml(far_cluster: &str) -> String {
+    format!(
         r#"
 [[catalog.services]]
 id = "{SERVICE_ID}"
@@ -112,8 +122,7 @@ cluster = "main"
 [plan_configs."{FAR}"]
 cluster = "{far_cluster}"
 "#
-    );
-    text
+    )
 }
 
 /// A running `etcd-broker serve` process; killed on drop.

@@ -160,35 +160,17 @@ async fn the_broker_speaks_tls_to_etcd_and_hands_out_tls_credentials() {
     // A dead member listed first is skipped, over https as over http (failover.rs).
     let dead = format!("https://127.0.0.1:{}", free_port());
     let config = |port: u16, metrics_port: u16, ca: &str| {
-        format!(
-            r#"[listen]
-host = "127.0.0.1"
-port = {port}
-[metrics]
-host = "127.0.0.1"
-port = {metrics_port}
-[auth]
-username = "{USER}"
-password = {PASSWORD:?}
-[clusters.main]
+        let cluster = format!(
+            r#"[clusters.main]
 endpoints = ["{dead}", "{endpoint}"]
 password = "{root_password}"
 [clusters.main.tls]
 ca_file = "{ca}"
 cert_file = "{cert_file}"
 key_file = "{key_file}"
-[[catalog.services]]
-id = "{SERVICE_ID}"
-name = "etcd"
-description = "etcd"
-[[catalog.services.plans]]
-id = "{SHARED}"
-name = "shared"
-description = "shared"
-[plan_configs."{SHARED}"]
-cluster = "main"
 "#
-        )
+        );
+        listeners_toml(port, metrics_port) + &cluster + &catalog_toml("main")
     };
     let broker = BrokerProcess::start_with_config(|p, m| config(p, m, &ca_file), &[]).await;
     let osb = Osb::new(&broker.url);

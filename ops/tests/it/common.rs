@@ -1,8 +1,6 @@
 //! Shared harness of the ops integration tests: the developers' `xtask` (its `dev --run` runs a
 //! command against a local stack), and an errand's properties.json made the way BOSH makes it.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
