@@ -27,6 +27,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("etcd cluster '{cluster}': {message}")]
+    Cluster { cluster: String, message: String },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -62,6 +64,12 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
             batch: Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64)),
             read_copy: Arc::new(move || copies.inc()),
         };
+        // The store dials lazily; its TLS material is checked now, so a broken one stops the
+        // start instead of failing every request.
+        if let Some(tls) = &cluster.tls {
+            crate::tls::connector(tls)
+                .map_err(|e| StartError::Cluster { cluster: name.clone(), message: format!("TLS: {e}") })?;
+        }
         let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer);
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
         let ca_certificate = cluster
@@ -176,4 +184,27 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         servers.push(monitoring.run());
     }
     Ok(RunningBroker { addr, metrics_addr, servers, reaper })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example config with `tls` set on its cluster `main`.
+    fn example_with_cluster_tls(tls: toml::Table) -> Config {
+        let mut table: toml::Table =
+            toml::from_str(include_str!("../docs/etcd-broker.example.toml")).unwrap();
+        let main = table["clusters"]["main"].as_table_mut().unwrap();
+        main.insert("tls".into(), toml::Value::Table(tls));
+        Config::from_toml(&toml::to_string(&table).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_cluster_whose_tls_material_does_not_build_stops_the_start() {
+        // PEM text, so the config takes it, but no certificate in it.
+        let key_only = "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n";
+        let config = example_with_cluster_tls(toml::toml! { ca = key_only });
+        let error = build_broker(&config, &Arc::new(Metrics::new())).err().expect("the start is refused");
+        assert_eq!(error.to_string(), "etcd cluster 'main': TLS: the CA PEM holds no certificate");
+    }
 }

@@ -348,14 +348,12 @@ impl TlsFile {
             }
         }
         let read = |key: &str, file: &Option<PathBuf>, inline: Option<&str>| match (file, inline) {
+            (Some(path), _) if !path.is_file() => Err(invalid(
+                format!("{section}.{key}"),
+                format!("{} does not exist or is not a file", path.display()),
+            )),
             (Some(path), _) => std::fs::read(path).map(Some).map_err(|e| {
-                let message = match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        format!("{} does not exist or is not a file", path.display())
-                    }
-                    _ => format!("cannot read {}: {e}", path.display()),
-                };
-                invalid(format!("{section}.{key}"), message)
+                invalid(format!("{section}.{key}"), format!("cannot read {}: {e}", path.display()))
             }),
             (None, inline) => Ok(inline.map(|text| text.as_bytes().to_vec())),
         };
