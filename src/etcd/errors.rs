@@ -34,9 +34,8 @@ fn says(e: &etcd_client::Error, what: &str) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains(what))
 }
 
-/// Whether etcd refused a request because auth changed while it was in flight; public so the
-/// bench's floor retries exactly what the broker retries.
-pub fn is_old_auth_revision(e: &etcd_client::Error) -> bool {
+/// Whether etcd refused a request because auth changed while it was in flight.
+pub(crate) fn is_old_auth_revision(e: &etcd_client::Error) -> bool {
     OLD_AUTH_REVISION.iter().any(|m| says(e, m))
 }
 

@@ -14,7 +14,7 @@
 //! - [`policy`]: every deadline, back-off and limit of the above, and how they nest.
 //!
 //! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
-//! [`resend_on_auth_change`], [`is_old_auth_revision`] and [`prefix_end`].
+//! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`].
 
 mod batch;
 mod call;
@@ -35,7 +35,6 @@ use tokio::sync::OnceCell;
 
 pub use call::resend_on_auth_change;
 pub use connection::connect;
-pub use errors::is_old_auth_revision;
 
 use batch::PendingCommit;
 use call::Call;
