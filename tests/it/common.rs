@@ -4,8 +4,11 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use etcd_broker::config::{Cluster, Secret};
+use etcd_broker::etcd::{EtcdStore, Observer};
 use etcd_broker_ops::osb::{BrokerTarget, Incomplete, Offering, OsbClient};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
@@ -27,6 +30,19 @@ pub async fn start_etcd() -> LocalEtcd {
     LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() })
         .await
         .expect("etcd starts")
+}
+
+/// The broker's real store on `etcd`, logged in as its root user, reporting to `observer`.
+pub fn store_on(etcd: &LocalEtcd, observer: Observer) -> Arc<EtcdStore> {
+    let endpoints = vec![url::Url::parse(&etcd.endpoint()).unwrap()];
+    let cluster = Cluster {
+        public_endpoints: endpoints.clone(),
+        endpoints,
+        username: etcd.root_username().to_owned(),
+        password: Secret::new(etcd.root_password()),
+        tls: None,
+    };
+    EtcdStore::new(&cluster, observer)
 }
 
 /// The broker's `/metrics` text.

@@ -12,6 +12,7 @@
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
 //! - `store_batching`: the real store's coalesced reads and commits on a real etcd
+//! - `store_retries`: the real store while auth keeps changing under it
 //! - `bosh_properties`: `serve --bosh-properties`
 //! - `tls`: TLS towards etcd and on the OSB listener
 //! - `tidy`: the dependency rules of ARCHITECTURE.md, read from the source tree
@@ -25,5 +26,6 @@ mod observability;
 mod osb_protocol;
 mod prometheus_rules;
 mod store_batching;
+mod store_retries;
 mod tidy;
 mod tls;

@@ -4,10 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use etcd_broker::config::{Cluster, Secret};
 use etcd_broker::etcd::{EtcdStore, Observer};
 use etcd_broker::store::{Guard, Store, Write};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
+
+use crate::common::store_on;
 
 const KEYS: usize = 12;
 /// Two commits per key, both guarded by the key's absence: exactly one of them may win.
@@ -20,18 +21,11 @@ async fn start(max_txn_ops: Option<u32>) -> (LocalEtcd, Arc<EtcdStore>, Batches)
     let version = EtcdVersion::from_env().expect("ETCD_VERSION");
     let etcd =
         LocalEtcd::start(Options { version, max_txn_ops, ..Options::default() }).await.expect("etcd starts");
-    let endpoints = vec![url::Url::parse(&etcd.endpoint()).unwrap()];
-    let config = Cluster {
-        public_endpoints: endpoints.clone(),
-        endpoints,
-        username: etcd.root_username().to_owned(),
-        password: Secret::new(etcd.root_password()),
-        tls: None,
-    };
     let batches = Batches::default();
     let seen = batches.clone();
     let batch = Arc::new(move |call, size| seen.lock().unwrap().push((call, size)));
-    (etcd, EtcdStore::new(&config, Observer { batch, ..Observer::default() }), batches)
+    let store = store_on(&etcd, Observer { batch, ..Observer::default() });
+    (etcd, store, batches)
 }
 
 /// The largest batch reported for `call`.
