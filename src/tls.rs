@@ -1,7 +1,7 @@
 //! TLS material as the config loads it (PEM text, read once), and the two OpenSSL contexts the
 //! broker builds from it: the OSB listener's acceptor and the etcd client's connector.
 //!
-//! Both contexts take a certificate chain and its key the same way ([`use_identity`]), so the
+//! Both contexts take a certificate chain and its key the same way (`use_identity`), so the
 //! listener and the etcd client cannot drift apart in how they check them. Errors name what is
 //! wrong, never the PEM text (a key's PEM is a secret).
 

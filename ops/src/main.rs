@@ -1,8 +1,6 @@
 //! `etcd-broker-ops`: the operators' CLI.
 //!
-//! - `dev` (dev.rs): a local etcd with auth plus the broker, and `.dev/env` for scripts.
 //! - `names` (names.rs): the keys, user and role an instance/binding id maps to.
-//! - `bench` (bench/): latency and throughput per operation against the etcd floor.
 //! - `blackbox` (blackbox/): the end-to-end suite against any deployment (osb.rs: the OSB client).
 //! - `register` / `deregister` (registration/): the broker in Cloud Foundry via the CF v3 API.
 //! - `check release` (check.rs): the release tree's specs, packages and manifests.

@@ -18,10 +18,10 @@ pub(super) type Queue<R, T> = Arc<Coalescer<R, Result<T, StoreError>>>;
 
 /// What one key read answers.
 type ReadResult = Result<Option<Versioned>, StoreError>;
-/// What one [`Store::commit`] answers.
+/// What one [`crate::store::Store::commit`] answers.
 type CommitResult = Result<Option<i64>, StoreError>;
 
-/// A [`Store::commit`] waiting for its batch: its transaction, the keys it compares and the
+/// A [`crate::store::Store::commit`] waiting for its batch: its transaction, the keys it compares and the
 /// keys it writes.
 pub(super) struct PendingCommit {
     pub(super) txn: Txn,

@@ -96,8 +96,9 @@ where
 }
 
 impl EtcdStore {
-    /// Runs a request of the login, sending it again while it reaches no endpoint (one that
-    /// just failed may still be picked until its failure takes it out of use).
+    /// Runs a request of the login with the retries of every other request ([`Retries`]):
+    /// sent again while it reaches no endpoint (one that just failed may still be picked until
+    /// its failure takes it out of use) or auth changes under it.
     pub(super) async fn until_reached<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn() -> Fut,

@@ -99,10 +99,10 @@ impl EtcdStore {
 }
 
 /// Connects to etcd through a balanced channel that uses only the endpoints that answer
-/// ([`HealthCheckedChannel`]), with TCP_NODELAY on every connection.
+/// (`HealthCheckedChannel`), with TCP_NODELAY on every connection.
 ///
 /// Both matter. etcd-client's own channels send requests to an endpoint that refuses or never
-/// answers (see [`super::health`]). And with the `tls-openssl` feature,
+/// answers (see `health.rs`). And with the `tls-openssl` feature,
 /// `Client::connect` dials through an OpenSSL connector whose sockets keep Nagle's algorithm
 /// on: a gRPC request's frames then wait for the server's delayed ACK, tens of milliseconds
 /// per etcd call on Linux.

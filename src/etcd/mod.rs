@@ -2,16 +2,16 @@
 //! operators' tools share with it.
 //!
 //! The only module that imports etcd-client. How its parts combine, for one store call:
-//! - [`connection`]: each calling thread dials lazily (the broker starts, and answers 503,
+//! - `connection`: each calling thread dials lazily (the broker starts, and answers 503,
 //!   while a cluster is down) one balanced channel over the cluster's endpoints and logs in as
 //!   the configured root-role user;
-//! - [`health`]: the balancer uses only the endpoints whose gRPC health check answers;
-//! - [`batch`]: gets and commits that arrive while one is in flight go out together as one
-//!   request ([`coalesce`] forms the batches and knows nothing of etcd);
-//! - [`call`]: each request is bounded in time, retried when etcd did not apply it (an auth
+//! - `health`: the balancer uses only the endpoints whose gRPC health check answers;
+//! - `batch`: gets and commits that arrive while one is in flight go out together as one
+//!   request (`coalesce` forms the batches and knows nothing of etcd);
+//! - `call`: each request is bounded in time, retried when etcd did not apply it (an auth
 //!   change under it, no endpoint reached), and a slow read is copied to another endpoint;
-//! - [`errors`]: what etcd's messages mean, as [`StoreError`]s;
-//! - [`policy`]: every deadline, back-off and limit of the above, and how they nest.
+//! - `errors`: what etcd's messages mean, as [`StoreError`]s;
+//! - `policy`: every deadline, back-off and limit of the above, and how they nest.
 //!
 //! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
 //! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`].
@@ -51,7 +51,7 @@ use crate::tls::ClientTls;
 pub struct Observer {
     /// Each batch of gets or commits it sends: the call kind (`get` or `txn`) and its size.
     pub batch: Arc<dyn Fn(&'static str, usize) + Send + Sync>,
-    /// Each copy of a slow read it sends to another endpoint ([`call`]): a member that
+    /// Each copy of a slow read it sends to another endpoint (`call.rs`): a member that
     /// stopped answering while in use, or a cluster too slow for its reads.
     pub read_copy: Arc<dyn Fn() + Send + Sync>,
 }

@@ -6,7 +6,7 @@
 //! per `call` kind from /metrics before and after a phase, divides by the operations done, and
 //! the floor replays that many calls of each kind, with the broker's credentials (etcd's root
 //! user), on one shared client, at the same concurrency. Each store call kind maps to the etcd
-//! requests `src/etcd.rs` makes for it:
+//! requests `src/etcd/` makes for it:
 //!
 //! | kind | etcd requests |
 //! | --- | --- |
