@@ -40,16 +40,49 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
     files
 }
 
-/// The names that follow `prefix` in `code` (`crate::` -> the crate's modules it uses).
+/// The names that follow `prefix` in `code` (`crate::` -> the crate's modules it uses), also
+/// inside a group (`use crate::{osb, store::Guard}` -> `osb`, `store`).
 fn used_after(code: &str, prefix: &str) -> BTreeSet<String> {
-    code.match_indices(prefix)
-        .filter(|(at, _)| !code[..*at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
-        .map(|(at, _)| {
-            let rest = &code[at + prefix.len()..];
-            rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or_default().to_owned()
-        })
-        .filter(|name| !name.is_empty())
-        .collect()
+    let first_segment = |path: &str| -> String {
+        path.trim_start()
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut names = BTreeSet::new();
+    for (at, _) in code.match_indices(prefix) {
+        if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &code[at + prefix.len()..];
+        match rest.strip_prefix('{') {
+            // The group's top-level entries, each up to a comma outside nested braces.
+            Some(group) => {
+                let (mut depth, mut start) = (0usize, 0);
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => {
+                            names.insert(first_segment(&group[start..i]));
+                            break;
+                        }
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            names.insert(first_segment(&group[start..i]));
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            None => {
+                names.insert(first_segment(rest));
+            }
+        }
+    }
+    names.retain(|name| !name.is_empty());
+    names
 }
 
 /// The module of the broker crate a file belongs to: `src/etcd/call.rs` -> `etcd`.
@@ -155,6 +188,11 @@ fn the_operators_crate_links_no_developer_tools() {
 fn used_paths_are_found_and_comments_are_not() {
     let code = "use crate::osb::ids;\nlet x = crate::store::Guard::Absent;\nmy_crate::etcd::x();";
     assert_eq!(used_after(code, "crate::"), ["osb".to_owned(), "store".to_owned()].into());
+    let grouped = "use crate::{\n    osb::{ids, BrokerError},\n    store::Guard,\n    clock,\n};";
+    assert_eq!(
+        used_after(grouped, "crate::"),
+        ["clock".to_owned(), "osb".to_owned(), "store".to_owned()].into()
+    );
     assert_eq!(module_of("src/etcd/call.rs"), "etcd");
     assert_eq!(module_of("src/server.rs"), "server");
     let dir = tempfile::tempdir().unwrap();
