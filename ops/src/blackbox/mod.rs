@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use etcd_broker::config::Secret;
+use etcd_broker::tls::{ClientTls, Identity};
 
 use crate::osb::BrokerTarget;
 pub use report::{Outcome, StepResult};
@@ -87,20 +88,13 @@ pub struct Settings {
     pub service: Option<String>,
     pub plan: Option<String>,
     pub etcd_endpoints: Vec<String>,
-    pub etcd_tls: EtcdTls,
+    /// TLS towards etcd; without a CA here, the one in the credentials is used.
+    pub etcd_tls: ClientTls,
     /// The etcd root user and password, for the final check.
     pub root: Option<(String, Secret)>,
     /// The broker's prefixes.state (where its queue of roles to delete lives).
     pub state_prefix: String,
     pub step_timeout: Duration,
-}
-
-/// TLS material for etcd connections, as PEM text.
-#[derive(Debug, Clone, Default)]
-pub struct EtcdTls {
-    pub ca: Option<String>,
-    /// Client certificate and private key.
-    pub client: Option<(String, Secret)>,
 }
 
 impl Settings {
@@ -122,15 +116,18 @@ impl Settings {
             .clone()
             .or(errand.broker_password)
             .context("no broker password: set BROKER_PASSWORD or give --broker-password")?;
-        let read = |path: &Option<PathBuf>| -> Result<Option<String>> {
+        let read = |path: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {
             path.as_ref()
-                .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
+                .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
                 .transpose()
         };
-        let ca = read(&args.etcd_ca_file)?.or(errand.etcd_ca);
-        let client = match (read(&args.etcd_cert_file)?, read(&args.etcd_key_file)?) {
-            (Some(cert), Some(key)) => Some((cert, Secret::new(key))),
-            _ => errand.etcd_client.map(|(cert, key)| (cert, Secret::new(key))),
+        let ca = read(&args.etcd_ca_file)?.or(errand.etcd_ca.map(String::into_bytes));
+        let identity = match (read(&args.etcd_cert_file)?, read(&args.etcd_key_file)?) {
+            (Some(certificate), Some(private_key)) => Some(Identity { certificate, private_key }),
+            _ => errand.etcd_client.map(|(certificate, key)| Identity {
+                certificate: certificate.into_bytes(),
+                private_key: key.into_bytes(),
+            }),
         };
         let endpoints = if args.etcd.is_empty() { errand.etcd_endpoints } else { args.etcd.clone() };
         for endpoint in &endpoints {
@@ -151,7 +148,7 @@ impl Settings {
             service: args.service.clone().or(errand.service),
             plan: args.plan.clone().or(errand.plan),
             etcd_endpoints: endpoints,
-            etcd_tls: EtcdTls { ca, client },
+            etcd_tls: ClientTls { ca, identity },
             root: root_password.map(|p| (root_username, Secret::new(p))),
             state_prefix: args.state_prefix.clone(),
             step_timeout: Duration::from_secs(errand.timeout.unwrap_or(args.timeout)),

@@ -18,7 +18,7 @@ use super::Settings;
 use crate::osb::{Offering, OsbClient};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
 use etcd_broker::etcd::resend_on_auth_change;
-use etcd_broker::tls::{ClientTls, Identity};
+use etcd_broker::tls::ClientTls;
 
 /// Runs the suite; `on_step` sees each result as it is made (the terminal lines).
 pub async fn run(settings: &Settings, on_step: &mut dyn FnMut(&StepResult)) -> Result<Report> {
@@ -349,11 +349,8 @@ impl Apps<'_> {
     fn tls(&self, ca: Option<&str>) -> ClientTls {
         let tls = &self.settings.etcd_tls;
         ClientTls {
-            ca: tls.ca.as_deref().or(ca).map(|ca| ca.as_bytes().to_vec()),
-            identity: tls.client.as_ref().map(|(cert, key)| Identity {
-                certificate: cert.clone().into_bytes(),
-                private_key: key.expose().as_bytes().to_vec(),
-            }),
+            ca: tls.ca.clone().or_else(|| ca.map(|ca| ca.as_bytes().to_vec())),
+            identity: tls.identity.clone(),
         }
     }
 
