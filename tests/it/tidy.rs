@@ -74,6 +74,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("activity", &[]),
     ("clock", &[]),
     ("secrets", &[]),
+    ("sealing", &[]),
     ("logging", &["config"]),
     ("main", &[]),
 ];
