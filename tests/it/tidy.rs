@@ -66,7 +66,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("store", &["metrics"]),
     ("etcd", &["config", "store", "tls"]),
     ("http", &["osb", "metrics", "activity", "inventory", "broker"]),
-    ("config", &["osb", "tls", "render", "broker"]),
+    ("config", &["osb", "tls", "render", "broker", "sealing"]),
     ("inventory", &["broker", "metrics"]),
     ("tls", &[]),
     ("render", &[]),
