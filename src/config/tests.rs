@@ -201,6 +201,14 @@ fn key_text(byte: u8) -> String {
     base64::engine::general_purpose::STANDARD.encode([byte; 32])
 }
 
+/// `dir/<name>.key` holding a key (all bytes 2) with `mode`.
+fn key_file(dir: &std::path::Path, name: &str, mode: u32) -> std::path::PathBuf {
+    let file = dir.join(format!("{name}.key"));
+    std::fs::write(&file, key_text(2)).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    file
+}
+
 fn with_secrets(secrets: toml::Table) -> Result<Config, ConfigError> {
     with(move |t| {
         t.insert("secrets".into(), toml::Value::Table(secrets));
@@ -216,9 +224,7 @@ fn sealing_is_off_without_a_secrets_table() {
 #[test]
 fn keys_load_from_inline_values_and_private_files() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("k2.key");
-    std::fs::write(&file, key_text(2)).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let file = key_file(dir.path(), "k2", 0o600);
     let old = key_text(1);
     let (old, path) = (old.as_str(), file.to_str().unwrap());
     let config = with_secrets(toml::toml! {
@@ -245,9 +251,7 @@ fn keys_load_from_inline_values_and_private_files() {
 #[test]
 fn a_key_file_open_to_others_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("k1.key");
-    std::fs::write(&file, key_text(1)).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let file = key_file(dir.path(), "k1", 0o644);
     let path = file.to_str().unwrap();
     let error = with_secrets(toml::toml! { active = "k1" [keys.k1] file = path }).unwrap_err();
     assert_eq!(
