@@ -9,6 +9,7 @@
 //! - [`http`]: the thin actix-web layer; the only user of actix-web besides [`server`].
 //! - [`config`]: TOML + environment configuration, parsed once into typed settings.
 //! - [`tls`]: TLS material and the OpenSSL contexts of the OSB listener and the etcd client.
+//! - [`sealing`]: secrets sealed at rest: the keychain and the envelope format (OpenSSL).
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls; [`inventory`]
@@ -28,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod osb;
 pub mod render;
+pub mod sealing;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@
 //!   broker's TOML, exactly as a BOSH deployment would get them.
 //! - `names`: the keys, user and role an instance/binding id maps to.
 //! - `private_file`: files holding secrets, readable by their owner only.
+//! - `sealing`: `keys generate` / `keys list` / `seal` / `unseal` (secrets sealed at rest).
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
@@ -21,3 +22,4 @@ pub mod osb;
 pub mod private_file;
 pub mod registration;
 pub mod render;
+pub mod sealing;

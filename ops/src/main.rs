@@ -6,6 +6,8 @@
 //! - `check release` (check.rs): the release tree's specs, packages and manifests.
 //! - `render` (render/): a manifest + ops files + vars -> the job's properties.json and the
 //!   broker's TOML, exactly as a BOSH deployment would get them.
+//! - `keys generate` / `keys list` / `seal` / `unseal` (sealing.rs): the keys that seal
+//!   secrets at rest, and one value sealed or unsealed for operators' scripts.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage.
 
@@ -16,7 +18,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
-use etcd_broker_ops::{blackbox, check, names, registration, render};
+use etcd_broker_ops::{blackbox, check, names, registration, render, sealing};
 
 /// Operators' tools for etcd-broker.
 #[derive(Debug, Parser)]
@@ -44,6 +46,18 @@ enum Command {
         #[command(subcommand)]
         what: CheckWhat,
     },
+    /// Create and list the keys that seal secrets at rest (the [secrets] table of the
+    /// broker's config; see docs/config.md).
+    Keys {
+        #[command(subcommand)]
+        what: KeysWhat,
+    },
+    /// Seal the value on stdin (exactly as read) for one record with the config's active key;
+    /// print the sealed value.
+    Seal(sealing::SealArgs),
+    /// Unseal the sealed value on stdin for the record it was sealed for; print the secret
+    /// exactly (no newline added). Exit 1 if it does not unseal.
+    Unseal(sealing::SealArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -77,6 +91,21 @@ enum CheckWhat {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysWhat {
+    /// Write a fresh 256-bit key (base64 text) into a new file readable by its owner only
+    /// (mode 0600; an existing file is never replaced). Prints the file and the key's name,
+    /// never the key.
+    Generate(sealing::GenerateArgs),
+    /// Print whether sealing is on and the configured keys, the active one marked. (How many
+    /// records each key seals: not yet, it comes with sealed records.)
+    List {
+        /// The broker's TOML config (ETCD_BROKER__* variables apply).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -95,6 +124,16 @@ fn run(command: Command) -> Result<()> {
         Command::Register(args) => registration::register(&args),
         Command::Deregister(args) => registration::deregister(&args),
         Command::Check { what: CheckWhat::Release { release_dir } } => check::run_release(&release_dir),
+        Command::Keys { what: KeysWhat::Generate(args) } => {
+            print!("{}", sealing::generate(&args)?);
+            Ok(())
+        }
+        Command::Keys { what: KeysWhat::List { config } } => {
+            print!("{}", sealing::list(&config)?);
+            Ok(())
+        }
+        Command::Seal(args) => sealing::seal(&args),
+        Command::Unseal(args) => sealing::unseal(&args),
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {
                 Some(path) => {
@@ -137,5 +176,66 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["etcd-broker-ops", "names"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(["etcd-broker-ops"].iter().chain(args)).map(|cli| cli.command)
+    }
+
+    #[test]
+    fn keys_generate_takes_a_name_and_one_destination() {
+        let Ok(Command::Keys { what: KeysWhat::Generate(args) }) =
+            parse(&["keys", "generate", "k1", "--dir", "d"])
+        else {
+            panic!()
+        };
+        assert_eq!((args.name.as_str(), args.dir, args.out), ("k1", Some(PathBuf::from("d")), None));
+        let Ok(Command::Keys { what: KeysWhat::Generate(args) }) =
+            parse(&["keys", "generate", "k1", "--out", "f"])
+        else {
+            panic!()
+        };
+        assert_eq!(args.out, Some(PathBuf::from("f")));
+        for usage in [
+            &["keys", "generate", "k1"][..],
+            &["keys", "generate", "--dir", "d"],
+            &["keys", "generate", "k1", "--dir", "d", "--out", "f"],
+        ] {
+            let error = parse(usage).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{usage:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn keys_list_needs_a_config() {
+        let Ok(Command::Keys { what: KeysWhat::List { config } }) =
+            parse(&["keys", "list", "--config", "b.toml"])
+        else {
+            panic!()
+        };
+        assert_eq!(config, PathBuf::from("b.toml"));
+        assert_eq!(parse(&["keys", "list"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn seal_and_unseal_need_a_config_and_a_non_empty_record() {
+        for verb in ["seal", "unseal"] {
+            let args = match parse(&[verb, "--config", "b.toml", "--record", "/etcd-broker/bindings/i/b"]) {
+                Ok(Command::Seal(args)) if verb == "seal" => args,
+                Ok(Command::Unseal(args)) if verb == "unseal" => args,
+                other => panic!("{verb}: {other:?}"),
+            };
+            assert_eq!(
+                (args.config, args.record.as_str()),
+                (PathBuf::from("b.toml"), "/etcd-broker/bindings/i/b")
+            );
+            for usage in [
+                &[verb, "--config", "b.toml"][..],
+                &[verb, "--record", "r"],
+                &[verb, "--config", "b.toml", "--record", ""],
+            ] {
+                assert_eq!(parse(usage).unwrap_err().exit_code(), 2, "{usage:?}");
+            }
+        }
     }
 }

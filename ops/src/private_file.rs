@@ -1,6 +1,7 @@
 //! Files that hold secrets: written readable by their owner only.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -8,7 +9,6 @@ use anyhow::{Context, Result};
 /// Writes a file readable by its owner only (it holds passwords), atomically, so a reader
 /// never sees half of it: `render` output and the dev stack's env file.
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -20,4 +20,54 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     file.write_all(contents.as_bytes())?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Creates `path` readable by its owner only, never replacing a file that exists (a key file
+/// replaced is a key lost), and atomically: the contents go into a new temporary file next to
+/// it, which is then hard-linked to `path` (link fails if `path` exists), so `path` is never
+/// seen half written, even after a crash.
+pub fn create_private(path: &Path, contents: &str) -> Result<()> {
+    let name = path.file_name().with_context(|| format!("{} names no file", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        file.write_all(contents.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                anyhow::anyhow!("{} exists; refusing to replace it", path.display())
+            }
+            _ => anyhow::Error::new(e).context(format!("cannot create {}", path.display())),
+        })
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn create_private_makes_an_owner_only_file_and_never_replaces_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k1.key");
+        create_private(&path, "first\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = create_private(&path, "second\n").unwrap_err().to_string();
+        assert_eq!(again, format!("{} exists; refusing to replace it", path.display()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+        let nowhere = create_private(&dir.path().join("no/such/dir/k.key"), "x").unwrap_err();
+        assert!(format!("{nowhere:#}").starts_with("cannot create "), "{nowhere:#}");
+    }
 }

@@ -10,9 +10,11 @@ use url::Url;
 
 use super::{
     default_host, default_port, default_workers, invalid, AuthConfig, Cluster, Config, ConfigError, Listen,
-    LogFormat, LogLevel, MetricsConfig, PrefixConfig, RoleReaperConfig, Secret, MAX_WORKERS,
+    LogFormat, LogLevel, MetricsConfig, PrefixConfig, RoleReaperConfig, Sealing, Secret, MAX_WORKERS,
 };
 use crate::osb::catalog::Catalog;
+use crate::sealing::keychain::is_key_name;
+use crate::sealing::{Key, Keychain};
 use crate::tls::{ClientTls, Identity};
 
 /// The config file as written: what serde reads, before [`ConfigFile::check`].
@@ -40,6 +42,40 @@ pub(super) struct ConfigFile {
     pub plan_configs: BTreeMap<String, PlanFile>,
     #[serde(default)]
     pub role_reaper: RoleReaperConfig,
+    #[serde(default)]
+    pub secrets: SecretsFile,
+}
+
+/// `[secrets]`: sealing at rest and the keychain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SecretsFile {
+    #[serde(default)]
+    pub sealing: SealingMode,
+    /// The name of the key that seals; required when keys are configured.
+    pub active: Option<String>,
+    /// Keys by name; every one unseals.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyFile>,
+}
+
+/// `sealing = "on" | "off"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum SealingMode {
+    On,
+    /// The default until the records step migrates existing records (docs/config.md).
+    #[default]
+    Off,
+}
+
+/// One key of `[secrets.keys.<name>]`: a file or an inline value, in the text form of
+/// `sealing::keychain`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeyFile {
+    pub file: Option<PathBuf>,
+    pub value: Option<Secret>,
 }
 
 /// Where the OSB API listens.
@@ -122,6 +158,7 @@ impl ConfigFile {
         let clusters = self.clusters()?;
         let state_cluster = self.state_cluster()?;
         let plan_clusters = self.plan_clusters()?;
+        let sealing = self.secrets.sealing()?;
         let ConfigFile {
             log_level, log_format, listen, metrics, auth, prefixes, catalog, role_reaper, ..
         } = self;
@@ -139,6 +176,7 @@ impl ConfigFile {
             catalog,
             plan_clusters,
             role_reaper,
+            sealing,
         })
     }
 
@@ -318,6 +356,55 @@ impl ConfigFile {
             return Err(invalid(format!("plan_configs.\"{extra}\""), "names no plan of the catalog"));
         }
         Ok(self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.cluster.clone())).collect())
+    }
+}
+
+impl SecretsFile {
+    /// Loads the keychain (reading key files once) and checks it against `sealing`.
+    fn sealing(&self) -> Result<Sealing, ConfigError> {
+        let keychain = if !self.keys.is_empty() {
+            Some(self.keychain()?)
+        } else if let Some(active) = &self.active {
+            return Err(invalid("secrets.active", format!("'{active}' names no key: secrets.keys is empty")));
+        } else {
+            None
+        };
+        match (self.sealing, keychain) {
+            (SealingMode::On, None) => {
+                Err(invalid("secrets.keys", "sealing = \"on\" needs at least one key"))
+            }
+            (SealingMode::On, Some(keychain)) => Ok(Sealing::On(keychain)),
+            (SealingMode::Off, keychain) => Ok(Sealing::Off { keychain }),
+        }
+    }
+
+    fn keychain(&self) -> Result<Keychain, ConfigError> {
+        let mut keys = Vec::new();
+        for (name, key) in &self.keys {
+            let field = format!("secrets.keys.{name}");
+            if !is_key_name(name) {
+                return Err(invalid(field, "key names use 1 to 32 of a-z, 0-9, '_' and '-'"));
+            }
+            keys.push(match (&key.file, &key.value) {
+                (Some(_), Some(_)) => return Err(invalid(field, "set one of file and value, not both")),
+                (None, None) => return Err(invalid(field, "needs file or value")),
+                (Some(path), None) => {
+                    Key::from_file(name, path).map_err(|e| invalid(format!("{field}.file"), e.to_string()))?
+                }
+                (None, Some(value)) => Key::from_text(name, value.expose())
+                    .map_err(|e| invalid(format!("{field}.value"), e.to_string()))?,
+            });
+        }
+        let Some(active) = &self.active else {
+            return Err(invalid(
+                "secrets.active",
+                "required when keys are configured: name the key that seals",
+            ));
+        };
+        if !self.keys.contains_key(active) {
+            return Err(invalid("secrets.active", format!("'{active}' is not one of secrets.keys")));
+        }
+        Keychain::new(active, keys).map_err(|e| invalid("secrets", e.to_string()))
     }
 }
 

@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 use url::Url;
 
+use crate::sealing::Keychain;
 use crate::tls::{ClientTls, Identity};
 
 use crate::broker::names::{DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
@@ -155,6 +156,30 @@ pub struct Config {
     /// Plan id -> the name of its cluster (a key of `clusters`), for every plan of the catalog.
     pub plan_clusters: BTreeMap<String, String>,
     pub role_reaper: RoleReaperConfig,
+    /// Whether secrets are sealed at rest, and the keys that seal and unseal them (`[secrets]`).
+    pub sealing: Sealing,
+}
+
+/// `[secrets]`: whether the broker seals the secrets it stores, and its keychain. The keychain
+/// is loaded (files read, keys checked) with the config, so a bad key stops the start.
+#[derive(Debug, Clone)]
+pub enum Sealing {
+    /// Secrets are stored in clear, as before sealing existed; the default until records are
+    /// migrated (it will become an error). A keychain, when configured, is still loaded: the
+    /// operators' `seal` / `unseal` use it, and sealed values stay readable.
+    Off { keychain: Option<Keychain> },
+    /// New secrets are sealed with the keychain's active key.
+    On(Keychain),
+}
+
+impl Sealing {
+    /// The configured keychain, whether sealing is on or off.
+    pub fn keychain(&self) -> Option<&Keychain> {
+        match self {
+            Sealing::Off { keychain } => keychain.as_ref(),
+            Sealing::On(keychain) => Some(keychain),
+        }
+    }
 }
 
 /// Where the OSB API listens.

@@ -194,3 +194,122 @@ fn listen_tls_needs_a_certificate_and_key_and_takes_no_ca() {
     assert!(refused("cert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"")
         .contains("listen.tls.cert_file: /nonexistent.pem does not exist"));
 }
+
+/// A key's text form whose 32 bytes are all `byte`.
+fn key_text(byte: u8) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([byte; 32])
+}
+
+/// `dir/<name>.key` holding a key (all bytes 2) with `mode`.
+fn key_file(dir: &std::path::Path, name: &str, mode: u32) -> std::path::PathBuf {
+    let file = dir.join(format!("{name}.key"));
+    std::fs::write(&file, key_text(2)).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    file
+}
+
+fn with_secrets(secrets: toml::Table) -> Result<Config, ConfigError> {
+    with(move |t| {
+        t.insert("secrets".into(), toml::Value::Table(secrets));
+    })
+}
+
+#[test]
+fn sealing_is_off_without_a_secrets_table() {
+    let config = Config::from_toml(EXAMPLE).unwrap();
+    assert!(matches!(config.sealing, Sealing::Off { keychain: None }), "{:?}", config.sealing);
+}
+
+#[test]
+fn keys_load_from_inline_values_and_private_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = key_file(dir.path(), "k2", 0o600);
+    let old = key_text(1);
+    let (old, path) = (old.as_str(), file.to_str().unwrap());
+    let config = with_secrets(toml::toml! {
+        sealing = "on"
+        active = "k2"
+        [keys.k1]
+        value = old
+        [keys.k2]
+        file = path
+    })
+    .unwrap();
+    let Sealing::On(keychain) = &config.sealing else { panic!("{:?}", config.sealing) };
+    assert_eq!(keychain.active().name(), "k2");
+    assert_eq!(keychain.keys().map(|k| k.name()).collect::<Vec<_>>(), ["k1", "k2"]);
+    let printed = format!("{config:?}");
+    assert!(printed.contains("Keychain { active: \"k2\", keys: [\"k1\", \"k2\"] }"), "{printed}");
+    assert!(!printed.contains(&key_text(1)) && !printed.contains(&key_text(2)), "{printed}");
+    // Off still loads the keychain: sealed values stay readable, ops' seal/unseal use it.
+    let off = with_secrets(toml::toml! { active = "k1" [keys.k1] value = old }).unwrap();
+    assert_eq!(off.sealing.keychain().map(|k| k.active().name()), Some("k1"));
+    assert!(matches!(off.sealing, Sealing::Off { .. }));
+}
+
+#[test]
+fn a_key_file_open_to_others_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = key_file(dir.path(), "k1", 0o644);
+    let path = file.to_str().unwrap();
+    let error = with_secrets(toml::toml! { active = "k1" [keys.k1] file = path }).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "invalid configuration: secrets.keys.k1.file: key file {path} is open to group or others \
+             (mode 644); it must be readable by its owner only (chmod 600)"
+        )
+    );
+}
+
+#[test]
+fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
+    let key = key_text(1);
+    let key = key.as_str();
+    let cases = [
+        (toml::toml! { sealing = "on" }, "secrets.keys", "sealing = \"on\" needs at least one key"),
+        (toml::toml! { active = "k1" }, "secrets.active", "'k1' names no key: secrets.keys is empty"),
+        (
+            toml::toml! { [keys.k1] value = key },
+            "secrets.active",
+            "required when keys are configured: name the key that seals",
+        ),
+        (
+            toml::toml! { active = "k2" [keys.k1] value = key },
+            "secrets.active",
+            "'k2' is not one of secrets.keys",
+        ),
+        (
+            toml::toml! { active = "K1" [keys.K1] value = key },
+            "secrets.keys.K1",
+            "key names use 1 to 32 of a-z, 0-9, '_' and '-'",
+        ),
+        (
+            toml::toml! { active = "k1" [keys.k1] value = key file = "/k1.key" },
+            "secrets.keys.k1",
+            "set one of file and value, not both",
+        ),
+        (toml::toml! { active = "k1" [keys.k1] }, "secrets.keys.k1", "needs file or value"),
+    ];
+    for (secrets, field, message) in cases {
+        let error = with_secrets(secrets).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Invalid { field: f, message: m } if f == field && m == message),
+            "{error}"
+        );
+    }
+    let hex = "0f".repeat(32);
+    let not_a_key =
+        with_secrets(toml::toml! { active = "k1" [keys.k1] value = hex }).unwrap_err().to_string();
+    assert_eq!(
+        not_a_key,
+        "invalid configuration: secrets.keys.k1.value: key 'k1' does not hold a key: expected 32 bytes as \
+         base64 (44 characters); it decodes to 48 bytes"
+    );
+    let maybe = with_secrets(toml::toml! { sealing = "maybe" }).unwrap_err();
+    assert!(matches!(&maybe, ConfigError::Load(m) if m.contains("maybe")), "{maybe}");
+    let numeric =
+        with_secrets(toml::toml! { active = "k1" [keys.k1] value = 12345678 }).unwrap_err().to_string();
+    assert!(numeric.contains("a secret must be a string") && !numeric.contains("12345678"), "{numeric}");
+}

@@ -99,7 +99,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("store", &["metrics"]),
     ("etcd", &["config", "store", "tls"]),
     ("http", &["osb", "metrics", "activity", "inventory", "broker"]),
-    ("config", &["osb", "tls", "render", "broker"]),
+    ("config", &["osb", "tls", "render", "broker", "sealing"]),
     ("inventory", &["broker", "metrics"]),
     ("tls", &[]),
     ("render", &[]),
@@ -107,6 +107,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("activity", &[]),
     ("clock", &[]),
     ("secrets", &[]),
+    ("sealing", &[]),
     ("logging", &["config"]),
     ("main", &[]),
 ];
@@ -147,9 +148,9 @@ fn modules_use_only_what_architecture_md_allows() {
 }
 
 /// What the operators' crate may take from the broker's library: its config, rendering, names,
-/// secrets, ids, TLS material and the small etcd client API; never the server, the HTTP layer,
+/// secrets, sealing, ids, TLS material and the small etcd client API; never the server, the HTTP layer,
 /// the store or the metrics (it talks to a broker over HTTP and to etcd as a client).
-const OPS_MAY_USE: &[&str] = &["config", "render", "broker", "secrets", "osb", "tls", "etcd"];
+const OPS_MAY_USE: &[&str] = &["config", "render", "broker", "secrets", "osb", "tls", "etcd", "sealing"];
 
 #[test]
 fn the_operators_crate_uses_only_the_broker_crates_public_tools() {
