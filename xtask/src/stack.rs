@@ -71,8 +71,19 @@ impl DevProcess {
     /// Starts `xtask dev` (the binary `xtask`, usually `std::env::current_exe()`) with its files
     /// in `dir`, and returns once its env file exists. A stack that exits or does not answer
     /// within a minute is an error quoting its log.
+    ///
+    /// An env file left in `dir` by an earlier stack is removed first and, since that child
+    /// could still be writing one, a file counts only when its `BROKER_PID` is this child's:
+    /// otherwise the caller would get the old stack's URLs and passwords.
     pub fn start(xtask: &Path, options: &StackOptions, dir: &Path) -> Result<DevProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let env_file = dir.join("env");
+        match std::fs::remove_file(&env_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove the old {}", env_file.display()))
+            }
+            _ => {}
+        }
         let log = dir.join("dev.log");
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
@@ -92,12 +103,15 @@ impl DevProcess {
             .spawn()
             .with_context(|| format!("cannot run {} dev", xtask.display()))?;
         let mut stack = DevProcess { child, env: BTreeMap::new(), dir: dir.to_owned() };
-        let env_file = dir.join("env");
+        let own_pid = stack.child.id().to_string();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(text) = std::fs::read_to_string(&env_file) {
-                stack.env = parse_env(&text);
-                if ENV_KEYS.iter().all(|key| stack.env.contains_key(*key)) {
+                let env = parse_env(&text);
+                if env.get("BROKER_PID") == Some(&own_pid)
+                    && ENV_KEYS.iter().all(|key| env.contains_key(*key))
+                {
+                    stack.env = env;
                     return Ok(stack);
                 }
             }
@@ -229,6 +243,40 @@ mod tests {
         assert_eq!(env["B"], "x=y");
         assert_eq!(env["C"], "");
         assert_eq!(env.len(), 3);
+    }
+
+    /// A stand-in for `xtask dev` (called as `FAKE dev --dir DIR ...`): a shell script that
+    /// writes a complete env file naming itself as the broker, then runs `then`.
+    pub(super) fn fake_dev(folder: &Path, then: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let keys: String = ENV_KEYS
+            .iter()
+            .filter(|k| **k != "BROKER_PID")
+            .map(|k| format!("echo {k}=http://127.0.0.1:1; "))
+            .collect();
+        let script = format!(
+            "#!/bin/sh\ndir=$3\n{{ {keys}echo BROKER_PID=$$; }} > \"$dir/env.tmp\"\nmv \"$dir/env.tmp\" \"$dir/env\"\n{then}\n"
+        );
+        let path = folder.join("fake-xtask");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_leftover_env_file_is_not_taken_for_the_new_stacks() {
+        let folder = tempfile::tempdir().unwrap();
+        let dir = folder.path().join("stack");
+        std::fs::create_dir(&dir).unwrap();
+        let old: String = ENV_KEYS.iter().map(|k| format!("{k}=old\n")).collect();
+        std::fs::write(dir.join("env"), old).unwrap();
+        // The new stack takes a moment before it writes its own file, as `dev` does.
+        let fake = fake_dev(folder.path(), "exec sleep 30");
+        let script = std::fs::read_to_string(&fake).unwrap().replacen("dir=$3\n", "dir=$3\nsleep 0.3\n", 1);
+        std::fs::write(&fake, script).unwrap();
+        let stack = DevProcess::start(&fake, &StackOptions::default(), &dir).unwrap();
+        assert_eq!(stack.env["BROKER_PID"], stack.child.id().to_string());
+        assert_eq!(stack.env["BROKER_URL"], "http://127.0.0.1:1");
     }
 
     #[test]
