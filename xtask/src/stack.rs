@@ -8,6 +8,7 @@
 //! take the stack's clean-up with it.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -96,7 +97,11 @@ impl DevProcess {
         if let Some(cost) = options.bcrypt_cost {
             command.args(["--bcrypt-cost", &cost.to_string()]);
         }
+        // A group of its own: a terminal's Ctrl-C reaches this process and the command of
+        // `dev --run`, never the stack, which is stopped after them; and a stack that must be
+        // killed is killed with its etcd (the group's other member).
         let child = command
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -133,24 +138,31 @@ impl DevProcess {
     /// Stops the stack (SIGINT: the broker drains, etcd stops); kills it if it takes longer
     /// than 30 s. An error when it did not exit cleanly.
     pub fn stop(mut self) -> Result<()> {
-        let status = self.stop_child()?;
+        let status = self.stop_child(STOP_TIMEOUT)?;
         if !status.success() {
             bail!("the local stack exited with {status}:\n{}", log_text(&self.dir.join("dev.log")));
         }
         Ok(())
     }
 
-    fn stop_child(&mut self) -> Result<ExitStatus> {
+    fn stop_child(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
         signal(self.child.id(), libc::SIGINT);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
+                // The whole group (dev started it as its leader): SIGKILL gives dev no chance
+                // to stop its etcd.
+                if let Ok(group) = libc::pid_t::try_from(self.child.id()) {
+                    // SAFETY: kill(2) of our own child's process group, whose leader is not
+                    // reaped yet, so the group id cannot name anyone else's.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                }
                 let _ = self.child.kill();
                 return Ok(self.child.wait()?);
             }
@@ -162,7 +174,7 @@ impl DevProcess {
 impl Drop for DevProcess {
     /// A stack is never left running, whatever happened to its user.
     fn drop(&mut self) {
-        let _ = self.stop_child();
+        let _ = self.stop_child(STOP_TIMEOUT);
     }
 }
 
@@ -277,6 +289,46 @@ mod tests {
         let stack = DevProcess::start(&fake, &StackOptions::default(), &dir).unwrap();
         assert_eq!(stack.env["BROKER_PID"], stack.child.id().to_string());
         assert_eq!(stack.env["BROKER_URL"], "http://127.0.0.1:1");
+    }
+
+    /// Whether `pid` runs (a zombie does not: its parent may be a pid 1 that never reaps).
+    pub(super) fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    }
+
+    /// Whether `pid` is gone within 5 s (a killed process still has to be scheduled to exit).
+    pub(super) fn ends(pid: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    #[test]
+    fn a_stack_that_will_not_stop_is_killed_with_its_whole_group() {
+        let folder = tempfile::tempdir().unwrap();
+        let dir = folder.path().join("stack");
+        // Ignores SIGINT, as a hung dev would, and has a child of its own, as dev has etcd.
+        let fake = fake_dev(folder.path(), "trap '' INT\nsleep 300 &\necho $! > \"$dir/grandchild\"\nwait");
+        let mut stack = DevProcess::start(&fake, &StackOptions::default(), &dir).unwrap();
+        let file = dir.join("grandchild");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let grandchild = loop {
+            match std::fs::read_to_string(&file) {
+                Ok(pid) if pid.ends_with('\n') => break pid.trim().to_owned(),
+                _ => assert!(Instant::now() < deadline, "the fake stack started no child"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(alive(&grandchild));
+        let status = stack.stop_child(Duration::from_millis(300)).unwrap();
+        assert!(!status.success());
+        assert!(ends(&grandchild), "the stack's child {grandchild} survived the kill");
     }
 
     #[test]

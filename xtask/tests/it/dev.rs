@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use xtask::stack::ENV_KEYS;
 
+use crate::common::{children, cmdline, ends};
+
 fn read_env(path: &std::path::Path) -> Option<HashMap<String, String>> {
     let text = std::fs::read_to_string(path).ok()?;
     Some(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
@@ -99,6 +101,50 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     assert!(!env_file.exists());
     let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
     assert!(std::net::TcpStream::connect(etcd_addr).is_err(), "etcd still running");
+}
+
+/// A Ctrl-C while etcd is still starting (before the broker serves) stops dev cleanly: its etcd
+/// is gone, and so is etcd's temporary folder.
+#[test]
+fn dev_interrupted_while_etcd_starts_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--broker-port", "0", "--metrics-port", "0", "--etcd-port", "0"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (etcd, data_dir) = loop {
+        let etcd = children(dev.id()).into_iter().find_map(|pid| {
+            let args = cmdline(pid);
+            let data = args.iter().position(|a| a == "--data-dir").and_then(|i| args.get(i + 1))?;
+            Some((pid, std::path::PathBuf::from(data)))
+        });
+        if let Some(found) = etcd {
+            break found;
+        }
+        assert!(dev.try_wait().unwrap().is_none(), "dev exited before it started etcd");
+        assert!(Instant::now() < deadline, "dev started no etcd");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(!dir.path().join("env").exists(), "signalled too late: the stack was up");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(dev.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(ends(etcd), "etcd {etcd} outlived dev ({status})");
+    let etcd_folder = data_dir.parent().unwrap();
+    assert!(!etcd_folder.exists(), "{} is left behind", etcd_folder.display());
+    assert!(status.success(), "{status}");
 }
 
 /// `dev --run -- sh -c ...`: the command sees every variable of the env file, talks to the
