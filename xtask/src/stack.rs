@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -123,6 +123,10 @@ impl DevProcess {
             if stack.child.try_wait()?.is_some() {
                 bail!("the local stack did not start:\n{}", log_text(&log));
             }
+            // Dropping the stack stops it.
+            if let Some(signal) = caught_signal() {
+                return Err(Interrupted(signal).into());
+            }
             if Instant::now() > deadline {
                 bail!("the local stack did not start within {START_TIMEOUT:?}:\n{}", log_text(&log));
             }
@@ -194,43 +198,132 @@ fn signal(pid: u32, signal: libc::c_int) {
     }
 }
 
-/// The signal this process received while a command ran (0: none), forwarded to the command.
-static RECEIVED: AtomicI32 = AtomicI32::new(0);
+/// The last stop signal caught by [`catch_stop_signals`]' handler (0: none).
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+
+/// How many SIGTERMs were caught: each is forwarded to the command of `dev --run`.
+static TERMS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn remember(signal: libc::c_int) {
-    RECEIVED.store(signal, Ordering::SeqCst);
+    CAUGHT.store(signal, Ordering::SeqCst);
+    if signal == libc::SIGTERM {
+        TERMS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// From now on SIGINT and SIGTERM do not end this process: they are remembered for
+/// [`caught_signal`], so that the tool stops what it started (a stack's Drop stops it, a
+/// temporary folder's Drop removes it) and exits with [`Interrupted`]. Installed before
+/// anything is started: a signal while a stack starts (up to a minute) would otherwise leave
+/// the stack running.
+///
+/// A handler, not SIG_IGN: handlers are reset by exec, so the programs this process starts
+/// still get the default behaviour.
+pub fn catch_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, remember as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+}
+
+/// The last stop signal caught, if any (it stays caught: the whole run is being stopped).
+pub fn caught_signal() -> Option<i32> {
+    Some(CAUGHT.load(Ordering::SeqCst)).filter(|s| *s != 0)
+}
+
+/// The error of a run stopped by SIGINT or SIGTERM: main exits with 128 + the signal, as a
+/// shell reports a process the signal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted(pub i32);
+
+impl Interrupted {
+    /// The exit code: 128 + the signal.
+    pub fn exit_code(self) -> i32 {
+        128 + self.0
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            libc::SIGINT => "SIGINT".to_owned(),
+            libc::SIGTERM => "SIGTERM".to_owned(),
+            other => format!("signal {other}"),
+        };
+        write!(f, "stopped by {name}")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// `command.output()`, with its stderr shown (`show_stderr`) or captured, unless a stop signal
+/// is caught meanwhile: then the program is killed (what it measured is thrown away with the
+/// run) and the error is [`Interrupted`].
+pub fn output_unless_interrupted(command: &mut Command, show_stderr: bool) -> Result<std::process::Output> {
+    use std::io::Read as _;
+    let stderr = if show_stderr { Stdio::inherit() } else { Stdio::piped() };
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).spawn()?;
+    // Read as the program writes, so that a full pipe never blocks it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(signal) = caught_signal() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Interrupted(signal).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let join = |reader: std::thread::JoinHandle<Vec<u8>>| reader.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout: join(stdout), stderr: join(stderr) })
 }
 
 /// `dev --run`: starts the stack in `dir`, runs `command` with the stack's env added to its
 /// environment, stops the stack, and returns the command's exit code (128 + the signal when a
-/// signal ended it). SIGINT and SIGTERM do not end this process while the command runs: they
-/// are passed on to the command (a terminal's Ctrl-C reaches it directly), and the stack is
-/// stopped once it exits.
+/// signal ended it). A SIGINT or SIGTERM before the command runs stops the stack and is an
+/// [`Interrupted`] error.
+///
+/// While the command runs, SIGINT and SIGTERM do not end this process, which stops the stack
+/// once the command exits. The command stays in this process's process group, the terminal's
+/// foreground one, so that it can read the terminal (a shell, a prompt) and a Ctrl-C reaches it
+/// directly from the terminal: forwarding SIGINT as well would deliver it twice. SIGTERM, sent
+/// to this process alone (by a CI runner, `timeout`, `kill`), is forwarded. A SIGINT sent to
+/// this process alone is not: the command decides when the run ends. (The stack has a group of
+/// its own, so neither reaches it before the command is done.)
 pub fn run_command(xtask: &Path, options: &StackOptions, dir: &Path, command: &[String]) -> Result<i32> {
     let (program, args) = command.split_first().context("--run needs a command")?;
+    catch_stop_signals();
     let stack = DevProcess::start(xtask, options, dir)?;
     eprintln!(
         "dev: etcd at {}, broker at {}; running {program}",
         stack.env["ETCD_ENDPOINTS"], stack.env["BROKER_URL"]
     );
-    // A handler, not SIG_IGN: handlers are reset by exec, so the command still gets the
-    // default behaviour.
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, remember as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
     let mut child = Command::new(program)
         .args(args)
         .envs(&stack.env)
         .spawn()
         .with_context(|| format!("cannot run '{program}'"))?;
+    let mut forwarded = TERMS.load(Ordering::SeqCst);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        let received = RECEIVED.swap(0, Ordering::SeqCst);
-        if received != 0 {
-            signal(child.id(), received);
+        let terms = TERMS.load(Ordering::SeqCst);
+        if terms > forwarded {
+            signal(child.id(), libc::SIGTERM);
+            forwarded = terms;
         }
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -21,13 +21,15 @@ pub mod tables;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::stack::{DevProcess, StackOptions};
+use crate::stack::{
+    catch_stop_signals, caught_signal, output_unless_interrupted, DevProcess, Interrupted, StackOptions,
+};
 
 /// Flags of `xtask bench-scenario`.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,7 +69,12 @@ struct BenchRun {
 }
 
 /// Runs the scenario and rewrites the document's generated regions.
+///
+/// SIGINT and SIGTERM stop the run: the program measuring is killed, the stacks are stopped
+/// and the work folder removed (their Drops, which a signal's default action would skip), and
+/// the error is [`Interrupted`].
 pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
+    catch_stop_signals();
     let doc =
         std::fs::read_to_string(&args.out).with_context(|| format!("cannot read {}", args.out.display()))?;
     doc::check_regions(&doc, &REGIONS).with_context(|| args.out.display().to_string())?;
@@ -167,15 +174,15 @@ fn bench(
 ) -> Result<BenchRun> {
     eprintln!("bench-scenario: {name}");
     let json = work.join(format!("{name}.json"));
-    let out = Command::new(xtask)
+    let mut command = Command::new(xtask);
+    command
         .args(["bench", "--count", &count.to_string(), "--json"])
         .arg(&json)
         .args(["--cpu-of", &format!("broker={}", stack.env["BROKER_PID"])])
         .args(["--cpu-of", &format!("etcd={}", stack.env["ETCD_PID"])])
         .args(extra)
-        .envs(&stack.env)
-        .stderr(Stdio::inherit())
-        .output()
+        .envs(&stack.env);
+    let out = output_unless_interrupted(&mut command, true)
         .with_context(|| format!("cannot run {} bench", xtask.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{text}");
@@ -234,14 +241,14 @@ fn catalog_with_wrk(wrk: &Path, env: &BTreeMap<String, String>) -> Result<(Strin
     let libs =
         wrk.parent().and_then(Path::parent).map(|usr| usr.join("lib/x86_64-linux-gnu")).unwrap_or_default();
     eprintln!("bench-scenario: wrk on the catalog");
-    let out = Command::new(wrk)
+    let mut command = Command::new(wrk);
+    command
         .env("LD_LIBRARY_PATH", libs)
         .args(["-t2", "-c32", "-d10s", "-H"])
         .arg(format!("Authorization: Basic {auth}"))
         .args(["-H", "X-Broker-API-Version: 2.17"])
-        .arg(format!("{}/v2/catalog", env["BROKER_URL"]))
-        .output()
-        .context("cannot run wrk")?;
+        .arg(format!("{}/v2/catalog", env["BROKER_URL"]));
+    let out = output_unless_interrupted(&mut command, false).context("cannot run wrk")?;
     ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(wrk_summary(&String::from_utf8_lossy(&out.stdout)))
 }
@@ -283,20 +290,23 @@ fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
         let http = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{listen_port}/v2/catalog");
         while started.elapsed() < Duration::from_secs(30) {
+            if let Some(signal) = caught_signal() {
+                return Err(Interrupted(signal));
+            }
             let request = http
                 .get(&url)
                 .basic_auth(&stack.env["BROKER_USERNAME"], Some(&stack.env["BROKER_PASSWORD"]))
                 .header("X-Broker-API-Version", "2.17");
             if request.send().await.is_ok() {
-                return Some(started.elapsed());
+                return Ok(Some(started.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        None
+        Ok(None)
     });
     let _ = child.kill();
     let _ = child.wait();
-    answered.context("the second broker did not answer within 30 s (see startup.log)")
+    answered?.context("the second broker did not answer within 30 s (see startup.log)")
 }
 
 /// The machine's lines: cores and model, memory, etcd version, date, operations per phase.

@@ -187,3 +187,89 @@ exit 3"#;
     assert!(stderr.contains("cannot run '/nonexistent/command'"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `xtask dev --run` spawned in a process group of its own, as a shell runs a job: the test
+/// sends the terminal's Ctrl-C to that group.
+fn dev_run_job(dir: &std::path::Path, script: &str, arg: &std::path::Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--etcd-version", "3.4", "--dir"])
+        .arg(dir)
+        .args(["--run", "--", "sh", "-c", script])
+        .arg(arg)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "xtask did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A SIGTERM while the stack starts ends `dev --run` with 143 and stops the stack: nothing of
+/// it is left running.
+#[test]
+fn dev_run_terminated_while_the_stack_starts_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack_dir = dir.path().join("stack");
+    let marker = dir.path().join("ran");
+    let mut xtask = dev_run_job(&stack_dir, r#": > "$0""#, &marker);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (dev, etcd) = loop {
+        let dev =
+            children(xtask.id()).into_iter().find(|pid| cmdline(*pid).get(1).is_some_and(|a| a == "dev"));
+        if let Some(etcd) = dev.and_then(|dev| children(dev).first().copied()) {
+            break (dev.unwrap(), etcd);
+        }
+        assert!(xtask.try_wait().unwrap().is_none(), "xtask exited before it started etcd");
+        assert!(Instant::now() < deadline, "no stack started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(xtask.id() as i32, libc::SIGTERM) };
+    let status = wait_for(&mut xtask, Duration::from_secs(40));
+    assert!(ends(dev) && ends(etcd), "the stack outlived xtask ({status})");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+    assert!(!marker.exists(), "the command ran after the signal");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut xtask.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("stopped by SIGTERM") && !stderr.contains("panicked"), "{stderr}");
+}
+
+/// A terminal's Ctrl-C during the command reaches the command once (from the terminal, not
+/// again forwarded) and not the stack, which still answers while the command finishes.
+#[test]
+fn dev_run_ctrl_c_reaches_the_command_once_and_not_the_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let counted = dir.path().join("interrupts");
+    let script = r#"n=0
+trap 'n=$((n+1))' INT
+: > "$0.ready"
+i=0
+while [ $i -lt 15 ]; do sleep 0.1; i=$((i+1)); done
+echo $n > "$0"
+curl -sf -o /dev/null -u "$BROKER_USERNAME:$BROKER_PASSWORD" -H 'X-Broker-API-Version: 2.17' "$BROKER_URL/v2/catalog" || exit 9
+exit 4"#;
+    let mut xtask = dev_run_job(&dir.path().join("stack"), script, &counted);
+    let ready = dir.path().join("interrupts.ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(xtask.try_wait().unwrap().is_none(), "xtask exited before the command ran");
+        assert!(Instant::now() < deadline, "the command did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) of the process group of our own child, as a terminal's Ctrl-C.
+    unsafe { libc::kill(-(xtask.id() as i32), libc::SIGINT) };
+    let status = wait_for(&mut xtask, Duration::from_secs(40));
+    assert_eq!(status.code(), Some(4), "the broker no longer answered the command ({status})");
+    assert_eq!(std::fs::read_to_string(&counted).unwrap().trim(), "1", "SIGINTs the command got");
+}
