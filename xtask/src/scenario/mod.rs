@@ -84,6 +84,8 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         "{} does not exist: build it with `cargo build --release -p etcd-broker` (make bench does)",
         broker.display()
     );
+    // Before the measurements: a machine that cannot be described should not cost a run.
+    let machine = machine(args.count)?;
     let work = tempfile::tempdir().context("cannot create a temporary folder")?;
     let wrk = wrk_binary(work.path());
 
@@ -105,7 +107,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         Some(wrk) => Some(catalog_with_wrk(wrk, &stack.env)?),
         None => None,
     };
-    stack.stop()?;
+    stop(stack);
 
     let cost4 = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
     let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
@@ -117,11 +119,10 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         bench(&stack, "preload-8", &["--clients", "8", "--preload", &preload, "--keep-preload"])?,
     );
     let startup = startup_time(&broker, &stack)?;
-    stack.stop()?;
 
     let reports: BTreeMap<String, Value> =
         runs.iter().map(|(name, run)| ((*name).to_owned(), run.report.clone())).collect();
-    let mut regions: Vec<(&str, String)> = vec![("machine", machine(args.count)?)];
+    let mut regions: Vec<(&str, String)> = vec![("machine", machine)];
     for name in tables::RUNS {
         let mut text = String::new();
         if name == "preload-8" {
@@ -159,7 +160,16 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     }
     std::fs::write(&args.out, doc).with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("bench-scenario: wrote {}", args.out.display());
+    stop(stack);
     Ok(())
+}
+
+/// Stops a stack whose measurements are taken: a stack that stops badly is worth a warning,
+/// not the loss of the figures, which are what the run is for.
+fn stop(stack: DevProcess) {
+    if let Err(e) = stack.stop() {
+        eprintln!("bench-scenario: warning: {e:#}");
+    }
 }
 
 /// `xtask bench --count N --json <work>/NAME.json --cpu-of ... EXTRA` against `stack`; its
