@@ -168,5 +168,9 @@ mod tests {
         let Command::BenchScenario(args) = cli.command else { panic!() };
         assert_eq!((args.count, args.preload), (10, 0));
         assert!(Cli::try_parse_from(["xtask", "bench-scenario", "--count", "0"]).is_err());
+        assert!(!args.allow_debug_build);
+        let cli = Cli::try_parse_from(["xtask", "bench-scenario", "--allow-debug-build"]).unwrap();
+        let Command::BenchScenario(args) = cli.command else { panic!() };
+        assert!(args.allow_debug_build);
     }
 }

@@ -46,7 +46,14 @@ pub struct ScenarioArgs {
     /// The `etcd-broker` binary timed at start-up [default: the one next to this program].
     #[arg(long)]
     pub broker_binary: Option<PathBuf>,
+    /// Run even though this program is a debug build (its bench, which is the load, is then
+    /// slower than the broker it measures); for trying the scenario out, not for figures.
+    #[arg(long)]
+    pub allow_debug_build: bool,
 }
+
+/// The build profile of this program, recorded with the figures.
+const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
 
 /// Regions of the document the scenario writes, checked before anything runs.
 const REGIONS: [&str; 10] = [
@@ -74,6 +81,13 @@ struct BenchRun {
 /// and the work folder removed (their Drops, which a signal's default action would skip), and
 /// the error is [`Interrupted`].
 pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
+    // The bench processes are this binary: a debug build's load generator distorts every
+    // figure, and `cargo run` builds one silently.
+    ensure!(
+        PROFILE == "release" || args.allow_debug_build,
+        "this xtask is a debug build, whose figures would be wrong: run `make bench` (it builds \
+         and runs the release binaries), or pass --allow-debug-build to try the scenario out"
+    );
     catch_stop_signals();
     let doc =
         std::fs::read_to_string(&args.out).with_context(|| format!("cannot read {}", args.out.display()))?;
@@ -85,7 +99,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         broker.display()
     );
     // Before the measurements: a machine that cannot be described should not cost a run.
-    let machine = machine(args.count)?;
+    let machine = machine(args.count, PROFILE)?;
     let work = tempfile::tempdir().context("cannot create a temporary folder")?;
     let wrk = wrk_binary(work.path());
 
@@ -319,8 +333,9 @@ fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
     answered?.context("the second broker did not answer within 30 s (see startup.log)")
 }
 
-/// The machine's lines: cores and model, memory, etcd version, date, operations per phase.
-fn machine(count: u64) -> Result<String> {
+/// The machine's lines: cores and model, memory, etcd version, date, operations per phase,
+/// and the build `profile` of the bench and the scenario.
+fn machine(count: u64, profile: &str) -> Result<String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -340,7 +355,8 @@ fn machine(count: u64) -> Result<String> {
     let date = command_line(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     Ok(format!(
         "- {cores} cores: {model}\n- memory: {memory_gib} GiB; {version}; measured {date}\n\
-         - {count} operations per phase; broker and etcd on the same machine as the load\n"
+         - {count} operations per phase; broker and etcd on the same machine as the load\n\
+         - xtask (the load) built as {profile}\n"
     ))
 }
 
@@ -362,6 +378,13 @@ mod tests {
         assert_eq!(line, "Latency 589.37us 603.75us 8.05ms 93.68%;Requests/sec: 63300.84");
         assert_eq!(rps, Some(63300.84));
         assert_eq!(wrk_summary("nothing"), (String::new(), None));
+    }
+
+    #[test]
+    fn the_machine_names_the_build_profile() {
+        let lines = machine(7, "debug").unwrap();
+        assert!(lines.contains("7 operations per phase"), "{lines}");
+        assert!(lines.ends_with("- xtask (the load) built as debug\n"), "{lines}");
     }
 
     #[test]

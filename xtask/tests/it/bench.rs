@@ -143,7 +143,7 @@ fn a_terminated_bench_scenario_leaves_no_stack_behind() {
             .unwrap();
     std::fs::write(&doc, &original).unwrap();
     let mut xtask = Command::new(XTASK)
-        .args(["bench-scenario", "--count", "1", "--preload", "0", "--out"])
+        .args(["bench-scenario", "--allow-debug-build", "--count", "1", "--preload", "0", "--out"])
         .arg(&doc)
         .arg("--broker-binary")
         .arg(XTASK)
@@ -186,4 +186,17 @@ fn a_terminated_bench_scenario_leaves_no_stack_behind() {
     let work = stack_dir.parent().unwrap();
     assert!(!work.exists(), "{} is left behind", work.display());
     assert_eq!(std::fs::read_to_string(&doc).unwrap(), original);
+}
+
+/// `cargo run` builds a debug xtask, whose load would distort every figure: bench-scenario
+/// refuses it and says what to run instead, before it touches the document.
+#[test]
+fn bench_scenario_refuses_a_debug_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("performance.md");
+    let out = Command::new(XTASK).args(["bench-scenario", "--out"]).arg(&doc).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("debug build") && stderr.contains("make bench"), "{stderr}");
+    assert!(!doc.exists());
 }
