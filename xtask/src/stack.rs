@@ -192,8 +192,8 @@ pub fn parse_env(text: &str) -> BTreeMap<String, String> {
 /// long run would bury the output of the command before it.
 const LOG_TAIL_LINES: usize = 20;
 
-/// The last [`LOG_TAIL_LINES`] lines of a log.
-fn log_tail(path: &Path) -> String {
+/// The last [`LOG_TAIL_LINES`] lines of a log, for an error that must say why.
+pub fn log_tail(path: &Path) -> String {
     let text = log_text(path);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
@@ -354,7 +354,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -368,7 +368,7 @@ mod tests {
 
     /// A stand-in for `xtask dev` (called as `FAKE dev --dir DIR ...`): a shell script that
     /// writes a complete env file naming itself as the broker, then runs `then`.
-    pub(super) fn fake_dev(folder: &Path, then: &str) -> PathBuf {
+    pub(crate) fn fake_dev(folder: &Path, then: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let keys: String = ENV_KEYS
             .iter()

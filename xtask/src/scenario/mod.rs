@@ -28,7 +28,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::stack::{
-    catch_stop_signals, caught_signal, output_unless_interrupted, DevProcess, Interrupted, StackOptions,
+    catch_stop_signals, caught_signal, log_tail, output_unless_interrupted, DevProcess, Interrupted,
+    StackOptions,
 };
 
 /// Flags of `xtask bench-scenario`.
@@ -293,13 +294,16 @@ fn wrk_summary(output: &str) -> (String, Option<f64>) {
 }
 
 /// A second broker on the stack's config (other ports) started and timed until it answers the
-/// catalog; the stack's etcd holds the preload by then.
+/// catalog; the stack's etcd holds the preload by then. A broker that exits or does not answer
+/// within 30 s is an error quoting the end of its log (which lives in the work folder, removed
+/// as the error returns).
 fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
     let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
     let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
     let (listen_port, metrics_port) = (port(&a)?, port(&b)?);
     drop((a, b));
-    let log = std::fs::File::create(stack.dir().join("startup.log"))?;
+    let log_path = stack.dir().join("startup.log");
+    let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
     let mut child = Command::new(broker)
         .args(["serve", "--config"])
@@ -310,27 +314,33 @@ fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot run {}", broker.display()))?;
-    let answered = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    let outcome = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
         let http = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{listen_port}/v2/catalog");
         while started.elapsed() < Duration::from_secs(30) {
             if let Some(signal) = caught_signal() {
-                return Err(Interrupted(signal));
+                return Err(Interrupted(signal).into());
+            }
+            // Its log says why; waiting out the 30 s would add nothing.
+            if let Some(status) = child.try_wait()? {
+                return Ok(Err(format!("exited with {status}")));
             }
             let request = http
                 .get(&url)
                 .basic_auth(&stack.env["BROKER_USERNAME"], Some(&stack.env["BROKER_PASSWORD"]))
                 .header("X-Broker-API-Version", "2.17");
             if request.send().await.is_ok() {
-                return Ok(Some(started.elapsed()));
+                return Ok(Ok(started.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(None)
+        anyhow::Ok(Err("did not answer within 30 s".to_owned()))
     });
     let _ = child.kill();
     let _ = child.wait();
-    answered?.context("the second broker did not answer within 30 s (see startup.log)")
+    outcome?.map_err(|failure| {
+        anyhow::anyhow!("the second broker {failure}; the end of its log:\n{}", log_tail(&log_path))
+    })
 }
 
 /// The machine's lines: cores and model, memory, etcd version, date, operations per phase,
@@ -378,6 +388,22 @@ mod tests {
         assert_eq!(line, "Latency 589.37us 603.75us 8.05ms 93.68%;Requests/sec: 63300.84");
         assert_eq!(rps, Some(63300.84));
         assert_eq!(wrk_summary("nothing"), (String::new(), None));
+    }
+
+    #[test]
+    fn a_broker_that_exits_at_start_up_fails_at_once_with_its_log() {
+        use std::os::unix::fs::PermissionsExt;
+        let folder = tempfile::tempdir().unwrap();
+        let fake = crate::stack::tests::fake_dev(folder.path(), "exec sleep 30");
+        let stack = DevProcess::start(&fake, &StackOptions::default(), &folder.path().join("stack")).unwrap();
+        let broker = folder.path().join("broker");
+        std::fs::write(&broker, "#!/bin/sh\necho 'broker.toml: bad listener'\nexit 2\n").unwrap();
+        std::fs::set_permissions(&broker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = Instant::now();
+        let error = startup_time(&broker, &stack).unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+        assert!(error.contains("exited with exit status: 2"), "{error}");
+        assert!(error.contains("broker.toml: bad listener"), "{error}");
     }
 
     #[test]
