@@ -12,9 +12,7 @@ use std::process::Command;
 use etcd_broker_ops::render::{interpolated_manifest, read_yaml};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use crate::common::repo;
 
 fn bosh_cli() -> Option<PathBuf> {
     let path = match std::env::var_os("BOSH_CLI") {
@@ -22,6 +20,12 @@ fn bosh_cli() -> Option<PathBuf> {
         _ => repo().join("../shared/tools/bosh-cli/bosh"),
     };
     path.is_file().then_some(path)
+}
+
+/// What a test without the CLI prints: the team's rule is to use outside tools when present,
+/// and to say so when a test could not.
+fn skipped() {
+    eprintln!("skipped: no BOSH CLI (set BOSH_CLI or install ../shared/tools/bosh-cli/bosh)");
 }
 
 /// The ops-file combinations `check release` renders: none, each alone, all together.
@@ -42,10 +46,7 @@ fn combinations(manifests: &Path) -> Vec<Vec<PathBuf>> {
 
 #[test]
 fn every_shipped_ops_file_patches_like_bosh_int() {
-    let Some(bosh) = bosh_cli() else {
-        eprintln!("skipped: no BOSH CLI (set BOSH_CLI or install ../shared/tools/bosh-cli/bosh)");
-        return;
-    };
+    let Some(bosh) = bosh_cli() else { return skipped() };
     let manifests = repo().join("manifests");
     let manifest = manifests.join("etcd-broker.yml");
     let vars = vec![manifests.join("examples/vars.yml")];
@@ -72,10 +73,7 @@ fn every_shipped_ops_file_patches_like_bosh_int() {
 /// too, and the comparison fails on a single changed value.
 #[test]
 fn the_comparison_sees_a_difference() {
-    let Some(bosh) = bosh_cli() else {
-        eprintln!("skipped: no BOSH CLI (set BOSH_CLI or install ../shared/tools/bosh-cli/bosh)");
-        return;
-    };
+    let Some(bosh) = bosh_cli() else { return skipped() };
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("m.yml");
     std::fs::write(&manifest, "name: d\ninstance_groups:\n- name: a\n  jobs: []\nport: ((port))\n").unwrap();

@@ -2,18 +2,17 @@
 //! printed workflow works with the real etcdctl, and Ctrl-C stops everything; `dev --run`
 //! hands the same env to a command, stops the stack and exits with the command's code.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use xtask::stack::ENV_KEYS;
+use etcd_broker_ops::osb::{BrokerTarget, OsbClient};
+use xtask::stack::{parse_env, ENV_KEYS};
 
 use crate::common::{children, cmdline, ends};
 
-fn read_env(path: &std::path::Path) -> Option<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+fn read_env(path: &std::path::Path) -> Option<BTreeMap<String, String>> {
+    std::fs::read_to_string(path).ok().map(|text| parse_env(&text))
 }
 
 #[tokio::test]
@@ -44,27 +43,20 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env_file).unwrap().permissions());
     assert_eq!(mode & 0o077, 0, "env file readable by others");
 
-    let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str| {
-        http.request(method, format!("{}{path}", env["BROKER_URL"]))
-            .basic_auth(&env["BROKER_USERNAME"], Some(&env["BROKER_PASSWORD"]))
-            .header("X-Broker-API-Version", "2.17")
-    };
-    let catalog: Value =
-        call(reqwest::Method::GET, "/v2/catalog").send().await.unwrap().json().await.unwrap();
-    let service = catalog["services"][0]["id"].as_str().unwrap().to_owned();
-    let plan = catalog["services"][0]["plans"][0]["id"].as_str().unwrap().to_owned();
-    let body = json!({ "service_id": service, "plan_id": plan, "organization_guid": "o", "space_guid": "s" });
-    let provisioned =
-        call(reqwest::Method::PUT, "/v2/service_instances/demo").json(&body).send().await.unwrap();
-    assert_eq!(provisioned.status(), 201);
-    let bound = call(reqwest::Method::PUT, "/v2/service_instances/demo/service_bindings/app1")
-        .json(&json!({ "service_id": service, "plan_id": plan }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bound.status(), 201);
-    let creds = bound.json::<Value>().await.unwrap()["credentials"].clone();
+    let osb = OsbClient::new(
+        BrokerTarget {
+            url: env["BROKER_URL"].clone(),
+            username: env["BROKER_USERNAME"].clone(),
+            password: env["BROKER_PASSWORD"].clone(),
+            skip_tls_verification: false,
+        },
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let offering = osb.offering(None, None).await.unwrap();
+    assert_eq!(osb.provision(&offering, "demo", Duration::from_secs(30)).await.unwrap(), 201);
+    let (bound, creds) = osb.bind(&offering, "demo", "app1").await.unwrap();
+    assert_eq!(bound, 201);
 
     let metrics = reqwest::get(&env["METRICS_URL"]).await.unwrap().text().await.unwrap();
     assert!(
