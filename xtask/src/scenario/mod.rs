@@ -17,7 +17,7 @@
 //! - `tables.rs`: the comparison and targets tables from the bench's JSON reports.
 
 mod doc;
-pub mod tables;
+mod tables;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
