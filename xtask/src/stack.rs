@@ -19,7 +19,8 @@ use local_etcd::EtcdVersion;
 
 /// How long a stack may take to answer: etcd with auth, then the broker.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a stopping stack may drain before it is killed (bpm's 20 s, plus etcd's stop).
+/// How long a stopping stack may take before it is killed: the broker's 15 s shutdown grace
+/// (server.rs), then local-etcd's stop (SIGTERM, SIGKILL after 5 s), with some slack.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The variables `dev` writes to `<dir>/env`, in that order; `dev --run` exports all of them.
