@@ -2,14 +2,14 @@
 //! end (all operations, the floor from the broker's own etcd call counts, preload, RSS, orphan
 //! check) and its JSON report adds up. No timing is asserted: figures live in docs/performance.md.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xtask::stack::{DevProcess, StackOptions};
 
-use crate::common::{children, cmdline, ends};
+use crate::common::{child_with, children, ends, exit_within};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -153,12 +153,7 @@ fn a_terminated_bench_scenario_leaves_no_stack_behind() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let (dev, stack_dir) = loop {
-        let dev = children(xtask.id()).into_iter().find_map(|pid| {
-            let args = cmdline(pid);
-            let dir = args.iter().position(|a| a == "--dir").and_then(|i| args.get(i + 1))?;
-            (args.get(1)? == "dev").then(|| (pid, PathBuf::from(dir)))
-        });
-        if let Some((dev, dir)) = dev {
+        if let Some((dev, dir)) = child_with(xtask.id(), Some("dev"), "--dir") {
             if dir.join("env").exists() {
                 break (dev, dir);
             }
@@ -171,14 +166,7 @@ fn a_terminated_bench_scenario_leaves_no_stack_behind() {
     assert!(!etcd.is_empty(), "the stack's etcd");
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(xtask.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(status) = xtask.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "bench-scenario did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut xtask, Duration::from_secs(40));
     assert!(ends(dev) && etcd.iter().all(|pid| ends(*pid)), "the stack outlived bench-scenario ({status})");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut xtask.stderr.take().unwrap(), &mut stderr).unwrap();

@@ -44,3 +44,28 @@ pub fn cmdline(pid: u32) -> Vec<String> {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
 }
+
+/// The first running child of `parent` whose command line has `flag VALUE` (and, given
+/// `subcommand`, that as its first argument): its pid and VALUE.
+pub fn child_with(parent: u32, subcommand: Option<&str>, flag: &str) -> Option<(u32, std::path::PathBuf)> {
+    children(parent).into_iter().find_map(|pid| {
+        let args = cmdline(pid);
+        if subcommand.is_some_and(|s| args.get(1).map(String::as_str) != Some(s)) {
+            return None;
+        }
+        let value = args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1))?;
+        Some((pid, std::path::PathBuf::from(value)))
+    })
+}
+
+/// The exit status of `child` once it exits; fails the test after `limit`.
+pub fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{} did not exit within {limit:?}", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use etcd_broker_ops::osb::{BrokerTarget, OsbClient};
 use xtask::stack::{parse_env, ENV_KEYS};
 
-use crate::common::{children, cmdline, ends};
+use crate::common::{child_with, children, ends, exit_within};
 
 fn read_env(path: &std::path::Path) -> Option<BTreeMap<String, String>> {
     std::fs::read_to_string(path).ok().map(|text| parse_env(&text))
@@ -81,14 +81,7 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
 
     // Ctrl-C: clean exit, env file gone, etcd stopped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "dev did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_within(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status}");
     assert!(!env_file.exists());
     let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
@@ -110,12 +103,7 @@ fn dev_interrupted_while_etcd_starts_leaves_nothing_behind() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (etcd, data_dir) = loop {
-        let etcd = children(dev.id()).into_iter().find_map(|pid| {
-            let args = cmdline(pid);
-            let data = args.iter().position(|a| a == "--data-dir").and_then(|i| args.get(i + 1))?;
-            Some((pid, std::path::PathBuf::from(data)))
-        });
-        if let Some(found) = etcd {
+        if let Some(found) = child_with(dev.id(), None, "--data-dir") {
             break found;
         }
         assert!(dev.try_wait().unwrap().is_none(), "dev exited before it started etcd");
@@ -125,14 +113,7 @@ fn dev_interrupted_while_etcd_starts_leaves_nothing_behind() {
     assert!(!dir.path().join("env").exists(), "signalled too late: the stack was up");
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(dev.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = dev.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "dev did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut dev, Duration::from_secs(20));
     assert!(ends(etcd), "etcd {etcd} outlived dev ({status})");
     let etcd_folder = data_dir.parent().unwrap();
     assert!(!etcd_folder.exists(), "{} is left behind", etcd_folder.display());
@@ -196,17 +177,6 @@ fn dev_run_job(dir: &std::path::Path, script: &str, arg: &std::path::Path) -> st
         .unwrap()
 }
 
-fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "xtask did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A SIGTERM while the stack starts ends `dev --run` with 143 and stops the stack: nothing of
 /// it is left running.
 #[test]
@@ -217,8 +187,7 @@ fn dev_run_terminated_while_the_stack_starts_stops_it() {
     let mut xtask = dev_run_job(&stack_dir, r#": > "$0""#, &marker);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (dev, etcd) = loop {
-        let dev =
-            children(xtask.id()).into_iter().find(|pid| cmdline(*pid).get(1).is_some_and(|a| a == "dev"));
+        let dev = child_with(xtask.id(), Some("dev"), "--dir").map(|(pid, _)| pid);
         if let Some(etcd) = dev.and_then(|dev| children(dev).first().copied()) {
             break (dev.unwrap(), etcd);
         }
@@ -228,7 +197,7 @@ fn dev_run_terminated_while_the_stack_starts_stops_it() {
     };
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(xtask.id() as i32, libc::SIGTERM) };
-    let status = wait_for(&mut xtask, Duration::from_secs(40));
+    let status = exit_within(&mut xtask, Duration::from_secs(40));
     assert!(ends(dev) && ends(etcd), "the stack outlived xtask ({status})");
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
     assert!(!marker.exists(), "the command ran after the signal");
@@ -261,7 +230,7 @@ exit 4"#;
     }
     // SAFETY: kill(2) of the process group of our own child, as a terminal's Ctrl-C.
     unsafe { libc::kill(-(xtask.id() as i32), libc::SIGINT) };
-    let status = wait_for(&mut xtask, Duration::from_secs(40));
+    let status = exit_within(&mut xtask, Duration::from_secs(40));
     assert_eq!(status.code(), Some(4), "the broker no longer answered the command ({status})");
     assert_eq!(std::fs::read_to_string(&counted).unwrap().trim(), "1", "SIGINTs the command got");
 }
