@@ -2,7 +2,8 @@
 //!
 //! Writes the broker config to `<dir>/broker.toml` (the documented example catalog) and, once
 //! everything answers, `<dir>/env` with the `KEY=value` lines scripts use to drive the system
-//! (stack.rs's `ENV_KEYS`; the file's existence is the "ready" signal `DevProcess` waits for).
+//! (stack.rs's `ENV_KEYS`; the file is the "ready" signal `DevProcess` waits for, known as this
+//! stack's by its `BROKER_PID`, this process's pid).
 //! Runs until SIGINT/SIGTERM, then stops the broker and etcd and removes `<dir>/env`.
 
 use std::fmt::Write as _;
@@ -35,21 +36,31 @@ pub fn run(options: DevOptions) -> Result<()> {
 }
 
 async fn serve(options: DevOptions) -> Result<()> {
+    // Watched from the first line: until actix serves, nothing else handles SIGINT/SIGTERM, and
+    // their default action would end this process with etcd still running and its temporary
+    // folder left in /tmp.
+    let mut stop = std::pin::pin!(stop_signal()?);
     let dir = &options.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let env_file = dir.join("env");
     let _ = std::fs::remove_file(&env_file);
 
     eprintln!("starting etcd {} (auth enabled)...", options.etcd_version);
-    let etcd = LocalEtcd::start(Options {
+    let starting = LocalEtcd::start(Options {
         version: options.etcd_version,
         client_port: options.etcd_port,
         bcrypt_cost: options.bcrypt_cost,
         log_file: Some(dir.join("etcd.log")),
         ..Options::default()
-    })
-    .await
-    .context("cannot start etcd")?;
+    });
+    // Dropping an unfinished start kills its etcd and removes its folder.
+    let etcd = tokio::select! {
+        etcd = starting => etcd.context("cannot start etcd")?,
+        signal = &mut stop => {
+            eprintln!("{signal} before etcd answered: stopped");
+            return Ok(());
+        }
+    };
 
     let broker_password = secrets::random_password();
     let config_path = dir.join("broker.toml");
@@ -67,12 +78,40 @@ async fn serve(options: DevOptions) -> Result<()> {
     write_private(&env_file, &env)?;
     println!("{}", instructions(&config, &broker_url, &metrics_url, &env_file));
 
-    // actix-web stops the server gracefully on SIGINT/SIGTERM.
-    let served = running.serve().await;
+    // actix-web stops the server gracefully on SIGINT/SIGTERM once it serves; a signal that
+    // came before it listened is this select's, and stops it the same way.
+    let handles = running.handles();
+    let mut serving = std::pin::pin!(running.serve());
+    let served = tokio::select! {
+        served = &mut serving => served,
+        _ = &mut stop => {
+            // The server future must be polled for the stop to complete.
+            let stopping = async {
+                for handle in &handles {
+                    handle.stop(true).await;
+                }
+            };
+            tokio::join!(stopping, serving).1
+        }
+    };
     eprintln!("stopping etcd...");
     etcd.stop().await;
     let _ = std::fs::remove_file(&env_file);
     served.context("the broker failed")
+}
+
+/// Completes when SIGINT or SIGTERM arrives, with the signal's name; registered at once, so
+/// a signal that arrives before the future is polled is not lost.
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    })
 }
 
 /// The broker config: the example's catalog, this etcd, a loopback listener.

@@ -1,8 +1,9 @@
 //! `xtask`: the developers' CLI over the library's modules (lib.rs maps them): `dev` (with
 //! `--run`), `bench`, `bench-scenario`.
 //!
-//! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage; `dev --run`
-//! exits with its command's code.
+//! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage, 128 + the
+//! signal when SIGINT or SIGTERM stopped `dev --run` or `bench-scenario` (what it started is
+//! stopped first); `dev --run` exits with its command's code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,7 +80,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xtask: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<stack::Interrupted>() {
+                Some(interrupted) => ExitCode::from(u8::try_from(interrupted.exit_code()).unwrap_or(u8::MAX)),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -164,5 +168,9 @@ mod tests {
         let Command::BenchScenario(args) = cli.command else { panic!() };
         assert_eq!((args.count, args.preload), (10, 0));
         assert!(Cli::try_parse_from(["xtask", "bench-scenario", "--count", "0"]).is_err());
+        assert!(!args.allow_debug_build);
+        let cli = Cli::try_parse_from(["xtask", "bench-scenario", "--allow-debug-build"]).unwrap();
+        let Command::BenchScenario(args) = cli.command else { panic!() };
+        assert!(args.allow_debug_build);
     }
 }

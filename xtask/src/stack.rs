@@ -8,9 +8,10 @@
 //! take the stack's clean-up with it.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,8 @@ use local_etcd::EtcdVersion;
 
 /// How long a stack may take to answer: etcd with auth, then the broker.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a stopping stack may drain before it is killed (bpm's 20 s, plus etcd's stop).
+/// How long a stopping stack may take before it is killed: the broker's 15 s shutdown grace
+/// (server.rs), then local-etcd's stop (SIGTERM, SIGKILL after 5 s), with some slack.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The variables `dev` writes to `<dir>/env`, in that order; `dev --run` exports all of them.
@@ -71,8 +73,19 @@ impl DevProcess {
     /// Starts `xtask dev` (the binary `xtask`, usually `std::env::current_exe()`) with its files
     /// in `dir`, and returns once its env file exists. A stack that exits or does not answer
     /// within a minute is an error quoting its log.
+    ///
+    /// An env file left in `dir` by an earlier stack is removed first and, since that child
+    /// could still be writing one, a file counts only when its `BROKER_PID` is this child's:
+    /// otherwise the caller would get the old stack's URLs and passwords.
     pub fn start(xtask: &Path, options: &StackOptions, dir: &Path) -> Result<DevProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let env_file = dir.join("env");
+        match std::fs::remove_file(&env_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove the old {}", env_file.display()))
+            }
+            _ => {}
+        }
         let log = dir.join("dev.log");
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
@@ -85,24 +98,35 @@ impl DevProcess {
         if let Some(cost) = options.bcrypt_cost {
             command.args(["--bcrypt-cost", &cost.to_string()]);
         }
+        // A group of its own: a terminal's Ctrl-C reaches this process and the command of
+        // `dev --run`, never the stack, which is stopped after them; and a stack that must be
+        // killed is killed with its etcd (the group's other member).
         let child = command
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("cannot run {} dev", xtask.display()))?;
         let mut stack = DevProcess { child, env: BTreeMap::new(), dir: dir.to_owned() };
-        let env_file = dir.join("env");
+        let own_pid = stack.child.id().to_string();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(text) = std::fs::read_to_string(&env_file) {
-                stack.env = parse_env(&text);
-                if ENV_KEYS.iter().all(|key| stack.env.contains_key(*key)) {
+                let env = parse_env(&text);
+                if env.get("BROKER_PID") == Some(&own_pid)
+                    && ENV_KEYS.iter().all(|key| env.contains_key(*key))
+                {
+                    stack.env = env;
                     return Ok(stack);
                 }
             }
             if stack.child.try_wait()?.is_some() {
                 bail!("the local stack did not start:\n{}", log_text(&log));
+            }
+            // Dropping the stack stops it.
+            if let Some(signal) = caught_signal() {
+                return Err(Interrupted(signal).into());
             }
             if Instant::now() > deadline {
                 bail!("the local stack did not start within {START_TIMEOUT:?}:\n{}", log_text(&log));
@@ -117,26 +141,34 @@ impl DevProcess {
     }
 
     /// Stops the stack (SIGINT: the broker drains, etcd stops); kills it if it takes longer
-    /// than 30 s. An error when it did not exit cleanly.
+    /// than 30 s. An error, quoting the end of dev.log, when it did not exit cleanly.
     pub fn stop(mut self) -> Result<()> {
-        let status = self.stop_child()?;
+        let status = self.stop_child(STOP_TIMEOUT)?;
         if !status.success() {
-            bail!("the local stack exited with {status}:\n{}", log_text(&self.dir.join("dev.log")));
+            let log = self.dir.join("dev.log");
+            bail!("the local stack exited with {status}; the end of {}:\n{}", log.display(), log_tail(&log));
         }
         Ok(())
     }
 
-    fn stop_child(&mut self) -> Result<ExitStatus> {
+    fn stop_child(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
         signal(self.child.id(), libc::SIGINT);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
+                // The whole group (dev started it as its leader): SIGKILL gives dev no chance
+                // to stop its etcd.
+                if let Ok(group) = libc::pid_t::try_from(self.child.id()) {
+                    // SAFETY: kill(2) of our own child's process group, whose leader is not
+                    // reaped yet, so the group id cannot name anyone else's.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                }
                 let _ = self.child.kill();
                 return Ok(self.child.wait()?);
             }
@@ -148,13 +180,24 @@ impl DevProcess {
 impl Drop for DevProcess {
     /// A stack is never left running, whatever happened to its user.
     fn drop(&mut self) {
-        let _ = self.stop_child();
+        let _ = self.stop_child(STOP_TIMEOUT);
     }
 }
 
 /// `KEY=value` lines (the env file's format) as pairs; other lines are ignored.
 pub fn parse_env(text: &str) -> BTreeMap<String, String> {
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// How much of dev.log a failed stop quotes: the reason is at its end, and a whole log of a
+/// long run would bury the output of the command before it.
+const LOG_TAIL_LINES: usize = 20;
+
+/// The last [`LOG_TAIL_LINES`] lines of a log, for an error that must say why.
+pub fn log_tail(path: &Path) -> String {
+    let text = log_text(path);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 fn log_text(path: &Path) -> String {
@@ -168,47 +211,140 @@ fn signal(pid: u32, signal: libc::c_int) {
     }
 }
 
-/// The signal this process received while a command ran (0: none), forwarded to the command.
-static RECEIVED: AtomicI32 = AtomicI32::new(0);
+/// The last stop signal caught by [`catch_stop_signals`]' handler (0: none).
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+
+/// How many SIGTERMs were caught: each is forwarded to the command of `dev --run`.
+static TERMS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn remember(signal: libc::c_int) {
-    RECEIVED.store(signal, Ordering::SeqCst);
+    CAUGHT.store(signal, Ordering::SeqCst);
+    if signal == libc::SIGTERM {
+        TERMS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// From now on SIGINT and SIGTERM do not end this process: they are remembered for
+/// [`caught_signal`], so that the tool stops what it started (a stack's Drop stops it, a
+/// temporary folder's Drop removes it) and exits with [`Interrupted`]. Installed before
+/// anything is started: a signal while a stack starts (up to a minute) would otherwise leave
+/// the stack running.
+///
+/// A handler, not SIG_IGN: handlers are reset by exec, so the programs this process starts
+/// still get the default behaviour.
+pub fn catch_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, remember as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+}
+
+/// The last stop signal caught, if any (it stays caught: the whole run is being stopped).
+pub fn caught_signal() -> Option<i32> {
+    Some(CAUGHT.load(Ordering::SeqCst)).filter(|s| *s != 0)
+}
+
+/// The error of a run stopped by SIGINT or SIGTERM: main exits with 128 + the signal, as a
+/// shell reports a process the signal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted(pub i32);
+
+impl Interrupted {
+    /// The exit code: 128 + the signal.
+    pub fn exit_code(self) -> i32 {
+        128 + self.0
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            libc::SIGINT => "SIGINT".to_owned(),
+            libc::SIGTERM => "SIGTERM".to_owned(),
+            other => format!("signal {other}"),
+        };
+        write!(f, "stopped by {name}")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// `command.output()`, with its stderr shown (`show_stderr`) or captured, unless a stop signal
+/// is caught meanwhile: then the program is killed (what it measured is thrown away with the
+/// run) and the error is [`Interrupted`].
+pub fn output_unless_interrupted(command: &mut Command, show_stderr: bool) -> Result<std::process::Output> {
+    use std::io::Read as _;
+    let stderr = if show_stderr { Stdio::inherit() } else { Stdio::piped() };
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).spawn()?;
+    // Read as the program writes, so that a full pipe never blocks it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(signal) = caught_signal() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Interrupted(signal).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let join = |reader: std::thread::JoinHandle<Vec<u8>>| reader.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout: join(stdout), stderr: join(stderr) })
 }
 
 /// `dev --run`: starts the stack in `dir`, runs `command` with the stack's env added to its
 /// environment, stops the stack, and returns the command's exit code (128 + the signal when a
-/// signal ended it). SIGINT and SIGTERM do not end this process while the command runs: they
-/// are passed on to the command (a terminal's Ctrl-C reaches it directly), and the stack is
-/// stopped once it exits.
+/// signal ended it). A SIGINT or SIGTERM before the command runs stops the stack and is an
+/// [`Interrupted`] error.
+///
+/// While the command runs, SIGINT and SIGTERM do not end this process, which stops the stack
+/// once the command exits. The command stays in this process's process group, the terminal's
+/// foreground one, so that it can read the terminal (a shell, a prompt) and a Ctrl-C reaches it
+/// directly from the terminal: forwarding SIGINT as well would deliver it twice. SIGTERM, sent
+/// to this process alone (by a CI runner, `timeout`, `kill`), is forwarded. A SIGINT sent to
+/// this process alone is not: the command decides when the run ends. (The stack has a group of
+/// its own, so neither reaches it before the command is done.)
 pub fn run_command(xtask: &Path, options: &StackOptions, dir: &Path, command: &[String]) -> Result<i32> {
     let (program, args) = command.split_first().context("--run needs a command")?;
+    catch_stop_signals();
     let stack = DevProcess::start(xtask, options, dir)?;
     eprintln!(
         "dev: etcd at {}, broker at {}; running {program}",
         stack.env["ETCD_ENDPOINTS"], stack.env["BROKER_URL"]
     );
-    // A handler, not SIG_IGN: handlers are reset by exec, so the command still gets the
-    // default behaviour.
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, remember as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
     let mut child = Command::new(program)
         .args(args)
         .envs(&stack.env)
         .spawn()
         .with_context(|| format!("cannot run '{program}'"))?;
+    let mut forwarded = TERMS.load(Ordering::SeqCst);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        let received = RECEIVED.swap(0, Ordering::SeqCst);
-        if received != 0 {
-            signal(child.id(), received);
+        let terms = TERMS.load(Ordering::SeqCst);
+        if terms > forwarded {
+            signal(child.id(), libc::SIGTERM);
+            forwarded = terms;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    stack.stop()?;
+    // The command's code is the result (ci/blackbox's exit code is the suite's): a stack that
+    // stopped badly after the command is worth a warning, not a different verdict.
+    if let Err(e) = stack.stop() {
+        eprintln!("dev: warning: {e:#}");
+    }
     Ok(exit_code(status))
 }
 
@@ -219,7 +355,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -229,6 +365,104 @@ mod tests {
         assert_eq!(env["B"], "x=y");
         assert_eq!(env["C"], "");
         assert_eq!(env.len(), 3);
+    }
+
+    /// A stand-in for `xtask dev` (called as `FAKE dev --dir DIR ...`): a shell script that
+    /// writes a complete env file naming itself as the broker, then runs `then`.
+    pub(crate) fn fake_dev(folder: &Path, then: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let keys: String = ENV_KEYS
+            .iter()
+            .filter(|k| **k != "BROKER_PID")
+            .map(|k| format!("echo {k}=http://127.0.0.1:1; "))
+            .collect();
+        let script = format!(
+            "#!/bin/sh\ndir=$3\n{{ {keys}echo BROKER_PID=$$; }} > \"$dir/env.tmp\"\nmv \"$dir/env.tmp\" \"$dir/env\"\n{then}\n"
+        );
+        let path = folder.join("fake-xtask");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_leftover_env_file_is_not_taken_for_the_new_stacks() {
+        let folder = tempfile::tempdir().unwrap();
+        let dir = folder.path().join("stack");
+        std::fs::create_dir(&dir).unwrap();
+        let old: String = ENV_KEYS.iter().map(|k| format!("{k}=old\n")).collect();
+        std::fs::write(dir.join("env"), old).unwrap();
+        // The new stack takes a moment before it writes its own file, as `dev` does.
+        let fake = fake_dev(folder.path(), "exec sleep 30");
+        let script = std::fs::read_to_string(&fake).unwrap().replacen("dir=$3\n", "dir=$3\nsleep 0.3\n", 1);
+        std::fs::write(&fake, script).unwrap();
+        let stack = DevProcess::start(&fake, &StackOptions::default(), &dir).unwrap();
+        assert_eq!(stack.env["BROKER_PID"], stack.child.id().to_string());
+        assert_eq!(stack.env["BROKER_URL"], "http://127.0.0.1:1");
+    }
+
+    /// Whether `pid` runs (a zombie does not: its parent may be a pid 1 that never reaps).
+    pub(super) fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    }
+
+    /// Whether `pid` is gone within 5 s (a killed process still has to be scheduled to exit).
+    pub(super) fn ends(pid: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    #[test]
+    fn a_stack_that_will_not_stop_is_killed_with_its_whole_group() {
+        let folder = tempfile::tempdir().unwrap();
+        let dir = folder.path().join("stack");
+        // Ignores SIGINT, as a hung dev would, and has a child of its own, as dev has etcd.
+        let fake = fake_dev(folder.path(), "trap '' INT\nsleep 300 &\necho $! > \"$dir/grandchild\"\nwait");
+        let mut stack = DevProcess::start(&fake, &StackOptions::default(), &dir).unwrap();
+        let file = dir.join("grandchild");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let grandchild = loop {
+            match std::fs::read_to_string(&file) {
+                Ok(pid) if pid.ends_with('\n') => break pid.trim().to_owned(),
+                _ => assert!(Instant::now() < deadline, "the fake stack started no child"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(alive(&grandchild));
+        let status = stack.stop_child(Duration::from_millis(300)).unwrap();
+        assert!(!status.success());
+        assert!(ends(&grandchild), "the stack's child {grandchild} survived the kill");
+    }
+
+    #[test]
+    fn dev_run_returns_the_commands_code_when_the_stack_stops_badly() {
+        let folder = tempfile::tempdir().unwrap();
+        // Exits 1 on SIGINT, as a stack whose broker failed to drain does.
+        let fake = fake_dev(
+            folder.path(),
+            "for i in $(seq -w 1 30); do echo log line $i; done\ntrap 'exit 1' INT\nwhile :; do sleep 0.05; done",
+        );
+        let dir = folder.path().join("stack");
+        let command = ["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()];
+        assert_eq!(run_command(&fake, &StackOptions::default(), &dir, &command).unwrap(), 3);
+
+        let stack = DevProcess::start(&fake, &StackOptions::default(), &dir).unwrap();
+        let log = dir.join("dev.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log_text(&log).contains("log line 30") {
+            assert!(Instant::now() < deadline, "the fake stack wrote no log");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let error = stack.stop().unwrap_err().to_string();
+        assert!(error.contains("log line 11\n") && error.ends_with("log line 30"), "{error}");
+        assert!(!error.contains("log line 10"), "the whole log: {error}");
     }
 
     #[test]

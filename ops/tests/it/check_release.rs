@@ -1,12 +1,10 @@
 //! `etcd-broker-ops check release` passes on this repository's release tree and names each
 //! seeded mistake in a temporary copy of it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use crate::common::repo;
 
 /// A copy of the release tree (config, jobs, packages, manifests) with a stand-in for the
 /// workspace `make release` stages, so the package's files glob has something to match.

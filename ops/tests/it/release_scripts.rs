@@ -2,12 +2,9 @@
 //! `scripts/bosh-scp.sh` (make bosh_scp) and `scripts/release.sh` (make release).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use crate::common::repo;
 
 /// Two broker instances, one etcd instance, in the shape `bosh instances --json` prints.
 const INSTANCES: &str = r#"{"Tables":[{"Content":"instances","Header":{"instance":"Instance"},"Rows":[

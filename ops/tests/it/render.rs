@@ -8,11 +8,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use etcd_broker::config::Config;
+use etcd_broker_ops::osb::{BrokerTarget, Offering, OsbClient};
 use serde_json::{json, Value};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use crate::common::repo;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render").join(name)
@@ -295,27 +294,24 @@ async fn a_rendered_manifest_runs_a_working_broker() {
     });
     let (addr, handles) = rx.recv_timeout(Duration::from_secs(20)).expect("the broker starts");
 
-    let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str| {
-        http.request(method, format!("http://{addr}{path}"))
-            .basic_auth("broker", Some(TRICKY_PASSWORD))
-            .header("X-Broker-API-Version", "2.17")
+    let osb = OsbClient::new(
+        BrokerTarget {
+            url: format!("http://{addr}"),
+            username: "broker".to_owned(),
+            password: TRICKY_PASSWORD.to_owned(),
+            skip_tls_verification: false,
+        },
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let offering = Offering {
+        service_id: "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01".to_owned(),
+        plan_id: "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b".to_owned(),
     };
-    let service = "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01";
-    let plan = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
-    let provisioned = call(reqwest::Method::PUT, "/v2/service_instances/r1")
-        .json(&json!({ "service_id": service, "plan_id": plan, "organization_guid": "o", "space_guid": "s" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(provisioned.status(), 201);
-    let bound = call(reqwest::Method::PUT, "/v2/service_instances/r1/service_bindings/b1")
-        .json(&json!({ "service_id": service, "plan_id": plan }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bound.status(), 201);
-    let credentials = bound.json::<Value>().await.unwrap()["credentials"].clone();
+    let provisioned = osb.provision(&offering, "r1", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(provisioned, 201);
+    let (bound, credentials) = osb.bind(&offering, "r1", "b1").await.unwrap();
+    assert_eq!(bound, 201);
     let options = etcd_client::ConnectOptions::new()
         .with_user(credentials["username"].as_str().unwrap(), credentials["password"].as_str().unwrap());
     let endpoints: Vec<String> = serde_json::from_value(credentials["endpoints"].clone()).unwrap();

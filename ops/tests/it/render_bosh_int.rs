@@ -4,7 +4,7 @@
 //! yield the same document (compared as parsed values, not as text).
 //!
 //! The CLI is taken from $BOSH_CLI, else from ../shared/tools/bosh-cli/bosh next to the
-//! checkout; without it the test says that it skipped.
+//! checkout, else from PATH; without it the test says that it skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,16 +12,65 @@ use std::process::Command;
 use etcd_broker_ops::render::{interpolated_manifest, read_yaml};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use crate::common::repo;
 
 fn bosh_cli() -> Option<PathBuf> {
-    let path = match std::env::var_os("BOSH_CLI") {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => repo().join("../shared/tools/bosh-cli/bosh"),
-    };
-    path.is_file().then_some(path)
+    find_bosh(
+        std::env::var_os("BOSH_CLI"),
+        &repo().join("../shared/tools/bosh-cli/bosh"),
+        std::env::var_os("PATH"),
+    )
+}
+
+/// The BOSH CLI: `$BOSH_CLI` when set, else the shared tools' copy, else `bosh` on `PATH` (as
+/// scripts/release.sh finds it); `None` when there is none.
+fn find_bosh(
+    from_env: Option<std::ffi::OsString>,
+    shared: &Path,
+    path: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if let Some(path) = from_env.filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path)).filter(|p| executable(p));
+    }
+    if executable(shared) {
+        return Some(shared.to_owned());
+    }
+    std::env::split_paths(&path?).map(|dir| dir.join("bosh")).find(|p| executable(p))
+}
+
+/// What a test without the CLI prints: the team's rule is to use outside tools when present,
+/// and to say so when a test could not.
+fn skipped() {
+    eprintln!(
+        "skipped: no BOSH CLI (set BOSH_CLI, install ../shared/tools/bosh-cli/bosh, or put bosh on PATH)"
+    );
+}
+
+#[test]
+fn the_cli_is_found_on_path_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, bin) = (dir.path().join("empty"), dir.path().join("bin"));
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::create_dir(&bin).unwrap();
+    let bosh = bin.join("bosh");
+    std::fs::write(&bosh, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&bosh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths([&empty, &bin]).ok();
+    let missing = dir.path().join("shared/bosh");
+    assert_eq!(find_bosh(None, &missing, path.clone()), Some(bosh.clone()));
+    assert_eq!(find_bosh(Some("".into()), &missing, path.clone()), Some(bosh.clone()), "an empty BOSH_CLI");
+    assert_eq!(find_bosh(Some(bosh.clone().into()), &missing, None), Some(bosh.clone()));
+    assert_eq!(
+        find_bosh(None, &bosh, std::env::join_paths([&empty]).ok()),
+        Some(bosh.clone()),
+        "the shared copy"
+    );
+    assert_eq!(find_bosh(None, &missing, std::env::join_paths([&empty]).ok()), None);
+    assert_eq!(find_bosh(Some(missing.clone().into()), &bosh, path), None, "a BOSH_CLI that does not exist");
 }
 
 /// The ops-file combinations `check release` renders: none, each alone, all together.
@@ -42,10 +91,7 @@ fn combinations(manifests: &Path) -> Vec<Vec<PathBuf>> {
 
 #[test]
 fn every_shipped_ops_file_patches_like_bosh_int() {
-    let Some(bosh) = bosh_cli() else {
-        eprintln!("skipped: no BOSH CLI (set BOSH_CLI or install ../shared/tools/bosh-cli/bosh)");
-        return;
-    };
+    let Some(bosh) = bosh_cli() else { return skipped() };
     let manifests = repo().join("manifests");
     let manifest = manifests.join("etcd-broker.yml");
     let vars = vec![manifests.join("examples/vars.yml")];
@@ -72,10 +118,7 @@ fn every_shipped_ops_file_patches_like_bosh_int() {
 /// too, and the comparison fails on a single changed value.
 #[test]
 fn the_comparison_sees_a_difference() {
-    let Some(bosh) = bosh_cli() else {
-        eprintln!("skipped: no BOSH CLI (set BOSH_CLI or install ../shared/tools/bosh-cli/bosh)");
-        return;
-    };
+    let Some(bosh) = bosh_cli() else { return skipped() };
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("m.yml");
     std::fs::write(&manifest, "name: d\ninstance_groups:\n- name: a\n  jobs: []\nport: ((port))\n").unwrap();

@@ -173,9 +173,17 @@ mod tests {
     #[tokio::test]
     async fn work_on_cpu_is_counted_and_sleeping_is_not() {
         let me = [Watched::this_process()];
+        // Spins until this thread has had 50 ms of CPU, whatever the machine's load (a spin
+        // of 50 ms of wall-clock time gets much less CPU on busy cores); the wall-clock cap
+        // only keeps a broken clock from hanging the test.
+        let thread_cpu_ns = || {
+            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            stat.split_whitespace().next().unwrap().parse::<u64>().unwrap()
+        };
         let ((), busy) = CpuUse::during(&me, async {
-            let until = std::time::Instant::now() + std::time::Duration::from_millis(50);
-            while std::time::Instant::now() < until {
+            let start = thread_cpu_ns();
+            let cap = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while thread_cpu_ns() - start < 50_000_000 && std::time::Instant::now() < cap {
                 std::hint::black_box(0u64);
             }
         })

@@ -17,17 +17,20 @@
 //! - `tables.rs`: the comparison and targets tables from the bench's JSON reports.
 
 mod doc;
-pub mod tables;
+mod tables;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::stack::{DevProcess, StackOptions};
+use crate::stack::{
+    catch_stop_signals, caught_signal, log_tail, output_unless_interrupted, DevProcess, Interrupted,
+    StackOptions,
+};
 
 /// Flags of `xtask bench-scenario`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,7 +47,14 @@ pub struct ScenarioArgs {
     /// The `etcd-broker` binary timed at start-up [default: the one next to this program].
     #[arg(long)]
     pub broker_binary: Option<PathBuf>,
+    /// Run even though this program is a debug build (its bench, which is the load, is then
+    /// slower than the broker it measures); for trying the scenario out, not for figures.
+    #[arg(long)]
+    pub allow_debug_build: bool,
 }
+
+/// The build profile of this program, recorded with the figures.
+const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
 
 /// Regions of the document the scenario writes, checked before anything runs.
 const REGIONS: [&str; 10] = [
@@ -67,7 +77,19 @@ struct BenchRun {
 }
 
 /// Runs the scenario and rewrites the document's generated regions.
+///
+/// SIGINT and SIGTERM stop the run: the program measuring is killed, the stacks are stopped
+/// and the work folder removed (their Drops, which a signal's default action would skip), and
+/// the error is [`Interrupted`].
 pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
+    // The bench processes are this binary: a debug build's load generator distorts every
+    // figure, and `cargo run` builds one silently.
+    ensure!(
+        PROFILE == "release" || args.allow_debug_build,
+        "this xtask is a debug build, whose figures would be wrong: run `make bench` (it builds \
+         and runs the release binaries), or pass --allow-debug-build to try the scenario out"
+    );
+    catch_stop_signals();
     let doc =
         std::fs::read_to_string(&args.out).with_context(|| format!("cannot read {}", args.out.display()))?;
     doc::check_regions(&doc, &REGIONS).with_context(|| args.out.display().to_string())?;
@@ -77,6 +99,8 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         "{} does not exist: build it with `cargo build --release -p etcd-broker` (make bench does)",
         broker.display()
     );
+    // Before the measurements: a machine that cannot be described should not cost a run.
+    let machine = machine(args.count, PROFILE)?;
     let work = tempfile::tempdir().context("cannot create a temporary folder")?;
     let wrk = wrk_binary(work.path());
 
@@ -98,7 +122,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         Some(wrk) => Some(catalog_with_wrk(wrk, &stack.env)?),
         None => None,
     };
-    stack.stop()?;
+    stop(stack);
 
     let cost4 = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
     let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
@@ -110,11 +134,10 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         bench(&stack, "preload-8", &["--clients", "8", "--preload", &preload, "--keep-preload"])?,
     );
     let startup = startup_time(&broker, &stack)?;
-    stack.stop()?;
 
     let reports: BTreeMap<String, Value> =
         runs.iter().map(|(name, run)| ((*name).to_owned(), run.report.clone())).collect();
-    let mut regions: Vec<(&str, String)> = vec![("machine", machine(args.count)?)];
+    let mut regions: Vec<(&str, String)> = vec![("machine", machine)];
     for name in tables::RUNS {
         let mut text = String::new();
         if name == "preload-8" {
@@ -152,7 +175,16 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     }
     std::fs::write(&args.out, doc).with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("bench-scenario: wrote {}", args.out.display());
+    stop(stack);
     Ok(())
+}
+
+/// Stops a stack whose measurements are taken: a stack that stops badly is worth a warning,
+/// not the loss of the figures, which are what the run is for.
+fn stop(stack: DevProcess) {
+    if let Err(e) = stack.stop() {
+        eprintln!("bench-scenario: warning: {e:#}");
+    }
 }
 
 /// `xtask bench --count N --json <work>/NAME.json --cpu-of ... EXTRA` against `stack`; its
@@ -167,15 +199,15 @@ fn bench(
 ) -> Result<BenchRun> {
     eprintln!("bench-scenario: {name}");
     let json = work.join(format!("{name}.json"));
-    let out = Command::new(xtask)
+    let mut command = Command::new(xtask);
+    command
         .args(["bench", "--count", &count.to_string(), "--json"])
         .arg(&json)
         .args(["--cpu-of", &format!("broker={}", stack.env["BROKER_PID"])])
         .args(["--cpu-of", &format!("etcd={}", stack.env["ETCD_PID"])])
         .args(extra)
-        .envs(&stack.env)
-        .stderr(Stdio::inherit())
-        .output()
+        .envs(&stack.env);
+    let out = output_unless_interrupted(&mut command, true)
         .with_context(|| format!("cannot run {} bench", xtask.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{text}");
@@ -234,14 +266,14 @@ fn catalog_with_wrk(wrk: &Path, env: &BTreeMap<String, String>) -> Result<(Strin
     let libs =
         wrk.parent().and_then(Path::parent).map(|usr| usr.join("lib/x86_64-linux-gnu")).unwrap_or_default();
     eprintln!("bench-scenario: wrk on the catalog");
-    let out = Command::new(wrk)
+    let mut command = Command::new(wrk);
+    command
         .env("LD_LIBRARY_PATH", libs)
         .args(["-t2", "-c32", "-d10s", "-H"])
         .arg(format!("Authorization: Basic {auth}"))
         .args(["-H", "X-Broker-API-Version: 2.17"])
-        .arg(format!("{}/v2/catalog", env["BROKER_URL"]))
-        .output()
-        .context("cannot run wrk")?;
+        .arg(format!("{}/v2/catalog", env["BROKER_URL"]));
+    let out = output_unless_interrupted(&mut command, false).context("cannot run wrk")?;
     ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(wrk_summary(&String::from_utf8_lossy(&out.stdout)))
 }
@@ -262,13 +294,16 @@ fn wrk_summary(output: &str) -> (String, Option<f64>) {
 }
 
 /// A second broker on the stack's config (other ports) started and timed until it answers the
-/// catalog; the stack's etcd holds the preload by then.
+/// catalog; the stack's etcd holds the preload by then. A broker that exits or does not answer
+/// within 30 s is an error quoting the end of its log (which lives in the work folder, removed
+/// as the error returns).
 fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
     let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
     let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
     let (listen_port, metrics_port) = (port(&a)?, port(&b)?);
     drop((a, b));
-    let log = std::fs::File::create(stack.dir().join("startup.log"))?;
+    let log_path = stack.dir().join("startup.log");
+    let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
     let mut child = Command::new(broker)
         .args(["serve", "--config"])
@@ -279,28 +314,38 @@ fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot run {}", broker.display()))?;
-    let answered = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    let outcome = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
         let http = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{listen_port}/v2/catalog");
         while started.elapsed() < Duration::from_secs(30) {
+            if let Some(signal) = caught_signal() {
+                return Err(Interrupted(signal).into());
+            }
+            // Its log says why; waiting out the 30 s would add nothing.
+            if let Some(status) = child.try_wait()? {
+                return Ok(Err(format!("exited with {status}")));
+            }
             let request = http
                 .get(&url)
                 .basic_auth(&stack.env["BROKER_USERNAME"], Some(&stack.env["BROKER_PASSWORD"]))
                 .header("X-Broker-API-Version", "2.17");
             if request.send().await.is_ok() {
-                return Some(started.elapsed());
+                return Ok(Ok(started.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        None
+        anyhow::Ok(Err("did not answer within 30 s".to_owned()))
     });
     let _ = child.kill();
     let _ = child.wait();
-    answered.context("the second broker did not answer within 30 s (see startup.log)")
+    outcome?.map_err(|failure| {
+        anyhow::anyhow!("the second broker {failure}; the end of its log:\n{}", log_tail(&log_path))
+    })
 }
 
-/// The machine's lines: cores and model, memory, etcd version, date, operations per phase.
-fn machine(count: u64) -> Result<String> {
+/// The machine's lines: cores and model, memory, etcd version, date, operations per phase,
+/// and the build `profile` of the bench and the scenario.
+fn machine(count: u64, profile: &str) -> Result<String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -320,7 +365,8 @@ fn machine(count: u64) -> Result<String> {
     let date = command_line(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     Ok(format!(
         "- {cores} cores: {model}\n- memory: {memory_gib} GiB; {version}; measured {date}\n\
-         - {count} operations per phase; broker and etcd on the same machine as the load\n"
+         - {count} operations per phase; broker and etcd on the same machine as the load\n\
+         - xtask (the load) built as {profile}\n"
     ))
 }
 
@@ -342,6 +388,29 @@ mod tests {
         assert_eq!(line, "Latency 589.37us 603.75us 8.05ms 93.68%;Requests/sec: 63300.84");
         assert_eq!(rps, Some(63300.84));
         assert_eq!(wrk_summary("nothing"), (String::new(), None));
+    }
+
+    #[test]
+    fn a_broker_that_exits_at_start_up_fails_at_once_with_its_log() {
+        use std::os::unix::fs::PermissionsExt;
+        let folder = tempfile::tempdir().unwrap();
+        let fake = crate::stack::tests::fake_dev(folder.path(), "exec sleep 30");
+        let stack = DevProcess::start(&fake, &StackOptions::default(), &folder.path().join("stack")).unwrap();
+        let broker = folder.path().join("broker");
+        std::fs::write(&broker, "#!/bin/sh\necho 'broker.toml: bad listener'\nexit 2\n").unwrap();
+        std::fs::set_permissions(&broker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = Instant::now();
+        let error = startup_time(&broker, &stack).unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+        assert!(error.contains("exited with exit status: 2"), "{error}");
+        assert!(error.contains("broker.toml: bad listener"), "{error}");
+    }
+
+    #[test]
+    fn the_machine_names_the_build_profile() {
+        let lines = machine(7, "debug").unwrap();
+        assert!(lines.contains("7 operations per phase"), "{lines}");
+        assert!(lines.ends_with("- xtask (the load) built as debug\n"), "{lines}");
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! check) and its JSON report adds up. No timing is asserted: figures live in docs/performance.md.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xtask::stack::{DevProcess, StackOptions};
+
+use crate::common::{child_with, children, ends, exit_within};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -127,4 +130,61 @@ fn a_bench_cut_short_by_its_duration_builds_only_on_what_was_done() {
     assert!(bound > 0 && bound < provisioned, "bound {bound} of {provisioned}");
     assert!(count("get-binding") <= bound && count("unbind") <= bound);
     assert!(count("deprovision") <= provisioned);
+}
+
+/// A SIGTERM in the middle of `bench-scenario` stops it with 143, and the stack it measures
+/// and its work folder go with it; the document is left as it was.
+#[test]
+fn a_terminated_bench_scenario_leaves_no_stack_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("performance.md");
+    let original =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md"))
+            .unwrap();
+    std::fs::write(&doc, &original).unwrap();
+    let mut xtask = Command::new(XTASK)
+        .args(["bench-scenario", "--allow-debug-build", "--count", "1", "--preload", "0", "--out"])
+        .arg(&doc)
+        .arg("--broker-binary")
+        .arg(XTASK)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (dev, stack_dir) = loop {
+        if let Some((dev, dir)) = child_with(xtask.id(), Some("dev"), "--dir") {
+            if dir.join("env").exists() {
+                break (dev, dir);
+            }
+        }
+        assert!(xtask.try_wait().unwrap().is_none(), "bench-scenario exited before its stack was up");
+        assert!(Instant::now() < deadline, "no stack came up");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let etcd = children(dev);
+    assert!(!etcd.is_empty(), "the stack's etcd");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(xtask.id() as i32, libc::SIGTERM) };
+    let status = exit_within(&mut xtask, Duration::from_secs(40));
+    assert!(ends(dev) && etcd.iter().all(|pid| ends(*pid)), "the stack outlived bench-scenario ({status})");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut xtask.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    let work = stack_dir.parent().unwrap();
+    assert!(!work.exists(), "{} is left behind", work.display());
+    assert_eq!(std::fs::read_to_string(&doc).unwrap(), original);
+}
+
+/// `cargo run` builds a debug xtask, whose load would distort every figure: bench-scenario
+/// refuses it and says what to run instead, before it touches the document.
+#[test]
+fn bench_scenario_refuses_a_debug_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("performance.md");
+    let out = Command::new(XTASK).args(["bench-scenario", "--out"]).arg(&doc).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("debug build") && stderr.contains("make bench"), "{stderr}");
+    assert!(!doc.exists());
 }

@@ -2,16 +2,17 @@
 //! printed workflow works with the real etcdctl, and Ctrl-C stops everything; `dev --run`
 //! hands the same env to a command, stops the stack and exits with the command's code.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use xtask::stack::ENV_KEYS;
+use etcd_broker_ops::osb::{BrokerTarget, OsbClient};
+use xtask::stack::{parse_env, ENV_KEYS};
 
-fn read_env(path: &std::path::Path) -> Option<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+use crate::common::{child_with, children, ends, exit_within};
+
+fn read_env(path: &std::path::Path) -> Option<BTreeMap<String, String>> {
+    std::fs::read_to_string(path).ok().map(|text| parse_env(&text))
 }
 
 #[tokio::test]
@@ -42,27 +43,20 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env_file).unwrap().permissions());
     assert_eq!(mode & 0o077, 0, "env file readable by others");
 
-    let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str| {
-        http.request(method, format!("{}{path}", env["BROKER_URL"]))
-            .basic_auth(&env["BROKER_USERNAME"], Some(&env["BROKER_PASSWORD"]))
-            .header("X-Broker-API-Version", "2.17")
-    };
-    let catalog: Value =
-        call(reqwest::Method::GET, "/v2/catalog").send().await.unwrap().json().await.unwrap();
-    let service = catalog["services"][0]["id"].as_str().unwrap().to_owned();
-    let plan = catalog["services"][0]["plans"][0]["id"].as_str().unwrap().to_owned();
-    let body = json!({ "service_id": service, "plan_id": plan, "organization_guid": "o", "space_guid": "s" });
-    let provisioned =
-        call(reqwest::Method::PUT, "/v2/service_instances/demo").json(&body).send().await.unwrap();
-    assert_eq!(provisioned.status(), 201);
-    let bound = call(reqwest::Method::PUT, "/v2/service_instances/demo/service_bindings/app1")
-        .json(&json!({ "service_id": service, "plan_id": plan }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bound.status(), 201);
-    let creds = bound.json::<Value>().await.unwrap()["credentials"].clone();
+    let osb = OsbClient::new(
+        BrokerTarget {
+            url: env["BROKER_URL"].clone(),
+            username: env["BROKER_USERNAME"].clone(),
+            password: env["BROKER_PASSWORD"].clone(),
+            skip_tls_verification: false,
+        },
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let offering = osb.offering(None, None).await.unwrap();
+    assert_eq!(osb.provision(&offering, "demo", Duration::from_secs(30)).await.unwrap(), 201);
+    let (bound, creds) = osb.bind(&offering, "demo", "app1").await.unwrap();
+    assert_eq!(bound, 201);
 
     let metrics = reqwest::get(&env["METRICS_URL"]).await.unwrap().text().await.unwrap();
     assert!(
@@ -87,18 +81,43 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
 
     // Ctrl-C: clean exit, env file gone, etcd stopped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "dev did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_within(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status}");
     assert!(!env_file.exists());
     let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
     assert!(std::net::TcpStream::connect(etcd_addr).is_err(), "etcd still running");
+}
+
+/// A Ctrl-C while etcd is still starting (before the broker serves) stops dev cleanly: its etcd
+/// is gone, and so is etcd's temporary folder.
+#[test]
+fn dev_interrupted_while_etcd_starts_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--broker-port", "0", "--metrics-port", "0", "--etcd-port", "0"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (etcd, data_dir) = loop {
+        if let Some(found) = child_with(dev.id(), None, "--data-dir") {
+            break found;
+        }
+        assert!(dev.try_wait().unwrap().is_none(), "dev exited before it started etcd");
+        assert!(Instant::now() < deadline, "dev started no etcd");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(!dir.path().join("env").exists(), "signalled too late: the stack was up");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(dev.id() as i32, libc::SIGINT) };
+    let status = exit_within(&mut dev, Duration::from_secs(20));
+    assert!(ends(etcd), "etcd {etcd} outlived dev ({status})");
+    let etcd_folder = data_dir.parent().unwrap();
+    assert!(!etcd_folder.exists(), "{} is left behind", etcd_folder.display());
+    assert!(status.success(), "{status}");
 }
 
 /// `dev --run -- sh -c ...`: the command sees every variable of the env file, talks to the
@@ -140,4 +159,78 @@ exit 3"#;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot run '/nonexistent/command'"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `xtask dev --run` spawned in a process group of its own, as a shell runs a job: the test
+/// sends the terminal's Ctrl-C to that group.
+fn dev_run_job(dir: &std::path::Path, script: &str, arg: &std::path::Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--etcd-version", "3.4", "--dir"])
+        .arg(dir)
+        .args(["--run", "--", "sh", "-c", script])
+        .arg(arg)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A SIGTERM while the stack starts ends `dev --run` with 143 and stops the stack: nothing of
+/// it is left running.
+#[test]
+fn dev_run_terminated_while_the_stack_starts_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack_dir = dir.path().join("stack");
+    let marker = dir.path().join("ran");
+    let mut xtask = dev_run_job(&stack_dir, r#": > "$0""#, &marker);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (dev, etcd) = loop {
+        let dev = child_with(xtask.id(), Some("dev"), "--dir").map(|(pid, _)| pid);
+        if let Some(etcd) = dev.and_then(|dev| children(dev).first().copied()) {
+            break (dev.unwrap(), etcd);
+        }
+        assert!(xtask.try_wait().unwrap().is_none(), "xtask exited before it started etcd");
+        assert!(Instant::now() < deadline, "no stack started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(xtask.id() as i32, libc::SIGTERM) };
+    let status = exit_within(&mut xtask, Duration::from_secs(40));
+    assert!(ends(dev) && ends(etcd), "the stack outlived xtask ({status})");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+    assert!(!marker.exists(), "the command ran after the signal");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut xtask.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("stopped by SIGTERM") && !stderr.contains("panicked"), "{stderr}");
+}
+
+/// A terminal's Ctrl-C during the command reaches the command once (from the terminal, not
+/// again forwarded) and not the stack, which still answers while the command finishes.
+#[test]
+fn dev_run_ctrl_c_reaches_the_command_once_and_not_the_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let counted = dir.path().join("interrupts");
+    let script = r#"n=0
+trap 'n=$((n+1))' INT
+: > "$0.ready"
+i=0
+while [ $i -lt 15 ]; do sleep 0.1; i=$((i+1)); done
+echo $n > "$0"
+curl -sf -o /dev/null -u "$BROKER_USERNAME:$BROKER_PASSWORD" -H 'X-Broker-API-Version: 2.17' "$BROKER_URL/v2/catalog" || exit 9
+exit 4"#;
+    let mut xtask = dev_run_job(&dir.path().join("stack"), script, &counted);
+    let ready = dir.path().join("interrupts.ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(xtask.try_wait().unwrap().is_none(), "xtask exited before the command ran");
+        assert!(Instant::now() < deadline, "the command did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) of the process group of our own child, as a terminal's Ctrl-C.
+    unsafe { libc::kill(-(xtask.id() as i32), libc::SIGINT) };
+    let status = exit_within(&mut xtask, Duration::from_secs(40));
+    assert_eq!(status.code(), Some(4), "the broker no longer answered the command ({status})");
+    assert_eq!(std::fs::read_to_string(&counted).unwrap().trim(), "1", "SIGINTs the command got");
 }

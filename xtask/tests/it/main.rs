@@ -2,7 +2,9 @@
 //! developers' tools against a real local stack (etcd with auth, a broker).
 //!
 //! - `bench`: a short `xtask bench` run and its report
+//! - `common`: what the tests read of processes in /proc
 //! - `dev`: `xtask dev` and `dev --run`
 
 mod bench;
+mod common;
 mod dev;
