@@ -20,7 +20,11 @@ fn ops(args: &[&str], stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("etcd-broker-ops runs");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // A run refused before it reads stdin (a usage error) closes the pipe: not a failure here.
+    match child.stdin.take().unwrap().write_all(stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("writing stdin: {e}"),
+        _ => {}
+    }
     child.wait_with_output().unwrap()
 }
 
