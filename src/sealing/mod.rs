@@ -20,5 +20,5 @@
 pub mod envelope;
 pub mod keychain;
 
-pub use envelope::{is_sealed, seal, unseal, SealError};
+pub use envelope::{is_sealed, seal, sealed_with, unseal, SealError};
 pub use keychain::{Key, KeyError, Keychain};
