@@ -143,6 +143,17 @@ impl EtcdBroker {
         keys.into_iter().map(Write::Delete).collect()
     }
 
+    /// The names of the keychain's keys (none without a keychain), for the gauge that lets
+    /// an alert tell configured keys from the others.
+    pub fn keychain_key_names(&self) -> Vec<String> {
+        self.setup
+            .sealing
+            .keychain()
+            .into_iter()
+            .flat_map(|k| k.keys().map(|k| k.name().to_owned()))
+            .collect()
+    }
+
     /// The names of the keys that seal at least one record, in name order: one single-key read
     /// per name in use (each skips past all entries of the name before), whatever the number
     /// of records.

@@ -133,7 +133,7 @@ pub fn bind_req(instance: &str, binding: &str) -> BindRequest {
     }
 }
 
-fn unbind_req(instance: &str, binding: &str) -> UnbindRequest {
+pub fn unbind_req(instance: &str, binding: &str) -> UnbindRequest {
     UnbindRequest {
         instance_id: iid(instance),
         binding_id: bid(binding),
