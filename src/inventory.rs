@@ -121,10 +121,9 @@ mod tests {
     use crate::broker::tests::{
         bind_req, broker_on, broker_with, provision_req, sealed_broker_on, test_keychain, unbind_req, SMALL,
     };
-    use crate::broker::Sealing;
     use crate::metrics::Metrics;
     use crate::osb::ServiceBroker;
-    use crate::sealing::Keychain;
+    use crate::sealing::{Keychain, Sealing};
     use crate::store::memory::MemoryStore;
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use actix_web::{App, HttpServer};
 use crate::activity::OsbActivity;
 use crate::broker::names::Names;
 use crate::broker::role_reaper::{self, Pacing};
-use crate::broker::{BrokerSetup, Cluster, EtcdBroker, Sealing};
+use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::etcd::{EtcdStore, Observer};
@@ -94,10 +94,7 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
         state_cluster: config.state_cluster.clone(),
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         clock: Arc::new(SystemClock),
-        sealing: match &config.sealing {
-            crate::config::Sealing::On(keychain) => Sealing::On(keychain.clone()),
-            crate::config::Sealing::Off { keychain } => Sealing::Off { keychain: keychain.clone() },
-        },
+        sealing: config.sealing.clone(),
     }))
 }
 

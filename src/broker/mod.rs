@@ -26,10 +26,11 @@ use crate::clock::Clock;
 use crate::osb::catalog::Catalog;
 use crate::osb::model::*;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId, ServiceBroker};
+use crate::sealing::Sealing;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 use names::Names;
 use records::decode;
-pub use sealed::{Sealing, SealingInventory};
+pub use sealed::SealingInventory;
 
 /// How many times an operation re-reads and retries after losing a compare-and-swap race
 /// before answering 422 ConcurrencyError.

@@ -15,31 +15,11 @@
 use zeroize::Zeroizing;
 
 use crate::osb::{BrokerError, BrokerResult};
-use crate::sealing::{self, Keychain};
+use crate::sealing::{self, Keychain, Sealing};
 use crate::store::Write;
 
 use super::records::{encode, BindingRecord};
 use super::EtcdBroker;
-
-/// Whether the broker seals the passwords it stores, and the keys that unseal them.
-#[derive(Debug, Clone)]
-pub enum Sealing {
-    /// Passwords are stored in clear. A keychain, when configured, still unseals the records
-    /// sealed while sealing was on.
-    Off { keychain: Option<Keychain> },
-    /// New and rewritten records are sealed with the keychain's active key.
-    On(Keychain),
-}
-
-impl Sealing {
-    /// The keys that unseal, whether sealing is on or off.
-    pub fn keychain(&self) -> Option<&Keychain> {
-        match self {
-            Sealing::Off { keychain } => keychain.as_ref(),
-            Sealing::On(keychain) => Some(keychain),
-        }
-    }
-}
 
 /// How many records each key seals and how many hold their password in clear, for the gauges
 /// and `keys list`.
