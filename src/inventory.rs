@@ -1,5 +1,6 @@
-//! The inventory gauges (instances and bindings per plan, roles awaiting deletion) as a
-//! Prometheus collector over the broker's counts in etcd.
+//! The inventory gauges (instances and bindings per plan, roles awaiting deletion, sealed and
+//! clear-text records, the keychain's keys) as a Prometheus collector over the broker's counts
+//! in etcd.
 //!
 //! They are counted when a scrape asks, with a few count-only requests, rather than kept in
 //! the process: other broker instances change them too. The monitoring listener calls
@@ -24,6 +25,13 @@ pub struct Inventory {
     bindings: IntGaugeVec,
     /// Roles of deleted bindings that wait for the role reaper.
     roles_awaiting_deletion: IntGauge,
+    /// Binding records whose password is sealed, by the key that sealed it (configured or not).
+    sealed_records: IntGaugeVec,
+    /// Binding records whose password is in clear.
+    clear_text_records: IntGauge,
+    /// 1 for each key of this broker's keychain: what the alert on records sealed with a key
+    /// the config no longer holds compares `sealed_records` with. Fixed at start.
+    keychain_keys: IntGaugeVec,
 }
 
 impl Inventory {
@@ -32,6 +40,12 @@ impl Inventory {
         let per_plan = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["service", "plan"]).expect("valid metric")
         };
+        let per_key =
+            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["key"]).expect("valid metric");
+        let keychain_keys = per_key("etcd_broker_keychain_keys", "1 for each key of the broker's keychain.");
+        for name in broker.keychain_key_names() {
+            keychain_keys.with_label_values(&[name.as_str()]).set(1);
+        }
         Self {
             broker,
             instances: per_plan("etcd_broker_service_instances", "Service instances by service and plan."),
@@ -41,6 +55,16 @@ impl Inventory {
                 "Roles of deleted bindings queued for the role reaper (their users are gone).",
             )
             .expect("valid metric"),
+            sealed_records: per_key(
+                "etcd_broker_sealed_records",
+                "Binding records whose password is sealed, by the key that sealed it.",
+            ),
+            clear_text_records: IntGauge::new(
+                "etcd_broker_clear_text_records",
+                "Binding records whose password is stored in clear (written with sealing off or before it).",
+            )
+            .expect("valid metric"),
+            keychain_keys,
         }
     }
 
@@ -56,6 +80,14 @@ impl Inventory {
         if let Ok(queued) = self.broker.queued_roles().await {
             self.roles_awaiting_deletion.set(queued as i64);
         }
+        if let Ok(sealing) = self.broker.sealing_inventory().await {
+            // A key whose records are all gone (and that is not configured) leaves the series.
+            self.sealed_records.reset();
+            for (key, records) in sealing.sealed {
+                self.sealed_records.with_label_values(&[key.as_str()]).set(records as i64);
+            }
+            self.clear_text_records.set(sealing.clear_text as i64);
+        }
     }
 }
 
@@ -64,6 +96,9 @@ impl Collector for Inventory {
         let mut descs = self.instances.desc();
         descs.extend(self.bindings.desc());
         descs.extend(self.roles_awaiting_deletion.desc());
+        descs.extend(self.sealed_records.desc());
+        descs.extend(self.clear_text_records.desc());
+        descs.extend(self.keychain_keys.desc());
         descs
     }
 
@@ -71,6 +106,9 @@ impl Collector for Inventory {
         let mut families = self.instances.collect();
         families.extend(self.bindings.collect());
         families.extend(self.roles_awaiting_deletion.collect());
+        families.extend(self.sealed_records.collect());
+        families.extend(self.clear_text_records.collect());
+        families.extend(self.keychain_keys.collect());
         families
     }
 }
@@ -80,9 +118,12 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::broker::tests::{bind_req, broker_on, provision_req, SMALL};
+    use crate::broker::tests::{
+        bind_req, broker_on, broker_with, provision_req, sealed_broker_on, test_keychain, unbind_req, SMALL,
+    };
     use crate::metrics::Metrics;
     use crate::osb::ServiceBroker;
+    use crate::sealing::{Keychain, Sealing};
     use crate::store::memory::MemoryStore;
 
     #[tokio::test]
@@ -104,5 +145,36 @@ mod tests {
         assert_eq!(samples.get(instances.as_str()), Some(&"1"), "{text}");
         assert_eq!(samples.get(bindings.as_str()), Some(&"2"), "{text}");
         assert_eq!(samples.get("etcd_broker_roles_awaiting_deletion"), Some(&"0"), "{text}");
+        assert_eq!(samples.get("etcd_broker_clear_text_records"), Some(&"2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn sealed_records_are_counted_per_key_next_to_the_keychains_keys() {
+        let store = Arc::new(MemoryStore::default());
+        let sealed = Arc::new(sealed_broker_on(store.clone()));
+        sealed.provision(provision_req("i1", SMALL)).await.unwrap();
+        sealed.bind(bind_req("i1", "b1")).await.unwrap();
+        sealed.bind(bind_req("i1", "b2")).await.unwrap();
+        broker_on(store.clone()).bind(bind_req("i1", "b3")).await.unwrap();
+        // A broker that holds k2 only: k1's records are sealed with a key it lacks.
+        let k2 =
+            Keychain::new("k2", test_keychain("k2").keys().filter(|k| k.name() == "k2").cloned()).unwrap();
+        let lacking = Arc::new(broker_with(store.clone(), Sealing::On(k2)));
+        let inventory = Inventory::new(lacking);
+        let metrics = Metrics::new();
+        metrics.register(Box::new(inventory.clone()));
+        inventory.refresh().await;
+        let text = metrics.render();
+        let samples: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
+        assert_eq!(samples.get("etcd_broker_sealed_records{key=\"k1\"}"), Some(&"2"), "{text}");
+        assert_eq!(samples.get("etcd_broker_sealed_records{key=\"k2\"}"), Some(&"0"), "{text}");
+        assert_eq!(samples.get("etcd_broker_clear_text_records"), Some(&"1"), "{text}");
+        assert_eq!(samples.get("etcd_broker_keychain_keys{key=\"k2\"}"), Some(&"1"), "{text}");
+        assert_eq!(samples.get("etcd_broker_keychain_keys{key=\"k1\"}"), None, "{text}");
+        // Once k1's records are gone, its series goes too.
+        sealed.unbind(unbind_req("i1", "b1")).await.unwrap();
+        sealed.unbind(unbind_req("i1", "b2")).await.unwrap();
+        inventory.refresh().await;
+        assert!(!metrics.render().contains("key=\"k1\""), "{}", metrics.render());
     }
 }

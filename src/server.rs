@@ -35,6 +35,9 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error("listen.tls: {0}")]
     Tls(String),
+    /// Records need a key the keychain does not hold: their bindings could not be read.
+    #[error("{0}; add the key to [secrets.keys] (docs/config.md)")]
+    MissingKeys(String),
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -91,6 +94,7 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
         state_cluster: config.state_cluster.clone(),
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         clock: Arc::new(SystemClock),
+        sealing: config.sealing.clone(),
     }))
 }
 
@@ -101,6 +105,7 @@ pub struct RunningBroker {
     /// The monitoring listener's bound address, if enabled.
     pub metrics_addr: Option<SocketAddr>,
     servers: Vec<actix_web::dev::Server>,
+    broker: Arc<EtcdBroker>,
     /// The role reaper, run for as long as the servers.
     reaper: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 }
@@ -109,9 +114,13 @@ impl RunningBroker {
     /// Serves until SIGTERM/SIGINT (actix-web drains in-flight requests) or until stopped
     /// through [`RunningBroker::handles`]; the role reaper runs meanwhile (stopping it at any
     /// point is safe: each of its steps can be repeated).
-    pub async fn serve(self) -> std::io::Result<()> {
+    ///
+    /// First, before a request is served (actix's servers start when polled), it refuses to
+    /// run when records are sealed with a key the keychain lacks ([`check_sealing_keys`]).
+    pub async fn serve(self) -> Result<(), StartError> {
+        check_sealing_keys(&self.broker).await?;
         tokio::select! {
-            served = futures_util::future::try_join_all(self.servers) => served.map(|_| ()),
+            served = futures_util::future::try_join_all(self.servers) => served.map(|_| ()).map_err(StartError::from),
             () = self.reaper => Ok(()),
         }
     }
@@ -119,6 +128,21 @@ impl RunningBroker {
     /// Handles to stop the listeners programmatically.
     pub fn handles(&self) -> Vec<actix_web::dev::ServerHandle> {
         self.servers.iter().map(|s| s.handle()).collect()
+    }
+}
+
+/// Refuses a keychain that lacks a key records are sealed with, naming the key: from the index
+/// of sealed records, one read per key name in use. An etcd that does not answer only warns:
+/// the broker starts with etcd down (its readiness says so), and a record sealed with a
+/// missing key still answers a 500 naming record and key.
+pub async fn check_sealing_keys(broker: &EtcdBroker) -> Result<(), StartError> {
+    match broker.missing_sealing_keys().await {
+        Ok(None) => Ok(()),
+        Ok(Some(missing)) => Err(StartError::MissingKeys(missing)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check which keys seal records; starting anyway");
+            Ok(())
+        }
     }
 }
 
@@ -173,7 +197,7 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     if config.metrics.enabled {
         let inventory = Inventory::new(broker.clone());
         metrics.register(Box::new(inventory.clone()));
-        let state = MonitoringState { broker, metrics, inventory };
+        let state = MonitoringState { broker: broker.clone(), metrics, inventory };
         let listen = format!("{}:{}", config.metrics.host, config.metrics.port);
         let monitoring = HttpServer::new(move || App::new().configure(monitoring::routes(state.clone())))
             .workers(1)
@@ -183,7 +207,7 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         metrics_addr = Some(first_addr(monitoring.addrs(), &listen)?);
         servers.push(monitoring.run());
     }
-    Ok(RunningBroker { addr, metrics_addr, servers, reaper })
+    Ok(RunningBroker { addr, metrics_addr, servers, broker, reaper })
 }
 
 #[cfg(test)]

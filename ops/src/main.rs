@@ -97,12 +97,17 @@ enum KeysWhat {
     /// (mode 0600; an existing file is never replaced). Prints the file and the key's name,
     /// never the key.
     Generate(sealing::GenerateArgs),
-    /// Print whether sealing is on and the configured keys, the active one marked. (How many
-    /// records each key seals: not yet, it comes with sealed records.)
+    /// Print whether sealing is on, the configured keys (the active one marked) with how many
+    /// records each seals, keys that seal records but are not configured, and the records in
+    /// clear. Counts come from the broker's indexes in the state cluster (the config's
+    /// credentials); no record is read.
     List {
         /// The broker's TOML config (ETCD_BROKER__* variables apply).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Only the configured keys: read nothing from etcd (no record counts).
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -128,8 +133,8 @@ fn run(command: Command) -> Result<()> {
             print!("{}", sealing::generate(&args)?);
             Ok(())
         }
-        Command::Keys { what: KeysWhat::List { config } } => {
-            print!("{}", sealing::list(&config)?);
+        Command::Keys { what: KeysWhat::List { config, offline } } => {
+            print!("{}", sealing::list(&config, offline)?);
             Ok(())
         }
         Command::Seal(args) => sealing::seal(&args),
@@ -208,7 +213,7 @@ mod tests {
 
     #[test]
     fn keys_list_needs_a_config() {
-        let Ok(Command::Keys { what: KeysWhat::List { config } }) =
+        let Ok(Command::Keys { what: KeysWhat::List { config, .. } }) =
             parse(&["keys", "list", "--config", "b.toml"])
         else {
             panic!()

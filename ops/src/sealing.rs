@@ -10,8 +10,11 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use etcd_broker::broker::names::Names;
 use etcd_broker::config::{Config, Sealing};
+use etcd_broker::etcd::{connect, prefix_end, resend_on_auth_change};
 use etcd_broker::sealing::{self, Key, Keychain};
+use etcd_client::{ConnectOptions, GetOptions};
 
 /// The most `seal` and `unseal` read from stdin: more than etcd stores in one value (1.5 MiB by
 /// default) cannot be a record's secret.
@@ -61,25 +64,119 @@ pub fn generate(args: &GenerateArgs) -> Result<String> {
     ))
 }
 
-/// `keys list`: whether sealing is on, and each key's name, the active one marked.
-pub fn list(config: &Path) -> Result<String> {
+/// `keys list`: whether sealing is on, each key's name (the active one marked) and how many
+/// records it seals, keys that seal records but are not configured, and the records in clear;
+/// counted in the state cluster's etcd with the config's credentials. `offline`: the keys only.
+pub fn list(config: &Path, offline: bool) -> Result<String> {
     let config = Config::load(config)?;
+    if offline {
+        return Ok(keys_text(&config, None));
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(list_with_counts(&config))
+}
+
+/// [`list`] for a loaded config, with the record counts.
+pub async fn list_with_counts(config: &Config) -> Result<String> {
+    Ok(keys_text(config, Some(&record_counts(config).await?)))
+}
+
+/// The listing: the keys, with their record counts when known.
+fn keys_text(config: &Config, counts: Option<&RecordCounts>) -> String {
     let mode = match config.sealing {
         Sealing::On(_) => "on",
         Sealing::Off { .. } => "off",
     };
     let mut out = format!("sealing: {mode}\n");
-    match config.sealing.keychain() {
+    let records = |n: u64| if n == 1 { "1 record".to_owned() } else { format!("{n} records") };
+    let keychain = config.sealing.keychain();
+    match keychain {
         None => out.push_str("keys: none ([secrets.keys] is empty)\n"),
         Some(keychain) => {
             out.push_str("keys:\n");
             for key in keychain.keys() {
                 let active = if key.name() == keychain.active().name() { " (active)" } else { "" };
-                out.push_str(&format!("  {}{active}\n", key.name()));
+                out.push_str(&format!("  {}{active}", key.name()));
+                if let Some(counts) = counts {
+                    let sealed =
+                        counts.sealed.iter().find(|(name, _)| name == key.name()).map_or(0, |(_, n)| *n);
+                    out.push_str(&format!(": {}", records(sealed)));
+                }
+                out.push('\n');
             }
         }
     }
-    Ok(out)
+    let Some(counts) = counts else { return out };
+    for (name, sealed) in &counts.sealed {
+        if !keychain.is_some_and(|k| k.get(name).is_some()) {
+            out.push_str(&format!("  {name} (not in the config): {}\n", records(*sealed)));
+        }
+    }
+    out.push_str(&format!("in clear: {}\n", records(counts.clear_text)));
+    out
+}
+
+/// Sealed records per key name in use and records in clear.
+struct RecordCounts {
+    sealed: Vec<(String, u64)>,
+    clear_text: u64,
+}
+
+/// Reads the broker's indexes (see docs/naming.md) in the state cluster: one single-key read
+/// per key name in use and one count per name, plus the count of all bindings; never a record.
+async fn record_counts(config: &Config) -> Result<RecordCounts> {
+    let name = &config.state_cluster;
+    let cluster =
+        config.clusters.get(name).with_context(|| format!("state_cluster '{name}' is not configured"))?;
+    let endpoints: Vec<String> =
+        cluster.endpoints.iter().map(|url| url.as_str().trim_end_matches('/').to_owned()).collect();
+    let timeout = std::time::Duration::from_secs(10);
+    let options = ConnectOptions::new()
+        .with_user(&cluster.username, cluster.password.expose())
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
+    let client = connect(&endpoints, options, &cluster.tls.clone().unwrap_or_default())
+        .await
+        .with_context(|| format!("cannot connect to etcd cluster '{name}'"))?;
+    let names = Names::new(&config.prefixes.data, &config.prefixes.state);
+    let count = |prefix: String| {
+        let client = client.clone();
+        async move {
+            resend_on_auth_change(|| {
+                let (mut client, prefix) = (client.clone(), prefix.clone());
+                async move { client.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())).await }
+            })
+            .await
+            .map(|r| u64::try_from(r.count()).unwrap_or(0))
+            .with_context(|| format!("cannot count the records in etcd cluster '{name}'"))
+        }
+    };
+    let prefix = names.sealed_index_prefix();
+    let mut sealed = Vec::new();
+    let mut from = prefix.clone().into_bytes();
+    loop {
+        let options =
+            GetOptions::new().with_range(prefix_end(prefix.as_bytes())).with_keys_only().with_limit(1);
+        let found = resend_on_auth_change(|| {
+            let (mut client, from, options) = (client.clone(), from.clone(), options.clone());
+            async move { client.get(from, Some(options)).await }
+        })
+        .await
+        .with_context(|| format!("cannot read the index of sealed records in etcd cluster '{name}'"))?;
+        let Some(kv) = found.kvs().first() else { break };
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let key_name = key[prefix.len()..].split('/').next().unwrap_or_default().to_owned();
+        // Past every entry of this key: '0' follows '/'.
+        from = format!("{prefix}{key_name}0").into_bytes();
+        let records = count(names.sealed_key_prefix(&key_name)).await?;
+        sealed.push((key_name, records));
+    }
+    let bindings = count(names.all_bindings_index_prefix()).await?;
+    let clear_text = bindings.saturating_sub(sealed.iter().map(|(_, n)| n).sum());
+    Ok(RecordCounts { sealed, clear_text })
 }
 
 /// `seal`: stdin (exactly, a final newline included) sealed for `--record` with the active

@@ -8,7 +8,7 @@ use crate::store::{Guard, StoreError, Write};
 
 use super::credentials::credentials;
 use super::instances::operation_of;
-use super::records::{encode, BindingRecord, RecordState};
+use super::records::{BindingRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
 
 /// How a bind attempt that did not finish ended.
@@ -59,7 +59,7 @@ impl EtcdBroker {
                     req.binding_id
                 ))),
                 (RecordState::Ready, true) => {
-                    Ok(Attempt::Done(Bound::AlreadyExists(self.binding_of(&existing)?)))
+                    Ok(Attempt::Done(Bound::AlreadyExists(self.binding_of(&key, &existing)?)))
                 }
                 // An earlier attempt was interrupted: finish it.
                 (RecordState::Creating, true) => self.complete_binding(&key, existing, revision).await,
@@ -70,7 +70,7 @@ impl EtcdBroker {
         // earlier binding's role of the same name waits for deletion.
         let instance_key = self.names().instance_key(&req.instance_id);
         let now = self.now();
-        let record = BindingRecord {
+        let mut record = BindingRecord {
             instance_id: req.instance_id.to_string(),
             binding_id: req.binding_id.to_string(),
             service_id: req.service_id.clone(),
@@ -78,7 +78,8 @@ impl EtcdBroker {
             cluster: instance.cluster.clone(),
             username: self.names().user(&req.instance_id, &req.binding_id),
             role: self.names().role(&req.instance_id, &req.binding_id),
-            password: random_password(),
+            password: None,
+            password_sealed: None,
             prefix: self.names().tenant_prefix(&req.instance_id),
             app_guid: req.app_guid.clone(),
             bind_resource: req.bind_resource.clone(),
@@ -88,7 +89,10 @@ impl EtcdBroker {
             created_at: now,
             updated_at: now,
         };
+        self.store_password(&key, &mut record, &random_password())?;
         let queued_role = self.names().role_deletion_key(&record.role);
+        // The record and its index entries (per plan; per sealing key when sealed).
+        let writes = self.record_writes(&key, &mut record)?;
         let created = state
             .commit(
                 &[
@@ -96,17 +100,7 @@ impl EtcdBroker {
                     Guard::Absent(key.clone()),
                     Guard::Absent(queued_role),
                 ],
-                &[
-                    Write::Put(key.clone(), encode(&record)),
-                    Write::Put(
-                        self.names().binding_index_key(
-                            &record.plan_id,
-                            &record.instance_id,
-                            &record.binding_id,
-                        ),
-                        Vec::new(),
-                    ),
-                ],
+                &writes,
             )
             .await
             .map_err(|e| self.state_failed(e))?;
@@ -123,24 +117,27 @@ impl EtcdBroker {
     async fn complete_binding(
         &self,
         key: &str,
-        mut record: BindingRecord,
+        record: BindingRecord,
         revision: i64,
     ) -> BrokerResult<Attempt> {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
+        let password = self.password(key, &record)?;
         let created = match store.ensure_role(&record.role, &record.prefix).await {
-            Ok(()) => store.ensure_user(&record.username, &record.password, &record.role).await,
+            Ok(()) => store.ensure_user(&record.username, &password, &record.role).await,
             Err(e) => Err(e),
         };
         let state = &*self.setup.state;
         match created {
             Ok(()) => {
-                record.state = RecordState::Ready;
-                record.updated_at = self.now();
-                let ready = self.swap(key, revision, &[Write::Put(key.to_owned(), encode(&record))]).await?;
-                if ready.is_some() {
-                    tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "created service binding");
-                    return Ok(Attempt::Done(Bound::Created(self.binding_of(&record)?)));
+                // `record` stays as stored, to recognise it below if the swap loses.
+                let mut ready = record.clone();
+                ready.state = RecordState::Ready;
+                ready.updated_at = self.now();
+                let writes = self.record_writes(key, &mut ready)?;
+                if self.swap(key, revision, &writes).await?.is_some() {
+                    tracing::info!(instance_id = %ready.instance_id, binding_id = %ready.binding_id, "created service binding");
+                    return Ok(Attempt::Done(Bound::Created(self.binding_of(key, &ready)?)));
                 }
             }
             // The role or user vanished under us: an unbind or deprovision is running.
@@ -149,11 +146,11 @@ impl EtcdBroker {
         }
         // Someone else changed the record meanwhile.
         match self.read::<BindingRecord>(state, key).await? {
-            Some((now, _)) if now.password == record.password && now.state == RecordState::Ready => {
-                Ok(Attempt::Done(Bound::Created(self.binding_of(&now)?)))
+            Some((now, _)) if same_password(&now, &record) && now.state == RecordState::Ready => {
+                Ok(Attempt::Done(Bound::Created(self.binding_of(key, &now)?)))
             }
             // Still ours and unfinished (a step raced): the platform's retry will finish it.
-            Some((now, _)) if now.password == record.password && now.state == RecordState::Creating => {
+            Some((now, _)) if same_password(&now, &record) && now.state == RecordState::Creating => {
                 Err(lost_race("the service binding"))
             }
             Some((now, _)) if now.state == RecordState::Deleting => {
@@ -167,8 +164,9 @@ impl EtcdBroker {
                 // role stay reachable from a record until they are gone.
                 let mut record = record;
                 record.state = RecordState::Deleting;
+                let writes = self.record_writes(key, &mut record)?;
                 let claimed = state
-                    .commit(&[Guard::Absent(key.to_owned())], &[Write::Put(key.to_owned(), encode(&record))])
+                    .commit(&[Guard::Absent(key.to_owned())], &writes)
                     .await
                     .map_err(|e| self.state_failed(e))?;
                 if claimed.is_some() {
@@ -208,7 +206,8 @@ impl EtcdBroker {
             if record.state != RecordState::Deleting {
                 record.state = RecordState::Deleting;
                 record.updated_at = self.now();
-                let marked = self.swap(key, revision, &[Write::Put(key.to_owned(), encode(&record))]).await?;
+                let writes = self.record_writes(key, &mut record)?;
+                let marked = self.swap(key, revision, &writes).await?;
                 match marked {
                     Some(new_revision) => revision = new_revision,
                     None => continue,
@@ -216,9 +215,10 @@ impl EtcdBroker {
             }
             let store = &*self.cluster(&record.cluster)?.store;
             store.delete_user(&record.username).await.map_err(|e| unavailable(&record.cluster, e))?;
-            let index_key =
-                self.names().binding_index_key(&record.plan_id, &record.instance_id, &record.binding_id);
-            let writes = [Write::Delete(key.to_owned()), Write::Delete(index_key), self.queue_role(&record)];
+            // The record, its index entries (as the record names them) and the queue entry.
+            let mut writes = vec![Write::Delete(key.to_owned())];
+            writes.extend(self.index_deletes(&record));
+            writes.push(self.queue_role(&record));
             if self.swap(key, revision, &writes).await?.is_some() {
                 self.role_queued.notify_one();
                 tracing::info!(instance_id = %record.instance_id, binding_id = %record.binding_id, "deleted service binding");
@@ -244,7 +244,7 @@ impl EtcdBroker {
     ) -> BrokerResult<Binding> {
         let key = self.names().binding_key(instance, binding);
         match self.read::<BindingRecord>(&*self.setup.state, &key).await? {
-            Some((record, _)) if record.state == RecordState::Ready => self.binding_of(&record),
+            Some((record, _)) if record.state == RecordState::Ready => self.binding_of(&key, &record),
             _ => Err(BrokerError::BindingNotFound(binding.to_string())),
         }
     }
@@ -261,10 +261,18 @@ impl EtcdBroker {
         }
     }
 
-    fn binding_of(&self, record: &BindingRecord) -> BrokerResult<Binding> {
+    /// The binding as the platform sees it; its password unsealed from the record at `key`.
+    fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
         let cluster = self.cluster(&record.cluster)?;
-        Ok(Binding { credentials: credentials(record, cluster), parameters: None })
+        let password = self.password(key, record)?;
+        Ok(Binding { credentials: credentials(record, &password, cluster), parameters: None })
     }
+}
+
+/// Whether two reads of a binding record hold the same stored password (clear or sealed): the
+/// same bind attempt's record.
+fn same_password(a: &BindingRecord, b: &BindingRecord) -> bool {
+    (&a.password, &a.password_sealed) == (&b.password, &b.password_sealed)
 }
 
 fn deleted_while_binding(record: &BindingRecord) -> BrokerError {

@@ -7,14 +7,15 @@ use super::records::BindingRecord;
 use super::Cluster;
 
 /// Builds the default credentials shape: `endpoints`, `host`, `port`, `username`, `password`,
-/// `prefix`, `uri` and `tls`. Stable across versions: apps parse it.
-pub fn credentials(record: &BindingRecord, cluster: &Cluster) -> Value {
+/// `prefix`, `uri` and `tls`. Stable across versions: apps parse it. `password` is the record's,
+/// unsealed.
+pub fn credentials(record: &BindingRecord, password: &str, cluster: &Cluster) -> Value {
     let first = &cluster.public_endpoints[0];
     let tls = first.scheme() == "https";
     let mut uri = first.clone();
     // Both calls only fail for URLs without a host, which the config refuses.
     let _ = uri.set_username(&record.username);
-    let _ = uri.set_password(Some(&record.password));
+    let _ = uri.set_password(Some(password));
     uri.set_path(&record.prefix);
     let mut tls_value = json!({ "enabled": tls });
     if let (true, Some(ca)) = (tls, &cluster.ca_certificate) {
@@ -25,7 +26,7 @@ pub fn credentials(record: &BindingRecord, cluster: &Cluster) -> Value {
         "host": first.host_str().unwrap_or_default(),
         "port": first.port_or_known_default(),
         "username": record.username,
-        "password": record.password,
+        "password": password,
         "prefix": record.prefix,
         "uri": uri.as_str(),
         "tls": tls_value,
@@ -62,7 +63,8 @@ mod tests {
             cluster: "main".into(),
             username: "etcd-broker.i.b".into(),
             role: "etcd-broker.i.b".into(),
-            password: "secret".into(),
+            password: None,
+            password_sealed: Some("etcd-broker-sealed:v1:k1:not:used:here".into()),
             prefix: "/service_instances/i/".into(),
             app_guid: None,
             bind_resource: None,
@@ -73,7 +75,7 @@ mod tests {
             updated_at: 0,
         };
         assert_eq!(
-            credentials(&record, &cluster),
+            credentials(&record, "secret", &cluster),
             json!({
                 "endpoints": ["https://etcd-0.example.com:2379", "https://etcd-1.example.com:2379"],
                 "host": "etcd-0.example.com",

@@ -14,6 +14,7 @@ pub mod names;
 pub mod records;
 pub mod role_deletions;
 pub mod role_reaper;
+mod sealed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,9 +26,11 @@ use crate::clock::Clock;
 use crate::osb::catalog::Catalog;
 use crate::osb::model::*;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId, ServiceBroker};
+use crate::sealing::Sealing;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 use names::Names;
 use records::decode;
+pub use sealed::SealingInventory;
 
 /// How many times an operation re-reads and retries after losing a compare-and-swap race
 /// before answering 422 ConcurrencyError.
@@ -56,6 +59,8 @@ pub struct BrokerSetup {
     pub state_cluster: String,
     pub names: Names,
     pub clock: Arc<dyn Clock>,
+    /// Whether binding passwords are sealed, and the keys that unseal them.
+    pub sealing: Sealing,
 }
 
 /// The broker.

@@ -72,6 +72,29 @@ impl Names {
         format!("{}{instance}/{binding}", self.binding_index_prefix(plan_id))
     }
 
+    /// Prefix of every plan's binding index: counts all binding records, also those of plans no
+    /// longer in the catalog.
+    pub fn all_bindings_index_prefix(&self) -> String {
+        format!("{}index/bindings/", self.state_prefix)
+    }
+
+    /// Prefix of the index of sealed records: one empty key per binding record whose password
+    /// is sealed, under the name of the key that sealed it, so a key's records are counted, and
+    /// the key names in use found, without reading records.
+    pub fn sealed_index_prefix(&self) -> String {
+        format!("{}index/sealed/", self.state_prefix)
+    }
+
+    /// Prefix of the records one key seals (key names hold no '/').
+    pub fn sealed_key_prefix(&self, key: &str) -> String {
+        format!("{}{key}/", self.sealed_index_prefix())
+    }
+
+    /// A binding's key in the index of sealed records (ids as stored in records).
+    pub fn sealed_index_key(&self, key: &str, instance: &str, binding: &str) -> String {
+        format!("{}{instance}/{binding}", self.sealed_key_prefix(key))
+    }
+
     /// Prefix of the queue of roles waiting to be deleted (see `broker/role_deletions.rs`).
     pub fn role_deletions_prefix(&self) -> String {
         format!("{}role-deletions/", self.state_prefix)
@@ -116,5 +139,7 @@ mod tests {
         assert_eq!(names.user(&i, &b), "etcd-broker.i1.b1");
         assert_eq!(names.role(&i, &b), "etcd-broker.i1.b1");
         assert_eq!(names.role_deletion_key("etcd-broker.i1.b1"), "/s/role-deletions/etcd-broker.i1.b1");
+        assert_eq!(names.sealed_index_key("k1", "i1", "b1"), "/s/index/sealed/k1/i1/b1");
+        assert!(names.binding_index_key("p", "i1", "b1").starts_with(&names.all_bindings_index_prefix()));
     }
 }

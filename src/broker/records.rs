@@ -51,8 +51,17 @@ pub struct BindingRecord {
     pub cluster: String,
     pub username: String,
     pub role: String,
-    /// The binding's etcd password, kept so GET binding and identical re-binds answer the same.
-    pub password: String,
+    /// The binding's etcd password in clear, kept so GET binding and identical re-binds answer
+    /// the same: records written with sealing off, or before sealing existed. A record holds
+    /// this or `password_sealed`, never both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The password sealed for this record (`sealing::seal`, the record's etcd key
+    /// authenticated). A field of its own, not the sealed text in `password`: a broker version
+    /// that predates sealing then refuses the record as unreadable (500) instead of handing
+    /// out the sealed text as the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_sealed: Option<String>,
     pub prefix: String,
     #[serde(default)]
     pub app_guid: Option<String>,

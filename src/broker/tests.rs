@@ -13,6 +13,7 @@ use super::role_deletions::QueueStep;
 use super::*;
 use crate::clock::SystemClock;
 use crate::osb::catalog::{Plan, Service};
+use crate::sealing::Keychain;
 use crate::store::faulty::{FailMode, FaultyStore};
 use crate::store::memory::{MemoryState, MemoryStore};
 use crate::store::Write;
@@ -51,8 +52,29 @@ pub fn catalog() -> Catalog {
     }
 }
 
+/// The test keychain: `k1` (active) and `k2`, each a fixed key.
+pub fn test_keychain(active: &str) -> Keychain {
+    let key = |name: &str, byte: u8| {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+        crate::sealing::Key::from_text(name, &text).unwrap()
+    };
+    Keychain::new(active, [key("k1", 1), key("k2", 2)]).unwrap()
+}
+
 /// A broker whose state and "main" cluster are `store`; plan FAR lives on a second cluster.
+/// Sealing is off, as before sealing existed.
 pub fn broker_on(store: Arc<dyn Store>) -> EtcdBroker {
+    broker_with(store, Sealing::Off { keychain: None })
+}
+
+/// [`broker_on`] with sealing on: the test keychain, `k1` active.
+pub fn sealed_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
+    broker_with(store, Sealing::On(test_keychain("k1")))
+}
+
+/// [`broker_on`] with `sealing`.
+pub fn broker_with(store: Arc<dyn Store>, sealing: Sealing) -> EtcdBroker {
     let cluster = |store: Arc<dyn Store>| Cluster {
         store,
         public_endpoints: vec![Url::parse("http://127.0.0.1:2379").unwrap()],
@@ -73,6 +95,7 @@ pub fn broker_on(store: Arc<dyn Store>) -> EtcdBroker {
         state_cluster: "main".into(),
         names: Names::default(),
         clock: Arc::new(SystemClock),
+        sealing,
     })
 }
 
@@ -110,7 +133,7 @@ pub fn bind_req(instance: &str, binding: &str) -> BindRequest {
     }
 }
 
-fn unbind_req(instance: &str, binding: &str) -> UnbindRequest {
+pub fn unbind_req(instance: &str, binding: &str) -> UnbindRequest {
     UnbindRequest {
         instance_id: iid(instance),
         binding_id: bid(binding),
@@ -157,10 +180,51 @@ pub async fn drain_role_queue(broker: &EtcdBroker) -> BrokerResult<()> {
     }
 }
 
+/// The clear password of a binding record (unsealed with the test keychain).
+fn recorded_password(key: &str, record: &BindingRecord) -> String {
+    match (&record.password, &record.password_sealed) {
+        (Some(clear), None) => clear.clone(),
+        (None, Some(sealed)) => {
+            String::from_utf8(crate::sealing::unseal(&test_keychain("k1"), key, sealed).unwrap()).unwrap()
+        }
+        other => panic!("record {key} holds {other:?}"),
+    }
+}
+
+/// Every binding record has its per-plan index entry, and an entry in the index of sealed
+/// records under the key named in its sealed value exactly when it is sealed; every index entry
+/// belongs to such a record.
+pub fn assert_indexes_match_records(state: &MemoryState) {
+    let names = Names::default();
+    let mut expected = std::collections::BTreeSet::new();
+    for (key, v) in &state.keys {
+        if key.starts_with("/etcd-broker/bindings/") {
+            let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
+            let (i, b) = (&record.instance_id, &record.binding_id);
+            expected.insert(names.binding_index_key(&record.plan_id, i, b));
+            if let Some(sealed) = &record.password_sealed {
+                let name = crate::sealing::sealed_with(sealed).expect("a key name");
+                expected.insert(names.sealed_index_key(name, i, b));
+            }
+        }
+    }
+    let found: std::collections::BTreeSet<String> = state
+        .keys
+        .keys()
+        .filter(|k| {
+            k.starts_with("/etcd-broker/index/bindings/") || k.starts_with("/etcd-broker/index/sealed/")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(found, expected, "the binding indexes drifted from the records");
+}
+
 /// Every etcd user belongs to a `ready` binding record, and every role to one or to the queue
 /// of roles to delete (then no user holds it); every record is `ready`, and every ready binding
-/// has its user (with the recorded password and role) and role, which is not queued.
+/// has its user (with the recorded password and role) and role, which is not queued. The
+/// indexes match the records.
 pub fn assert_consistent(state: &MemoryState) {
+    assert_indexes_match_records(state);
     let mut bindings = Vec::new();
     let mut queued = Vec::new();
     for (key, v) in &state.keys {
@@ -171,27 +235,27 @@ pub fn assert_consistent(state: &MemoryState) {
         } else if key.starts_with("/etcd-broker/bindings/") {
             let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
             assert_eq!(record.state, RecordState::Ready, "record {key} left in {:?}", record.state);
-            bindings.push(record);
+            bindings.push((recorded_password(key, &record), record));
         } else if key.starts_with("/etcd-broker/instances/") {
             let record: records::InstanceRecord = serde_json::from_slice(&v.value).unwrap();
             assert_eq!(record.state, RecordState::Ready, "record {key} left in {:?}", record.state);
         }
     }
-    for record in &bindings {
+    for (recorded, record) in &bindings {
         let (password, roles) = state
             .users
             .get(&record.username)
             .unwrap_or_else(|| panic!("user of {} missing", record.binding_id));
-        assert_eq!(password, &record.password);
+        assert_eq!(password, recorded);
         assert!(roles.contains(&record.role));
         assert_eq!(state.roles.get(&record.role), Some(&Some(record.prefix.clone())));
         assert!(!queued.contains(&record.role), "the role of ready binding {} is queued", record.binding_id);
     }
     for user in state.users.keys() {
-        assert!(bindings.iter().any(|b| &b.username == user), "orphan user {user}");
+        assert!(bindings.iter().any(|(_, b)| &b.username == user), "orphan user {user}");
     }
     for role in state.roles.keys() {
-        let recorded = bindings.iter().any(|b| &b.role == role);
+        let recorded = bindings.iter().any(|(_, b)| &b.role == role);
         assert!(recorded || queued.contains(role), "orphan role {role}");
         if !recorded {
             assert!(state.users.values().all(|(_, roles)| !roles.contains(role)), "queued {role} is granted");
@@ -307,27 +371,74 @@ async fn deleting_records_block_new_binds_until_the_delete_is_finished() {
     ));
 }
 
+/// Makes a broker on a store: [`broker_on`] or [`sealed_broker_on`].
+type MakeBroker = fn(Arc<dyn Store>) -> EtcdBroker;
+
+/// The crash tests' sealing cases: (name, the broker that sets the records up, the one that
+/// crashes, the one that retries): sealing off throughout, on throughout, records written in
+/// clear that a broker with sealing on changes, and an upgrade that turns sealing on between
+/// the crash and the retry.
+const SEALING_CASES: [(&str, MakeBroker, MakeBroker, MakeBroker); 4] = [
+    ("off", broker_on, broker_on, broker_on),
+    ("on", sealed_broker_on, sealed_broker_on, sealed_broker_on),
+    ("clear records, sealing on", broker_on, sealed_broker_on, sealed_broker_on),
+    ("sealing on after the crash", broker_on, broker_on, sealed_broker_on),
+];
+
 /// Runs `op` with call `n` failing, then retries it on a healthy store until it succeeds.
 async fn crash_then_retry<F, Fut>(n: usize, mode: FailMode, store: Arc<MemoryStore>, op: F) -> bool
 where
     F: Fn(Arc<EtcdBroker>) -> Fut,
     Fut: std::future::Future<Output = BrokerResult<()>>,
 {
+    crash_then_retry_with((broker_on, broker_on), n, mode, store, op).await
+}
+
+/// [`crash_then_retry`] with the brokers `makers` make: (the one that crashes, the one that
+/// retries).
+async fn crash_then_retry_with<F, Fut>(
+    makers: (MakeBroker, MakeBroker),
+    n: usize,
+    mode: FailMode,
+    store: Arc<MemoryStore>,
+    op: F,
+) -> bool
+where
+    F: Fn(Arc<EtcdBroker>) -> Fut,
+    Fut: std::future::Future<Output = BrokerResult<()>>,
+{
     let faulty = Arc::new(FaultyStore::new(store.clone(), Some(n), mode));
-    let crashed = op(Arc::new(broker_on(faulty.clone()))).await;
+    let crashed = op(Arc::new(makers.0(faulty.clone()))).await;
     let reached = faulty.calls() > n;
     if reached {
         assert!(crashed.is_err(), "call {n} failed ({mode:?}) but the operation reported success");
     }
-    op(Arc::new(broker_on(store)))
+    op(Arc::new(makers.1(store)))
         .await
         .unwrap_or_else(|e| panic!("retry after fault at call {n} ({mode:?}): {e}"));
     reached
 }
 
-/// Tries every call index until the operation no longer reaches it.
+/// Tries every call index until the operation no longer reaches it, in each of the
+/// [`SEALING_CASES`]: `setup` makes the records with the case's first broker.
 async fn for_every_fault<S, F, Fut>(setup: S, op: F, check: fn(&MemoryState))
 where
+    S: Fn(MakeBroker) -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<MemoryStore>>>>,
+    F: Fn(Arc<EtcdBroker>) -> Fut + Copy,
+    Fut: std::future::Future<Output = BrokerResult<()>>,
+{
+    for (case, set_up_by, crashes, retries) in SEALING_CASES {
+        for_every_fault_with(case, || setup(set_up_by), (crashes, retries), op, check).await;
+    }
+}
+
+async fn for_every_fault_with<S, F, Fut>(
+    case: &str,
+    setup: S,
+    makers: (MakeBroker, MakeBroker),
+    op: F,
+    check: fn(&MemoryState),
+) where
     S: Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<MemoryStore>>>>,
     F: Fn(Arc<EtcdBroker>) -> Fut + Copy,
     Fut: std::future::Future<Output = BrokerResult<()>>,
@@ -336,8 +447,12 @@ where
         let mut n = 0;
         loop {
             let store = setup().await;
-            let reached = crash_then_retry(n, mode, store.clone(), op).await;
-            check(&store.snapshot());
+            let reached = crash_then_retry_with(makers, n, mode, store.clone(), op).await;
+            let state = store.snapshot();
+            check(&state);
+            if case == "on" {
+                assert_all_sealed(&state);
+            }
             if !reached {
                 break;
             }
@@ -347,15 +462,24 @@ where
     }
 }
 
+/// Every binding record left holds its password sealed.
+fn assert_all_sealed(state: &MemoryState) {
+    for (key, v) in state.keys.iter().filter(|(k, _)| k.starts_with("/etcd-broker/bindings/")) {
+        let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
+        assert!(record.password.is_none() && record.password_sealed.is_some(), "{key} is not sealed");
+    }
+}
+
 async fn provisioned() -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::default());
     broker_on(store.clone()).provision(provision_req("i1", SMALL)).await.unwrap();
     store
 }
 
-async fn bound() -> Arc<MemoryStore> {
+/// Instance i1 with bindings b1 and b2 made by `make`'s broker, and a tenant key.
+async fn bound_by(make: MakeBroker) -> Arc<MemoryStore> {
     let store = provisioned().await;
-    let broker = broker_on(store.clone());
+    let broker = make(store.clone());
     broker.bind(bind_req("i1", "b1")).await.unwrap();
     broker.bind(bind_req("i1", "b2")).await.unwrap();
     store.commit(&[], &[Write::Put("/service_instances/i1/data".into(), b"x".to_vec())]).await.unwrap();
@@ -365,7 +489,7 @@ async fn bound() -> Arc<MemoryStore> {
 #[tokio::test]
 async fn bind_converges_after_a_fault_at_any_step() {
     for_every_fault(
-        || Box::pin(provisioned()),
+        |_| Box::pin(provisioned()),
         |broker| async move { broker.bind(bind_req("i1", "b1")).await.map(|_| ()) },
         |state| {
             assert_consistent(state);
@@ -378,7 +502,7 @@ async fn bind_converges_after_a_fault_at_any_step() {
 #[tokio::test]
 async fn unbind_converges_after_a_fault_at_any_step() {
     for_every_fault(
-        || Box::pin(bound()),
+        |make| Box::pin(bound_by(make)),
         |broker| async move {
             match broker.unbind(unbind_req("i1", "b1")).await {
                 Err(BrokerError::BindingGone(_)) => Ok(()), // the faulty attempt finished it
@@ -398,7 +522,7 @@ async fn unbind_converges_after_a_fault_at_any_step() {
 #[tokio::test]
 async fn deprovision_converges_after_a_fault_at_any_step() {
     for_every_fault(
-        || Box::pin(bound()),
+        |make| Box::pin(bound_by(make)),
         |broker| async move {
             match broker.deprovision(deprovision_req("i1")).await {
                 Err(BrokerError::InstanceGone(_)) => Ok(()),
@@ -608,4 +732,251 @@ async fn a_queue_entry_that_fails_does_not_hold_the_others_back() {
     assert!(store.snapshot().roles.is_empty());
     assert_eq!(broker.queued_roles().await, Ok(1));
     assert!(matches!(broker.delete_next_queued_role(None).await, Ok(QueueStep::Failed { .. })));
+}
+
+/// The binding record at `key`, as stored.
+fn stored_binding(store: &MemoryStore, key: &str) -> BindingRecord {
+    serde_json::from_slice(&store.snapshot().keys[key].value).unwrap()
+}
+
+/// Replaces the binding record at `key` with what `change` makes of it.
+async fn rewrite_binding(store: &MemoryStore, key: &str, change: impl FnOnce(&mut BindingRecord)) {
+    let mut record = stored_binding(store, key);
+    change(&mut record);
+    store.commit(&[], &[Write::Put(key.into(), records::encode(&record))]).await.unwrap();
+}
+
+#[tokio::test]
+async fn with_sealing_on_no_record_holds_the_password_and_reads_unseal_it() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = sealed_broker_on(store.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let bound = broker.bind(bind_req("i1", "b1")).await.unwrap();
+    let password = password_of(&bound);
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b1");
+    assert_eq!(record.password, None);
+    assert_eq!(crate::sealing::sealed_with(record.password_sealed.as_deref().unwrap()), Some("k1"));
+    let everything = format!("{:?}", store.snapshot().keys);
+    assert!(!everything.contains(&password), "the password is in the state: {everything}");
+    assert!(store.snapshot().keys.contains_key("/etcd-broker/index/sealed/k1/i1/b1"));
+    // GET binding and an identical re-bind hand out the same password.
+    let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.credentials["password"], password.as_str());
+    assert!(got.credentials["uri"].as_str().unwrap().contains(&password));
+    assert_eq!(password_of(&broker.bind(bind_req("i1", "b1")).await.unwrap()), password);
+    assert_consistent(&store.snapshot());
+    // A broker with sealing off but the keychain still reads it.
+    let off = broker_with(store.clone(), Sealing::Off { keychain: Some(test_keychain("k2")) });
+    assert_eq!(
+        off.get_binding(&iid("i1"), &bid("b1")).await.unwrap().credentials["password"],
+        password.as_str()
+    );
+}
+
+#[tokio::test]
+async fn sealing_off_stores_records_exactly_as_before() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = broker_with(store.clone(), Sealing::Off { keychain: Some(test_keychain("k1")) });
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let password = password_of(&broker.bind(bind_req("i1", "b1")).await.unwrap());
+    let stored: serde_json::Value =
+        serde_json::from_slice(&store.snapshot().keys["/etcd-broker/bindings/i1/b1"].value).unwrap();
+    assert_eq!(stored["password"], password.as_str());
+    assert!(stored.get("password_sealed").is_none(), "{stored}");
+    assert!(store.snapshot().keys.keys().all(|k| !k.contains("/index/sealed/")));
+}
+
+#[tokio::test]
+async fn clear_text_records_keep_working_and_are_sealed_when_rewritten() {
+    let store = Arc::new(MemoryStore::default());
+    broker_on(store.clone()).provision(provision_req("i1", SMALL)).await.unwrap();
+    let old = broker_on(store.clone());
+    let b1 = password_of(&old.bind(bind_req("i1", "b1")).await.unwrap());
+    // A bind the old version left unfinished.
+    let crashing = broker_on(Arc::new(FaultyStore::new(store.clone(), Some(3), FailMode::Before)));
+    assert!(crashing.bind(bind_req("i1", "b2")).await.is_err());
+    let b2 = stored_binding(&store, "/etcd-broker/bindings/i1/b2");
+    assert_eq!(b2.state, RecordState::Creating);
+
+    let new = sealed_broker_on(store.clone());
+    let got = new.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.credentials["password"], b1.as_str());
+    assert_eq!(stored_binding(&store, "/etcd-broker/bindings/i1/b1").password.as_deref(), Some(b1.as_str()));
+    // Finishing the old bind rewrites its record: sealed, with the same password.
+    let finished = new.bind(bind_req("i1", "b2")).await.unwrap();
+    assert_eq!(Some(password_of(&finished)), b2.password);
+    let b2_now = stored_binding(&store, "/etcd-broker/bindings/i1/b2");
+    assert_eq!((b2_now.password, b2_now.state), (None, RecordState::Ready));
+    assert_consistent(&store.snapshot());
+    let inventory = new.sealing_inventory().await.unwrap();
+    assert_eq!(inventory.sealed, [("k1".to_owned(), 1), ("k2".to_owned(), 0)]);
+    assert_eq!(inventory.clear_text, 1);
+}
+
+/// What GET binding and an identical re-bind answer for the record b1 after `change`, with a
+/// broker holding `keychain` (sealing on); the answers must be the same 500.
+async fn reading_a_changed_record(
+    change: impl FnOnce(&mut BindingRecord),
+    keychain: Keychain,
+) -> (String, String) {
+    let store = Arc::new(MemoryStore::default());
+    let broker = sealed_broker_on(store.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let password = password_of(&broker.bind(bind_req("i1", "b1")).await.unwrap());
+    broker.bind(bind_req("i1", "b2")).await.unwrap();
+    rewrite_binding(&store, "/etcd-broker/bindings/i1/b1", change).await;
+    let reader = broker_with(store.clone(), Sealing::On(keychain));
+    let got = reader.get_binding(&iid("i1"), &bid("b1")).await.unwrap_err();
+    let rebound = reader.bind(bind_req("i1", "b1")).await.unwrap_err();
+    assert_eq!(got, rebound);
+    let BrokerError::Internal(message) = got else { panic!("not a 500: {got:?}") };
+    assert!(message.contains("'/etcd-broker/bindings/i1/b1'"), "the record is not named: {message}");
+    assert!(!message.contains(&password), "{message}");
+    // The damaged record does not stop its unbind, which leaves nothing behind.
+    reader.unbind(unbind_req("i1", "b1")).await.unwrap();
+    assert_indexes_match_records(&store.snapshot());
+    (message, password)
+}
+
+/// `sealed` with the base64 field `index` (3: wrapped key, 4: nonce, 5: ciphertext) changed by
+/// one bit.
+fn flip_bit(sealed: &str, index: usize) -> String {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut fields: Vec<String> = sealed.split(':').map(str::to_owned).collect();
+    let mut bytes = engine.decode(&fields[index]).unwrap();
+    bytes[0] ^= 1;
+    fields[index] = engine.encode(bytes);
+    fields.join(":")
+}
+
+fn sealed_of(record: &mut BindingRecord) -> &mut String {
+    record.password_sealed.as_mut().unwrap()
+}
+
+#[tokio::test]
+async fn a_tampered_sealed_password_is_a_500_naming_the_record() {
+    for field in [3, 4, 5] {
+        let (message, _) =
+            reading_a_changed_record(|r| *sealed_of(r) = flip_bit(sealed_of(r), field), test_keychain("k1"))
+                .await;
+        assert!(message.contains("does not unseal with key 'k1'"), "{field}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_sealed_password_is_a_500_naming_the_record() {
+    for keep in [0, 10, 30, 60, 100] {
+        let (message, _) = reading_a_changed_record(
+            |r| {
+                let cut: String = sealed_of(r).chars().take(keep).collect();
+                *sealed_of(r) = cut;
+            },
+            test_keychain("k1"),
+        )
+        .await;
+        assert!(message.starts_with("record '/etcd-broker/bindings/i1/b1'"), "{keep}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_password_sealed_for_another_record_does_not_unseal() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = sealed_broker_on(store.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    broker.bind(bind_req("i1", "b2")).await.unwrap();
+    let b2 = stored_binding(&store, "/etcd-broker/bindings/i1/b2");
+    rewrite_binding(&store, "/etcd-broker/bindings/i1/b1", |r| r.password_sealed = b2.password_sealed).await;
+    let err = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap_err();
+    assert!(
+        matches!(&err, BrokerError::Internal(m) if m.contains("'/etcd-broker/bindings/i1/b1' does not unseal")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_key_of_the_same_name_is_a_500_naming_the_record() {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let wrong = Keychain::new("k1", [crate::sealing::Key::from_text("k1", &text).unwrap()]).unwrap();
+    let (message, _) = reading_a_changed_record(|_| {}, wrong).await;
+    assert!(message.contains("does not unseal with key 'k1'"), "{message}");
+}
+
+#[tokio::test]
+async fn a_key_the_keychain_lacks_is_a_500_naming_record_and_key() {
+    let (message, _) = reading_a_changed_record(
+        |r| *sealed_of(r) = sealed_of(r).replacen(":k1:", ":k9:", 1),
+        test_keychain("k1"),
+    )
+    .await;
+    assert_eq!(
+        message,
+        "record '/etcd-broker/bindings/i1/b1' is sealed with key 'k9', which the keychain does not hold"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_format_version_is_a_500_naming_the_record() {
+    let (message, _) = reading_a_changed_record(
+        |r| *sealed_of(r) = sealed_of(r).replacen(":v1:", ":v2:", 1),
+        test_keychain("k1"),
+    )
+    .await;
+    assert_eq!(
+        message,
+        "record '/etcd-broker/bindings/i1/b1' is sealed in format v2, which this version cannot read"
+    );
+}
+
+#[tokio::test]
+async fn a_record_with_both_or_no_password_is_a_500_naming_the_record() {
+    let (message, password) =
+        reading_a_changed_record(|r| r.password = Some("also-in-clear".into()), test_keychain("k1")).await;
+    assert!(message.contains("holds both a clear and a sealed password"), "{message}");
+    assert!(!message.contains("also-in-clear") && !message.contains(&password));
+    let (message, _) = reading_a_changed_record(|r| r.password_sealed = None, test_keychain("k1")).await;
+    assert!(message.ends_with("holds no password"), "{message}");
+}
+
+#[tokio::test]
+async fn sealed_records_are_counted_per_key_and_missing_keys_are_named() {
+    let store = Arc::new(MemoryStore::default());
+    let k1 = sealed_broker_on(store.clone());
+    k1.provision(provision_req("i1", SMALL)).await.unwrap();
+    k1.provision(provision_req("i2", LARGE)).await.unwrap();
+    for b in ["b1", "b2", "b3"] {
+        k1.bind(bind_req("i1", b)).await.unwrap();
+    }
+    let k2 = broker_with(store.clone(), Sealing::On(test_keychain("k2")));
+    let mut far = bind_req("i2", "b1");
+    far.plan_id = LARGE.into();
+    k2.bind(far).await.unwrap();
+    broker_on(store.clone()).bind(bind_req("i1", "b4")).await.unwrap();
+    assert_eq!(k1.sealing_keys_in_use().await.unwrap(), ["k1", "k2"]);
+    let inventory = k1.sealing_inventory().await.unwrap();
+    assert_eq!(inventory.sealed, [("k1".to_owned(), 3), ("k2".to_owned(), 1)]);
+    assert_eq!(inventory.clear_text, 1);
+    assert_eq!(k1.missing_sealing_keys().await.unwrap(), None);
+
+    // A keychain without k1 (and a key name that sorts between the others) misses k1.
+    let only_k2 =
+        Keychain::new("k2", test_keychain("k1").keys().filter(|k| k.name() == "k2").cloned()).unwrap();
+    let lacking = broker_with(store.clone(), Sealing::On(only_k2));
+    assert_eq!(
+        lacking.missing_sealing_keys().await.unwrap().as_deref(),
+        Some("records are sealed with key 'k1', which the keychain does not hold")
+    );
+    let none = broker_on(store.clone());
+    assert_eq!(
+        none.missing_sealing_keys().await.unwrap().as_deref(),
+        Some("records are sealed with keys 'k1', 'k2', which the keychain does not hold")
+    );
+    // Once no record needs k1, nothing is missing.
+    for b in ["b1", "b2", "b3"] {
+        lacking.unbind(unbind_req("i1", b)).await.unwrap();
+    }
+    assert_eq!(lacking.missing_sealing_keys().await.unwrap(), None);
+    assert_consistent(&store.snapshot());
 }

@@ -16,7 +16,6 @@ use std::path::Path;
 use serde::Deserialize;
 use url::Url;
 
-use crate::sealing::Keychain;
 use crate::tls::{ClientTls, Identity};
 
 use crate::broker::names::{DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
@@ -160,27 +159,10 @@ pub struct Config {
     pub sealing: Sealing,
 }
 
-/// `[secrets]`: whether the broker seals the secrets it stores, and its keychain. The keychain
-/// is loaded (files read, keys checked) with the config, so a bad key stops the start.
-#[derive(Debug, Clone)]
-pub enum Sealing {
-    /// Secrets are stored in clear, as before sealing existed; the default until records are
-    /// migrated (it will become an error). A keychain, when configured, is still loaded: the
-    /// operators' `seal` / `unseal` use it, and sealed values stay readable.
-    Off { keychain: Option<Keychain> },
-    /// New secrets are sealed with the keychain's active key.
-    On(Keychain),
-}
-
-impl Sealing {
-    /// The configured keychain, whether sealing is on or off.
-    pub fn keychain(&self) -> Option<&Keychain> {
-        match self {
-            Sealing::Off { keychain } => keychain.as_ref(),
-            Sealing::On(keychain) => Some(keychain),
-        }
-    }
-}
+/// `[secrets]`, as the broker uses it (the type lives with the keychain, so that `broker/`
+/// takes it without depending on the config). The keychain is loaded (files read, keys
+/// checked) with the config, so a bad key stops the start.
+pub use crate::sealing::Sealing;
 
 /// Where the OSB API listens.
 #[derive(Debug, Clone)]

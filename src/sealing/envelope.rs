@@ -65,6 +65,15 @@ pub fn is_sealed(text: &str) -> bool {
     text.strip_prefix(PREFIX).is_some_and(|rest| rest.starts_with(':'))
 }
 
+/// The name of the key that sealed `text`, when it is a value of the version this code reads
+/// with a well-formed key name: what the broker's per-key index of sealed records is keyed by.
+/// Nothing is checked cryptographically: [`unseal`] does that.
+pub fn sealed_with(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(PREFIX)?.strip_prefix(':')?.strip_prefix(VERSION)?.strip_prefix(':')?;
+    let name = rest.split(':').next()?;
+    is_key_name(name).then_some(name)
+}
+
 /// Seals `plaintext` for the record whose etcd key is `record`, with the keychain's active key.
 /// Fails only if OpenSSL does (its random generator, for instance).
 pub fn seal(keychain: &Keychain, record: &str, plaintext: &[u8]) -> Result<String, SealError> {
@@ -231,6 +240,17 @@ mod tests {
         let (a, b) = (fields(&a), fields(&b));
         for field in 3..6 {
             assert_ne!(a[field], b[field], "field {field}");
+        }
+    }
+
+    #[test]
+    fn the_sealing_key_is_read_from_the_value_without_a_key() {
+        let sealed = seal(&chain(), RECORD, SECRET).unwrap();
+        assert_eq!(sealed_with(&sealed), Some("k1"));
+        for other in
+            ["the-clear-password", "etcd-broker-sealed:v2:k1:x:y:z", "etcd-broker-sealed:v1:K1:x", ""]
+        {
+            assert_eq!(sealed_with(other), None, "{other}");
         }
     }
 

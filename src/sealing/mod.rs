@@ -20,5 +20,27 @@
 pub mod envelope;
 pub mod keychain;
 
-pub use envelope::{is_sealed, seal, unseal, SealError};
+pub use envelope::{is_sealed, seal, sealed_with, unseal, SealError};
 pub use keychain::{Key, KeyError, Keychain};
+
+/// Whether the broker seals the secrets it stores (`[secrets] sealing`), and the keys that
+/// seal and unseal them.
+#[derive(Debug, Clone)]
+pub enum Sealing {
+    /// Secrets are stored in clear, as before sealing existed; the default until records are
+    /// migrated (it will become an error). A keychain, when configured, is still loaded: the
+    /// operators' `seal` / `unseal` use it, and values sealed while sealing was on still unseal.
+    Off { keychain: Option<Keychain> },
+    /// New and rewritten secrets are sealed with the keychain's active key.
+    On(Keychain),
+}
+
+impl Sealing {
+    /// The configured keychain, whether sealing is on or off.
+    pub fn keychain(&self) -> Option<&Keychain> {
+        match self {
+            Sealing::Off { keychain } => keychain.as_ref(),
+            Sealing::On(keychain) => Some(keychain),
+        }
+    }
+}

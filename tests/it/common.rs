@@ -141,6 +141,46 @@ cluster = "{far_cluster}"
     )
 }
 
+/// Writes a fresh key named `name` into `dir/<name>.key`, readable by its owner only (the broker
+/// refuses key files open to others); its path.
+pub fn write_key(dir: &std::path::Path, name: &str) -> PathBuf {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = etcd_broker::sealing::Key::generate(name).unwrap();
+    let path = dir.join(format!("{name}.key"));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+    file.write_all(key.to_text().as_bytes()).unwrap();
+    path
+}
+
+/// A `[secrets]` table: `sealing` ("on" / "off"), the `active` key, and key files by name.
+pub fn secrets_toml(sealing: &str, active: &str, keys: &[(&str, &std::path::Path)]) -> String {
+    let mut text = format!("\n[secrets]\nsealing = \"{sealing}\"\nactive = \"{active}\"\n");
+    for (name, file) in keys {
+        text += &format!("[secrets.keys.{name}]\nfile = {:?}\n", file.display().to_string());
+    }
+    text
+}
+
+/// Runs `etcd-broker serve` with the config `make_config` makes until it exits (within 30 s):
+/// its exit status and what it printed, for brokers that must refuse to start.
+pub async fn serve_until_exit(
+    make_config: impl FnOnce(u16, u16) -> String,
+) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, make_config(free_port(), free_port())).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_etcd-broker"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run).await.expect("the broker exits").unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
+
 /// A running `etcd-broker serve` process; killed on drop.
 pub struct BrokerProcess {
     pub url: String,

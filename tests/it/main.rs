@@ -11,6 +11,7 @@
 //! - `failover`: dead and stopped endpoints and members (timing-based: etcd 3.5 only, test.sh)
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
+//! - `sealing`: binding passwords sealed at rest, the start-up key check, damaged records
 //! - `store_batching`: the real store's coalesced reads and commits on a real etcd
 //! - `store_retries`: the real store while auth keeps changing under it
 //! - `bosh_properties`: `serve --bosh-properties`
@@ -25,6 +26,7 @@ mod lifecycle;
 mod observability;
 mod osb_protocol;
 mod prometheus_rules;
+mod sealing;
 mod store_batching;
 mod store_retries;
 mod tidy;

@@ -95,7 +95,7 @@ fn module_of(file: &str) -> &str {
 /// Which of the crate's modules each module may use; a module not listed may use any.
 const MAY_USE: &[(&str, &[&str])] = &[
     ("osb", &[]),
-    ("broker", &["osb", "store", "clock", "secrets", "activity"]),
+    ("broker", &["osb", "store", "clock", "secrets", "activity", "sealing"]),
     ("store", &["metrics"]),
     ("etcd", &["config", "store", "tls"]),
     ("http", &["osb", "metrics", "activity", "inventory", "broker"]),

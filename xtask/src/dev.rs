@@ -1,6 +1,7 @@
 //! `xtask dev`: a local etcd (auth enabled) plus the broker, for trying things out.
 //!
-//! Writes the broker config to `<dir>/broker.toml` (the documented example catalog) and, once
+//! Writes the broker config to `<dir>/broker.toml` (the documented example catalog; binding
+//! passwords sealed with a key generated into `<dir>/keys/dev.key`, kept across runs) and, once
 //! everything answers, `<dir>/env` with the `KEY=value` lines scripts use to drive the system
 //! (stack.rs's `ENV_KEYS`; the file is the "ready" signal `DevProcess` waits for, known as this
 //! stack's by its `BROKER_PID`, this process's pid).
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use etcd_broker::config::Config;
 use etcd_broker::{logging, secrets, server};
-use etcd_broker_ops::private_file::write_private;
+use etcd_broker_ops::private_file::{create_private, write_private};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 
 /// The example config shipped in docs/, used for its catalog.
@@ -64,9 +65,10 @@ async fn serve(options: DevOptions) -> Result<()> {
 
     let broker_password = secrets::random_password();
     let config_path = dir.join("broker.toml");
+    let key = dev_key(dir)?;
     write_private(
         &config_path,
-        &broker_config(&etcd, options.broker_port, options.metrics_port, &broker_password)?,
+        &broker_config(&etcd, options.broker_port, options.metrics_port, &broker_password, &key)?,
     )?;
     let config = Config::load(&config_path)?;
     logging::init(config.log_level, config.log_format);
@@ -114,8 +116,28 @@ fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
     })
 }
 
-/// The broker config: the example's catalog, this etcd, a loopback listener.
-fn broker_config(etcd: &LocalEtcd, port: u16, metrics_port: u16, password: &str) -> Result<String> {
+/// The local stack's sealing key, `<dir>/keys/dev.key`: generated (mode 0600) on the first run
+/// and kept, so that a restarted stack still reads what it sealed.
+fn dev_key(dir: &Path) -> Result<PathBuf> {
+    let keys = dir.join("keys");
+    let path = keys.join("dev.key");
+    if !path.exists() {
+        std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
+        let key = etcd_broker::sealing::Key::generate("dev")?;
+        create_private(&path, &format!("{}\n", key.to_text().as_str()))?;
+    }
+    Ok(path)
+}
+
+/// The broker config: the example's catalog, this etcd, a loopback listener, sealing on with
+/// the key file `key` (named `dev`).
+fn broker_config(
+    etcd: &LocalEtcd,
+    port: u16,
+    metrics_port: u16,
+    password: &str,
+    key: &Path,
+) -> Result<String> {
     let mut table: toml::Table = toml::from_str(EXAMPLE_CONFIG).context("docs/etcd-broker.example.toml")?;
     table.insert("listen".into(), toml::Value::Table(toml::toml! { host = "127.0.0.1" }));
     table["listen"].as_table_mut().unwrap().insert("port".into(), i64::from(port).into());
@@ -134,6 +156,15 @@ fn broker_config(etcd: &LocalEtcd, port: u16, metrics_port: u16, password: &str)
     let mut clusters = toml::Table::new();
     clusters.insert("main".into(), main.into());
     table.insert("clusters".into(), clusters.into());
+    let mut dev_key = toml::Table::new();
+    dev_key.insert("file".into(), key.display().to_string().into());
+    let mut keys = toml::Table::new();
+    keys.insert("dev".into(), dev_key.into());
+    let mut secrets = toml::Table::new();
+    secrets.insert("sealing".into(), "on".into());
+    secrets.insert("active".into(), "dev".into());
+    secrets.insert("keys".into(), keys.into());
+    table.insert("secrets".into(), secrets.into());
     Ok(toml::to_string(&table)?)
 }
 

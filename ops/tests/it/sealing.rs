@@ -99,7 +99,7 @@ fn a_generated_key_seals_and_unseals_and_a_second_one_rotates() {
     let rotated = config(dir.path(), "k2", &[("k1", &k1), ("k2", &k2)]);
     assert_eq!(unseal(&rotated, RECORD, &sealed).stdout, SECRET, "the old key still unseals");
     assert!(seal(&rotated, RECORD, SECRET).starts_with("etcd-broker-sealed:v1:k2:"));
-    let list = ops(&["keys", "list", "--config", path(&rotated)], b"");
+    let list = ops(&["keys", "list", "--offline", "--config", path(&rotated)], b"");
     assert!(list.status.success(), "{}", text(&list.stderr));
     assert_eq!(text(&list.stdout), "sealing: on\nkeys:\n  k1\n  k2 (active)\n");
 }
@@ -172,6 +172,6 @@ fn usage_errors_exit_2_and_a_config_without_keys_exits_1() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/etcd-broker.example.toml");
     let error = failure(&ops(&["seal", "--config", path(&example), "--record", RECORD], SECRET));
     assert!(error.contains("configures no keys ([secrets.keys]"), "{error}");
-    let list = ops(&["keys", "list", "--config", path(&example)], b"");
+    let list = ops(&["keys", "list", "--offline", "--config", path(&example)], b"");
     assert_eq!(text(&list.stdout), "sealing: off\nkeys: none ([secrets.keys] is empty)\n");
 }

@@ -63,6 +63,9 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
         metrics.contains("etcd_broker_osb_requests_total{code=\"201\",operation=\"bind\"} 1"),
         "{metrics}"
     );
+    // The local stack seals binding passwords with its own key.
+    assert!(metrics.contains("etcd_broker_sealed_records{key=\"dev\"} 1"), "{metrics}");
+    assert!(metrics.contains("etcd_broker_clear_text_records 0"), "{metrics}");
 
     // The etcdctl named in the env file works with the binding's credentials.
     let etcdctl = |args: &[&str]| {

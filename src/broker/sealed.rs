@@ -1,0 +1,195 @@
+//! Binding passwords sealed at rest (the envelope: `sealing`), and the index that counts them.
+//!
+//! A binding record holds its password in `password` (clear: sealing off, or written before
+//! sealing existed) or in `password_sealed` (sealed with the record's etcd key authenticated).
+//! With sealing on, every record the broker writes, new or rewritten, is sealed; records in
+//! clear keep working until something rewrites them (or `reseal` migrates them).
+//!
+//! Invariant: a binding record has an entry `<state>index/sealed/<key name>/<instance>/<binding>`
+//! exactly when its password is sealed, with the key named in the sealed value. The entry is
+//! put and deleted in the same transactions as the record ([`EtcdBroker::record_writes`],
+//! [`EtcdBroker::index_keys`]), so counting a key's records is one count-only request, and the
+//! key names in use are found with one read per name ([`EtcdBroker::sealing_keys_in_use`]),
+//! never a scan of the records.
+
+use zeroize::Zeroizing;
+
+use crate::osb::{BrokerError, BrokerResult};
+use crate::sealing::{self, Keychain, Sealing};
+use crate::store::Write;
+
+use super::records::{encode, BindingRecord};
+use super::EtcdBroker;
+
+/// How many records each key seals and how many hold their password in clear, for the gauges
+/// and `keys list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealingInventory {
+    /// Key name -> sealed records, in name order: every key of the keychain (0 when it seals
+    /// none) and every key that seals records, configured or not.
+    pub sealed: Vec<(String, u64)>,
+    /// Binding records without a sealed password: all bindings (the per-plan index, which every
+    /// record of this version and the one before sealing has) minus the sealed ones. Two counts
+    /// at slightly different moments: off by the binds in between at most.
+    pub clear_text: u64,
+}
+
+impl EtcdBroker {
+    /// The clear password of the binding record at `key`. A sealed one that does not unseal
+    /// is an internal error naming the record (and the key when known), never the secret.
+    pub(super) fn password(&self, key: &str, record: &BindingRecord) -> BrokerResult<Zeroizing<String>> {
+        match (&record.password, &record.password_sealed) {
+            (Some(clear), None) => Ok(Zeroizing::new(clear.clone())),
+            (None, Some(sealed)) => {
+                let Some(keychain) = self.setup.sealing.keychain() else {
+                    let name = sealing::sealed_with(sealed).unwrap_or("(unreadable)");
+                    return Err(BrokerError::Internal(format!(
+                        "record '{key}' is sealed with key '{name}', but the broker's config holds no keys \
+                         ([secrets.keys])"
+                    )));
+                };
+                let plaintext = Zeroizing::new(
+                    sealing::unseal(keychain, key, sealed)
+                        .map_err(|e| BrokerError::Internal(e.to_string()))?,
+                );
+                match std::str::from_utf8(&plaintext) {
+                    Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+                    Err(_) => Err(BrokerError::Internal(format!(
+                        "record '{key}' unseals to a password that is not text"
+                    ))),
+                }
+            }
+            (Some(_), Some(_)) => {
+                Err(BrokerError::Internal(format!("record '{key}' holds both a clear and a sealed password")))
+            }
+            (None, None) => Err(BrokerError::Internal(format!("record '{key}' holds no password"))),
+        }
+    }
+
+    /// `password` as a record holds it: sealed for the record at `key` when sealing is on.
+    pub(super) fn store_password(
+        &self,
+        key: &str,
+        record: &mut BindingRecord,
+        password: &str,
+    ) -> BrokerResult<()> {
+        record.password = Some(password.to_owned());
+        record.password_sealed = None;
+        self.seal_password(key, record)
+    }
+
+    /// With sealing on, moves a clear password into `password_sealed`.
+    fn seal_password(&self, key: &str, record: &mut BindingRecord) -> BrokerResult<()> {
+        if let (Sealing::On(keychain), Some(clear)) = (&self.setup.sealing, &record.password) {
+            let sealed = sealing::seal(keychain, key, clear.as_bytes())
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            record.password_sealed = Some(sealed);
+            record.password = None;
+        }
+        Ok(())
+    }
+
+    /// The writes that store binding `record` at `key`, for one transaction: the record (its
+    /// password sealed first when sealing is on: rewritten records are sealed too) and its
+    /// index entries.
+    pub(super) fn record_writes(&self, key: &str, record: &mut BindingRecord) -> BrokerResult<Vec<Write>> {
+        self.seal_password(key, record)?;
+        let mut writes = vec![Write::Put(key.to_owned(), encode(&*record))];
+        writes.extend(self.index_keys(record).into_iter().map(|k| Write::Put(k, Vec::new())));
+        Ok(writes)
+    }
+
+    /// The index entries of a binding record: its plan's, and its sealing key's when sealed.
+    pub(super) fn index_keys(&self, record: &BindingRecord) -> Vec<String> {
+        let (instance, binding) = (&record.instance_id, &record.binding_id);
+        let mut keys = vec![self.names().binding_index_key(&record.plan_id, instance, binding)];
+        if let Some(name) = record.password_sealed.as_deref().and_then(sealing::sealed_with) {
+            keys.push(self.names().sealed_index_key(name, instance, binding));
+        }
+        keys
+    }
+
+    /// The deletes of a binding record's index entries, for the transaction that deletes it:
+    /// those [`Self::index_keys`] names, and its entry under every key of the keychain, so that
+    /// a sealed value that no longer names its key (damaged, truncated) leaves no entry behind.
+    /// Deleting a key that does not exist is a no-op in etcd.
+    pub(super) fn index_deletes(&self, record: &BindingRecord) -> Vec<Write> {
+        let mut keys = self.index_keys(record);
+        for key in self.setup.sealing.keychain().into_iter().flat_map(Keychain::keys) {
+            keys.push(self.names().sealed_index_key(key.name(), &record.instance_id, &record.binding_id));
+        }
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().map(Write::Delete).collect()
+    }
+
+    /// The names of the keychain's keys (none without a keychain), for the gauge that lets
+    /// an alert tell configured keys from the others.
+    pub fn keychain_key_names(&self) -> Vec<String> {
+        self.setup
+            .sealing
+            .keychain()
+            .into_iter()
+            .flat_map(|k| k.keys().map(|k| k.name().to_owned()))
+            .collect()
+    }
+
+    /// The names of the keys that seal at least one record, in name order: one single-key read
+    /// per name in use (each skips past all entries of the name before), whatever the number
+    /// of records.
+    pub async fn sealing_keys_in_use(&self) -> BrokerResult<Vec<String>> {
+        let prefix = self.names().sealed_index_prefix();
+        let mut names = Vec::new();
+        let mut after = None;
+        while let Some((key, _)) =
+            self.setup.state.next_after(&prefix, after.as_deref()).await.map_err(|e| self.state_failed(e))?
+        {
+            let name = key[prefix.len()..].split('/').next().unwrap_or_default().to_owned();
+            // Every entry of `name` sorts before `<prefix><name>0` ('0' follows '/'), every
+            // entry of a later name after it.
+            after = Some(format!("{prefix}{name}0"));
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// Why the broker must not start: records sealed with keys its keychain does not hold
+    /// (their bindings could not be read). `None` when every key in use is configured.
+    pub async fn missing_sealing_keys(&self) -> BrokerResult<Option<String>> {
+        let keychain = self.setup.sealing.keychain();
+        let missing: Vec<String> = self
+            .sealing_keys_in_use()
+            .await?
+            .into_iter()
+            .filter(|name| !keychain.is_some_and(|k| k.get(name).is_some()))
+            .collect();
+        Ok(match &missing[..] {
+            [] => None,
+            [one] => Some(format!("records are sealed with key '{one}', which the keychain does not hold")),
+            many => Some(format!(
+                "records are sealed with keys '{}', which the keychain does not hold",
+                many.join("', '")
+            )),
+        })
+    }
+
+    /// Sealed records per key and records in clear, from the index: a few count-only requests.
+    pub async fn sealing_inventory(&self) -> BrokerResult<SealingInventory> {
+        let state = &*self.setup.state;
+        let mut names = self.sealing_keys_in_use().await?;
+        names.extend(
+            self.setup.sealing.keychain().into_iter().flat_map(|k| k.keys().map(|k| k.name().to_owned())),
+        );
+        names.sort();
+        names.dedup();
+        let mut sealed = Vec::new();
+        for name in names {
+            let count = state.count(&self.names().sealed_key_prefix(&name)).await;
+            sealed.push((name, count.map_err(|e| self.state_failed(e))?));
+        }
+        let bindings =
+            state.count(&self.names().all_bindings_index_prefix()).await.map_err(|e| self.state_failed(e))?;
+        let clear_text = bindings.saturating_sub(sealed.iter().map(|(_, n)| n).sum());
+        Ok(SealingInventory { sealed, clear_text })
+    }
+}
