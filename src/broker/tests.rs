@@ -501,6 +501,231 @@ impl Store for RacingStore {
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
         self.inner.delete_role(role).await
     }
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list_users(prefix).await
+    }
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list_roles(prefix).await
+    }
+}
+
+/// A store whose caller is paused before call `pause_at` until the test resumes it, and dies at
+/// call `crash_at` (before or after it takes effect): the call never returns, like a broker
+/// killed with SIGKILL. Calls are counted from 0 across every method.
+struct Scripted {
+    inner: Arc<MemoryStore>,
+    calls: std::sync::atomic::AtomicUsize,
+    pause_at: usize,
+    crash_at: usize,
+    mode: FailMode,
+    paused: tokio::sync::Notify,
+    resume: tokio::sync::Notify,
+    died: tokio::sync::Notify,
+}
+
+impl Scripted {
+    fn new(inner: Arc<MemoryStore>, pause_at: usize, crash_at: usize, mode: FailMode) -> Self {
+        Self {
+            inner,
+            calls: Default::default(),
+            pause_at,
+            crash_at,
+            mode,
+            paused: Default::default(),
+            resume: Default::default(),
+            died: Default::default(),
+        }
+    }
+
+    async fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == self.pause_at {
+            self.paused.notify_one();
+            self.resume.notified().await;
+        }
+        if n == self.crash_at && self.mode == FailMode::Before {
+            self.died.notify_one();
+            std::future::pending::<()>().await;
+        }
+        let result = call.await;
+        if n == self.crash_at {
+            self.died.notify_one();
+            std::future::pending::<()>().await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Scripted {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.run(self.inner.get(key)).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.run(self.inner.list(prefix)).await
+    }
+    async fn next_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        self.run(self.inner.next_after(prefix, after)).await
+    }
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.run(self.inner.count(prefix)).await
+    }
+    async fn commit(
+        &self,
+        guards: &[crate::store::Guard],
+        writes: &[Write],
+    ) -> Result<Option<i64>, StoreError> {
+        self.run(self.inner.commit(guards, writes)).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.run(self.inner.delete_prefix(prefix)).await
+    }
+    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+        self.run(self.inner.ensure_role(role, prefix)).await
+    }
+    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
+        self.run(self.inner.ensure_user(user, password, role)).await
+    }
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        self.run(self.inner.delete_user(user)).await
+    }
+    async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
+        self.run(self.inner.delete_role(role)).await
+    }
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.run(self.inner.list_users(prefix)).await
+    }
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.run(self.inner.list_roles(prefix)).await
+    }
+}
+
+/// Every user and role is named by a binding record or by an entry of the role queue: the
+/// rule of docs/naming.md that must hold at every crash point.
+fn assert_findable(state: &MemoryState, context: &str) {
+    let (mut users, mut roles) = (Vec::new(), Vec::new());
+    for (key, v) in &state.keys {
+        if key.starts_with("/etcd-broker/role-deletions/") {
+            let entry: RoleDeletion = serde_json::from_slice(&v.value).unwrap();
+            users.extend(entry.user);
+            roles.push(entry.role);
+        } else if key.starts_with("/etcd-broker/bindings/") {
+            let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
+            users.push(record.username);
+            roles.push(record.role);
+        }
+    }
+    for user in state.users.keys() {
+        assert!(users.contains(user), "{context}: user {user} is named by no record");
+    }
+    for role in state.roles.keys() {
+        assert!(roles.contains(role), "{context}: role {role} is named by no record");
+    }
+}
+
+/// A bind paused at each of its steps while an unbind of the same binding runs to the end
+/// (on another broker), then killed at each later step: the interleaving that left an etcd
+/// user with no record when the bind created the user after the unbind deleted the record.
+/// With `reap_between`, the role reaper also drains the queue before the bind resumes.
+async fn bind_racing_unbind_then_killed(reap_between: bool) {
+    for mode in [FailMode::Before, FailMode::After] {
+        let mut kills = 0;
+        'pauses: for pause_at in 0.. {
+            for crash_at in pause_at.. {
+                let context = format!("paused before call {pause_at}, killed at call {crash_at} ({mode:?})");
+                let store = provisioned().await;
+                let other = broker_on(store.clone());
+                let script = Arc::new(Scripted::new(store.clone(), pause_at, crash_at, mode));
+                let binder = broker_on(script.clone());
+                let bind = binder.bind(bind_req("i1", "b1"));
+                tokio::pin!(bind);
+                tokio::select! {
+                    biased;
+                    _ = script.paused.notified() => {}
+                    _ = &mut bind => break 'pauses, // the pause is past the bind's last call
+                }
+                match other.unbind(unbind_req("i1", "b1")).await {
+                    Ok(()) | Err(BrokerError::BindingGone(_)) => {}
+                    Err(e) => panic!("{context}: unbind: {e}"),
+                }
+                if reap_between {
+                    drain_role_queue(&other).await.unwrap();
+                }
+                script.resume.notify_one();
+                let killed = tokio::select! {
+                    biased;
+                    _ = script.died.notified() => true,
+                    _ = &mut bind => false,
+                };
+                if killed && !reap_between {
+                    assert_findable(&store.snapshot(), &context);
+                }
+                // What the platform does next: unbind until it is gone, then deprovision.
+                match other.unbind(unbind_req("i1", "b1")).await {
+                    Ok(()) | Err(BrokerError::BindingGone(_)) => {}
+                    Err(e) => panic!("{context}: unbind again: {e}"),
+                }
+                drain_role_queue(&other).await.unwrap();
+                if !reap_between {
+                    let state = store.snapshot();
+                    assert!(
+                        state.users.is_empty() && state.roles.is_empty(),
+                        "{context}: after the unbind: {state:?}"
+                    );
+                }
+                other.deprovision(deprovision_req("i1")).await.unwrap();
+                drain_role_queue(&other).await.unwrap();
+                let state = store.snapshot();
+                assert!(
+                    state.users.is_empty() && state.roles.is_empty(),
+                    "{context}: after deprovision: {state:?}"
+                );
+                assert!(state.keys.is_empty(), "{context}: keys left: {:?}", state.keys.keys());
+                if !killed {
+                    break; // the bind ended before call `crash_at`
+                }
+                kills += 1;
+            }
+        }
+        // Paused at each of the bind's calls, killed at each later one (36 pairs today).
+        assert!(kills >= 30, "only {kills} kill points ({mode:?})");
+    }
+}
+
+#[tokio::test]
+async fn a_bind_killed_after_a_concurrent_unbind_leaves_no_user_without_a_record() {
+    bind_racing_unbind_then_killed(false).await;
+}
+
+#[tokio::test]
+async fn deprovision_removes_what_a_bind_killed_after_the_reaper_left() {
+    bind_racing_unbind_then_killed(true).await;
+}
+
+#[tokio::test]
+async fn deprovision_removes_users_and_roles_no_record_names() {
+    let store = provisioned().await;
+    let broker = broker_on(store.clone());
+    broker.provision(provision_req("i10", SMALL)).await.unwrap();
+    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    broker.bind(bind_req("i10", "b1")).await.unwrap();
+    // What a bind killed after its unbind leaves: a user and role, and no record of either.
+    store.ensure_role("etcd-broker.i1.lost", "/service_instances/i1/").await.unwrap();
+    store.ensure_user("etcd-broker.i1.lost", "pw", "etcd-broker.i1.lost").await.unwrap();
+    store.ensure_role("etcd-broker.i1.role-only", "/service_instances/i1/").await.unwrap();
+    broker.deprovision(deprovision_req("i1")).await.unwrap();
+    drain_role_queue(&broker).await.unwrap();
+    let state = store.snapshot();
+    assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i10.b1"]);
+    assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i10.b1"]);
+    assert_consistent(&state);
 }
 
 #[tokio::test]
@@ -596,7 +821,7 @@ async fn a_queue_entry_that_fails_does_not_hold_the_others_back() {
     broker.bind(bind_req("i1", "b1")).await.unwrap();
     broker.unbind(unbind_req("i1", "b1")).await.unwrap();
     // An entry naming a cluster this broker does not know, sorted first.
-    let entry = RoleDeletion { role: "a-role".into(), cluster: "gone".into(), queued_at: 0 };
+    let entry = RoleDeletion { role: "a-role".into(), user: None, cluster: "gone".into(), queued_at: 0 };
     let key = "/etcd-broker/role-deletions/a-role";
     store.commit(&[], &[Write::Put(key.into(), records::encode(&entry))]).await.unwrap();
     let first = broker.delete_next_queued_role(None).await.unwrap();

@@ -90,4 +90,10 @@ impl Store for FaultyStore {
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
         self.run(self.inner.delete_role(role)).await
     }
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.run(self.inner.list_users(prefix)).await
+    }
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.run(self.inner.list_roles(prefix)).await
+    }
 }
