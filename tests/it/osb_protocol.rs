@@ -465,3 +465,66 @@ async fn etcd_down_gives_503_with_a_description() {
     let log = broker.stop().await;
     assert!(!log.contains("status=500"), "{log}");
 }
+
+/// Sends a provision whose body trickles in, one byte every 200 ms (a 100-byte body would take
+/// 20 s), and reads the answer: how long it took, and the answer as text.
+async fn trickle_a_body(addr: String) -> (std::time::Duration, String) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let head = format!(
+        "PUT /v2/service_instances/slow HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\
+         X-Broker-API-Version: {VERSION}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let started = std::time::Instant::now();
+    write.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for _ in 0..100 {
+            if write.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = String::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(15), read.read_to_string(&mut answer)).await;
+    writer.abort();
+    assert!(read.is_ok(), "no answer, connection still open after 15 s: {answer:?}");
+    (started.elapsed(), answer)
+}
+
+/// Issue 22: an authenticated request whose body arrived at one byte per second was never timed
+/// out, and 1,000 of them at once held 1,000 connections. A body must now arrive within
+/// `listen.body_timeout_seconds` (408, and the connection is closed), and each worker serves at
+/// most `listen.max_connections` connections: here 4 trickling bodies hold all 4, so a
+/// catalog request waits until their timeouts free one.
+#[tokio::test]
+async fn a_trickling_request_body_gets_408_within_the_body_timeout() {
+    let etcd = start_etcd().await;
+    let env =
+        [("ETCD_BROKER__LISTEN__BODY_TIMEOUT_SECONDS", "2"), ("ETCD_BROKER__LISTEN__MAX_CONNECTIONS", "4")];
+    let broker = BrokerProcess::start_with_env(&etcd, None, &env).await;
+    let osb = Osb::new(&broker.url);
+    let addr = broker.url.trim_start_matches("http://").to_owned();
+    let slow: Vec<_> = (0..4).map(|_| tokio::spawn(trickle_a_body(addr.clone()))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let catalog = osb.call(Method::GET, "/v2/catalog", None).await;
+    let waited = started.elapsed();
+    assert_eq!(catalog.status, StatusCode::OK);
+    for answer in slow {
+        let (took, answer) = answer.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("the request body did not arrive within 2 s"), "{answer}");
+        let bound = std::time::Duration::from_secs(2);
+        assert!(took >= bound && took < bound * 2, "answered after {took:?}");
+    }
+    assert!(waited > std::time::Duration::from_secs(1), "served while 4 connections were held: {waited:?}");
+    // Nothing of the refused provision was kept.
+    let (keys, _, _) = broker_made_things(&etcd).await;
+    assert!(keys.is_empty(), "{keys:?}");
+    broker.stop().await;
+}
