@@ -181,6 +181,11 @@ impl<T: serde::de::DeserializeOwned> actix_web::FromRequest for Body<T> {
                 return Err(HttpError::BodyTimeout(timeout.as_secs()).into());
             };
             let value = json?.into_inner();
+            // serde reads a struct from a JSON array too (fields by position); OSB bodies are
+            // objects, and a positional body names no field a client could check.
+            if !value.is_object() {
+                return Err(HttpError::bad_request("invalid request body: a JSON object is expected").into());
+            }
             serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
                 let path = e.path().to_string();
                 let at = if path == "." { String::new() } else { format!("{path}: ") };

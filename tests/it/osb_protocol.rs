@@ -242,6 +242,15 @@ fn matrix() -> Vec<Row> {
             .json(with(provision_body(SHARED), "parameters", json!("not an object")))
             .fails(S::BAD_REQUEST, "invalid request body"),
         row("body an array", M::PUT, instance("i1")).text("[]").fails(S::BAD_REQUEST, "invalid request body"),
+        row("body an array of the provision fields", M::PUT, instance("i1"))
+            .json(json!([SERVICE_ID, SHARED, "o", "s", null, null]))
+            .fails(S::BAD_REQUEST, "a JSON object is expected"),
+        row("bind body an array", M::PUT, binding("i1", "b9"))
+            .json(json!([SERVICE_ID, SHARED]))
+            .fails(S::BAD_REQUEST, "a JSON object is expected"),
+        row("body a string", M::PUT, instance("i1"))
+            .text("\"x\"")
+            .fails(S::BAD_REQUEST, "a JSON object is expected"),
         row("accepts_incomplete=maybe", M::PUT, format!("{}?accepts_incomplete=maybe", instance("i1")))
             .json(provision_body(SHARED))
             .fails(S::BAD_REQUEST, "query"),
