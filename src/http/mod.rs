@@ -103,9 +103,12 @@ async fn no_route(req: HttpRequest) -> Result<HttpResponse, HttpError> {
     Err(HttpError::NoRoute(format!("{} {}", req.method(), req.path())))
 }
 
-/// Default of every resource: the path exists, the method does not.
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, HttpError> {
-    Err(HttpError::MethodNotAllowed(req.method().to_string()))
+/// Default of every resource: the path exists, the method does not. `allow` lists the
+/// resource's methods for the `Allow` header that RFC 9110 requires on a 405.
+fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn(HttpRequest) -> futures_util::future::Ready<Result<HttpResponse, HttpError>> + Clone {
+    move |req| futures_util::future::ready(Err(HttpError::MethodNotAllowed(req.method().to_string(), allow)))
 }
 
 fn json_error(e: JsonPayloadError) -> HttpError {

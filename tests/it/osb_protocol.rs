@@ -263,7 +263,18 @@ fn matrix() -> Vec<Row> {
             .fails(S::BAD_REQUEST, "invalid instance id"),
         row("POST an instance", M::POST, instance("i1"))
             .json(provision_body(SHARED))
-            .fails(S::METHOD_NOT_ALLOWED, "POST"),
+            .fails(S::METHOD_NOT_ALLOWED, "POST")
+            .answer_header("allow", "GET, PUT, PATCH, DELETE"),
+        row("POST a binding", M::POST, binding("i1", "b1"))
+            .json(bind_body("app-1"))
+            .fails(S::METHOD_NOT_ALLOWED, "POST")
+            .answer_header("allow", "GET, PUT, DELETE"),
+        row("DELETE the catalog", M::DELETE, "/v2/catalog")
+            .fails(S::METHOD_NOT_ALLOWED, "DELETE")
+            .answer_header("allow", "GET"),
+        row("PUT a last operation", M::PUT, format!("{}/last_operation", instance("i1")))
+            .fails(S::METHOD_NOT_ALLOWED, "PUT")
+            .answer_header("allow", "GET"),
         // Version header: missing, old, another major, garbage; the supported range.
         row("no version", M::GET, "/v2/catalog").version(None).fails(S::PRECONDITION_FAILED, "missing"),
         row("version 2.12", M::GET, "/v2/catalog")
