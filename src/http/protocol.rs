@@ -40,7 +40,17 @@ impl BasicAuth {
     }
 }
 
-/// Checks `X-Broker-API-Version`: major 2, minor at least 13.
+/// Whether `text` is a version number part as OSB writes them: digits, without a sign or a
+/// leading zero (`Rust`'s integer parser takes `+14` and `014`).
+fn plain_number(text: &str) -> Option<u32> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (text.len() > 1 && text.starts_with('0')) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Checks `X-Broker-API-Version`: `2.<minor>` with minor at least 13, each part plain digits.
 pub fn check_version(header: Option<&HeaderValue>) -> Result<(), HttpError> {
     let Some(value) = header else {
         return Err(HttpError::ApiVersion(format!(
@@ -48,9 +58,8 @@ pub fn check_version(header: Option<&HeaderValue>) -> Result<(), HttpError> {
         )));
     };
     let text = value.to_str().unwrap_or("").trim();
-    let parsed = text
-        .split_once('.')
-        .and_then(|(major, minor)| Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?)));
+    let parsed =
+        text.split_once('.').and_then(|(major, minor)| Some((plain_number(major)?, plain_number(minor)?)));
     match parsed {
         Some((2, minor)) if minor >= MIN_MINOR_VERSION => Ok(()),
         _ => Err(HttpError::ApiVersion(format!(

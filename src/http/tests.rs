@@ -120,3 +120,17 @@ async fn protocol_errors_are_osb_json() {
     )
     .await;
 }
+
+/// Issue 22: `2.+14` and `2.014` were accepted; a version is `2.<digits>` without a sign or a
+/// leading zero.
+#[actix_web::test]
+async fn only_plain_version_numbers_are_well_formed() {
+    use actix_web::http::header::HeaderValue;
+    let check = |v: &str| protocol::check_version(Some(&HeaderValue::from_str(v).unwrap())).is_ok();
+    for good in ["2.13", "2.14", "2.17", "2.100"] {
+        assert!(check(good), "{good}");
+    }
+    for bad in ["2.+14", "2.014", "+2.14", "02.14", "2.-14", "2. 14", "2.14.1", "2.", ".14", "2.1e2"] {
+        assert!(!check(bad), "{bad}");
+    }
+}

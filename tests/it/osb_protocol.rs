@@ -286,6 +286,18 @@ fn matrix() -> Vec<Row> {
         row("version banana", M::GET, "/v2/catalog")
             .version(Some("banana"))
             .fails(S::PRECONDITION_FAILED, "banana"),
+        row("version 2.+14", M::GET, "/v2/catalog")
+            .version(Some("2.+14"))
+            .fails(S::PRECONDITION_FAILED, "2.+14"),
+        row("version 2.014", M::GET, "/v2/catalog")
+            .version(Some("2.014"))
+            .fails(S::PRECONDITION_FAILED, "2.014"),
+        row("version +2.14", M::GET, "/v2/catalog")
+            .version(Some("+2.14"))
+            .fails(S::PRECONDITION_FAILED, "+2.14"),
+        row("version 02.14", M::GET, "/v2/catalog")
+            .version(Some("02.14"))
+            .fails(S::PRECONDITION_FAILED, "02.14"),
         row("version 2.13", M::GET, "/v2/catalog").version(Some("2.13")),
         row("version 2.15", M::GET, "/v2/catalog").version(Some("2.15")),
         row("version 2.17", M::GET, "/v2/catalog").version(Some("2.17")),
