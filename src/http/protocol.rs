@@ -20,9 +20,10 @@ const VERSION_HEADER: &str = "x-broker-api-version";
 const REQUEST_IDENTITY: HeaderName = HeaderName::from_static("x-broker-api-request-identity");
 const ORIGINATING_IDENTITY: &str = "x-broker-api-originating-identity";
 
-/// The expected `Authorization` header value, precomputed.
+/// The expected credentials of the `Authorization` header, precomputed.
 #[derive(Clone)]
 pub struct BasicAuth {
+    /// The base64 token after the scheme.
     expected: Vec<u8>,
 }
 
@@ -30,13 +31,20 @@ impl BasicAuth {
     /// From the configured credentials.
     pub fn new(username: &str, password: &str) -> Self {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-        Self { expected: format!("Basic {token}").into_bytes() }
+        Self { expected: token.into_bytes() }
     }
 
-    /// Constant-time comparison of the whole header value.
+    /// Whether the header is `Basic <token>` with the expected token. The scheme is matched
+    /// without regard to case, as RFC 9110 says of every auth scheme, and may be followed by
+    /// more than one space; the token is compared in constant time.
     fn accepts(&self, header: Option<&HeaderValue>) -> bool {
         let given = header.map(HeaderValue::as_bytes).unwrap_or_default();
-        bool::from(given.ct_eq(&self.expected))
+        let Some(space) = given.iter().position(|b| *b == b' ') else {
+            return false;
+        };
+        let (scheme, rest) = given.split_at(space);
+        let token = rest.trim_ascii_start();
+        scheme.eq_ignore_ascii_case(b"basic") && bool::from(token.ct_eq(&self.expected))
     }
 }
 

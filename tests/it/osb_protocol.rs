@@ -329,6 +329,19 @@ fn matrix() -> Vec<Row> {
             );
         }
     }
+    // The auth scheme is case-insensitive (RFC 9110); the credentials are not.
+    let token = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    for scheme in ["basic", "BASIC"] {
+        let value: &'static str = Box::leak(format!("{scheme} {token}").into_boxed_str());
+        rows.push(
+            row(format!("auth scheme {scheme}"), M::GET, "/v2/catalog")
+                .auth(None)
+                .header("Authorization", value),
+        );
+    }
     // Ids that must not become keys or names.
     for id in ["a%2Fb", "a.b", "a%20b", "%C3%BCnic%C3%B6de", "-lead", &"x".repeat(65)] {
         rows.push(
