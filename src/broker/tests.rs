@@ -728,15 +728,22 @@ async fn deprovision_removes_users_and_roles_no_record_names() {
     assert_consistent(&state);
 }
 
+/// Issue 22: a repeated bind with another plan_id answered 200; the spec's 200 is for an
+/// identical request, so it is a 409, also after the instance moved to that plan. The same
+/// request as the first bind stays a 200 with the same credentials.
 #[tokio::test]
-async fn a_repeated_bind_after_a_plan_change_is_the_same_binding() {
+async fn a_repeated_bind_with_another_plan_conflicts() {
     let broker = broker_on(Arc::new(MemoryStore::default()));
     broker.provision(provision_req("i1", SMALL)).await.unwrap();
     let first = broker.bind(bind_req("i1", "b1")).await.unwrap();
+    let mut other_plan = bind_req("i1", "b1");
+    other_plan.plan_id = LARGE.into();
+    let conflict = broker.bind(other_plan.clone()).await.unwrap_err();
+    assert!(matches!(conflict, BrokerError::Conflict(_)), "{conflict:?}");
     broker.update(update_req("i1", LARGE)).await.unwrap();
-    let mut again = bind_req("i1", "b1");
-    again.plan_id = LARGE.into();
-    let again = broker.bind(again).await.unwrap();
+    let conflict = broker.bind(other_plan).await.unwrap_err();
+    assert!(matches!(conflict, BrokerError::Conflict(_)), "after the plan change: {conflict:?}");
+    let again = broker.bind(bind_req("i1", "b1")).await.unwrap();
     assert!(matches!(again, Bound::AlreadyExists(_)));
     assert_eq!(password_of(&again), password_of(&first));
 }

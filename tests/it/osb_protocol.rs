@@ -415,6 +415,9 @@ fn matrix() -> Vec<Row> {
         row("bind b1 for another app", M::PUT, binding("i1", "b1"))
             .json(bind_body("app-2"))
             .fails(S::CONFLICT, "different attributes"),
+        row("bind b1 on another plan", M::PUT, binding("i1", "b1"))
+            .json(with(bind_body("app-1"), "plan_id", json!(LARGE)))
+            .fails(S::CONFLICT, "different attributes"),
         row("bind to missing i2", M::PUT, binding("i2", "b1"))
             .json(bind_body("app-1"))
             .fails(S::NOT_FOUND, "i2"),
