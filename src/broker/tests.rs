@@ -509,104 +509,6 @@ impl Store for RacingStore {
     }
 }
 
-/// A store whose caller is paused before call `pause_at` until the test resumes it, and dies at
-/// call `crash_at` (before or after it takes effect): the call never returns, like a broker
-/// killed with SIGKILL. Calls are counted from 0 across every method.
-struct Scripted {
-    inner: Arc<MemoryStore>,
-    calls: std::sync::atomic::AtomicUsize,
-    pause_at: usize,
-    crash_at: usize,
-    mode: FailMode,
-    paused: tokio::sync::Notify,
-    resume: tokio::sync::Notify,
-    died: tokio::sync::Notify,
-}
-
-impl Scripted {
-    fn new(inner: Arc<MemoryStore>, pause_at: usize, crash_at: usize, mode: FailMode) -> Self {
-        Self {
-            inner,
-            calls: Default::default(),
-            pause_at,
-            crash_at,
-            mode,
-            paused: Default::default(),
-            resume: Default::default(),
-            died: Default::default(),
-        }
-    }
-
-    async fn run<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if n == self.pause_at {
-            self.paused.notify_one();
-            self.resume.notified().await;
-        }
-        if n == self.crash_at && self.mode == FailMode::Before {
-            self.died.notify_one();
-            std::future::pending::<()>().await;
-        }
-        let result = call.await;
-        if n == self.crash_at {
-            self.died.notify_one();
-            std::future::pending::<()>().await;
-        }
-        result
-    }
-}
-
-#[async_trait]
-impl Store for Scripted {
-    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.run(self.inner.get(key)).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.run(self.inner.list(prefix)).await
-    }
-    async fn next_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-    ) -> Result<Option<(String, Versioned)>, StoreError> {
-        self.run(self.inner.next_after(prefix, after)).await
-    }
-    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.run(self.inner.count(prefix)).await
-    }
-    async fn commit(
-        &self,
-        guards: &[crate::store::Guard],
-        writes: &[Write],
-    ) -> Result<Option<i64>, StoreError> {
-        self.run(self.inner.commit(guards, writes)).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        self.run(self.inner.delete_prefix(prefix)).await
-    }
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-        self.run(self.inner.ensure_role(role, prefix)).await
-    }
-    async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
-        self.run(self.inner.ensure_user(user, password, role)).await
-    }
-    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
-        self.run(self.inner.delete_user(user)).await
-    }
-    async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
-        self.run(self.inner.delete_role(role)).await
-    }
-    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.run(self.inner.list_users(prefix)).await
-    }
-    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.run(self.inner.list_roles(prefix)).await
-    }
-}
-
 /// Every user and role is named by a binding record or by an entry of the role queue: the
 /// rule of docs/naming.md that must hold at every crash point.
 fn assert_findable(state: &MemoryState, context: &str) {
@@ -642,7 +544,8 @@ async fn bind_racing_unbind_then_killed(reap_between: bool) {
                 let context = format!("paused before call {pause_at}, killed at call {crash_at} ({mode:?})");
                 let store = provisioned().await;
                 let other = broker_on(store.clone());
-                let script = Arc::new(Scripted::new(store.clone(), pause_at, crash_at, mode));
+                let script = FaultyStore::new(store.clone(), Some(crash_at), mode);
+                let script = Arc::new(script.dying().pausing_before(pause_at));
                 let binder = broker_on(script.clone());
                 let bind = binder.bind(bind_req("i1", "b1"));
                 tokio::pin!(bind);
