@@ -167,7 +167,8 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         auth.password.expose(),
         metrics.clone(),
         activity.clone(),
-    );
+    )
+    .with_body_timeout(config.listen.body_timeout);
     let pacing = Pacing {
         busy_share: config.role_reaper.busy_share,
         poll: Duration::from_secs(config.role_reaper.poll_seconds),
@@ -182,6 +183,7 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .workers(config.listen.workers)
+        .max_connections(config.listen.max_connections)
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
     let api = match &config.listen.tls {
         Some(identity) => api.bind_openssl(

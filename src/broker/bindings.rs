@@ -45,8 +45,10 @@ impl EtcdBroker {
         let key = self.names().binding_key(&req.instance_id, &req.binding_id);
         let state = &*self.setup.state;
         if let Some((existing, revision)) = self.read::<BindingRecord>(state, &key).await? {
-            // The plan is left out: after a plan change the platform repeats a bind with the new one.
+            // The spec's "identical": every field of the request the record keeps, the plan
+            // included (osb-checker expects 409 for another plan_id).
             let identical = existing.service_id == req.service_id
+                && existing.plan_id == req.plan_id
                 && existing.app_guid == req.app_guid
                 && existing.parameters == req.parameters;
             return match (existing.state, identical) {

@@ -2,7 +2,7 @@
 
 use crate::osb::model::*;
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
-use crate::store::{Guard, Write};
+use crate::store::{Guard, StoreError, Write};
 
 use super::records::{decode, encode, InstanceRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
@@ -170,6 +170,8 @@ impl EtcdBroker {
                 let record = decode(&binding_key, &found.value)?;
                 self.remove_binding(&binding_key, Some((record, found.mod_revision))).await?;
             }
+            // Still step 2: users and roles under the instance's names that no record names.
+            self.sweep_unrecorded(id, &record.cluster).await?;
             // Step 3: the tenant's data.
             let cluster = self.cluster(&record.cluster)?;
             cluster
@@ -194,6 +196,51 @@ impl EtcdBroker {
             }
         }
         Err(lost_race("the service instance"))
+    }
+
+    /// Deletes every user under the instance's names and queues every role under them that is
+    /// not queued yet, recorded or not. Run once the instance is `deleting` and its binding
+    /// records are gone, so each of them belongs to no binding: a bind that died after an unbind
+    /// removed its record leaves such a user, and etcd cannot tie a user creation to a record.
+    /// etcd answers the lists with every user and role of the cluster; an answer too large for
+    /// gRPC (about 45,000 users) skips the sweep with a warning rather than failing the delete.
+    async fn sweep_unrecorded(&self, id: &InstanceId, cluster_name: &str) -> BrokerResult<()> {
+        let store = &*self.cluster(cluster_name)?.store;
+        let fail = |e| unavailable(cluster_name, e);
+        let prefix = self.names().instance_names_prefix(id);
+        let listed = match store.list_users(&prefix).await {
+            Ok(users) => store.list_roles(&prefix).await.map(|roles| (users, roles)),
+            Err(e) => Err(e),
+        };
+        let (users, roles) = match listed {
+            Ok(found) => found,
+            Err(StoreError::Failed(why)) => {
+                tracing::warn!(instance_id = %id, %why, "cannot list etcd users and roles; users and roles that no record names are not swept");
+                return Ok(());
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        for user in &users {
+            store.delete_user(user).await.map_err(fail)?;
+        }
+        let state = &*self.setup.state;
+        let queue_prefix = self.names().role_deletion_key(&prefix);
+        let queued = state.list(&queue_prefix).await.map_err(|e| self.state_failed(e))?;
+        let mut swept = users.len();
+        for role in roles {
+            let entry = self.names().role_deletion_key(&role);
+            if queued.iter().any(|(key, _)| *key == entry) {
+                continue;
+            }
+            let write = self.queue_role_alone(&role, cluster_name);
+            state.commit(&[Guard::Absent(entry)], &[write]).await.map_err(|e| self.state_failed(e))?;
+            swept += 1;
+        }
+        if swept > 0 {
+            self.role_queued.notify_one();
+            tracing::warn!(instance_id = %id, users = users.len(), roles = swept - users.len(), "swept etcd users and roles that no record named");
+        }
+        Ok(())
     }
 
     pub(super) async fn fetch_instance(&self, id: &InstanceId) -> BrokerResult<InstanceInfo> {

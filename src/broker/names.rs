@@ -110,6 +110,12 @@ impl Names {
         format!("{NAME_PREFIX}.{instance}.{binding}")
     }
 
+    /// The start of every user and role name of an instance's bindings: deprovision finds by
+    /// it the ones no record names. The final '.' keeps instance `abc` out of `abcd`'s names.
+    pub fn instance_names_prefix(&self, instance: &InstanceId) -> String {
+        format!("{NAME_PREFIX}.{instance}.")
+    }
+
     /// The etcd role of a binding (same string as the user; roles and users are separate in etcd).
     pub fn role(&self, instance: &InstanceId, binding: &BindingId) -> String {
         self.user(instance, binding)
@@ -138,6 +144,9 @@ mod tests {
         assert_eq!(names.binding_key(&i, &b), "/s/bindings/i1/b1");
         assert_eq!(names.user(&i, &b), "etcd-broker.i1.b1");
         assert_eq!(names.role(&i, &b), "etcd-broker.i1.b1");
+        assert!(names.user(&i, &b).starts_with(&names.instance_names_prefix(&i)));
+        let i10 = InstanceId::parse("i10").unwrap();
+        assert!(!names.user(&i10, &b).starts_with(&names.instance_names_prefix(&i)));
         assert_eq!(names.role_deletion_key("etcd-broker.i1.b1"), "/s/role-deletions/etcd-broker.i1.b1");
         assert_eq!(names.sealed_index_key("k1", "i1", "b1"), "/s/index/sealed/k1/i1/b1");
         assert!(names.binding_index_key("p", "i1", "b1").starts_with(&names.all_bindings_index_prefix()));

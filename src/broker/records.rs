@@ -79,9 +79,18 @@ pub struct BindingRecord {
 /// A role whose binding is gone and whose user is deleted, queued for deletion: etcd's
 /// RoleDelete reads every user (measured: 0.6 s at 100,000 users, holding etcd's write lock),
 /// so unbind leaves it to a paced background task. A role without a user grants nothing.
+///
+/// It also names the binding's user, which the reaper deletes again before the role: a bind
+/// still in flight when the unbind deleted the binding record may create that user after the
+/// unbind deleted it, and if that bind then dies before its own clean-up, this entry is the
+/// record from which the user is found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleDeletion {
     pub role: String,
+    /// The binding's user; `None` in entries for a role alone (deprovision's sweep of roles
+    /// no record names) and in entries queued by brokers before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Name of the etcd cluster that holds the role.
     pub cluster: String,
     /// Seconds since the Unix epoch.

@@ -8,7 +8,9 @@
 //! deletes queued roles one at a time, paced, and any broker instance may do it.
 //!
 //! The queue entry is the role's record: it is written before the binding record goes and
-//! removed after the role is gone, so every role stays reachable from a record.
+//! removed after the role is gone, so every role stays reachable from a record. It names the
+//! binding's user too, and the reaper deletes that user again before the role: a bind in
+//! flight while its binding was unbound may have created the user after the unbind deleted it.
 
 use crate::osb::{BrokerError, BrokerResult};
 use crate::store::{Versioned, Write};
@@ -38,10 +40,23 @@ impl EtcdBroker {
     pub(super) fn queue_role(&self, record: &BindingRecord) -> Write {
         let entry = RoleDeletion {
             role: record.role.clone(),
+            user: Some(record.username.clone()),
             cluster: record.cluster.clone(),
             queued_at: self.now(),
         };
         Write::Put(self.names().role_deletion_key(&record.role), encode(&entry))
+    }
+
+    /// The write that queues a role no record names (deprovision's sweep); its user, if it
+    /// had one, is already deleted.
+    pub(super) fn queue_role_alone(&self, role: &str, cluster: &str) -> Write {
+        let entry = RoleDeletion {
+            role: role.to_owned(),
+            user: None,
+            cluster: cluster.to_owned(),
+            queued_at: self.now(),
+        };
+        Write::Put(self.names().role_deletion_key(role), encode(&entry))
     }
 
     /// Deletes the role of the first queue entry after the key `after` (from the start without
@@ -79,7 +94,13 @@ impl EtcdBroker {
     async fn delete_queued(&self, key: &str, found: &Versioned) -> BrokerResult<()> {
         let entry: RoleDeletion = decode(key, &found.value)?;
         let store = &*self.cluster(&entry.cluster)?.store;
-        store.delete_role(&entry.role).await.map_err(|e| unavailable(&entry.cluster, e))?;
+        let fail = |e| unavailable(&entry.cluster, e);
+        // The user first: one that a bind created after its unbind would otherwise be left
+        // with no record (see `RoleDeletion`).
+        if let Some(user) = &entry.user {
+            store.delete_user(user).await.map_err(fail)?;
+        }
+        store.delete_role(&entry.role).await.map_err(fail)?;
         // Removed only as read: an entry queued again meanwhile is the next pass's work.
         self.swap(key, found.mod_revision, &[Write::Delete(key.to_owned())]).await?;
         tracing::debug!(role = %entry.role, "deleted queued role");

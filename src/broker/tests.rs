@@ -625,17 +625,152 @@ impl Store for RacingStore {
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
         self.inner.delete_role(role).await
     }
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list_users(prefix).await
+    }
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list_roles(prefix).await
+    }
+}
+
+/// Every user and role is named by a binding record or by an entry of the role queue: the
+/// rule of docs/naming.md that must hold at every crash point.
+fn assert_findable(state: &MemoryState, context: &str) {
+    let (mut users, mut roles) = (Vec::new(), Vec::new());
+    for (key, v) in &state.keys {
+        if key.starts_with("/etcd-broker/role-deletions/") {
+            let entry: RoleDeletion = serde_json::from_slice(&v.value).unwrap();
+            users.extend(entry.user);
+            roles.push(entry.role);
+        } else if key.starts_with("/etcd-broker/bindings/") {
+            let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
+            users.push(record.username);
+            roles.push(record.role);
+        }
+    }
+    for user in state.users.keys() {
+        assert!(users.contains(user), "{context}: user {user} is named by no record");
+    }
+    for role in state.roles.keys() {
+        assert!(roles.contains(role), "{context}: role {role} is named by no record");
+    }
+}
+
+/// A bind paused at each of its steps while an unbind of the same binding runs to the end
+/// (on another broker), then killed at each later step: the interleaving that left an etcd
+/// user with no record when the bind created the user after the unbind deleted the record.
+/// With `reap_between`, the role reaper also drains the queue before the bind resumes.
+async fn bind_racing_unbind_then_killed(reap_between: bool) {
+    for mode in [FailMode::Before, FailMode::After] {
+        let mut kills = 0;
+        'pauses: for pause_at in 0.. {
+            for crash_at in pause_at.. {
+                let context = format!("paused before call {pause_at}, killed at call {crash_at} ({mode:?})");
+                let store = provisioned().await;
+                let other = broker_on(store.clone());
+                let script = FaultyStore::new(store.clone(), Some(crash_at), mode);
+                let script = Arc::new(script.dying().pausing_before(pause_at));
+                let binder = broker_on(script.clone());
+                let bind = binder.bind(bind_req("i1", "b1"));
+                tokio::pin!(bind);
+                tokio::select! {
+                    biased;
+                    _ = script.paused.notified() => {}
+                    _ = &mut bind => break 'pauses, // the pause is past the bind's last call
+                }
+                match other.unbind(unbind_req("i1", "b1")).await {
+                    Ok(()) | Err(BrokerError::BindingGone(_)) => {}
+                    Err(e) => panic!("{context}: unbind: {e}"),
+                }
+                if reap_between {
+                    drain_role_queue(&other).await.unwrap();
+                }
+                script.resume.notify_one();
+                let killed = tokio::select! {
+                    biased;
+                    _ = script.died.notified() => true,
+                    _ = &mut bind => false,
+                };
+                if killed && !reap_between {
+                    assert_findable(&store.snapshot(), &context);
+                }
+                // What the platform does next: unbind until it is gone, then deprovision.
+                match other.unbind(unbind_req("i1", "b1")).await {
+                    Ok(()) | Err(BrokerError::BindingGone(_)) => {}
+                    Err(e) => panic!("{context}: unbind again: {e}"),
+                }
+                drain_role_queue(&other).await.unwrap();
+                if !reap_between {
+                    let state = store.snapshot();
+                    assert!(
+                        state.users.is_empty() && state.roles.is_empty(),
+                        "{context}: after the unbind: {state:?}"
+                    );
+                }
+                other.deprovision(deprovision_req("i1")).await.unwrap();
+                drain_role_queue(&other).await.unwrap();
+                let state = store.snapshot();
+                assert!(
+                    state.users.is_empty() && state.roles.is_empty(),
+                    "{context}: after deprovision: {state:?}"
+                );
+                assert!(state.keys.is_empty(), "{context}: keys left: {:?}", state.keys.keys());
+                if !killed {
+                    break; // the bind ended before call `crash_at`
+                }
+                kills += 1;
+            }
+        }
+        // Paused at each of the bind's calls, killed at each later one (36 pairs today).
+        assert!(kills >= 30, "only {kills} kill points ({mode:?})");
+    }
 }
 
 #[tokio::test]
-async fn a_repeated_bind_after_a_plan_change_is_the_same_binding() {
+async fn a_bind_killed_after_a_concurrent_unbind_leaves_no_user_without_a_record() {
+    bind_racing_unbind_then_killed(false).await;
+}
+
+#[tokio::test]
+async fn deprovision_removes_what_a_bind_killed_after_the_reaper_left() {
+    bind_racing_unbind_then_killed(true).await;
+}
+
+#[tokio::test]
+async fn deprovision_removes_users_and_roles_no_record_names() {
+    let store = provisioned().await;
+    let broker = broker_on(store.clone());
+    broker.provision(provision_req("i10", SMALL)).await.unwrap();
+    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    broker.bind(bind_req("i10", "b1")).await.unwrap();
+    // What a bind killed after its unbind leaves: a user and role, and no record of either.
+    store.ensure_role("etcd-broker.i1.lost", "/service_instances/i1/").await.unwrap();
+    store.ensure_user("etcd-broker.i1.lost", "pw", "etcd-broker.i1.lost").await.unwrap();
+    store.ensure_role("etcd-broker.i1.role-only", "/service_instances/i1/").await.unwrap();
+    broker.deprovision(deprovision_req("i1")).await.unwrap();
+    drain_role_queue(&broker).await.unwrap();
+    let state = store.snapshot();
+    assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i10.b1"]);
+    assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i10.b1"]);
+    assert_consistent(&state);
+}
+
+/// Issue 22: a repeated bind with another plan_id answered 200; the spec's 200 is for an
+/// identical request, so it is a 409, also after the instance moved to that plan. The same
+/// request as the first bind stays a 200 with the same credentials.
+#[tokio::test]
+async fn a_repeated_bind_with_another_plan_conflicts() {
     let broker = broker_on(Arc::new(MemoryStore::default()));
     broker.provision(provision_req("i1", SMALL)).await.unwrap();
     let first = broker.bind(bind_req("i1", "b1")).await.unwrap();
+    let mut other_plan = bind_req("i1", "b1");
+    other_plan.plan_id = LARGE.into();
+    let conflict = broker.bind(other_plan.clone()).await.unwrap_err();
+    assert!(matches!(conflict, BrokerError::Conflict(_)), "{conflict:?}");
     broker.update(update_req("i1", LARGE)).await.unwrap();
-    let mut again = bind_req("i1", "b1");
-    again.plan_id = LARGE.into();
-    let again = broker.bind(again).await.unwrap();
+    let conflict = broker.bind(other_plan).await.unwrap_err();
+    assert!(matches!(conflict, BrokerError::Conflict(_)), "after the plan change: {conflict:?}");
+    let again = broker.bind(bind_req("i1", "b1")).await.unwrap();
     assert!(matches!(again, Bound::AlreadyExists(_)));
     assert_eq!(password_of(&again), password_of(&first));
 }
@@ -720,7 +855,7 @@ async fn a_queue_entry_that_fails_does_not_hold_the_others_back() {
     broker.bind(bind_req("i1", "b1")).await.unwrap();
     broker.unbind(unbind_req("i1", "b1")).await.unwrap();
     // An entry naming a cluster this broker does not know, sorted first.
-    let entry = RoleDeletion { role: "a-role".into(), cluster: "gone".into(), queued_at: 0 };
+    let entry = RoleDeletion { role: "a-role".into(), user: None, cluster: "gone".into(), queued_at: 0 };
     let key = "/etcd-broker/role-deletions/a-role";
     store.commit(&[], &[Write::Put(key.into(), records::encode(&entry))]).await.unwrap();
     let first = broker.delete_next_queued_role(None).await.unwrap();

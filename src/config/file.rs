@@ -9,8 +9,9 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    default_host, default_port, default_workers, invalid, AuthConfig, Cluster, Config, ConfigError, Listen,
-    LogFormat, LogLevel, MetricsConfig, PrefixConfig, RoleReaperConfig, Sealing, Secret, MAX_WORKERS,
+    default_body_timeout_seconds, default_host, default_max_connections, default_port, default_workers,
+    invalid, AuthConfig, Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig,
+    PrefixConfig, RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_WORKERS,
 };
 use crate::osb::catalog::Catalog;
 use crate::sealing::keychain::is_key_name;
@@ -94,11 +95,25 @@ pub(super) struct ListenFile {
     /// serves far more than platforms send (figures in docs/config.md).
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// How long reading a request body may take, in seconds: a body that trickles in holds
+    /// a connection and a request slot; the headers have their own 5 s bound.
+    #[serde(default = "default_body_timeout_seconds")]
+    pub body_timeout_seconds: u64,
+    /// Open connections each worker thread serves at most; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ListenFile {
     fn default() -> Self {
-        Self { host: default_host(), port: default_port(), tls: None, workers: default_workers() }
+        Self {
+            host: default_host(),
+            port: default_port(),
+            tls: None,
+            workers: default_workers(),
+            body_timeout_seconds: default_body_timeout_seconds(),
+            max_connections: default_max_connections(),
+        }
     }
 }
 
@@ -162,8 +177,14 @@ impl ConfigFile {
         let ConfigFile {
             log_level, log_format, listen, metrics, auth, prefixes, catalog, role_reaper, ..
         } = self;
-        let listen =
-            Listen { host: listen.host, port: listen.port, tls: listen_tls, workers: listen.workers };
+        let listen = Listen {
+            host: listen.host,
+            port: listen.port,
+            tls: listen_tls,
+            workers: listen.workers,
+            body_timeout: std::time::Duration::from_secs(listen.body_timeout_seconds),
+            max_connections: listen.max_connections,
+        };
         Ok(Config {
             log_level,
             log_format,
@@ -194,6 +215,18 @@ impl ConfigFile {
         }
         if !(1..=MAX_WORKERS).contains(&self.listen.workers) {
             return Err(invalid("listen.workers", format!("must be between 1 and {MAX_WORKERS}")));
+        }
+        if !(1..=MAX_BODY_TIMEOUT_SECONDS).contains(&self.listen.body_timeout_seconds) {
+            return Err(invalid(
+                "listen.body_timeout_seconds",
+                format!("must be between 1 and {MAX_BODY_TIMEOUT_SECONDS}"),
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.listen.max_connections) {
+            return Err(invalid(
+                "listen.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
         }
         if self.auth.username.is_empty() {
             return Err(invalid("auth.username", "must not be empty"));

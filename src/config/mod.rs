@@ -173,6 +173,12 @@ pub struct Listen {
     pub tls: Option<Identity>,
     /// Threads serving the OSB API (see docs/config.md for why one is the default).
     pub workers: usize,
+    /// How long reading a request body may take before the request gets 408: a body that
+    /// trickles in would otherwise hold its connection for ever.
+    pub body_timeout: std::time::Duration,
+    /// Open connections each worker thread serves at most, so slow clients cannot exhaust
+    /// the process's file descriptors and memory.
+    pub max_connections: usize,
 }
 
 /// One etcd cluster.
@@ -235,6 +241,20 @@ pub const MAX_WORKERS: usize = 64;
 
 fn default_workers() -> usize {
     1
+}
+
+/// Upper bound of `listen.body_timeout_seconds`: OSB bodies are a few kilobytes.
+pub const MAX_BODY_TIMEOUT_SECONDS: u64 = 300;
+
+fn default_body_timeout_seconds() -> u64 {
+    10
+}
+
+/// Upper bound of `listen.max_connections` (per worker thread).
+pub const MAX_CONNECTIONS: usize = 100_000;
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_host() -> String {

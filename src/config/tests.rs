@@ -87,6 +87,12 @@ fn bad_values_name_their_field() {
         });
         assert_eq!(field_of(threads), "listen.workers");
     }
+    for (key, value) in [("body_timeout_seconds", 0), ("body_timeout_seconds", 301), ("max_connections", 0)] {
+        let listen = with(|t| {
+            t["listen"].as_table_mut().unwrap().insert(key.into(), value.into());
+        });
+        assert_eq!(field_of(listen), format!("listen.{key}"));
+    }
     for share in [0.0, 1.5, f64::NAN] {
         let reaper = with(|t| {
             t.insert("role_reaper".into(), toml::Value::Table(toml::toml! { busy_share = share }));

@@ -181,6 +181,15 @@ impl EtcdStore {
     {
         self.call(Call::AuthChange, |c| op(c.auth_client())).await
     }
+
+    /// [`Self::call`] with the auth service, for a request that only reads users or roles.
+    pub(super) async fn auth_read<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(AuthClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(Call::Read, |c| op(c.auth_client())).await
+    }
 }
 
 /// Sends a read, and sends it again each time `after` passes without an answer, at most

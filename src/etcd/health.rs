@@ -12,7 +12,11 @@
 //! itself goes on waiting for its answer). While it fails, the probe is repeated with a
 //! growing back-off ([`super::policy`]). The balancer uses only endpoints that answered, as long as one does;
 //! with none answering (a single-member cluster that is down, say) it uses every endpoint, so
-//! requests fail as fast as before and the first one after etcd is back gets through.
+//! the first request after etcd is back gets through. A request sent to an endpoint that does
+//! not answer its probe, or left without an answer while its endpoint is found not answering,
+//! fails as soon as a probe (started at once, [`PROBE_TIMEOUT`]) finds it still not answering
+//! and no other endpoint does: a stopped or hung etcd costs a request about a probe's timeout,
+//! not the whole request timeout, and requests resume as soon as a probe or a request answers.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,13 +69,15 @@ impl Endpoints {
     /// it stops and starts answering its probes.
     pub(crate) fn add<S>(&self, name: String, inner: S, probe: Probe) -> HealthChecked<S> {
         self.group.unprobed.fetch_add(1, Ordering::SeqCst);
-        let wake_prober = Arc::new(Notify::new());
+        let (wake_prober, probe_now) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let health = Arc::new(Health {
             state: Mutex::new(State::Unprobed),
             group: self.group.clone(),
             wake_prober: wake_prober.clone(),
+            probe_now: probe_now.clone(),
+            probe_failed: Notify::new(),
         });
-        tokio::spawn(probe_when_needed(name, Arc::downgrade(&health), wake_prober, probe));
+        tokio::spawn(probe_when_needed(name, Arc::downgrade(&health), wake_prober, probe_now, probe));
         HealthChecked { inner, health }
     }
 }
@@ -88,6 +94,10 @@ struct Health {
     state: Mutex<State>,
     group: Arc<Group>,
     wake_prober: Arc<Notify>,
+    /// Cuts the prober's back-off short: a request waits on a failing endpoint.
+    probe_now: Arc<Notify>,
+    /// Wakes the requests waiting on this endpoint after each probe it did not answer.
+    probe_failed: Notify,
 }
 
 impl Health {
@@ -126,6 +136,36 @@ impl Health {
         }
     }
 
+    /// Waits for `response` of a request on this endpoint while it is failing, and gives up
+    /// when a probe (asked for now) finds it still not answering while no other endpoint
+    /// answers: then etcd is not there to answer, and waiting out the request timeout would
+    /// only make the platform wait.
+    async fn unless_nothing_answers<T, E>(
+        &self,
+        mut response: Pin<&mut impl Future<Output = Result<T, E>>>,
+    ) -> Result<T, tower::BoxError>
+    where
+        E: Into<tower::BoxError>,
+    {
+        let mut asked = false;
+        loop {
+            let failed = self.probe_failed.notified();
+            let mut failed = std::pin::pin!(failed);
+            failed.as_mut().enable();
+            if !std::mem::replace(&mut asked, true) {
+                self.probe_now.notify_one();
+            }
+            tokio::select! {
+                result = response.as_mut() => return result.map_err(Into::into),
+                _ = failed => {
+                    if self.state() == State::Failing && self.group.answering.load(Ordering::SeqCst) == 0 {
+                        return Err(Box::new(tonic::Status::unavailable(NO_ENDPOINT_ANSWERS)));
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether the balancer may pick this endpoint now (see the module doc).
     fn usable(&self) -> bool {
         let group = &self.group;
@@ -142,8 +182,19 @@ impl Drop for Health {
     }
 }
 
-/// The prober of one endpoint: probes it at once, then whenever it fails, until it answers.
-async fn probe_when_needed(name: String, health: Weak<Health>, wake: Arc<Notify>, probe: Probe) {
+/// What a request that [`Health::unless_nothing_answers`] gave up on fails with (a gRPC
+/// `Unavailable`, so the broker answers 503).
+pub(crate) const NO_ENDPOINT_ANSWERS: &str = "no etcd endpoint answers its health check";
+
+/// The prober of one endpoint: probes it at once, then whenever it fails, until it answers; a
+/// request waiting on it (`probe_now`) cuts the back-off short.
+async fn probe_when_needed(
+    name: String,
+    health: Weak<Health>,
+    wake: Arc<Notify>,
+    probe_now: Arc<Notify>,
+    probe: Probe,
+) {
     let mut backoff = FIRST_PROBE_BACKOFF;
     let mut probe_failed = false;
     loop {
@@ -166,6 +217,7 @@ async fn probe_when_needed(name: String, health: Weak<Health>, wake: Arc<Notify>
             }
         } else {
             h.set(State::Failing);
+            h.probe_failed.notify_waiters();
             if !std::mem::replace(&mut probe_failed, true) {
                 tracing::warn!(
                     endpoint = %name,
@@ -174,7 +226,10 @@ async fn probe_when_needed(name: String, health: Weak<Health>, wake: Arc<Notify>
                 );
             }
             drop(h);
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = probe_now.notified() => {}
+            }
             backoff = backoff.saturating_mul(2).min(MAX_PROBE_BACKOFF);
         }
     }
@@ -192,11 +247,11 @@ where
     S: tower::Service<Request>,
     S::Future: Send + 'static,
     S::Response: Send,
-    S::Error: Send,
+    S::Error: Into<tower::BoxError> + Send,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if !self.health.usable() {
@@ -210,19 +265,25 @@ where
                 return Poll::Pending;
             }
         }
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
         let response = self.inner.call(request);
         let health = self.health.clone();
+        // Picked while failing: no endpoint answers (see `Health::usable`).
+        let picked_failing = health.state() == State::Failing;
         Box::pin(async move {
             let mut response = std::pin::pin!(response);
-            let result = match tokio::time::timeout(SLOW_ANSWER, &mut response).await {
-                Ok(result) => result,
-                Err(_) => {
-                    health.set(State::Failing);
-                    response.await
+            let result = if picked_failing {
+                health.unless_nothing_answers(response).await
+            } else {
+                match tokio::time::timeout(SLOW_ANSWER, &mut response).await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(_) => {
+                        health.set(State::Failing);
+                        health.unless_nothing_answers(response).await
+                    }
                 }
             };
             health.set(if result.is_ok() { State::Answering } else { State::Failing });
@@ -370,6 +431,52 @@ mod tests {
         let ready = tokio::spawn(async move { endpoint.ready().await.map(drop) });
         settle(Duration::from_millis(1)).await;
         assert!(ready.is_finished(), "woken by the probe's answer");
+    }
+
+    /// Issue 22: with the only endpoint stopped, every request waited out the 10 s request
+    /// timeout. Once it is found not answering, a request fails when a probe does.
+    #[tokio::test(start_paused = true)]
+    async fn with_the_only_endpoint_stopped_requests_fail_after_a_probe_not_the_timeout() {
+        let endpoints = Endpoints::new();
+        let only = Fake::default();
+        let mut endpoint = only.add_to(&endpoints);
+        settle(Duration::from_millis(1)).await;
+        assert!(endpoint.call(()).await.is_ok());
+
+        only.hung.store(true, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        // The request timeout (call.rs) would end the wait at 10 s.
+        let timeout = Duration::from_secs(10);
+        let in_flight = tokio::time::timeout(timeout, endpoint.call(())).await;
+        let in_flight = in_flight.expect("waited out the request timeout").expect_err("no answer");
+        assert_eq!(in_flight.to_string(), tonic::Status::unavailable(NO_ENDPOINT_ANSWERS).to_string());
+        assert!(started.elapsed() <= SLOW_ANSWER + 2 * PROBE_TIMEOUT, "{:?}", started.elapsed());
+        for _ in 0..3 {
+            settle(Duration::from_secs(3)).await; // whatever the prober's back-off
+            let started = tokio::time::Instant::now();
+            let later = tokio::time::timeout(timeout, endpoint.call(())).await;
+            assert!(later.expect("waited out the request timeout").is_err());
+            assert!(started.elapsed() <= PROBE_TIMEOUT, "{:?}", started.elapsed());
+        }
+
+        only.hung.store(false, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        assert!(endpoint.call(()).await.is_ok(), "the first request after it answers again");
+        assert!(started.elapsed() < Duration::from_millis(1));
+        assert!(ready_now(&mut endpoint));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_on_a_stopped_endpoint_waits_while_another_answers() {
+        let endpoints = Endpoints::new();
+        let (stopped, live) = (Fake::default(), Fake::default());
+        let (mut endpoint, _live) = (stopped.add_to(&endpoints), live.add_to(&endpoints));
+        settle(Duration::from_millis(1)).await;
+        stopped.hung.store(true, Ordering::SeqCst);
+        let request = tokio::spawn(endpoint.call(()));
+        settle(SLOW_ANSWER + 3 * PROBE_TIMEOUT).await;
+        assert!(!request.is_finished(), "another endpoint answers: the request keeps its own timeout");
+        request.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -264,4 +264,14 @@ impl Store for EtcdStore {
             _ => Ok(()),
         }
     }
+
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let response = self.auth_read(|mut c| async move { c.user_list().await }).await.map_err(classify)?;
+        Ok(response.users().iter().filter(|u| u.starts_with(prefix)).cloned().collect())
+    }
+
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let response = self.auth_read(|mut c| async move { c.role_list().await }).await.map_err(classify)?;
+        Ok(response.roles().iter().filter(|r| r.starts_with(prefix)).cloned().collect())
+    }
 }

@@ -11,7 +11,9 @@
 //! 3. The balancer sends a request only to endpoints whose health check answered (within
 //!    [`PROBE_TIMEOUT`]), while one does. A request with no answer after [`SLOW_ANSWER`] takes
 //!    its endpoint out of use until a probe answers again; failing probes repeat after
-//!    [`FIRST_PROBE_BACKOFF`], doubling up to [`MAX_PROBE_BACKOFF`].
+//!    [`FIRST_PROBE_BACKOFF`], doubling up to [`MAX_PROBE_BACKOFF`]. With no endpoint
+//!    answering, a request goes to one anyway, asks for a probe at once, and fails when that
+//!    probe fails ([`PROBE_TIMEOUT`]), long before [`REQUEST_TIMEOUT`].
 //! 4. A read with no answer after [`HEDGE_AFTER`] (later than [`SLOW_ANSWER`], so its endpoint
 //!    is usually out of use by then) is sent again, at most once per other endpoint.
 //! 5. A request that reached no endpoint is sent again [`FAILOVER_ATTEMPTS_PER_ENDPOINT`] times

@@ -13,7 +13,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .put(bind)
             .get(get)
             .delete(unbind)
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(method_not_allowed("GET, PUT, DELETE"))),
     );
 }
 

@@ -20,12 +20,15 @@ pub enum HttpError {
     /// Request body above the limit (413).
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The request body did not arrive within the body timeout, in seconds (408).
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// No such route (404).
     #[error("no such endpoint: {0}")]
     NoRoute(String),
-    /// Route exists, method does not (405).
+    /// Route exists, method does not (405); the methods it allows.
     #[error("method {0} is not allowed here")]
-    MethodNotAllowed(String),
+    MethodNotAllowed(String, &'static str),
 }
 
 impl HttpError {
@@ -60,8 +63,9 @@ impl ResponseError for HttpError {
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
             HttpError::ApiVersion(_) => StatusCode::PRECONDITION_FAILED,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::NoRoute(_) => StatusCode::NOT_FOUND,
-            HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -79,6 +83,13 @@ impl ResponseError for HttpError {
         let mut response = HttpResponse::build(status);
         if let HttpError::Unauthorized = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"etcd-broker\""));
+        }
+        if let HttpError::MethodNotAllowed(_, allow) = self {
+            response.insert_header((header::ALLOW, *allow));
+        }
+        if let HttpError::BodyTimeout(_) = self {
+            // The rest of the body is not read: the connection cannot carry another request.
+            response.force_close();
         }
         response.json(body)
     }

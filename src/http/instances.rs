@@ -15,7 +15,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .patch(update)
             .get(get)
             .delete(deprovision)
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(method_not_allowed("GET, PUT, PATCH, DELETE"))),
     );
 }
 

@@ -12,12 +12,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/service_instances/{instance_id}/last_operation")
             .get(instance_operation)
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(method_not_allowed("GET"))),
     )
     .service(
         web::resource("/service_instances/{instance_id}/service_bindings/{binding_id}/last_operation")
             .get(binding_operation)
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(method_not_allowed("GET"))),
     );
 }
 

@@ -27,6 +27,9 @@ use protocol::BasicAuth;
 /// Largest request body accepted; OSB bodies are a few kilobytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How long reading a body may take unless the config says otherwise (`listen.body_timeout`).
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Shared per-process state of the HTTP layer.
 #[derive(Clone)]
 pub struct HttpState {
@@ -37,6 +40,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Requests in flight and the end of the last one, for the role reaper.
     pub activity: Arc<OsbActivity>,
+    /// How long reading a request body may take: a body that trickles in gets 408.
+    pub body_timeout: std::time::Duration,
 }
 
 impl HttpState {
@@ -56,7 +61,14 @@ impl HttpState {
             catalog_json: catalog_json.into(),
             metrics,
             activity,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// Sets how long reading a request body may take.
+    pub fn with_body_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 }
 
@@ -91,9 +103,12 @@ async fn no_route(req: HttpRequest) -> Result<HttpResponse, HttpError> {
     Err(HttpError::NoRoute(format!("{} {}", req.method(), req.path())))
 }
 
-/// Default of every resource: the path exists, the method does not.
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, HttpError> {
-    Err(HttpError::MethodNotAllowed(req.method().to_string()))
+/// Default of every resource: the path exists, the method does not. `allow` lists the
+/// resource's methods for the `Allow` header that RFC 9110 requires on a 405.
+fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn(HttpRequest) -> futures_util::future::Ready<Result<HttpResponse, HttpError>> + Clone {
+    move |req| futures_util::future::ready(Err(HttpError::MethodNotAllowed(req.method().to_string(), allow)))
 }
 
 fn json_error(e: JsonPayloadError) -> HttpError {
@@ -151,8 +166,10 @@ fn binding_id(raw: &str) -> Result<BindingId, HttpError> {
     Ok(BindingId::parse(raw).map_err(crate::osb::BrokerError::from)?)
 }
 
-/// A request body: any JSON first (size and syntax checked by [`web::JsonConfig`]), then the
-/// typed shape, so errors can name the offending field (`plan_id: invalid type ...`).
+/// A request body: any JSON first (size and syntax checked by [`web::JsonConfig`]), read within
+/// the body timeout (a body that trickles in gets 408, and the unread rest closes the
+/// connection), then the typed shape, so errors can name the offending field (`plan_id:
+/// invalid type ...`).
 pub struct Body<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned> actix_web::FromRequest for Body<T> {
@@ -161,8 +178,17 @@ impl<T: serde::de::DeserializeOwned> actix_web::FromRequest for Body<T> {
 
     fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
         let json = web::Json::<serde_json::Value>::from_request(req, payload);
+        let timeout = req.app_data::<web::Data<HttpState>>().map_or(DEFAULT_BODY_TIMEOUT, |s| s.body_timeout);
         Box::pin(async move {
-            let value = json.await?.into_inner();
+            let Ok(json) = tokio::time::timeout(timeout, json).await else {
+                return Err(HttpError::BodyTimeout(timeout.as_secs()).into());
+            };
+            let value = json?.into_inner();
+            // serde reads a struct from a JSON array too (fields by position); OSB bodies are
+            // objects, and a positional body names no field a client could check.
+            if !value.is_object() {
+                return Err(HttpError::bad_request("invalid request body: a JSON object is expected").into());
+            }
             serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
                 let path = e.path().to_string();
                 let at = if path == "." { String::new() } else { format!("{path}: ") };

@@ -20,9 +20,10 @@ const VERSION_HEADER: &str = "x-broker-api-version";
 const REQUEST_IDENTITY: HeaderName = HeaderName::from_static("x-broker-api-request-identity");
 const ORIGINATING_IDENTITY: &str = "x-broker-api-originating-identity";
 
-/// The expected `Authorization` header value, precomputed.
+/// The expected credentials of the `Authorization` header, precomputed.
 #[derive(Clone)]
 pub struct BasicAuth {
+    /// The base64 token after the scheme.
     expected: Vec<u8>,
 }
 
@@ -30,17 +31,34 @@ impl BasicAuth {
     /// From the configured credentials.
     pub fn new(username: &str, password: &str) -> Self {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-        Self { expected: format!("Basic {token}").into_bytes() }
+        Self { expected: token.into_bytes() }
     }
 
-    /// Constant-time comparison of the whole header value.
+    /// Whether the header is `Basic <token>` with the expected token. The scheme is matched
+    /// without regard to case, as RFC 9110 says of every auth scheme, and may be followed by
+    /// more than one space; the token is compared in constant time.
     fn accepts(&self, header: Option<&HeaderValue>) -> bool {
         let given = header.map(HeaderValue::as_bytes).unwrap_or_default();
-        bool::from(given.ct_eq(&self.expected))
+        let Some(space) = given.iter().position(|b| *b == b' ') else {
+            return false;
+        };
+        let (scheme, rest) = given.split_at(space);
+        let token = rest.trim_ascii_start();
+        scheme.eq_ignore_ascii_case(b"basic") && bool::from(token.ct_eq(&self.expected))
     }
 }
 
-/// Checks `X-Broker-API-Version`: major 2, minor at least 13.
+/// Whether `text` is a version number part as OSB writes them: digits, without a sign or a
+/// leading zero (`Rust`'s integer parser takes `+14` and `014`).
+fn plain_number(text: &str) -> Option<u32> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (text.len() > 1 && text.starts_with('0')) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Checks `X-Broker-API-Version`: `2.<minor>` with minor at least 13, each part plain digits.
 pub fn check_version(header: Option<&HeaderValue>) -> Result<(), HttpError> {
     let Some(value) = header else {
         return Err(HttpError::ApiVersion(format!(
@@ -48,9 +66,8 @@ pub fn check_version(header: Option<&HeaderValue>) -> Result<(), HttpError> {
         )));
     };
     let text = value.to_str().unwrap_or("").trim();
-    let parsed = text
-        .split_once('.')
-        .and_then(|(major, minor)| Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?)));
+    let parsed =
+        text.split_once('.').and_then(|(major, minor)| Some((plain_number(major)?, plain_number(minor)?)));
     match parsed {
         Some((2, minor)) if minor >= MIN_MINOR_VERSION => Ok(()),
         _ => Err(HttpError::ApiVersion(format!(

@@ -120,3 +120,46 @@ async fn protocol_errors_are_osb_json() {
     )
     .await;
 }
+
+/// Issue 22: `basic …` got 401, but RFC 9110 makes every auth scheme case-insensitive.
+#[actix_web::test]
+async fn the_auth_scheme_is_matched_without_regard_to_case() {
+    let app = app!();
+    let token = "YnJva2VyOnNlY3JldA=="; // broker:secret
+    let catalog = |authorization: String| {
+        test::TestRequest::get()
+            .uri("/v2/catalog")
+            .insert_header(("Authorization", authorization))
+            .insert_header(("X-Broker-API-Version", "2.14"))
+            .to_request()
+    };
+    for accepted in [format!("basic {token}"), format!("BASIC {token}"), format!("bAsIc  {token}")] {
+        let response = test::call_service(&app, catalog(accepted.clone())).await;
+        assert_eq!(response.status(), StatusCode::OK, "{accepted}");
+    }
+    let wrong = "YnJva2VyOndyb25n"; // broker:wrong
+    for refused in [
+        format!("Bearer {token}"),
+        format!("Basic{token}"),
+        format!("basic {wrong}"),
+        format!("Basic {token} "),
+        "Basic".to_owned(),
+    ] {
+        let response = test::call_service(&app, catalog(refused.clone())).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refused}");
+    }
+}
+
+/// Issue 22: `2.+14` and `2.014` were accepted; a version is `2.<digits>` without a sign or a
+/// leading zero.
+#[actix_web::test]
+async fn only_plain_version_numbers_are_well_formed() {
+    use actix_web::http::header::HeaderValue;
+    let check = |v: &str| protocol::check_version(Some(&HeaderValue::from_str(v).unwrap())).is_ok();
+    for good in ["2.13", "2.14", "2.17", "2.100"] {
+        assert!(check(good), "{good}");
+    }
+    for bad in ["2.+14", "2.014", "+2.14", "02.14", "2.-14", "2. 14", "2.14.1", "2.", ".14", "2.1e2"] {
+        assert!(!check(bad), "{bad}");
+    }
+}

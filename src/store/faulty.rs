@@ -2,12 +2,16 @@
 //!
 //! Call number `n` (counting every method from 0) fails with `Unavailable`, either *before* the
 //! inner store runs it (the request never arrived) or *after* (it ran but the answer was lost), so
-//! tests can simulate a crash between any two steps of an operation.
+//! tests can simulate a crash between any two steps of an operation. Made [`FaultyStore::dying`],
+//! that call never returns instead, like a broker killed with SIGKILL (the test drops the
+//! operation), and [`FaultyStore::pausing_before`] holds the caller before another call until
+//! the test lets it go on, so another operation can run in between.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
 use super::{Guard, Store, StoreError, Versioned, Write};
 
@@ -24,12 +28,51 @@ pub struct FaultyStore {
     calls: AtomicUsize,
     fail_at: Option<usize>,
     mode: FailMode,
+    /// The failing call never returns (a killed process) instead of failing.
+    dies: bool,
+    pause_before: Option<usize>,
+    /// Signalled when the caller reaches `pause_before`, and when it dies.
+    pub paused: Notify,
+    pub died: Notify,
+    /// Lets a paused caller go on.
+    pub resume: Notify,
 }
 
 impl FaultyStore {
     /// Fails call number `fail_at` (none if `None`).
     pub fn new(inner: Arc<dyn Store>, fail_at: Option<usize>, mode: FailMode) -> Self {
-        Self { inner, calls: AtomicUsize::new(0), fail_at, mode }
+        Self {
+            inner,
+            calls: AtomicUsize::new(0),
+            fail_at,
+            mode,
+            dies: false,
+            pause_before: None,
+            paused: Notify::new(),
+            died: Notify::new(),
+            resume: Notify::new(),
+        }
+    }
+
+    /// The failing call never returns; `died` is signalled instead.
+    pub fn dying(mut self) -> Self {
+        self.dies = true;
+        self
+    }
+
+    /// Holds the caller before call number `n` until `resume`; `paused` says it got there.
+    pub fn pausing_before(mut self, n: usize) -> Self {
+        self.pause_before = Some(n);
+        self
+    }
+
+    /// Ends the failing call: an error, or never (see [`FaultyStore::dying`]).
+    async fn fail<T>(&self, why: String) -> Result<T, StoreError> {
+        if self.dies {
+            self.died.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Err(StoreError::Unavailable(why))
     }
 
     /// How many calls were made so far.
@@ -42,13 +85,17 @@ impl FaultyStore {
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.pause_before == Some(n) {
+            self.paused.notify_one();
+            self.resume.notified().await;
+        }
         let fail = self.fail_at == Some(n);
         if fail && self.mode == FailMode::Before {
-            return Err(StoreError::Unavailable(format!("injected fault before call {n}")));
+            return self.fail(format!("injected fault before call {n}")).await;
         }
         let result = call.await;
         if fail {
-            return Err(StoreError::Unavailable(format!("injected fault after call {n}")));
+            return self.fail(format!("injected fault after call {n}")).await;
         }
         result
     }
@@ -89,5 +136,11 @@ impl Store for FaultyStore {
     }
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
         self.run(self.inner.delete_role(role)).await
+    }
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.run(self.inner.list_users(prefix)).await
+    }
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.run(self.inner.list_roles(prefix)).await
     }
 }

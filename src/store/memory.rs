@@ -125,4 +125,14 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.users.keys().filter(|u| u.starts_with(prefix)).cloned().collect())
+    }
+
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.roles.keys().filter(|r| r.starts_with(prefix)).cloned().collect())
+    }
 }

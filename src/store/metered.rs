@@ -10,7 +10,7 @@ use super::{Guard, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
 /// The `call` label values: one per [`Store`] method.
-const CALLS: [&str; 10] = [
+const CALLS: [&str; 12] = [
     "get",
     "list",
     "next",
@@ -21,6 +21,8 @@ const CALLS: [&str; 10] = [
     "ensure_user",
     "delete_user",
     "delete_role",
+    "list_users",
+    "list_roles",
 ];
 /// The `kind` label values: one per [`StoreError`] variant.
 const KINDS: [&str; 4] = ["unavailable", "unauthorized", "conflict", "failed"];
@@ -102,5 +104,11 @@ impl Store for MeteredStore {
     }
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
         self.observe("delete_role", self.inner.delete_role(role)).await
+    }
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.observe("list_users", self.inner.list_users(prefix)).await
+    }
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.observe("list_roles", self.inner.list_roles(prefix)).await
     }
 }

@@ -91,4 +91,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes `role`; a missing role is fine.
     async fn delete_role(&self, role: &str) -> Result<(), StoreError>;
+
+    /// The users whose names start with `prefix`: how deprovision finds users that no record
+    /// names (a bind that crashed after an unbind removed its record). etcd lists every user
+    /// and the names are filtered here, so this is for rare operations only.
+    async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The roles whose names start with `prefix`, like [`Store::list_users`].
+    async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }

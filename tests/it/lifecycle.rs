@@ -140,3 +140,61 @@ async fn roles_are_deleted_in_the_pauses_of_the_osb_traffic() {
     let (keys, users, roles) = broker_made_things(&etcd).await;
     assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
 }
+
+/// What a broker killed during a bind and an unbind of the same binding left (issue 22): the
+/// unbind answered 200 and deleted the record, then the bind still in flight created the user
+/// and died before its clean-up. Here the broker is killed right after the unbind (its reaper
+/// waits for half a second of quiet, so it has not run), and the late bind's user is made
+/// as root. The next broker's role reaper finds the user from the unbind's queue entry.
+#[tokio::test]
+async fn a_user_created_by_a_bind_killed_after_its_unbind_is_deleted() {
+    let etcd = start_etcd().await;
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let osb = Osb::new(&broker.url);
+    assert_eq!(osb.provision("inst-k", SHARED).await.status, StatusCode::CREATED);
+    assert_eq!(osb.bind("inst-k", "bind-k").await.status, StatusCode::CREATED);
+    assert_eq!(osb.unbind("inst-k", "bind-k").await.status, StatusCode::OK);
+    broker.stop().await;
+    let name = "etcd-broker.inst-k.bind-k";
+    let mut root = etcd.root_client().await.unwrap();
+    let entry = root.get(format!("/etcd-broker/role-deletions/{name}"), None).await.unwrap();
+    assert_eq!(entry.count(), 1, "the reaper ran before the broker was killed");
+    assert!(root.role_get(name).await.is_ok(), "the reaper ran before the broker was killed");
+    root.user_add(name, "late-bind-password", None).await.unwrap();
+    root.user_grant_role(name, name).await.unwrap();
+
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let osb = Osb::new(&broker.url);
+    assert_eq!(osb.unbind("inst-k", "bind-k").await.status, StatusCode::GONE);
+    let (_, users, roles) = broker_made_things(&etcd).await;
+    assert!(users.is_empty() && roles.is_empty(), "left behind: {users:?} {roles:?}");
+    assert_eq!(osb.deprovision("inst-k").await.status, StatusCode::OK);
+}
+
+/// Deprovision removes every user and role under the instance's names, recorded or not (what
+/// a bind killed after the role reaper took its unbind's entry leaves), and nothing of an
+/// instance whose id merely starts with the same letters.
+#[tokio::test]
+async fn deprovision_deletes_users_and_roles_that_no_record_names() {
+    let etcd = start_etcd().await;
+    let broker = BrokerProcess::start(&etcd, None).await;
+    let osb = Osb::new(&broker.url);
+    for id in ["inst-s", "inst-s2"] {
+        assert_eq!(osb.provision(id, SHARED).await.status, StatusCode::CREATED);
+        assert_eq!(osb.bind(id, "bind-1").await.status, StatusCode::CREATED);
+    }
+    let mut root = etcd.root_client().await.unwrap();
+    for name in ["etcd-broker.inst-s.lost", "etcd-broker.inst-s.role-only"] {
+        root.role_add(name).await.unwrap();
+    }
+    root.user_add("etcd-broker.inst-s.lost", "pw", None).await.unwrap();
+    root.user_grant_role("etcd-broker.inst-s.lost", "etcd-broker.inst-s.lost").await.unwrap();
+
+    assert_eq!(osb.deprovision("inst-s").await.status, StatusCode::OK);
+    let (_, users, roles) = broker_made_things(&etcd).await;
+    assert_eq!(users, ["etcd-broker.inst-s2.bind-1"]);
+    assert_eq!(roles, ["etcd-broker.inst-s2.bind-1"]);
+    assert_eq!(osb.deprovision("inst-s2").await.status, StatusCode::OK);
+    let (keys, users, roles) = broker_made_things(&etcd).await;
+    assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
+}

@@ -242,6 +242,15 @@ fn matrix() -> Vec<Row> {
             .json(with(provision_body(SHARED), "parameters", json!("not an object")))
             .fails(S::BAD_REQUEST, "invalid request body"),
         row("body an array", M::PUT, instance("i1")).text("[]").fails(S::BAD_REQUEST, "invalid request body"),
+        row("body an array of the provision fields", M::PUT, instance("i1"))
+            .json(json!([SERVICE_ID, SHARED, "o", "s", null, null]))
+            .fails(S::BAD_REQUEST, "a JSON object is expected"),
+        row("bind body an array", M::PUT, binding("i1", "b9"))
+            .json(json!([SERVICE_ID, SHARED]))
+            .fails(S::BAD_REQUEST, "a JSON object is expected"),
+        row("body a string", M::PUT, instance("i1"))
+            .text("\"x\"")
+            .fails(S::BAD_REQUEST, "a JSON object is expected"),
         row("accepts_incomplete=maybe", M::PUT, format!("{}?accepts_incomplete=maybe", instance("i1")))
             .json(provision_body(SHARED))
             .fails(S::BAD_REQUEST, "query"),
@@ -254,7 +263,18 @@ fn matrix() -> Vec<Row> {
             .fails(S::BAD_REQUEST, "invalid instance id"),
         row("POST an instance", M::POST, instance("i1"))
             .json(provision_body(SHARED))
-            .fails(S::METHOD_NOT_ALLOWED, "POST"),
+            .fails(S::METHOD_NOT_ALLOWED, "POST")
+            .answer_header("allow", "GET, PUT, PATCH, DELETE"),
+        row("POST a binding", M::POST, binding("i1", "b1"))
+            .json(bind_body("app-1"))
+            .fails(S::METHOD_NOT_ALLOWED, "POST")
+            .answer_header("allow", "GET, PUT, DELETE"),
+        row("DELETE the catalog", M::DELETE, "/v2/catalog")
+            .fails(S::METHOD_NOT_ALLOWED, "DELETE")
+            .answer_header("allow", "GET"),
+        row("PUT a last operation", M::PUT, format!("{}/last_operation", instance("i1")))
+            .fails(S::METHOD_NOT_ALLOWED, "PUT")
+            .answer_header("allow", "GET"),
         // Version header: missing, old, another major, garbage; the supported range.
         row("no version", M::GET, "/v2/catalog").version(None).fails(S::PRECONDITION_FAILED, "missing"),
         row("version 2.12", M::GET, "/v2/catalog")
@@ -266,6 +286,18 @@ fn matrix() -> Vec<Row> {
         row("version banana", M::GET, "/v2/catalog")
             .version(Some("banana"))
             .fails(S::PRECONDITION_FAILED, "banana"),
+        row("version 2.+14", M::GET, "/v2/catalog")
+            .version(Some("2.+14"))
+            .fails(S::PRECONDITION_FAILED, "2.+14"),
+        row("version 2.014", M::GET, "/v2/catalog")
+            .version(Some("2.014"))
+            .fails(S::PRECONDITION_FAILED, "2.014"),
+        row("version +2.14", M::GET, "/v2/catalog")
+            .version(Some("+2.14"))
+            .fails(S::PRECONDITION_FAILED, "+2.14"),
+        row("version 02.14", M::GET, "/v2/catalog")
+            .version(Some("02.14"))
+            .fails(S::PRECONDITION_FAILED, "02.14"),
         row("version 2.13", M::GET, "/v2/catalog").version(Some("2.13")),
         row("version 2.15", M::GET, "/v2/catalog").version(Some("2.15")),
         row("version 2.17", M::GET, "/v2/catalog").version(Some("2.17")),
@@ -296,6 +328,19 @@ fn matrix() -> Vec<Row> {
                     .answer_header("www-authenticate", "Basic realm=\"etcd-broker\""),
             );
         }
+    }
+    // The auth scheme is case-insensitive (RFC 9110); the credentials are not.
+    let token = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    for scheme in ["basic", "BASIC"] {
+        let value: &'static str = Box::leak(format!("{scheme} {token}").into_boxed_str());
+        rows.push(
+            row(format!("auth scheme {scheme}"), M::GET, "/v2/catalog")
+                .auth(None)
+                .header("Authorization", value),
+        );
     }
     // Ids that must not become keys or names.
     for id in ["a%2Fb", "a.b", "a%20b", "%C3%BCnic%C3%B6de", "-lead", &"x".repeat(65)] {
@@ -369,6 +414,9 @@ fn matrix() -> Vec<Row> {
         row("bind b1 again", M::PUT, binding("i1", "b1")).json(bind_body("app-1")),
         row("bind b1 for another app", M::PUT, binding("i1", "b1"))
             .json(bind_body("app-2"))
+            .fails(S::CONFLICT, "different attributes"),
+        row("bind b1 on another plan", M::PUT, binding("i1", "b1"))
+            .json(with(bind_body("app-1"), "plan_id", json!(LARGE)))
             .fails(S::CONFLICT, "different attributes"),
         row("bind to missing i2", M::PUT, binding("i2", "b1"))
             .json(bind_body("app-1"))
@@ -464,4 +512,67 @@ async fn etcd_down_gives_503_with_a_description() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
     let log = broker.stop().await;
     assert!(!log.contains("status=500"), "{log}");
+}
+
+/// Sends a provision whose body trickles in, one byte every 200 ms (a 100-byte body would take
+/// 20 s), and reads the answer: how long it took, and the answer as text.
+async fn trickle_a_body(addr: String) -> (std::time::Duration, String) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let head = format!(
+        "PUT /v2/service_instances/slow HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\
+         X-Broker-API-Version: {VERSION}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let started = std::time::Instant::now();
+    write.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for _ in 0..100 {
+            if write.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = String::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(15), read.read_to_string(&mut answer)).await;
+    writer.abort();
+    assert!(read.is_ok(), "no answer, connection still open after 15 s: {answer:?}");
+    (started.elapsed(), answer)
+}
+
+/// Issue 22: an authenticated request whose body arrived at one byte per second was never timed
+/// out, and 1,000 of them at once held 1,000 connections. A body must now arrive within
+/// `listen.body_timeout_seconds` (408, and the connection is closed), and each worker serves at
+/// most `listen.max_connections` connections: here 4 trickling bodies hold all 4, so a
+/// catalog request waits until their timeouts free one.
+#[tokio::test]
+async fn a_trickling_request_body_gets_408_within_the_body_timeout() {
+    let etcd = start_etcd().await;
+    let env =
+        [("ETCD_BROKER__LISTEN__BODY_TIMEOUT_SECONDS", "2"), ("ETCD_BROKER__LISTEN__MAX_CONNECTIONS", "4")];
+    let broker = BrokerProcess::start_with_env(&etcd, None, &env).await;
+    let osb = Osb::new(&broker.url);
+    let addr = broker.url.trim_start_matches("http://").to_owned();
+    let slow: Vec<_> = (0..4).map(|_| tokio::spawn(trickle_a_body(addr.clone()))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let catalog = osb.call(Method::GET, "/v2/catalog", None).await;
+    let waited = started.elapsed();
+    assert_eq!(catalog.status, StatusCode::OK);
+    for answer in slow {
+        let (took, answer) = answer.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("the request body did not arrive within 2 s"), "{answer}");
+        let bound = std::time::Duration::from_secs(2);
+        assert!(took >= bound && took < bound * 2, "answered after {took:?}");
+    }
+    assert!(waited > std::time::Duration::from_secs(1), "served while 4 connections were held: {waited:?}");
+    // Nothing of the refused provision was kept.
+    let (keys, _, _) = broker_made_things(&etcd).await;
+    assert!(keys.is_empty(), "{keys:?}");
+    broker.stop().await;
 }
