@@ -18,15 +18,23 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
         }
         _ => {}
     }
+    new_private_file(&tmp, contents)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Creates `path`, which must not exist, with mode 0600 (the mode applies only to a file the
+/// call creates), and writes `contents` to disk.
+fn new_private_file(path: &Path, contents: &str) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(contents.as_bytes())?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Creates `path` readable by its owner only, never replacing a file that exists (a key file
@@ -37,15 +45,7 @@ pub fn create_private(path: &Path, contents: &str) -> Result<()> {
     let name = path.file_name().with_context(|| format!("{} names no file", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(contents.as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        new_private_file(&tmp, contents)?;
         std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 anyhow::anyhow!("{} exists; refusing to replace it", path.display())
