@@ -13,19 +13,27 @@ use crate::broker::reseal::Reseal;
 pub use crate::broker::reseal::{Progress, Source, Stopped, Summary};
 use crate::config::Config;
 use crate::etcd::{EtcdStore, Observer};
+use crate::sealing::Sealing;
 use crate::store::Store;
 
 /// Rewrites (`dry_run`: counts) every binding record in the config's state cluster that the
 /// active key of its keychain does not seal; see [`crate::broker::reseal`]. `Err` when the
-/// config has no keychain or no state cluster, before anything is read.
+/// config does not seal or has no state cluster, before anything is read.
 pub async fn reseal(
     config: &Config,
     dry_run: bool,
     stop: &AtomicBool,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Summary, String> {
-    let Some(keychain) = config.sealing.keychain() else {
-        return Err("the config holds no keys ([secrets.keys], see docs/config.md)".to_owned());
+    // With sealing off, brokers write records they rewrite in clear again: a reseal would be
+    // undone bit by bit, so it needs the brokers' config to seal.
+    let keychain = match &config.sealing {
+        Sealing::On(keychain) => keychain,
+        Sealing::Off { .. } => {
+            return Err("sealing is off in the config: set [secrets] sealing = \"on\" (and restart the \
+                        brokers with it) before resealing"
+                .to_owned())
+        }
     };
     let name = &config.state_cluster;
     let Some(cluster) = config.clusters.get(name) else {

@@ -69,6 +69,12 @@ async fn a_rotation_reseals_every_record_and_passwords_stay_the_same() {
     let list = etcd_broker_ops::sealing::list_with_counts(&config).await.unwrap();
     assert_eq!(list, "sealing: on\nkeys:\n  k1: 3 records\n  k2 (active): 1 record\nin clear: 1 record\n");
 
+    // Refused with sealing off: brokers would write rewritten records in clear again.
+    let off =
+        Config::from_toml(&config_with(1, 2, &etcd, &secrets_toml("off", "k2", &[("k2", &k2)]))).unwrap();
+    let refused = etcd_broker::reseal::reseal(&off, false, &AtomicBool::new(false), &mut |_| {}).await;
+    assert!(refused.unwrap_err().contains("sealing is off"));
+
     // A dry run counts per source and writes nothing.
     assert_eq!(run_reseal(dir.path(), &etcd, &rotated, true).await, Outcome::Done);
     assert_eq!(etcd_broker_ops::sealing::list_with_counts(&config).await.unwrap(), list);
