@@ -250,8 +250,6 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use async_trait::async_trait;
-
     use super::{Reseal, Source, Stopped, Summary};
     use crate::broker::names::Names;
     use crate::broker::records::{decode, encode, BindingRecord, RecordState};
@@ -260,7 +258,7 @@ mod tests {
     use crate::sealing::Sealing;
     use crate::store::faulty::{FailMode, FaultyStore};
     use crate::store::memory::{MemoryState, MemoryStore};
-    use crate::store::{Guard, Store, StoreError, Versioned, Write};
+    use crate::store::{Guard, Store, Write};
 
     const RECORD: &str = "/etcd-broker/bindings/i1/";
 
@@ -375,68 +373,24 @@ mod tests {
         assert_all_k2(&store.snapshot());
     }
 
-    /// Passes calls through; before the first commit that rewrites a record, changes that
-    /// record (a broker updating it between reseal's read and its write).
-    struct ChangesBeforeCommit {
-        inner: Arc<MemoryStore>,
-        commits: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Store for ChangesBeforeCommit {
-        async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn next_after(
-            &self,
-            prefix: &str,
-            after: Option<&str>,
-        ) -> Result<Option<(String, Versioned)>, StoreError> {
-            self.inner.next_after(prefix, after).await
-        }
-        async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
-            self.inner.count(prefix).await
-        }
-        async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
-            if self.commits.fetch_add(1, Ordering::SeqCst) == 0 {
-                let Guard::Revision(key, _) = &guards[0] else { panic!("reseal guards on revisions") };
-                let found = self.inner.get(key).await?.unwrap();
-                let mut record: BindingRecord = decode(key, &found.value).unwrap();
-                record.app_guid = Some("changed meanwhile".into());
-                self.inner.commit(&[], &[Write::Put(key.clone(), encode(&record))]).await?;
-            }
-            self.inner.commit(guards, writes).await
-        }
-        async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-            self.inner.delete_prefix(prefix).await
-        }
-        async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-            self.inner.ensure_role(role, prefix).await
-        }
-        async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
-            self.inner.ensure_user(user, password, role).await
-        }
-        async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
-            self.inner.delete_user(user).await
-        }
-        async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
-            self.inner.delete_role(role).await
-        }
-        async fn list_users(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            self.inner.list_users(prefix).await
-        }
-        async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            self.inner.list_roles(prefix).await
-        }
-    }
-
     #[tokio::test]
     async fn a_change_between_read_and_write_is_kept_and_the_record_retried() {
         let store = mixed().await;
-        let racing = Arc::new(ChangesBeforeCommit { inner: store.clone(), commits: AtomicUsize::new(0) });
+        // Before reseal's first commit, a broker changes the record that commit guards.
+        let commits = AtomicUsize::new(0);
+        let racing = Arc::new(HookedStore {
+            inner: store.clone(),
+            after_ensure_user: Box::new(Vec::new),
+            before_commit: Box::new(move |state, guards| {
+                if commits.fetch_add(1, Ordering::SeqCst) > 0 {
+                    return Vec::new();
+                }
+                let Guard::Revision(key, _) = &guards[0] else { panic!("reseal guards on revisions") };
+                let mut record: BindingRecord = decode(key, &state.keys[key].value).unwrap();
+                record.app_guid = Some("changed meanwhile".into());
+                vec![Write::Put(key.clone(), encode(&record))]
+            }),
+        });
         let summary = run(&reseal(racing, false)).await;
         assert_eq!(summary.raced, 1);
         assert_eq!(summary.rewritten.values().sum::<u64>(), 4);
