@@ -18,20 +18,7 @@ use local_etcd::LocalEtcd;
 use reqwest::StatusCode;
 
 use crate::common::*;
-
-/// The broker config on `etcd` with a `[secrets]` table (listener ports unused by reseal).
-fn config_with(port: u16, metrics_port: u16, etcd: &LocalEtcd, secrets: &str) -> String {
-    config_toml(port, metrics_port, etcd, None) + secrets
-}
-
-async fn broker_with(etcd: &LocalEtcd, secrets: String) -> BrokerProcess {
-    BrokerProcess::start_with_config(move |port, metrics| config_with(port, metrics, etcd, &secrets), &[])
-        .await
-}
-
-fn password(reply: &Reply) -> String {
-    reply.body["credentials"]["password"].as_str().unwrap_or_else(|| panic!("{:?}", reply.body)).to_owned()
-}
+use crate::sealing::{broker_with, config_with, password};
 
 /// `etcd-broker-ops reseal --config <file>` as the binary runs it (its own runtime, so on a
 /// thread of its own), with `secrets`.

@@ -20,18 +20,10 @@ const RECORDS: usize = 600;
 
 /// The documented example config on `etcd`, sealing with `active` of `keys`.
 fn config(dir: &Path, etcd: &LocalEtcd, active: &str, keys: &[(&str, &Path)]) -> PathBuf {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/etcd-broker.example.toml");
-    let mut toml = std::fs::read_to_string(example)
-        .unwrap()
-        .replace("\"http://127.0.0.1:2379\"", &format!("{:?}", etcd.endpoint()))
-        .replace("\"change-me-too\"", &format!("{:?}", etcd.root_password()));
-    toml.push_str(&format!("\n[secrets]\nsealing = \"on\"\nactive = \"{active}\"\n"));
-    for (name, file) in keys {
-        toml.push_str(&format!("[secrets.keys.{name}]\nfile = \"{}\"\n", file.display()));
-    }
-    let file = dir.join(format!("broker-{active}.toml"));
-    std::fs::write(&file, toml).unwrap();
-    file
+    crate::common::example_config(dir, active, keys, |toml| {
+        toml.replace("\"http://127.0.0.1:2379\"", &format!("{:?}", etcd.endpoint()))
+            .replace("\"change-me-too\"", &format!("{:?}", etcd.root_password()))
+    })
 }
 
 fn key(dir: &Path, name: &str) -> PathBuf {
