@@ -12,6 +12,8 @@
 //! - [`sealing`]: secrets sealed at rest: the keychain and the envelope format (OpenSSL).
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
+//! - [`reseal`]: wiring config -> state cluster -> [`broker::reseal`], for `etcd-broker-ops
+//!   reseal` (which may not use the store or `etcd` beyond its client API).
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls; [`inventory`]
 //!   collects the instance, binding and role-queue gauges.
 //! - [`activity`]: how busy the OSB API is; the role reaper ([`broker::role_reaper`]) deletes
@@ -29,6 +31,7 @@ pub mod logging;
 pub mod metrics;
 pub mod osb;
 pub mod render;
+pub mod reseal;
 pub mod sealing;
 pub mod secrets;
 pub mod server;

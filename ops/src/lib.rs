@@ -11,6 +11,7 @@
 //! - `names`: the keys, user and role an instance/binding id maps to.
 //! - `private_file`: files holding secrets, readable by their owner only.
 //! - `sealing`: `keys generate` / `keys list` / `seal` / `unseal` (secrets sealed at rest).
+//! - `reseal`: binding records rewritten sealed by the active key (key rotation).
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
@@ -22,4 +23,5 @@ pub mod osb;
 pub mod private_file;
 pub mod registration;
 pub mod render;
+pub mod reseal;
 pub mod sealing;

@@ -8,8 +8,10 @@
 //!   broker's TOML, exactly as a BOSH deployment would get them.
 //! - `keys generate` / `keys list` / `seal` / `unseal` (sealing.rs): the keys that seal
 //!   secrets at rest, and one value sealed or unsealed for operators' scripts.
+//! - `reseal` (reseal.rs): binding records rewritten sealed by the active key.
 //!
-//! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage.
+//! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage; `reseal` also
+//! 130 when Ctrl-C stopped it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +20,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
-use etcd_broker_ops::{blackbox, check, names, registration, render, sealing};
+use etcd_broker_ops::{blackbox, check, names, registration, render, reseal, sealing};
 
 /// Operators' tools for etcd-broker.
 #[derive(Debug, Parser)]
@@ -58,6 +60,14 @@ enum Command {
     /// Unseal the sealed value on stdin for the record it was sealed for; print the secret
     /// exactly (no newline added). Exit 1 if it does not unseal.
     Unseal(sealing::SealArgs),
+    /// Rewrite every binding record sealed by a key other than the active one, or in clear,
+    /// sealed by the active key, while brokers serve (key rotation; see docs/config.md). One
+    /// compare-and-swap per record: a broker's concurrent change wins and the record is
+    /// retried. Prints a progress report on stderr and a summary (rewritten per source key,
+    /// skipped, raced, failed records by key) on stdout. Safe to stop (Ctrl-C stops after the
+    /// current record, exit 130) and to run again: records done are skipped. Exit 0 when every
+    /// record is done, 1 when any failed.
+    Reseal(reseal::ResealArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -113,6 +123,17 @@ enum KeysWhat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Reseal(args) = &cli.command {
+        return match reseal::run(args) {
+            Ok(reseal::Outcome::Done) => ExitCode::SUCCESS,
+            Ok(reseal::Outcome::Failed) => ExitCode::FAILURE,
+            Ok(reseal::Outcome::Interrupted) => ExitCode::from(130),
+            Err(e) => {
+                eprintln!("etcd-broker-ops: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -138,6 +159,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Seal(args) => sealing::seal(&args),
+        Command::Reseal(args) => reseal::run(&args).map(|_| ()),
         Command::Unseal(args) => sealing::unseal(&args),
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {
@@ -220,6 +242,15 @@ mod tests {
         };
         assert_eq!(config, PathBuf::from("b.toml"));
         assert_eq!(parse(&["keys", "list"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn reseal_needs_a_config() {
+        let Ok(Command::Reseal(args)) = parse(&["reseal", "--config", "b.toml", "--dry-run"]) else {
+            panic!()
+        };
+        assert_eq!((args.config, args.dry_run), (PathBuf::from("b.toml"), true));
+        assert_eq!(parse(&["reseal"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod credentials;
 mod instances;
 pub mod names;
 pub mod records;
+pub mod reseal;
 pub mod role_deletions;
 pub mod role_reaper;
 mod sealed;

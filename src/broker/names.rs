@@ -51,6 +51,11 @@ impl Names {
         format!("{}{}", self.bindings_prefix(instance), binding)
     }
 
+    /// Prefix of every binding record (all instances), walked by `reseal`.
+    pub fn all_bindings_prefix(&self) -> String {
+        format!("{}bindings/", self.state_prefix)
+    }
+
     /// Prefix of the per-plan instance index: one empty key per instance, so instances per
     /// plan can be counted without reading records.
     pub fn instance_index_prefix(&self, plan_id: &str) -> String {

@@ -566,7 +566,11 @@ async fn a_bind_that_loses_to_an_unbind_removes_what_it_created() {
     let store = provisioned().await;
     let broker = broker_on(store.clone());
     let key = broker.names().binding_key(&iid("i1"), &bid("b1"));
-    let racing = RacingStore { inner: store.clone(), key: key.clone() };
+    let racing = HookedStore {
+        inner: store.clone(),
+        after_ensure_user: Box::new(move || vec![Write::Delete(key.clone())]),
+        before_commit: Box::new(|_, _| Vec::new()),
+    };
     let racing_broker = broker_on(Arc::new(racing));
     let err = racing_broker.bind(bind_req("i1", "b1")).await.unwrap_err();
     assert!(matches!(err, BrokerError::Concurrency(_)), "{err:?}");
@@ -577,14 +581,21 @@ async fn a_bind_that_loses_to_an_unbind_removes_what_it_created() {
     assert!(state.keys.keys().all(|k| !k.contains("bindings")));
 }
 
-/// Deletes the binding record right after the user is created, like a concurrent unbind.
-struct RacingStore {
-    inner: Arc<MemoryStore>,
-    key: String,
+/// Passes every call to `inner`, and writes what the hooks return at two points, like a
+/// concurrent request: right after each `ensure_user` (an unbind deleting the record), right
+/// before each commit, given its guards (a broker changing the record a commit guards).
+pub struct HookedStore {
+    pub inner: Arc<MemoryStore>,
+    pub after_ensure_user: Box<dyn Fn() -> Vec<Write> + Send + Sync>,
+    pub before_commit: Box<BeforeCommit>,
 }
 
+/// [`HookedStore`]'s hook before a commit: the store's state and the commit's guards in, the
+/// concurrent writes out.
+pub type BeforeCommit = dyn Fn(&MemoryState, &[crate::store::Guard]) -> Vec<Write> + Send + Sync;
+
 #[async_trait]
-impl Store for RacingStore {
+impl Store for HookedStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         self.inner.get(key).await
     }
@@ -606,6 +617,10 @@ impl Store for RacingStore {
         guards: &[crate::store::Guard],
         writes: &[Write],
     ) -> Result<Option<i64>, StoreError> {
+        let meanwhile = (self.before_commit)(&self.inner.snapshot(), guards);
+        if !meanwhile.is_empty() {
+            self.inner.commit(&[], &meanwhile).await?;
+        }
         self.inner.commit(guards, writes).await
     }
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
@@ -616,7 +631,10 @@ impl Store for RacingStore {
     }
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.inner.ensure_user(user, password, role).await?;
-        self.inner.commit(&[], &[Write::Delete(self.key.clone())]).await?;
+        let meanwhile = (self.after_ensure_user)();
+        if !meanwhile.is_empty() {
+            self.inner.commit(&[], &meanwhile).await?;
+        }
         Ok(())
     }
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {

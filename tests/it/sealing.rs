@@ -24,17 +24,17 @@ async fn state_dump(etcd: &LocalEtcd) -> Vec<(String, String)> {
 }
 
 /// The broker config on `etcd` with a `[secrets]` table.
-fn config_with(port: u16, metrics_port: u16, etcd: &LocalEtcd, secrets: &str) -> String {
+pub(crate) fn config_with(port: u16, metrics_port: u16, etcd: &LocalEtcd, secrets: &str) -> String {
     config_toml(port, metrics_port, etcd, None) + secrets
 }
 
 /// Starts a broker on `etcd` with `secrets`.
-async fn broker_with(etcd: &LocalEtcd, secrets: String) -> BrokerProcess {
+pub(crate) async fn broker_with(etcd: &LocalEtcd, secrets: String) -> BrokerProcess {
     BrokerProcess::start_with_config(move |port, metrics| config_with(port, metrics, etcd, &secrets), &[])
         .await
 }
 
-fn password(reply: &Reply) -> String {
+pub(crate) fn password(reply: &Reply) -> String {
     reply.body["credentials"]["password"].as_str().unwrap_or_else(|| panic!("{:?}", reply.body)).to_owned()
 }
 

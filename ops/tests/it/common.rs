@@ -56,3 +56,22 @@ pub fn errand_properties(
     std::fs::write(&file, &erb.stdout).unwrap();
     file
 }
+
+/// The documented example config, `edit`ed, with a `[secrets]` table sealing with `active` of
+/// `keys` (name, file); written into `dir`, its path.
+pub fn example_config(
+    dir: &Path,
+    active: &str,
+    keys: &[(&str, &Path)],
+    edit: impl FnOnce(String) -> String,
+) -> PathBuf {
+    let example = repo().join("docs/etcd-broker.example.toml");
+    let mut toml = edit(std::fs::read_to_string(example).unwrap());
+    toml.push_str(&format!("\n[secrets]\nsealing = \"on\"\nactive = \"{active}\"\n"));
+    for (name, file) in keys {
+        toml.push_str(&format!("[secrets.keys.{name}]\nfile = \"{}\"\n", file.display()));
+    }
+    let file = dir.join(format!("broker-{active}.toml"));
+    std::fs::write(&file, toml).unwrap();
+    file
+}

@@ -3,8 +3,8 @@
 //! Cloud Foundry. Fixtures stay in `ops/tests/fixtures` and `ops/tests/erb`.
 //!
 //! - `common`: the harness: a `dev` stack (through xtask), an errand's properties.json
-//! - `blackbox`, `check_release`, `registration`, `release_scripts`, `render`, `sealing`: one
-//!   subcommand (or script, or family: `keys` / `seal` / `unseal`) each
+//! - `blackbox`, `check_release`, `registration`, `release_scripts`, `render`, `reseal`,
+//!   `sealing`: one subcommand (or script, or family: `keys` / `seal` / `unseal`) each
 //! - `render_bosh_int`: our go-patch and interpolation against the real `bosh int`
 
 mod blackbox;
@@ -14,4 +14,5 @@ mod registration;
 mod release_scripts;
 mod render;
 mod render_bosh_int;
+mod reseal;
 mod sealing;

@@ -54,15 +54,7 @@ fn generate(dir: &Path, name: &str) -> PathBuf {
 /// The documented example config with a `[secrets]` table of `keys` (name, file), `active`
 /// sealing.
 fn config(dir: &Path, active: &str, keys: &[(&str, &Path)]) -> PathBuf {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/etcd-broker.example.toml");
-    let mut toml = std::fs::read_to_string(example).unwrap();
-    toml.push_str(&format!("\n[secrets]\nsealing = \"on\"\nactive = \"{active}\"\n"));
-    for (name, file) in keys {
-        toml.push_str(&format!("[secrets.keys.{name}]\nfile = \"{}\"\n", file.display()));
-    }
-    let file = dir.join(format!("broker-{active}.toml"));
-    std::fs::write(&file, toml).unwrap();
-    file
+    crate::common::example_config(dir, active, keys, |toml| toml)
 }
 
 fn seal(config: &Path, record: &str, secret: &[u8]) -> String {

@@ -1,0 +1,446 @@
+//! `reseal`: every binding record sealed by a key other than the active one, or still in clear
+//! text, rewritten sealed by the active key, while brokers serve.
+//!
+//! Each record is one compare-and-swap transaction guarded on the revision it was read at: the
+//! record, its entry in the index of sealed records moved from the old key's name (or none) to
+//! the active one's, and its per-plan entry (put again, as every record write does). A broker
+//! that changed the record in between wins; the record is then read again and retried. So
+//! every crash point leaves records and indexes in agreement, and nothing a broker wrote is
+//! lost.
+//!
+//! The walk goes through the records in key order, one read per record ([`Store::next_after`]),
+//! and skips records the active key already seals: a re-run after Ctrl-C or a crash skips what
+//! is done and finishes the rest. Records in state `deleting` are left to the unbind finishing
+//! them (it deletes them, with their index entries under every key).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::sealing::{self, Keychain};
+use crate::store::{Guard, Store, StoreError, Versioned, Write};
+
+use super::names::Names;
+use super::records::{decode, encode, BindingRecord, RecordState};
+use super::CAS_ATTEMPTS;
+
+/// Where a rewritten record's password came from, the key of the summary's counts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// The record held its password in clear.
+    Clear,
+    /// The record was sealed by this (non-active) key.
+    Key(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Clear => f.write_str("clear text"),
+            Source::Key(name) => write!(f, "key '{name}'"),
+        }
+    }
+}
+
+/// What a run did (or, dry, would do). Names record keys and key names, never a secret.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Records rewritten (dry run: to rewrite) per source.
+    pub rewritten: BTreeMap<Source, u64>,
+    /// Records the active key seals already.
+    pub already_active: u64,
+    /// Records in state `deleting`, left to their unbind.
+    pub deleting: u64,
+    /// Compare-and-swaps lost to a concurrent change; each record was read again and retried.
+    pub raced: u64,
+    /// Records deleted between being found and being rewritten.
+    pub gone: u64,
+    /// Records that could not be rewritten: (record key, why).
+    pub failed: Vec<(String, String)>,
+    /// The run stopped early (asked to, or the state cluster failed): why, and the last record
+    /// key finished.
+    pub stopped: Option<Stopped>,
+}
+
+/// Why a run ended before the last record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop (Ctrl-C) after the record being rewritten.
+    Interrupted,
+    /// The state cluster failed; a re-run continues.
+    Store(StoreError),
+}
+
+impl Summary {
+    /// Records looked at so far.
+    pub fn done(&self) -> u64 {
+        self.rewritten.values().sum::<u64>()
+            + self.already_active
+            + self.deleting
+            + self.gone
+            + self.failed.len() as u64
+    }
+}
+
+/// Progress of a run, handed to the caller's report after every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Records looked at.
+    pub done: u64,
+    /// Binding records when the run started (records bound since may make `done` exceed it).
+    pub total: u64,
+}
+
+/// One reseal run over the binding records of a state cluster.
+pub struct Reseal {
+    pub state: Arc<dyn Store>,
+    pub names: Names,
+    /// The active key seals; the others unseal.
+    pub keychain: Keychain,
+    /// Count what would be rewritten, write nothing.
+    pub dry_run: bool,
+}
+
+/// What to do with one record as read.
+enum Plan {
+    Skip(fn(&mut Summary)),
+    Fail(String),
+    /// Boxed: a record is large next to the other variants.
+    Rewrite(Source, Box<BindingRecord>),
+}
+
+impl Reseal {
+    /// Walks every binding record in key order; `stop` ends the walk after the current record.
+    /// `progress` hears of every record looked at.
+    pub async fn run(&self, stop: &AtomicBool, progress: &mut (dyn FnMut(Progress) + Send)) -> Summary {
+        let mut summary = Summary::default();
+        let prefix = self.names.all_bindings_prefix();
+        let total = match self.state.count(&prefix).await {
+            Ok(total) => total,
+            Err(e) => {
+                summary.stopped = Some(Stopped::Store(e));
+                return summary;
+            }
+        };
+        let mut after: Option<String> = None;
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                summary.stopped = Some(Stopped::Interrupted);
+                break;
+            }
+            let next = match self.state.next_after(&prefix, after.as_deref()).await {
+                Ok(next) => next,
+                Err(e) => {
+                    summary.stopped = Some(Stopped::Store(e));
+                    break;
+                }
+            };
+            let Some((key, found)) = next else { break };
+            if let Err(e) = self.record(&key, found, &mut summary).await {
+                summary.stopped = Some(Stopped::Store(e));
+                break;
+            }
+            after = Some(key);
+            progress(Progress { done: summary.done(), total });
+        }
+        summary
+    }
+
+    /// Rewrites the record at `key` (read as `found`) unless it needs none; counts the outcome.
+    /// A store failure ends the run (the record is left as it was, or rewritten: the next run
+    /// tells).
+    async fn record(&self, key: &str, mut found: Versioned, summary: &mut Summary) -> Result<(), StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (source, record) = match self.plan(key, &found.value) {
+                Plan::Skip(count) => {
+                    count(summary);
+                    return Ok(());
+                }
+                Plan::Fail(why) => {
+                    summary.failed.push((key.to_owned(), why));
+                    return Ok(());
+                }
+                Plan::Rewrite(source, record) => (source, record),
+            };
+            if self.dry_run {
+                *summary.rewritten.entry(source).or_default() += 1;
+                return Ok(());
+            }
+            let writes = match self.rewrite(key, &source, *record) {
+                Ok(writes) => writes,
+                Err(why) => {
+                    summary.failed.push((key.to_owned(), why));
+                    return Ok(());
+                }
+            };
+            let guard = [Guard::Revision(key.to_owned(), found.mod_revision)];
+            if self.state.commit(&guard, &writes).await?.is_some() {
+                *summary.rewritten.entry(source).or_default() += 1;
+                return Ok(());
+            }
+            summary.raced += 1;
+            match self.state.get(key).await? {
+                Some(again) => found = again,
+                None => {
+                    summary.gone += 1;
+                    return Ok(());
+                }
+            }
+        }
+        summary.failed.push((key.to_owned(), format!("changed concurrently {CAS_ATTEMPTS} times in a row")));
+        Ok(())
+    }
+
+    /// Whether the record as read needs rewriting, and from what.
+    fn plan(&self, key: &str, value: &[u8]) -> Plan {
+        let record: BindingRecord = match decode(key, value) {
+            Ok(record) => record,
+            Err(e) => return Plan::Fail(e.to_string()),
+        };
+        if record.state == RecordState::Deleting {
+            return Plan::Skip(|s| s.deleting += 1);
+        }
+        let source = match (&record.password, &record.password_sealed) {
+            (Some(_), None) => Source::Clear,
+            (None, Some(sealed)) => match sealing::sealed_with(sealed) {
+                Some(name) if name == self.keychain.active().name() => {
+                    return Plan::Skip(|s| s.already_active += 1)
+                }
+                Some(name) => Source::Key(name.to_owned()),
+                None => return Plan::Fail("its sealed password names no key".to_owned()),
+            },
+            (Some(_), Some(_)) => {
+                return Plan::Fail("it holds both a clear and a sealed password".to_owned())
+            }
+            (None, None) => return Plan::Fail("it holds no password".to_owned()),
+        };
+        Plan::Rewrite(source, Box::new(record))
+    }
+
+    /// The writes of one record's rewrite: the record sealed by the active key, its entry in
+    /// the index of sealed records moved there, its per-plan entry.
+    fn rewrite(&self, key: &str, source: &Source, mut record: BindingRecord) -> Result<Vec<Write>, String> {
+        let clear = match (source, record.password.take(), record.password_sealed.take()) {
+            (Source::Clear, Some(clear), _) => Zeroizing::new(clear.into_bytes()),
+            (Source::Key(_), _, Some(sealed)) => {
+                Zeroizing::new(sealing::unseal(&self.keychain, key, &sealed).map_err(|e| e.to_string())?)
+            }
+            _ => return Err("its password changed form while being read".to_owned()),
+        };
+        record.password_sealed = Some(sealing::seal(&self.keychain, key, &clear).map_err(|e| e.to_string())?);
+        let (instance, binding) = (&record.instance_id, &record.binding_id);
+        let active = self.keychain.active().name();
+        let mut writes = vec![
+            Write::Put(key.to_owned(), encode(&record)),
+            Write::Put(self.names.binding_index_key(&record.plan_id, instance, binding), Vec::new()),
+            Write::Put(self.names.sealed_index_key(active, instance, binding), Vec::new()),
+        ];
+        if let Source::Key(old) = source {
+            writes.push(Write::Delete(self.names.sealed_index_key(old, instance, binding)));
+        }
+        Ok(writes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::{Reseal, Source, Stopped, Summary};
+    use crate::broker::names::Names;
+    use crate::broker::records::{decode, encode, BindingRecord, RecordState};
+    use crate::broker::tests::*;
+    use crate::osb::{BindingId, InstanceId, ServiceBroker};
+    use crate::sealing::Sealing;
+    use crate::store::faulty::{FailMode, FaultyStore};
+    use crate::store::memory::{MemoryState, MemoryStore};
+    use crate::store::{Guard, Store, Write};
+
+    const RECORD: &str = "/etcd-broker/bindings/i1/";
+
+    /// Instance i1 with b1, b2 in clear (sealing off), b3, b4 sealed by k1, b5 sealed by k2.
+    async fn mixed() -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore::default());
+        broker_on(store.clone()).provision(provision_req("i1", SMALL)).await.unwrap();
+        for b in ["b1", "b2"] {
+            broker_on(store.clone()).bind(bind_req("i1", b)).await.unwrap();
+        }
+        for b in ["b3", "b4"] {
+            sealed_broker_on(store.clone()).bind(bind_req("i1", b)).await.unwrap();
+        }
+        broker_with(store.clone(), Sealing::On(test_keychain("k2")))
+            .bind(bind_req("i1", "b5"))
+            .await
+            .unwrap();
+        store
+    }
+
+    fn reseal(state: Arc<dyn Store>, dry_run: bool) -> Reseal {
+        Reseal { state, names: Names::default(), keychain: test_keychain("k2"), dry_run }
+    }
+
+    async fn run(reseal: &Reseal) -> Summary {
+        reseal.run(&AtomicBool::new(false), &mut |_| {}).await
+    }
+
+    fn records(state: &MemoryState) -> BTreeMap<String, BindingRecord> {
+        state
+            .keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(RECORD))
+            .map(|(k, v)| (k.clone(), decode(k, &v.value).unwrap()))
+            .collect()
+    }
+
+    /// Every binding's password as GET binding answers it, with k2 active and k1 still known.
+    async fn passwords(store: &Arc<MemoryStore>) -> BTreeMap<String, String> {
+        let broker = broker_with(store.clone(), Sealing::On(test_keychain("k2")));
+        let mut out = BTreeMap::new();
+        for key in records(&store.snapshot()).keys() {
+            let b = key.strip_prefix(RECORD).unwrap();
+            let got = broker
+                .get_binding(&InstanceId::parse("i1").unwrap(), &BindingId::parse(b).unwrap())
+                .await
+                .unwrap();
+            out.insert(b.to_owned(), got.credentials["password"].as_str().unwrap().to_owned());
+        }
+        out
+    }
+
+    /// Every record not deleting is sealed by k2, and the indexes agree with the records.
+    fn assert_all_k2(state: &MemoryState) {
+        assert_indexes_match_records(state);
+        for (key, record) in records(state) {
+            if record.state == RecordState::Deleting {
+                continue;
+            }
+            let sealed = record.password_sealed.as_deref().unwrap_or_else(|| panic!("{key} is in clear"));
+            assert_eq!(crate::sealing::sealed_with(sealed), Some("k2"), "{key}");
+            assert!(record.password.is_none(), "{key}");
+        }
+        let k2 = state.keys.keys().filter(|k| k.starts_with("/etcd-broker/index/sealed/k2/")).count();
+        let k1 = state.keys.keys().filter(|k| k.starts_with("/etcd-broker/index/sealed/k1/")).count();
+        assert_eq!(k1, 0);
+        assert_eq!(k2, records(state).values().filter(|r| r.state != RecordState::Deleting).count());
+    }
+
+    #[tokio::test]
+    async fn clear_and_old_key_records_are_sealed_by_the_active_key() {
+        let store = mixed().await;
+        let before = passwords(&store).await;
+        let summary = run(&reseal(store.clone(), false)).await;
+        let expected: BTreeMap<Source, u64> = [(Source::Clear, 2), (Source::Key("k1".into()), 2)].into();
+        assert_eq!(summary.rewritten, expected);
+        assert_eq!((summary.already_active, summary.raced, summary.stopped), (1, 0, None));
+        assert!(summary.failed.is_empty());
+        let state = store.snapshot();
+        assert_all_k2(&state);
+        assert_consistent(&state);
+        assert_eq!(passwords(&store).await, before);
+        let again = run(&reseal(store.clone(), false)).await;
+        assert!(again.rewritten.is_empty());
+        assert_eq!(again.already_active, 5);
+        assert_eq!(store.snapshot().keys, state.keys, "a second run wrote");
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_counts_and_writes_nothing() {
+        let store = mixed().await;
+        let before = store.snapshot().keys;
+        let summary = run(&reseal(store.clone(), true)).await;
+        let expected: BTreeMap<Source, u64> = [(Source::Clear, 2), (Source::Key("k1".into()), 2)].into();
+        assert_eq!(summary.rewritten, expected);
+        assert_eq!(summary.already_active, 1);
+        assert_eq!(store.snapshot().keys, before);
+    }
+
+    #[tokio::test]
+    async fn deleting_records_are_left_to_their_unbind() {
+        let store = mixed().await;
+        let key = format!("{RECORD}b1");
+        let found = store.get(&key).await.unwrap().unwrap();
+        let mut record: BindingRecord = decode(&key, &found.value).unwrap();
+        record.state = RecordState::Deleting;
+        store.commit(&[], &[Write::Put(key.clone(), encode(&record))]).await.unwrap();
+        let before = store.get(&key).await.unwrap();
+        let summary = run(&reseal(store.clone(), false)).await;
+        assert_eq!(summary.deleting, 1);
+        assert_eq!(store.get(&key).await.unwrap(), before);
+        assert_all_k2(&store.snapshot());
+    }
+
+    #[tokio::test]
+    async fn a_change_between_read_and_write_is_kept_and_the_record_retried() {
+        let store = mixed().await;
+        // Before reseal's first commit, a broker changes the record that commit guards.
+        let commits = AtomicUsize::new(0);
+        let racing = Arc::new(HookedStore {
+            inner: store.clone(),
+            after_ensure_user: Box::new(Vec::new),
+            before_commit: Box::new(move |state, guards| {
+                if commits.fetch_add(1, Ordering::SeqCst) > 0 {
+                    return Vec::new();
+                }
+                let Guard::Revision(key, _) = &guards[0] else { panic!("reseal guards on revisions") };
+                let mut record: BindingRecord = decode(key, &state.keys[key].value).unwrap();
+                record.app_guid = Some("changed meanwhile".into());
+                vec![Write::Put(key.clone(), encode(&record))]
+            }),
+        });
+        let summary = run(&reseal(racing, false)).await;
+        assert_eq!(summary.raced, 1);
+        assert_eq!(summary.rewritten.values().sum::<u64>(), 4);
+        let record = &records(&store.snapshot())[&format!("{RECORD}b1")];
+        assert_eq!(record.app_guid.as_deref(), Some("changed meanwhile"), "the concurrent change was lost");
+        assert_all_k2(&store.snapshot());
+    }
+
+    #[tokio::test]
+    async fn a_run_stopped_at_any_store_call_is_finished_by_the_next() {
+        for mode in [FailMode::Before, FailMode::After] {
+            for n in 0.. {
+                let store = mixed().await;
+                let before = passwords(&store).await;
+                let faulty = Arc::new(FaultyStore::new(store.clone(), Some(n), mode));
+                let crashed = run(&reseal(faulty.clone(), false)).await;
+                let reached = faulty.calls() > n;
+                assert_eq!(
+                    matches!(crashed.stopped, Some(Stopped::Store(_))),
+                    reached,
+                    "call {n} ({mode:?}): {crashed:?}"
+                );
+                assert_indexes_match_records(&store.snapshot());
+                let finished = run(&reseal(store.clone(), false)).await;
+                assert_eq!(finished.stopped, None);
+                assert!(finished.failed.is_empty(), "{finished:?}");
+                assert_all_k2(&store.snapshot());
+                assert_eq!(passwords(&store).await, before, "call {n} ({mode:?})");
+                if !reached {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ctrl_c_stops_after_the_current_record() {
+        let store = mixed().await;
+        let stop = AtomicBool::new(false);
+        let mut seen = 0;
+        let summary = reseal(store.clone(), false)
+            .run(&stop, &mut |p| {
+                seen = p.done;
+                assert_eq!(p.total, 5);
+                stop.store(true, Ordering::SeqCst);
+            })
+            .await;
+        assert_eq!((seen, summary.done()), (1, 1));
+        assert_eq!(summary.stopped, Some(Stopped::Interrupted));
+        assert_eq!(run(&reseal(store.clone(), false)).await.rewritten.values().sum::<u64>(), 3);
+        assert_all_k2(&store.snapshot());
+    }
+}
