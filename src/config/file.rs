@@ -71,12 +71,14 @@ pub(super) enum SealingMode {
 }
 
 /// One key of `[secrets.keys.<name>]`: a file or an inline value, in the text form of
-/// `sealing::keychain`.
+/// `sealing::keychain`, or a passphrase the key is derived from (for CredHub `password`
+/// variables on BOSH).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KeyFile {
     pub file: Option<PathBuf>,
     pub value: Option<Secret>,
+    pub passphrase: Option<Secret>,
 }
 
 /// Where the OSB API listens.
@@ -418,14 +420,16 @@ impl SecretsFile {
             if !is_key_name(name) {
                 return Err(invalid(field, "key names use 1 to 32 of a-z, 0-9, '_' and '-'"));
             }
-            keys.push(match (&key.file, &key.value) {
-                (Some(_), Some(_)) => return Err(invalid(field, "set one of file and value, not both")),
-                (None, None) => return Err(invalid(field, "needs file or value")),
-                (Some(path), None) => {
+            keys.push(match (&key.file, &key.value, &key.passphrase) {
+                (Some(path), None, None) => {
                     Key::from_file(name, path).map_err(|e| invalid(format!("{field}.file"), e.to_string()))?
                 }
-                (None, Some(value)) => Key::from_text(name, value.expose())
+                (None, Some(value), None) => Key::from_text(name, value.expose())
                     .map_err(|e| invalid(format!("{field}.value"), e.to_string()))?,
+                (None, None, Some(passphrase)) => Key::from_passphrase(name, passphrase.expose())
+                    .map_err(|e| invalid(format!("{field}.passphrase"), e.to_string()))?,
+                (None, None, None) => return Err(invalid(field, "needs file, value or passphrase")),
+                _ => return Err(invalid(field, "set one of file, value and passphrase, not several")),
             });
         }
         let Some(active) = &self.active else {

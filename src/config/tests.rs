@@ -228,6 +228,24 @@ fn sealing_is_off_without_a_secrets_table() {
 }
 
 #[test]
+fn passphrase_keys_load_and_weak_ones_name_their_field() {
+    let passphrase = "Xq3vJ9mTzL2pR8wK5nB7cY4hG6dF1sA0eUoIiPlMkNjHbVgC";
+    let config =
+        with_secrets(toml::toml! { sealing = "on" active = "k1" [keys.k1] passphrase = passphrase }).unwrap();
+    let Sealing::On(keychain) = &config.sealing else { panic!("{:?}", config.sealing) };
+    assert_eq!(keychain.active().name(), "k1");
+    assert!(!format!("{config:?}").contains(passphrase));
+    let weak = "short-and-weak";
+    let error =
+        with_secrets(toml::toml! { active = "k1" [keys.k1] passphrase = weak }).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "invalid configuration: secrets.keys.k1.passphrase: key 'k1' does not hold a key: a passphrase needs \
+         32 to 1024 characters; it has 14"
+    );
+}
+
+#[test]
 fn keys_load_from_inline_values_and_private_files() {
     let dir = tempfile::tempdir().unwrap();
     let file = key_file(dir.path(), "k2", 0o600);
@@ -294,9 +312,14 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
         (
             toml::toml! { active = "k1" [keys.k1] value = key file = "/k1.key" },
             "secrets.keys.k1",
-            "set one of file and value, not both",
+            "set one of file, value and passphrase, not several",
         ),
-        (toml::toml! { active = "k1" [keys.k1] }, "secrets.keys.k1", "needs file or value"),
+        (
+            toml::toml! { active = "k1" [keys.k1] value = key passphrase = key },
+            "secrets.keys.k1",
+            "set one of file, value and passphrase, not several",
+        ),
+        (toml::toml! { active = "k1" [keys.k1] }, "secrets.keys.k1", "needs file, value or passphrase"),
     ];
     for (secrets, field, message) in cases {
         let error = with_secrets(secrets).unwrap_err();
