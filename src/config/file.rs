@@ -64,9 +64,10 @@ pub(super) struct SecretsFile {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum SealingMode {
-    On,
-    /// The default until the records step migrates existing records (docs/config.md).
+    /// The default, so that a config without keys is refused rather than storing binding
+    /// passwords in clear without anybody having decided so.
     #[default]
+    On,
     Off,
 }
 
@@ -80,6 +81,12 @@ pub(super) struct KeyFile {
     pub value: Option<Secret>,
     pub passphrase: Option<Secret>,
 }
+
+/// Why a config with sealing on and no key is refused, and both ways out.
+pub(super) const NO_KEYS: &str = "sealing is on (the default) and no key is configured: add one \
+     (`etcd-broker-ops keys generate NAME --dir DIR`, then `active = \"NAME\"` and \
+     `[secrets.keys.NAME] file = \"DIR/NAME.key\"`), or store binding passwords in clear by \
+     saying so: `[secrets] sealing = \"off\"` (docs/config.md)";
 
 /// Where the OSB API listens.
 #[derive(Debug, Clone, Deserialize)]
@@ -405,9 +412,7 @@ impl SecretsFile {
             None
         };
         match (self.sealing, keychain) {
-            (SealingMode::On, None) => {
-                Err(invalid("secrets.keys", "sealing = \"on\" needs at least one key"))
-            }
+            (SealingMode::On, None) => Err(invalid("secrets", NO_KEYS)),
             (SealingMode::On, Some(keychain)) => Ok(Sealing::On(keychain)),
             (SealingMode::Off, keychain) => Ok(Sealing::Off { keychain }),
         }

@@ -222,16 +222,30 @@ fn with_secrets(secrets: toml::Table) -> Result<Config, ConfigError> {
 }
 
 #[test]
-fn sealing_is_off_without_a_secrets_table() {
-    let config = Config::from_toml(EXAMPLE).unwrap();
-    assert!(matches!(config.sealing, Sealing::Off { keychain: None }), "{:?}", config.sealing);
+fn sealing_is_off_only_when_the_config_says_so() {
+    let example = Config::from_toml(EXAMPLE).unwrap();
+    assert!(matches!(example.sealing, Sealing::Off { keychain: None }), "{:?}", example.sealing);
+    let without_table = with(|t| {
+        t.remove("secrets");
+    })
+    .unwrap_err();
+    let empty_table = with_secrets(toml::Table::new()).unwrap_err();
+    for error in [without_table, empty_table] {
+        assert!(
+            matches!(&error, ConfigError::Invalid { field, message } if field == "secrets" && message == file::NO_KEYS),
+            "{error}"
+        );
+        let text = error.to_string();
+        for hint in ["etcd-broker-ops keys generate", "sealing = \"off\"", "[secrets.keys.NAME]"] {
+            assert!(text.contains(hint), "{text}");
+        }
+    }
 }
 
 #[test]
 fn passphrase_keys_load_and_weak_ones_name_their_field() {
     let passphrase = "Xq3vJ9mTzL2pR8wK5nB7cY4hG6dF1sA0eUoIiPlMkNjHbVgC";
-    let config =
-        with_secrets(toml::toml! { sealing = "on" active = "k1" [keys.k1] passphrase = passphrase }).unwrap();
+    let config = with_secrets(toml::toml! { active = "k1" [keys.k1] passphrase = passphrase }).unwrap();
     let Sealing::On(keychain) = &config.sealing else { panic!("{:?}", config.sealing) };
     assert_eq!(keychain.active().name(), "k1");
     assert!(!format!("{config:?}").contains(passphrase));
@@ -267,7 +281,7 @@ fn keys_load_from_inline_values_and_private_files() {
     assert!(printed.contains("Keychain { active: \"k2\", keys: [\"k1\", \"k2\"] }"), "{printed}");
     assert!(!printed.contains(&key_text(1)) && !printed.contains(&key_text(2)), "{printed}");
     // Off still loads the keychain: sealed values stay readable, ops' seal/unseal use it.
-    let off = with_secrets(toml::toml! { active = "k1" [keys.k1] value = old }).unwrap();
+    let off = with_secrets(toml::toml! { sealing = "off" active = "k1" [keys.k1] value = old }).unwrap();
     assert_eq!(off.sealing.keychain().map(|k| k.active().name()), Some("k1"));
     assert!(matches!(off.sealing, Sealing::Off { .. }));
 }
@@ -292,7 +306,7 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
     let key = key_text(1);
     let key = key.as_str();
     let cases = [
-        (toml::toml! { sealing = "on" }, "secrets.keys", "sealing = \"on\" needs at least one key"),
+        (toml::toml! { sealing = "on" }, "secrets", file::NO_KEYS),
         (toml::toml! { active = "k1" }, "secrets.active", "'k1' names no key: secrets.keys is empty"),
         (
             toml::toml! { [keys.k1] value = key },

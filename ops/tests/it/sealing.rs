@@ -55,7 +55,11 @@ fn generate(dir: &Path, name: &str) -> PathBuf {
 /// sealing.
 fn config(dir: &Path, active: &str, keys: &[(&str, &Path)]) -> PathBuf {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/etcd-broker.example.toml");
-    let mut toml = std::fs::read_to_string(example).unwrap();
+    let example = std::fs::read_to_string(example).unwrap();
+    // The example says `sealing = "off"`; this table replaces it.
+    let off = "[secrets]\nsealing = \"off\"\n";
+    assert!(example.contains(off), "the example's [secrets] table changed");
+    let mut toml = example.replace(off, "");
     toml.push_str(&format!("\n[secrets]\nsealing = \"on\"\nactive = \"{active}\"\n"));
     for (name, file) in keys {
         toml.push_str(&format!("[secrets.keys.{name}]\nfile = \"{}\"\n", file.display()));
