@@ -61,14 +61,43 @@ pub(super) struct SecretsFile {
 }
 
 /// `sealing = "on" | "off"`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) enum SealingMode {
     /// The default, so that a config without keys is refused rather than storing binding
     /// passwords in clear without anybody having decided so.
     #[default]
     On,
     Off,
+}
+
+/// By hand, to explain a boolean: the bosh CLI reads YAML 1.1, where a bare `off` in a manifest
+/// is `false`, and a bare "invalid type" would not say why.
+impl<'de> Deserialize<'de> for SealingMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SealingMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"on\" or \"off\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SealingMode, E> {
+                match v {
+                    "on" => Ok(SealingMode::On),
+                    "off" => Ok(SealingMode::Off),
+                    other => {
+                        Err(E::custom(format!("secrets.sealing is '{other}': expected \"on\" or \"off\"")))
+                    }
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<SealingMode, E> {
+                Err(E::custom(format!(
+                    "secrets.sealing is the boolean {v}: write \"on\" or \"off\" in quotes (YAML, as the \
+                     bosh CLI reads it, takes a bare on/off for a boolean)"
+                )))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// One key of `[secrets.keys.<name>]`: a file or an inline value, in the text form of

@@ -351,7 +351,15 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
          base64 (44 characters); it decodes to 48 bytes"
     );
     let maybe = with_secrets(toml::toml! { sealing = "maybe" }).unwrap_err();
-    assert!(matches!(&maybe, ConfigError::Load(m) if m.contains("maybe")), "{maybe}");
+    assert!(
+        matches!(&maybe, ConfigError::Load(m) if m.contains("secrets.sealing is 'maybe': expected \"on\" or \"off\"")),
+        "{maybe}"
+    );
+    let boolean = with_secrets(toml::toml! { sealing = false }).unwrap_err();
+    assert!(
+        matches!(&boolean, ConfigError::Load(m) if m.contains("secrets.sealing is the boolean false: write \"on\" or \"off\" in quotes")),
+        "{boolean}"
+    );
     let numeric =
         with_secrets(toml::toml! { active = "k1" [keys.k1] value = 12345678 }).unwrap_err().to_string();
     assert!(numeric.contains("a secret must be a string") && !numeric.contains("12345678"), "{numeric}");
