@@ -145,6 +145,18 @@ impl Metrics {
         }
     }
 
+    /// Exports `etcd_broker_sealing_enabled` (1 on, 0 off), on which the alert
+    /// `EtcdBrokerSealingOff` fires. Set once at start: sealing changes only with the config.
+    pub fn set_sealing_enabled(&self, on: bool) {
+        let gauge = IntGauge::new(
+            "etcd_broker_sealing_enabled",
+            "1 when binding passwords are sealed at rest; 0 when [secrets] sealing = \"off\" stores them in clear.",
+        )
+        .expect("valid metric");
+        gauge.set(i64::from(on));
+        self.register(Box::new(gauge));
+    }
+
     /// Adds a collector of values that live outside this struct (the inventory gauges).
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
         self.registry.register(collector).expect("metric names are unique");

@@ -12,7 +12,7 @@ use crate::broker::names::Names;
 use crate::broker::role_reaper::{self, Pacing};
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
-use crate::config::Config;
+use crate::config::{Config, Sealing};
 use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
@@ -146,6 +146,19 @@ pub async fn check_sealing_keys(broker: &EtcdBroker) -> Result<(), StartError> {
     }
 }
 
+/// Says whether binding passwords are sealed: a warning at start when `sealing = "off"` (an
+/// explicit choice, but one to keep in sight) and the gauge `etcd_broker_sealing_enabled`, on
+/// which the alert `EtcdBrokerSealingOff` fires.
+fn report_sealing(sealing: &Sealing, metrics: &Metrics) {
+    let on = matches!(sealing, Sealing::On(_));
+    metrics.set_sealing_enabled(on);
+    if !on {
+        tracing::warn!(
+            "sealing is off ([secrets] sealing = \"off\"): binding passwords are stored in etcd in clear (docs/security.md)"
+        );
+    }
+}
+
 /// The first address a bound server listens on.
 fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartError> {
     addrs.first().copied().ok_or_else(|| StartError::Listen {
@@ -157,6 +170,7 @@ fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartE
 /// Binds the listeners and prepares the servers; they serve once [`RunningBroker::serve`] runs.
 pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let metrics = Arc::new(Metrics::new());
+    report_sealing(&config.sealing, &metrics);
     let broker = Arc::new(build_broker(config, &metrics)?);
     // The OSB API reports its requests here; the role reaper deletes in their pauses.
     let activity = Arc::new(OsbActivity::default());

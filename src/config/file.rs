@@ -61,23 +61,61 @@ pub(super) struct SecretsFile {
 }
 
 /// `sealing = "on" | "off"`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) enum SealingMode {
-    On,
-    /// The default until the records step migrates existing records (docs/config.md).
+    /// The default, so that a config without keys is refused rather than storing binding
+    /// passwords in clear without anybody having decided so.
     #[default]
+    On,
     Off,
 }
 
+/// By hand, to explain a boolean: the bosh CLI reads YAML 1.1, where a bare `off` in a manifest
+/// is `false`, and a bare "invalid type" would not say why.
+impl<'de> Deserialize<'de> for SealingMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SealingMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"on\" or \"off\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SealingMode, E> {
+                match v {
+                    "on" => Ok(SealingMode::On),
+                    "off" => Ok(SealingMode::Off),
+                    other => {
+                        Err(E::custom(format!("secrets.sealing is '{other}': expected \"on\" or \"off\"")))
+                    }
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<SealingMode, E> {
+                Err(E::custom(format!(
+                    "secrets.sealing is the boolean {v}: write \"on\" or \"off\" in quotes (YAML, as the \
+                     bosh CLI reads it, takes a bare on/off for a boolean)"
+                )))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// One key of `[secrets.keys.<name>]`: a file or an inline value, in the text form of
-/// `sealing::keychain`.
+/// `sealing::keychain`, or a passphrase the key is derived from (for CredHub `password`
+/// variables on BOSH).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KeyFile {
     pub file: Option<PathBuf>,
     pub value: Option<Secret>,
+    pub passphrase: Option<Secret>,
 }
+
+/// Why a config with sealing on and no key is refused, and both ways out.
+pub(super) const NO_KEYS: &str = "sealing is on (the default) and no key is configured: add one \
+     (`etcd-broker-ops keys generate NAME --dir DIR`, then `active = \"NAME\"` and \
+     `[secrets.keys.NAME] file = \"DIR/NAME.key\"`), or store binding passwords in clear by \
+     saying so: `[secrets] sealing = \"off\"` (docs/config.md)";
 
 /// Where the OSB API listens.
 #[derive(Debug, Clone, Deserialize)]
@@ -403,9 +441,7 @@ impl SecretsFile {
             None
         };
         match (self.sealing, keychain) {
-            (SealingMode::On, None) => {
-                Err(invalid("secrets.keys", "sealing = \"on\" needs at least one key"))
-            }
+            (SealingMode::On, None) => Err(invalid("secrets", NO_KEYS)),
             (SealingMode::On, Some(keychain)) => Ok(Sealing::On(keychain)),
             (SealingMode::Off, keychain) => Ok(Sealing::Off { keychain }),
         }
@@ -418,14 +454,16 @@ impl SecretsFile {
             if !is_key_name(name) {
                 return Err(invalid(field, "key names use 1 to 32 of a-z, 0-9, '_' and '-'"));
             }
-            keys.push(match (&key.file, &key.value) {
-                (Some(_), Some(_)) => return Err(invalid(field, "set one of file and value, not both")),
-                (None, None) => return Err(invalid(field, "needs file or value")),
-                (Some(path), None) => {
+            keys.push(match (&key.file, &key.value, &key.passphrase) {
+                (Some(path), None, None) => {
                     Key::from_file(name, path).map_err(|e| invalid(format!("{field}.file"), e.to_string()))?
                 }
-                (None, Some(value)) => Key::from_text(name, value.expose())
+                (None, Some(value), None) => Key::from_text(name, value.expose())
                     .map_err(|e| invalid(format!("{field}.value"), e.to_string()))?,
+                (None, None, Some(passphrase)) => Key::from_passphrase(name, passphrase.expose())
+                    .map_err(|e| invalid(format!("{field}.passphrase"), e.to_string()))?,
+                (None, None, None) => return Err(invalid(field, "needs file, value or passphrase")),
+                _ => return Err(invalid(field, "set one of file, value and passphrase, not several")),
             });
         }
         let Some(active) = &self.active else {

@@ -222,9 +222,41 @@ fn with_secrets(secrets: toml::Table) -> Result<Config, ConfigError> {
 }
 
 #[test]
-fn sealing_is_off_without_a_secrets_table() {
-    let config = Config::from_toml(EXAMPLE).unwrap();
-    assert!(matches!(config.sealing, Sealing::Off { keychain: None }), "{:?}", config.sealing);
+fn sealing_is_off_only_when_the_config_says_so() {
+    let example = Config::from_toml(EXAMPLE).unwrap();
+    assert!(matches!(example.sealing, Sealing::Off { keychain: None }), "{:?}", example.sealing);
+    let without_table = with(|t| {
+        t.remove("secrets");
+    })
+    .unwrap_err();
+    let empty_table = with_secrets(toml::Table::new()).unwrap_err();
+    for error in [without_table, empty_table] {
+        assert!(
+            matches!(&error, ConfigError::Invalid { field, message } if field == "secrets" && message == file::NO_KEYS),
+            "{error}"
+        );
+        let text = error.to_string();
+        for hint in ["etcd-broker-ops keys generate", "sealing = \"off\"", "[secrets.keys.NAME]"] {
+            assert!(text.contains(hint), "{text}");
+        }
+    }
+}
+
+#[test]
+fn passphrase_keys_load_and_weak_ones_name_their_field() {
+    let passphrase = "Xq3vJ9mTzL2pR8wK5nB7cY4hG6dF1sA0eUoIiPlMkNjHbVgC";
+    let config = with_secrets(toml::toml! { active = "k1" [keys.k1] passphrase = passphrase }).unwrap();
+    let Sealing::On(keychain) = &config.sealing else { panic!("{:?}", config.sealing) };
+    assert_eq!(keychain.active().name(), "k1");
+    assert!(!format!("{config:?}").contains(passphrase));
+    let weak = "short-and-weak";
+    let error =
+        with_secrets(toml::toml! { active = "k1" [keys.k1] passphrase = weak }).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "invalid configuration: secrets.keys.k1.passphrase: key 'k1' does not hold a key: a passphrase needs \
+         32 to 1024 characters; it has 14"
+    );
 }
 
 #[test]
@@ -249,7 +281,7 @@ fn keys_load_from_inline_values_and_private_files() {
     assert!(printed.contains("Keychain { active: \"k2\", keys: [\"k1\", \"k2\"] }"), "{printed}");
     assert!(!printed.contains(&key_text(1)) && !printed.contains(&key_text(2)), "{printed}");
     // Off still loads the keychain: sealed values stay readable, ops' seal/unseal use it.
-    let off = with_secrets(toml::toml! { active = "k1" [keys.k1] value = old }).unwrap();
+    let off = with_secrets(toml::toml! { sealing = "off" active = "k1" [keys.k1] value = old }).unwrap();
     assert_eq!(off.sealing.keychain().map(|k| k.active().name()), Some("k1"));
     assert!(matches!(off.sealing, Sealing::Off { .. }));
 }
@@ -274,7 +306,7 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
     let key = key_text(1);
     let key = key.as_str();
     let cases = [
-        (toml::toml! { sealing = "on" }, "secrets.keys", "sealing = \"on\" needs at least one key"),
+        (toml::toml! { sealing = "on" }, "secrets", file::NO_KEYS),
         (toml::toml! { active = "k1" }, "secrets.active", "'k1' names no key: secrets.keys is empty"),
         (
             toml::toml! { [keys.k1] value = key },
@@ -294,9 +326,14 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
         (
             toml::toml! { active = "k1" [keys.k1] value = key file = "/k1.key" },
             "secrets.keys.k1",
-            "set one of file and value, not both",
+            "set one of file, value and passphrase, not several",
         ),
-        (toml::toml! { active = "k1" [keys.k1] }, "secrets.keys.k1", "needs file or value"),
+        (
+            toml::toml! { active = "k1" [keys.k1] value = key passphrase = key },
+            "secrets.keys.k1",
+            "set one of file, value and passphrase, not several",
+        ),
+        (toml::toml! { active = "k1" [keys.k1] }, "secrets.keys.k1", "needs file, value or passphrase"),
     ];
     for (secrets, field, message) in cases {
         let error = with_secrets(secrets).unwrap_err();
@@ -314,7 +351,15 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
          base64 (44 characters); it decodes to 48 bytes"
     );
     let maybe = with_secrets(toml::toml! { sealing = "maybe" }).unwrap_err();
-    assert!(matches!(&maybe, ConfigError::Load(m) if m.contains("maybe")), "{maybe}");
+    assert!(
+        matches!(&maybe, ConfigError::Load(m) if m.contains("secrets.sealing is 'maybe': expected \"on\" or \"off\"")),
+        "{maybe}"
+    );
+    let boolean = with_secrets(toml::toml! { sealing = false }).unwrap_err();
+    assert!(
+        matches!(&boolean, ConfigError::Load(m) if m.contains("secrets.sealing is the boolean false: write \"on\" or \"off\" in quotes")),
+        "{boolean}"
+    );
     let numeric =
         with_secrets(toml::toml! { active = "k1" [keys.k1] value = 12345678 }).unwrap_err().to_string();
     assert!(numeric.contains("a secret must be a string") && !numeric.contains("12345678"), "{numeric}");

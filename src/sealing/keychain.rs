@@ -6,6 +6,10 @@
 //! variables without escaping, and `head -c 32 /dev/urandom | base64` makes one by hand.
 //! Hex is refused (64 hex digits are valid base64 of 48 bytes: the error says so).
 //!
+//! A key can also be derived from a passphrase (HKDF-SHA256, see [`Key::from_passphrase`]):
+//! CredHub, which BOSH deployments get their secrets from, generates passwords but not 32
+//! random bytes as base64, and a key it generates never passes through an operator's hands.
+//!
 //! Invariants: a [`Key`] always holds exactly 32 bytes and a valid name; a [`Keychain`] always
 //! has an active key that it holds; key bytes are overwritten when dropped and never appear in
 //! `Debug`, `Display` or an error (errors name the key or its file, and say what is wrong with
@@ -27,6 +31,23 @@ pub const KEY_TEXT_CHARS: usize = 44;
 
 /// Longest key name: names go into every sealed value and into config keys.
 pub const MAX_NAME_CHARS: usize = 32;
+
+/// Fewest characters of a passphrase: 32 characters of CredHub's default alphabet (62 symbols)
+/// carry 190 bits, well beyond guessing; the BOSH manifests ask CredHub for 64.
+pub const MIN_PASSPHRASE_CHARS: usize = 32;
+
+/// Fewest distinct characters of a passphrase: catches a placeholder (`aaaa...`, `changeme`
+/// repeated) that is long enough but has next to no entropy. A generated passphrase of 32
+/// characters has about 24 distinct ones.
+const MIN_PASSPHRASE_DISTINCT: usize = 12;
+
+/// Longest passphrase (CredHub's own limit is 200).
+const MAX_PASSPHRASE_CHARS: usize = 1024;
+
+/// HKDF salt and info of passphrase keys: fixed, so that the same passphrase gives the same key
+/// on every broker; versioned, so that a later derivation cannot collide with this one.
+const PASSPHRASE_SALT: &[u8] = b"etcd-broker sealing passphrase";
+const PASSPHRASE_INFO: &[u8] = b"etcd-broker key-encryption key v1";
 
 /// A key file larger than this is not a key; reading stops there.
 const MAX_FILE_BYTES: u64 = 1024;
@@ -56,6 +77,8 @@ pub enum KeyError {
     Duplicate(String),
     #[error("OpenSSL's random generator failed")]
     Random,
+    #[error("OpenSSL's HKDF failed")]
+    Derive,
 }
 
 /// Whether `name` may name a key: 1 to 32 of `a-z`, `0-9`, `_`, `-`. Names appear in sealed
@@ -93,6 +116,30 @@ impl Key {
     pub fn from_text(name: &str, text: &str) -> Result<Key, KeyError> {
         check_name(name)?;
         Self::decode(name, text, || format!("key '{name}'"))
+    }
+
+    /// A key derived from a passphrase with HKDF-SHA256 (RFC 5869; fixed salt and info), for
+    /// secrets CredHub generates as `password` variables. The passphrase is used exactly as
+    /// given; it must have at least [`MIN_PASSPHRASE_CHARS`] characters, of which at least
+    /// 12 differ, so that a placeholder is refused. Errors name the key, not the text.
+    pub fn from_passphrase(name: &str, passphrase: &str) -> Result<Key, KeyError> {
+        check_name(name)?;
+        let not_a_key = |problem: String| KeyError::NotAKey { origin: format!("key '{name}'"), problem };
+        let chars = passphrase.chars().count();
+        if !(MIN_PASSPHRASE_CHARS..=MAX_PASSPHRASE_CHARS).contains(&chars) {
+            return Err(not_a_key(format!(
+                "a passphrase needs {MIN_PASSPHRASE_CHARS} to {MAX_PASSPHRASE_CHARS} characters; it has {chars}"
+            )));
+        }
+        let distinct = passphrase.chars().collect::<std::collections::BTreeSet<_>>().len();
+        if distinct < MIN_PASSPHRASE_DISTINCT {
+            return Err(not_a_key(format!(
+                "a passphrase needs at least {MIN_PASSPHRASE_DISTINCT} different characters (a generated \
+                 one, e.g. a CredHub password); it has {distinct}"
+            )));
+        }
+        let bytes = hkdf_sha256(passphrase.as_bytes(), PASSPHRASE_SALT, PASSPHRASE_INFO)?;
+        Ok(Key { name: name.to_owned(), bytes })
     }
 
     /// A key from its file, refused when the file is open to group or others (on unix) or does
@@ -153,6 +200,27 @@ impl Key {
     /// The key bytes, for the envelope only.
     pub(super) fn bytes(&self) -> &[u8; KEY_BYTES] {
         &self.bytes
+    }
+}
+
+/// 32 bytes of HKDF-SHA256 (extract and expand) by OpenSSL.
+fn hkdf_sha256(ikm: &[u8], salt: &[u8], info: &[u8]) -> Result<Zeroizing<[u8; KEY_BYTES]>, KeyError> {
+    use openssl::md::Md;
+    use openssl::pkey::Id;
+    use openssl::pkey_ctx::PkeyCtx;
+    let mut out = Zeroizing::new([0u8; KEY_BYTES]);
+    let derived = (|| {
+        let mut ctx = PkeyCtx::new_id(Id::HKDF)?;
+        ctx.derive_init()?;
+        ctx.set_hkdf_md(Md::sha256())?;
+        ctx.set_hkdf_key(ikm)?;
+        ctx.set_hkdf_salt(salt)?;
+        ctx.add_hkdf_info(info)?;
+        ctx.derive(Some(&mut out[..]))
+    })();
+    match derived {
+        Ok(KEY_BYTES) => Ok(out),
+        _ => Err(KeyError::Derive),
     }
 }
 
@@ -272,6 +340,43 @@ mod tests {
                 assert!(!error.contains(text), "{error}");
             }
         }
+    }
+
+    #[test]
+    fn hkdf_matches_rfc_5869() {
+        // RFC 5869, test case 1, the first 32 of its 42 output bytes.
+        let out = hkdf_sha256(&[0x0b; 22], &hex("000102030405060708090a0b0c"), &hex("f0f1f2f3f4f5f6f7f8f9"))
+            .unwrap();
+        assert_eq!(out[..], hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf")[..]);
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn passphrases_derive_the_same_key_everywhere_and_weak_ones_are_refused() {
+        let passphrase = "Xq3vJ9mTzL2pR8wK5nB7cY4hG6dF1sA0eUoIiPlMkNjHbVgC";
+        let key = Key::from_passphrase("k1", passphrase).unwrap();
+        assert_eq!(key.bytes(), Key::from_passphrase("k2", passphrase).unwrap().bytes());
+        assert_ne!(key.bytes(), Key::from_passphrase("k1", &passphrase[1..]).unwrap().bytes());
+        // Not the text form: a passphrase that happens to be base64 still goes through HKDF.
+        let text = Key::generate("k1").unwrap().to_text();
+        assert_ne!(
+            Key::from_passphrase("k1", &text).unwrap().bytes(),
+            Key::from_text("k1", &text).unwrap().bytes()
+        );
+        let short = &passphrase[..31];
+        let placeholder = "changeme".repeat(5);
+        for (weak, problem) in [
+            (short, "a passphrase needs 32 to 1024 characters; it has 31"),
+            ("", "a passphrase needs 32 to 1024 characters; it has 0"),
+            (&placeholder, "a passphrase needs at least 12 different characters (a generated one, e.g. a CredHub password); it has 7"),
+        ] {
+            let error = Key::from_passphrase("k1", weak).unwrap_err().to_string();
+            assert_eq!(error, format!("key 'k1' does not hold a key: {problem}"));
+        }
+        assert!(matches!(Key::from_passphrase("K1", passphrase), Err(KeyError::BadName(_))));
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub use keychain::{Key, KeyError, Keychain};
 /// seal and unseal them.
 #[derive(Debug, Clone)]
 pub enum Sealing {
-    /// Secrets are stored in clear, as before sealing existed; the default until records are
-    /// migrated (it will become an error). A keychain, when configured, is still loaded: the
+    /// Secrets are stored in clear, as before sealing existed; only when the config says
+    /// `sealing = "off"`, so that clear text is a decision. A keychain, when configured, is still loaded: the
     /// operators' `seal` / `unseal` use it, and values sealed while sealing was on still unseal.
     Off { keychain: Option<Keychain> },
     /// New and rewritten secrets are sealed with the keychain's active key.

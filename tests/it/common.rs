@@ -71,8 +71,25 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The broker config for `main` (and optionally a second cluster `far`).
+/// The broker config for `main` (and optionally a second cluster `far`), sealing with a fresh
+/// inline key: tests run with the default, sealing on.
 pub fn config_toml(port: u16, metrics_port: u16, main: &LocalEtcd, far: Option<&LocalEtcd>) -> String {
+    config_toml_without_secrets(port, metrics_port, main, far) + &sealing_toml()
+}
+
+/// A `[secrets]` table sealing with one fresh key `test`, inline.
+pub fn sealing_toml() -> String {
+    let key = etcd_broker::sealing::Key::generate("test").unwrap();
+    format!("\n[secrets]\nactive = \"test\"\n[secrets.keys.test]\nvalue = {:?}\n", key.to_text().as_str())
+}
+
+/// [`config_toml`] without a `[secrets]` table, for tests that write their own.
+pub fn config_toml_without_secrets(
+    port: u16,
+    metrics_port: u16,
+    main: &LocalEtcd,
+    far: Option<&LocalEtcd>,
+) -> String {
     let cluster = |name: &str, etcd: &LocalEtcd| {
         format!(
             "[clusters.{name}]\nendpoints = [{endpoint:?}]\nusername = \"root\"\npassword = {password:?}\n",

@@ -23,9 +23,12 @@ async fn state_dump(etcd: &LocalEtcd) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A `[secrets]` table that turns sealing off, as the config must say for it to be off.
+const SEALING_OFF: &str = "\n[secrets]\nsealing = \"off\"\n";
+
 /// The broker config on `etcd` with a `[secrets]` table.
 pub(crate) fn config_with(port: u16, metrics_port: u16, etcd: &LocalEtcd, secrets: &str) -> String {
-    config_toml(port, metrics_port, etcd, None) + secrets
+    config_toml_without_secrets(port, metrics_port, etcd, None) + secrets
 }
 
 /// Starts a broker on `etcd` with `secrets`.
@@ -104,7 +107,7 @@ async fn records_written_in_clear_keep_working_after_sealing_is_turned_on() {
     let etcd = start_etcd().await;
     let keys = tempfile::tempdir().unwrap();
     let k1 = write_key(keys.path(), "k1");
-    let before = BrokerProcess::start(&etcd, None).await;
+    let before = broker_with(&etcd, SEALING_OFF.to_owned()).await;
     let osb = Osb::new(&before.url);
     assert_eq!(osb.provision("i1", SHARED).await.status, StatusCode::CREATED);
     let clear = password(&osb.bind("i1", "old").await);
@@ -151,9 +154,11 @@ async fn a_broker_whose_keychain_lacks_a_key_records_need_refuses_to_start() {
         let etcd = &etcd;
         move |port, metrics| config_with(port, metrics, etcd, &secrets)
     };
-    for secrets in
-        [secrets_toml("on", "k1", &[("k1", &k1)]), secrets_toml("off", "k1", &[("k1", &k1)]), String::new()]
-    {
+    for secrets in [
+        secrets_toml("on", "k1", &[("k1", &k1)]),
+        secrets_toml("off", "k1", &[("k1", &k1)]),
+        SEALING_OFF.to_owned(),
+    ] {
         let (status, output) = serve_until_exit(without(secrets.clone())).await;
         assert!(!status.success(), "it started with {secrets}: {output}");
         assert!(output.contains(expected), "{output}");
@@ -204,4 +209,33 @@ fn write_key_makes_a_private_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_key(dir.path(), "k1");
     assert_eq!(std::fs::metadata(Path::new(&file)).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+/// Sealing is the default: without keys the broker refuses to start, naming `[secrets]` and both
+/// ways out; with `sealing = "off"` said explicitly it starts, warns, and its gauge says 0 (the
+/// alert EtcdBrokerSealingOff fires on it); with a key the gauge says 1.
+#[tokio::test]
+async fn sealing_is_off_only_when_the_config_says_so_and_then_it_shows() {
+    let etcd = start_etcd().await;
+    let no_keys = |port, metrics| config_with(port, metrics, &etcd, "");
+    let (status, output) = serve_until_exit(no_keys).await;
+    assert!(!status.success(), "{output}");
+    for hint in [
+        "secrets: sealing is on (the default) and no key is configured",
+        "keys generate",
+        "sealing = \"off\"",
+    ] {
+        assert!(output.contains(hint), "{hint:?} missing in: {output}");
+    }
+
+    let off = broker_with(&etcd, SEALING_OFF.to_owned()).await;
+    assert!(scrape(&off).await.contains("\netcd_broker_sealing_enabled 0\n"));
+    let log = off.stop().await;
+    assert!(log.contains("sealing is off") && log.contains("stored in etcd in clear"), "{log}");
+
+    let on = BrokerProcess::start(&etcd, None).await;
+    assert!(scrape(&on).await.contains("\netcd_broker_sealing_enabled 1\n"));
+    let log = on.stop().await;
+    assert!(!log.contains("sealing is off"), "{log}");
+    etcd.stop().await;
 }

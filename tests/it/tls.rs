@@ -170,7 +170,7 @@ cert_file = "{cert_file}"
 key_file = "{key_file}"
 "#
         );
-        listeners_toml(port, metrics_port) + &cluster + &catalog_toml("main")
+        listeners_toml(port, metrics_port) + &cluster + &catalog_toml("main") + &sealing_toml()
     };
     let broker = BrokerProcess::start_with_config(|p, m| config(p, m, &ca_file), &[]).await;
     let osb = Osb::new(&broker.url);

@@ -65,8 +65,11 @@ pub fn example_config(
     keys: &[(&str, &Path)],
     edit: impl FnOnce(String) -> String,
 ) -> PathBuf {
-    let example = repo().join("docs/etcd-broker.example.toml");
-    let mut toml = edit(std::fs::read_to_string(example).unwrap());
+    let example = std::fs::read_to_string(repo().join("docs/etcd-broker.example.toml")).unwrap();
+    // The example says `sealing = "off"`; the table below replaces it.
+    let off = "[secrets]\nsealing = \"off\"\n";
+    assert!(example.contains(off), "the example's [secrets] table changed");
+    let mut toml = edit(example.replace(off, ""));
     toml.push_str(&format!("\n[secrets]\nsealing = \"on\"\nactive = \"{active}\"\n"));
     for (name, file) in keys {
         toml.push_str(&format!("[secrets.keys.{name}]\nfile = \"{}\"\n", file.display()));

@@ -110,6 +110,47 @@ fn links_tls_and_ops_files_reach_the_config() {
     assert!(!config.metrics.enabled);
 }
 
+/// The shipped rotation ops file adds `k2` and makes it active, keeping `k1` to unseal; the
+/// `[secrets]` table it renders is one the broker takes. Without the passphrase, the missing
+/// variable is named as one CredHub generates.
+#[test]
+fn the_sealing_key_ops_file_adds_an_active_key_and_keeps_the_old_one() {
+    let base = render_to_dir(&[]);
+    let base =
+        Config::from_toml(&std::fs::read_to_string(base.path().join("etcd-broker.toml")).unwrap()).unwrap();
+    let etcd_broker::config::Sealing::On(chain) = &base.sealing else { panic!("{:?}", base.sealing) };
+    assert_eq!((chain.active().name(), chain.keys().count()), ("k1", 1));
+
+    let ops_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/operators/add-sealing-key.yml");
+    let rotated = render_to_dir(&["-o".into(), path(&ops_file)]);
+    let toml = std::fs::read_to_string(rotated.path().join("etcd-broker.toml")).unwrap();
+    let config = Config::from_toml(&toml).unwrap();
+    let etcd_broker::config::Sealing::On(chain) = &config.sealing else { panic!("{:?}", config.sealing) };
+    assert_eq!(chain.active().name(), "k2");
+    assert_eq!(chain.keys().map(|k| k.name()).collect::<Vec<_>>(), ["k1", "k2"]);
+    assert!(toml.contains("[secrets.keys.k2]\npassphrase = \"fixture-only-k2-"), "{toml}");
+
+    let out = render(&[
+        "--manifest".to_owned(),
+        path(&manifest()),
+        "-o".to_owned(),
+        path(&ops_file),
+        "-v".to_owned(),
+        "etcd_broker_password=x".to_owned(),
+        "-v".to_owned(),
+        "etcd_root_password=x".to_owned(),
+        "-v".to_owned(),
+        "etcd_endpoints=[https://10.0.1.10:2379]".to_owned(),
+        "-v".to_owned(),
+        "etcd_broker_sealing_k1=fixture-only-k1-Qx7Rv2Lm9Tz4Wp8Hs3Jd6Fg5Kb0Nc1Yh2Ue7Ia3Oz".to_owned(),
+    ]);
+    assert!(!out.status.success());
+    let error = stderr(&out);
+    assert!(error.contains("missing variables: etcd_broker_sealing_k2 "), "{error}");
+    assert!(error.contains("etcd_broker_sealing_k2 declared under the manifest's variables"), "{error}");
+    assert!(!error.contains("Qx7Rv2"), "{error}");
+}
+
 /// ops/tests/erb/render_erb.rb evaluates jobs/etcd-broker/templates/properties.json.erb with
 /// BOSH's template helpers on the context the offline render resolved; the JSON must be the
 /// properties.json that `render` writes, with and without the etcd link.
@@ -193,9 +234,12 @@ fn failures_are_clear_and_never_show_secrets() {
         (vec!["--manifest", &m, "-l", &v, "-o", &no_password], "Can't find property 'auth.password'"),
         (
             vec!["--manifest", &m],
-            "missing variables: etcd_broker_password, etcd_endpoints, etcd_root_password (give them with -v",
+            "missing variables: etcd_broker_password, etcd_broker_sealing_k1, etcd_endpoints, etcd_root_password (give them with -v",
         ),
-        (vec!["--manifest", &m], "etcd_broker_password declared under the manifest's variables"),
+        (
+            vec!["--manifest", &m],
+            "etcd_broker_password, etcd_broker_sealing_k1 declared under the manifest's variables",
+        ),
         (
             vec!["--manifest", &m, "-l", &v, "--instance-group", "nope"],
             "instance group 'nope' is not in the manifest (instance groups: etcd-broker)",
@@ -218,7 +262,10 @@ fn failures_are_clear_and_never_show_secrets() {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err}");
-        assert!(!err.contains("root-secret") && !err.contains("w\\ord"), "a secret leaked: {err}");
+        assert!(
+            !err.contains("root-secret") && !err.contains("w\\ord") && !err.contains("Qx7Rv2"),
+            "a secret leaked: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
     // Bad usage is exit code 2.
