@@ -77,10 +77,13 @@ pub fn config_toml(port: u16, metrics_port: u16, main: &LocalEtcd, far: Option<&
     config_toml_without_secrets(port, metrics_port, main, far) + &sealing_toml()
 }
 
-/// A `[secrets]` table sealing with one fresh key `test`, inline.
+/// A `[secrets]` table sealing with the key `test`, inline: one fresh key per test run, the
+/// same for every broker, as brokers sharing an etcd share their keychain.
 pub fn sealing_toml() -> String {
-    let key = etcd_broker::sealing::Key::generate("test").unwrap();
-    format!("\n[secrets]\nactive = \"test\"\n[secrets.keys.test]\nvalue = {:?}\n", key.to_text().as_str())
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let key = KEY
+        .get_or_init(|| etcd_broker::sealing::Key::generate("test").unwrap().to_text().as_str().to_owned());
+    format!("\n[secrets]\nactive = \"test\"\n[secrets.keys.test]\nvalue = {key:?}\n")
 }
 
 /// [`config_toml`] without a `[secrets]` table, for tests that write their own.

@@ -18,7 +18,7 @@ use local_etcd::LocalEtcd;
 use reqwest::StatusCode;
 
 use crate::common::*;
-use crate::sealing::{broker_with, config_with, password};
+use crate::sealing::{broker_with, config_with, password, SEALING_OFF};
 
 /// `etcd-broker-ops reseal --config <file>` as the binary runs it (its own runtime, so on a
 /// thread of its own), with `secrets`.
@@ -36,7 +36,7 @@ async fn a_rotation_reseals_every_record_and_passwords_stay_the_same() {
     let (k1, k2) = (write_key(dir.path(), "k1"), write_key(dir.path(), "k2"));
     let mut passwords = Vec::new();
 
-    let clear = BrokerProcess::start(&etcd, None).await;
+    let clear = broker_with(&etcd, SEALING_OFF.to_owned()).await;
     let osb = Osb::new(&clear.url);
     assert_eq!(osb.provision("i1", SHARED).await.status, StatusCode::CREATED);
     passwords.push(("clear", password(&osb.bind("i1", "clear").await)));

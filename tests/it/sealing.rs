@@ -24,7 +24,7 @@ async fn state_dump(etcd: &LocalEtcd) -> Vec<(String, String)> {
 }
 
 /// A `[secrets]` table that turns sealing off, as the config must say for it to be off.
-const SEALING_OFF: &str = "\n[secrets]\nsealing = \"off\"\n";
+pub(crate) const SEALING_OFF: &str = "\n[secrets]\nsealing = \"off\"\n";
 
 /// The broker config on `etcd` with a `[secrets]` table.
 pub(crate) fn config_with(port: u16, metrics_port: u16, etcd: &LocalEtcd, secrets: &str) -> String {
