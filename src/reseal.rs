@@ -39,10 +39,8 @@ pub async fn reseal(
     let Some(cluster) = config.clusters.get(name) else {
         return Err(format!("state_cluster '{name}' is not configured"));
     };
-    if let Some(tls) = &cluster.tls {
-        crate::tls::connector(tls).map_err(|e| format!("etcd cluster '{name}': TLS: {e}"))?;
-    }
-    let state: Arc<dyn Store> = EtcdStore::new(cluster, Observer::default());
+    let state: Arc<dyn Store> = EtcdStore::new(cluster, Observer::default())
+        .map_err(|e| format!("etcd cluster '{name}': TLS: {e}"))?;
     let run = Reseal {
         state,
         names: Names::new(&config.prefixes.data, &config.prefixes.state),

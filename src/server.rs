@@ -67,13 +67,8 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
             batch: Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64)),
             read_copy: Arc::new(move || copies.inc()),
         };
-        // The store dials lazily; its TLS material is checked now, so a broken one stops the
-        // start instead of failing every request.
-        if let Some(tls) = &cluster.tls {
-            crate::tls::connector(tls)
-                .map_err(|e| StartError::Cluster { cluster: name.clone(), message: format!("TLS: {e}") })?;
-        }
-        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer);
+        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer)
+            .map_err(|e| StartError::Cluster { cluster: name.clone(), message: format!("TLS: {e}") })?;
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
         let ca_certificate = cluster
             .tls

@@ -44,7 +44,7 @@ use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
 
 use crate::config::Cluster;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, TlsError};
 
 /// What [`EtcdStore`] tells the broker's metrics, without this module knowing about them.
 #[derive(Clone)]
@@ -90,9 +90,13 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Prepares a connection; nothing is dialled until the first call. `observer` hears of its
-    /// batches and read copies.
-    pub fn new(config: &Cluster, observer: Observer) -> Arc<Self> {
+    /// Prepares a connection; nothing is dialled until the first call, but the TLS material is
+    /// checked now, so a broken one stops its caller at once instead of failing every request.
+    /// `observer` hears of its batches and read copies.
+    pub fn new(config: &Cluster, observer: Observer) -> Result<Arc<Self>, TlsError> {
+        if let Some(tls) = &config.tls {
+            crate::tls::connector(tls)?;
+        }
         let options = ConnectOptions::new()
             .with_auto_token_refresh(true)
             .with_connect_timeout(CONNECT_TIMEOUT)
@@ -100,7 +104,7 @@ impl EtcdStore {
         // A parsed endpoint's text ends in the path `/`, which etcd-client does not expect.
         let endpoints =
             config.endpoints.iter().map(|url| url.as_str().trim_end_matches('/').to_owned()).collect();
-        Arc::new_cyclic(|me| Self {
+        Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             endpoints,
             options,
@@ -110,7 +114,7 @@ impl EtcdStore {
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
             observer,
-        })
+        }))
     }
 }
 

@@ -42,7 +42,7 @@ pub fn store_on(etcd: &LocalEtcd, observer: Observer) -> Arc<EtcdStore> {
         password: Secret::new(etcd.root_password()),
         tls: None,
     };
-    EtcdStore::new(&cluster, observer)
+    EtcdStore::new(&cluster, observer).expect("no TLS to check")
 }
 
 /// The broker's `/metrics` text.
