@@ -23,7 +23,7 @@ use crate::sealing::{self, Keychain};
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
 use super::names::Names;
-use super::records::{decode, encode, BindingRecord, RecordState};
+use super::records::{decode, encode, BindingRecord, RecordState, StoredPassword};
 use super::CAS_ATTEMPTS;
 
 /// Where a rewritten record's password came from, the key of the summary's counts.
@@ -202,19 +202,16 @@ impl Reseal {
         if record.state == RecordState::Deleting {
             return Plan::Skip(|s| s.deleting += 1);
         }
-        let source = match (&record.password, &record.password_sealed) {
-            (Some(_), None) => Source::Clear,
-            (None, Some(sealed)) => match sealing::sealed_with(sealed) {
+        let source = match record.stored_password() {
+            Ok(StoredPassword::Clear(_)) => Source::Clear,
+            Ok(StoredPassword::Sealed(sealed)) => match sealing::sealed_with(sealed) {
                 Some(name) if name == self.keychain.active().name() => {
                     return Plan::Skip(|s| s.already_active += 1)
                 }
                 Some(name) => Source::Key(name.to_owned()),
                 None => return Plan::Fail("its sealed password names no key".to_owned()),
             },
-            (Some(_), Some(_)) => {
-                return Plan::Fail("it holds both a clear and a sealed password".to_owned())
-            }
-            (None, None) => return Plan::Fail("it holds no password".to_owned()),
+            Err(broken) => return Plan::Fail(format!("it {broken}")),
         };
         Plan::Rewrite(source, Box::new(record))
     }

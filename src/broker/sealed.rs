@@ -18,7 +18,7 @@ use crate::osb::{BrokerError, BrokerResult};
 use crate::sealing::{self, Keychain, Sealing};
 use crate::store::Write;
 
-use super::records::{encode, BindingRecord};
+use super::records::{encode, BindingRecord, StoredPassword};
 use super::EtcdBroker;
 
 /// How many records each key seals and how many hold their password in clear, for the gauges
@@ -38,9 +38,9 @@ impl EtcdBroker {
     /// The clear password of the binding record at `key`. A sealed one that does not unseal
     /// is an internal error naming the record (and the key when known), never the secret.
     pub(super) fn password(&self, key: &str, record: &BindingRecord) -> BrokerResult<Zeroizing<String>> {
-        match (&record.password, &record.password_sealed) {
-            (Some(clear), None) => Ok(Zeroizing::new(clear.clone())),
-            (None, Some(sealed)) => {
+        match record.stored_password() {
+            Ok(StoredPassword::Clear(clear)) => Ok(Zeroizing::new(clear.to_owned())),
+            Ok(StoredPassword::Sealed(sealed)) => {
                 let Some(keychain) = self.setup.sealing.keychain() else {
                     let name = sealing::sealed_with(sealed).unwrap_or("(unreadable)");
                     return Err(BrokerError::Internal(format!(
@@ -59,10 +59,7 @@ impl EtcdBroker {
                     ))),
                 }
             }
-            (Some(_), Some(_)) => {
-                Err(BrokerError::Internal(format!("record '{key}' holds both a clear and a sealed password")))
-            }
-            (None, None) => Err(BrokerError::Internal(format!("record '{key}' holds no password"))),
+            Err(broken) => Err(BrokerError::Internal(format!("record '{key}' {broken}"))),
         }
     }
 
