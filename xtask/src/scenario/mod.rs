@@ -7,6 +7,8 @@
 //!   to two hours of bcrypt): 1 and 8 clients, then 8 clients after preloading --preload
 //!   instances with a binding each, compared with the empty run; then the start-up time of a
 //!   second broker on the same config against the preloaded etcd;
+//! - on that stack, before the preload, what sealing costs: its broker (sealing on) and a second
+//!   one with sealing off, 8 clients, provision + bind + GET binding, in alternating runs;
 //! - CPU per operation of the bench, the broker and etcd (`--cpu-of`), all on this machine.
 //!
 //! Each stack is a `DevProcess` and each bench a process of its own (this binary's `bench`),
@@ -57,12 +59,13 @@ pub struct ScenarioArgs {
 const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
 
 /// Regions of the document the scenario writes, checked before anything runs.
-const REGIONS: [&str; 10] = [
+const REGIONS: [&str; 11] = [
     "machine",
     "default-8",
     "default-64",
     "cost4-1",
     "cost4-8",
+    "sealing",
     "preload-8",
     "catalog-wrk",
     "scale",
@@ -107,7 +110,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     let mut runs = BTreeMap::new();
     let stack = DevProcess::start(xtask, &StackOptions::default(), &work.path().join("default"))?;
     let bench = |stack: &DevProcess, name: &str, extra: &[&str]| {
-        bench(xtask, args.count, stack, work.path(), name, extra)
+        bench(xtask, args.count, &stack.env, work.path(), name, extra)
     };
     runs.insert("default-8", bench(&stack, "default-8", &["--clients", "8"])?);
     runs.insert(
@@ -128,6 +131,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
     runs.insert("cost4-1", bench(&stack, "cost4-1", &["--clients", "1"])?);
     runs.insert("cost4-8", bench(&stack, "cost4-8", &["--clients", "8"])?);
+    let sealing = sealing_comparison(xtask, &broker, &stack, args.count, work.path())?;
     let preload = args.preload.to_string();
     runs.insert(
         "preload-8",
@@ -166,8 +170,10 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
             startup.as_millis()
         ),
     ));
+    let (sealing_text, sealing_ratios) = tables::sealing_table(&sealing.sealed, &sealing.unsealed);
+    regions.push(("sealing", sealing_text));
     let startup_ms = u64::try_from(startup.as_millis()).ok();
-    regions.push(("targets", tables::targets_table(&reports, rps, startup_ms)));
+    regions.push(("targets", tables::targets_table(&reports, rps, startup_ms, &sealing_ratios)));
 
     let mut doc = doc;
     for (name, contents) in regions {
@@ -187,12 +193,13 @@ fn stop(stack: DevProcess) {
     }
 }
 
-/// `xtask bench --count N --json <work>/NAME.json --cpu-of ... EXTRA` against `stack`; its
-/// tables are printed as they come and kept for the document.
+/// `xtask bench --count N --json <work>/NAME.json --cpu-of ... EXTRA` against the broker and
+/// etcd that `env` describes (a stack's env file); its tables are printed as they come and kept
+/// for the document.
 fn bench(
     xtask: &Path,
     count: u64,
-    stack: &DevProcess,
+    env: &BTreeMap<String, String>,
     work: &Path,
     name: &str,
     extra: &[&str],
@@ -203,10 +210,10 @@ fn bench(
     command
         .args(["bench", "--count", &count.to_string(), "--json"])
         .arg(&json)
-        .args(["--cpu-of", &format!("broker={}", stack.env["BROKER_PID"])])
-        .args(["--cpu-of", &format!("etcd={}", stack.env["ETCD_PID"])])
+        .args(["--cpu-of", &format!("broker={}", env["BROKER_PID"])])
+        .args(["--cpu-of", &format!("etcd={}", env["ETCD_PID"])])
         .args(extra)
-        .envs(&stack.env);
+        .envs(env);
     let out = output_unless_interrupted(&mut command, true)
         .with_context(|| format!("cannot run {} bench", xtask.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -293,54 +300,124 @@ fn wrk_summary(output: &str) -> (String, Option<f64>) {
     (lines.join(";"), rps)
 }
 
+/// A second broker on a stack's config, on ports of its own, killed when dropped.
+struct SecondBroker {
+    child: std::process::Child,
+    listen_port: u16,
+    metrics_port: u16,
+    log_path: PathBuf,
+    started: Instant,
+}
+
+impl SecondBroker {
+    /// Starts `broker serve` on the stack's broker.toml with `env` added (settings override
+    /// the file as `ETCD_BROKER__SECTION__KEY`); its log goes to `<stack dir>/NAME.log`.
+    fn start(broker: &Path, stack: &DevProcess, name: &str, env: &[(&str, &str)]) -> Result<SecondBroker> {
+        let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
+        let (a, b) =
+            (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
+        let (listen_port, metrics_port) = (port(&a)?, port(&b)?);
+        drop((a, b));
+        let log_path = stack.dir().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let started = Instant::now();
+        let child = Command::new(broker)
+            .args(["serve", "--config"])
+            .arg(stack.dir().join("broker.toml"))
+            .env("ETCD_BROKER__LISTEN__PORT", listen_port.to_string())
+            .env("ETCD_BROKER__METRICS__PORT", metrics_port.to_string())
+            .envs(env.iter().copied())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", broker.display()))?;
+        Ok(SecondBroker { child, listen_port, metrics_port, log_path, started })
+    }
+
+    /// The time from its start until it answered the catalog. One that exits or does not
+    /// answer within 30 s is an error quoting the end of its log (which lives in the work
+    /// folder, removed as the error returns).
+    fn answered(&mut self, stack: &DevProcess) -> Result<Duration> {
+        let outcome = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+            let http = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{}/v2/catalog", self.listen_port);
+            while self.started.elapsed() < Duration::from_secs(30) {
+                if let Some(signal) = caught_signal() {
+                    return Err(Interrupted(signal).into());
+                }
+                // Its log says why; waiting out the 30 s would add nothing.
+                if let Some(status) = self.child.try_wait()? {
+                    return Ok(Err(format!("exited with {status}")));
+                }
+                let request = http
+                    .get(&url)
+                    .basic_auth(&stack.env["BROKER_USERNAME"], Some(&stack.env["BROKER_PASSWORD"]))
+                    .header("X-Broker-API-Version", "2.17");
+                if request.send().await.is_ok() {
+                    return Ok(Ok(self.started.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(Err("did not answer within 30 s".to_owned()))
+        });
+        outcome?.map_err(|failure| {
+            anyhow::anyhow!("the second broker {failure}; the end of its log:\n{}", log_tail(&self.log_path))
+        })
+    }
+
+    /// The stack's env with this broker's URLs and pid in place of the stack's broker.
+    fn env(&self, stack: &DevProcess) -> BTreeMap<String, String> {
+        let mut env = stack.env.clone();
+        env.insert("BROKER_URL".into(), format!("http://127.0.0.1:{}", self.listen_port));
+        env.insert("METRICS_URL".into(), format!("http://127.0.0.1:{}/metrics", self.metrics_port));
+        env.insert("BROKER_PID".into(), self.child.id().to_string());
+        env
+    }
+}
+
+impl Drop for SecondBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A second broker on the stack's config (other ports) started and timed until it answers the
-/// catalog; the stack's etcd holds the preload by then. A broker that exits or does not answer
-/// within 30 s is an error quoting the end of its log (which lives in the work folder, removed
-/// as the error returns).
+/// catalog; the stack's etcd holds the preload by then.
 fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
-    let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
-    let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
-    let (listen_port, metrics_port) = (port(&a)?, port(&b)?);
-    drop((a, b));
-    let log_path = stack.dir().join("startup.log");
-    let log = std::fs::File::create(&log_path)?;
-    let started = Instant::now();
-    let mut child = Command::new(broker)
-        .args(["serve", "--config"])
-        .arg(stack.dir().join("broker.toml"))
-        .env("ETCD_BROKER__LISTEN__PORT", listen_port.to_string())
-        .env("ETCD_BROKER__METRICS__PORT", metrics_port.to_string())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("cannot run {}", broker.display()))?;
-    let outcome = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-        let http = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{listen_port}/v2/catalog");
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Some(signal) = caught_signal() {
-                return Err(Interrupted(signal).into());
-            }
-            // Its log says why; waiting out the 30 s would add nothing.
-            if let Some(status) = child.try_wait()? {
-                return Ok(Err(format!("exited with {status}")));
-            }
-            let request = http
-                .get(&url)
-                .basic_auth(&stack.env["BROKER_USERNAME"], Some(&stack.env["BROKER_PASSWORD"]))
-                .header("X-Broker-API-Version", "2.17");
-            if request.send().await.is_ok() {
-                return Ok(Ok(started.elapsed()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        anyhow::Ok(Err("did not answer within 30 s".to_owned()))
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    outcome?.map_err(|failure| {
-        anyhow::anyhow!("the second broker {failure}; the end of its log:\n{}", log_tail(&log_path))
-    })
+    SecondBroker::start(broker, stack, "startup", &[])?.answered(stack)
+}
+
+/// Reports of [`sealing_comparison`]: one per run, in the order they ran.
+struct SealingRuns {
+    sealed: Vec<Value>,
+    unsealed: Vec<Value>,
+}
+
+/// Pairs of runs measuring what sealing costs: the stack's broker (sealing on) and a second
+/// broker on the same config and etcd with `secrets.sealing = "off"`, 8 clients each, taking
+/// turns so that both meet the same background (the role reaper's deletions, compactions).
+fn sealing_comparison(
+    xtask: &Path,
+    broker: &Path,
+    stack: &DevProcess,
+    count: u64,
+    work: &Path,
+) -> Result<SealingRuns> {
+    const PAIRS: usize = 5;
+    let mut unsealed_broker =
+        SecondBroker::start(broker, stack, "unsealed", &[("ETCD_BROKER__SECRETS__SEALING", "off")])?;
+    unsealed_broker.answered(stack)?;
+    let unsealed_env = unsealed_broker.env(stack);
+    let extra = ["--clients", "8", "--ops", "provision,bind,get-binding", "--no-floor"];
+    let mut runs = SealingRuns { sealed: Vec::new(), unsealed: Vec::new() };
+    for pair in 1..=PAIRS {
+        let sealed = bench(xtask, count, &stack.env, work, &format!("sealed-{pair}"), &extra)?;
+        runs.sealed.push(sealed.report);
+        let unsealed = bench(xtask, count, &unsealed_env, work, &format!("unsealed-{pair}"), &extra)?;
+        runs.unsealed.push(unsealed.report);
+    }
+    Ok(runs)
 }
 
 /// The machine's lines: cores and model, memory, etcd version, date, operations per phase,

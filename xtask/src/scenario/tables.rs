@@ -92,12 +92,70 @@ fn thousands(value: f64) -> String {
     out
 }
 
+/// Operations whose p50 sealing must not move by more than [`SEALING_TARGET`]: the ones that
+/// seal (bind) and unseal (GET binding) a password.
+const SEALED_OPERATIONS: [&str; 2] = ["bind", "get-binding"];
+
+/// Sealed p50 / unsealed p50 at most this.
+const SEALING_TARGET: f64 = 1.1;
+
+/// The median of some figures (the mean of the middle two of an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
+}
+
+/// The sealed broker's runs against the unsealed one's: per operation, each run's p50 and the
+/// broker's CPU per operation, their medians and the ratio of the medians; and those ratios for
+/// [`targets_table`]. Runs alternated, so the median compares like with like.
+pub fn sealing_table(sealed: &[Value], unsealed: &[Value]) -> (String, Vec<(String, f64)>) {
+    let figures = |reports: &[Value], op: &str, figure: fn(&Value) -> Option<f64>| -> Vec<f64> {
+        reports.iter().filter_map(|r| lookup(&per_operation(r, figure), op)).collect()
+    };
+    // The broker process's CPU in the broker's rounds (`bench --cpu-of broker=PID`).
+    let broker_cpu = |o: &Value| o["cpu_us_per_operation"]["broker"]["broker"].as_f64();
+    let list = |values: &[f64]| values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
+    let mut out = String::from(
+        "| operation | p50 sealed (ms), each run | unsealed | median sealed | median unsealed | sealed / unsealed | broker CPU us/op: sealed | unsealed |\n\
+         | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut ratios = Vec::new();
+    let operations = sealed.first().map(|r| per_operation(r, broker_p50)).unwrap_or_default();
+    for (op, _) in operations {
+        let (on, off) = (figures(sealed, &op, broker_p50), figures(unsealed, &op, broker_p50));
+        let (Some(median_on), Some(median_off)) = (median(on.clone()), median(off.clone())) else { continue };
+        if median_off <= 0.0 {
+            continue;
+        }
+        let cpu =
+            |reports| median(figures(reports, &op, broker_cpu)).map_or("-".to_owned(), |c| format!("{c:.0}"));
+        let ratio = median_on / median_off;
+        let _ = writeln!(
+            out,
+            "| {op} | {} | {} | {median_on:.2} | {median_off:.2} | {ratio:.2} | {} | {} |",
+            list(&on),
+            list(&off),
+            cpu(sealed),
+            cpu(unsealed)
+        );
+        ratios.push((op, ratio));
+    }
+    (out, ratios)
+}
+
 /// The issue's targets against one run of the scenario: `reports` by run name (see [`RUNS`]),
-/// wrk's catalog requests/s and the start-up time, when measured.
+/// wrk's catalog requests/s, the start-up time, when measured, and the sealed / unsealed p50
+/// ratios of [`sealing_table`].
 pub fn targets_table(
     reports: &BTreeMap<String, Value>,
     wrk_rps: Option<f64>,
     startup_ms: Option<u64>,
+    sealing: &[(String, f64)],
 ) -> String {
     let mut rows: Vec<[String; 3]> = Vec::new();
     for (op, target) in RATIO_TARGETS {
@@ -153,6 +211,18 @@ pub fn targets_table(
             "start-up < 1 s with the preload".to_owned(),
             format!("{ms} ms"),
             verdict(ms < 1000).to_owned(),
+        ]);
+    }
+    let sealing: Vec<(&str, f64)> = sealing
+        .iter()
+        .filter(|(op, _)| SEALED_OPERATIONS.contains(&op.as_str()))
+        .map(|(op, ratio)| (op.as_str(), *ratio))
+        .collect();
+    if let Some((min, max, worst)) = spread(&sealing) {
+        rows.push([
+            format!("sealing: bind and get-binding p50 within {SEALING_TARGET}x of unsealed"),
+            format!("{min:.2}-{max:.2}x (worst: {worst})"),
+            verdict(max <= SEALING_TARGET).to_owned(),
         ]);
     }
     if let Some(busy) = reports.get("default-64") {
@@ -216,7 +286,9 @@ mod tests {
             "default-64".to_owned(),
             json!({ "operations": [op("provision", 1.0, None, None)], "orphans": [] }),
         );
-        let table = targets_table(&reports, Some(63300.84), Some(90));
+        let sealing =
+            [("provision".to_owned(), 1.5), ("bind".to_owned(), 1.04), ("get-binding".to_owned(), 1.08)];
+        let table = targets_table(&reports, Some(63300.84), Some(90), &sealing);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines,
@@ -229,12 +301,37 @@ mod tests {
                 "| preloaded p50 within 1.2x of empty, every operation | 1.00-1.10x (worst: provision) | met |",
                 "| broker RSS < 64 MB with the preload | 27.0 MB | met |",
                 "| start-up < 1 s with the preload | 90 ms | met |",
+                "| sealing: bind and get-binding p50 within 1.1x of unsealed | 1.04-1.08x (worst: get-binding) | met |",
                 "| 64 clients: no errors, no orphans | 0 errors, 0 orphans | met |",
             ]
         );
         // No orphan list (the check did not run) is no pass.
         reports.insert("default-64".to_owned(), json!({ "operations": [] }));
-        assert!(targets_table(&reports, None, None).contains("| 0 errors, 0 orphans | **missed** |"));
+        assert!(targets_table(&reports, None, None, &[]).contains("| 0 errors, 0 orphans | **missed** |"));
+    }
+
+    #[test]
+    fn the_sealing_table_compares_medians_of_alternating_runs() {
+        let run = |bind: f64, get: f64, cpu: f64| {
+            let mut report =
+                json!({ "operations": [op("bind", bind, None, None), op("get-binding", get, None, None)] });
+            report["operations"][0]["cpu_us_per_operation"] = json!({ "broker": { "broker": cpu } });
+            report
+        };
+        let sealed = [run(21.0, 1.3, 700.0), run(20.0, 1.2, 720.0), run(30.0, 1.1, 760.0)];
+        let unsealed = [run(20.0, 1.0, 690.0), run(19.0, 1.2, 700.0)];
+        let (table, ratios) = sealing_table(&sealed, &unsealed);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[2],
+            "| bind | 21.00, 20.00, 30.00 | 20.00, 19.00 | 21.00 | 19.50 | 1.08 | 720 | 695 |"
+        );
+        assert_eq!(lines[3], "| get-binding | 1.30, 1.20, 1.10 | 1.00, 1.20 | 1.20 | 1.10 | 1.09 | - | - |");
+        assert_eq!(ratios.len(), 2);
+        assert!((ratios[0].1 - 21.0 / 19.5).abs() < 1e-9, "{ratios:?}");
+        // A run without the operation leaves it out rather than failing.
+        let (table, ratios) = sealing_table(&sealed, &[json!({ "operations": [] })]);
+        assert_eq!((table.lines().count(), ratios.len()), (2, 0));
     }
 
     #[test]
