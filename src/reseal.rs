@@ -10,18 +10,19 @@ use std::sync::Arc;
 
 use crate::broker::names::Names;
 use crate::broker::reseal::Reseal;
-pub use crate::broker::reseal::{Progress, Source, Stopped, Summary};
+pub use crate::broker::reseal::{Progress, Source, Stopped, Summary, DEFAULT_PARALLEL};
 use crate::config::Config;
 use crate::etcd::{EtcdStore, Observer};
 use crate::sealing::Sealing;
 use crate::store::Store;
 
 /// Rewrites (`dry_run`: counts) every binding record in the config's state cluster that the
-/// active key of its keychain does not seal; see [`crate::broker::reseal`]. `Err` when the
-/// config does not seal or has no state cluster, before anything is read.
+/// active key of its keychain does not seal, `parallel` at once; see [`crate::broker::reseal`].
+/// `Err` when the config does not seal or has no state cluster, before anything is read.
 pub async fn reseal(
     config: &Config,
     dry_run: bool,
+    parallel: usize,
     stop: &AtomicBool,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Summary, String> {
@@ -46,6 +47,7 @@ pub async fn reseal(
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         keychain: keychain.clone(),
         dry_run,
+        parallel,
     };
     Ok(run.run(stop, progress).await)
 }

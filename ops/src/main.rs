@@ -65,7 +65,7 @@ enum Command {
     /// compare-and-swap per record: a broker's concurrent change wins and the record is
     /// retried. Prints a progress report on stderr and a summary (rewritten per source key,
     /// skipped, raced, failed records by key) on stdout. Safe to stop (Ctrl-C stops after the
-    /// current record, exit 130) and to run again: records done are skipped. Exit 0 when every
+    /// records being rewritten, exit 130) and to run again: records done are skipped. Exit 0 when every
     /// record is done, 1 when any failed.
     Reseal(reseal::ResealArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.

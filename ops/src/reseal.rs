@@ -24,6 +24,19 @@ pub struct ResealArgs {
     /// Count what would be rewritten, per source (clear text, each key); write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Records rewritten at once (1-64). Each waits for an fsynced etcd transaction: more finish
+    /// sooner and take more of etcd's time from the brokers serving meanwhile.
+    #[arg(long, default_value_t = etcd_broker::reseal::DEFAULT_PARALLEL,
+          value_parser = parse_parallel)]
+    pub parallel: usize,
+}
+
+/// `--parallel`: 1 to 64 (a page of the walk).
+fn parse_parallel(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("'{text}' is not a number from 1 to 64")),
+    }
 }
 
 /// How a run ended, for the exit code.
@@ -56,13 +69,15 @@ pub fn run(args: &ResealArgs) -> Result<Outcome> {
         let on_signal = stop.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("reseal: stopping after the current record");
+                eprintln!("reseal: stopping after the records being rewritten");
                 on_signal.store(true, Ordering::SeqCst);
             }
         });
         let mut report = ProgressReport::new();
-        let summary =
-            etcd_broker::reseal::reseal(&config, args.dry_run, &stop, &mut |p| report.heard(p)).await;
+        let summary = etcd_broker::reseal::reseal(&config, args.dry_run, args.parallel, &stop, &mut |p| {
+            report.heard(p)
+        })
+        .await;
         if let Ok(summary) = &summary {
             report.last(summary.done());
         }

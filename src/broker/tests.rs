@@ -602,12 +602,13 @@ impl Store for HookedStore {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.inner.list(prefix).await
     }
-    async fn next_after(
+    async fn page_after(
         &self,
         prefix: &str,
         after: Option<&str>,
-    ) -> Result<Option<(String, Versioned)>, StoreError> {
-        self.inner.next_after(prefix, after).await
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.inner.page_after(prefix, after, limit).await
     }
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.inner.count(prefix).await

@@ -154,16 +154,18 @@ impl Store for EtcdStore {
         Ok(response.kvs().iter().map(entry).collect())
     }
 
-    async fn next_after(
+    async fn page_after(
         &self,
         prefix: &str,
         after: Option<&str>,
-    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
         let from = match after {
             Some(after) => [after.as_bytes(), b"\0"].concat(),
             None => prefix.as_bytes().to_vec(),
         };
-        let options = GetOptions::new().with_range(prefix_end(prefix.as_bytes())).with_limit(1);
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let options = GetOptions::new().with_range(prefix_end(prefix.as_bytes())).with_limit(limit);
         let response = self
             .kv(Call::Read, |mut c| {
                 let (from, options) = (from.clone(), options.clone());
@@ -171,7 +173,7 @@ impl Store for EtcdStore {
             })
             .await
             .map_err(classify)?;
-        Ok(response.kvs().first().map(entry))
+        Ok(response.kvs().iter().map(entry).collect())
     }
 
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {

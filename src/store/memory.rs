@@ -46,18 +46,20 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn next_after(
+    async fn page_after(
         &self,
         prefix: &str,
         after: Option<&str>,
-    ) -> Result<Option<(String, Versioned)>, StoreError> {
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
         let s = self.state.lock().unwrap();
-        let first = s
+        let page = s
             .keys
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .find(|(k, _)| after.is_none_or(|after| k.as_str() > after));
-        Ok(first.map(|(k, v)| (k.clone(), v.clone())))
+            .filter(|(k, _)| after.is_none_or(|after| k.as_str() > after))
+            .take(limit.max(1));
+        Ok(page.map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {

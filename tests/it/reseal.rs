@@ -25,7 +25,7 @@ use crate::sealing::{broker_with, config_with, password, SEALING_OFF};
 async fn run_reseal(dir: &Path, etcd: &LocalEtcd, secrets: &str, dry_run: bool) -> Outcome {
     let config = dir.join(if dry_run { "dry.toml" } else { "reseal.toml" });
     std::fs::write(&config, config_with(1, 2, etcd, secrets)).unwrap();
-    let args = ResealArgs { config, dry_run };
+    let args = ResealArgs { config, dry_run, parallel: 8 };
     std::thread::spawn(move || reseal::run(&args).unwrap()).join().unwrap()
 }
 
@@ -59,14 +59,14 @@ async fn a_rotation_reseals_every_record_and_passwords_stay_the_same() {
     // Refused with sealing off: brokers would write rewritten records in clear again.
     let off =
         Config::from_toml(&config_with(1, 2, &etcd, &secrets_toml("off", "k2", &[("k2", &k2)]))).unwrap();
-    let refused = etcd_broker::reseal::reseal(&off, false, &AtomicBool::new(false), &mut |_| {}).await;
+    let refused = etcd_broker::reseal::reseal(&off, false, 8, &AtomicBool::new(false), &mut |_| {}).await;
     assert!(refused.unwrap_err().contains("sealing is off"));
 
     // A dry run counts per source and writes nothing.
     assert_eq!(run_reseal(dir.path(), &etcd, &rotated, true).await, Outcome::Done);
     assert_eq!(etcd_broker_ops::sealing::list_with_counts(&config).await.unwrap(), list);
     let stop = AtomicBool::new(false);
-    let dry = etcd_broker::reseal::reseal(&config, true, &stop, &mut |_| {}).await.unwrap();
+    let dry = etcd_broker::reseal::reseal(&config, true, 8, &stop, &mut |_| {}).await.unwrap();
     let expected = [(Source::Clear, 1), (Source::Key("k1".into()), 3)].into();
     assert_eq!((dry.rewritten, dry.already_active), (expected, 1));
 
@@ -79,7 +79,7 @@ async fn a_rotation_reseals_every_record_and_passwords_stay_the_same() {
         assert_eq!((got.status, &password(&got)), (StatusCode::OK, secret), "{binding}");
     }
     // A second run has nothing left to do.
-    let again = etcd_broker::reseal::reseal(&config, false, &stop, &mut |_| {}).await.unwrap();
+    let again = etcd_broker::reseal::reseal(&config, false, 8, &stop, &mut |_| {}).await.unwrap();
     assert!(again.rewritten.is_empty() && again.failed.is_empty(), "{again:?}");
     assert_eq!(again.already_active, 5);
     new.stop().await;
@@ -162,11 +162,13 @@ fn percentiles(sorted: &[Duration]) -> String {
 }
 
 /// The measurement in docs/performance.md: `RESEAL_RECORDS` (default 10,000) records sealed by
-/// k1, resealed to k2 while one client reads bindings in a loop.
+/// k1, resealed to k2 (`RESEAL_PARALLEL` at once, default 8) while one client reads bindings
+/// in a loop.
 #[tokio::test]
 #[ignore = "a measurement: cargo test --test it reseal::measure -- --ignored --nocapture"]
 async fn measure_reseal_under_reads() {
     let count: usize = std::env::var("RESEAL_RECORDS").map_or(10_000, |n| n.parse().unwrap());
+    let parallel: usize = std::env::var("RESEAL_PARALLEL").map_or(8, |n| n.parse().unwrap());
     let etcd = start_etcd().await;
     let dir = tempfile::tempdir().unwrap();
     let (k1, k2) = (write_key(dir.path(), "k1"), write_key(dir.path(), "k2"));
@@ -189,7 +191,7 @@ async fn measure_reseal_under_reads() {
     let finished = done.clone();
     let started = Instant::now();
     let run = std::thread::spawn(move || {
-        let outcome = reseal::run(&ResealArgs { config: config_path, dry_run: false }).unwrap();
+        let outcome = reseal::run(&ResealArgs { config: config_path, dry_run: false, parallel }).unwrap();
         finished.store(true, std::sync::atomic::Ordering::SeqCst);
         (outcome, started.elapsed())
     });
@@ -197,7 +199,7 @@ async fn measure_reseal_under_reads() {
     let (outcome, took) = run.join().unwrap();
     assert_eq!(outcome, Outcome::Done);
     eprintln!(
-        "reseal of {count} records: {:.1} s, {:.0} records/s",
+        "reseal of {count} records, {parallel} at once: {:.1} s, {:.0} records/s",
         took.as_secs_f64(),
         count as f64 / took.as_secs_f64()
     );

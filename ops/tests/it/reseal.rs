@@ -1,4 +1,4 @@
-//! `reseal` as a binary on a real etcd: Ctrl-C (SIGINT) stops it after the current record with
+//! `reseal` as a binary on a real etcd: Ctrl-C (SIGINT) stops it after the records in hand with
 //! exit 130 and the summary saying how to resume, a second run finishes the rest, a third finds
 //! nothing to do; nothing secret is printed. (The rotation with real brokers, GET binding and
 //! `keys list`: the broker crate's tests/it/reseal.rs.)
@@ -94,8 +94,9 @@ async fn ctrl_c_stops_after_a_record_and_a_second_run_finishes() {
     preload(&etcd, &config(dir.path(), &etcd, "k1", &[("k1", &k1)])).await;
     let rotated = config(dir.path(), &etcd, "k2", &[("k1", &k1), ("k2", &k2)]);
 
+    // One record at a time, so that the progress line comes long before the end.
     let mut child = Command::new(OPS)
-        .args(["reseal", "--config"])
+        .args(["reseal", "--parallel", "1", "--config"])
         .arg(&rotated)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -123,6 +124,10 @@ async fn ctrl_c_stops_after_a_record_and_a_second_run_finishes() {
     assert_eq!(count(&second, "already sealed by 'k2':"), done, "{second}");
     let last = progress.lines().last().unwrap_or_default();
     assert!(last.starts_with(&format!("reseal: {RECORDS}/{RECORDS} records, ")), "{progress}");
+
+    let (code, _, usage) = reseal(&rotated, &["--parallel", "0"]);
+    assert_eq!(code, Some(2), "{usage}");
+    assert!(usage.contains("'0' is not a number from 1 to 64"), "{usage}");
 
     let (code, third, _) = reseal(&rotated, &["--dry-run"]);
     assert_eq!(code, Some(0));
