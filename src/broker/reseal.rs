@@ -26,7 +26,8 @@ use crate::sealing::{self, Keychain};
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
 use super::names::Names;
-use super::records::{decode, encode, BindingRecord, RecordState, StoredPassword};
+use super::records::{decode, BindingRecord, RecordState, StoredPassword};
+use super::sealed::binding_writes;
 use super::CAS_ATTEMPTS;
 
 /// Where a rewritten record's password came from, the key of the summary's counts.
@@ -268,15 +269,13 @@ impl Reseal {
             _ => return Err("its password changed form while being read".to_owned()),
         };
         record.password_sealed = Some(sealing::seal(&self.keychain, key, &clear).map_err(|e| e.to_string())?);
-        let (instance, binding) = (&record.instance_id, &record.binding_id);
-        let active = self.keychain.active().name();
-        let mut writes = vec![
-            Write::Put(key.to_owned(), encode(&record)),
-            Write::Put(self.names.binding_index_key(&record.plan_id, instance, binding), Vec::new()),
-            Write::Put(self.names.sealed_index_key(active, instance, binding), Vec::new()),
-        ];
+        let mut writes = binding_writes(&self.names, key, &record);
         if let Source::Key(old) = source {
-            writes.push(Write::Delete(self.names.sealed_index_key(old, instance, binding)));
+            writes.push(Write::Delete(self.names.sealed_index_key(
+                old,
+                &record.instance_id,
+                &record.binding_id,
+            )));
         }
         Ok(writes)
     }

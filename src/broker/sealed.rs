@@ -7,8 +7,8 @@
 //!
 //! Invariant: a binding record has an entry `<state>index/sealed/<key name>/<instance>/<binding>`
 //! exactly when its password is sealed, with the key named in the sealed value. The entry is
-//! put and deleted in the same transactions as the record ([`EtcdBroker::record_writes`],
-//! [`EtcdBroker::index_keys`]), so counting a key's records is one count-only request, and the
+//! put and deleted in the same transactions as the record ([`binding_writes`], which the
+//! broker and `reseal` both write with, and [`EtcdBroker::index_deletes`]), so counting a key's records is one count-only request, and the
 //! key names in use are found with one read per name ([`EtcdBroker::sealing_keys_in_use`]),
 //! never a scan of the records.
 
@@ -18,8 +18,28 @@ use crate::osb::{BrokerError, BrokerResult};
 use crate::sealing::{self, Keychain, Sealing};
 use crate::store::Write;
 
+use super::names::Names;
 use super::records::{encode, BindingRecord, StoredPassword};
 use super::EtcdBroker;
+
+/// The index entries of a binding record: its plan's, and its sealing key's when sealed.
+fn binding_index_keys(names: &Names, record: &BindingRecord) -> Vec<String> {
+    let (instance, binding) = (&record.instance_id, &record.binding_id);
+    let mut keys = vec![names.binding_index_key(&record.plan_id, instance, binding)];
+    if let Some(name) = record.password_sealed.as_deref().and_then(sealing::sealed_with) {
+        keys.push(names.sealed_index_key(name, instance, binding));
+    }
+    keys
+}
+
+/// The writes that store binding `record` at `key` as it is (sealed or not), for one
+/// transaction: the record and its index entries. A function of the names alone, so that
+/// `reseal` writes records exactly as brokers do.
+pub(super) fn binding_writes(names: &Names, key: &str, record: &BindingRecord) -> Vec<Write> {
+    let mut writes = vec![Write::Put(key.to_owned(), encode(record))];
+    writes.extend(binding_index_keys(names, record).into_iter().map(|k| Write::Put(k, Vec::new())));
+    writes
+}
 
 /// How many records each key seals and how many hold their password in clear, for the gauges
 /// and `keys list`.
@@ -91,27 +111,15 @@ impl EtcdBroker {
     /// index entries.
     pub(super) fn record_writes(&self, key: &str, record: &mut BindingRecord) -> BrokerResult<Vec<Write>> {
         self.seal_password(key, record)?;
-        let mut writes = vec![Write::Put(key.to_owned(), encode(&*record))];
-        writes.extend(self.index_keys(record).into_iter().map(|k| Write::Put(k, Vec::new())));
-        Ok(writes)
-    }
-
-    /// The index entries of a binding record: its plan's, and its sealing key's when sealed.
-    pub(super) fn index_keys(&self, record: &BindingRecord) -> Vec<String> {
-        let (instance, binding) = (&record.instance_id, &record.binding_id);
-        let mut keys = vec![self.names().binding_index_key(&record.plan_id, instance, binding)];
-        if let Some(name) = record.password_sealed.as_deref().and_then(sealing::sealed_with) {
-            keys.push(self.names().sealed_index_key(name, instance, binding));
-        }
-        keys
+        Ok(binding_writes(self.names(), key, record))
     }
 
     /// The deletes of a binding record's index entries, for the transaction that deletes it:
-    /// those [`Self::index_keys`] names, and its entry under every key of the keychain, so that
+    /// those [`binding_writes`] puts, and its entry under every key of the keychain, so that
     /// a sealed value that no longer names its key (damaged, truncated) leaves no entry behind.
     /// Deleting a key that does not exist is a no-op in etcd.
     pub(super) fn index_deletes(&self, record: &BindingRecord) -> Vec<Write> {
-        let mut keys = self.index_keys(record);
+        let mut keys = binding_index_keys(self.names(), record);
         for key in self.setup.sealing.keychain().into_iter().flat_map(Keychain::keys) {
             keys.push(self.names().sealed_index_key(key.name(), &record.instance_id, &record.binding_id));
         }
