@@ -31,8 +31,8 @@ use std::thread::ThreadId;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, RoleRevokePermissionOptions, Txn,
-    TxnOp,
+    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, RoleRevokePermissionOptions,
+    Txn, TxnOp,
 };
 use tokio::sync::OnceCell;
 

@@ -57,7 +57,11 @@ pub struct Permission {
 impl Permission {
     /// What a binding's role holds: read-write on exactly the keys starting with `prefix`.
     pub fn read_write_prefix(prefix: &str) -> Self {
-        Self { access: Access::ReadWrite, key: prefix.as_bytes().to_vec(), range_end: prefix_end(prefix.as_bytes()) }
+        Self {
+            access: Access::ReadWrite,
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+        }
     }
 }
 
