@@ -9,10 +9,11 @@ use actix_web::{App, HttpServer};
 
 use crate::activity::OsbActivity;
 use crate::broker::names::Names;
+use crate::broker::reconcile;
 use crate::broker::role_reaper::{self, Pacing};
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
-use crate::config::{Config, Sealing};
+use crate::config::{Config, ReconcileConfig, Sealing};
 use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
@@ -112,7 +113,7 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     servers: Vec<actix_web::dev::Server>,
     broker: Arc<EtcdBroker>,
-    /// The role reaper, run for as long as the servers.
+    /// The role reaper and the periodic reconcile check, run for as long as the servers.
     reaper: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 }
 
@@ -165,6 +166,35 @@ fn report_sealing(sealing: &Sealing, metrics: &Metrics) {
     }
 }
 
+/// The periodic reconcile check ([`reconcile::run_periodically`]) reporting to the gauge
+/// `etcd_broker_reconcile_findings{kind}` (every kind exported at 0 from start); never ends,
+/// and does nothing with `interval_seconds = 0`.
+fn periodic_reconcile(
+    broker: Arc<EtcdBroker>,
+    config: &ReconcileConfig,
+    metrics: &Metrics,
+) -> impl std::future::Future<Output = ()> {
+    let (findings, failures) = (metrics.reconcile_findings.clone(), metrics.reconcile_failures.clone());
+    for kind in reconcile::Kind::ALL {
+        findings.with_label_values(&[kind.name()]).set(0);
+    }
+    let observer = reconcile::PeriodicObserver {
+        found: Box::new(move |counts| {
+            for (kind, n) in counts {
+                findings.with_label_values(&[kind.name()]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }),
+        failed: Box::new(move |_| failures.inc()),
+    };
+    let (interval, stuck_after) = (config.interval_seconds, config.stuck_after_seconds);
+    async move {
+        if interval == 0 {
+            return std::future::pending().await;
+        }
+        reconcile::run_periodically(broker, Duration::from_secs(interval), stuck_after, observer).await
+    }
+}
+
 /// The first address a bound server listens on.
 fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartError> {
     addrs.first().copied().ok_or_else(|| StartError::Listen {
@@ -199,7 +229,11 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         deleted: Box::new(move || deleted.inc()),
         failed: Box::new(move || failed.inc()),
     };
-    let reaper = Box::pin(role_reaper::run(broker.clone(), pacing, observer, activity));
+    let reaper = role_reaper::run(broker.clone(), pacing, observer, activity);
+    let reconcile = periodic_reconcile(broker.clone(), &config.reconcile, &metrics);
+    let reaper = Box::pin(async move {
+        futures_util::future::join(reaper, reconcile).await;
+    });
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .workers(config.listen.workers)

@@ -168,3 +168,60 @@ async fn a_broken_deployment_is_found_repaired_and_then_clean() {
     assert!(clean.findings.is_empty(), "{clean:#?}");
     broker.stop().await;
 }
+
+/// The gauge `etcd_broker_reconcile_findings{kind}` of the broker's periodic check: 0 for every
+/// kind while binds and unbinds run through several checks (operations in flight are not
+/// findings), then an orphan user made by hand counts once two checks in a row found it.
+#[tokio::test]
+async fn the_periodic_check_exports_findings_and_not_operations_in_flight() {
+    let etcd = start_etcd().await;
+    let broker = BrokerProcess::start_with_config(
+        |port, metrics_port| {
+            config_toml(port, metrics_port, &etcd, None) + "\n[reconcile]\ninterval_seconds = 1\n"
+        },
+        &[],
+    )
+    .await;
+    let gauge =
+        |text: &str, kind: &str| sample(text, &format!("etcd_broker_reconcile_findings{{kind=\"{kind}\"}}"));
+    let text = scrape(&broker).await;
+    for kind in Kind::ALL {
+        assert!(
+            text.contains(&format!("etcd_broker_reconcile_findings{{kind=\"{}\"}} 0", kind.name())),
+            "{text}"
+        );
+    }
+    let osb = Osb::new(&broker.url);
+    assert_eq!(osb.provision("i1", SHARED).await.status, StatusCode::CREATED);
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    while started.elapsed() < std::time::Duration::from_secs(4) {
+        let ids: Vec<String> = (0..4).map(|n| format!("r{round}b{n}")).collect();
+        let binds = ids.iter().map(|b| osb.bind("i1", b));
+        for reply in futures_util::future::join_all(binds).await {
+            assert_eq!(reply.status, StatusCode::CREATED);
+        }
+        let unbinds = ids.iter().map(|b| osb.unbind("i1", b));
+        futures_util::future::join_all(unbinds).await;
+        round += 1;
+    }
+    let text = scrape(&broker).await;
+    for kind in Kind::ALL {
+        assert_eq!(gauge(&text, kind.name()), 0.0, "{} after {round} rounds", kind.name());
+    }
+
+    let mut root = etcd.root_client().await.unwrap();
+    root.user_add("etcd-broker.i1.gone", "left-over", None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let text = scrape(&broker).await;
+        if gauge(&text, "orphan_user") == 1.0 {
+            assert_eq!(gauge(&text, "orphan_role"), 0.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the orphan user was never counted: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(!broker.log_text().contains("left-over"));
+    broker.stop().await;
+}
