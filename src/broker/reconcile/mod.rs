@@ -38,8 +38,9 @@ use serde::Serialize;
 
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
 use crate::sealing;
-use crate::store::{Permission, StoreError, Versioned};
+use crate::store::{Permission, Versioned};
 
+use super::instances::list_names;
 use super::records::{decode, BindingRecord, InstanceRecord, RecordState, RoleDeletion};
 use super::{unavailable, EtcdBroker};
 
@@ -164,6 +165,17 @@ pub enum Repaired {
     Skipped(String),
     /// Attempted and failed: why; a re-run tries again.
     Failed(String),
+}
+
+impl Repaired {
+    /// `repaired`, `skipped` or `failed`, as in the JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Repaired::Repaired => "repaired",
+            Repaired::Skipped(_) => "skipped",
+            Repaired::Failed(_) => "failed",
+        }
+    }
 }
 
 /// One inconsistency. Names keys, users, roles, clusters and key names; never a secret.
@@ -472,20 +484,9 @@ impl EtcdBroker {
             }
             for (key, found) in page {
                 report.checked.bindings += 1;
-                let record: BindingRecord = match decode(&key, &found.value) {
-                    Ok(record) => record,
-                    Err(e) => {
-                        report.findings.push(finding(
-                            Kind::UnreadableRecord,
-                            &state_cluster,
-                            &key,
-                            e.to_string(),
-                        ));
-                        // Its names are unknown: users and roles without a record are
-                        // reported, so look at this record first.
-                        continue;
-                    }
-                };
+                // Unreadable, its names are unknown: users and roles without a record are
+                // reported, so look at this record first.
+                let Some(record) = self.decoded::<BindingRecord>(&key, &found, report) else { continue };
                 seen.named.insert((record.cluster.clone(), record.username.clone()));
                 seen.named.insert((record.cluster.clone(), record.role.clone()));
                 let finding_here = |kind, detail: String| finding(kind, &state_cluster, &key, detail);
@@ -513,6 +514,23 @@ impl EtcdBroker {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// A record as read, or `None` with an `unreadable_record` finding.
+    fn decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        found: &Versioned,
+        report: &mut Report,
+    ) -> Option<T> {
+        match decode(key, &found.value) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                let state_cluster = &self.setup.state_cluster;
+                report.findings.push(finding(Kind::UnreadableRecord, state_cluster, key, e.to_string()));
+                None
             }
         }
     }
@@ -623,18 +641,7 @@ impl EtcdBroker {
         let state_cluster = self.setup.state_cluster.clone();
         self.walk(&prefix, &mut |key, found| {
             report.checked.queued_role_deletions += 1;
-            let entry: RoleDeletion = match decode(&key, &found.value) {
-                Ok(entry) => entry,
-                Err(e) => {
-                    report.findings.push(finding(
-                        Kind::UnreadableRecord,
-                        &state_cluster,
-                        &key,
-                        e.to_string(),
-                    ));
-                    return;
-                }
-            };
+            let Some(entry) = self.decoded::<RoleDeletion>(&key, &found, report) else { return };
             seen.named.insert((entry.cluster.clone(), entry.role.clone()));
             if let Some(user) = &entry.user {
                 seen.named.insert((entry.cluster.clone(), user.clone()));
@@ -654,18 +661,13 @@ impl EtcdBroker {
     async fn check_names(&self, cluster: &str, seen: &Seen, report: &mut Report) -> BrokerResult<()> {
         let store = &*self.setup.clusters[cluster].store;
         let prefix = self.names().all_names_prefix();
-        let listed = match store.list_users(&prefix).await {
-            Ok(users) => store.list_roles(&prefix).await.map(|roles| (users, roles)),
-            Err(e) => Err(e),
-        };
-        let (users, roles) = match listed {
+        let (users, roles) = match list_names(store, &prefix).await.map_err(|e| unavailable(cluster, e))? {
             Ok(found) => found,
             // Too many users for one gRPC answer (about 45,000): the rest of the check runs.
-            Err(StoreError::Failed(why)) => {
+            Err(why) => {
                 report.skipped.push(format!("cluster {cluster}: users and roles not listed: {why}"));
                 return Ok(());
             }
-            Err(e) => return Err(unavailable(cluster, e)),
         };
         report.checked.users += users.len() as u64;
         report.checked.roles += roles.len() as u64;
