@@ -14,6 +14,8 @@
 //! - [`server`]: wiring config -> broker -> HTTP server.
 //! - [`reseal`]: wiring config -> state cluster -> [`broker::reseal`], for `etcd-broker-ops
 //!   reseal` (which may not use the store or `etcd` beyond its client API).
+//! - [`reconcile`]: wiring config -> clusters -> [`broker::reconcile`], for `etcd-broker-ops
+//!   reconcile`.
 //! - [`metrics`]: the Prometheus registry; [`store::metered`] times etcd calls; [`inventory`]
 //!   collects the instance, binding and role-queue gauges.
 //! - [`activity`]: how busy the OSB API is; the role reaper ([`broker::role_reaper`]) deletes
@@ -30,6 +32,7 @@ pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod osb;
+pub mod reconcile;
 pub mod render;
 pub mod reseal;
 pub mod sealing;

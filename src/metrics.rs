@@ -40,6 +40,10 @@ pub struct Metrics {
     /// Roles the role reaper deleted, and the queue entries it could not handle.
     pub roles_deleted: IntCounter,
     pub role_deletion_failures: IntCounter,
+    /// What the periodic reconcile check found, by kind (findings two checks in a row agree on).
+    pub reconcile_findings: IntGaugeVec,
+    /// Periodic reconcile checks that could not finish.
+    pub reconcile_failures: IntCounter,
 }
 
 impl Metrics {
@@ -107,6 +111,19 @@ impl Metrics {
             "Queued roles the role reaper failed to delete (retried on its next pass).",
         )
         .expect("valid metric");
+        let reconcile_findings = IntGaugeVec::new(
+            Opts::new(
+                "etcd_broker_reconcile_findings",
+                "Inconsistencies between the broker's records and etcd found by the periodic reconcile check, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let reconcile_failures = IntCounter::new(
+            "etcd_broker_reconcile_failures_total",
+            "Periodic reconcile checks that could not finish (etcd failed).",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("etcd_broker_build_info", "Always 1; labels say which build is running."),
             &["version", "rust_version"],
@@ -125,6 +142,8 @@ impl Metrics {
             Box::new(etcd_read_copies.clone()),
             Box::new(roles_deleted.clone()),
             Box::new(role_deletion_failures.clone()),
+            Box::new(reconcile_findings.clone()),
+            Box::new(reconcile_failures.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -142,6 +161,8 @@ impl Metrics {
             etcd_read_copies,
             roles_deleted,
             role_deletion_failures,
+            reconcile_findings,
+            reconcile_failures,
         }
     }
 

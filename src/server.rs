@@ -9,10 +9,11 @@ use actix_web::{App, HttpServer};
 
 use crate::activity::OsbActivity;
 use crate::broker::names::Names;
+use crate::broker::reconcile;
 use crate::broker::role_reaper::{self, Pacing};
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
-use crate::config::{Config, Sealing};
+use crate::config::{Config, ReconcileConfig, Sealing};
 use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
@@ -56,20 +57,31 @@ pub fn run(config: &Config) -> Result<(), StartError> {
 
 /// Builds the broker for a config: one lazily connected, metered store per cluster.
 pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroker, StartError> {
-    let mut clusters = HashMap::new();
-    for (name, cluster) in &config.clusters {
+    build_broker_with(config, &|name, cluster| {
         // The series are looked up once here rather than on every batch or copy (which also
         // exports the copy counter at 0 from start-up).
-        let batch_size = |call| metrics.etcd_batch_size.with_label_values(&[name.as_str(), call]);
+        let batch_size = |call| metrics.etcd_batch_size.with_label_values(&[name, call]);
         let (gets, txns) = (batch_size("get"), batch_size("txn"));
-        let copies = metrics.etcd_read_copies.with_label_values(&[name.as_str()]);
+        let copies = metrics.etcd_read_copies.with_label_values(&[name]);
         let observer = Observer {
             batch: Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64)),
             read_copy: Arc::new(move || copies.inc()),
         };
         let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer)
-            .map_err(|e| StartError::Cluster { cluster: name.clone(), message: format!("TLS: {e}") })?;
-        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(etcd, metrics.clone(), name));
+            .map_err(|e| StartError::Cluster { cluster: name.to_owned(), message: format!("TLS: {e}") })?;
+        Ok(Arc::new(MeteredStore::new(etcd, metrics.clone(), name)))
+    })
+}
+
+/// Makes the store of one configured cluster (by name).
+pub type StoreOf<'a> = dyn Fn(&str, &crate::config::Cluster) -> Result<Arc<dyn Store>, StartError> + 'a;
+
+/// Builds the broker for a config with the store `store_of` makes for each cluster (by name):
+/// the server's are metered, the operators' tools' (`reconcile`) are not.
+pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<EtcdBroker, StartError> {
+    let mut clusters = HashMap::new();
+    for (name, cluster) in &config.clusters {
+        let store = store_of(name, cluster)?;
         let ca_certificate = cluster
             .tls
             .as_ref()
@@ -101,7 +113,7 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     servers: Vec<actix_web::dev::Server>,
     broker: Arc<EtcdBroker>,
-    /// The role reaper, run for as long as the servers.
+    /// The role reaper and the periodic reconcile check, run for as long as the servers.
     reaper: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 }
 
@@ -154,6 +166,35 @@ fn report_sealing(sealing: &Sealing, metrics: &Metrics) {
     }
 }
 
+/// The periodic reconcile check ([`reconcile::run_periodically`]) reporting to the gauge
+/// `etcd_broker_reconcile_findings{kind}` (every kind exported at 0 from start); never ends,
+/// and does nothing with `interval_seconds = 0`.
+fn periodic_reconcile(
+    broker: Arc<EtcdBroker>,
+    config: &ReconcileConfig,
+    metrics: &Metrics,
+) -> impl std::future::Future<Output = ()> {
+    let (findings, failures) = (metrics.reconcile_findings.clone(), metrics.reconcile_failures.clone());
+    for kind in reconcile::Kind::ALL {
+        findings.with_label_values(&[kind.name()]).set(0);
+    }
+    let observer = reconcile::PeriodicObserver {
+        found: Box::new(move |counts| {
+            for (kind, n) in counts {
+                findings.with_label_values(&[kind.name()]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }),
+        failed: Box::new(move |_| failures.inc()),
+    };
+    let (interval, stuck_after) = (config.interval_seconds, config.stuck_after_seconds);
+    async move {
+        if interval == 0 {
+            return std::future::pending().await;
+        }
+        reconcile::run_periodically(broker, Duration::from_secs(interval), stuck_after, observer).await
+    }
+}
+
 /// The first address a bound server listens on.
 fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartError> {
     addrs.first().copied().ok_or_else(|| StartError::Listen {
@@ -188,7 +229,11 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         deleted: Box::new(move || deleted.inc()),
         failed: Box::new(move || failed.inc()),
     };
-    let reaper = Box::pin(role_reaper::run(broker.clone(), pacing, observer, activity));
+    let reaper = role_reaper::run(broker.clone(), pacing, observer, activity);
+    let reconcile = periodic_reconcile(broker.clone(), &config.reconcile, &metrics);
+    let reaper = Box::pin(async move {
+        futures_util::future::join(reaper, reconcile).await;
+    });
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .workers(config.listen.workers)

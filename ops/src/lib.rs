@@ -12,6 +12,7 @@
 //! - `private_file`: files holding secrets, readable by their owner only.
 //! - `sealing`: `keys generate` / `keys list` / `seal` / `unseal` (secrets sealed at rest).
 //! - `reseal`: binding records rewritten sealed by the active key (key rotation).
+//! - `reconcile`: records compared with etcd's users, roles, grants and data; safe repairs.
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
@@ -21,6 +22,7 @@ pub mod check;
 pub mod names;
 pub mod osb;
 pub mod private_file;
+pub mod reconcile;
 pub mod registration;
 pub mod render;
 pub mod reseal;

@@ -9,9 +9,10 @@
 //! - `keys generate` / `keys list` / `seal` / `unseal` (sealing.rs): the keys that seal
 //!   secrets at rest, and one value sealed or unsealed for operators' scripts.
 //! - `reseal` (reseal.rs): binding records rewritten sealed by the active key.
+//! - `reconcile` (reconcile.rs): records compared with etcd, the safe repairs.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage; `reseal` also
-//! 130 when Ctrl-C stopped it.
+//! 130 when Ctrl-C stopped it; `reconcile` 0 nothing found, 1 findings, 2 error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +21,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
-use etcd_broker_ops::{blackbox, check, names, registration, render, reseal, sealing};
+use etcd_broker_ops::{blackbox, check, names, reconcile, registration, render, reseal, sealing};
 
 /// Operators' tools for etcd-broker.
 #[derive(Debug, Parser)]
@@ -68,6 +69,14 @@ enum Command {
     /// records being rewritten, exit 130) and to run again: records done are skipped. Exit 0 when every
     /// record is done, 1 when any failed.
     Reseal(reseal::ResealArgs),
+    /// Compare the broker's records with etcd's users, roles, role grants and tenant data, and
+    /// report what disagrees: users or roles named like the broker's without a record, ready
+    /// bindings whose user or role is missing or holds other grants, keys under the data prefix
+    /// of no instance, records stuck in creating or deleting, stale queued role deletions,
+    /// records sealed by a key the keychain lacks, unreadable records (docs/reconcile.md).
+    /// Read-only unless --repair. Exit 0 when nothing is found, 1 when something is (repaired
+    /// or not), 2 when the check could not run.
+    Reconcile(reconcile::ReconcileArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -134,6 +143,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Reconcile(args) = &cli.command {
+        return match reconcile::run(args) {
+            Ok(reconcile::Outcome::Clean) => ExitCode::SUCCESS,
+            Ok(reconcile::Outcome::Findings) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("etcd-broker-ops: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -160,6 +179,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Seal(args) => sealing::seal(&args),
         Command::Reseal(args) => reseal::run(&args).map(|_| ()),
+        Command::Reconcile(args) => reconcile::run(&args).map(|_| ()),
         Command::Unseal(args) => sealing::unseal(&args),
         Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
             let names = match config {
@@ -251,6 +271,36 @@ mod tests {
         };
         assert_eq!((args.config, args.dry_run), (PathBuf::from("b.toml"), true));
         assert_eq!(parse(&["reseal"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn reconcile_needs_one_config_and_deletes_data_only_when_repairing() {
+        let Ok(Command::Reconcile(args)) = parse(&["reconcile", "--config", "b.toml"]) else { panic!() };
+        assert_eq!(args.config, Some(PathBuf::from("b.toml")));
+        assert!(!args.repair && !args.delete_orphan_data && !args.json && !args.skip_grants);
+        assert_eq!(args.stuck_after_seconds, reconcile::DEFAULT_STUCK_AFTER_SECONDS);
+        let Ok(Command::Reconcile(args)) = parse(&[
+            "reconcile",
+            "--bosh-properties",
+            "p.json",
+            "--repair",
+            "--delete-orphan-data",
+            "--stuck-after-seconds",
+            "60",
+            "--json",
+        ]) else {
+            panic!()
+        };
+        assert!(args.repair && args.delete_orphan_data && args.json);
+        assert_eq!(args.stuck_after_seconds, 60);
+        for usage in [
+            &["reconcile"][..],
+            &["reconcile", "--config", "b.toml", "--bosh-properties", "p.json"],
+            &["reconcile", "--config", "b.toml", "--delete-orphan-data"],
+            &["reconcile", "--config", "b.toml", "--stuck-after-seconds", "-1"],
+        ] {
+            assert_eq!(parse(usage).unwrap_err().exit_code(), 2, "{usage:?}");
+        }
     }
 
     #[test]

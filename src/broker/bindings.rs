@@ -12,7 +12,7 @@ use super::records::{BindingRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
 
 /// How a bind attempt that did not finish ended.
-enum Attempt {
+pub(super) enum Attempt {
     Done(Bound),
     Retry,
 }
@@ -115,8 +115,10 @@ impl EtcdBroker {
         }
     }
 
-    /// Steps 2 to 4 of a bind: role, user, then the record becomes `ready`.
-    async fn complete_binding(
+    /// Steps 2 to 4 of a bind: role, user, then the record becomes `ready`. Also `reconcile`'s
+    /// repair of a ready binding whose user or role is missing or lacks its grant: the same
+    /// steps, with the same answer to a concurrent unbind.
+    pub(super) async fn complete_binding(
         &self,
         key: &str,
         record: BindingRecord,

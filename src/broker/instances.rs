@@ -2,7 +2,7 @@
 
 use crate::osb::model::*;
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
-use crate::store::{Guard, StoreError, Write};
+use crate::store::{Guard, Store, StoreError, Write};
 
 use super::records::{decode, encode, InstanceRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
@@ -208,17 +208,12 @@ impl EtcdBroker {
         let store = &*self.cluster(cluster_name)?.store;
         let fail = |e| unavailable(cluster_name, e);
         let prefix = self.names().instance_names_prefix(id);
-        let listed = match store.list_users(&prefix).await {
-            Ok(users) => store.list_roles(&prefix).await.map(|roles| (users, roles)),
-            Err(e) => Err(e),
-        };
-        let (users, roles) = match listed {
+        let (users, roles) = match list_names(store, &prefix).await.map_err(fail)? {
             Ok(found) => found,
-            Err(StoreError::Failed(why)) => {
+            Err(why) => {
                 tracing::warn!(instance_id = %id, %why, "cannot list etcd users and roles; users and roles that no record names are not swept");
                 return Ok(());
             }
-            Err(e) => return Err(fail(e)),
         };
         for user in &users {
             store.delete_user(user).await.map_err(fail)?;
@@ -273,6 +268,24 @@ impl EtcdBroker {
             }
             Some(found) => Ok(found),
         }
+    }
+}
+
+/// The users and roles whose names start with `prefix`, or (inner `Err`) why etcd could not
+/// list them: its answer holds every user and role of the cluster and is refused when larger
+/// than gRPC's 4 MiB (about 45,000 users), which callers skip with a warning rather than fail.
+pub(super) async fn list_names(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<Result<(Vec<String>, Vec<String>), String>, StoreError> {
+    let listed = match store.list_users(prefix).await {
+        Ok(users) => store.list_roles(prefix).await.map(|roles| (users, roles)),
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(found) => Ok(Ok(found)),
+        Err(StoreError::Failed(why)) => Ok(Err(why)),
+        Err(e) => Err(e),
     }
 }
 

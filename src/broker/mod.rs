@@ -11,6 +11,7 @@ mod bindings;
 pub mod credentials;
 mod instances;
 pub mod names;
+pub mod reconcile;
 pub mod records;
 pub mod reseal;
 pub mod role_deletions;

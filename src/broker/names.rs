@@ -31,6 +31,16 @@ impl Names {
         Self { data_prefix: data_prefix.to_owned(), state_prefix: state_prefix.to_owned() }
     }
 
+    /// The prefix of all tenant data (every instance's prefix starts with it).
+    pub fn data_prefix(&self) -> &str {
+        &self.data_prefix
+    }
+
+    /// Prefix of every instance record, walked by `reconcile`.
+    pub fn instances_prefix(&self) -> String {
+        format!("{}instances/", self.state_prefix)
+    }
+
     /// The tenant's key prefix, with the trailing slash that keeps `abc` out of `abcd`.
     pub fn tenant_prefix(&self, instance: &InstanceId) -> String {
         format!("{}{}/", self.data_prefix, instance)
@@ -121,6 +131,18 @@ impl Names {
         format!("{NAME_PREFIX}.{instance}.")
     }
 
+    /// The start of every user and role name the broker makes, of every instance.
+    pub fn all_names_prefix(&self) -> String {
+        format!("{NAME_PREFIX}.")
+    }
+
+    /// The ids a user or role name was made from, or `None` for a name the broker never makes
+    /// (`reconcile` finds the binding record a name should have from it).
+    pub fn parse_name(&self, name: &str) -> Option<(InstanceId, BindingId)> {
+        let (instance, binding) = name.strip_prefix(&self.all_names_prefix())?.split_once('.')?;
+        Some((InstanceId::parse(instance).ok()?, BindingId::parse(binding).ok()?))
+    }
+
     /// The etcd role of a binding (same string as the user; roles and users are separate in etcd).
     pub fn role(&self, instance: &InstanceId, binding: &BindingId) -> String {
         self.user(instance, binding)
@@ -155,5 +177,11 @@ mod tests {
         assert_eq!(names.role_deletion_key("etcd-broker.i1.b1"), "/s/role-deletions/etcd-broker.i1.b1");
         assert_eq!(names.sealed_index_key("k1", "i1", "b1"), "/s/index/sealed/k1/i1/b1");
         assert!(names.binding_index_key("p", "i1", "b1").starts_with(&names.all_bindings_index_prefix()));
+        assert_eq!(names.parse_name(&names.user(&i, &b)), Some((i.clone(), b.clone())));
+        for never_made in
+            ["etcd-broker.i1", "etcd-broker.i1.b1.x", "other.i1.b1", "etcd-broker..b1", "etcd-broker.i1./"]
+        {
+            assert_eq!(names.parse_name(never_made), None, "{never_made}");
+        }
     }
 }

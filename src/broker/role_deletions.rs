@@ -91,7 +91,7 @@ impl EtcdBroker {
         self.setup.state.count(&prefix).await.map_err(|e| self.state_failed(e))
     }
 
-    async fn delete_queued(&self, key: &str, found: &Versioned) -> BrokerResult<()> {
+    pub(super) async fn delete_queued(&self, key: &str, found: &Versioned) -> BrokerResult<()> {
         let entry: RoleDeletion = decode(key, &found.value)?;
         let store = &*self.cluster(&entry.cluster)?.store;
         let fail = |e| unavailable(&entry.cluster, e);

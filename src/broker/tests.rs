@@ -16,7 +16,7 @@ use crate::osb::catalog::{Plan, Service};
 use crate::sealing::Keychain;
 use crate::store::faulty::{FailMode, FaultyStore};
 use crate::store::memory::{MemoryState, MemoryStore};
-use crate::store::Write;
+use crate::store::{Permission, Write};
 
 pub const SERVICE: &str = "svc-etcd";
 pub const SMALL: &str = "plan-small";
@@ -248,7 +248,8 @@ pub fn assert_consistent(state: &MemoryState) {
             .unwrap_or_else(|| panic!("user of {} missing", record.binding_id));
         assert_eq!(password, recorded);
         assert!(roles.contains(&record.role));
-        assert_eq!(state.roles.get(&record.role), Some(&Some(record.prefix.clone())));
+        let granted: Vec<&Permission> = state.roles.get(&record.role).into_iter().flatten().collect();
+        assert_eq!(granted, [&Permission::read_write_prefix(&record.prefix)]);
         assert!(!queued.contains(&record.role), "the role of ready binding {} is queued", record.binding_id);
     }
     for user in state.users.keys() {
@@ -649,6 +650,27 @@ impl Store for HookedStore {
     }
     async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.inner.list_roles(prefix).await
+    }
+    async fn scan(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.inner.scan(prefix, from, limit, keys_only).await
+    }
+    async fn user_roles(&self, user: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.inner.user_roles(user).await
+    }
+    async fn role_permissions(&self, role: &str) -> Result<Option<Vec<Permission>>, StoreError> {
+        self.inner.role_permissions(role).await
+    }
+    async fn revoke_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        self.inner.revoke_role(user, role).await
+    }
+    async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        self.inner.revoke_permission(role, permission).await
     }
 }
 

@@ -11,7 +11,8 @@ use url::Url;
 use super::{
     default_body_timeout_seconds, default_host, default_max_connections, default_port, default_workers,
     invalid, AuthConfig, Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig,
-    PrefixConfig, RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_WORKERS,
+    PrefixConfig, ReconcileConfig, RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS,
+    MAX_CONNECTIONS, MAX_WORKERS,
 };
 use crate::osb::catalog::Catalog;
 use crate::sealing::keychain::is_key_name;
@@ -43,6 +44,8 @@ pub(super) struct ConfigFile {
     pub plan_configs: BTreeMap<String, PlanFile>,
     #[serde(default)]
     pub role_reaper: RoleReaperConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     #[serde(default)]
     pub secrets: SecretsFile,
 }
@@ -213,7 +216,16 @@ impl ConfigFile {
         let plan_clusters = self.plan_clusters()?;
         let sealing = self.secrets.sealing()?;
         let ConfigFile {
-            log_level, log_format, listen, metrics, auth, prefixes, catalog, role_reaper, ..
+            log_level,
+            log_format,
+            listen,
+            metrics,
+            auth,
+            prefixes,
+            catalog,
+            role_reaper,
+            reconcile,
+            ..
         } = self;
         let listen = Listen {
             host: listen.host,
@@ -235,6 +247,7 @@ impl ConfigFile {
             catalog,
             plan_clusters,
             role_reaper,
+            reconcile,
             sealing,
         })
     }
@@ -250,6 +263,12 @@ impl ConfigFile {
         }
         if self.role_reaper.yield_seconds > 3600 {
             return Err(invalid("role_reaper.yield_seconds", "must be between 0 and 3600"));
+        }
+        if self.reconcile.interval_seconds > 7 * 86_400 {
+            return Err(invalid("reconcile.interval_seconds", "must be between 0 and 604800"));
+        }
+        if !(1..=7 * 86_400).contains(&self.reconcile.stuck_after_seconds) {
+            return Err(invalid("reconcile.stuck_after_seconds", "must be between 1 and 604800"));
         }
         if !(1..=MAX_WORKERS).contains(&self.listen.workers) {
             return Err(invalid("listen.workers", format!("must be between 1 and {MAX_WORKERS}")));

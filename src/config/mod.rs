@@ -155,6 +155,7 @@ pub struct Config {
     /// Plan id -> the name of its cluster (a key of `clusters`), for every plan of the catalog.
     pub plan_clusters: BTreeMap<String, String>,
     pub role_reaper: RoleReaperConfig,
+    pub reconcile: ReconcileConfig,
     /// Whether secrets are sealed at rest, and the keys that seal and unseal them (`[secrets]`).
     pub sealing: Sealing,
 }
@@ -234,6 +235,37 @@ fn default_poll_seconds() -> u64 {
 }
 fn default_yield_seconds() -> u64 {
     60
+}
+
+/// The broker's periodic reconcile check (see `broker/reconcile/periodic.rs`): read-only, its
+/// findings exported as the gauge `etcd_broker_reconcile_findings{kind}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Seconds between two checks; 0 turns the check off. A finding counts once two checks in
+    /// a row found it, so the gauge lags by one interval at least.
+    #[serde(default = "default_reconcile_interval_seconds")]
+    pub interval_seconds: u64,
+    /// A record in `creating` or `deleting` (or a queued role deletion) unchanged for longer
+    /// than this is stuck; younger ones are operations in flight.
+    #[serde(default = "default_stuck_after_seconds")]
+    pub stuck_after_seconds: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            interval_seconds: default_reconcile_interval_seconds(),
+            stuck_after_seconds: default_stuck_after_seconds(),
+        }
+    }
+}
+
+fn default_reconcile_interval_seconds() -> u64 {
+    3600
+}
+fn default_stuck_after_seconds() -> u64 {
+    600
 }
 
 /// Upper bound of `listen.workers`: more threads than this only add contention.

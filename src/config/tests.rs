@@ -107,6 +107,14 @@ fn bad_values_name_their_field() {
         t.insert("role_reaper".into(), toml::Value::Table(toml::toml! { yield_seconds = 86400 }));
     });
     assert_eq!(field_of(forever), "role_reaper.yield_seconds");
+    for (key, value) in [("interval_seconds", 604_801), ("stuck_after_seconds", 0)] {
+        let reconcile = with(|t| {
+            let mut table = toml::Table::new();
+            table.insert(key.into(), toml::Value::Integer(value));
+            t.insert("reconcile".into(), toml::Value::Table(table));
+        });
+        assert_eq!(field_of(reconcile), format!("reconcile.{key}"));
+    }
 }
 
 #[test]

@@ -15,6 +15,8 @@ pub(super) const OLD_AUTH_REVISION: [&str; 2] =
 const ALREADY_EXISTS: &str = "already exists";
 /// A user or role that was to be changed or deleted does not exist.
 const NOT_FOUND: &str = "not found";
+/// A role to be taken from a user, or a permission from a role, was never granted.
+const NOT_GRANTED: &str = "not granted";
 /// A login with a wrong name or password.
 const AUTHENTICATION_FAILED: &str = "authentication failed";
 /// A login on an etcd whose auth is off: the broker's isolation would not hold.
@@ -47,6 +49,12 @@ pub(crate) fn already_exists(e: &etcd_client::Error) -> bool {
 /// Whether etcd said the user or role does not exist.
 pub(crate) fn not_found(e: &etcd_client::Error) -> bool {
     says(e, NOT_FOUND)
+}
+
+/// Whether etcd said the role or permission to revoke is not granted (or its user or role
+/// does not exist): nothing to revoke.
+pub(crate) fn nothing_to_revoke(e: &etcd_client::Error) -> bool {
+    says(e, NOT_GRANTED) || not_found(e)
 }
 
 /// Whether etcd refused a Txn without applying any of it (see [`REFUSED_BEFORE_APPLYING`]).
@@ -159,6 +167,15 @@ mod tests {
         let permission = Permission::read_write("/x/").with_prefix();
         let e = error(root.role_grant_permission("none", permission).await, "a missing role's grant");
         assert!(not_found(&e), "{version:?}: {e}");
+
+        let e = error(root.user_revoke_role("u", "r").await, "a role revoked that was never granted");
+        assert!(nothing_to_revoke(&e), "{version:?}: {e}");
+        let e = error(root.user_revoke_role("nobody", "r").await, "a role revoked from a missing user");
+        assert!(nothing_to_revoke(&e), "{version:?}: {e}");
+        let e = error(root.role_revoke_permission("r", "/x/", None).await, "a permission never granted");
+        assert!(nothing_to_revoke(&e), "{version:?}: {e}");
+        let e = error(root.role_revoke_permission("none", "/x/", None).await, "a missing role's permission");
+        assert!(nothing_to_revoke(&e), "{version:?}: {e}");
 
         let e = error(login(&etcd, "u", "wrong").await, "a wrong password");
         assert!(matches!(classify(e), StoreError::Unauthorized(_)), "{version:?}");

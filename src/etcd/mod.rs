@@ -30,7 +30,10 @@ use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, RoleRevokePermissionOptions,
+    Txn, TxnOp,
+};
 use tokio::sync::OnceCell;
 
 pub use call::resend_on_auth_change;
@@ -39,11 +42,11 @@ pub use connection::connect;
 use batch::PendingCommit;
 use call::Call;
 use connection::Connection;
-use errors::{already_exists, classify, not_found, raced};
+use errors::{already_exists, classify, not_found, nothing_to_revoke, raced};
 use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
 
 use crate::config::Cluster;
-use crate::store::{Guard, Store, StoreError, Versioned, Write};
+use crate::store::{Access, Guard, Permission as StorePermission, Store, StoreError, Versioned, Write};
 use crate::tls::{ClientTls, TlsError};
 
 /// What [`EtcdStore`] tells the broker's metrics, without this module knowing about them.
@@ -129,16 +132,17 @@ fn entry(kv: &etcd_client::KeyValue) -> (String, Versioned) {
 }
 
 /// The smallest key after every key that starts with `prefix` (etcd's range end of a prefix);
-/// public for the bench, which pages through prefixes the same way.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
+/// public for the bench and the operators' tools, which page through prefixes the same way.
+pub use crate::store::prefix_end;
+
+/// A permission as the store hands it out.
+fn permission(p: &etcd_client::Permission) -> StorePermission {
+    let access = match p.get_type() {
+        0 => Access::Read,
+        1 => Access::Write,
+        _ => Access::ReadWrite,
+    };
+    StorePermission { access, key: p.key().to_vec(), range_end: p.range_end().to_vec() }
 }
 #[async_trait]
 impl Store for EtcdStore {
@@ -169,6 +173,30 @@ impl Store for EtcdStore {
         let response = self
             .kv(Call::Read, |mut c| {
                 let (from, options) = (from.clone(), options.clone());
+                async move { c.get(from, Some(options)).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(response.kvs().iter().map(entry).collect())
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let mut options = GetOptions::new()
+            .with_range(prefix_end(prefix.as_bytes()))
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        if keys_only {
+            options = options.with_keys_only();
+        }
+        let from = if from < prefix { prefix } else { from };
+        let response = self
+            .kv(Call::Read, |mut c| {
+                let options = options.clone();
                 async move { c.get(from, Some(options)).await }
             })
             .await
@@ -279,5 +307,43 @@ impl Store for EtcdStore {
     async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let response = self.auth_read(|mut c| async move { c.role_list().await }).await.map_err(classify)?;
         Ok(response.roles().iter().filter(|r| r.starts_with(prefix)).cloned().collect())
+    }
+
+    async fn user_roles(&self, user: &str) -> Result<Option<Vec<String>>, StoreError> {
+        match self.auth_read(|mut c| async move { c.user_get(user).await }).await {
+            Ok(response) => Ok(Some(response.roles().to_vec())),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn role_permissions(&self, role: &str) -> Result<Option<Vec<StorePermission>>, StoreError> {
+        match self.auth_read(|mut c| async move { c.role_get(role).await }).await {
+            Ok(response) => Ok(Some(response.permissions().iter().map(permission).collect())),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn revoke_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        match self.auth(|mut c| async move { c.user_revoke_role(user, role).await }).await {
+            Err(e) if !nothing_to_revoke(&e) => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn revoke_permission(&self, role: &str, permission: &StorePermission) -> Result<(), StoreError> {
+        let options = RoleRevokePermissionOptions::new().with_range_end(permission.range_end.clone());
+        let key = permission.key.clone();
+        match self
+            .auth(|mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.role_revoke_permission(role, key, Some(options)).await }
+            })
+            .await
+        {
+            Err(e) if !nothing_to_revoke(&e) => Err(classify(e)),
+            _ => Ok(()),
+        }
     }
 }

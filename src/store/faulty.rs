@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Guard, Store, StoreError, Versioned, Write};
+use super::{Guard, Permission, Store, StoreError, Versioned, Write};
 
 /// Whether the failing call reaches the inner store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +117,15 @@ impl Store for FaultyStore {
     ) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.run(self.inner.page_after(prefix, after, limit)).await
     }
+    async fn scan(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.run(self.inner.scan(prefix, from, limit, keys_only)).await
+    }
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.run(self.inner.count(prefix)).await
     }
@@ -143,5 +152,17 @@ impl Store for FaultyStore {
     }
     async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.run(self.inner.list_roles(prefix)).await
+    }
+    async fn user_roles(&self, user: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.run(self.inner.user_roles(user)).await
+    }
+    async fn role_permissions(&self, role: &str) -> Result<Option<Vec<Permission>>, StoreError> {
+        self.run(self.inner.role_permissions(role)).await
+    }
+    async fn revoke_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        self.run(self.inner.revoke_role(user, role)).await
+    }
+    async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        self.run(self.inner.revoke_permission(role, permission)).await
     }
 }

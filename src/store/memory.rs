@@ -5,15 +5,15 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Guard, Store, StoreError, Versioned, Write};
+use super::{Guard, Permission, Store, StoreError, Versioned, Write};
 
 /// What the fake holds; public so tests can assert on the final state.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryState {
     pub revision: i64,
     pub keys: BTreeMap<String, Versioned>,
-    /// role -> granted prefix
-    pub roles: BTreeMap<String, Option<String>>,
+    /// role -> its permissions
+    pub roles: BTreeMap<String, BTreeSet<Permission>>,
     /// user -> (password, roles)
     pub users: BTreeMap<String, (String, BTreeSet<String>)>,
 }
@@ -62,6 +62,26 @@ impl Store for MemoryStore {
         Ok(page.map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
+    async fn scan(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let s = self.state.lock().unwrap();
+        let from = if from < prefix { prefix } else { from };
+        Ok(s.keys
+            .range(from.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| {
+                let value = if keys_only { Vec::new() } else { v.value.clone() };
+                (k.clone(), Versioned { value, mod_revision: v.mod_revision })
+            })
+            .collect())
+    }
+
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         Ok(self.list(prefix).await?.len() as u64)
     }
@@ -99,7 +119,7 @@ impl Store for MemoryStore {
 
     async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
-        s.roles.insert(role.to_owned(), Some(prefix.to_owned()));
+        s.roles.entry(role.to_owned()).or_default().insert(Permission::read_write_prefix(prefix));
         Ok(())
     }
 
@@ -136,5 +156,29 @@ impl Store for MemoryStore {
     async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let s = self.state.lock().unwrap();
         Ok(s.roles.keys().filter(|r| r.starts_with(prefix)).cloned().collect())
+    }
+
+    async fn user_roles(&self, user: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.users.get(user).map(|(_, roles)| roles.iter().cloned().collect()))
+    }
+
+    async fn role_permissions(&self, role: &str) -> Result<Option<Vec<Permission>>, StoreError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.roles.get(role).map(|permissions| permissions.iter().cloned().collect()))
+    }
+
+    async fn revoke_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        if let Some((_, roles)) = self.state.lock().unwrap().users.get_mut(user) {
+            roles.remove(role);
+        }
+        Ok(())
+    }
+
+    async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        if let Some(permissions) = self.state.lock().unwrap().roles.get_mut(role) {
+            permissions.remove(permission);
+        }
+        Ok(())
     }
 }

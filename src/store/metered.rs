@@ -6,14 +6,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Guard, Store, StoreError, Versioned, Write};
+use super::{Guard, Permission, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
 /// The `call` label values: one per [`Store`] method.
-const CALLS: [&str; 12] = [
+const CALLS: [&str; 17] = [
     "get",
     "list",
     "next",
+    "scan",
     "count",
     "txn",
     "delete_prefix",
@@ -23,6 +24,10 @@ const CALLS: [&str; 12] = [
     "delete_role",
     "list_users",
     "list_roles",
+    "user_roles",
+    "role_permissions",
+    "revoke_role",
+    "revoke_permission",
 ];
 /// The `kind` label values: one per [`StoreError`] variant.
 const KINDS: [&str; 4] = ["unavailable", "unauthorized", "conflict", "failed"];
@@ -85,6 +90,15 @@ impl Store for MeteredStore {
     ) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.observe("next", self.inner.page_after(prefix, after, limit)).await
     }
+    async fn scan(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.observe("scan", self.inner.scan(prefix, from, limit, keys_only)).await
+    }
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.observe("count", self.inner.count(prefix)).await
     }
@@ -111,5 +125,17 @@ impl Store for MeteredStore {
     }
     async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.observe("list_roles", self.inner.list_roles(prefix)).await
+    }
+    async fn user_roles(&self, user: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.observe("user_roles", self.inner.user_roles(user)).await
+    }
+    async fn role_permissions(&self, role: &str) -> Result<Option<Vec<Permission>>, StoreError> {
+        self.observe("role_permissions", self.inner.role_permissions(role)).await
+    }
+    async fn revoke_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        self.observe("revoke_role", self.inner.revoke_role(user, role)).await
+    }
+    async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        self.observe("revoke_permission", self.inner.revoke_permission(role, permission)).await
     }
 }

@@ -36,6 +36,66 @@ pub enum Write {
     Delete(String),
 }
 
+/// What an etcd role permits: read, write or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// One permission of an etcd role: `access` on the keys from `key` up to `range_end`
+/// (exclusive; empty: the key alone). Bytes as etcd holds them, so that a permission found by
+/// [`Store::role_permissions`] can be revoked exactly.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Permission {
+    pub access: Access,
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+impl Permission {
+    /// What a binding's role holds: read-write on exactly the keys starting with `prefix`.
+    pub fn read_write_prefix(prefix: &str) -> Self {
+        Self {
+            access: Access::ReadWrite,
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+        }
+    }
+}
+
+impl std::fmt::Display for Permission {
+    /// `readwrite prefix /service_instances/i1/`, or the range when it is not a prefix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let access = match self.access {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "readwrite",
+        };
+        let key = String::from_utf8_lossy(&self.key);
+        if self.range_end.is_empty() {
+            write!(f, "{access} key {key}")
+        } else if self.range_end == prefix_end(&self.key) {
+            write!(f, "{access} prefix {key}")
+        } else {
+            write!(f, "{access} range [{key}, {})", String::from_utf8_lossy(&self.range_end))
+        }
+    }
+}
+
+/// The smallest key after every key that starts with `prefix` (etcd's range end of a prefix).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Why a store call failed. Messages never contain passwords.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +141,17 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.page_after(prefix, after, 1).await?.into_iter().next())
     }
 
+    /// Up to `limit` keys starting with `prefix`, from the key `from` on (inclusive), in key
+    /// order, with their values (empty when `keys_only`): a walk over many records in pages, or
+    /// over the tenant prefixes one top-level name at a time (`reconcile`).
+    async fn scan(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Versioned)>, StoreError>;
+
     /// Counts the keys starting with `prefix` without reading them.
     async fn count(&self, prefix: &str) -> Result<u64, StoreError>;
 
@@ -110,4 +181,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The roles whose names start with `prefix`, like [`Store::list_users`].
     async fn list_roles(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The roles granted to `user`; `None` when the user does not exist (`reconcile` compares
+    /// them with the binding record).
+    async fn user_roles(&self, user: &str) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// The permissions of `role`; `None` when the role does not exist.
+    async fn role_permissions(&self, role: &str) -> Result<Option<Vec<Permission>>, StoreError>;
+
+    /// Takes `role` from `user`; a missing user or grant is fine.
+    async fn revoke_role(&self, user: &str, role: &str) -> Result<(), StoreError>;
+
+    /// Takes `permission` (as [`Store::role_permissions`] listed it) from `role`; a missing role
+    /// or permission is fine.
+    async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError>;
 }

@@ -12,6 +12,7 @@
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
 //! - `sealing`: binding passwords sealed at rest, the start-up key check, damaged records
+//! - `reconcile`: records against etcd, each inconsistency found and the safe ones repaired
 //! - `reseal`: a key rotation with `etcd-broker-ops reseal`; its measurement (ignored)
 //! - `store_batching`: the real store's coalesced reads and commits on a real etcd
 //! - `store_retries`: the real store while auth keeps changing under it
@@ -27,6 +28,7 @@ mod lifecycle;
 mod observability;
 mod osb_protocol;
 mod prometheus_rules;
+mod reconcile;
 mod reseal;
 mod sealing;
 mod store_batching;

@@ -152,8 +152,9 @@ fn modules_use_only_what_architecture_md_allows() {
 /// the store or the metrics (it talks to a broker over HTTP and to etcd as a client).
 /// `reseal`: the library's wiring of its record walk to the state cluster, so that the
 /// operators' crate rewrites records without building a store or reaching into `broker`.
+/// `reconcile`: likewise, the check of records against etcd wired to the config's clusters.
 const OPS_MAY_USE: &[&str] =
-    &["config", "render", "broker", "secrets", "osb", "tls", "etcd", "sealing", "reseal"];
+    &["config", "render", "broker", "secrets", "osb", "tls", "etcd", "sealing", "reseal", "reconcile"];
 
 #[test]
 fn the_operators_crate_uses_only_the_broker_crates_public_tools() {

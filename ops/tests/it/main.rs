@@ -3,13 +3,14 @@
 //! Cloud Foundry. Fixtures stay in `ops/tests/fixtures` and `ops/tests/erb`.
 //!
 //! - `common`: the harness: a `dev` stack (through xtask), an errand's properties.json
-//! - `blackbox`, `check_release`, `registration`, `release_scripts`, `render`, `reseal`,
+//! - `blackbox`, `check_release`, `reconcile`, `registration`, `release_scripts`, `render`, `reseal`,
 //!   `sealing`: one subcommand (or script, or family: `keys` / `seal` / `unseal`) each
 //! - `render_bosh_int`: our go-patch and interpolation against the real `bosh int`
 
 mod blackbox;
 mod check_release;
 mod common;
+mod reconcile;
 mod registration;
 mod release_scripts;
 mod render;
