@@ -9,7 +9,7 @@
 //! lost.
 //!
 //! The walk goes through the records in key order, a page of [`PAGE`] records per read
-//! ([`Store::page_after`]), rewriting up to [`Reseal::parallel`] records of a page at once (their
+//! ([`Store::scan`]), rewriting up to [`Reseal::parallel`] records of a page at once (their
 //! transactions stay one per record; the store may send several in one etcd request), and skips
 //! records the active key already seals: a re-run after Ctrl-C or a crash skips what is done and
 //! finishes the rest. Records in state `deleting` are left to the unbind finishing
@@ -158,7 +158,8 @@ impl Reseal {
                 summary.stopped = Some(Stopped::Interrupted);
                 break;
             }
-            let page = match self.state.page_after(&prefix, after.as_deref(), PAGE).await {
+            let from = after.as_ref().map_or_else(|| prefix.clone(), |after| format!("{after}\0"));
+            let page = match self.state.scan(&prefix, &from, PAGE, false).await {
                 Ok(page) => page,
                 Err(e) => {
                     summary.stopped = Some(Stopped::Store(e));

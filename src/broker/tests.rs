@@ -603,14 +603,6 @@ impl Store for HookedStore {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.inner.list(prefix).await
     }
-    async fn page_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.inner.page_after(prefix, after, limit).await
-    }
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.inner.count(prefix).await
     }

@@ -158,28 +158,6 @@ impl Store for EtcdStore {
         Ok(response.kvs().iter().map(entry).collect())
     }
 
-    async fn page_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let from = match after {
-            Some(after) => [after.as_bytes(), b"\0"].concat(),
-            None => prefix.as_bytes().to_vec(),
-        };
-        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        let options = GetOptions::new().with_range(prefix_end(prefix.as_bytes())).with_limit(limit);
-        let response = self
-            .kv(Call::Read, |mut c| {
-                let (from, options) = (from.clone(), options.clone());
-                async move { c.get(from, Some(options)).await }
-            })
-            .await
-            .map_err(classify)?;
-        Ok(response.kvs().iter().map(entry).collect())
-    }
-
     async fn scan(
         &self,
         prefix: &str,

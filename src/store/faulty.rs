@@ -109,14 +109,6 @@ impl Store for FaultyStore {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.run(self.inner.list(prefix)).await
     }
-    async fn page_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.run(self.inner.page_after(prefix, after, limit)).await
-    }
     async fn scan(
         &self,
         prefix: &str,

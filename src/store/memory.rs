@@ -46,22 +46,6 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn page_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let s = self.state.lock().unwrap();
-        let page = s
-            .keys
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| after.is_none_or(|after| k.as_str() > after))
-            .take(limit.max(1));
-        Ok(page.map(|(k, v)| (k.clone(), v.clone())).collect())
-    }
-
     async fn scan(
         &self,
         prefix: &str,

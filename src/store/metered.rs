@@ -82,14 +82,6 @@ impl Store for MeteredStore {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.observe("list", self.inner.list(prefix)).await
     }
-    async fn page_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.observe("next", self.inner.page_after(prefix, after, limit)).await
-    }
     async fn scan(
         &self,
         prefix: &str,

@@ -122,15 +122,6 @@ pub trait Store: Send + Sync + 'static {
     /// Reads every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 
-    /// Up to `limit` keys starting with `prefix` that sort after `after` (from the start
-    /// without it), in key order: a long range is walked a page at a time, however long it is.
-    async fn page_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError>;
-
     /// The first key starting with `prefix` that sorts after `after` (from the start without
     /// it): a queue is walked one entry at a time.
     async fn next_after(
@@ -138,7 +129,9 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
         after: Option<&str>,
     ) -> Result<Option<(String, Versioned)>, StoreError> {
-        Ok(self.page_after(prefix, after, 1).await?.into_iter().next())
+        // The smallest key after `after` is `after` followed by a zero byte.
+        let from = after.map_or_else(|| prefix.to_owned(), |after| format!("{after}\0"));
+        Ok(self.scan(prefix, &from, 1, false).await?.into_iter().next())
     }
 
     /// Up to `limit` keys starting with `prefix`, from the key `from` on (inclusive), in key
