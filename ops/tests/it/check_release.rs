@@ -8,7 +8,7 @@ use crate::common::repo;
 
 /// A copy of the release tree (config, jobs, packages, manifests) with a stand-in for the
 /// workspace `make release` stages, so the package's files glob has something to match.
-fn release_copy() -> tempfile::TempDir {
+pub fn release_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for folder in ["config", "jobs", "packages", "manifests"] {
         let status = Command::new("cp").arg("-r").arg(repo().join(folder)).arg(dir.path()).status().unwrap();
