@@ -203,7 +203,8 @@ fn check_final_yml(dir: &Path, report: &mut Report) -> FinalConfig {
         ),
         None => report.problem(
             path,
-            "has no `blobstore.provider`; bosh vendor-package and final releases need one (s3, gcs or local)",
+            "has no `blobstore.provider` (bosh: Expected non-empty 'blobstore.provider'); vendored packages, \
+             bosh vendor-package and final releases need one (s3, gcs or local)",
         ),
     }
     config

@@ -321,8 +321,9 @@ fn check_refuses(release: &Path) -> Option<String> {
 }
 
 /// Each release mistake the bosh CLI refused in these tests (final.yml's two names; a fresh
-/// clone with `spec.lock` but not .final_builds/, or without the blob): the CLI refuses it, and
-/// `check release` names it, which operators run without the CLI.
+/// clone with `spec.lock` but not .final_builds/, or without the blob, or with a blobstore the
+/// CLI cannot build): the CLI refuses it, and `check release` names it, which operators run
+/// without the CLI.
 #[test]
 fn check_release_names_what_the_cli_refuses() {
     let Some(cli) = bosh_cli() else { return skipped() };
@@ -344,6 +345,22 @@ fn check_release_names_what_the_cli_refuses() {
     assert!(theirs.contains("Expected 'name' or 'final_name' but not both"), "{theirs}");
     let ours = check_refuses(release).expect("check release refuses name and final_name");
     assert!(ours.contains("config/final.yml: has both `name` and `final_name`"), "{ours}");
+    std::fs::write(&final_yml, &good).unwrap();
+
+    // A fresh clone fetches the vendored toolchain from the blobstore: one the CLI cannot
+    // build fails it.
+    let cases = [
+        ("  provider: s3\n  options: {}\n", "bucket_name must be set", "blobstore has no `bucket_name`"),
+        ("  provider: swift\n", "Expected release blobstore to be configured", "blobstore provider 'swift'"),
+        ("", "Expected non-empty 'blobstore.provider'", "has no `blobstore.provider`"),
+    ];
+    for (blobstore, cli_says, check_says) in cases {
+        std::fs::write(&final_yml, format!("name: etcd-broker\nblobstore:\n{blobstore}")).unwrap();
+        let theirs = cli_refuses(&cli, release).unwrap_or_else(|| panic!("the CLI takes {blobstore:?}"));
+        assert!(theirs.contains(cli_says), "{theirs}");
+        let ours = check_refuses(release).unwrap_or_else(|| panic!("check release takes {blobstore:?}"));
+        assert!(ours.contains(&format!("config/final.yml: {check_says}")), "{ours}");
+    }
     std::fs::write(&final_yml, &good).unwrap();
 
     let index = release.join(".final_builds/packages/rust-1-linux/index.yml");
