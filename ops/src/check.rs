@@ -112,8 +112,14 @@ struct FinalConfig {
 /// Options of a blobstore that are credentials, the only ones config/private.yml should hold
 /// (the bosh CLI merges private.yml's options over final.yml's, so anything else there would
 /// silently change the blobstore of whoever has the file).
-const CREDENTIAL_OPTIONS: &[&str] =
-    &["access_key_id", "secret_access_key", "credentials_source", "json_key", "assume_role_arn"];
+const CREDENTIAL_OPTIONS: &[&str] = &[
+    "access_key_id",
+    "secret_access_key",
+    "credentials_source",
+    "json_key",
+    "assume_role_arn",
+    "encryption_key",
+];
 
 /// config/final.yml as the bosh CLI reads it (releasedir/fs_config.go and the blobstore
 /// clients of bosh-cli 7): exactly one of `name` and `final_name`; a blobstore the CLI can
@@ -187,7 +193,7 @@ fn check_final_yml(dir: &Path, report: &mut Report) -> FinalConfig {
         Some("s3" | "gcs") => {}
         Some("local") => match option("blobstore_path").map(Path::new) {
             None => report.problem(path, "local blobstore has no `blobstore_path`"),
-            Some(folder) if folder.is_absolute() && !folder.starts_with(dir) => report.problem(
+            Some(folder) if folder.is_absolute() && !folder.starts_with(std::fs::canonicalize(dir).unwrap_or(dir.to_owned())) => report.problem(
                 path,
                 format!(
                     "local blobstore {} is outside the release: final blobs written there reach \

@@ -213,6 +213,22 @@ fn final_yml_and_private_yml_mistakes_are_named() {
         assert_fails(dir.path(), "config/final.yml", message);
     }
 
+    // A local blobstore inside the release is fine, however the release folder is given.
+    let dir = release_copy();
+    let inside = dir.path().canonicalize().unwrap().join("final_blobs");
+    edit(
+        dir.path(),
+        "config/final.yml",
+        "  provider: s3\n  options:\n    bucket_name: etcd-broker-release-blobs\n",
+        &format!("  provider: local\n  options:\n    blobstore_path: {}\n", inside.display()),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+        .args(["check", "release", "--release-dir", "."])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     // private.yml: credentials only; its provider would be ignored.
     let private = |text: &str| {
         let dir = release_copy();
