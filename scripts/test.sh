@@ -7,6 +7,11 @@
 #      ops/tests/it/blackbox.rs);
 #   4. the BOSH release tree: stage the package source (make release, stage only) and
 #      `etcd-broker-ops check release`.
+# With the real bosh CLI ($BOSH_CLI, else ../shared/tools/bosh-cli/bosh next to the checkout,
+# else bosh on PATH), step 2 also builds the release with it (ops/tests/it/bosh_release.rs:
+# docs/bosh.md's steps to a final release, dev and final tarballs inspected) and compares `bosh
+# int --var-errs` with our manifest resolution (render_bosh_int.rs); without one those tests
+# skip, and this script says so first.
 # Each integration test starts its own etcd (auth enabled) on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +24,19 @@ step() { printf '\n==> %s\n' "$*"; }
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 run_tests() { "$@" 2>&1 | tee -a "$results"; }
+
+bosh_cli=${BOSH_CLI:-}
+if [ -z "$bosh_cli" ] && [ -x ../shared/tools/bosh-cli/bosh ]; then
+  bosh_cli=../shared/tools/bosh-cli/bosh
+fi
+if [ -z "$bosh_cli" ]; then
+  bosh_cli=$(command -v bosh || true)
+fi
+if [ -n "$bosh_cli" ] && [ -x "$bosh_cli" ]; then
+  step "real bosh CLI: $bosh_cli ($("$bosh_cli" --version 2>/dev/null | head -n 1))"
+else
+  step "NOTICE: no bosh CLI (BOSH_CLI, ../shared/tools/bosh-cli/bosh, PATH): the tests against the real CLI skip"
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

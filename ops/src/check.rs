@@ -1,12 +1,16 @@
 //! `etcd-broker-ops check release`: the mistakes `bosh create-release` or a deploy would find
 //! late (or never), found in seconds on the release tree.
 //!
-//! - config/final.yml names the release;
+//! - config/final.yml names the release with `name` alone and declares a blobstore the bosh
+//!   CLI can use (s3/gcs with a bucket, or a local folder inside the release); config/private.yml,
+//!   if present, holds only credentials;
 //! - every job: `spec` name equals its folder, every template and package it names exists,
 //!   every property has a description, a `monit` file exists, and ERB logic lives only in
 //!   `properties.json.erb` (the release's one ERB template shape; see docs/rendering.md);
 //! - every package: `spec` name equals its folder, `packaging` exists, every dependency exists
 //!   (or is vendored by `make release`), every `files` glob matches something under src/ or blobs/;
+//!   a vendored package's `spec.lock` is listed in .final_builds/ (and its blob is in a local
+//!   blobstore);
 //! - manifests/check.yml lists every ops file; the base manifest renders alone, with each ops
 //!   file and with all of them, for every job of this release in every instance group, and the
 //!   broker's config it yields is one the broker accepts.
@@ -88,28 +92,128 @@ pub fn check_release(dir: &Path) -> Result<Report> {
         bail!("{} is not a release tree (no jobs/ folder)", dir.display());
     }
     let mut report = Report::default();
-    let release_name = check_final_yml(dir, &mut report);
-    let packages = check_packages(dir, &mut report)?;
+    let config = check_final_yml(dir, &mut report);
+    let packages = check_packages(dir, &config, &mut report)?;
     check_jobs(dir, &packages, &mut report)?;
-    check_manifests(dir, release_name.as_deref().unwrap_or("etcd-broker"), &mut report)?;
+    check_manifests(dir, config.name.as_deref().unwrap_or("etcd-broker"), &mut report)?;
     Ok(report)
 }
 
-fn check_final_yml(dir: &Path, report: &mut Report) -> Option<String> {
+/// What config/final.yml (and config/private.yml) tell about the release.
+#[derive(Debug, Default)]
+struct FinalConfig {
+    /// The release name (`name`), when final.yml gives exactly one.
+    name: Option<String>,
+    /// The folder of a `local` blobstore, where `bosh vendor-package` and final releases put
+    /// blobs (relative paths are relative to the release, as the CLI resolves them).
+    local_blobstore: Option<PathBuf>,
+}
+
+/// Options of a blobstore that are credentials, the only ones config/private.yml should hold
+/// (the bosh CLI merges private.yml's options over final.yml's, so anything else there would
+/// silently change the blobstore of whoever has the file).
+const CREDENTIAL_OPTIONS: &[&str] = &[
+    "access_key_id",
+    "secret_access_key",
+    "credentials_source",
+    "json_key",
+    "assume_role_arn",
+    "encryption_key",
+];
+
+/// config/final.yml as the bosh CLI reads it (releasedir/fs_config.go and the blobstore
+/// clients of bosh-cli 7): exactly one of `name` and `final_name`; a blobstore the CLI can
+/// build; for `local`, a folder inside the release (final blobs in /tmp reach nobody else).
+/// config/private.yml, when present: credentials only, and no provider (the CLI ignores it).
+fn check_final_yml(dir: &Path, report: &mut Report) -> FinalConfig {
     let path = "config/final.yml";
-    match yaml(dir, path) {
-        Ok(doc) => match doc.get("final_name").or(doc.get("name")).and_then(Value::as_str) {
-            Some(name) => Some(name.to_owned()),
-            None => {
-                report.problem(path, "has no `name` (the release name)");
-                None
-            }
-        },
+    let mut config = FinalConfig::default();
+    let doc = match yaml(dir, path) {
+        Ok(doc) => doc,
         Err(e) => {
             report.problem(path, format!("{e:#}"));
-            None
+            return config;
+        }
+    };
+    let non_empty = |key: &str| doc.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match (non_empty("name"), non_empty("final_name")) {
+        (Some(_), Some(_)) => report.problem(
+            path,
+            "has both `name` and `final_name`; bosh create-release refuses it (Expected 'name' or \
+             'final_name' but not both): keep `name`",
+        ),
+        (None, None) => report.problem(path, "has no `name` (the release name)"),
+        (name, final_name) => config.name = name.or(final_name).map(str::to_owned),
+    }
+
+    let private_path = "config/private.yml";
+    let private = if dir.join(private_path).is_file() {
+        match yaml(dir, private_path) {
+            Ok(doc) => doc,
+            Err(e) => {
+                report.problem(private_path, format!("{e:#}"));
+                Value::Null
+            }
+        }
+    } else {
+        Value::Null
+    };
+    if private.pointer("/blobstore/provider").is_some() {
+        report.problem(
+            private_path,
+            "sets `blobstore.provider`, which the bosh CLI ignores: the provider comes from config/final.yml",
+        );
+    }
+    let private_options = private.pointer("/blobstore/options").and_then(Value::as_object);
+    for key in private_options.into_iter().flat_map(|o| o.keys()) {
+        if !CREDENTIAL_OPTIONS.contains(&key.as_str()) {
+            report.problem(
+                private_path,
+                format!(
+                    "sets blobstore option `{key}`, which is no credential: it belongs in config/final.yml"
+                ),
+            );
         }
     }
+
+    let mut options =
+        doc.pointer("/blobstore/options").and_then(Value::as_object).cloned().unwrap_or_default();
+    options.extend(private_options.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+    let option = |key: &str| options.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match doc.pointer("/blobstore/provider").and_then(Value::as_str) {
+        Some("s3" | "gcs") if option("bucket_name").is_none() => {
+            report.problem(path, "blobstore has no `bucket_name` (bosh: bucket_name must be set)")
+        }
+        Some("s3") if option("access_key_id").is_some() != option("secret_access_key").is_some() => report
+            .problem(
+                private_path,
+                "gives only one of access_key_id and secret_access_key (bosh: access_key_id and \
+                 secret_access_key must be provided)",
+            ),
+        Some("s3" | "gcs") => {}
+        Some("local") => match option("blobstore_path").map(Path::new) {
+            None => report.problem(path, "local blobstore has no `blobstore_path`"),
+            Some(folder) if folder.is_absolute() && !folder.starts_with(std::fs::canonicalize(dir).unwrap_or(dir.to_owned())) => report.problem(
+                path,
+                format!(
+                    "local blobstore {} is outside the release: final blobs written there reach \
+                     nobody else; use an s3 or gcs blobstore (docs/bosh.md)",
+                    folder.display()
+                ),
+            ),
+            Some(folder) => config.local_blobstore = Some(dir.join(folder)),
+        },
+        Some(other) => report.problem(
+            path,
+            format!("blobstore provider '{other}' is not one of s3, gcs, local (bosh: Expected release blobstore to be configured)"),
+        ),
+        None => report.problem(
+            path,
+            "has no `blobstore.provider` (bosh: Expected non-empty 'blobstore.provider'); vendored packages, \
+             bosh vendor-package and final releases need one (s3, gcs or local)",
+        ),
+    }
+    config
 }
 
 /// Sub-folders of `dir/<kind>`, sorted.
@@ -157,13 +261,14 @@ fn check_name(report: &mut Report, spec_path: &str, spec: &Value, folder: &str) 
 }
 
 /// Checks packages/*; returns the names of the packages that exist.
-fn check_packages(dir: &Path, report: &mut Report) -> Result<Vec<String>> {
+fn check_packages(dir: &Path, config: &FinalConfig, report: &mut Report) -> Result<Vec<String>> {
     let names = folders(dir, "packages")?;
     report.packages = names.len();
     for name in &names {
         let base = format!("packages/{name}");
         if dir.join(&base).join("spec.lock").is_file() {
-            continue; // a vendored package: bosh vendor-package wrote it
+            check_vendored(dir, name, config, report);
+            continue;
         }
         let spec_path = format!("{base}/spec");
         let Some(spec) = load_spec(dir, &spec_path, name, report) else { continue };
@@ -199,6 +304,52 @@ fn check_packages(dir: &Path, report: &mut Report) -> Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+/// A package `bosh vendor-package` wrote: its `spec.lock` pins a fingerprint, which `bosh
+/// create-release` looks up in .final_builds/packages/<name>/index.yml and then fetches from
+/// the blobstore. A clone with the lock but without the index fails (Expected to find
+/// '<name>/<fingerprint>'), and so does one whose local blobstore lacks the blob.
+fn check_vendored(dir: &Path, name: &str, config: &FinalConfig, report: &mut Report) {
+    let lock_path = format!("packages/{name}/spec.lock");
+    let Some(lock) = load_spec(dir, &lock_path, name, report) else { return };
+    let Some(fingerprint) = lock.get("fingerprint").and_then(Value::as_str) else {
+        report.problem(&lock_path, "has no fingerprint");
+        return;
+    };
+    let index_path = format!(".final_builds/packages/{name}/index.yml");
+    let missing = || {
+        format!(
+            "pins '{name}/{fingerprint}', which {index_path} does not list: bosh create-release fails \
+             (Expected to find '{name}/{fingerprint}'); commit {index_path} with the lock (bosh vendor-package writes both)"
+        )
+    };
+    if !dir.join(&index_path).is_file() {
+        report.problem(&lock_path, missing());
+        return;
+    }
+    let index = match yaml(dir, &index_path) {
+        Ok(index) => index,
+        Err(e) => return report.problem(&index_path, format!("{e:#}")),
+    };
+    let Some(build) = index.get("builds").and_then(|b| b.get(fingerprint)) else {
+        return report.problem(&lock_path, missing());
+    };
+    let (Some(blobstore), Some(blob)) =
+        (&config.local_blobstore, build.get("blobstore_id").and_then(Value::as_str))
+    else {
+        return; // a remote blobstore cannot be checked offline
+    };
+    if !blobstore.join(blob).is_file() {
+        report.problem(
+            &index_path,
+            format!(
+                "names blob {blob} for '{name}/{fingerprint}', which the local blobstore {} lacks: bosh \
+                 create-release fails reading it",
+                blobstore.display()
+            ),
+        );
+    }
 }
 
 /// A list of strings under `key` (absent = empty); anything else is reported.

@@ -8,7 +8,7 @@ use crate::common::repo;
 
 /// A copy of the release tree (config, jobs, packages, manifests) with a stand-in for the
 /// workspace `make release` stages, so the package's files glob has something to match.
-fn release_copy() -> tempfile::TempDir {
+pub fn release_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for folder in ["config", "jobs", "packages", "manifests"] {
         let status = Command::new("cp").arg("-r").arg(repo().join(folder)).arg(dir.path()).status().unwrap();
@@ -187,4 +187,117 @@ fn a_folder_that_is_no_release_is_refused() {
     let out = check(dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a release tree"));
+}
+
+#[test]
+fn final_yml_and_private_yml_mistakes_are_named() {
+    // config/final.yml: what it held before (both keys, which the bosh CLI refuses), blobstores
+    // the CLI cannot build, and final blobs in /tmp, which reach nobody else.
+    let cases = [
+        (
+            "name: etcd-broker\n",
+            "name: etcd-broker\nfinal_name: etcd-broker\n",
+            "has both `name` and `final_name`",
+        ),
+        ("    bucket_name: etcd-broker-release-blobs\n", "", "blobstore has no `bucket_name`"),
+        ("provider: s3", "provider: swift", "blobstore provider 'swift' is not one of s3, gcs, local"),
+        (
+            "  provider: s3\n  options:\n    bucket_name: etcd-broker-release-blobs\n",
+            "  provider: local\n  options:\n    blobstore_path: /tmp/etcd-broker-release-blobs\n",
+            "local blobstore /tmp/etcd-broker-release-blobs is outside the release",
+        ),
+    ];
+    for (from, to, message) in cases {
+        let dir = release_copy();
+        edit(dir.path(), "config/final.yml", from, to);
+        assert_fails(dir.path(), "config/final.yml", message);
+    }
+
+    // A local blobstore inside the release is fine, however the release folder is given.
+    let dir = release_copy();
+    let inside = dir.path().canonicalize().unwrap().join("final_blobs");
+    edit(
+        dir.path(),
+        "config/final.yml",
+        "  provider: s3\n  options:\n    bucket_name: etcd-broker-release-blobs\n",
+        &format!("  provider: local\n  options:\n    blobstore_path: {}\n", inside.display()),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-broker-ops"))
+        .args(["check", "release", "--release-dir", "."])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // private.yml: credentials only; its provider would be ignored.
+    let private = |text: &str| {
+        let dir = release_copy();
+        std::fs::write(dir.path().join("config/private.yml"), text).unwrap();
+        dir
+    };
+    let dir = private("blobstore:\n  provider: local\n");
+    assert_fails(dir.path(), "config/private.yml", "sets `blobstore.provider`, which the bosh CLI ignores");
+    let dir = private("blobstore:\n  options:\n    bucket_name: other\n    access_key_id: a\n    secret_access_key: s3cr3t-value\n");
+    assert_fails(
+        dir.path(),
+        "config/private.yml",
+        "sets blobstore option `bucket_name`, which is no credential",
+    );
+    let dir = private("blobstore:\n  options:\n    access_key_id: a\n");
+    assert_fails(dir.path(), "config/private.yml", "only one of access_key_id and secret_access_key");
+    let out = check(
+        private("blobstore:\n  options:\n    access_key_id: a\n    secret_access_key: s3cr3t-value\n").path(),
+    );
+    assert!(out.status.success(), "credentials only: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = private("blobstore:\n  options:\n    secret_access_key: s3cr3t-value\n    host: x\n");
+    let stderr = String::from_utf8_lossy(&check(dir.path()).stderr).into_owned();
+    assert!(!stderr.contains("s3cr3t-value"), "a secret in the report: {stderr}");
+}
+
+/// A vendored rust-1-linux the way `bosh vendor-package` leaves it (spec.lock, the final
+/// builds index, the blob in a local blobstore inside the release), then with each piece a
+/// fresh clone could lack.
+#[test]
+fn vendored_package_mistakes_are_named() {
+    let vendored = || {
+        let dir = release_copy();
+        edit(
+            dir.path(),
+            "config/final.yml",
+            "  provider: s3\n  options:\n    bucket_name: etcd-broker-release-blobs\n",
+            "  provider: local\n  options:\n    blobstore_path: final_blobs\n",
+        );
+        let package = dir.path().join("packages/rust-1-linux");
+        std::fs::create_dir_all(&package).unwrap();
+        std::fs::write(package.join("spec.lock"), "name: rust-1-linux\nfingerprint: f1\n").unwrap();
+        let index = dir.path().join(".final_builds/packages/rust-1-linux");
+        std::fs::create_dir_all(&index).unwrap();
+        std::fs::write(
+            index.join("index.yml"),
+            "builds:\n  f1:\n    version: f1\n    blobstore_id: blob-1\n    sha1: sha256:00\nformat-version: \"2\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("final_blobs")).unwrap();
+        std::fs::write(dir.path().join("final_blobs/blob-1"), "toolchain").unwrap();
+        dir
+    };
+    let dir = vendored();
+    let out = check(dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = vendored();
+    std::fs::remove_dir_all(dir.path().join(".final_builds")).unwrap();
+    assert_fails(dir.path(), "packages/rust-1-linux/spec.lock", "Expected to find 'rust-1-linux/f1'");
+
+    let dir = vendored();
+    edit(dir.path(), ".final_builds/packages/rust-1-linux/index.yml", "  f1:\n", "  f0:\n");
+    assert_fails(dir.path(), "packages/rust-1-linux/spec.lock", "does not list");
+
+    let dir = vendored();
+    std::fs::remove_file(dir.path().join("final_blobs/blob-1")).unwrap();
+    assert_fails(
+        dir.path(),
+        ".final_builds/packages/rust-1-linux/index.yml",
+        "names blob blob-1 for 'rust-1-linux/f1', which the local blobstore",
+    );
 }

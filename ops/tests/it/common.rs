@@ -78,3 +78,39 @@ pub fn example_config(
     std::fs::write(&file, toml).unwrap();
     file
 }
+
+/// The real BOSH CLI the tests compare our models with, found the way scripts/test.sh documents.
+pub fn bosh_cli() -> Option<PathBuf> {
+    find_bosh(
+        std::env::var_os("BOSH_CLI"),
+        &repo().join("../shared/tools/bosh-cli/bosh"),
+        std::env::var_os("PATH"),
+    )
+}
+
+/// The BOSH CLI: `$BOSH_CLI` when set, else the shared tools' copy, else `bosh` on `PATH` (as
+/// scripts/release.sh finds it); `None` when there is none.
+pub fn find_bosh(
+    from_env: Option<std::ffi::OsString>,
+    shared: &Path,
+    path: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if let Some(path) = from_env.filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path)).filter(|p| executable(p));
+    }
+    if executable(shared) {
+        return Some(shared.to_owned());
+    }
+    std::env::split_paths(&path?).map(|dir| dir.join("bosh")).find(|p| executable(p))
+}
+
+/// What a test without the CLI prints: the team's rule is to use outside tools when present,
+/// and to say so when a test could not.
+pub fn skipped() {
+    eprintln!(
+        "skipped: no BOSH CLI (set BOSH_CLI, install ../shared/tools/bosh-cli/bosh, or put bosh on PATH)"
+    );
+}

@@ -6,8 +6,11 @@
 //! - `blackbox`, `check_release`, `reconcile`, `registration`, `release_scripts`, `render`, `reseal`,
 //!   `sealing`: one subcommand (or script, or family: `keys` / `seal` / `unseal`) each
 //! - `render_bosh_int`: our go-patch and interpolation against the real `bosh int`
+//! - `bosh_release`: docs/bosh.md's steps to a final release with the real bosh CLI, and
+//!   `check release` against what that CLI refuses
 
 mod blackbox;
+mod bosh_release;
 mod check_release;
 mod common;
 mod reconcile;

@@ -224,6 +224,34 @@ fn release_stages_a_workspace_that_resolves_offline_and_creates_the_release() {
         assert!(!names.contains(&crate_name), "{crate_name} in the staged workspace");
     }
 
+    // Linux only: crates of other platforms are stubs (and cargo resolved them above), those of
+    // Linux keep their sources.
+    let vendored: Vec<std::path::PathBuf> =
+        std::fs::read_dir(stage_dir.join("vendor")).unwrap().map(|e| e.unwrap().path()).collect();
+    let crate_dirs = |prefix: &str| -> Vec<&std::path::PathBuf> {
+        vendored
+            .iter()
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                name.strip_prefix(prefix).is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .collect()
+    };
+    for stub in ["windows-sys-", "windows_x86_64_msvc-", "web-sys-", "js-sys-"] {
+        for dir in crate_dirs(stub) {
+            let mut files: Vec<String> = walk(dir);
+            files.sort();
+            assert_eq!(files, [".cargo-checksum.json", "Cargo.toml", "src/lib.rs"], "{}", dir.display());
+        }
+    }
+    for needed in ["libc-", "openssl-sys-", "linux-raw-sys-"] {
+        let dirs = crate_dirs(needed);
+        assert!(!dirs.is_empty(), "{needed} vendored");
+        for dir in dirs {
+            assert!(walk(dir).len() > 3, "{} stubbed", dir.display());
+        }
+    }
+
     let rust_release = rust_release.path().to_str().unwrap();
     let calls = bosh.calls();
     if !repo().join("packages/rust-1-linux/spec.lock").exists() {
@@ -248,4 +276,52 @@ fn release_without_bosh_stages_only_and_says_what_to_do() {
     let out = run("scripts/release.sh", &["--nope"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown argument '--nope'"));
+}
+
+/// A clone of bosh-package-rust-release made without git-lfs holds pointers where the
+/// toolchain should be; `bosh vendor-package` would fail on a digest mismatch, so release.sh
+/// stops first and says what to install.
+#[test]
+fn release_refuses_a_rust_release_cloned_without_git_lfs() {
+    if repo().join("packages/rust-1-linux/spec.lock").exists() {
+        return; // vendored already: release.sh never reads a rust release
+    }
+    let bosh = FakeBosh::new();
+    let stage = tempfile::tempdir().unwrap();
+    let rust_release = tempfile::tempdir().unwrap();
+    std::fs::create_dir(rust_release.path().join("final_blobs")).unwrap();
+    std::fs::write(
+        rust_release.path().join("final_blobs/3e83cc6e-422c-4d54-6454-0cdbfdbf2a2d"),
+        "version https://git-lfs.github.com/spec/v1\noid sha256:7bcd07364ae8520160c3224e19ca57906df29ce9d0479e15710b18c5fef9cfb1\nsize 373156088\n",
+    )
+    .unwrap();
+    let out = run(
+        "scripts/release.sh",
+        &["--stage-dir", stage.path().join("ws").to_str().unwrap()],
+        &[("PATH", &bosh.path_env()), ("RUST_RELEASE_DIR", rust_release.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is a git-lfs pointer, not the toolchain: install git-lfs"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(bosh.calls().is_empty(), "bosh called: {:?}", bosh.calls());
+}
+
+/// The files under `dir`, relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    files
 }

@@ -1,7 +1,9 @@
 //! Our go-patch and variable interpolation (`render`) against the real BOSH CLI: for the
 //! manifest alone, each ops file manifests/check.yml renders, and all of them together, with
 //! the example vars, `bosh int` and `etcd_broker_ops::render::interpolated_manifest` must
-//! yield the same document (compared as parsed values, not as text).
+//! yield the same document (compared as parsed values, not as text), and `--var-errs` shows
+//! the example vars give every variable; likewise for prometheus-scrape.yml on a prometheus
+//! manifest.
 //!
 //! The CLI is taken from $BOSH_CLI, else from ../shared/tools/bosh-cli/bosh next to the
 //! checkout, else from PATH; without it the test says that it skipped.
@@ -12,42 +14,7 @@ use std::process::Command;
 use etcd_broker_ops::render::{interpolated_manifest, read_yaml};
 use serde_json::Value;
 
-use crate::common::repo;
-
-fn bosh_cli() -> Option<PathBuf> {
-    find_bosh(
-        std::env::var_os("BOSH_CLI"),
-        &repo().join("../shared/tools/bosh-cli/bosh"),
-        std::env::var_os("PATH"),
-    )
-}
-
-/// The BOSH CLI: `$BOSH_CLI` when set, else the shared tools' copy, else `bosh` on `PATH` (as
-/// scripts/release.sh finds it); `None` when there is none.
-fn find_bosh(
-    from_env: Option<std::ffi::OsString>,
-    shared: &Path,
-    path: Option<std::ffi::OsString>,
-) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable =
-        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if let Some(path) = from_env.filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path)).filter(|p| executable(p));
-    }
-    if executable(shared) {
-        return Some(shared.to_owned());
-    }
-    std::env::split_paths(&path?).map(|dir| dir.join("bosh")).find(|p| executable(p))
-}
-
-/// What a test without the CLI prints: the team's rule is to use outside tools when present,
-/// and to say so when a test could not.
-fn skipped() {
-    eprintln!(
-        "skipped: no BOSH CLI (set BOSH_CLI, install ../shared/tools/bosh-cli/bosh, or put bosh on PATH)"
-    );
-}
+use crate::common::{bosh_cli, find_bosh, repo, skipped};
 
 #[test]
 fn the_cli_is_found_on_path_too() {
@@ -97,20 +64,119 @@ fn every_shipped_ops_file_patches_like_bosh_int() {
     let vars = vec![manifests.join("examples/vars.yml")];
     let home = tempfile::tempdir().unwrap();
     for ops in combinations(&manifests) {
-        let mut command = Command::new(&bosh);
-        command.arg("int").arg(&manifest).env("HOME", home.path());
-        for file in &ops {
-            command.arg("-o").arg(file);
-        }
-        command.arg("-l").arg(&vars[0]);
-        let out = command.output().unwrap();
         let names: Vec<String> =
             ops.iter().map(|f| f.strip_prefix(&manifests).unwrap().display().to_string()).collect();
-        assert!(out.status.success(), "bosh int with {names:?}: {}", String::from_utf8_lossy(&out.stderr));
-        let theirs: Value = serde_norway::from_slice(&out.stdout).unwrap();
+        let theirs = bosh_int(&bosh, home.path(), &manifest, &ops, &vars)
+            .unwrap_or_else(|e| panic!("bosh int --var-errs with {names:?}: {e}"));
         let ours = interpolated_manifest(&manifest, &ops, &vars).unwrap();
         assert_eq!(ours, theirs, "with {names:?}");
     }
+}
+
+/// `bosh int MANIFEST -o OPS... -l VARS... --var-errs` (every variable must have a value), as
+/// a value; the CLI's stderr when it fails.
+fn bosh_int(
+    bosh: &Path,
+    home: &Path,
+    manifest: &Path,
+    ops: &[PathBuf],
+    vars: &[PathBuf],
+) -> Result<Value, String> {
+    let mut command = Command::new(bosh);
+    command.arg("int").arg(manifest).arg("--var-errs").env("HOME", home);
+    for file in ops {
+        command.arg("-o").arg(file);
+    }
+    for file in vars {
+        command.arg("-l").arg(file);
+    }
+    let out = command.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_norway::from_slice(&out.stdout).unwrap())
+}
+
+/// The ops file for a prometheus-boshrelease deployment (check.yml's other_deployments), on the
+/// smallest manifest it applies to: the example vars give each of its variables, and we patch
+/// it as bosh does.
+#[test]
+fn the_prometheus_ops_file_patches_like_bosh_int() {
+    let Some(bosh) = bosh_cli() else { return skipped() };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &manifest,
+        "name: prometheus\ninstance_groups:\n- name: prometheus2\n  jobs:\n  - name: prometheus2\n    properties: {prometheus: {}}\n",
+    )
+    .unwrap();
+    let manifests = repo().join("manifests");
+    let ops = vec![manifests.join("operators/prometheus-scrape.yml")];
+    let vars = vec![manifests.join("examples/vars.yml")];
+    let theirs = bosh_int(&bosh, dir.path(), &manifest, &ops, &vars).unwrap_or_else(|e| panic!("{e}"));
+    let ours = interpolated_manifest(&manifest, &ops, &vars).unwrap();
+    assert_eq!(ours, theirs);
+    let scrape = &theirs["instance_groups"][0]["jobs"][0]["properties"]["prometheus"]["scrape_configs"][0];
+    assert_eq!(scrape["relabel_configs"][1]["replacement"], "${1}:9180");
+}
+
+/// tls.yml's certificate names the instances' BOSH DNS name, *.<instance group>.<network>.
+/// <deployment>.bosh, from variables; with the example vars (the certificates left for CredHub
+/// to generate) it is the base manifest's own.
+#[test]
+fn the_tls_certificate_names_the_deployments_bosh_dns_name() {
+    let Some(bosh) = bosh_cli() else { return skipped() };
+    let manifests = repo().join("manifests");
+    let dir = tempfile::tempdir().unwrap();
+    let mut vars = read_yaml(&manifests.join("examples/vars.yml"), "vars").unwrap();
+    let vars_map = vars.as_object_mut().unwrap();
+    assert!(vars_map.remove("etcd_broker_tls").is_some() && vars_map.remove("etcd_broker_ca").is_some());
+    let vars_file = dir.path().join("vars.yml");
+    std::fs::write(&vars_file, serde_norway::to_string(&vars).unwrap()).unwrap();
+    let manifest = manifests.join("etcd-broker.yml");
+    let ops = vec![manifests.join("operators/tls.yml")];
+    let mut command = Command::new(&bosh);
+    command
+        .arg("int")
+        .arg(&manifest)
+        .arg("-o")
+        .arg(&ops[0])
+        .arg("-l")
+        .arg(&vars_file)
+        .env("HOME", dir.path());
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Value = serde_norway::from_slice(&out.stdout).unwrap();
+    assert_eq!(interpolated_manifest(&manifest, &ops, &[vars_file]).unwrap(), theirs);
+    let group = &theirs["instance_groups"][0];
+    let dns = format!(
+        "*.{}.{}.{}.bosh",
+        group["name"].as_str().unwrap(),
+        group["networks"][0]["name"].as_str().unwrap(),
+        theirs["name"].as_str().unwrap()
+    );
+    let certificate =
+        theirs["variables"].as_array().unwrap().iter().find(|v| v["name"] == "etcd_broker_tls").unwrap();
+    let names = certificate["options"]["alternative_names"].as_array().unwrap();
+    assert!(names.iter().any(|n| n == &Value::from(dns.clone())), "{dns} not in {names:?}");
+
+    // Another deployment name and network: the name follows them.
+    let out = command
+        .args(["-v", "etcd_broker_deployment=etcd-broker-2", "-v", "etcd_broker_network=services"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Value = serde_norway::from_slice(&out.stdout).unwrap();
+    let certificate =
+        theirs["variables"].as_array().unwrap().iter().find(|v| v["name"] == "etcd_broker_tls").unwrap();
+    assert!(
+        certificate["options"]["alternative_names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "*.etcd-broker.services.etcd-broker-2.bosh"),
+        "{certificate}"
+    );
 }
 
 /// The supported features beyond the shipped files' (an optional `name=x` item created then
