@@ -110,9 +110,10 @@ fn links_tls_and_ops_files_reach_the_config() {
     assert!(!config.metrics.enabled);
 }
 
-/// The shipped rotation ops file adds `k2` and makes it active, keeping `k1` to unseal; the
-/// `[secrets]` table it renders is one the broker takes. Without the passphrase, the missing
-/// variable is named as one CredHub generates.
+/// The shipped rotation ops file adds `k2` and makes `etcd_broker_sealing_active` active (k2
+/// in the fixture's vars), keeping `k1` to unseal; with `k1` active (a rolling rotation's
+/// first deploy) it only adds `k2`. The `[secrets]` tables it renders are ones the broker
+/// takes. Without the passphrase, the missing variable is named as one CredHub generates.
 #[test]
 fn the_sealing_key_ops_file_adds_an_active_key_and_keeps_the_old_one() {
     let base = render_to_dir(&[]);
@@ -130,6 +131,23 @@ fn the_sealing_key_ops_file_adds_an_active_key_and_keeps_the_old_one() {
     assert_eq!(chain.keys().map(|k| k.name()).collect::<Vec<_>>(), ["k1", "k2"]);
     assert!(toml.contains("[secrets.keys.k2]\npassphrase = \"fixture-only-k2-"), "{toml}");
 
+    let dir = tempfile::tempdir().unwrap();
+    let vars = std::fs::read_to_string(fixture("vars.yml")).unwrap();
+    let first_deploy = dir.path().join("vars.yml");
+    std::fs::write(
+        &first_deploy,
+        vars.replace("etcd_broker_sealing_active: k2", "etcd_broker_sealing_active: k1"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args = ["--manifest", &path(&manifest()), "-l", &path(&first_deploy), "-o", &path(&ops_file)];
+    let rendered = render(&[&args[..], &["--output-dir", &path(&out)]].concat());
+    assert!(rendered.status.success(), "render failed: {}", stderr(&rendered));
+    let config = Config::from_toml(&std::fs::read_to_string(out.join("etcd-broker.toml")).unwrap()).unwrap();
+    let etcd_broker::config::Sealing::On(chain) = &config.sealing else { panic!("{:?}", config.sealing) };
+    assert_eq!(chain.active().name(), "k1", "the first deploy of a rotation only adds k2");
+    assert_eq!(chain.keys().map(|k| k.name()).collect::<Vec<_>>(), ["k1", "k2"]);
+
     let out = render(&[
         "--manifest".to_owned(),
         path(&manifest()),
@@ -143,6 +161,8 @@ fn the_sealing_key_ops_file_adds_an_active_key_and_keeps_the_old_one() {
         "etcd_endpoints=[https://10.0.1.10:2379]".to_owned(),
         "-v".to_owned(),
         "etcd_broker_sealing_k1=fixture-only-k1-Qx7Rv2Lm9Tz4Wp8Hs3Jd6Fg5Kb0Nc1Yh2Ue7Ia3Oz".to_owned(),
+        "-v".to_owned(),
+        "etcd_broker_sealing_active=k2".to_owned(),
     ]);
     assert!(!out.status.success());
     let error = stderr(&out);
