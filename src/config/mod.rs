@@ -365,4 +365,6 @@ impl Config {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
