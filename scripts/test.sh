@@ -5,7 +5,9 @@
 #   3. the broker's integration tests again against etcd 3.4 (without the timing-based ones),
 #      and the blackbox suite (ci/blackbox) on 3.4 (on 3.5 it runs inside step 2,
 #      ops/tests/it/blackbox.rs);
-#   4. the BOSH release tree: stage the package source (make release, stage only) and
+#   4. generated OSB requests from the OpenAPI document against a live broker (ci/schemathesis,
+#      about a minute);
+#   5. the BOSH release tree: stage the package source (make release, stage only) and
 #      `etcd-broker-ops check release`.
 # With the real bosh CLI ($BOSH_CLI, else ../shared/tools/bosh-cli/bosh next to the checkout,
 # else bosh on PATH), step 2 also builds the release with it (ops/tests/it/bosh_release.rs:
@@ -60,6 +62,9 @@ ETCD_VERSION=3.4 run_tests cargo test --locked -p etcd-broker --test it -- \
 
 step "blackbox suite against a local etcd 3.4 + broker"
 ci/blackbox --etcd-version 3.4
+
+step "generated OSB requests (schemathesis) against a local etcd 3.5 + broker"
+ci/schemathesis
 
 step "BOSH release: stage the package source, check the release tree"
 bash scripts/release.sh --stage-only

@@ -40,3 +40,17 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
+
+/// The fuzz targets' settings (src/http/fuzz.rs, src/config/fuzz.rs, src/render/fuzz.rs,
+/// src/sealing/fuzz.rs): a case budget each, so that `cargo test` runs them in a bounded time;
+/// `PROPTEST_CASES` replaces every budget for a longer run by hand. Nothing is written to
+/// `proptest-regressions/`: a failure found becomes a named regression test instead.
+#[cfg(test)]
+pub(crate) fn fuzz_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

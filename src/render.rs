@@ -228,4 +228,6 @@ fn toml_section<'reg, 'rc>(
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -397,4 +397,6 @@ impl Config {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

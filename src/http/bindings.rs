@@ -31,6 +31,23 @@ struct BindBody {
     parameters: Option<JsonObject>,
 }
 
+/// `bind_resource` is kept as the object the platform sent, but the fields the OSB spec defines
+/// in it are strings: a number as `app_guid` would otherwise be dropped in silence (the binding
+/// then made without its app), found by generated requests (docs/reliability.md).
+fn check_bind_resource(resource: Option<&JsonObject>) -> Result<(), HttpError> {
+    for field in ["app_guid", "route"] {
+        match resource.and_then(|r| r.get(field)) {
+            None | Some(serde_json::Value::Null | serde_json::Value::String(_)) => {}
+            Some(_) => {
+                return Err(HttpError::bad_request(format!(
+                    "invalid request body: bind_resource.{field}: a string is expected"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn bind(
     state: web::Data<HttpState>,
     path: web::Path<(String, String)>,
@@ -42,6 +59,7 @@ async fn bind(
     if body.service_id.is_empty() || body.plan_id.is_empty() {
         return Err(HttpError::bad_request("service_id and plan_id must not be empty"));
     }
+    check_bind_resource(body.bind_resource.as_ref())?;
     let app_guid = body
         .bind_resource
         .as_ref()

@@ -204,4 +204,6 @@ fn empty(status: actix_web::http::StatusCode) -> HttpResponse {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -44,3 +44,6 @@ impl Sealing {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -248,6 +248,14 @@ fn matrix() -> Vec<Row> {
         row("bind body an array", M::PUT, binding("i1", "b9"))
             .json(json!([SERVICE_ID, SHARED]))
             .fails(S::BAD_REQUEST, "a JSON object is expected"),
+        // Found by generated requests (ci/schemathesis): a non-string app_guid was dropped and the
+        // binding made without its app.
+        row("bind_resource.app_guid a number", M::PUT, binding("i1", "b9"))
+            .json(json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": 5 } }))
+            .fails(S::BAD_REQUEST, "bind_resource.app_guid: a string is expected"),
+        row("bind_resource.route an object", M::PUT, binding("i1", "b9"))
+            .json(json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "route": {} } }))
+            .fails(S::BAD_REQUEST, "bind_resource.route: a string is expected"),
         row("body a string", M::PUT, instance("i1"))
             .text("\"x\"")
             .fails(S::BAD_REQUEST, "a JSON object is expected"),
