@@ -238,6 +238,9 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .workers(config.listen.workers)
         .max_connections(config.listen.max_connections)
+        .max_connection_rate(config.listen.max_connection_rate)
+        .client_request_timeout(config.listen.header_timeout)
+        .keep_alive(config.listen.idle_timeout)
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
     let api = match &config.listen.tls {
         Some(identity) => api.bind_openssl(

@@ -9,10 +9,11 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    default_body_timeout_seconds, default_host, default_max_connections, default_port, default_workers,
-    invalid, AuthConfig, Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig,
-    PrefixConfig, ReconcileConfig, RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS,
-    MAX_CONNECTIONS, MAX_WORKERS,
+    default_body_timeout_seconds, default_header_timeout_seconds, default_host, default_idle_timeout_seconds,
+    default_max_connection_rate, default_max_connections, default_port, default_workers, invalid, AuthConfig,
+    Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig, PrefixConfig, ReconcileConfig,
+    RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_CONNECTION_RATE,
+    MAX_HEADER_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS, MAX_WORKERS,
 };
 use crate::osb::catalog::Catalog;
 use crate::sealing::keychain::is_key_name;
@@ -143,6 +144,15 @@ pub(super) struct ListenFile {
     /// Open connections each worker thread serves at most; more wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How long the request line and headers may take to arrive, in seconds.
+    #[serde(default = "default_header_timeout_seconds")]
+    pub header_timeout_seconds: u64,
+    /// How long an idle keep-alive connection stays open, in seconds.
+    #[serde(default = "default_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+    /// TLS handshakes each worker thread runs at once; more connections wait their turn.
+    #[serde(default = "default_max_connection_rate")]
+    pub max_connection_rate: usize,
 }
 
 impl Default for ListenFile {
@@ -154,6 +164,9 @@ impl Default for ListenFile {
             workers: default_workers(),
             body_timeout_seconds: default_body_timeout_seconds(),
             max_connections: default_max_connections(),
+            header_timeout_seconds: default_header_timeout_seconds(),
+            idle_timeout_seconds: default_idle_timeout_seconds(),
+            max_connection_rate: default_max_connection_rate(),
         }
     }
 }
@@ -234,6 +247,9 @@ impl ConfigFile {
             workers: listen.workers,
             body_timeout: std::time::Duration::from_secs(listen.body_timeout_seconds),
             max_connections: listen.max_connections,
+            header_timeout: std::time::Duration::from_secs(listen.header_timeout_seconds),
+            idle_timeout: std::time::Duration::from_secs(listen.idle_timeout_seconds),
+            max_connection_rate: listen.max_connection_rate,
         };
         Ok(Config {
             log_level,
@@ -284,6 +300,20 @@ impl ConfigFile {
                 "listen.max_connections",
                 format!("must be between 1 and {MAX_CONNECTIONS}"),
             ));
+        }
+        let limits = [
+            ("listen.header_timeout_seconds", self.listen.header_timeout_seconds, MAX_HEADER_TIMEOUT_SECONDS),
+            ("listen.idle_timeout_seconds", self.listen.idle_timeout_seconds, MAX_IDLE_TIMEOUT_SECONDS),
+            (
+                "listen.max_connection_rate",
+                self.listen.max_connection_rate as u64,
+                MAX_CONNECTION_RATE as u64,
+            ),
+        ];
+        for (field, value, max) in limits {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(field, format!("must be between 1 and {max}")));
+            }
         }
         if self.auth.username.is_empty() {
             return Err(invalid("auth.username", "must not be empty"));

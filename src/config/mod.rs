@@ -180,6 +180,15 @@ pub struct Listen {
     /// Open connections each worker thread serves at most, so slow clients cannot exhaust
     /// the process's file descriptors and memory.
     pub max_connections: usize,
+    /// How long the request line and headers may take before the request gets 408: headers
+    /// that trickle in would otherwise hold a connection.
+    pub header_timeout: std::time::Duration,
+    /// How long an idle keep-alive connection stays open: idle connections count towards
+    /// `max_connections`, so they must not hold it for ever.
+    pub idle_timeout: std::time::Duration,
+    /// TLS handshakes each worker thread runs at once: a flood of new connections costs CPU
+    /// for handshakes, which this bounds (no effect on plain HTTP).
+    pub max_connection_rate: usize,
 }
 
 /// One etcd cluster.
@@ -280,6 +289,27 @@ pub const MAX_BODY_TIMEOUT_SECONDS: u64 = 300;
 
 fn default_body_timeout_seconds() -> u64 {
     10
+}
+
+/// Upper bound of `listen.header_timeout_seconds`: headers are a few hundred bytes.
+pub const MAX_HEADER_TIMEOUT_SECONDS: u64 = 60;
+
+fn default_header_timeout_seconds() -> u64 {
+    5
+}
+
+/// Upper bound of `listen.idle_timeout_seconds`.
+pub const MAX_IDLE_TIMEOUT_SECONDS: u64 = 3600;
+
+fn default_idle_timeout_seconds() -> u64 {
+    5
+}
+
+/// Upper bound of `listen.max_connection_rate` (per worker thread).
+pub const MAX_CONNECTION_RATE: usize = 65_536;
+
+fn default_max_connection_rate() -> usize {
+    256
 }
 
 /// Upper bound of `listen.max_connections` (per worker thread).

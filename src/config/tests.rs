@@ -87,7 +87,18 @@ fn bad_values_name_their_field() {
         });
         assert_eq!(field_of(threads), "listen.workers");
     }
-    for (key, value) in [("body_timeout_seconds", 0), ("body_timeout_seconds", 301), ("max_connections", 0)] {
+    let out_of_range = [
+        ("body_timeout_seconds", 0),
+        ("body_timeout_seconds", 301),
+        ("max_connections", 0),
+        ("header_timeout_seconds", 0),
+        ("header_timeout_seconds", 61),
+        ("idle_timeout_seconds", 0),
+        ("idle_timeout_seconds", 3601),
+        ("max_connection_rate", 0),
+        ("max_connection_rate", 65_537),
+    ];
+    for (key, value) in out_of_range {
         let listen = with(|t| {
             t["listen"].as_table_mut().unwrap().insert(key.into(), value.into());
         });

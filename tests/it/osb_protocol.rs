@@ -584,3 +584,81 @@ async fn a_trickling_request_body_gets_408_within_the_body_timeout() {
     assert!(keys.is_empty(), "{keys:?}");
     broker.stop().await;
 }
+
+/// Writes `bytes` on a new connection to `addr`, then reads until the broker closes it (or 10 s
+/// pass): how long the broker took to close it, and what it answered.
+async fn send_and_wait_for_close(
+    addr: &str,
+    bytes: Vec<u8>,
+    pause_after: usize,
+) -> (std::time::Duration, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let started = std::time::Instant::now();
+    // The first `pause_after` bytes at once, the rest one a second (trickling headers).
+    let writer = tokio::spawn(async move {
+        let (now, later) = bytes.split_at(pause_after.min(bytes.len()));
+        if write.write_all(now).await.is_err() {
+            return;
+        }
+        for byte in later {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), read.read_to_end(&mut answer)).await;
+    writer.abort();
+    assert!(read.is_ok(), "connection still open after 10 s: {:?}", String::from_utf8_lossy(&answer));
+    (started.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Issue 22, the server under abuse: headers that trickle in get 408 within
+/// `listen.header_timeout_seconds`; idle keep-alive connections are closed after
+/// `listen.idle_timeout_seconds`, so they cannot hold `listen.max_connections` for ever; a
+/// request head over actix-web's 128 KiB gets 431. Each closes its connection, and the broker
+/// serves the next request.
+#[tokio::test]
+async fn slow_headers_idle_connections_and_huge_headers_are_bounded() {
+    let etcd = start_etcd().await;
+    let env = [
+        ("ETCD_BROKER__LISTEN__HEADER_TIMEOUT_SECONDS", "1"),
+        ("ETCD_BROKER__LISTEN__IDLE_TIMEOUT_SECONDS", "1"),
+        ("ETCD_BROKER__LISTEN__MAX_CONNECTIONS", "4"),
+    ];
+    let broker = BrokerProcess::start_with_env(&etcd, None, &env).await;
+    let osb = Osb::new(&broker.url);
+    let addr = broker.url.trim_start_matches("http://").to_owned();
+
+    let head = format!("GET /v2/catalog HTTP/1.1\r\nHost: {addr}\r\nX-Broker-API-Version: {VERSION}\r\n\r\n");
+    let (took, answer) = send_and_wait_for_close(&addr, head.clone().into_bytes(), 20).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < std::time::Duration::from_secs(4), "trickling headers held on for {took:?}");
+
+    // Four keep-alive connections, each after one request, fill max_connections; they are
+    // closed once idle for a second, and the catalog is served again.
+    let idle: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, head) = (addr.clone(), head.clone());
+            tokio::spawn(async move { send_and_wait_for_close(&addr, head.into_bytes(), usize::MAX).await })
+        })
+        .collect();
+    for connection in idle {
+        let (took, answer) = connection.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(took < std::time::Duration::from_secs(4), "an idle connection stayed open {took:?}");
+    }
+    assert_eq!(osb.call(Method::GET, "/v2/catalog", None).await.status, StatusCode::OK);
+
+    let huge =
+        format!("GET /v2/catalog HTTP/1.1\r\nHost: {addr}\r\nX-Padding: {}\r\n\r\n", "x".repeat(200_000));
+    let (_, answer) = send_and_wait_for_close(&addr, huge.into_bytes(), usize::MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(osb.call(Method::GET, "/v2/catalog", None).await.status, StatusCode::OK);
+    let log = broker.stop().await;
+    assert!(!log.contains("panicked"), "{log}");
+}
