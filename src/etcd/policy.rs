@@ -44,6 +44,10 @@ pub(crate) const BATCHED_TIMEOUT: Duration = Duration::from_secs(2 * REQUEST_TIM
 
 /// How long a health probe may take before its endpoint counts as not answering.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an endpoint may answer nothing, its probes included, before it counts as not
+/// answering: a stopped etcd answers nothing; a busy one answers late, but something now and
+/// then. A request in flight when etcd stops fails after about this long.
+pub(crate) const SILENCE: Duration = Duration::from_secs(3);
 /// How long a request may wait for its answer before its endpoint is probed (and not used
 /// while the probe has no answer). Longer than etcd takes for any of the broker's requests
 /// when it is healthy, bcrypt included, so a busy endpoint is rarely probed.
@@ -88,6 +92,7 @@ pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 4;
 const _: () = assert!(SLOW_ANSWER.as_millis() < HEDGE_AFTER.as_millis());
 const _: () = assert!(HEDGE_AFTER.as_millis() < REQUEST_TIMEOUT.as_millis());
 const _: () = assert!(PROBE_TIMEOUT.as_millis() < SLOW_ANSWER.as_millis());
+const _: () = assert!(SLOW_ANSWER.as_millis() + PROBE_TIMEOUT.as_millis() <= SILENCE.as_millis());
 const _: () = assert!(FIRST_PROBE_BACKOFF.as_millis() <= MAX_PROBE_BACKOFF.as_millis());
 const _: () = assert!(BATCHED_TIMEOUT.as_millis() >= 2 * REQUEST_TIMEOUT.as_millis());
 
