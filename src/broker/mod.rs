@@ -27,6 +27,7 @@ use url::Url;
 use crate::clock::Clock;
 use crate::osb::catalog::Catalog;
 use crate::osb::model::*;
+use crate::osb::plan_options::PlanOptions;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId, ServiceBroker};
 use crate::sealing::Sealing;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
@@ -53,6 +54,9 @@ pub struct BrokerSetup {
     pub catalog: Catalog,
     /// plan id -> cluster name; covers every catalog plan.
     pub plan_clusters: HashMap<String, String>,
+    /// plan id -> what the plan offers; a plan without an entry offers nothing beyond today's
+    /// bindings.
+    pub plan_options: HashMap<String, PlanOptions>,
     /// cluster name -> cluster.
     pub clusters: HashMap<String, Cluster>,
     /// Where broker records live.
@@ -114,6 +118,11 @@ impl EtcdBroker {
         self.setup.plan_clusters.get(plan_id).map(String::as_str).ok_or_else(|| {
             BrokerError::Internal(format!("plan '{plan_id}' has no cluster in the broker's configuration"))
         })
+    }
+
+    /// The options of a plan (the defaults for a plan the config gives none).
+    fn plan_options(&self, plan_id: &str) -> PlanOptions {
+        self.setup.plan_options.get(plan_id).cloned().unwrap_or_default()
     }
 
     /// Validates the ids a DELETE carries: a catalog plan, or the plan the record was made with
@@ -207,14 +216,14 @@ impl EtcdBroker {
     }
 }
 
-/// Parameters are not supported by any plan yet; refuse them instead of silently ignoring them.
+/// Parameters a plan does not take: refused instead of silently ignored.
 fn refuse_parameters(parameters: &JsonObject) -> BrokerResult<()> {
     if parameters.is_empty() {
         return Ok(());
     }
     let names: Vec<&str> = parameters.keys().map(String::as_str).collect();
     Err(BrokerError::BadRequest(format!(
-        "unknown parameters: {} (this broker's plans take no parameters)",
+        "unknown parameters: {} (this plan takes no parameters here)",
         names.join(", ")
     )))
 }

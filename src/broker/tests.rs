@@ -32,6 +32,7 @@ fn plan(id: &str) -> Plan {
         bindable: None,
         plan_updateable: None,
         metadata: None,
+        schemas: None,
     }
 }
 
@@ -87,9 +88,12 @@ pub fn broker_with(store: Arc<dyn Store>, sealing: Sealing) -> EtcdBroker {
         .into_iter()
         .map(|(p, c)| (p.to_owned(), c.to_owned()))
         .collect();
+    // LARGE takes bind parameters; the other plans take none.
+    let plan_options = [(LARGE.to_owned(), PlanOptions { binding_parameters: true })].into();
     EtcdBroker::new(BrokerSetup {
         catalog: catalog(),
         plan_clusters,
+        plan_options,
         clusters,
         state: store,
         state_cluster: "main".into(),
@@ -249,7 +253,7 @@ pub fn assert_consistent(state: &MemoryState) {
         assert_eq!(password, recorded);
         assert!(roles.contains(&record.role));
         let granted: Vec<&Permission> = state.roles.get(&record.role).into_iter().flatten().collect();
-        assert_eq!(granted, [&Permission::read_write_prefix(&record.prefix)]);
+        assert_eq!(granted, [&record.permission()]);
         assert!(!queued.contains(&record.role), "the role of ready binding {} is queued", record.binding_id);
     }
     for user in state.users.keys() {
@@ -500,6 +504,87 @@ async fn bind_converges_after_a_fault_at_any_step() {
     .await;
 }
 
+/// A bind on plan LARGE (which takes bind parameters) with `parameters`.
+fn bind_with(instance: &str, binding: &str, parameters: serde_json::Value) -> BindRequest {
+    let mut req = bind_req(instance, binding);
+    req.plan_id = LARGE.into();
+    req.parameters = parameters.as_object().unwrap().clone();
+    req
+}
+
+#[tokio::test]
+async fn bind_with_parameters_converges_after_a_fault_at_any_step() {
+    for_every_fault(
+        |_| Box::pin(provisioned()),
+        |broker| async move {
+            let req = bind_with("i1", "b1", json!({"access": "read", "key_prefix": "config/"}));
+            broker.bind(req).await.map(|_| ())
+        },
+        |state| {
+            assert_consistent(state);
+            let granted: Vec<&Permission> = state.roles.values().flatten().collect();
+            let expected = Permission::prefix(crate::store::Access::Read, "/service_instances/i1/config/");
+            assert_eq!(granted, [&expected]);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bind_parameters_choose_the_roles_access_and_prefix() {
+    let store = provisioned().await;
+    let broker = broker_on(store.clone());
+    let parameters = json!({"access": "read", "key_prefix": "app/config/"});
+    let Ok(Bound::Created(created)) = broker.bind(bind_with("i1", "b1", parameters.clone())).await else {
+        panic!("not created")
+    };
+    assert_eq!(created.credentials["prefix"], "/service_instances/i1/app/config/");
+    assert_eq!(created.parameters, None, "a bind's answer carries no parameters");
+    let state = store.snapshot();
+    let role: Vec<&Permission> = state.roles["etcd-broker.i1.b1"].iter().collect();
+    assert_eq!(role, [&Permission::prefix(crate::store::Access::Read, "/service_instances/i1/app/config/")]);
+    // GET binding shows the parameters; the same parameters again are 200, others 409.
+    let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.parameters.map(serde_json::Value::Object), Some(parameters.clone()));
+    assert!(matches!(broker.bind(bind_with("i1", "b1", parameters)).await, Ok(Bound::AlreadyExists(_))));
+    for other in
+        [json!({"access": "read"}), json!({}), json!({"access": "readwrite", "key_prefix": "app/config/"})]
+    {
+        let again = broker.bind(bind_with("i1", "b1", other.clone())).await;
+        assert!(matches!(again, Err(BrokerError::Conflict(_))), "{other}: {again:?}");
+    }
+    // Without parameters the plan's binding is today's: read-write on the whole instance.
+    broker.bind(bind_with("i1", "b2", json!({}))).await.unwrap();
+    let role: Vec<Permission> = store.snapshot().roles["etcd-broker.i1.b2"].iter().cloned().collect();
+    assert_eq!(role, [Permission::read_write_prefix("/service_instances/i1/")]);
+    assert_eq!(broker.get_binding(&iid("i1"), &bid("b2")).await.unwrap().parameters, None);
+}
+
+#[tokio::test]
+async fn bad_or_unoffered_bind_parameters_are_400_and_leave_nothing() {
+    let store = provisioned().await;
+    let broker = broker_on(store.clone());
+    let cases = [
+        (bind_with("i1", "b1", json!({"access": "all"})), "bind parameter 'access'"),
+        (bind_with("i1", "b1", json!({"key_prefix": "config"})), "bind parameter 'key_prefix'"),
+        (bind_with("i1", "b1", json!({"ttl": 5})), "unknown bind parameter 'ttl'"),
+        // Plan SMALL offers no bind parameters.
+        (
+            BindRequest { plan_id: SMALL.into(), ..bind_with("i1", "b1", json!({"access": "read"})) },
+            "unknown parameters: access",
+        ),
+    ];
+    for (req, needle) in cases {
+        match broker.bind(req).await {
+            Err(BrokerError::BadRequest(message)) => assert!(message.contains(needle), "{needle}: {message}"),
+            other => panic!("{needle}: {other:?}"),
+        }
+    }
+    let state = store.snapshot();
+    assert!(state.users.is_empty() && state.roles.is_empty());
+    assert!(!state.keys.keys().any(|k| k.starts_with("/etcd-broker/bindings/")));
+}
+
 #[tokio::test]
 async fn unbind_converges_after_a_fault_at_any_step() {
     for_every_fault(
@@ -620,8 +705,8 @@ impl Store for HookedStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         self.inner.delete_prefix(prefix).await
     }
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-        self.inner.ensure_role(role, prefix).await
+    async fn ensure_role(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        self.inner.ensure_role(role, permission).await
     }
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.inner.ensure_user(user, password, role).await?;
@@ -777,9 +862,15 @@ async fn deprovision_removes_users_and_roles_no_record_names() {
     broker.bind(bind_req("i1", "b1")).await.unwrap();
     broker.bind(bind_req("i10", "b1")).await.unwrap();
     // What a bind killed after its unbind leaves: a user and role, and no record of either.
-    store.ensure_role("etcd-broker.i1.lost", "/service_instances/i1/").await.unwrap();
+    store
+        .ensure_role("etcd-broker.i1.lost", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
     store.ensure_user("etcd-broker.i1.lost", "pw", "etcd-broker.i1.lost").await.unwrap();
-    store.ensure_role("etcd-broker.i1.role-only", "/service_instances/i1/").await.unwrap();
+    store
+        .ensure_role("etcd-broker.i1.role-only", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
     broker.deprovision(deprovision_req("i1")).await.unwrap();
     drain_role_queue(&broker).await.unwrap();
     let state = store.snapshot();

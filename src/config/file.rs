@@ -15,6 +15,7 @@ use super::{
     MAX_CONNECTIONS, MAX_WORKERS,
 };
 use crate::osb::catalog::Catalog;
+use crate::osb::plan_options::PlanOptions;
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
 use crate::tls::{ClientTls, Identity};
@@ -200,6 +201,16 @@ pub(super) struct TlsFile {
 pub(super) struct PlanFile {
     /// Name of the cluster the plan's instances live on.
     pub cluster: String,
+    /// Binds take `access` / `key_prefix` parameters (`osb::bind_parameters`).
+    #[serde(default)]
+    pub binding_parameters: bool,
+}
+
+impl PlanFile {
+    /// The options the broker obeys for this plan.
+    fn options(&self) -> PlanOptions {
+        PlanOptions { binding_parameters: self.binding_parameters }
+    }
 }
 
 impl ConfigFile {
@@ -215,6 +226,8 @@ impl ConfigFile {
         let state_cluster = self.state_cluster()?;
         let plan_clusters = self.plan_clusters()?;
         let sealing = self.secrets.sealing()?;
+        let plan_options: BTreeMap<String, PlanOptions> =
+            self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
         let ConfigFile {
             log_level,
             log_format,
@@ -222,11 +235,15 @@ impl ConfigFile {
             metrics,
             auth,
             prefixes,
-            catalog,
+            mut catalog,
             role_reaper,
             reconcile,
             ..
         } = self;
+        // The catalog publishes the schemas of what each plan offers.
+        for plan in catalog.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            plan.schemas = plan_options.get(&plan.id).and_then(PlanOptions::schemas);
+        }
         let listen = Listen {
             host: listen.host,
             port: listen.port,
@@ -246,6 +263,7 @@ impl ConfigFile {
             state_cluster,
             catalog,
             plan_clusters,
+            plan_options,
             role_reaper,
             reconcile,
             sealing,

@@ -372,3 +372,31 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
         with_secrets(toml::toml! { active = "k1" [keys.k1] value = 12345678 }).unwrap_err().to_string();
     assert!(numeric.contains("a secret must be a string") && !numeric.contains("12345678"), "{numeric}");
 }
+
+#[test]
+fn the_catalog_publishes_the_bind_parameters_schema_only_where_the_plan_takes_them() {
+    let plain = Config::from_toml(EXAMPLE).unwrap();
+    let plan = &plain.catalog.services[0].plans[0];
+    assert_eq!(plan.schemas, None);
+    assert!(serde_json::to_value(plan).unwrap().get("schemas").is_none());
+    assert!(!plain.plan_options[&plan.id].binding_parameters);
+    let offered = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("binding_parameters".into(), true.into());
+    })
+    .unwrap();
+    let plan = &offered.catalog.services[0].plans[0];
+    assert!(offered.plan_options[&plan.id].binding_parameters);
+    let served = serde_json::to_value(plan).unwrap();
+    assert_eq!(
+        served["schemas"]["service_binding"]["create"]["parameters"],
+        *crate::osb::bind_parameters::SCHEMA
+    );
+    // The schemas come from the options; a hand-written one is refused.
+    let by_hand = with(|t| {
+        let plans = t["catalog"]["services"][0]["plans"].as_array_mut().unwrap();
+        plans[0].as_table_mut().unwrap().insert("schemas".into(), toml::Value::Table(Default::default()));
+    });
+    assert!(by_hand.is_err());
+}

@@ -5,6 +5,7 @@
 //!
 //! - `common`: the harness: etcd, broker processes, an OSB client, metrics scraping
 //! - `lifecycle`: provision, bind, use, unbind, deprovision; tenant isolation; role reaper pauses
+//! - `bind_parameters`: read-only and sub-prefix bindings, their schema, what etcd refuses them
 //! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
 //!   etcd down
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
@@ -20,6 +21,7 @@
 //! - `tls`: TLS towards etcd and on the OSB listener
 //! - `tidy`: the dependency rules of ARCHITECTURE.md, read from the source tree
 
+mod bind_parameters;
 mod bosh_properties;
 mod common;
 mod concurrency;
