@@ -88,11 +88,7 @@ impl EtcdBroker {
             role: self.names().role(&req.instance_id, &req.binding_id),
             password: None,
             password_sealed: None,
-            prefix: format!(
-                "{}{}",
-                self.names().tenant_prefix(&req.instance_id),
-                parameters.key_prefix.as_deref().unwrap_or_default()
-            ),
+            prefix: parameters.prefix_in(&self.names().tenant_prefix(&req.instance_id)),
             access: parameters.access,
             app_guid: req.app_guid.clone(),
             bind_resource: req.bind_resource.clone(),

@@ -47,6 +47,20 @@ pub struct BindParameters {
     pub key_prefix: Option<String>,
 }
 
+impl BindParameters {
+    /// The keys the binding may reach: `instance_prefix` (which ends with '/'), followed by
+    /// `key_prefix` when there is one.
+    pub fn prefix_in(&self, instance_prefix: &str) -> String {
+        format!("{instance_prefix}{}", self.key_prefix.as_deref().unwrap_or_default())
+    }
+
+    /// The role's permission in words, as `etcd-broker-ops names` and the docs spell it
+    /// (`read prefix /service_instances/i1/config/`).
+    pub fn describe_permission(&self, instance_prefix: &str) -> String {
+        format!("{} prefix {}", self.access.as_str(), self.prefix_in(instance_prefix))
+    }
+}
+
 /// The rule for `key_prefix`, as the schema's pattern: one or more segments, each ending with
 /// '/', made of letters, digits, '.', '_', '-' and not starting with '.' (so no "." or ".."
 /// segment, no empty segment, no leading '/'). The trailing '/' is the instance prefix's rule:
