@@ -325,7 +325,7 @@ impl Osb {
 
     /// The shared plan of the test catalog.
     fn shared() -> Offering {
-        Offering { service_id: SERVICE_ID.to_owned(), plan_id: SHARED.to_owned() }
+        Offering { service_id: SERVICE_ID.to_owned(), plan_id: SHARED.to_owned(), bind_parameters: vec![] }
     }
 
     pub async fn send(builder: reqwest::RequestBuilder) -> Reply {
