@@ -100,19 +100,18 @@ impl EtcdBroker {
         };
         self.store_password(&key, &mut record, &random_password())?;
         let queued_role = self.names().role_deletion_key(&record.role);
+        // The instance plan's limit of bindings, counted in the same transaction.
+        let counted = self.binding_limits(&req.instance_id, &instance.plan_id).await?;
+        let mut guards = vec![
+            Guard::Revision(instance_key, instance_revision),
+            Guard::Absent(key.clone()),
+            Guard::Absent(queued_role),
+        ];
+        guards.extend(counted.guards);
         // The record and its index entries (per plan; per sealing key when sealed).
-        let writes = self.record_writes(&key, &mut record)?;
-        let created = state
-            .commit(
-                &[
-                    Guard::Revision(instance_key, instance_revision),
-                    Guard::Absent(key.clone()),
-                    Guard::Absent(queued_role),
-                ],
-                &writes,
-            )
-            .await
-            .map_err(|e| self.state_failed(e))?;
+        let mut writes = self.record_writes(&key, &mut record)?;
+        writes.extend(counted.writes);
+        let created = state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
         match created {
             Some(revision) => self.complete_binding(&key, record, revision).await,
             None => {

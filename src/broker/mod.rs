@@ -10,6 +10,7 @@
 mod bindings;
 pub mod credentials;
 mod instances;
+pub mod limits;
 pub mod names;
 pub mod reconcile;
 pub mod records;
@@ -27,7 +28,7 @@ use url::Url;
 use crate::clock::Clock;
 use crate::osb::catalog::Catalog;
 use crate::osb::model::*;
-use crate::osb::plan_options::PlanOptions;
+use crate::osb::plan_options::{BrokerLimits, PlanOptions};
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId, ServiceBroker};
 use crate::sealing::Sealing;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
@@ -57,6 +58,8 @@ pub struct BrokerSetup {
     /// plan id -> what the plan offers; a plan without an entry offers nothing beyond today's
     /// bindings.
     pub plan_options: HashMap<String, PlanOptions>,
+    /// Limits across plans.
+    pub limits: BrokerLimits,
     /// cluster name -> cluster.
     pub clusters: HashMap<String, Cluster>,
     /// Where broker records live.
@@ -74,12 +77,14 @@ pub struct EtcdBroker {
     setup: BrokerSetup,
     /// Wakes the role reaper when this broker queues a role (see `role_deletions.rs`).
     role_queued: tokio::sync::Notify,
+    /// Creates refused by a limit, for the metrics.
+    limit_refusals: limits::LimitRefusals,
 }
 
 impl EtcdBroker {
     /// Wraps a validated setup.
     pub fn new(setup: BrokerSetup) -> Self {
-        Self { setup, role_queued: tokio::sync::Notify::new() }
+        Self { setup, role_queued: tokio::sync::Notify::new(), limit_refusals: Default::default() }
     }
 
     fn names(&self) -> &Names {
@@ -142,6 +147,14 @@ impl EtcdBroker {
             .commit(&[Guard::Revision(key.to_owned(), revision)], writes)
             .await
             .map_err(|e| self.state_failed(e))
+    }
+
+    /// `result`, with a refusal by a limit counted for the metrics.
+    fn counting_refusals<T>(&self, result: BrokerResult<T>) -> BrokerResult<T> {
+        if let Err(BrokerError::LimitReached { limit, .. }) = &result {
+            self.limit_refusals.count(*limit);
+        }
+        result
     }
 
     /// Reads and decodes a record.
@@ -250,11 +263,11 @@ impl ServiceBroker for EtcdBroker {
     }
 
     async fn provision(&self, req: ProvisionRequest) -> BrokerResult<Provisioned> {
-        self.provision_instance(req).await
+        self.counting_refusals(self.provision_instance(req).await)
     }
 
     async fn update(&self, req: UpdateRequest) -> BrokerResult<()> {
-        self.update_instance(req).await
+        self.counting_refusals(self.update_instance(req).await)
     }
 
     async fn deprovision(&self, req: DeprovisionRequest) -> BrokerResult<()> {
@@ -270,7 +283,7 @@ impl ServiceBroker for EtcdBroker {
     }
 
     async fn bind(&self, req: BindRequest) -> BrokerResult<Bound> {
-        self.create_binding(req).await
+        self.counting_refusals(self.create_binding(req).await)
     }
 
     async fn unbind(&self, req: UnbindRequest) -> BrokerResult<()> {

@@ -76,6 +76,22 @@ pub fn sealed_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
 
 /// [`broker_on`] with `sealing`.
 pub fn broker_with(store: Arc<dyn Store>, sealing: Sealing) -> EtcdBroker {
+    EtcdBroker::new(broker_setup(store, sealing))
+}
+
+/// [`broker_on`] with limits: at most 2 instances of SMALL and 2 bindings per instance of
+/// SMALL, at most 3 instances per organization.
+pub fn limited_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
+    let mut setup = broker_setup(store, Sealing::Off { keychain: None });
+    let small =
+        PlanOptions { max_instances: Some(2), max_bindings_per_instance: Some(2), ..Default::default() };
+    setup.plan_options.insert(SMALL.to_owned(), small);
+    setup.limits.max_instances_per_organization = Some(3);
+    EtcdBroker::new(setup)
+}
+
+/// What [`broker_with`] runs on.
+fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
     let cluster = |store: Arc<dyn Store>| Cluster {
         store,
         public_endpoints: vec![Url::parse("http://127.0.0.1:2379").unwrap()],
@@ -89,18 +105,20 @@ pub fn broker_with(store: Arc<dyn Store>, sealing: Sealing) -> EtcdBroker {
         .map(|(p, c)| (p.to_owned(), c.to_owned()))
         .collect();
     // LARGE takes bind parameters; the other plans take none.
-    let plan_options = [(LARGE.to_owned(), PlanOptions { binding_parameters: true })].into();
-    EtcdBroker::new(BrokerSetup {
+    let plan_options =
+        [(LARGE.to_owned(), PlanOptions { binding_parameters: true, ..Default::default() })].into();
+    BrokerSetup {
         catalog: catalog(),
         plan_clusters,
         plan_options,
+        limits: Default::default(),
         clusters,
         state: store,
         state_cluster: "main".into(),
         names: Names::default(),
         clock: Arc::new(SystemClock),
         sealing,
-    })
+    }
 }
 
 fn iid(s: &str) -> InstanceId {
@@ -147,7 +165,7 @@ pub fn unbind_req(instance: &str, binding: &str) -> UnbindRequest {
     }
 }
 
-fn deprovision_req(id: &str) -> DeprovisionRequest {
+pub fn deprovision_req(id: &str) -> DeprovisionRequest {
     DeprovisionRequest {
         instance_id: iid(id),
         service_id: SERVICE.into(),
@@ -156,7 +174,7 @@ fn deprovision_req(id: &str) -> DeprovisionRequest {
     }
 }
 
-fn update_req(id: &str, plan: &str) -> UpdateRequest {
+pub fn update_req(id: &str, plan: &str) -> UpdateRequest {
     UpdateRequest {
         instance_id: iid(id),
         service_id: SERVICE.into(),
@@ -210,17 +228,25 @@ pub fn assert_indexes_match_records(state: &MemoryState) {
                 let name = crate::sealing::sealed_with(sealed).expect("a key name");
                 expected.insert(names.sealed_index_key(name, i, b));
             }
+        } else if key.starts_with("/etcd-broker/instances/") {
+            let record: records::InstanceRecord = serde_json::from_slice(&v.value).unwrap();
+            if super::reconcile::is_claim(&record) {
+                continue; // reconcile's claim on orphan data: no platform instance, no index
+            }
+            expected.insert(names.instance_index_key(&record.plan_id, &record.instance_id));
+            expected.insert(names.organization_index_key(&record.organization_guid, &record.instance_id));
         }
     }
-    let found: std::collections::BTreeSet<String> = state
-        .keys
-        .keys()
-        .filter(|k| {
-            k.starts_with("/etcd-broker/index/bindings/") || k.starts_with("/etcd-broker/index/sealed/")
-        })
-        .cloned()
-        .collect();
-    assert_eq!(found, expected, "the binding indexes drifted from the records");
+    let found: std::collections::BTreeSet<String> =
+        state.keys.keys().filter(|k| k.starts_with("/etcd-broker/index/")).cloned().collect();
+    assert_eq!(found, expected, "the indexes drifted from the records");
+    // An instance's limit key goes with its record.
+    for key in state.keys.keys() {
+        if let Some(instance) = key.strip_prefix("/etcd-broker/limits/instances/") {
+            let record = format!("/etcd-broker/instances/{instance}");
+            assert!(state.keys.contains_key(&record), "{key} outlived its instance");
+        }
+    }
 }
 
 /// Every etcd user belongs to a `ready` binding record, and every role to one or to the queue
@@ -377,7 +403,7 @@ async fn deleting_records_block_new_binds_until_the_delete_is_finished() {
 }
 
 /// Makes a broker on a store: [`broker_on`] or [`sealed_broker_on`].
-type MakeBroker = fn(Arc<dyn Store>) -> EtcdBroker;
+pub type MakeBroker = fn(Arc<dyn Store>) -> EtcdBroker;
 
 /// The crash tests' sealing cases: (name, the broker that sets the records up, the one that
 /// crashes, the one that retries): sealing off throughout, on throughout, records written in
@@ -437,7 +463,7 @@ where
     }
 }
 
-async fn for_every_fault_with<S, F, Fut>(
+pub async fn for_every_fault_with<S, F, Fut>(
     case: &str,
     setup: S,
     makers: (MakeBroker, MakeBroker),
@@ -639,7 +665,11 @@ async fn provision_converges_after_a_fault_at_any_step() {
             assert_consistent(&store.snapshot());
             assert_eq!(
                 store.snapshot().keys.keys().collect::<Vec<_>>(),
-                ["/etcd-broker/index/instances/plan-small/i1", "/etcd-broker/instances/i1"]
+                [
+                    "/etcd-broker/index/instances/plan-small/i1",
+                    "/etcd-broker/index/organizations/org/i1",
+                    "/etcd-broker/instances/i1"
+                ]
             );
         }
     }

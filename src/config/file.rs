@@ -15,7 +15,7 @@ use super::{
     MAX_CONNECTIONS, MAX_WORKERS,
 };
 use crate::osb::catalog::Catalog;
-use crate::osb::plan_options::PlanOptions;
+use crate::osb::plan_options::{BrokerLimits, PlanOptions};
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
 use crate::tls::{ClientTls, Identity};
@@ -49,6 +49,8 @@ pub(super) struct ConfigFile {
     pub reconcile: ReconcileConfig,
     #[serde(default)]
     pub secrets: SecretsFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 /// `[secrets]`: sealing at rest and the keychain.
@@ -204,12 +206,31 @@ pub(super) struct PlanFile {
     /// Binds take `access` / `key_prefix` parameters (`osb::bind_parameters`).
     #[serde(default)]
     pub binding_parameters: bool,
+    /// At most this many instances of the plan.
+    #[serde(default)]
+    pub max_instances: Option<u64>,
+    /// At most this many bindings per instance of the plan.
+    #[serde(default)]
+    pub max_bindings_per_instance: Option<u64>,
+}
+
+/// `[limits]`: limits across plans.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsFile {
+    /// At most this many instances per organization, over all plans.
+    #[serde(default)]
+    pub max_instances_per_organization: Option<u64>,
 }
 
 impl PlanFile {
     /// The options the broker obeys for this plan.
     fn options(&self) -> PlanOptions {
-        PlanOptions { binding_parameters: self.binding_parameters }
+        PlanOptions {
+            binding_parameters: self.binding_parameters,
+            max_instances: self.max_instances,
+            max_bindings_per_instance: self.max_bindings_per_instance,
+        }
     }
 }
 
@@ -238,6 +259,7 @@ impl ConfigFile {
             mut catalog,
             role_reaper,
             reconcile,
+            limits,
             ..
         } = self;
         // The catalog publishes the schemas of what each plan offers.
@@ -264,6 +286,7 @@ impl ConfigFile {
             catalog,
             plan_clusters,
             plan_options,
+            limits: BrokerLimits { max_instances_per_organization: limits.max_instances_per_organization },
             role_reaper,
             reconcile,
             sealing,

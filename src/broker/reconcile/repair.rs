@@ -31,7 +31,7 @@ use super::{Finding, Kind, Repair, Repaired, Target};
 const CLAIM_CONTEXT: &str = "etcd_broker_reconcile";
 
 /// Whether an instance record is reconcile's claim on orphan data.
-pub(super) fn is_claim(record: &InstanceRecord) -> bool {
+pub(crate) fn is_claim(record: &InstanceRecord) -> bool {
     record.state == RecordState::Deleting && record.context.contains_key(CLAIM_CONTEXT)
 }
 
