@@ -17,11 +17,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::osb::plan_options::Limit;
+pub use crate::osb::plan_options::Limit;
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
 use crate::store::{Guard, Write};
 
 use super::EtcdBroker;
+
+/// One configured limit of a plan, named as the metrics label it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanLimit {
+    pub service: String,
+    pub plan: String,
+    pub limit: Limit,
+    pub max: u64,
+}
 
 /// Creates this broker process refused per limit, since it started.
 #[derive(Debug, Default)]
@@ -157,6 +166,29 @@ impl EtcdBroker {
     /// Creates this broker refused per limit, for the metrics.
     pub fn limit_refusals(&self) -> Vec<(Limit, u64)> {
         self.limit_refusals.snapshot()
+    }
+
+    /// The configured limits, for the metrics: each catalog plan's, and the organization limit.
+    pub fn configured_limits(&self) -> (Vec<PlanLimit>, Option<u64>) {
+        let mut plans = Vec::new();
+        for (service, plan) in self.setup.catalog.plans() {
+            let options = self.plan_options(&plan.id);
+            let limits = [
+                (Limit::PlanInstances, options.max_instances),
+                (Limit::BindingsPerInstance, options.max_bindings_per_instance),
+            ];
+            for (limit, max) in limits {
+                if let Some(max) = max {
+                    plans.push(PlanLimit {
+                        service: service.name.clone(),
+                        plan: plan.name.clone(),
+                        limit,
+                        max,
+                    });
+                }
+            }
+        }
+        (plans, self.setup.limits.max_instances_per_organization)
     }
 }
 
