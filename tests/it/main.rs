@@ -6,6 +6,7 @@
 //! - `common`: the harness: etcd, broker processes, an OSB client, metrics scraping
 //! - `lifecycle`: provision, bind, use, unbind, deprovision; tenant isolation; role reaper pauses
 //! - `bind_parameters`: read-only and sub-prefix bindings, their schema, what etcd refuses them
+//! - `limits`: plan and organization limits with two brokers racing on one etcd
 //! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
 //!   etcd down
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
@@ -27,6 +28,7 @@ mod common;
 mod concurrency;
 mod failover;
 mod lifecycle;
+mod limits;
 mod observability;
 mod osb_protocol;
 mod prometheus_rules;
