@@ -400,3 +400,28 @@ fn the_catalog_publishes_the_bind_parameters_schema_only_where_the_plan_takes_th
     });
     assert!(by_hand.is_err());
 }
+
+#[test]
+fn limits_are_read_per_plan_and_per_organization() {
+    let plain = Config::from_toml(EXAMPLE).unwrap();
+    let shared = &plain.plan_options["0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"];
+    assert_eq!((shared.max_instances, shared.max_bindings_per_instance), (None, None));
+    assert_eq!(plain.limits.max_instances_per_organization, None);
+    let scoped = &plain.plan_options["3a5b6c7d-8e9f-4a0b-9c1d-3e4f5a6b7c8d"];
+    assert_eq!((scoped.max_instances, scoped.max_bindings_per_instance), (Some(100), Some(10)));
+    let limited = with(|t| {
+        t.insert("limits".into(), toml::Value::Table(toml::toml! { max_instances_per_organization = 7 }));
+    })
+    .unwrap();
+    assert_eq!(limited.limits.max_instances_per_organization, Some(7));
+    let typo = with(|t| {
+        t.insert("limits".into(), toml::Value::Table(toml::toml! { max_instances_per_org = 7 }));
+    });
+    assert!(typo.unwrap_err().to_string().contains("max_instances_per_org"));
+    let negative = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("max_instances".into(), (-1).into());
+    });
+    assert!(negative.is_err());
+}
