@@ -56,38 +56,26 @@ pub(super) struct Counted {
 }
 
 /// One limit to check: its key, what it counts, the maximum, and how to name it.
-struct Check<'a> {
+struct Check {
     limit: Limit,
     key: String,
     counted: String,
     max: u64,
-    what: &'a str,
+    what: String,
 }
 
 impl EtcdBroker {
     /// The limits a new instance of `plan_id` for `organization` counts against; a 422 naming
     /// the first one reached.
     pub(super) async fn instance_limits(&self, plan_id: &str, organization: &str) -> BrokerResult<Counted> {
-        let mut counted = Counted::default();
-        if let Some(max) = self.plan_options(plan_id).max_instances {
-            let what = format!("plan '{}'", self.plan_name(plan_id));
-            let check = Check {
-                limit: Limit::PlanInstances,
-                key: self.names().plan_limit_key(plan_id),
-                counted: self.names().instance_index_prefix(plan_id),
-                max,
-                what: &what,
-            };
-            self.check(check, &mut counted).await?;
-        }
+        let mut counted = self.plan_change_limits(plan_id).await?;
         if let Some(max) = self.setup.limits.max_instances_per_organization {
-            let what = format!("organization '{organization}'");
             let check = Check {
                 limit: Limit::OrganizationInstances,
                 key: self.names().organization_limit_key(organization),
                 counted: self.names().organization_index_prefix(organization),
                 max,
-                what: &what,
+                what: format!("organization '{organization}'"),
             };
             self.check(check, &mut counted).await?;
         }
@@ -95,17 +83,16 @@ impl EtcdBroker {
     }
 
     /// The limit an instance changing to plan `plan_id` counts against (its organization's
-    /// count does not change).
+    /// count does not change); also the plan's part of [`EtcdBroker::instance_limits`].
     pub(super) async fn plan_change_limits(&self, plan_id: &str) -> BrokerResult<Counted> {
         let mut counted = Counted::default();
         if let Some(max) = self.plan_options(plan_id).max_instances {
-            let what = format!("plan '{}'", self.plan_name(plan_id));
             let check = Check {
                 limit: Limit::PlanInstances,
                 key: self.names().plan_limit_key(plan_id),
                 counted: self.names().instance_index_prefix(plan_id),
                 max,
-                what: &what,
+                what: format!("plan '{}'", self.plan_name(plan_id)),
             };
             self.check(check, &mut counted).await?;
         }
@@ -116,13 +103,12 @@ impl EtcdBroker {
     pub(super) async fn binding_limits(&self, instance: &InstanceId, plan_id: &str) -> BrokerResult<Counted> {
         let mut counted = Counted::default();
         if let Some(max) = self.plan_options(plan_id).max_bindings_per_instance {
-            let what = format!("service instance {instance} (plan '{}')", self.plan_name(plan_id));
             let check = Check {
                 limit: Limit::BindingsPerInstance,
                 key: self.names().instance_limit_key(instance),
                 counted: self.names().bindings_prefix(instance),
                 max,
-                what: &what,
+                what: format!("service instance {instance} (plan '{}')", self.plan_name(plan_id)),
             };
             self.check(check, &mut counted).await?;
         }
@@ -131,7 +117,7 @@ impl EtcdBroker {
 
     /// The limit key's revision first, then the count: a create that commits in between
     /// rewrote the key, so the compare added here fails and the caller counts again.
-    async fn check(&self, check: Check<'_>, counted: &mut Counted) -> BrokerResult<()> {
+    async fn check(&self, check: Check, counted: &mut Counted) -> BrokerResult<()> {
         let state = &*self.setup.state;
         let key = state.get(&check.key).await.map_err(|e| self.state_failed(e))?;
         let count = state.count(&check.counted).await.map_err(|e| self.state_failed(e))?;
@@ -275,6 +261,22 @@ mod tests {
         assert_consistent(&store.snapshot());
     }
 
+    /// `store`, on which another broker writes `rival` right before the first commit.
+    fn racing_once(store: &Arc<MemoryStore>, rival: Vec<Write>) -> HookedStore {
+        let once = AtomicBool::new(false);
+        HookedStore {
+            inner: store.clone(),
+            after_ensure_user: Box::new(Vec::new),
+            before_commit: Box::new(move |_, _| {
+                if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    Vec::new()
+                } else {
+                    rival.clone()
+                }
+            }),
+        }
+    }
+
     /// What a provision of `id` by another broker writes, made on a scratch store.
     async fn rival_provision(id: &str) -> Vec<Write> {
         let scratch = Arc::new(MemoryStore::default());
@@ -289,19 +291,7 @@ mod tests {
         let store = Arc::new(MemoryStore::default());
         limited_broker_on(store.clone()).provision(provision_req("i1", SMALL)).await.unwrap();
         let rival = rival_provision("i9").await;
-        let once = AtomicBool::new(false);
-        let racing = HookedStore {
-            inner: store.clone(),
-            after_ensure_user: Box::new(Vec::new),
-            before_commit: Box::new(move |_, _| {
-                if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    Vec::new()
-                } else {
-                    rival.clone()
-                }
-            }),
-        };
-        let broker = limited_broker_on(Arc::new(racing));
+        let broker = limited_broker_on(Arc::new(racing_once(&store, rival)));
         refused(broker.provision(in_org("i2", SMALL, "org-2")).await, "(max_instances)");
         let state = store.snapshot();
         assert_eq!(state.keys.keys().filter(|k| k.starts_with("/etcd-broker/instances/")).count(), 2);
@@ -326,19 +316,7 @@ mod tests {
             .filter(|(k, _)| k.contains("b9") || k.contains("limits/instances/"))
             .map(|(k, v)| Write::Put(k, v.value))
             .collect();
-        let once = AtomicBool::new(false);
-        let racing = HookedStore {
-            inner: store.clone(),
-            after_ensure_user: Box::new(Vec::new),
-            before_commit: Box::new(move |_, _| {
-                if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    Vec::new()
-                } else {
-                    rival.clone()
-                }
-            }),
-        };
-        let broker = limited_broker_on(Arc::new(racing));
+        let broker = limited_broker_on(Arc::new(racing_once(&store, rival)));
         refused(broker.bind(bind_req("i1", "b2")).await, "(max_bindings_per_instance)");
         let records =
             store.snapshot().keys.into_keys().filter(|k| k.starts_with("/etcd-broker/bindings/i1/"));
