@@ -1,6 +1,6 @@
 //! The inventory gauges (instances and bindings per plan, roles awaiting deletion, sealed and
 //! clear-text records, the keychain's keys) as a Prometheus collector over the broker's counts
-//! in etcd.
+//! in etcd, with the configured limits and this process's refusals by them beside.
 //!
 //! They are counted when a scrape asks, with a few count-only requests, rather than kept in
 //! the process: other broker instances change them too. The monitoring listener calls
@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
+use crate::broker::limits::Limit;
 use crate::broker::EtcdBroker;
 
 /// The inventory gauges of one broker; clones share them.
@@ -32,6 +33,13 @@ pub struct Inventory {
     /// 1 for each key of this broker's keychain: what the alert on records sealed with a key
     /// the config no longer holds compares `sealed_records` with. Fixed at start.
     keychain_keys: IntGaugeVec,
+    /// The configured limits per plan (`max_instances`, `max_bindings_per_instance`), next to
+    /// `instances` and `bindings`. Fixed at start.
+    plan_limits: IntGaugeVec,
+    /// `max_instances_per_organization`, when configured. Fixed at start.
+    organization_limit: IntGaugeVec,
+    /// Creates this process refused by a limit, by limit (caught up at each refresh).
+    limit_refusals: IntCounterVec,
 }
 
 impl Inventory {
@@ -46,7 +54,43 @@ impl Inventory {
         for name in broker.keychain_key_names() {
             keychain_keys.with_label_values(&[name.as_str()]).set(1);
         }
+        let plan_limits = IntGaugeVec::new(
+            Opts::new("etcd_broker_plan_limit", "The configured limits of a plan, by limit."),
+            &["service", "plan", "limit"],
+        )
+        .expect("valid metric");
+        let organization_limit = IntGaugeVec::new(
+            Opts::new(
+                "etcd_broker_organization_instances_limit",
+                "The configured maximum of service instances per organization.",
+            ),
+            &[],
+        )
+        .expect("valid metric");
+        let (plans, organization) = broker.configured_limits();
+        for p in plans {
+            plan_limits
+                .with_label_values(&[p.service.as_str(), p.plan.as_str(), p.limit.name()])
+                .set(p.max as i64);
+        }
+        if let Some(max) = organization {
+            organization_limit.with_label_values(&[] as &[&str]).set(max as i64);
+        }
+        let limit_refusals = IntCounterVec::new(
+            Opts::new(
+                "etcd_broker_limit_refusals_total",
+                "Provisions, plan changes and binds this process refused because a limit was reached.",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        for limit in Limit::ALL {
+            limit_refusals.with_label_values(&[limit.name()]);
+        }
         Self {
+            plan_limits,
+            organization_limit,
+            limit_refusals,
             broker,
             instances: per_plan("etcd_broker_service_instances", "Service instances by service and plan."),
             bindings: per_plan("etcd_broker_service_bindings", "Service bindings by service and plan."),
@@ -70,6 +114,10 @@ impl Inventory {
 
     /// Counts again in etcd.
     pub async fn refresh(&self) {
+        for (limit, refused) in self.broker.limit_refusals() {
+            let counter = self.limit_refusals.with_label_values(&[limit.name()]);
+            counter.inc_by(refused.saturating_sub(counter.get()));
+        }
         if let Ok(plans) = self.broker.inventory().await {
             for plan in plans {
                 let labels = [plan.service.as_str(), plan.plan.as_str()];
@@ -99,6 +147,9 @@ impl Collector for Inventory {
         descs.extend(self.sealed_records.desc());
         descs.extend(self.clear_text_records.desc());
         descs.extend(self.keychain_keys.desc());
+        descs.extend(self.plan_limits.desc());
+        descs.extend(self.organization_limit.desc());
+        descs.extend(self.limit_refusals.desc());
         descs
     }
 
@@ -109,6 +160,9 @@ impl Collector for Inventory {
         families.extend(self.sealed_records.collect());
         families.extend(self.clear_text_records.collect());
         families.extend(self.keychain_keys.collect());
+        families.extend(self.plan_limits.collect());
+        families.extend(self.organization_limit.collect());
+        families.extend(self.limit_refusals.collect());
         families
     }
 }
@@ -119,7 +173,8 @@ mod tests {
 
     use super::*;
     use crate::broker::tests::{
-        bind_req, broker_on, broker_with, provision_req, sealed_broker_on, test_keychain, unbind_req, SMALL,
+        bind_req, broker_on, broker_with, limited_broker_on, provision_req, sealed_broker_on, test_keychain,
+        unbind_req, SMALL,
     };
     use crate::metrics::Metrics;
     use crate::osb::ServiceBroker;
@@ -146,6 +201,38 @@ mod tests {
         assert_eq!(samples.get(bindings.as_str()), Some(&"2"), "{text}");
         assert_eq!(samples.get("etcd_broker_roles_awaiting_deletion"), Some(&"0"), "{text}");
         assert_eq!(samples.get("etcd_broker_clear_text_records"), Some(&"2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn limits_and_refusals_are_reported() {
+        let broker = Arc::new(limited_broker_on(Arc::new(MemoryStore::default())));
+        let inventory = Inventory::new(broker.clone());
+        let metrics = Metrics::new();
+        metrics.register(Box::new(inventory.clone()));
+        for id in ["i1", "i2", "i3", "i4"] {
+            let _ = broker.provision(provision_req(id, SMALL)).await;
+        }
+        inventory.refresh().await;
+        let text = metrics.render();
+        let samples: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
+        let plan = |limit: &str| {
+            format!("etcd_broker_plan_limit{{limit=\"{limit}\",plan=\"{SMALL}\",service=\"etcd\"}}")
+        };
+        assert_eq!(samples.get(plan("max_instances").as_str()), Some(&"2"), "{text}");
+        assert_eq!(samples.get(plan("max_bindings_per_instance").as_str()), Some(&"2"), "{text}");
+        assert_eq!(samples.get("etcd_broker_organization_instances_limit"), Some(&"3"), "{text}");
+        let refusals = |limit: &str| format!("etcd_broker_limit_refusals_total{{limit=\"{limit}\"}}");
+        assert_eq!(samples.get(refusals("max_instances").as_str()), Some(&"2"), "{text}");
+        assert_eq!(samples.get(refusals("max_instances_per_organization").as_str()), Some(&"0"), "{text}");
+        // A refresh catches up; it does not count twice.
+        let _ = broker.provision(provision_req("i5", SMALL)).await;
+        inventory.refresh().await;
+        inventory.refresh().await;
+        assert!(
+            metrics.render().contains(&format!("{} 3", refusals("max_instances"))),
+            "{}",
+            metrics.render()
+        );
     }
 
     #[tokio::test]

@@ -96,6 +96,8 @@ pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<Etcd
     Ok(EtcdBroker::new(BrokerSetup {
         catalog: config.catalog.clone(),
         plan_clusters: config.plan_clusters.iter().map(|(plan, c)| (plan.clone(), c.clone())).collect(),
+        plan_options: config.plan_options.iter().map(|(plan, o)| (plan.clone(), o.clone())).collect(),
+        limits: config.limits.clone(),
         clusters,
         state,
         state_cluster: config.state_cluster.clone(),

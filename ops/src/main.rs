@@ -83,6 +83,10 @@ enum Command {
         instance_id: String,
         /// A service binding id of that instance.
         binding_id: Option<String>,
+        /// The binding's bind parameters (JSON, e.g. '{"access": "read", "key_prefix":
+        /// "config/"}'): the role's permission shown follows from them.
+        #[arg(long)]
+        parameters: Option<String>,
         /// Take the prefixes from this broker config instead of the flags.
         #[arg(long, conflicts_with_all = ["data_prefix", "state_prefix"])]
         config: Option<PathBuf>,
@@ -181,7 +185,7 @@ fn run(command: Command) -> Result<()> {
         Command::Reseal(args) => reseal::run(&args).map(|_| ()),
         Command::Reconcile(args) => reconcile::run(&args).map(|_| ()),
         Command::Unseal(args) => sealing::unseal(&args),
-        Command::Names { instance_id, binding_id, config, data_prefix, state_prefix, json } => {
+        Command::Names { instance_id, binding_id, parameters, config, data_prefix, state_prefix, json } => {
             let names = match config {
                 Some(path) => {
                     let config = Config::load(&path)?;
@@ -197,7 +201,10 @@ fn run(command: Command) -> Result<()> {
                     Names::new(&data_prefix, &state_prefix)
                 }
             };
-            print!("{}", names::report(&names, &instance_id, binding_id.as_deref(), json)?);
+            print!(
+                "{}",
+                names::report(&names, &instance_id, binding_id.as_deref(), parameters.as_deref(), json)?
+            );
             Ok(())
         }
     }

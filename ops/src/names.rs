@@ -4,10 +4,20 @@ use std::fmt::Write;
 
 use anyhow::Result;
 use etcd_broker::broker::names::Names;
+use etcd_broker::osb::bind_parameters;
+use etcd_broker::osb::model::JsonObject;
 use etcd_broker::osb::{BindingId, InstanceId};
 
-/// The report, as `label: value` lines or as a JSON object.
-pub fn report(names: &Names, instance: &str, binding: Option<&str>, json: bool) -> Result<String> {
+/// The report, as `label: value` lines or as a JSON object. `parameters` are a binding's bind
+/// parameters (JSON, checked as the broker checks them): its role's permission follows from
+/// them.
+pub fn report(
+    names: &Names,
+    instance: &str,
+    binding: Option<&str>,
+    parameters: Option<&str>,
+    json: bool,
+) -> Result<String> {
     let instance = InstanceId::parse(instance)?;
     let mut rows = vec![
         ("instance_id", instance.to_string()),
@@ -21,6 +31,15 @@ pub fn report(names: &Names, instance: &str, binding: Option<&str>, json: bool) 
         rows.push(("binding_record", names.binding_key(&instance, &binding)));
         rows.push(("etcd_user", names.user(&instance, &binding)));
         rows.push(("etcd_role", names.role(&instance, &binding)));
+        let parameters: JsonObject = match parameters {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| anyhow::anyhow!("--parameters is not a JSON object: {e}"))?,
+            None => JsonObject::new(),
+        };
+        let parameters = bind_parameters::parse(&parameters)?;
+        rows.push(("role_permission", parameters.describe_permission(&names.tenant_prefix(&instance))));
+    } else if parameters.is_some() {
+        anyhow::bail!("--parameters describe a binding: give its binding id too");
     }
     if json {
         let map: serde_json::Map<String, serde_json::Value> =
@@ -40,15 +59,34 @@ mod tests {
 
     #[test]
     fn lists_every_name_of_a_binding() {
-        let text = report(&Names::default(), "abc", Some("b1"), false).unwrap();
+        let text = report(&Names::default(), "abc", Some("b1"), None, false).unwrap();
         assert!(text.contains("tenant_prefix:          /service_instances/abc/\n"), "{text}");
         assert!(text.contains("etcd_user:              etcd-broker.abc.b1\n"), "{text}");
         assert!(text.contains("binding_record:         /etcd-broker/bindings/abc/b1\n"), "{text}");
+        assert!(
+            text.contains("role_permission:        readwrite prefix /service_instances/abc/\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_role_permission_follows_the_bind_parameters() {
+        let parameters = Some(r#"{"access": "read", "key_prefix": "config/"}"#);
+        let text = report(&Names::default(), "abc", Some("b1"), parameters, false).unwrap();
+        assert!(
+            text.contains("role_permission:        read prefix /service_instances/abc/config/\n"),
+            "{text}"
+        );
+        let err =
+            report(&Names::default(), "abc", Some("b1"), Some(r#"{"key_prefix": "x"}"#), false).unwrap_err();
+        assert!(err.to_string().contains("'key_prefix'"), "{err}");
+        let err = report(&Names::default(), "abc", None, parameters, false).unwrap_err();
+        assert!(err.to_string().contains("binding id"), "{err}");
     }
 
     #[test]
     fn json_output_and_custom_prefixes() {
-        let text = report(&Names::new("/t/", "/s/"), "abc", None, true).unwrap();
+        let text = report(&Names::new("/t/", "/s/"), "abc", None, None, true).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(value["tenant_prefix"], "/t/abc/");
         assert_eq!(value["instance_record"], "/s/instances/abc");
@@ -57,9 +95,9 @@ mod tests {
 
     #[test]
     fn invalid_ids_are_refused_with_the_rule() {
-        let err = report(&Names::default(), "a/b", None, false).unwrap_err();
+        let err = report(&Names::default(), "a/b", None, None, false).unwrap_err();
         assert!(err.to_string().contains("invalid instance id"), "{err}");
-        let err = report(&Names::default(), "abc", Some(""), false).unwrap_err();
+        let err = report(&Names::default(), "abc", Some(""), None, false).unwrap_err();
         assert!(err.to_string().contains("invalid binding id"), "{err}");
     }
 }

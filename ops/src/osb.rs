@@ -64,6 +64,9 @@ impl Answer {
 pub struct Offering {
     pub service_id: String,
     pub plan_id: String,
+    /// Bind parameter names the plan's catalog schema lists (`access`, `key_prefix`); empty when
+    /// the plan takes none.
+    pub bind_parameters: Vec<String>,
 }
 
 impl Offering {
@@ -273,7 +276,9 @@ impl OsbClient {
             None => plans.first().context("the service has no plans")?,
         };
         let text = |v: &Value| v.as_str().map(str::to_owned).context("a catalog id or name is not a string");
-        Ok(Offering { service_id: text(&service["id"])?, plan_id: text(&plan["id"])? })
+        let schema = &plan["schemas"]["service_binding"]["create"]["parameters"]["properties"];
+        let bind_parameters = schema.as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+        Ok(Offering { service_id: text(&service["id"])?, plan_id: text(&plan["id"])?, bind_parameters })
     }
 
     /// Provisions `instance`; waits for an asynchronous provision to finish. Returns the status
@@ -302,7 +307,22 @@ impl OsbClient {
         instance: &str,
         binding: &str,
     ) -> Result<(StatusCode, Value)> {
-        let answer = self.put_binding(instance, binding, &offering.plan_body(), Incomplete::Accepted).await?;
+        self.bind_with(offering, instance, binding, None).await
+    }
+
+    /// [`OsbClient::bind`] with bind `parameters`.
+    pub async fn bind_with(
+        &self,
+        offering: &Offering,
+        instance: &str,
+        binding: &str,
+        parameters: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut body = offering.plan_body();
+        if let Some(parameters) = parameters {
+            body["parameters"] = parameters;
+        }
+        let answer = self.put_binding(instance, binding, &body, Incomplete::Accepted).await?;
         match answer.status {
             StatusCode::CREATED | StatusCode::OK => {
                 let credentials =
@@ -403,7 +423,7 @@ mod tests {
 
     #[test]
     fn accepts_incomplete_joins_the_query_it_finds() {
-        let offering = Offering { service_id: "s".into(), plan_id: "p".into() };
+        let offering = Offering { service_id: "s".into(), plan_id: "p".into(), bind_parameters: vec![] };
         let path = format!("{}?{}", binding_path("i", "b"), offering.delete_query());
         assert_eq!(
             Incomplete::Accepted.add_to(path.clone()),

@@ -1,6 +1,7 @@
 //! Bind, unbind and read service bindings: one etcd user and role per binding. Unbind deletes
 //! the user and queues the role (see `role_deletions.rs`).
 
+use crate::osb::bind_parameters::{self, BindParameters};
 use crate::osb::model::*;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
@@ -25,16 +26,21 @@ impl EtcdBroker {
                 return Err(BrokerError::BadRequest(format!("plan '{}' is not bindable", plan.name)));
             }
         }
-        refuse_parameters(&req.parameters)?;
+        let parameters = if self.plan_options(&req.plan_id).binding_parameters {
+            bind_parameters::parse(&req.parameters)?
+        } else {
+            refuse_parameters(&req.parameters)?;
+            BindParameters::default()
+        };
         for _ in 0..CAS_ATTEMPTS {
-            if let Attempt::Done(bound) = self.try_bind(&req).await? {
+            if let Attempt::Done(bound) = self.try_bind(&req, &parameters).await? {
                 return Ok(bound);
             }
         }
         Err(lost_race("the service binding"))
     }
 
-    async fn try_bind(&self, req: &BindRequest) -> BrokerResult<Attempt> {
+    async fn try_bind(&self, req: &BindRequest, parameters: &BindParameters) -> BrokerResult<Attempt> {
         let (instance, instance_revision) = self.ready_instance(&req.instance_id).await?;
         if instance.service_id != req.service_id {
             return Err(BrokerError::BadRequest(format!(
@@ -46,7 +52,7 @@ impl EtcdBroker {
         let state = &*self.setup.state;
         if let Some((existing, revision)) = self.read::<BindingRecord>(state, &key).await? {
             // The spec's "identical": every field of the request the record keeps, the plan
-            // included (osb-checker expects 409 for another plan_id).
+            // included (osb-checker expects 409 for another plan_id), the parameters as sent.
             let identical = existing.service_id == req.service_id
                 && existing.plan_id == req.plan_id
                 && existing.app_guid == req.app_guid
@@ -82,7 +88,8 @@ impl EtcdBroker {
             role: self.names().role(&req.instance_id, &req.binding_id),
             password: None,
             password_sealed: None,
-            prefix: self.names().tenant_prefix(&req.instance_id),
+            prefix: parameters.prefix_in(&self.names().tenant_prefix(&req.instance_id)),
+            access: parameters.access,
             app_guid: req.app_guid.clone(),
             bind_resource: req.bind_resource.clone(),
             context: req.context.clone(),
@@ -93,19 +100,18 @@ impl EtcdBroker {
         };
         self.store_password(&key, &mut record, &random_password())?;
         let queued_role = self.names().role_deletion_key(&record.role);
+        // The instance plan's limit of bindings, counted in the same transaction.
+        let counted = self.binding_limits(&req.instance_id, &instance.plan_id).await?;
+        let mut guards = vec![
+            Guard::Revision(instance_key, instance_revision),
+            Guard::Absent(key.clone()),
+            Guard::Absent(queued_role),
+        ];
+        guards.extend(counted.guards);
         // The record and its index entries (per plan; per sealing key when sealed).
-        let writes = self.record_writes(&key, &mut record)?;
-        let created = state
-            .commit(
-                &[
-                    Guard::Revision(instance_key, instance_revision),
-                    Guard::Absent(key.clone()),
-                    Guard::Absent(queued_role),
-                ],
-                &writes,
-            )
-            .await
-            .map_err(|e| self.state_failed(e))?;
+        let mut writes = self.record_writes(&key, &mut record)?;
+        writes.extend(counted.writes);
+        let created = state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
         match created {
             Some(revision) => self.complete_binding(&key, record, revision).await,
             None => {
@@ -127,7 +133,7 @@ impl EtcdBroker {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
         let password = self.password(key, &record)?;
-        let created = match store.ensure_role(&record.role, &record.prefix).await {
+        let created = match store.ensure_role(&record.role, &record.permission()).await {
             Ok(()) => store.ensure_user(&record.username, &password, &record.role).await,
             Err(e) => Err(e),
         };
@@ -248,7 +254,11 @@ impl EtcdBroker {
     ) -> BrokerResult<Binding> {
         let key = self.names().binding_key(instance, binding);
         match self.read::<BindingRecord>(&*self.setup.state, &key).await? {
-            Some((record, _)) if record.state == RecordState::Ready => self.binding_of(&key, &record),
+            Some((record, _)) if record.state == RecordState::Ready => {
+                let mut binding = self.binding_of(&key, &record)?;
+                binding.parameters = Some(record.parameters).filter(|p| !p.is_empty());
+                Ok(binding)
+            }
             _ => Err(BrokerError::BindingNotFound(binding.to_string())),
         }
     }
@@ -265,7 +275,8 @@ impl EtcdBroker {
         }
     }
 
-    /// The binding as the platform sees it; its password unsealed from the record at `key`.
+    /// The binding as a bind answers it (GET adds the parameters); its password unsealed from
+    /// the record at `key`.
     fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
         let cluster = self.cluster(&record.cluster)?;
         let password = self.password(key, record)?;

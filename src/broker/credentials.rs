@@ -66,6 +66,7 @@ mod tests {
             password: None,
             password_sealed: Some("etcd-broker-sealed:v1:k1:not:used:here".into()),
             prefix: "/service_instances/i/".into(),
+            access: Default::default(),
             app_guid: None,
             bind_resource: None,
             context: Default::default(),

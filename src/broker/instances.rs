@@ -27,48 +27,64 @@ impl EtcdBroker {
             updated_at: now,
         };
         let state = &*self.setup.state;
+        let id = req.instance_id.as_str();
         for _ in 0..CAS_ATTEMPTS {
-            let created = state
-                .commit(
-                    &[Guard::Absent(key.clone())],
-                    &[
-                        Write::Put(key.clone(), encode(&record)),
-                        Write::Put(
-                            self.names().instance_index_key(&record.plan_id, req.instance_id.as_str()),
-                            Vec::new(),
-                        ),
-                    ],
-                )
-                .await
-                .map_err(|e| self.state_failed(e))?;
+            // The limits first; a repeated provision of an existing instance is answered as
+            // such even when a limit is reached.
+            let counted = match self.instance_limits(&req.plan_id, &req.organization_guid).await {
+                Ok(counted) => counted,
+                Err(refused) => return self.existing_instance(&req, &key).await?.unwrap_or(Err(refused)),
+            };
+            let mut guards = vec![Guard::Absent(key.clone())];
+            guards.extend(counted.guards);
+            // The record and its index entries (per plan, per organization).
+            let mut writes = vec![
+                Write::Put(key.clone(), encode(&record)),
+                Write::Put(self.names().instance_index_key(&record.plan_id, id), Vec::new()),
+                Write::Put(self.names().organization_index_key(&record.organization_guid, id), Vec::new()),
+            ];
+            writes.extend(counted.writes);
+            let created = state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
             if created.is_some() {
                 tracing::info!(instance_id = %req.instance_id, plan_id = %req.plan_id, "provisioned service instance");
                 return Ok(Provisioned::Created);
             }
-            let Some((existing, _)) = self.read::<InstanceRecord>(state, &key).await? else {
-                continue; // deleted in between: try to create again
-            };
-            if existing.state == RecordState::Deleting {
-                return Err(BrokerError::Concurrency(format!(
-                    "service instance {} is being deleted; retry once the delete has finished",
-                    req.instance_id
-                )));
+            if let Some(answer) = self.existing_instance(&req, &key).await? {
+                return answer;
             }
-            let identical = existing.service_id == req.service_id
-                && existing.plan_id == req.plan_id
-                && existing.organization_guid == req.organization_guid
-                && existing.space_guid == req.space_guid
-                && existing.parameters == req.parameters;
-            return if identical {
-                Ok(Provisioned::AlreadyExists)
-            } else {
-                Err(BrokerError::Conflict(format!(
-                    "service instance {} already exists with different attributes",
-                    req.instance_id
-                )))
-            };
+            // Deleted in between, or another create counted against the same limit: again.
         }
         Err(lost_race("the service instance"))
+    }
+
+    /// The answer to a provision of an instance that exists (`None` if it does not).
+    async fn existing_instance(
+        &self,
+        req: &ProvisionRequest,
+        key: &str,
+    ) -> BrokerResult<Option<BrokerResult<Provisioned>>> {
+        let Some((existing, _)) = self.read::<InstanceRecord>(&*self.setup.state, key).await? else {
+            return Ok(None);
+        };
+        if existing.state == RecordState::Deleting {
+            return Ok(Some(Err(BrokerError::Concurrency(format!(
+                "service instance {} is being deleted; retry once the delete has finished",
+                req.instance_id
+            )))));
+        }
+        let identical = existing.service_id == req.service_id
+            && existing.plan_id == req.plan_id
+            && existing.organization_guid == req.organization_guid
+            && existing.space_guid == req.space_guid
+            && existing.parameters == req.parameters;
+        Ok(Some(if identical {
+            Ok(Provisioned::AlreadyExists)
+        } else {
+            Err(BrokerError::Conflict(format!(
+                "service instance {} already exists with different attributes",
+                req.instance_id
+            )))
+        }))
     }
 
     pub(super) async fn update_instance(&self, req: UpdateRequest) -> BrokerResult<()> {
@@ -119,13 +135,19 @@ impl EtcdBroker {
                 return Ok(());
             }
             record.updated_at = self.now();
+            let mut guards = vec![Guard::Revision(key.clone(), revision)];
             let mut writes = vec![Write::Put(key.clone(), encode(&record))];
             if record.plan_id != old_plan {
                 let id = req.instance_id.as_str();
+                // The new plan's instance limit counts the instance from now on.
+                let counted = self.plan_change_limits(&record.plan_id).await?;
+                guards.extend(counted.guards);
+                writes.extend(counted.writes);
                 writes.push(Write::Delete(self.names().instance_index_key(&old_plan, id)));
                 writes.push(Write::Put(self.names().instance_index_key(&record.plan_id, id), Vec::new()));
             }
-            let written = self.swap(&key, revision, &writes).await?;
+            let written =
+                self.setup.state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
             if written.is_some() {
                 tracing::info!(instance_id = %req.instance_id, plan_id = %record.plan_id, "updated service instance");
                 return Ok(());
@@ -187,6 +209,10 @@ impl EtcdBroker {
                     &[
                         Write::Delete(key.clone()),
                         Write::Delete(self.names().instance_index_key(&record.plan_id, id.as_str())),
+                        Write::Delete(
+                            self.names().organization_index_key(&record.organization_guid, id.as_str()),
+                        ),
+                        Write::Delete(self.names().instance_limit_key(id)),
                     ],
                 )
                 .await?;

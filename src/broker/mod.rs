@@ -10,6 +10,7 @@
 mod bindings;
 pub mod credentials;
 mod instances;
+pub mod limits;
 pub mod names;
 pub mod reconcile;
 pub mod records;
@@ -27,6 +28,7 @@ use url::Url;
 use crate::clock::Clock;
 use crate::osb::catalog::Catalog;
 use crate::osb::model::*;
+use crate::osb::plan_options::{BrokerLimits, PlanOptions};
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId, ServiceBroker};
 use crate::sealing::Sealing;
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
@@ -53,6 +55,11 @@ pub struct BrokerSetup {
     pub catalog: Catalog,
     /// plan id -> cluster name; covers every catalog plan.
     pub plan_clusters: HashMap<String, String>,
+    /// plan id -> what the plan offers; a plan without an entry offers nothing beyond today's
+    /// bindings.
+    pub plan_options: HashMap<String, PlanOptions>,
+    /// Limits across plans.
+    pub limits: BrokerLimits,
     /// cluster name -> cluster.
     pub clusters: HashMap<String, Cluster>,
     /// Where broker records live.
@@ -70,12 +77,14 @@ pub struct EtcdBroker {
     setup: BrokerSetup,
     /// Wakes the role reaper when this broker queues a role (see `role_deletions.rs`).
     role_queued: tokio::sync::Notify,
+    /// Creates refused by a limit, for the metrics.
+    limit_refusals: limits::LimitRefusals,
 }
 
 impl EtcdBroker {
     /// Wraps a validated setup.
     pub fn new(setup: BrokerSetup) -> Self {
-        Self { setup, role_queued: tokio::sync::Notify::new() }
+        Self { setup, role_queued: tokio::sync::Notify::new(), limit_refusals: Default::default() }
     }
 
     fn names(&self) -> &Names {
@@ -116,6 +125,11 @@ impl EtcdBroker {
         })
     }
 
+    /// The options of a plan (the defaults for a plan the config gives none).
+    fn plan_options(&self, plan_id: &str) -> PlanOptions {
+        self.setup.plan_options.get(plan_id).cloned().unwrap_or_default()
+    }
+
     /// Validates the ids a DELETE carries: a catalog plan, or the plan the record was made with
     /// (so instances of a plan removed from the catalog can still be deleted).
     fn check_delete_ids(&self, service_id: &str, plan_id: &str, recorded: (&str, &str)) -> BrokerResult<()> {
@@ -133,6 +147,14 @@ impl EtcdBroker {
             .commit(&[Guard::Revision(key.to_owned(), revision)], writes)
             .await
             .map_err(|e| self.state_failed(e))
+    }
+
+    /// `result`, with a refusal by a limit counted for the metrics.
+    fn counting_refusals<T>(&self, result: BrokerResult<T>) -> BrokerResult<T> {
+        if let Err(BrokerError::LimitReached { limit, .. }) = &result {
+            self.limit_refusals.count(*limit);
+        }
+        result
     }
 
     /// Reads and decodes a record.
@@ -207,14 +229,14 @@ impl EtcdBroker {
     }
 }
 
-/// Parameters are not supported by any plan yet; refuse them instead of silently ignoring them.
+/// Parameters a plan does not take: refused instead of silently ignored.
 fn refuse_parameters(parameters: &JsonObject) -> BrokerResult<()> {
     if parameters.is_empty() {
         return Ok(());
     }
     let names: Vec<&str> = parameters.keys().map(String::as_str).collect();
     Err(BrokerError::BadRequest(format!(
-        "unknown parameters: {} (this broker's plans take no parameters)",
+        "unknown parameters: {} (this plan takes no parameters here)",
         names.join(", ")
     )))
 }
@@ -241,11 +263,11 @@ impl ServiceBroker for EtcdBroker {
     }
 
     async fn provision(&self, req: ProvisionRequest) -> BrokerResult<Provisioned> {
-        self.provision_instance(req).await
+        self.counting_refusals(self.provision_instance(req).await)
     }
 
     async fn update(&self, req: UpdateRequest) -> BrokerResult<()> {
-        self.update_instance(req).await
+        self.counting_refusals(self.update_instance(req).await)
     }
 
     async fn deprovision(&self, req: DeprovisionRequest) -> BrokerResult<()> {
@@ -261,7 +283,7 @@ impl ServiceBroker for EtcdBroker {
     }
 
     async fn bind(&self, req: BindRequest) -> BrokerResult<Bound> {
-        self.create_binding(req).await
+        self.counting_refusals(self.create_binding(req).await)
     }
 
     async fn unbind(&self, req: UnbindRequest) -> BrokerResult<()> {

@@ -110,6 +110,34 @@ impl Names {
         format!("{}{instance}/{binding}", self.sealed_key_prefix(key))
     }
 
+    /// Prefix of the per-organization instance index: one empty key per instance (created by
+    /// this version or later), so an organization's instances are counted without reading
+    /// records. The organization id is escaped ([`key_segment`]): it comes from the platform.
+    pub fn organization_index_prefix(&self, organization: &str) -> String {
+        format!("{}index/organizations/{}/", self.state_prefix, key_segment(organization))
+    }
+
+    /// The instance's key in the per-organization index.
+    pub fn organization_index_key(&self, organization: &str, instance: &str) -> String {
+        format!("{}{instance}", self.organization_index_prefix(organization))
+    }
+
+    /// The key every create counted against the plan's instance limit rewrites, in the same
+    /// transaction that compares its revision (see `broker/limits.rs`).
+    pub fn plan_limit_key(&self, plan_id: &str) -> String {
+        format!("{}limits/plans/{plan_id}", self.state_prefix)
+    }
+
+    /// Likewise for an organization's instance limit.
+    pub fn organization_limit_key(&self, organization: &str) -> String {
+        format!("{}limits/organizations/{}", self.state_prefix, key_segment(organization))
+    }
+
+    /// Likewise for the limit of bindings of one instance; deleted with the instance record.
+    pub fn instance_limit_key(&self, instance: &InstanceId) -> String {
+        format!("{}limits/instances/{instance}", self.state_prefix)
+    }
+
     /// Prefix of the queue of roles waiting to be deleted (see `broker/role_deletions.rs`).
     pub fn role_deletions_prefix(&self) -> String {
         format!("{}role-deletions/", self.state_prefix)
@@ -149,6 +177,20 @@ impl Names {
     }
 }
 
+/// `text` as one key segment: letters, digits, '.', '_' and '-' kept, every other byte as
+/// `%XX`, so that no platform-given id can add a '/' (or an escape that collides).
+fn key_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +202,14 @@ mod tests {
         let abcd = names.tenant_prefix(&InstanceId::parse("abcd").unwrap());
         assert_eq!(abc, "/service_instances/abc/");
         assert!(!abcd.starts_with(&abc));
+    }
+
+    #[test]
+    fn organization_ids_are_one_escaped_segment() {
+        let names = Names::new("/d/", "/s/");
+        assert_eq!(names.organization_index_key("org-1", "i1"), "/s/index/organizations/org-1/i1");
+        assert_eq!(names.organization_limit_key("a/b%2F"), "/s/limits/organizations/a%2Fb%252F");
+        assert_ne!(names.organization_index_prefix("a/b"), names.organization_index_prefix("a%2Fb"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::osb::bind_parameters::BindAccess;
 use crate::osb::model::JsonObject;
 use crate::osb::BrokerError;
+use crate::store::{Access, Permission};
 
 /// Lifecycle of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +64,13 @@ pub struct BindingRecord {
     /// out the sealed text as the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_sealed: Option<String>,
+    /// The keys the binding may reach: the instance's prefix, followed by the `key_prefix`
+    /// bind parameter when there is one.
     pub prefix: String,
+    /// What the role may do on `prefix` (the `access` bind parameter). Absent in records of
+    /// read-write bindings, as in records written before the parameter existed.
+    #[serde(default, skip_serializing_if = "is_read_write")]
+    pub access: BindAccess,
     #[serde(default)]
     pub app_guid: Option<String>,
     #[serde(default)]
@@ -83,7 +91,20 @@ pub enum StoredPassword<'a> {
     Sealed(&'a str),
 }
 
+fn is_read_write(access: &BindAccess) -> bool {
+    *access == BindAccess::ReadWrite
+}
+
 impl BindingRecord {
+    /// The one permission the binding's role holds: `access` on exactly `prefix`.
+    pub fn permission(&self) -> Permission {
+        let access = match self.access {
+            BindAccess::Read => Access::Read,
+            BindAccess::ReadWrite => Access::ReadWrite,
+        };
+        Permission::prefix(access, &self.prefix)
+    }
+
     /// The password as this record holds it, or why the record is broken (it names no secret).
     pub fn stored_password(&self) -> Result<StoredPassword<'_>, &'static str> {
         match (&self.password, &self.password_sealed) {

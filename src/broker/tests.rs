@@ -32,6 +32,7 @@ fn plan(id: &str) -> Plan {
         bindable: None,
         plan_updateable: None,
         metadata: None,
+        schemas: None,
     }
 }
 
@@ -75,6 +76,22 @@ pub fn sealed_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
 
 /// [`broker_on`] with `sealing`.
 pub fn broker_with(store: Arc<dyn Store>, sealing: Sealing) -> EtcdBroker {
+    EtcdBroker::new(broker_setup(store, sealing))
+}
+
+/// [`broker_on`] with limits: at most 2 instances of SMALL and 2 bindings per instance of
+/// SMALL, at most 3 instances per organization.
+pub fn limited_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
+    let mut setup = broker_setup(store, Sealing::Off { keychain: None });
+    let small =
+        PlanOptions { max_instances: Some(2), max_bindings_per_instance: Some(2), ..Default::default() };
+    setup.plan_options.insert(SMALL.to_owned(), small);
+    setup.limits.max_instances_per_organization = Some(3);
+    EtcdBroker::new(setup)
+}
+
+/// What [`broker_with`] runs on.
+fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
     let cluster = |store: Arc<dyn Store>| Cluster {
         store,
         public_endpoints: vec![Url::parse("http://127.0.0.1:2379").unwrap()],
@@ -87,16 +104,21 @@ pub fn broker_with(store: Arc<dyn Store>, sealing: Sealing) -> EtcdBroker {
         .into_iter()
         .map(|(p, c)| (p.to_owned(), c.to_owned()))
         .collect();
-    EtcdBroker::new(BrokerSetup {
+    // LARGE takes bind parameters; the other plans take none.
+    let plan_options =
+        [(LARGE.to_owned(), PlanOptions { binding_parameters: true, ..Default::default() })].into();
+    BrokerSetup {
         catalog: catalog(),
         plan_clusters,
+        plan_options,
+        limits: Default::default(),
         clusters,
         state: store,
         state_cluster: "main".into(),
         names: Names::default(),
         clock: Arc::new(SystemClock),
         sealing,
-    })
+    }
 }
 
 fn iid(s: &str) -> InstanceId {
@@ -143,7 +165,7 @@ pub fn unbind_req(instance: &str, binding: &str) -> UnbindRequest {
     }
 }
 
-fn deprovision_req(id: &str) -> DeprovisionRequest {
+pub fn deprovision_req(id: &str) -> DeprovisionRequest {
     DeprovisionRequest {
         instance_id: iid(id),
         service_id: SERVICE.into(),
@@ -152,7 +174,7 @@ fn deprovision_req(id: &str) -> DeprovisionRequest {
     }
 }
 
-fn update_req(id: &str, plan: &str) -> UpdateRequest {
+pub fn update_req(id: &str, plan: &str) -> UpdateRequest {
     UpdateRequest {
         instance_id: iid(id),
         service_id: SERVICE.into(),
@@ -206,17 +228,25 @@ pub fn assert_indexes_match_records(state: &MemoryState) {
                 let name = crate::sealing::sealed_with(sealed).expect("a key name");
                 expected.insert(names.sealed_index_key(name, i, b));
             }
+        } else if key.starts_with("/etcd-broker/instances/") {
+            let record: records::InstanceRecord = serde_json::from_slice(&v.value).unwrap();
+            if super::reconcile::is_claim(&record) {
+                continue; // reconcile's claim on orphan data: no platform instance, no index
+            }
+            expected.insert(names.instance_index_key(&record.plan_id, &record.instance_id));
+            expected.insert(names.organization_index_key(&record.organization_guid, &record.instance_id));
         }
     }
-    let found: std::collections::BTreeSet<String> = state
-        .keys
-        .keys()
-        .filter(|k| {
-            k.starts_with("/etcd-broker/index/bindings/") || k.starts_with("/etcd-broker/index/sealed/")
-        })
-        .cloned()
-        .collect();
-    assert_eq!(found, expected, "the binding indexes drifted from the records");
+    let found: std::collections::BTreeSet<String> =
+        state.keys.keys().filter(|k| k.starts_with("/etcd-broker/index/")).cloned().collect();
+    assert_eq!(found, expected, "the indexes drifted from the records");
+    // An instance's limit key goes with its record.
+    for key in state.keys.keys() {
+        if let Some(instance) = key.strip_prefix("/etcd-broker/limits/instances/") {
+            let record = format!("/etcd-broker/instances/{instance}");
+            assert!(state.keys.contains_key(&record), "{key} outlived its instance");
+        }
+    }
 }
 
 /// Every etcd user belongs to a `ready` binding record, and every role to one or to the queue
@@ -249,7 +279,7 @@ pub fn assert_consistent(state: &MemoryState) {
         assert_eq!(password, recorded);
         assert!(roles.contains(&record.role));
         let granted: Vec<&Permission> = state.roles.get(&record.role).into_iter().flatten().collect();
-        assert_eq!(granted, [&Permission::read_write_prefix(&record.prefix)]);
+        assert_eq!(granted, [&record.permission()]);
         assert!(!queued.contains(&record.role), "the role of ready binding {} is queued", record.binding_id);
     }
     for user in state.users.keys() {
@@ -373,7 +403,7 @@ async fn deleting_records_block_new_binds_until_the_delete_is_finished() {
 }
 
 /// Makes a broker on a store: [`broker_on`] or [`sealed_broker_on`].
-type MakeBroker = fn(Arc<dyn Store>) -> EtcdBroker;
+pub type MakeBroker = fn(Arc<dyn Store>) -> EtcdBroker;
 
 /// The crash tests' sealing cases: (name, the broker that sets the records up, the one that
 /// crashes, the one that retries): sealing off throughout, on throughout, records written in
@@ -433,7 +463,7 @@ where
     }
 }
 
-async fn for_every_fault_with<S, F, Fut>(
+pub async fn for_every_fault_with<S, F, Fut>(
     case: &str,
     setup: S,
     makers: (MakeBroker, MakeBroker),
@@ -500,6 +530,87 @@ async fn bind_converges_after_a_fault_at_any_step() {
     .await;
 }
 
+/// A bind on plan LARGE (which takes bind parameters) with `parameters`.
+fn bind_with(instance: &str, binding: &str, parameters: serde_json::Value) -> BindRequest {
+    let mut req = bind_req(instance, binding);
+    req.plan_id = LARGE.into();
+    req.parameters = parameters.as_object().unwrap().clone();
+    req
+}
+
+#[tokio::test]
+async fn bind_with_parameters_converges_after_a_fault_at_any_step() {
+    for_every_fault(
+        |_| Box::pin(provisioned()),
+        |broker| async move {
+            let req = bind_with("i1", "b1", json!({"access": "read", "key_prefix": "config/"}));
+            broker.bind(req).await.map(|_| ())
+        },
+        |state| {
+            assert_consistent(state);
+            let granted: Vec<&Permission> = state.roles.values().flatten().collect();
+            let expected = Permission::prefix(crate::store::Access::Read, "/service_instances/i1/config/");
+            assert_eq!(granted, [&expected]);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bind_parameters_choose_the_roles_access_and_prefix() {
+    let store = provisioned().await;
+    let broker = broker_on(store.clone());
+    let parameters = json!({"access": "read", "key_prefix": "app/config/"});
+    let Ok(Bound::Created(created)) = broker.bind(bind_with("i1", "b1", parameters.clone())).await else {
+        panic!("not created")
+    };
+    assert_eq!(created.credentials["prefix"], "/service_instances/i1/app/config/");
+    assert_eq!(created.parameters, None, "a bind's answer carries no parameters");
+    let state = store.snapshot();
+    let role: Vec<&Permission> = state.roles["etcd-broker.i1.b1"].iter().collect();
+    assert_eq!(role, [&Permission::prefix(crate::store::Access::Read, "/service_instances/i1/app/config/")]);
+    // GET binding shows the parameters; the same parameters again are 200, others 409.
+    let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.parameters.map(serde_json::Value::Object), Some(parameters.clone()));
+    assert!(matches!(broker.bind(bind_with("i1", "b1", parameters)).await, Ok(Bound::AlreadyExists(_))));
+    for other in
+        [json!({"access": "read"}), json!({}), json!({"access": "readwrite", "key_prefix": "app/config/"})]
+    {
+        let again = broker.bind(bind_with("i1", "b1", other.clone())).await;
+        assert!(matches!(again, Err(BrokerError::Conflict(_))), "{other}: {again:?}");
+    }
+    // Without parameters the plan's binding is today's: read-write on the whole instance.
+    broker.bind(bind_with("i1", "b2", json!({}))).await.unwrap();
+    let role: Vec<Permission> = store.snapshot().roles["etcd-broker.i1.b2"].iter().cloned().collect();
+    assert_eq!(role, [Permission::read_write_prefix("/service_instances/i1/")]);
+    assert_eq!(broker.get_binding(&iid("i1"), &bid("b2")).await.unwrap().parameters, None);
+}
+
+#[tokio::test]
+async fn bad_or_unoffered_bind_parameters_are_400_and_leave_nothing() {
+    let store = provisioned().await;
+    let broker = broker_on(store.clone());
+    let cases = [
+        (bind_with("i1", "b1", json!({"access": "all"})), "bind parameter 'access'"),
+        (bind_with("i1", "b1", json!({"key_prefix": "config"})), "bind parameter 'key_prefix'"),
+        (bind_with("i1", "b1", json!({"ttl": 5})), "unknown bind parameter 'ttl'"),
+        // Plan SMALL offers no bind parameters.
+        (
+            BindRequest { plan_id: SMALL.into(), ..bind_with("i1", "b1", json!({"access": "read"})) },
+            "unknown parameters: access",
+        ),
+    ];
+    for (req, needle) in cases {
+        match broker.bind(req).await {
+            Err(BrokerError::BadRequest(message)) => assert!(message.contains(needle), "{needle}: {message}"),
+            other => panic!("{needle}: {other:?}"),
+        }
+    }
+    let state = store.snapshot();
+    assert!(state.users.is_empty() && state.roles.is_empty());
+    assert!(!state.keys.keys().any(|k| k.starts_with("/etcd-broker/bindings/")));
+}
+
 #[tokio::test]
 async fn unbind_converges_after_a_fault_at_any_step() {
     for_every_fault(
@@ -554,7 +665,11 @@ async fn provision_converges_after_a_fault_at_any_step() {
             assert_consistent(&store.snapshot());
             assert_eq!(
                 store.snapshot().keys.keys().collect::<Vec<_>>(),
-                ["/etcd-broker/index/instances/plan-small/i1", "/etcd-broker/instances/i1"]
+                [
+                    "/etcd-broker/index/instances/plan-small/i1",
+                    "/etcd-broker/index/organizations/org/i1",
+                    "/etcd-broker/instances/i1"
+                ]
             );
         }
     }
@@ -620,8 +735,8 @@ impl Store for HookedStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         self.inner.delete_prefix(prefix).await
     }
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-        self.inner.ensure_role(role, prefix).await
+    async fn ensure_role(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        self.inner.ensure_role(role, permission).await
     }
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.inner.ensure_user(user, password, role).await?;
@@ -777,9 +892,15 @@ async fn deprovision_removes_users_and_roles_no_record_names() {
     broker.bind(bind_req("i1", "b1")).await.unwrap();
     broker.bind(bind_req("i10", "b1")).await.unwrap();
     // What a bind killed after its unbind leaves: a user and role, and no record of either.
-    store.ensure_role("etcd-broker.i1.lost", "/service_instances/i1/").await.unwrap();
+    store
+        .ensure_role("etcd-broker.i1.lost", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
     store.ensure_user("etcd-broker.i1.lost", "pw", "etcd-broker.i1.lost").await.unwrap();
-    store.ensure_role("etcd-broker.i1.role-only", "/service_instances/i1/").await.unwrap();
+    store
+        .ensure_role("etcd-broker.i1.role-only", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
     broker.deprovision(deprovision_req("i1")).await.unwrap();
     drain_role_queue(&broker).await.unwrap();
     let state = store.snapshot();

@@ -16,6 +16,7 @@ use super::{
     MAX_HEADER_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS, MAX_WORKERS,
 };
 use crate::osb::catalog::Catalog;
+use crate::osb::plan_options::{BrokerLimits, PlanOptions};
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
 use crate::tls::{ClientTls, Identity};
@@ -49,6 +50,8 @@ pub(super) struct ConfigFile {
     pub reconcile: ReconcileConfig,
     #[serde(default)]
     pub secrets: SecretsFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 /// `[secrets]`: sealing at rest and the keychain.
@@ -213,6 +216,35 @@ pub(super) struct TlsFile {
 pub(super) struct PlanFile {
     /// Name of the cluster the plan's instances live on.
     pub cluster: String,
+    /// Binds take `access` / `key_prefix` parameters (`osb::bind_parameters`).
+    #[serde(default)]
+    pub binding_parameters: bool,
+    /// At most this many instances of the plan.
+    #[serde(default)]
+    pub max_instances: Option<u64>,
+    /// At most this many bindings per instance of the plan.
+    #[serde(default)]
+    pub max_bindings_per_instance: Option<u64>,
+}
+
+/// `[limits]`: limits across plans.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsFile {
+    /// At most this many instances per organization, over all plans.
+    #[serde(default)]
+    pub max_instances_per_organization: Option<u64>,
+}
+
+impl PlanFile {
+    /// The options the broker obeys for this plan.
+    fn options(&self) -> PlanOptions {
+        PlanOptions {
+            binding_parameters: self.binding_parameters,
+            max_instances: self.max_instances,
+            max_bindings_per_instance: self.max_bindings_per_instance,
+        }
+    }
 }
 
 impl ConfigFile {
@@ -228,6 +260,8 @@ impl ConfigFile {
         let state_cluster = self.state_cluster()?;
         let plan_clusters = self.plan_clusters()?;
         let sealing = self.secrets.sealing()?;
+        let plan_options: BTreeMap<String, PlanOptions> =
+            self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
         let ConfigFile {
             log_level,
             log_format,
@@ -235,11 +269,16 @@ impl ConfigFile {
             metrics,
             auth,
             prefixes,
-            catalog,
+            mut catalog,
             role_reaper,
             reconcile,
+            limits,
             ..
         } = self;
+        // The catalog publishes the schemas of what each plan offers.
+        for plan in catalog.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            plan.schemas = plan_options.get(&plan.id).and_then(PlanOptions::schemas);
+        }
         let listen = Listen {
             host: listen.host,
             port: listen.port,
@@ -262,6 +301,8 @@ impl ConfigFile {
             state_cluster,
             catalog,
             plan_clusters,
+            plan_options,
+            limits: BrokerLimits { max_instances_per_organization: limits.max_instances_per_organization },
             role_reaper,
             reconcile,
             sealing,

@@ -20,6 +20,7 @@ use crate::tls::{ClientTls, Identity};
 
 use crate::broker::names::{DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use crate::osb::catalog::Catalog;
+use crate::osb::plan_options::{BrokerLimits, PlanOptions};
 
 /// Environment variables starting with this (then `__`-separated paths) override the file.
 pub const ENV_PREFIX: &str = "ETCD_BROKER";
@@ -154,6 +155,10 @@ pub struct Config {
     pub catalog: Catalog,
     /// Plan id -> the name of its cluster (a key of `clusters`), for every plan of the catalog.
     pub plan_clusters: BTreeMap<String, String>,
+    /// Plan id -> what the plan offers (`plan_configs`), for every plan of the catalog.
+    pub plan_options: BTreeMap<String, PlanOptions>,
+    /// Limits across plans (`[limits]`).
+    pub limits: BrokerLimits,
     pub role_reaper: RoleReaperConfig,
     pub reconcile: ReconcileConfig,
     /// Whether secrets are sealed at rest, and the keys that seal and unseal them (`[secrets]`).

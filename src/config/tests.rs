@@ -383,3 +383,56 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
         with_secrets(toml::toml! { active = "k1" [keys.k1] value = 12345678 }).unwrap_err().to_string();
     assert!(numeric.contains("a secret must be a string") && !numeric.contains("12345678"), "{numeric}");
 }
+
+#[test]
+fn the_catalog_publishes_the_bind_parameters_schema_only_where_the_plan_takes_them() {
+    let plain = Config::from_toml(EXAMPLE).unwrap();
+    let plan = &plain.catalog.services[0].plans[0];
+    assert_eq!(plan.schemas, None);
+    assert!(serde_json::to_value(plan).unwrap().get("schemas").is_none());
+    assert!(!plain.plan_options[&plan.id].binding_parameters);
+    let offered = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("binding_parameters".into(), true.into());
+    })
+    .unwrap();
+    let plan = &offered.catalog.services[0].plans[0];
+    assert!(offered.plan_options[&plan.id].binding_parameters);
+    let served = serde_json::to_value(plan).unwrap();
+    assert_eq!(
+        served["schemas"]["service_binding"]["create"]["parameters"],
+        *crate::osb::bind_parameters::SCHEMA
+    );
+    // The schemas come from the options; a hand-written one is refused.
+    let by_hand = with(|t| {
+        let plans = t["catalog"]["services"][0]["plans"].as_array_mut().unwrap();
+        plans[0].as_table_mut().unwrap().insert("schemas".into(), toml::Value::Table(Default::default()));
+    });
+    assert!(by_hand.is_err());
+}
+
+#[test]
+fn limits_are_read_per_plan_and_per_organization() {
+    let plain = Config::from_toml(EXAMPLE).unwrap();
+    let shared = &plain.plan_options["0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"];
+    assert_eq!((shared.max_instances, shared.max_bindings_per_instance), (None, None));
+    assert_eq!(plain.limits.max_instances_per_organization, None);
+    let scoped = &plain.plan_options["3a5b6c7d-8e9f-4a0b-9c1d-3e4f5a6b7c8d"];
+    assert_eq!((scoped.max_instances, scoped.max_bindings_per_instance), (Some(100), Some(10)));
+    let limited = with(|t| {
+        t.insert("limits".into(), toml::Value::Table(toml::toml! { max_instances_per_organization = 7 }));
+    })
+    .unwrap();
+    assert_eq!(limited.limits.max_instances_per_organization, Some(7));
+    let typo = with(|t| {
+        t.insert("limits".into(), toml::Value::Table(toml::toml! { max_instances_per_org = 7 }));
+    });
+    assert!(typo.unwrap_err().to_string().contains("max_instances_per_org"));
+    let negative = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("max_instances".into(), (-1).into());
+    });
+    assert!(negative.is_err());
+}

@@ -31,8 +31,8 @@ use std::thread::ThreadId;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, RoleRevokePermissionOptions,
-    Txn, TxnOp,
+    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, PermissionType,
+    RoleRevokePermissionOptions, Txn, TxnOp,
 };
 use tokio::sync::OnceCell;
 
@@ -144,6 +144,16 @@ fn permission(p: &etcd_client::Permission) -> StorePermission {
     };
     StorePermission { access, key: p.key().to_vec(), range_end: p.range_end().to_vec() }
 }
+/// The broker's permission as etcd-client spells it (the inverse of [`permission`]).
+fn etcd_permission(p: &StorePermission) -> Permission {
+    let kind = match p.access {
+        Access::Read => PermissionType::Read,
+        Access::Write => PermissionType::Write,
+        Access::ReadWrite => PermissionType::Readwrite,
+    };
+    Permission::new(kind, p.key.clone()).with_range_end(p.range_end.clone())
+}
+
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
@@ -234,12 +244,12 @@ impl Store for EtcdStore {
         Ok(())
     }
 
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+    async fn ensure_role(&self, role: &str, permission: &StorePermission) -> Result<(), StoreError> {
         match self.auth(|mut c| async move { c.role_add(role).await }).await {
             Err(e) if !already_exists(&e) => return Err(classify(e)),
             _ => {}
         }
-        let permission = Permission::read_write(prefix).with_prefix();
+        let permission = etcd_permission(permission);
         self.auth(|mut c| {
             let permission = permission.clone();
             async move { c.role_grant_permission(role, permission).await }

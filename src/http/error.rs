@@ -54,9 +54,9 @@ impl ResponseError for HttpError {
                 BrokerError::InstanceNotFound(_) | BrokerError::BindingNotFound(_) => StatusCode::NOT_FOUND,
                 BrokerError::InstanceGone(_) | BrokerError::BindingGone(_) => StatusCode::GONE,
                 BrokerError::Conflict(_) => StatusCode::CONFLICT,
-                BrokerError::Concurrency(_) | BrokerError::Unprocessable(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                BrokerError::Concurrency(_)
+                | BrokerError::Unprocessable(_)
+                | BrokerError::LimitReached { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 BrokerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },

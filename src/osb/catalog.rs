@@ -68,6 +68,10 @@ pub struct Plan {
     /// Free-form metadata (bullets, costs, displayName, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// The JSON schemas of the plan's parameters, from its options (`PlanOptions::schemas`),
+    /// never written by hand: what the catalog publishes is what the broker checks.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub schemas: Option<Value>,
 }
 
 fn yes() -> bool {

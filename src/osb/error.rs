@@ -5,6 +5,7 @@
 //! so they say what to do and never contain a secret.
 
 use super::ids::InvalidId;
+use super::plan_options::Limit;
 
 /// A failed broker operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +37,10 @@ pub enum BrokerError {
     /// The requested change is not supported (422).
     #[error("{0}")]
     Unprocessable(String),
+    /// A plan or organization limit is reached (422: the request is well-formed, and may
+    /// succeed once something is deleted or the limit raised). The description names the limit.
+    #[error("{description}")]
+    LimitReached { limit: Limit, description: String },
     /// etcd cannot be reached or refused the broker's own credentials (503).
     #[error("{0}")]
     Unavailable(String),

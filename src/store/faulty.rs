@@ -127,8 +127,8 @@ impl Store for FaultyStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         self.run(self.inner.delete_prefix(prefix)).await
     }
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-        self.run(self.inner.ensure_role(role, prefix)).await
+    async fn ensure_role(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        self.run(self.inner.ensure_role(role, permission)).await
     }
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.run(self.inner.ensure_user(user, password, role)).await

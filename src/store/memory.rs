@@ -101,9 +101,9 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
+    async fn ensure_role(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
-        s.roles.entry(role.to_owned()).or_default().insert(Permission::read_write_prefix(prefix));
+        s.roles.entry(role.to_owned()).or_default().insert(permission.clone());
         Ok(())
     }
 

@@ -100,8 +100,8 @@ impl Store for MeteredStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         self.observe("delete_prefix", self.inner.delete_prefix(prefix)).await
     }
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError> {
-        self.observe("ensure_role", self.inner.ensure_role(role, prefix)).await
+    async fn ensure_role(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
+        self.observe("ensure_role", self.inner.ensure_role(role, permission)).await
     }
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.observe("ensure_user", self.inner.ensure_user(user, password, role)).await

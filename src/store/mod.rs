@@ -55,13 +55,14 @@ pub struct Permission {
 }
 
 impl Permission {
-    /// What a binding's role holds: read-write on exactly the keys starting with `prefix`.
+    /// `access` on exactly the keys starting with `prefix`: what a binding's role holds.
+    pub fn prefix(access: Access, prefix: &str) -> Self {
+        Self { access, key: prefix.as_bytes().to_vec(), range_end: prefix_end(prefix.as_bytes()) }
+    }
+
+    /// Read-write on exactly the keys starting with `prefix` (a binding without parameters).
     pub fn read_write_prefix(prefix: &str) -> Self {
-        Self {
-            access: Access::ReadWrite,
-            key: prefix.as_bytes().to_vec(),
-            range_end: prefix_end(prefix.as_bytes()),
-        }
+        Self::prefix(Access::ReadWrite, prefix)
     }
 }
 
@@ -155,8 +156,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every key starting with `prefix` (the prefix must end with '/').
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError>;
 
-    /// Makes sure `role` exists and grants read-write on exactly the keys starting with `prefix`.
-    async fn ensure_role(&self, role: &str, prefix: &str) -> Result<(), StoreError>;
+    /// Makes sure `role` exists and grants `permission` (a binding's: [`Permission::prefix`]).
+    async fn ensure_role(&self, role: &str, permission: &Permission) -> Result<(), StoreError>;
 
     /// Makes sure `user` exists with `password` (resetting it if the user exists) and has `role`.
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError>;

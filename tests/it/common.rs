@@ -130,7 +130,8 @@ password = {PASSWORD:?}
     )
 }
 
-/// The test catalog: plans SHARED and LARGE on cluster `main`, FAR on `far_cluster`.
+/// The test catalog: plans SHARED and LARGE on cluster `main`, FAR on `far_cluster`; LARGE
+/// takes bind parameters.
 pub fn catalog_toml(far_cluster: &str) -> String {
     format!(
         r#"
@@ -155,6 +156,7 @@ description = "on another cluster"
 cluster = "main"
 [plan_configs."{LARGE}"]
 cluster = "main"
+binding_parameters = true
 [plan_configs."{FAR}"]
 cluster = "{far_cluster}"
 "#
@@ -323,7 +325,7 @@ impl Osb {
 
     /// The shared plan of the test catalog.
     fn shared() -> Offering {
-        Offering { service_id: SERVICE_ID.to_owned(), plan_id: SHARED.to_owned() }
+        Offering { service_id: SERVICE_ID.to_owned(), plan_id: SHARED.to_owned(), bind_parameters: vec![] }
     }
 
     pub async fn send(builder: reqwest::RequestBuilder) -> Reply {

@@ -5,6 +5,8 @@
 //!
 //! - `common`: the harness: etcd, broker processes, an OSB client, metrics scraping
 //! - `lifecycle`: provision, bind, use, unbind, deprovision; tenant isolation; role reaper pauses
+//! - `bind_parameters`: read-only and sub-prefix bindings, their schema, what etcd refuses them
+//! - `limits`: plan and organization limits with two brokers racing on one etcd
 //! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
 //!   etcd down
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
@@ -20,11 +22,13 @@
 //! - `tls`: TLS towards etcd and on the OSB listener
 //! - `tidy`: the dependency rules of ARCHITECTURE.md, read from the source tree
 
+mod bind_parameters;
 mod bosh_properties;
 mod common;
 mod concurrency;
 mod failover;
 mod lifecycle;
+mod limits;
 mod observability;
 mod osb_protocol;
 mod prometheus_rules;

@@ -72,6 +72,7 @@ async fn a_broken_deployment_is_found_repaired_and_then_clean() {
         password: Some("not-handed-out".into()),
         password_sealed: None,
         prefix: "/service_instances/i1/".into(),
+        access: Default::default(),
         app_guid: None,
         bind_resource: None,
         context: Default::default(),

@@ -119,6 +119,7 @@ async fn preload(etcd: &LocalEtcd, config: &Config, count: usize) -> Vec<String>
                 password: None,
                 password_sealed: Some(sealed),
                 prefix: "/service_instances/i1/".into(),
+                access: Default::default(),
                 app_guid: None,
                 bind_resource: None,
                 context: Default::default(),

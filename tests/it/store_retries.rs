@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use etcd_broker::etcd::Observer;
-use etcd_broker::store::{Guard, Store, Write};
+use etcd_broker::store::{Guard, Permission, Store, Write};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 
 use crate::common::store_on;
@@ -35,7 +35,10 @@ async fn commits_get_through_while_auth_keeps_changing() {
                 let (user, role) = (format!("user-{i}"), format!("role-{i}"));
                 let mut changes = 0;
                 while !stop.load(Ordering::SeqCst) {
-                    store.ensure_role(&role, &format!("/tenant-{i}/")).await.expect("role added");
+                    store
+                        .ensure_role(&role, &Permission::read_write_prefix(&format!("/tenant-{i}/")))
+                        .await
+                        .expect("role added");
                     store.ensure_user(&user, "password", &role).await.expect("user added");
                     store.delete_user(&user).await.expect("user deleted");
                     store.delete_role(&role).await.expect("role deleted");

@@ -238,6 +238,8 @@ impl Run<'_> {
             })
             .await;
 
+        self.read_only_binding(&a, &a1).await;
+
         // Data for the rebind check.
         let mut writer = client_a1.clone();
         if self
@@ -306,6 +308,50 @@ impl Run<'_> {
                 Some("needs --etcd-root-password".into()),
             ),
         }
+    }
+
+    /// A read-only binding of A (plans whose catalog schema lists `access` only): it reads
+    /// A's data but cannot put, delete or attach a lease to a key; then it is unbound.
+    async fn read_only_binding(&mut self, a: &str, a1: &Credentials) {
+        let step = "a read-only binding reads, cannot put/delete/lease";
+        let Some(o) = self.offering.clone().filter(|o| o.bind_parameters.iter().any(|p| p == "access"))
+        else {
+            let why = "the plan takes no bind parameters (plan_configs binding_parameters)";
+            self.suite.record(step, Outcome::Skip, Duration::ZERO, Some(why.into()));
+            return;
+        };
+        let (osb, settings) = (self.osb.clone(), self.settings);
+        let apps = Apps { settings, a, b: &self.b };
+        let key = format!("{}blackbox/read-only", a1.prefix);
+        self.suite
+            .step(step, async {
+                let mut writer = apps.connect(a1).await?;
+                writer.put(key.clone(), "visible", None).await.context("A's put")?;
+                let (status, value) =
+                    osb.bind_with(&o, a, "a-ro", Some(serde_json::json!({"access": "read"}))).await?;
+                ensure!(status == StatusCode::CREATED, "a new binding answered {status}, not 201");
+                let reader = apps.connect(&Credentials::parse(&value, a)?).await?;
+                let got = reader.clone().get(key.clone(), None).await.context("read")?;
+                ensure!(got.kvs().first().map(|kv| kv.value()) == Some(&b"visible"[..]), "it cannot read");
+                let k = key.clone();
+                denied(reader.clone(), |mut c| async move { c.put(k, "x", None).await })
+                    .await
+                    .context("put")?;
+                let k = key.clone();
+                denied(reader.clone(), |mut c| async move { c.delete(k, None).await })
+                    .await
+                    .context("delete")?;
+                let lease = reader.clone().lease_grant(30, None).await.context("lease grant")?.id();
+                let k = key.clone();
+                denied(reader, |mut c| async move {
+                    c.put(k, "x", Some(etcd_client::PutOptions::new().with_lease(lease))).await
+                })
+                .await
+                .context("put with a lease")?;
+                writer.delete(key.clone(), None).await.context("A's delete")?;
+                unbind_ok(&osb, &o, a, "a-ro").await.context("unbind")
+            })
+            .await;
     }
 
     /// Best effort: deprovision whatever is still there (bindings go with their instance).

@@ -31,6 +31,9 @@
 
 mod periodic;
 mod repair;
+/// For the broker tests' index check: claims have no index entries.
+#[cfg(test)]
+pub(crate) use repair::is_claim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,7 +41,7 @@ use serde::Serialize;
 
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
 use crate::sealing;
-use crate::store::{Permission, Versioned};
+use crate::store::Versioned;
 
 use super::instances::list_names;
 use super::records::{decode, BindingRecord, InstanceRecord, RecordState, RoleDeletion};
@@ -89,7 +92,7 @@ pub enum Kind {
     /// A ready binding whose role does not exist.
     MissingRole,
     /// A ready binding whose user holds other roles than its own, or whose role permits other
-    /// than read-write on the record's prefix.
+    /// than the record's access on the record's prefix.
     WrongGrants,
     /// Keys under the data prefix that belong to no instance of that cluster.
     OrphanData,
@@ -567,8 +570,8 @@ impl EtcdBroker {
         }
     }
 
-    /// A ready binding's user has exactly its role, and the role exactly read-write on the
-    /// record's prefix. A finding is kept only if the record is unchanged after the reads (an
+    /// A ready binding's user has exactly its role, and the role exactly the record's
+    /// permission (its access on its prefix). A finding is kept only if the record is unchanged after the reads (an
     /// unbind that started meanwhile deletes the user on purpose).
     async fn check_grants(
         &self,
@@ -598,7 +601,7 @@ impl EtcdBroker {
             )),
             Some(_) => {}
         }
-        let expected = Permission::read_write_prefix(&record.prefix);
+        let expected = record.permission();
         match store.role_permissions(&record.role).await.map_err(fail)? {
             None => found.push((Kind::MissingRole, format!("role {} does not exist", record.role))),
             Some(permissions) if permissions != [expected.clone()] => {

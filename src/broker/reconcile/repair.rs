@@ -20,7 +20,7 @@
 //!   a platform's deprovision of that id would finish it too.
 
 use crate::osb::{BrokerError, InstanceId};
-use crate::store::{Guard, Permission, Versioned, Write};
+use crate::store::{Guard, Versioned, Write};
 
 use super::super::bindings::Attempt;
 use super::super::records::{encode, BindingRecord, InstanceRecord, RecordState, RoleDeletion};
@@ -31,7 +31,7 @@ use super::{Finding, Kind, Repair, Repaired, Target};
 const CLAIM_CONTEXT: &str = "etcd_broker_reconcile";
 
 /// Whether an instance record is reconcile's claim on orphan data.
-pub(super) fn is_claim(record: &InstanceRecord) -> bool {
+pub(crate) fn is_claim(record: &InstanceRecord) -> bool {
     record.state == RecordState::Deleting && record.context.contains_key(CLAIM_CONTEXT)
 }
 
@@ -107,7 +107,7 @@ impl EtcdBroker {
                 store.revoke_role(&record.username, role).await.map_err(fail)?;
             }
         }
-        let expected = Permission::read_write_prefix(&record.prefix);
+        let expected = record.permission();
         if let Some(permissions) = store.role_permissions(&record.role).await.map_err(fail)? {
             for permission in permissions.iter().filter(|p| **p != expected) {
                 store.revoke_permission(&record.role, permission).await.map_err(fail)?;

@@ -46,19 +46,25 @@ async fn broken() -> Arc<MemoryStore> {
     broker.bind(bind_req("i1", "b3")).await.unwrap();
     broker.bind(bind_req("i1", "b4")).await.unwrap();
     broker.bind(bind_req("i1", "b5")).await.unwrap();
-    store.ensure_role("etcd-broker.i9.b9", "/service_instances/i9/").await.unwrap();
+    store
+        .ensure_role("etcd-broker.i9.b9", &Permission::read_write_prefix("/service_instances/i9/"))
+        .await
+        .unwrap();
     store.ensure_user("etcd-broker.i9.b9", "pw", "etcd-broker.i9.b9").await.unwrap();
     store.delete_user("etcd-broker.i1.b1").await.unwrap();
     let foreign = Permission { access: Access::Read, key: b"/".to_vec(), range_end: vec![0] };
     store.state.lock().unwrap().roles.get_mut("etcd-broker.i1.b2").unwrap().insert(foreign);
-    store.ensure_role("root", "/").await.unwrap();
+    store.ensure_role("root", &Permission::read_write_prefix("/")).await.unwrap();
     store.ensure_user("etcd-broker.i1.b3", "ignored", "root").await.unwrap();
     store.commit(&[], &[Write::Put("/service_instances/gone/k".into(), b"tenant".to_vec())]).await.unwrap();
     edit_binding(&store, "b4", |r| (r.state, r.updated_at) = (RecordState::Creating, 1)).await;
     edit_binding(&store, "b5", |r| (r.state, r.updated_at) = (RecordState::Deleting, 1)).await;
     let entry =
         RoleDeletion { role: "etcd-broker.i1.old".into(), user: None, cluster: "main".into(), queued_at: 1 };
-    store.ensure_role("etcd-broker.i1.old", "/service_instances/i1/").await.unwrap();
+    store
+        .ensure_role("etcd-broker.i1.old", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
     store
         .commit(&[], &[Write::Put("/etcd-broker/role-deletions/etcd-broker.i1.old".into(), encode(&entry))])
         .await

@@ -1,0 +1,61 @@
+//! What a plan offers beyond the catalog's own fields, set by the operator per plan
+//! (`plan_configs`) and obeyed by the broker. Every option's default keeps the broker as it was
+//! before the option existed, so a config that does not name it changes nothing.
+
+use serde_json::Value;
+
+use super::bind_parameters;
+
+/// One plan's options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Binds take [`bind_parameters`] (read-only, sub-prefix) and the catalog publishes their
+    /// schema; without it, bind parameters are refused (400).
+    pub binding_parameters: bool,
+    /// At most this many instances of the plan; `None`: no limit.
+    pub max_instances: Option<u64>,
+    /// At most this many bindings on each instance of the plan (the instance's plan decides);
+    /// `None`: no limit.
+    pub max_bindings_per_instance: Option<u64>,
+}
+
+/// Limits across plans (`[limits]` in the config); `None`: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerLimits {
+    /// At most this many instances per organization (the provision's `organization_guid`),
+    /// over all plans.
+    pub max_instances_per_organization: Option<u64>,
+}
+
+impl PlanOptions {
+    /// The catalog's `schemas` of the plan: only what the plan offers, `None` when nothing.
+    pub fn schemas(&self) -> Option<Value> {
+        self.binding_parameters.then(bind_parameters::plan_schemas)
+    }
+}
+
+/// Which limit refused a create: the label of `etcd_broker_limit_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `plan_configs.<plan>.max_instances`.
+    PlanInstances,
+    /// `plan_configs.<plan>.max_bindings_per_instance`.
+    BindingsPerInstance,
+    /// `limits.max_instances_per_organization`.
+    OrganizationInstances,
+}
+
+impl Limit {
+    /// Every limit, in the order of [`LimitRefusals`].
+    pub const ALL: [Limit; 3] =
+        [Limit::PlanInstances, Limit::BindingsPerInstance, Limit::OrganizationInstances];
+
+    /// The metric label and the config key's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::PlanInstances => "max_instances",
+            Limit::BindingsPerInstance => "max_bindings_per_instance",
+            Limit::OrganizationInstances => "max_instances_per_organization",
+        }
+    }
+}
