@@ -7,6 +7,7 @@
 //! - `lifecycle`: provision, bind, use, unbind, deprovision; tenant isolation; role reaper pauses
 //! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
 //!   etcd down
+//! - `chaos`: brokers killed with SIGKILL at random under OSB lifecycles; reconcile finds nothing
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
 //! - `failover`: dead and stopped endpoints and members (timing-based: etcd 3.5 only, test.sh)
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
@@ -21,6 +22,7 @@
 //! - `tidy`: the dependency rules of ARCHITECTURE.md, read from the source tree
 
 mod bosh_properties;
+mod chaos;
 mod common;
 mod concurrency;
 mod failover;
