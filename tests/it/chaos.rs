@@ -213,11 +213,20 @@ impl Platform {
         self.delete("deprovision", instance, None).await;
     }
 
-    /// Panics with every answer no rule allowed.
-    fn assert_no_unexpected_answer(&self) {
+    /// Prints `heading`, the number of requests and the answers by status; then panics with
+    /// every answer no rule allowed.
+    fn report(&self, heading: &str) {
+        eprintln!("{heading}, {} requests\n{}", self.tally.requests(), self.tally.summary());
         let unexpected = self.tally.unexpected.lock().unwrap();
         assert!(unexpected.is_empty(), "answers no rule allows:\n{}", unexpected.join("\n"));
     }
+}
+
+/// Panics unless a root client finds no key, user or role the broker made (once the role
+/// reaper's queue is empty).
+async fn nothing_left(etcd: &LocalEtcd) {
+    let (keys, users, roles) = broker_made_things(etcd).await;
+    assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
 }
 
 /// A broker whose role reaper may keep etcd busy all the time (`busy_share = 1`): the
@@ -317,14 +326,8 @@ async fn binds_and_unbinds_of_the_same_ids_killed_at_random_leave_no_user() {
         reconcile_finds_nothing(&config, &etcd, &format!("round {round}")).await;
         platform.delete("deprovision", &instance, None).await;
     }
-    let (keys, users, roles) = broker_made_things(&etcd).await;
-    assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
-    eprintln!(
-        "storm: {rounds} rounds, {rounds} kills, {} requests\n{}",
-        platform.tally.requests(),
-        platform.tally.summary()
-    );
-    platform.assert_no_unexpected_answer();
+    nothing_left(&etcd).await;
+    platform.report(&format!("storm: {rounds} rounds, {rounds} kills"));
     // The kills hit a storm that was running: binds made users and unbinds removed them.
     assert!(
         platform.tally.of("bind", Got::Status(201)) > 0 && platform.tally.of("unbind", Got::Status(200)) > 0
@@ -354,14 +357,8 @@ async fn two_brokers_killed_at_random_under_lifecycles_leave_nothing() {
     stop.store(true, Ordering::Relaxed);
     let lifecycles = finish(platforms).await;
     reconcile_finds_nothing(&config, &etcd, "after the lifecycles").await;
-    let (keys, users, roles) = broker_made_things(&etcd).await;
-    assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
-    eprintln!(
-        "lifecycles: {kills} kills, {lifecycles} lifecycles, {} requests\n{}",
-        platform.tally.requests(),
-        platform.tally.summary()
-    );
-    platform.assert_no_unexpected_answer();
+    nothing_left(&etcd).await;
+    platform.report(&format!("lifecycles: {kills} kills, {lifecycles} lifecycles"));
     assert!(platform.tally.of("bind", Got::Status(201)) > 0, "no lifecycle got as far as a binding");
 }
 
@@ -400,16 +397,11 @@ async fn a_cluster_losing_its_leader_then_a_follower_under_load_leaves_nothing()
     stop.store(true, Ordering::Relaxed);
     let lifecycles = finish(platforms).await;
     reconcile_finds_nothing(&config, &members[0], "after the kills").await;
-    let (keys, users, roles) = broker_made_things(&members[0]).await;
-    assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
+    nothing_left(&members[0]).await;
     let slowest = *platform.tally.slowest.lock().unwrap();
-    eprintln!(
-        "cluster: {} rounds (leader, then follower killed), {lifecycles} lifecycles, {} requests, slowest {slowest:?}\n{}",
-        rounds(1),
-        platform.tally.requests(),
-        platform.tally.summary()
-    );
-    platform.assert_no_unexpected_answer();
+    let heading =
+        format!("cluster: {} rounds (leader, then a follower killed), {lifecycles} lifecycles", rounds(1));
+    platform.report(&format!("{heading}, slowest request {slowest:?}"));
     let unanswered: u64 = ["provision", "bind", "unbind", "deprovision"]
         .iter()
         .map(|op| platform.tally.of(op, Got::Nothing))
