@@ -431,6 +431,17 @@ impl LocalEtcd {
         Ok(())
     }
 
+    /// Whether etcd exited on its own (it crashed), and then its log (root password redacted),
+    /// which says why; `None` while it runs or after [`Self::kill`].
+    pub fn crashed(&mut self) -> Option<String> {
+        let exited = matches!(self.child.as_mut()?.try_wait(), Ok(Some(_)));
+        exited.then(|| {
+            self.child = None;
+            let log = std::fs::read_to_string(&self.launch.log).unwrap_or_default();
+            log.replace(&self.root_password, "<redacted>")
+        })
+    }
+
     /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s), e.g. at the end of `dev`.
     pub async fn stop(mut self) {
         let Some(mut child) = self.child.take() else {

