@@ -202,6 +202,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running etcd with auth enabled; the process is killed (and reaped) when this is dropped.
 pub struct LocalEtcd {
     child: Option<Child>,
+    /// How the process was started, to start it again after [`Self::kill`].
+    launch: Launch,
     version: EtcdVersion,
     client_port: u16,
     root_password: String,
@@ -227,7 +229,7 @@ impl LocalEtcd {
         let log = opts.log_file.clone().unwrap_or_else(|| temp.path().join("etcd.log"));
         let auth_token = auth_token(opts.signed_tokens, temp.path())?;
         let mut attempt = 0;
-        let (child, client_port) = loop {
+        let (child, client_port, launch) = loop {
             attempt += 1;
             let port = match opts.client_port {
                 0 => free_port()?,
@@ -235,9 +237,18 @@ impl LocalEtcd {
             };
             let ports = (port, free_port()?);
             let member = Member { name: "local".into(), initial_cluster: None };
-            let mut child = spawn(&etcd_bin, &opts, &data_dir, &log, ports, &auth_token, &member)?;
+            let launch = Launch {
+                bin: etcd_bin.clone(),
+                opts: opts.clone(),
+                data_dir: data_dir.clone(),
+                log: log.clone(),
+                ports,
+                auth_token: auth_token.clone(),
+                member,
+            };
+            let mut child = launch.spawn()?;
             let exit = match wait_ready(&mut child, port).await {
-                Ok(()) => break (child, port),
+                Ok(()) => break (child, port, launch),
                 Err(exit) => exit,
             };
             let _ = child.kill().await;
@@ -253,6 +264,7 @@ impl LocalEtcd {
         };
         let etcd = LocalEtcd {
             child: Some(child),
+            launch,
             version: opts.version,
             client_port,
             root_password,
@@ -292,12 +304,20 @@ impl LocalEtcd {
                 None => token.insert(auth_token(opts.signed_tokens, temp.path())?).clone(),
             };
             let member = Member { name: format!("m{i}"), initial_cluster: Some(initial_cluster.join(",")) };
-            let data_dir = temp.path().join("data");
-            let child =
-                spawn(&etcd_bin, &opts, &data_dir, &log, (client_port, peer_port), &auth_token, &member)?;
+            let launch = Launch {
+                bin: etcd_bin.clone(),
+                opts: opts.clone(),
+                data_dir: temp.path().join("data"),
+                log: log.clone(),
+                ports: (client_port, peer_port),
+                auth_token,
+                member,
+            };
+            let child = launch.spawn()?;
             members.push((
                 LocalEtcd {
                     child: Some(child),
+                    launch,
                     version: opts.version,
                     client_port,
                     root_password: root_password.clone(),
@@ -381,6 +401,45 @@ impl LocalEtcd {
             .with_auto_token_refresh(true)
             .with_connect_timeout(Duration::from_secs(5));
         Client::connect([self.endpoint()], Some(opts)).await.map_err(etcd_err("connecting to etcd as root"))
+    }
+
+    /// Kills etcd with SIGKILL, as a crash would (no clean shutdown; a cluster member's peers
+    /// see it vanish), for tests of what the broker does meanwhile; [`Self::restart`] brings it
+    /// back.
+    pub async fn kill(&mut self) -> Result<(), Error> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.map_err(io_err("killing etcd"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts etcd again after [`Self::kill`], with the same data directory, ports and flags
+    /// (a cluster member rejoins its cluster), and returns once it serves.
+    pub async fn restart(&mut self) -> Result<(), Error> {
+        let mut child = self.launch.spawn()?;
+        if let Err(exit) = wait_ready(&mut child, self.client_port).await {
+            let _ = child.kill().await;
+            return Err(startup_error(
+                self.version,
+                exit,
+                self.client_port,
+                &self.launch.log,
+                &self.root_password,
+            ));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Whether etcd exited on its own (it crashed), and then its log (root password redacted),
+    /// which says why; `None` while it runs or after [`Self::kill`].
+    pub fn crashed(&mut self) -> Option<String> {
+        let exited = matches!(self.child.as_mut()?.try_wait(), Ok(Some(_)));
+        exited.then(|| {
+            self.child = None;
+            let log = std::fs::read_to_string(&self.launch.log).unwrap_or_default();
+            log.replace(&self.root_password, "<redacted>")
+        })
     }
 
     /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s), e.g. at the end of `dev`.
@@ -474,6 +533,24 @@ struct Member {
     initial_cluster: Option<String>,
 }
 
+/// Everything an etcd process is started with.
+struct Launch {
+    bin: PathBuf,
+    opts: Options,
+    data_dir: PathBuf,
+    log: PathBuf,
+    /// Client and peer port.
+    ports: (u16, u16),
+    auth_token: String,
+    member: Member,
+}
+
+impl Launch {
+    fn spawn(&self) -> Result<Child, Error> {
+        spawn(&self.bin, &self.opts, &self.data_dir, &self.log, self.ports, &self.auth_token, &self.member)
+    }
+}
+
 fn spawn(
     bin: &Path,
     opts: &Options,
@@ -483,7 +560,12 @@ fn spawn(
     auth_token: &str,
     member: &Member,
 ) -> Result<Child, Error> {
-    let log_file = File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
+    // Appended to: a restarted member's log keeps what it said before.
+    let log_file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(format!("creating {}", log.display())))?;
     let log_err = log_file.try_clone().map_err(io_err("duplicating the log file"))?;
     let (client, peer) = (endpoint(client_port), endpoint(peer_port));
     let mut cmd = Command::new(bin);

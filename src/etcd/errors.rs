@@ -83,6 +83,7 @@ pub(crate) fn classify(e: etcd_client::Error) -> StoreError {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                     StoreError::Unavailable(message)
                 }
+                Code::Unknown if lost_connection(&status) => StoreError::Unavailable(message),
                 Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthorized(message),
                 _ if message.contains(AUTHENTICATION_FAILED) => StoreError::Unauthorized(message),
                 _ if OLD_AUTH_REVISION.iter().any(|m| message.contains(m)) => StoreError::Unavailable(
@@ -98,6 +99,21 @@ pub(crate) fn classify(e: etcd_client::Error) -> StoreError {
         etcd_client::Error::IoError(e) => StoreError::Unavailable(e.to_string()),
         other => StoreError::Failed(other.to_string()),
     }
+}
+
+/// Whether `status` is tonic's wrapping of a failed connection (its message is just "transport
+/// error"): the member went away with the request in flight, as when it is killed. etcd may
+/// have applied the request or not, so it is not sent again; the caller answers 503, repeat
+/// the request (chaos found these answered 500 when a cluster's leader was killed).
+fn lost_connection(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<hyper::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A user or role vanished between two steps: someone else is deleting it.
@@ -225,6 +241,29 @@ mod tests {
     async fn etcd_3_4_refusals_are_recognised() {
         refusals_are_recognised(EtcdVersion::V3_4).await;
         an_old_token_is_recognised(EtcdVersion::V3_4).await;
+    }
+
+    /// An endpoint that takes the connection and drops it once a request arrives, as a
+    /// member killed with the request in flight does: the request fails as unavailable (the
+    /// broker's 503, repeat the request), not as a failure of etcd's (500).
+    #[tokio::test]
+    async fn a_connection_lost_with_the_request_in_flight_is_unavailable() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let dropper = tokio::spawn(async move {
+            loop {
+                let (mut connection, _) = listener.accept().await.unwrap();
+                let mut preface = [0u8; 64];
+                let _ = connection.read(&mut preface).await;
+            }
+        });
+        let mut client = Client::connect([endpoint], None).await.unwrap();
+        let e = error(client.get("/k", None).await, "a get whose connection is dropped");
+        dropper.abort();
+        // tonic's answer: code Unknown, message "transport error", the cause as its source.
+        assert!(matches!(&e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unknown), "{e:?}");
+        assert!(matches!(classify(e), StoreError::Unavailable(_)));
     }
 
     #[test]

@@ -209,6 +209,10 @@ pub struct BrokerProcess {
     /// Base URL of the monitoring listener (`/metrics`, `/health`, `/ready`).
     pub metrics_url: String,
     child: Child,
+    /// How it was started (`serve FLAG CONFIG` with `env`): a restart runs the same.
+    flag: String,
+    config: PathBuf,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
     pub log: PathBuf,
 }
@@ -247,30 +251,49 @@ impl BrokerProcess {
         let config = dir.path().join(file);
         std::fs::write(&config, make_input(port, metrics_port)).unwrap();
         let log = dir.path().join("broker.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_etcd-broker"))
-            .args(["serve", flag])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("etcd-broker starts");
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = spawn(flag, &config, &env, &log);
         let broker = Self {
             url: format!("http://127.0.0.1:{port}"),
             metrics_url: format!("http://127.0.0.1:{metrics_port}"),
             child,
+            flag: flag.to_owned(),
+            config,
+            env,
             _dir: dir,
             log,
         };
+        broker.wait_until_serving().await;
+        broker
+    }
+
+    /// Waits (up to 20 s) until the OSB listener answers.
+    async fn wait_until_serving(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let http = reqwest::Client::new();
-        while http.get(format!("{}/v2/catalog", broker.url)).send().await.is_err() {
-            assert!(Instant::now() < deadline, "broker did not start: {}", broker.log_text());
+        while http.get(format!("{}/v2/catalog", self.url)).send().await.is_err() {
+            assert!(Instant::now() < deadline, "broker did not start: {}", self.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        broker
+    }
+
+    /// Kills the process with SIGKILL, as a crash or the OOM killer would: no clean-up runs,
+    /// requests in flight get no answer.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("the broker is killed");
+    }
+
+    /// Starts the process again after [`Self::kill`]: same config, same ports (URLs stay
+    /// valid), its log appended to the same file; returns once it serves.
+    pub async fn restart(&mut self) {
+        self.child = spawn(&self.flag, &self.config, &self.env, &self.log);
+        self.wait_until_serving().await;
+    }
+
+    /// The config it runs with (started with `--config`).
+    pub fn config(&self) -> etcd_broker::config::Config {
+        assert_eq!(self.flag, "--config", "a broker started from a config file");
+        etcd_broker::config::Config::from_toml(&std::fs::read_to_string(&self.config).unwrap()).unwrap()
     }
 
     pub fn log_text(&self) -> String {
@@ -281,6 +304,21 @@ impl BrokerProcess {
         let _ = self.child.kill().await;
         self.log_text()
     }
+}
+
+/// `etcd-broker serve FLAG CONFIG` with `env`, its output appended to `log`.
+fn spawn(flag: &str, config: &std::path::Path, env: &[(String, String)], log: &std::path::Path) -> Child {
+    let output = || std::fs::File::options().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_etcd-broker"))
+        .args(["serve", flag])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(output())
+        .stderr(Stdio::from(output()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcd-broker starts")
 }
 
 impl Drop for BrokerProcess {
@@ -324,7 +362,7 @@ impl Osb {
     }
 
     /// The shared plan of the test catalog.
-    fn shared() -> Offering {
+    pub fn shared() -> Offering {
         Offering { service_id: SERVICE_ID.to_owned(), plan_id: SHARED.to_owned(), bind_parameters: vec![] }
     }
 
@@ -345,9 +383,7 @@ impl Osb {
     }
 
     pub async fn bind(&self, id: &str, binding: &str) -> Reply {
-        let body =
-            json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-1" } });
-        self.put_binding(id, binding, &body, Incomplete::Refused).await.expect("broker answers")
+        self.put_binding(id, binding, &bind_body(), Incomplete::Refused).await.expect("broker answers")
     }
 
     pub async fn get_binding(&self, id: &str, binding: &str) -> Reply {
@@ -357,6 +393,11 @@ impl Osb {
     pub async fn unbind(&self, id: &str, binding: &str) -> Reply {
         self.delete_binding(&Self::shared(), id, binding, Incomplete::Refused).await.expect("broker answers")
     }
+}
+
+/// The body of a bind to the shared plan, for app `app-1`.
+pub fn bind_body() -> Value {
+    json!({ "service_id": SERVICE_ID, "plan_id": SHARED, "bind_resource": { "app_guid": "app-1" } })
 }
 
 pub fn provision_body(plan: &str) -> Value {
@@ -382,19 +423,7 @@ pub async fn tenant_client(credentials: &Value) -> Result<Client, etcd_client::E
 /// Everything a root client sees that the broker may have made: (keys, users, roles),
 /// without etcd's own `root` user and role, once the role reaper is done.
 pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, Vec<String>) {
-    // Unbinds leave their roles to the broker's role reaper: wait until it has drained its queue.
-    // Each look logs in afresh: the reaper's deletions outdate the tokens of earlier logins.
-    let started = Instant::now();
-    loop {
-        let queue = GetOptions::new().with_prefix().with_count_only();
-        let mut root = etcd.root_client().await.unwrap();
-        let queued = root.get("/etcd-broker/role-deletions/", Some(queue)).await.map(|r| r.count());
-        if queued.as_ref().is_ok_and(|n| *n == 0) {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "the role reaper left roles queued: {queued:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    role_queue_drained(etcd).await;
     let mut root = etcd.root_client().await.unwrap();
     let keys = root
         .get("", Some(GetOptions::new().with_all_keys().with_keys_only()))
@@ -412,4 +441,24 @@ pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, 
 /// The project-local tools folder (prometheus, promtool, etcd).
 pub fn tool(path: &str) -> PathBuf {
     local_etcd::tools_dir().join(path)
+}
+
+/// Waits until the role reaper has drained its queue: unbinds leave their roles (and a late
+/// bind's user) to it. Fails once the queue has not shrunk for 20 s (a long chaos run leaves
+/// hundreds). Each look logs in afresh: the reaper's deletions outdate the tokens of earlier
+/// logins.
+pub async fn role_queue_drained(etcd: &LocalEtcd) {
+    let (mut fewest, mut shrunk) = (i64::MAX, Instant::now());
+    loop {
+        let queue = GetOptions::new().with_prefix().with_count_only();
+        let mut root = etcd.root_client().await.unwrap();
+        let queued = root.get("/etcd-broker/role-deletions/", Some(queue)).await.map(|r| r.count());
+        match queued {
+            Ok(0) => break,
+            Ok(n) if n < fewest => (fewest, shrunk) = (n, Instant::now()),
+            _ => {}
+        }
+        assert!(shrunk.elapsed() < Duration::from_secs(20), "the role reaper left roles queued: {queued:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -9,8 +9,9 @@ use crate::common::*;
 use local_etcd::LocalEtcd;
 use reqwest::StatusCode;
 
-/// A broker listing `endpoints` for the cluster of `etcd` (whose credentials it uses).
-async fn broker_listing(etcd: &LocalEtcd, endpoints: &[String]) -> BrokerProcess {
+/// A broker listing `endpoints` for the cluster of `etcd` (whose credentials it uses), with
+/// the extra environment `env`.
+pub async fn broker_listing(etcd: &LocalEtcd, endpoints: &[String], env: &[(&str, &str)]) -> BrokerProcess {
     BrokerProcess::start_with_config(
         |port, metrics_port| {
             let one = format!("endpoints = [{:?}]", etcd.endpoint());
@@ -18,7 +19,7 @@ async fn broker_listing(etcd: &LocalEtcd, endpoints: &[String]) -> BrokerProcess
             assert!(config.contains(&one));
             config.replace(&one, &format!("endpoints = {endpoints:?}"))
         },
-        &[],
+        env,
     )
     .await
 }
@@ -27,7 +28,7 @@ async fn broker_listing(etcd: &LocalEtcd, endpoints: &[String]) -> BrokerProcess
 async fn a_dead_first_endpoint_is_skipped() {
     let etcd = start_etcd().await;
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let broker = broker_listing(&etcd, &[dead.clone(), etcd.endpoint()]).await;
+    let broker = broker_listing(&etcd, &[dead.clone(), etcd.endpoint()], &[]).await;
     let osb = Osb::new(&broker.url);
     for i in 0..5 {
         let reply = osb.provision(&format!("f{i}"), SHARED).await;
@@ -116,7 +117,7 @@ async fn a_stopped_first_endpoint_is_skipped() {
     let pid = stopped.pid().expect("etcd runs");
     signal(pid, "STOP");
     let _resume = Resume(pid);
-    let broker = broker_listing(&etcd, &[stopped.endpoint(), etcd.endpoint()]).await;
+    let broker = broker_listing(&etcd, &[stopped.endpoint(), etcd.endpoint()], &[]).await;
     let osb = Osb::new(&broker.url);
     let started = Instant::now();
     for i in 0..5 {
@@ -145,19 +146,27 @@ async fn a_stopped_first_endpoint_is_skipped() {
 /// while every member answers.
 async fn cluster_with_a_binding(instance: &str) -> (Vec<LocalEtcd>, BrokerProcess, Osb) {
     let mut members = start_etcd_cluster(3).await;
-    let mut leader_of = Vec::new();
-    for member in &members {
-        let status = member.root_client().await.unwrap().status().await.unwrap();
-        leader_of.push(status.leader() == status.header().unwrap().member_id());
-    }
-    let follower = leader_of.iter().position(|leader| !leader).expect("two of three follow");
+    let follower = (leader(&members).await + 1) % members.len();
     members.swap(0, follower);
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
-    let broker = broker_listing(&members[0], &endpoints).await;
+    let broker = broker_listing(&members[0], &endpoints, &[]).await;
     let osb = Osb::new(&broker.url);
     assert_eq!(osb.provision(instance, SHARED).await.status, StatusCode::CREATED);
     assert_eq!(osb.bind(instance, "b0").await.status, StatusCode::CREATED);
     (members, broker, osb)
+}
+
+/// The index of the cluster's leader among `members`, as the members that answer say.
+pub async fn leader(members: &[LocalEtcd]) -> usize {
+    for (i, member) in members.iter().enumerate() {
+        let Ok(mut client) = member.root_client().await else { continue };
+        if let Ok(status) = client.status().await {
+            if status.leader() == status.header().unwrap().member_id() {
+                return i;
+            }
+        }
+    }
+    panic!("no member is the leader");
 }
 
 /// Waits up to 10 s for the line of the broker's log that says an endpoint does not answer

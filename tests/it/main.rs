@@ -9,6 +9,7 @@
 //! - `limits`: plan and organization limits with two brokers racing on one etcd
 //! - `osb_protocol`: the status matrix (one table of requests and answers, bad input included),
 //!   etcd down
+//! - `chaos`: brokers killed with SIGKILL at random under OSB lifecycles; reconcile finds nothing
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
 //! - `failover`: dead and stopped endpoints and members (timing-based: etcd 3.5 only, test.sh)
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
@@ -24,6 +25,7 @@
 
 mod bind_parameters;
 mod bosh_properties;
+mod chaos;
 mod common;
 mod concurrency;
 mod failover;
