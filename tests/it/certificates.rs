@@ -149,6 +149,19 @@ validity_days = 2
         async { certificate_client(&forged).await?.put("/service_instances/i1/k", "x", None).await };
     assert!(forged_use.await.is_err(), "etcd accepted a certificate of another CA");
 
+    // Sealing is on: no line of the private key is in etcd's state prefix in clear (as no
+    // password handed out is: sealing.rs), nor in the log or the metrics.
+    let key_lines: Vec<&str> =
+        creds["key"].as_str().unwrap().lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!key_lines.is_empty());
+    let dump = crate::sealing::state_dump(&etcd).await;
+    assert!(dump.iter().any(|(k, _)| k == "/etcd-broker/bindings/i1/b1"), "{dump:?}");
+    for (key, value) in &dump {
+        assert!(key_lines.iter().all(|line| !value.contains(line)), "{key} holds the private key in clear");
+    }
+    let metrics = scrape(&broker).await;
+    assert!(key_lines.iter().all(|line| !metrics.contains(line) && !broker.log_text().contains(line)));
+
     // Unbind: from now on etcd refuses the certificate, on the open connection and a new one.
     assert_eq!(osb.unbind("i1", "b1").await.status, StatusCode::OK);
     assert!(refusal(tenant.put("/service_instances/i1/k", "w", None).await).contains("permission denied"));
