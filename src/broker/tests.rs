@@ -538,24 +538,25 @@ async fn bind_converges_after_a_fault_at_any_step() {
     .await;
 }
 
+/// Unbinds b1 of i1 (a 410: the faulty attempt finished it) and drains the role queue.
+async fn unbind_b1(broker: Arc<EtcdBroker>) -> BrokerResult<()> {
+    match broker.unbind(unbind_req("i1", "b1")).await {
+        Err(BrokerError::BindingGone(_)) => Ok(()),
+        other => other,
+    }?;
+    drain_role_queue(&broker).await
+}
+
+/// What [`unbind_b1`] leaves of two bindings: b2's user and role, consistent.
+fn only_b2_left(state: &MemoryState) {
+    assert_consistent(state);
+    assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
+    assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
+}
+
 #[tokio::test]
 async fn unbind_converges_after_a_fault_at_any_step() {
-    for_every_fault(
-        |make| Box::pin(bound_by(make)),
-        |broker| async move {
-            match broker.unbind(unbind_req("i1", "b1")).await {
-                Err(BrokerError::BindingGone(_)) => Ok(()), // the faulty attempt finished it
-                other => other,
-            }?;
-            drain_role_queue(&broker).await
-        },
-        |state| {
-            assert_consistent(state);
-            assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
-            assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
-        },
-    )
-    .await;
+    for_every_fault(|make| Box::pin(bound_by(make)), unbind_b1, only_b2_left).await;
 }
 
 #[tokio::test]
@@ -1317,19 +1318,5 @@ async fn a_certificate_bind_converges_after_a_fault_at_any_step() {
 
 #[tokio::test]
 async fn a_certificate_unbind_converges_after_a_fault_at_any_step() {
-    for_every_fault(
-        |make| Box::pin(certificate_bound_by(make)),
-        |broker| async move {
-            match broker.unbind(unbind_req("i1", "b1")).await {
-                Err(BrokerError::BindingGone(_)) => Ok(()),
-                other => other,
-            }?;
-            drain_role_queue(&broker).await
-        },
-        |state| {
-            assert_consistent(state);
-            assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
-        },
-    )
-    .await;
+    for_every_fault(|make| Box::pin(certificate_bound_by(make)), unbind_b1, only_b2_left).await;
 }
