@@ -95,6 +95,15 @@ impl EtcdBroker {
             updated_at: now,
         };
         let kind = self.setup.certificates.kind(&req.plan_id);
+        if kind.certificate() && self.setup.certificates.endpoints_of(&instance.cluster).is_none() {
+            // The bind plan_id is not checked against the instance's plan (api.md): one of
+            // another cluster may reach here. Refused before anything is made.
+            return Err(BrokerError::BadRequest(format!(
+                "plan_id '{}' hands out client certificates, but the instance's etcd cluster '{}' \
+                 has no https endpoints for them; bind with the instance's plan",
+                req.plan_id, instance.cluster
+            )));
+        }
         if kind.password() {
             self.store_password(&key, &mut record, &random_password())?;
         }
@@ -289,7 +298,7 @@ impl EtcdBroker {
         let credentials = match (&record.certificate, &private_key, &password) {
             (Some(cert), Some(key), password) => {
                 let certificates = &self.setup.certificates;
-                let endpoints = certificates.endpoints.get(&record.cluster).filter(|e| !e.is_empty());
+                let endpoints = certificates.endpoints_of(&record.cluster);
                 let ca = cluster.ca_certificate.as_deref().or(certificates.ca_certificate());
                 let (Some(endpoints), Some(ca_certificate)) = (endpoints, ca) else {
                     return Err(BrokerError::Internal(format!(

@@ -92,6 +92,15 @@ impl CertificateSetup {
             .map_err(|e| BrokerError::Internal(format!("minting a client certificate failed: {e}")))
     }
 
+    /// The https client URLs that take client certificates on `cluster`; `None` when it has
+    /// none (a plan's cluster always has them, the config checks it; an instance of another
+    /// plan may live on a cluster without).
+    pub fn endpoints_of(&self, cluster: &str) -> Option<&[Url]> {
+        let endpoints = self.endpoints.get(cluster)?;
+        let https = !endpoints.is_empty() && endpoints.iter().all(|url| url.scheme() == "https");
+        https.then_some(endpoints.as_slice())
+    }
+
     /// The client CA's certificate (PEM); `None` without one. Credentials hand it out as the
     /// CA of etcd's server certificate when the cluster's config names none (one CA for both).
     pub fn ca_certificate(&self) -> Option<&str> {

@@ -1320,3 +1320,15 @@ async fn a_certificate_bind_converges_after_a_fault_at_any_step() {
 async fn a_certificate_unbind_converges_after_a_fault_at_any_step() {
     for_every_fault(|make| Box::pin(certificate_bound_by(make)), unbind_b1, only_b2_left).await;
 }
+
+#[tokio::test]
+async fn a_certificate_bind_on_a_cluster_without_https_endpoints_is_a_400_that_makes_nothing() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = sealed_broker_on(store.clone());
+    broker.provision(provision_req("i1", FAR)).await.unwrap();
+    let before = store.snapshot();
+    let err = broker.bind(certificate_bind_req("i1", "b1", CERT)).await.unwrap_err();
+    assert!(matches!(&err, BrokerError::BadRequest(m) if m.contains("cluster 'far'")), "{err:?}");
+    let after = store.snapshot();
+    assert_eq!((after.keys, after.users, after.roles), (before.keys, before.users, before.roles));
+}
