@@ -399,6 +399,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn certificate_bindings_private_keys_are_resealed_with_their_records() {
+        let store = Arc::new(MemoryStore::default());
+        broker_on(store.clone()).provision(provision_req("i1", SMALL)).await.unwrap();
+        let bind = |b: &'static str, plan: &'static str| crate::osb::model::BindRequest {
+            plan_id: plan.into(),
+            ..bind_req("i1", b)
+        };
+        broker_on(store.clone()).bind(bind("c1", CERT)).await.unwrap();
+        sealed_broker_on(store.clone()).bind(bind("c2", CERT)).await.unwrap();
+        sealed_broker_on(store.clone()).bind(bind("c3", BOTH)).await.unwrap();
+        let broker = broker_with(store.clone(), Sealing::On(test_keychain("k2")));
+        let mut before = BTreeMap::new();
+        for b in ["c1", "c2", "c3"] {
+            let id = (InstanceId::parse("i1").unwrap(), BindingId::parse(b).unwrap());
+            before.insert(b, broker.get_binding(&id.0, &id.1).await.unwrap().credentials);
+        }
+        let summary = run(&reseal(store.clone(), false)).await;
+        let expected: BTreeMap<Source, u64> = [(Source::Clear, 1), (Source::Key("k1".into()), 2)].into();
+        assert_eq!(summary.rewritten, expected);
+        assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+        let state = store.snapshot();
+        assert_consistent(&state);
+        for (key, record) in records(&state) {
+            let sealed =
+                record.private_key_sealed.as_deref().unwrap_or_else(|| panic!("{key}: key in clear"));
+            assert_eq!(crate::sealing::sealed_with(sealed), Some("k2"), "{key}");
+            assert!(record.private_key.is_none() && record.password.is_none(), "{key}");
+        }
+        // The same certificate, key and password afterwards, unsealed by k2.
+        let k2 = {
+            use base64::Engine as _;
+            let text = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
+            crate::sealing::Keychain::new("k2", [crate::sealing::Key::from_text("k2", &text).unwrap()])
+                .unwrap()
+        };
+        let k2_only = broker_with(store.clone(), Sealing::On(k2));
+        for (b, credentials) in before {
+            let id = (InstanceId::parse("i1").unwrap(), BindingId::parse(b).unwrap());
+            assert_eq!(k2_only.get_binding(&id.0, &id.1).await.unwrap().credentials, credentials, "{b}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_dry_run_counts_and_writes_nothing() {
         let store = mixed().await;
         let before = store.snapshot().keys;
