@@ -10,6 +10,7 @@
 //! - [`config`]: TOML + environment configuration, parsed once into typed settings.
 //! - [`tls`]: TLS material and the OpenSSL contexts of the OSB listener and the etcd client.
 //! - [`sealing`]: secrets sealed at rest: the keychain and the envelope format (OpenSSL).
+//! - [`pki`]: the client CA of certificate bindings and the certificates it mints (OpenSSL).
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
 //! - [`reseal`]: wiring config -> state cluster -> [`broker::reseal`], for `etcd-broker-ops
@@ -32,6 +33,7 @@ pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod osb;
+pub mod pki;
 pub mod reconcile;
 pub mod render;
 pub mod reseal;

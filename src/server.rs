@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer};
 
 use crate::activity::OsbActivity;
+use crate::broker::certificates::CertificateSetup;
 use crate::broker::names::Names;
 use crate::broker::reconcile;
 use crate::broker::role_reaper::{self, Pacing};
@@ -80,7 +81,13 @@ pub type StoreOf<'a> = dyn Fn(&str, &crate::config::Cluster) -> Result<Arc<dyn S
 /// the server's are metered, the operators' tools' (`reconcile`) are not.
 pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<EtcdBroker, StartError> {
     let mut clusters = HashMap::new();
+    let mut certificates = CertificateSetup {
+        plans: config.plan_credentials.iter().map(|(plan, kind)| (plan.clone(), *kind)).collect(),
+        authority: config.certificates.clone(),
+        endpoints: HashMap::new(),
+    };
     for (name, cluster) in &config.clusters {
+        certificates.endpoints.insert(name.clone(), cluster.certificate_endpoints.clone());
         let store = store_of(name, cluster)?;
         let ca_certificate = cluster
             .tls
@@ -104,6 +111,7 @@ pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<Etcd
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         clock: Arc::new(SystemClock),
         sealing: config.sealing.clone(),
+        certificates,
     }))
 }
 

@@ -120,6 +120,22 @@ pub struct Options {
     /// etcd's `--max-txn-ops` (default 128): a low value lets tests meet etcd's refusal of a
     /// transaction with too many operations.
     pub max_txn_ops: Option<u32>,
+    /// Also serve https on a second free port with `--client-cert-auth`, where a client
+    /// certificate signed by the trusted CA authenticates as the user its CN names (the
+    /// broker's certificate bindings). The http endpoint stays as it is. [`Self`] of
+    /// [`LocalEtcd::start`] only; [`LocalEtcd::start_cluster`] ignores it.
+    pub client_cert_auth: Option<ClientCertAuth>,
+}
+
+/// The files of etcd's https listener with client-certificate authentication.
+#[derive(Clone, Debug)]
+pub struct ClientCertAuth {
+    /// The server certificate (PEM), valid for 127.0.0.1.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA whose client certificates etcd accepts (`--trusted-ca-file`).
+    pub trusted_ca_file: PathBuf,
 }
 
 impl Default for Options {
@@ -133,6 +149,7 @@ impl Default for Options {
             log_file: None,
             signed_tokens: false,
             max_txn_ops: None,
+            client_cert_auth: None,
         }
     }
 }
@@ -206,6 +223,8 @@ pub struct LocalEtcd {
     launch: Launch,
     version: EtcdVersion,
     client_port: u16,
+    /// The https port with client-certificate auth, when asked for.
+    tls_port: Option<u16>,
     root_password: String,
     etcdctl: PathBuf,
     _temp: tempfile::TempDir,
@@ -229,14 +248,19 @@ impl LocalEtcd {
         let log = opts.log_file.clone().unwrap_or_else(|| temp.path().join("etcd.log"));
         let auth_token = auth_token(opts.signed_tokens, temp.path())?;
         let mut attempt = 0;
-        let (child, client_port, launch) = loop {
+        let (child, client_port, launch, tls_port) = loop {
             attempt += 1;
             let port = match opts.client_port {
                 0 => free_port()?,
                 p => p,
             };
             let ports = (port, free_port()?);
-            let member = Member { name: "local".into(), initial_cluster: None };
+            let tls = match &opts.client_cert_auth {
+                Some(files) => Some((free_port()?, files.clone())),
+                None => None,
+            };
+            let tls_port = tls.as_ref().map(|(port, _)| *port);
+            let member = Member { name: "local".into(), initial_cluster: None, tls };
             let launch = Launch {
                 bin: etcd_bin.clone(),
                 opts: opts.clone(),
@@ -248,7 +272,7 @@ impl LocalEtcd {
             };
             let mut child = launch.spawn()?;
             let exit = match wait_ready(&mut child, port).await {
-                Ok(()) => break (child, port, launch),
+                Ok(()) => break (child, port, launch, tls_port),
                 Err(exit) => exit,
             };
             let _ = child.kill().await;
@@ -267,6 +291,7 @@ impl LocalEtcd {
             launch,
             version: opts.version,
             client_port,
+            tls_port,
             root_password,
             etcdctl,
             _temp: temp,
@@ -303,7 +328,8 @@ impl LocalEtcd {
                 Some(token) => token.clone(),
                 None => token.insert(auth_token(opts.signed_tokens, temp.path())?).clone(),
             };
-            let member = Member { name: format!("m{i}"), initial_cluster: Some(initial_cluster.join(",")) };
+            let member =
+                Member { name: format!("m{i}"), initial_cluster: Some(initial_cluster.join(",")), tls: None };
             let launch = Launch {
                 bin: etcd_bin.clone(),
                 opts: opts.clone(),
@@ -320,6 +346,7 @@ impl LocalEtcd {
                     launch,
                     version: opts.version,
                     client_port,
+                    tls_port: None,
                     root_password: root_password.clone(),
                     etcdctl: etcdctl.clone(),
                     _temp: temp,
@@ -362,6 +389,12 @@ impl LocalEtcd {
     /// The client URL to give to the broker and to etcdctl.
     pub fn endpoint(&self) -> String {
         endpoint(self.client_port)
+    }
+
+    /// The https client URL with client-certificate auth, when [`Options::client_cert_auth`]
+    /// asked for one.
+    pub fn tls_endpoint(&self) -> Option<String> {
+        self.tls_port.map(|port| format!("https://127.0.0.1:{port}"))
     }
 
     /// The etcd process's id, for tests that stop and resume it (`kill -STOP`/`-CONT`).
@@ -527,10 +560,12 @@ fn free_port() -> Result<u16, Error> {
     Ok(listener.local_addr().map_err(io_err("finding a free port"))?.port())
 }
 
-/// A member's name and, in a cluster, every member's peer URL (`--initial-cluster`).
+/// A member's name, in a cluster every member's peer URL (`--initial-cluster`), and its https
+/// port with client-certificate auth, if any.
 struct Member {
     name: String,
     initial_cluster: Option<String>,
+    tls: Option<(u16, ClientCertAuth)>,
 }
 
 /// Everything an etcd process is started with.
@@ -577,7 +612,25 @@ fn spawn(
     }
     let initial_cluster = member.initial_cluster.clone().unwrap_or_else(|| format!("{}={peer}", member.name));
     cmd.arg("--name").arg(&member.name).arg("--data-dir").arg(data_dir);
-    cmd.args(["--listen-client-urls", &client, "--advertise-client-urls", &client]);
+    match &member.tls {
+        None => cmd.args(["--listen-client-urls", &client, "--advertise-client-urls", &client]),
+        Some((tls_port, files)) => {
+            let https = format!("https://127.0.0.1:{tls_port}");
+            cmd.args([
+                "--listen-client-urls",
+                &format!("{client},{https}"),
+                "--advertise-client-urls",
+                &client,
+            ])
+            .arg("--cert-file")
+            .arg(&files.cert_file)
+            .arg("--key-file")
+            .arg(&files.key_file)
+            .arg("--trusted-ca-file")
+            .arg(&files.trusted_ca_file)
+            .arg("--client-cert-auth")
+        }
+    };
     cmd.args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer]);
     cmd.args(["--initial-cluster", &initial_cluster]);
     cmd.args(["--auth-token", auth_token, "--log-level", "warn"]);

@@ -7,7 +7,7 @@ use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
 use crate::store::{Guard, StoreError, Write};
 
-use super::credentials::credentials;
+use super::credentials::{certificate_credentials, credentials, CertificateCredentials};
 use super::instances::operation_of;
 use super::records::{BindingRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
@@ -90,6 +90,9 @@ impl EtcdBroker {
             password_sealed: None,
             prefix: parameters.prefix_in(&self.names().tenant_prefix(&req.instance_id)),
             access: parameters.access,
+            certificate: None,
+            private_key: None,
+            private_key_sealed: None,
             app_guid: req.app_guid.clone(),
             bind_resource: req.bind_resource.clone(),
             context: req.context.clone(),
@@ -98,7 +101,24 @@ impl EtcdBroker {
             created_at: now,
             updated_at: now,
         };
-        self.store_password(&key, &mut record, &random_password())?;
+        let kind = self.setup.certificates.kind(&req.plan_id);
+        if kind.certificate() && self.setup.certificates.endpoints_of(&instance.cluster).is_none() {
+            // The bind plan_id is not checked against the instance's plan (api.md): one of
+            // another cluster may reach here. Refused before anything is made.
+            return Err(BrokerError::BadRequest(format!(
+                "plan_id '{}' hands out client certificates, but the instance's etcd cluster '{}' \
+                 has no https endpoints for them; bind with the instance's plan",
+                req.plan_id, instance.cluster
+            )));
+        }
+        if kind.password() {
+            self.store_password(&key, &mut record, &random_password())?;
+        }
+        if kind.certificate() {
+            // Minted once, before the record exists: every retry hands out this certificate.
+            let minted = self.setup.certificates.mint(&record.username)?;
+            self.store_certificate(&key, &mut record, &minted.certificate, &minted.private_key)?;
+        }
         let queued_role = self.names().role_deletion_key(&record.role);
         // The instance plan's limit of bindings, counted in the same transaction.
         let counted = self.binding_limits(&req.instance_id, &instance.plan_id).await?;
@@ -133,9 +153,13 @@ impl EtcdBroker {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
         let password = self.password(key, &record)?;
-        let created = match store.ensure_role(&record.role, &record.permission()).await {
-            Ok(()) => store.ensure_user(&record.username, &password, &record.role).await,
-            Err(e) => Err(e),
+        let created = match (store.ensure_role(&record.role, &record.permission()).await, &password) {
+            (Ok(()), Some(password)) => store.ensure_user(&record.username, password, &record.role).await,
+            // A certificate binding: etcd hashes no password (see `Store::ensure_certificate_user`).
+            (Ok(()), None) => {
+                store.ensure_certificate_user(&record.username, &random_password(), &record.role).await
+            }
+            (Err(e), _) => Err(e),
         };
         let state = &*self.setup.state;
         match created {
@@ -275,19 +299,44 @@ impl EtcdBroker {
         }
     }
 
-    /// The binding as a bind answers it (GET adds the parameters); its password unsealed from
-    /// the record at `key`.
+    /// The binding as a bind answers it (GET adds the parameters); its password and private
+    /// key unsealed from the record at `key`.
     fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
         let cluster = self.cluster(&record.cluster)?;
         let password = self.password(key, record)?;
-        Ok(Binding { credentials: credentials(record, &password, cluster), parameters: None })
+        let private_key = self.private_key(key, record)?;
+        let credentials = match (&record.certificate, &private_key, &password) {
+            (Some(cert), Some(key), password) => {
+                let certificates = &self.setup.certificates;
+                let endpoints = certificates.endpoints_of(&record.cluster);
+                let ca = cluster.ca_certificate.as_deref().or(certificates.ca_certificate());
+                let (Some(endpoints), Some(ca_certificate)) = (endpoints, ca) else {
+                    return Err(BrokerError::Internal(format!(
+                        "binding {} has a client certificate, but the broker's config has no [certificates] CA \
+                         or no https endpoints for cluster '{}'",
+                        record.binding_id, record.cluster
+                    )));
+                };
+                let certificate = CertificateCredentials { cert, key, ca_certificate, endpoints };
+                certificate_credentials(
+                    record,
+                    password.as_deref().map(|p| p.as_str()),
+                    cluster,
+                    &certificate,
+                )
+            }
+            (_, _, Some(password)) => credentials(record, password, cluster),
+            // `stored_password` and `stored_private_key` refuse a record with neither.
+            _ => return Err(BrokerError::Internal(format!("record '{key}' holds no credentials"))),
+        };
+        Ok(Binding { credentials, parameters: None })
     }
 }
 
-/// Whether two reads of a binding record hold the same stored password (clear or sealed): the
-/// same bind attempt's record.
+/// Whether two reads of a binding record hold the same stored password (clear or sealed) and
+/// certificate (fresh serial and key per attempt): the same bind attempt's record.
 fn same_password(a: &BindingRecord, b: &BindingRecord) -> bool {
-    (&a.password, &a.password_sealed) == (&b.password, &b.password_sealed)
+    (&a.password, &a.password_sealed, &a.certificate) == (&b.password, &b.password_sealed, &b.certificate)
 }
 
 fn deleted_while_binding(record: &BindingRecord) -> BrokerError {

@@ -33,6 +33,53 @@ pub fn credentials(record: &BindingRecord, password: &str, cluster: &Cluster) ->
     })
 }
 
+/// What a certificate binding hands out besides (or instead of) a password.
+pub struct CertificateCredentials<'a> {
+    /// The client certificate (PEM; CN = the user).
+    pub cert: &'a str,
+    /// Its private key (PEM), unsealed.
+    pub key: &'a str,
+    /// The CA that verifies etcd's server certificate (PEM).
+    pub ca_certificate: &'a str,
+    /// The https client URLs that accept client certificates.
+    pub endpoints: &'a [Url],
+}
+
+/// Builds a certificate binding's credentials: `endpoints`, `host`, `port`, `username` (the
+/// certificate's CN: informational, clients send no user name), `prefix`, `cert`, `key`,
+/// `ca_certificate` and `tls`. With `password` (plans of kind `both`) the default shape's
+/// fields come first and the certificate client URLs go into `certificate_endpoints`.
+pub fn certificate_credentials(
+    record: &BindingRecord,
+    password: Option<&str>,
+    cluster: &Cluster,
+    certificate: &CertificateCredentials<'_>,
+) -> Value {
+    let endpoints: Vec<String> = certificate.endpoints.iter().map(endpoint_string).collect();
+    let mut value = match password {
+        Some(password) => {
+            let mut value = credentials(record, password, cluster);
+            value["certificate_endpoints"] = json!(endpoints);
+            value
+        }
+        None => {
+            let first = &certificate.endpoints[0];
+            json!({
+                "endpoints": endpoints,
+                "host": first.host_str().unwrap_or_default(),
+                "port": first.port_or_known_default(),
+                "username": record.username,
+                "prefix": record.prefix,
+                "tls": { "enabled": true, "ca_certificate": certificate.ca_certificate },
+            })
+        }
+    };
+    value["cert"] = json!(certificate.cert);
+    value["key"] = json!(certificate.key);
+    value["ca_certificate"] = json!(certificate.ca_certificate);
+    value
+}
+
 /// `scheme://host:port`, without the trailing slash `Url` adds.
 fn endpoint_string(url: &Url) -> String {
     url.as_str().trim_end_matches('/').to_owned()
@@ -45,17 +92,8 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use std::sync::Arc;
 
-    #[test]
-    fn credentials_have_the_documented_shape() {
-        let cluster = Cluster {
-            store: Arc::new(MemoryStore::default()),
-            public_endpoints: vec![
-                Url::parse("https://etcd-0.example.com:2379").unwrap(),
-                Url::parse("https://etcd-1.example.com:2379").unwrap(),
-            ],
-            ca_certificate: Some("-----BEGIN CERTIFICATE-----".into()),
-        };
-        let record = BindingRecord {
+    fn record() -> BindingRecord {
+        BindingRecord {
             instance_id: "i".into(),
             binding_id: "b".into(),
             service_id: "s".into(),
@@ -67,6 +105,9 @@ mod tests {
             password_sealed: Some("etcd-broker-sealed:v1:k1:not:used:here".into()),
             prefix: "/service_instances/i/".into(),
             access: Default::default(),
+            certificate: None,
+            private_key: None,
+            private_key_sealed: None,
             app_guid: None,
             bind_resource: None,
             context: Default::default(),
@@ -74,7 +115,54 @@ mod tests {
             state: RecordState::Ready,
             created_at: 0,
             updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn certificate_credentials_have_the_documented_shape() {
+        let cluster = Cluster {
+            store: Arc::new(MemoryStore::default()),
+            public_endpoints: vec![Url::parse("http://etcd-0.example.com:2379").unwrap()],
+            ca_certificate: None,
         };
+        let endpoints = [Url::parse("https://etcd-0.example.com:2380").unwrap()];
+        let certificate =
+            CertificateCredentials { cert: "CERT", key: "KEY", ca_certificate: "CA", endpoints: &endpoints };
+        assert_eq!(
+            certificate_credentials(&record(), None, &cluster, &certificate),
+            json!({
+                "endpoints": ["https://etcd-0.example.com:2380"],
+                "host": "etcd-0.example.com",
+                "port": 2380,
+                "username": "etcd-broker.i.b",
+                "prefix": "/service_instances/i/",
+                "cert": "CERT",
+                "key": "KEY",
+                "ca_certificate": "CA",
+                "tls": { "enabled": true, "ca_certificate": "CA" },
+            })
+        );
+        let both = certificate_credentials(&record(), Some("pw"), &cluster, &certificate);
+        assert_eq!(both["endpoints"], json!(["http://etcd-0.example.com:2379"]));
+        assert_eq!(both["certificate_endpoints"], json!(["https://etcd-0.example.com:2380"]));
+        assert_eq!(
+            (&both["password"], &both["cert"], &both["key"]),
+            (&json!("pw"), &json!("CERT"), &json!("KEY"))
+        );
+        assert_eq!(both["uri"], "http://etcd-broker.i.b:pw@etcd-0.example.com:2379/service_instances/i/");
+    }
+
+    #[test]
+    fn credentials_have_the_documented_shape() {
+        let cluster = Cluster {
+            store: Arc::new(MemoryStore::default()),
+            public_endpoints: vec![
+                Url::parse("https://etcd-0.example.com:2379").unwrap(),
+                Url::parse("https://etcd-1.example.com:2379").unwrap(),
+            ],
+            ca_certificate: Some("-----BEGIN CERTIFICATE-----".into()),
+        };
+        let record = record();
         assert_eq!(
             credentials(&record, "secret", &cluster),
             json!({

@@ -8,6 +8,7 @@
 //! - a bind that loses a race against an unbind or deprovision removes what it created.
 
 mod bindings;
+pub mod certificates;
 pub mod credentials;
 mod instances;
 pub mod limits;
@@ -70,6 +71,8 @@ pub struct BrokerSetup {
     pub clock: Arc<dyn Clock>,
     /// Whether binding passwords are sealed, and the keys that unseal them.
     pub sealing: Sealing,
+    /// Which plans hand out client certificates, and the CA that mints them.
+    pub certificates: certificates::CertificateSetup,
 }
 
 /// The broker.

@@ -71,6 +71,18 @@ pub struct BindingRecord {
     /// read-write bindings, as in records written before the parameter existed.
     #[serde(default, skip_serializing_if = "is_read_write")]
     pub access: BindAccess,
+    /// A certificate binding's client certificate (PEM; CN = `username`); public. Absent in
+    /// password bindings and in records written before certificate bindings existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The certificate's private key (PEM) in clear: records written with sealing off. Like
+    /// the password, a record holds this or `private_key_sealed`, never both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// The private key sealed for this record (`sealing::seal` with the record's etcd key and
+    /// [`PRIVATE_KEY_FIELD`] authenticated, so it does not unseal as the password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_sealed: Option<String>,
     #[serde(default)]
     pub app_guid: Option<String>,
     #[serde(default)]
@@ -83,6 +95,10 @@ pub struct BindingRecord {
     pub created_at: u64,
     pub updated_at: u64,
 }
+
+/// What the sealed private key's associated record name adds to the record's etcd key: a
+/// sealed password copied into `private_key_sealed` (or the reverse) does not unseal.
+pub const PRIVATE_KEY_FIELD: &str = "#private_key";
 
 /// How a binding record holds its password: exactly one of the two fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,13 +122,37 @@ impl BindingRecord {
     }
 
     /// The password as this record holds it, or why the record is broken (it names no secret).
-    pub fn stored_password(&self) -> Result<StoredPassword<'_>, &'static str> {
+    /// A certificate binding without a password holds none: `Ok(None)`.
+    pub fn stored_password(&self) -> Result<Option<StoredPassword<'_>>, &'static str> {
         match (&self.password, &self.password_sealed) {
-            (Some(clear), None) => Ok(StoredPassword::Clear(clear)),
-            (None, Some(sealed)) => Ok(StoredPassword::Sealed(sealed)),
+            (Some(clear), None) => Ok(Some(StoredPassword::Clear(clear))),
+            (None, Some(sealed)) => Ok(Some(StoredPassword::Sealed(sealed))),
             (Some(_), Some(_)) => Err("holds both a clear and a sealed password"),
+            (None, None) if self.certificate.is_some() => Ok(None),
             (None, None) => Err("holds no password"),
         }
+    }
+
+    /// The certificate's private key as this record holds it (same forms as the password);
+    /// `Ok(None)` for a password binding.
+    pub fn stored_private_key(&self) -> Result<Option<StoredPassword<'_>>, &'static str> {
+        match (&self.certificate, &self.private_key, &self.private_key_sealed) {
+            (None, None, None) => Ok(None),
+            (Some(_), Some(clear), None) => Ok(Some(StoredPassword::Clear(clear))),
+            (Some(_), None, Some(sealed)) => Ok(Some(StoredPassword::Sealed(sealed))),
+            (Some(_), Some(_), Some(_)) => Err("holds both a clear and a sealed private key"),
+            (Some(_), None, None) => Err("holds a certificate without its private key"),
+            (None, _, _) => Err("holds a private key without its certificate"),
+        }
+    }
+
+    /// The name of the key that seals this record's secrets, if it is sealed: the password's
+    /// and the private key's are sealed together, by the same key.
+    pub fn sealed_with(&self) -> Option<&str> {
+        self.password_sealed
+            .as_deref()
+            .or(self.private_key_sealed.as_deref())
+            .and_then(crate::sealing::sealed_with)
     }
 }
 

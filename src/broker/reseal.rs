@@ -26,7 +26,7 @@ use crate::sealing::{self, Keychain};
 use crate::store::{Guard, Store, StoreError, Versioned, Write};
 
 use super::names::Names;
-use super::records::{decode, BindingRecord, RecordState, StoredPassword};
+use super::records::{decode, BindingRecord, RecordState, StoredPassword, PRIVATE_KEY_FIELD};
 use super::sealed::binding_writes;
 use super::CAS_ATTEMPTS;
 
@@ -245,16 +245,22 @@ impl Reseal {
         if record.state == RecordState::Deleting {
             return Plan::Skip(|s| s.deleting += 1);
         }
-        let source = match record.stored_password() {
-            Ok(StoredPassword::Clear(_)) => Source::Clear,
-            Ok(StoredPassword::Sealed(sealed)) => match sealing::sealed_with(sealed) {
+        // The password's form decides; a certificate binding's private key is sealed with it
+        // (or alone, without a password).
+        let stored = match (record.stored_password(), record.stored_private_key()) {
+            (Ok(password), Ok(private_key)) => password.or(private_key),
+            (Err(broken), _) | (_, Err(broken)) => return Plan::Fail(format!("it {broken}")),
+        };
+        let source = match stored {
+            Some(StoredPassword::Clear(_)) => Source::Clear,
+            Some(StoredPassword::Sealed(sealed)) => match sealing::sealed_with(sealed) {
                 Some(name) if name == self.keychain.active().name() => {
                     return Plan::Skip(|s| s.already_active += 1)
                 }
                 Some(name) => Source::Key(name.to_owned()),
                 None => return Plan::Fail("its sealed password names no key".to_owned()),
             },
-            Err(broken) => return Plan::Fail(format!("it {broken}")),
+            None => return Plan::Fail("it holds no secret".to_owned()),
         };
         Plan::Rewrite(source, Box::new(record))
     }
@@ -262,14 +268,21 @@ impl Reseal {
     /// The writes of one record's rewrite: the record sealed by the active key, its entry in
     /// the index of sealed records moved there, its per-plan entry.
     fn rewrite(&self, key: &str, source: &Source, mut record: BindingRecord) -> Result<Vec<Write>, String> {
-        let clear = match (source, record.password.take(), record.password_sealed.take()) {
-            (Source::Clear, Some(clear), _) => Zeroizing::new(clear.into_bytes()),
-            (Source::Key(_), _, Some(sealed)) => {
-                Zeroizing::new(sealing::unseal(&self.keychain, key, &sealed).map_err(|e| e.to_string())?)
-            }
-            _ => return Err("its password changed form while being read".to_owned()),
+        let reseal = |clear: Option<String>, sealed: Option<String>, sealed_for: &str| {
+            let clear = match (source, clear, sealed) {
+                (_, None, None) => return Ok(None),
+                (Source::Clear, Some(clear), None) => Zeroizing::new(clear.into_bytes()),
+                (Source::Key(_), None, Some(sealed)) => Zeroizing::new(
+                    sealing::unseal(&self.keychain, sealed_for, &sealed).map_err(|e| e.to_string())?,
+                ),
+                _ => return Err("its password changed form while being read".to_owned()),
+            };
+            sealing::seal(&self.keychain, sealed_for, &clear).map(Some).map_err(|e| e.to_string())
         };
-        record.password_sealed = Some(sealing::seal(&self.keychain, key, &clear).map_err(|e| e.to_string())?);
+        record.password_sealed = reseal(record.password.take(), record.password_sealed.take(), key)?;
+        let private_key_for = format!("{key}{PRIVATE_KEY_FIELD}");
+        record.private_key_sealed =
+            reseal(record.private_key.take(), record.private_key_sealed.take(), &private_key_for)?;
         let mut writes = binding_writes(&self.names, key, &record);
         if let Source::Key(old) = source {
             writes.push(Write::Delete(self.names.sealed_index_key(
@@ -383,6 +396,49 @@ mod tests {
         assert!(again.rewritten.is_empty());
         assert_eq!(again.already_active, 5);
         assert_eq!(store.snapshot().keys, state.keys, "a second run wrote");
+    }
+
+    #[tokio::test]
+    async fn certificate_bindings_private_keys_are_resealed_with_their_records() {
+        let store = Arc::new(MemoryStore::default());
+        broker_on(store.clone()).provision(provision_req("i1", SMALL)).await.unwrap();
+        let bind = |b: &'static str, plan: &'static str| crate::osb::model::BindRequest {
+            plan_id: plan.into(),
+            ..bind_req("i1", b)
+        };
+        broker_on(store.clone()).bind(bind("c1", CERT)).await.unwrap();
+        sealed_broker_on(store.clone()).bind(bind("c2", CERT)).await.unwrap();
+        sealed_broker_on(store.clone()).bind(bind("c3", BOTH)).await.unwrap();
+        let broker = broker_with(store.clone(), Sealing::On(test_keychain("k2")));
+        let mut before = BTreeMap::new();
+        for b in ["c1", "c2", "c3"] {
+            let id = (InstanceId::parse("i1").unwrap(), BindingId::parse(b).unwrap());
+            before.insert(b, broker.get_binding(&id.0, &id.1).await.unwrap().credentials);
+        }
+        let summary = run(&reseal(store.clone(), false)).await;
+        let expected: BTreeMap<Source, u64> = [(Source::Clear, 1), (Source::Key("k1".into()), 2)].into();
+        assert_eq!(summary.rewritten, expected);
+        assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+        let state = store.snapshot();
+        assert_consistent(&state);
+        for (key, record) in records(&state) {
+            let sealed =
+                record.private_key_sealed.as_deref().unwrap_or_else(|| panic!("{key}: key in clear"));
+            assert_eq!(crate::sealing::sealed_with(sealed), Some("k2"), "{key}");
+            assert!(record.private_key.is_none() && record.password.is_none(), "{key}");
+        }
+        // The same certificate, key and password afterwards, unsealed by k2.
+        let k2 = {
+            use base64::Engine as _;
+            let text = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
+            crate::sealing::Keychain::new("k2", [crate::sealing::Key::from_text("k2", &text).unwrap()])
+                .unwrap()
+        };
+        let k2_only = broker_with(store.clone(), Sealing::On(k2));
+        for (b, credentials) in before {
+            let id = (InstanceId::parse("i1").unwrap(), BindingId::parse(b).unwrap());
+            assert_eq!(k2_only.get_binding(&id.0, &id.1).await.unwrap().credentials, credentials, "{b}");
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Binding passwords sealed at rest (the envelope: `sealing`), and the index that counts them.
 //!
 //! A binding record holds its password in `password` (clear: sealing off, or written before
-//! sealing existed) or in `password_sealed` (sealed with the record's etcd key authenticated).
+//! sealing existed) or in `password_sealed` (sealed with the record's etcd key authenticated);
+//! a certificate binding's private key likewise in `private_key` or `private_key_sealed`
+//! (sealed by the same key, at the same time, for `<record key>#private_key`).
 //! With sealing on, every record the broker writes, new or rewritten, is sealed; records in
 //! clear keep working until something rewrites them (or `reseal` migrates them).
 //!
@@ -19,14 +21,14 @@ use crate::sealing::{self, Keychain, Sealing};
 use crate::store::Write;
 
 use super::names::Names;
-use super::records::{encode, BindingRecord, StoredPassword};
+use super::records::{encode, BindingRecord, StoredPassword, PRIVATE_KEY_FIELD};
 use super::EtcdBroker;
 
 /// The index entries of a binding record: its plan's, and its sealing key's when sealed.
 fn binding_index_keys(names: &Names, record: &BindingRecord) -> Vec<String> {
     let (instance, binding) = (&record.instance_id, &record.binding_id);
     let mut keys = vec![names.binding_index_key(&record.plan_id, instance, binding)];
-    if let Some(name) = record.password_sealed.as_deref().and_then(sealing::sealed_with) {
+    if let Some(name) = record.sealed_with() {
         keys.push(names.sealed_index_key(name, instance, binding));
     }
     keys
@@ -55,12 +57,46 @@ pub struct SealingInventory {
 }
 
 impl EtcdBroker {
-    /// The clear password of the binding record at `key`. A sealed one that does not unseal
-    /// is an internal error naming the record (and the key when known), never the secret.
-    pub(super) fn password(&self, key: &str, record: &BindingRecord) -> BrokerResult<Zeroizing<String>> {
-        match record.stored_password() {
-            Ok(StoredPassword::Clear(clear)) => Ok(Zeroizing::new(clear.to_owned())),
-            Ok(StoredPassword::Sealed(sealed)) => {
+    /// The clear password of the binding record at `key` (`None`: a certificate binding
+    /// without one). A sealed one that does not unseal is an internal error naming the record
+    /// (and the key when known), never the secret.
+    pub(super) fn password(
+        &self,
+        key: &str,
+        record: &BindingRecord,
+    ) -> BrokerResult<Option<Zeroizing<String>>> {
+        let stored = record
+            .stored_password()
+            .map_err(|broken| BrokerError::Internal(format!("record '{key}' {broken}")))?;
+        stored.map(|stored| self.clear_text(key, key, stored, "password")).transpose()
+    }
+
+    /// The clear private key of a certificate binding's record at `key` (`None`: a password
+    /// binding), unsealed like [`Self::password`].
+    pub(super) fn private_key(
+        &self,
+        key: &str,
+        record: &BindingRecord,
+    ) -> BrokerResult<Option<Zeroizing<String>>> {
+        let stored = record
+            .stored_private_key()
+            .map_err(|broken| BrokerError::Internal(format!("record '{key}' {broken}")))?;
+        let sealed_for = format!("{key}{PRIVATE_KEY_FIELD}");
+        stored.map(|stored| self.clear_text(key, &sealed_for, stored, "private key")).transpose()
+    }
+
+    /// One secret of the record at `key` in clear; `sealed_for` is the record name it was
+    /// sealed for, `what` names it in errors.
+    fn clear_text(
+        &self,
+        key: &str,
+        sealed_for: &str,
+        stored: StoredPassword<'_>,
+        what: &str,
+    ) -> BrokerResult<Zeroizing<String>> {
+        match stored {
+            StoredPassword::Clear(clear) => Ok(Zeroizing::new(clear.to_owned())),
+            StoredPassword::Sealed(sealed) => {
                 let Some(keychain) = self.setup.sealing.keychain() else {
                     let name = sealing::sealed_with(sealed).unwrap_or("(unreadable)");
                     return Err(BrokerError::Internal(format!(
@@ -69,17 +105,16 @@ impl EtcdBroker {
                     )));
                 };
                 let plaintext = Zeroizing::new(
-                    sealing::unseal(keychain, key, sealed)
+                    sealing::unseal(keychain, sealed_for, sealed)
                         .map_err(|e| BrokerError::Internal(e.to_string()))?,
                 );
                 match std::str::from_utf8(&plaintext) {
                     Ok(text) => Ok(Zeroizing::new(text.to_owned())),
                     Err(_) => Err(BrokerError::Internal(format!(
-                        "record '{key}' unseals to a password that is not text"
+                        "record '{key}' unseals to a {what} that is not text"
                     ))),
                 }
             }
-            Err(broken) => Err(BrokerError::Internal(format!("record '{key}' {broken}"))),
         }
     }
 
@@ -95,13 +130,40 @@ impl EtcdBroker {
         self.seal_password(key, record)
     }
 
-    /// With sealing on, moves a clear password into `password_sealed`.
+    /// A certificate and its private key as a record holds them: the key sealed for the
+    /// record at `key` when sealing is on.
+    pub(super) fn store_certificate(
+        &self,
+        key: &str,
+        record: &mut BindingRecord,
+        certificate: &str,
+        private_key: &str,
+    ) -> BrokerResult<()> {
+        record.certificate = Some(certificate.to_owned());
+        record.private_key = Some(private_key.to_owned());
+        record.private_key_sealed = None;
+        self.seal_password(key, record)
+    }
+
+    /// With sealing on, moves a clear password into `password_sealed` and a clear private key
+    /// into `private_key_sealed`.
     fn seal_password(&self, key: &str, record: &mut BindingRecord) -> BrokerResult<()> {
-        if let (Sealing::On(keychain), Some(clear)) = (&self.setup.sealing, &record.password) {
+        let Sealing::On(keychain) = &self.setup.sealing else {
+            return Ok(());
+        };
+        if let Some(clear) = &record.password {
             let sealed = sealing::seal(keychain, key, clear.as_bytes())
                 .map_err(|e| BrokerError::Internal(e.to_string()))?;
             record.password_sealed = Some(sealed);
             record.password = None;
+        }
+        if let Some(clear) = &record.private_key {
+            let sealed = sealing::seal(keychain, &format!("{key}{PRIVATE_KEY_FIELD}"), clear.as_bytes())
+                .map_err(|_| {
+                    BrokerError::Internal(format!("record '{key}': sealing its private key failed"))
+                })?;
+            record.private_key_sealed = Some(sealed);
+            record.private_key = None;
         }
         Ok(())
     }

@@ -22,6 +22,10 @@ pub const SERVICE: &str = "svc-etcd";
 pub const SMALL: &str = "plan-small";
 pub const LARGE: &str = "plan-large";
 pub const FAR: &str = "plan-far";
+/// Bindings of this plan get a client certificate only.
+pub const CERT: &str = "plan-cert";
+/// Bindings of this plan get a password and a client certificate.
+pub const BOTH: &str = "plan-both";
 
 fn plan(id: &str) -> Plan {
     Plan {
@@ -48,7 +52,7 @@ pub fn catalog() -> Catalog {
             bindings_retrievable: true,
             tags: vec![],
             metadata: None,
-            plans: vec![plan(SMALL), plan(LARGE), plan(FAR)],
+            plans: vec![plan(SMALL), plan(LARGE), plan(FAR), plan(CERT), plan(BOTH)],
         }],
     }
 }
@@ -100,7 +104,7 @@ fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
     let mut clusters = HashMap::new();
     clusters.insert("main".to_owned(), cluster(store.clone()));
     clusters.insert("far".to_owned(), cluster(Arc::new(MemoryStore::default())));
-    let plan_clusters = [(SMALL, "main"), (LARGE, "main"), (FAR, "far")]
+    let plan_clusters = [(SMALL, "main"), (LARGE, "main"), (FAR, "far"), (CERT, "main"), (BOTH, "main")]
         .into_iter()
         .map(|(p, c)| (p.to_owned(), c.to_owned()))
         .collect();
@@ -118,6 +122,34 @@ fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
         names: Names::default(),
         clock: Arc::new(SystemClock),
         sealing,
+        certificates: test_certificates(),
+    }
+}
+
+/// The test CA, made once.
+pub fn test_ca() -> &'static crate::pki::ClientCa {
+    static CA: std::sync::OnceLock<crate::pki::ClientCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        crate::pki::ClientCa::generate("test CA", std::time::Duration::from_secs(86_400)).unwrap()
+    })
+}
+
+/// Plans CERT and BOTH hand out certificates from [`test_ca`], valid for a day; the main
+/// cluster's certificate endpoint is https.
+fn test_certificates() -> certificates::CertificateSetup {
+    use certificates::CredentialKind;
+    certificates::CertificateSetup {
+        plans: [(CERT, CredentialKind::Certificate), (BOTH, CredentialKind::Both)]
+            .into_iter()
+            .map(|(p, k)| (p.to_owned(), k))
+            .collect(),
+        authority: Some(certificates::Authority {
+            ca: test_ca().clone(),
+            validity: std::time::Duration::from_secs(86_400),
+        }),
+        endpoints: [("main".to_owned(), vec![Url::parse("https://127.0.0.1:2380").unwrap()])]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -202,9 +234,11 @@ pub async fn drain_role_queue(broker: &EtcdBroker) -> BrokerResult<()> {
     }
 }
 
-/// The clear password of a binding record (unsealed with the test keychain).
+/// The clear password of a binding record (unsealed with the test keychain); the empty string
+/// (what the memory store holds for a user without a password) for a certificate binding.
 fn recorded_password(key: &str, record: &BindingRecord) -> String {
     match (&record.password, &record.password_sealed) {
+        (None, None) if record.certificate.is_some() => String::new(),
         (Some(clear), None) => clear.clone(),
         (None, Some(sealed)) => {
             String::from_utf8(crate::sealing::unseal(&test_keychain("k1"), key, sealed).unwrap()).unwrap()
@@ -224,7 +258,7 @@ pub fn assert_indexes_match_records(state: &MemoryState) {
             let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
             let (i, b) = (&record.instance_id, &record.binding_id);
             expected.insert(names.binding_index_key(&record.plan_id, i, b));
-            if let Some(sealed) = &record.password_sealed {
+            if let Some(sealed) = record.password_sealed.as_ref().or(record.private_key_sealed.as_ref()) {
                 let name = crate::sealing::sealed_with(sealed).expect("a key name");
                 expected.insert(names.sealed_index_key(name, i, b));
             }
@@ -497,7 +531,11 @@ pub async fn for_every_fault_with<S, F, Fut>(
 fn assert_all_sealed(state: &MemoryState) {
     for (key, v) in state.keys.iter().filter(|(k, _)| k.starts_with("/etcd-broker/bindings/")) {
         let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
-        assert!(record.password.is_none() && record.password_sealed.is_some(), "{key} is not sealed");
+        let password =
+            record.password.is_none() && (record.password_sealed.is_some() || record.certificate.is_some());
+        let private_key = record.private_key.is_none()
+            && (record.private_key_sealed.is_some() == record.certificate.is_some());
+        assert!(password && private_key, "{key} is not sealed");
     }
 }
 
@@ -611,24 +649,25 @@ async fn bad_or_unoffered_bind_parameters_are_400_and_leave_nothing() {
     assert!(!state.keys.keys().any(|k| k.starts_with("/etcd-broker/bindings/")));
 }
 
+/// Unbinds b1 of i1 (a 410: the faulty attempt finished it) and drains the role queue.
+async fn unbind_b1(broker: Arc<EtcdBroker>) -> BrokerResult<()> {
+    match broker.unbind(unbind_req("i1", "b1")).await {
+        Err(BrokerError::BindingGone(_)) => Ok(()),
+        other => other,
+    }?;
+    drain_role_queue(&broker).await
+}
+
+/// What [`unbind_b1`] leaves of two bindings: b2's user and role, consistent.
+fn only_b2_left(state: &MemoryState) {
+    assert_consistent(state);
+    assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
+    assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
+}
+
 #[tokio::test]
 async fn unbind_converges_after_a_fault_at_any_step() {
-    for_every_fault(
-        |make| Box::pin(bound_by(make)),
-        |broker| async move {
-            match broker.unbind(unbind_req("i1", "b1")).await {
-                Err(BrokerError::BindingGone(_)) => Ok(()), // the faulty attempt finished it
-                other => other,
-            }?;
-            drain_role_queue(&broker).await
-        },
-        |state| {
-            assert_consistent(state);
-            assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
-            assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i1.b2"]);
-        },
-    )
-    .await;
+    for_every_fault(|make| Box::pin(bound_by(make)), unbind_b1, only_b2_left).await;
 }
 
 #[tokio::test]
@@ -740,6 +779,14 @@ impl Store for HookedStore {
     }
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.inner.ensure_user(user, password, role).await?;
+        let meanwhile = (self.after_ensure_user)();
+        if !meanwhile.is_empty() {
+            self.inner.commit(&[], &meanwhile).await?;
+        }
+        Ok(())
+    }
+    async fn ensure_certificate_user(&self, user: &str, unused: &str, role: &str) -> Result<(), StoreError> {
+        self.inner.ensure_certificate_user(user, unused, role).await?;
         let meanwhile = (self.after_ensure_user)();
         if !meanwhile.is_empty() {
             self.inner.commit(&[], &meanwhile).await?;
@@ -975,13 +1022,25 @@ async fn inventory_counts_instances_and_bindings_per_plan() {
     broker.bind(bind_req("i1", "b2")).await.unwrap();
     assert_eq!(
         counts(broker.inventory().await.unwrap()),
-        [(SMALL.to_owned(), 2, 2), (LARGE.to_owned(), 0, 0), (FAR.to_owned(), 0, 0)]
+        [
+            (SMALL.to_owned(), 2, 2),
+            (LARGE.to_owned(), 0, 0),
+            (FAR.to_owned(), 0, 0),
+            (CERT.to_owned(), 0, 0),
+            (BOTH.to_owned(), 0, 0)
+        ]
     );
     broker.update(update_req("i2", LARGE)).await.unwrap();
     broker.unbind(unbind_req("i1", "b2")).await.unwrap();
     assert_eq!(
         counts(broker.inventory().await.unwrap()),
-        [(SMALL.to_owned(), 1, 1), (LARGE.to_owned(), 1, 0), (FAR.to_owned(), 0, 0)]
+        [
+            (SMALL.to_owned(), 1, 1),
+            (LARGE.to_owned(), 1, 0),
+            (FAR.to_owned(), 0, 0),
+            (CERT.to_owned(), 0, 0),
+            (BOTH.to_owned(), 0, 0)
+        ]
     );
     broker.deprovision(deprovision_req("i1")).await.unwrap();
     broker.deprovision(deprovision_req("i2")).await.unwrap();
@@ -1268,4 +1327,129 @@ async fn sealed_records_are_counted_per_key_and_missing_keys_are_named() {
     }
     assert_eq!(lacking.missing_sealing_keys().await.unwrap(), None);
     assert_consistent(&store.snapshot());
+}
+
+fn certificate_bind_req(instance: &str, binding: &str, plan: &str) -> BindRequest {
+    BindRequest { plan_id: plan.into(), ..bind_req(instance, binding) }
+}
+
+fn credentials_of(bound: &Bound) -> serde_json::Value {
+    let (Bound::Created(b) | Bound::AlreadyExists(b)) = bound;
+    b.credentials.clone()
+}
+
+#[tokio::test]
+async fn a_certificate_binding_is_a_user_without_password_and_a_certificate_for_it() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = sealed_broker_on(store.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let bound = broker.bind(certificate_bind_req("i1", "b1", CERT)).await.unwrap();
+    assert!(matches!(bound, Bound::Created(_)));
+    let creds = credentials_of(&bound);
+    let user = "etcd-broker.i1.b1";
+    assert_eq!(crate::pki::certificate_common_name(creds["cert"].as_str().unwrap()).unwrap(), user);
+    assert!(creds["key"].as_str().unwrap().starts_with("-----BEGIN PRIVATE KEY-----"), "{creds}");
+    assert_eq!(creds["ca_certificate"], test_ca().certificate_pem());
+    assert_eq!(creds["endpoints"], json!(["https://127.0.0.1:2380"]));
+    assert_eq!((&creds["username"], &creds["prefix"]), (&json!(user), &json!("/service_instances/i1/")));
+    assert!(creds.get("password").is_none() && creds.get("uri").is_none(), "{creds}");
+    // etcd got a user without a password (the memory store's empty string), with the role.
+    let state = store.snapshot();
+    assert_eq!(state.users[user], (String::new(), [user.to_owned()].into_iter().collect()));
+    assert_consistent(&state);
+    assert_all_sealed(&state);
+
+    // A repeat and GET binding hand out the same certificate and key.
+    let again = broker.bind(certificate_bind_req("i1", "b1", CERT)).await.unwrap();
+    assert!(matches!(again, Bound::AlreadyExists(_)));
+    assert_eq!(credentials_of(&again), creds);
+    assert_eq!(broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap().credentials, creds);
+
+    // Nothing secret in clear in the state: neither the key nor any of its lines.
+    let key_pem = creds["key"].as_str().unwrap();
+    let body: Vec<&str> = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    for (k, v) in &store.snapshot().keys {
+        let text = String::from_utf8_lossy(&v.value);
+        assert!(body.iter().all(|line| !text.contains(line)), "{k} holds the private key in clear");
+    }
+
+    // Unbind deletes the user: the certificate names nobody any more.
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    assert!(!store.snapshot().users.contains_key(user));
+    drain_role_queue(&broker).await.unwrap();
+    assert_consistent(&store.snapshot());
+}
+
+#[tokio::test]
+async fn a_binding_of_both_kinds_has_a_password_user_and_a_certificate() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = broker_on(store.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let bound = broker.bind(certificate_bind_req("i1", "b1", BOTH)).await.unwrap();
+    let creds = credentials_of(&bound);
+    assert_eq!(store.snapshot().users["etcd-broker.i1.b1"].0, creds["password"].as_str().unwrap());
+    assert_eq!(creds["certificate_endpoints"], json!(["https://127.0.0.1:2380"]));
+    assert_eq!(
+        crate::pki::certificate_common_name(creds["cert"].as_str().unwrap()).unwrap(),
+        "etcd-broker.i1.b1"
+    );
+    // Sealing off: both in clear, as with passwords.
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b1");
+    assert_eq!(record.private_key.as_deref(), creds["key"].as_str());
+    assert_consistent(&store.snapshot());
+}
+
+#[tokio::test]
+async fn a_private_key_sealed_for_the_password_field_does_not_unseal() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = sealed_broker_on(store.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    broker.bind(certificate_bind_req("i1", "b1", BOTH)).await.unwrap();
+    let key = "/etcd-broker/bindings/i1/b1";
+    rewrite_binding(&store, key, |r| r.password_sealed = r.private_key_sealed.clone()).await;
+    let err = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap_err();
+    assert!(matches!(&err, BrokerError::Internal(m) if m.contains(key) && !m.contains("PRIVATE")), "{err:?}");
+}
+
+async fn certificate_bound_by(make: MakeBroker) -> Arc<MemoryStore> {
+    let store = provisioned().await;
+    let broker = make(store.clone());
+    broker.bind(certificate_bind_req("i1", "b1", CERT)).await.unwrap();
+    broker.bind(certificate_bind_req("i1", "b2", BOTH)).await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn a_certificate_bind_converges_after_a_fault_at_any_step() {
+    for plan in [CERT, BOTH] {
+        for_every_fault(
+            |_| Box::pin(provisioned()),
+            move |broker| async move { broker.bind(certificate_bind_req("i1", "b1", plan)).await.map(|_| ()) },
+            |state| {
+                assert_consistent(state);
+                assert_eq!(state.users.len(), 1);
+                let record: BindingRecord =
+                    serde_json::from_slice(&state.keys["/etcd-broker/bindings/i1/b1"].value).unwrap();
+                assert!(record.certificate.is_some(), "the record holds its certificate");
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_unbind_converges_after_a_fault_at_any_step() {
+    for_every_fault(|make| Box::pin(certificate_bound_by(make)), unbind_b1, only_b2_left).await;
+}
+
+#[tokio::test]
+async fn a_certificate_bind_on_a_cluster_without_https_endpoints_is_a_400_that_makes_nothing() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = sealed_broker_on(store.clone());
+    broker.provision(provision_req("i1", FAR)).await.unwrap();
+    let before = store.snapshot();
+    let err = broker.bind(certificate_bind_req("i1", "b1", CERT)).await.unwrap_err();
+    assert!(matches!(&err, BrokerError::BadRequest(m) if m.contains("cluster 'far'")), "{err:?}");
+    let after = store.snapshot();
+    assert_eq!((after.keys, after.users, after.roles), (before.keys, before.users, before.roles));
 }

@@ -15,8 +15,10 @@ use super::{
     RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_CONNECTION_RATE,
     MAX_HEADER_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS, MAX_WORKERS,
 };
+use crate::broker::certificates::{Authority, CredentialKind};
 use crate::osb::catalog::Catalog;
 use crate::osb::plan_options::{BrokerLimits, PlanOptions};
+use crate::pki::ClientCa;
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
 use crate::tls::{ClientTls, Identity};
@@ -52,7 +54,39 @@ pub(super) struct ConfigFile {
     pub secrets: SecretsFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    /// The client CA of certificate bindings; required when a plan hands out certificates.
+    #[serde(default)]
+    pub certificates: Option<CertificatesFile>,
 }
+
+/// `[certificates]`: the CA that signs certificate bindings' client certificates (the etcd
+/// clusters trust it: `--client-cert-auth --trusted-ca-file`), and their validity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertificatesFile {
+    pub ca_file: Option<PathBuf>,
+    /// The CA certificate as PEM text instead of `ca_file` (BOSH certificate variables).
+    pub ca: Option<String>,
+    pub key_file: Option<PathBuf>,
+    /// The CA key as PEM text instead of `key_file`.
+    pub key: Option<Secret>,
+    /// The CA key sealed with the keychain (`etcd-broker-ops seal --record certificates.key`),
+    /// so that the config holds no key in clear.
+    pub key_sealed: Option<String>,
+    /// How long a minted client certificate is valid, in days.
+    #[serde(default = "default_validity_days")]
+    pub validity_days: u32,
+}
+
+fn default_validity_days() -> u32 {
+    365
+}
+
+/// The record name the CA key is sealed for (`key_sealed`).
+pub(super) const CA_KEY_RECORD: &str = "certificates.key";
+
+/// The longest validity of a minted certificate: ten years.
+const MAX_VALIDITY_DAYS: u32 = 3650;
 
 /// `[secrets]`: sealing at rest and the keychain.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -187,6 +221,10 @@ pub(super) struct ClusterFile {
     /// Client URLs put into credentials; defaults to `endpoints`.
     #[serde(default)]
     pub public_endpoints: Vec<String>,
+    /// https client URLs put into certificate credentials (etcd with `--client-cert-auth`);
+    /// defaults to `public_endpoints`.
+    #[serde(default)]
+    pub certificate_endpoints: Vec<String>,
     #[serde(default)]
     pub tls: Option<TlsFile>,
 }
@@ -216,6 +254,9 @@ pub(super) struct TlsFile {
 pub(super) struct PlanFile {
     /// Name of the cluster the plan's instances live on.
     pub cluster: String,
+    /// What bindings get: `password` (the default), `certificate` or `both`.
+    #[serde(default)]
+    pub credentials: CredentialKind,
     /// Binds take `access` / `key_prefix` parameters (`osb::bind_parameters`).
     #[serde(default)]
     pub binding_parameters: bool,
@@ -262,6 +303,11 @@ impl ConfigFile {
         let sealing = self.secrets.sealing()?;
         let plan_options: BTreeMap<String, PlanOptions> =
             self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
+        let certificates = match &self.certificates {
+            Some(file) => Some(file.load(sealing.keychain())?),
+            None => None,
+        };
+        let plan_credentials = self.plan_credentials(&clusters, certificates.is_some())?;
         let ConfigFile {
             log_level,
             log_format,
@@ -306,6 +352,8 @@ impl ConfigFile {
             role_reaper,
             reconcile,
             sealing,
+            certificates,
+            plan_credentials,
         })
     }
 
@@ -408,7 +456,14 @@ impl ConfigFile {
                     .collect::<Result<Vec<Url>, _>>()
             };
             let endpoints: Vec<Url> = parse(&cluster.endpoints, "endpoints")?;
-            let public_endpoints: Vec<Url> = parse(&cluster.public_endpoints, "public_endpoints")?;
+            let mut public_endpoints: Vec<Url> = parse(&cluster.public_endpoints, "public_endpoints")?;
+            if public_endpoints.is_empty() {
+                public_endpoints = endpoints.clone();
+            }
+            let mut certificate_endpoints = parse(&cluster.certificate_endpoints, "certificate_endpoints")?;
+            if certificate_endpoints.is_empty() {
+                certificate_endpoints = public_endpoints.clone();
+            }
             if cluster.username.is_empty() {
                 return Err(invalid(field("username"), "must not be empty"));
             }
@@ -422,11 +477,8 @@ impl ConfigFile {
             clusters.insert(
                 name.clone(),
                 Cluster {
-                    public_endpoints: if public_endpoints.is_empty() {
-                        endpoints.clone()
-                    } else {
-                        public_endpoints
-                    },
+                    public_endpoints,
+                    certificate_endpoints,
                     endpoints,
                     username: cluster.username.clone(),
                     password: cluster.password.clone(),
@@ -517,6 +569,92 @@ impl ConfigFile {
             return Err(invalid(format!("plan_configs.\"{extra}\""), "names no plan of the catalog"));
         }
         Ok(self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.cluster.clone())).collect())
+    }
+}
+
+impl ConfigFile {
+    /// Each plan's credential kind; a plan that hands out certificates needs `[certificates]`
+    /// and https certificate endpoints on its cluster.
+    fn plan_credentials(
+        &self,
+        clusters: &BTreeMap<String, Cluster>,
+        have_ca: bool,
+    ) -> Result<BTreeMap<String, CredentialKind>, ConfigError> {
+        let mut kinds = BTreeMap::new();
+        for (plan, config) in &self.plan_configs {
+            let kind = config.credentials;
+            if kind.certificate() {
+                let field = format!("plan_configs.\"{plan}\".credentials");
+                if !have_ca {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "'{}' needs the client CA: add [certificates] (docs/config.md)",
+                            kind.as_str()
+                        ),
+                    ));
+                }
+                let cluster = &config.cluster;
+                if let Some(plain) = clusters
+                    .get(cluster)
+                    .and_then(|c| c.certificate_endpoints.iter().find(|url| url.scheme() != "https"))
+                {
+                    return Err(invalid(
+                        format!("clusters.{cluster}.certificate_endpoints"),
+                        format!(
+                            "'{}' is not https: client certificates need TLS; plan '{plan}' hands out \
+                             certificates (list the https client URLs of etcd with --client-cert-auth)",
+                            plain.as_str().trim_end_matches('/')
+                        ),
+                    ));
+                }
+            }
+            kinds.insert(plan.clone(), kind);
+        }
+        Ok(kinds)
+    }
+}
+
+impl CertificatesFile {
+    /// Reads the CA certificate and key (a sealed key unsealed with `keychain`) and checks
+    /// that they belong together.
+    fn load(&self, keychain: Option<&Keychain>) -> Result<Authority, ConfigError> {
+        const SECTION: &str = "certificates";
+        let field = |f: &str| format!("{SECTION}.{f}");
+        if !(1..=MAX_VALIDITY_DAYS).contains(&self.validity_days) {
+            return Err(invalid(
+                field("validity_days"),
+                format!("must be between 1 and {MAX_VALIDITY_DAYS}"),
+            ));
+        }
+        let read = |key: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| invalid(field(key), format!("cannot read {}: {e}", path.display())))
+        };
+        let ca = match (&self.ca_file, &self.ca) {
+            (Some(path), None) => read("ca_file", path)?,
+            (None, Some(pem)) => pem.as_bytes().to_vec(),
+            (None, None) => return Err(invalid(SECTION, "needs the CA certificate: ca_file or ca")),
+            _ => return Err(invalid(SECTION, "set one of ca_file and ca, not both")),
+        };
+        let key = zeroize::Zeroizing::new(match (&self.key_file, &self.key, &self.key_sealed) {
+            (Some(path), None, None) => read("key_file", path)?,
+            (None, Some(pem), None) => pem.expose().as_bytes().to_vec(),
+            (None, None, Some(sealed)) => {
+                let Some(keychain) = keychain else {
+                    return Err(invalid(field("key_sealed"), "needs the keychain: [secrets.keys] is empty"));
+                };
+                crate::sealing::unseal(keychain, CA_KEY_RECORD, sealed.trim())
+                    .map_err(|e| invalid(field("key_sealed"), e.to_string()))?
+            }
+            (None, None, None) => {
+                return Err(invalid(SECTION, "needs the CA key: key_file, key or key_sealed"))
+            }
+            _ => return Err(invalid(SECTION, "set one of key_file, key and key_sealed, not several")),
+        });
+        let ca = ClientCa::from_pem(&ca, &key).map_err(|e| invalid(SECTION, e.to_string()))?;
+        let validity = std::time::Duration::from_secs(u64::from(self.validity_days) * 86_400);
+        Ok(Authority { ca, validity })
     }
 }
 

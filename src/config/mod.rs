@@ -163,6 +163,10 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// Whether secrets are sealed at rest, and the keys that seal and unseal them (`[secrets]`).
     pub sealing: Sealing,
+    /// The client CA of certificate bindings (`[certificates]`), if configured.
+    pub certificates: Option<crate::broker::certificates::Authority>,
+    /// Plan id -> what its bindings get, for every plan of the catalog.
+    pub plan_credentials: BTreeMap<String, crate::broker::certificates::CredentialKind>,
 }
 
 /// `[secrets]`, as the broker uses it (the type lives with the keychain, so that `broker/`
@@ -203,6 +207,9 @@ pub struct Cluster {
     pub endpoints: Vec<Url>,
     /// Client URLs put into credentials: the configured ones, or `endpoints`. Never empty.
     pub public_endpoints: Vec<Url>,
+    /// Client URLs put into certificate credentials: the configured ones, or
+    /// `public_endpoints`. Never empty; https when a plan on the cluster hands out certificates.
+    pub certificate_endpoints: Vec<Url>,
     /// A user with etcd's `root` role.
     pub username: String,
     pub password: Secret,

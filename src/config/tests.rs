@@ -436,3 +436,99 @@ fn limits_are_read_per_plan_and_per_organization() {
     });
     assert!(negative.is_err());
 }
+
+/// The example with `[certificates]` (a fresh CA, the key given as `key`, or as whatever
+/// `edit` puts there), its plan handing out `kind`, and an https certificate endpoint.
+fn with_certificates(
+    kind: &str,
+    edit: impl FnOnce(&mut toml::Table, &crate::pki::ClientCa),
+) -> Result<Config, ConfigError> {
+    let ca =
+        crate::pki::ClientCa::generate("config test CA", std::time::Duration::from_secs(86_400)).unwrap();
+    with(|t| {
+        let key = ca.private_key_pem().unwrap().to_string();
+        let mut certificates = toml::toml! { validity_days = 30 };
+        certificates.insert("ca".into(), ca.certificate_pem().into());
+        certificates.insert("key".into(), key.into());
+        t.insert("certificates".into(), toml::Value::Table(certificates));
+        let main = t["clusters"]["main"].as_table_mut().unwrap();
+        main.insert(
+            "certificate_endpoints".into(),
+            toml::Value::Array(vec!["https://127.0.0.1:2380".into()]),
+        );
+        let plan = t["plan_configs"].as_table_mut().unwrap().iter_mut().next().unwrap().1;
+        plan.as_table_mut().unwrap().insert("credentials".into(), kind.into());
+        edit(t, &ca);
+    })
+}
+
+#[test]
+fn a_plan_with_certificates_loads_the_ca_and_its_cluster_endpoints() {
+    let config = with_certificates("certificate", |_, _| {}).unwrap();
+    let plan = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+    assert_eq!(config.plan_credentials[plan], crate::broker::certificates::CredentialKind::Certificate);
+    let authority = config.certificates.as_ref().unwrap();
+    assert_eq!(authority.validity, std::time::Duration::from_secs(30 * 86_400));
+    assert_eq!(config.clusters["main"].certificate_endpoints[0].as_str(), "https://127.0.0.1:2380/");
+    assert!(!format!("{config:?}").contains("PRIVATE KEY"));
+    // The example's plan gets passwords, as before the option existed.
+    let example = Config::from_toml(EXAMPLE).unwrap();
+    assert_eq!(example.plan_credentials[plan], crate::broker::certificates::CredentialKind::Password);
+    assert_eq!(example.clusters["main"].certificate_endpoints, example.clusters["main"].public_endpoints);
+}
+
+#[test]
+fn certificate_plans_need_the_ca_and_https_and_a_bad_ca_names_its_field() {
+    let no_ca = with_certificates("both", |t, _| {
+        t.remove("certificates");
+    });
+    assert_eq!(field_of(no_ca), "plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\".credentials");
+    let plain = with_certificates("certificate", |t, _| {
+        t["clusters"]["main"].as_table_mut().unwrap().remove("certificate_endpoints");
+    });
+    assert_eq!(field_of(plain), "clusters.main.certificate_endpoints");
+    let unknown = with_certificates("tokens", |_, _| {}).unwrap_err().to_string();
+    assert!(unknown.contains("tokens"), "{unknown}");
+    let zero_days = with_certificates("certificate", |t, _| {
+        t["certificates"].as_table_mut().unwrap().insert("validity_days".into(), 0.into());
+    });
+    assert_eq!(field_of(zero_days), "certificates.validity_days");
+    let other_key = crate::pki::ClientCa::generate("other", std::time::Duration::from_secs(60)).unwrap();
+    let other_key = other_key.private_key_pem().unwrap().to_string();
+    let mismatch = with_certificates("certificate", |t, _| {
+        t["certificates"].as_table_mut().unwrap().insert("key".into(), other_key.clone().into());
+    })
+    .unwrap_err();
+    assert!(matches!(&mismatch, ConfigError::Invalid { field, .. } if field == "certificates"), "{mismatch}");
+    assert!(!mismatch.to_string().contains("PRIVATE"), "{mismatch}");
+    let both_forms = with_certificates("certificate", |t, _| {
+        t["certificates"].as_table_mut().unwrap().insert("key_file".into(), "/nowhere".into());
+    });
+    assert_eq!(field_of(both_forms), "certificates");
+}
+
+#[test]
+fn a_sealed_ca_key_unseals_with_the_keychain_only_for_its_record() {
+    let keychain =
+        crate::sealing::Keychain::new("k1", [crate::sealing::Key::from_text("k1", &key_text(1)).unwrap()])
+            .unwrap();
+    let secrets = |t: &mut toml::Table| {
+        let mut secrets = toml::toml! { active = "k1" [keys.k1] };
+        secrets["keys"]["k1"].as_table_mut().unwrap().insert("value".into(), key_text(1).into());
+        t.insert("secrets".into(), toml::Value::Table(secrets));
+    };
+    let sealed_for = |record: &'static str| {
+        let keychain = keychain.clone();
+        move |t: &mut toml::Table, ca: &crate::pki::ClientCa| {
+            let key = ca.private_key_pem().unwrap();
+            let sealed = crate::sealing::seal(&keychain, record, key.as_bytes()).unwrap();
+            let certificates = t["certificates"].as_table_mut().unwrap();
+            certificates.remove("key");
+            certificates.insert("key_sealed".into(), sealed.into());
+            secrets(t);
+        }
+    };
+    assert!(with_certificates("certificate", sealed_for("certificates.key")).is_ok());
+    let elsewhere = with_certificates("certificate", sealed_for("/etcd-broker/bindings/i/b"));
+    assert_eq!(field_of(elsewhere), "certificates.key_sealed");
+}

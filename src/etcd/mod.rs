@@ -32,7 +32,7 @@ use std::thread::ThreadId;
 use async_trait::async_trait;
 use etcd_client::{
     Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, PermissionType,
-    RoleRevokePermissionOptions, Txn, TxnOp,
+    RoleRevokePermissionOptions, Txn, TxnOp, UserAddOptions,
 };
 use tokio::sync::OnceCell;
 
@@ -268,6 +268,21 @@ impl Store for EtcdStore {
                     .map_err(raced)?;
             }
             Err(e) => return Err(classify(e)),
+        }
+        self.auth(|mut c| async move { c.user_grant_role(user, role).await }).await.map_err(raced)?;
+        Ok(())
+    }
+
+    async fn ensure_certificate_user(
+        &self,
+        user: &str,
+        unused_password: &str,
+        role: &str,
+    ) -> Result<(), StoreError> {
+        let options = || Some(UserAddOptions::new().with_no_pwd());
+        match self.auth(|mut c| async move { c.user_add(user, unused_password, options()).await }).await {
+            Err(e) if !already_exists(&e) => return Err(classify(e)),
+            _ => {}
         }
         self.auth(|mut c| async move { c.user_grant_role(user, role).await }).await.map_err(raced)?;
         Ok(())

@@ -52,7 +52,7 @@ async fn catalog_is_served_as_configured() {
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = test::read_body_json(response).await;
     assert_eq!(body["services"][0]["id"], SERVICE);
-    assert_eq!(body["services"][0]["plans"].as_array().unwrap().len(), 3);
+    assert_eq!(body["services"][0]["plans"].as_array().unwrap().len(), 5);
     assert_eq!(
         body["services"][0]["plans"][0],
         json!({ "id": SMALL, "name": SMALL, "description": "d", "free": true })

@@ -133,6 +133,9 @@ impl Store for FaultyStore {
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.run(self.inner.ensure_user(user, password, role)).await
     }
+    async fn ensure_certificate_user(&self, user: &str, unused: &str, role: &str) -> Result<(), StoreError> {
+        self.run(self.inner.ensure_certificate_user(user, unused, role)).await
+    }
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
         self.run(self.inner.delete_user(user)).await
     }

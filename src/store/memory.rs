@@ -118,6 +118,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    /// The user's password is held as the empty string: none.
+    async fn ensure_certificate_user(&self, user: &str, _unused: &str, role: &str) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        if !s.roles.contains_key(role) {
+            return Err(StoreError::Conflict("role name not found".into()));
+        }
+        s.users.entry(user.to_owned()).or_default().1.insert(role.to_owned());
+        Ok(())
+    }
+
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
         self.state.lock().unwrap().users.remove(user);
         Ok(())

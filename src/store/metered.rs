@@ -10,7 +10,7 @@ use super::{Guard, Permission, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
 /// The `call` label values: one per [`Store`] method.
-const CALLS: [&str; 17] = [
+const CALLS: [&str; 18] = [
     "get",
     "list",
     "next",
@@ -20,6 +20,7 @@ const CALLS: [&str; 17] = [
     "delete_prefix",
     "ensure_role",
     "ensure_user",
+    "ensure_certificate_user",
     "delete_user",
     "delete_role",
     "list_users",
@@ -105,6 +106,9 @@ impl Store for MeteredStore {
     }
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
         self.observe("ensure_user", self.inner.ensure_user(user, password, role)).await
+    }
+    async fn ensure_certificate_user(&self, user: &str, unused: &str, role: &str) -> Result<(), StoreError> {
+        self.observe("ensure_certificate_user", self.inner.ensure_certificate_user(user, unused, role)).await
     }
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
         self.observe("delete_user", self.inner.delete_user(user)).await

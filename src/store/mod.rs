@@ -162,6 +162,18 @@ pub trait Store: Send + Sync + 'static {
     /// Makes sure `user` exists with `password` (resetting it if the user exists) and has `role`.
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError>;
 
+    /// Makes sure `user` exists *without a password* and has `role`: a certificate binding's
+    /// user, which authenticates with a client certificate whose common name is its name, so
+    /// etcd hashes nothing (etcd 3.4.23+ and 3.5 honour UserAdd's `no_password`). A server that
+    /// predates that option ignores it and hashes `unused_password` instead, which the caller
+    /// draws at random, never stores and never hands out. A user that exists is kept as it is.
+    async fn ensure_certificate_user(
+        &self,
+        user: &str,
+        unused_password: &str,
+        role: &str,
+    ) -> Result<(), StoreError>;
+
     /// Deletes `user`; a missing user is fine.
     async fn delete_user(&self, user: &str) -> Result<(), StoreError>;
 

@@ -37,6 +37,7 @@ pub fn store_on(etcd: &LocalEtcd, observer: Observer) -> Arc<EtcdStore> {
     let endpoints = vec![url::Url::parse(&etcd.endpoint()).unwrap()];
     let cluster = Cluster {
         public_endpoints: endpoints.clone(),
+        certificate_endpoints: endpoints.clone(),
         endpoints,
         username: etcd.root_username().to_owned(),
         password: Secret::new(etcd.root_password()),

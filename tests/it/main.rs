@@ -21,10 +21,12 @@
 //! - `store_retries`: the real store while auth keeps changing under it
 //! - `bosh_properties`: `serve --bosh-properties`
 //! - `tls`: TLS towards etcd and on the OSB listener
+//! - `certificates`: certificate bindings on etcd with client-certificate auth
 //! - `tidy`: the dependency rules of ARCHITECTURE.md, read from the source tree
 
 mod bind_parameters;
 mod bosh_properties;
+mod certificates;
 mod chaos;
 mod common;
 mod concurrency;

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use crate::common::*;
 
 /// The whole state prefix as root sees it: (key, value) pairs.
-async fn state_dump(etcd: &LocalEtcd) -> Vec<(String, String)> {
+pub(crate) async fn state_dump(etcd: &LocalEtcd) -> Vec<(String, String)> {
     let mut root = etcd.root_client().await.unwrap();
     let all = root.get("/etcd-broker/", Some(GetOptions::new().with_prefix())).await.unwrap();
     all.kvs()

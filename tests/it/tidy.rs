@@ -97,11 +97,11 @@ fn module_of(file: &str) -> &str {
 /// Which of the crate's modules each module may use; a module not listed may use any.
 const MAY_USE: &[(&str, &[&str])] = &[
     ("osb", &[]),
-    ("broker", &["osb", "store", "clock", "secrets", "activity", "sealing"]),
+    ("broker", &["osb", "store", "clock", "secrets", "activity", "sealing", "pki"]),
     ("store", &["metrics"]),
     ("etcd", &["config", "store", "tls"]),
     ("http", &["osb", "metrics", "activity", "inventory", "broker"]),
-    ("config", &["osb", "tls", "render", "broker", "sealing"]),
+    ("config", &["osb", "tls", "render", "broker", "sealing", "pki"]),
     ("inventory", &["broker", "metrics"]),
     ("tls", &[]),
     ("render", &[]),
@@ -110,6 +110,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("clock", &[]),
     ("secrets", &[]),
     ("sealing", &[]),
+    ("pki", &[]),
     ("logging", &["config"]),
     ("main", &[]),
 ];

@@ -1,24 +1,35 @@
 //! `xtask dev`: a local etcd (auth enabled) plus the broker, for trying things out.
 //!
-//! Writes the broker config to `<dir>/broker.toml` (the documented example catalog; binding
-//! passwords sealed with a key generated into `<dir>/keys/dev.key`, kept across runs) and, once
+//! Writes the broker config to `<dir>/broker.toml` (the documented example catalog plus a plan
+//! with certificate bindings, [`CERTIFICATE_PLAN_ID`]; binding passwords and private keys
+//! sealed with a key generated into `<dir>/keys/dev.key`, kept across runs) and, once
 //! everything answers, `<dir>/env` with the `KEY=value` lines scripts use to drive the system
 //! (stack.rs's `ENV_KEYS`; the file is the "ready" signal `DevProcess` waits for, known as this
 //! stack's by its `BROKER_PID`, this process's pid).
 //! Runs until SIGINT/SIGTERM, then stops the broker and etcd and removes `<dir>/env`.
+//!
+//! etcd serves http (the broker, password bindings) and https with client-certificate auth
+//! (certificate bindings), its server certificate and the client CA from `<dir>/certs/`: the CA
+//! is generated on the first run and kept, so certificates a restarted stack handed out stay
+//! valid; `ETCD_CA_FILE` in the env file names it.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use etcd_broker::config::Config;
+use etcd_broker::pki::ClientCa;
 use etcd_broker::{logging, secrets, server};
 use etcd_broker_ops::private_file::{create_private, write_private};
-use local_etcd::{EtcdVersion, LocalEtcd, Options};
+use local_etcd::{ClientCertAuth, EtcdVersion, LocalEtcd, Options};
 
 /// The example config shipped in docs/, used for its catalog.
 const EXAMPLE_CONFIG: &str = include_str!("../../docs/etcd-broker.example.toml");
 const BROKER_USERNAME: &str = "broker";
+/// The local stack's plan whose bindings are client certificates (`credentials = "certificate"`).
+pub const CERTIFICATE_PLAN_ID: &str = "7c1e5d2a-9b3f-4e6a-8d0c-5f2b1a3c4d5e";
+/// How long the local CA and etcd's server certificate are valid.
+const DEV_CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
 
 /// What `dev` needs to know.
 #[derive(Debug, Clone)]
@@ -46,12 +57,14 @@ async fn serve(options: DevOptions) -> Result<()> {
     let env_file = dir.join("env");
     let _ = std::fs::remove_file(&env_file);
 
-    eprintln!("starting etcd {} (auth enabled)...", options.etcd_version);
+    eprintln!("starting etcd {} (auth enabled, client certificates on https)...", options.etcd_version);
+    let certs = dev_certificates(dir)?;
     let starting = LocalEtcd::start(Options {
         version: options.etcd_version,
         client_port: options.etcd_port,
         bcrypt_cost: options.bcrypt_cost,
         log_file: Some(dir.join("etcd.log")),
+        client_cert_auth: Some(certs.clone()),
         ..Options::default()
     });
     // Dropping an unfinished start kills its etcd and removes its folder.
@@ -68,7 +81,7 @@ async fn serve(options: DevOptions) -> Result<()> {
     let key = dev_key(dir)?;
     write_private(
         &config_path,
-        &broker_config(&etcd, options.broker_port, options.metrics_port, &broker_password, &key)?,
+        &broker_config(&etcd, options.broker_port, options.metrics_port, &broker_password, &key, &certs)?,
     )?;
     let config = Config::load(&config_path)?;
     logging::init(config.log_level, config.log_format);
@@ -76,7 +89,7 @@ async fn serve(options: DevOptions) -> Result<()> {
     let broker_url = format!("http://{}", running.addr);
     let metrics_url = running.metrics_addr.map(|a| format!("http://{a}/metrics")).unwrap_or_default();
 
-    let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd);
+    let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd, &certs);
     write_private(&env_file, &env)?;
     println!("{}", instructions(&config, &broker_url, &metrics_url, &env_file));
 
@@ -129,14 +142,44 @@ fn dev_key(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The broker config: the example's catalog, this etcd, a loopback listener, sealing on with
-/// the key file `key` (named `dev`).
+/// The local client CA (`<dir>/certs/ca.pem` and `ca.key`, generated on the first run and kept)
+/// and a fresh server certificate for 127.0.0.1 signed by it: etcd's https listener trusts the
+/// CA for client certificates, and clients verify etcd with it.
+fn dev_certificates(dir: &Path) -> Result<ClientCertAuth> {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).with_context(|| format!("cannot create {}", certs.display()))?;
+    let (ca_file, ca_key) = (certs.join("ca.pem"), certs.join("ca.key"));
+    let ca = if ca_file.exists() && ca_key.exists() {
+        let read =
+            |path: &Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+        ClientCa::from_pem(&read(&ca_file)?, &read(&ca_key)?)
+            .with_context(|| format!("{} and {}", ca_file.display(), ca_key.display()))?
+    } else {
+        let ca = ClientCa::generate("etcd-broker dev CA", DEV_CA_VALIDITY)?;
+        let _ = std::fs::remove_file(&ca_key);
+        create_private(&ca_key, &ca.private_key_pem()?)?;
+        std::fs::write(&ca_file, ca.certificate_pem())
+            .with_context(|| format!("cannot write {}", ca_file.display()))?;
+        ca
+    };
+    let server = ca.mint_server("127.0.0.1", DEV_CA_VALIDITY)?;
+    let (cert_file, key_file) = (certs.join("server.pem"), certs.join("server.key"));
+    std::fs::write(&cert_file, &server.certificate)
+        .with_context(|| format!("cannot write {}", cert_file.display()))?;
+    write_private(&key_file, &server.private_key)?;
+    Ok(ClientCertAuth { cert_file, key_file, trusted_ca_file: ca_file })
+}
+
+/// The broker config: the example's catalog plus the certificate plan, this etcd (certificate
+/// bindings on its https endpoint, minted by the local CA), a loopback listener, sealing on
+/// with the key file `key` (named `dev`).
 fn broker_config(
     etcd: &LocalEtcd,
     port: u16,
     metrics_port: u16,
     password: &str,
     key: &Path,
+    certs: &ClientCertAuth,
 ) -> Result<String> {
     let mut table: toml::Table = toml::from_str(EXAMPLE_CONFIG).context("docs/etcd-broker.example.toml")?;
     table.insert("listen".into(), toml::Value::Table(toml::toml! { host = "127.0.0.1" }));
@@ -153,6 +196,27 @@ fn broker_config(
     main.insert("endpoints".into(), toml::Value::Array(vec![etcd.endpoint().into()]));
     main.insert("username".into(), etcd.root_username().into());
     main.insert("password".into(), etcd.root_password().into());
+    let tls_endpoint = etcd.tls_endpoint().context("etcd has no https endpoint")?;
+    main.insert("certificate_endpoints".into(), toml::Value::Array(vec![tls_endpoint.into()]));
+    let plans =
+        table["catalog"]["services"][0]["plans"].as_array_mut().context("the example has no plans")?;
+    plans.push(toml::Value::Table(toml::toml! {
+        id = CERTIFICATE_PLAN_ID
+        name = "certificate"
+        description = "An etcd namespace; bindings are client certificates (no password, no bcrypt)"
+    }));
+    table["plan_configs"].as_table_mut().context("the example has no plan_configs")?.insert(
+        CERTIFICATE_PLAN_ID.into(),
+        toml::Value::Table(toml::toml! { cluster = "main" credentials = "certificate" }),
+    );
+    let mut certificates = toml::Table::new();
+    certificates.insert("ca_file".into(), certs.trusted_ca_file.display().to_string().into());
+    certificates.insert(
+        "key_file".into(),
+        certs.trusted_ca_file.with_file_name("ca.key").display().to_string().into(),
+    );
+    certificates.insert("validity_days".into(), 30.into());
+    table.insert("certificates".into(), certificates.into());
     let mut clusters = toml::Table::new();
     clusters.insert("main".into(), main.into());
     table.insert("clusters".into(), clusters.into());
@@ -169,7 +233,13 @@ fn broker_config(
 }
 
 /// The `.dev/env` contents.
-fn env_lines(broker_url: &str, metrics_url: &str, broker_password: &str, etcd: &LocalEtcd) -> String {
+fn env_lines(
+    broker_url: &str,
+    metrics_url: &str,
+    broker_password: &str,
+    etcd: &LocalEtcd,
+    certs: &ClientCertAuth,
+) -> String {
     let mut out = String::new();
     let values = [
         broker_url.to_owned(),
@@ -183,6 +253,9 @@ fn env_lines(broker_url: &str, metrics_url: &str, broker_password: &str, etcd: &
         // For `bench --cpu-of broker=$BROKER_PID --cpu-of etcd=$ETCD_PID`.
         std::process::id().to_string(),
         etcd.pid().map_or_else(String::new, |pid| pid.to_string()),
+        etcd.tls_endpoint().unwrap_or_default(),
+        certs.trusted_ca_file.display().to_string(),
+        CERTIFICATE_PLAN_ID.to_owned(),
     ];
     for (key, value) in crate::stack::ENV_KEYS.iter().zip(values) {
         let _ = writeln!(out, "{key}={value}");
@@ -212,6 +285,8 @@ Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
   curl -s -u "$A" -H "$H" -X PUT "$BROKER_URL/v2/service_instances/demo/service_bindings/app1" -H 'Content-Type: application/json' \
     -d '{{"service_id":"{sid}","plan_id":"{pid}"}}'
   # use them: "$ETCDCTL" --endpoints "$ETCD_ENDPOINTS" --user "<username>" --password "<password>" put /service_instances/demo/hello world
+  # a certificate binding: plan_id "$CERTIFICATE_PLAN_ID"; save "cert" and "key" of the answer's credentials, then
+  #   "$ETCDCTL" --endpoints "$ETCD_TLS_ENDPOINTS" --cacert "$ETCD_CA_FILE" --cert cert.pem --key key.pem get --prefix /service_instances/demo/
   # unbind
   curl -s -u "$A" -H "$H" -X DELETE "$BROKER_URL/v2/service_instances/demo/service_bindings/app1?service_id={sid}&plan_id={pid}"
   # deprovision

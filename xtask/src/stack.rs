@@ -24,7 +24,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The variables `dev` writes to `<dir>/env`, in that order; `dev --run` exports all of them.
-pub const ENV_KEYS: [&str; 10] = [
+pub const ENV_KEYS: [&str; 13] = [
     "BROKER_URL",
     "BROKER_USERNAME",
     "BROKER_PASSWORD",
@@ -35,6 +35,11 @@ pub const ENV_KEYS: [&str; 10] = [
     "METRICS_URL",
     "BROKER_PID",
     "ETCD_PID",
+    // etcd's https endpoint with client-certificate auth (certificate bindings), the CA that
+    // verifies it and signs client certificates, and the plan whose bindings are certificates.
+    "ETCD_TLS_ENDPOINTS",
+    "ETCD_CA_FILE",
+    "CERTIFICATE_PLAN_ID",
 ];
 
 /// What the stack is started with: the flags of `dev` that a caller may want to choose.

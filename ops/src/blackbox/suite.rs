@@ -18,7 +18,7 @@ use super::Settings;
 use crate::osb::{Offering, OsbClient};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
 use etcd_broker::etcd::resend_on_auth_change;
-use etcd_broker::tls::ClientTls;
+use etcd_broker::tls::{ClientTls, Identity};
 
 /// Runs the suite; `on_step` sees each result as it is made (the terminal lines).
 pub async fn run(settings: &Settings, on_step: &mut dyn FnMut(&StepResult)) -> Result<Report> {
@@ -109,11 +109,13 @@ struct Run<'a> {
     live_instances: Vec<String>,
 }
 
-/// What a bind handed out.
+/// What a bind handed out: a password, a client certificate (certificate bindings), or both.
 #[derive(Clone)]
 struct Credentials {
     username: String,
-    password: String,
+    password: Option<String>,
+    /// The client certificate and its key (PEM), when the plan hands them out.
+    certificate: Option<(String, String)>,
     prefix: String,
     endpoints: Vec<String>,
     ca: Option<String>,
@@ -124,20 +126,46 @@ impl Credentials {
         let text = |key: &str| {
             value[key].as_str().map(str::to_owned).with_context(|| format!("the credentials have no '{key}'"))
         };
+        let certificate = match (value.get("cert"), value.get("key")) {
+            (None, None) => None,
+            _ => Some((text("cert")?, text("key")?)),
+        };
+        // A certificate binding with a password too ("both") lists the certificate's https
+        // endpoints apart; the suite uses the certificate then.
+        let endpoints = if certificate.is_some() && value.get("certificate_endpoints").is_some() {
+            &value["certificate_endpoints"]
+        } else {
+            &value["endpoints"]
+        };
         let credentials = Credentials {
             username: text("username")?,
-            password: text("password")?,
+            password: if certificate.is_some() { None } else { Some(text("password")?) },
+            certificate,
             prefix: text("prefix")?,
-            endpoints: serde_json::from_value(value["endpoints"].clone())
+            endpoints: serde_json::from_value(endpoints.clone())
                 .context("the credentials' 'endpoints' is not a list of URLs")?,
-            ca: value["tls"]["ca_certificate"].as_str().map(str::to_owned),
+            ca: value["ca_certificate"]
+                .as_str()
+                .or(value["tls"]["ca_certificate"].as_str())
+                .map(str::to_owned),
         };
         ensure!(
             credentials.prefix.ends_with(&format!("/{instance}/")),
             "the prefix does not end with '/{instance}/'"
         );
         ensure!(!credentials.endpoints.is_empty(), "the credentials list no endpoints");
-        ensure!(credentials.password.len() >= 16, "the password is shorter than 16 characters");
+        if let Some(password) = &credentials.password {
+            ensure!(password.len() >= 16, "the password is shorter than 16 characters");
+        }
+        if let Some((cert, key)) = &credentials.certificate {
+            ensure!(cert.contains("-----BEGIN CERTIFICATE-----"), "'cert' is not a PEM certificate");
+            ensure!(key.contains("PRIVATE KEY-----"), "'key' is not a PEM private key");
+            ensure!(credentials.ca.is_some(), "a certificate binding without 'ca_certificate'");
+            ensure!(
+                credentials.endpoints.iter().all(|e| e.starts_with("https://")),
+                "a certificate binding lists endpoints that are not https"
+            );
+        }
         Ok(credentials)
     }
 }
@@ -231,7 +259,9 @@ impl Run<'_> {
             .step(step, async {
                 let fetched = Credentials::parse(&osb.fetch_binding(&a, "a1").await?, &a)?;
                 ensure!(
-                    fetched.username == a1.username && fetched.password == a1.password,
+                    fetched.username == a1.username
+                        && fetched.password == a1.password
+                        && fetched.certificate == a1.certificate,
                     "the fetched credentials differ from the bind's"
                 );
                 Ok(())
@@ -252,10 +282,17 @@ impl Run<'_> {
         }
         let Some(a2) = self
             .suite
-            .required("rebind A gives a new user and password", async {
+            .required("rebind A gives a new user and password (or certificate)", async {
                 let a2 = bind(&osb, o, &a, "a2").await?;
                 ensure!(a2.username != a1.username, "the new binding has the old username");
-                ensure!(a2.password != a1.password, "the new binding has the old password");
+                ensure!(
+                    a2.password.is_none() || a2.password != a1.password,
+                    "the new binding has the old password"
+                );
+                ensure!(
+                    a2.certificate.is_none() || a2.certificate != a1.certificate,
+                    "the new binding has the old certificate"
+                );
                 Ok(a2)
             })
             .await
@@ -379,7 +416,9 @@ struct Apps<'s> {
 
 impl Apps<'_> {
     fn endpoints(&self, credentials: &Credentials) -> Vec<String> {
-        if self.settings.etcd_endpoints.is_empty() {
+        // A certificate works only on etcd's https URLs with client-certificate auth: the ones
+        // in the credentials, never the suite's --etcd (which the root check uses).
+        if self.settings.etcd_endpoints.is_empty() || credentials.certificate.is_some() {
             credentials.endpoints.clone()
         } else {
             self.settings.etcd_endpoints.clone()
@@ -402,8 +441,23 @@ impl Apps<'_> {
 
     async fn connect(&self, credentials: &Credentials) -> Result<Client> {
         let endpoints = self.endpoints(credentials);
-        let options = self.options().with_user(&credentials.username, &credentials.password);
-        etcd_broker::etcd::connect(&endpoints, options, &self.tls(credentials.ca.as_deref()))
+        let (options, tls) = match (&credentials.certificate, &credentials.password) {
+            // No user name: etcd takes the user from the certificate's CN.
+            (Some((certificate, key)), _) => {
+                let identity = Identity {
+                    certificate: certificate.clone().into_bytes(),
+                    private_key: key.clone().into_bytes(),
+                };
+                let ca = credentials.ca.as_ref().map(|ca| ca.clone().into_bytes());
+                (self.options(), ClientTls { ca, identity: Some(identity) })
+            }
+            (None, Some(password)) => (
+                self.options().with_user(&credentials.username, password),
+                self.tls(credentials.ca.as_deref()),
+            ),
+            (None, None) => bail!("the credentials hold neither a password nor a certificate"),
+        };
+        etcd_broker::etcd::connect(&endpoints, options, &tls)
             .await
             .map_err(|e| anyhow!("cannot connect to {endpoints:?}: {e}"))
     }

@@ -538,35 +538,41 @@ impl EtcdBroker {
         }
     }
 
-    /// A record's password fields: one of the two, sealed by a key of the keychain.
+    /// A record's password fields: one of the two, sealed by a key of the keychain; and a
+    /// certificate binding's private key fields likewise.
     fn check_password(&self, key: &str, record: &BindingRecord, report: &mut Report) {
         let state_cluster = &self.setup.state_cluster;
-        match record.stored_password() {
-            Ok(super::records::StoredPassword::Clear(_)) => {}
-            Ok(super::records::StoredPassword::Sealed(sealed)) => {
-                let known = |name: &str| self.setup.sealing.keychain().is_some_and(|k| k.get(name).is_some());
-                match sealing::sealed_with(sealed) {
-                    Some(name) if known(name) => {}
-                    Some(name) => report.findings.push(finding(
-                        Kind::SealedWithUnknownKey,
-                        state_cluster,
-                        key,
-                        format!("sealed by key '{name}', which the keychain does not hold"),
-                    )),
-                    None => report.findings.push(finding(
-                        Kind::UnreadableRecord,
-                        state_cluster,
-                        key,
-                        "its sealed password names no key".to_owned(),
-                    )),
+        for (what, stored) in
+            [("password", record.stored_password()), ("private key", record.stored_private_key())]
+        {
+            match stored {
+                Ok(None | Some(super::records::StoredPassword::Clear(_))) => {}
+                Ok(Some(super::records::StoredPassword::Sealed(sealed))) => {
+                    let known =
+                        |name: &str| self.setup.sealing.keychain().is_some_and(|k| k.get(name).is_some());
+                    match sealing::sealed_with(sealed) {
+                        Some(name) if known(name) => {}
+                        Some(name) => report.findings.push(finding(
+                            Kind::SealedWithUnknownKey,
+                            state_cluster,
+                            key,
+                            format!("sealed by key '{name}', which the keychain does not hold"),
+                        )),
+                        None => report.findings.push(finding(
+                            Kind::UnreadableRecord,
+                            state_cluster,
+                            key,
+                            format!("its sealed {what} names no key"),
+                        )),
+                    }
                 }
+                Err(broken) => report.findings.push(finding(
+                    Kind::UnreadableRecord,
+                    state_cluster,
+                    key,
+                    format!("it {broken}"),
+                )),
             }
-            Err(broken) => report.findings.push(finding(
-                Kind::UnreadableRecord,
-                state_cluster,
-                key,
-                format!("it {broken}"),
-            )),
         }
     }
 

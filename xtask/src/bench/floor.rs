@@ -15,6 +15,7 @@
 //! | delete_prefix | one DeleteRange over a prefix |
 //! | ensure_role | RoleAdd + RoleGrantPermission (read-write on a prefix) |
 //! | ensure_user | UserAdd (etcd hashes the password: bcrypt) + UserGrantRole |
+//! | ensure_certificate_user | UserAdd without a password (no bcrypt) + UserGrantRole |
 //! | delete_user, delete_role | UserDelete, RoleDelete |
 //!
 //! The floor sends each call as its own request. The broker does not always: gets and txns that
@@ -25,7 +26,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use etcd_broker::etcd::resend_on_auth_change;
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Permission, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Permission, Txn, TxnOp, UserAddOptions,
+};
 
 /// Store call kinds in the order the floor replays them (reads, writes, auth, deletes).
 pub const KINDS: &[&str] = &[
@@ -36,6 +39,7 @@ pub const KINDS: &[&str] = &[
     "txn",
     "ensure_role",
     "ensure_user",
+    "ensure_certificate_user",
     "delete_prefix",
     "delete_user",
     "delete_role",
@@ -165,6 +169,16 @@ async fn call(client: &Client, kind: &str, o: &FloorObjects) -> Result<(), etcd_
         "ensure_user" => {
             request(client, |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, None).await })
                 .await?;
+            request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
+                .await
+        }
+        "ensure_certificate_user" => {
+            let options = || Some(UserAddOptions::new().with_no_pwd());
+            request(
+                client,
+                |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, options()).await },
+            )
+            .await?;
             request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
                 .await
         }

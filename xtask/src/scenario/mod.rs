@@ -1,8 +1,10 @@
 //! `xtask bench-scenario` (`make bench`): the standard benchmark, written into the generated
 //! regions of docs/performance.md.
 //!
-//! - a local stack at etcd's default bcrypt cost: `bench` with 8 and 64 clients, then the
-//!   catalog with wrk -t2 -c32 (Debian's wrk, unpacked into tools/wrk on first use);
+//! - a local stack at etcd's default bcrypt cost: `bench` with 8 and 64 clients, 8 clients on
+//!   the plan with certificate bindings (no bcrypt: compared with the password binds of the same
+//!   stack), then the catalog with wrk -t2 -c32 (Debian's wrk, unpacked into tools/wrk on first
+//!   use);
 //! - a local stack at --bcrypt-cost 4 (at the default cost, 100,000 binds would take etcd close
 //!   to two hours of bcrypt): 1 and 8 clients, then 8 clients after preloading --preload
 //!   instances with a binding each, compared with the empty run; then the start-up time of a
@@ -59,9 +61,10 @@ pub struct ScenarioArgs {
 const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
 
 /// Regions of the document the scenario writes, checked before anything runs.
-const REGIONS: [&str; 11] = [
+const REGIONS: [&str; 12] = [
     "machine",
     "default-8",
+    "default-8-certificate",
     "default-64",
     "cost4-1",
     "cost4-8",
@@ -113,6 +116,22 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         bench(xtask, args.count, &stack.env, work.path(), name, extra)
     };
     runs.insert("default-8", bench(&stack, "default-8", &["--clients", "8"])?);
+    // The local stack's plan with certificate bindings (`dev`'s CERTIFICATE_PLAN_ID).
+    runs.insert(
+        "default-8-certificate",
+        bench(
+            &stack,
+            "default-8-certificate",
+            &[
+                "--clients",
+                "8",
+                "--plan",
+                "certificate",
+                "--ops",
+                "provision,bind,get-binding,unbind,deprovision",
+            ],
+        )?,
+    );
     runs.insert(
         "default-64",
         bench(
