@@ -10,19 +10,19 @@ use std::sync::Arc;
 
 use crate::broker::names::Names;
 use crate::broker::reseal::Reseal;
-pub use crate::broker::reseal::{Progress, Source, Stopped, Summary, DEFAULT_PARALLEL};
+pub use crate::broker::reseal::{Pace, Progress, Source, Stopped, Summary, DEFAULT_PARALLEL};
 use crate::config::Config;
 use crate::etcd::{EtcdStore, Observer};
 use crate::sealing::Sealing;
 use crate::store::Store;
 
 /// Rewrites (`dry_run`: counts) every binding record in the config's state cluster that the
-/// active key of its keychain does not seal, `parallel` at once; see [`crate::broker::reseal`].
+/// active key of its keychain does not seal, at `pace`; see [`crate::broker::reseal`].
 /// `Err` when the config does not seal or has no state cluster, before anything is read.
 pub async fn reseal(
     config: &Config,
     dry_run: bool,
-    parallel: usize,
+    pace: Pace,
     stop: &AtomicBool,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Summary, String> {
@@ -47,7 +47,7 @@ pub async fn reseal(
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         keychain: keychain.clone(),
         dry_run,
-        parallel,
+        pace,
     };
     Ok(run.run(stop, progress).await)
 }

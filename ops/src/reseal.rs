@@ -5,6 +5,7 @@
 //! Output: a progress report on stderr (a line a second), the summary on stdout. Nothing secret
 //! is printed: records are named by their etcd keys, keys by their names.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use etcd_broker::config::Config;
-use etcd_broker::reseal::{Progress, Stopped, Summary};
+use etcd_broker::reseal::{Pace, Progress, Stopped, Summary};
 
 /// Flags of `reseal`.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +30,10 @@ pub struct ResealArgs {
     #[arg(long, default_value_t = etcd_broker::reseal::DEFAULT_PARALLEL,
           value_parser = parse_parallel)]
     pub parallel: usize,
+    /// At most this many records rewritten per second, evenly spaced (default: no limit), to
+    /// keep a large run to a share of etcd's write capacity while brokers serve.
+    #[arg(long, value_name = "RECORDS", value_parser = parse_max_rate)]
+    pub max_rate: Option<NonZeroU32>,
 }
 
 /// `--parallel`: 1 to 64 (a page of the walk).
@@ -37,6 +42,12 @@ fn parse_parallel(text: &str) -> Result<usize, String> {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
         _ => Err(format!("'{text}' is not a number from 1 to 64")),
     }
+}
+
+/// `--max-rate`: a whole number of records per second, at least 1.
+fn parse_max_rate(text: &str) -> Result<NonZeroU32, String> {
+    text.parse::<NonZeroU32>()
+        .map_err(|_| format!("'{text}' is not a whole number of records per second, at least 1"))
 }
 
 /// How a run ended, for the exit code.
@@ -74,10 +85,9 @@ pub fn run(args: &ResealArgs) -> Result<Outcome> {
             }
         });
         let mut report = ProgressReport::new();
-        let summary = etcd_broker::reseal::reseal(&config, args.dry_run, args.parallel, &stop, &mut |p| {
-            report.heard(p)
-        })
-        .await;
+        let pace = Pace { parallel: args.parallel, max_rate: args.max_rate };
+        let summary =
+            etcd_broker::reseal::reseal(&config, args.dry_run, pace, &stop, &mut |p| report.heard(p)).await;
         if let Ok(summary) = &summary {
             report.last(summary.done());
         }

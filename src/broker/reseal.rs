@@ -9,15 +9,20 @@
 //! lost.
 //!
 //! The walk goes through the records in key order, a page of [`PAGE`] records per read
-//! ([`Store::scan`]), rewriting up to [`Reseal::parallel`] records of a page at once (their
+//! ([`Store::scan`]), rewriting up to [`Pace::parallel`] records of a page at once (their
 //! transactions stay one per record; the store may send several in one etcd request), and skips
 //! records the active key already seals: a re-run after Ctrl-C or a crash skips what is done and
 //! finishes the rest. Records in state `deleting` are left to the unbind finishing
-//! them (it deletes them, with their index entries under every key).
+//! them (it deletes them, with their index entries under every key). [`Pace::max_rate`] spaces
+//! the rewrites out evenly, so a large run can be kept to a share of etcd's write capacity.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use zeroize::Zeroizing;
@@ -126,9 +131,50 @@ pub struct Reseal {
     pub keychain: Keychain,
     /// Count what would be rewritten, write nothing.
     pub dry_run: bool,
+    /// How hard the run presses on etcd.
+    pub pace: Pace,
+}
+
+/// How hard a run presses on etcd, chosen by the operator for a cluster that serves meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
     /// Records rewritten at once (at least 1): each waits for an fsynced transaction, so one at
     /// a time leaves etcd mostly idle; more finish sooner and take more of etcd from the brokers.
     pub parallel: usize,
+    /// At most this many rewrites start per second, evenly spaced (none: as fast as `parallel`
+    /// allows). Records needing no rewrite are not counted: they cost one shared read.
+    pub max_rate: Option<NonZeroU32>,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self { parallel: DEFAULT_PARALLEL, max_rate: None }
+    }
+}
+
+/// The start times of rewrites under [`Pace::max_rate`]: each takes the next free slot, one
+/// interval after the previous one (never in the past, so an idle stretch earns no burst).
+struct Slots {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Slots {
+    fn new(max_rate: NonZeroU32) -> Self {
+        Self { interval: Duration::from_secs(1) / max_rate.get(), next: Mutex::new(Instant::now()) }
+    }
+
+    /// Waits for this rewrite's slot.
+    async fn wait(&self) {
+        let at = {
+            // A poisoned lock only means a panic elsewhere; the instant inside is still valid.
+            let mut next = self.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let at = (*next).max(Instant::now());
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 /// What to do with one record as read.
@@ -152,6 +198,7 @@ impl Reseal {
                 return summary;
             }
         };
+        let slots = self.pace.max_rate.map(Slots::new);
         let mut after: Option<String> = None;
         while summary.stopped.is_none() {
             if stop.load(Ordering::SeqCst) {
@@ -170,17 +217,20 @@ impl Reseal {
             after = Some(last.clone());
             // Records not started once `stop` is set are left for the next run.
             let mut outcomes = futures_util::stream::iter(page)
-                .map(|(key, found)| async move {
-                    if stop.load(Ordering::SeqCst) {
-                        return None;
+                .map(|(key, found)| {
+                    let slots = slots.as_ref();
+                    async move {
+                        if stop.load(Ordering::SeqCst) {
+                            return None;
+                        }
+                        let mut one = Summary::default();
+                        if let Err(e) = self.record(&key, found, slots, stop, &mut one).await {
+                            one.stopped = Some(Stopped::Store(e));
+                        }
+                        Some(one)
                     }
-                    let mut one = Summary::default();
-                    if let Err(e) = self.record(&key, found, &mut one).await {
-                        one.stopped = Some(Stopped::Store(e));
-                    }
-                    Some(one)
                 })
-                .buffer_unordered(self.parallel.max(1));
+                .buffer_unordered(self.pace.parallel.max(1));
             while let Some(outcome) = outcomes.next().await {
                 if let Some(one) = outcome {
                     summary.add(one);
@@ -194,7 +244,14 @@ impl Reseal {
     /// Rewrites the record at `key` (read as `found`) unless it needs none; counts the outcome.
     /// A store failure ends the run (the record is left as it was, or rewritten: the next run
     /// tells).
-    async fn record(&self, key: &str, mut found: Versioned, summary: &mut Summary) -> Result<(), StoreError> {
+    async fn record(
+        &self,
+        key: &str,
+        mut found: Versioned,
+        slots: Option<&Slots>,
+        stop: &AtomicBool,
+        summary: &mut Summary,
+    ) -> Result<(), StoreError> {
         for _ in 0..CAS_ATTEMPTS {
             let (source, record) = match self.plan(key, &found.value) {
                 Plan::Skip(count) => {
@@ -218,6 +275,14 @@ impl Reseal {
                     return Ok(());
                 }
             };
+            if let Some(slots) = slots {
+                slots.wait().await;
+                // Ctrl-C during a long wait: the record is left as it was, for the next run.
+                if stop.load(Ordering::SeqCst) {
+                    summary.stopped = Some(Stopped::Interrupted);
+                    return Ok(());
+                }
+            }
             let guard = [Guard::Revision(key.to_owned(), found.mod_revision)];
             if self.state.commit(&guard, &writes).await?.is_some() {
                 *summary.rewritten.entry(source).or_default() += 1;
@@ -298,10 +363,14 @@ impl Reseal {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::num::NonZeroU32;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
-    use super::{Reseal, Source, Stopped, Summary};
+    use tokio::time::Instant;
+
+    use super::{Pace, Reseal, Source, Stopped, Summary};
     use crate::broker::names::Names;
     use crate::broker::records::{decode, encode, BindingRecord, RecordState};
     use crate::broker::tests::*;
@@ -331,7 +400,13 @@ mod tests {
     }
 
     fn reseal(state: Arc<dyn Store>, dry_run: bool) -> Reseal {
-        Reseal { state, names: Names::default(), keychain: test_keychain("k2"), dry_run, parallel: 3 }
+        Reseal {
+            state,
+            names: Names::default(),
+            keychain: test_keychain("k2"),
+            dry_run,
+            pace: Pace { parallel: 3, max_rate: None },
+        }
     }
 
     async fn run(reseal: &Reseal) -> Summary {
@@ -529,11 +604,29 @@ mod tests {
             sealed.bind(bind_req("i1", &format!("p{b}"))).await.unwrap();
         }
         let before = passwords(&store).await;
-        let summary = run(&Reseal { parallel: 8, ..reseal(store.clone(), false) }).await;
+        let summary =
+            run(&Reseal { pace: Pace { parallel: 8, max_rate: None }, ..reseal(store.clone(), false) }).await;
         assert_eq!(summary.rewritten.values().sum::<u64>(), 4 + more as u64, "{summary:?}");
         assert_eq!((summary.already_active, summary.stopped), (1, None));
         assert_all_k2(&store.snapshot());
         assert_eq!(passwords(&store).await, before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_max_rate_spaces_the_rewrites_evenly() {
+        let store = mixed().await;
+        let paced = Reseal {
+            pace: Pace { parallel: 3, max_rate: NonZeroU32::new(10) },
+            ..reseal(store.clone(), false)
+        };
+        let started = Instant::now();
+        let summary = run(&paced).await;
+        // Four rewrites at 10 a second start at 0, 0.1, 0.2 and 0.3 s; the skipped record waits
+        // for no slot.
+        assert_eq!(summary.rewritten.values().sum::<u64>(), 4, "{summary:?}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400), "{elapsed:?}");
+        assert_all_k2(&store.snapshot());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use etcd_broker::broker::names::Names;
 use etcd_broker::broker::records::{encode, BindingRecord, RecordState};
 use etcd_broker::config::Config;
-use etcd_broker::reseal::Source;
+use etcd_broker::reseal::{Pace, Source};
 use etcd_broker_ops::reseal::{self, Outcome, ResealArgs};
 use etcd_client::{Txn, TxnOp};
 use local_etcd::LocalEtcd;
@@ -25,7 +25,7 @@ use crate::sealing::{broker_with, config_with, password, SEALING_OFF};
 async fn run_reseal(dir: &Path, etcd: &LocalEtcd, secrets: &str, dry_run: bool) -> Outcome {
     let config = dir.join(if dry_run { "dry.toml" } else { "reseal.toml" });
     std::fs::write(&config, config_with(1, 2, etcd, secrets)).unwrap();
-    let args = ResealArgs { config, dry_run, parallel: 8 };
+    let args = ResealArgs { config, dry_run, parallel: 8, max_rate: None };
     std::thread::spawn(move || reseal::run(&args).unwrap()).join().unwrap()
 }
 
@@ -59,14 +59,15 @@ async fn a_rotation_reseals_every_record_and_passwords_stay_the_same() {
     // Refused with sealing off: brokers would write rewritten records in clear again.
     let off =
         Config::from_toml(&config_with(1, 2, &etcd, &secrets_toml("off", "k2", &[("k2", &k2)]))).unwrap();
-    let refused = etcd_broker::reseal::reseal(&off, false, 8, &AtomicBool::new(false), &mut |_| {}).await;
+    let refused =
+        etcd_broker::reseal::reseal(&off, false, Pace::default(), &AtomicBool::new(false), &mut |_| {}).await;
     assert!(refused.unwrap_err().contains("sealing is off"));
 
     // A dry run counts per source and writes nothing.
     assert_eq!(run_reseal(dir.path(), &etcd, &rotated, true).await, Outcome::Done);
     assert_eq!(etcd_broker_ops::sealing::list_with_counts(&config).await.unwrap(), list);
     let stop = AtomicBool::new(false);
-    let dry = etcd_broker::reseal::reseal(&config, true, 8, &stop, &mut |_| {}).await.unwrap();
+    let dry = etcd_broker::reseal::reseal(&config, true, Pace::default(), &stop, &mut |_| {}).await.unwrap();
     let expected = [(Source::Clear, 1), (Source::Key("k1".into()), 3)].into();
     assert_eq!((dry.rewritten, dry.already_active), (expected, 1));
 
@@ -79,7 +80,8 @@ async fn a_rotation_reseals_every_record_and_passwords_stay_the_same() {
         assert_eq!((got.status, &password(&got)), (StatusCode::OK, secret), "{binding}");
     }
     // A second run has nothing left to do.
-    let again = etcd_broker::reseal::reseal(&config, false, 8, &stop, &mut |_| {}).await.unwrap();
+    let again =
+        etcd_broker::reseal::reseal(&config, false, Pace::default(), &stop, &mut |_| {}).await.unwrap();
     assert!(again.rewritten.is_empty() && again.failed.is_empty(), "{again:?}");
     assert_eq!(again.already_active, 5);
     new.stop().await;
@@ -195,7 +197,9 @@ async fn measure_reseal_under_reads() {
     let finished = done.clone();
     let started = Instant::now();
     let run = std::thread::spawn(move || {
-        let outcome = reseal::run(&ResealArgs { config: config_path, dry_run: false, parallel }).unwrap();
+        let outcome =
+            reseal::run(&ResealArgs { config: config_path, dry_run: false, parallel, max_rate: None })
+                .unwrap();
         finished.store(true, std::sync::atomic::Ordering::SeqCst);
         (outcome, started.elapsed())
     });

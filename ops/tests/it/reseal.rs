@@ -98,9 +98,10 @@ async fn ctrl_c_stops_after_a_record_and_a_second_run_finishes() {
     preload(&etcd, &config(dir.path(), &etcd, "k1", &[("k1", &k1)])).await;
     let rotated = config(dir.path(), &etcd, "k2", &[("k1", &k1), ("k2", &k2)]);
 
-    // One record at a time, so that the progress line comes long before the end.
+    // At most 100 records a second: the first progress line (after 1 s) comes seconds before
+    // the end however fast etcd writes.
     let mut child = Command::new(OPS)
-        .args(["reseal", "--parallel", "1", "--config"])
+        .args(["reseal", "--max-rate", "100", "--config"])
         .arg(&rotated)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -132,6 +133,9 @@ async fn ctrl_c_stops_after_a_record_and_a_second_run_finishes() {
     let (code, _, usage) = reseal(&rotated, &["--parallel", "0"]);
     assert_eq!(code, Some(2), "{usage}");
     assert!(usage.contains("'0' is not a number from 1 to 64"), "{usage}");
+    let (code, _, usage) = reseal(&rotated, &["--max-rate", "0"]);
+    assert_eq!(code, Some(2), "{usage}");
+    assert!(usage.contains("'0' is not a whole number of records per second"), "{usage}");
 
     let (code, third, _) = reseal(&rotated, &["--dry-run"]);
     assert_eq!(code, Some(0));
