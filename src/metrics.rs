@@ -44,6 +44,11 @@ pub struct Metrics {
     pub reconcile_findings: IntGaugeVec,
     /// Periodic reconcile checks that could not finish.
     pub reconcile_failures: IntCounter,
+    /// 1 while this broker leads the binding expiry task, else 0: the sum over brokers is 1.
+    pub expiry_leader: IntGauge,
+    /// Expired bindings whose user this broker deleted, and its expiry passes that failed.
+    pub bindings_revoked: IntCounter,
+    pub expiry_failures: IntCounter,
 }
 
 impl Metrics {
@@ -124,6 +129,21 @@ impl Metrics {
             "Periodic reconcile checks that could not finish (etcd failed).",
         )
         .expect("valid metric");
+        let expiry_leader = IntGauge::new(
+            "etcd_broker_binding_expiry_leader",
+            "1 while this broker leads the binding expiry task (one broker at a time), else 0.",
+        )
+        .expect("valid metric");
+        let bindings_revoked = IntCounter::new(
+            "etcd_broker_bindings_revoked_total",
+            "Expired bindings whose etcd user this broker deleted (their records stay until unbind).",
+        )
+        .expect("valid metric");
+        let expiry_failures = IntCounter::new(
+            "etcd_broker_binding_expiry_failures_total",
+            "Passes of the binding expiry task that could not finish (retried on the next pass).",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("etcd_broker_build_info", "Always 1; labels say which build is running."),
             &["version", "rust_version"],
@@ -144,6 +164,9 @@ impl Metrics {
             Box::new(role_deletion_failures.clone()),
             Box::new(reconcile_findings.clone()),
             Box::new(reconcile_failures.clone()),
+            Box::new(expiry_leader.clone()),
+            Box::new(bindings_revoked.clone()),
+            Box::new(expiry_failures.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -163,6 +186,9 @@ impl Metrics {
             role_deletion_failures,
             reconcile_findings,
             reconcile_failures,
+            expiry_leader,
+            bindings_revoked,
+            expiry_failures,
         }
     }
 

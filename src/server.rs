@@ -10,11 +10,11 @@ use actix_web::{App, HttpServer};
 use crate::activity::OsbActivity;
 use crate::broker::certificates::CertificateSetup;
 use crate::broker::names::Names;
-use crate::broker::reconcile;
 use crate::broker::role_reaper::{self, Pacing};
+use crate::broker::{expiry, reconcile};
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
-use crate::config::{Config, ReconcileConfig, Sealing};
+use crate::config::{BindingExpiryConfig, Config, ReconcileConfig, Sealing};
 use crate::etcd::{EtcdStore, Observer};
 use crate::http::monitoring::{self, MonitoringState};
 use crate::http::{routes, HttpState};
@@ -112,6 +112,7 @@ pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<Etcd
         clock: Arc::new(SystemClock),
         sealing: config.sealing.clone(),
         certificates,
+        expiry_grace: config.binding_expiry.grace_seconds,
     }))
 }
 
@@ -205,6 +206,30 @@ fn periodic_reconcile(
     }
 }
 
+/// The binding expiry task ([`expiry::run`]): one broker at a time revokes expired bindings,
+/// reporting to `etcd_broker_binding_expiry_leader` and the revocation counters; never ends.
+fn binding_expiry(
+    broker: Arc<EtcdBroker>,
+    config: &BindingExpiryConfig,
+    metrics: &Metrics,
+) -> impl std::future::Future<Output = ()> {
+    let (leader, revoked, failures) =
+        (metrics.expiry_leader.clone(), metrics.bindings_revoked.clone(), metrics.expiry_failures.clone());
+    let observer = expiry::Observer {
+        leading: Box::new(move |now| leader.set(i64::from(now))),
+        revoked: Box::new(move |n| revoked.inc_by(n)),
+        failed: Box::new(move || failures.inc()),
+    };
+    // For operators reading the leader key: which host and process leads.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+    let settings = expiry::Settings {
+        every: Duration::from_secs(config.check_seconds),
+        lease_ttl: Duration::from_secs(config.leader_lease_seconds),
+        holder: format!("{host}/{}", std::process::id()),
+    };
+    expiry::run(broker, settings, observer)
+}
+
 /// The first address a bound server listens on.
 fn first_addr(addrs: Vec<SocketAddr>, listen: &str) -> Result<SocketAddr, StartError> {
     addrs.first().copied().ok_or_else(|| StartError::Listen {
@@ -241,8 +266,9 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     };
     let reaper = role_reaper::run(broker.clone(), pacing, observer, activity);
     let reconcile = periodic_reconcile(broker.clone(), &config.reconcile, &metrics);
+    let expiry = binding_expiry(broker.clone(), &config.binding_expiry, &metrics);
     let reaper = Box::pin(async move {
-        futures_util::future::join(reaper, reconcile).await;
+        futures_util::future::join3(reaper, reconcile, expiry).await;
     });
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))

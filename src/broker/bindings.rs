@@ -3,6 +3,7 @@
 
 use crate::osb::bind_parameters::{self, BindParameters};
 use crate::osb::model::*;
+use crate::osb::plan_options::PlanOptions;
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
 use crate::store::{Guard, StoreError, Write};
@@ -26,21 +27,82 @@ impl EtcdBroker {
                 return Err(BrokerError::BadRequest(format!("plan '{}' is not bindable", plan.name)));
             }
         }
-        let parameters = if self.plan_options(&req.plan_id).binding_parameters {
+        let options = self.plan_options(&req.plan_id);
+        if let Some(predecessor) = &req.predecessor_binding_id {
+            if !options.binding_rotatable {
+                return Err(BrokerError::BadRequest(format!(
+                    "plan_id '{}' does not offer binding rotation (its binding_rotatable is false): \
+                     bind without predecessor_binding_id",
+                    req.plan_id
+                )));
+            }
+            if *predecessor == req.binding_id {
+                return Err(BrokerError::BadRequest(
+                    "predecessor_binding_id names the binding being created; name the binding to rotate"
+                        .into(),
+                ));
+            }
+        }
+        let parameters = if options.binding_parameters {
             bind_parameters::parse(&req.parameters)?
         } else {
             refuse_parameters(&req.parameters)?;
             BindParameters::default()
         };
         for _ in 0..CAS_ATTEMPTS {
-            if let Attempt::Done(bound) = self.try_bind(&req, &parameters).await? {
+            if let Attempt::Done(bound) = self.try_bind(&req, &parameters, &options).await? {
                 return Ok(bound);
             }
         }
         Err(lost_race("the service binding"))
     }
 
-    async fn try_bind(&self, req: &BindRequest, parameters: &BindParameters) -> BrokerResult<Attempt> {
+    /// A rotation's predecessor: a ready, unexpired binding of the same instance and plan,
+    /// whose parameters the new binding takes (the request may repeat them, or send none).
+    /// Its parameters as sent then, and as parsed.
+    async fn predecessor(
+        &self,
+        req: &BindRequest,
+        predecessor: &BindingId,
+        options: &PlanOptions,
+    ) -> BrokerResult<(JsonObject, BindParameters)> {
+        let key = self.names().binding_key(&req.instance_id, predecessor);
+        let refuse = |why: String| {
+            Err(BrokerError::BadRequest(format!("predecessor_binding_id '{predecessor}' {why}")))
+        };
+        let record = match self.read::<BindingRecord>(&*self.setup.state, &key).await? {
+            Some((record, _)) if record.state == RecordState::Ready => record,
+            Some(_) => return refuse("is being created or deleted; rotate a binding that is ready".into()),
+            None => return refuse(format!("is not a binding of service instance '{}'", req.instance_id)),
+        };
+        if record.revoked_at.is_some() || record.expires_at.is_some_and(|at| self.now() >= at) {
+            return refuse("has expired; bind anew instead (without predecessor_binding_id)".into());
+        }
+        if record.plan_id != req.plan_id {
+            return refuse(format!(
+                "was made with plan_id '{}'; rotate it with the same plan_id",
+                record.plan_id
+            ));
+        }
+        if !req.parameters.is_empty() && req.parameters != record.parameters {
+            return refuse(
+                "has other parameters: a rotation takes its predecessor's parameters, so send none".into(),
+            );
+        }
+        let parameters = if options.binding_parameters || !record.parameters.is_empty() {
+            bind_parameters::parse(&record.parameters)?
+        } else {
+            BindParameters::default()
+        };
+        Ok((record.parameters, parameters))
+    }
+
+    async fn try_bind(
+        &self,
+        req: &BindRequest,
+        parameters: &BindParameters,
+        options: &PlanOptions,
+    ) -> BrokerResult<Attempt> {
         let (instance, instance_revision) = self.ready_instance(&req.instance_id).await?;
         if instance.service_id != req.service_id {
             return Err(BrokerError::BadRequest(format!(
@@ -52,11 +114,16 @@ impl EtcdBroker {
         let state = &*self.setup.state;
         if let Some((existing, revision)) = self.read::<BindingRecord>(state, &key).await? {
             // The spec's "identical": every field of the request the record keeps, the plan
-            // included (osb-checker expects 409 for another plan_id), the parameters as sent.
+            // included (osb-checker expects 409 for another plan_id), the parameters as sent
+            // (a rotation's are its predecessor's: the request may leave them out).
+            let rotation = req.predecessor_binding_id.as_ref().map(BindingId::as_str);
+            let same_parameters =
+                existing.parameters == req.parameters || (rotation.is_some() && req.parameters.is_empty());
             let identical = existing.service_id == req.service_id
                 && existing.plan_id == req.plan_id
                 && existing.app_guid == req.app_guid
-                && existing.parameters == req.parameters;
+                && existing.predecessor_binding_id.as_deref() == rotation
+                && same_parameters;
             return match (existing.state, identical) {
                 (RecordState::Deleting, _) => Err(BrokerError::Concurrency(format!(
                     "service binding {} is being deleted; finish the unbind, then bind again",
@@ -74,10 +141,16 @@ impl EtcdBroker {
             };
         }
 
+        let (sent_parameters, parameters) = match &req.predecessor_binding_id {
+            Some(predecessor) => self.predecessor(req, predecessor, options).await?,
+            None => (req.parameters.clone(), parameters.clone()),
+        };
+
         // Step 1: the record, only while the instance is unchanged, the binding absent and no
         // earlier binding's role of the same name waits for deletion.
         let instance_key = self.names().instance_key(&req.instance_id);
         let now = self.now();
+        let expiry = options.binding_expiry;
         let mut record = BindingRecord {
             instance_id: req.instance_id.to_string(),
             binding_id: req.binding_id.to_string(),
@@ -96,7 +169,11 @@ impl EtcdBroker {
             app_guid: req.app_guid.clone(),
             bind_resource: req.bind_resource.clone(),
             context: req.context.clone(),
-            parameters: req.parameters.clone(),
+            parameters: sent_parameters,
+            predecessor_binding_id: req.predecessor_binding_id.as_ref().map(ToString::to_string),
+            expires_at: expiry.map(|e| now.saturating_add(e.ttl)),
+            renew_before: expiry.map(|e| now.saturating_add(e.ttl - e.renew_before)),
+            revoked_at: None,
             state: RecordState::Creating,
             created_at: now,
             updated_at: now,
@@ -116,7 +193,11 @@ impl EtcdBroker {
         }
         if kind.certificate() {
             // Minted once, before the record exists: every retry hands out this certificate.
-            let minted = self.setup.certificates.mint(&record.username)?;
+            // An expiring binding's is valid no longer than its user lives.
+            let lives_for = record
+                .expires_at
+                .map(|at| std::time::Duration::from_secs(at.saturating_add(self.setup.expiry_grace) - now));
+            let minted = self.setup.certificates.mint(&record.username, lives_for)?;
             self.store_certificate(&key, &mut record, &minted.certificate, &minted.private_key)?;
         }
         let queued_role = self.names().role_deletion_key(&record.role);
@@ -329,7 +410,13 @@ impl EtcdBroker {
             // `stored_password` and `stored_private_key` refuse a record with neither.
             _ => return Err(BrokerError::Internal(format!("record '{key}' holds no credentials"))),
         };
-        Ok(Binding { credentials, parameters: None })
+        let metadata = match (record.expires_at, record.renew_before) {
+            (Some(expires_at), Some(renew_before)) => {
+                Some(BindingMetadata::from_unix(expires_at, renew_before))
+            }
+            _ => None,
+        };
+        Ok(Binding { metadata, credentials, parameters: None })
     }
 }
 

@@ -78,9 +78,10 @@ impl CertificateSetup {
         self.plans.get(plan).copied().unwrap_or_default()
     }
 
-    /// A key pair and client certificate for `user`; an internal error when no CA is
-    /// configured (the config refuses that) or OpenSSL fails.
-    pub fn mint(&self, user: &str) -> BrokerResult<Minted> {
+    /// A key pair and client certificate for `user`, valid for the configured validity or
+    /// `at_most`, whichever is shorter; an internal error when no CA is configured (the config
+    /// refuses that) or OpenSSL fails.
+    pub fn mint(&self, user: &str, at_most: Option<std::time::Duration>) -> BrokerResult<Minted> {
         let Some(authority) = &self.authority else {
             return Err(BrokerError::Internal(
                 "the plan hands out client certificates, but the broker has no [certificates] CA".into(),
@@ -88,7 +89,7 @@ impl CertificateSetup {
         };
         authority
             .ca
-            .mint_client(user, authority.validity)
+            .mint_client(user, at_most.map_or(authority.validity, |d| d.min(authority.validity)))
             .map_err(|e| BrokerError::Internal(format!("minting a client certificate failed: {e}")))
     }
 

@@ -101,20 +101,12 @@ mod tests {
             cluster: "main".into(),
             username: "etcd-broker.i.b".into(),
             role: "etcd-broker.i.b".into(),
-            password: None,
             password_sealed: Some("etcd-broker-sealed:v1:k1:not:used:here".into()),
             prefix: "/service_instances/i/".into(),
-            access: Default::default(),
-            certificate: None,
-            private_key: None,
-            private_key_sealed: None,
-            app_guid: None,
-            bind_resource: None,
-            context: Default::default(),
-            parameters: Default::default(),
             state: RecordState::Ready,
             created_at: 0,
             updated_at: 0,
+            ..Default::default()
         }
     }
 

@@ -10,7 +10,9 @@
 mod bindings;
 pub mod certificates;
 pub mod credentials;
+pub mod expiry;
 mod instances;
+pub mod leader;
 pub mod limits;
 pub mod names;
 pub mod reconcile;
@@ -73,6 +75,9 @@ pub struct BrokerSetup {
     pub sealing: Sealing,
     /// Which plans hand out client certificates, and the CA that mints them.
     pub certificates: certificates::CertificateSetup,
+    /// Seconds after an expiring binding's `expires_at` until its user is deleted
+    /// (`[binding_expiry] grace_seconds`).
+    pub expiry_grace: u64,
 }
 
 /// The broker.

@@ -110,6 +110,33 @@ impl Names {
         format!("{}{instance}/{binding}", self.sealed_key_prefix(key))
     }
 
+    /// Prefix of the index of expiring bindings: one empty key per binding whose user has not
+    /// been revoked yet, under its expiry time, so the expiry leader reads only the bindings
+    /// that are due, oldest first, without reading records.
+    pub fn expiry_index_prefix(&self) -> String {
+        format!("{}index/expiries/", self.state_prefix)
+    }
+
+    /// A binding's key in the index of expiring bindings: the expiry (seconds since the epoch,
+    /// zero-padded so that key order is time order), then the ids as stored in records.
+    pub fn expiry_index_key(&self, expires_at: u64, instance: &str, binding: &str) -> String {
+        format!("{}{expires_at:020}/{instance}/{binding}", self.expiry_index_prefix())
+    }
+
+    /// What an expiry index key names: the expiry and the ids (`None` for a key of another
+    /// shape).
+    pub fn parse_expiry_index_key<'a>(&self, key: &'a str) -> Option<(u64, &'a str, &'a str)> {
+        let rest = key.strip_prefix(&self.expiry_index_prefix())?;
+        let mut parts = rest.splitn(3, '/');
+        let (at, instance, binding) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((at.parse().ok()?, instance, binding))
+    }
+
+    /// The key a background task's leader holds, attached to its lease.
+    pub fn leader_key(&self, task: &str) -> String {
+        format!("{}leaders/{task}", self.state_prefix)
+    }
+
     /// Prefix of the per-organization instance index: one empty key per instance (created by
     /// this version or later), so an organization's instances are counted without reading
     /// records. The organization id is escaped ([`key_segment`]): it comes from the platform.

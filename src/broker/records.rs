@@ -12,10 +12,11 @@ use crate::osb::BrokerError;
 use crate::store::{Access, Permission};
 
 /// Lifecycle of a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordState {
-    /// Written; the etcd objects it describes may not all exist yet.
+    /// Written; the etcd objects it describes may not all exist yet. Where every record starts.
+    #[default]
     Creating,
     /// Everything exists.
     Ready,
@@ -43,8 +44,9 @@ pub struct InstanceRecord {
     pub updated_at: u64,
 }
 
-/// A service binding: one etcd user and role.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A service binding: one etcd user and role. `Default` for writing one field by field: the
+/// optional fields absent, the state `creating`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BindingRecord {
     pub instance_id: String,
     pub binding_id: String,
@@ -91,6 +93,21 @@ pub struct BindingRecord {
     pub context: JsonObject,
     #[serde(default)]
     pub parameters: JsonObject,
+    /// The binding this one rotated (OSB 2.17 `predecessor_binding_id`; it took that one's
+    /// parameters). Part of the bind's identity: a repeated rotation answers 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor_binding_id: Option<String>,
+    /// When an expiring binding's credentials stop being valid (seconds since the epoch);
+    /// `None`: never. Its user is deleted once the config's grace has passed too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// When the platform should renew an expiring binding (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<u64>,
+    /// When the binding's user was deleted for its expiry (seconds since the epoch); the
+    /// record stays until the platform unbinds, and its user is never made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
     pub state: RecordState,
     pub created_at: u64,
     pub updated_at: u64,
@@ -144,6 +161,12 @@ impl BindingRecord {
             (Some(_), None, None) => Err("holds a certificate without its private key"),
             (None, _, _) => Err("holds a private key without its certificate"),
         }
+    }
+
+    /// Whether the binding's user must not exist because of its expiry: revoked already, or
+    /// past its expiry and `grace` at `now` (the expiry leader may not have come by yet).
+    pub fn expired(&self, now: u64, grace: u64) -> bool {
+        self.revoked_at.is_some() || self.expires_at.is_some_and(|at| now >= at.saturating_add(grace))
     }
 
     /// The name of the key that seals this record's secrets, if it is sealed: the password's

@@ -24,12 +24,16 @@ use super::names::Names;
 use super::records::{encode, BindingRecord, StoredPassword, PRIVATE_KEY_FIELD};
 use super::EtcdBroker;
 
-/// The index entries of a binding record: its plan's, and its sealing key's when sealed.
+/// The index entries of a binding record: its plan's, its sealing key's when sealed, and its
+/// expiry's until its user is revoked for it.
 fn binding_index_keys(names: &Names, record: &BindingRecord) -> Vec<String> {
     let (instance, binding) = (&record.instance_id, &record.binding_id);
     let mut keys = vec![names.binding_index_key(&record.plan_id, instance, binding)];
     if let Some(name) = record.sealed_with() {
         keys.push(names.sealed_index_key(name, instance, binding));
+    }
+    if let (Some(at), None) = (record.expires_at, record.revoked_at) {
+        keys.push(names.expiry_index_key(at, instance, binding));
     }
     keys
 }

@@ -37,6 +37,7 @@ fn plan(id: &str) -> Plan {
         plan_updateable: None,
         metadata: None,
         schemas: None,
+        binding_rotatable: false,
     }
 }
 
@@ -94,6 +95,38 @@ pub fn limited_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
     EtcdBroker::new(setup)
 }
 
+/// A clock the test sets (seconds since the epoch).
+#[derive(Debug, Default)]
+pub struct TestClock(pub std::sync::atomic::AtomicU64);
+
+impl TestClock {
+    pub fn set(&self, now: u64) {
+        self.0.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::clock::Clock for TestClock {
+    fn now_unix(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Bindings of SMALL expire an hour after they are made (renew 10 minutes before); SMALL,
+/// LARGE (which takes bind parameters) and CERT bindings can be rotated; the grace is 300 s.
+/// Time is `clock`'s.
+pub fn rotating_broker_on(store: Arc<dyn Store>, clock: Arc<TestClock>) -> EtcdBroker {
+    use crate::osb::plan_options::BindingExpiry;
+    let mut setup = broker_setup(store, Sealing::Off { keychain: None });
+    let expiring = Some(BindingExpiry { ttl: 3600, renew_before: 600 });
+    let small = PlanOptions { binding_rotatable: true, binding_expiry: expiring, ..Default::default() };
+    setup.plan_options.insert(SMALL.to_owned(), small);
+    let cert = PlanOptions { binding_rotatable: true, binding_expiry: expiring, ..Default::default() };
+    setup.plan_options.insert(CERT.to_owned(), cert);
+    setup.plan_options.get_mut(LARGE).unwrap().binding_rotatable = true;
+    setup.clock = clock;
+    EtcdBroker::new(setup)
+}
+
 /// What [`broker_with`] runs on.
 fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
     let cluster = |store: Arc<dyn Store>| Cluster {
@@ -123,6 +156,7 @@ fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
         clock: Arc::new(SystemClock),
         sealing,
         certificates: test_certificates(),
+        expiry_grace: 300,
     }
 }
 
@@ -184,6 +218,7 @@ pub fn bind_req(instance: &str, binding: &str) -> BindRequest {
         context: Default::default(),
         parameters: Default::default(),
         accepts_incomplete: false,
+        predecessor_binding_id: None,
     }
 }
 
@@ -247,9 +282,10 @@ fn recorded_password(key: &str, record: &BindingRecord) -> String {
     }
 }
 
-/// Every binding record has its per-plan index entry, and an entry in the index of sealed
-/// records under the key named in its sealed value exactly when it is sealed; every index entry
-/// belongs to such a record.
+/// Every binding record has its per-plan index entry, an entry in the index of sealed records
+/// under the key named in its sealed value exactly when it is sealed, and one in the expiry
+/// index exactly when it expires and is not revoked yet; every index entry belongs to such a
+/// record.
 pub fn assert_indexes_match_records(state: &MemoryState) {
     let names = Names::default();
     let mut expected = std::collections::BTreeSet::new();
@@ -261,6 +297,9 @@ pub fn assert_indexes_match_records(state: &MemoryState) {
             if let Some(sealed) = record.password_sealed.as_ref().or(record.private_key_sealed.as_ref()) {
                 let name = crate::sealing::sealed_with(sealed).expect("a key name");
                 expected.insert(names.sealed_index_key(name, i, b));
+            }
+            if let (Some(at), None) = (record.expires_at, record.revoked_at) {
+                expected.insert(names.expiry_index_key(at, i, b));
             }
         } else if key.starts_with("/etcd-broker/instances/") {
             let record: records::InstanceRecord = serde_json::from_slice(&v.value).unwrap();
@@ -825,6 +864,22 @@ impl Store for HookedStore {
     }
     async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
         self.inner.revoke_permission(role, permission).await
+    }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+
+    async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
+        self.inner.renew_lease(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
+        self.inner.revoke_lease(lease).await
+    }
+
+    async fn put_if_absent_leased(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, StoreError> {
+        self.inner.put_if_absent_leased(key, value, lease).await
     }
 }
 
@@ -1452,4 +1507,188 @@ async fn a_certificate_bind_on_a_cluster_without_https_endpoints_is_a_400_that_m
     assert!(matches!(&err, BrokerError::BadRequest(m) if m.contains("cluster 'far'")), "{err:?}");
     let after = store.snapshot();
     assert_eq!((after.keys, after.users, after.roles), (before.keys, before.users, before.roles));
+}
+
+// --- Rotation (OSB 2.17) and expiring bindings -------------------------------------------
+
+/// A broker of [`rotating_broker_on`] at time 1,000,000 with instance i1 (SMALL) and binding
+/// b1.
+async fn rotating() -> (Arc<MemoryStore>, Arc<TestClock>, EtcdBroker) {
+    let store = Arc::new(MemoryStore::default());
+    let clock = Arc::new(TestClock::default());
+    clock.set(1_000_000);
+    let broker = rotating_broker_on(store.clone(), clock.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    (store, clock, broker)
+}
+
+fn rotate_req(binding: &str, predecessor: &str) -> BindRequest {
+    BindRequest { predecessor_binding_id: Some(bid(predecessor)), ..bind_req("i1", binding) }
+}
+
+fn bound(outcome: Bound) -> Binding {
+    match outcome {
+        Bound::Created(b) | Bound::AlreadyExists(b) => b,
+    }
+}
+
+#[tokio::test]
+async fn an_expiring_binding_says_when_it_expires_and_when_to_renew() {
+    let (store, _, broker) = rotating().await;
+    let binding = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    // 1,000,000 s after the epoch is 1970-01-12T13:46:40Z; the ttl is 3600 s, renew 600 s before.
+    let metadata = binding.metadata.expect("metadata");
+    assert_eq!(metadata.expires_at, "1970-01-12T14:46:40.0Z");
+    assert_eq!(metadata.renew_before, "1970-01-12T14:36:40.0Z");
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b1");
+    assert_eq!((record.expires_at, record.renew_before), (Some(1_003_600), Some(1_003_000)));
+    assert_consistent(&store.snapshot());
+    // Plans without expiry answer no metadata.
+    broker.bind(BindRequest { plan_id: LARGE.into(), ..bind_req("i1", "b2") }).await.unwrap();
+    assert_eq!(broker.get_binding(&iid("i1"), &bid("b2")).await.unwrap().metadata, None);
+}
+
+#[tokio::test]
+async fn a_rotation_makes_a_new_binding_and_the_predecessor_keeps_working() {
+    let (store, clock, broker) = rotating().await;
+    let before = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    clock.set(1_002_000);
+    let rotated = broker.bind(rotate_req("b2", "b1")).await.unwrap();
+    assert!(matches!(rotated, Bound::Created(_)));
+    let rotated = bound(rotated);
+    assert_ne!(rotated.credentials["password"], before.credentials["password"]);
+    assert_ne!(rotated.credentials["username"], before.credentials["username"]);
+    // A fresh expiry, counted from the rotation.
+    assert_eq!(rotated.metadata.unwrap().expires_at, "1970-01-12T15:20:00.0Z");
+    // The same rotation again is the same binding (200); another predecessor is a conflict.
+    let again = broker.bind(rotate_req("b2", "b1")).await.unwrap();
+    assert!(matches!(again, Bound::AlreadyExists(ref b) if b.credentials == rotated.credentials));
+    broker.bind(bind_req("i1", "b3")).await.unwrap();
+    let other = broker.bind(rotate_req("b2", "b3")).await;
+    assert!(matches!(other, Err(BrokerError::Conflict(_))), "{other:?}");
+    let plain = broker.bind(bind_req("i1", "b2")).await;
+    assert!(matches!(plain, Err(BrokerError::Conflict(_))), "{plain:?}");
+    // Both users exist until the predecessor is unbound.
+    let users = store.snapshot().users;
+    assert!(users.contains_key("etcd-broker.i1.b1") && users.contains_key("etcd-broker.i1.b2"));
+    assert_eq!(
+        stored_binding(&store, "/etcd-broker/bindings/i1/b2").predecessor_binding_id.as_deref(),
+        Some("b1")
+    );
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    assert!(broker.get_binding(&iid("i1"), &bid("b2")).await.is_ok());
+    assert_consistent(&store.snapshot());
+}
+
+#[tokio::test]
+async fn a_rotation_takes_the_predecessors_parameters() {
+    let (store, _, broker) = rotating().await;
+    let parameters = json!({"access": "read", "key_prefix": "config/"});
+    broker.bind(bind_with("i1", "p1", parameters.clone())).await.unwrap();
+    let rotate = BindRequest { plan_id: LARGE.into(), ..rotate_req("p2", "p1") };
+    let rotated = bound(broker.bind(rotate.clone()).await.unwrap());
+    assert_eq!(rotated.credentials["prefix"], "/service_instances/i1/config/");
+    let fetched = broker.get_binding(&iid("i1"), &bid("p2")).await.unwrap();
+    assert_eq!(serde_json::Value::Object(fetched.parameters.unwrap()), parameters);
+    // Sending the same parameters again is the same rotation; other ones are refused.
+    let same = BindRequest { parameters: parameters.as_object().unwrap().clone(), ..rotate.clone() };
+    assert!(matches!(broker.bind(same).await.unwrap(), Bound::AlreadyExists(_)));
+    let other = BindRequest {
+        parameters: json!({"access": "readwrite"}).as_object().unwrap().clone(),
+        ..BindRequest { binding_id: bid("p3"), ..rotate }
+    };
+    let refused = broker.bind(other).await;
+    assert!(matches!(&refused, Err(BrokerError::BadRequest(m)) if m.contains("send none")), "{refused:?}");
+    let permissions: Vec<Permission> = store.snapshot().roles["etcd-broker.i1.p2"].iter().cloned().collect();
+    assert_eq!(
+        permissions,
+        [Permission::prefix(crate::store::Access::Read, "/service_instances/i1/config/")]
+    );
+}
+
+#[tokio::test]
+async fn rotations_the_spec_does_not_allow_are_refused() {
+    let (_, clock, broker) = rotating().await;
+    let refused = |outcome: BrokerResult<Bound>, says: &str| match outcome {
+        Err(BrokerError::BadRequest(m)) => assert!(m.contains(says), "{m}"),
+        other => panic!("{other:?}"),
+    };
+    // A plan that does not offer rotation (BOTH), the binding itself, an unknown binding.
+    refused(
+        broker.bind(BindRequest { plan_id: BOTH.into(), ..rotate_req("b2", "b1") }).await,
+        "binding_rotatable",
+    );
+    refused(broker.bind(rotate_req("b1", "b1")).await, "names the binding being created");
+    refused(broker.bind(rotate_req("b2", "nope")).await, "is not a binding of service instance 'i1'");
+    // Another plan than the predecessor's.
+    refused(broker.bind(BindRequest { plan_id: LARGE.into(), ..rotate_req("b2", "b1") }).await, "plan_id");
+    // An expired predecessor (its ttl is 3600 s).
+    clock.set(1_003_600);
+    refused(broker.bind(rotate_req("b2", "b1")).await, "has expired");
+}
+
+#[tokio::test]
+async fn an_expired_binding_loses_its_user_after_the_grace_and_keeps_its_record() {
+    let (store, clock, broker) = rotating().await;
+    broker.bind(BindRequest { plan_id: LARGE.into(), ..bind_req("i1", "forever") }).await.unwrap();
+    // Expired, but within the grace (300 s): nothing happens yet.
+    clock.set(1_003_600 + 299);
+    assert_eq!(broker.revoke_expired_bindings().await.unwrap(), expiry::Pass::default());
+    assert!(store.snapshot().users.contains_key("etcd-broker.i1.b1"));
+    clock.set(1_003_600 + 300);
+    assert_eq!(broker.revoke_expired_bindings().await.unwrap(), expiry::Pass { revoked: 1, waiting: 0 });
+    let state = store.snapshot();
+    assert!(!state.users.contains_key("etcd-broker.i1.b1"));
+    assert!(state.users.contains_key("etcd-broker.i1.forever"), "a binding without expiry stays");
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b1");
+    assert_eq!((record.state, record.revoked_at), (RecordState::Ready, Some(1_003_900)));
+    assert_indexes_match_records(&state);
+    // Nothing left to do; GET still answers, with the past expiry; unbind cleans up as usual.
+    assert_eq!(broker.revoke_expired_bindings().await.unwrap(), expiry::Pass::default());
+    assert!(broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap().metadata.is_some());
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    drain_role_queue(&broker).await.unwrap();
+    assert!(!store.snapshot().roles.contains_key("etcd-broker.i1.b1"));
+    assert_consistent(&store.snapshot());
+}
+
+#[tokio::test]
+async fn a_certificate_binding_is_valid_until_its_expiry_and_grace() {
+    let (_, _, broker) = rotating().await;
+    let cert =
+        bound(broker.bind(BindRequest { plan_id: CERT.into(), ..bind_req("i1", "c1") }).await.unwrap());
+    let pem = cert.credentials["cert"].as_str().unwrap();
+    let x509 = openssl::x509::X509::from_pem(pem.as_bytes()).unwrap();
+    // Minted now (the real clock), valid for the binding's remaining 3600 s + 300 s of grace
+    // at most, far below the configured validity.
+    let in_an_hour_and_more = openssl::asn1::Asn1Time::days_from_now(1).unwrap();
+    assert!(x509.not_after() < in_an_hour_and_more);
+}
+
+#[tokio::test]
+async fn expiry_converges_after_a_fault_at_any_step() {
+    let calls = {
+        let (store, clock, _) = rotating().await;
+        clock.set(1_003_900);
+        let counting = Arc::new(FaultyStore::new(store, None, FailMode::Before));
+        rotating_broker_on(counting.clone(), clock).revoke_expired_bindings().await.unwrap();
+        counting.calls()
+    };
+    assert!(calls >= 4, "{calls}");
+    for mode in [FailMode::Before, FailMode::After] {
+        for step in 0..calls {
+            let (store, clock, _) = rotating().await;
+            clock.set(1_003_900);
+            let faulty = Arc::new(FaultyStore::new(store.clone(), Some(step), mode));
+            let failed = rotating_broker_on(faulty, clock.clone()).revoke_expired_bindings().await;
+            assert!(failed.is_err(), "step {step} ({mode:?})");
+            // The next pass (the same leader later, or the next one) finishes the job.
+            rotating_broker_on(store.clone(), clock).revoke_expired_bindings().await.unwrap();
+            let state = store.snapshot();
+            assert!(!state.users.contains_key("etcd-broker.i1.b1"), "step {step} ({mode:?})");
+            assert_eq!(stored_binding(&store, "/etcd-broker/bindings/i1/b1").revoked_at, Some(1_003_900));
+            assert_indexes_match_records(&state);
+        }
+    }
 }

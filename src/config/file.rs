@@ -11,13 +11,13 @@ use url::Url;
 use super::{
     default_body_timeout_seconds, default_header_timeout_seconds, default_host, default_idle_timeout_seconds,
     default_max_connection_rate, default_max_connections, default_port, default_workers, invalid, AuthConfig,
-    Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig, PrefixConfig, ReconcileConfig,
-    RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_CONNECTION_RATE,
-    MAX_HEADER_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS, MAX_WORKERS,
+    BindingExpiryConfig, Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig,
+    PrefixConfig, ReconcileConfig, RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS,
+    MAX_CONNECTIONS, MAX_CONNECTION_RATE, MAX_HEADER_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS, MAX_WORKERS,
 };
 use crate::broker::certificates::{Authority, CredentialKind};
 use crate::osb::catalog::Catalog;
-use crate::osb::plan_options::{BrokerLimits, PlanOptions};
+use crate::osb::plan_options::{BindingExpiry, BrokerLimits, PlanOptions};
 use crate::pki::ClientCa;
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
@@ -50,6 +50,8 @@ pub(super) struct ConfigFile {
     pub role_reaper: RoleReaperConfig,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub binding_expiry: BindingExpiryConfig,
     #[serde(default)]
     pub secrets: SecretsFile,
     #[serde(default)]
@@ -266,7 +268,21 @@ pub(super) struct PlanFile {
     /// At most this many bindings per instance of the plan.
     #[serde(default)]
     pub max_bindings_per_instance: Option<u64>,
+    /// Binds may rotate a binding (`predecessor_binding_id`, OSB 2.17); the catalog says so.
+    #[serde(default)]
+    pub binding_rotatable: bool,
+    /// Bindings expire this long after they are made.
+    #[serde(default)]
+    pub binding_ttl_seconds: Option<u64>,
+    /// How long before the expiry a binding should be renewed (`renew_before`); a fifth of
+    /// the ttl by default.
+    #[serde(default)]
+    pub binding_renew_before_seconds: Option<u64>,
 }
+
+/// The longest ttl (and grace) of an expiring binding: ten years, far below where seconds since
+/// the epoch overflow anything.
+const MAX_BINDING_TTL_SECONDS: u64 = 10 * 365 * 86_400;
 
 /// `[limits]`: limits across plans.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -284,6 +300,32 @@ impl PlanFile {
             binding_parameters: self.binding_parameters,
             max_instances: self.max_instances,
             max_bindings_per_instance: self.max_bindings_per_instance,
+            binding_rotatable: self.binding_rotatable,
+            binding_expiry: self.binding_ttl_seconds.map(|ttl| BindingExpiry {
+                ttl,
+                renew_before: self.binding_renew_before_seconds.unwrap_or(ttl / 5),
+            }),
+        }
+    }
+
+    /// The expiry options: a ttl of at least a second and at most ten years, a renewal
+    /// time before expiry shorter than the ttl, and no renewal time without a ttl.
+    fn check_expiry(&self, plan: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("plan_configs.\"{plan}\".{name}");
+        match (self.binding_ttl_seconds, self.binding_renew_before_seconds) {
+            (Some(ttl), _) if !(1..=MAX_BINDING_TTL_SECONDS).contains(&ttl) => Err(invalid(
+                field("binding_ttl_seconds"),
+                format!("must be between 1 and {MAX_BINDING_TTL_SECONDS} (ten years)"),
+            )),
+            (Some(ttl), Some(before)) if before >= ttl => Err(invalid(
+                field("binding_renew_before_seconds"),
+                format!("must be less than binding_ttl_seconds ({ttl})"),
+            )),
+            (None, Some(_)) => Err(invalid(
+                field("binding_renew_before_seconds"),
+                "applies to expiring bindings only: set binding_ttl_seconds too",
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -318,12 +360,15 @@ impl ConfigFile {
             mut catalog,
             role_reaper,
             reconcile,
+            binding_expiry,
             limits,
             ..
         } = self;
         // The catalog publishes the schemas of what each plan offers.
         for plan in catalog.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
-            plan.schemas = plan_options.get(&plan.id).and_then(PlanOptions::schemas);
+            let options = plan_options.get(&plan.id);
+            plan.schemas = options.and_then(PlanOptions::schemas);
+            plan.binding_rotatable = options.is_some_and(|o| o.binding_rotatable);
         }
         let listen = Listen {
             host: listen.host,
@@ -351,6 +396,7 @@ impl ConfigFile {
             limits: BrokerLimits { max_instances_per_organization: limits.max_instances_per_organization },
             role_reaper,
             reconcile,
+            binding_expiry,
             sealing,
             certificates,
             plan_credentials,
@@ -362,6 +408,19 @@ impl ConfigFile {
         let share = self.role_reaper.busy_share;
         if !(share > 0.0 && share <= 1.0) {
             return Err(invalid("role_reaper.busy_share", "must be above 0 and at most 1"));
+        }
+        for (plan, config) in &self.plan_configs {
+            config.check_expiry(plan)?;
+        }
+        let expiry = &self.binding_expiry;
+        if expiry.grace_seconds > MAX_BINDING_TTL_SECONDS {
+            return Err(invalid("binding_expiry.grace_seconds", "must be at most 315360000 (ten years)"));
+        }
+        if !(1..=3600).contains(&expiry.check_seconds) {
+            return Err(invalid("binding_expiry.check_seconds", "must be between 1 and 3600"));
+        }
+        if !(2..=60).contains(&expiry.leader_lease_seconds) {
+            return Err(invalid("binding_expiry.leader_lease_seconds", "must be between 2 and 60"));
         }
         if !(1..=3600).contains(&self.role_reaper.poll_seconds) {
             return Err(invalid("role_reaper.poll_seconds", "must be between 1 and 3600"));

@@ -161,6 +161,7 @@ pub struct Config {
     pub limits: BrokerLimits,
     pub role_reaper: RoleReaperConfig,
     pub reconcile: ReconcileConfig,
+    pub binding_expiry: BindingExpiryConfig,
     /// Whether secrets are sealed at rest, and the keys that seal and unseal them (`[secrets]`).
     pub sealing: Sealing,
     /// The client CA of certificate bindings (`[certificates]`), if configured.
@@ -280,6 +281,44 @@ impl Default for ReconcileConfig {
             stuck_after_seconds: default_stuck_after_seconds(),
         }
     }
+}
+
+/// `[binding_expiry]`: how expiring bindings (plan option `binding_ttl_seconds`) are revoked.
+/// One broker at a time does it, elected through an etcd lease (`broker/leader.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingExpiryConfig {
+    /// How long after `expires_at` the binding's user is deleted: time for an app that rotated
+    /// late to switch over. Also added to a certificate binding's validity.
+    #[serde(default = "default_expiry_grace_seconds")]
+    pub grace_seconds: u64,
+    /// Seconds between two looks for bindings past their expiry and grace.
+    #[serde(default = "default_expiry_check_seconds")]
+    pub check_seconds: u64,
+    /// The ttl of the leader's lease: after the leader dies, another broker takes over within
+    /// about this long.
+    #[serde(default = "default_leader_lease_seconds")]
+    pub leader_lease_seconds: u64,
+}
+
+impl Default for BindingExpiryConfig {
+    fn default() -> Self {
+        Self {
+            grace_seconds: default_expiry_grace_seconds(),
+            check_seconds: default_expiry_check_seconds(),
+            leader_lease_seconds: default_leader_lease_seconds(),
+        }
+    }
+}
+
+fn default_expiry_grace_seconds() -> u64 {
+    300
+}
+fn default_expiry_check_seconds() -> u64 {
+    10
+}
+fn default_leader_lease_seconds() -> u64 {
+    5
 }
 
 fn default_reconcile_interval_seconds() -> u64 {

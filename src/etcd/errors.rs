@@ -13,7 +13,8 @@ pub(super) const OLD_AUTH_REVISION: [&str; 2] =
     ["revision in header is old", "revision of auth store is old"];
 /// A user or role that was to be added exists.
 const ALREADY_EXISTS: &str = "already exists";
-/// A user or role that was to be changed or deleted does not exist.
+/// A user, role or lease ("requested lease not found") that was to be changed or deleted does
+/// not exist.
 const NOT_FOUND: &str = "not found";
 /// A role to be taken from a user, or a permission from a role, was never granted.
 const NOT_GRANTED: &str = "not granted";
@@ -46,7 +47,7 @@ pub(crate) fn already_exists(e: &etcd_client::Error) -> bool {
     says(e, ALREADY_EXISTS)
 }
 
-/// Whether etcd said the user or role does not exist.
+/// Whether etcd said the user, role or lease does not exist.
 pub(crate) fn not_found(e: &etcd_client::Error) -> bool {
     says(e, NOT_FOUND)
 }
@@ -192,6 +193,8 @@ mod tests {
         assert!(nothing_to_revoke(&e), "{version:?}: {e}");
         let e = error(root.role_revoke_permission("none", "/x/", None).await, "a missing role's permission");
         assert!(nothing_to_revoke(&e), "{version:?}: {e}");
+        let e = error(root.lease_revoke(0x7eed).await, "a lease that does not exist revoked");
+        assert!(not_found(&e), "{version:?}: {e}");
 
         let e = error(login(&etcd, "u", "wrong").await, "a wrong password");
         assert!(matches!(classify(e), StoreError::Unauthorized(_)), "{version:?}");

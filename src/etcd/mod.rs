@@ -31,7 +31,7 @@ use std::thread::ThreadId;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, PermissionType,
+    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, PermissionType, PutOptions,
     RoleRevokePermissionOptions, Txn, TxnOp, UserAddOptions,
 };
 use tokio::sync::OnceCell;
@@ -348,5 +348,64 @@ impl Store for EtcdStore {
             Err(e) if !nothing_to_revoke(&e) => Err(classify(e)),
             _ => Ok(()),
         }
+    }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError> {
+        let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let granted = self
+            .call(Call::Write, |c| {
+                let mut leases = c.lease_client();
+                async move { leases.grant(seconds, None).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(granted.id())
+    }
+
+    async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
+        // One keep-alive request on a stream of its own: the lease's holder renews a few times
+        // per ttl, so a long-lived stream would save little and need its own reconnecting.
+        let answer = self
+            .call(Call::Write, |c| {
+                let mut leases = c.lease_client();
+                async move {
+                    let (_keeper, mut answers) = leases.keep_alive(lease).await?;
+                    answers.message().await
+                }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(answer.is_some_and(|a| a.ttl() > 0))
+    }
+
+    async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
+        match self
+            .call(Call::Write, |c| {
+                let mut leases = c.lease_client();
+                async move { leases.revoke(lease).await }
+            })
+            .await
+        {
+            Err(e) if !not_found(&e) => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn put_if_absent_leased(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, StoreError> {
+        let txn = || {
+            Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+                key,
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+        };
+        let response = self
+            .kv(Call::Write, |mut c| {
+                let txn = txn();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(response.succeeded())
     }
 }

@@ -1,11 +1,13 @@
 //! `PUT/GET/DELETE /v2/service_instances/{instance_id}/service_bindings/{binding_id}`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::error::HttpError;
+use super::protocol::minor_version;
 use super::{binding_id, empty, instance_id, method_not_allowed, AsyncQuery, Body, DeleteQuery, HttpState};
 use crate::osb::model::*;
+use crate::osb::BindingId;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -29,7 +31,14 @@ struct BindBody {
     context: Option<JsonObject>,
     #[serde(default)]
     parameters: Option<JsonObject>,
+    /// OSB 2.17: the binding this one rotates.
+    #[serde(default)]
+    predecessor_binding_id: Option<String>,
 }
+
+/// The first OSB version with binding rotation: older requests do not have
+/// `predecessor_binding_id`, so a field of that name in one is not a rotation and is ignored.
+const ROTATION_MINOR_VERSION: u32 = 17;
 
 /// `bind_resource` is kept as the object the platform sent, but the fields the OSB spec defines
 /// in it are strings: a number as `app_guid` would otherwise be dropped in silence (the binding
@@ -50,6 +59,7 @@ fn check_bind_resource(resource: Option<&JsonObject>) -> Result<(), HttpError> {
 
 async fn bind(
     state: web::Data<HttpState>,
+    request: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<AsyncQuery>,
     Body(body): Body<BindBody>,
@@ -67,6 +77,14 @@ async fn bind(
         .and_then(|v| v.as_str())
         .map(str::to_owned)
         .or(body.app_guid);
+    let predecessor_binding_id = match body.predecessor_binding_id {
+        Some(id) if minor_version(request.headers()) >= ROTATION_MINOR_VERSION => {
+            Some(BindingId::parse(&id).map_err(|e| {
+                HttpError::bad_request(format!("invalid request body: predecessor_binding_id: {e}"))
+            })?)
+        }
+        _ => None,
+    };
     let outcome = state
         .broker
         .bind(BindRequest {
@@ -79,6 +97,7 @@ async fn bind(
             context: body.context.unwrap_or_default(),
             parameters: body.parameters.unwrap_or_default(),
             accepts_incomplete: query.accepts_incomplete,
+            predecessor_binding_id,
         })
         .await?;
     Ok(match outcome {

@@ -58,6 +58,22 @@ fn plain_number(text: &str) -> Option<u32> {
     text.parse().ok()
 }
 
+/// The version in an `X-Broker-API-Version` header: (major, minor), each plain digits.
+fn parse_version(value: &HeaderValue) -> Option<(u32, u32)> {
+    let text = value.to_str().ok()?.trim();
+    let (major, minor) = text.split_once('.')?;
+    Some((plain_number(major)?, plain_number(minor)?))
+}
+
+/// The minor OSB version of a request that passed [`check_version`] (the middleware lets no
+/// other through): what a handler asks before reading a field that newer versions added.
+pub fn minor_version(headers: &actix_web::http::header::HeaderMap) -> u32 {
+    match headers.get(VERSION_HEADER).and_then(parse_version) {
+        Some((2, minor)) => minor,
+        _ => MIN_MINOR_VERSION,
+    }
+}
+
 /// Checks `X-Broker-API-Version`: `2.<minor>` with minor at least 13, each part plain digits.
 pub fn check_version(header: Option<&HeaderValue>) -> Result<(), HttpError> {
     let Some(value) = header else {
@@ -66,9 +82,7 @@ pub fn check_version(header: Option<&HeaderValue>) -> Result<(), HttpError> {
         )));
     };
     let text = value.to_str().unwrap_or("").trim();
-    let parsed =
-        text.split_once('.').and_then(|(major, minor)| Some((plain_number(major)?, plain_number(minor)?)));
-    match parsed {
+    match parse_version(value) {
         Some((2, minor)) if minor >= MIN_MINOR_VERSION => Ok(()),
         _ => Err(HttpError::ApiVersion(format!(
             "X-Broker-API-Version '{text}' is not supported; this broker requires 2.{MIN_MINOR_VERSION} or later"

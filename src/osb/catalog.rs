@@ -72,6 +72,10 @@ pub struct Plan {
     /// never written by hand: what the catalog publishes is what the broker checks.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub schemas: Option<Value>,
+    /// Whether bindings of the plan can be rotated (OSB 2.17), from its options
+    /// (`PlanOptions::binding_rotatable`): published only when they can.
+    #[serde(skip_deserializing, skip_serializing_if = "std::ops::Not::not")]
+    pub binding_rotatable: bool,
 }
 
 fn yes() -> bool {

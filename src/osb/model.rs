@@ -59,6 +59,9 @@ pub struct BindRequest {
     pub context: JsonObject,
     pub parameters: JsonObject,
     pub accepts_incomplete: bool,
+    /// The binding this bind rotates (OSB 2.17); `None` for requests of older API versions,
+    /// which do not have the field.
+    pub predecessor_binding_id: Option<BindingId>,
 }
 
 /// `DELETE .../service_bindings/{binding_id}` query.
@@ -92,9 +95,37 @@ pub enum Bound {
 /// What a binding hands to the application.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Binding {
+    /// When an expiring binding expires and should be renewed; absent for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BindingMetadata>,
     pub credentials: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<JsonObject>,
+}
+
+/// OSB's binding metadata: timestamps in the spec's form, `yyyy-mm-ddThh:mm:ss.sZ` (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BindingMetadata {
+    pub expires_at: String,
+    pub renew_before: String,
+}
+
+impl BindingMetadata {
+    /// From seconds since the Unix epoch.
+    pub fn from_unix(expires_at: u64, renew_before: u64) -> Self {
+        Self { expires_at: osb_timestamp(expires_at), renew_before: osb_timestamp(renew_before) }
+    }
+}
+
+/// `seconds` since the Unix epoch as OSB writes times, e.g. `2019-12-31T23:59:59.0Z`.
+pub fn osb_timestamp(seconds: u64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].0Z");
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&format).ok())
+        // Beyond year 9999, which no expiry of at most ten years reaches.
+        .unwrap_or_else(|| "9999-12-31T23:59:59.0Z".to_owned())
 }
 
 /// `GET /v2/service_instances/{instance_id}` answer.

@@ -17,6 +17,21 @@ pub struct PlanOptions {
     /// At most this many bindings on each instance of the plan (the instance's plan decides);
     /// `None`: no limit.
     pub max_bindings_per_instance: Option<u64>,
+    /// A bind may name a `predecessor_binding_id` (OSB 2.17 rotation): the new binding takes
+    /// the predecessor's parameters. The catalog publishes `binding_rotatable` from this.
+    pub binding_rotatable: bool,
+    /// Bindings of the plan expire; `None`: they never do.
+    pub binding_expiry: Option<BindingExpiry>,
+}
+
+/// When a plan's bindings expire, in seconds: fixed when the binding is made, so a later
+/// change of the plan's options leaves existing bindings as they were promised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingExpiry {
+    /// From the bind to `expires_at`.
+    pub ttl: u64,
+    /// From `renew_before` to `expires_at`.
+    pub renew_before: u64,
 }
 
 /// Limits across plans (`[limits]` in the config); `None`: no limit.

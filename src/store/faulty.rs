@@ -160,4 +160,20 @@ impl Store for FaultyStore {
     async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
         self.run(self.inner.revoke_permission(role, permission)).await
     }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError> {
+        self.run(self.inner.grant_lease(ttl)).await
+    }
+
+    async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
+        self.run(self.inner.renew_lease(lease)).await
+    }
+
+    async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
+        self.run(self.inner.revoke_lease(lease)).await
+    }
+
+    async fn put_if_absent_leased(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, StoreError> {
+        self.run(self.inner.put_if_absent_leased(key, value, lease)).await
+    }
 }

@@ -16,6 +16,11 @@ pub struct MemoryState {
     pub roles: BTreeMap<String, BTreeSet<Permission>>,
     /// user -> (password, roles)
     pub users: BTreeMap<String, (String, BTreeSet<String>)>,
+    /// Live leases -> the keys attached to them. They never end by themselves here: a test
+    /// ends one with [`MemoryStore::end_lease`], as etcd would once its ttl passed unrenewed.
+    pub leases: BTreeMap<i64, BTreeSet<String>>,
+    /// The last lease id granted.
+    pub last_lease: i64,
 }
 
 /// The fake store.
@@ -28,6 +33,15 @@ impl MemoryStore {
     /// A snapshot of everything, for assertions.
     pub fn snapshot(&self) -> MemoryState {
         self.state.lock().unwrap().clone()
+    }
+
+    /// Ends `lease` as etcd does when its ttl passes without a renewal: its keys go.
+    pub fn end_lease(&self, lease: i64) {
+        let mut s = self.state.lock().unwrap();
+        for key in s.leases.remove(&lease).unwrap_or_default() {
+            s.keys.remove(&key);
+        }
+        s.revision += 1;
     }
 }
 
@@ -174,5 +188,37 @@ impl Store for MemoryStore {
             permissions.remove(permission);
         }
         Ok(())
+    }
+
+    async fn grant_lease(&self, _ttl: std::time::Duration) -> Result<i64, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        s.last_lease += 1;
+        let lease = s.last_lease;
+        s.leases.insert(lease, BTreeSet::new());
+        Ok(lease)
+    }
+
+    async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
+        Ok(self.state.lock().unwrap().leases.contains_key(&lease))
+    }
+
+    async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
+        self.end_lease(lease);
+        Ok(())
+    }
+
+    async fn put_if_absent_leased(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        if s.keys.contains_key(key) {
+            return Ok(false);
+        }
+        let Some(attached) = s.leases.get_mut(&lease) else {
+            return Err(StoreError::Failed("etcdserver: requested lease not found".into()));
+        };
+        attached.insert(key.to_owned());
+        s.revision += 1;
+        let mod_revision = s.revision;
+        s.keys.insert(key.to_owned(), Versioned { value: value.to_vec(), mod_revision });
+        Ok(true)
     }
 }

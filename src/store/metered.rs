@@ -134,4 +134,20 @@ impl Store for MeteredStore {
     async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError> {
         self.observe("revoke_permission", self.inner.revoke_permission(role, permission)).await
     }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError> {
+        self.observe("grant_lease", self.inner.grant_lease(ttl)).await
+    }
+
+    async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
+        self.observe("renew_lease", self.inner.renew_lease(lease)).await
+    }
+
+    async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
+        self.observe("revoke_lease", self.inner.revoke_lease(lease)).await
+    }
+
+    async fn put_if_absent_leased(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, StoreError> {
+        self.observe("put_if_absent_leased", self.inner.put_if_absent_leased(key, value, lease)).await
+    }
 }

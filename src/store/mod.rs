@@ -201,4 +201,20 @@ pub trait Store: Send + Sync + 'static {
     /// Takes `permission` (as [`Store::role_permissions`] listed it) from `role`; a missing role
     /// or permission is fine.
     async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError>;
+
+    /// A lease that etcd ends `ttl` after its last renewal, taking the keys attached to it
+    /// along: how a broker holds a task's leadership only for as long as it lives
+    /// (`broker/leader.rs`). Returns the lease's id.
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError>;
+
+    /// Renews `lease` for another full ttl; `false` when it has already ended (its keys are
+    /// gone).
+    async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError>;
+
+    /// Ends `lease` now, deleting its keys; an ended lease is fine.
+    async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError>;
+
+    /// Puts `key` = `value` attached to `lease` if `key` does not exist; `true` when it did
+    /// not and now does.
+    async fn put_if_absent_leased(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, StoreError>;
 }

@@ -70,19 +70,11 @@ async fn a_broken_deployment_is_found_repaired_and_then_clean() {
         username: "etcd-broker.i1.stuck".into(),
         role: "etcd-broker.i1.stuck".into(),
         password: Some("not-handed-out".into()),
-        password_sealed: None,
         prefix: "/service_instances/i1/".into(),
-        access: Default::default(),
-        certificate: None,
-        private_key: None,
-        private_key_sealed: None,
-        app_guid: None,
-        bind_resource: None,
-        context: Default::default(),
-        parameters: Default::default(),
         state: RecordState::Creating,
         created_at: 1,
         updated_at: 1,
+        ..Default::default()
     };
     root.put("/etcd-broker/bindings/i1/stuck", encode(&stuck), None).await.unwrap();
     let entry =

@@ -53,20 +53,12 @@ async fn preload(etcd: &LocalEtcd, config: &Path) {
                 cluster: "main".into(),
                 username: format!("etcd-broker.i1.{binding}"),
                 role: format!("etcd-broker.i1.{binding}"),
-                password: None,
                 password_sealed: Some(sealed),
                 prefix: "/service_instances/i1/".into(),
-                access: Default::default(),
-                certificate: None,
-                private_key: None,
-                private_key_sealed: None,
-                app_guid: None,
-                bind_resource: None,
-                context: Default::default(),
-                parameters: Default::default(),
                 state: RecordState::Ready,
                 created_at: 0,
                 updated_at: 0,
+                ..Default::default()
             };
             ops.push(TxnOp::put(key, encode(&record), None));
             ops.push(TxnOp::put(names.binding_index_key(PLAN, "i1", &binding), "", None));

@@ -12,7 +12,7 @@
 //!   prefixes that hold keys (one single-key read per prefix: each read starts past the keys of
 //!   the prefix before);
 //! - with [`Settings::grants`], each ready binding's user roles and role permissions (two auth
-//!   reads per binding).
+//!   reads per binding), except expired bindings', whose users are deleted on purpose.
 //!
 //! **In-flight operations are not findings.** Every operation writes its record before what it
 //! describes and removes it after (a bind: record `creating`, role, user, `ready`), so a user of
@@ -512,7 +512,11 @@ impl EtcdBroker {
                                 .with(Target::Deleting { key: key.clone() }),
                         );
                     }
-                    RecordState::Ready if settings.grants => {
+                    // An expired binding's user is gone on purpose (or goes at the expiry
+                    // leader's next pass): no grant to check, nothing to make again.
+                    RecordState::Ready
+                        if settings.grants && !record.expired(now, self.setup.expiry_grace) =>
+                    {
                         self.check_grants(&key, &record, found.mod_revision, report).await?;
                     }
                     _ => {}
