@@ -16,6 +16,7 @@
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
 //! - `sealing`: binding passwords sealed at rest, the start-up key check, damaged records
 //! - `reconcile`: records against etcd, each inconsistency found and the safe ones repaired
+//! - `rotation`: rotatable and expiring bindings; the expiry leader killed and replaced
 //! - `reseal`: a key rotation with `etcd-broker-ops reseal`; its measurement (ignored)
 //! - `store_batching`: the real store's coalesced reads and commits on a real etcd
 //! - `store_retries`: the real store while auth keeps changing under it
@@ -38,6 +39,7 @@ mod osb_protocol;
 mod prometheus_rules;
 mod reconcile;
 mod reseal;
+mod rotation;
 mod sealing;
 mod store_batching;
 mod store_retries;
