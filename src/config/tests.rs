@@ -532,3 +532,45 @@ fn a_sealed_ca_key_unseals_with_the_keychain_only_for_its_record() {
     let elsewhere = with_certificates("certificate", sealed_for("/etcd-broker/bindings/i/b"));
     assert_eq!(field_of(elsewhere), "certificates.key_sealed");
 }
+
+#[test]
+fn expiry_options_are_checked_and_published() {
+    const PLAN: &str = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+    let plan_with = |options: toml::Table| {
+        with(move |t| {
+            let plan = t["plan_configs"][PLAN].as_table_mut().unwrap();
+            plan.extend(options);
+        })
+    };
+    let config = plan_with(toml::toml! { binding_rotatable = true
+    binding_ttl_seconds = 1000 })
+    .unwrap();
+    let expiry = config.plan_options[PLAN].binding_expiry.unwrap();
+    assert_eq!((expiry.ttl, expiry.renew_before), (1000, 200), "a fifth of the ttl by default");
+    assert!(config.catalog.services[0].plans[0].binding_rotatable);
+    let field = |name: &str| format!("plan_configs.\"{PLAN}\".{name}");
+    for (options, bad) in [
+        (toml::toml! { binding_ttl_seconds = 0 }, "binding_ttl_seconds"),
+        (toml::toml! { binding_ttl_seconds = 400_000_000 }, "binding_ttl_seconds"),
+        (
+            toml::toml! { binding_ttl_seconds = 60
+            binding_renew_before_seconds = 60 },
+            "binding_renew_before_seconds",
+        ),
+        (toml::toml! { binding_renew_before_seconds = 60 }, "binding_renew_before_seconds"),
+    ] {
+        assert_eq!(field_of(plan_with(options)), field(bad));
+    }
+    for (key, value) in [("check_seconds", 0), ("leader_lease_seconds", 1), ("grace_seconds", 400_000_000)] {
+        let expiry = with(|t| {
+            let mut table = toml::Table::new();
+            table.insert(key.into(), toml::Value::Integer(value));
+            t.insert("binding_expiry".into(), toml::Value::Table(table));
+        });
+        assert_eq!(field_of(expiry), format!("binding_expiry.{key}"));
+    }
+    // Plans without the option publish nothing about rotation.
+    let plain = Config::from_toml(EXAMPLE).unwrap();
+    let json = serde_json::to_value(&plain.catalog).unwrap();
+    assert!(json["services"][0]["plans"][0].get("binding_rotatable").is_none(), "{json}");
+}
