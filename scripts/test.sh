@@ -5,7 +5,8 @@
 #   3. the broker's integration tests again against etcd 3.4 (without the timing-based ones and
 #      the kill -9 chaos),
 #      and the blackbox suite (ci/blackbox) on 3.4 (on 3.5 it runs inside step 2,
-#      ops/tests/it/blackbox.rs), and with certificate bindings on 3.4 and 3.5;
+#      ops/tests/it/blackbox.rs), with certificate bindings on 3.4 and 3.5, and on the rotating
+#      plan (rotatable, expiring bindings) on 3.5;
 #   4. generated OSB requests from the OpenAPI document against a live broker (ci/schemathesis,
 #      about a minute);
 #   5. the BOSH release tree: stage the package source (make release, stage only) and
@@ -64,10 +65,11 @@ ETCD_VERSION=3.4 run_tests cargo test --locked -p etcd-broker --test it -- \
   --skip failover:: --skip lifecycle::roles_are_deleted_in_the_pauses_of_the_osb_traffic \
   --skip chaos::
 
-step "blackbox suite against a local etcd 3.4 + broker; certificate bindings on 3.4 and 3.5"
+step "blackbox suite against a local etcd 3.4 + broker; certificate bindings on 3.4 and 3.5; rotation"
 ci/blackbox --etcd-version 3.4
 ci/blackbox --etcd-version 3.4 --plan certificate
 ci/blackbox --etcd-version 3.5 --plan certificate
+ci/blackbox --etcd-version 3.5 --plan rotating
 
 step "generated OSB requests (schemathesis) against a local etcd 3.5 + broker"
 ci/schemathesis

@@ -67,6 +67,8 @@ pub struct Offering {
     /// Bind parameter names the plan's catalog schema lists (`access`, `key_prefix`); empty when
     /// the plan takes none.
     pub bind_parameters: Vec<String>,
+    /// The catalog says the plan's bindings can be rotated (`binding_rotatable`, OSB 2.17).
+    pub rotatable: bool,
 }
 
 impl Offering {
@@ -278,7 +280,12 @@ impl OsbClient {
         let text = |v: &Value| v.as_str().map(str::to_owned).context("a catalog id or name is not a string");
         let schema = &plan["schemas"]["service_binding"]["create"]["parameters"]["properties"];
         let bind_parameters = schema.as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
-        Ok(Offering { service_id: text(&service["id"])?, plan_id: text(&plan["id"])?, bind_parameters })
+        Ok(Offering {
+            service_id: text(&service["id"])?,
+            plan_id: text(&plan["id"])?,
+            bind_parameters,
+            rotatable: plan["binding_rotatable"].as_bool().unwrap_or(false),
+        })
     }
 
     /// Provisions `instance`; waits for an asynchronous provision to finish. Returns the status
@@ -423,7 +430,12 @@ mod tests {
 
     #[test]
     fn accepts_incomplete_joins_the_query_it_finds() {
-        let offering = Offering { service_id: "s".into(), plan_id: "p".into(), bind_parameters: vec![] };
+        let offering = Offering {
+            service_id: "s".into(),
+            plan_id: "p".into(),
+            bind_parameters: vec![],
+            rotatable: false,
+        };
         let path = format!("{}?{}", binding_path("i", "b"), offering.delete_query());
         assert_eq!(
             Incomplete::Accepted.add_to(path.clone()),

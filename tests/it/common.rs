@@ -364,7 +364,12 @@ impl Osb {
 
     /// The shared plan of the test catalog.
     pub fn shared() -> Offering {
-        Offering { service_id: SERVICE_ID.to_owned(), plan_id: SHARED.to_owned(), bind_parameters: vec![] }
+        Offering {
+            service_id: SERVICE_ID.to_owned(),
+            plan_id: SHARED.to_owned(),
+            bind_parameters: vec![],
+            rotatable: false,
+        }
     }
 
     pub async fn send(builder: reqwest::RequestBuilder) -> Reply {

@@ -28,6 +28,8 @@ const EXAMPLE_CONFIG: &str = include_str!("../../docs/etcd-broker.example.toml")
 const BROKER_USERNAME: &str = "broker";
 /// The local stack's plan whose bindings are client certificates (`credentials = "certificate"`).
 pub const CERTIFICATE_PLAN_ID: &str = "7c1e5d2a-9b3f-4e6a-8d0c-5f2b1a3c4d5e";
+/// The example catalog's plan whose bindings expire and can be rotated.
+pub const ROTATING_PLAN_ID: &str = "4b6c7d8e-9f0a-4b1c-8d2e-4f5a6b7c8d9e";
 /// How long the local CA and etcd's server certificate are valid.
 const DEV_CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
 
@@ -256,6 +258,7 @@ fn env_lines(
         etcd.tls_endpoint().unwrap_or_default(),
         certs.trusted_ca_file.display().to_string(),
         CERTIFICATE_PLAN_ID.to_owned(),
+        ROTATING_PLAN_ID.to_owned(),
     ];
     for (key, value) in crate::stack::ENV_KEYS.iter().zip(values) {
         let _ = writeln!(out, "{key}={value}");

@@ -24,7 +24,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The variables `dev` writes to `<dir>/env`, in that order; `dev --run` exports all of them.
-pub const ENV_KEYS: [&str; 13] = [
+pub const ENV_KEYS: [&str; 14] = [
     "BROKER_URL",
     "BROKER_USERNAME",
     "BROKER_PASSWORD",
@@ -40,6 +40,8 @@ pub const ENV_KEYS: [&str; 13] = [
     "ETCD_TLS_ENDPOINTS",
     "ETCD_CA_FILE",
     "CERTIFICATE_PLAN_ID",
+    // The plan whose bindings expire and can be rotated.
+    "ROTATING_PLAN_ID",
 ];
 
 /// What the stack is started with: the flags of `dev` that a caller may want to choose.

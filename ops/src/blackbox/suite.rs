@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::report::{Outcome, Report, StepResult};
 use super::Settings;
-use crate::osb::{Offering, OsbClient};
+use crate::osb::{Incomplete, Offering, OsbClient};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
 use etcd_broker::etcd::resend_on_auth_change;
 use etcd_broker::tls::{ClientTls, Identity};
@@ -269,6 +269,7 @@ impl Run<'_> {
             .await;
 
         self.read_only_binding(&a, &a1).await;
+        self.rotated_binding(&a, &a1).await;
 
         // Data for the rebind check.
         let mut writer = client_a1.clone();
@@ -349,6 +350,35 @@ impl Run<'_> {
 
     /// A read-only binding of A (plans whose catalog schema lists `access` only): it reads
     /// A's data but cannot put, delete or attach a lease to a key; then it is unbound.
+    /// On a plan whose catalog entry says `binding_rotatable`: a rotation of A's binding is a
+    /// new binding with other credentials, the predecessor keeps working, and an expiring
+    /// binding's metadata is well-formed.
+    async fn rotated_binding(&mut self, a: &str, a1: &Credentials) {
+        let step = "rotating A's binding gives new credentials; the old ones keep working";
+        let Some(o) = self.offering.clone().filter(|o| o.rotatable) else {
+            let why =
+                "the catalog does not say binding_rotatable for the plan (plan_configs binding_rotatable)";
+            self.suite.record(step, Outcome::Skip, Duration::ZERO, Some(why.into()));
+            return;
+        };
+        let (osb, settings) = (self.osb.clone(), self.settings);
+        let apps = Apps { settings, a, b: &self.b };
+        self.suite
+            .step(step, async {
+                let mut body = o.plan_body();
+                body["predecessor_binding_id"] = "a1".into();
+                let answer = osb.put_binding(a, "a-rot", &body, Incomplete::Refused).await?;
+                ensure!(answer.status == StatusCode::CREATED, "the rotation answered {}", answer.reason());
+                check_expiry_metadata(&answer.body)?;
+                let rotated = Credentials::parse(&answer.body["credentials"], a)?;
+                ensure!(rotated.username != a1.username, "the rotation has the predecessor's username");
+                apps.connect(&rotated).await.context("the new credentials")?;
+                apps.connect(a1).await.context("the predecessor's credentials")?;
+                unbind_ok(&osb, &o, a, "a-rot").await.context("unbind")
+            })
+            .await;
+    }
+
     async fn read_only_binding(&mut self, a: &str, a1: &Credentials) {
         let step = "a read-only binding reads, cannot put/delete/lease";
         let Some(o) = self.offering.clone().filter(|o| o.bind_parameters.iter().any(|p| p == "access"))
@@ -581,6 +611,22 @@ async fn bind(osb: &OsbClient, offering: &Offering, instance: &str, binding: &st
     let (status, credentials) = osb.bind(offering, instance, binding).await?;
     ensure!(status == StatusCode::CREATED, "a new binding answered {status}, not 201");
     Credentials::parse(&credentials, instance)
+}
+
+/// An expiring binding's `metadata`: both timestamps in OSB's form, `renew_before` not after
+/// `expires_at`; nothing to check for a binding without it.
+fn check_expiry_metadata(answer: &serde_json::Value) -> Result<()> {
+    let Some(metadata) = answer.get("metadata") else { return Ok(()) };
+    let stamp = |field: &str| -> Result<String> {
+        let text = metadata[field].as_str().with_context(|| format!("metadata.{field} is missing"))?;
+        // yyyy-mm-ddThh:mm:ss.sZ: fixed width, so text order is time order.
+        let well_formed = text.len() == 22 && text.as_bytes()[10] == b'T' && text.ends_with('Z');
+        ensure!(well_formed, "metadata.{field} '{text}' is not yyyy-mm-ddThh:mm:ss.sZ");
+        Ok(text.to_owned())
+    };
+    let (expires_at, renew_before) = (stamp("expires_at")?, stamp("renew_before")?);
+    ensure!(renew_before <= expires_at, "renew_before {renew_before} is after expires_at {expires_at}");
+    Ok(())
 }
 
 async fn unbind_ok(osb: &OsbClient, offering: &Offering, instance: &str, binding: &str) -> Result<()> {

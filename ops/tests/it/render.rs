@@ -375,6 +375,7 @@ async fn a_rendered_manifest_runs_a_working_broker() {
         service_id: "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01".to_owned(),
         plan_id: "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b".to_owned(),
         bind_parameters: vec![],
+        rotatable: false,
     };
     let provisioned = osb.provision(&offering, "r1", Duration::from_secs(30)).await.unwrap();
     assert_eq!(provisioned, 201);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd_broker_ops::osb::{BrokerTarget, OsbClient};
+use etcd_broker_ops::osb::{BrokerTarget, Incomplete, Offering, OsbClient};
 use xtask::stack::{parse_env, ENV_KEYS};
 
 use crate::common::{child_with, children, ends, exit_within};
@@ -81,6 +81,19 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     let got = etcdctl(&["get", "/service_instances/demo/hello", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "world");
     assert!(!etcdctl(&["put", "/elsewhere", "x"]).status.success());
+
+    // The rotating plan's bindings say when they expire, and rotate (OSB 2.17).
+    let rotating = Offering { plan_id: env["ROTATING_PLAN_ID"].clone(), ..offering.clone() };
+    assert_eq!(osb.provision(&rotating, "expiring", Duration::from_secs(30)).await.unwrap(), 201);
+    let body = serde_json::json!({ "service_id": rotating.service_id, "plan_id": rotating.plan_id });
+    let first = osb.put_binding("expiring", "r1", &body, Incomplete::Refused).await.unwrap();
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    assert!(first.body["metadata"]["expires_at"].is_string(), "{:?}", first.body);
+    let mut rotation = body.clone();
+    rotation["predecessor_binding_id"] = "r1".into();
+    let second = osb.put_binding("expiring", "r2", &rotation, Incomplete::Refused).await.unwrap();
+    assert_eq!(second.status, 201, "{:?}", second.body);
+    assert_ne!(second.body["credentials"]["username"], first.body["credentials"]["username"]);
 
     // Ctrl-C: clean exit, env file gone, etcd stopped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
