@@ -405,10 +405,6 @@ impl ConfigFile {
 
     /// Checks everything that can be checked without dialling etcd.
     fn validate(&self) -> Result<(), ConfigError> {
-        let share = self.role_reaper.busy_share;
-        if !(share > 0.0 && share <= 1.0) {
-            return Err(invalid("role_reaper.busy_share", "must be above 0 and at most 1"));
-        }
         for (plan, config) in &self.plan_configs {
             config.check_expiry(plan)?;
         }
@@ -421,6 +417,10 @@ impl ConfigFile {
         }
         if !(2..=60).contains(&expiry.leader_lease_seconds) {
             return Err(invalid("binding_expiry.leader_lease_seconds", "must be between 2 and 60"));
+        }
+        let share = self.role_reaper.busy_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(invalid("role_reaper.busy_share", "must be above 0 and at most 1"));
         }
         if !(1..=3600).contains(&self.role_reaper.poll_seconds) {
             return Err(invalid("role_reaper.poll_seconds", "must be between 1 and 3600"));
