@@ -427,7 +427,9 @@ pub async fn tenant_client(credentials: &Value) -> Result<Client, etcd_client::E
 }
 
 /// Everything a root client sees that the broker may have made: (keys, users, roles),
-/// without etcd's own `root` user and role, once the role reaper is done.
+/// without etcd's own `root` user and role, once the role reaper is done. Leader keys are left
+/// out: a running broker holds one on a lease (binding expiry), which etcd deletes once the
+/// broker is gone and its lease's ttl has passed.
 pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, Vec<String>) {
     role_queue_drained(etcd).await;
     let mut root = etcd.root_client().await.unwrap();
@@ -438,6 +440,7 @@ pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, 
         .kvs()
         .iter()
         .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .filter(|key| !key.starts_with("/etcd-broker/leaders/"))
         .collect();
     let users = root.user_list().await.unwrap().users().iter().filter(|u| *u != "root").cloned().collect();
     let roles = root.role_list().await.unwrap().roles().iter().filter(|r| *r != "root").cloned().collect();
