@@ -234,14 +234,16 @@ impl EtcdBroker {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
         let password = self.password(key, &record)?;
-        let created = match (store.ensure_role(&record.role, &record.permission()).await, &password) {
-            (Ok(()), Some(password)) => store.ensure_user(&record.username, password, &record.role).await,
-            // A certificate binding: etcd hashes no password (see `Store::ensure_certificate_user`).
-            (Ok(()), None) => {
-                store.ensure_certificate_user(&record.username, &random_password(), &record.role).await
-            }
-            (Err(e), _) => Err(e),
-        };
+        // A certificate binding has no password: etcd hashes none (`Store::ensure_certificate_user`).
+        let created = store
+            .ensure_binding_user(
+                &record.role,
+                &record.permission(),
+                &record.username,
+                password.as_deref().map(|p| p.as_str()),
+                &random_password(),
+            )
+            .await;
         let state = &*self.setup.state;
         match created {
             Ok(()) => {

@@ -288,6 +288,55 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    async fn ensure_binding_user(
+        &self,
+        role: &str,
+        permission: &StorePermission,
+        user: &str,
+        password: Option<&str>,
+        unused_password: &str,
+    ) -> Result<(), StoreError> {
+        // The user needs no role to be added, so the two adds go together; both grants need
+        // only the adds. Each round is one raft write per request, which etcd batches.
+        let add_role = async {
+            match self.auth(|mut c| async move { c.role_add(role).await }).await {
+                Err(e) if !already_exists(&e) => Err(classify(e)),
+                _ => Ok(()),
+            }
+        };
+        let add_user = async {
+            let options = || password.is_none().then(|| UserAddOptions::new().with_no_pwd());
+            let given = password.unwrap_or(unused_password);
+            match self.auth(|mut c| async move { c.user_add(user, given, options()).await }).await {
+                Ok(_) => Ok(()),
+                // An existing password user gets the recorded password again; an existing
+                // certificate user is kept as it is (as in ensure_certificate_user).
+                Err(e) if already_exists(&e) => match password {
+                    Some(password) => self
+                        .auth(|mut c| async move { c.user_change_password(user, password).await })
+                        .await
+                        .map(|_| ())
+                        .map_err(raced),
+                    None => Ok(()),
+                },
+                Err(e) => Err(classify(e)),
+            }
+        };
+        let (role_added, user_added) = tokio::join!(add_role, add_user);
+        role_added?;
+        user_added?;
+        let permission = etcd_permission(permission);
+        let grant_permission = self.auth(|mut c| {
+            let permission = permission.clone();
+            async move { c.role_grant_permission(role, permission).await }
+        });
+        let grant_role = self.auth(|mut c| async move { c.user_grant_role(user, role).await });
+        let (permission_granted, role_granted) = tokio::join!(grant_permission, grant_role);
+        permission_granted.map_err(raced)?;
+        role_granted.map_err(raced)?;
+        Ok(())
+    }
+
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
         match self.auth(|mut c| async move { c.user_delete(user).await }).await {
             Err(e) if !not_found(&e) => Err(classify(e)),

@@ -135,6 +135,18 @@ impl Store for MeteredStore {
         self.observe("revoke_permission", self.inner.revoke_permission(role, permission)).await
     }
 
+    async fn ensure_binding_user(
+        &self,
+        role: &str,
+        permission: &Permission,
+        user: &str,
+        password: Option<&str>,
+        unused_password: &str,
+    ) -> Result<(), StoreError> {
+        let call = self.inner.ensure_binding_user(role, permission, user, password, unused_password);
+        self.observe("ensure_binding_user", call).await
+    }
+
     async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError> {
         self.observe("grant_lease", self.inner.grant_lease(ttl)).await
     }

@@ -174,6 +174,26 @@ pub trait Store: Send + Sync + 'static {
         role: &str,
     ) -> Result<(), StoreError>;
 
+    /// A binding's role with `permission`, and its `user` holding it: [`Store::ensure_role`],
+    /// then [`Store::ensure_user`] with `password`, or without one ([`Store::ensure_certificate_user`]
+    /// with `unused_password`). The real store adds the role and the user at once, then grants
+    /// both at once: two rounds of etcd writes instead of four, which is most of a certificate
+    /// bind's time (no bcrypt to wait for).
+    async fn ensure_binding_user(
+        &self,
+        role: &str,
+        permission: &Permission,
+        user: &str,
+        password: Option<&str>,
+        unused_password: &str,
+    ) -> Result<(), StoreError> {
+        self.ensure_role(role, permission).await?;
+        match password {
+            Some(password) => self.ensure_user(user, password, role).await,
+            None => self.ensure_certificate_user(user, unused_password, role).await,
+        }
+    }
+
     /// Deletes `user`; a missing user is fine.
     async fn delete_user(&self, user: &str) -> Result<(), StoreError>;
 
