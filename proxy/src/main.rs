@@ -1,0 +1,3 @@
+//! `etcd-broker-proxy`: the binary (serving comes with the services).
+
+fn main() {}
