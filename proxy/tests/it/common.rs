@@ -36,10 +36,14 @@ pub fn password(user: &str) -> String {
 
 /// etcd of `ETCD_VERSION` with root, the tenants and the proxy's user.
 pub async fn start_etcd() -> LocalEtcd {
+    start_etcd_with(Options::default()).await
+}
+
+/// The same with other options (the version and bcrypt cost are the tests').
+pub async fn start_etcd_with(options: Options) -> LocalEtcd {
     let version = EtcdVersion::from_env().expect("ETCD_VERSION");
-    let etcd = LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() })
-        .await
-        .expect("etcd starts");
+    let etcd =
+        LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..options }).await.expect("etcd starts");
     let mut root = etcd.root_client().await.unwrap();
     let grants = TENANTS.iter().map(|t| (t.to_string(), password(t), prefix(t)));
     let proxy = (PROXY_USER.to_owned(), PROXY_PASSWORD.to_owned(), PROXY_STATE.to_owned());
@@ -74,27 +78,27 @@ impl ProxyProcess {
         Self::start_with(etcd, &[]).await
     }
 
-    /// The same with more flags.
+    /// The same with more flags (`--endpoints` replaces etcd's http endpoint; with
+    /// `--tls-cert-file` the URL is https).
     pub async fn start_with(etcd: &LocalEtcd, extra: &[&str]) -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let mut args: Vec<String> = [
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--endpoints",
-            &etcd.endpoint(),
-            "--user",
-            PROXY_USER,
-            "--log-level",
-            "debug",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let endpoint = if extra.contains(&"--endpoints") {
+            vec![]
+        } else {
+            vec!["--endpoints".to_owned(), etcd.endpoint()]
+        };
+        let scheme = if extra.contains(&"--tls-cert-file") { "https" } else { "http" };
+        let mut args: Vec<String> =
+            ["--listen", &format!("127.0.0.1:{port}"), "--user", PROXY_USER, "--log-level", "debug"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(endpoint);
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut proxy = ProxyProcess {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             args,
             log: dir.path().join("proxy.log"),
             _dir: dir,

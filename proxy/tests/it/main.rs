@@ -7,6 +7,7 @@
 //! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
 //!   still working directly on etcd (why the proxy exists)
 //! - `leases`: lease ownership across a restart and across two proxies
+//! - `tls`: TLS terminated by the proxy, TLS with a client certificate towards etcd
 //! - `cli`: `--help`, bad flags, an etcd that is not there
 
 mod cli;
@@ -14,3 +15,4 @@ mod common;
 mod etcdctl;
 mod firewall;
 mod leases;
+mod tls;
