@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make release`: prepares the BOSH package source and, when the bosh CLI is installed, creates the
 # release. Steps:
-#   1. stage the workspace (Cargo.toml, Cargo.lock, src/, ops/, local-etcd/, templates/, docs/:
+#   1. stage the workspace (Cargo.toml, Cargo.lock, src/, ops/, local-etcd/, proxy/, templates/, docs/:
 #      tracked and new files, not ignored ones) into src/etcd-broker-workspace/, the folder that
 #      packages/etcd-broker/spec names (BOSH takes package files from the release's src/);
 #      the developers' xtask crate stays out: it is dropped from the staged workspace's members
@@ -48,7 +48,7 @@ say "staging the workspace into $stage_dir"
 rm -rf "$stage_dir"
 mkdir -p "$stage_dir"
 git ls-files -z --cached --others --exclude-standard -- \
-    Cargo.toml Cargo.lock src ops local-etcd templates docs \
+    Cargo.toml Cargo.lock src ops local-etcd proxy templates docs \
   | while IFS= read -r -d '' file; do
       # Files deleted from the work tree but still in the index are skipped.
       [ -f "$file" ] && printf '%s\0' "$file"

@@ -1,0 +1,39 @@
+//! Every limit, deadline and buffer of the proxy, in one place so that their interplay can be
+//! reviewed at a glance.
+
+use std::time::Duration;
+
+/// Tokens remembered with their users ([`crate::caller::Tokens`]): about 100 bytes each, so
+/// at most ~10 MB; a forgotten token only makes its holder a tenant of unknown identity.
+pub const MAX_TOKENS: usize = 100_000;
+
+/// Dialling one etcd endpoint; a dead endpoint fails a request after this, not after the
+/// client's own deadline.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HTTP/2 pings towards etcd, so that a connection to a vanished endpoint is noticed even while
+/// only watches are open on it.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests queued for the balancer over the endpoints.
+pub const BALANCER_BUFFER: usize = 1024;
+
+/// The largest request the proxy decodes. etcd refuses requests above its own
+/// `--max-request-bytes` (1.5 MiB by default) with its own error, so the proxy lets larger
+/// ones through to etcd for that answer, up to this bound on its memory per request.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// The largest response from etcd the proxy decodes: etcd's clients accept up to 2 GiB - 1
+/// (a Range of many keys), and so does the proxy, as they would directly.
+pub const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+/// One request of the proxy's own client (the records of lease owners), retries included.
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keep-alive requests read ahead of their ownership check.
+pub const KEEPALIVE_QUEUE: usize = 16;
+
+/// How long a stopping proxy lets calls in flight finish (bpm gives a job 20 s).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);

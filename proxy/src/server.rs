@@ -1,0 +1,94 @@
+//! Wiring: config -> the proxy's own etcd client (its records), the balanced channel for
+//! tenants' requests, the services -> a tonic server on the listener, until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use etcd_client::ConnectOptions;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::backend::Backend;
+use crate::caller::Tokens;
+use crate::config::Config;
+use crate::leases::LeaseOwners;
+use crate::pb::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::policy;
+use crate::service::{Proxy, Shared};
+use crate::view::View;
+
+/// Logs in as the proxy's own user, binds the listener, and serves until `shutdown`
+/// completes; then stops accepting and lets calls in flight finish for up to
+/// [`policy::DRAIN_TIMEOUT`] (open watches would otherwise hold it forever).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address: SocketAddr = listener.local_addr()?;
+    let endpoints: Vec<String> =
+        config.endpoints.iter().map(|e| e.as_str().trim_end_matches('/').to_owned()).collect();
+    let options = ConnectOptions::new()
+        .with_user(config.user.as_str(), config.password.expose())
+        .with_connect_timeout(policy::CONNECT_TIMEOUT)
+        .with_timeout(policy::RECORD_TIMEOUT)
+        .with_auto_token_refresh(true);
+    let client =
+        etcd_broker::etcd::connect(&endpoints, options, &config.endpoints_tls).await.with_context(|| {
+            format!("the proxy's etcd user '{}' cannot log in to {}", config.user, endpoints.join(","))
+        })?;
+    let proxy = Proxy::new(Shared {
+        backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,
+        tokens: Tokens::new(config.admin_users.iter().cloned()),
+        owners: LeaseOwners::new(client, &config.state_prefix),
+        view: View::new(&config.advertise_client_urls),
+    });
+    let router = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES))
+        .add_service(WatchServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES))
+        .add_service(LeaseServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES))
+        .add_service(AuthServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES))
+        .add_service(
+            MaintenanceServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES),
+        )
+        .add_service(ClusterServer::new(proxy).max_decoding_message_size(policy::MAX_REQUEST_BYTES));
+
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let signal = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let serve = async move {
+        match &config.tls {
+            None => {
+                tracing::info!(%address, tls = false, "serving etcd's v3 API");
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal).await
+            }
+            Some(identity) => {
+                let acceptor = crate::listener::acceptor(identity)?;
+                tracing::info!(%address, tls = true, "serving etcd's v3 API");
+                router
+                    .serve_with_incoming_shutdown(crate::listener::tls_incoming(listener, acceptor), signal)
+                    .await
+            }
+        }
+        .map_err(anyhow::Error::from)
+    };
+    let drained = async move {
+        shutdown.await;
+        tracing::info!("stopping: no new connections, calls in flight may finish");
+        let _ = stopping.send(true);
+        tokio::time::sleep(policy::DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        served = serve => served,
+        () = drained => Ok(()),
+    }
+}

@@ -1,0 +1,74 @@
+//! The KV service: reads and writes forwarded (etcd's RBAC decides on keys); a Put or Txn that
+//! attaches a key to a lease only when the caller owns the lease; Compact for operators only.
+
+use tonic::{Request, Response, Status};
+
+use super::{Proxy, Responses};
+use crate::backend::forward;
+use crate::firewall;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RangeStreamResponse, TxnRequest, TxnResponse,
+};
+
+#[tonic::async_trait]
+impl Kv for Proxy {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        self.caller(request.metadata())?;
+        let (metadata, _, message) = request.into_parts();
+        self.0.backend.kv().range(forward(&metadata, message)).await
+    }
+
+    type RangeStreamStream = Responses<RangeStreamResponse>;
+
+    async fn range_stream(
+        &self,
+        _request: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        // Not in etcd 3.4 or 3.5, which the proxy fronts; clients fall back to Range.
+        Err(firewall::unimplemented("RangeStream"))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let (metadata, _, message) = request.into_parts();
+        if message.lease != 0 {
+            firewall::owns_lease(&caller, message.lease, &self.0.owners).await?;
+        }
+        self.0.backend.kv().put(forward(&metadata, message)).await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.caller(request.metadata())?;
+        let (metadata, _, message) = request.into_parts();
+        self.0.backend.kv().delete_range(forward(&metadata, message)).await
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let (metadata, _, message) = request.into_parts();
+        for lease in firewall::leases_of_txn(&message) {
+            firewall::owns_lease(&caller, lease, &self.0.owners).await?;
+        }
+        self.0.backend.kv().txn(forward(&metadata, message)).await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let caller = self.caller(request.metadata())?;
+        firewall::cluster_wide(
+            &caller,
+            "Compact",
+            "discard the history of every tenant of the cluster (their watches and reads at older \
+             revisions would fail)",
+        )?;
+        let (metadata, _, message) = request.into_parts();
+        self.0.backend.kv().compact(forward(&metadata, message)).await
+    }
+}

@@ -1,0 +1,18 @@
+//! The proxy's integration tests, one test binary (`cargo test -p etcd-broker-proxy --test
+//! it`): real etcd (auth on, `ETCD_VERSION` 3.5 or 3.4), real `etcd-broker-proxy` processes on
+//! free loopback ports, real clients; no fakes.
+//!
+//! - `common`: the harness: etcd with tenants, proxy processes, a raw gRPC client, etcdctl
+//! - `etcdctl`: unmodified etcdctl through the proxy with a tenant's credentials
+//! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
+//!   still working directly on etcd (why the proxy exists)
+//! - `leases`: lease ownership across a restart and across two proxies
+//! - `tls`: TLS terminated by the proxy, TLS with a client certificate towards etcd
+//! - `cli`: `--help`, bad flags, an etcd that is not there
+
+mod cli;
+mod common;
+mod etcdctl;
+mod firewall;
+mod leases;
+mod tls;
