@@ -120,6 +120,9 @@ pub struct Options {
     /// etcd's `--max-txn-ops` (default 128): a low value lets tests meet etcd's refusal of a
     /// transaction with too many operations.
     pub max_txn_ops: Option<u32>,
+    /// etcd's `--quota-backend-bytes`: a small quota lets tests fill etcd's disk space until
+    /// it raises its NOSPACE alarm and refuses writes.
+    pub quota_backend_bytes: Option<u64>,
     /// Also serve https on a second free port with `--client-cert-auth`, where a client
     /// certificate signed by the trusted CA authenticates as the user its CN names (the
     /// broker's certificate bindings). The http endpoint stays as it is. [`Self`] of
@@ -149,6 +152,7 @@ impl Default for Options {
             log_file: None,
             signed_tokens: false,
             max_txn_ops: None,
+            quota_backend_bytes: None,
             client_cert_auth: None,
         }
     }
@@ -642,6 +646,9 @@ fn spawn(
     }
     if let Some(ops) = opts.max_txn_ops {
         cmd.args(["--max-txn-ops", &ops.to_string()]);
+    }
+    if let Some(bytes) = opts.quota_backend_bytes {
+        cmd.args(["--quota-backend-bytes", &bytes.to_string()]);
     }
     cmd.stdin(Stdio::null()).stdout(log_file).stderr(log_err).kill_on_drop(true);
     cmd.spawn().map_err(io_err(format!("starting {}", bin.display())))

@@ -218,7 +218,8 @@ impl EtcdBroker {
         Ok(out)
     }
 
-    /// Probes every cluster with one read using the broker's own credentials.
+    /// Probes every cluster with one read using the broker's own credentials, then asks for its
+    /// alarms: under NOSPACE etcd answers reads but refuses every write.
     pub async fn readiness(&self) -> Vec<ClusterHealth> {
         let mut out = Vec::new();
         let mut clusters: Vec<(&String, &Cluster)> = self.setup.clusters.iter().collect();
@@ -226,8 +227,17 @@ impl EtcdBroker {
         for (name, cluster) in clusters {
             let store = &cluster.store;
             let probe = self.names().instance_key(&InstanceId::parse("readiness-probe").expect("valid id"));
-            let error = match tokio::time::timeout(PROBE_TIMEOUT, store.get(&probe)).await {
-                Ok(Ok(_)) => None,
+            let probed = async {
+                store.get(&probe).await?;
+                store.alarms().await
+            };
+            let error = match tokio::time::timeout(PROBE_TIMEOUT, probed).await {
+                Ok(Ok(alarms)) if alarms.is_empty() => None,
+                Ok(Ok(alarms)) => Some(format!(
+                    "etcd raised {}: it refuses writes until an operator clears the cause and disarms \
+                     the alarm (docs/reliability.md)",
+                    alarms.join(", ")
+                )),
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
             };

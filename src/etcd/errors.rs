@@ -20,6 +20,10 @@ const NOT_FOUND: &str = "not found";
 const NOT_GRANTED: &str = "not granted";
 /// A login with a wrong name or password.
 const AUTHENTICATION_FAILED: &str = "authentication failed";
+/// A write refused because etcd's backend reached its quota (`--quota-backend-bytes`): etcd
+/// raised its NOSPACE alarm and takes only reads and deletes until an operator frees space and
+/// disarms the alarm.
+const NO_SPACE: &str = "database space exceeded";
 /// A login on an etcd whose auth is off: the broker's isolation would not hold.
 const AUTH_NOT_ENABLED: &str = "authentication is not enabled";
 /// etcd's refusals of a whole Txn, checked before it applies anything: too many operations
@@ -90,6 +94,10 @@ pub(crate) fn classify(e: etcd_client::Error) -> StoreError {
                 _ if OLD_AUTH_REVISION.iter().any(|m| message.contains(m)) => StoreError::Unavailable(
                     format!("{message} (auth kept changing under concurrent binds; retry)"),
                 ),
+                _ if message.contains(NO_SPACE) => StoreError::Unavailable(format!(
+                    "{message}: etcd's NOSPACE alarm is raised and it refuses writes until an operator \
+                     frees space (compact, defragment) and disarms the alarm (docs/reliability.md)"
+                )),
                 _ if message.contains(AUTH_NOT_ENABLED) => StoreError::Unauthorized(format!(
                     "{message}; the broker needs etcd with auth enabled and a user with the root role"
                 )),

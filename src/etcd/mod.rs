@@ -31,8 +31,8 @@ use std::thread::ThreadId;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission, PermissionType, PutOptions,
-    RoleRevokePermissionOptions, Txn, TxnOp, UserAddOptions,
+    AlarmAction, AlarmType, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Permission,
+    PermissionType, PutOptions, RoleRevokePermissionOptions, Txn, TxnOp, UserAddOptions,
 };
 use tokio::sync::OnceCell;
 
@@ -397,6 +397,21 @@ impl Store for EtcdStore {
             Err(e) if !nothing_to_revoke(&e) => Err(classify(e)),
             _ => Ok(()),
         }
+    }
+
+    async fn alarms(&self) -> Result<Vec<String>, StoreError> {
+        let response = self
+            .call(Call::Read, |c| {
+                let mut maintenance = c.maintenance_client();
+                async move { maintenance.alarm(AlarmAction::Get, AlarmType::None, None).await }
+            })
+            .await
+            .map_err(classify)?;
+        Ok(response
+            .alarms()
+            .iter()
+            .map(|a| format!("{} on member {:x}", a.alarm().as_str_name(), a.member_id()))
+            .collect())
     }
 
     async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError> {

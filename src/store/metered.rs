@@ -147,6 +147,10 @@ impl Store for MeteredStore {
         self.observe("ensure_binding_user", call).await
     }
 
+    async fn alarms(&self) -> Result<Vec<String>, StoreError> {
+        self.observe("alarms", self.inner.alarms()).await
+    }
+
     async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64, StoreError> {
         self.observe("grant_lease", self.inner.grant_lease(ttl)).await
     }

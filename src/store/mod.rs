@@ -222,6 +222,12 @@ pub trait Store: Send + Sync + 'static {
     /// or permission is fine.
     async fn revoke_permission(&self, role: &str, permission: &Permission) -> Result<(), StoreError>;
 
+    /// The alarms the cluster has raised (etcd's NOSPACE, CORRUPT), each named with its member:
+    /// a cluster that answers reads may still refuse every write, which readiness reports.
+    async fn alarms(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// A lease that etcd ends `ttl` after its last renewal, taking the keys attached to it
     /// along: how a broker holds a task's leadership only for as long as it lives
     /// (`broker/leader.rs`). Returns the lease's id.

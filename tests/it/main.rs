@@ -11,6 +11,7 @@
 //!   etcd down
 //! - `chaos`: brokers killed with SIGKILL at random under OSB lifecycles; reconcile finds nothing
 //! - `concurrency`: two brokers under racing clients; binds while etcd issues JWTs
+//! - `disk_full`: etcd's NOSPACE alarm: clear 503s, `/ready` says why, recovery without a restart
 //! - `failover`: dead and stopped endpoints and members (timing-based: etcd 3.5 only, test.sh)
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
@@ -31,6 +32,7 @@ mod certificates;
 mod chaos;
 mod common;
 mod concurrency;
+mod disk_full;
 mod failover;
 mod lifecycle;
 mod limits;
