@@ -64,7 +64,7 @@ async fn counters_move_exactly_and_promtool_accepts_the_output() {
     assert!(
         sample(
             &text,
-            "etcd_broker_etcd_request_duration_seconds_count{call=\"ensure_user\",cluster=\"main\"}"
+            "etcd_broker_etcd_request_duration_seconds_count{call=\"ensure_binding_user\",cluster=\"main\"}"
         ) >= 2.0
     );
     // One request at a time: each get and each commit went to etcd on its own.

@@ -16,11 +16,14 @@
 //! | ensure_role | RoleAdd + RoleGrantPermission (read-write on a prefix) |
 //! | ensure_user | UserAdd (etcd hashes the password: bcrypt) + UserGrantRole |
 //! | ensure_certificate_user | UserAdd without a password (no bcrypt) + UserGrantRole |
+//! | ensure_binding_user | RoleAdd, UserAdd (bcrypt), RoleGrantPermission, UserGrantRole |
+//! | ensure_binding_certificate_user | the same with a UserAdd without a password |
 //! | delete_user, delete_role | UserDelete, RoleDelete |
 //!
 //! The floor sends each call as its own request. The broker does not always: gets and txns that
 //! arrive while another is in flight on its connection share one batched request (a Txn of
-//! Ranges, a Txn of nested Txns). That saving is the broker's, so the floor does not copy it.
+//! Ranges, a Txn of nested Txns), and a bind sends its role's and user's adds together, then
+//! their grants together. Those savings are the broker's, so the floor does not copy them.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +43,8 @@ pub const KINDS: &[&str] = &[
     "ensure_role",
     "ensure_user",
     "ensure_certificate_user",
+    "ensure_binding_user",
+    "ensure_binding_certificate_user",
     "delete_prefix",
     "delete_user",
     "delete_role",
@@ -178,6 +183,23 @@ async fn call(client: &Client, kind: &str, o: &FloorObjects) -> Result<(), etcd_
                 client,
                 |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, options()).await },
             )
+            .await?;
+            request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
+                .await
+        }
+        "ensure_binding_user" | "ensure_binding_certificate_user" => {
+            let no_password = kind == "ensure_binding_certificate_user";
+            let options = || no_password.then(|| UserAddOptions::new().with_no_pwd());
+            request(client, |mut c| async move { c.role_add(o.role.as_str()).await }).await?;
+            request(
+                client,
+                |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, options()).await },
+            )
+            .await?;
+            request(client, |mut c| async move {
+                let permission = Permission::read_write(o.prefix.as_str()).with_prefix();
+                c.role_grant_permission(o.role.as_str(), permission).await
+            })
             .await?;
             request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
                 .await

@@ -97,7 +97,7 @@ fn a_short_bench_reports_every_operation_with_its_floor_and_leaves_nothing_behin
         assert!(!listing.contains("bench-floor"), "the floor left {listing}");
     }
     let bind = operations.iter().find(|o| o["operation"] == "bind").unwrap();
-    for call in ["ensure_user", "ensure_role", "txn"] {
+    for call in ["ensure_binding_user", "txn"] {
         assert!(bind["etcd_calls_per_operation"][call].as_u64().unwrap() >= 1, "bind makes {call}: {bind}");
     }
 }
