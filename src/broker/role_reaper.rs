@@ -7,7 +7,9 @@
 //! this broker queues a role, and polls for roles queued elsewhere. Each deletion waits for a
 //! pause in this broker's OSB traffic ([`QUIET`] without a request, for at most
 //! `role_reaper.yield_seconds`), so the stall lands between platform requests rather than in
-//! one. Every broker instance runs one; two reapers on the same entry are harmless (deleting a
+//! one. Once a wait has found no pause, the traffic is continuous: the rest of the queue is
+//! deleted without waiting (still within `busy_share`) until it is empty, or a soak's steady
+//! churn would queue roles faster than one per `yield_seconds` forever. Every broker instance runs one; two reapers on the same entry are harmless (deleting a
 //! missing role is fine, and the entry is removed by compare-and-swap).
 
 use std::sync::Arc;
@@ -44,14 +46,17 @@ pub fn pause_after(took: Duration, busy_share: f64) -> Duration {
 /// How long the OSB API must have been idle before a deletion starts.
 pub const QUIET: Duration = Duration::from_millis(500);
 
-/// Waits until `activity` has been quiet for [`QUIET`], or `at_most` has passed (a broker that
-/// is never idle still drains its queue, one deletion per `at_most`).
-pub async fn wait_for_quiet(activity: &OsbActivity, at_most: Duration) {
+/// Waits until `activity` has been quiet for [`QUIET`] (`true`), or `at_most` has passed
+/// (`false`: the traffic did not pause).
+pub async fn wait_for_quiet(activity: &OsbActivity, at_most: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + at_most;
     loop {
         let (quiet, now) = (activity.quiet_for(), tokio::time::Instant::now());
-        if quiet >= QUIET || now >= deadline {
-            return;
+        if quiet >= QUIET {
+            return true;
+        }
+        if now >= deadline {
+            return false;
         }
         tokio::time::sleep((QUIET - quiet).min(deadline - now)).await;
     }
@@ -62,8 +67,12 @@ pub async fn run(broker: Arc<EtcdBroker>, pacing: Pacing, observer: Observer, ac
     let Pacing { busy_share, poll, at_most } = pacing;
     let mut after: Option<String> = None;
     let mut pass_failed = false;
+    // No pause came within `at_most` since the queue was last empty: do not wait for one.
+    let mut continuous = false;
     loop {
-        wait_for_quiet(&activity, at_most).await;
+        if !continuous {
+            continuous = !wait_for_quiet(&activity, at_most).await;
+        }
         let started = Instant::now();
         match broker.delete_next_queued_role(after.as_deref()).await {
             Ok(QueueStep::Deleted { key }) => {
@@ -83,7 +92,7 @@ pub async fn run(broker: Arc<EtcdBroker>, pacing: Pacing, observer: Observer, ac
                 continue;
             }
             Ok(QueueStep::Empty) => {
-                (after, pass_failed) = (None, false);
+                (after, pass_failed, continuous) = (None, false, false);
                 idle(&broker, poll).await;
                 continue;
             }
@@ -113,13 +122,39 @@ mod tests {
         // Idle since start: no wait once QUIET has passed.
         tokio::time::sleep(QUIET).await;
         let started = tokio::time::Instant::now();
-        wait_for_quiet(&activity, Duration::from_secs(60)).await;
+        assert!(wait_for_quiet(&activity, Duration::from_secs(60)).await);
         assert!(started.elapsed() < Duration::from_millis(1));
         // A request that never ends: the wait gives up after `at_most`.
         let _busy = activity.begin();
         let started = tokio::time::Instant::now();
-        wait_for_quiet(&activity, Duration::from_secs(3)).await;
+        assert!(!wait_for_quiet(&activity, Duration::from_secs(3)).await);
         assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_continuous_traffic_the_queue_drains_after_one_wait() {
+        use crate::broker::tests::{bind_req, broker_on, provision_req, unbind_req, SMALL};
+        use crate::osb::ServiceBroker;
+        let store = Arc::new(crate::store::memory::MemoryStore::default());
+        let broker = Arc::new(broker_on(store.clone()));
+        broker.provision(provision_req("i1", SMALL)).await.unwrap();
+        for b in ["b1", "b2", "b3", "b4", "b5"] {
+            broker.bind(bind_req("i1", b)).await.unwrap();
+            broker.unbind(unbind_req("i1", b)).await.unwrap();
+        }
+        let roles = || store.snapshot().roles.keys().filter(|r| r.starts_with("etcd-broker.")).count();
+        assert_eq!(roles(), 5);
+        let activity = Arc::new(OsbActivity::default());
+        let _never_ends = activity.begin();
+        let pacing =
+            Pacing { busy_share: 0.5, poll: Duration::from_secs(1), at_most: Duration::from_secs(10) };
+        let observer = Observer { deleted: Box::new(|| {}), failed: Box::new(|| {}) };
+        let reaper = tokio::spawn(run(broker, pacing, observer, activity.clone()));
+        // One wait of `at_most` for a pause that never comes, then the queue without waiting
+        // (before: one role per `at_most`).
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(roles(), 0);
+        reaper.abort();
     }
 
     #[test]
