@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers. Every target installs what it needs.
-.PHONY: run test tools build fmt clean-dev help release bosh_scp bench
+.PHONY: run test tools build fmt clean-dev help release bosh_scp bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,10 @@ release: ## stage the workspace + vendored crates for the BOSH package; with bos
 
 bosh_scp: ## patch every broker VM of a deployment with a new binary (DRY_RUN=1, BOSH_DEPLOYMENT=...)
 	bash scripts/bosh-scp.sh
+
+soak: tools ## 30 minutes of lifecycle churn on two brokers, sampled for leaks; rewrites docs/reliability.md's soak table (SOAK_MINUTES=)
+	cargo build --locked --release -q -p etcd-broker -p xtask
+	target/release/xtask soak --out docs/reliability.md
 
 bench: tools ## the standard benchmark scenario; rewrites docs/performance.md's tables (BENCH_PRELOAD=, BENCH_COUNT=)
 	cargo build --locked --release -q -p etcd-broker -p xtask

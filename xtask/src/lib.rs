@@ -9,8 +9,11 @@
 //! - `bench` (bench/): latency and throughput per OSB operation against the etcd floor.
 //! - `scenario` (scenario/): `bench-scenario`, the standard run of `make bench`, and the
 //!   generated tables of docs/performance.md.
+//! - `soak`: `make soak`, lifecycle churn against two brokers, sampled for leaks, written into
+//!   docs/reliability.md.
 
 pub mod bench;
 pub mod dev;
 pub mod scenario;
+pub mod soak;
 pub mod stack;

@@ -38,6 +38,11 @@ enum Command {
     /// generated regions of docs/performance.md. Runs the release binaries next to this one
     /// (`make bench` builds them).
     BenchScenario(scenario::ScenarioArgs),
+    /// Lifecycle churn against two brokers on one etcd for --minutes (30), sampling each
+    /// broker's memory and file descriptors and etcd's keys, users and roles every minute;
+    /// prints the table and slopes and writes them into --out (docs/reliability.md with make
+    /// soak). Not part of the tests.
+    Soak(xtask::soak::SoakArgs),
 }
 
 /// Flags of `dev`.
@@ -122,6 +127,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Bench(args) => bench::run(*args).map(|()| ExitCode::SUCCESS),
         Command::BenchScenario(args) => scenario::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
+        Command::Soak(args) => xtask::soak::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -361,6 +361,93 @@ fn exit_code(status: ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// A second broker on a stack's config, on ports of its own, killed when dropped.
+pub struct SecondBroker {
+    child: std::process::Child,
+    listen_port: u16,
+    metrics_port: u16,
+    log_path: PathBuf,
+    started: Instant,
+}
+
+impl SecondBroker {
+    /// Starts `broker serve` on the stack's broker.toml with `env` added (settings override
+    /// the file as `ETCD_BROKER__SECTION__KEY`); its log goes to `<stack dir>/NAME.log`.
+    pub fn start(
+        broker: &Path,
+        stack: &DevProcess,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<SecondBroker> {
+        let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
+        let (a, b) =
+            (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
+        let (listen_port, metrics_port) = (port(&a)?, port(&b)?);
+        drop((a, b));
+        let log_path = stack.dir().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let started = Instant::now();
+        let child = Command::new(broker)
+            .args(["serve", "--config"])
+            .arg(stack.dir().join("broker.toml"))
+            .env("ETCD_BROKER__LISTEN__PORT", listen_port.to_string())
+            .env("ETCD_BROKER__METRICS__PORT", metrics_port.to_string())
+            .envs(env.iter().copied())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", broker.display()))?;
+        Ok(SecondBroker { child, listen_port, metrics_port, log_path, started })
+    }
+
+    /// The time from its start until it answered the catalog. One that exits or does not
+    /// answer within 30 s is an error quoting the end of its log (which lives in the work
+    /// folder, removed as the error returns).
+    pub fn answered(&mut self, stack: &DevProcess) -> Result<Duration> {
+        let outcome = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+            let http = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{}/v2/catalog", self.listen_port);
+            while self.started.elapsed() < Duration::from_secs(30) {
+                if let Some(signal) = caught_signal() {
+                    return Err(Interrupted(signal).into());
+                }
+                // Its log says why; waiting out the 30 s would add nothing.
+                if let Some(status) = self.child.try_wait()? {
+                    return Ok(Err(format!("exited with {status}")));
+                }
+                let request = http
+                    .get(&url)
+                    .basic_auth(&stack.env["BROKER_USERNAME"], Some(&stack.env["BROKER_PASSWORD"]))
+                    .header("X-Broker-API-Version", "2.17");
+                if request.send().await.is_ok() {
+                    return Ok(Ok(self.started.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(Err("did not answer within 30 s".to_owned()))
+        });
+        outcome?.map_err(|failure| {
+            anyhow::anyhow!("the second broker {failure}; the end of its log:\n{}", log_tail(&self.log_path))
+        })
+    }
+
+    /// The stack's env with this broker's URLs and pid in place of the stack's broker.
+    pub fn env(&self, stack: &DevProcess) -> BTreeMap<String, String> {
+        let mut env = stack.env.clone();
+        env.insert("BROKER_URL".into(), format!("http://127.0.0.1:{}", self.listen_port));
+        env.insert("METRICS_URL".into(), format!("http://127.0.0.1:{}/metrics", self.metrics_port));
+        env.insert("BROKER_PID".into(), self.child.id().to_string());
+        env
+    }
+}
+
+impl Drop for SecondBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

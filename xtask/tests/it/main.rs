@@ -4,7 +4,9 @@
 //! - `bench`: a short `xtask bench` run and its report
 //! - `common`: what the tests read of processes in /proc
 //! - `dev`: `xtask dev` and `dev --run`
+//! - `soak`: a short `xtask soak` and its report
 
 mod bench;
 mod common;
 mod dev;
+mod soak;

@@ -1,0 +1,351 @@
+//! `xtask soak` (`make soak`, not in CI): lifecycle churn against two brokers on one etcd for a
+//! long while, sampling what grows when something leaks: each broker's resident memory and open
+//! file descriptors, etcd's memory, and its keys, users and roles. The report is a table per
+//! sample and the least-squares slope of each series, written into the `soak` region of
+//! docs/reliability.md ("flat" is a slope near zero, stated, not eyeballed).
+//!
+//! The stack is `xtask dev` (etcd with `--bcrypt-cost 4`, so the churn is not bcrypt-bound,
+//! and broker A in its process) plus broker B, an `etcd-broker serve` process on the same
+//! config. Each client runs provision, bind, unbind, deprovision with fresh ids, alternating
+//! between the brokers, until the time is up; then every instance is gone, so the last
+//! sample's keys, users and roles show what stayed behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use etcd_broker_ops::osb::{BrokerTarget, Offering, OsbClient};
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use reqwest::StatusCode;
+
+use crate::scenario::doc;
+use crate::stack::{catch_stop_signals, caught_signal, DevProcess, Interrupted, SecondBroker, StackOptions};
+
+/// Flags of `xtask soak`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakArgs {
+    /// How long the churn runs, in minutes.
+    #[arg(long, env = "SOAK_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub minutes: u64,
+    /// Seconds between two samples.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_seconds: u64,
+    /// Clients running lifecycles at once (each alternates between the two brokers).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub clients: u64,
+    /// The document whose `soak` region receives the report; without it, the report is only
+    /// printed.
+    #[arg(long, env = "SOAK_OUT")]
+    pub out: Option<PathBuf>,
+    /// The `etcd-broker` binary of broker B [default: the one next to this program].
+    #[arg(long)]
+    pub broker_binary: Option<PathBuf>,
+    /// Stop after this many seconds instead of `--minutes` (for trying the tool out).
+    #[arg(long, hide = true)]
+    pub seconds: Option<u64>,
+}
+
+/// The document region the report goes into.
+pub const REGION: &str = "soak";
+
+/// One sample.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    /// Seconds since the churn started.
+    at: f64,
+    lifecycles: u64,
+    broker_a: Process,
+    broker_b: Process,
+    etcd_rss_mb: f64,
+    keys: u64,
+    users: u64,
+    roles: u64,
+}
+
+/// What /proc says of a process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Process {
+    rss_mb: f64,
+    fds: u64,
+}
+
+/// Counts of the churn.
+#[derive(Default)]
+struct Churn {
+    lifecycles: AtomicU64,
+    /// Requests answered with anything but the lifecycle's success statuses, or not at all.
+    errors: AtomicU64,
+}
+
+/// Runs the soak and writes its report.
+pub fn run(xtask: &Path, args: &SoakArgs) -> Result<()> {
+    catch_stop_signals();
+    if let Some(out) = &args.out {
+        let text = std::fs::read_to_string(out).with_context(|| format!("cannot read {}", out.display()))?;
+        doc::check_regions(&text, &[REGION]).with_context(|| out.display().to_string())?;
+    }
+    let broker = args.broker_binary.clone().unwrap_or_else(|| xtask.with_file_name("etcd-broker"));
+    ensure!(broker.is_file(), "{} does not exist: build it (make soak does)", broker.display());
+    let work = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let options = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
+    let stack = DevProcess::start(xtask, &options, &work.path().join("stack"))?;
+    let mut second = SecondBroker::start(&broker, &stack, "broker-b", &[])?;
+    second.answered(&stack)?;
+    let duration = Duration::from_secs(args.seconds.unwrap_or(args.minutes * 60));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (samples, churn) = runtime.block_on(soak(&stack, &second.env(&stack), args, duration))?;
+    let report = report(&samples, &churn, args, duration);
+    print!("{report}");
+    if let Some(out) = &args.out {
+        let text = std::fs::read_to_string(out)?;
+        std::fs::write(out, doc::replace_region(&text, REGION, &report)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("soak: wrote the report into {}", out.display());
+    }
+    drop(second);
+    stack.stop()
+}
+
+/// The churn and the sampling, until `duration` has passed (or Ctrl-C); then a last sample
+/// once the clients have finished their lifecycles.
+async fn soak(
+    stack: &DevProcess,
+    env_b: &std::collections::BTreeMap<String, String>,
+    args: &SoakArgs,
+    duration: Duration,
+) -> Result<(Vec<Sample>, Churn)> {
+    let env_a = &stack.env;
+    let target = |env: &std::collections::BTreeMap<String, String>| BrokerTarget {
+        url: env["BROKER_URL"].clone(),
+        username: env["BROKER_USERNAME"].clone(),
+        password: env["BROKER_PASSWORD"].clone(),
+        skip_tls_verification: false,
+    };
+    let brokers = [
+        OsbClient::new(target(env_a), Duration::from_secs(30))?,
+        OsbClient::new(target(env_b), Duration::from_secs(30))?,
+    ];
+    let offering = brokers[0].offering(None, Some("shared")).await?;
+    let etcd = root_client(env_a).await?;
+    let pids = [pid(env_a, "BROKER_PID")?, pid(env_b, "BROKER_PID")?, pid(env_a, "ETCD_PID")?];
+
+    let churn = Arc::new(Churn::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..args.clients {
+        let (brokers, offering) = (brokers.clone(), offering.clone());
+        let (churn, stop) = (churn.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let osb = &brokers[usize::try_from(n % 2).unwrap_or(0)];
+                let instance = format!("soak-{client}-{n}");
+                if lifecycle(osb, &offering, &instance).await {
+                    churn.lifecycles.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    churn.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let every = Duration::from_secs(args.sample_seconds);
+    let mut samples = vec![sample(&etcd, &pids, started, &churn).await?];
+    while started.elapsed() < duration {
+        if let Some(signal) = caught_signal() {
+            stop.store(true, Ordering::SeqCst);
+            return Err(Interrupted(signal).into());
+        }
+        let next = every * u32::try_from(samples.len()).unwrap_or(u32::MAX);
+        let wait = next.min(duration).saturating_sub(started.elapsed());
+        tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
+        if started.elapsed() >= next {
+            samples.push(sample(&etcd, &pids, started, &churn).await?);
+            let last = samples.last().expect("just pushed");
+            eprintln!(
+                "soak: {:.0} s, {} lifecycles, broker RSS {:.1} / {:.1} MB",
+                last.at, last.lifecycles, last.broker_a.rss_mb, last.broker_b.rss_mb
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.context("a client task failed")?;
+    }
+    // The role reaper deletes the last roles (then their queue entries) in the pause after the
+    // traffic: give it a minute to leave only the leader key, then report what is left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = sample(&etcd, &pids, started, &churn).await?;
+    while (last.roles > 0 || last.keys > 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = sample(&etcd, &pids, started, &churn).await?;
+    }
+    samples.push(last);
+    let churn = Arc::try_unwrap(churn).unwrap_or_default();
+    Ok((samples, churn))
+}
+
+/// Provision, bind, unbind, deprovision one instance; `false` at the first request that did not
+/// answer as it should (the rest is cleaned up as far as it goes).
+async fn lifecycle(osb: &OsbClient, offering: &Offering, instance: &str) -> bool {
+    let provisioned = matches!(
+        osb.provision(offering, instance, Duration::from_secs(30)).await,
+        Ok(StatusCode::CREATED | StatusCode::OK)
+    );
+    let bound =
+        provisioned && matches!(osb.bind(offering, instance, "b").await, Ok((StatusCode::CREATED, _)));
+    let unbound = bound && matches!(osb.unbind(offering, instance, "b").await, Ok(StatusCode::OK));
+    let deprovisioned = matches!(osb.deprovision(offering, instance).await, Ok(StatusCode::OK));
+    provisioned && bound && unbound && deprovisioned
+}
+
+/// etcd's root client, from the stack's env.
+async fn root_client(env: &std::collections::BTreeMap<String, String>) -> Result<Client> {
+    let options =
+        ConnectOptions::new().with_user(env["ETCD_ROOT_USERNAME"].clone(), env["ETCD_ROOT_PASSWORD"].clone());
+    let endpoints: Vec<&str> = env["ETCD_ENDPOINTS"].split(',').collect();
+    Client::connect(endpoints, Some(options)).await.context("cannot connect to etcd as root")
+}
+
+fn pid(env: &std::collections::BTreeMap<String, String>, key: &str) -> Result<u32> {
+    env.get(key).and_then(|p| p.parse().ok()).with_context(|| format!("the stack's env has no {key}"))
+}
+
+async fn count_roles(etcd: &Client) -> Result<u64> {
+    let roles = etcd.clone().role_list().await?;
+    Ok(roles.roles().iter().filter(|r| *r != "root").count() as u64)
+}
+
+async fn sample(etcd: &Client, pids: &[u32; 3], started: Instant, churn: &Churn) -> Result<Sample> {
+    let mut root = etcd.clone();
+    let keys = root.get("", Some(GetOptions::new().with_all_keys().with_count_only())).await?.count();
+    let users = root.user_list().await?.users().iter().filter(|u| *u != "root").count() as u64;
+    Ok(Sample {
+        at: started.elapsed().as_secs_f64(),
+        lifecycles: churn.lifecycles.load(Ordering::Relaxed),
+        broker_a: process(pids[0])?,
+        broker_b: process(pids[1])?,
+        etcd_rss_mb: process(pids[2])?.rss_mb,
+        keys: u64::try_from(keys).unwrap_or(0),
+        users,
+        roles: count_roles(etcd).await?,
+    })
+}
+
+/// A process's resident memory (VmRSS) and open file descriptors, from /proc.
+fn process(pid: u32) -> Result<Process> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("/proc/{pid}/status has no VmRSS"))?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("cannot list /proc/{pid}/fd"))?
+        .count() as u64;
+    Ok(Process { rss_mb: rss_kb / 1024.0, fds })
+}
+
+/// The least-squares slope of `ys` over `xs` (per unit of x); 0 with fewer than two points.
+fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len().min(ys.len()) as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let covariance: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let variance: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    if variance == 0.0 {
+        0.0
+    } else {
+        covariance / variance
+    }
+}
+
+/// The report: the run, a row per sample, and each series' slope per hour over the samples
+/// taken during the churn after the first (the start-up's growth is not a leak).
+fn report(samples: &[Sample], churn: &Churn, args: &SoakArgs, duration: Duration) -> String {
+    let lifecycles = churn.lifecycles.load(Ordering::Relaxed);
+    let errors = churn.errors.load(Ordering::Relaxed);
+    let mut out = format!(
+        "```\nsoak: {:.0} minutes, 2 brokers on one etcd (--bcrypt-cost 4), {} clients; {lifecycles} lifecycles \
+         ({:.1}/s), {errors} failed\n\n",
+        duration.as_secs_f64() / 60.0,
+        args.clients,
+        lifecycles as f64 / duration.as_secs_f64().max(1.0),
+    );
+    out.push_str("   min  lifecycles  A RSS MB  A fds  B RSS MB  B fds  etcd RSS MB   keys  users  roles\n");
+    for s in samples {
+        out.push_str(&format!(
+            "{:>6.1}  {:>10}  {:>8.1}  {:>5}  {:>8.1}  {:>5}  {:>11.1}  {:>5}  {:>5}  {:>5}\n",
+            s.at / 60.0,
+            s.lifecycles,
+            s.broker_a.rss_mb,
+            s.broker_a.fds,
+            s.broker_b.rss_mb,
+            s.broker_b.fds,
+            s.etcd_rss_mb,
+            s.keys,
+            s.users,
+            s.roles
+        ));
+    }
+    // The churn's samples after the first: not the start-up, not the drained end.
+    let during: Vec<&Sample> = samples.iter().skip(1).take(samples.len().saturating_sub(2)).collect();
+    let hours: Vec<f64> = during.iter().map(|s| s.at / 3600.0).collect();
+    let per_hour =
+        |f: &dyn Fn(&Sample) -> f64| slope(&hours, &during.iter().map(|s| f(s)).collect::<Vec<_>>());
+    out.push_str(&format!(
+        "\nslopes per hour over the samples during the churn (least squares, {} samples):\n  \
+         broker A RSS {:+.2} MB, fds {:+.1}; broker B RSS {:+.2} MB, fds {:+.1}; etcd RSS {:+.2} MB; \
+         keys {:+.1}, users {:+.1}, roles {:+.1}\n",
+        during.len(),
+        per_hour(&|s| s.broker_a.rss_mb),
+        per_hour(&|s| s.broker_a.fds as f64),
+        per_hour(&|s| s.broker_b.rss_mb),
+        per_hour(&|s| s.broker_b.fds as f64),
+        per_hour(&|s| s.etcd_rss_mb),
+        per_hour(&|s| s.keys as f64),
+        per_hour(&|s| s.users as f64),
+        per_hour(&|s| s.roles as f64),
+    ));
+    if let Some(last) = samples.last() {
+        out.push_str(&format!(
+            "after the churn: {} keys, {} users, {} roles left (etcd's root excluded; the leader key of the \
+             running brokers' expiry task is one key)\n",
+            last.keys, last.users, last.roles
+        ));
+    }
+    out.push_str("```\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slope_of_a_line_is_its_gradient_and_of_a_flat_series_zero() {
+        assert!((slope(&[0.0, 1.0, 2.0, 3.0], &[1.0, 3.0, 5.0, 7.0]) - 2.0).abs() < 1e-9);
+        assert_eq!(slope(&[0.0, 1.0, 2.0], &[4.0, 4.0, 4.0]), 0.0);
+        assert_eq!(slope(&[1.0], &[4.0]), 0.0);
+        assert_eq!(slope(&[2.0, 2.0], &[1.0, 5.0]), 0.0);
+    }
+
+    #[test]
+    fn this_process_has_memory_and_descriptors() {
+        let me = process(std::process::id()).unwrap();
+        assert!(me.rss_mb > 0.0 && me.fds >= 3, "{me:?}");
+        assert!(process(u32::MAX).is_err());
+    }
+}
