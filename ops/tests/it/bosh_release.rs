@@ -130,6 +130,9 @@ fn origin_of_this_checkout(dir: &Path, blobstore: &Path) -> PathBuf {
     let prep = dir.join("prep");
     ok(Command::new("git").args(["clone", "-q", "--bare"]).arg(repo()).arg(&origin));
     ok(Command::new("git").args(["clone", "-q"]).arg(&origin).arg(&prep));
+    // On a branch of its own, whatever this checkout is on (a detached HEAD cannot be pushed
+    // as it is); the origin's HEAD names it, so the docs' plain `git clone` checks it out.
+    ok(git(&prep).args(["checkout", "-q", "-B", "main"]));
     let listed =
         ok(git(&repo()).args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])).stdout;
     for file in listed.split(|b| *b == 0).filter(|f| !f.is_empty()) {
@@ -154,7 +157,8 @@ fn origin_of_this_checkout(dir: &Path, blobstore: &Path) -> PathBuf {
     std::fs::remove_dir_all(prep.join(".final_builds/packages/rust-1-linux")).ok();
     ok(git(&prep).args(["add", "-A"]));
     ok(git(&prep).args(["commit", "-q", "--allow-empty", "-m", "test: the working copy, stand-ins"]));
-    ok(git(&prep).args(["push", "-q", "origin", "HEAD"]));
+    ok(git(&prep).args(["push", "-q", "-f", "origin", "HEAD:refs/heads/main"]));
+    ok(git(&origin).args(["symbolic-ref", "HEAD", "refs/heads/main"]));
     origin
 }
 
