@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// Keep the preloaded instances (to reuse them in the next run with --preload 0).
     #[arg(long)]
     pub keep_preload: bool,
+    /// Preload instances only, without a binding each: a million bindings would cost etcd
+    /// hours of bcrypt even at cost 4, while the broker's records and indexes are what grows.
+    #[arg(long)]
+    pub preload_without_bindings: bool,
     /// Concurrent clients while preloading (and cleaning the preload up): the preload is set-up,
     /// not measurement, so it need not wait for --clients.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -221,8 +225,9 @@ async fn run_async(args: BenchArgs) -> Result<()> {
         settled.push(bench.settle("the preload").await);
         let preloaded = bench.preload().await;
         eprintln!(
-            "preloaded {} instances with a binding each in {:.1} s ({} errors)",
+            "preloaded {} instances{} in {:.1} s ({} errors)",
             preloaded.ok,
+            if bench.args.preload_without_bindings { "" } else { " with a binding each" },
             preloaded.elapsed.as_secs_f64(),
             preloaded.errors
         );
@@ -374,7 +379,9 @@ impl Bench {
             async move {
                 let id = bench.preload_instance(i);
                 bench.osb.provision(&bench.offering, &id, Duration::from_secs(60)).await?;
-                bench.osb.bind(&bench.offering, &id, BINDING).await?;
+                if !bench.args.preload_without_bindings {
+                    bench.osb.bind(&bench.offering, &id, BINDING).await?;
+                }
                 Ok(())
             }
         })

@@ -39,8 +39,9 @@ pub struct ScenarioArgs {
     /// Operations per phase of each bench run.
     #[arg(long, env = "BENCH_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
-    /// Instances (with a binding each) preloaded before the last run; about 5 minutes per 100,000.
-    #[arg(long, env = "BENCH_PRELOAD", default_value_t = 100_000)]
+    /// Instances (without bindings: their bcrypt would dominate) preloaded before the last
+    /// run; then `etcd-broker-ops reconcile` is timed over them.
+    #[arg(long, env = "BENCH_PRELOAD", default_value_t = 1_000_000)]
     pub preload: u64,
     /// The document whose generated regions receive the figures.
     #[arg(long, env = "BENCH_OUT", default_value = "docs/performance.md")]
@@ -151,9 +152,14 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     let preload = args.preload.to_string();
     runs.insert(
         "preload-8",
-        bench(&stack, "preload-8", &["--clients", "8", "--preload", &preload, "--keep-preload"])?,
+        bench(
+            &stack,
+            "preload-8",
+            &["--clients", "8", "--preload", &preload, "--keep-preload", "--preload-without-bindings"],
+        )?,
     );
     let startup = startup_time(&broker, &stack)?;
+    let reconcile = reconcile_run(&xtask.with_file_name("etcd-broker-ops"), &stack)?;
 
     let reports: BTreeMap<String, Value> =
         runs.iter().map(|(name, run)| ((*name).to_owned(), run.report.clone())).collect();
@@ -161,7 +167,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     for name in tables::RUNS {
         let mut text = String::new();
         if name == "preload-8" {
-            text += &format!("Preloaded: {} instances with a binding each.\n\n", args.preload);
+            text += &format!("Preloaded: {} instances (no bindings).\n\n", args.preload);
         }
         text += &format!("```\n{}\n```\n", runs[name].text.trim_end());
         regions.push((name, text));
@@ -182,8 +188,13 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     regions.push((
         "startup",
         format!(
-            "A broker started against the preloaded etcd answered its first catalog request after {} ms.",
-            startup.as_millis()
+            "A broker started against the preloaded etcd answered its first catalog request after {} ms.\n\n\
+             `etcd-broker-ops reconcile --json` over the preloaded deployment: {:.1} s, {:.0} MB peak RSS, \
+             exit code {}.",
+            startup.as_millis(),
+            reconcile.seconds,
+            reconcile.max_rss_mb,
+            reconcile.exit_code,
         ),
     ));
     let (sealing_text, sealing_ratios) = tables::sealing_table(&sealing.sealed, &sealing.unsealed);
@@ -320,6 +331,43 @@ fn wrk_summary(output: &str) -> (String, Option<f64>) {
 /// catalog; the stack's etcd holds the preload by then.
 fn startup_time(broker: &Path, stack: &DevProcess) -> Result<Duration> {
     SecondBroker::start(broker, stack, "startup", &[])?.answered(stack)
+}
+
+/// What a reconcile over the preloaded deployment cost.
+struct ReconcileRun {
+    seconds: f64,
+    max_rss_mb: f64,
+    exit_code: i32,
+}
+
+/// Runs `etcd-broker-ops reconcile --json` on the stack's config and measures its wall time
+/// and peak memory (the child's own rusage, from wait4). Exit code 1 (findings) is a result,
+/// not a failure: the figures are the point.
+fn reconcile_run(ops: &Path, stack: &DevProcess) -> Result<ReconcileRun> {
+    ensure!(ops.is_file(), "{} does not exist: build it (make bench does)", ops.display());
+    let started = std::time::Instant::now();
+    let child = Command::new(ops)
+        .args(["reconcile", "--json", "--config"])
+        .arg(stack.dir().join("broker.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {}", ops.display()))?;
+    let pid = i32::try_from(child.id()).context("a pid beyond i32")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child `pid`,
+    // which nothing else waits for (`child` is never waited on through std afterwards).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(waited == pid, "waiting for reconcile failed: {}", std::io::Error::last_os_error());
+    drop(child); // std never waits on drop: the pid is reaped above
+    let exit_code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    // ru_maxrss is in kilobytes on Linux.
+    Ok(ReconcileRun {
+        seconds: started.elapsed().as_secs_f64(),
+        max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        exit_code,
+    })
 }
 
 /// Reports of [`sealing_comparison`]: one per run, in the order they ran.
