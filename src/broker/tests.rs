@@ -1513,7 +1513,7 @@ async fn a_certificate_bind_on_a_cluster_without_https_endpoints_is_a_400_that_m
 
 /// A broker of [`rotating_broker_on`] at time 1,000,000 with instance i1 (SMALL) and binding
 /// b1.
-async fn rotating() -> (Arc<MemoryStore>, Arc<TestClock>, EtcdBroker) {
+pub async fn rotating() -> (Arc<MemoryStore>, Arc<TestClock>, EtcdBroker) {
     let store = Arc::new(MemoryStore::default());
     let clock = Arc::new(TestClock::default());
     clock.set(1_000_000);

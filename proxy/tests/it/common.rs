@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use etcd_broker_proxy::pb::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, AuthenticateRequest,
+    maintenance_client::MaintenanceClient, AuthenticateRequest, LeaseGrantRequest, RangeRequest,
 };
 use etcd_client::Permission;
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
@@ -279,4 +279,15 @@ pub fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic
             status.message().to_owned()
         }
     }
+}
+
+/// A lease of 60 s granted through `conn`; its id.
+pub async fn grant(conn: &Conn) -> i64 {
+    conn.lease().lease_grant(conn.req(LeaseGrantRequest { ttl: 60, id: 0 })).await.unwrap().into_inner().id
+}
+
+/// The cluster's current revision, as a range of `key` through `conn` reports it.
+pub async fn revision(conn: &Conn, key: &str) -> i64 {
+    let request = RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() };
+    conn.kv().range(conn.req(request)).await.unwrap().into_inner().header.unwrap().revision
 }

@@ -52,11 +52,6 @@ async fn put(conn: &Conn, key: &str, lease: i64) -> Result<(), tonic::Status> {
     conn.kv().put(conn.req(request)).await.map(|_| ())
 }
 
-async fn grant(conn: &Conn) -> i64 {
-    let answer = conn.lease().lease_grant(conn.req(LeaseGrantRequest { ttl: 60, id: 0 })).await.unwrap();
-    answer.into_inner().id
-}
-
 async fn leases(conn: &Conn) -> Vec<i64> {
     let answer = conn.lease().lease_leases(conn.req(LeaseLeasesRequest {})).await.unwrap();
     answer.into_inner().leases.iter().map(|l| l.id).collect()
@@ -81,15 +76,7 @@ async fn a_tenant_may_not_compact_the_cluster_through_the_proxy_but_can_directly
     let bob = scene.via_proxy("bob").await;
     put(&bob, "/tenants/bob/k", 0).await.unwrap();
     put(&bob, "/tenants/bob/k", 0).await.unwrap();
-    let revision = bob
-        .kv()
-        .range(bob.req(RangeRequest { key: b"/tenants/bob/k".to_vec(), ..Default::default() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let revision = revision(&bob, "/tenants/bob/k").await;
 
     let message = refused(
         bob.kv().compact(bob.req(CompactionRequest { revision, physical: false })).await,
@@ -312,15 +299,7 @@ async fn operators_pass_the_firewall() {
     let lease = grant(&alice).await;
     let root = scene.root_via_proxy().await;
     put(&root, "/operators/k", 0).await.unwrap();
-    let revision = root
-        .kv()
-        .range(root.req(RangeRequest { key: b"/operators/k".to_vec(), ..Default::default() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let revision = revision(&root, "/operators/k").await;
     root.kv().compact(root.req(CompactionRequest { revision, physical: false })).await.unwrap();
     assert!(keep_alive(&root, lease).await.unwrap().ttl > 0);
     root.lease().lease_revoke(root.req(LeaseRevokeRequest { id: lease })).await.unwrap();

@@ -3,15 +3,11 @@
 //! read the records.
 
 use etcd_broker_proxy::pb::etcdserverpb::{
-    LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, RangeRequest,
+    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, RangeRequest,
 };
 use tonic::Code;
 
 use crate::common::*;
-
-async fn grant(conn: &Conn) -> i64 {
-    conn.lease().lease_grant(conn.req(LeaseGrantRequest { ttl: 60, id: 0 })).await.unwrap().into_inner().id
-}
 
 async fn time_to_live(conn: &Conn, id: i64) -> Result<i64, tonic::Status> {
     let answer =

@@ -223,13 +223,7 @@ async fn a_repair_stopped_at_any_store_call_is_finished_by_the_next_run() {
 
 #[tokio::test]
 async fn an_expired_bindings_missing_user_is_no_finding_and_never_made_again() {
-    use crate::broker::tests::{rotating_broker_on, TestClock};
-    let store = Arc::new(MemoryStore::default());
-    let clock = Arc::new(TestClock::default());
-    clock.set(1_000_000);
-    let broker = rotating_broker_on(store.clone(), clock.clone());
-    broker.provision(provision_req("i1", SMALL)).await.unwrap();
-    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    let (store, clock, broker) = crate::broker::tests::rotating().await;
     // Past expiry and grace: the user goes, whether the expiry leader came by yet or not.
     clock.set(1_003_900);
     store.delete_user("etcd-broker.i1.b1").await.unwrap();
