@@ -54,7 +54,8 @@ pub fn generate(args: &GenerateArgs) -> Result<String> {
         (None, Some(dir)) => dir.join(format!("{}.key", key.name())),
         (None, None) => bail!("give --dir DIR or --out FILE"),
     };
-    let mut text = key.to_text();
+    // A generated key is local: it has a text form.
+    let Some(mut text) = key.to_text() else { bail!("key '{}' has no text form", key.name()) };
     text.push('\n');
     crate::private_file::create_private(&path, &text)?;
     Ok(format!(
