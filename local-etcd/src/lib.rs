@@ -5,9 +5,12 @@
 //! runs the project-local etcd binary (installed by `scripts/install-tools.sh` into `tools/`)
 //! on free 127.0.0.1 ports, creates the `root` user and enables auth, and kills the process
 //! when dropped, so a test never leaves a server behind. [`LocalEtcd::start_cluster`] starts
-//! several members of one cluster, for tests of a member that stops.
+//! several members of one cluster, for tests of a member that stops. [`bao::LocalBao`] is the
+//! same for an OpenBao dev server (the broker's secret backends).
 
 #![warn(missing_docs)]
+
+pub mod bao;
 
 use std::fmt;
 use std::fs::File;
@@ -208,7 +211,7 @@ pub enum Error {
     },
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
     move |source| Error::Io { context, source }
 }

@@ -132,7 +132,7 @@ impl ProgressReport {
 fn outcome(summary: &Summary) -> Outcome {
     match &summary.stopped {
         Some(Stopped::Interrupted) => Outcome::Interrupted,
-        Some(Stopped::Store(_)) => Outcome::Failed,
+        Some(Stopped::Store(_) | Stopped::Key(_)) => Outcome::Failed,
         None if summary.failed.is_empty() => Outcome::Done,
         None => Outcome::Failed,
     }
@@ -165,6 +165,9 @@ pub fn summary_text(summary: &Summary, active: &str, dry_run: bool) -> String {
         ),
         Some(Stopped::Store(e)) => {
             out.push_str(&format!("stopped: {e}\nrun the same command again to continue\n"));
+        }
+        Some(Stopped::Key(e)) => {
+            out.push_str(&format!("stopped before any record: {e}\nrun the same command again once it answers\n"));
         }
     }
     out

@@ -54,7 +54,8 @@ pub fn generate(args: &GenerateArgs) -> Result<String> {
         (None, Some(dir)) => dir.join(format!("{}.key", key.name())),
         (None, None) => bail!("give --dir DIR or --out FILE"),
     };
-    let mut text = key.to_text();
+    // A generated key is local: it has a text form.
+    let Some(mut text) = key.to_text() else { bail!("key '{}' has no text form", key.name()) };
     text.push('\n');
     crate::private_file::create_private(&path, &text)?;
     Ok(format!(
@@ -98,14 +99,39 @@ fn keys_text(config: &Config, counts: Option<&RecordCounts>) -> String {
         Some(keychain) => {
             out.push_str("keys:\n");
             for key in keychain.keys() {
-                let active = if key.name() == keychain.active().name() { " (active)" } else { "" };
-                out.push_str(&format!("  {}{active}", key.name()));
+                let active = key.name() == keychain.active().name();
+                let about = match (active, key.backend()) {
+                    (true, None) => " (active)".to_owned(),
+                    (false, None) => String::new(),
+                    (true, Some(backend)) => format!(" (active, {})", backend.describe()),
+                    (false, Some(backend)) => format!(" ({})", backend.describe()),
+                };
+                out.push_str(&format!("  {}{about}", key.name()));
+                // A remote key's records are counted per version (`<name>.v<N>`).
+                let versions: Vec<&(String, u64)> = match (counts, key.backend()) {
+                    (Some(counts), Some(_)) => counts
+                        .sealed
+                        .iter()
+                        .filter(|(name, _)| {
+                            etcd_broker::sealing::keychain::split_version(name)
+                                .is_some_and(|(base, _)| base == key.name())
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 if let Some(counts) = counts {
-                    let sealed =
-                        counts.sealed.iter().find(|(name, _)| name == key.name()).map_or(0, |(_, n)| *n);
+                    let sealed = match key.backend() {
+                        Some(_) => versions.iter().map(|(_, n)| n).sum(),
+                        None => {
+                            counts.sealed.iter().find(|(name, _)| name == key.name()).map_or(0, |(_, n)| *n)
+                        }
+                    };
                     out.push_str(&format!(": {}", records(sealed)));
                 }
                 out.push('\n');
+                for (name, sealed) in versions {
+                    out.push_str(&format!("    {name}: {}\n", records(*sealed)));
+                }
             }
         }
     }

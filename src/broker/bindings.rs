@@ -134,7 +134,7 @@ impl EtcdBroker {
                     req.binding_id
                 ))),
                 (RecordState::Ready, true) => {
-                    Ok(Attempt::Done(Bound::AlreadyExists(self.binding_of(&key, &existing)?)))
+                    Ok(Attempt::Done(Bound::AlreadyExists(self.binding_of(&key, &existing).await?)))
                 }
                 // An earlier attempt was interrupted: finish it.
                 (RecordState::Creating, true) => self.complete_binding(&key, existing, revision).await,
@@ -189,7 +189,7 @@ impl EtcdBroker {
             )));
         }
         if kind.password() {
-            self.store_password(&key, &mut record, &random_password())?;
+            self.store_password(&key, &mut record, &random_password()).await?;
         }
         if kind.certificate() {
             // Minted once, before the record exists: every retry hands out this certificate.
@@ -198,7 +198,7 @@ impl EtcdBroker {
                 .expires_at
                 .map(|at| std::time::Duration::from_secs(at.saturating_add(self.setup.expiry_grace) - now));
             let minted = self.setup.certificates.mint(&record.username, lives_for)?;
-            self.store_certificate(&key, &mut record, &minted.certificate, &minted.private_key)?;
+            self.store_certificate(&key, &mut record, &minted.certificate, &minted.private_key).await?;
         }
         let queued_role = self.names().role_deletion_key(&record.role);
         // The instance plan's limit of bindings, counted in the same transaction.
@@ -210,7 +210,7 @@ impl EtcdBroker {
         ];
         guards.extend(counted.guards);
         // The record and its index entries (per plan; per sealing key when sealed).
-        let mut writes = self.record_writes(&key, &mut record)?;
+        let mut writes = self.record_writes(&key, &mut record).await?;
         writes.extend(counted.writes);
         let created = state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
         match created {
@@ -233,7 +233,7 @@ impl EtcdBroker {
     ) -> BrokerResult<Attempt> {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
-        let password = self.password(key, &record)?;
+        let password = self.password(key, &record).await?;
         // A certificate binding has no password: etcd hashes none (`Store::ensure_certificate_user`).
         let created = store
             .ensure_binding_user(
@@ -251,10 +251,10 @@ impl EtcdBroker {
                 let mut ready = record.clone();
                 ready.state = RecordState::Ready;
                 ready.updated_at = self.now();
-                let writes = self.record_writes(key, &mut ready)?;
+                let writes = self.record_writes(key, &mut ready).await?;
                 if self.swap(key, revision, &writes).await?.is_some() {
                     tracing::info!(instance_id = %ready.instance_id, binding_id = %ready.binding_id, "created service binding");
-                    return Ok(Attempt::Done(Bound::Created(self.binding_of(key, &ready)?)));
+                    return Ok(Attempt::Done(Bound::Created(self.binding_of(key, &ready).await?)));
                 }
             }
             // The role or user vanished under us: an unbind or deprovision is running.
@@ -264,7 +264,7 @@ impl EtcdBroker {
         // Someone else changed the record meanwhile.
         match self.read::<BindingRecord>(state, key).await? {
             Some((now, _)) if same_password(&now, &record) && now.state == RecordState::Ready => {
-                Ok(Attempt::Done(Bound::Created(self.binding_of(key, &now)?)))
+                Ok(Attempt::Done(Bound::Created(self.binding_of(key, &now).await?)))
             }
             // Still ours and unfinished (a step raced): the platform's retry will finish it.
             Some((now, _)) if same_password(&now, &record) && now.state == RecordState::Creating => {
@@ -281,7 +281,7 @@ impl EtcdBroker {
                 // role stay reachable from a record until they are gone.
                 let mut record = record;
                 record.state = RecordState::Deleting;
-                let writes = self.record_writes(key, &mut record)?;
+                let writes = self.record_writes(key, &mut record).await?;
                 let claimed = state
                     .commit(&[Guard::Absent(key.to_owned())], &writes)
                     .await
@@ -323,7 +323,7 @@ impl EtcdBroker {
             if record.state != RecordState::Deleting {
                 record.state = RecordState::Deleting;
                 record.updated_at = self.now();
-                let writes = self.record_writes(key, &mut record)?;
+                let writes = self.record_writes(key, &mut record).await?;
                 let marked = self.swap(key, revision, &writes).await?;
                 match marked {
                     Some(new_revision) => revision = new_revision,
@@ -362,7 +362,7 @@ impl EtcdBroker {
         let key = self.names().binding_key(instance, binding);
         match self.read::<BindingRecord>(&*self.setup.state, &key).await? {
             Some((record, _)) if record.state == RecordState::Ready => {
-                let mut binding = self.binding_of(&key, &record)?;
+                let mut binding = self.binding_of(&key, &record).await?;
                 binding.parameters = Some(record.parameters).filter(|p| !p.is_empty());
                 Ok(binding)
             }
@@ -384,10 +384,10 @@ impl EtcdBroker {
 
     /// The binding as a bind answers it (GET adds the parameters); its password and private
     /// key unsealed from the record at `key`.
-    fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
+    async fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
         let cluster = self.cluster(&record.cluster)?;
-        let password = self.password(key, record)?;
-        let private_key = self.private_key(key, record)?;
+        let password = self.password(key, record).await?;
+        let private_key = self.private_key(key, record).await?;
         let credentials = match (&record.certificate, &private_key, &password) {
             (Some(cert), Some(key), password) => {
                 let certificates = &self.setup.certificates;

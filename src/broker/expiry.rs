@@ -166,7 +166,7 @@ impl EtcdBroker {
             revoked.revoked_at = Some(now);
             revoked.updated_at = now;
             // The record's writes no longer include the entry (it is revoked): delete it.
-            let mut writes = self.record_writes(&key, &mut revoked)?;
+            let mut writes = self.record_writes(&key, &mut revoked).await?;
             writes.push(Write::Delete(entry.to_owned()));
             if self.swap(&key, revision, &writes).await?.is_some() {
                 tracing::info!(

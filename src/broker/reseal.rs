@@ -80,6 +80,9 @@ pub enum Stopped {
     Interrupted,
     /// The state cluster failed; a re-run continues.
     Store(StoreError),
+    /// The active key's backend (OpenBao transit) did not say which key version seals; nothing
+    /// was rewritten.
+    Key(String),
 }
 
 impl Summary {
@@ -198,6 +201,20 @@ impl Reseal {
                 return summary;
             }
         };
+        // What "sealed by the active key" means: its name, or a remote key's latest version.
+        let active = self.keychain.active();
+        let active = match active.backend() {
+            None => active.name().to_owned(),
+            Some(backend) => match backend.latest_version().await {
+                Ok(version) => format!("{}.v{version}", active.name()),
+                Err(e) => {
+                    summary.stopped =
+                        Some(Stopped::Key(format!("key '{}' ({}): {e}", active.name(), backend.describe())));
+                    return summary;
+                }
+            },
+        };
+        let active = active.as_str();
         let slots = self.pace.max_rate.map(Slots::new);
         let mut after: Option<String> = None;
         while summary.stopped.is_none() {
@@ -224,7 +241,7 @@ impl Reseal {
                             return None;
                         }
                         let mut one = Summary::default();
-                        if let Err(e) = self.record(&key, found, slots, stop, &mut one).await {
+                        if let Err(e) = self.record(&key, found, active, slots, stop, &mut one).await {
                             one.stopped = Some(Stopped::Store(e));
                         }
                         Some(one)
@@ -248,12 +265,13 @@ impl Reseal {
         &self,
         key: &str,
         mut found: Versioned,
+        active: &str,
         slots: Option<&Slots>,
         stop: &AtomicBool,
         summary: &mut Summary,
     ) -> Result<(), StoreError> {
         for _ in 0..CAS_ATTEMPTS {
-            let (source, record) = match self.plan(key, &found.value) {
+            let (source, record) = match self.plan(key, &found.value, active) {
                 Plan::Skip(count) => {
                     count(summary);
                     return Ok(());
@@ -268,7 +286,7 @@ impl Reseal {
                 *summary.rewritten.entry(source).or_default() += 1;
                 return Ok(());
             }
-            let writes = match self.rewrite(key, &source, *record) {
+            let writes = match self.rewrite(key, &source, *record).await {
                 Ok(writes) => writes,
                 Err(why) => {
                     summary.failed.push((key.to_owned(), why));
@@ -301,8 +319,9 @@ impl Reseal {
         Ok(())
     }
 
-    /// Whether the record as read needs rewriting, and from what.
-    fn plan(&self, key: &str, value: &[u8]) -> Plan {
+    /// Whether the record as read needs rewriting, and from what; `active` is the sealing
+    /// name of the active key (a remote key's with its latest version).
+    fn plan(&self, key: &str, value: &[u8], active: &str) -> Plan {
         let record: BindingRecord = match decode(key, value) {
             Ok(record) => record,
             Err(e) => return Plan::Fail(e.to_string()),
@@ -319,9 +338,7 @@ impl Reseal {
         let source = match stored {
             Some(StoredPassword::Clear(_)) => Source::Clear,
             Some(StoredPassword::Sealed(sealed)) => match sealing::sealed_with(sealed) {
-                Some(name) if name == self.keychain.active().name() => {
-                    return Plan::Skip(|s| s.already_active += 1)
-                }
+                Some(name) if name == active => return Plan::Skip(|s| s.already_active += 1),
                 Some(name) => Source::Key(name.to_owned()),
                 None => return Plan::Fail("its sealed password names no key".to_owned()),
             },
@@ -332,22 +349,18 @@ impl Reseal {
 
     /// The writes of one record's rewrite: the record sealed by the active key, its entry in
     /// the index of sealed records moved there, its per-plan entry.
-    fn rewrite(&self, key: &str, source: &Source, mut record: BindingRecord) -> Result<Vec<Write>, String> {
-        let reseal = |clear: Option<String>, sealed: Option<String>, sealed_for: &str| {
-            let clear = match (source, clear, sealed) {
-                (_, None, None) => return Ok(None),
-                (Source::Clear, Some(clear), None) => Zeroizing::new(clear.into_bytes()),
-                (Source::Key(_), None, Some(sealed)) => Zeroizing::new(
-                    sealing::unseal(&self.keychain, sealed_for, &sealed).map_err(|e| e.to_string())?,
-                ),
-                _ => return Err("its password changed form while being read".to_owned()),
-            };
-            sealing::seal(&self.keychain, sealed_for, &clear).map(Some).map_err(|e| e.to_string())
-        };
-        record.password_sealed = reseal(record.password.take(), record.password_sealed.take(), key)?;
+    async fn rewrite(
+        &self,
+        key: &str,
+        source: &Source,
+        mut record: BindingRecord,
+    ) -> Result<Vec<Write>, String> {
+        record.password_sealed =
+            self.reseal_one(source, record.password.take(), record.password_sealed.take(), key).await?;
         let private_key_for = format!("{key}{PRIVATE_KEY_FIELD}");
-        record.private_key_sealed =
-            reseal(record.private_key.take(), record.private_key_sealed.take(), &private_key_for)?;
+        record.private_key_sealed = self
+            .reseal_one(source, record.private_key.take(), record.private_key_sealed.take(), &private_key_for)
+            .await?;
         let mut writes = binding_writes(&self.names, key, &record);
         if let Source::Key(old) = source {
             writes.push(Write::Delete(self.names.sealed_index_key(
@@ -357,6 +370,28 @@ impl Reseal {
             )));
         }
         Ok(writes)
+    }
+
+    /// One secret of a record (clear or sealed, as `source` says) sealed by the active key for
+    /// `sealed_for`; `None` when the record holds none of this kind.
+    async fn reseal_one(
+        &self,
+        source: &Source,
+        clear: Option<String>,
+        sealed: Option<String>,
+        sealed_for: &str,
+    ) -> Result<Option<String>, String> {
+        let clear = match (source, clear, sealed) {
+            (_, None, None) => return Ok(None),
+            (Source::Clear, Some(clear), None) => Zeroizing::new(clear.into_bytes()),
+            (Source::Key(_), None, Some(sealed)) => Zeroizing::new(
+                sealing::unseal_async(&self.keychain, sealed_for, &sealed)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => return Err("its password changed form while being read".to_owned()),
+        };
+        sealing::seal_async(&self.keychain, sealed_for, &clear).await.map(Some).map_err(|e| e.to_string())
     }
 }
 
@@ -397,6 +432,69 @@ mod tests {
             .await
             .unwrap();
         store
+    }
+
+    #[tokio::test]
+    async fn after_a_transit_key_rotation_records_of_older_versions_are_resealed_by_the_latest() {
+        use crate::sealing::backend::fake::FakeTransit;
+        let fake = Arc::new(FakeTransit::default());
+        let keychain = transit_keychain_with(fake.clone());
+        let store = mixed().await;
+        let broker = broker_with(store.clone(), Sealing::On(keychain.clone()));
+        broker.bind(bind_req("i1", "b6")).await.unwrap();
+        fake.rotate();
+        let before = passwords_with(&store, &keychain).await;
+        let run = Reseal { keychain: keychain.clone(), ..reseal(store.clone(), false) };
+        let summary = run_summary(&run).await;
+        assert_eq!(summary.failed, []);
+        let sources: Vec<(String, u64)> =
+            summary.rewritten.iter().map(|(source, n)| (source.to_string(), *n)).collect();
+        assert_eq!(
+            sources,
+            [
+                ("clear text".to_owned(), 2),
+                ("key 'k1'".to_owned(), 2),
+                ("key 'k2'".to_owned(), 1),
+                ("key 't1.v1'".to_owned(), 1)
+            ]
+        );
+        for (key, record) in records(&store.snapshot()) {
+            let sealed = record.password_sealed.as_deref().unwrap();
+            assert_eq!(crate::sealing::sealed_with(sealed), Some("t1.v2"), "{key}");
+        }
+        assert_indexes_match_records(&store.snapshot());
+        assert_eq!(passwords_with(&store, &keychain).await, before);
+        // Again: nothing to do. With transit down: stopped before any record, nothing written.
+        assert_eq!(run_summary(&run).await.already_active, 6);
+        fake.down.store(true, Ordering::SeqCst);
+        let stopped = run_summary(&run).await;
+        assert!(
+            matches!(&stopped.stopped, Some(Stopped::Key(why)) if why.contains("key 't1'")),
+            "{stopped:?}"
+        );
+        assert_eq!(stopped.done(), 0);
+    }
+
+    async fn run_summary(reseal: &Reseal) -> Summary {
+        reseal.run(&AtomicBool::new(false), &mut |_| {}).await
+    }
+
+    /// Every binding's password as GET binding answers it with `keychain`.
+    async fn passwords_with(
+        store: &Arc<MemoryStore>,
+        keychain: &crate::sealing::Keychain,
+    ) -> BTreeMap<String, String> {
+        let broker = broker_with(store.clone(), Sealing::On(keychain.clone()));
+        let mut out = BTreeMap::new();
+        for (key, record) in records(&store.snapshot()) {
+            let (i, b) = (
+                InstanceId::parse(&record.instance_id).unwrap(),
+                BindingId::parse(&record.binding_id).unwrap(),
+            );
+            let got = broker.get_binding(&i, &b).await.unwrap();
+            out.insert(key, got.credentials["password"].as_str().unwrap().to_owned());
+        }
+        out
     }
 
     fn reseal(state: Arc<dyn Store>, dry_run: bool) -> Reseal {

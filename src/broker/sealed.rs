@@ -60,11 +60,22 @@ pub struct SealingInventory {
     pub clear_text: u64,
 }
 
+/// A sealing failure as the platform sees it: a key backend (OpenBao) that did not answer is a
+/// 503 to retry; anything else (a changed value, a missing key) a 500 naming the record.
+fn seal_failed(e: sealing::SealError) -> BrokerError {
+    match e {
+        sealing::SealError::Unavailable { .. } => BrokerError::Unavailable(format!(
+            "{e}; the operation may be incomplete: repeat the request to finish it"
+        )),
+        _ => BrokerError::Internal(e.to_string()),
+    }
+}
+
 impl EtcdBroker {
     /// The clear password of the binding record at `key` (`None`: a certificate binding
     /// without one). A sealed one that does not unseal is an internal error naming the record
     /// (and the key when known), never the secret.
-    pub(super) fn password(
+    pub(super) async fn password(
         &self,
         key: &str,
         record: &BindingRecord,
@@ -72,12 +83,15 @@ impl EtcdBroker {
         let stored = record
             .stored_password()
             .map_err(|broken| BrokerError::Internal(format!("record '{key}' {broken}")))?;
-        stored.map(|stored| self.clear_text(key, key, stored, "password")).transpose()
+        match stored {
+            Some(stored) => self.clear_text(key, key, stored, "password").await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The clear private key of a certificate binding's record at `key` (`None`: a password
     /// binding), unsealed like [`Self::password`].
-    pub(super) fn private_key(
+    pub(super) async fn private_key(
         &self,
         key: &str,
         record: &BindingRecord,
@@ -86,12 +100,15 @@ impl EtcdBroker {
             .stored_private_key()
             .map_err(|broken| BrokerError::Internal(format!("record '{key}' {broken}")))?;
         let sealed_for = format!("{key}{PRIVATE_KEY_FIELD}");
-        stored.map(|stored| self.clear_text(key, &sealed_for, stored, "private key")).transpose()
+        match stored {
+            Some(stored) => self.clear_text(key, &sealed_for, stored, "private key").await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// One secret of the record at `key` in clear; `sealed_for` is the record name it was
     /// sealed for, `what` names it in errors.
-    fn clear_text(
+    async fn clear_text(
         &self,
         key: &str,
         sealed_for: &str,
@@ -109,8 +126,7 @@ impl EtcdBroker {
                     )));
                 };
                 let plaintext = Zeroizing::new(
-                    sealing::unseal(keychain, sealed_for, sealed)
-                        .map_err(|e| BrokerError::Internal(e.to_string()))?,
+                    sealing::unseal_async(keychain, sealed_for, sealed).await.map_err(seal_failed)?,
                 );
                 match std::str::from_utf8(&plaintext) {
                     Ok(text) => Ok(Zeroizing::new(text.to_owned())),
@@ -123,7 +139,7 @@ impl EtcdBroker {
     }
 
     /// `password` as a record holds it: sealed for the record at `key` when sealing is on.
-    pub(super) fn store_password(
+    pub(super) async fn store_password(
         &self,
         key: &str,
         record: &mut BindingRecord,
@@ -131,12 +147,12 @@ impl EtcdBroker {
     ) -> BrokerResult<()> {
         record.password = Some(password.to_owned());
         record.password_sealed = None;
-        self.seal_password(key, record)
+        self.seal_password(key, record).await
     }
 
     /// A certificate and its private key as a record holds them: the key sealed for the
     /// record at `key` when sealing is on.
-    pub(super) fn store_certificate(
+    pub(super) async fn store_certificate(
         &self,
         key: &str,
         record: &mut BindingRecord,
@@ -146,25 +162,27 @@ impl EtcdBroker {
         record.certificate = Some(certificate.to_owned());
         record.private_key = Some(private_key.to_owned());
         record.private_key_sealed = None;
-        self.seal_password(key, record)
+        self.seal_password(key, record).await
     }
 
     /// With sealing on, moves a clear password into `password_sealed` and a clear private key
     /// into `private_key_sealed`.
-    fn seal_password(&self, key: &str, record: &mut BindingRecord) -> BrokerResult<()> {
+    async fn seal_password(&self, key: &str, record: &mut BindingRecord) -> BrokerResult<()> {
         let Sealing::On(keychain) = &self.setup.sealing else {
             return Ok(());
         };
         if let Some(clear) = &record.password {
-            let sealed = sealing::seal(keychain, key, clear.as_bytes())
-                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            let sealed = sealing::seal_async(keychain, key, clear.as_bytes()).await.map_err(seal_failed)?;
             record.password_sealed = Some(sealed);
             record.password = None;
         }
         if let Some(clear) = &record.private_key {
-            let sealed = sealing::seal(keychain, &format!("{key}{PRIVATE_KEY_FIELD}"), clear.as_bytes())
-                .map_err(|_| {
-                    BrokerError::Internal(format!("record '{key}': sealing its private key failed"))
+            let sealed =
+                sealing::seal_async(keychain, &format!("{key}{PRIVATE_KEY_FIELD}"), clear.as_bytes())
+                    .await
+                    .map_err(|e| match e {
+                    unavailable @ sealing::SealError::Unavailable { .. } => seal_failed(unavailable),
+                    _ => BrokerError::Internal(format!("record '{key}': sealing its private key failed")),
                 })?;
             record.private_key_sealed = Some(sealed);
             record.private_key = None;
@@ -175,8 +193,12 @@ impl EtcdBroker {
     /// The writes that store binding `record` at `key`, for one transaction: the record (its
     /// password sealed first when sealing is on: rewritten records are sealed too) and its
     /// index entries.
-    pub(super) fn record_writes(&self, key: &str, record: &mut BindingRecord) -> BrokerResult<Vec<Write>> {
-        self.seal_password(key, record)?;
+    pub(super) async fn record_writes(
+        &self,
+        key: &str,
+        record: &mut BindingRecord,
+    ) -> BrokerResult<Vec<Write>> {
+        self.seal_password(key, record).await?;
         Ok(binding_writes(self.names(), key, record))
     }
 
@@ -203,6 +225,12 @@ impl EtcdBroker {
             .into_iter()
             .flat_map(|k| k.keys().map(|k| k.name().to_owned()))
             .collect()
+    }
+
+    /// Whether the keychain unseals what the sealing name `name` (a key's, or a remote key's
+    /// with a version) sealed.
+    pub fn keychain_holds(&self, name: &str) -> bool {
+        self.setup.sealing.keychain().is_some_and(|k| k.get(name).is_some())
     }
 
     /// The names of the keys that seal at least one record, in name order: one single-key read
@@ -248,8 +276,14 @@ impl EtcdBroker {
     pub async fn sealing_inventory(&self) -> BrokerResult<SealingInventory> {
         let state = &*self.setup.state;
         let mut names = self.sealing_keys_in_use().await?;
+        // Every local key of the keychain (0 when it seals none); a remote key's records are
+        // counted per version in use (`<name>.v<N>`), so its bare name has no count of its own.
         names.extend(
-            self.setup.sealing.keychain().into_iter().flat_map(|k| k.keys().map(|k| k.name().to_owned())),
+            self.setup
+                .sealing
+                .keychain()
+                .into_iter()
+                .flat_map(|k| k.keys().filter(|k| k.backend().is_none()).map(|k| k.name().to_owned())),
         );
         names.sort();
         names.dedup();

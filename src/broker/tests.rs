@@ -68,6 +68,28 @@ pub fn test_keychain(active: &str) -> Keychain {
     Keychain::new(active, [key("k1", 1), key("k2", 2)]).unwrap()
 }
 
+/// The fake transit key `t1` that [`transit_broker_on`]'s brokers share: never rotated nor
+/// taken down (tests that do either make their own).
+pub fn test_transit() -> Arc<crate::sealing::backend::fake::FakeTransit> {
+    static FAKE: std::sync::OnceLock<Arc<crate::sealing::backend::fake::FakeTransit>> =
+        std::sync::OnceLock::new();
+    FAKE.get_or_init(Default::default).clone()
+}
+
+/// A keychain whose active key is the remote `transit` (named `t1`), with the local `k1` and
+/// `k2` of [`test_keychain`] beside it.
+pub fn transit_keychain_with(transit: Arc<dyn crate::sealing::KeyBackend>) -> Keychain {
+    let mut keys: Vec<crate::sealing::Key> = test_keychain("k1").keys().cloned().collect();
+    keys.push(crate::sealing::Key::remote("t1", transit).unwrap());
+    Keychain::new("t1", keys).unwrap()
+}
+
+/// [`broker_on`] with sealing on and the fake transit key `t1` active (a key backend outside
+/// the broker), `k1` and `k2` still unsealing.
+pub fn transit_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
+    broker_with(store, Sealing::On(transit_keychain_with(test_transit())))
+}
+
 /// A broker whose state and "main" cluster are `store`; plan FAR lives on a second cluster.
 /// Sealing is off, as before sealing existed.
 pub fn broker_on(store: Arc<dyn Store>) -> EtcdBroker {
@@ -276,7 +298,12 @@ fn recorded_password(key: &str, record: &BindingRecord) -> String {
         (None, None) if record.certificate.is_some() => String::new(),
         (Some(clear), None) => clear.clone(),
         (None, Some(sealed)) => {
-            String::from_utf8(crate::sealing::unseal(&test_keychain("k1"), key, sealed).unwrap()).unwrap()
+            // The fake transit key answers at once: no runtime needed to wait for it.
+            use futures_util::FutureExt as _;
+            let keychain = transit_keychain_with(test_transit());
+            let clear =
+                crate::sealing::unseal_async(&keychain, key, sealed).now_or_never().expect("fake transit");
+            String::from_utf8(clear.unwrap()).unwrap()
         }
         other => panic!("record {key} holds {other:?}"),
     }
@@ -479,12 +506,15 @@ async fn deleting_records_block_new_binds_until_the_delete_is_finished() {
 pub type MakeBroker = fn(Arc<dyn Store>) -> EtcdBroker;
 
 /// The crash tests' sealing cases: (name, the broker that sets the records up, the one that
-/// crashes, the one that retries): sealing off throughout, on throughout, records written in
-/// clear that a broker with sealing on changes, and an upgrade that turns sealing on between
-/// the crash and the retry.
-const SEALING_CASES: [(&str, MakeBroker, MakeBroker, MakeBroker); 4] = [
+/// crashes, the one that retries): sealing off throughout, on throughout, a transit key (a key
+/// backend outside the broker) throughout, records sealed by a keychain key that a broker with
+/// transit active changes, records written in clear that a broker with sealing on changes, and
+/// an upgrade that turns sealing on between the crash and the retry.
+const SEALING_CASES: [(&str, MakeBroker, MakeBroker, MakeBroker); 6] = [
     ("off", broker_on, broker_on, broker_on),
     ("on", sealed_broker_on, sealed_broker_on, sealed_broker_on),
+    ("transit", transit_broker_on, transit_broker_on, transit_broker_on),
+    ("keychain records, transit active", sealed_broker_on, transit_broker_on, transit_broker_on),
     ("clear records, sealing on", broker_on, sealed_broker_on, sealed_broker_on),
     ("sealing on after the crash", broker_on, broker_on, sealed_broker_on),
 ];
@@ -554,7 +584,7 @@ pub async fn for_every_fault_with<S, F, Fut>(
             let reached = crash_then_retry_with(makers, n, mode, store.clone(), op).await;
             let state = store.snapshot();
             check(&state);
-            if case == "on" {
+            if case == "on" || case == "transit" {
                 assert_all_sealed(&state);
             }
             if !reached {
@@ -1174,6 +1204,53 @@ async fn with_sealing_on_no_record_holds_the_password_and_reads_unseal_it() {
         off.get_binding(&iid("i1"), &bid("b1")).await.unwrap().credentials["password"],
         password.as_str()
     );
+}
+
+#[tokio::test]
+async fn a_transit_key_seals_by_version_and_while_it_is_down_binds_are_503_and_leave_nothing() {
+    use std::sync::atomic::Ordering;
+    let fake = Arc::new(crate::sealing::backend::fake::FakeTransit::default());
+    let store = Arc::new(MemoryStore::default());
+    let broker = broker_with(store.clone(), Sealing::On(transit_keychain_with(fake.clone())));
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    fake.down.store(true, Ordering::SeqCst);
+    let refused = broker.bind(bind_req("i1", "b1")).await;
+    match &refused {
+        Err(BrokerError::Unavailable(message)) => {
+            assert!(message.contains("key 't1'") && message.contains("repeat the request"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let state = store.snapshot();
+    assert!(state.users.is_empty() && state.roles.is_empty());
+    assert!(!state.keys.keys().any(|k| k.contains("/bindings/")), "{:?}", state.keys.keys());
+    fake.down.store(false, Ordering::SeqCst);
+    let password = password_of(&broker.bind(bind_req("i1", "b1")).await.unwrap());
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b1");
+    assert_eq!(crate::sealing::sealed_with(record.password_sealed.as_deref().unwrap()), Some("t1.v1"));
+    assert!(store.snapshot().keys.contains_key("/etcd-broker/index/sealed/t1.v1/i1/b1"));
+    assert!(!format!("{:?}", store.snapshot().keys).contains(&password));
+    assert_eq!(broker.sealing_keys_in_use().await.unwrap(), ["t1.v1"]);
+    assert_eq!(broker.missing_sealing_keys().await.unwrap(), None);
+    assert!(broker.keychain_holds("t1.v1") && !broker.keychain_holds("t9.v1"));
+    // After a rotation new records name the new version; old ones still unseal.
+    fake.rotate();
+    broker.bind(bind_req("i1", "b2")).await.unwrap();
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b2");
+    assert_eq!(crate::sealing::sealed_with(record.password_sealed.as_deref().unwrap()), Some("t1.v2"));
+    let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.credentials["password"], password.as_str());
+    let inventory = broker.sealing_inventory().await.unwrap();
+    assert_eq!(
+        inventory.sealed,
+        [("k1".to_owned(), 0), ("k2".to_owned(), 0), ("t1.v1".to_owned(), 1), ("t1.v2".to_owned(), 1)]
+    );
+    // Down again: reads are 503, never a wrong password; unbind needs no key and works.
+    fake.down.store(true, Ordering::SeqCst);
+    assert!(matches!(broker.get_binding(&iid("i1"), &bid("b1")).await, Err(BrokerError::Unavailable(_))));
+    assert!(matches!(broker.bind(bind_req("i1", "b1")).await, Err(BrokerError::Unavailable(_))));
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    assert!(!store.snapshot().keys.keys().any(|k| k.ends_with("/i1/b1")));
 }
 
 #[tokio::test]

@@ -101,7 +101,46 @@ pub(super) struct SecretsFile {
     /// Keys by name; every one unseals.
     #[serde(default)]
     pub keys: BTreeMap<String, KeyFile>,
+    /// The OpenBao (or Vault) that holds transit keys.
+    pub openbao: Option<OpenBaoFile>,
 }
+
+/// `[secrets.openbao]`: where OpenBao is and how the broker logs in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OpenBaoFile {
+    pub address: String,
+    /// PEM CA bundle verifying OpenBao's certificate, as a file or inline.
+    pub ca_file: Option<PathBuf>,
+    pub ca: Option<String>,
+    /// A file holding the broker's token (read once, at load).
+    pub token_file: Option<PathBuf>,
+    /// AppRole credentials instead of a token file.
+    pub approle: Option<AppRoleFile>,
+    #[serde(default = "default_openbao_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_openbao_timeout() -> u64 {
+    crate::openbao::DEFAULT_TIMEOUT.as_secs()
+}
+
+/// `[secrets.openbao.approle]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AppRoleFile {
+    pub role_id: String,
+    pub secret_id: Secret,
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+/// The longest token file: a token is about 100 characters.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 /// `sealing = "on" | "off"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -152,6 +191,10 @@ pub(super) struct KeyFile {
     pub file: Option<PathBuf>,
     pub value: Option<Secret>,
     pub passphrase: Option<Secret>,
+    /// The name of a transit key in `[secrets.openbao]`'s OpenBao: a remote key.
+    pub transit: Option<String>,
+    /// The transit engine's mount (default `transit`).
+    pub transit_mount: Option<String>,
 }
 
 /// Why a config with sealing on and no key is refused, and both ways out.
@@ -342,7 +385,8 @@ impl ConfigFile {
         let clusters = self.clusters()?;
         let state_cluster = self.state_cluster()?;
         let plan_clusters = self.plan_clusters()?;
-        let sealing = self.secrets.sealing()?;
+        let openbao = self.secrets.openbao()?;
+        let sealing = self.secrets.sealing(openbao.as_ref())?;
         let plan_options: BTreeMap<String, PlanOptions> =
             self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
         let certificates = match &self.certificates {
@@ -398,6 +442,7 @@ impl ConfigFile {
             reconcile,
             binding_expiry,
             sealing,
+            openbao,
             certificates,
             plan_credentials,
         })
@@ -718,10 +763,19 @@ impl CertificatesFile {
 }
 
 impl SecretsFile {
-    /// Loads the keychain (reading key files once) and checks it against `sealing`.
-    fn sealing(&self) -> Result<Sealing, ConfigError> {
+    /// The OpenBao client of `[secrets.openbao]`, if configured (contacts nothing).
+    fn openbao(&self) -> Result<Option<std::sync::Arc<crate::openbao::OpenBao>>, ConfigError> {
+        match &self.openbao {
+            Some(file) => Ok(Some(std::sync::Arc::new(file.client()?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads the keychain (reading key files once) and checks it against `sealing`; `bao` is
+    /// the OpenBao of transit keys.
+    fn sealing(&self, bao: Option<&std::sync::Arc<crate::openbao::OpenBao>>) -> Result<Sealing, ConfigError> {
         let keychain = if !self.keys.is_empty() {
-            Some(self.keychain()?)
+            Some(self.keychain(bao)?)
         } else if let Some(active) = &self.active {
             return Err(invalid("secrets.active", format!("'{active}' names no key: secrets.keys is empty")));
         } else {
@@ -734,12 +788,47 @@ impl SecretsFile {
         }
     }
 
-    fn keychain(&self) -> Result<Keychain, ConfigError> {
+    fn keychain(
+        &self,
+        bao: Option<&std::sync::Arc<crate::openbao::OpenBao>>,
+    ) -> Result<Keychain, ConfigError> {
         let mut keys = Vec::new();
         for (name, key) in &self.keys {
             let field = format!("secrets.keys.{name}");
             if !is_key_name(name) {
                 return Err(invalid(field, "key names use 1 to 32 of a-z, 0-9, '_' and '-'"));
+            }
+            if key.transit_mount.is_some() && key.transit.is_none() {
+                return Err(invalid(format!("{field}.transit_mount"), "goes with transit = \"<key name>\""));
+            }
+            if let Some(transit) = &key.transit {
+                if key.file.is_some() || key.value.is_some() || key.passphrase.is_some() {
+                    return Err(invalid(
+                        field,
+                        "set one of file, value, passphrase and transit, not several",
+                    ));
+                }
+                let Some(bao) = bao else {
+                    return Err(invalid(
+                        format!("{field}.transit"),
+                        "needs [secrets.openbao]: where OpenBao is",
+                    ));
+                };
+                let mount = key.transit_mount.as_deref().unwrap_or("transit");
+                for (what, value) in [("transit", transit.as_str()), ("transit_mount", mount)] {
+                    if !is_path_segment(value) {
+                        return Err(invalid(
+                            format!("{field}.{what}"),
+                            format!("'{value}' must be 1 to 128 of a-z, A-Z, 0-9, '_', '-' and '.'"),
+                        ));
+                    }
+                }
+                let backend = crate::openbao::transit::TransitKey::new(bao.clone(), mount, transit);
+                keys.push(
+                    Key::remote(name, std::sync::Arc::new(backend))
+                        .map_err(|e| invalid(field, e.to_string()))?,
+                );
+                continue;
             }
             keys.push(match (&key.file, &key.value, &key.passphrase) {
                 (Some(path), None, None) => {
@@ -749,7 +838,7 @@ impl SecretsFile {
                     .map_err(|e| invalid(format!("{field}.value"), e.to_string()))?,
                 (None, None, Some(passphrase)) => Key::from_passphrase(name, passphrase.expose())
                     .map_err(|e| invalid(format!("{field}.passphrase"), e.to_string()))?,
-                (None, None, None) => return Err(invalid(field, "needs file, value or passphrase")),
+                (None, None, None) => return Err(invalid(field, "needs file, value, passphrase or transit")),
                 _ => return Err(invalid(field, "set one of file, value and passphrase, not several")),
             });
         }
@@ -763,6 +852,119 @@ impl SecretsFile {
             return Err(invalid("secrets.active", format!("'{active}' is not one of secrets.keys")));
         }
         Keychain::new(active, keys).map_err(|e| invalid("secrets", e.to_string()))
+    }
+}
+
+/// Whether `text` can be one segment of an OpenBao path as the config names it: a transit
+/// key, a mount (no '/', nothing to escape).
+fn is_path_segment(text: &str) -> bool {
+    (1..=128).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && text != "."
+        && text != ".."
+}
+
+impl OpenBaoFile {
+    /// The client: address parsed, CA and token file read once; contacts nothing.
+    fn client(&self) -> Result<crate::openbao::OpenBao, ConfigError> {
+        let field = |name: &str| format!("secrets.openbao.{name}");
+        let address = url::Url::parse(&self.address)
+            .map_err(|e| invalid(field("address"), format!("'{}' is not a URL: {e}", self.address)))?;
+        if !matches!(address.scheme(), "http" | "https") || address.host_str().is_none() {
+            return Err(invalid(field("address"), format!("'{}' must be http(s)://host:port", self.address)));
+        }
+        if !address.username().is_empty() || address.password().is_some() || address.query().is_some() {
+            return Err(invalid(
+                field("address"),
+                format!("'{}' must be just scheme://host:port", self.address),
+            ));
+        }
+        let ca_pem = match (&self.ca_file, &self.ca) {
+            (Some(_), Some(_)) => return Err(invalid(field("ca"), "set one of ca_file and ca, not both")),
+            (Some(path), None) => Some(
+                std::fs::read(path)
+                    .map_err(|e| invalid(field("ca_file"), format!("cannot read {}: {e}", path.display())))?,
+            ),
+            (None, Some(pem)) if !pem.trim_start().starts_with("-----BEGIN") => {
+                return Err(invalid(
+                    field("ca"),
+                    "is not PEM text (-----BEGIN ...); a path goes into ca_file",
+                ))
+            }
+            (None, Some(pem)) => Some(pem.clone().into_bytes()),
+            (None, None) => None,
+        };
+        let auth = match (&self.token_file, &self.approle) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("secrets.openbao", "set one of token_file and approle, not both"))
+            }
+            (None, None) => {
+                return Err(invalid("secrets.openbao", "needs token_file or [secrets.openbao.approle]"))
+            }
+            (Some(path), None) => crate::openbao::Auth::Token(read_token_file(path)?),
+            (None, Some(approle)) => {
+                if approle.role_id.trim().is_empty() || approle.secret_id.expose().trim().is_empty() {
+                    return Err(invalid(field("approle"), "role_id and secret_id must not be empty"));
+                }
+                if !is_path_segment(&approle.mount) {
+                    return Err(invalid(
+                        field("approle.mount"),
+                        format!("'{}' is not a mount name", approle.mount),
+                    ));
+                }
+                crate::openbao::Auth::AppRole {
+                    mount: approle.mount.clone(),
+                    role_id: approle.role_id.clone(),
+                    secret_id: zeroize::Zeroizing::new(approle.secret_id.expose().to_owned()),
+                }
+            }
+        };
+        if !(1..=300).contains(&self.timeout_seconds) {
+            return Err(invalid(field("timeout_seconds"), "must be between 1 and 300"));
+        }
+        let settings = crate::openbao::Settings {
+            address,
+            ca_pem,
+            auth,
+            timeout: std::time::Duration::from_secs(self.timeout_seconds),
+        };
+        crate::openbao::OpenBao::new(settings).map_err(|e| invalid(field("ca"), e))
+    }
+}
+
+/// The token in `path`: one line, surrounding white space trimmed; refused when others may
+/// read the file. Errors name the file, never its contents.
+fn read_token_file(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    use std::io::Read as _;
+    let field = "secrets.openbao.token_file";
+    let unreadable = |e: std::io::Error| invalid(field, format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let metadata = file.metadata().map_err(unreadable)?;
+    if !metadata.is_file() {
+        return Err(invalid(field, format!("{} is not a regular file", path.display())));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(invalid(
+                field,
+                format!("{} is open to others (mode {mode:03o}); chmod o-rwx it", path.display()),
+            ));
+        }
+    }
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_TOKEN_FILE_BYTES + 1).read_to_end(&mut raw).map_err(unreadable)?;
+    let text = std::str::from_utf8(&raw)
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace));
+    match text {
+        Some(token) if raw.len() as u64 <= MAX_TOKEN_FILE_BYTES => {
+            Ok(zeroize::Zeroizing::new(token.to_owned()))
+        }
+        _ => Err(invalid(field, format!("{} does not hold one token", path.display()))),
     }
 }
 

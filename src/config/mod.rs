@@ -164,6 +164,8 @@ pub struct Config {
     pub binding_expiry: BindingExpiryConfig,
     /// Whether secrets are sealed at rest, and the keys that seal and unseal them (`[secrets]`).
     pub sealing: Sealing,
+    /// The OpenBao of `[secrets.openbao]` (transit keys), whose token the server keeps renewed.
+    pub openbao: Option<std::sync::Arc<crate::openbao::OpenBao>>,
     /// The client CA of certificate bindings (`[certificates]`), if configured.
     pub certificates: Option<crate::broker::certificates::Authority>,
     /// Plan id -> what its bindings get, for every plan of the catalog.

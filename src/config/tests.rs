@@ -305,6 +305,84 @@ fn keys_load_from_inline_values_and_private_files() {
     assert!(matches!(off.sealing, Sealing::Off { .. }));
 }
 
+/// `[secrets]` with the transit key `bao` (transit key `transit`) active and `openbao`.
+fn transit_with(transit: &str, openbao: toml::Table) -> toml::Table {
+    let mut secrets = toml::toml! { active = "bao" [keys.bao] transit = transit };
+    secrets.insert("openbao".into(), toml::Value::Table(openbao));
+    secrets
+}
+
+#[test]
+fn a_transit_key_needs_openbao_and_one_way_to_log_in_and_secrets_never_print() {
+    let secret_id = "secret-id-0123456789abcdef";
+    let approle = toml::toml! { role_id = "role" secret_id = secret_id };
+    let config = with_secrets(toml::toml! {
+        active = "bao"
+        [keys.bao]
+        transit = "etcd-broker"
+        [openbao]
+        address = "https://bao.example.com:8200"
+        approle = (approle.clone())
+    })
+    .unwrap();
+    let Sealing::On(keychain) = &config.sealing else { panic!("{:?}", config.sealing) };
+    let backend = keychain.active().backend().expect("a remote key");
+    assert_eq!(
+        backend.describe(),
+        "OpenBao transit key 'transit/etcd-broker' at https://bao.example.com:8200"
+    );
+    let printed = format!("{config:?}");
+    assert!(!printed.contains(secret_id), "{printed}");
+    assert!(config.openbao.is_some());
+
+    let refused = |secrets: toml::Table| with_secrets(secrets).unwrap_err().to_string();
+    assert_eq!(
+        refused(toml::toml! { active = "bao" [keys.bao] transit = "k" }),
+        "invalid configuration: secrets.keys.bao.transit: needs [secrets.openbao]: where OpenBao is"
+    );
+    let both =
+        toml::toml! { address = "http://127.0.0.1:8200" token_file = "/t" approle = (approle.clone()) };
+    assert_eq!(
+        refused(transit_with("k", both)),
+        "invalid configuration: secrets.openbao: set one of token_file and approle, not both"
+    );
+    let neither = toml::toml! { address = "http://127.0.0.1:8200" };
+    assert!(refused(transit_with("k", neither)).contains("needs token_file or [secrets.openbao.approle]"));
+    let bad = toml::toml! { address = "ftp://x:1" approle = (approle.clone()) };
+    assert!(refused(transit_with("k", bad)).contains("secrets.openbao.address"));
+    let mixed = toml::toml! { transit = "k" value = "x" };
+    assert!(refused(toml::toml! { active = "bao" [keys] bao = mixed }).contains("not several"));
+    let slash = toml::toml! { address = "http://127.0.0.1:8200" approle = approle };
+    assert!(refused(transit_with("a/b", slash)).contains("secrets.keys.bao.transit"));
+}
+
+#[test]
+fn a_token_file_open_to_others_or_holding_no_token_is_refused_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let token = "s.0123456789abcdefghij";
+    for (contents, mode, message) in [
+        (token, 0o604, "is open to others (mode 604)"),
+        ("", 0o600, "does not hold one token"),
+        ("two tokens", 0o600, "does not hold one token"),
+    ] {
+        std::fs::write(&file, contents).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let path = file.to_str().unwrap();
+        let openbao = toml::toml! { address = "http://127.0.0.1:8200" token_file = path };
+        let error = with_secrets(transit_with("k", openbao)).unwrap_err().to_string();
+        assert!(error.contains(message) && error.contains(path), "{error}");
+        assert!(!error.contains(token));
+    }
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let path = file.to_str().unwrap();
+    let openbao = toml::toml! { address = "http://127.0.0.1:8200" token_file = path };
+    let config = with_secrets(transit_with("k", openbao)).unwrap();
+    assert!(!format!("{config:?}").contains(token));
+}
+
 #[test]
 fn a_key_file_open_to_others_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,7 +430,11 @@ fn bad_secrets_tables_name_their_field_and_never_echo_a_key() {
             "secrets.keys.k1",
             "set one of file, value and passphrase, not several",
         ),
-        (toml::toml! { active = "k1" [keys.k1] }, "secrets.keys.k1", "needs file, value or passphrase"),
+        (
+            toml::toml! { active = "k1" [keys.k1] },
+            "secrets.keys.k1",
+            "needs file, value, passphrase or transit",
+        ),
     ];
     for (secrets, field, message) in cases {
         let error = with_secrets(secrets).unwrap_err();

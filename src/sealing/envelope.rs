@@ -23,13 +23,23 @@
 //!
 //! Unsealing checks the shape before any key is used, and every failure is a [`SealError`]
 //! naming the record (and the key when known): never a panic, never partial output.
+//!
+//! A remote key (`backend`: OpenBao transit) writes the same six fields with two differences:
+//! `<key name>` is `<name>.v<version>`, the key version that wrapped the data key, and
+//! `<wrapped data key>` is base64 of the backend's ciphertext text (`vault:v<version>:...`,
+//! whose version must agree), the data key encrypted by the backend with
+//! `etcd-broker-sealed:v1:<name>` as associated data. The secret itself is sealed locally
+//! exactly as above. [`seal_async`] and [`unseal_async`] handle both kinds; [`seal`] and
+//! [`unseal`], for callers without a runtime (the config's sealed CA key, `etcd-broker-ops
+//! seal`), only local keys.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
 use zeroize::Zeroizing;
 
-use super::keychain::{is_key_name, Keychain, KEY_BYTES};
+use super::backend::{wrapped_version, BackendError};
+use super::keychain::{is_key_name, is_sealing_name, split_version, Key, Keychain, KEY_BYTES};
 
 /// What every sealed value starts with (then `:`).
 pub const PREFIX: &str = "etcd-broker-sealed";
@@ -57,6 +67,15 @@ pub enum SealError {
     Tampered { record: String, key: String },
     #[error("OpenSSL could not seal record '{record}'")]
     Failed { record: String },
+    /// A remote key where only local keys can be used (no runtime to ask the backend).
+    #[error("record '{record}': key '{key}' is held by {backend}; this command can use keychain keys only")]
+    Remote { record: String, key: String, backend: String },
+    /// The key's backend did not answer: the broker answers 503, a retry may succeed.
+    #[error("record '{record}': key '{key}' ({backend}) is unavailable: {reason}")]
+    Unavailable { record: String, key: String, backend: String, reason: String },
+    /// The key's backend refused for another reason than a changed value.
+    #[error("record '{record}': key '{key}' ({backend}) failed: {reason}")]
+    Backend { record: String, key: String, backend: String, reason: String },
 }
 
 /// Whether `text` is a sealed value (of any version) rather than clear text, so that records
@@ -71,26 +90,159 @@ pub fn is_sealed(text: &str) -> bool {
 pub fn sealed_with(text: &str) -> Option<&str> {
     let rest = text.strip_prefix(PREFIX)?.strip_prefix(':')?.strip_prefix(VERSION)?.strip_prefix(':')?;
     let name = rest.split(':').next()?;
-    is_key_name(name).then_some(name)
+    is_sealing_name(name).then_some(name)
 }
 
-/// Seals `plaintext` for the record whose etcd key is `record`, with the keychain's active key.
-/// Fails only if OpenSSL does (its random generator, for instance).
+/// Seals `plaintext` for the record whose etcd key is `record`, with the keychain's active key,
+/// which must be local (see [`seal_async`]). Fails only if OpenSSL does (its random generator,
+/// for instance).
 pub fn seal(keychain: &Keychain, record: &str, plaintext: &[u8]) -> Result<String, SealError> {
     let failed = |_| SealError::Failed { record: record.to_owned() };
     let key = keychain.active();
+    let Some(bytes) = key.bytes() else { return Err(remote(record, key)) };
     let mut data_key = Zeroizing::new([0u8; KEY_BYTES]);
     openssl::rand::rand_bytes(&mut data_key[..]).map_err(failed)?;
     let header = format!("{PREFIX}:{VERSION}:{}", key.name());
-    let (wrap_nonce, wrapped) = encrypt(key.bytes(), header.as_bytes(), &data_key[..]).map_err(failed)?;
+    let (wrap_nonce, wrapped) = encrypt(bytes, header.as_bytes(), &data_key[..]).map_err(failed)?;
     let (nonce, sealed) = encrypt(&data_key, record.as_bytes(), plaintext).map_err(failed)?;
     let wrapped = [&wrap_nonce[..], &wrapped[..]].concat();
     Ok(format!("{header}:{}:{}:{}", BASE64.encode(wrapped), BASE64.encode(nonce), BASE64.encode(sealed)))
 }
 
-/// Unseals `text`, which must have been sealed for the record `record` by a key of `keychain`.
+/// Seals like [`seal`] with any active key: a remote one wraps the data key in its backend
+/// (one request), which names the version it used.
+pub async fn seal_async(keychain: &Keychain, record: &str, plaintext: &[u8]) -> Result<String, SealError> {
+    let key = keychain.active();
+    let Some(backend) = key.backend() else { return seal(keychain, record, plaintext) };
+    let failed = |_| SealError::Failed { record: record.to_owned() };
+    let mut data_key = Zeroizing::new([0u8; KEY_BYTES]);
+    openssl::rand::rand_bytes(&mut data_key[..]).map_err(failed)?;
+    let header = format!("{PREFIX}:{VERSION}:{}", key.name());
+    let wrapped = backend
+        .wrap(&data_key[..], header.as_bytes())
+        .await
+        .map_err(|e| backend_error(record, key.name(), key, e))?;
+    if wrapped_version(&wrapped.text) != Some(wrapped.version) {
+        return Err(SealError::Backend {
+            record: record.to_owned(),
+            key: key.name().to_owned(),
+            backend: backend.describe(),
+            reason: "its ciphertext does not name the key version it reported".into(),
+        });
+    }
+    let (nonce, sealed) = encrypt(&data_key, record.as_bytes(), plaintext).map_err(failed)?;
+    Ok(format!(
+        "{header}.v{}:{}:{}:{}",
+        wrapped.version,
+        BASE64.encode(wrapped.text.as_bytes()),
+        BASE64.encode(nonce),
+        BASE64.encode(sealed)
+    ))
+}
+
+/// Unseals like [`unseal`] values sealed by any key of `keychain`: a remote key's backend
+/// unwraps the data key (one request).
+pub async fn unseal_async(keychain: &Keychain, record: &str, text: &str) -> Result<Vec<u8>, SealError> {
+    let fields = match parse(record, text)? {
+        Parsed::Local => return unseal(keychain, record, text),
+        Parsed::Remote(fields) => fields,
+    };
+    let Fields { name, base, version, wrapped, nonce, sealed } = fields;
+    let malformed = |reason| SealError::Malformed { record: record.to_owned(), reason };
+    let key = keychain
+        .get(name)
+        .filter(|key| key.backend().is_some())
+        .ok_or_else(|| SealError::UnknownKey { record: record.to_owned(), key: name.to_owned() })?;
+    let backend = key.backend().expect("filtered on a backend");
+    let wrapped = String::from_utf8(wrapped).map_err(|_| malformed("its wrapped key is not text"))?;
+    if wrapped_version(&wrapped) != Some(version) {
+        return Err(malformed("its wrapped key does not name the key version the value names"));
+    }
+    let header = format!("{PREFIX}:{VERSION}:{base}");
+    let data_key =
+        backend.unwrap(&wrapped, header.as_bytes()).await.map_err(|e| backend_error(record, name, key, e))?;
+    let tampered = || SealError::Tampered { record: record.to_owned(), key: name.to_owned() };
+    if data_key.len() != KEY_BYTES {
+        return Err(tampered());
+    }
+    let plaintext = decrypt(&data_key, &nonce, record.as_bytes(), &sealed).map_err(|_| tampered())?;
+    Ok(plaintext.to_vec())
+}
+
+/// A remote key's sealed value, decoded (its shape checked, nothing cryptographic yet).
+struct Fields<'a> {
+    name: &'a str,
+    base: &'a str,
+    version: u32,
+    wrapped: Vec<u8>,
+    nonce: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+enum Parsed<'a> {
+    /// A local key's value (or one [`unseal`] refuses by itself).
+    Local,
+    Remote(Fields<'a>),
+}
+
+/// Tells a remote key's value from a local one's, and decodes the former.
+fn parse<'a>(record: &str, text: &'a str) -> Result<Parsed<'a>, SealError> {
+    let malformed = |reason| SealError::Malformed { record: record.to_owned(), reason };
+    let Some(rest) = text.strip_prefix(PREFIX).and_then(|r| r.strip_prefix(':')) else {
+        return Ok(Parsed::Local);
+    };
+    let fields: Vec<&str> = rest.split(':').collect();
+    let (Some(name), Some(&VERSION)) = (fields.get(1), fields.first()) else { return Ok(Parsed::Local) };
+    let Some((base, version)) = split_version(name).filter(|(base, _)| is_key_name(base)) else {
+        return Ok(Parsed::Local);
+    };
+    let [_, _, wrapped, nonce, sealed] = fields[..] else {
+        return Err(malformed("it does not have six ':'-separated fields"));
+    };
+    let decode = |field: &str, reason| BASE64.decode(field).map_err(|_| malformed(reason));
+    let wrapped = decode(wrapped, "its wrapped key is not base64")?;
+    let nonce = decode(nonce, "its nonce is not base64")?;
+    let sealed = decode(sealed, "its ciphertext is not base64")?;
+    if nonce.len() != NONCE_BYTES {
+        return Err(malformed("its nonce has the wrong length"));
+    }
+    if sealed.len() < TAG_BYTES {
+        return Err(malformed("its ciphertext is shorter than a tag"));
+    }
+    Ok(Parsed::Remote(Fields { name, base, version, wrapped, nonce, sealed }))
+}
+
+fn remote(record: &str, key: &Key) -> SealError {
+    SealError::Remote {
+        record: record.to_owned(),
+        key: key.name().to_owned(),
+        backend: key.backend().map(|b| b.describe()).unwrap_or_default(),
+    }
+}
+
+/// A backend's failure for the record, naming the key (`name`: as the value names it).
+fn backend_error(record: &str, name: &str, key: &Key, e: BackendError) -> SealError {
+    let (record, key_name) = (record.to_owned(), name.to_owned());
+    let backend = key.backend().map(|b| b.describe()).unwrap_or_default();
+    match e {
+        BackendError::Unavailable(reason) => {
+            SealError::Unavailable { record, key: key_name, backend, reason }
+        }
+        BackendError::Rejected(_) => SealError::Tampered { record, key: key_name },
+        BackendError::Failed(reason) => SealError::Backend { record, key: key_name, backend, reason },
+    }
+}
+
+/// Unseals `text`, which must have been sealed for the record `record` by a local key of
+/// `keychain` (see [`unseal_async`]).
 pub fn unseal(keychain: &Keychain, record: &str, text: &str) -> Result<Vec<u8>, SealError> {
     let malformed = |reason| SealError::Malformed { record: record.to_owned(), reason };
+    if let Parsed::Remote(fields) = parse(record, text)? {
+        return Err(match keychain.get(fields.name) {
+            Some(key) => remote(record, key),
+            None => SealError::UnknownKey { record: record.to_owned(), key: fields.name.to_owned() },
+        });
+    }
     let fields: Vec<&str> = text
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.strip_prefix(':'))
@@ -114,6 +266,7 @@ pub fn unseal(keychain: &Keychain, record: &str, text: &str) -> Result<Vec<u8>, 
     let key = keychain
         .get(name)
         .ok_or_else(|| SealError::UnknownKey { record: record.to_owned(), key: name.to_owned() })?;
+    let Some(bytes) = key.bytes() else { return Err(remote(record, key)) };
     let decode = |field: &str, reason| BASE64.decode(field).map_err(|_| malformed(reason));
     let wrapped = decode(wrapped, "its wrapped key is not base64")?;
     let nonce = decode(nonce, "its nonce is not base64")?;
@@ -130,7 +283,7 @@ pub fn unseal(keychain: &Keychain, record: &str, text: &str) -> Result<Vec<u8>, 
     let tampered = |_| SealError::Tampered { record: record.to_owned(), key: name.to_owned() };
     let header = format!("{PREFIX}:{VERSION}:{name}");
     let (wrap_nonce, wrapped) = wrapped.split_at(NONCE_BYTES);
-    let data_key = decrypt(&key.bytes()[..], wrap_nonce, header.as_bytes(), wrapped).map_err(tampered)?;
+    let data_key = decrypt(&bytes[..], wrap_nonce, header.as_bytes(), wrapped).map_err(tampered)?;
     let plaintext = decrypt(&data_key, &nonce, record.as_bytes(), &sealed).map_err(tampered)?;
     Ok(plaintext.to_vec())
 }
@@ -397,6 +550,93 @@ mod tests {
             [&String::from_utf8_lossy(SECRET).into_owned(), &key_text, &BASE64.encode([2u8; KEY_BYTES])]
         {
             assert!(!message.contains(secret.as_str()), "{message}");
+        }
+    }
+
+    mod remote {
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+
+        use super::*;
+        use crate::sealing::backend::fake::FakeTransit;
+
+        fn transit_chain(fake: &Arc<FakeTransit>) -> Keychain {
+            Keychain::new("t1", [Key::remote("t1", fake.clone()).unwrap(), key("k1", 1)]).unwrap()
+        }
+
+        #[tokio::test]
+        async fn a_transit_key_seals_with_its_version_and_unseals_after_a_rotation() {
+            let fake = Arc::new(FakeTransit::default());
+            let chain = transit_chain(&fake);
+            let sealed = seal_async(&chain, RECORD, SECRET).await.unwrap();
+            let parts = fields(&sealed);
+            assert_eq!(parts[..3], ["etcd-broker-sealed", "v1", "t1.v1"]);
+            assert!(String::from_utf8(BASE64.decode(&parts[3]).unwrap()).unwrap().starts_with("vault:v1:"));
+            assert_eq!(sealed_with(&sealed), Some("t1.v1"));
+            assert_eq!(unseal_async(&chain, RECORD, &sealed).await.unwrap(), SECRET);
+            fake.rotate();
+            let newer = seal_async(&chain, RECORD, SECRET).await.unwrap();
+            assert_eq!(sealed_with(&newer), Some("t1.v2"));
+            assert_eq!(unseal_async(&chain, RECORD, &sealed).await.unwrap(), SECRET);
+            // Local keys of the same chain keep working through the async path too.
+            let local = seal(&chain_with_k1(), RECORD, SECRET).unwrap();
+            assert_eq!(unseal_async(&chain, RECORD, &local).await.unwrap(), SECRET);
+        }
+
+        fn chain_with_k1() -> Keychain {
+            Keychain::new("k1", [key("k1", 1)]).unwrap()
+        }
+
+        #[tokio::test]
+        async fn changed_copied_or_mislabelled_transit_values_do_not_unseal() {
+            let fake = Arc::new(FakeTransit::default());
+            let chain = transit_chain(&fake);
+            let sealed = seal_async(&chain, RECORD, SECRET).await.unwrap();
+            let other = "/etcd-broker/bindings/i1/b2";
+            assert_eq!(
+                unseal_async(&chain, other, &sealed).await.unwrap_err(),
+                SealError::Tampered { record: other.into(), key: "t1.v1".into() }
+            );
+            assert_eq!(
+                unseal_async(&chain, RECORD, &flip(&sealed, 5, 0)).await.unwrap_err(),
+                SealError::Tampered { record: RECORD.into(), key: "t1.v1".into() }
+            );
+            let mut parts = fields(&sealed);
+            parts[2] = "t1.v2".into();
+            assert_eq!(
+                unseal_async(&chain, RECORD, &join(&parts)).await.unwrap_err(),
+                malformed("its wrapped key does not name the key version the value names")
+            );
+            // The transit key's name is authenticated by the backend: another name fails.
+            let both = Keychain::new(
+                "t1",
+                [Key::remote("t1", fake.clone()).unwrap(), Key::remote("t2", fake.clone()).unwrap()],
+            )
+            .unwrap();
+            parts[2] = "t2.v1".into();
+            assert_eq!(
+                unseal_async(&both, RECORD, &join(&parts)).await.unwrap_err(),
+                SealError::Tampered { record: RECORD.into(), key: "t2.v1".into() }
+            );
+            assert_eq!(
+                unseal_async(&chain_with_k1(), RECORD, &sealed).await.unwrap_err(),
+                SealError::UnknownKey { record: RECORD.into(), key: "t1.v1".into() }
+            );
+        }
+
+        #[tokio::test]
+        async fn an_unavailable_backend_is_named_and_the_sync_path_refuses_remote_keys() {
+            let fake = Arc::new(FakeTransit::default());
+            let chain = transit_chain(&fake);
+            let sealed = seal_async(&chain, RECORD, SECRET).await.unwrap();
+            fake.down.store(true, Ordering::SeqCst);
+            let error = unseal_async(&chain, RECORD, &sealed).await.unwrap_err();
+            assert!(matches!(&error, SealError::Unavailable { key, .. } if key == "t1.v1"), "{error:?}");
+            let error = seal_async(&chain, RECORD, SECRET).await.unwrap_err();
+            assert!(matches!(&error, SealError::Unavailable { key, .. } if key == "t1"), "{error:?}");
+            assert!(!error.to_string().contains("0123456789abcdef"));
+            assert!(matches!(seal(&chain, RECORD, SECRET), Err(SealError::Remote { .. })));
+            assert!(matches!(unseal(&chain, RECORD, &sealed), Err(SealError::Remote { .. })));
         }
     }
 }

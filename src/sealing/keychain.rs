@@ -20,8 +20,12 @@ use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use zeroize::Zeroizing;
+
+use super::backend::KeyBackend;
 
 /// Bytes of a key (AES-256).
 pub const KEY_BYTES: usize = 32;
@@ -88,17 +92,49 @@ pub fn is_key_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// One named key-encryption key. `Debug` prints only the name; the bytes are overwritten on
-/// drop.
+/// Whether `name` may name what sealed a value: a key name, or a remote key's name with the
+/// version that wrapped the data key (`<key name>.v<version>`, see `backend`). Sealed values
+/// and the index of sealed records carry these.
+pub fn is_sealing_name(name: &str) -> bool {
+    match split_version(name) {
+        Some((base, _)) => is_key_name(base),
+        None => is_key_name(name),
+    }
+}
+
+/// `<key name>.v<version>` split into the name and the version (1 and up, at most 9 digits).
+pub fn split_version(name: &str) -> Option<(&str, u32)> {
+    let (base, version) = name.rsplit_once(".v")?;
+    if version.is_empty() || version.len() > 9 || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    version.parse().ok().filter(|v| *v > 0).map(|v| (base, v))
+}
+
+/// One named key-encryption key: 32 bytes the broker holds, or a key held by a backend
+/// (OpenBao transit) that wraps data keys for it. `Debug` prints only the name; local bytes
+/// are overwritten on drop.
 #[derive(Clone)]
 pub struct Key {
     name: String,
-    bytes: Zeroizing<[u8; KEY_BYTES]>,
+    material: Material,
+}
+
+/// Where a key's secret is.
+#[derive(Clone)]
+enum Material {
+    Local(Zeroizing<[u8; KEY_BYTES]>),
+    Remote(Arc<dyn KeyBackend>),
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key").field("name", &self.name).finish_non_exhaustive()
+        let mut debug = f.debug_struct("Key");
+        debug.field("name", &self.name);
+        if let Material::Remote(backend) = &self.material {
+            debug.field("backend", &backend.describe());
+        }
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -108,7 +144,7 @@ impl Key {
         check_name(name)?;
         let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
         openssl::rand::rand_bytes(&mut bytes[..]).map_err(|_| KeyError::Random)?;
-        Ok(Key { name: name.to_owned(), bytes })
+        Ok(Key { name: name.to_owned(), material: Material::Local(bytes) })
     }
 
     /// A key from its text form (see the module doc), e.g. an inline config value. Errors name
@@ -139,7 +175,7 @@ impl Key {
             )));
         }
         let bytes = hkdf_sha256(passphrase.as_bytes(), PASSPHRASE_SALT, PASSPHRASE_INFO)?;
-        Ok(Key { name: name.to_owned(), bytes })
+        Ok(Key { name: name.to_owned(), material: Material::Local(bytes) })
     }
 
     /// A key from its file, refused when the file is open to group or others (on unix) or does
@@ -184,22 +220,41 @@ impl Key {
         let bytes: [u8; KEY_BYTES] = decoded[..]
             .try_into()
             .map_err(|_| not_a_key(format!("{expected}; it decodes to {} bytes", decoded.len())))?;
-        Ok(Key { name: name.to_owned(), bytes: Zeroizing::new(bytes) })
+        Ok(Key { name: name.to_owned(), material: Material::Local(Zeroizing::new(bytes)) })
     }
 
-    /// The key's name, as sealed values carry it.
+    /// A key held by `backend` (OpenBao transit): the broker never sees its bytes; the
+    /// backend wraps and unwraps data keys.
+    pub fn remote(name: &str, backend: Arc<dyn KeyBackend>) -> Result<Key, KeyError> {
+        check_name(name)?;
+        Ok(Key { name: name.to_owned(), material: Material::Remote(backend) })
+    }
+
+    /// The key's name, as sealed values carry it (a remote key's with its version).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The text form (see the module doc) for the one place that writes a key file.
-    pub fn to_text(&self) -> Zeroizing<String> {
-        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&self.bytes[..]))
+    /// The text form (see the module doc) for the one place that writes a key file; `None`
+    /// for a remote key, whose bytes the broker never has.
+    pub fn to_text(&self) -> Option<Zeroizing<String>> {
+        self.bytes().map(|b| Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&b[..])))
     }
 
-    /// The key bytes, for the envelope only.
-    pub(super) fn bytes(&self) -> &[u8; KEY_BYTES] {
-        &self.bytes
+    /// The key bytes of a local key, for the envelope only.
+    pub(super) fn bytes(&self) -> Option<&[u8; KEY_BYTES]> {
+        match &self.material {
+            Material::Local(bytes) => Some(bytes),
+            Material::Remote(_) => None,
+        }
+    }
+
+    /// The backend of a remote key.
+    pub fn backend(&self) -> Option<&Arc<dyn KeyBackend>> {
+        match &self.material {
+            Material::Local(_) => None,
+            Material::Remote(backend) => Some(backend),
+        }
     }
 }
 
@@ -274,9 +329,14 @@ impl Keychain {
         &self.active
     }
 
-    /// The key named `name`, to unseal what it sealed.
+    /// The key that sealed values named `name` ([`is_sealing_name`]): a key of that name, or
+    /// for `<name>.v<version>` the remote key `<name>`.
     pub fn get(&self, name: &str) -> Option<&Key> {
-        self.keys.get(name)
+        if let Some(key) = self.keys.get(name) {
+            return Some(key);
+        }
+        let (base, _) = split_version(name)?;
+        self.keys.get(base).filter(|key| key.backend().is_some())
     }
 
     /// Every key, in name order.
@@ -316,7 +376,7 @@ mod tests {
     #[test]
     fn text_round_trips_and_generated_keys_differ() {
         let key = Key::generate("k1").unwrap();
-        let text = key.to_text();
+        let text = key.to_text().unwrap();
         assert_eq!(text.len(), KEY_TEXT_CHARS);
         let again = Key::from_text("k1", &format!("  {}\n", *text)).unwrap();
         assert_eq!(again.bytes(), key.bytes());
@@ -361,7 +421,7 @@ mod tests {
         assert_eq!(key.bytes(), Key::from_passphrase("k2", passphrase).unwrap().bytes());
         assert_ne!(key.bytes(), Key::from_passphrase("k1", &passphrase[1..]).unwrap().bytes());
         // Not the text form: a passphrase that happens to be base64 still goes through HKDF.
-        let text = Key::generate("k1").unwrap().to_text();
+        let text = Key::generate("k1").unwrap().to_text().unwrap();
         assert_ne!(
             Key::from_passphrase("k1", &text).unwrap().bytes(),
             Key::from_text("k1", &text).unwrap().bytes()
@@ -393,12 +453,26 @@ mod tests {
     }
 
     #[test]
+    fn sealing_names_are_key_names_with_an_optional_version() {
+        for good in ["k1", "bao.v1", "bao.v123456789", "a-b_c.v2"] {
+            assert!(is_sealing_name(good), "{good}");
+        }
+        for bad in ["", "K1", "bao.v0", "bao.v", "bao.vx", ".v1", "bao.v1234567890", "bao.v1.v2x"] {
+            assert!(!is_sealing_name(bad), "{bad}");
+        }
+        assert_eq!(split_version("bao.v3"), Some(("bao", 3)));
+        assert_eq!(split_version("bao"), None);
+    }
+
+    #[test]
     fn keychains_need_keys_a_known_active_key_and_unique_names() {
         let key = |name: &str, byte| Key::from_text(name, &text_of(byte)).unwrap();
         let chain = Keychain::new("new", [key("old", 1), key("new", 2)]).unwrap();
         assert_eq!(chain.active().name(), "new");
-        assert_eq!(chain.get("old").unwrap().bytes(), &[1; KEY_BYTES]);
+        assert_eq!(chain.get("old").unwrap().bytes(), Some(&[1; KEY_BYTES]));
         assert!(chain.get("other").is_none());
+        // A version suffix names a remote key's version only.
+        assert!(chain.get("old.v1").is_none());
         assert_eq!(chain.keys().map(Key::name).collect::<Vec<_>>(), ["new", "old"]);
         assert!(matches!(Keychain::new("a", []), Err(KeyError::NoKeys)));
         let missing = Keychain::new("newest", [key("old", 1)]).unwrap_err().to_string();
@@ -412,7 +486,7 @@ mod tests {
     fn key_files_must_be_private_and_hold_one_key() {
         let dir = tempfile::tempdir().unwrap();
         let good = write_key(dir.path(), "good.key", &format!("{}\n", text_of(9)), 0o600);
-        assert_eq!(Key::from_file("k1", &good).unwrap().bytes(), &[9; KEY_BYTES]);
+        assert_eq!(Key::from_file("k1", &good).unwrap().bytes(), Some(&[9; KEY_BYTES]));
         let owner_only = write_key(dir.path(), "ro.key", &text_of(9), 0o400);
         assert!(Key::from_file("k1", &owner_only).is_ok());
         for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {

@@ -7,6 +7,8 @@
 //! - [`envelope`]: one secret sealed into one versioned text value under a fresh data key,
 //!   which the active key wraps; the record's etcd key is authenticated, so a sealed value does
 //!   not unseal in another record.
+//! - [`backend`]: the trait of keys held outside the broker (OpenBao/Vault transit, implemented
+//!   in `crate::openbao`), which wrap and unwrap data keys and have versions.
 //!
 //! How they combine: the config builds a [`Keychain`]; writing a record calls [`seal`] with
 //! its etcd key; reading calls [`unseal`] when [`is_sealed`] says the value is sealed (records
@@ -17,10 +19,12 @@
 //! module uses nothing else of the crate, neither actix-web nor etcd-client, and no key
 //! material or plaintext leaves it through `Debug`, `Display` or an error.
 
+pub mod backend;
 pub mod envelope;
 pub mod keychain;
 
-pub use envelope::{is_sealed, seal, sealed_with, unseal, SealError};
+pub use backend::{BackendError, KeyBackend, Wrapped};
+pub use envelope::{is_sealed, seal, seal_async, sealed_with, unseal, unseal_async, SealError};
 pub use keychain::{Key, KeyError, Keychain};
 
 /// Whether the broker seals the secrets it stores (`[secrets] sealing`), and the keys that

@@ -82,8 +82,9 @@ pub fn config_toml(port: u16, metrics_port: u16, main: &LocalEtcd, far: Option<&
 /// same for every broker, as brokers sharing an etcd share their keychain.
 pub fn sealing_toml() -> String {
     static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let key = KEY
-        .get_or_init(|| etcd_broker::sealing::Key::generate("test").unwrap().to_text().as_str().to_owned());
+    let key = KEY.get_or_init(|| {
+        etcd_broker::sealing::Key::generate("test").unwrap().to_text().unwrap().as_str().to_owned()
+    });
     format!("\n[secrets]\nactive = \"test\"\n[secrets.keys.test]\nvalue = {key:?}\n")
 }
 
@@ -172,7 +173,7 @@ pub fn write_key(dir: &std::path::Path, name: &str) -> PathBuf {
     let key = etcd_broker::sealing::Key::generate(name).unwrap();
     let path = dir.join(format!("{name}.key"));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
-    file.write_all(key.to_text().as_bytes()).unwrap();
+    file.write_all(key.to_text().unwrap().as_bytes()).unwrap();
     path
 }
 

@@ -15,6 +15,8 @@
 //! - `failover`: dead and stopped endpoints and members (timing-based: etcd 3.5 only, test.sh)
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
+//! - `openbao`: a transit key of a real OpenBao seals binding passwords: rotation and reseal,
+//!   OpenBao unavailable, the broker's token (AppRole, a token file renewed, one that expires)
 //! - `sealing`: binding passwords sealed at rest, the start-up key check, damaged records
 //! - `reconcile`: records against etcd, each inconsistency found and the safe ones repaired
 //! - `rotation`: rotatable and expiring bindings; the expiry leader killed and replaced
@@ -37,6 +39,7 @@ mod failover;
 mod lifecycle;
 mod limits;
 mod observability;
+mod openbao;
 mod osb_protocol;
 mod prometheus_rules;
 mod reconcile;

@@ -101,7 +101,8 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("store", &["metrics"]),
     ("etcd", &["config", "store", "tls"]),
     ("http", &["osb", "metrics", "activity", "inventory", "broker"]),
-    ("config", &["osb", "tls", "render", "broker", "sealing", "pki"]),
+    ("config", &["osb", "tls", "render", "broker", "sealing", "pki", "openbao"]),
+    ("openbao", &["sealing"]),
     ("inventory", &["broker", "metrics"]),
     ("tls", &[]),
     ("render", &[]),
@@ -127,6 +128,7 @@ const ONLY_IN: &[(&str, &[&str])] = &[
     ("tokio_stream", &["etcd"]),
     ("actix_web", &["http", "server"]),
     ("prometheus", &["metrics", "inventory"]),
+    ("reqwest", &["openbao"]),
 ];
 
 #[test]

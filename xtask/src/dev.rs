@@ -139,7 +139,8 @@ fn dev_key(dir: &Path) -> Result<PathBuf> {
     if !path.exists() {
         std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
         let key = etcd_broker::sealing::Key::generate("dev")?;
-        create_private(&path, &format!("{}\n", key.to_text().as_str()))?;
+        let text = key.to_text().context("a generated key is local")?;
+        create_private(&path, &format!("{}\n", text.as_str()))?;
     }
     Ok(path)
 }
