@@ -429,17 +429,22 @@ impl Store for EtcdStore {
     async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
         // One keep-alive request on a stream of its own: the lease's holder renews a few times
         // per ttl, so a long-lived stream would save little and need its own reconnecting.
-        let answer = self
+        // Opening the stream sends the first request and reads its answer (etcd-client fails
+        // the opening with "lease not found" when the answer's ttl is 0): that is the renewal.
+        let renewed = self
             .call(Call::Write, |c| {
                 let mut leases = c.lease_client();
-                async move {
-                    let (_keeper, mut answers) = leases.keep_alive(lease).await?;
-                    answers.message().await
-                }
+                async move { leases.keep_alive(lease).await.map(drop) }
             })
-            .await
-            .map_err(classify)?;
-        Ok(answer.is_some_and(|a| a.ttl() > 0))
+            .await;
+        match renewed {
+            Ok(()) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(message)) if message.contains("not found") => {
+                Ok(false)
+            }
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
     }
 
     async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {

@@ -134,6 +134,12 @@ async fn a_killed_expiry_leader_is_replaced_within_seconds() {
     assert!(one_leads.is_some(), "no single leader");
     let leader = if leading(&brokers[0]).await == Some(true) { 0 } else { 1 };
     let survivor = 1 - leader;
+    // It keeps leading on the lease it took: renewals answer (2.5 ttls of 2 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(leading(&brokers[leader]).await, Some(true), "the leader stepped down");
+    let metrics = scrape(&brokers[leader]).await;
+    let grants = "etcd_broker_etcd_request_duration_seconds_count{call=\"grant_lease\",cluster=\"main\"}";
+    assert_eq!(sample(&metrics, grants), 1.0, "the leader took more than one lease");
 
     brokers[leader].kill().await;
     let took =
@@ -155,5 +161,28 @@ async fn a_killed_expiry_leader_is_replaced_within_seconds() {
     let [a, b] = brokers;
     a.stop().await;
     b.stop().await;
+    etcd.stop().await;
+}
+
+/// The leader's lease calls on a real etcd: a renewal answers at once (a renewal that waited
+/// for its request timeout would cost the leader its lease), an ended lease is said to be
+/// ended, and a key put on a lease goes with it.
+#[tokio::test]
+async fn leases_renew_at_once_and_end_with_their_keys() {
+    use etcd_broker::store::Store;
+    let etcd = start_etcd().await;
+    let store = store_on(&etcd, etcd_broker::etcd::Observer::default());
+    let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    assert!(store.put_if_absent_leased("/etcd-broker/leaders/t", b"me", lease).await.unwrap());
+    assert!(!store.put_if_absent_leased("/etcd-broker/leaders/t", b"other", lease).await.unwrap());
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert!(store.renew_lease(lease).await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(2), "a renewal took {:?}", started.elapsed());
+    }
+    store.revoke_lease(lease).await.unwrap();
+    store.revoke_lease(lease).await.unwrap();
+    assert!(!store.renew_lease(lease).await.unwrap());
+    assert_eq!(store.get("/etcd-broker/leaders/t").await.unwrap(), None);
     etcd.stop().await;
 }
