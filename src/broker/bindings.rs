@@ -103,16 +103,20 @@ impl EtcdBroker {
         parameters: &BindParameters,
         options: &PlanOptions,
     ) -> BrokerResult<Attempt> {
-        let (instance, instance_revision) = self.ready_instance(&req.instance_id).await?;
+        let key = self.names().binding_key(&req.instance_id, &req.binding_id);
+        let state = &*self.setup.state;
+        // Both reads at once: the store sends concurrent gets as one etcd request. The
+        // instance's answer is looked at first, as if it had been read alone.
+        let (instance, existing) =
+            tokio::join!(self.ready_instance(&req.instance_id), self.read::<BindingRecord>(state, &key));
+        let (instance, instance_revision) = instance?;
         if instance.service_id != req.service_id {
             return Err(BrokerError::BadRequest(format!(
                 "service_id '{}' does not match the instance's service '{}'",
                 req.service_id, instance.service_id
             )));
         }
-        let key = self.names().binding_key(&req.instance_id, &req.binding_id);
-        let state = &*self.setup.state;
-        if let Some((existing, revision)) = self.read::<BindingRecord>(state, &key).await? {
+        if let Some((existing, revision)) = existing? {
             // The spec's "identical": every field of the request the record keeps, the plan
             // included (osb-checker expects 409 for another plan_id), the parameters as sent
             // (a rotation's are its predecessor's: the request may leave them out).
