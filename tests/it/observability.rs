@@ -67,8 +67,10 @@ async fn counters_move_exactly_and_promtool_accepts_the_output() {
             "etcd_broker_etcd_request_duration_seconds_count{call=\"ensure_binding_user\",cluster=\"main\"}"
         ) >= 2.0
     );
-    // One request at a time: each get and each commit went to etcd on its own.
-    for call in ["get", "txn"] {
+    // One request at a time: each commit went to etcd on its own, and each get too, except
+    // that a bind reads its instance and binding records at once, which may share a request
+    // (two binds created here).
+    for (call, shared_at_most) in [("get", 2.0), ("txn", 0.0)] {
         let calls = sample(
             &text,
             &format!("etcd_broker_etcd_request_duration_seconds_count{{call=\"{call}\",cluster=\"main\"}}"),
@@ -78,7 +80,7 @@ async fn counters_move_exactly_and_promtool_accepts_the_output() {
         let batched =
             sample(&text, &format!("etcd_broker_etcd_batch_size_sum{{call=\"{call}\",cluster=\"main\"}}"));
         assert!(
-            calls > 0.0 && batches == calls && batched == calls,
+            calls > 0.0 && batches <= calls && batches >= calls - shared_at_most && batched == calls,
             "{call}: {calls} calls, {batches} batches of {batched}"
         );
     }
