@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use etcd_broker::etcd::resend_on_auth_change;
 use etcd_broker_ops::osb::{BrokerTarget, Offering, OsbClient};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use reqwest::StatusCode;
@@ -219,15 +220,19 @@ fn pid(env: &std::collections::BTreeMap<String, String>, key: &str) -> Result<u3
     env.get(key).and_then(|p| p.parse().ok()).with_context(|| format!("the stack's env has no {key}"))
 }
 
+// Each of root's reads is sent again when etcd refuses it for an auth change in between: the
+// brokers add and delete users all the time (the broker's own retry, `resend_on_auth_change`).
+
 async fn count_roles(etcd: &Client) -> Result<u64> {
-    let roles = etcd.clone().role_list().await?;
+    let roles = resend_on_auth_change(|| async { etcd.clone().role_list().await }).await?;
     Ok(roles.roles().iter().filter(|r| *r != "root").count() as u64)
 }
 
 async fn sample(etcd: &Client, pids: &[u32; 3], started: Instant, churn: &Churn) -> Result<Sample> {
-    let mut root = etcd.clone();
-    let keys = root.get("", Some(GetOptions::new().with_all_keys().with_count_only())).await?.count();
-    let users = root.user_list().await?.users().iter().filter(|u| *u != "root").count() as u64;
+    let all = || Some(GetOptions::new().with_all_keys().with_count_only());
+    let keys = resend_on_auth_change(|| async { etcd.clone().get("", all()).await }).await?.count();
+    let users = resend_on_auth_change(|| async { etcd.clone().user_list().await }).await?;
+    let users = users.users().iter().filter(|u| *u != "root").count() as u64;
     Ok(Sample {
         at: started.elapsed().as_secs_f64(),
         lifecycles: churn.lifecycles.load(Ordering::Relaxed),
