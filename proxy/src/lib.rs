@@ -9,6 +9,9 @@
 //! - [`firewall`]: the tenant rules and their messages.
 //! - [`caller`]: who calls: tokens learnt from the Authenticate calls forwarded.
 //! - [`leases`]: the owners of leases, recorded in etcd with the proxy's own user.
+//! - [`revocation`]: the broker's binding records followed: unbound and expired bindings'
+//!   users revoked at once.
+//! - [`streams`]: each user's open watches and keep-alives, ended when it is revoked.
 //! - [`view`]: the cluster as clients see it: the proxy's URLs and ids.
 //! - [`backend`]: the balanced channel to etcd and the rule of what metadata is forwarded.
 //! - [`listener`]: plain TCP or TLS (OpenSSL) for clients.
@@ -23,6 +26,8 @@ pub mod leases;
 pub mod listener;
 pub mod pb;
 pub mod policy;
+pub mod revocation;
 pub mod server;
 pub mod service;
+pub mod streams;
 pub mod view;

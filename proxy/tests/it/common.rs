@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use etcd_broker_proxy::pb::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, AuthenticateRequest, LeaseGrantRequest, RangeRequest,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request, AuthenticateRequest,
+    LeaseGrantRequest, RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use etcd_client::Permission;
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
@@ -23,6 +24,8 @@ pub const TENANTS: [&str; 2] = ["alice", "bob"];
 pub const PROXY_USER: &str = "proxy";
 const PROXY_PASSWORD: &str = "proxy-password";
 const PROXY_STATE: &str = "/etcd-broker/proxy/";
+/// The broker's binding records, which the proxy's user reads to revoke unbound bindings.
+pub const BROKER_BINDINGS: &str = "/etcd-broker/bindings/";
 
 /// A tenant's key prefix.
 pub fn prefix(user: &str) -> String {
@@ -55,6 +58,7 @@ pub async fn start_etcd_with(options: Options) -> LocalEtcd {
             .unwrap();
         root.user_grant_role(user.as_str(), user.as_str()).await.unwrap();
     }
+    root.role_grant_permission(PROXY_USER, Permission::read(BROKER_BINDINGS).with_prefix()).await.unwrap();
     etcd
 }
 
@@ -216,6 +220,37 @@ impl Conn {
     pub fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel.clone())
     }
+    pub fn watch(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.channel.clone())
+    }
+
+    /// A watch of every key under `prefix`, opened with this connection's token; the sender
+    /// keeps the request stream open.
+    pub async fn watch_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<(tokio::sync::mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResponse>), tonic::Status>
+    {
+        let (requests, outbound) = tokio::sync::mpsc::channel(4);
+        let create = WatchCreateRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix),
+            ..Default::default()
+        };
+        requests
+            .send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) })
+            .await
+            .unwrap();
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("token", token.parse().unwrap());
+        }
+        let mut responses = self.watch().watch(request).await?.into_inner();
+        // etcd answers the create first (or refuses it).
+        let created = responses.message().await?.expect("a created answer");
+        assert!(created.created && !created.canceled, "{created:?}");
+        Ok((requests, responses))
+    }
 }
 
 /// etcdctl of the test's etcd version, as `user` (test password) at `endpoint`.
@@ -268,6 +303,13 @@ pub fn collect_stdout(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Stri
         }
     });
     text
+}
+
+/// The end of the range of every key under `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    end
 }
 
 /// The message of a refusal, asserting its code.
