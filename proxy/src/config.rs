@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use etcd_broker::broker::names::Names;
+use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
 use etcd_broker::config::Secret;
+use etcd_broker::sealing::Keychain;
 use etcd_broker::tls::{ClientTls, Identity};
 use url::Url;
 
@@ -89,6 +90,13 @@ pub struct Args {
     #[arg(long, env = "ETCD_BROKER_PROXY_BROKER_STATE_PREFIX", default_value = DEFAULT_BROKER_STATE_PREFIX)]
     pub broker_state_prefix: String,
 
+    /// The broker's config file (TOML, with its `ETCD_BROKER__*` overrides): the proxy takes
+    /// its prefixes (instead of --broker-state-prefix) and its keychain (`[secrets]`), which
+    /// unseals the data keys of encrypting plans' instances, and nothing else of it. Without
+    /// it, no value is encrypted.
+    #[arg(long, env = "ETCD_BROKER_PROXY_BROKER_CONFIG")]
+    pub broker_config: Option<PathBuf>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing filter (`RUST_LOG` wins).
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -114,6 +122,8 @@ pub struct Config {
     /// The broker's key and name scheme: where its binding records are, how user names map
     /// to them.
     pub broker_names: Names,
+    /// The broker's keychain, from --broker-config: it unseals instances' data keys.
+    pub keychain: Option<Keychain>,
     pub log_level: String,
 }
 
@@ -133,6 +143,15 @@ impl Args {
     /// Checks the flags and reads the files they name; `password_env` is the value of
     /// `ETCD_BROKER_PROXY_PASSWORD` (passed in, so tests need not touch the environment).
     pub fn into_config(self, password_env: Option<String>) -> Result<Config, ConfigError> {
+        let (broker_names, keychain) = match &self.broker_config {
+            None => (Names::new(DEFAULT_DATA_PREFIX, &self.broker_state_prefix), None),
+            Some(path) => {
+                let broker = etcd_broker::config::Config::load(path)
+                    .map_err(|e| bad("--broker-config", format!("{}: {e}", path.display())))?;
+                let names = Names::new(&broker.prefixes.data, &broker.prefixes.state);
+                (names, broker.sealing.keychain().cloned())
+            }
+        };
         let endpoints =
             self.endpoints.iter().map(|e| client_url("--endpoints", e)).collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
@@ -205,10 +224,8 @@ impl Args {
             password: Secret::new(password),
             admin_users,
             state_prefix: self.state_prefix,
-            broker_names: Names::new(
-                etcd_broker::broker::names::DEFAULT_DATA_PREFIX,
-                &self.broker_state_prefix,
-            ),
+            broker_names,
+            keychain,
             log_level: self.log_level,
         })
     }

@@ -8,6 +8,7 @@
 //! - [`service`]: etcd's six services, one file each: forwarded, checked, answered, refused.
 //! - [`firewall`]: the tenant rules and their messages.
 //! - [`caller`]: who calls: tokens learnt from the Authenticate calls forwarded.
+//! - [`encryption`]: values of encrypting instances sealed under their data keys (AES-256-GCM).
 //! - [`leases`]: the owners of leases, recorded in etcd with the proxy's own user.
 //! - [`revocation`]: the broker's binding records followed: unbound and expired bindings'
 //!   users revoked at once.
@@ -21,6 +22,7 @@
 pub mod backend;
 pub mod caller;
 pub mod config;
+pub mod encryption;
 pub mod firewall;
 pub mod leases;
 pub mod listener;

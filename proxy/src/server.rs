@@ -15,6 +15,7 @@ use tonic::transport::Server;
 use crate::backend::Backend;
 use crate::caller::Tokens;
 use crate::config::Config;
+use crate::encryption::DataKeys;
 use crate::leases::LeaseOwners;
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -58,6 +59,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let streams = OpenStreams::default();
     // Runs as long as the process: it only reads.
     tokio::spawn(bindings.clone().follow(tokens.clone(), streams.clone()));
+    let data_keys = DataKeys::new(client.clone(), config.broker_names.clone(), config.keychain.clone());
+    tokio::spawn(data_keys.clone().follow());
     let proxy = Proxy::new(Shared {
         backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,
         tokens,
@@ -65,6 +68,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         view: View::new(&config.advertise_client_urls),
         bindings,
         streams,
+        data_keys,
     });
     let router = Server::builder()
         .tcp_nodelay(true)

@@ -26,6 +26,7 @@ use tonic::Status;
 
 use crate::backend::Backend;
 use crate::caller::{self, Caller, Tokens};
+use crate::encryption::DataKeys;
 use crate::firewall::PREFIX;
 use crate::leases::LeaseOwners;
 use crate::revocation::Bindings;
@@ -74,6 +75,8 @@ pub struct Shared {
     pub bindings: Bindings,
     /// Every open watch and keep-alive stream by user, to end a revoked user's.
     pub streams: OpenStreams,
+    /// Instances' data keys: values sealed and unsealed with them.
+    pub data_keys: DataKeys,
 }
 
 /// The proxy: one value implementing all of etcd's services (cheap to clone).

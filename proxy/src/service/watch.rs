@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Proxy, Responses};
 use crate::backend::forward;
+use crate::encryption;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchRequest, WatchResponse};
 use crate::streams::{until_revoked, Kind};
@@ -29,6 +30,16 @@ impl Watch for Proxy {
         let outbound =
             inbound.take_while(|r| std::future::ready(r.is_ok())).filter_map(|r| std::future::ready(r.ok()));
         let responses = self.0.backend.watch().watch(forward(&metadata, outbound)).await?.into_inner();
-        Ok(Response::new(until_revoked(responses, registration)))
+        // Events' values unsealed one response at a time, in order.
+        let data_keys = self.0.data_keys.clone();
+        let unsealed = responses.then(move |answer| {
+            let data_keys = data_keys.clone();
+            async move {
+                let mut answer = answer?;
+                data_keys.unseal_kvs(encryption::watch_response_kvs(&mut answer)).await?;
+                Ok(answer)
+            }
+        });
+        Ok(Response::new(until_revoked(unsealed, registration)))
     }
 }

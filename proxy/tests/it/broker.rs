@@ -19,6 +19,8 @@ pub const SERVICE_ID: &str = "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01";
 pub const PLAN: &str = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
 /// A plan whose bindings expire 2 s after they are made, revoked 1 s later.
 pub const EXPIRING: &str = "1e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b";
+/// A plan whose values the proxy encrypts (only with a proxy URL, see [`BrokerProcess::start_with`]).
+pub const ENCRYPTED: &str = "2f4a5b6c-7d8e-4f9a-8b1c-2d3e4f5a6b7c";
 const USER: &str = "broker";
 const PASSWORD: &str = "broker-password";
 const CONFIG_VAR: &str = "PROXY_IT_BROKER_CONFIG";
@@ -37,6 +39,8 @@ fn broker_process_host() {
 pub struct BrokerProcess {
     child: Child,
     pub osb: OsbClient,
+    /// Its config file (the proxy reads its prefixes and keychain with --broker-config).
+    pub config: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -45,6 +49,11 @@ impl BrokerProcess {
     /// A broker on `etcd` (root user, its default prefixes), sealing with a fresh key, the
     /// catalog above, expired bindings looked for every second.
     pub async fn start(etcd: &LocalEtcd) -> Self {
+        Self::start_with(etcd, None).await
+    }
+
+    /// The same, and with `proxy_url` the plan [`ENCRYPTED`], whose bindings get that URL.
+    pub async fn start_with(etcd: &LocalEtcd, proxy_url: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics_port) = (free_port(), free_port());
         let key = etcd_broker::sealing::Key::generate("test").unwrap().to_text().unwrap().as_str().to_owned();
@@ -94,6 +103,21 @@ value = {key:?}
             endpoint = etcd.endpoint(),
             root = etcd.root_password(),
         );
+        let mut config = config;
+        if let Some(url) = proxy_url {
+            config += &format!(
+                r#"[[catalog.services.plans]]
+id = "{ENCRYPTED}"
+name = "encrypted"
+description = "values encrypted by the proxy"
+[plan_configs."{ENCRYPTED}"]
+cluster = "main"
+encryption = true
+"#
+            );
+            config = config
+                .replace("[clusters.main]\n", &format!("[clusters.main]\nproxy_endpoints = [{url:?}]\n"));
+        }
         let path = dir.path().join("broker.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.path().join("broker.log");
@@ -115,6 +139,7 @@ value = {key:?}
         let mut broker = BrokerProcess {
             child,
             osb: OsbClient::new(target, Duration::from_secs(30)).unwrap(),
+            config: path,
             log,
             _dir: dir,
         };

@@ -26,6 +26,8 @@ const PROXY_PASSWORD: &str = "proxy-password";
 const PROXY_STATE: &str = "/etcd-broker/proxy/";
 /// The broker's binding records, which the proxy's user reads to revoke unbound bindings.
 pub const BROKER_BINDINGS: &str = "/etcd-broker/bindings/";
+/// The broker's instance records, which hold the data keys of encrypting plans' instances.
+pub const BROKER_INSTANCES: &str = "/etcd-broker/instances/";
 
 /// A tenant's key prefix.
 pub fn prefix(user: &str) -> String {
@@ -58,7 +60,9 @@ pub async fn start_etcd_with(options: Options) -> LocalEtcd {
             .unwrap();
         root.user_grant_role(user.as_str(), user.as_str()).await.unwrap();
     }
-    root.role_grant_permission(PROXY_USER, Permission::read(BROKER_BINDINGS).with_prefix()).await.unwrap();
+    for records in [BROKER_BINDINGS, BROKER_INSTANCES] {
+        root.role_grant_permission(PROXY_USER, Permission::read(records).with_prefix()).await.unwrap();
+    }
     etcd
 }
 
@@ -85,7 +89,11 @@ impl ProxyProcess {
     /// The same with more flags (`--endpoints` replaces etcd's http endpoint; with
     /// `--tls-cert-file` the URL is https).
     pub async fn start_with(etcd: &LocalEtcd, extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_at(etcd, free_port(), extra).await
+    }
+
+    /// The same on a port chosen beforehand (a broker's config names the proxy's URL).
+    pub async fn start_at(etcd: &LocalEtcd, port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = if extra.contains(&"--endpoints") {
             vec![]
@@ -251,6 +259,39 @@ impl Conn {
         assert!(created.created && !created.canceled, "{created:?}");
         Ok((requests, responses))
     }
+}
+
+/// etcdctl as `user` with `password` at `endpoint`.
+pub fn etcdctl_as(etcd: &LocalEtcd, endpoint: &str, (user, password): (&str, &str), args: &[&str]) -> Output {
+    Command::new(etcd.etcdctl())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout=10s", "--dial-timeout=5s"])
+        .arg(format!("--user={user}:{password}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `etcdctl txn` as `user` with `password`, the Txn on its standard input.
+pub fn etcdctl_with_input_as(
+    etcd: &LocalEtcd,
+    endpoint: &str,
+    (user, password): (&str, &str),
+    input: &str,
+) -> Output {
+    let mut child = Command::new(etcd.etcdctl())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout=10s", "--dial-timeout=5s"])
+        .arg(format!("--user={user}:{password}"))
+        .arg("txn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// etcdctl of the test's etcd version, as `user` (test password) at `endpoint`.

@@ -4,6 +4,7 @@
 //!
 //! - `common`: the harness: etcd with tenants, proxy processes, a raw gRPC client, etcdctl
 //! - `broker`: a real broker process (this binary started again to serve it), its OSB client
+//! - `encryption`: an encrypting plan's values, clear through the proxy, sealed in etcd
 //! - `etcdctl`: unmodified etcdctl through the proxy with a tenant's credentials
 //! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
 //!   still working directly on etcd (why the proxy exists)
@@ -16,6 +17,7 @@
 mod broker;
 mod cli;
 mod common;
+mod encryption;
 mod etcdctl;
 mod firewall;
 mod leases;
