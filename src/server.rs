@@ -95,7 +95,8 @@ pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<Etcd
             .and_then(|tls| tls.ca.as_deref())
             .map(|pem| String::from_utf8_lossy(pem).into_owned());
         let public_endpoints = cluster.public_endpoints.clone();
-        clusters.insert(name.clone(), Cluster { store, public_endpoints, ca_certificate });
+        let proxy_endpoints = cluster.proxy_endpoints.clone();
+        clusters.insert(name.clone(), Cluster { store, public_endpoints, ca_certificate, proxy_endpoints });
     }
     let state = clusters.get(&config.state_cluster).map(|c| c.store.clone()).ok_or_else(|| {
         StartError::Config(format!("state_cluster '{}' is not one of the clusters", config.state_cluster))

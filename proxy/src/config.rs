@@ -7,13 +7,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
 use etcd_broker::config::Secret;
+use etcd_broker::sealing::Keychain;
 use etcd_broker::tls::{ClientTls, Identity};
 use url::Url;
 
 /// Where the proxy keeps its records in etcd unless told otherwise: beside the broker's state
 /// (`/etcd-broker/`), which no tenant role may cover.
 pub const DEFAULT_STATE_PREFIX: &str = "/etcd-broker/proxy/";
+
+/// The broker's state prefix unless told otherwise: the broker's own default.
+pub const DEFAULT_BROKER_STATE_PREFIX: &str = etcd_broker::broker::names::DEFAULT_STATE_PREFIX;
 
 /// The tenant proxy for etcd v3: etcd's gRPC API for unmodified clients (etcdctl, client
 /// libraries), forwarded to a shared etcd cluster with each caller's own token, so that etcd's
@@ -79,6 +84,19 @@ pub struct Args {
     #[arg(long, env = "ETCD_BROKER_PROXY_STATE_PREFIX", default_value = DEFAULT_STATE_PREFIX)]
     pub state_prefix: String,
 
+    /// The broker's state prefix: the proxy watches its binding records
+    /// (`<prefix>bindings/`) to revoke unbound and expired bindings' users at once, so its
+    /// user needs read access there. Must start and end with '/'.
+    #[arg(long, env = "ETCD_BROKER_PROXY_BROKER_STATE_PREFIX", default_value = DEFAULT_BROKER_STATE_PREFIX)]
+    pub broker_state_prefix: String,
+
+    /// The broker's config file (TOML, with its `ETCD_BROKER__*` overrides): the proxy takes
+    /// its prefixes (instead of --broker-state-prefix) and its keychain (`[secrets]`), which
+    /// unseals the data keys of encrypting plans' instances, and nothing else of it. Without
+    /// it, no value is encrypted.
+    #[arg(long, env = "ETCD_BROKER_PROXY_BROKER_CONFIG")]
+    pub broker_config: Option<PathBuf>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing filter (`RUST_LOG` wins).
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -101,6 +119,11 @@ pub struct Config {
     pub password: Secret,
     pub admin_users: Vec<String>,
     pub state_prefix: String,
+    /// The broker's key and name scheme: where its binding records are, how user names map
+    /// to them.
+    pub broker_names: Names,
+    /// The broker's keychain, from --broker-config: it unseals instances' data keys.
+    pub keychain: Option<Keychain>,
     pub log_level: String,
 }
 
@@ -120,6 +143,15 @@ impl Args {
     /// Checks the flags and reads the files they name; `password_env` is the value of
     /// `ETCD_BROKER_PROXY_PASSWORD` (passed in, so tests need not touch the environment).
     pub fn into_config(self, password_env: Option<String>) -> Result<Config, ConfigError> {
+        let (broker_names, keychain) = match &self.broker_config {
+            None => (Names::new(DEFAULT_DATA_PREFIX, &self.broker_state_prefix), None),
+            Some(path) => {
+                let broker = etcd_broker::config::Config::load(path)
+                    .map_err(|e| bad("--broker-config", format!("{}: {e}", path.display())))?;
+                let names = Names::new(&broker.prefixes.data, &broker.prefixes.state);
+                (names, broker.sealing.keychain().cloned())
+            }
+        };
         let endpoints =
             self.endpoints.iter().map(|e| client_url("--endpoints", e)).collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
@@ -178,15 +210,8 @@ impl Args {
         }
         let admin_users: Vec<String> =
             self.admin_users.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
-        if !self.state_prefix.starts_with('/')
-            || !self.state_prefix.ends_with('/')
-            || self.state_prefix == "/"
-        {
-            return Err(bad(
-                "--state-prefix",
-                format!("'{}' must start and end with '/' and not be '/'", self.state_prefix),
-            ));
-        }
+        prefix("--state-prefix", &self.state_prefix)?;
+        prefix("--broker-state-prefix", &self.broker_state_prefix)?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("--log-level", format!("'{}': {e}", self.log_level)))?;
         Ok(Config {
@@ -199,9 +224,19 @@ impl Args {
             password: Secret::new(password),
             admin_users,
             state_prefix: self.state_prefix,
+            broker_names,
+            keychain,
             log_level: self.log_level,
         })
     }
+}
+
+/// A key prefix: starts and ends with '/', and is not '/'.
+fn prefix(flag: &'static str, prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix == "/" {
+        return Err(bad(flag, format!("'{prefix}' must start and end with '/' and not be '/'")));
+    }
+    Ok(())
 }
 
 /// An http(s) URL with a host and no path, query or credentials: what etcd calls a client URL.
@@ -276,6 +311,7 @@ mod tests {
             (&["--endpoints", "http://x:1/v3", "--user", "p"], "must have no path"),
             (&["--endpoints", "nope", "--user", "p"], "--endpoints: 'nope' is not a URL"),
             (&["--state-prefix", "nope"], "--state-prefix: 'nope' must start and end with '/'"),
+            (&["--broker-state-prefix", "/"], "--broker-state-prefix: '/' must start and end"),
             (&["--listen", "0.0.0.0:2379"], "--advertise-client-urls: needed when --listen is a wildcard"),
             (&["--password-file", "/nonexistent/pw"], "--password-file: cannot read /nonexistent/pw"),
             (&["--tls-cert-file", "/nonexistent/c"], "--tls-key-file"),

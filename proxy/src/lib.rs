@@ -8,7 +8,11 @@
 //! - [`service`]: etcd's six services, one file each: forwarded, checked, answered, refused.
 //! - [`firewall`]: the tenant rules and their messages.
 //! - [`caller`]: who calls: tokens learnt from the Authenticate calls forwarded.
+//! - [`encryption`]: values of encrypting instances sealed under their data keys (AES-256-GCM).
 //! - [`leases`]: the owners of leases, recorded in etcd with the proxy's own user.
+//! - [`revocation`]: the broker's binding records followed: unbound and expired bindings'
+//!   users revoked at once.
+//! - [`streams`]: each user's open watches and keep-alives, ended when it is revoked.
 //! - [`view`]: the cluster as clients see it: the proxy's URLs and ids.
 //! - [`backend`]: the balanced channel to etcd and the rule of what metadata is forwarded.
 //! - [`listener`]: plain TCP or TLS (OpenSSL) for clients.
@@ -18,11 +22,14 @@
 pub mod backend;
 pub mod caller;
 pub mod config;
+pub mod encryption;
 pub mod firewall;
 pub mod leases;
 pub mod listener;
 pub mod pb;
 pub mod policy;
+pub mod revocation;
 pub mod server;
 pub mod service;
+pub mod streams;
 pub mod view;

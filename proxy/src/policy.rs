@@ -37,3 +37,11 @@ pub const KEEPALIVE_QUEUE: usize = 16;
 
 /// How long a stopping proxy lets calls in flight finish (bpm gives a job 20 s).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Revoked users remembered ([`crate::caller::Tokens::revoke`]); past it the oldest tenth is
+/// forgotten: users deleted from etcd long ago, whose tokens and logins etcd refuses itself.
+pub const MAX_REVOKED: usize = 100_000;
+
+/// How long the watch of the broker's binding records waits before it starts again after a
+/// failure (etcd unreachable); revocations meanwhile are applied when it resumes.
+pub const REVOCATION_RETRY: Duration = Duration::from_secs(1);

@@ -1,8 +1,10 @@
-//! Wiring: config -> the proxy's own etcd client (its records), the balanced channel for
-//! tenants' requests, the services -> a tonic server on the listener, until shutdown.
+//! Wiring: config -> the proxy's own etcd client (its records, the broker's binding records
+//! it follows for revocations), the balanced channel for tenants' requests, the services -> a
+//! tonic server on the listener, until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use etcd_client::ConnectOptions;
@@ -13,13 +15,16 @@ use tonic::transport::Server;
 use crate::backend::Backend;
 use crate::caller::Tokens;
 use crate::config::Config;
+use crate::encryption::DataKeys;
 use crate::leases::LeaseOwners;
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::policy;
+use crate::revocation::Bindings;
 use crate::service::{Proxy, Shared};
+use crate::streams::OpenStreams;
 use crate::view::View;
 
 /// Logs in as the proxy's own user, binds the listener, and serves until `shutdown`
@@ -41,11 +46,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         etcd_broker::etcd::connect(&endpoints, options, &config.endpoints_tls).await.with_context(|| {
             format!("the proxy's etcd user '{}' cannot log in to {}", config.user, endpoints.join(","))
         })?;
+    let bindings = Bindings::new(client.clone(), config.broker_names.clone());
+    bindings.probe().await.with_context(|| {
+        format!(
+            "the proxy's etcd user '{}' cannot read the broker's binding records ({}); it needs read \
+             access there to revoke unbound bindings",
+            config.user,
+            config.broker_names.all_bindings_prefix()
+        )
+    })?;
+    let tokens = Arc::new(Tokens::new(config.admin_users.iter().cloned()));
+    let streams = OpenStreams::default();
+    // Runs as long as the process: it only reads.
+    tokio::spawn(bindings.clone().follow(tokens.clone(), streams.clone()));
+    let data_keys = DataKeys::new(client.clone(), config.broker_names.clone(), config.keychain.clone());
+    tokio::spawn(data_keys.clone().follow());
     let proxy = Proxy::new(Shared {
         backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,
-        tokens: Tokens::new(config.admin_users.iter().cloned()),
+        tokens,
         owners: LeaseOwners::new(client, &config.state_prefix),
         view: View::new(&config.advertise_client_urls),
+        bindings,
+        streams,
+        data_keys,
     });
     let router = Server::builder()
         .tcp_nodelay(true)

@@ -11,7 +11,7 @@ use crate::store::{Guard, StoreError, Write};
 use super::credentials::{certificate_credentials, credentials, CertificateCredentials};
 use super::instances::operation_of;
 use super::records::{BindingRecord, RecordState};
-use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
+use super::{lost_race, refuse_parameters, unavailable, Cluster, EtcdBroker, CAS_ATTEMPTS};
 
 /// How a bind attempt that did not finish ended.
 pub(super) enum Attempt {
@@ -411,6 +411,12 @@ impl EtcdBroker {
                     cluster,
                     &certificate,
                 )
+            }
+            (_, _, Some(password)) if self.plan_options(&record.plan_id).encryption => {
+                // Values are encrypted by the proxy: the tenant talks to it only.
+                let proxied =
+                    Cluster { public_endpoints: cluster.proxy_endpoints.clone(), ..cluster.clone() };
+                credentials(record, password, &proxied)
             }
             (_, _, Some(password)) => credentials(record, password, cluster),
             // `stored_password` and `stored_private_key` refuse a record with neither.

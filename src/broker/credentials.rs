@@ -116,6 +116,7 @@ mod tests {
             store: Arc::new(MemoryStore::default()),
             public_endpoints: vec![Url::parse("http://etcd-0.example.com:2379").unwrap()],
             ca_certificate: None,
+            proxy_endpoints: vec![],
         };
         let endpoints = [Url::parse("https://etcd-0.example.com:2380").unwrap()];
         let certificate =
@@ -153,6 +154,7 @@ mod tests {
                 Url::parse("https://etcd-1.example.com:2379").unwrap(),
             ],
             ca_certificate: Some("-----BEGIN CERTIFICATE-----".into()),
+            proxy_endpoints: vec![],
         };
         let record = record();
         assert_eq!(

@@ -25,7 +25,12 @@ impl EtcdBroker {
             state: RecordState::Ready,
             created_at: now,
             updated_at: now,
+            data_keys: Vec::new(),
         };
+        let mut record = record;
+        if self.plan_options(&req.plan_id).encryption {
+            record.data_keys.push(self.new_data_key(&key, 1).await?);
+        }
         let state = &*self.setup.state;
         let id = req.instance_id.as_str();
         for _ in 0..CAS_ATTEMPTS {

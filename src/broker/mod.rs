@@ -44,6 +44,7 @@ pub use sealed::SealingInventory;
 const CAS_ATTEMPTS: usize = 8;
 
 /// One etcd cluster that holds tenant data.
+#[derive(Clone)]
 pub struct Cluster {
     /// The broker's (root-role) connection to it.
     pub store: Arc<dyn Store>,
@@ -51,6 +52,9 @@ pub struct Cluster {
     pub public_endpoints: Vec<Url>,
     /// PEM CA certificate handed out when the public endpoints use TLS.
     pub ca_certificate: Option<String>,
+    /// The tenant proxy's client URLs, handed out instead of `public_endpoints` by plans with
+    /// `encryption` (the config makes sure they are there for those).
+    pub proxy_endpoints: Vec<Url>,
 }
 
 /// Everything the broker needs, already validated by the config.

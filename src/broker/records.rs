@@ -42,6 +42,26 @@ pub struct InstanceRecord {
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     pub updated_at: u64,
+    /// The data keys of an instance of an encrypting plan (plan option `encryption`), which
+    /// the tenant proxy encrypts the instance's values with: the newest seals new values, any
+    /// unseals. Empty for other instances and in records written before encryption existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_keys: Vec<DataKey>,
+}
+
+/// One version of an instance's data key: 256 random bits sealed by the broker's keychain
+/// (`sealing::seal`, with [`data_key_name`] authenticated, so that it unseals for this
+/// instance and version only). Only the broker and the proxy, which hold the keychain, can
+/// read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKey {
+    pub version: u32,
+    pub sealed: String,
+}
+
+/// The record name a data key is sealed for: the instance record's etcd key and the version.
+pub fn data_key_name(instance_key: &str, version: u32) -> String {
+    format!("{instance_key}#data_key.v{version}")
 }
 
 /// A service binding: one etcd user and role. `Default` for writing one field by field: the

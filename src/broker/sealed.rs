@@ -21,7 +21,7 @@ use crate::sealing::{self, Keychain, Sealing};
 use crate::store::Write;
 
 use super::names::Names;
-use super::records::{encode, BindingRecord, StoredPassword, PRIVATE_KEY_FIELD};
+use super::records::{data_key_name, encode, BindingRecord, DataKey, StoredPassword, PRIVATE_KEY_FIELD};
 use super::EtcdBroker;
 
 /// The index entries of a binding record: its plan's, its sealing key's when sealed, and its
@@ -72,6 +72,22 @@ fn seal_failed(e: sealing::SealError) -> BrokerError {
 }
 
 impl EtcdBroker {
+    /// A fresh data key (256 bits from OpenSSL's CSPRNG) for the instance record at
+    /// `instance_key`, sealed by the keychain's active key; never in clear outside this call.
+    pub(super) async fn new_data_key(&self, instance_key: &str, version: u32) -> BrokerResult<DataKey> {
+        let Some(keychain) = self.setup.sealing.keychain() else {
+            return Err(BrokerError::Internal(
+                "the plan encrypts its instances' values, but the broker has no keychain ([secrets])".into(),
+            ));
+        };
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        openssl::rand::rand_bytes(&mut bytes[..])
+            .map_err(|_| BrokerError::Internal("OpenSSL's random generator failed".into()))?;
+        let name = data_key_name(instance_key, version);
+        let sealed = sealing::seal_async(keychain, &name, &bytes[..]).await.map_err(seal_failed)?;
+        Ok(DataKey { version, sealed })
+    }
+
     /// The clear password of the binding record at `key` (`None`: a certificate binding
     /// without one). A sealed one that does not unseal is an internal error naming the record
     /// (and the key when known), never the secret.

@@ -155,6 +155,7 @@ fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
         store,
         public_endpoints: vec![Url::parse("http://127.0.0.1:2379").unwrap()],
         ca_certificate: None,
+        proxy_endpoints: vec![],
     };
     let mut clusters = HashMap::new();
     clusters.insert("main".to_owned(), cluster(store.clone()));

@@ -270,6 +270,10 @@ pub(super) struct ClusterFile {
     /// defaults to `public_endpoints`.
     #[serde(default)]
     pub certificate_endpoints: Vec<String>,
+    /// The tenant proxy's client URLs in front of this cluster: put into the credentials of
+    /// plans with `encryption`, which need them.
+    #[serde(default)]
+    pub proxy_endpoints: Vec<String>,
     #[serde(default)]
     pub tls: Option<TlsFile>,
 }
@@ -321,6 +325,10 @@ pub(super) struct PlanFile {
     /// the ttl by default.
     #[serde(default)]
     pub binding_renew_before_seconds: Option<u64>,
+    /// Instances get a data key and bindings the proxy's endpoints (`proxy_endpoints` of the
+    /// plan's cluster): the tenant proxy encrypts their values.
+    #[serde(default)]
+    pub encryption: bool,
 }
 
 /// The longest ttl (and grace) of an expiring binding: ten years, far below where seconds since
@@ -348,6 +356,7 @@ impl PlanFile {
                 ttl,
                 renew_before: self.binding_renew_before_seconds.unwrap_or(ttl / 5),
             }),
+            encryption: self.encryption,
         }
     }
 
@@ -389,6 +398,18 @@ impl ConfigFile {
         let sealing = self.secrets.sealing(openbao.as_ref())?;
         let plan_options: BTreeMap<String, PlanOptions> =
             self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
+        for (plan, config) in self.plan_configs.iter().filter(|(_, c)| c.encryption) {
+            let field = format!("plan_configs.\"{plan}\".encryption");
+            if sealing.keychain().is_none() {
+                return Err(invalid(field, "needs a keychain ([secrets]) to seal the instances' data keys"));
+            }
+            if clusters.get(&config.cluster).is_some_and(|c| c.proxy_endpoints.is_empty()) {
+                return Err(invalid(
+                    field,
+                    format!("needs the tenant proxy's URLs: set clusters.{}.proxy_endpoints", config.cluster),
+                ));
+            }
+        }
         let certificates = match &self.certificates {
             Some(file) => Some(file.load(sealing.keychain())?),
             None => None,
@@ -568,6 +589,7 @@ impl ConfigFile {
             if certificate_endpoints.is_empty() {
                 certificate_endpoints = public_endpoints.clone();
             }
+            let proxy_endpoints = parse(&cluster.proxy_endpoints, "proxy_endpoints")?;
             if cluster.username.is_empty() {
                 return Err(invalid(field("username"), "must not be empty"));
             }
@@ -583,6 +605,7 @@ impl ConfigFile {
                 Cluster {
                     public_endpoints,
                     certificate_endpoints,
+                    proxy_endpoints,
                     endpoints,
                     username: cluster.username.clone(),
                     password: cluster.password.clone(),

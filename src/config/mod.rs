@@ -213,6 +213,9 @@ pub struct Cluster {
     /// Client URLs put into certificate credentials: the configured ones, or
     /// `public_endpoints`. Never empty; https when a plan on the cluster hands out certificates.
     pub certificate_endpoints: Vec<Url>,
+    /// The tenant proxy's client URLs in front of the cluster, put into the credentials of
+    /// plans with `encryption` (which need them); empty when no proxy is configured.
+    pub proxy_endpoints: Vec<Url>,
     /// A user with etcd's `root` role.
     pub username: String,
     pub password: Secret,

@@ -656,3 +656,37 @@ fn expiry_options_are_checked_and_published() {
     let json = serde_json::to_value(&plain.catalog).unwrap();
     assert!(json["services"][0]["plans"][0].get("binding_rotatable").is_none(), "{json}");
 }
+
+#[test]
+fn an_encrypting_plan_needs_a_keychain_and_the_proxys_urls() {
+    const PLAN: &str = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+    let encrypting = |keychain: bool, proxy: bool| {
+        with(move |t| {
+            let plan = t["plan_configs"][PLAN].as_table_mut().unwrap();
+            plan.insert("encryption".into(), true.into());
+            let cluster = plan["cluster"].as_str().unwrap().to_owned();
+            if proxy {
+                let cluster = t["clusters"][&cluster].as_table_mut().unwrap();
+                cluster.insert("proxy_endpoints".into(), vec!["https://etcd-proxy.example.com:2379"].into());
+            }
+            if keychain {
+                let secrets = toml::toml! { active = "k1" };
+                t.insert("secrets".into(), toml::Value::Table(secrets));
+                let key = toml::toml! { value = "x" };
+                t["secrets"].as_table_mut().unwrap().insert(
+                    "keys".into(),
+                    toml::Value::Table([("k1".to_owned(), toml::Value::Table(key))].into_iter().collect()),
+                );
+                t["secrets"]["keys"]["k1"].as_table_mut().unwrap().insert("value".into(), key_text(1).into());
+            }
+        })
+    };
+    let field = format!("plan_configs.\"{PLAN}\".encryption");
+    assert_eq!(field_of(encrypting(false, true)), field);
+    let error = encrypting(true, false).unwrap_err().to_string();
+    assert!(error.contains("proxy_endpoints"), "{error}");
+    let config = encrypting(true, true).unwrap();
+    assert!(config.plan_options[PLAN].encryption);
+    let cluster = &config.clusters[&config.plan_clusters[PLAN]];
+    assert_eq!(cluster.proxy_endpoints[0].as_str(), "https://etcd-proxy.example.com:2379/");
+}

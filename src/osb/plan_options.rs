@@ -22,6 +22,10 @@ pub struct PlanOptions {
     pub binding_rotatable: bool,
     /// Bindings of the plan expire; `None`: they never do.
     pub binding_expiry: Option<BindingExpiry>,
+    /// Instances get a data key, with which the tenant proxy encrypts their values, and
+    /// bindings get the proxy's endpoints (docs/proxy.md): etcd's disks, snapshots and backups
+    /// then hold no tenant value in clear.
+    pub encryption: bool,
 }
 
 /// When a plan's bindings expire, in seconds: fixed when the binding is made, so a later

@@ -38,6 +38,7 @@ pub fn store_on(etcd: &LocalEtcd, observer: Observer) -> Arc<EtcdStore> {
     let cluster = Cluster {
         public_endpoints: endpoints.clone(),
         certificate_endpoints: endpoints.clone(),
+        proxy_endpoints: vec![],
         endpoints,
         username: etcd.root_username().to_owned(),
         password: Secret::new(etcd.root_password()),

@@ -1,10 +1,13 @@
 //! The KV service: reads and writes forwarded (etcd's RBAC decides on keys); a Put or Txn that
 //! attaches a key to a lease only when the caller owns the lease; Compact for operators only.
+//! Values of encrypting instances are sealed on the way in and unsealed on the way out
+//! ([`crate::encryption`]).
 
 use tonic::{Request, Response, Status};
 
 use super::{Proxy, Responses};
 use crate::backend::forward;
+use crate::encryption;
 use crate::firewall;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::{
@@ -17,7 +20,10 @@ impl Kv for Proxy {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         self.caller(request.metadata())?;
         let (metadata, _, message) = request.into_parts();
-        self.0.backend.kv().range(forward(&metadata, message)).await
+        self.0.data_keys.check_range(&message).await?;
+        let mut answer = self.0.backend.kv().range(forward(&metadata, message)).await?;
+        self.0.data_keys.unseal_kvs(answer.get_mut().kvs.iter_mut().collect()).await?;
+        Ok(answer)
     }
 
     type RangeStreamStream = Responses<RangeStreamResponse>;
@@ -32,11 +38,14 @@ impl Kv for Proxy {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let caller = self.caller(request.metadata())?;
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, _, mut message) = request.into_parts();
         if message.lease != 0 {
             firewall::owns_lease(&caller, message.lease, &self.0.owners).await?;
         }
-        self.0.backend.kv().put(forward(&metadata, message)).await
+        self.0.data_keys.seal_put(&mut message).await?;
+        let mut answer = self.0.backend.kv().put(forward(&metadata, message)).await?;
+        self.0.data_keys.unseal_kvs(answer.get_mut().prev_kv.iter_mut().collect()).await?;
+        Ok(answer)
     }
 
     async fn delete_range(
@@ -45,16 +54,23 @@ impl Kv for Proxy {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.caller(request.metadata())?;
         let (metadata, _, message) = request.into_parts();
-        self.0.backend.kv().delete_range(forward(&metadata, message)).await
+        let mut answer = self.0.backend.kv().delete_range(forward(&metadata, message)).await?;
+        self.0.data_keys.unseal_kvs(answer.get_mut().prev_kvs.iter_mut().collect()).await?;
+        Ok(answer)
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let caller = self.caller(request.metadata())?;
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, _, mut message) = request.into_parts();
         for lease in firewall::leases_of_txn(&message) {
             firewall::owns_lease(&caller, lease, &self.0.owners).await?;
         }
-        self.0.backend.kv().txn(forward(&metadata, message)).await
+        self.0.data_keys.seal_txn(&mut message).await?;
+        let mut answer = self.0.backend.kv().txn(forward(&metadata, message)).await?;
+        let mut kvs = Vec::new();
+        encryption::txn_response_kvs(answer.get_mut(), &mut kvs);
+        self.0.data_keys.unseal_kvs(kvs).await?;
+        Ok(answer)
     }
 
     async fn compact(

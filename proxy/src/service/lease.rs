@@ -19,6 +19,7 @@ use crate::pb::etcdserverpb::{
     LeaseTimeToLiveResponse,
 };
 use crate::policy;
+use crate::streams::{until_revoked, Kind};
 
 #[tonic::async_trait]
 impl Lease for Proxy {
@@ -65,6 +66,8 @@ impl Lease for Proxy {
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let caller = self.caller(request.metadata())?;
+        // Only a known user's stream can be ended on revocation; others own no lease anyway.
+        let registration = caller.user().map(|user| self.0.streams.open(user, Kind::KeepAlive));
         let (metadata, _, inbound) = request.into_parts();
         let (refuse, mut refusal) = tokio::sync::oneshot::channel::<Status>();
         let checked = checked_keep_alives(inbound, caller, self.clone(), refuse);
@@ -72,7 +75,11 @@ impl Lease for Proxy {
             Ok(responses) => responses.into_inner(),
             Err(status) => return Err(refusal.try_recv().unwrap_or(status)),
         };
-        Ok(Response::new(with_refusal(responses, refusal)))
+        let responses = with_refusal(responses, refusal);
+        Ok(Response::new(match registration {
+            Some(registration) => until_revoked(responses, registration),
+            None => responses,
+        }))
     }
 
     async fn lease_time_to_live(

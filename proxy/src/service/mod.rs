@@ -4,7 +4,7 @@
 //! none hangs. Requests are never logged: some carry passwords (Authenticate) or values.
 //!
 //! - `kv`: Range, Put, DeleteRange, Txn forwarded (leases checked); Compact for operators only.
-//! - `watch`: the watch stream, forwarded both ways.
+//! - `watch`: the watch stream, forwarded both ways, ended when its user is revoked.
 //! - `lease`: grants recorded with their owner; keep-alive, revoke, time-to-live and listing
 //!   only of the caller's own leases.
 //! - `auth`: Authenticate forwarded, the token learnt; auth administration refused.
@@ -26,8 +26,11 @@ use tonic::Status;
 
 use crate::backend::Backend;
 use crate::caller::{self, Caller, Tokens};
+use crate::encryption::DataKeys;
 use crate::firewall::PREFIX;
 use crate::leases::LeaseOwners;
+use crate::revocation::Bindings;
+use crate::streams::OpenStreams;
 use crate::view::View;
 
 /// Methods of a service trait that the proxy does not serve ([`crate::firewall::not_served`]):
@@ -49,7 +52,8 @@ macro_rules! not_served {
                 'life0: 'async_trait,
                 Self: 'async_trait,
             {
-                let caller = self.0.tokens.caller(request.metadata());
+                // A revoked token is refused like any tenant's.
+                let caller = self.0.tokens.caller(request.metadata()).unwrap_or($crate::caller::Caller::Tenant(None));
                 Box::pin(std::future::ready(Err($crate::firewall::not_served(&caller, $rpc, $why))))
             }
         )*
@@ -63,9 +67,16 @@ pub type Responses<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, Status
 /// What every service needs; shared by all of them.
 pub struct Shared {
     pub backend: Backend,
-    pub tokens: Tokens,
+    /// Shared with the revocation task ([`crate::revocation::Bindings::follow`]).
+    pub tokens: Arc<Tokens>,
     pub owners: LeaseOwners,
     pub view: View,
+    /// The broker's binding records: each login of a broker-made user is checked there.
+    pub bindings: Bindings,
+    /// Every open watch and keep-alive stream by user, to end a revoked user's.
+    pub streams: OpenStreams,
+    /// Instances' data keys: values sealed and unsealed with them.
+    pub data_keys: DataKeys,
 }
 
 /// The proxy: one value implementing all of etcd's services (cheap to clone).
@@ -82,10 +93,24 @@ impl Proxy {
     /// between the proxy and etcd it would take the proxy's certificate for the caller.
     fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         match caller::token(metadata) {
-            Some(_) => Ok(self.0.tokens.caller(metadata)),
+            Some(_) => self.0.tokens.caller(metadata).map_err(|revoked| revoked.status()),
             None => Err(Status::unauthenticated(format!(
                 "{PREFIX}: the request carries no auth token: authenticate with a user name and password first"
             ))),
+        }
+    }
+
+    /// Who calls, for a stream that must be ended when its user is revoked: only a user the
+    /// proxy knows. A token the proxy did not see issued gets etcd's own answer for a token it
+    /// does not know, on which etcd's clients log in again (through the proxy) and retry.
+    fn known_caller(&self, metadata: &MetadataMap) -> Result<(Caller, String), Status> {
+        let caller = self.caller(metadata)?;
+        match caller.user() {
+            Some(user) => {
+                let user = user.to_owned();
+                Ok((caller, user))
+            }
+            None => Err(Status::unauthenticated(caller::INVALID_TOKEN)),
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use etcd_broker_proxy::pb::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, AuthenticateRequest, LeaseGrantRequest, RangeRequest,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request, AuthenticateRequest,
+    LeaseGrantRequest, RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use etcd_client::Permission;
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
@@ -23,6 +24,10 @@ pub const TENANTS: [&str; 2] = ["alice", "bob"];
 pub const PROXY_USER: &str = "proxy";
 const PROXY_PASSWORD: &str = "proxy-password";
 const PROXY_STATE: &str = "/etcd-broker/proxy/";
+/// The broker's binding records, which the proxy's user reads to revoke unbound bindings.
+pub const BROKER_BINDINGS: &str = "/etcd-broker/bindings/";
+/// The broker's instance records, which hold the data keys of encrypting plans' instances.
+pub const BROKER_INSTANCES: &str = "/etcd-broker/instances/";
 
 /// A tenant's key prefix.
 pub fn prefix(user: &str) -> String {
@@ -55,6 +60,9 @@ pub async fn start_etcd_with(options: Options) -> LocalEtcd {
             .unwrap();
         root.user_grant_role(user.as_str(), user.as_str()).await.unwrap();
     }
+    for records in [BROKER_BINDINGS, BROKER_INSTANCES] {
+        root.role_grant_permission(PROXY_USER, Permission::read(records).with_prefix()).await.unwrap();
+    }
     etcd
 }
 
@@ -81,7 +89,11 @@ impl ProxyProcess {
     /// The same with more flags (`--endpoints` replaces etcd's http endpoint; with
     /// `--tls-cert-file` the URL is https).
     pub async fn start_with(etcd: &LocalEtcd, extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_at(etcd, free_port(), extra).await
+    }
+
+    /// The same on a port chosen beforehand (a broker's config names the proxy's URL).
+    pub async fn start_at(etcd: &LocalEtcd, port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = if extra.contains(&"--endpoints") {
             vec![]
@@ -216,6 +228,70 @@ impl Conn {
     pub fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel.clone())
     }
+    pub fn watch(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.channel.clone())
+    }
+
+    /// A watch of every key under `prefix`, opened with this connection's token; the sender
+    /// keeps the request stream open.
+    pub async fn watch_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<(tokio::sync::mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResponse>), tonic::Status>
+    {
+        let (requests, outbound) = tokio::sync::mpsc::channel(4);
+        let create = WatchCreateRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix),
+            ..Default::default()
+        };
+        requests
+            .send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) })
+            .await
+            .unwrap();
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("token", token.parse().unwrap());
+        }
+        let mut responses = self.watch().watch(request).await?.into_inner();
+        // etcd answers the create first (or refuses it).
+        let created = responses.message().await?.expect("a created answer");
+        assert!(created.created && !created.canceled, "{created:?}");
+        Ok((requests, responses))
+    }
+}
+
+/// etcdctl as `user` with `password` at `endpoint`.
+pub fn etcdctl_as(etcd: &LocalEtcd, endpoint: &str, (user, password): (&str, &str), args: &[&str]) -> Output {
+    Command::new(etcd.etcdctl())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout=10s", "--dial-timeout=5s"])
+        .arg(format!("--user={user}:{password}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `etcdctl txn` as `user` with `password`, the Txn on its standard input.
+pub fn etcdctl_with_input_as(
+    etcd: &LocalEtcd,
+    endpoint: &str,
+    (user, password): (&str, &str),
+    input: &str,
+) -> Output {
+    let mut child = Command::new(etcd.etcdctl())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout=10s", "--dial-timeout=5s"])
+        .arg(format!("--user={user}:{password}"))
+        .arg("txn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// etcdctl of the test's etcd version, as `user` (test password) at `endpoint`.
@@ -268,6 +344,13 @@ pub fn collect_stdout(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Stri
         }
     });
     text
+}
+
+/// The end of the range of every key under `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    end
 }
 
 /// The message of a refusal, asserting its code.

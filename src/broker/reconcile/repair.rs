@@ -157,6 +157,7 @@ impl EtcdBroker {
                     state: RecordState::Deleting,
                     created_at: now,
                     updated_at: now,
+                    data_keys: Vec::new(),
                 };
                 let guards = [Guard::Absent(key.clone())];
                 let claimed = state
