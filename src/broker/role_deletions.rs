@@ -23,8 +23,9 @@ use super::{unavailable, EtcdBroker};
 pub enum QueueStep {
     /// No queued role after the given key.
     Empty,
-    /// The role of the entry at `key` is deleted, and so is the entry.
-    Deleted { key: String },
+    /// The role of the entry at `key` is deleted, and so is the entry; `stall` is how long
+    /// etcd took for the RoleDelete itself, the O(users) part the reaper's pacing bounds.
+    Deleted { key: String, stall: std::time::Duration },
     /// The entry at `key` could not be handled; it stays queued for the next pass.
     Failed { key: String, error: BrokerError },
 }
@@ -70,7 +71,7 @@ impl EtcdBroker {
             return Ok(QueueStep::Empty);
         };
         Ok(match self.delete_queued(&key, &found).await {
-            Ok(()) => QueueStep::Deleted { key },
+            Ok(stall) => QueueStep::Deleted { key, stall },
             Err(error) => QueueStep::Failed { key, error },
         })
     }
@@ -81,7 +82,7 @@ impl EtcdBroker {
         let key = self.names().role_deletion_key(role);
         match self.setup.state.get(&key).await.map_err(|e| self.state_failed(e))? {
             None => Ok(()),
-            Some(found) => self.delete_queued(&key, &found).await,
+            Some(found) => self.delete_queued(&key, &found).await.map(drop),
         }
     }
 
@@ -91,7 +92,12 @@ impl EtcdBroker {
         self.setup.state.count(&prefix).await.map_err(|e| self.state_failed(e))
     }
 
-    pub(super) async fn delete_queued(&self, key: &str, found: &Versioned) -> BrokerResult<()> {
+    /// Deletes the entry's user, its role, then the entry; how long the RoleDelete took.
+    pub(super) async fn delete_queued(
+        &self,
+        key: &str,
+        found: &Versioned,
+    ) -> BrokerResult<std::time::Duration> {
         let entry: RoleDeletion = decode(key, &found.value)?;
         let store = &*self.cluster(&entry.cluster)?.store;
         let fail = |e| unavailable(&entry.cluster, e);
@@ -100,10 +106,12 @@ impl EtcdBroker {
         if let Some(user) = &entry.user {
             store.delete_user(user).await.map_err(fail)?;
         }
+        let started = std::time::Instant::now();
         store.delete_role(&entry.role).await.map_err(fail)?;
+        let stall = started.elapsed();
         // Removed only as read: an entry queued again meanwhile is the next pass's work.
         self.swap(key, found.mod_revision, &[Write::Delete(key.to_owned())]).await?;
         tracing::debug!(role = %entry.role, "deleted queued role");
-        Ok(())
+        Ok(stall)
     }
 }

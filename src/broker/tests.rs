@@ -286,7 +286,7 @@ pub async fn drain_role_queue(broker: &EtcdBroker) -> BrokerResult<()> {
     loop {
         match broker.delete_next_queued_role(after.as_deref()).await? {
             QueueStep::Empty => return Ok(()),
-            QueueStep::Deleted { key } => after = Some(key),
+            QueueStep::Deleted { key, .. } => after = Some(key),
             QueueStep::Failed { error, .. } => return Err(error),
         }
     }

@@ -125,7 +125,7 @@ impl EtcdBroker {
     async fn reap(&self, key: &str) -> Result<Repaired, BrokerError> {
         match self.setup.state.get(key).await.map_err(|e| self.state_failed(e))? {
             None => Ok(Repaired::Skipped("the role reaper took it meanwhile".into())),
-            Some(found) => self.delete_queued(key, &found).await.map(|()| Repaired::Repaired),
+            Some(found) => self.delete_queued(key, &found).await.map(|_| Repaired::Repaired),
         }
     }
 
