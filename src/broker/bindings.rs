@@ -3,13 +3,14 @@
 
 use crate::osb::bind_parameters::{self, BindParameters};
 use crate::osb::model::*;
-use crate::osb::plan_options::PlanOptions;
+use crate::osb::plan_options::{CredentialStoreKind, PlanOptions};
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
 use crate::store::{Guard, StoreError, Write};
 
 use super::credentials::{certificate_credentials, credentials, CertificateCredentials};
 use super::instances::operation_of;
+use super::material::Material;
 use super::records::{BindingRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
 
@@ -166,6 +167,7 @@ impl EtcdBroker {
             certificate: None,
             private_key: None,
             private_key_sealed: None,
+            secret_location: None,
             app_guid: req.app_guid.clone(),
             bind_resource: req.bind_resource.clone(),
             context: req.context.clone(),
@@ -188,17 +190,22 @@ impl EtcdBroker {
                 req.plan_id, instance.cluster
             )));
         }
-        if kind.password() {
-            self.store_password(&key, &mut record, &random_password()).await?;
-        }
-        if kind.certificate() {
-            // Minted once, before the record exists: every retry hands out this certificate.
-            // An expiring binding's is valid no longer than its user lives.
-            let lives_for = record
-                .expires_at
-                .map(|at| std::time::Duration::from_secs(at.saturating_add(self.setup.expiry_grace) - now));
-            let minted = self.setup.certificates.mint(&record.username, lives_for)?;
-            self.store_certificate(&key, &mut record, &minted.certificate, &minted.private_key).await?;
+        match options.credential_store {
+            // The record names where the secret goes; complete_binding writes it there.
+            CredentialStoreKind::OpenBao => {
+                record.secret_location = Some(self.secret_location_for(&record).await?);
+            }
+            CredentialStoreKind::Etcd => {
+                // Made once, before the record exists: every retry hands out these secrets.
+                let material = self.fresh_material(&record)?;
+                if let Some(password) = &material.password {
+                    self.store_password(&key, &mut record, password).await?;
+                }
+                if let (Some(certificate), Some(private_key)) = (&material.certificate, &material.private_key)
+                {
+                    self.store_certificate(&key, &mut record, certificate, private_key).await?;
+                }
+            }
         }
         let queued_role = self.names().role_deletion_key(&record.role);
         // The instance plan's limit of bindings, counted in the same transaction.
@@ -233,14 +240,14 @@ impl EtcdBroker {
     ) -> BrokerResult<Attempt> {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
-        let password = self.password(key, &record).await?;
+        let material = self.material_for_bind(key, &record).await?;
         // A certificate binding has no password: etcd hashes none (`Store::ensure_certificate_user`).
         let created = store
             .ensure_binding_user(
                 &record.role,
                 &record.permission(),
                 &record.username,
-                password.as_deref().map(|p| p.as_str()),
+                material.password.as_deref().map(|p| p.as_str()),
                 &random_password(),
             )
             .await;
@@ -254,7 +261,7 @@ impl EtcdBroker {
                 let writes = self.record_writes(key, &mut ready).await?;
                 if self.swap(key, revision, &writes).await?.is_some() {
                     tracing::info!(instance_id = %ready.instance_id, binding_id = %ready.binding_id, "created service binding");
-                    return Ok(Attempt::Done(Bound::Created(self.binding_of(key, &ready).await?)));
+                    return Ok(Attempt::Done(Bound::Created(self.binding_from(key, &ready, &material)?)));
                 }
             }
             // The role or user vanished under us: an unbind or deprovision is running.
@@ -332,6 +339,7 @@ impl EtcdBroker {
             }
             let store = &*self.cluster(&record.cluster)?.store;
             store.delete_user(&record.username).await.map_err(|e| unavailable(&record.cluster, e))?;
+            self.delete_secret(record.secret_location.as_ref()).await?;
             // The record, its index entries (as the record names them) and the queue entry.
             let mut writes = vec![Write::Delete(key.to_owned())];
             writes.extend(self.index_deletes(&record));
@@ -351,6 +359,7 @@ impl EtcdBroker {
         let store = &*self.cluster(&record.cluster)?.store;
         let fail = |e| unavailable(&record.cluster, e);
         store.delete_user(&record.username).await.map_err(fail)?;
+        self.delete_secret(record.secret_location.as_ref()).await?;
         store.delete_role(&record.role).await.map_err(fail)
     }
 
@@ -382,13 +391,18 @@ impl EtcdBroker {
         }
     }
 
-    /// The binding as a bind answers it (GET adds the parameters); its password and private
-    /// key unsealed from the record at `key`.
+    /// The binding as a bind answers it (GET adds the parameters); its secrets unsealed from
+    /// the record at `key`, or read from the credential store it names.
     async fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
+        let material = self.material(key, record).await?;
+        self.binding_from(key, record, &material)
+    }
+
+    /// The binding as a bind answers it, with `material`, the record's secrets in clear.
+    fn binding_from(&self, key: &str, record: &BindingRecord, material: &Material) -> BrokerResult<Binding> {
         let cluster = self.cluster(&record.cluster)?;
-        let password = self.password(key, record).await?;
-        let private_key = self.private_key(key, record).await?;
-        let credentials = match (&record.certificate, &private_key, &password) {
+        let Material { password, certificate, private_key } = material;
+        let credentials = match (certificate, private_key, password) {
             (Some(cert), Some(key), password) => {
                 let certificates = &self.setup.certificates;
                 let endpoints = certificates.endpoints_of(&record.cluster);
@@ -425,7 +439,8 @@ impl EtcdBroker {
 /// Whether two reads of a binding record hold the same stored password (clear or sealed) and
 /// certificate (fresh serial and key per attempt): the same bind attempt's record.
 fn same_password(a: &BindingRecord, b: &BindingRecord) -> bool {
-    (&a.password, &a.password_sealed, &a.certificate) == (&b.password, &b.password_sealed, &b.certificate)
+    (&a.password, &a.password_sealed, &a.certificate, &a.secret_location)
+        == (&b.password, &b.password_sealed, &b.certificate, &b.secret_location)
 }
 
 fn deleted_while_binding(record: &BindingRecord) -> BrokerError {

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use serde_json::json;
 use url::Url;
 
+use super::fake_kv::FakeKv;
 use super::records::{BindingRecord, RecordState, RoleDeletion};
 use super::role_deletions::QueueStep;
 use super::*;
 use crate::clock::SystemClock;
 use crate::osb::catalog::{Plan, Service};
+use crate::osb::plan_options::CredentialStoreKind;
 use crate::sealing::Keychain;
 use crate::store::faulty::{FailMode, FaultyStore};
 use crate::store::memory::{MemoryState, MemoryStore};
@@ -101,6 +103,24 @@ pub fn sealed_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
     broker_with(store, Sealing::On(test_keychain("k1")))
 }
 
+/// A broker with sealing on (`k1`) whose plans all keep their bindings' secrets in a fake
+/// OpenBao KV ([`FakeKv`]) whose secrets are keys of `store`: the crash tests' faults hit
+/// its calls too.
+pub fn kv_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
+    kv_broker_with(store.clone(), Arc::new(FakeKv::on(store)))
+}
+
+/// [`kv_broker_on`] with the fake `kv`.
+pub fn kv_broker_with(store: Arc<dyn Store>, kv: Arc<FakeKv>) -> EtcdBroker {
+    let mut setup = broker_setup(store, Sealing::On(test_keychain("k1")));
+    setup.credential_store = Some(kv);
+    for plan in [SMALL, LARGE, FAR, CERT, BOTH] {
+        setup.plan_options.entry(plan.to_owned()).or_default().credential_store =
+            CredentialStoreKind::OpenBao;
+    }
+    EtcdBroker::new(setup)
+}
+
 /// [`broker_on`] with `sealing`.
 pub fn broker_with(store: Arc<dyn Store>, sealing: Sealing) -> EtcdBroker {
     EtcdBroker::new(broker_setup(store, sealing))
@@ -177,6 +197,7 @@ fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
         names: Names::default(),
         clock: Arc::new(SystemClock),
         sealing,
+        credential_store: None,
         certificates: test_certificates(),
         expiry_grace: 300,
     }
@@ -291,9 +312,14 @@ pub async fn drain_role_queue(broker: &EtcdBroker) -> BrokerResult<()> {
     }
 }
 
-/// The clear password of a binding record (unsealed with the test keychain); the empty string
-/// (what the memory store holds for a user without a password) for a certificate binding.
-fn recorded_password(key: &str, record: &BindingRecord) -> String {
+/// The clear password of a binding record (unsealed with the test keychain, or read from the
+/// fake KV store in `state`); the empty string (what the memory store holds for a user without
+/// a password) for a certificate binding.
+fn recorded_password(state: &MemoryState, key: &str, record: &BindingRecord) -> String {
+    if let Some(at) = &record.secret_location {
+        let stored = state.keys.get(&FakeKv::key(at)).unwrap_or_else(|| panic!("{key}: no secret at {at}"));
+        return super::fake_kv::decode(&stored.value).get("password").unwrap_or_default().to_owned();
+    }
     match (&record.password, &record.password_sealed) {
         (None, None) if record.certificate.is_some() => String::new(),
         (Some(clear), None) => clear.clone(),
@@ -327,6 +353,9 @@ pub fn assert_indexes_match_records(state: &MemoryState) {
             }
             if let (Some(at), None) = (record.expires_at, record.revoked_at) {
                 expected.insert(names.expiry_index_key(at, i, b));
+            }
+            if record.secret_location.is_some() {
+                expected.insert(names.stored_index_key(i, b));
             }
         } else if key.starts_with("/etcd-broker/instances/") {
             let record: records::InstanceRecord = serde_json::from_slice(&v.value).unwrap();
@@ -365,7 +394,7 @@ pub fn assert_consistent(state: &MemoryState) {
         } else if key.starts_with("/etcd-broker/bindings/") {
             let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
             assert_eq!(record.state, RecordState::Ready, "record {key} left in {:?}", record.state);
-            bindings.push((recorded_password(key, &record), record));
+            bindings.push((recorded_password(state, key, &record), record));
         } else if key.starts_with("/etcd-broker/instances/") {
             let record: records::InstanceRecord = serde_json::from_slice(&v.value).unwrap();
             assert_eq!(record.state, RecordState::Ready, "record {key} left in {:?}", record.state);
@@ -385,12 +414,31 @@ pub fn assert_consistent(state: &MemoryState) {
     for user in state.users.keys() {
         assert!(bindings.iter().any(|(_, b)| &b.username == user), "orphan user {user}");
     }
+    assert_secrets_named(state);
     for role in state.roles.keys() {
         let recorded = bindings.iter().any(|(_, b)| &b.role == role);
         assert!(recorded || queued.contains(role), "orphan role {role}");
         if !recorded {
             assert!(state.users.values().all(|(_, roles)| !roles.contains(role)), "queued {role} is granted");
         }
+    }
+}
+
+/// Every secret in the fake KV store is named by a binding record or a role-deletion entry:
+/// nothing is left in OpenBao that the broker cannot find again.
+pub fn assert_secrets_named(state: &MemoryState) {
+    let mut named = std::collections::BTreeSet::new();
+    for (key, v) in &state.keys {
+        if key.starts_with("/etcd-broker/bindings/") {
+            let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
+            named.extend(record.secret_location.map(|at| FakeKv::key(&at)));
+        } else if key.starts_with("/etcd-broker/role-deletions/") {
+            let entry: RoleDeletion = serde_json::from_slice(&v.value).unwrap();
+            named.extend(entry.secret_location.map(|at| FakeKv::key(&at)));
+        }
+    }
+    for key in state.keys.keys().filter(|k| k.starts_with(super::fake_kv::KV_PREFIX)) {
+        assert!(named.contains(key), "secret {key} is named by no record");
     }
 }
 
@@ -509,14 +557,16 @@ pub type MakeBroker = fn(Arc<dyn Store>) -> EtcdBroker;
 /// crashes, the one that retries): sealing off throughout, on throughout, a transit key (a key
 /// backend outside the broker) throughout, records sealed by a keychain key that a broker with
 /// transit active changes, records written in clear that a broker with sealing on changes, and
-/// an upgrade that turns sealing on between the crash and the retry.
-const SEALING_CASES: [(&str, MakeBroker, MakeBroker, MakeBroker); 6] = [
+/// an upgrade that turns sealing on between the crash and the retry, and secrets kept in a
+/// (fake) OpenBao KV store whose calls fail like etcd's.
+const SEALING_CASES: [(&str, MakeBroker, MakeBroker, MakeBroker); 7] = [
     ("off", broker_on, broker_on, broker_on),
     ("on", sealed_broker_on, sealed_broker_on, sealed_broker_on),
     ("transit", transit_broker_on, transit_broker_on, transit_broker_on),
     ("keychain records, transit active", sealed_broker_on, transit_broker_on, transit_broker_on),
     ("clear records, sealing on", broker_on, sealed_broker_on, sealed_broker_on),
     ("sealing on after the crash", broker_on, broker_on, sealed_broker_on),
+    ("openbao kv", kv_broker_on, kv_broker_on, kv_broker_on),
 ];
 
 /// Runs `op` with call `n` failing, then retries it on a healthy store until it succeeds.
@@ -587,12 +637,26 @@ pub async fn for_every_fault_with<S, F, Fut>(
             if case == "on" || case == "transit" {
                 assert_all_sealed(&state);
             }
+            if case == "openbao kv" {
+                assert_no_secret_in_records(&state);
+            }
             if !reached {
                 break;
             }
             n += 1;
         }
         assert!(n >= 3, "the operation made only {n} store calls");
+    }
+}
+
+/// No binding record holds a secret, sealed or not: they live in the KV store.
+fn assert_no_secret_in_records(state: &MemoryState) {
+    for (key, v) in state.keys.iter().filter(|(k, _)| k.starts_with("/etcd-broker/bindings/")) {
+        let record: BindingRecord = serde_json::from_slice(&v.value).unwrap();
+        let held =
+            (&record.password, &record.password_sealed, &record.private_key, &record.private_key_sealed);
+        assert_eq!(held, (&None, &None, &None, &None), "{key} holds a secret");
+        assert!(record.certificate.is_none() && record.secret_location.is_some(), "{key}");
     }
 }
 
@@ -934,23 +998,25 @@ fn assert_findable(state: &MemoryState, context: &str) {
     for role in state.roles.keys() {
         assert!(roles.contains(role), "{context}: role {role} is named by no record");
     }
+    assert_secrets_named(state);
 }
 
 /// A bind paused at each of its steps while an unbind of the same binding runs to the end
 /// (on another broker), then killed at each later step: the interleaving that left an etcd
 /// user with no record when the bind created the user after the unbind deleted the record.
-/// With `reap_between`, the role reaper also drains the queue before the bind resumes.
-async fn bind_racing_unbind_then_killed(reap_between: bool) {
+/// With `reap_between`, the role reaper also drains the queue before the bind resumes. `make`
+/// makes both brokers (with [`kv_broker_on`], the secret in the KV store is followed too).
+async fn bind_racing_unbind_then_killed(reap_between: bool, make: MakeBroker) {
     for mode in [FailMode::Before, FailMode::After] {
         let mut kills = 0;
         'pauses: for pause_at in 0.. {
             for crash_at in pause_at.. {
                 let context = format!("paused before call {pause_at}, killed at call {crash_at} ({mode:?})");
                 let store = provisioned().await;
-                let other = broker_on(store.clone());
+                let other = make(store.clone());
                 let script = FaultyStore::new(store.clone(), Some(crash_at), mode);
                 let script = Arc::new(script.dying().pausing_before(pause_at));
-                let binder = broker_on(script.clone());
+                let binder = make(script.clone());
                 let bind = binder.bind(bind_req("i1", "b1"));
                 tokio::pin!(bind);
                 tokio::select! {
@@ -1008,12 +1074,22 @@ async fn bind_racing_unbind_then_killed(reap_between: bool) {
 
 #[tokio::test]
 async fn a_bind_killed_after_a_concurrent_unbind_leaves_no_user_without_a_record() {
-    bind_racing_unbind_then_killed(false).await;
+    bind_racing_unbind_then_killed(false, broker_on).await;
 }
 
 #[tokio::test]
 async fn deprovision_removes_what_a_bind_killed_after_the_reaper_left() {
-    bind_racing_unbind_then_killed(true).await;
+    bind_racing_unbind_then_killed(true, broker_on).await;
+}
+
+#[tokio::test]
+async fn a_bind_killed_after_a_concurrent_unbind_leaves_no_secret_in_openbao_without_a_record() {
+    bind_racing_unbind_then_killed(false, kv_broker_on).await;
+}
+
+#[tokio::test]
+async fn deprovision_removes_secrets_in_openbao_a_bind_killed_after_the_reaper_left() {
+    bind_racing_unbind_then_killed(true, kv_broker_on).await;
 }
 
 #[tokio::test]
@@ -1153,7 +1229,13 @@ async fn a_queue_entry_that_fails_does_not_hold_the_others_back() {
     broker.bind(bind_req("i1", "b1")).await.unwrap();
     broker.unbind(unbind_req("i1", "b1")).await.unwrap();
     // An entry naming a cluster this broker does not know, sorted first.
-    let entry = RoleDeletion { role: "a-role".into(), user: None, cluster: "gone".into(), queued_at: 0 };
+    let entry = RoleDeletion {
+        role: "a-role".into(),
+        user: None,
+        cluster: "gone".into(),
+        secret_location: None,
+        queued_at: 0,
+    };
     let key = "/etcd-broker/role-deletions/a-role";
     store.commit(&[], &[Write::Put(key.into(), records::encode(&entry))]).await.unwrap();
     let first = broker.delete_next_queued_role(None).await.unwrap();
@@ -1562,7 +1644,11 @@ async fn a_certificate_bind_converges_after_a_fault_at_any_step() {
                 assert_eq!(state.users.len(), 1);
                 let record: BindingRecord =
                     serde_json::from_slice(&state.keys["/etcd-broker/bindings/i1/b1"].value).unwrap();
-                assert!(record.certificate.is_some(), "the record holds its certificate");
+                let in_kv = record.secret_location.as_ref().and_then(|at| {
+                    let stored = &state.keys[&FakeKv::key(at)];
+                    super::fake_kv::decode(&stored.value).get("certificate").map(str::to_owned)
+                });
+                assert!(record.certificate.is_some() || in_kv.is_some(), "the record or OpenBao holds its certificate");
             },
         )
         .await;
@@ -1768,4 +1854,91 @@ async fn expiry_converges_after_a_fault_at_any_step() {
             assert_indexes_match_records(&state);
         }
     }
+}
+
+#[tokio::test]
+async fn with_openbao_kv_the_record_holds_no_secret_and_unbind_deletes_it() {
+    let store = Arc::new(MemoryStore::default());
+    let kv = Arc::new(FakeKv::on(store.clone()));
+    let broker = kv_broker_with(store.clone(), kv.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let bound = broker.bind(bind_req("i1", "b1")).await.unwrap();
+    assert!(matches!(bound, Bound::Created(_)));
+    let password = password_of(&bound);
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b1");
+    let at = record.secret_location.clone().expect("the record names its secret");
+    assert_eq!(at.to_string(), "secret/etcd-broker/i1/b1");
+    let state = store.snapshot();
+    assert!(!String::from_utf8_lossy(&state.keys["/etcd-broker/bindings/i1/b1"].value).contains(&password));
+    assert_eq!(
+        super::fake_kv::decode(&state.keys[&FakeKv::key(&at)].value).get("password"),
+        Some(&*password)
+    );
+    assert_consistent(&state);
+    // Repeated bind and GET answer the same secret, read from the store.
+    assert_eq!(password_of(&broker.bind(bind_req("i1", "b1")).await.unwrap()), password);
+    let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.credentials["password"], password.as_str());
+    let inventory = broker.sealing_inventory().await.unwrap();
+    assert_eq!((inventory.clear_text, inventory.in_credential_store), (0, 1));
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    assert!(!store.snapshot().keys.contains_key(&FakeKv::key(&at)), "unbind deletes the secret");
+    drain_role_queue(&broker).await.unwrap();
+    broker.deprovision(deprovision_req("i1")).await.unwrap();
+    assert!(store.snapshot().keys.is_empty());
+}
+
+#[tokio::test]
+async fn with_openbao_kv_down_binds_are_503_and_write_nothing_and_unbind_finishes_later() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(MemoryStore::default());
+    let kv = Arc::new(FakeKv::on(store.clone()));
+    let broker = kv_broker_with(store.clone(), kv.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    broker.bind(bind_req("i1", "b1")).await.unwrap();
+    let before = store.snapshot();
+    kv.down.store(true, Ordering::SeqCst);
+    for plan in [SMALL, CERT, BOTH] {
+        match broker.bind(certificate_bind_req("i1", "b2", plan)).await {
+            Err(BrokerError::Unavailable(message)) => {
+                assert!(message.contains("fake OpenBao is down") && message.contains("repeat the request"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let after = store.snapshot();
+    assert_eq!(
+        (after.revision, &after.users, &after.roles),
+        (before.revision, &before.users, &before.roles),
+        "a bind with OpenBao down wrote something"
+    );
+    assert!(matches!(broker.get_binding(&iid("i1"), &bid("b1")).await, Err(BrokerError::Unavailable(_))));
+    assert!(matches!(broker.bind(bind_req("i1", "b1")).await, Err(BrokerError::Unavailable(_))));
+    // The unbind deletes the user (access ends at once), then waits for OpenBao.
+    assert!(matches!(broker.unbind(unbind_req("i1", "b1")).await, Err(BrokerError::Unavailable(_))));
+    assert!(store.snapshot().users.is_empty());
+    kv.down.store(false, Ordering::SeqCst);
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    drain_role_queue(&broker).await.unwrap();
+    broker.deprovision(deprovision_req("i1")).await.unwrap();
+    assert!(store.snapshot().keys.is_empty());
+}
+
+#[tokio::test]
+async fn a_certificate_binding_keeps_certificate_and_key_in_openbao_kv() {
+    let store = Arc::new(MemoryStore::default());
+    let broker = kv_broker_on(store.clone());
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let bound = broker.bind(certificate_bind_req("i1", "b1", BOTH)).await.unwrap();
+    let credentials = credentials_of(&bound);
+    let record = stored_binding(&store, "/etcd-broker/bindings/i1/b1");
+    assert!(record.certificate.is_none() && record.private_key_sealed.is_none());
+    let secret = super::fake_kv::decode(
+        &store.snapshot().keys[&FakeKv::key(record.secret_location.as_ref().unwrap())].value,
+    );
+    assert_eq!(secret.get("certificate"), credentials["cert"].as_str());
+    assert_eq!(secret.get("private_key"), credentials["key"].as_str());
+    assert_eq!(secret.get("password"), credentials["password"].as_str());
+    let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.credentials, credentials);
 }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::broker::certificates::{Authority, CredentialKind};
 use crate::osb::catalog::Catalog;
-use crate::osb::plan_options::{BindingExpiry, BrokerLimits, PlanOptions};
+use crate::osb::plan_options::{BindingExpiry, BrokerLimits, CredentialStoreKind, PlanOptions};
 use crate::pki::ClientCa;
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
@@ -119,6 +119,33 @@ pub(super) struct OpenBaoFile {
     pub approle: Option<AppRoleFile>,
     #[serde(default = "default_openbao_timeout")]
     pub timeout_seconds: u64,
+    /// The KV v2 engine of plans with `credential_store = "openbao"`.
+    #[serde(default)]
+    pub kv: KvFile,
+}
+
+/// `[secrets.openbao.kv]`: where bindings' secrets go, `<mount>/data/<prefix>/<instance>/<binding>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KvFile {
+    #[serde(default = "default_kv_mount")]
+    pub mount: String,
+    #[serde(default = "default_kv_prefix")]
+    pub prefix: String,
+}
+
+impl Default for KvFile {
+    fn default() -> Self {
+        KvFile { mount: default_kv_mount(), prefix: default_kv_prefix() }
+    }
+}
+
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+
+fn default_kv_prefix() -> String {
+    "etcd-broker".into()
 }
 
 fn default_openbao_timeout() -> u64 {
@@ -317,6 +344,10 @@ pub(super) struct PlanFile {
     /// Bindings expire this long after they are made.
     #[serde(default)]
     pub binding_ttl_seconds: Option<u64>,
+    /// Where bindings keep their secrets: `etcd` (their records, the default) or `openbao`
+    /// (`[secrets.openbao.kv]`).
+    #[serde(default)]
+    pub credential_store: CredentialStoreKind,
     /// How long before the expiry a binding should be renewed (`renew_before`); a fifth of
     /// the ttl by default.
     #[serde(default)]
@@ -348,6 +379,7 @@ impl PlanFile {
                 ttl,
                 renew_before: self.binding_renew_before_seconds.unwrap_or(ttl / 5),
             }),
+            credential_store: self.credential_store,
         }
     }
 
@@ -387,6 +419,7 @@ impl ConfigFile {
         let plan_clusters = self.plan_clusters()?;
         let openbao = self.secrets.openbao()?;
         let sealing = self.secrets.sealing(openbao.as_ref())?;
+        let credential_store = self.credential_store(openbao.as_ref())?;
         let plan_options: BTreeMap<String, PlanOptions> =
             self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
         let certificates = match &self.certificates {
@@ -443,6 +476,7 @@ impl ConfigFile {
             binding_expiry,
             sealing,
             openbao,
+            credential_store,
             certificates,
             plan_credentials,
         })
@@ -759,6 +793,44 @@ impl CertificatesFile {
         let ca = ClientCa::from_pem(&ca, &key).map_err(|e| invalid(SECTION, e.to_string()))?;
         let validity = std::time::Duration::from_secs(u64::from(self.validity_days) * 86_400);
         Ok(Authority { ca, validity })
+    }
+}
+
+impl ConfigFile {
+    /// The credential store of plans with `credential_store = "openbao"`: OpenBao's KV v2
+    /// engine (`[secrets.openbao.kv]`); `None` when no plan keeps its secrets there.
+    fn credential_store(
+        &self,
+        bao: Option<&std::sync::Arc<crate::openbao::OpenBao>>,
+    ) -> Result<Option<std::sync::Arc<dyn crate::credential_store::CredentialStore>>, ConfigError> {
+        let Some((plan, _)) =
+            self.plan_configs.iter().find(|(_, c)| c.credential_store == CredentialStoreKind::OpenBao)
+        else {
+            return Ok(None);
+        };
+        let Some(bao) = bao else {
+            return Err(invalid(
+                format!("plan_configs.\"{plan}\".credential_store"),
+                "'openbao' needs [secrets.openbao]: where OpenBao is and how the broker logs in",
+            ));
+        };
+        let kv = &self.secrets.openbao.as_ref().expect("a client comes from the table").kv;
+        if !is_path_segment(&kv.mount) {
+            return Err(invalid(
+                "secrets.openbao.kv.mount",
+                format!("'{}' must be 1 to 128 of a-z, A-Z, 0-9, '_', '-' and '.'", kv.mount),
+            ));
+        }
+        if kv.prefix.split('/').any(|segment| !is_path_segment(segment)) {
+            return Err(invalid(
+                "secrets.openbao.kv.prefix",
+                format!(
+                    "'{}' must be path segments of 1 to 128 of a-z, A-Z, 0-9, '_', '-' and '.', joined by '/'",
+                    kv.prefix
+                ),
+            ));
+        }
+        Ok(Some(std::sync::Arc::new(crate::openbao::kv::KvStore::new(bao.clone(), &kv.mount, &kv.prefix))))
     }
 }
 

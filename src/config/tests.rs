@@ -656,3 +656,55 @@ fn expiry_options_are_checked_and_published() {
     let json = serde_json::to_value(&plain.catalog).unwrap();
     assert!(json["services"][0]["plans"][0].get("binding_rotatable").is_none(), "{json}");
 }
+
+#[test]
+fn a_plan_keeping_secrets_in_openbao_needs_openbao_and_a_kv_path_of_plain_segments() {
+    let keep_in_openbao = |kv: Option<toml::Table>, openbao: bool| {
+        with(move |t| {
+            let configs = t["plan_configs"].as_table_mut().unwrap();
+            let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+            first.insert("credential_store".into(), "openbao".into());
+            let mut secrets = toml::toml! { sealing = "off" };
+            if openbao {
+                let mut table = toml::toml! { address = "https://bao.example.com:8200" };
+                table.insert(
+                    "approle".into(),
+                    toml::Value::Table(toml::toml! { role_id = "r" secret_id = "s" }),
+                );
+                if let Some(kv) = kv {
+                    table.insert("kv".into(), toml::Value::Table(kv));
+                }
+                secrets.insert("openbao".into(), toml::Value::Table(table));
+            }
+            t.insert("secrets".into(), toml::Value::Table(secrets));
+        })
+    };
+    let config = keep_in_openbao(None, true).unwrap();
+    let store = config.credential_store.as_ref().expect("a credential store");
+    assert_eq!(store.describe(), "OpenBao KV 'secret' at https://bao.example.com:8200");
+    assert_eq!(store.location("i1", "b1").to_string(), "secret/etcd-broker/i1/b1");
+    let kv = toml::toml! { mount = "kv" prefix = "platform/etcd" };
+    let config = keep_in_openbao(Some(kv), true).unwrap();
+    let store = config.credential_store.as_ref().unwrap();
+    assert_eq!(store.location("i1", "b1").to_string(), "kv/platform/etcd/i1/b1");
+    assert_eq!(
+        keep_in_openbao(None, false).unwrap_err().to_string(),
+        "invalid configuration: plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\".credential_store: 'openbao' \
+         needs [secrets.openbao]: where OpenBao is and how the broker logs in"
+    );
+    for (kv, field) in [
+        (toml::toml! { mount = "a/b" }, "secrets.openbao.kv.mount"),
+        (toml::toml! { prefix = "a//b" }, "secrets.openbao.kv.prefix"),
+        (toml::toml! { prefix = "../b" }, "secrets.openbao.kv.prefix"),
+    ] {
+        assert_eq!(field_of(keep_in_openbao(Some(kv), true)), field);
+    }
+    // No plan keeps its secrets in OpenBao: no store, as before the option existed.
+    assert!(Config::from_toml(EXAMPLE).unwrap().credential_store.is_none());
+    let unknown = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("credential_store".into(), "vault".into());
+    });
+    assert!(unknown.unwrap_err().to_string().contains("unknown variant `vault`"));
+}

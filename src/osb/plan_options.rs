@@ -22,6 +22,31 @@ pub struct PlanOptions {
     pub binding_rotatable: bool,
     /// Bindings of the plan expire; `None`: they never do.
     pub binding_expiry: Option<BindingExpiry>,
+    /// Where the plan's bindings keep their secrets: in their records in etcd (sealed), or in
+    /// the configured credential store (OpenBao KV).
+    pub credential_store: CredentialStoreKind,
+}
+
+/// Where a plan's bindings keep their secret material (`plan_configs.<plan>.credential_store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialStoreKind {
+    /// In the binding record in etcd, sealed when sealing is on: the behaviour before the
+    /// option existed.
+    #[default]
+    Etcd,
+    /// In OpenBao/Vault KV v2 (`[secrets.openbao.kv]`); the record only names where.
+    OpenBao,
+}
+
+impl CredentialStoreKind {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialStoreKind::Etcd => "etcd",
+            CredentialStoreKind::OpenBao => "openbao",
+        }
+    }
 }
 
 /// When a plan's bindings expire, in seconds: fixed when the binding is made, so a later
