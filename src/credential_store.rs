@@ -97,6 +97,10 @@ pub trait CredentialStore: Send + Sync + fmt::Debug {
     /// The address apps reach the store at, for binds answered with a reference.
     fn address(&self) -> String;
 
+    /// The path an app reads the secret at `at` from, relative to the address's API root
+    /// (OpenBao KV v2: `<mount>/data/<path>`, read as `GET /v1/<mount>/data/<path>`).
+    fn read_path(&self, at: &Location) -> String;
+
     /// Where the secret of binding `binding` of instance `instance` goes (the config's mount
     /// and prefix: `<prefix>/<instance>/<binding>`).
     fn location(&self, instance: &str, binding: &str) -> Location;

@@ -8,7 +8,9 @@ use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
 use crate::store::{Guard, StoreError, Write};
 
-use super::credentials::{certificate_credentials, credentials, CertificateCredentials};
+use super::credentials::{
+    by_reference, certificate_credentials, credentials, CertificateCredentials, SecretReference,
+};
 use super::instances::operation_of;
 use super::material::Material;
 use super::records::{BindingRecord, RecordState};
@@ -425,6 +427,25 @@ impl EtcdBroker {
             (_, _, Some(password)) => credentials(record, password, cluster),
             // `stored_password` and `stored_private_key` refuse a record with neither.
             _ => return Err(BrokerError::Internal(format!("record '{key}' holds no credentials"))),
+        };
+        let reference = record.secret_location.as_ref().filter(|_| {
+            self.setup.plan_options.get(&record.plan_id).is_some_and(|o| o.credentials_by_reference)
+        });
+        let credentials = match reference {
+            Some(at) => {
+                let store = self.credential_store()?;
+                let (address, read_path) = (store.address(), store.read_path(at));
+                let fields = [
+                    ("password", password.is_some()),
+                    ("certificate", certificate.is_some()),
+                    ("private_key", private_key.is_some()),
+                ];
+                let fields = fields.into_iter().filter(|(_, held)| *held).map(|(name, _)| name).collect();
+                let reference =
+                    SecretReference { address: &address, location: at, read_path: &read_path, fields };
+                by_reference(credentials, &reference)
+            }
+            None => credentials,
         };
         let metadata = match (record.expires_at, record.renew_before) {
             (Some(expires_at), Some(renew_before)) => {

@@ -74,6 +74,10 @@ impl CredentialStore for FakeKv {
         "https://bao.example:8200".into()
     }
 
+    fn read_path(&self, at: &Location) -> String {
+        format!("{}/data/{}", at.mount, at.path)
+    }
+
     fn location(&self, instance: &str, binding: &str) -> Location {
         Location { mount: "secret".into(), path: format!("etcd-broker/{instance}/{binding}") }
     }

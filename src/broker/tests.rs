@@ -112,13 +112,18 @@ pub fn kv_broker_on(store: Arc<dyn Store>) -> EtcdBroker {
 
 /// [`kv_broker_on`] with the fake `kv`.
 pub fn kv_broker_with(store: Arc<dyn Store>, kv: Arc<FakeKv>) -> EtcdBroker {
+    EtcdBroker::new(kv_setup(store, kv))
+}
+
+/// What [`kv_broker_with`] runs on.
+fn kv_setup(store: Arc<dyn Store>, kv: Arc<FakeKv>) -> BrokerSetup {
     let mut setup = broker_setup(store, Sealing::On(test_keychain("k1")));
     setup.credential_store = Some(kv);
     for plan in [SMALL, LARGE, FAR, CERT, BOTH] {
         setup.plan_options.entry(plan.to_owned()).or_default().credential_store =
             CredentialStoreKind::OpenBao;
     }
-    EtcdBroker::new(setup)
+    setup
 }
 
 /// [`broker_on`] with `sealing`.
@@ -1941,4 +1946,47 @@ async fn a_certificate_binding_keeps_certificate_and_key_in_openbao_kv() {
     assert_eq!(secret.get("password"), credentials["password"].as_str());
     let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
     assert_eq!(got.credentials, credentials);
+}
+
+#[tokio::test]
+async fn a_plan_answering_by_reference_hands_out_where_the_secrets_are_not_the_secrets() {
+    let store = Arc::new(MemoryStore::default());
+    let mut setup = kv_setup(store.clone(), Arc::new(FakeKv::on(store.clone())));
+    for plan in [SMALL, BOTH] {
+        setup.plan_options.get_mut(plan).unwrap().credentials_by_reference = true;
+    }
+    let broker = EtcdBroker::new(setup);
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let bound = credentials_of(&broker.bind(bind_req("i1", "b1")).await.unwrap());
+    let secret = super::fake_kv::decode(&store.snapshot().keys["/openbao-kv/secret/etcd-broker/i1/b1"].value);
+    let password = secret.get("password").unwrap();
+    assert!(!bound.to_string().contains(password), "{bound}");
+    assert_eq!(
+        bound,
+        json!({
+            "endpoints": ["http://127.0.0.1:2379"],
+            "host": "127.0.0.1",
+            "port": 2379,
+            "username": "etcd-broker.i1.b1",
+            "prefix": "/service_instances/i1/",
+            "tls": { "enabled": false },
+            "credentials_reference": {
+                "store": "openbao",
+                "address": "https://bao.example:8200",
+                "mount": "secret",
+                "path": "etcd-broker/i1/b1",
+                "read_path": "secret/data/etcd-broker/i1/b1",
+                "fields": ["password"],
+            },
+        })
+    );
+    let got = broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap();
+    assert_eq!(got.credentials, bound);
+    // A certificate binding: the certificate (public) stays, the key goes.
+    let both = credentials_of(&broker.bind(certificate_bind_req("i1", "b2", BOTH)).await.unwrap());
+    assert!(both["cert"].is_string() && both.get("key").is_none() && both.get("password").is_none());
+    assert_eq!(both["credentials_reference"]["fields"], json!(["password", "certificate", "private_key"]));
+    // Another plan of the same broker answers the secrets.
+    let full = credentials_of(&broker.bind(certificate_bind_req("i1", "b3", CERT)).await.unwrap());
+    assert!(full["key"].is_string() && full.get("credentials_reference").is_none());
 }

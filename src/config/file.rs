@@ -348,6 +348,9 @@ pub(super) struct PlanFile {
     /// (`[secrets.openbao.kv]`).
     #[serde(default)]
     pub credential_store: CredentialStoreKind,
+    /// Binds answer the secrets' OpenBao address and path instead of the secrets.
+    #[serde(default)]
+    pub credentials_by_reference: bool,
     /// How long before the expiry a binding should be renewed (`renew_before`); a fifth of
     /// the ttl by default.
     #[serde(default)]
@@ -380,6 +383,7 @@ impl PlanFile {
                 renew_before: self.binding_renew_before_seconds.unwrap_or(ttl / 5),
             }),
             credential_store: self.credential_store,
+            credentials_by_reference: self.credentials_by_reference,
         }
     }
 
@@ -486,6 +490,12 @@ impl ConfigFile {
     fn validate(&self) -> Result<(), ConfigError> {
         for (plan, config) in &self.plan_configs {
             config.check_expiry(plan)?;
+            if config.credentials_by_reference && config.credential_store != CredentialStoreKind::OpenBao {
+                return Err(invalid(
+                    format!("plan_configs.\"{plan}\".credentials_by_reference"),
+                    "needs credential_store = \"openbao\": a reference names where OpenBao keeps the secrets",
+                ));
+            }
         }
         let expiry = &self.binding_expiry;
         if expiry.grace_seconds > MAX_BINDING_TTL_SECONDS {

@@ -707,4 +707,13 @@ fn a_plan_keeping_secrets_in_openbao_needs_openbao_and_a_kv_path_of_plain_segmen
         first.insert("credential_store".into(), "vault".into());
     });
     assert!(unknown.unwrap_err().to_string().contains("unknown variant `vault`"));
+    let reference_in_etcd = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("credentials_by_reference".into(), true.into());
+    });
+    assert_eq!(
+        field_of(reference_in_etcd),
+        "plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\".credentials_by_reference"
+    );
 }

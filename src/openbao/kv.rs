@@ -87,6 +87,10 @@ impl CredentialStore for KvStore {
         self.bao.address().to_owned()
     }
 
+    fn read_path(&self, at: &Location) -> String {
+        Self::data_path(at)
+    }
+
     fn location(&self, instance: &str, binding: &str) -> Location {
         Location { mount: self.mount.clone(), path: format!("{}/{instance}/{binding}", self.prefix) }
     }

@@ -25,6 +25,10 @@ pub struct PlanOptions {
     /// Where the plan's bindings keep their secrets: in their records in etcd (sealed), or in
     /// the configured credential store (OpenBao KV).
     pub credential_store: CredentialStoreKind,
+    /// Bind and GET binding answer where the secrets are (OpenBao's address and the path)
+    /// instead of the secrets, for platforms whose apps read OpenBao themselves. Only with
+    /// `credential_store = OpenBao`.
+    pub credentials_by_reference: bool,
 }
 
 /// Where a plan's bindings keep their secret material (`plan_configs.<plan>.credential_store`).

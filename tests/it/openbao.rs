@@ -207,12 +207,16 @@ async fn a_token_file_is_renewed_while_the_broker_idles_and_an_unrenewable_one_i
     assert!(!log.contains(&brief), "the token is in the log");
 }
 
-/// The test config with plan SHARED keeping its bindings' secrets in OpenBao KV.
+/// The test config with plan SHARED keeping its bindings' secrets in OpenBao KV, and plan
+/// LARGE too, answering binds by reference.
 fn kv_config(port: u16, metrics: u16, etcd: &local_etcd::LocalEtcd, secrets: &str) -> String {
     let shared = format!("[plan_configs.\"{SHARED}\"]\ncluster = \"main\"\n");
+    let large = format!("[plan_configs.\"{LARGE}\"]\ncluster = \"main\"\n");
     let config = config_with(port, metrics, etcd, secrets);
-    assert!(config.contains(&shared));
-    config.replace(&shared, &format!("{shared}credential_store = \"openbao\"\n"))
+    assert!(config.contains(&shared) && config.contains(&large));
+    config
+        .replace(&shared, &format!("{shared}credential_store = \"openbao\"\n"))
+        .replace(&large, &format!("{large}credential_store = \"openbao\"\ncredentials_by_reference = true\n"))
 }
 
 /// What `bao kv get` finds at a binding's path: the field `field`, or `None` when nothing is
@@ -282,8 +286,32 @@ async fn a_plan_keeps_its_secrets_in_openbao_kv_and_unbind_and_deprovision_delet
     let bound = osb.bind("i1", "b3").await;
     assert_eq!(bound.status, StatusCode::CREATED, "{:?}", bound.body);
 
+    // A plan answering by reference: no secret in the answer, and the path it names holds it.
+    let body = serde_json::json!({ "service_id": SERVICE_ID, "plan_id": LARGE });
+    let by_reference =
+        osb.put_binding("i1", "r1", &body, etcd_broker_ops::osb::Incomplete::Refused).await.unwrap();
+    assert_eq!(by_reference.status, StatusCode::CREATED, "{:?}", by_reference.body);
+    let mut credentials = by_reference.body["credentials"].clone();
+    let reference = credentials["credentials_reference"].clone();
+    assert_eq!(reference["address"], bao.address().as_str(), "{credentials}");
+    assert!(credentials.get("password").is_none() && credentials.get("uri").is_none(), "{credentials}");
+    // What an app that reads OpenBao itself does: GET <address>/v1/<read_path>.
+    let read = format!("{}/v1/{}", bao.address(), reference["read_path"].as_str().unwrap());
+    let answer: serde_json::Value = reqwest::Client::new()
+        .get(read)
+        .header("X-Vault-Token", bao.root_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    credentials["password"] = answer["data"]["data"]["password"].clone();
+    tenant_client(&credentials).await.unwrap();
+
     // Deprovision deletes every secret of the instance.
     assert_eq!(osb.deprovision("i1").await.status, StatusCode::OK);
+    assert_eq!(kv_field(&bao, "i1", "r1", "password").await, None);
     for b in ["b2", "b3"] {
         assert_eq!(kv_field(&bao, "i1", b, "password").await, None, "{b}");
     }
