@@ -13,7 +13,7 @@ use super::credentials::{
 };
 use super::instances::operation_of;
 use super::material::Material;
-use super::records::{BindingRecord, RecordState};
+use super::records::{BindingRecord, InstanceRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
 
 /// How a bind attempt that did not finish ended.
@@ -263,7 +263,8 @@ impl EtcdBroker {
                 let writes = self.record_writes(key, &mut ready).await?;
                 if self.swap(key, revision, &writes).await?.is_some() {
                     tracing::info!(instance_id = %ready.instance_id, binding_id = %ready.binding_id, "created service binding");
-                    return Ok(Attempt::Done(Bound::Created(self.binding_from(key, &ready, &material)?)));
+                    let binding = self.shaped(&ready, self.binding_from(key, &ready, &material)?).await?;
+                    return Ok(Attempt::Done(Bound::Created(binding)));
                 }
             }
             // The role or user vanished under us: an unbind or deprovision is running.
@@ -397,7 +398,36 @@ impl EtcdBroker {
     /// the record at `key`, or read from the credential store it names.
     async fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
         let material = self.material(key, record).await?;
-        self.binding_from(key, record, &material)
+        self.shaped(record, self.binding_from(key, record, &material)?).await
+    }
+
+    /// `binding` with its credentials shaped by its plan's template, if the plan has one (the
+    /// instance record is read for its parameters); a template that fails is a 500 naming the
+    /// plan, never a value.
+    async fn shaped(&self, record: &BindingRecord, mut binding: Binding) -> BrokerResult<Binding> {
+        let templates = &self.setup.templates;
+        if !templates.has(&record.plan_id) {
+            return Ok(binding);
+        }
+        let instance_key =
+            self.names().instance_key(&InstanceId::parse(&record.instance_id).map_err(|e| {
+                BrokerError::Internal(format!("binding {} names an invalid instance: {e}", record.binding_id))
+            })?);
+        let Some((instance, _)) = self.read::<InstanceRecord>(&*self.setup.state, &instance_key).await?
+        else {
+            return Err(BrokerError::Concurrency(format!(
+                "service instance {} was deleted meanwhile",
+                record.instance_id
+            )));
+        };
+        let context = super::templates::context(&binding.credentials, record, &instance);
+        binding.credentials = templates.render(&record.plan_id, &context).map_err(|why| {
+            BrokerError::Internal(format!(
+                "plan '{}': its credentials template failed for binding {}: {why}",
+                record.plan_id, record.binding_id
+            ))
+        })?;
+        Ok(binding)
     }
 
     /// The binding as a bind answers it, with `material`, the record's secrets in clear.

@@ -22,6 +22,7 @@ pub mod reseal;
 pub mod role_deletions;
 pub mod role_reaper;
 mod sealed;
+pub mod templates;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub struct BrokerSetup {
     /// Where plans with `credential_store = "openbao"` keep their bindings' secrets
     /// (`[secrets.openbao.kv]`); `None` when no plan does.
     pub credential_store: Option<Arc<dyn crate::credential_store::CredentialStore>>,
+    /// The plans' credential templates (`credentials_template`), compiled and checked.
+    pub templates: Arc<templates::CredentialTemplates>,
     /// Which plans hand out client certificates, and the CA that mints them.
     pub certificates: certificates::CertificateSetup,
     /// Seconds after an expiring binding's `expires_at` until its user is deleted

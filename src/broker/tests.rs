@@ -203,6 +203,7 @@ fn broker_setup(store: Arc<dyn Store>, sealing: Sealing) -> BrokerSetup {
         clock: Arc::new(SystemClock),
         sealing,
         credential_store: None,
+        templates: Default::default(),
         certificates: test_certificates(),
         expiry_grace: 300,
     }
@@ -1989,4 +1990,45 @@ async fn a_plan_answering_by_reference_hands_out_where_the_secrets_are_not_the_s
     // Another plan of the same broker answers the secrets.
     let full = credentials_of(&broker.bind(certificate_bind_req("i1", "b3", CERT)).await.unwrap());
     assert!(full["key"].is_string() && full.get("credentials_reference").is_none());
+}
+
+#[tokio::test]
+async fn a_plan_template_shapes_bind_and_get_with_the_instances_parameters() {
+    use super::templates::{CredentialTemplates, SampleShape};
+    let store = Arc::new(MemoryStore::default());
+    let mut setup = broker_setup(store.clone(), Sealing::Off { keychain: None });
+    let template = r#"{"url": "etcd://{{username}}:{{password}}@{{host}}:{{port}}{{prefix}}",
+        "team": "{{#if instance.parameters.team}}{{instance.parameters.team}}{{else}}none{{/if}}",
+        "cluster": "{{cluster.name}}"}"#;
+    let shape = SampleShape { password: true, ..Default::default() };
+    setup.templates = Arc::new(
+        CredentialTemplates::new(&[(SMALL.into(), template.into())].into(), &[(SMALL.into(), shape)].into())
+            .unwrap(),
+    );
+    let broker = EtcdBroker::new(setup);
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    // Provisions take no parameters yet (plan parameters are to come): an instance record
+    // that has some, as a later version will write.
+    let key = "/etcd-broker/instances/i1";
+    let mut instance: records::InstanceRecord =
+        serde_json::from_slice(&store.snapshot().keys[key].value).unwrap();
+    instance.parameters = json!({ "team": "blue" }).as_object().unwrap().clone();
+    store.commit(&[], &[Write::Put(key.into(), records::encode(&instance))]).await.unwrap();
+    let bound = credentials_of(&broker.bind(bind_req("i1", "b1")).await.unwrap());
+    let password = stored_binding(&store, "/etcd-broker/bindings/i1/b1").password.unwrap();
+    assert_eq!(
+        bound,
+        json!({
+            "url": format!("etcd://etcd-broker.i1.b1:{password}@127.0.0.1:2379/service_instances/i1/"),
+            "team": "blue",
+            "cluster": "main",
+        })
+    );
+    assert_eq!(broker.get_binding(&iid("i1"), &bid("b1")).await.unwrap().credentials, bound);
+    assert_eq!(credentials_of(&broker.bind(bind_req("i1", "b1")).await.unwrap()), bound);
+    // Another plan keeps the default shape.
+    let mut other = bind_req("i1", "b2");
+    other.plan_id = LARGE.into();
+    let default = credentials_of(&broker.bind(other).await.unwrap());
+    assert!(default["endpoints"].is_array() && default.get("url").is_none());
 }

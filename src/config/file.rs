@@ -351,6 +351,12 @@ pub(super) struct PlanFile {
     /// Binds answer the secrets' OpenBao address and path instead of the secrets.
     #[serde(default)]
     pub credentials_by_reference: bool,
+    /// A handlebars template shaping the credentials JSON (`broker::templates`), inline.
+    #[serde(default)]
+    pub credentials_template: Option<String>,
+    /// The same, from a file (read once, at load).
+    #[serde(default)]
+    pub credentials_template_file: Option<PathBuf>,
     /// How long before the expiry a binding should be renewed (`renew_before`); a fifth of
     /// the ttl by default.
     #[serde(default)]
@@ -431,6 +437,7 @@ impl ConfigFile {
             None => None,
         };
         let plan_credentials = self.plan_credentials(&clusters, certificates.is_some())?;
+        let credential_templates = std::sync::Arc::new(self.credential_templates(&plan_credentials)?);
         let ConfigFile {
             log_level,
             log_format,
@@ -481,6 +488,7 @@ impl ConfigFile {
             sealing,
             openbao,
             credential_store,
+            credential_templates,
             certificates,
             plan_credentials,
         })
@@ -807,6 +815,53 @@ impl CertificatesFile {
 }
 
 impl ConfigFile {
+    /// The plans' credential templates, read (files once), compiled and rendered against a
+    /// sample binding of each plan's kind: a failure names the plan's field.
+    fn credential_templates(
+        &self,
+        kinds: &BTreeMap<String, CredentialKind>,
+    ) -> Result<crate::broker::templates::CredentialTemplates, ConfigError> {
+        use crate::broker::templates::{CredentialTemplates, SampleShape};
+        let mut texts = BTreeMap::new();
+        let mut shapes = BTreeMap::new();
+        for (plan, config) in &self.plan_configs {
+            let field = |name: &str| format!("plan_configs.\"{plan}\".{name}");
+            let text = match (&config.credentials_template, &config.credentials_template_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        field("credentials_template"),
+                        "set one of credentials_template and credentials_template_file, not both",
+                    ))
+                }
+                (Some(text), None) => text.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        field("credentials_template_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?,
+                (None, None) => continue,
+            };
+            let kind = kinds.get(plan).copied().unwrap_or_default();
+            let shape = SampleShape {
+                password: kind.password(),
+                certificate: kind.certificate(),
+                by_reference: config.credentials_by_reference,
+            };
+            texts.insert(plan.clone(), text);
+            shapes.insert(plan.clone(), shape);
+        }
+        CredentialTemplates::new(&texts, &shapes).map_err(|(plan, why)| {
+            let config = &self.plan_configs[&plan];
+            let name = if config.credentials_template.is_some() {
+                "credentials_template"
+            } else {
+                "credentials_template_file"
+            };
+            invalid(format!("plan_configs.\"{plan}\".{name}"), format!("plan '{plan}': the template {why}"))
+        })
+    }
+
     /// The credential store of plans with `credential_store = "openbao"`: OpenBao's KV v2
     /// engine (`[secrets.openbao.kv]`); `None` when no plan keeps its secrets there.
     fn credential_store(

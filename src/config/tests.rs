@@ -717,3 +717,37 @@ fn a_plan_keeping_secrets_in_openbao_needs_openbao_and_a_kv_path_of_plain_segmen
         "plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\".credentials_by_reference"
     );
 }
+
+#[test]
+fn a_credential_template_that_fails_on_a_sample_binding_stops_the_load_naming_the_plan() {
+    let with_template = |field: &'static str, value: String| {
+        with(move |t| {
+            let configs = t["plan_configs"].as_table_mut().unwrap();
+            let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+            first.insert(field.into(), value.into());
+        })
+    };
+    let good = with_template("credentials_template", r#"{"url": "{{uri}}", "user": "{{username}}"}"#.into());
+    assert!(good.unwrap().credential_templates.has("0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"));
+    let plan = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+    for (template, why) in
+        [(r#"{"url": "{{url}}"}"#, "does not render"), (r#"{"url": {{uri}}}"#, "renders invalid JSON")]
+    {
+        let error = with_template("credentials_template", template.into()).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "invalid configuration: plan_configs.\"{plan}\".credentials_template: plan '{plan}': the template \
+                 fails on a sample binding: it {why}"
+            )),
+            "{error}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.hbs");
+    std::fs::write(&file, r#"{"user": "{{username}}"}"#).unwrap();
+    let from_file = with_template("credentials_template_file", file.display().to_string()).unwrap();
+    assert!(from_file.credential_templates.has(plan));
+    std::fs::write(&file, "{{#each}}").unwrap();
+    let error = with_template("credentials_template_file", file.display().to_string()).unwrap_err();
+    assert_eq!(field_of(Err(error)), format!("plan_configs.\"{plan}\".credentials_template_file"));
+}
