@@ -17,6 +17,7 @@
 use zeroize::Zeroizing;
 
 use crate::credential_store::{Created, CredentialStore, CredentialStoreError, Location, Secret};
+use crate::osb::plan_options::CredentialStoreKind;
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
 
@@ -164,12 +165,22 @@ impl EtcdBroker {
 
     /// Deprovision's sweep of the store: every secret left in the instance's folder once its
     /// binding records are gone (so no record names them: binds that died after their record
-    /// was removed). Nothing without a store.
-    pub(super) async fn sweep_secrets(&self, id: &InstanceId) -> BrokerResult<()> {
+    /// was removed). Nothing without a store. An instance whose plan (`plan_id`) keeps its
+    /// secrets in etcd is not held up by an OpenBao that does not answer: only a bind with
+    /// another plan's id could have left one there, and the warning says so.
+    pub(super) async fn sweep_secrets(&self, id: &InstanceId, plan_id: &str) -> BrokerResult<()> {
         let Some(store) = self.setup.credential_store.as_deref() else {
             return Ok(());
         };
-        let left = store.list(&store.instance_folder(id.as_str())).await.map_err(store_failed)?;
+        let listed = store.list(&store.instance_folder(id.as_str())).await;
+        let in_etcd = self.plan_options(plan_id).credential_store == CredentialStoreKind::Etcd;
+        let left = match listed {
+            Err(CredentialStoreError::Unavailable(why)) if in_etcd => {
+                tracing::warn!(instance_id = %id, %why, "OpenBao did not answer: secrets of this instance that no record names, if any, are left in it");
+                return Ok(());
+            }
+            other => other.map_err(store_failed)?,
+        };
         for at in &left {
             store.delete(at).await.map_err(store_failed)?;
         }

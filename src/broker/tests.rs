@@ -2032,3 +2032,24 @@ async fn a_plan_template_shapes_bind_and_get_with_the_instances_parameters() {
     let default = credentials_of(&broker.bind(other).await.unwrap());
     assert!(default["endpoints"].is_array() && default.get("url").is_none());
 }
+
+#[tokio::test]
+async fn with_openbao_down_an_instance_of_a_plan_keeping_secrets_in_etcd_is_still_deprovisioned() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(MemoryStore::default());
+    let kv = Arc::new(FakeKv::on(store.clone()));
+    let mut setup = kv_setup(store.clone(), kv.clone());
+    setup.plan_options.get_mut(LARGE).unwrap().credential_store = CredentialStoreKind::Etcd;
+    let broker = EtcdBroker::new(setup);
+    broker.provision(provision_req("i1", LARGE)).await.unwrap();
+    broker.provision(provision_req("i2", SMALL)).await.unwrap();
+    kv.down.store(true, Ordering::SeqCst);
+    let mut req = deprovision_req("i1");
+    req.plan_id = LARGE.into();
+    broker.deprovision(req).await.unwrap();
+    // An instance of a plan keeping its secrets in OpenBao waits for it.
+    assert!(matches!(broker.deprovision(deprovision_req("i2")).await, Err(BrokerError::Unavailable(_))));
+    kv.down.store(false, Ordering::SeqCst);
+    broker.deprovision(deprovision_req("i2")).await.unwrap();
+    assert!(store.snapshot().keys.is_empty());
+}
