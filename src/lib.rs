@@ -9,9 +9,12 @@
 //! - [`http`]: the thin actix-web layer; the only user of actix-web besides [`server`].
 //! - [`config`]: TOML + environment configuration, parsed once into typed settings.
 //! - [`tls`]: TLS material and the OpenSSL contexts of the OSB listener and the etcd client.
+//! - [`credential_store`]: where a binding's secrets live outside its record (the trait;
+//!   OpenBao KV v2 implements it in [`openbao`]).
 //! - [`sealing`]: secrets sealed at rest: the keychain and the envelope format (OpenSSL).
 //! - [`openbao`]: OpenBao/Vault over its HTTP API (the only user of reqwest): the client, its
-//!   token (token file or AppRole, renewed), transit keys as a `sealing` key backend.
+//!   token (token file or AppRole, renewed), transit keys as a `sealing` key backend, KV v2
+//!   as a [`credential_store`].
 //! - [`pki`]: the client CA of certificate bindings and the certificates it mints (OpenSSL).
 //! - [`render`]: BOSH-style rendering of the TOML config from job properties (handlebars).
 //! - [`server`]: wiring config -> broker -> HTTP server.
@@ -29,6 +32,7 @@ pub mod activity;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod credential_store;
 pub mod etcd;
 pub mod http;
 pub mod inventory;

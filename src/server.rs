@@ -112,6 +112,8 @@ pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<Etcd
         names: Names::new(&config.prefixes.data, &config.prefixes.state),
         clock: Arc::new(SystemClock),
         sealing: config.sealing.clone(),
+        credential_store: config.credential_store.clone(),
+        templates: config.credential_templates.clone(),
         certificates,
         expiry_grace: config.binding_expiry.grace_seconds,
     }))

@@ -152,6 +152,9 @@ pub fn summary_text(summary: &Summary, active: &str, dry_run: bool) -> String {
     out.push('\n');
     out.push_str(&format!("already sealed by '{active}': {}\n", summary.already_active));
     out.push_str(&format!("deleting (left to their unbind): {}\n", summary.deleting));
+    if summary.in_credential_store > 0 {
+        out.push_str(&format!("secrets in OpenBao KV (nothing to seal): {}\n", summary.in_credential_store));
+    }
     out.push_str(&format!("raced with a broker and retried: {}\n", summary.raced));
     out.push_str(&format!("deleted meanwhile: {}\n", summary.gone));
     out.push_str(&format!("failed: {}\n", summary.failed.len()));

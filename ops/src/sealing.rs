@@ -142,6 +142,12 @@ fn keys_text(config: &Config, counts: Option<&RecordCounts>) -> String {
         }
     }
     out.push_str(&format!("in clear: {}\n", records(counts.clear_text)));
+    if counts.in_credential_store > 0 {
+        out.push_str(&format!(
+            "in OpenBao KV (no secret in etcd): {}\n",
+            records(counts.in_credential_store)
+        ));
+    }
     out
 }
 
@@ -149,6 +155,8 @@ fn keys_text(config: &Config, counts: Option<&RecordCounts>) -> String {
 struct RecordCounts {
     sealed: Vec<(String, u64)>,
     clear_text: u64,
+    /// Records whose secrets live in OpenBao KV: neither sealed nor in clear.
+    in_credential_store: u64,
 }
 
 /// Reads the broker's indexes (see docs/naming.md) in the state cluster: one single-key read
@@ -201,8 +209,10 @@ async fn record_counts(config: &Config) -> Result<RecordCounts> {
         sealed.push((key_name, records));
     }
     let bindings = count(names.all_bindings_index_prefix()).await?;
-    let clear_text = bindings.saturating_sub(sealed.iter().map(|(_, n)| n).sum());
-    Ok(RecordCounts { sealed, clear_text })
+    let in_credential_store = count(names.stored_index_prefix()).await?;
+    let clear_text =
+        bindings.saturating_sub(sealed.iter().map(|(_, n)| n).sum::<u64>() + in_credential_store);
+    Ok(RecordCounts { sealed, clear_text, in_credential_store })
 }
 
 /// `seal`: stdin (exactly, a final newline included) sealed for `--record` with the active

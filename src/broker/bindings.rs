@@ -3,14 +3,17 @@
 
 use crate::osb::bind_parameters::{self, BindParameters};
 use crate::osb::model::*;
-use crate::osb::plan_options::PlanOptions;
+use crate::osb::plan_options::{CredentialStoreKind, PlanOptions};
 use crate::osb::{BindingId, BrokerError, BrokerResult, InstanceId};
 use crate::secrets::random_password;
 use crate::store::{Guard, StoreError, Write};
 
-use super::credentials::{certificate_credentials, credentials, CertificateCredentials};
+use super::credentials::{
+    by_reference, certificate_credentials, credentials, CertificateCredentials, SecretReference,
+};
 use super::instances::operation_of;
-use super::records::{BindingRecord, RecordState};
+use super::material::Material;
+use super::records::{BindingRecord, InstanceRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, Cluster, EtcdBroker, CAS_ATTEMPTS};
 
 /// How a bind attempt that did not finish ended.
@@ -170,6 +173,7 @@ impl EtcdBroker {
             certificate: None,
             private_key: None,
             private_key_sealed: None,
+            secret_location: None,
             app_guid: req.app_guid.clone(),
             bind_resource: req.bind_resource.clone(),
             context: req.context.clone(),
@@ -192,17 +196,22 @@ impl EtcdBroker {
                 req.plan_id, instance.cluster
             )));
         }
-        if kind.password() {
-            self.store_password(&key, &mut record, &random_password()).await?;
-        }
-        if kind.certificate() {
-            // Minted once, before the record exists: every retry hands out this certificate.
-            // An expiring binding's is valid no longer than its user lives.
-            let lives_for = record
-                .expires_at
-                .map(|at| std::time::Duration::from_secs(at.saturating_add(self.setup.expiry_grace) - now));
-            let minted = self.setup.certificates.mint(&record.username, lives_for)?;
-            self.store_certificate(&key, &mut record, &minted.certificate, &minted.private_key).await?;
+        match options.credential_store {
+            // The record names where the secret goes; complete_binding writes it there.
+            CredentialStoreKind::OpenBao => {
+                record.secret_location = Some(self.secret_location_for(&record).await?);
+            }
+            CredentialStoreKind::Etcd => {
+                // Made once, before the record exists: every retry hands out these secrets.
+                let material = self.fresh_material(&record)?;
+                if let Some(password) = &material.password {
+                    self.store_password(&key, &mut record, password).await?;
+                }
+                if let (Some(certificate), Some(private_key)) = (&material.certificate, &material.private_key)
+                {
+                    self.store_certificate(&key, &mut record, certificate, private_key).await?;
+                }
+            }
         }
         let queued_role = self.names().role_deletion_key(&record.role);
         // The instance plan's limit of bindings, counted in the same transaction.
@@ -237,14 +246,14 @@ impl EtcdBroker {
     ) -> BrokerResult<Attempt> {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
-        let password = self.password(key, &record).await?;
+        let material = self.material_for_bind(key, &record).await?;
         // A certificate binding has no password: etcd hashes none (`Store::ensure_certificate_user`).
         let created = store
             .ensure_binding_user(
                 &record.role,
                 &record.permission(),
                 &record.username,
-                password.as_deref().map(|p| p.as_str()),
+                material.password.as_deref().map(|p| p.as_str()),
                 &random_password(),
             )
             .await;
@@ -258,7 +267,8 @@ impl EtcdBroker {
                 let writes = self.record_writes(key, &mut ready).await?;
                 if self.swap(key, revision, &writes).await?.is_some() {
                     tracing::info!(instance_id = %ready.instance_id, binding_id = %ready.binding_id, "created service binding");
-                    return Ok(Attempt::Done(Bound::Created(self.binding_of(key, &ready).await?)));
+                    let binding = self.shaped(&ready, self.binding_from(key, &ready, &material)?).await?;
+                    return Ok(Attempt::Done(Bound::Created(binding)));
                 }
             }
             // The role or user vanished under us: an unbind or deprovision is running.
@@ -336,6 +346,7 @@ impl EtcdBroker {
             }
             let store = &*self.cluster(&record.cluster)?.store;
             store.delete_user(&record.username).await.map_err(|e| unavailable(&record.cluster, e))?;
+            self.delete_secret(record.secret_location.as_ref()).await?;
             // The record, its index entries (as the record names them) and the queue entry.
             let mut writes = vec![Write::Delete(key.to_owned())];
             writes.extend(self.index_deletes(&record));
@@ -355,6 +366,7 @@ impl EtcdBroker {
         let store = &*self.cluster(&record.cluster)?.store;
         let fail = |e| unavailable(&record.cluster, e);
         store.delete_user(&record.username).await.map_err(fail)?;
+        self.delete_secret(record.secret_location.as_ref()).await?;
         store.delete_role(&record.role).await.map_err(fail)
     }
 
@@ -386,13 +398,47 @@ impl EtcdBroker {
         }
     }
 
-    /// The binding as a bind answers it (GET adds the parameters); its password and private
-    /// key unsealed from the record at `key`.
+    /// The binding as a bind answers it (GET adds the parameters); its secrets unsealed from
+    /// the record at `key`, or read from the credential store it names.
     async fn binding_of(&self, key: &str, record: &BindingRecord) -> BrokerResult<Binding> {
+        let material = self.material(key, record).await?;
+        self.shaped(record, self.binding_from(key, record, &material)?).await
+    }
+
+    /// `binding` with its credentials shaped by its plan's template, if the plan has one (the
+    /// instance record is read for its parameters); a template that fails is a 500 naming the
+    /// plan, never a value.
+    async fn shaped(&self, record: &BindingRecord, mut binding: Binding) -> BrokerResult<Binding> {
+        let templates = &self.setup.templates;
+        if !templates.has(&record.plan_id) {
+            return Ok(binding);
+        }
+        let instance_key =
+            self.names().instance_key(&InstanceId::parse(&record.instance_id).map_err(|e| {
+                BrokerError::Internal(format!("binding {} names an invalid instance: {e}", record.binding_id))
+            })?);
+        let Some((instance, _)) = self.read::<InstanceRecord>(&*self.setup.state, &instance_key).await?
+        else {
+            return Err(BrokerError::Concurrency(format!(
+                "service instance {} was deleted meanwhile",
+                record.instance_id
+            )));
+        };
+        let context = super::templates::context(&binding.credentials, record, &instance);
+        binding.credentials = templates.render(&record.plan_id, &context).map_err(|why| {
+            BrokerError::Internal(format!(
+                "plan '{}': its credentials template failed for binding {}: {why}",
+                record.plan_id, record.binding_id
+            ))
+        })?;
+        Ok(binding)
+    }
+
+    /// The binding as a bind answers it, with `material`, the record's secrets in clear.
+    fn binding_from(&self, key: &str, record: &BindingRecord, material: &Material) -> BrokerResult<Binding> {
         let cluster = self.cluster(&record.cluster)?;
-        let password = self.password(key, record).await?;
-        let private_key = self.private_key(key, record).await?;
-        let credentials = match (&record.certificate, &private_key, &password) {
+        let Material { password, certificate, private_key } = material;
+        let credentials = match (certificate, private_key, password) {
             (Some(cert), Some(key), password) => {
                 let certificates = &self.setup.certificates;
                 let endpoints = certificates.endpoints_of(&record.cluster);
@@ -422,6 +468,25 @@ impl EtcdBroker {
             // `stored_password` and `stored_private_key` refuse a record with neither.
             _ => return Err(BrokerError::Internal(format!("record '{key}' holds no credentials"))),
         };
+        let reference = record.secret_location.as_ref().filter(|_| {
+            self.setup.plan_options.get(&record.plan_id).is_some_and(|o| o.credentials_by_reference)
+        });
+        let credentials = match reference {
+            Some(at) => {
+                let store = self.credential_store()?;
+                let (address, read_path) = (store.address(), store.read_path(at));
+                let fields = [
+                    ("password", password.is_some()),
+                    ("certificate", certificate.is_some()),
+                    ("private_key", private_key.is_some()),
+                ];
+                let fields = fields.into_iter().filter(|(_, held)| *held).map(|(name, _)| name).collect();
+                let reference =
+                    SecretReference { address: &address, location: at, read_path: &read_path, fields };
+                by_reference(credentials, &reference)
+            }
+            None => credentials,
+        };
         let metadata = match (record.expires_at, record.renew_before) {
             (Some(expires_at), Some(renew_before)) => {
                 Some(BindingMetadata::from_unix(expires_at, renew_before))
@@ -435,7 +500,8 @@ impl EtcdBroker {
 /// Whether two reads of a binding record hold the same stored password (clear or sealed) and
 /// certificate (fresh serial and key per attempt): the same bind attempt's record.
 fn same_password(a: &BindingRecord, b: &BindingRecord) -> bool {
-    (&a.password, &a.password_sealed, &a.certificate) == (&b.password, &b.password_sealed, &b.certificate)
+    (&a.password, &a.password_sealed, &a.certificate, &a.secret_location)
+        == (&b.password, &b.password_sealed, &b.certificate, &b.secret_location)
 }
 
 fn deleted_while_binding(record: &BindingRecord) -> BrokerError {

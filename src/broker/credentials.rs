@@ -5,6 +5,7 @@ use url::Url;
 
 use super::records::BindingRecord;
 use super::Cluster;
+use crate::credential_store::Location;
 
 /// Builds the default credentials shape: `endpoints`, `host`, `port`, `username`, `password`,
 /// `prefix`, `uri` and `tls`. Stable across versions: apps parse it. `password` is the record's,
@@ -78,6 +79,40 @@ pub fn certificate_credentials(
     value["key"] = json!(certificate.key);
     value["ca_certificate"] = json!(certificate.ca_certificate);
     value
+}
+
+/// The fields of the credentials that are secrets: what an answer by reference leaves out.
+const SECRET_FIELDS: [&str; 3] = ["password", "uri", "key"];
+
+/// Where an app reads a binding's secrets itself (plans with `credentials_by_reference`).
+pub struct SecretReference<'a> {
+    /// The store's address (`https://bao.example.com:8200`).
+    pub address: &'a str,
+    /// Where the secret is in the store.
+    pub location: &'a Location,
+    /// The path to read it at (`<mount>/data/<path>`).
+    pub read_path: &'a str,
+    /// The secret's fields (`password`, `certificate`, `private_key`).
+    pub fields: Vec<&'a str>,
+}
+
+/// `credentials` answered by reference: every secret field (`password`, `uri`, `key`) taken
+/// out, and `credentials_reference` saying where the app reads them (docs/credentials.md).
+pub fn by_reference(mut credentials: Value, reference: &SecretReference<'_>) -> Value {
+    if let Some(fields) = credentials.as_object_mut() {
+        for secret in SECRET_FIELDS {
+            fields.remove(secret);
+        }
+    }
+    credentials["credentials_reference"] = json!({
+        "store": "openbao",
+        "address": reference.address,
+        "mount": reference.location.mount,
+        "path": reference.location.path,
+        "read_path": reference.read_path,
+        "fields": reference.fields,
+    });
+    credentials
 }
 
 /// `scheme://host:port`, without the trailing slash `Url` adds.

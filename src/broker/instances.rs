@@ -199,6 +199,8 @@ impl EtcdBroker {
             }
             // Still step 2: users and roles under the instance's names that no record names.
             self.sweep_unrecorded(id, &record.cluster).await?;
+            // And secrets in the credential store that no record names.
+            self.sweep_secrets(id, &record.plan_id).await?;
             // Step 3: the tenant's data.
             let cluster = self.cluster(&record.cluster)?;
             cluster

@@ -14,6 +14,7 @@ pub mod expiry;
 mod instances;
 pub mod leader;
 pub mod limits;
+mod material;
 pub mod names;
 pub mod reconcile;
 pub mod records;
@@ -21,6 +22,7 @@ pub mod reseal;
 pub mod role_deletions;
 pub mod role_reaper;
 mod sealed;
+pub mod templates;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,6 +79,11 @@ pub struct BrokerSetup {
     pub clock: Arc<dyn Clock>,
     /// Whether binding passwords are sealed, and the keys that unseal them.
     pub sealing: Sealing,
+    /// Where plans with `credential_store = "openbao"` keep their bindings' secrets
+    /// (`[secrets.openbao.kv]`); `None` when no plan does.
+    pub credential_store: Option<Arc<dyn crate::credential_store::CredentialStore>>,
+    /// The plans' credential templates (`credentials_template`), compiled and checked.
+    pub templates: Arc<templates::CredentialTemplates>,
     /// Which plans hand out client certificates, and the CA that mints them.
     pub certificates: certificates::CertificateSetup,
     /// Seconds after an expiring binding's `expires_at` until its user is deleted
@@ -325,5 +332,7 @@ impl ServiceBroker for EtcdBroker {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod fake_kv;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -110,6 +110,17 @@ impl Names {
         format!("{}{instance}/{binding}", self.sealed_key_prefix(key))
     }
 
+    /// Prefix of the index of bindings whose secrets live in a credential store (OpenBao KV):
+    /// one empty key per such record, so that they are counted apart from records in clear.
+    pub fn stored_index_prefix(&self) -> String {
+        format!("{}index/credential-store/", self.state_prefix)
+    }
+
+    /// A binding's key in the index of records whose secrets live in a credential store.
+    pub fn stored_index_key(&self, instance: &str, binding: &str) -> String {
+        format!("{}{instance}/{binding}", self.stored_index_prefix())
+    }
+
     /// Prefix of the index of expiring bindings: one empty key per binding whose user has not
     /// been revoked yet, under its expiry time, so the expiry leader reads only the bindings
     /// that are due, oldest first, without reading records.

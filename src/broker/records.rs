@@ -6,6 +6,7 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::credential_store::Location;
 use crate::osb::bind_parameters::BindAccess;
 use crate::osb::model::JsonObject;
 use crate::osb::BrokerError;
@@ -105,6 +106,12 @@ pub struct BindingRecord {
     /// [`PRIVATE_KEY_FIELD`] authenticated, so it does not unseal as the password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key_sealed: Option<String>,
+    /// Where the binding's secrets live when its plan keeps them in a credential store
+    /// (`credential_store = "openbao"`): written with the first record, before the secret, so
+    /// that every secret the broker writes there is named by a record. Such a record holds no
+    /// password, certificate or private key. Absent: the record holds them itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_location: Option<Location>,
     #[serde(default)]
     pub app_guid: Option<String>,
     #[serde(default)]
@@ -165,7 +172,7 @@ impl BindingRecord {
             (Some(clear), None) => Ok(Some(StoredPassword::Clear(clear))),
             (None, Some(sealed)) => Ok(Some(StoredPassword::Sealed(sealed))),
             (Some(_), Some(_)) => Err("holds both a clear and a sealed password"),
-            (None, None) if self.certificate.is_some() => Ok(None),
+            (None, None) if self.certificate.is_some() || self.secret_location.is_some() => Ok(None),
             (None, None) => Err("holds no password"),
         }
     }
@@ -216,6 +223,10 @@ pub struct RoleDeletion {
     pub user: Option<String>,
     /// Name of the etcd cluster that holds the role.
     pub cluster: String,
+    /// Where the binding's secret lived in a credential store, deleted again with the user:
+    /// a bind in flight during the unbind may have written it after the unbind deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_location: Option<Location>,
     /// Seconds since the Unix epoch.
     pub queued_at: u64,
 }

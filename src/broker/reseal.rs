@@ -62,6 +62,8 @@ pub struct Summary {
     pub already_active: u64,
     /// Records in state `deleting`, left to their unbind.
     pub deleting: u64,
+    /// Records whose secrets live in a credential store (OpenBao KV): nothing in them to seal.
+    pub in_credential_store: u64,
     /// Compare-and-swaps lost to a concurrent change; each record was read again and retried.
     pub raced: u64,
     /// Records deleted between being found and being rewritten.
@@ -93,6 +95,7 @@ impl Summary {
         }
         self.already_active += other.already_active;
         self.deleting += other.deleting;
+        self.in_credential_store += other.in_credential_store;
         self.raced += other.raced;
         self.gone += other.gone;
         self.failed.extend(other.failed);
@@ -106,6 +109,7 @@ impl Summary {
         self.rewritten.values().sum::<u64>()
             + self.already_active
             + self.deleting
+            + self.in_credential_store
             + self.gone
             + self.failed.len() as u64
     }
@@ -328,6 +332,9 @@ impl Reseal {
         };
         if record.state == RecordState::Deleting {
             return Plan::Skip(|s| s.deleting += 1);
+        }
+        if record.secret_location.is_some() {
+            return Plan::Skip(|s| s.in_credential_store += 1);
         }
         // The password's form decides; a certificate binding's private key is sealed with it
         // (or alone, without a password).

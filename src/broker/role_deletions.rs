@@ -11,6 +11,8 @@
 //! removed after the role is gone, so every role stays reachable from a record. It names the
 //! binding's user too, and the reaper deletes that user again before the role: a bind in
 //! flight while its binding was unbound may have created the user after the unbind deleted it.
+//! For the same reason it names where the binding's secret lived in a credential store, and
+//! the reaper deletes that secret again too.
 
 use crate::osb::{BrokerError, BrokerResult};
 use crate::store::{Versioned, Write};
@@ -43,6 +45,7 @@ impl EtcdBroker {
             role: record.role.clone(),
             user: Some(record.username.clone()),
             cluster: record.cluster.clone(),
+            secret_location: record.secret_location.clone(),
             queued_at: self.now(),
         };
         Write::Put(self.names().role_deletion_key(&record.role), encode(&entry))
@@ -55,6 +58,7 @@ impl EtcdBroker {
             role: role.to_owned(),
             user: None,
             cluster: cluster.to_owned(),
+            secret_location: None,
             queued_at: self.now(),
         };
         Write::Put(self.names().role_deletion_key(role), encode(&entry))
@@ -106,6 +110,8 @@ impl EtcdBroker {
         if let Some(user) = &entry.user {
             store.delete_user(user).await.map_err(fail)?;
         }
+        // Its secret likewise, which such a bind may have written in the credential store.
+        self.delete_secret(entry.secret_location.as_ref()).await?;
         let started = std::time::Instant::now();
         store.delete_role(&entry.role).await.map_err(fail)?;
         let stall = started.elapsed();

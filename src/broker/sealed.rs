@@ -24,13 +24,17 @@ use super::names::Names;
 use super::records::{data_key_name, encode, BindingRecord, DataKey, StoredPassword, PRIVATE_KEY_FIELD};
 use super::EtcdBroker;
 
-/// The index entries of a binding record: its plan's, its sealing key's when sealed, and its
-/// expiry's until its user is revoked for it.
+/// The index entries of a binding record: its plan's, its sealing key's when sealed, the
+/// credential store's when its secrets live there, and its expiry's until its user is revoked
+/// for it.
 fn binding_index_keys(names: &Names, record: &BindingRecord) -> Vec<String> {
     let (instance, binding) = (&record.instance_id, &record.binding_id);
     let mut keys = vec![names.binding_index_key(&record.plan_id, instance, binding)];
     if let Some(name) = record.sealed_with() {
         keys.push(names.sealed_index_key(name, instance, binding));
+    }
+    if record.secret_location.is_some() {
+        keys.push(names.stored_index_key(instance, binding));
     }
     if let (Some(at), None) = (record.expires_at, record.revoked_at) {
         keys.push(names.expiry_index_key(at, instance, binding));
@@ -55,9 +59,12 @@ pub struct SealingInventory {
     /// none) and every key that seals records, configured or not.
     pub sealed: Vec<(String, u64)>,
     /// Binding records without a sealed password: all bindings (the per-plan index, which every
-    /// record of this version and the one before sealing has) minus the sealed ones. Two counts
-    /// at slightly different moments: off by the binds in between at most.
+    /// record of this version and the one before sealing has) minus the sealed ones and those
+    /// whose secrets live in a credential store. Counts at slightly different moments: off by
+    /// the binds in between at most.
     pub clear_text: u64,
+    /// Binding records whose secrets live in a credential store (OpenBao KV): they hold none.
+    pub in_credential_store: u64,
 }
 
 /// A sealing failure as the platform sees it: a key backend (OpenBao) that did not answer is a
@@ -310,7 +317,10 @@ impl EtcdBroker {
         }
         let bindings =
             state.count(&self.names().all_bindings_index_prefix()).await.map_err(|e| self.state_failed(e))?;
-        let clear_text = bindings.saturating_sub(sealed.iter().map(|(_, n)| n).sum());
-        Ok(SealingInventory { sealed, clear_text })
+        let in_credential_store =
+            state.count(&self.names().stored_index_prefix()).await.map_err(|e| self.state_failed(e))?;
+        let clear_text =
+            bindings.saturating_sub(sealed.iter().map(|(_, n)| n).sum::<u64>() + in_credential_store);
+        Ok(SealingInventory { sealed, clear_text, in_credential_store })
     }
 }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::broker::certificates::{Authority, CredentialKind};
 use crate::osb::catalog::Catalog;
-use crate::osb::plan_options::{BindingExpiry, BrokerLimits, PlanOptions};
+use crate::osb::plan_options::{BindingExpiry, BrokerLimits, CredentialStoreKind, PlanOptions};
 use crate::pki::ClientCa;
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
@@ -119,6 +119,33 @@ pub(super) struct OpenBaoFile {
     pub approle: Option<AppRoleFile>,
     #[serde(default = "default_openbao_timeout")]
     pub timeout_seconds: u64,
+    /// The KV v2 engine of plans with `credential_store = "openbao"`.
+    #[serde(default)]
+    pub kv: KvFile,
+}
+
+/// `[secrets.openbao.kv]`: where bindings' secrets go, `<mount>/data/<prefix>/<instance>/<binding>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KvFile {
+    #[serde(default = "default_kv_mount")]
+    pub mount: String,
+    #[serde(default = "default_kv_prefix")]
+    pub prefix: String,
+}
+
+impl Default for KvFile {
+    fn default() -> Self {
+        KvFile { mount: default_kv_mount(), prefix: default_kv_prefix() }
+    }
+}
+
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+
+fn default_kv_prefix() -> String {
+    "etcd-broker".into()
 }
 
 fn default_openbao_timeout() -> u64 {
@@ -321,6 +348,19 @@ pub(super) struct PlanFile {
     /// Bindings expire this long after they are made.
     #[serde(default)]
     pub binding_ttl_seconds: Option<u64>,
+    /// Where bindings keep their secrets: `etcd` (their records, the default) or `openbao`
+    /// (`[secrets.openbao.kv]`).
+    #[serde(default)]
+    pub credential_store: CredentialStoreKind,
+    /// Binds answer the secrets' OpenBao address and path instead of the secrets.
+    #[serde(default)]
+    pub credentials_by_reference: bool,
+    /// A handlebars template shaping the credentials JSON (`broker::templates`), inline.
+    #[serde(default)]
+    pub credentials_template: Option<String>,
+    /// The same, from a file (read once, at load).
+    #[serde(default)]
+    pub credentials_template_file: Option<PathBuf>,
     /// How long before the expiry a binding should be renewed (`renew_before`); a fifth of
     /// the ttl by default.
     #[serde(default)]
@@ -357,6 +397,8 @@ impl PlanFile {
                 renew_before: self.binding_renew_before_seconds.unwrap_or(ttl / 5),
             }),
             encryption: self.encryption,
+            credential_store: self.credential_store,
+            credentials_by_reference: self.credentials_by_reference,
         }
     }
 
@@ -396,6 +438,7 @@ impl ConfigFile {
         let plan_clusters = self.plan_clusters()?;
         let openbao = self.secrets.openbao()?;
         let sealing = self.secrets.sealing(openbao.as_ref())?;
+        let credential_store = self.credential_store(openbao.as_ref())?;
         let plan_options: BTreeMap<String, PlanOptions> =
             self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
         for (plan, config) in self.plan_configs.iter().filter(|(_, c)| c.encryption) {
@@ -415,6 +458,7 @@ impl ConfigFile {
             None => None,
         };
         let plan_credentials = self.plan_credentials(&clusters, certificates.is_some())?;
+        let credential_templates = std::sync::Arc::new(self.credential_templates(&plan_credentials)?);
         let ConfigFile {
             log_level,
             log_format,
@@ -464,6 +508,8 @@ impl ConfigFile {
             binding_expiry,
             sealing,
             openbao,
+            credential_store,
+            credential_templates,
             certificates,
             plan_credentials,
         })
@@ -473,6 +519,12 @@ impl ConfigFile {
     fn validate(&self) -> Result<(), ConfigError> {
         for (plan, config) in &self.plan_configs {
             config.check_expiry(plan)?;
+            if config.credentials_by_reference && config.credential_store != CredentialStoreKind::OpenBao {
+                return Err(invalid(
+                    format!("plan_configs.\"{plan}\".credentials_by_reference"),
+                    "needs credential_store = \"openbao\": a reference names where OpenBao keeps the secrets",
+                ));
+            }
         }
         let expiry = &self.binding_expiry;
         if expiry.grace_seconds > MAX_BINDING_TTL_SECONDS {
@@ -782,6 +834,91 @@ impl CertificatesFile {
         let ca = ClientCa::from_pem(&ca, &key).map_err(|e| invalid(SECTION, e.to_string()))?;
         let validity = std::time::Duration::from_secs(u64::from(self.validity_days) * 86_400);
         Ok(Authority { ca, validity })
+    }
+}
+
+impl ConfigFile {
+    /// The plans' credential templates, read (files once), compiled and rendered against a
+    /// sample binding of each plan's kind: a failure names the plan's field.
+    fn credential_templates(
+        &self,
+        kinds: &BTreeMap<String, CredentialKind>,
+    ) -> Result<crate::broker::templates::CredentialTemplates, ConfigError> {
+        use crate::broker::templates::{CredentialTemplates, SampleShape};
+        let mut texts = BTreeMap::new();
+        let mut shapes = BTreeMap::new();
+        for (plan, config) in &self.plan_configs {
+            let field = |name: &str| format!("plan_configs.\"{plan}\".{name}");
+            let text = match (&config.credentials_template, &config.credentials_template_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        field("credentials_template"),
+                        "set one of credentials_template and credentials_template_file, not both",
+                    ))
+                }
+                (Some(text), None) => text.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        field("credentials_template_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?,
+                (None, None) => continue,
+            };
+            let kind = kinds.get(plan).copied().unwrap_or_default();
+            let shape = SampleShape {
+                password: kind.password(),
+                certificate: kind.certificate(),
+                by_reference: config.credentials_by_reference,
+            };
+            texts.insert(plan.clone(), text);
+            shapes.insert(plan.clone(), shape);
+        }
+        CredentialTemplates::new(&texts, &shapes).map_err(|(plan, why)| {
+            let config = &self.plan_configs[&plan];
+            let name = if config.credentials_template.is_some() {
+                "credentials_template"
+            } else {
+                "credentials_template_file"
+            };
+            invalid(format!("plan_configs.\"{plan}\".{name}"), format!("plan '{plan}': the template {why}"))
+        })
+    }
+
+    /// The credential store of plans with `credential_store = "openbao"`: OpenBao's KV v2
+    /// engine (`[secrets.openbao.kv]`); `None` when no plan keeps its secrets there.
+    fn credential_store(
+        &self,
+        bao: Option<&std::sync::Arc<crate::openbao::OpenBao>>,
+    ) -> Result<Option<std::sync::Arc<dyn crate::credential_store::CredentialStore>>, ConfigError> {
+        let Some((plan, _)) =
+            self.plan_configs.iter().find(|(_, c)| c.credential_store == CredentialStoreKind::OpenBao)
+        else {
+            return Ok(None);
+        };
+        let Some(bao) = bao else {
+            return Err(invalid(
+                format!("plan_configs.\"{plan}\".credential_store"),
+                "'openbao' needs [secrets.openbao]: where OpenBao is and how the broker logs in",
+            ));
+        };
+        let kv = &self.secrets.openbao.as_ref().expect("a client comes from the table").kv;
+        if !is_path_segment(&kv.mount) {
+            return Err(invalid(
+                "secrets.openbao.kv.mount",
+                format!("'{}' must be 1 to 128 of a-z, A-Z, 0-9, '_', '-' and '.'", kv.mount),
+            ));
+        }
+        if kv.prefix.split('/').any(|segment| !is_path_segment(segment)) {
+            return Err(invalid(
+                "secrets.openbao.kv.prefix",
+                format!(
+                    "'{}' must be path segments of 1 to 128 of a-z, A-Z, 0-9, '_', '-' and '.', joined by '/'",
+                    kv.prefix
+                ),
+            ));
+        }
+        Ok(Some(std::sync::Arc::new(crate::openbao::kv::KvStore::new(bao.clone(), &kv.mount, &kv.prefix))))
     }
 }
 

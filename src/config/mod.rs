@@ -166,6 +166,12 @@ pub struct Config {
     pub sealing: Sealing,
     /// The OpenBao of `[secrets.openbao]` (transit keys), whose token the server keeps renewed.
     pub openbao: Option<std::sync::Arc<crate::openbao::OpenBao>>,
+    /// Where plans with `credential_store = "openbao"` keep their bindings' secrets (OpenBao
+    /// KV v2); `None` when no plan does.
+    pub credential_store: Option<std::sync::Arc<dyn crate::credential_store::CredentialStore>>,
+    /// The plans' credential templates (`credentials_template[_file]`), compiled and rendered
+    /// once against a sample binding.
+    pub credential_templates: std::sync::Arc<crate::broker::templates::CredentialTemplates>,
     /// The client CA of certificate bindings (`[certificates]`), if configured.
     pub certificates: Option<crate::broker::certificates::Authority>,
     /// Plan id -> what its bindings get, for every plan of the catalog.

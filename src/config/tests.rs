@@ -690,3 +690,98 @@ fn an_encrypting_plan_needs_a_keychain_and_the_proxys_urls() {
     let cluster = &config.clusters[&config.plan_clusters[PLAN]];
     assert_eq!(cluster.proxy_endpoints[0].as_str(), "https://etcd-proxy.example.com:2379/");
 }
+
+#[test]
+fn a_plan_keeping_secrets_in_openbao_needs_openbao_and_a_kv_path_of_plain_segments() {
+    let keep_in_openbao = |kv: Option<toml::Table>, openbao: bool| {
+        with(move |t| {
+            let configs = t["plan_configs"].as_table_mut().unwrap();
+            let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+            first.insert("credential_store".into(), "openbao".into());
+            let mut secrets = toml::toml! { sealing = "off" };
+            if openbao {
+                let mut table = toml::toml! { address = "https://bao.example.com:8200" };
+                table.insert(
+                    "approle".into(),
+                    toml::Value::Table(toml::toml! { role_id = "r" secret_id = "s" }),
+                );
+                if let Some(kv) = kv {
+                    table.insert("kv".into(), toml::Value::Table(kv));
+                }
+                secrets.insert("openbao".into(), toml::Value::Table(table));
+            }
+            t.insert("secrets".into(), toml::Value::Table(secrets));
+        })
+    };
+    let config = keep_in_openbao(None, true).unwrap();
+    let store = config.credential_store.as_ref().expect("a credential store");
+    assert_eq!(store.describe(), "OpenBao KV 'secret' at https://bao.example.com:8200");
+    assert_eq!(store.location("i1", "b1").to_string(), "secret/etcd-broker/i1/b1");
+    let kv = toml::toml! { mount = "kv" prefix = "platform/etcd" };
+    let config = keep_in_openbao(Some(kv), true).unwrap();
+    let store = config.credential_store.as_ref().unwrap();
+    assert_eq!(store.location("i1", "b1").to_string(), "kv/platform/etcd/i1/b1");
+    assert_eq!(
+        keep_in_openbao(None, false).unwrap_err().to_string(),
+        "invalid configuration: plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\".credential_store: 'openbao' \
+         needs [secrets.openbao]: where OpenBao is and how the broker logs in"
+    );
+    for (kv, field) in [
+        (toml::toml! { mount = "a/b" }, "secrets.openbao.kv.mount"),
+        (toml::toml! { prefix = "a//b" }, "secrets.openbao.kv.prefix"),
+        (toml::toml! { prefix = "../b" }, "secrets.openbao.kv.prefix"),
+    ] {
+        assert_eq!(field_of(keep_in_openbao(Some(kv), true)), field);
+    }
+    // No plan keeps its secrets in OpenBao: no store, as before the option existed.
+    assert!(Config::from_toml(EXAMPLE).unwrap().credential_store.is_none());
+    let unknown = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("credential_store".into(), "vault".into());
+    });
+    assert!(unknown.unwrap_err().to_string().contains("unknown variant `vault`"));
+    let reference_in_etcd = with(|t| {
+        let configs = t["plan_configs"].as_table_mut().unwrap();
+        let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+        first.insert("credentials_by_reference".into(), true.into());
+    });
+    assert_eq!(
+        field_of(reference_in_etcd),
+        "plan_configs.\"0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b\".credentials_by_reference"
+    );
+}
+
+#[test]
+fn a_credential_template_that_fails_on_a_sample_binding_stops_the_load_naming_the_plan() {
+    let with_template = |field: &'static str, value: String| {
+        with(move |t| {
+            let configs = t["plan_configs"].as_table_mut().unwrap();
+            let first = configs.iter_mut().next().unwrap().1.as_table_mut().unwrap();
+            first.insert(field.into(), value.into());
+        })
+    };
+    let good = with_template("credentials_template", r#"{"url": "{{uri}}", "user": "{{username}}"}"#.into());
+    assert!(good.unwrap().credential_templates.has("0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"));
+    let plan = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+    for (template, why) in
+        [(r#"{"url": "{{url}}"}"#, "does not render"), (r#"{"url": {{uri}}}"#, "renders invalid JSON")]
+    {
+        let error = with_template("credentials_template", template.into()).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "invalid configuration: plan_configs.\"{plan}\".credentials_template: plan '{plan}': the template \
+                 fails on a sample binding: it {why}"
+            )),
+            "{error}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.hbs");
+    std::fs::write(&file, r#"{"user": "{{username}}"}"#).unwrap();
+    let from_file = with_template("credentials_template_file", file.display().to_string()).unwrap();
+    assert!(from_file.credential_templates.has(plan));
+    std::fs::write(&file, "{{#each}}").unwrap();
+    let error = with_template("credentials_template_file", file.display().to_string()).unwrap_err();
+    assert_eq!(field_of(Err(error)), format!("plan_configs.\"{plan}\".credentials_template_file"));
+}

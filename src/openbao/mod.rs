@@ -10,10 +10,14 @@
 //!   time to live are gone, logged in again (AppRole) when it cannot be renewed.
 //! - [`transit`]: a transit key as a `sealing::KeyBackend`: it wraps and unwraps the data
 //!   keys of sealed values; the broker never sees the key-encryption key.
+//! - [`kv`]: a KV v2 engine as a `credential_store::CredentialStore`: where plans with
+//!   `credential_store = "openbao"` keep their bindings' secrets.
 //!
-//! Nothing here is a domain type: the sealing trait is implemented here, not defined.
+//! Nothing here is a domain type: the sealing and credential store traits are implemented
+//! here, not defined.
 
 pub mod auth;
+pub mod kv;
 pub mod transit;
 
 use std::time::Duration;

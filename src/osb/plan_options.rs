@@ -26,6 +26,35 @@ pub struct PlanOptions {
     /// bindings get the proxy's endpoints (docs/proxy.md): etcd's disks, snapshots and backups
     /// then hold no tenant value in clear.
     pub encryption: bool,
+    /// Where the plan's bindings keep their secrets: in their records in etcd (sealed), or in
+    /// the configured credential store (OpenBao KV).
+    pub credential_store: CredentialStoreKind,
+    /// Bind and GET binding answer where the secrets are (OpenBao's address and the path)
+    /// instead of the secrets, for platforms whose apps read OpenBao themselves. Only with
+    /// `credential_store = OpenBao`.
+    pub credentials_by_reference: bool,
+}
+
+/// Where a plan's bindings keep their secret material (`plan_configs.<plan>.credential_store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialStoreKind {
+    /// In the binding record in etcd, sealed when sealing is on: the behaviour before the
+    /// option existed.
+    #[default]
+    Etcd,
+    /// In OpenBao/Vault KV v2 (`[secrets.openbao.kv]`); the record only names where.
+    OpenBao,
+}
+
+impl CredentialStoreKind {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialStoreKind::Etcd => "etcd",
+            CredentialStoreKind::OpenBao => "openbao",
+        }
+    }
 }
 
 /// When a plan's bindings expire, in seconds: fixed when the binding is made, so a later

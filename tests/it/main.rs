@@ -16,7 +16,10 @@
 //! - `observability`: metrics, promtool, a real Prometheus, health and readiness, JSON logs
 //! - `prometheus_rules`: the alert rules under `promtool check` and `promtool test`
 //! - `openbao`: a transit key of a real OpenBao seals binding passwords: rotation and reseal,
-//!   OpenBao unavailable, the broker's token (AppRole, a token file renewed, one that expires)
+//!   OpenBao unavailable, the broker's token (AppRole, a token file renewed, one that expires);
+//!   a plan's secrets in OpenBao KV (bind, GET, unbind, deprovision, OpenBao frozen, by reference)
+//! - `templates`: per-plan credential templates: a shaped bind etcd takes, a failing one stops
+//!   the start
 //! - `sealing`: binding passwords sealed at rest, the start-up key check, damaged records
 //! - `reconcile`: records against etcd, each inconsistency found and the safe ones repaired
 //! - `rotation`: rotatable and expiring bindings; the expiry leader killed and replaced
@@ -48,5 +51,6 @@ mod rotation;
 mod sealing;
 mod store_batching;
 mod store_retries;
+mod templates;
 mod tidy;
 mod tls;

@@ -17,11 +17,15 @@ use crate::sealing::{broker_with, config_with, password, state_dump};
 
 const KEY: &str = "etcd-broker";
 
-/// The policy the broker's token gets: the transit key's encrypt, decrypt and description.
+/// The policy the broker's token gets: the transit key's encrypt, decrypt and description, and
+/// the secrets of bindings in the dev server's KV v2 engine (`secret/`) under `etcd-broker/`:
+/// create and read them, delete them with their metadata, list an instance's.
 const POLICY: &str = r#"
 path "transit/encrypt/etcd-broker" { capabilities = ["update"] }
 path "transit/decrypt/etcd-broker" { capabilities = ["update"] }
 path "transit/keys/etcd-broker" { capabilities = ["read"] }
+path "secret/data/etcd-broker/*" { capabilities = ["create", "read"] }
+path "secret/metadata/etcd-broker/*" { capabilities = ["delete", "list"] }
 "#;
 
 /// A dev server with the transit key [`KEY`], the policy `etcd-broker`, and an AppRole of that
@@ -201,4 +205,119 @@ async fn a_token_file_is_renewed_while_the_broker_idles_and_an_unrenewable_one_i
     assert_eq!(sealed_with(&etcd).await, ["bao.v1"], "nothing of b2 was made");
     let log = broker.stop().await;
     assert!(!log.contains(&brief), "the token is in the log");
+}
+
+/// The test config with plan SHARED keeping its bindings' secrets in OpenBao KV, and plan
+/// LARGE too, answering binds by reference.
+fn kv_config(port: u16, metrics: u16, etcd: &local_etcd::LocalEtcd, secrets: &str) -> String {
+    let shared = format!("[plan_configs.\"{SHARED}\"]\ncluster = \"main\"\n");
+    let large = format!("[plan_configs.\"{LARGE}\"]\ncluster = \"main\"\n");
+    let config = config_with(port, metrics, etcd, secrets);
+    assert!(config.contains(&shared) && config.contains(&large));
+    config
+        .replace(&shared, &format!("{shared}credential_store = \"openbao\"\n"))
+        .replace(&large, &format!("{large}credential_store = \"openbao\"\ncredentials_by_reference = true\n"))
+}
+
+/// What `bao kv get` finds at a binding's path: the field `field`, or `None` when nothing is
+/// there (no version, no metadata).
+async fn kv_field(bao: &LocalBao, instance: &str, binding: &str, field: &str) -> Option<String> {
+    let path = format!("secret/etcd-broker/{instance}/{binding}");
+    let metadata = bao.bao(&["kv", "metadata", "get", &path]).await;
+    let value = bao.field(field, &["kv", "get", &path]).await.ok();
+    assert_eq!(metadata.is_ok(), value.is_some(), "{path}: metadata without data, or the reverse");
+    value
+}
+
+#[tokio::test]
+async fn a_plan_keeps_its_secrets_in_openbao_kv_and_unbind_and_deprovision_delete_them() {
+    let etcd = start_etcd().await;
+    let (bao, role_id, secret_id) = openbao().await;
+    let secrets = transit_secrets(&bao, &approle(&role_id, &secret_id));
+    let broker =
+        BrokerProcess::start_with_config(|port, metrics| kv_config(port, metrics, &etcd, &secrets), &[])
+            .await;
+    let osb = Osb::new(&broker.url);
+    assert_eq!(osb.provision("i1", SHARED).await.status, StatusCode::CREATED);
+    let mut handed_out = Vec::new();
+    for b in ["b1", "b2"] {
+        let bound = osb.bind("i1", b).await;
+        assert_eq!(bound.status, StatusCode::CREATED, "{:?}", bound.body);
+        let secret = password(&bound);
+        assert_eq!(kv_field(&bao, "i1", b, "password").await.as_deref(), Some(secret.as_str()));
+        handed_out.push(secret);
+    }
+    // The tenant's etcd takes them; the records hold no secret at all, they name its path.
+    tenant_client(&osb.get_binding("i1", "b1").await.body["credentials"]).await.unwrap();
+    for (key, value) in state_dump(&etcd).await {
+        for secret in &handed_out {
+            assert!(!value.contains(secret.as_str()), "{key} holds a password");
+        }
+        if key.starts_with("/etcd-broker/bindings/") {
+            let record: serde_json::Value = serde_json::from_str(&value).unwrap();
+            assert_eq!(record["secret_location"]["mount"], "secret", "{key}: {record}");
+            for field in ["password", "password_sealed", "private_key", "private_key_sealed", "certificate"] {
+                assert!(record.get(field).is_none(), "{key} has {field}");
+            }
+        }
+    }
+    // A repeated bind and GET answer the same secret, read back from OpenBao.
+    assert_eq!(password(&osb.bind("i1", "b1").await), handed_out[0]);
+    assert_eq!(password(&osb.get_binding("i1", "b2").await), handed_out[1]);
+
+    // Unbind deletes the secret, every version and its metadata.
+    assert_eq!(osb.unbind("i1", "b1").await.status, StatusCode::OK);
+    assert_eq!(kv_field(&bao, "i1", "b1", "password").await, None);
+
+    // OpenBao down: a bind is a 503 that makes nothing, in etcd or OpenBao; GET is a 503.
+    let made = broker_made_things(&etcd).await; // waits for the role queue to drain first
+    let before = state_dump(&etcd).await;
+    bao.freeze();
+    let refused = osb.bind("i1", "b3").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", refused.body);
+    let description = refused.body["description"].as_str().unwrap();
+    assert!(description.contains("OpenBao") && description.contains("repeat the request"), "{description}");
+    let got = osb.get_binding("i1", "b2").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", got.body);
+    assert_eq!(state_dump(&etcd).await, before);
+    assert_eq!(broker_made_things(&etcd).await, made);
+    bao.thaw();
+    assert_eq!(kv_field(&bao, "i1", "b3", "password").await, None);
+    let bound = osb.bind("i1", "b3").await;
+    assert_eq!(bound.status, StatusCode::CREATED, "{:?}", bound.body);
+
+    // A plan answering by reference: no secret in the answer, and the path it names holds it.
+    let body = serde_json::json!({ "service_id": SERVICE_ID, "plan_id": LARGE });
+    let by_reference =
+        osb.put_binding("i1", "r1", &body, etcd_broker_ops::osb::Incomplete::Refused).await.unwrap();
+    assert_eq!(by_reference.status, StatusCode::CREATED, "{:?}", by_reference.body);
+    let mut credentials = by_reference.body["credentials"].clone();
+    let reference = credentials["credentials_reference"].clone();
+    assert_eq!(reference["address"], bao.address().as_str(), "{credentials}");
+    assert!(credentials.get("password").is_none() && credentials.get("uri").is_none(), "{credentials}");
+    // What an app that reads OpenBao itself does: GET <address>/v1/<read_path>.
+    let read = format!("{}/v1/{}", bao.address(), reference["read_path"].as_str().unwrap());
+    let answer: serde_json::Value = reqwest::Client::new()
+        .get(read)
+        .header("X-Vault-Token", bao.root_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    credentials["password"] = answer["data"]["data"]["password"].clone();
+    tenant_client(&credentials).await.unwrap();
+
+    // Deprovision deletes every secret of the instance.
+    assert_eq!(osb.deprovision("i1").await.status, StatusCode::OK);
+    assert_eq!(kv_field(&bao, "i1", "r1", "password").await, None);
+    for b in ["b2", "b3"] {
+        assert_eq!(kv_field(&bao, "i1", b, "password").await, None, "{b}");
+    }
+    let log = broker.stop().await;
+    assert!(!log.contains(&secret_id), "the secret_id is in the log");
+    for secret in &handed_out {
+        assert!(!log.contains(secret.as_str()), "a password is in the log");
+    }
 }

@@ -77,8 +77,13 @@ async fn a_broken_deployment_is_found_repaired_and_then_clean() {
         ..Default::default()
     };
     root.put("/etcd-broker/bindings/i1/stuck", encode(&stuck), None).await.unwrap();
-    let entry =
-        RoleDeletion { role: "etcd-broker.i1.old".into(), user: None, cluster: "main".into(), queued_at: 1 };
+    let entry = RoleDeletion {
+        role: "etcd-broker.i1.old".into(),
+        user: None,
+        cluster: "main".into(),
+        secret_location: None,
+        queued_at: 1,
+    };
     root.role_add("etcd-broker.i1.old").await.unwrap();
     root.put("/etcd-broker/role-deletions/etcd-broker.i1.old", encode(&entry), None).await.unwrap();
 

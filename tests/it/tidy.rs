@@ -97,12 +97,13 @@ fn module_of(file: &str) -> &str {
 /// Which of the crate's modules each module may use; a module not listed may use any.
 const MAY_USE: &[(&str, &[&str])] = &[
     ("osb", &[]),
-    ("broker", &["osb", "store", "clock", "secrets", "activity", "sealing", "pki"]),
+    ("broker", &["osb", "store", "clock", "secrets", "activity", "sealing", "pki", "credential_store"]),
     ("store", &["metrics"]),
     ("etcd", &["config", "store", "tls"]),
     ("http", &["osb", "metrics", "activity", "inventory", "broker"]),
-    ("config", &["osb", "tls", "render", "broker", "sealing", "pki", "openbao"]),
-    ("openbao", &["sealing"]),
+    ("config", &["osb", "tls", "render", "broker", "sealing", "pki", "openbao", "credential_store"]),
+    ("openbao", &["sealing", "credential_store"]),
+    ("credential_store", &[]),
     ("inventory", &["broker", "metrics"]),
     ("tls", &[]),
     ("render", &[]),

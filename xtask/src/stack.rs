@@ -379,6 +379,18 @@ impl SecondBroker {
         name: &str,
         env: &[(&str, &str)],
     ) -> Result<SecondBroker> {
+        SecondBroker::start_with_config(broker, stack, name, &stack.dir().join("broker.toml"), env)
+    }
+
+    /// [`SecondBroker::start`] on `config` (a changed copy of the stack's, e.g. with settings
+    /// that environment overrides cannot reach, such as a plan's).
+    pub fn start_with_config(
+        broker: &Path,
+        stack: &DevProcess,
+        name: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<SecondBroker> {
         let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
         let (a, b) =
             (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
@@ -389,7 +401,7 @@ impl SecondBroker {
         let started = Instant::now();
         let child = Command::new(broker)
             .args(["serve", "--config"])
-            .arg(stack.dir().join("broker.toml"))
+            .arg(config)
             .env("ETCD_BROKER__LISTEN__PORT", listen_port.to_string())
             .env("ETCD_BROKER__METRICS__PORT", metrics_port.to_string())
             .envs(env.iter().copied())

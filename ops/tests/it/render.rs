@@ -171,6 +171,31 @@ fn the_sealing_key_ops_file_adds_an_active_key_and_keeps_the_old_one() {
     assert!(!error.contains("Qx7Rv2"), "{error}");
 }
 
+/// manifests/operators/openbao.yml: the transit key `bao` active beside k1, the AppRole's
+/// secret_id from a variable, plan `shared` keeping its secrets in OpenBao KV; the broker takes
+/// the config (it contacts OpenBao only when serving).
+#[test]
+fn the_openbao_ops_file_adds_a_transit_key_approle_and_the_kv_store() {
+    let ops_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/operators/openbao.yml");
+    let dir = render_to_dir(&["-o".into(), path(&ops_file)]);
+    let toml = std::fs::read_to_string(dir.path().join("etcd-broker.toml")).unwrap();
+    for expected in [
+        "[secrets.keys.bao]\ntransit = \"etcd-broker\"",
+        "[secrets.openbao]\naddress = \"https://bao.example.com:8200\"",
+        "secret_id = \"fixture-only-secret-id-3Jd6Fg5Kb0\"",
+        "credential_store = \"openbao\"",
+    ] {
+        assert!(toml.contains(expected), "{expected:?} not in {toml}");
+    }
+    let config = Config::from_toml(&toml).unwrap();
+    let etcd_broker::config::Sealing::On(chain) = &config.sealing else { panic!("{:?}", config.sealing) };
+    assert_eq!(chain.active().name(), "bao");
+    assert_eq!(chain.keys().map(|k| k.name()).collect::<Vec<_>>(), ["bao", "k1"]);
+    let store = config.credential_store.as_ref().expect("plan shared keeps its secrets in OpenBao");
+    assert_eq!(store.describe(), "OpenBao KV 'secret' at https://bao.example.com:8200");
+    assert!(!format!("{config:?}").contains("fixture-only-secret-id"));
+}
+
 /// ops/tests/erb/render_erb.rb evaluates jobs/etcd-broker/templates/properties.json.erb with
 /// BOSH's template helpers on the context the offline render resolved; the JSON must be the
 /// properties.json that `render` writes, with and without the etcd link.

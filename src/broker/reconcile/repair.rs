@@ -74,6 +74,7 @@ impl EtcdBroker {
             role: name.to_owned(),
             user: Some(name.to_owned()),
             cluster: cluster.to_owned(),
+            secret_location: None,
             queued_at: self.now(),
         };
         let value = encode(&entry);

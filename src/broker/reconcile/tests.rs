@@ -59,8 +59,13 @@ async fn broken() -> Arc<MemoryStore> {
     store.commit(&[], &[Write::Put("/service_instances/gone/k".into(), b"tenant".to_vec())]).await.unwrap();
     edit_binding(&store, "b4", |r| (r.state, r.updated_at) = (RecordState::Creating, 1)).await;
     edit_binding(&store, "b5", |r| (r.state, r.updated_at) = (RecordState::Deleting, 1)).await;
-    let entry =
-        RoleDeletion { role: "etcd-broker.i1.old".into(), user: None, cluster: "main".into(), queued_at: 1 };
+    let entry = RoleDeletion {
+        role: "etcd-broker.i1.old".into(),
+        user: None,
+        cluster: "main".into(),
+        secret_location: None,
+        queued_at: 1,
+    };
     store
         .ensure_role("etcd-broker.i1.old", &Permission::read_write_prefix("/service_instances/i1/"))
         .await

@@ -59,7 +59,7 @@ pub struct ScenarioArgs {
 const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
 
 /// Regions of the document the scenario writes, checked before anything runs.
-const REGIONS: [&str; 12] = [
+const REGIONS: [&str; 13] = [
     "machine",
     "default-8",
     "default-8-certificate",
@@ -67,6 +67,7 @@ const REGIONS: [&str; 12] = [
     "cost4-1",
     "cost4-8",
     "sealing",
+    "credential-store",
     "preload-8",
     "catalog-wrk",
     "scale",
@@ -149,6 +150,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     runs.insert("cost4-1", bench(&stack, "cost4-1", &["--clients", "1"])?);
     runs.insert("cost4-8", bench(&stack, "cost4-8", &["--clients", "8"])?);
     let sealing = sealing_comparison(xtask, &broker, &stack, args.count, work.path())?;
+    let stored = credential_store_comparison(xtask, &broker, &stack, args.count, work.path())?;
     let preload = args.preload.to_string();
     runs.insert(
         "preload-8",
@@ -199,8 +201,11 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     ));
     let (sealing_text, sealing_ratios) = tables::sealing_table(&sealing.sealed, &sealing.unsealed);
     regions.push(("sealing", sealing_text));
+    let (stored_text, stored_ratios) = tables::credential_store_table(&stored.sealed, &stored.unsealed);
+    regions.push(("credential-store", stored_text));
     let startup_ms = u64::try_from(startup.as_millis()).ok();
-    regions.push(("targets", tables::targets_table(&reports, rps, startup_ms, &sealing_ratios)));
+    regions
+        .push(("targets", tables::targets_table(&reports, rps, startup_ms, &sealing_ratios, &stored_ratios)));
 
     let mut doc = doc;
     for (name, contents) in regions {
@@ -402,6 +407,69 @@ fn sealing_comparison(
     Ok(runs)
 }
 
+/// Pairs of runs measuring what keeping a plan's secrets in OpenBao KV costs: a throw-away
+/// OpenBao dev server (`local_etcd::bao`), a second broker on a copy of the stack's config whose
+/// plans all have `credential_store = "openbao"` (its token in a file), and the stack's broker
+/// (secrets in etcd), 8 clients each, taking turns. In the returned runs, `sealed` holds the
+/// OpenBao broker's reports and `unsealed` the etcd one's.
+fn credential_store_comparison(
+    xtask: &Path,
+    broker: &Path,
+    stack: &DevProcess,
+    count: u64,
+    work: &Path,
+) -> Result<SealingRuns> {
+    const PAIRS: usize = 3;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let bao = runtime.block_on(local_etcd::bao::LocalBao::start()).context("cannot start OpenBao")?;
+    let token_file = work.join("openbao-token");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&token_file)?;
+        file.write_all(bao.root_token().as_bytes())?;
+    }
+    let config = openbao_config(
+        &std::fs::read_to_string(stack.dir().join("broker.toml"))?,
+        &bao.address(),
+        &token_file,
+    );
+    let config_path = stack.dir().join("broker-openbao.toml");
+    std::fs::write(&config_path, config)?;
+    let mut kv_broker = SecondBroker::start_with_config(broker, stack, "openbao", &config_path, &[])?;
+    kv_broker.answered(stack)?;
+    let kv_env = kv_broker.env(stack);
+    let extra = ["--clients", "8", "--ops", "provision,bind,get-binding", "--no-floor"];
+    let mut runs = SealingRuns { sealed: Vec::new(), unsealed: Vec::new() };
+    for pair in 1..=PAIRS {
+        let kv = bench(xtask, count, &kv_env, work, &format!("openbao-kv-{pair}"), &extra)?;
+        runs.sealed.push(kv.report);
+        let etcd = bench(xtask, count, &stack.env, work, &format!("etcd-store-{pair}"), &extra)?;
+        runs.unsealed.push(etcd.report);
+    }
+    drop(kv_broker);
+    drop(bao);
+    Ok(runs)
+}
+
+/// `config` (a broker's TOML) with every plan keeping its secrets in OpenBao KV at `address`,
+/// logged in with the token in `token_file`.
+fn openbao_config(config: &str, address: &str, token_file: &Path) -> String {
+    let mut out = String::new();
+    for line in config.lines() {
+        out += line;
+        out += "\n";
+        if line.trim_start().starts_with("[plan_configs.") {
+            out += "credential_store = \"openbao\"\n";
+        }
+    }
+    out + &format!(
+        "\n[secrets.openbao]\naddress = \"{address}\"\ntoken_file = {:?}\n",
+        token_file.display().to_string()
+    )
+}
+
 /// The machine's lines: cores and model, memory, etcd version, date, operations per phase,
 /// and the build `profile` of the bench and the scenario.
 fn machine(count: u64, profile: &str) -> Result<String> {
@@ -463,6 +531,18 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
         assert!(error.contains("exited with exit status: 2"), "{error}");
         assert!(error.contains("broker.toml: bad listener"), "{error}");
+    }
+
+    #[test]
+    fn the_openbao_config_keeps_every_plans_secrets_in_openbao() {
+        let config = "[secrets]\nsealing = \"off\"\n[plan_configs.\"p1\"]\ncluster = \"main\"\n[plan_configs.\"p2\"]\ncluster = \"main\"\n";
+        let changed = openbao_config(config, "http://127.0.0.1:8200", Path::new("/w/token"));
+        assert_eq!(changed.matches("credential_store = \"openbao\"").count(), 2);
+        assert!(changed.ends_with(
+            "[secrets.openbao]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"/w/token\"\n"
+        ));
+        let table: toml::Table = toml::from_str(&changed).unwrap();
+        assert_eq!(table["plan_configs"]["p2"]["credential_store"].as_str(), Some("openbao"));
     }
 
     #[test]
