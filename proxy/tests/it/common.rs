@@ -261,37 +261,14 @@ impl Conn {
     }
 }
 
-/// etcdctl as `user` with `password` at `endpoint`.
-pub fn etcdctl_as(etcd: &LocalEtcd, endpoint: &str, (user, password): (&str, &str), args: &[&str]) -> Output {
-    Command::new(etcd.etcdctl())
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout=10s", "--dial-timeout=5s"])
-        .arg(format!("--user={user}:{password}"))
-        .args(args)
-        .output()
-        .unwrap()
+/// etcdctl of the test's etcd version at `endpoint`, as `user` with `password`.
+pub fn etcdctl_as(etcd: &LocalEtcd, endpoint: &str, user: (&str, &str), args: &[&str]) -> Output {
+    etcdctl_command_as(etcd, endpoint, user, args).output().unwrap()
 }
 
 /// `etcdctl txn` as `user` with `password`, the Txn on its standard input.
-pub fn etcdctl_with_input_as(
-    etcd: &LocalEtcd,
-    endpoint: &str,
-    (user, password): (&str, &str),
-    input: &str,
-) -> Output {
-    let mut child = Command::new(etcd.etcdctl())
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout=10s", "--dial-timeout=5s"])
-        .arg(format!("--user={user}:{password}"))
-        .arg("txn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+pub fn etcdctl_with_input_as(etcd: &LocalEtcd, endpoint: &str, user: (&str, &str), input: &str) -> Output {
+    with_input(etcdctl_command_as(etcd, endpoint, user, &["txn"]), input)
 }
 
 /// etcdctl of the test's etcd version, as `user` (test password) at `endpoint`.
@@ -307,26 +284,37 @@ pub fn etcdctl_with_input(
     args: &[&str],
     input: &str,
 ) -> Output {
-    let mut child = etcdctl_command(etcd, endpoint, user, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    with_input(etcdctl_command(etcd, endpoint, user, args), input)
 }
 
 /// The etcdctl command line, for a process that keeps running (watch).
 pub fn etcdctl_command(etcd: &LocalEtcd, endpoint: &str, user: &str, args: &[&str]) -> Command {
+    etcdctl_command_as(etcd, endpoint, (user, &password(user)), args)
+}
+
+/// The etcdctl command line as `user` with `password`.
+fn etcdctl_command_as(
+    etcd: &LocalEtcd,
+    endpoint: &str,
+    (user, password): (&str, &str),
+    args: &[&str],
+) -> Command {
     let mut command = Command::new(etcd.etcdctl());
     command
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", endpoint, "--command-timeout=10s", "--dial-timeout=5s"])
-        .arg(format!("--user={user}:{}", password(user)))
+        .arg(format!("--user={user}:{password}"))
         .args(args);
     command
+}
+
+/// Runs `command` with `input` on its standard input; its output.
+fn with_input(mut command: Command, input: &str) -> Output {
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Reads a child's stdout into a string as it comes, on a thread.
