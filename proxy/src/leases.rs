@@ -124,18 +124,12 @@ impl LeaseOwners {
         Ok(owned)
     }
 
-    /// One request of the proxy's client, sent again while etcd refuses it for an auth change
-    /// that happened meanwhile (the broker changes users and roles all the time), within
-    /// [`policy::RECORD_TIMEOUT`].
+    /// One request of the proxy's client ([`policy::own_request`]).
     async fn bounded<T, F, Fut>(&self, op: F) -> Result<T, RecordError>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let call = etcd_broker::etcd::resend_on_auth_change(|| op(self.client.clone()));
-        match tokio::time::timeout(policy::RECORD_TIMEOUT, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(RecordError::Timeout(policy::RECORD_TIMEOUT)),
-        }
+        policy::own_request(&self.client, op, RecordError::Timeout).await
     }
 }

@@ -29,8 +29,29 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 /// (a Range of many keys), and so does the proxy, as they would directly.
 pub const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
-/// One request of the proxy's own client (the records of lease owners), retries included.
+/// One request of the proxy's own client (the records of lease owners, the broker's binding
+/// records), retries included.
 pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request of the proxy's own client, sent again while etcd refuses it for an auth change
+/// that happened meanwhile (the broker changes users and roles all the time), within
+/// [`RECORD_TIMEOUT`]; `timed_out` names the caller's error for a request that took longer.
+pub async fn own_request<T, E, F, Fut>(
+    client: &etcd_client::Client,
+    op: F,
+    timed_out: fn(Duration) -> E,
+) -> Result<T, E>
+where
+    E: From<etcd_client::Error>,
+    F: Fn(etcd_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let call = etcd_broker::etcd::resend_on_auth_change(|| op(client.clone()));
+    match tokio::time::timeout(RECORD_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(timed_out(RECORD_TIMEOUT)),
+    }
+}
 
 /// Keep-alive requests read ahead of their ownership check.
 pub const KEEPALIVE_QUEUE: usize = 16;
