@@ -16,8 +16,8 @@
 //! | ensure_role | RoleAdd + RoleGrantPermission (read-write on a prefix) |
 //! | ensure_user | UserAdd (etcd hashes the password: bcrypt) + UserGrantRole |
 //! | ensure_certificate_user | UserAdd without a password (no bcrypt) + UserGrantRole |
-//! | ensure_binding_user | RoleAdd, UserAdd (bcrypt), RoleGrantPermission, UserGrantRole |
-//! | ensure_binding_certificate_user | the same with a UserAdd without a password |
+//! | ensure_binding_user | ensure_role's requests, then ensure_user's |
+//! | ensure_binding_certificate_user | ensure_role's requests, then ensure_certificate_user's |
 //! | delete_user, delete_role | UserDelete, RoleDelete |
 //!
 //! The floor sends each call as its own request. The broker does not always: gets and txns that
@@ -163,46 +163,12 @@ async fn call(client: &Client, kind: &str, o: &FloorObjects) -> Result<(), etcd_
             })
             .await
         }
-        "ensure_role" => {
-            request(client, |mut c| async move { c.role_add(o.role.as_str()).await }).await?;
-            request(client, |mut c| async move {
-                let permission = Permission::read_write(o.prefix.as_str()).with_prefix();
-                c.role_grant_permission(o.role.as_str(), permission).await
-            })
-            .await
-        }
-        "ensure_user" => {
-            request(client, |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, None).await })
-                .await?;
-            request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
-                .await
-        }
-        "ensure_certificate_user" => {
-            let options = || Some(UserAddOptions::new().with_no_pwd());
-            request(
-                client,
-                |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, options()).await },
-            )
-            .await?;
-            request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
-                .await
-        }
+        "ensure_role" => ensure_role(client, o).await,
+        "ensure_user" => ensure_user(client, o, false).await,
+        "ensure_certificate_user" => ensure_user(client, o, true).await,
         "ensure_binding_user" | "ensure_binding_certificate_user" => {
-            let no_password = kind == "ensure_binding_certificate_user";
-            let options = || no_password.then(|| UserAddOptions::new().with_no_pwd());
-            request(client, |mut c| async move { c.role_add(o.role.as_str()).await }).await?;
-            request(
-                client,
-                |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, options()).await },
-            )
-            .await?;
-            request(client, |mut c| async move {
-                let permission = Permission::read_write(o.prefix.as_str()).with_prefix();
-                c.role_grant_permission(o.role.as_str(), permission).await
-            })
-            .await?;
-            request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await })
-                .await
+            ensure_role(client, o).await?;
+            ensure_user(client, o, kind == "ensure_binding_certificate_user").await
         }
         "delete_prefix" => {
             let options = || Some(DeleteOptions::new().with_prefix());
@@ -212,6 +178,24 @@ async fn call(client: &Client, kind: &str, o: &FloorObjects) -> Result<(), etcd_
         "delete_role" => request(client, |mut c| async move { c.role_delete(o.role.as_str()).await }).await,
         _ => Ok(()),
     }
+}
+
+/// RoleAdd + RoleGrantPermission (read-write on the prefix).
+async fn ensure_role(client: &Client, o: &FloorObjects) -> Result<(), etcd_client::Error> {
+    request(client, |mut c| async move { c.role_add(o.role.as_str()).await }).await?;
+    request(client, |mut c| async move {
+        let permission = Permission::read_write(o.prefix.as_str()).with_prefix();
+        c.role_grant_permission(o.role.as_str(), permission).await
+    })
+    .await
+}
+
+/// UserAdd (with a password, which etcd hashes, or without one) + UserGrantRole.
+async fn ensure_user(client: &Client, o: &FloorObjects, no_password: bool) -> Result<(), etcd_client::Error> {
+    let options = || no_password.then(|| UserAddOptions::new().with_no_pwd());
+    request(client, |mut c| async move { c.user_add(o.user.as_str(), FLOOR_PASSWORD, options()).await })
+        .await?;
+    request(client, |mut c| async move { c.user_grant_role(o.user.as_str(), o.role.as_str()).await }).await
 }
 
 /// The password of the floor's users: as long as the broker's.
