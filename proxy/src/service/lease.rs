@@ -151,7 +151,12 @@ fn checked_keep_alives(
                 _ = checked.closed() => return,
                 next = inbound.next() => match next {
                     Some(Ok(keep_alive)) => keep_alive,
-                    _ => return,
+                    // A request that does not decode: the stream ends with its status.
+                    Some(Err(status)) => {
+                        let _ = refuse.send(status);
+                        return;
+                    }
+                    None => return,
                 },
             };
             if let Err(status) = firewall::owns_lease(&caller, keep_alive.id, &proxy.0.owners).await {

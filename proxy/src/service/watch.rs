@@ -26,10 +26,38 @@ impl Watch for Proxy {
         let (_, user) = self.known_caller(request.metadata())?;
         let registration = self.0.streams.open(&user, Kind::Watch);
         let (metadata, _, inbound) = request.into_parts();
-        // A client's broken stream ends the stream to etcd, which ends etcd's watches.
-        let outbound =
-            inbound.take_while(|r| std::future::ready(r.is_ok())).filter_map(|r| std::future::ready(r.ok()));
-        let responses = self.0.backend.watch().watch(forward(&metadata, outbound)).await?.into_inner();
+        // A client's broken stream (e.g. a request that does not decode) ends the stream to
+        // etcd, which ends etcd's watches, and ends the client's with its status: etcd keeps a
+        // stream whose requests ended open, so the client would otherwise wait for nothing.
+        let (broken, broken_status) = tokio::sync::oneshot::channel::<Status>();
+        let outbound = inbound.scan(Some(broken), |broken, request| {
+            std::future::ready(match request {
+                Ok(request) => Some(request),
+                Err(status) => {
+                    if let Some(broken) = broken.take() {
+                        let _ = broken.send(status);
+                    }
+                    None
+                }
+            })
+        });
+        // etcd answers a watch stream's headers with its first response only, so a stream
+        // broken before any request reached etcd must not wait for them.
+        let mut etcd = self.0.backend.watch();
+        let call = etcd.watch(forward(&metadata, outbound));
+        tokio::pin!(call);
+        let mut broken_status = Some(broken_status);
+        let responses = loop {
+            tokio::select! {
+                answer = &mut call => break answer?.into_inner(),
+                status = async { broken_status.as_mut().unwrap().await }, if broken_status.is_some() => {
+                    match status {
+                        Ok(status) => return Err(status),
+                        Err(_) => broken_status = None,
+                    }
+                }
+            }
+        };
         // Events' values unsealed one response at a time, in order.
         let data_keys = self.0.data_keys.clone();
         let unsealed = responses.then(move |answer| {
@@ -40,6 +68,10 @@ impl Watch for Proxy {
                 Ok(answer)
             }
         });
-        Ok(Response::new(until_revoked(unsealed, registration)))
+        // The status of a broken request stream, if it breaks; a stream that ends well adds nothing.
+        let broken = futures_util::stream::iter(broken_status)
+            .then(|status| status)
+            .filter_map(|status| std::future::ready(status.ok().map(Err)));
+        Ok(Response::new(until_revoked(futures_util::stream::select(unsealed, broken), registration)))
     }
 }

@@ -178,3 +178,37 @@ impl Drop for BrokerProcess {
         }
     }
 }
+
+/// A binding of an instance of the encrypting plan, served by a proxy that encrypts: what a
+/// client is handed (the proxy's URL, user name, password, prefix) and the processes behind it.
+pub struct EncryptedBinding {
+    pub broker: BrokerProcess,
+    pub proxy: crate::common::ProxyProcess,
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub prefix: String,
+}
+
+impl EncryptedBinding {
+    /// A broker and a proxy (with the broker's config) on `etcd`, an instance of [`ENCRYPTED`]
+    /// provisioned and bound; its credentials name the proxy.
+    pub async fn start(etcd: &LocalEtcd) -> Self {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let broker = BrokerProcess::start_with(etcd, Some(&url)).await;
+        let config = broker.config.to_str().unwrap().to_owned();
+        let proxy = crate::common::ProxyProcess::start_at(etcd, port, &["--broker-config", &config]).await;
+        let plan = BrokerProcess::offering(ENCRYPTED);
+        broker.osb.provision(&plan, "sealed-1", Duration::from_secs(30)).await.unwrap();
+        let (_, bound) = broker.osb.bind(&plan, "sealed-1", "binding-1").await.unwrap();
+        assert_eq!(
+            bound["endpoints"],
+            serde_json::Value::from(vec![url.clone()]),
+            "the credentials name the proxy"
+        );
+        let text = |field: &str| bound[field].as_str().unwrap().to_owned();
+        let (user, password, prefix) = (text("username"), text("password"), text("prefix"));
+        EncryptedBinding { broker, proxy, url, user, password, prefix }
+    }
+}

@@ -157,6 +157,19 @@ impl ProxyProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Whether the process is still running (it did not exit, e.g. on a panic).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// The process's resident memory now, in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
 }
 
 impl Drop for ProxyProcess {
@@ -228,8 +241,10 @@ impl Conn {
     pub fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel.clone())
     }
+    /// Watch responses as large as etcd's own clients accept (2 GiB - 1): etcd batches the
+    /// events of up to 1,000 revisions in one response to a watcher that fell behind.
     pub fn watch(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone())
+        WatchClient::new(self.channel.clone()).max_decoding_message_size(i32::MAX as usize)
     }
 
     /// A watch of every key under `prefix`, opened with this connection's token; the sender

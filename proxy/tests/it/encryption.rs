@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use etcd_broker_proxy::encryption::MAGIC;
 use etcd_broker_proxy::pb::etcdserverpb::{range_request::SortTarget, RangeRequest};
-use serde_json::Value;
 use tonic::Code;
 
-use crate::broker::{BrokerProcess, ENCRYPTED};
+use crate::broker::EncryptedBinding;
 use crate::common::*;
 
 const SECRET: &str = "the-clear-secret";
@@ -17,17 +16,8 @@ const SECRET: &str = "the-clear-secret";
 #[tokio::test]
 async fn values_are_ciphertext_in_etcd_and_clear_text_through_the_proxy() {
     let etcd = start_etcd().await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let broker = BrokerProcess::start_with(&etcd, Some(&url)).await;
-    let proxy =
-        ProxyProcess::start_at(&etcd, port, &["--broker-config", broker.config.to_str().unwrap()]).await;
-    let plan = BrokerProcess::offering(ENCRYPTED);
-    broker.osb.provision(&plan, "sealed-1", Duration::from_secs(30)).await.unwrap();
-    let (_, bound) = broker.osb.bind(&plan, "sealed-1", "binding-1").await.unwrap();
-    assert_eq!(bound["endpoints"], Value::from(vec![url.clone()]), "the credentials name the proxy");
-    let text = |field: &str| bound[field].as_str().unwrap().to_owned();
-    let (user, password, prefix) = (text("username"), text("password"), text("prefix"));
+    let EncryptedBinding { proxy, user, password, prefix, broker: _broker, .. } =
+        EncryptedBinding::start(&etcd).await;
     let ctl = |args: &[&str]| etcdctl_as(&etcd, &proxy.url, (&user, &password), args);
     let ok = |args: &[&str]| {
         let out = ctl(args);

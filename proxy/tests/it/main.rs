@@ -3,6 +3,7 @@
 //! free loopback ports, real clients; no fakes.
 //!
 //! - `common`: the harness: etcd with tenants, proxy processes, a raw gRPC client, etcdctl
+//! - `bad_input`: malformed protobuf and gRPC frames, values around etcd's size limit
 //! - `broker`: a real broker process (this binary started again to serve it), its OSB client
 //! - `encryption`: an encrypting plan's values, clear through the proxy, sealed in etcd
 //! - `etcdctl`: unmodified etcdctl through the proxy with a tenant's credentials
@@ -13,9 +14,15 @@
 //!   proxy (a real broker unbinds), still open directly on etcd
 //! - `tls`: TLS terminated by the proxy, TLS with a client certificate towards etcd
 //! - `cli`: `--help`, bad flags, an etcd that is not there
+//! - `clients`: client libraries from the registries (Rust's etcd-client, Node's etcd3),
+//!   unmodified, through an encrypting proxy
+//! - `watch_load`: a watcher that never reads (the proxy's memory stays bounded), a thousand
+//!   concurrent watches
 
+mod bad_input;
 mod broker;
 mod cli;
+mod clients;
 mod common;
 mod encryption;
 mod etcdctl;
@@ -23,3 +30,4 @@ mod firewall;
 mod leases;
 mod revocation;
 mod tls;
+mod watch_load;
