@@ -32,6 +32,6 @@ soak: tools ## 30 minutes of lifecycle churn on two brokers, sampled for leaks; 
 	cargo build --locked --release -q -p etcd-broker -p xtask
 	target/release/xtask soak --out docs/reliability.md
 
-bench: tools ## the standard benchmark scenario; rewrites docs/performance.md's tables (BENCH_PRELOAD=, BENCH_COUNT=)
+bench: tools ## the standard benchmark scenario; rewrites docs/performance.md's tables (BENCH_PRELOAD=, BENCH_COUNT=, BENCH_ONLY=)
 	cargo build --locked --release -q -p etcd-broker -p etcd-broker-ops -p xtask
 	target/release/xtask bench-scenario

@@ -1127,6 +1127,44 @@ async fn deprovision_removes_users_and_roles_no_record_names() {
 /// Issue 22: a repeated bind with another plan_id answered 200; the spec's 200 is for an
 /// identical request, so it is a 409, also after the instance moved to that plan. The same
 /// request as the first bind stays a 200 with the same credentials.
+/// A bind's first look is served by one member without a raft round, and that member may
+/// lag: whatever it has missed, the bind answers as a linearizable read would have made it.
+#[tokio::test]
+async fn a_bind_whose_first_look_is_stale_answers_as_if_it_were_not() {
+    // The member has not seen the instance: not a 404.
+    let store = Arc::new(MemoryStore::default());
+    let broker = broker_on(store.clone());
+    store.lag();
+    broker.provision(provision_req("i1", SMALL)).await.unwrap();
+    let first = broker.bind(bind_req("i1", "b1")).await.unwrap();
+    assert!(matches!(first, Bound::Created(_)), "{first:?}");
+
+    // It has seen the instance but not the binding: the create's guard fails, the retry finds
+    // the binding, and the answer is the same binding, not a second user.
+    store.lag();
+    let second = broker.bind(bind_req("i1", "b2")).await.unwrap();
+    let again = broker.bind(bind_req("i1", "b2")).await.unwrap();
+    assert!(matches!(again, Bound::AlreadyExists(_)), "{again:?}");
+    assert_eq!(password_of(&again), password_of(&second));
+
+    // It has an older revision of the instance (a plan update since): the revision guard fails
+    // and the retry binds against the current record.
+    store.lag();
+    broker.update(update_req("i1", LARGE)).await.unwrap();
+    assert!(matches!(broker.bind(bind_req("i1", "b3")).await.unwrap(), Bound::Created(_)));
+    assert_eq!(store.snapshot().users.len(), 3);
+
+    // It still has an instance deprovisioned since: the bind is refused as for a gone instance.
+    store.lag();
+    broker.deprovision(deprovision_req("i1")).await.unwrap();
+    drain_role_queue(&broker).await.unwrap();
+    let refused = broker.bind(bind_req("i1", "b4")).await.unwrap_err();
+    assert!(matches!(refused, BrokerError::InstanceNotFound(_)), "{refused:?}");
+    let state = store.snapshot();
+    assert!(state.users.is_empty() && state.roles.is_empty(), "{state:?}");
+    assert_consistent(&state);
+}
+
 #[tokio::test]
 async fn a_repeated_bind_with_another_plan_conflicts() {
     let broker = broker_on(Arc::new(MemoryStore::default()));

@@ -253,7 +253,8 @@ mod tests {
         assert_eq!(coalescer.lock().senders, 0, "every sender stopped once the queue was empty");
     }
 
-    #[tokio::test]
+    // Paused time: the 5 ms steps must not depend on how loaded the machine is.
+    #[tokio::test(start_paused = true)]
     async fn a_caller_that_gives_up_does_not_stop_the_others_and_is_not_sent() {
         let batches = recorder();
         let coalescer = Coalescer::new(doubling(8, 1, batches.clone()));

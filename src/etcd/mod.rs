@@ -160,6 +160,18 @@ impl Store for EtcdStore {
         self.batched(|c| &c.reads, key.to_owned()).await
     }
 
+    /// Not batched: a batch is one Txn, and etcd serves a Txn without its read-index round
+    /// only when every range in it is serializable; a Range of its own is as cheap.
+    async fn get_local(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let response =
+            self.kv(Call::Read, |mut c| async move {
+                c.get(key, Some(GetOptions::new().with_serializable())).await
+            })
+            .await
+            .map_err(classify)?;
+        Ok(response.kvs().first().map(versioned))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let response = self
             .kv(Call::Read, |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })

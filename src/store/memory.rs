@@ -27,12 +27,22 @@ pub struct MemoryState {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     pub state: Mutex<MemoryState>,
+    /// What [`Store::get_local`] answers from while set: the keys as a lagging member would
+    /// still have them ([`MemoryStore::lag`]); `None`: the current keys, like `get`.
+    pub lagging: Mutex<Option<BTreeMap<String, Versioned>>>,
 }
 
 impl MemoryStore {
     /// A snapshot of everything, for assertions.
     pub fn snapshot(&self) -> MemoryState {
         self.state.lock().unwrap().clone()
+    }
+
+    /// From now on `get_local` answers with the keys as they are now, whatever is written
+    /// later: a member that stopped applying the log.
+    pub fn lag(&self) {
+        let keys = self.state.lock().unwrap().keys.clone();
+        *self.lagging.lock().unwrap() = Some(keys);
     }
 
     /// Ends `lease` as etcd does when its ttl passes without a renewal: its keys go.
@@ -49,6 +59,12 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         Ok(self.state.lock().unwrap().keys.get(key).cloned())
+    }
+    async fn get_local(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        match &*self.lagging.lock().unwrap() {
+            Some(keys) => Ok(keys.get(key).cloned()),
+            None => Ok(self.state.lock().unwrap().keys.get(key).cloned()),
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {

@@ -10,8 +10,9 @@ use super::{Guard, Permission, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
 /// The `call` label values: one per [`Store`] method.
-const CALLS: [&str; 18] = [
+const CALLS: [&str; 19] = [
     "get",
+    "get_local",
     "list",
     "next",
     "scan",
@@ -79,6 +80,9 @@ impl MeteredStore {
 impl Store for MeteredStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         self.observe("get", self.inner.get(key)).await
+    }
+    async fn get_local(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.observe("get_local", self.inner.get_local(key)).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         self.observe("list", self.inner.list(prefix)).await

@@ -120,6 +120,15 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
 
+    /// Reads one key as the answering member has applied it, without confirming with the
+    /// leader that nothing newer was committed (etcd's serializable read): no raft round, so it
+    /// does not wait behind writes in flight, but it may miss the newest ones. Only for a first
+    /// look whose every use the following commit guards with a compare, and whose surprises
+    /// ("absent", "being deleted") are read again with [`Store::get`].
+    async fn get_local(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.get(key).await
+    }
+
     /// Reads every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 

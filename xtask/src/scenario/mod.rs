@@ -53,7 +53,27 @@ pub struct ScenarioArgs {
     /// slower than the broker it measures); for trying the scenario out, not for figures.
     #[arg(long)]
     pub allow_debug_build: bool,
+    /// Measure only these regions of the document (comma-separated, e.g.
+    /// `default-8,default-8-certificate`) and rewrite only them: the whole scenario takes
+    /// half an hour and more. `machine` is always rewritten, `targets` only by a whole run.
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(MEASURED))]
+    pub only: Vec<String>,
 }
+
+/// The regions a run can measure, as `--only` names them.
+const MEASURED: [&str; 11] = [
+    "default-8",
+    "default-8-certificate",
+    "default-64",
+    "catalog-wrk",
+    "cost4-1",
+    "cost4-8",
+    "sealing",
+    "credential-store",
+    "preload-8",
+    "scale",
+    "startup",
+];
 
 /// The build profile of this program, recorded with the figures.
 const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
@@ -109,103 +129,113 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     let work = tempfile::tempdir().context("cannot create a temporary folder")?;
     let wrk = wrk_binary(work.path());
 
+    let mut catalog_rps = None;
+    let wanted = |region: &str| args.only.is_empty() || args.only.iter().any(|r| r == region);
     let mut runs = BTreeMap::new();
-    let stack = DevProcess::start(xtask, &StackOptions::default(), &work.path().join("default"))?;
+    let mut regions: Vec<(&str, String)> = vec![("machine", machine)];
     let bench = |stack: &DevProcess, name: &str, extra: &[&str]| {
         bench(xtask, args.count, &stack.env, work.path(), name, extra)
     };
-    runs.insert("default-8", bench(&stack, "default-8", &["--clients", "8"])?);
-    // The local stack's plan with certificate bindings (`dev`'s CERTIFICATE_PLAN_ID).
-    runs.insert(
-        "default-8-certificate",
-        bench(
-            &stack,
-            "default-8-certificate",
-            &[
-                "--clients",
-                "8",
-                "--plan",
-                "certificate",
-                "--ops",
-                "provision,bind,get-binding,unbind,deprovision",
-            ],
-        )?,
-    );
-    runs.insert(
-        "default-64",
-        bench(
-            &stack,
-            "default-64",
-            &["--clients", "64", "--ops", "provision,bind,get-binding,unbind,deprovision"],
-        )?,
-    );
-    let catalog = match &wrk {
-        Some(wrk) => Some(catalog_with_wrk(wrk, &stack.env)?),
-        None => None,
-    };
-    stop(stack);
+    let lifecycle = ["provision", "bind", "get-binding", "unbind", "deprovision"].join(",");
+    if ["default-8", "default-8-certificate", "default-64", "catalog-wrk"].into_iter().any(wanted) {
+        let stack = DevProcess::start(xtask, &StackOptions::default(), &work.path().join("default"))?;
+        if wanted("default-8") {
+            runs.insert("default-8", bench(&stack, "default-8", &["--clients", "8"])?);
+        }
+        if wanted("default-8-certificate") {
+            // The local stack's plan with certificate bindings (`dev`'s CERTIFICATE_PLAN_ID).
+            let extra = ["--clients", "8", "--plan", "certificate", "--ops", &lifecycle];
+            runs.insert("default-8-certificate", bench(&stack, "default-8-certificate", &extra)?);
+        }
+        if wanted("default-64") {
+            runs.insert(
+                "default-64",
+                bench(&stack, "default-64", &["--clients", "64", "--ops", &lifecycle])?,
+            );
+        }
+        if wanted("catalog-wrk") {
+            let (line, rps) = match &wrk {
+                Some(wrk) => catalog_with_wrk(wrk, &stack.env)?,
+                None => ("(wrk not available)".to_owned(), None),
+            };
+            regions.push(("catalog-wrk", line));
+            catalog_rps = rps;
+        }
+        stop(stack);
+    }
 
-    let cost4 = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
-    let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
-    runs.insert("cost4-1", bench(&stack, "cost4-1", &["--clients", "1"])?);
-    runs.insert("cost4-8", bench(&stack, "cost4-8", &["--clients", "8"])?);
-    let sealing = sealing_comparison(xtask, &broker, &stack, args.count, work.path())?;
-    let stored = credential_store_comparison(xtask, &broker, &stack, args.count, work.path())?;
-    let preload = args.preload.to_string();
-    runs.insert(
-        "preload-8",
-        bench(
-            &stack,
-            "preload-8",
-            &["--clients", "8", "--preload", &preload, "--keep-preload", "--preload-without-bindings"],
-        )?,
-    );
-    let startup = startup_time(&broker, &stack)?;
-    let reconcile = reconcile_run(&xtask.with_file_name("etcd-broker-ops"), &stack)?;
+    let mut sealing_ratios = Vec::new();
+    let mut stored_ratios = Vec::new();
+    let mut startup_ms = None;
+    let on_cost4 = ["cost4-1", "cost4-8", "sealing", "credential-store", "preload-8", "scale", "startup"];
+    if on_cost4.into_iter().any(wanted) {
+        let cost4 = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
+        let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
+        if wanted("cost4-1") {
+            runs.insert("cost4-1", bench(&stack, "cost4-1", &["--clients", "1"])?);
+        }
+        if wanted("cost4-8") || wanted("scale") {
+            runs.insert("cost4-8", bench(&stack, "cost4-8", &["--clients", "8"])?);
+        }
+        if wanted("sealing") {
+            let sealing = sealing_comparison(xtask, &broker, &stack, args.count, work.path())?;
+            let (text, ratios) = tables::sealing_table(&sealing.sealed, &sealing.unsealed);
+            regions.push(("sealing", text));
+            sealing_ratios = ratios;
+        }
+        if wanted("credential-store") {
+            let stored = credential_store_comparison(xtask, &broker, &stack, args.count, work.path())?;
+            let (text, ratios) = tables::credential_store_table(&stored.sealed, &stored.unsealed);
+            regions.push(("credential-store", text));
+            stored_ratios = ratios;
+        }
+        if wanted("preload-8") || wanted("scale") || wanted("startup") {
+            let preload = args.preload.to_string();
+            let extra =
+                ["--clients", "8", "--preload", &preload, "--keep-preload", "--preload-without-bindings"];
+            runs.insert("preload-8", bench(&stack, "preload-8", &extra)?);
+        }
+        if wanted("scale") {
+            let scale = tables::scale_table(&runs["cost4-8"].report, &runs["preload-8"].report);
+            regions.push(("scale", format!("Preloaded: {} instances.\n\n{scale}", args.preload)));
+        }
+        if wanted("startup") {
+            let startup = startup_time(&broker, &stack)?;
+            let reconcile = reconcile_run(&xtask.with_file_name("etcd-broker-ops"), &stack)?;
+            regions.push((
+                "startup",
+                format!(
+                    "A broker started against the preloaded etcd answered its first catalog request after {} ms.\n\n\
+                     `etcd-broker-ops reconcile --json` over the preloaded deployment: {:.1} s, {:.0} MB peak RSS, \
+                     exit code {}.",
+                    startup.as_millis(),
+                    reconcile.seconds,
+                    reconcile.max_rss_mb,
+                    reconcile.exit_code,
+                ),
+            ));
+            startup_ms = u64::try_from(startup.as_millis()).ok();
+        }
+        stop(stack);
+    }
 
-    let reports: BTreeMap<String, Value> =
-        runs.iter().map(|(name, run)| ((*name).to_owned(), run.report.clone())).collect();
-    let mut regions: Vec<(&str, String)> = vec![("machine", machine)];
     for name in tables::RUNS {
+        let Some(run) = runs.get(name).filter(|_| wanted(name)) else { continue };
         let mut text = String::new();
         if name == "preload-8" {
             text += &format!("Preloaded: {} instances (no bindings).\n\n", args.preload);
         }
-        text += &format!("```\n{}\n```\n", runs[name].text.trim_end());
+        text += &format!("```\n{}\n```\n", run.text.trim_end());
         regions.push((name, text));
     }
-    let (catalog_line, rps) = match catalog {
-        Some((line, rps)) => (line, rps),
-        None => ("(wrk not available)".to_owned(), None),
-    };
-    regions.push(("catalog-wrk", catalog_line));
-    regions.push((
-        "scale",
-        format!(
-            "Preloaded: {} instances.\n\n{}",
-            args.preload,
-            tables::scale_table(&reports["cost4-8"], &reports["preload-8"])
-        ),
-    ));
-    regions.push((
-        "startup",
-        format!(
-            "A broker started against the preloaded etcd answered its first catalog request after {} ms.\n\n\
-             `etcd-broker-ops reconcile --json` over the preloaded deployment: {:.1} s, {:.0} MB peak RSS, \
-             exit code {}.",
-            startup.as_millis(),
-            reconcile.seconds,
-            reconcile.max_rss_mb,
-            reconcile.exit_code,
-        ),
-    ));
-    let (sealing_text, sealing_ratios) = tables::sealing_table(&sealing.sealed, &sealing.unsealed);
-    regions.push(("sealing", sealing_text));
-    let (stored_text, stored_ratios) = tables::credential_store_table(&stored.sealed, &stored.unsealed);
-    regions.push(("credential-store", stored_text));
-    let startup_ms = u64::try_from(startup.as_millis()).ok();
-    regions
-        .push(("targets", tables::targets_table(&reports, rps, startup_ms, &sealing_ratios, &stored_ratios)));
+    if args.only.is_empty() {
+        let reports: BTreeMap<String, Value> =
+            runs.iter().map(|(name, run)| ((*name).to_owned(), run.report.clone())).collect();
+        regions.push((
+            "targets",
+            tables::targets_table(&reports, catalog_rps, startup_ms, &sealing_ratios, &stored_ratios),
+        ));
+    }
 
     let mut doc = doc;
     for (name, contents) in regions {
@@ -213,7 +243,6 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     }
     std::fs::write(&args.out, doc).with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("bench-scenario: wrote {}", args.out.display());
-    stop(stack);
     Ok(())
 }
 

@@ -188,3 +188,39 @@ fn bench_scenario_refuses_a_debug_build() {
     assert!(stderr.contains("debug build") && stderr.contains("make bench"), "{stderr}");
     assert!(!doc.exists());
 }
+
+/// `bench-scenario --only`: one region measured and rewritten, `machine` too, every other
+/// region of the document left as it was (the scenario's other stages never ran).
+#[test]
+fn a_scenario_limited_to_one_region_rewrites_only_that_region_and_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("performance.md");
+    let original =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md"))
+            .unwrap();
+    std::fs::write(&doc, &original).unwrap();
+    let out = Command::new(XTASK)
+        .args(["bench-scenario", "--allow-debug-build", "--only", "cost4-1", "--count", "5", "--out"])
+        .arg(&doc)
+        .output()
+        .unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{output}");
+    let region = |text: &str, name: &str| {
+        let start = text.find(&format!("<!-- generated: {name} -->")).unwrap();
+        let end = start + text[start..].find("<!-- end generated -->").unwrap();
+        text[start..end].to_owned()
+    };
+    let written = std::fs::read_to_string(&doc).unwrap();
+    let cost4 = region(&written, "cost4-1");
+    assert_ne!(cost4, region(&original, "cost4-1"));
+    assert!(cost4.contains("provision") && cost4.contains("p50"), "{cost4}");
+    for untouched in ["default-8", "default-8-certificate", "sealing", "credential-store", "scale", "targets"]
+    {
+        assert_eq!(region(&written, untouched), region(&original, untouched), "{untouched}");
+    }
+
+    let refused = Command::new(XTASK).args(["bench-scenario", "--only", "nonsense"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"), "{refused:?}");
+}
