@@ -5,6 +5,7 @@
 //! - `common`: the harness: etcd with tenants, proxy processes, a raw gRPC client, etcdctl
 //! - `broker`: a real broker process (this binary started again to serve it), its OSB client
 //! - `encryption`: an encrypting plan's values, clear through the proxy, sealed in etcd
+//! - `data_keys`: `etcd-broker-ops data-keys`: versions added and retired, values rewritten
 //! - `etcdctl`: unmodified etcdctl through the proxy with a tenant's credentials
 //! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
 //!   still working directly on etcd (why the proxy exists)
@@ -17,6 +18,7 @@
 mod broker;
 mod cli;
 mod common;
+mod data_keys;
 mod encryption;
 mod etcdctl;
 mod firewall;
