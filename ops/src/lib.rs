@@ -13,12 +13,15 @@
 //! - `sealing`: `keys generate` / `keys list` / `seal` / `unseal` (secrets sealed at rest).
 //! - `reseal`: binding records rewritten sealed by the active key (key rotation).
 //! - `reconcile`: records compared with etcd's users, roles, grants and data; safe repairs.
+//! - `data_keys`: `data-keys`, an encrypted instance's data keys added and retired, its values
+//!   rewritten through the tenant proxy under the newest.
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
 
 pub mod blackbox;
 pub mod check;
+pub mod data_keys;
 pub mod names;
 pub mod osb;
 pub mod private_file;

@@ -10,9 +10,10 @@
 //!   secrets at rest, and one value sealed or unsealed for operators' scripts.
 //! - `reseal` (reseal.rs): binding records rewritten sealed by the active key.
 //! - `reconcile` (reconcile.rs): records compared with etcd, the safe repairs.
+//! - `data-keys` (data_keys.rs): encrypted instances' data keys added, retired, values rewritten.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage; `reseal` also
-//! 130 when Ctrl-C stopped it; `reconcile` 0 nothing found, 1 findings, 2 error.
+//! 130 when Ctrl-C stopped it (`data-keys rewrite` too); `reconcile` 0 nothing found, 1 findings, 2 error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
-use etcd_broker_ops::{blackbox, check, names, reconcile, registration, render, reseal, sealing};
+use etcd_broker_ops::{blackbox, check, data_keys, names, reconcile, registration, render, reseal, sealing};
 
 /// Operators' tools for etcd-broker.
 #[derive(Debug, Parser)]
@@ -77,6 +78,14 @@ enum Command {
     /// Read-only unless --repair. Exit 0 when nothing is found, 1 when something is (repaired
     /// or not), 2 when the check could not run.
     Reconcile(reconcile::ReconcileArgs),
+    /// An encrypted instance's data keys (values sealed by the tenant proxy): status, add a
+    /// version, rewrite the values under the newest through the proxy, retire a version no
+    /// value uses (docs/proxy.md). Exit 0 done, 1 refused or not every value done, 130 after
+    /// Ctrl-C.
+    DataKeys {
+        #[command(subcommand)]
+        what: data_keys::DataKeysCommand,
+    },
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -157,6 +166,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::DataKeys { what } = &cli.command {
+        return match data_keys::run(what) {
+            Ok(data_keys::Outcome::Done) => ExitCode::SUCCESS,
+            Ok(data_keys::Outcome::Failed) => ExitCode::FAILURE,
+            Ok(data_keys::Outcome::Interrupted) => ExitCode::from(130),
+            Err(e) => {
+                eprintln!("etcd-broker-ops: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -184,6 +204,7 @@ fn run(command: Command) -> Result<()> {
         Command::Seal(args) => sealing::seal(&args),
         Command::Reseal(args) => reseal::run(&args).map(|_| ()),
         Command::Reconcile(args) => reconcile::run(&args).map(|_| ()),
+        Command::DataKeys { what } => data_keys::run(&what).map(|_| ()),
         Command::Unseal(args) => sealing::unseal(&args),
         Command::Names { instance_id, binding_id, parameters, config, data_prefix, state_prefix, json } => {
             let names = match config {
@@ -269,6 +290,40 @@ mod tests {
         };
         assert_eq!(config, PathBuf::from("b.toml"));
         assert_eq!(parse(&["keys", "list"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn data_keys_take_an_instance_a_config_and_a_version_to_retire() {
+        let Ok(Command::DataKeys { what: data_keys::DataKeysCommand::Rewrite(args) }) = parse(&[
+            "data-keys",
+            "rewrite",
+            "i1",
+            "--config",
+            "b.toml",
+            "--proxy",
+            "http://a:2379,http://b:2379",
+            "--dry-run",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            (args.instance.instance_id.as_str(), args.dry_run, args.proxy.proxy.len()),
+            ("i1", true, 2)
+        );
+        let Ok(Command::DataKeys { what: data_keys::DataKeysCommand::Retire(args) }) =
+            parse(&["data-keys", "retire", "i1", "2", "--config", "b.toml"])
+        else {
+            panic!()
+        };
+        assert_eq!(args.version, 2);
+        for usage in [
+            &["data-keys", "add", "i1"][..],
+            &["data-keys", "retire", "i1", "--config", "b.toml"],
+            &["data-keys", "retire", "i1", "x", "--config", "b.toml"],
+            &["data-keys", "rewrite", "i1", "--config", "b.toml", "--proxy", "not a url"],
+        ] {
+            assert_eq!(parse(usage).unwrap_err().exit_code(), 2, "{usage:?}");
+        }
     }
 
     #[test]

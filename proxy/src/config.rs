@@ -97,6 +97,12 @@ pub struct Args {
     #[arg(long, env = "ETCD_BROKER_PROXY_BROKER_CONFIG")]
     pub broker_config: Option<PathBuf>,
 
+    /// How often the proxy deletes its records of leases that no longer exist (expired, or
+    /// revoked directly on etcd), in seconds (1-86400).
+    #[arg(long, env = "ETCD_BROKER_PROXY_LEASE_SWEEP_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub lease_sweep_seconds: u64,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing filter (`RUST_LOG` wins).
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -124,6 +130,8 @@ pub struct Config {
     pub broker_names: Names,
     /// The broker's keychain, from --broker-config: it unseals instances' data keys.
     pub keychain: Option<Keychain>,
+    /// Between two sweeps of the records of leases that no longer exist.
+    pub lease_sweep: std::time::Duration,
     pub log_level: String,
 }
 
@@ -226,6 +234,7 @@ impl Args {
             state_prefix: self.state_prefix,
             broker_names,
             keychain,
+            lease_sweep: std::time::Duration::from_secs(self.lease_sweep_seconds),
             log_level: self.log_level,
         })
     }

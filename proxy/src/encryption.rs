@@ -42,8 +42,8 @@ use crate::pb::mvccpb::KeyValue;
 use crate::policy;
 
 /// How a sealed value starts: a NUL byte, which text values do not hold, then a name and the
-/// format's version.
-pub const MAGIC: &[u8] = b"\0ebp\x01";
+/// format's version (defined beside the instance record, where the operators' tools read it).
+pub const MAGIC: &[u8] = etcd_broker::broker::records::SEALED_VALUE_MAGIC;
 const NONCE: usize = 12;
 const TAG: usize = 16;
 const HEADER: usize = MAGIC.len() + 4;

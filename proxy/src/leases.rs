@@ -8,9 +8,12 @@
 //! every proxy in front of the cluster reads the same ones. They are not attached to the lease
 //! itself: etcd refuses to revoke a lease to a user who may not write every key attached to
 //! it, so the record would stop its owner from revoking its own lease. Instead a record is
-//! deleted when its lease is revoked through the proxy or found expired; one whose lease
-//! expired unseen stays behind, harmless (an owner of a lease that no longer exists), until
-//! then.
+//! deleted when its lease is revoked through the proxy or found expired, and every proxy
+//! sweeps the records of leases etcd no longer lists (expired unseen, revoked directly) every
+//! `--lease-sweep-seconds` ([`LeaseOwners::sweep`]): records are read before the leases are
+//! listed, and each is deleted only if unchanged since, so a lease granted meanwhile (its
+//! record is written after the grant) keeps its record. Several proxies sweeping at once
+//! delete each record once; the others' compares fail.
 //!
 //! A lease without a record (granted directly on etcd, or by a proxy that crashed before
 //! writing the record) belongs to nobody: tenants are refused it. Every check reads etcd
@@ -19,7 +22,9 @@
 
 use std::collections::HashSet;
 
-use etcd_client::{Client, GetOptions};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use crate::policy;
@@ -122,6 +127,64 @@ impl LeaseOwners {
             }
         }
         Ok(owned)
+    }
+
+    /// Deletes the records of leases etcd no longer lists; how many it deleted.
+    pub async fn sweep(&self) -> Result<usize, RecordError> {
+        // Records first: a record read here was written after its grant, so a lease missing
+        // from the listing that follows has ended (an id granted again since rewrote the
+        // record, which the delete's compare then protects).
+        let prefix = self.prefix.clone();
+        let records = self
+            .bounded(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix().with_keys_only())).await }
+            })
+            .await?;
+        if records.kvs().is_empty() {
+            return Ok(0);
+        }
+        let live: HashSet<i64> = self
+            .bounded(|mut c| async move { c.leases().await })
+            .await?
+            .leases()
+            .iter()
+            .map(|l| l.id())
+            .collect();
+        let mut swept = 0;
+        for kv in records.kvs() {
+            let id =
+                kv.key().strip_prefix(self.prefix.as_bytes()).and_then(|hex| std::str::from_utf8(hex).ok());
+            let Some(Ok(id)) = id.map(|hex| u64::from_str_radix(hex, 16)) else { continue };
+            if live.contains(&(id as i64)) {
+                continue;
+            }
+            let (key, revision) = (kv.key().to_vec(), kv.mod_revision());
+            let deleted = self
+                .bounded(|mut c| {
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+                        .and_then([TxnOp::delete(key.clone(), None)]);
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            swept += usize::from(deleted.succeeded());
+        }
+        Ok(swept)
+    }
+
+    /// [`LeaseOwners::sweep`] every `every`, for as long as the process runs.
+    pub async fn sweep_every(self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(swept) => tracing::debug!(swept, "deleted the records of leases that ended"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sweep the records of ended leases; trying again later")
+                }
+            }
+        }
     }
 
     /// One request of the proxy's client ([`policy::own_request`]).

@@ -61,10 +61,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(bindings.clone().follow(tokens.clone(), streams.clone()));
     let data_keys = DataKeys::new(client.clone(), config.broker_names.clone(), config.keychain.clone());
     tokio::spawn(data_keys.clone().follow());
+    let owners = LeaseOwners::new(client, &config.state_prefix);
+    tokio::spawn(owners.clone().sweep_every(config.lease_sweep));
     let proxy = Proxy::new(Shared {
         backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,
         tokens,
-        owners: LeaseOwners::new(client, &config.state_prefix),
+        owners,
         view: View::new(&config.advertise_client_urls),
         bindings,
         streams,

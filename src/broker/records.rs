@@ -65,6 +65,19 @@ pub fn data_key_name(instance_key: &str, version: u32) -> String {
     format!("{instance_key}#data_key.v{version}")
 }
 
+/// How a value the tenant proxy sealed under an instance's data key starts: a NUL byte, which
+/// text values do not hold, a name and the format's version; then the data key's version (u32,
+/// big-endian). Here, not in the proxy, because the operators' `data-keys` commands read which
+/// version seals each value without holding the keys.
+pub const SEALED_VALUE_MAGIC: &[u8] = b"\0ebp\x01";
+
+/// The data-key version a value is sealed with, `None` for a value that is not sealed (the
+/// proxy passes those through in clear).
+pub fn sealed_value_version(value: &[u8]) -> Option<u32> {
+    let rest = value.strip_prefix(SEALED_VALUE_MAGIC)?;
+    Some(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?))
+}
+
 /// A service binding: one etcd user and role. `Default` for writing one field by field: the
 /// optional fields absent, the state `creating`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

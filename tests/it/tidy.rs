@@ -159,6 +159,8 @@ fn modules_use_only_what_architecture_md_allows() {
 /// `reseal`: the library's wiring of its record walk to the state cluster, so that the
 /// operators' crate rewrites records without building a store or reaching into `broker`.
 /// `reconcile`: likewise, the check of records against etcd wired to the config's clusters.
+/// Of `broker`, only `names` and `records` (the record formats: `data-keys` edits an instance
+/// record's data keys and reads sealed values' headers).
 const OPS_MAY_USE: &[&str] =
     &["config", "render", "broker", "secrets", "osb", "tls", "etcd", "sealing", "reseal", "reconcile"];
 
@@ -172,7 +174,7 @@ fn the_operators_crate_uses_only_the_broker_crates_public_tools() {
             }
         }
         for used in used_after(&code, "etcd_broker::broker::") {
-            if used != "names" {
+            if used != "names" && used != "records" {
                 broken.push(format!("{file} uses etcd_broker::broker::{used}"));
             }
         }

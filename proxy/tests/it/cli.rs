@@ -32,6 +32,7 @@ fn help_lists_every_flag() {
         "--password-file",
         "--admin-users",
         "--state-prefix",
+        "--lease-sweep-seconds",
         "--log-level",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
@@ -51,6 +52,10 @@ fn bad_input_is_a_usage_error_that_names_the_flag() {
         (
             &["--endpoints", "http://127.0.0.1:1", "--user", "p", "--tls-cert-file", "/nonexistent"],
             "--tls-key-file",
+        ),
+        (
+            &["--endpoints", "http://127.0.0.1:1", "--user", "p", "--lease-sweep-seconds", "0"],
+            "--lease-sweep-seconds",
         ),
     ];
     for (args, expected) in cases {

@@ -63,3 +63,38 @@ async fn records_are_named_by_the_lease_and_hidden_from_tenants() {
         alice.kv().range(alice.req(RangeRequest { key: key.into_bytes(), ..Default::default() })).await;
     refused(read, Code::PermissionDenied);
 }
+
+/// The records of leases that end without the proxy seeing it (expired, revoked directly on
+/// etcd) are swept; a live lease's record stays.
+#[tokio::test]
+async fn records_of_leases_that_ended_unseen_are_swept() {
+    use etcd_broker_proxy::pb::etcdserverpb::LeaseGrantRequest;
+    let etcd = start_etcd().await;
+    let proxy = ProxyProcess::start_with(&etcd, &["--lease-sweep-seconds", "1"]).await;
+    let alice = Conn::login(&proxy.url, "alice").await;
+    let short = alice.lease().lease_grant(alice.req(LeaseGrantRequest { ttl: 2, id: 0 })).await.unwrap();
+    let short = short.into_inner().id;
+    let (revoked, live) = (grant(&alice).await, grant(&alice).await);
+    let record = |lease: i64| format!("/etcd-broker/proxy/leases/{:016x}", lease as u64);
+    let mut root = etcd.root_client().await.unwrap();
+    for lease in [short, revoked, live] {
+        assert_eq!(root.get(record(lease), None).await.unwrap().count(), 1, "recorded");
+    }
+    root.lease_revoke(revoked).await.unwrap();
+    let since = std::time::Instant::now();
+    let mut left = vec![short, revoked];
+    while !left.is_empty() {
+        assert!(since.elapsed() < std::time::Duration::from_secs(15), "records left: {left:x?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut still = Vec::new();
+        for lease in left {
+            if root.get(record(lease), None).await.unwrap().count() == 1 {
+                still.push(lease);
+            }
+        }
+        left = still;
+    }
+    eprintln!("records swept after {:?}", since.elapsed());
+    assert_eq!(root.get(record(live), None).await.unwrap().count(), 1, "a live lease keeps its record");
+    assert!(time_to_live(&alice, live).await.unwrap() > 0);
+}

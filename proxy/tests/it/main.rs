@@ -6,6 +6,7 @@
 //! - `bad_input`: malformed protobuf and gRPC frames, values around etcd's size limit
 //! - `broker`: a real broker process (this binary started again to serve it), its OSB client
 //! - `encryption`: an encrypting plan's values, clear through the proxy, sealed in etcd
+//! - `data_keys`: `etcd-broker-ops data-keys`: versions added and retired, values rewritten
 //! - `etcdctl`: unmodified etcdctl through the proxy with a tenant's credentials
 //! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
 //!   still working directly on etcd (why the proxy exists)
@@ -24,6 +25,7 @@ mod broker;
 mod cli;
 mod clients;
 mod common;
+mod data_keys;
 mod encryption;
 mod etcdctl;
 mod firewall;
