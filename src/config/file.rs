@@ -446,6 +446,15 @@ impl ConfigFile {
             if sealing.keychain().is_none() {
                 return Err(invalid(field, "needs a keychain ([secrets]) to seal the instances' data keys"));
             }
+            // A client certificate cannot log in through the proxy: it terminates TLS and
+            // forwards tokens, which only a password's Authenticate gives (docs/proxy.md).
+            if !config.credentials.password() {
+                return Err(invalid(
+                    field,
+                    "needs password bindings: the tenant proxy cannot pass a client certificate on to \
+                     etcd; set credentials = \"password\" or \"both\"",
+                ));
+            }
             if clusters.get(&config.cluster).is_some_and(|c| c.proxy_endpoints.is_empty()) {
                 return Err(invalid(
                     field,

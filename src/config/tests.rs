@@ -660,10 +660,11 @@ fn expiry_options_are_checked_and_published() {
 #[test]
 fn an_encrypting_plan_needs_a_keychain_and_the_proxys_urls() {
     const PLAN: &str = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
-    let encrypting = |keychain: bool, proxy: bool| {
+    let encrypting_with = |keychain: bool, proxy: bool, credentials: &'static str| {
         with(move |t| {
             let plan = t["plan_configs"][PLAN].as_table_mut().unwrap();
             plan.insert("encryption".into(), true.into());
+            plan.insert("credentials".into(), credentials.into());
             let cluster = plan["cluster"].as_str().unwrap().to_owned();
             if proxy {
                 let cluster = t["clusters"][&cluster].as_table_mut().unwrap();
@@ -681,12 +682,16 @@ fn an_encrypting_plan_needs_a_keychain_and_the_proxys_urls() {
             }
         })
     };
+    let encrypting = |keychain: bool, proxy: bool| encrypting_with(keychain, proxy, "password");
     let field = format!("plan_configs.\"{PLAN}\".encryption");
     assert_eq!(field_of(encrypting(false, true)), field);
     let error = encrypting(true, false).unwrap_err().to_string();
     assert!(error.contains("proxy_endpoints"), "{error}");
     let config = encrypting(true, true).unwrap();
     assert!(config.plan_options[PLAN].encryption);
+    // A client certificate cannot log in through the proxy: refused, naming the field.
+    let error = encrypting_with(true, true, "certificate").unwrap_err().to_string();
+    assert!(error.contains(&field) && error.contains("password bindings"), "{error}");
     let cluster = &config.clusters[&config.plan_clusters[PLAN]];
     assert_eq!(cluster.proxy_endpoints[0].as_str(), "https://etcd-proxy.example.com:2379/");
 }
