@@ -39,8 +39,9 @@ fn broker_process_host() {
 pub struct BrokerProcess {
     child: Child,
     pub osb: OsbClient,
-    /// Its config file (the proxy reads its prefixes and keychain with --broker-config).
-    pub config: PathBuf,
+    /// A config file for the proxy holding only the broker's `[secrets]` (`--config`): the
+    /// keys that unseal data keys, never the broker's root credentials.
+    pub proxy_config: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -118,6 +119,12 @@ encryption = true
             config = config
                 .replace("[clusters.main]\n", &format!("[clusters.main]\nproxy_endpoints = [{url:?}]\n"));
         }
+        let proxy_config = dir.path().join("proxy.toml");
+        std::fs::write(
+            &proxy_config,
+            format!("[secrets]\nactive = \"test\"\n[secrets.keys.test]\nvalue = {key:?}\n"),
+        )
+        .unwrap();
         let path = dir.path().join("broker.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.path().join("broker.log");
@@ -139,7 +146,7 @@ encryption = true
         let mut broker = BrokerProcess {
             child,
             osb: OsbClient::new(target, Duration::from_secs(30)).unwrap(),
-            config: path,
+            proxy_config,
             log,
             _dir: dir,
         };

@@ -21,7 +21,7 @@ async fn values_are_ciphertext_in_etcd_and_clear_text_through_the_proxy() {
     let url = format!("http://127.0.0.1:{port}");
     let broker = BrokerProcess::start_with(&etcd, Some(&url)).await;
     let proxy =
-        ProxyProcess::start_at(&etcd, port, &["--broker-config", broker.config.to_str().unwrap()]).await;
+        ProxyProcess::start_at(&etcd, port, &["--config", broker.proxy_config.to_str().unwrap()]).await;
     let plan = BrokerProcess::offering(ENCRYPTED);
     broker.osb.provision(&plan, "sealed-1", Duration::from_secs(30)).await.unwrap();
     let (_, bound) = broker.osb.bind(&plan, "sealed-1", "binding-1").await.unwrap();
