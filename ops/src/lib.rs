@@ -13,6 +13,7 @@
 //! - `sealing`: `keys generate` / `keys list` / `seal` / `unseal` (secrets sealed at rest).
 //! - `reseal`: binding records rewritten sealed by the active key (key rotation).
 //! - `reconcile`: records compared with etcd's users, roles, grants and data; safe repairs.
+//! - `proxy_user`: `proxy-user`, the tenant proxy's own etcd user and role (not root).
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
@@ -22,6 +23,7 @@ pub mod check;
 pub mod names;
 pub mod osb;
 pub mod private_file;
+pub mod proxy_user;
 pub mod reconcile;
 pub mod registration;
 pub mod render;

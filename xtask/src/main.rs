@@ -57,6 +57,9 @@ struct DevArgs {
     /// etcd client port on 127.0.0.1; 0 picks a free port.
     #[arg(long, env = "ETCD_PORT", default_value_t = 0)]
     etcd_port: u16,
+    /// The tenant proxy's port on 127.0.0.1; 0 picks a free port.
+    #[arg(long, env = "PROXY_PORT", default_value_t = 0)]
+    proxy_port: u16,
     /// etcd version to run: 3.5 or 3.4 (installed by scripts/install-tools.sh).
     #[arg(long, default_value = "3.5", value_parser = parse_version)]
     etcd_version: EtcdVersion,
@@ -102,6 +105,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 broker_port: args.broker_port,
                 metrics_port: args.metrics_port,
                 etcd_port: args.etcd_port,
+                proxy_port: args.proxy_port,
             };
             let temporary;
             let dir = match &args.dir {
@@ -119,6 +123,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 broker_port: args.broker_port,
                 metrics_port: args.metrics_port,
                 etcd_port: args.etcd_port,
+                proxy_port: args.proxy_port,
                 etcd_version: args.etcd_version,
                 bcrypt_cost: args.bcrypt_cost,
                 dir: args.dir.unwrap_or_else(|| PathBuf::from(".dev")),
