@@ -35,7 +35,7 @@ pub const BOSH_TEMPLATE: &str = include_str!("../../templates/etcd-broker-proxy.
 /// RBAC still decides; cluster-wide operations are refused to tenants and leases belong to the
 /// user who granted them (docs/proxy.md). Settings come from flags (and their environment
 /// variables), which win, then from --config's file, then the defaults shown.
-#[derive(Debug, Parser)]
+#[derive(Debug, Default, Parser)]
 #[command(name = "etcd-broker-proxy", version, about, long_about = None)]
 pub struct Args {
     /// The proxy's own config file (TOML, docs/proxy.md): every setting below under its flag's
@@ -264,13 +264,30 @@ impl Args {
             ));
         }
         let (file, source) = self.config_file()?;
-        let listen_text = pick(("--listen", self.listen), ("listen", file.listen), &source)
+        self.merge(file, &source, password_env)
+    }
+
+    /// The settings of a config file's TOML alone, checked like a start with `--config`
+    /// (`etcd-broker-ops render` checks the BOSH job's rendered config with it); `what` names
+    /// the file in errors.
+    pub fn config_from_toml(text: &str, what: &str) -> Result<Config, ConfigError> {
+        let file = parse_file(text).map_err(|problem| bad(what, problem))?;
+        Args::default().merge(file, &FileSource { what: what.to_owned() }, None)
+    }
+
+    fn merge(
+        self,
+        file: ConfigFile,
+        source: &FileSource,
+        password_env: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let listen_text = pick(("--listen", self.listen), ("listen", file.listen), source)
             .unwrap_or_else(|| ("--listen".to_owned(), DEFAULT_LISTEN.to_owned()));
         let listen: SocketAddr = listen_text.1.trim().parse().map_err(|e| {
             bad(&listen_text.0, format!("'{}' is not an address (host:port): {e}", listen_text.1))
         })?;
         let (endpoints_name, endpoints) =
-            pick_list(("--endpoints", self.endpoints), ("endpoints", file.endpoints), &source)
+            pick_list(("--endpoints", self.endpoints), ("endpoints", file.endpoints), source)
                 .ok_or_else(|| bad("--endpoints", "at least one etcd client URL is needed"))?;
         let endpoints =
             endpoints.iter().map(|e| client_url(&endpoints_name, e)).collect::<Result<Vec<_>, _>>()?;
@@ -305,7 +322,7 @@ impl Args {
         let advertise_client_urls = match pick_list(
             ("--advertise-client-urls", self.advertise_client_urls),
             ("advertise_client_urls", file.advertise_client_urls),
-            &source,
+            source,
         ) {
             None => {
                 if listen.ip().is_unspecified() {
@@ -353,7 +370,7 @@ impl Args {
         };
         etcd_broker::tls::connector(&endpoints_tls).map_err(|e| bad("--endpoints-*-file", e.to_string()))?;
 
-        let (user_name, user) = pick(("--user", self.user), ("user", file.user), &source)
+        let (user_name, user) = pick(("--user", self.user), ("user", file.user), source)
             .ok_or_else(|| bad("--user", "the proxy's own etcd user is needed"))?;
         if user.trim().is_empty() {
             return Err(bad(user_name, "must not be empty"));
@@ -393,13 +410,13 @@ impl Args {
             return Err(bad("--password-file", "the password is empty"));
         }
         let admin_users =
-            pick_list(("--admin-users", self.admin_users), ("admin_users", file.admin_users), &source)
+            pick_list(("--admin-users", self.admin_users), ("admin_users", file.admin_users), source)
                 .map_or_else(|| vec!["root".to_owned()], |(_, users)| users);
         let admin_users: Vec<String> =
             admin_users.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
         let prefix_of =
             |flag: &'static str, value: Option<String>, key: &str, file: Option<String>, default: &str| {
-                let (name, value) = pick((flag, value), (key, file), &source)
+                let (name, value) = pick((flag, value), (key, file), source)
                     .unwrap_or_else(|| (flag.to_owned(), default.to_owned()));
                 prefix(&name, &value).map(|()| value)
             };
@@ -425,7 +442,7 @@ impl Args {
             DEFAULT_DATA_PREFIX,
         )?;
         let (log_name, log_level) =
-            pick(("--log-level", self.log_level), ("log_level", file.log_level), &source)
+            pick(("--log-level", self.log_level), ("log_level", file.log_level), source)
                 .unwrap_or_else(|| ("--log-level".to_owned(), "info".to_owned()));
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| bad(log_name, format!("'{log_level}': {e}")))?;
