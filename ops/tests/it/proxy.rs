@@ -36,6 +36,25 @@ fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
     assert_eq!(config.user, "etcd-broker-proxy");
     assert_eq!(config.password.expose(), "example-proxy-password");
     assert_eq!(config.keychain.expect("the broker's keys").active().name(), "k1");
+    // The job's ERB writes what the offline render writes (director::properties_json).
+    let offline = tempfile::tempdir().unwrap();
+    let out = Command::new(OPS)
+        .args(["render", "--instance-group", "etcd-broker-proxy", "--job", "etcd-broker-proxy", "--manifest"])
+        .arg(repo().join("manifests/etcd-broker.yml"))
+        .arg("-o")
+        .arg(repo().join(OPS_FILE))
+        .arg("-l")
+        .arg(repo().join("manifests/examples/vars.yml"))
+        .arg("--output-dir")
+        .arg(offline.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(offline.path().join("etcd-broker-proxy.toml").is_file());
+    let json = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    assert_eq!(json(&file), json(&offline.path().join("properties.json")), "ERB and render disagree");
     // Nothing of the broker's etcd credentials reaches the proxy's VM.
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(!text.contains("example-root-password"), "the root password is in the proxy's properties");
