@@ -52,6 +52,9 @@ pub struct DevOptions {
     pub etcd_port: u16,
     /// The proxy's port on 127.0.0.1; 0 picks a free one.
     pub proxy_port: u16,
+    /// Whether to run the tenant proxy (and the plan it serves); the bench runs without it, so
+    /// that the process's CPU is the broker's alone.
+    pub proxy: bool,
     pub etcd_version: EtcdVersion,
     pub bcrypt_cost: Option<u32>,
     pub dir: PathBuf,
@@ -98,17 +101,23 @@ async fn serve(options: DevOptions) -> Result<()> {
         0 => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
         port => port,
     };
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    let proxy_url = options.proxy.then(|| format!("http://127.0.0.1:{proxy_port}"));
     let ports = (options.broker_port, options.metrics_port);
-    write_private(&config_path, &broker_config(&etcd, ports, &broker_password, &key, &certs, &proxy_url)?)?;
+    write_private(
+        &config_path,
+        &broker_config(&etcd, ports, &broker_password, &key, &certs, proxy_url.as_deref())?,
+    )?;
     let config = Config::load(&config_path)?;
     logging::init(config.log_level, config.log_format);
     let running = server::start(&config)?;
     let broker_url = format!("http://{}", running.addr);
     let metrics_url = running.metrics_addr.map(|a| format!("http://{a}/metrics")).unwrap_or_default();
-    let proxy = start_proxy(dir, &etcd, &config, proxy_port, &key).await?;
+    let proxy = match proxy_url {
+        Some(_) => Some(start_proxy(dir, &etcd, &config, proxy_port, &key).await?),
+        None => None,
+    };
 
-    let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd, &certs, &proxy_url);
+    let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd, &certs, proxy_url.as_deref());
     write_private(&env_file, &env)?;
     println!("{}", instructions(&config, &broker_url, &metrics_url, &env_file));
 
@@ -128,8 +137,10 @@ async fn serve(options: DevOptions) -> Result<()> {
             tokio::join!(stopping, serving).1
         }
     };
-    eprintln!("stopping the proxy...");
-    proxy.stop();
+    if let Some(proxy) = proxy {
+        eprintln!("stopping the proxy...");
+        proxy.stop();
+    }
     eprintln!("stopping etcd...");
     etcd.stop().await;
     let _ = std::fs::remove_file(&env_file);
@@ -292,7 +303,7 @@ fn broker_config(
     password: &str,
     key: &Path,
     certs: &ClientCertAuth,
-    proxy_url: &str,
+    proxy_url: Option<&str>,
 ) -> Result<String> {
     let mut table: toml::Table = toml::from_str(EXAMPLE_CONFIG).context("docs/etcd-broker.example.toml")?;
     table.insert("listen".into(), toml::Value::Table(toml::toml! { host = "127.0.0.1" }));
@@ -309,7 +320,9 @@ fn broker_config(
     main.insert("endpoints".into(), toml::Value::Array(vec![etcd.endpoint().into()]));
     main.insert("username".into(), etcd.root_username().into());
     main.insert("password".into(), etcd.root_password().into());
-    main.insert("proxy_endpoints".into(), toml::Value::Array(vec![proxy_url.into()]));
+    if let Some(url) = proxy_url {
+        main.insert("proxy_endpoints".into(), toml::Value::Array(vec![url.into()]));
+    }
     let tls_endpoint = etcd.tls_endpoint().context("etcd has no https endpoint")?;
     main.insert("certificate_endpoints".into(), toml::Value::Array(vec![tls_endpoint.into()]));
     let plans =
@@ -319,19 +332,23 @@ fn broker_config(
         name = "certificate"
         description = "An etcd namespace; bindings are client certificates (no password, no bcrypt)"
     }));
-    plans.push(toml::Value::Table(toml::toml! {
-        id = PROXY_PLAN_ID
-        name = "encrypted"
-        description = "An etcd namespace served through the tenant proxy, which encrypts its values at rest"
-    }));
+    if proxy_url.is_some() {
+        plans.push(toml::Value::Table(toml::toml! {
+            id = PROXY_PLAN_ID
+            name = "encrypted"
+            description = "An etcd namespace served through the tenant proxy, which encrypts its values at rest"
+        }));
+    }
     table["plan_configs"].as_table_mut().context("the example has no plan_configs")?.insert(
         CERTIFICATE_PLAN_ID.into(),
         toml::Value::Table(toml::toml! { cluster = "main" credentials = "certificate" }),
     );
-    table["plan_configs"]
-        .as_table_mut()
-        .context("the example has no plan_configs")?
-        .insert(PROXY_PLAN_ID.into(), toml::Value::Table(toml::toml! { cluster = "main" encryption = true }));
+    if proxy_url.is_some() {
+        table["plan_configs"].as_table_mut().context("the example has no plan_configs")?.insert(
+            PROXY_PLAN_ID.into(),
+            toml::Value::Table(toml::toml! { cluster = "main" encryption = true }),
+        );
+    }
     let mut certificates = toml::Table::new();
     certificates.insert("ca_file".into(), certs.trusted_ca_file.display().to_string().into());
     certificates.insert(
@@ -354,7 +371,7 @@ fn env_lines(
     broker_password: &str,
     etcd: &LocalEtcd,
     certs: &ClientCertAuth,
-    proxy_url: &str,
+    proxy_url: Option<&str>,
 ) -> String {
     let mut out = String::new();
     let values = [
@@ -373,8 +390,9 @@ fn env_lines(
         certs.trusted_ca_file.display().to_string(),
         CERTIFICATE_PLAN_ID.to_owned(),
         ROTATING_PLAN_ID.to_owned(),
-        proxy_url.to_owned(),
-        PROXY_PLAN_ID.to_owned(),
+        // Empty without the proxy (`--no-proxy`).
+        proxy_url.unwrap_or_default().to_owned(),
+        proxy_url.map_or_else(String::new, |_| PROXY_PLAN_ID.to_owned()),
     ];
     for (key, value) in crate::stack::ENV_KEYS.iter().zip(values) {
         let _ = writeln!(out, "{key}={value}");

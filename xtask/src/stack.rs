@@ -43,7 +43,7 @@ pub const ENV_KEYS: [&str; 16] = [
     // The plan whose bindings expire and can be rotated.
     "ROTATING_PLAN_ID",
     // The tenant proxy's URL, and the plan whose instances' values it encrypts (its bindings
-    // name the proxy).
+    // name the proxy); empty with `dev --no-proxy`.
     "PROXY_ENDPOINTS",
     "PROXY_PLAN_ID",
 ];
@@ -57,6 +57,9 @@ pub struct StackOptions {
     pub metrics_port: u16,
     pub etcd_port: u16,
     pub proxy_port: u16,
+    /// Whether the stack runs the tenant proxy (`dev --no-proxy` when not): the bench and the
+    /// soak measure the broker's process alone.
+    pub proxy: bool,
 }
 
 impl Default for StackOptions {
@@ -69,6 +72,7 @@ impl Default for StackOptions {
             metrics_port: 0,
             etcd_port: 0,
             proxy_port: 0,
+            proxy: true,
         }
     }
 }
@@ -109,6 +113,9 @@ impl DevProcess {
         command.args(["--metrics-port", &options.metrics_port.to_string()]);
         command.args(["--etcd-port", &options.etcd_port.to_string()]);
         command.args(["--proxy-port", &options.proxy_port.to_string()]);
+        if !options.proxy {
+            command.arg("--no-proxy");
+        }
         if let Some(cost) = options.bcrypt_cost {
             command.args(["--bcrypt-cost", &cost.to_string()]);
         }

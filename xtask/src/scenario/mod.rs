@@ -110,7 +110,9 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     let wrk = wrk_binary(work.path());
 
     let mut runs = BTreeMap::new();
-    let stack = DevProcess::start(xtask, &StackOptions::default(), &work.path().join("default"))?;
+    // Without the proxy: BROKER_PID's CPU is then the broker's alone.
+    let without_proxy = StackOptions { proxy: false, ..StackOptions::default() };
+    let stack = DevProcess::start(xtask, &without_proxy, &work.path().join("default"))?;
     let bench = |stack: &DevProcess, name: &str, extra: &[&str]| {
         bench(xtask, args.count, &stack.env, work.path(), name, extra)
     };
@@ -145,7 +147,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     };
     stop(stack);
 
-    let cost4 = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
+    let cost4 = StackOptions { bcrypt_cost: Some(4), ..without_proxy.clone() };
     let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
     runs.insert("cost4-1", bench(&stack, "cost4-1", &["--clients", "1"])?);
     runs.insert("cost4-8", bench(&stack, "cost4-8", &["--clients", "8"])?);

@@ -217,6 +217,16 @@ exit 3"#;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot run '/nonexistent/command'"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Without the proxy (the bench's stacks): its variables are empty, its plan is not offered.
+    let script = r#"[ -z "$PROXY_ENDPOINTS" ] && [ -z "$PROXY_PLAN_ID" ] || exit 8
+curl -sf -u "$BROKER_USERNAME:$BROKER_PASSWORD" -H 'X-Broker-API-Version: 2.17' "$BROKER_URL/v2/catalog" | grep -q '"encrypted"' && exit 9
+exit 5"#;
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--no-proxy", "--run", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `xtask dev --run` spawned in a process group of its own, as a shell runs a job: the test
