@@ -15,6 +15,8 @@
 //!   (`https://<address>:<properties.port>` for each instance of the link);
 //! - `default_endpoints clusters "main" urls`: `clusters` with `main.endpoints` set to `urls`
 //!   where it has none;
+//! - `concat "https://" (spec "address") ":" (p "port")`: one string of strings and numbers
+//!   (a URL or an address made of several properties);
 //! - `toml_section "name" value`: `value` as TOML tables under `[name]`.
 
 use handlebars::{
@@ -46,6 +48,7 @@ pub fn render_config(template: &str, properties_json: &str) -> Result<String, Re
     registry.register_helper("link", Box::new(ValueHelper(link)));
     registry.register_helper("link_urls", Box::new(ValueHelper(link_urls)));
     registry.register_helper("default_endpoints", Box::new(ValueHelper(default_endpoints)));
+    registry.register_helper("concat", Box::new(ValueHelper(concat)));
     registry.register_helper("if_p", Box::new(if_p));
     registry.register_helper("if_link", Box::new(if_link));
     registry.register_helper("toml_section", Box::new(toml_section));
@@ -165,6 +168,23 @@ fn default_endpoints(h: &Helper<'_>, _: &Value) -> Result<Value, RenderError> {
         }
     }
     Ok(clusters)
+}
+
+fn concat(h: &Helper<'_>, _: &Value) -> Result<Value, RenderError> {
+    let mut text = String::new();
+    for (index, param) in h.params().iter().enumerate() {
+        match param.value() {
+            Value::String(s) => text.push_str(s),
+            Value::Number(n) => text.push_str(&n.to_string()),
+            _ => {
+                return Err(fail(format!(
+                    "helper 'concat' takes strings and numbers (argument {})",
+                    index + 1
+                )))
+            }
+        }
+    }
+    Ok(Value::String(text))
 }
 
 fn if_p<'reg, 'rc>(

@@ -586,9 +586,12 @@ fn render_combination(
             match render::render(&args) {
                 Err(e) => report.problem(what, format!("does not render: {e:#}")),
                 Ok(rendered) => {
-                    if let Some(toml) = rendered.toml {
-                        if let Err(e) = etcd_broker::config::Config::from_toml(&toml) {
-                            report.problem(what, format!("renders a config the broker refuses: {e}"));
+                    if let Some((program, toml)) = rendered.toml {
+                        if let Err(e) = program.check(&toml) {
+                            report.problem(
+                                what,
+                                format!("renders a config the {} refuses: {e}", program.name()),
+                            );
                         }
                     }
                 }

@@ -695,7 +695,7 @@ async fn rewrite_one(
                             // Give proxies that have not seen the newest version a moment.
                             last_failure = format!(
                                 "the proxy wrote it {}, not sealed with version {newest}: is --proxy the tenant \
-                                 proxy (with --broker-config), and has it seen the version?",
+                                 proxy (with the keys in its --config), and has it seen the version?",
                                 match other {
                                     Source::Clear => "in clear".to_owned(),
                                     Source::Version(v) => format!("sealed with version {v}"),

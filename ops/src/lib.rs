@@ -15,6 +15,7 @@
 //! - `reconcile`: records compared with etcd's users, roles, grants and data; safe repairs.
 //! - `data_keys`: `data-keys`, an encrypted instance's data keys added and retired, its values
 //!   rewritten through the tenant proxy under the newest.
+//! - `proxy_user`: `proxy-user`, the tenant proxy's own etcd user and role (not root).
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
@@ -25,6 +26,7 @@ pub mod data_keys;
 pub mod names;
 pub mod osb;
 pub mod private_file;
+pub mod proxy_user;
 pub mod reconcile;
 pub mod registration;
 pub mod render;

@@ -22,7 +22,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
-use etcd_broker_ops::{blackbox, check, data_keys, names, reconcile, registration, render, reseal, sealing};
+use etcd_broker_ops::{
+    blackbox, check, data_keys, names, proxy_user, reconcile, registration, render, reseal, sealing,
+};
 
 /// Operators' tools for etcd-broker.
 #[derive(Debug, Parser)]
@@ -86,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         what: data_keys::DataKeysCommand,
     },
+    /// Make (or bring back) the tenant proxy's own etcd user and role with the broker's root
+    /// credentials: read-write on the proxy's records, read on the broker's binding and
+    /// instance records, nothing else; the proxy never holds root credentials
+    /// (docs/proxy.md). Idempotent: an existing user gets the password again.
+    ProxyUser(proxy_user::ProxyUserArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -205,6 +212,7 @@ fn run(command: Command) -> Result<()> {
         Command::Reseal(args) => reseal::run(&args).map(|_| ()),
         Command::Reconcile(args) => reconcile::run(&args).map(|_| ()),
         Command::DataKeys { what } => data_keys::run(&what).map(|_| ()),
+        Command::ProxyUser(args) => proxy_user::run(&args),
         Command::Unseal(args) => sealing::unseal(&args),
         Command::Names { instance_id, binding_id, parameters, config, data_prefix, state_prefix, json } => {
             let names = match config {

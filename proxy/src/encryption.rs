@@ -235,7 +235,7 @@ impl DataKeys {
         let Some(keychain) = &self.keychain else {
             return Err(Status::failed_precondition(format!(
                 "{PREFIX}: the instance's values are encrypted, but this proxy has no keychain \
-                 (--broker-config)"
+                 (the `[secrets]` of its --config)"
             )));
         };
         let mut keys = Vec::with_capacity(data_keys.len());

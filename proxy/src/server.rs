@@ -55,6 +55,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             config.broker_names.all_bindings_prefix()
         )
     })?;
+    if let Some(bao) = config.openbao.clone() {
+        // Transit keys' token, renewed ahead of its expiry even while no data key is unsealed.
+        tokio::spawn(async move { bao.keep_renewed().await });
+    }
     let tokens = Arc::new(Tokens::new(config.admin_users.iter().cloned()));
     let streams = OpenStreams::default();
     // Runs as long as the process: it only reads.

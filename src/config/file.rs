@@ -957,6 +957,18 @@ impl SecretsFile {
         }
     }
 
+    /// The keychain and its OpenBao, whatever `sealing` says (for [`super::SecretsSection`]).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn keychain_only(
+        &self,
+    ) -> Result<(Option<Keychain>, Option<std::sync::Arc<crate::openbao::OpenBao>>), ConfigError> {
+        let bao = self.openbao()?;
+        match self.sealing(bao.as_ref())? {
+            Sealing::On(keychain) => Ok((Some(keychain), bao)),
+            Sealing::Off { keychain } => Ok((keychain, bao)),
+        }
+    }
+
     fn keychain(
         &self,
         bao: Option<&std::sync::Arc<crate::openbao::OpenBao>>,

@@ -183,6 +183,28 @@ pub struct Config {
 /// checked) with the config, so a bad key stops the start.
 pub use crate::sealing::Sealing;
 
+/// `[secrets]` on its own, in the broker's format, for the tenant proxy: the keys that unseal
+/// instances' data keys without the rest of the broker's file, which holds etcd's root
+/// credentials the proxy must not have (docs/proxy.md). The same snippet serves both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct SecretsSection(file::SecretsFile);
+
+impl SecretsSection {
+    /// The keychain (key files read once, keys checked; `sealing` does not matter here: the
+    /// proxy seals no records) and the OpenBao client of its transit keys, whose token the
+    /// caller keeps renewed; `None` without keys.
+    #[allow(clippy::type_complexity)]
+    pub fn keychain(
+        &self,
+    ) -> Result<
+        (Option<crate::sealing::Keychain>, Option<std::sync::Arc<crate::openbao::OpenBao>>),
+        ConfigError,
+    > {
+        self.0.keychain_only()
+    }
+}
+
 /// Where the OSB API listens.
 #[derive(Debug, Clone)]
 pub struct Listen {

@@ -78,6 +78,16 @@ fn p_defaults_spec_and_links() {
 }
 
 #[test]
+fn concat_joins_strings_and_numbers_into_one_string() {
+    let data =
+        serde_json::json!({ "properties": { "port": 2391 }, "spec": { "address": "10.0.0.1" } }).to_string();
+    let template = r#"{{concat "https://" (spec "address") ":" (p "port")}}"#;
+    assert_eq!(render_config(template, &data).unwrap(), r#""https://10.0.0.1:2391""#);
+    let err = render_config(r#"{{concat "a" (p "missing" false)}}"#, &data).unwrap_err().to_string();
+    assert!(err.contains("'concat' takes strings and numbers (argument 2)"), "{err}");
+}
+
+#[test]
 fn without_the_link_clusters_are_taken_as_given() {
     let properties = with(|d| {
         d.as_object_mut().unwrap().remove("links");

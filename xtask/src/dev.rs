@@ -1,12 +1,16 @@
-//! `xtask dev`: a local etcd (auth enabled) plus the broker, for trying things out.
+//! `xtask dev`: a local etcd (auth enabled), the broker and the tenant proxy, for trying things
+//! out.
 //!
 //! Writes the broker config to `<dir>/broker.toml` (the documented example catalog plus a plan
-//! with certificate bindings, [`CERTIFICATE_PLAN_ID`]; binding passwords and private keys
-//! sealed with a key generated into `<dir>/keys/dev.key`, kept across runs) and, once
+//! with certificate bindings, [`CERTIFICATE_PLAN_ID`], and a plan whose values the proxy
+//! encrypts, [`PROXY_PLAN_ID`]; binding passwords, private keys and data keys sealed with a key
+//! generated into `<dir>/keys/dev.key`, kept across runs), the proxy's own config to
+//! `<dir>/proxy.toml` (its own etcd user, made by `etcd-broker-ops proxy-user`'s code, and the
+//! same key; no root credentials) and, once
 //! everything answers, `<dir>/env` with the `KEY=value` lines scripts use to drive the system
 //! (stack.rs's `ENV_KEYS`; the file is the "ready" signal `DevProcess` waits for, known as this
 //! stack's by its `BROKER_PID`, this process's pid).
-//! Runs until SIGINT/SIGTERM, then stops the broker and etcd and removes `<dir>/env`.
+//! Runs until SIGINT/SIGTERM, then stops the broker, the proxy and etcd and removes `<dir>/env`.
 //!
 //! etcd serves http (the broker, password bindings) and https with client-certificate auth
 //! (certificate bindings), its server certificate and the client CA from `<dir>/certs/`: the CA
@@ -30,6 +34,13 @@ const BROKER_USERNAME: &str = "broker";
 pub const CERTIFICATE_PLAN_ID: &str = "7c1e5d2a-9b3f-4e6a-8d0c-5f2b1a3c4d5e";
 /// The example catalog's plan whose bindings expire and can be rotated.
 pub const ROTATING_PLAN_ID: &str = "4b6c7d8e-9f0a-4b1c-8d2e-4f5a6b7c8d9e";
+/// The local stack's plan whose instances' values the tenant proxy encrypts
+/// (`encryption = true`); its bindings name the proxy's endpoints.
+pub const PROXY_PLAN_ID: &str = "9d3e5f7a-1b2c-4d6e-8f0a-3b5c7d9e1f2a";
+/// The proxy's own etcd user (never root).
+const PROXY_USER: &str = etcd_broker_ops::proxy_user::DEFAULT_USER;
+/// How long the proxy may take to listen after it started.
+const PROXY_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long the local CA and etcd's server certificate are valid.
 const DEV_CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
 
@@ -39,6 +50,11 @@ pub struct DevOptions {
     pub broker_port: u16,
     pub metrics_port: u16,
     pub etcd_port: u16,
+    /// The proxy's port on 127.0.0.1; 0 picks a free one.
+    pub proxy_port: u16,
+    /// Whether to run the tenant proxy (and the plan it serves); the bench runs without it, so
+    /// that the process's CPU is the broker's alone.
+    pub proxy: bool,
     pub etcd_version: EtcdVersion,
     pub bcrypt_cost: Option<u32>,
     pub dir: PathBuf,
@@ -81,17 +97,27 @@ async fn serve(options: DevOptions) -> Result<()> {
     let broker_password = secrets::random_password();
     let config_path = dir.join("broker.toml");
     let key = dev_key(dir)?;
+    let proxy_port = match options.proxy_port {
+        0 => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+        port => port,
+    };
+    let proxy_url = options.proxy.then(|| format!("http://127.0.0.1:{proxy_port}"));
+    let ports = (options.broker_port, options.metrics_port);
     write_private(
         &config_path,
-        &broker_config(&etcd, options.broker_port, options.metrics_port, &broker_password, &key, &certs)?,
+        &broker_config(&etcd, ports, &broker_password, &key, &certs, proxy_url.as_deref())?,
     )?;
     let config = Config::load(&config_path)?;
     logging::init(config.log_level, config.log_format);
     let running = server::start(&config)?;
     let broker_url = format!("http://{}", running.addr);
     let metrics_url = running.metrics_addr.map(|a| format!("http://{a}/metrics")).unwrap_or_default();
+    let proxy = match proxy_url {
+        Some(_) => Some(start_proxy(dir, &etcd, &config, proxy_port, &key).await?),
+        None => None,
+    };
 
-    let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd, &certs);
+    let env = env_lines(&broker_url, &metrics_url, &broker_password, &etcd, &certs, proxy_url.as_deref());
     write_private(&env_file, &env)?;
     println!("{}", instructions(&config, &broker_url, &metrics_url, &env_file));
 
@@ -111,10 +137,105 @@ async fn serve(options: DevOptions) -> Result<()> {
             tokio::join!(stopping, serving).1
         }
     };
+    if let Some(proxy) = proxy {
+        eprintln!("stopping the proxy...");
+        proxy.stop();
+    }
     eprintln!("stopping etcd...");
     etcd.stop().await;
     let _ = std::fs::remove_file(&env_file);
     served.context("the broker failed")
+}
+
+/// The tenant proxy, served on a runtime of its own (the broker's is actix's, one thread).
+struct ProxyThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ProxyThread {
+    /// Stops accepting, lets calls in flight finish, waits for the thread.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        match self.thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("the proxy failed: {e:#}"),
+            Err(_) => eprintln!("the proxy's thread panicked"),
+        }
+    }
+}
+
+/// Makes the proxy's own etcd user (what `etcd-broker-ops proxy-user` does, with etcd's root),
+/// writes `<dir>/proxy.toml` (its user, etcd, the dev key; no root credentials) and serves the
+/// proxy from it, as an operator would run `etcd-broker-proxy --config`; returns once it
+/// listens on `port`.
+async fn start_proxy(
+    dir: &Path,
+    etcd: &LocalEtcd,
+    broker: &Config,
+    port: u16,
+    key: &Path,
+) -> Result<ProxyThread> {
+    let password = secrets::random_password();
+    let names = etcd_broker::broker::names::Names::new(&broker.prefixes.data, &broker.prefixes.state);
+    let access = etcd_broker_ops::proxy_user::ProxyAccess::new(
+        PROXY_USER,
+        etcd_broker_ops::proxy_user::DEFAULT_STATE_PREFIX,
+        &names,
+    )?;
+    let mut root = etcd.root_client().await.context("etcd's root cannot log in")?;
+    etcd_broker_ops::proxy_user::ensure(&mut root, &access, &password).await?;
+    let mut file = toml::Table::new();
+    file.insert("listen".into(), format!("127.0.0.1:{port}").into());
+    file.insert("endpoints".into(), toml::Value::Array(vec![etcd.endpoint().into()]));
+    file.insert("user".into(), PROXY_USER.into());
+    file.insert("password".into(), password.into());
+    file.insert("broker_state_prefix".into(), broker.prefixes.state.clone().into());
+    file.insert("data_prefix".into(), broker.prefixes.data.clone().into());
+    file.insert("secrets".into(), toml::Value::Table(dev_secrets(key)));
+    let path = dir.join("proxy.toml");
+    write_private(&path, &toml::to_string(&file)?)?;
+    let args = <etcd_broker_proxy::config::Args as clap::Parser>::try_parse_from([
+        "etcd-broker-proxy".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ])?;
+    let config = args.into_config(None).context("the proxy's config")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name("etcd-broker-proxy".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        runtime.block_on(etcd_broker_proxy::server::run(config, async {
+            let _ = stopped.await;
+        }))
+    })?;
+    let deadline = std::time::Instant::now() + PROXY_START_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if thread.is_finished() {
+            let error = match thread.join() {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("it stopped"),
+            };
+            return Err(error.context("the proxy did not start"));
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the proxy does not listen on 127.0.0.1:{port} after {PROXY_START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(ProxyThread { stop, thread })
+}
+
+/// The `[secrets]` table of both configs: sealing on, the dev key file, named `dev`.
+fn dev_secrets(key: &Path) -> toml::Table {
+    let mut dev_key = toml::Table::new();
+    dev_key.insert("file".into(), key.display().to_string().into());
+    let mut keys = toml::Table::new();
+    keys.insert("dev".into(), dev_key.into());
+    let mut secrets = toml::Table::new();
+    secrets.insert("sealing".into(), "on".into());
+    secrets.insert("active".into(), "dev".into());
+    secrets.insert("keys".into(), keys.into());
+    secrets
 }
 
 /// Completes when SIGINT or SIGTERM arrives, with the signal's name; registered at once, so
@@ -178,11 +299,11 @@ fn dev_certificates(dir: &Path) -> Result<ClientCertAuth> {
 /// with the key file `key` (named `dev`).
 fn broker_config(
     etcd: &LocalEtcd,
-    port: u16,
-    metrics_port: u16,
+    (port, metrics_port): (u16, u16),
     password: &str,
     key: &Path,
     certs: &ClientCertAuth,
+    proxy_url: Option<&str>,
 ) -> Result<String> {
     let mut table: toml::Table = toml::from_str(EXAMPLE_CONFIG).context("docs/etcd-broker.example.toml")?;
     table.insert("listen".into(), toml::Value::Table(toml::toml! { host = "127.0.0.1" }));
@@ -199,6 +320,9 @@ fn broker_config(
     main.insert("endpoints".into(), toml::Value::Array(vec![etcd.endpoint().into()]));
     main.insert("username".into(), etcd.root_username().into());
     main.insert("password".into(), etcd.root_password().into());
+    if let Some(url) = proxy_url {
+        main.insert("proxy_endpoints".into(), toml::Value::Array(vec![url.into()]));
+    }
     let tls_endpoint = etcd.tls_endpoint().context("etcd has no https endpoint")?;
     main.insert("certificate_endpoints".into(), toml::Value::Array(vec![tls_endpoint.into()]));
     let plans =
@@ -208,10 +332,23 @@ fn broker_config(
         name = "certificate"
         description = "An etcd namespace; bindings are client certificates (no password, no bcrypt)"
     }));
+    if proxy_url.is_some() {
+        plans.push(toml::Value::Table(toml::toml! {
+            id = PROXY_PLAN_ID
+            name = "encrypted"
+            description = "An etcd namespace served through the tenant proxy, which encrypts its values at rest"
+        }));
+    }
     table["plan_configs"].as_table_mut().context("the example has no plan_configs")?.insert(
         CERTIFICATE_PLAN_ID.into(),
         toml::Value::Table(toml::toml! { cluster = "main" credentials = "certificate" }),
     );
+    if proxy_url.is_some() {
+        table["plan_configs"].as_table_mut().context("the example has no plan_configs")?.insert(
+            PROXY_PLAN_ID.into(),
+            toml::Value::Table(toml::toml! { cluster = "main" encryption = true }),
+        );
+    }
     let mut certificates = toml::Table::new();
     certificates.insert("ca_file".into(), certs.trusted_ca_file.display().to_string().into());
     certificates.insert(
@@ -223,15 +360,7 @@ fn broker_config(
     let mut clusters = toml::Table::new();
     clusters.insert("main".into(), main.into());
     table.insert("clusters".into(), clusters.into());
-    let mut dev_key = toml::Table::new();
-    dev_key.insert("file".into(), key.display().to_string().into());
-    let mut keys = toml::Table::new();
-    keys.insert("dev".into(), dev_key.into());
-    let mut secrets = toml::Table::new();
-    secrets.insert("sealing".into(), "on".into());
-    secrets.insert("active".into(), "dev".into());
-    secrets.insert("keys".into(), keys.into());
-    table.insert("secrets".into(), secrets.into());
+    table.insert("secrets".into(), dev_secrets(key).into());
     Ok(toml::to_string(&table)?)
 }
 
@@ -242,6 +371,7 @@ fn env_lines(
     broker_password: &str,
     etcd: &LocalEtcd,
     certs: &ClientCertAuth,
+    proxy_url: Option<&str>,
 ) -> String {
     let mut out = String::new();
     let values = [
@@ -260,6 +390,9 @@ fn env_lines(
         certs.trusted_ca_file.display().to_string(),
         CERTIFICATE_PLAN_ID.to_owned(),
         ROTATING_PLAN_ID.to_owned(),
+        // Empty without the proxy (`--no-proxy`).
+        proxy_url.unwrap_or_default().to_owned(),
+        proxy_url.map_or_else(String::new, |_| PROXY_PLAN_ID.to_owned()),
     ];
     for (key, value) in crate::stack::ENV_KEYS.iter().zip(values) {
         let _ = writeln!(out, "{key}={value}");
@@ -274,7 +407,8 @@ fn instructions(config: &Config, broker_url: &str, metrics_url: &str, env_file: 
     let (sid, pid) = (&service.id, &plan.id);
     format!(
         r#"
-etcd-broker is listening on {broker_url}; etcd is at {etcd}; metrics at {metrics_url}.
+etcd-broker is listening on {broker_url}; etcd is at {etcd}; metrics at {metrics_url};
+the tenant proxy is at $PROXY_ENDPOINTS.
 Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
 
   set -a; . {env}; set +a
@@ -289,6 +423,9 @@ Credentials and endpoints: {env} (KEY=value lines). Stop with Ctrl-C.
   curl -s -u "$A" -H "$H" -X PUT "$BROKER_URL/v2/service_instances/demo/service_bindings/app1" -H 'Content-Type: application/json' \
     -d '{{"service_id":"{sid}","plan_id":"{pid}"}}'
   # use them: "$ETCDCTL" --endpoints "$ETCD_ENDPOINTS" --user "<username>" --password "<password>" put /service_instances/demo/hello world
+  # an encrypted instance: plan_id "$PROXY_PLAN_ID"; its bindings name the proxy ("$PROXY_ENDPOINTS"), which
+  #   stores the values sealed in etcd and hands them back in clear:
+  #   "$ETCDCTL" --endpoints "$PROXY_ENDPOINTS" --user "<username>" --password "<password>" put /service_instances/<id>/k v
   # a certificate binding: plan_id "$CERTIFICATE_PLAN_ID"; save "cert" and "key" of the answer's credentials, then
   #   "$ETCDCTL" --endpoints "$ETCD_TLS_ENDPOINTS" --cacert "$ETCD_CA_FILE" --cert cert.pem --key key.pem get --prefix /service_instances/demo/
   # unbind

@@ -57,6 +57,13 @@ struct DevArgs {
     /// etcd client port on 127.0.0.1; 0 picks a free port.
     #[arg(long, env = "ETCD_PORT", default_value_t = 0)]
     etcd_port: u16,
+    /// The tenant proxy's port on 127.0.0.1; 0 picks a free port.
+    #[arg(long, env = "PROXY_PORT", default_value_t = 0)]
+    proxy_port: u16,
+    /// Run without the tenant proxy (and its plan `encrypted`); PROXY_ENDPOINTS and
+    /// PROXY_PLAN_ID are then empty.
+    #[arg(long)]
+    no_proxy: bool,
     /// etcd version to run: 3.5 or 3.4 (installed by scripts/install-tools.sh).
     #[arg(long, default_value = "3.5", value_parser = parse_version)]
     etcd_version: EtcdVersion,
@@ -102,6 +109,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 broker_port: args.broker_port,
                 metrics_port: args.metrics_port,
                 etcd_port: args.etcd_port,
+                proxy_port: args.proxy_port,
+                proxy: !args.no_proxy,
             };
             let temporary;
             let dir = match &args.dir {
@@ -119,6 +128,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 broker_port: args.broker_port,
                 metrics_port: args.metrics_port,
                 etcd_port: args.etcd_port,
+                proxy_port: args.proxy_port,
+                proxy: !args.no_proxy,
                 etcd_version: args.etcd_version,
                 bcrypt_cost: args.bcrypt_cost,
                 dir: args.dir.unwrap_or_else(|| PathBuf::from(".dev")),
@@ -148,6 +159,10 @@ mod tests {
         assert!(!args.run && args.command.is_empty());
         assert!(Cli::try_parse_from(["xtask", "dev", "--etcd-version", "2.0"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "dev", "--broker-port", "99999"]).is_err());
+        assert!(!args.no_proxy && args.proxy_port == 0, "the proxy runs by default");
+        let cli = Cli::try_parse_from(["xtask", "dev", "--no-proxy", "--proxy-port", "2391"]).unwrap();
+        let Command::Dev(args) = cli.command else { panic!() };
+        assert!(args.no_proxy && args.proxy_port == 2391);
     }
 
     #[test]

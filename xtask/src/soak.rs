@@ -90,7 +90,7 @@ pub fn run(xtask: &Path, args: &SoakArgs) -> Result<()> {
     let broker = args.broker_binary.clone().unwrap_or_else(|| xtask.with_file_name("etcd-broker"));
     ensure!(broker.is_file(), "{} does not exist: build it (make soak does)", broker.display());
     let work = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let options = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
+    let options = StackOptions { bcrypt_cost: Some(4), proxy: false, ..StackOptions::default() };
     let stack = DevProcess::start(xtask, &options, &work.path().join("stack"))?;
     let mut second = SecondBroker::start(&broker, &stack, "broker-b", &[])?;
     second.answered(&stack)?;

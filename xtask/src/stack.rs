@@ -24,7 +24,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The variables `dev` writes to `<dir>/env`, in that order; `dev --run` exports all of them.
-pub const ENV_KEYS: [&str; 14] = [
+pub const ENV_KEYS: [&str; 16] = [
     "BROKER_URL",
     "BROKER_USERNAME",
     "BROKER_PASSWORD",
@@ -42,6 +42,10 @@ pub const ENV_KEYS: [&str; 14] = [
     "CERTIFICATE_PLAN_ID",
     // The plan whose bindings expire and can be rotated.
     "ROTATING_PLAN_ID",
+    // The tenant proxy's URL, and the plan whose instances' values it encrypts (its bindings
+    // name the proxy); empty with `dev --no-proxy`.
+    "PROXY_ENDPOINTS",
+    "PROXY_PLAN_ID",
 ];
 
 /// What the stack is started with: the flags of `dev` that a caller may want to choose.
@@ -52,6 +56,10 @@ pub struct StackOptions {
     pub broker_port: u16,
     pub metrics_port: u16,
     pub etcd_port: u16,
+    pub proxy_port: u16,
+    /// Whether the stack runs the tenant proxy (`dev --no-proxy` when not): the bench and the
+    /// soak measure the broker's process alone.
+    pub proxy: bool,
 }
 
 impl Default for StackOptions {
@@ -63,6 +71,8 @@ impl Default for StackOptions {
             broker_port: 0,
             metrics_port: 0,
             etcd_port: 0,
+            proxy_port: 0,
+            proxy: true,
         }
     }
 }
@@ -102,6 +112,10 @@ impl DevProcess {
         command.args(["--broker-port", &options.broker_port.to_string()]);
         command.args(["--metrics-port", &options.metrics_port.to_string()]);
         command.args(["--etcd-port", &options.etcd_port.to_string()]);
+        command.args(["--proxy-port", &options.proxy_port.to_string()]);
+        if !options.proxy {
+            command.arg("--no-proxy");
+        }
         if let Some(cost) = options.bcrypt_cost {
             command.args(["--bcrypt-cost", &cost.to_string()]);
         }

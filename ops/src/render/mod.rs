@@ -28,6 +28,45 @@ use vars::Vars;
 
 /// The job whose ERB template `properties_json` mirrors and whose config the TOML template makes.
 const BROKER_JOB: &str = "etcd-broker";
+/// The tenant proxy's job: the same ERB dump, its own TOML template (built into the proxy).
+const PROXY_JOB: &str = "etcd-broker-proxy";
+
+/// Which program's config a rendered TOML is, and so how it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    Broker,
+    Proxy,
+}
+
+impl Program {
+    /// The config file's name in --output-dir.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Program::Broker => "etcd-broker.toml",
+            Program::Proxy => "etcd-broker-proxy.toml",
+        }
+    }
+
+    /// "broker" or "proxy", for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Broker => "broker",
+            Program::Proxy => "proxy",
+        }
+    }
+
+    /// Checks `toml` as the program would at start; the error never quotes a value.
+    pub fn check(self, toml: &str) -> Result<(), String> {
+        match self {
+            Program::Broker => {
+                etcd_broker::config::Config::from_toml(toml).map(|_| ()).map_err(|e| e.to_string())
+            }
+            Program::Proxy => etcd_broker_proxy::config::Args::config_from_toml(toml, "the rendered config")
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// Flags of `etcd-broker-ops render` (the BOSH CLI's spelling where BOSH has one).
 #[derive(Debug, Clone, clap::Args)]
@@ -67,10 +106,11 @@ pub struct RenderArgs {
     /// spec.address of that instance [default: <instance-group>-<index>.example.internal].
     #[arg(long)]
     pub address: Option<String>,
-    /// A handlebars template instead of the broker's built-in templates/etcd-broker.toml.hbs.
+    /// A handlebars template instead of the built-in templates/etcd-broker.toml.hbs (or, for
+    /// the etcd-broker-proxy job, templates/etcd-broker-proxy.toml.hbs).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// Write properties.json, etcd-broker.toml and context.json (what BOSH hands the templates)
+    /// Write properties.json, etcd-broker.toml (or etcd-broker-proxy.toml) and context.json (what BOSH hands the templates)
     /// here (mode 0600) instead of printing the TOML to stdout.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
@@ -81,10 +121,10 @@ pub struct RenderArgs {
 pub struct Rendered {
     /// What the director hands the job's templates.
     pub context: Value,
-    /// What the job's ERB template writes (etcd-broker job only).
+    /// What the job's ERB template writes (etcd-broker and etcd-broker-proxy jobs only).
     pub properties_json: Option<Value>,
-    /// The broker config (etcd-broker job only).
-    pub toml: Option<String>,
+    /// The program's config (etcd-broker and etcd-broker-proxy jobs only) and which it is.
+    pub toml: Option<(Program, String)>,
     /// Notes for the operator (undeclared properties, unwired links); never values.
     pub warnings: Vec<String>,
 }
@@ -100,22 +140,27 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             crate::private_file::write_private(&dir.join("context.json"), &pretty(&rendered.context))?;
-            if let (Some(json), Some(toml)) = (&rendered.properties_json, &rendered.toml) {
+            if let (Some(json), Some((program, toml))) = (&rendered.properties_json, &rendered.toml) {
                 crate::private_file::write_private(&dir.join("properties.json"), &pretty(json))?;
-                crate::private_file::write_private(&dir.join("etcd-broker.toml"), toml)?;
-                eprintln!("wrote properties.json, etcd-broker.toml and context.json to {}", dir.display());
+                crate::private_file::write_private(&dir.join(program.file_name()), toml)?;
+                eprintln!(
+                    "wrote properties.json, {} and context.json to {}",
+                    program.file_name(),
+                    dir.display()
+                );
             } else {
                 eprintln!("wrote context.json to {}", dir.display());
             }
         }
         None => match &rendered.toml {
-            Some(toml) => print!("{toml}"),
+            Some((_, toml)) => print!("{toml}"),
             None => print!("{}", pretty(&rendered.context)),
         },
     }
-    if let Some(toml) = &rendered.toml {
-        etcd_broker::config::Config::from_toml(toml)
-            .map_err(|e| anyhow!("the rendered config would be refused by the broker: {e}"))?;
+    if let Some((program, toml)) = &rendered.toml {
+        program
+            .check(toml)
+            .map_err(|e| anyhow!("the rendered config would be refused by the {}: {e}", program.name()))?;
     }
     Ok(())
 }
@@ -175,17 +220,19 @@ pub fn render(args: &RenderArgs) -> Result<Rendered> {
         .map_err(|e| anyhow!(e))?;
     let context = director::template_context(properties, links, instance_spec);
 
-    if args.job != BROKER_JOB {
-        return Ok(Rendered { context, properties_json: None, toml: None, warnings });
-    }
+    let (program, built_in) = match args.job.as_str() {
+        BROKER_JOB => (Program::Broker, etcd_broker::render::CONFIG_TEMPLATE),
+        PROXY_JOB => (Program::Proxy, etcd_broker_proxy::config::BOSH_TEMPLATE),
+        _ => return Ok(Rendered { context, properties_json: None, toml: None, warnings }),
+    };
     let properties_json = director::properties_json(&spec, &context);
     let template = match &args.template {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read template {}", path.display()))?,
-        None => etcd_broker::render::CONFIG_TEMPLATE.to_owned(),
+        None => built_in.to_owned(),
     };
     let toml = etcd_broker::render::render_config(&template, &properties_json.to_string())?;
-    Ok(Rendered { context, properties_json: Some(properties_json), toml: Some(toml), warnings })
+    Ok(Rendered { context, properties_json: Some(properties_json), toml: Some((program, toml)), warnings })
 }
 
 /// The manifest with the ops files applied in order (variables not yet interpolated), the way

@@ -39,8 +39,12 @@ fn broker_process_host() {
 pub struct BrokerProcess {
     child: Child,
     pub osb: OsbClient,
-    /// Its config file (the proxy reads its prefixes and keychain with --broker-config).
+    /// The broker's own config file (etcd's root credentials): for the operators' tools
+    /// (`etcd-broker-ops`), never for the proxy.
     pub config: PathBuf,
+    /// A config file for the proxy holding only the broker's `[secrets]` (`--config`): the
+    /// keys that unseal data keys, never the broker's root credentials.
+    pub proxy_config: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -118,8 +122,14 @@ encryption = true
             config = config
                 .replace("[clusters.main]\n", &format!("[clusters.main]\nproxy_endpoints = [{url:?}]\n"));
         }
+        let proxy_config = dir.path().join("proxy.toml");
+        std::fs::write(
+            &proxy_config,
+            format!("[secrets]\nactive = \"test\"\n[secrets.keys.test]\nvalue = {key:?}\n"),
+        )
+        .unwrap();
         let path = dir.path().join("broker.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, &config).unwrap();
         let log = dir.path().join("broker.log");
         let output = || std::fs::File::options().create(true).append(true).open(&log).unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
@@ -139,7 +149,8 @@ encryption = true
         let mut broker = BrokerProcess {
             child,
             osb: OsbClient::new(target, Duration::from_secs(30)).unwrap(),
-            config: path,
+            config: path.clone(),
+            proxy_config,
             log,
             _dir: dir,
         };
@@ -191,14 +202,14 @@ pub struct EncryptedBinding {
 }
 
 impl EncryptedBinding {
-    /// A broker and a proxy (with the broker's config) on `etcd`, an instance of [`ENCRYPTED`]
+    /// A broker and a proxy (with its own config, see [`BrokerProcess::proxy_config`]) on `etcd`, an instance of [`ENCRYPTED`]
     /// provisioned and bound; its credentials name the proxy.
     pub async fn start(etcd: &LocalEtcd) -> Self {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let broker = BrokerProcess::start_with(etcd, Some(&url)).await;
-        let config = broker.config.to_str().unwrap().to_owned();
-        let proxy = crate::common::ProxyProcess::start_at(etcd, port, &["--broker-config", &config]).await;
+        let config = broker.proxy_config.to_str().unwrap().to_owned();
+        let proxy = crate::common::ProxyProcess::start_at(etcd, port, &["--config", &config]).await;
         let plan = BrokerProcess::offering(ENCRYPTED);
         broker.osb.provision(&plan, "sealed-1", Duration::from_secs(30)).await.unwrap();
         let (_, bound) = broker.osb.bind(&plan, "sealed-1", "binding-1").await.unwrap();

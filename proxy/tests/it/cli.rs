@@ -33,6 +33,10 @@ fn help_lists_every_flag() {
         "--admin-users",
         "--state-prefix",
         "--lease-sweep-seconds",
+        "--broker-state-prefix",
+        "--data-prefix",
+        "--config",
+        "--bosh-properties",
         "--log-level",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
@@ -42,7 +46,14 @@ fn help_lists_every_flag() {
 #[test]
 fn bad_input_is_a_usage_error_that_names_the_flag() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--user", "p"], "--endpoints <ENDPOINTS>"),
+        (&["--user", "p"], "--endpoints: at least one etcd client URL is needed"),
+        (&["--endpoints", "http://127.0.0.1:1"], "--user: the proxy's own etcd user is needed"),
+        (&["--endpoints", "http://127.0.0.1:1", "--user", "root"], "--user: must not be root"),
+        (
+            &["--endpoints", "http://127.0.0.1:1", "--user", "p", "--broker-config", "/etc/broker.toml"],
+            "--broker-config: is no longer read",
+        ),
+        (&["--config", "/nonexistent/proxy.toml"], "--config: cannot read /nonexistent/proxy.toml"),
         (&["--endpoints", "http://127.0.0.1:1", "--user", "p", "--listen", "nope"], "--listen"),
         (
             &["--endpoints", "etcd:2379", "--user", "p"],

@@ -21,7 +21,7 @@ async fn stack(etcd: &LocalEtcd) -> (BrokerProcess, ProxyProcess) {
     let port = free_port();
     let broker = BrokerProcess::start_with(etcd, Some(&format!("http://127.0.0.1:{port}"))).await;
     let proxy =
-        ProxyProcess::start_at(etcd, port, &["--broker-config", broker.config.to_str().unwrap()]).await;
+        ProxyProcess::start_at(etcd, port, &["--config", broker.proxy_config.to_str().unwrap()]).await;
     (broker, proxy)
 }
 

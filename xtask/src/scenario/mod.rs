@@ -133,12 +133,14 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     let wanted = |region: &str| args.only.is_empty() || args.only.iter().any(|r| r == region);
     let mut runs = BTreeMap::new();
     let mut regions: Vec<(&str, String)> = vec![("machine", machine)];
+    // Without the proxy: BROKER_PID's CPU is then the broker's alone.
+    let without_proxy = StackOptions { proxy: false, ..StackOptions::default() };
     let bench = |stack: &DevProcess, name: &str, extra: &[&str]| {
         bench(xtask, args.count, &stack.env, work.path(), name, extra)
     };
     let lifecycle = ["provision", "bind", "get-binding", "unbind", "deprovision"].join(",");
     if ["default-8", "default-8-certificate", "default-64", "catalog-wrk"].into_iter().any(wanted) {
-        let stack = DevProcess::start(xtask, &StackOptions::default(), &work.path().join("default"))?;
+        let stack = DevProcess::start(xtask, &without_proxy, &work.path().join("default"))?;
         if wanted("default-8") {
             runs.insert("default-8", bench(&stack, "default-8", &["--clients", "8"])?);
         }
@@ -169,7 +171,7 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
     let mut startup_ms = None;
     let on_cost4 = ["cost4-1", "cost4-8", "sealing", "credential-store", "preload-8", "scale", "startup"];
     if on_cost4.into_iter().any(wanted) {
-        let cost4 = StackOptions { bcrypt_cost: Some(4), ..StackOptions::default() };
+        let cost4 = StackOptions { bcrypt_cost: Some(4), ..without_proxy.clone() };
         let stack = DevProcess::start(xtask, &cost4, &work.path().join("cost4"))?;
         if wanted("cost4-1") {
             runs.insert("cost4-1", bench(&stack, "cost4-1", &["--clients", "1"])?);

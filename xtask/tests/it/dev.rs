@@ -15,11 +15,16 @@ fn read_env(path: &std::path::Path) -> Option<BTreeMap<String, String>> {
     std::fs::read_to_string(path).ok().map(|text| parse_env(&text))
 }
 
+/// `ETCD_VERSION` (3.5 or 3.4; 3.5 when unset), so the suite runs the stack on both.
+fn etcd_version() -> String {
+    std::env::var("ETCD_VERSION").unwrap_or_else(|_| "3.5".to_owned())
+}
+
 #[tokio::test]
 async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["dev", "--bcrypt-cost", "4", "--dir"])
+        .args(["dev", "--bcrypt-cost", "4", "--etcd-version", &etcd_version(), "--dir"])
         .arg(dir.path())
         .env("BROKER_PORT", "0")
         .env("ETCD_PORT", "0")
@@ -82,6 +87,41 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "world");
     assert!(!etcdctl(&["put", "/elsewhere", "x"]).status.success());
 
+    // The encrypting plan: its bindings name the proxy, through which etcdctl puts and gets
+    // clear text while etcd itself (read as root, bypassing the proxy) holds ciphertext.
+    let encrypted = Offering { plan_id: env["PROXY_PLAN_ID"].clone(), ..offering.clone() };
+    assert_eq!(osb.provision(&encrypted, "sealed", Duration::from_secs(30)).await.unwrap(), 201);
+    let (bound, sealed_creds) = osb.bind(&encrypted, "sealed", "app2").await.unwrap();
+    assert_eq!(bound, 201);
+    assert_eq!(sealed_creds["endpoints"], serde_json::json!([env["PROXY_ENDPOINTS"]]), "{sealed_creds}");
+    let user = format!(
+        "{}:{}",
+        sealed_creds["username"].as_str().unwrap(),
+        sealed_creds["password"].as_str().unwrap()
+    );
+    let through_proxy = |args: &[&str]| {
+        Command::new(&env["ETCDCTL"])
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &env["PROXY_ENDPOINTS"], "--user", &user])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let key = format!("{}secret", sealed_creds["prefix"].as_str().unwrap());
+    let put = through_proxy(&["put", &key, "the-clear-value"]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let got = through_proxy(&["get", &key, "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "the-clear-value");
+    let root = format!("{}:{}", env["ETCD_ROOT_USERNAME"], env["ETCD_ROOT_PASSWORD"]);
+    let raw = Command::new(&env["ETCDCTL"])
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &env["ETCD_ENDPOINTS"], "--user", &root, "get", &key, "--print-value-only"])
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    assert!(raw.stdout.starts_with(etcd_broker_proxy::encryption::MAGIC), "etcd holds {:?}", raw.stdout);
+    assert!(!String::from_utf8_lossy(&raw.stdout).contains("the-clear-value"));
+
     // The rotating plan's bindings say when they expire, and rotate (OSB 2.17).
     let rotating = Offering { plan_id: env["ROTATING_PLAN_ID"].clone(), ..offering.clone() };
     assert_eq!(osb.provision(&rotating, "expiring", Duration::from_secs(30)).await.unwrap(), 201);
@@ -102,6 +142,8 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     assert!(!env_file.exists());
     let etcd_addr = env["ETCD_ENDPOINTS"].trim_start_matches("http://").to_owned();
     assert!(std::net::TcpStream::connect(etcd_addr).is_err(), "etcd still running");
+    let proxy_addr = env["PROXY_ENDPOINTS"].trim_start_matches("http://").to_owned();
+    assert!(std::net::TcpStream::connect(proxy_addr).is_err(), "the proxy still running");
 }
 
 /// A Ctrl-C while etcd is still starting (before the broker serves) stops dev cleanly: its etcd
@@ -175,6 +217,16 @@ exit 3"#;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot run '/nonexistent/command'"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Without the proxy (the bench's stacks): its variables are empty, its plan is not offered.
+    let script = r#"[ -z "$PROXY_ENDPOINTS" ] && [ -z "$PROXY_PLAN_ID" ] || exit 8
+curl -sf -u "$BROKER_USERNAME:$BROKER_PASSWORD" -H 'X-Broker-API-Version: 2.17' "$BROKER_URL/v2/catalog" | grep -q '"encrypted"' && exit 9
+exit 5"#;
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--bcrypt-cost", "4", "--no-proxy", "--run", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `xtask dev --run` spawned in a process group of its own, as a shell runs a job: the test

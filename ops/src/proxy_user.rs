@@ -1,0 +1,148 @@
+//! `etcd-broker-ops proxy-user`: the tenant proxy's own etcd user and role, made with the
+//! broker's root credentials so that the proxy never needs them (docs/proxy.md, "Its etcd
+//! user"). The role holds exactly what the proxy reads and writes: its own records read-write,
+//! the broker's binding records (revocation) and instance records (data keys) read-only.
+//! Every step is idempotent, so the command is safe to run again (a rotated password, a crash
+//! halfway).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use etcd_broker::broker::names::Names;
+use etcd_broker::config::Config;
+use etcd_broker::etcd::connect;
+use etcd_client::{Client, ConnectOptions, Permission};
+
+/// The proxy's default user and role name.
+pub const DEFAULT_USER: &str = "etcd-broker-proxy";
+/// The proxy's default records prefix (its `--state-prefix`).
+pub const DEFAULT_STATE_PREFIX: &str = "/etcd-broker/proxy/";
+
+/// Flags of `etcd-broker-ops proxy-user`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyUserArgs {
+    /// The broker's config file: its state cluster's root credentials make the user, and its
+    /// prefixes say which records the proxy reads.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bosh_properties",
+        conflicts_with = "bosh_properties"
+    )]
+    pub config: Option<PathBuf>,
+    /// The broker job's properties.json instead of --config (on a broker VM:
+    /// /var/vcap/jobs/etcd-broker/config/properties.json).
+    #[arg(long, value_name = "FILE")]
+    pub bosh_properties: Option<PathBuf>,
+    /// The proxy's user (and role) name; never root.
+    #[arg(long, default_value = DEFAULT_USER)]
+    pub user: String,
+    /// File holding the proxy user's password (first line); set again when the user exists.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: PathBuf,
+    /// The proxy's records prefix (its --state-prefix), granted read-write.
+    #[arg(long, default_value = DEFAULT_STATE_PREFIX)]
+    pub state_prefix: String,
+}
+
+/// What the proxy's role may do: (key prefix, read-write?) pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAccess {
+    pub user: String,
+    /// The proxy's own records: read-write.
+    pub state_prefix: String,
+    /// The broker's binding records and instance records: read-only.
+    pub read_only: Vec<String>,
+}
+
+impl ProxyAccess {
+    /// The access of a proxy in front of the broker whose key scheme is `names`.
+    pub fn new(user: &str, state_prefix: &str, names: &Names) -> Result<Self> {
+        if user.is_empty() || user == "root" {
+            bail!("--user: the proxy's user must be named, and must not be root");
+        }
+        if !state_prefix.starts_with('/') || !state_prefix.ends_with('/') || state_prefix == "/" {
+            bail!("--state-prefix: '{state_prefix}' must start and end with '/' and not be '/'");
+        }
+        Ok(ProxyAccess {
+            user: user.to_owned(),
+            state_prefix: state_prefix.to_owned(),
+            read_only: vec![names.all_bindings_prefix(), names.instances_prefix()],
+        })
+    }
+}
+
+/// Makes (or brings back) the proxy's user with `password`, its role and the role's grants.
+/// Safe to repeat: an existing user gets `password` again, existing grants stay.
+pub async fn ensure(client: &mut Client, access: &ProxyAccess, password: &str) -> Result<()> {
+    let user = access.user.as_str();
+    match client.user_add(user, password, None).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("already exists") => {
+            client
+                .user_change_password(user, password)
+                .await
+                .context("cannot set the proxy user's password")?;
+        }
+        Err(e) => return Err(e).context(format!("cannot add the user '{user}'")),
+    }
+    match client.role_add(user).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("already exists") => {}
+        Err(e) => return Err(e).context(format!("cannot add the role '{user}'")),
+    }
+    let mut grants = vec![Permission::read_write(access.state_prefix.as_str()).with_prefix()];
+    grants.extend(access.read_only.iter().map(|p| Permission::read(p.as_str()).with_prefix()));
+    for grant in grants {
+        client
+            .role_grant_permission(user, grant)
+            .await
+            .with_context(|| format!("cannot grant the role '{user}'"))?;
+    }
+    client
+        .user_grant_role(user, user)
+        .await
+        .with_context(|| format!("cannot give the user '{user}' its role"))?;
+    Ok(())
+}
+
+/// Runs `etcd-broker-ops proxy-user`.
+pub fn run(args: &ProxyUserArgs) -> Result<()> {
+    let config = match (&args.config, &args.bosh_properties) {
+        (Some(path), _) => Config::load(path)?,
+        (None, Some(path)) => Config::from_bosh_properties(path, None)?,
+        (None, None) => bail!("--config or --bosh-properties: the broker's config is needed"),
+    };
+    let names = Names::new(&config.prefixes.data, &config.prefixes.state);
+    let access = ProxyAccess::new(&args.user, &args.state_prefix, &names)?;
+    let text = std::fs::read_to_string(&args.password_file)
+        .with_context(|| format!("--password-file: cannot read {}", args.password_file.display()))?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    if password.is_empty() {
+        bail!("--password-file: the password is empty");
+    }
+    let name = &config.state_cluster;
+    let cluster =
+        config.clusters.get(name).with_context(|| format!("state_cluster '{name}' is not configured"))?;
+    let endpoints: Vec<String> =
+        cluster.endpoints.iter().map(|url| url.as_str().trim_end_matches('/').to_owned()).collect();
+    let timeout = std::time::Duration::from_secs(10);
+    let options = ConnectOptions::new()
+        .with_user(&cluster.username, cluster.password.expose())
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut client = connect(&endpoints, options, &cluster.tls.clone().unwrap_or_default())
+            .await
+            .with_context(|| format!("cannot connect to etcd cluster '{name}'"))?;
+        ensure(&mut client, &access, &password).await
+    })?;
+    println!(
+        "user '{}': read-write {}, read {}",
+        access.user,
+        access.state_prefix,
+        access.read_only.join(", ")
+    );
+    Ok(())
+}

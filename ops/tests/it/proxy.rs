@@ -1,0 +1,141 @@
+//! The tenant proxy's deployment: its BOSH job rendered (manifest + operators/
+//! etcd-broker-proxy.yml -> its ERB's properties.json -> the config the proxy starts with), the
+//! broker handing out the proxy's URL, and `proxy-user` making the proxy's etcd user on a real
+//! etcd with exactly the access docs/proxy.md names.
+
+use std::process::Command;
+
+use clap::Parser as _;
+use etcd_broker::config::Config;
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use local_etcd::{EtcdVersion, LocalEtcd, Options};
+
+use crate::common::{errand_properties, repo, OPS};
+
+const OPS_FILE: &str = "manifests/operators/etcd-broker-proxy.yml";
+
+#[test]
+fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = errand_properties(dir.path(), "etcd-broker-proxy", "etcd-broker-proxy", OPS_FILE, &[]);
+    let args = etcd_broker_proxy::config::Args::try_parse_from([
+        "etcd-broker-proxy",
+        "--bosh-properties",
+        file.to_str().unwrap(),
+    ])
+    .unwrap();
+    let config = args.into_config(None).expect("the proxy accepts its job's config");
+    let urls = |urls: &[url::Url]| urls.iter().map(|u| u.as_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        urls(&config.endpoints),
+        ["https://10.0.1.10:2379/", "https://10.0.1.11:2379/", "https://10.0.1.12:2379/"]
+    );
+    assert_eq!(urls(&config.advertise_client_urls), ["https://etcd-proxy.example.com:2391/"]);
+    assert_eq!(config.listen.to_string(), "0.0.0.0:2391");
+    assert!(config.tls.is_some(), "the proxy serves TLS");
+    assert_eq!(config.user, "etcd-broker-proxy");
+    assert_eq!(config.password.expose(), "example-proxy-password");
+    assert_eq!(config.keychain.expect("the broker's keys").active().name(), "k1");
+    // The job's ERB writes what the offline render writes (director::properties_json).
+    let offline = tempfile::tempdir().unwrap();
+    let out = Command::new(OPS)
+        .args(["render", "--instance-group", "etcd-broker-proxy", "--job", "etcd-broker-proxy", "--manifest"])
+        .arg(repo().join("manifests/etcd-broker.yml"))
+        .arg("-o")
+        .arg(repo().join(OPS_FILE))
+        .arg("-l")
+        .arg(repo().join("manifests/examples/vars.yml"))
+        .arg("--output-dir")
+        .arg(offline.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(offline.path().join("etcd-broker-proxy.toml").is_file());
+    let json = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    assert_eq!(json(&file), json(&offline.path().join("properties.json")), "ERB and render disagree");
+    // Nothing of the broker's etcd credentials reaches the proxy's VM.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("example-root-password"), "the root password is in the proxy's properties");
+
+    // The broker, with the same ops file, hands the proxy's URL to encrypting plans' bindings.
+    let out = Command::new(OPS)
+        .args(["render", "--manifest"])
+        .arg(repo().join("manifests/etcd-broker.yml"))
+        .arg("-o")
+        .arg(repo().join(OPS_FILE))
+        .arg("-l")
+        .arg(repo().join("manifests/examples/vars.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let broker = Config::from_toml(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(urls(&broker.clusters["main"].proxy_endpoints), ["https://etcd-proxy.example.com:2391/"]);
+}
+
+/// `proxy-user` twice (idempotent; the second sets a new password) with the broker's config,
+/// then the user as etcd sees it: its records read-write, the broker's bindings and instances
+/// read-only, tenants' data and the rest of the broker's state out of reach.
+#[tokio::test]
+async fn proxy_user_grants_the_proxy_exactly_its_records_and_the_brokers_to_read() {
+    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
+    let etcd =
+        LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k1.key");
+    let out = Command::new(OPS).args(["keys", "generate", "k1", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success());
+    let config = crate::common::example_config(dir.path(), "k1", &[("k1", &key)], |toml| {
+        toml.replace("\"http://127.0.0.1:2379\"", &format!("{:?}", etcd.endpoint()))
+            .replace("\"change-me-too\"", &format!("{:?}", etcd.root_password()))
+    });
+    let password_file = dir.path().join("proxy-password");
+    for password in ["first-proxy-password", "second-proxy-password"] {
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        let out = Command::new(OPS)
+            .args(["proxy-user", "--config"])
+            .arg(&config)
+            .arg("--password-file")
+            .arg(&password_file)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("user 'etcd-broker-proxy': read-write /etcd-broker/proxy/"), "{stdout}");
+        assert!(!stdout.contains(password) && !stderr.contains(password));
+    }
+    let options = ConnectOptions::new().with_user("etcd-broker-proxy", "second-proxy-password");
+    let mut proxy =
+        Client::connect([etcd.endpoint()], Some(options)).await.expect("the new password logs in");
+    proxy.put("/etcd-broker/proxy/leases/1", "{}", None).await.expect("its records: read-write");
+    for readable in ["/etcd-broker/bindings/", "/etcd-broker/instances/"] {
+        proxy.get(readable, Some(GetOptions::new().with_prefix())).await.expect("the broker's records: read");
+        assert!(proxy.put(format!("{readable}x"), "x", None).await.is_err(), "{readable} is writable");
+    }
+    for hidden in ["/service_instances/", "/etcd-broker/"] {
+        let denied = proxy.get(hidden, Some(GetOptions::new().with_prefix())).await.unwrap_err();
+        assert!(denied.to_string().contains("permission denied"), "{hidden}: {denied}");
+    }
+
+    // Root, or no password, is refused before etcd is asked.
+    let out = Command::new(OPS)
+        .args(["proxy-user", "--user", "root", "--config"])
+        .arg(&config)
+        .arg("--password-file")
+        .arg(&password_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be root"));
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let out = Command::new(OPS)
+        .args(["proxy-user", "--config"])
+        .arg(&config)
+        .arg("--password-file")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password-file: the password is empty"));
+}
