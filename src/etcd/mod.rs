@@ -11,7 +11,9 @@
 //! - `call`: each request is bounded in time, retried when etcd did not apply it (an auth
 //!   change under it, no endpoint reached), and a slow read is copied to another endpoint;
 //! - `errors`: what etcd's messages mean, as [`StoreError`]s;
-//! - `policy`: every deadline, back-off and limit of the above, and how they nest.
+//! - `policy`: every deadline, back-off and limit of the above, and how they nest;
+//! - `span`: a page of a prefix read in ranges with bounded ends, so a walk over many keys
+//!   costs etcd O(keys) rather than O(keys²).
 //!
 //! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
 //! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`].
@@ -23,6 +25,7 @@ mod connection;
 mod errors;
 mod health;
 mod policy;
+mod span;
 mod unpoisoned;
 
 use std::collections::HashMap;
@@ -89,6 +92,9 @@ pub struct EtcdStore {
     /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
     /// waits, new changes queue behind it).
     auth_gate: tokio::sync::RwLock<()>,
+    /// The width the last page of each walk (prefix, page size) spanned: where the next
+    /// page's first range ends (`span`). A hint only; a few walks at a time.
+    widths: std::sync::Mutex<HashMap<(String, usize), span::Width>>,
     observer: Observer,
 }
 
@@ -116,6 +122,7 @@ impl EtcdStore {
             password: config.password.clone(),
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
+            widths: Default::default(),
             observer,
         }))
     }
@@ -187,21 +194,33 @@ impl Store for EtcdStore {
         limit: usize,
         keys_only: bool,
     ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let mut options = GetOptions::new()
-            .with_range(prefix_end(prefix.as_bytes()))
-            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        if keys_only {
-            options = options.with_keys_only();
+        let walk = (prefix.to_owned(), limit);
+        let hint = unpoisoned::lock(&self.widths).get(&walk).copied();
+        let range = |start: Vec<u8>, end: Vec<u8>, limit: usize| async move {
+            let mut options =
+                GetOptions::new().with_range(end).with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+            if keys_only {
+                options = options.with_keys_only();
+            }
+            let response = self
+                .kv(Call::Read, |mut c| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { c.get(start, Some(options)).await }
+                })
+                .await
+                .map_err(classify)?;
+            Ok(response.kvs().iter().map(entry).collect())
+        };
+        let (found, learned) = span::page(prefix, from, limit, hint, range).await?;
+        if let Some(width) = learned {
+            let mut widths = unpoisoned::lock(&self.widths);
+            // Walks are few; a store asked for many prefixes forgets them all.
+            if widths.len() >= 64 {
+                widths.clear();
+            }
+            widths.insert(walk, width);
         }
-        let from = if from < prefix { prefix } else { from };
-        let response = self
-            .kv(Call::Read, |mut c| {
-                let options = options.clone();
-                async move { c.get(from, Some(options)).await }
-            })
-            .await
-            .map_err(classify)?;
-        Ok(response.kvs().iter().map(entry).collect())
+        Ok(found)
     }
 
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {

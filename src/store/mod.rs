@@ -146,7 +146,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` keys starting with `prefix`, from the key `from` on (inclusive), in key
     /// order, with their values (empty when `keys_only`): a walk over many records in pages, or
-    /// over the tenant prefixes one top-level name at a time (`reconcile`).
+    /// over the tenant prefixes one top-level name at a time (`reconcile`). A page costs about
+    /// what it returns, not what follows it (the real store's ranges have bounded ends), so a
+    /// walk in pages is O(keys).
     async fn scan(
         &self,
         prefix: &str,
