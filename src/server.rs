@@ -285,6 +285,7 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
         .workers(config.listen.workers)
         .max_connections(config.listen.max_connections)
         .max_connection_rate(config.listen.max_connection_rate)
+        .tls_handshake_timeout(config.listen.tls_handshake_timeout)
         .client_request_timeout(config.listen.header_timeout)
         .keep_alive(config.listen.idle_timeout)
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());

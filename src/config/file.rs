@@ -10,10 +10,11 @@ use url::Url;
 
 use super::{
     default_body_timeout_seconds, default_header_timeout_seconds, default_host, default_idle_timeout_seconds,
-    default_max_connection_rate, default_max_connections, default_port, default_workers, invalid, AuthConfig,
-    BindingExpiryConfig, Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig,
-    PrefixConfig, ReconcileConfig, RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS,
-    MAX_CONNECTIONS, MAX_CONNECTION_RATE, MAX_HEADER_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS, MAX_WORKERS,
+    default_max_connection_rate, default_max_connections, default_port,
+    default_tls_handshake_timeout_seconds, default_workers, invalid, AuthConfig, BindingExpiryConfig,
+    Cluster, Config, ConfigError, Listen, LogFormat, LogLevel, MetricsConfig, PrefixConfig, ReconcileConfig,
+    RoleReaperConfig, Sealing, Secret, MAX_BODY_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_CONNECTION_RATE,
+    MAX_HEADER_TIMEOUT_SECONDS, MAX_IDLE_TIMEOUT_SECONDS, MAX_TLS_HANDSHAKE_TIMEOUT_SECONDS, MAX_WORKERS,
 };
 use crate::broker::certificates::{Authority, CredentialKind};
 use crate::osb::catalog::Catalog;
@@ -262,6 +263,10 @@ pub(super) struct ListenFile {
     /// TLS handshakes each worker thread runs at once; more connections wait their turn.
     #[serde(default = "default_max_connection_rate")]
     pub max_connection_rate: usize,
+    /// How long a TLS handshake may take, in seconds; a connection that has not completed one
+    /// by then is closed.
+    #[serde(default = "default_tls_handshake_timeout_seconds")]
+    pub tls_handshake_timeout_seconds: u64,
 }
 
 impl Default for ListenFile {
@@ -276,6 +281,7 @@ impl Default for ListenFile {
             header_timeout_seconds: default_header_timeout_seconds(),
             idle_timeout_seconds: default_idle_timeout_seconds(),
             max_connection_rate: default_max_connection_rate(),
+            tls_handshake_timeout_seconds: default_tls_handshake_timeout_seconds(),
         }
     }
 }
@@ -496,6 +502,7 @@ impl ConfigFile {
             body_timeout: std::time::Duration::from_secs(listen.body_timeout_seconds),
             max_connections: listen.max_connections,
             header_timeout: std::time::Duration::from_secs(listen.header_timeout_seconds),
+            tls_handshake_timeout: std::time::Duration::from_secs(listen.tls_handshake_timeout_seconds),
             idle_timeout: std::time::Duration::from_secs(listen.idle_timeout_seconds),
             max_connection_rate: listen.max_connection_rate,
         };
@@ -579,6 +586,11 @@ impl ConfigFile {
         let limits = [
             ("listen.header_timeout_seconds", self.listen.header_timeout_seconds, MAX_HEADER_TIMEOUT_SECONDS),
             ("listen.idle_timeout_seconds", self.listen.idle_timeout_seconds, MAX_IDLE_TIMEOUT_SECONDS),
+            (
+                "listen.tls_handshake_timeout_seconds",
+                self.listen.tls_handshake_timeout_seconds,
+                MAX_TLS_HANDSHAKE_TIMEOUT_SECONDS,
+            ),
             (
                 "listen.max_connection_rate",
                 self.listen.max_connection_rate as u64,

@@ -229,6 +229,9 @@ pub struct Listen {
     /// TLS handshakes each worker thread runs at once: a flood of new connections costs CPU
     /// for handshakes, which this bounds (no effect on plain HTTP).
     pub max_connection_rate: usize,
+    /// How long a client may take to complete its TLS handshake: a connection that never
+    /// finishes one holds one of `max_connection_rate`'s places until then.
+    pub tls_handshake_timeout: std::time::Duration,
 }
 
 /// One etcd cluster.
@@ -394,6 +397,13 @@ pub const MAX_CONNECTION_RATE: usize = 65_536;
 
 fn default_max_connection_rate() -> usize {
     256
+}
+
+/// Upper bound of `listen.tls_handshake_timeout_seconds`: a handshake is a few round trips.
+pub const MAX_TLS_HANDSHAKE_TIMEOUT_SECONDS: u64 = 60;
+
+fn default_tls_handshake_timeout_seconds() -> u64 {
+    3
 }
 
 /// Upper bound of `listen.max_connections` (per worker thread).

@@ -97,6 +97,8 @@ fn bad_values_name_their_field() {
         ("idle_timeout_seconds", 3601),
         ("max_connection_rate", 0),
         ("max_connection_rate", 65_537),
+        ("tls_handshake_timeout_seconds", 0),
+        ("tls_handshake_timeout_seconds", 61),
     ];
     for (key, value) in out_of_range {
         let listen = with(|t| {

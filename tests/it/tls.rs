@@ -259,3 +259,59 @@ async fn the_broker_serves_the_osb_api_over_https() {
     assert_eq!(error, "listen.tls: the private key does not belong to the certificate");
     etcd.stop().await;
 }
+
+/// Issue 22, a handshake flood: connections that open and never send a TLS ClientHello. Each
+/// holds one of the thread's `max_connection_rate` handshake places until
+/// `listen.tls_handshake_timeout_seconds` closes it, so they cannot hold the listener for
+/// ever: here 6 of them against 3 places, all closed by the broker after the configured 4 s
+/// (not the default 3 s), and a real client queued behind them is served.
+#[actix_web::test]
+async fn connections_that_never_complete_a_tls_handshake_are_closed_after_its_timeout() {
+    use tokio::io::AsyncReadExt;
+    let etcd = start_etcd().await;
+    let ca_key = key();
+    let ca = certificate("etcd-broker test CA", &ca_key, None, false);
+    let server_key = key();
+    let server = pem(&certificate("127.0.0.1", &server_key, Some((&ca, &ca_key)), true), &server_key);
+    let text = config_toml(0, free_port(), &etcd, None)
+        .replace("[listen]\n", "[listen]\nmax_connection_rate = 3\ntls_handshake_timeout_seconds = 4\n")
+        + &format!("\n[listen.tls]\ncertificate = {:?}\nprivate_key = {:?}\n", server.cert, server.key);
+    let config = etcd_broker::config::Config::from_toml(&text).unwrap();
+    assert_eq!(config.listen.tls_handshake_timeout, Duration::from_secs(4));
+    let running = etcd_broker::server::start(&config).unwrap();
+    let port = running.addr.port();
+    let handles = running.handles();
+    actix_web::rt::spawn(running.serve());
+
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        silent.push(actix_web::rt::spawn(async move {
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest)).await;
+            (read.is_ok(), started.elapsed())
+        }));
+    }
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca.to_pem().unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let catalog = https
+        .get(format!("https://127.0.0.1:{port}/v2/catalog"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("X-Broker-API-Version", VERSION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(catalog.status(), StatusCode::OK);
+    for connection in silent {
+        let (closed, after) = connection.await.unwrap();
+        assert!(closed, "a connection without a handshake was still open after {after:?}");
+        assert!(after >= Duration::from_millis(3900), "closed before its handshake timeout: {after:?}");
+    }
+    for handle in handles {
+        handle.stop(true).await;
+    }
+    etcd.stop().await;
+}
