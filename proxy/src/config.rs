@@ -3,12 +3,14 @@
 //! nothing after [`Args::into_config`] re-reads a file or re-parses a URL. Errors name the flag
 //! and never quote a file's content (a key or a password).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
 use etcd_broker::config::Secret;
+use etcd_broker::osb::plan_options::InstanceQuotas;
 use etcd_broker::sealing::Keychain;
 use etcd_broker::tls::{ClientTls, Identity};
 use url::Url;
@@ -97,6 +99,11 @@ pub struct Args {
     #[arg(long, env = "ETCD_BROKER_PROXY_BROKER_CONFIG")]
     pub broker_config: Option<PathBuf>,
 
+    /// How many instances' quota usage shares the metrics export (the fullest ones); 0: none.
+    /// Bounds the series, whatever the number of instances.
+    #[arg(long, env = "ETCD_BROKER_PROXY_QUOTA_TOP_INSTANCES", default_value_t = crate::quotas::metrics::DEFAULT_TOP_INSTANCES)]
+    pub quota_top_instances: usize,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing filter (`RUST_LOG` wins).
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -124,6 +131,10 @@ pub struct Config {
     pub broker_names: Names,
     /// The broker's keychain, from --broker-config: it unseals instances' data keys.
     pub keychain: Option<Keychain>,
+    /// Each plan's quotas (plan id -> quotas), from --broker-config; empty without it.
+    pub plan_quotas: BTreeMap<String, InstanceQuotas>,
+    /// How many instances' shares the quota metrics export.
+    pub quota_top_instances: usize,
     pub log_level: String,
 }
 
@@ -143,13 +154,14 @@ impl Args {
     /// Checks the flags and reads the files they name; `password_env` is the value of
     /// `ETCD_BROKER_PROXY_PASSWORD` (passed in, so tests need not touch the environment).
     pub fn into_config(self, password_env: Option<String>) -> Result<Config, ConfigError> {
-        let (broker_names, keychain) = match &self.broker_config {
-            None => (Names::new(DEFAULT_DATA_PREFIX, &self.broker_state_prefix), None),
+        let (broker_names, keychain, plan_quotas) = match &self.broker_config {
+            None => (Names::new(DEFAULT_DATA_PREFIX, &self.broker_state_prefix), None, BTreeMap::new()),
             Some(path) => {
                 let broker = etcd_broker::config::Config::load(path)
                     .map_err(|e| bad("--broker-config", format!("{}: {e}", path.display())))?;
                 let names = Names::new(&broker.prefixes.data, &broker.prefixes.state);
-                (names, broker.sealing.keychain().cloned())
+                let quotas = broker.plan_options.iter().map(|(plan, o)| (plan.clone(), o.quotas)).collect();
+                (names, broker.sealing.keychain().cloned(), quotas)
             }
         };
         let endpoints =
@@ -226,6 +238,8 @@ impl Args {
             state_prefix: self.state_prefix,
             broker_names,
             keychain,
+            plan_quotas,
+            quota_top_instances: self.quota_top_instances,
             log_level: self.log_level,
         })
     }

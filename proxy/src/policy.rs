@@ -66,3 +66,20 @@ pub const MAX_REVOKED: usize = 100_000;
 /// How long the watch of the broker's binding records waits before it starts again after a
 /// failure (etcd unreachable); revocations meanwhile are applied when it resumes.
 pub const REVOCATION_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a write admitted under a quota keeps its reservation after etcd answered, at most,
+/// when the watch of its instance never shows it (a Txn whose puts did not run); the watch
+/// normally shows a write within milliseconds, which releases it earlier.
+pub const QUOTA_RESERVATION_HOLD: Duration = Duration::from_secs(1);
+
+/// How long the quotas wait before counting an instance again, or watching the broker's
+/// instance records again, after a failure; requests meanwhile wait for the count (at most
+/// [`RECORD_TIMEOUT`], then UNAVAILABLE).
+pub const QUOTA_RETRY: Duration = Duration::from_secs(1);
+
+/// Keys per page when an instance's usage is counted: bounded responses, at one revision.
+pub const QUOTA_COUNT_PAGE: i64 = 1000;
+
+/// Instances whose quotas are remembered; past it, those without quotas are forgotten (read
+/// again on their next request).
+pub const MAX_QUOTA_INSTANCES: usize = 100_000;

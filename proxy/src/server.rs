@@ -22,6 +22,7 @@ use crate::pb::etcdserverpb::{
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::policy;
+use crate::quotas::Quotas;
 use crate::revocation::Bindings;
 use crate::service::{Proxy, Shared};
 use crate::streams::OpenStreams;
@@ -61,6 +62,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(bindings.clone().follow(tokens.clone(), streams.clone()));
     let data_keys = DataKeys::new(client.clone(), config.broker_names.clone(), config.keychain.clone());
     tokio::spawn(data_keys.clone().follow());
+    let quotas = Quotas::new(client.clone(), config.broker_names.clone(), config.plan_quotas.clone());
+    tokio::spawn(quotas.clone().follow());
     let proxy = Proxy::new(Shared {
         backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,
         tokens,
@@ -69,6 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         bindings,
         streams,
         data_keys,
+        quotas,
     });
     let router = Server::builder()
         .tcp_nodelay(true)

@@ -17,7 +17,9 @@ use super::{
 };
 use crate::broker::certificates::{Authority, CredentialKind};
 use crate::osb::catalog::Catalog;
-use crate::osb::plan_options::{BindingExpiry, BrokerLimits, CredentialStoreKind, InstanceQuotas, PlanOptions};
+use crate::osb::plan_options::{
+    BindingExpiry, BrokerLimits, CredentialStoreKind, InstanceQuotas, PlanOptions,
+};
 use crate::pki::ClientCa;
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};

@@ -63,7 +63,13 @@ impl InstanceQuotas {
     /// of the key and byte quotas (0 without either; above 1 when over a quota).
     pub fn share(&self, keys: u64, bytes: u64) -> f64 {
         let of = |used: u64, limit: Option<u64>| match limit {
-            Some(0) => if used == 0 { 0.0 } else { f64::INFINITY },
+            Some(0) => {
+                if used == 0 {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            }
             Some(limit) => used as f64 / limit as f64,
             None => 0.0,
         };
