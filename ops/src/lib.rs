@@ -13,6 +13,7 @@
 //! - `sealing`: `keys generate` / `keys list` / `seal` / `unseal` (secrets sealed at rest).
 //! - `reseal`: binding records rewritten sealed by the active key (key rotation).
 //! - `reconcile`: records compared with etcd's users, roles, grants and data; safe repairs.
+//! - `usage`: one instance's keys and bytes against its plan's quotas.
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
@@ -27,3 +28,4 @@ pub mod registration;
 pub mod render;
 pub mod reseal;
 pub mod sealing;
+pub mod usage;

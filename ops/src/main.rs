@@ -10,6 +10,7 @@
 //!   secrets at rest, and one value sealed or unsealed for operators' scripts.
 //! - `reseal` (reseal.rs): binding records rewritten sealed by the active key.
 //! - `reconcile` (reconcile.rs): records compared with etcd, the safe repairs.
+//! - `usage` (usage.rs): one instance's keys and bytes against its plan's quotas.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage; `reseal` also
 //! 130 when Ctrl-C stopped it; `reconcile` 0 nothing found, 1 findings, 2 error.
@@ -21,7 +22,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
-use etcd_broker_ops::{blackbox, check, names, reconcile, registration, render, reseal, sealing};
+use etcd_broker_ops::{blackbox, check, names, reconcile, registration, render, reseal, sealing, usage};
 
 /// Operators' tools for etcd-broker.
 #[derive(Debug, Parser)]
@@ -77,6 +78,12 @@ enum Command {
     /// Read-only unless --repair. Exit 0 when nothing is found, 1 when something is (repaired
     /// or not), 2 when the check could not run.
     Reconcile(reconcile::ReconcileArgs),
+    /// Print one instance's usage against its plan's quotas (docs/proxy.md#quotas): keys,
+    /// bytes (keys' and stored values' bytes), the plan's quota_keys, quota_bytes and
+    /// quota_requests_per_second, and the share of the fuller quota; counted by a range over
+    /// the instance's prefix with the config's credentials. Exit 0 when printed, 1 when the
+    /// instance or its cluster cannot be read.
+    Usage(usage::UsageArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -185,6 +192,10 @@ fn run(command: Command) -> Result<()> {
         Command::Reseal(args) => reseal::run(&args).map(|_| ()),
         Command::Reconcile(args) => reconcile::run(&args).map(|_| ()),
         Command::Unseal(args) => sealing::unseal(&args),
+        Command::Usage(args) => {
+            print!("{}", usage::run(&args)?);
+            Ok(())
+        }
         Command::Names { instance_id, binding_id, parameters, config, data_prefix, state_prefix, json } => {
             let names = match config {
                 Some(path) => {
@@ -269,6 +280,19 @@ mod tests {
         };
         assert_eq!(config, PathBuf::from("b.toml"));
         assert_eq!(parse(&["keys", "list"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn usage_needs_an_instance_and_a_config() {
+        let Ok(Command::Usage(args)) = parse(&["usage", "i-1", "--config", "b.toml", "--json"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (args.instance_id.as_str(), args.config, args.json),
+            ("i-1", PathBuf::from("b.toml"), true)
+        );
+        assert_eq!(parse(&["usage", "i-1"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["usage", "--config", "b.toml"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]

@@ -77,8 +77,10 @@ pub const QUOTA_RESERVATION_HOLD: Duration = Duration::from_secs(1);
 /// [`RECORD_TIMEOUT`], then UNAVAILABLE).
 pub const QUOTA_RETRY: Duration = Duration::from_secs(1);
 
-/// Keys per page when an instance's usage is counted: bounded responses, at one revision.
-pub const QUOTA_COUNT_PAGE: i64 = 1000;
+/// How long a write that does not fit its quota waits for the instance's watch to catch up
+/// with etcd (a progress request) before it is refused: a delete answered just before is
+/// then counted, whatever the watch's delay.
+pub const QUOTA_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Instances whose quotas are remembered; past it, those without quotas are forgotten (read
 /// again on their next request).

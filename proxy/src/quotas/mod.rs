@@ -30,10 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_broker::broker::names::Names;
-use etcd_broker::etcd::prefix_end;
 use etcd_broker::osb::plan_options::{stored_bytes, InstanceQuotas};
 use etcd_broker::osb::InstanceId;
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tonic::Status;
@@ -77,8 +76,10 @@ struct Tracker {
     instance: String,
     quotas: InstanceQuotas,
     usage: Arc<Mutex<InstanceUsage>>,
-    /// Whether the usage is counted (set by the counting task).
-    known: tokio::sync::watch::Receiver<bool>,
+    /// The revision the usage is current at; 0 while not counted (set by the counting task).
+    current: tokio::sync::watch::Receiver<i64>,
+    /// Asks the counting task's watch for a progress report (its current revision).
+    progress: Arc<tokio::sync::Notify>,
     rate: Option<Mutex<RateLimit>>,
     /// The task counting and watching the prefix (instances with a keys or bytes quota).
     task: Option<tokio::task::AbortHandle>,
@@ -109,13 +110,24 @@ impl Tracker {
 
     /// Waits until the usage is counted (at most [`policy::RECORD_TIMEOUT`]).
     async fn counted(&self) -> Result<(), QuotaError> {
-        let mut known = self.known.clone();
-        let waited = tokio::time::timeout(policy::RECORD_TIMEOUT, known.wait_for(|k| *k)).await;
+        let mut current = self.current.clone();
+        let waited = tokio::time::timeout(policy::RECORD_TIMEOUT, current.wait_for(|r| *r > 0)).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(QuotaError::NotCounted),
             Err(_) => Err(QuotaError::Timeout(policy::RECORD_TIMEOUT)),
         }
+    }
+
+    /// Waits until the usage is current at `revision` (the watch has delivered every change up
+    /// to it), at most [`policy::QUOTA_CATCH_UP`]; after that the usage known is used as it is.
+    async fn caught_up(&self, revision: i64) {
+        let mut current = self.current.clone();
+        if *current.borrow() >= revision {
+            return;
+        }
+        self.progress.notify_one();
+        let _ = tokio::time::timeout(policy::QUOTA_CATCH_UP, current.wait_for(|r| *r >= revision)).await;
     }
 }
 
@@ -250,18 +262,20 @@ impl Quotas {
     /// quota.
     fn start(&self, instance: &str, quotas: InstanceQuotas) -> Tracker {
         let usage = Arc::new(Mutex::new(InstanceUsage::new(quotas)));
-        let (known_tx, known) = tokio::sync::watch::channel(false);
+        let (current_tx, current) = tokio::sync::watch::channel(0);
+        let progress = Arc::new(tokio::sync::Notify::new());
         let mut tracker = Tracker {
             instance: instance.to_owned(),
             quotas,
             usage: usage.clone(),
-            known,
+            current,
+            progress: progress.clone(),
             rate: quotas.requests_per_second.map(|r| Mutex::new(RateLimit::new(r, Instant::now()))),
             task: None,
         };
         if tracker.counts() {
             let prefix = format!("{}{instance}/", self.0.names.data_prefix());
-            let task = tokio::spawn(track(self.0.client.clone(), prefix, usage, known_tx));
+            let task = tokio::spawn(track(self.0.client.clone(), prefix, usage, current_tx, progress));
             tracker.task = Some(task.abort_handle());
         }
         tracker
@@ -339,7 +353,10 @@ impl Quotas {
         let id = match first {
             Ok(id) => id,
             Err(_) => {
-                let known = self.sizes(keys).await.map_err(|e| e.status())?;
+                // Exact now: the keys' sizes, and every change up to the same revision
+                // (a delete just answered, not yet seen by the watch, frees its space).
+                let (known, revision) = self.sizes(keys).await.map_err(|e| e.status())?;
+                tracker.caught_up(revision).await;
                 let second = tracker.lock().admit(demand(&known), Instant::now());
                 second.map_err(|exceeded| self.refused(&tracker.instance, exceeded))?
             }
@@ -348,9 +365,10 @@ impl Quotas {
         Ok(())
     }
 
-    /// The stored sizes of `keys` now (absent: no such key).
-    async fn sizes(&self, keys: Vec<Vec<u8>>) -> Result<Known, QuotaError> {
+    /// The stored sizes of `keys` now (absent: no such key), and the revision read at.
+    async fn sizes(&self, keys: Vec<Vec<u8>>) -> Result<(Known, i64), QuotaError> {
         let mut known = Known::default();
+        let mut revision = 0;
         for key in keys {
             let found = policy::own_request(
                 &self.0.client,
@@ -362,9 +380,10 @@ impl Quotas {
             )
             .await?;
             let size = found.kvs().first().map(|kv| stored_bytes(kv.key(), kv.value()));
+            revision = revision.max(found.header().map_or(0, |h| h.revision()));
             known.0.insert(key, size);
         }
-        Ok(known)
+        Ok((known, revision))
     }
 
     /// Forgets an instance's quotas and usage when its record changes (a plan change, a
@@ -479,61 +498,31 @@ async fn track(
     client: Client,
     prefix: String,
     usage: Arc<Mutex<InstanceUsage>>,
-    known: tokio::sync::watch::Sender<bool>,
+    current: tokio::sync::watch::Sender<i64>,
+    progress: Arc<tokio::sync::Notify>,
 ) {
     let lock = || usage.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         match count(&client, &prefix).await {
             Ok((counted, revision)) => {
                 lock().counted(counted, revision);
-                known.send_replace(true);
-                if let Err(why) = follow(&client, &prefix, revision, &usage).await {
+                current.send_replace(revision.max(1));
+                if let Err(why) = follow(&client, &prefix, revision, &usage, &current, &progress).await {
                     tracing::info!(%why, "quotas: an instance's watch ended; counting it again");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "quotas: cannot count an instance's usage; trying again"),
         }
         lock().forget();
-        known.send_replace(false);
+        current.send_replace(0);
         tokio::time::sleep(policy::QUOTA_RETRY).await;
     }
 }
 
 /// The keys and bytes under `prefix`, read in pages at one revision; that revision.
-pub async fn count(client: &Client, prefix: &str) -> Result<(Usage, i64), QuotaError> {
-    let end = prefix_end(prefix.as_bytes());
-    let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
-    let mut usage = Usage::default();
-    loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(policy::QUOTA_COUNT_PAGE);
-        if revision > 0 {
-            options = options.with_revision(revision);
-        }
-        let page = policy::own_request(
-            client,
-            |mut client| {
-                let (from, options) = (from.clone(), options.clone());
-                async move { client.get(from, Some(options)).await }
-            },
-            QuotaError::Timeout,
-        )
-        .await?;
-        if revision == 0 {
-            revision = page.header().map_or(0, |h| h.revision());
-        }
-        for kv in page.kvs() {
-            usage.keys += 1;
-            usage.bytes += stored_bytes(kv.key(), kv.value());
-        }
-        match page.kvs().last() {
-            Some(last) if page.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return Ok((usage, revision)),
-        }
-    }
+async fn count(client: &Client, prefix: &str) -> Result<(Usage, i64), etcd_client::Error> {
+    let counted = etcd_broker::etcd::prefix_usage(client, prefix).await?;
+    Ok((Usage { keys: counted.keys, bytes: counted.bytes }, counted.revision))
 }
 
 /// Applies the watch's events on `prefix` after `revision` until it breaks; why it did.
@@ -542,11 +531,21 @@ async fn follow(
     prefix: &str,
     revision: i64,
     usage: &Mutex<InstanceUsage>,
+    current: &tokio::sync::watch::Sender<i64>,
+    progress: &tokio::sync::Notify,
 ) -> Result<(), String> {
     let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(revision + 1);
     let mut watch = client.clone().watch(prefix, Some(options)).await.map_err(|e| e.to_string())?;
     let lock = || usage.lock().unwrap_or_else(|p| p.into_inner());
-    while let Some(answer) = watch.next().await {
+    loop {
+        let answer = tokio::select! {
+            answer = watch.next() => answer,
+            () = progress.notified() => {
+                watch.request_progress().await.map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
+        let Some(answer) = answer else { break };
         let answer = answer.map_err(|e| e.to_string())?;
         if answer.canceled() {
             return Err(format!("canceled (compacted at revision {})", answer.compact_revision()));
@@ -577,9 +576,15 @@ async fn follow(
         if !group.is_empty() {
             lock().apply(at, group.drain(..));
         }
-        if let Some(header) = answer.header() {
-            lock().seen(header.revision());
+        if answer.events().is_empty() {
+            // A progress report: every change up to its revision has been delivered. (The
+            // header of a response with events may be ahead of events still to come while
+            // the watch catches up, so only events count there.)
+            if let Some(header) = answer.header() {
+                lock().seen(header.revision());
+            }
         }
+        current.send_replace(lock().revision().max(1));
     }
     Err("the watch stream ended".into())
 }

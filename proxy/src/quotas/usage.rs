@@ -128,6 +128,11 @@ impl InstanceUsage {
         self.quotas
     }
 
+    /// The revision the usage is current at.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
     /// The usage, once counted.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
