@@ -11,12 +11,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use etcd_broker::broker::names::Names;
-use etcd_broker::broker::records::InstanceRecord;
 use etcd_broker::config::Config;
 use etcd_broker::etcd::resend_on_auth_change;
-use etcd_broker::osb::plan_options::InstanceQuotas;
+use etcd_broker::osb::plan_options::{stored_bytes, InstanceQuotas};
 use etcd_broker::osb::InstanceId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Flags of `usage`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +47,14 @@ pub struct Report {
     pub quota_requests_per_second: Option<u32>,
     /// Used / limit of the fuller of the keys and bytes quotas; `None` without either.
     pub share: Option<f64>,
+}
+
+/// The fields of an instance record (docs/naming.md) the report needs.
+#[derive(Deserialize)]
+struct InstanceRecord {
+    plan_id: String,
+    /// The etcd cluster holding the instance's data.
+    cluster: String,
 }
 
 /// `usage`: the report, as text or JSON.
@@ -82,7 +89,7 @@ pub async fn usage(config: &Config, instance: &str) -> Result<Report> {
         serde_json::from_slice(record.value()).with_context(|| format!("the record {key} is unreadable"))?;
     let data = crate::sealing::cluster_client(config, &record.cluster).await?;
     let prefix = names.tenant_prefix(&instance);
-    let counted = etcd_broker::etcd::prefix_usage(&data, &prefix)
+    let counted = etcd_broker::etcd::prefix_usage(&data, &prefix, stored_bytes)
         .await
         .with_context(|| format!("cannot count the keys under {prefix}"))?;
     let quotas: InstanceQuotas =

@@ -135,8 +135,7 @@ fn entry(kv: &etcd_client::KeyValue) -> (String, Versioned) {
 /// public for the bench and the operators' tools, which page through prefixes the same way.
 pub use crate::store::prefix_end;
 
-/// What is stored under a prefix: its keys and their bytes as the per-instance quotas count
-/// them ([`crate::osb::plan_options::stored_bytes`]), at one revision.
+/// What is stored under a prefix: its keys and their bytes, at one revision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PrefixUsage {
     pub keys: u64,
@@ -145,13 +144,16 @@ pub struct PrefixUsage {
     pub revision: i64,
 }
 
-/// Counts [`PrefixUsage`] under `prefix` with `client`: ranges of [`USAGE_PAGE`] keys (values
-/// included: etcd keeps no size apart from the value), all at the first page's revision, so
-/// that the count is one consistent snapshot however long it takes. Shared by the tenant
-/// proxy (which then follows a watch from that revision) and `etcd-broker-ops usage`.
+/// Counts [`PrefixUsage`] under `prefix` with `client`, each key weighing `size(key, value)`
+/// bytes (the per-instance quotas' rule, `osb::plan_options::stored_bytes`, which this module
+/// may not import): ranges of [`USAGE_PAGE`] keys (values included: etcd keeps no size apart
+/// from the value), all at the first page's revision, so that the count is one consistent
+/// snapshot however long it takes. Shared by the tenant proxy (which then follows a watch from
+/// that revision) and `etcd-broker-ops usage`.
 pub async fn prefix_usage(
     client: &etcd_client::Client,
     prefix: &str,
+    size: fn(&[u8], &[u8]) -> u64,
 ) -> Result<PrefixUsage, etcd_client::Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
@@ -171,7 +173,7 @@ pub async fn prefix_usage(
         }
         for kv in page.kvs() {
             usage.keys += 1;
-            usage.bytes += crate::osb::plan_options::stored_bytes(kv.key(), kv.value());
+            usage.bytes += size(kv.key(), kv.value());
         }
         match page.kvs().last() {
             Some(last) if page.more() => {

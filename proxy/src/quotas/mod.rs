@@ -521,7 +521,7 @@ async fn track(
 
 /// The keys and bytes under `prefix`, read in pages at one revision; that revision.
 async fn count(client: &Client, prefix: &str) -> Result<(Usage, i64), etcd_client::Error> {
-    let counted = etcd_broker::etcd::prefix_usage(client, prefix).await?;
+    let counted = etcd_broker::etcd::prefix_usage(client, prefix, stored_bytes).await?;
     Ok((Usage { keys: counted.keys, bytes: counted.bytes }, counted.revision))
 }
 
