@@ -63,6 +63,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let data_keys = DataKeys::new(client.clone(), config.broker_names.clone(), config.keychain.clone());
     tokio::spawn(data_keys.clone().follow());
     let quotas = Quotas::new(client.clone(), config.broker_names.clone(), config.plan_quotas.clone());
+    quotas.probe().await.with_context(|| {
+        format!(
+            "the proxy's etcd user '{}' cannot read the tenants' data ({}); plans with quotas need \
+             read access there to count each instance's usage",
+            config.user,
+            quotas.data_prefix()
+        )
+    })?;
     tokio::spawn(quotas.clone().follow());
     let proxy = Proxy::new(Shared {
         backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,

@@ -386,6 +386,31 @@ impl Quotas {
         Ok((known, revision))
     }
 
+    /// Checks that the proxy's user may read the data prefix (to count usage), when any plan
+    /// has quotas: a proxy that could not count would refuse every write of those plans.
+    pub async fn probe(&self) -> Result<(), QuotaError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let prefix = self.0.names.data_prefix().to_owned();
+        policy::own_request(
+            &self.0.client,
+            |mut client| {
+                let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
+                let prefix = prefix.clone();
+                async move { client.get(prefix, Some(options)).await }
+            },
+            QuotaError::Timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The prefix under which instances' usage is counted.
+    pub fn data_prefix(&self) -> &str {
+        self.0.names.data_prefix()
+    }
+
     /// Forgets an instance's quotas and usage when its record changes (a plan change, a
     /// deprovision), for as long as the process runs; everything is forgotten while it cannot
     /// watch (then read and counted again).

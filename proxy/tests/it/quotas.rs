@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use etcd_broker::osb::plan_options::stored_bytes;
 use etcd_broker_proxy::pb::etcdserverpb::{PutRequest, RangeRequest};
-use etcd_client::{GetOptions, Permission};
+use etcd_client::GetOptions;
 use local_etcd::LocalEtcd;
 use serde_json::Value;
 use tonic::Code;
@@ -15,15 +15,10 @@ use tonic::Code;
 use crate::broker::{BrokerProcess, QUOTAS, QUOTA_BYTES, QUOTA_KEYS, QUOTA_RATE, RATE_LIMITED};
 use crate::common::*;
 
-/// The broker's data prefix (its default), which the proxy's user reads to count usage.
-const DATA_PREFIX: &str = "/service_instances/";
-
 /// etcd, a broker whose bindings name the proxy, the proxy reading the broker's config; a
 /// binding of an instance of `plan`: its user, password and prefix.
 async fn setup(plan: &str, instance: &str) -> (LocalEtcd, BrokerProcess, ProxyProcess, [String; 3]) {
     let etcd = start_etcd().await;
-    let mut root = etcd.root_client().await.unwrap();
-    root.role_grant_permission(PROXY_USER, Permission::read(DATA_PREFIX).with_prefix()).await.unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let broker = BrokerProcess::start_with(&etcd, Some(&url)).await;
@@ -163,4 +158,23 @@ async fn the_request_rate_quota_refuses_bursts() {
     // A second later the bucket has refilled.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     through.kv().range(through.req(range())).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_proxy_whose_user_cannot_read_the_data_does_not_start_with_quotas() {
+    let etcd = start_etcd().await;
+    let mut root = etcd.root_client().await.unwrap();
+    let whole = etcd_client::RoleRevokePermissionOptions::new().with_range_end(prefix_end(BROKER_DATA));
+    root.role_revoke_permission(PROXY_USER, BROKER_DATA, Some(whole)).await.unwrap();
+    let broker = BrokerProcess::start_with(&etcd, Some("http://127.0.0.1:1")).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-broker-proxy"))
+        .args(["--endpoints", &etcd.endpoint(), "--user", PROXY_USER, "--listen", &listen])
+        .args(["--broker-config", broker.config.to_str().unwrap()])
+        .env("ETCD_BROKER_PROXY_PASSWORD", PROXY_PASSWORD)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read the tenants' data (/service_instances/)"), "{stderr}");
 }
