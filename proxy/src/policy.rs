@@ -67,10 +67,12 @@ pub const MAX_REVOKED: usize = 100_000;
 /// failure (etcd unreachable); revocations meanwhile are applied when it resumes.
 pub const REVOCATION_RETRY: Duration = Duration::from_secs(1);
 
-/// How long a write admitted under a quota keeps its reservation after etcd answered, at most,
-/// when the watch of its instance never shows it (a Txn whose puts did not run); the watch
-/// normally shows a write within milliseconds, which releases it earlier.
-pub const QUOTA_RESERVATION_HOLD: Duration = Duration::from_secs(1);
+/// How long a write admitted under a quota keeps its reservation after etcd answered, at
+/// most: a safety net only. The watch shows a write within milliseconds, which releases it;
+/// one it never shows (a Txn whose puts did not run) is released when a write that does not
+/// fit makes the watch catch up with etcd ([`QUOTA_CATCH_UP`]). Short holds would let a
+/// lagging watch (a loaded proxy) admit writes beyond the quota.
+pub const QUOTA_RESERVATION_HOLD: Duration = Duration::from_secs(30);
 
 /// How long the quotas wait before counting an instance again, or watching the broker's
 /// instance records again, after a failure; requests meanwhile wait for the count (at most

@@ -5,9 +5,9 @@
 //! current by the watch's events ([`InstanceUsage::apply`]). Writes admitted but not yet seen
 //! by the watch are held as reservations, so that this proxy's concurrent writes cannot each
 //! take the same free space: a reservation lasts while the request is in flight, then until
-//! the watch reaches the write's revision (the write is then in the usage), or at most
-//! [`crate::policy::QUOTA_RESERVATION_HOLD`] after the answer (a Txn whose puts were not
-//! executed never shows up in the watch).
+//! the watch reaches the write's revision (the write is then in the usage; for a Txn whose
+//! puts did not run, the revision of a progress report), or at most
+//! [`crate::policy::QUOTA_RESERVATION_HOLD`] after the answer.
 
 use std::time::Instant;
 
