@@ -198,11 +198,11 @@ impl Quotas {
     fn refused(&self, instance: &str, exceeded: Exceeded) -> Status {
         self.0.refusals[QuotaKind::ALL.iter().position(|k| *k == exceeded.quota).unwrap_or(0)]
             .fetch_add(1, Ordering::Relaxed);
+        // The limit only, not the usage: the check runs before etcd's RBAC, so a tenant
+        // writing under another instance's prefix learns no more than that it is full.
         let what = match exceeded.quota {
-            QuotaKind::Keys => format!("at most {} keys, {} in use", exceeded.limit, exceeded.used),
-            QuotaKind::Bytes => {
-                format!("at most {} bytes of keys and values, {} in use", exceeded.limit, exceeded.used)
-            }
+            QuotaKind::Keys => format!("at most {} keys", exceeded.limit),
+            QuotaKind::Bytes => format!("at most {} bytes of keys and values", exceeded.limit),
             QuotaKind::RequestsPerSecond => format!("at most {} requests per second", exceeded.limit),
         };
         let then = match exceeded.quota {
