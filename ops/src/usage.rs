@@ -55,6 +55,9 @@ struct InstanceRecord {
     plan_id: String,
     /// The etcd cluster holding the instance's data.
     cluster: String,
+    /// The quotas the proxy enforces (copied from the plan at provision and plan change).
+    #[serde(default)]
+    quotas: InstanceQuotas,
 }
 
 /// `usage`: the report, as text or JSON.
@@ -92,8 +95,7 @@ pub async fn usage(config: &Config, instance: &str) -> Result<Report> {
     let counted = etcd_broker::etcd::prefix_usage(&data, &prefix, stored_bytes)
         .await
         .with_context(|| format!("cannot count the keys under {prefix}"))?;
-    let quotas: InstanceQuotas =
-        config.plan_options.get(&record.plan_id).map(|o| o.quotas).unwrap_or_default();
+    let quotas = record.quotas;
     let share =
         (quotas.keys.is_some() || quotas.bytes.is_some()).then(|| quotas.share(counted.keys, counted.bytes));
     Ok(Report {

@@ -3,14 +3,12 @@
 //! nothing after [`Args::into_config`] re-reads a file or re-parses a URL. Errors name the flag
 //! and never quote a file's content (a key or a password).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX};
 use etcd_broker::config::Secret;
-use etcd_broker::osb::plan_options::InstanceQuotas;
 use etcd_broker::sealing::Keychain;
 use etcd_broker::tls::{ClientTls, Identity};
 use url::Url;
@@ -131,8 +129,6 @@ pub struct Config {
     pub broker_names: Names,
     /// The broker's keychain, from --broker-config: it unseals instances' data keys.
     pub keychain: Option<Keychain>,
-    /// Each plan's quotas (plan id -> quotas), from --broker-config; empty without it.
-    pub plan_quotas: BTreeMap<String, InstanceQuotas>,
     /// How many instances' shares the quota metrics export.
     pub quota_top_instances: usize,
     pub log_level: String,
@@ -154,14 +150,13 @@ impl Args {
     /// Checks the flags and reads the files they name; `password_env` is the value of
     /// `ETCD_BROKER_PROXY_PASSWORD` (passed in, so tests need not touch the environment).
     pub fn into_config(self, password_env: Option<String>) -> Result<Config, ConfigError> {
-        let (broker_names, keychain, plan_quotas) = match &self.broker_config {
-            None => (Names::new(DEFAULT_DATA_PREFIX, &self.broker_state_prefix), None, BTreeMap::new()),
+        let (broker_names, keychain) = match &self.broker_config {
+            None => (Names::new(DEFAULT_DATA_PREFIX, &self.broker_state_prefix), None),
             Some(path) => {
                 let broker = etcd_broker::config::Config::load(path)
                     .map_err(|e| bad("--broker-config", format!("{}: {e}", path.display())))?;
                 let names = Names::new(&broker.prefixes.data, &broker.prefixes.state);
-                let quotas = broker.plan_options.iter().map(|(plan, o)| (plan.clone(), o.quotas)).collect();
-                (names, broker.sealing.keychain().cloned(), quotas)
+                (names, broker.sealing.keychain().cloned())
             }
         };
         let endpoints =
@@ -238,7 +233,6 @@ impl Args {
             state_prefix: self.state_prefix,
             broker_names,
             keychain,
-            plan_quotas,
             quota_top_instances: self.quota_top_instances,
             log_level: self.log_level,
         })

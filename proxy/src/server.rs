@@ -62,15 +62,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(bindings.clone().follow(tokens.clone(), streams.clone()));
     let data_keys = DataKeys::new(client.clone(), config.broker_names.clone(), config.keychain.clone());
     tokio::spawn(data_keys.clone().follow());
-    let quotas = Quotas::new(client.clone(), config.broker_names.clone(), config.plan_quotas.clone());
-    quotas.probe().await.with_context(|| {
-        format!(
-            "the proxy's etcd user '{}' cannot read the tenants' data ({}); plans with quotas need \
-             read access there to count each instance's usage",
-            config.user,
-            quotas.data_prefix()
-        )
-    })?;
+    let quotas = Quotas::new(client.clone(), config.broker_names.clone());
+    if let Err(e) = quotas.probe().await {
+        // Not fatal: only instances with quotas need it (their writes are refused meanwhile).
+        tracing::warn!(
+            error = %e,
+            user = %config.user,
+            prefix = quotas.data_prefix(),
+            "the proxy's etcd user cannot read the tenants' data: instances with quotas cannot be \
+             counted and their writes will be refused (UNAVAILABLE)"
+        );
+    }
     tokio::spawn(quotas.clone().follow());
     let proxy = Proxy::new(Shared {
         backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,

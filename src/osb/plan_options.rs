@@ -43,17 +43,28 @@ pub struct PlanOptions {
 /// instance's prefix: every key's bytes plus its value's bytes as stored (a value the proxy
 /// encrypts counts with its 37 bytes of envelope), so that the limit bounds the cluster's
 /// space a tenant can take.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The broker writes them into the instance record (`quotas`) at provision and plan change,
+/// where the proxy reads them: the proxy does not hold the broker's config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstanceQuotas {
     /// At most this many bytes (keys + stored values) under the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
     /// At most this many keys under the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u64>,
     /// At most this many KV requests (Range, Put, DeleteRange, Txn) per second and proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u32>,
 }
 
 impl InstanceQuotas {
+    /// Whether any limit is set (then the plan's tenants must go through the proxy).
+    pub fn is_none(&self) -> bool {
+        !self.any()
+    }
+
     /// Whether any limit is set (then the plan's tenants must go through the proxy).
     pub fn any(&self) -> bool {
         self.bytes.is_some() || self.keys.is_some() || self.requests_per_second.is_some()

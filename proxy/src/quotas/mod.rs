@@ -3,9 +3,10 @@
 //! bytes, or a request beyond its rate, is refused with RESOURCE_EXHAUSTED, naming the quota
 //! and its limit.
 //!
-//! - Which quotas: the instance record's `plan_id` (`<broker state prefix>instances/<id>`),
-//!   looked up in the broker's plan options (`--broker-config`), read once per instance and
-//!   read again when the record changes (a plan change, a deprovision): [`Quotas::follow`].
+//! - Which quotas: the instance record's `quotas` (`<broker state prefix>instances/<id>`),
+//!   which the broker copies from the plan's options at provision and plan change; read once
+//!   per instance and again when the record changes (a plan change, a deprovision):
+//!   [`Quotas::follow`].
 //! - How much is used: counted once, when a request first touches the instance, by a paged
 //!   range of its prefix at one revision (the proxy's own user), then kept current by a watch
 //!   of the prefix from the next revision with previous values ([`usage`] does the arithmetic).
@@ -24,7 +25,7 @@ pub mod metrics;
 pub mod rate;
 pub mod usage;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,7 +69,8 @@ impl QuotaError {
 /// The fields of an instance record the quotas need.
 #[derive(Deserialize)]
 struct Record {
-    plan_id: String,
+    #[serde(default)]
+    quotas: InstanceQuotas,
 }
 
 /// One instance as the quotas see it.
@@ -162,8 +164,6 @@ pub struct Quotas(Arc<Shared>);
 struct Shared {
     client: Client,
     names: Names,
-    /// Plan id -> its quotas; plans without any are left out.
-    plans: BTreeMap<String, InstanceQuotas>,
     instances: Mutex<HashMap<String, Arc<Tracker>>>,
     /// Record changes seen by [`Quotas::follow`]: a record read before a change is not kept.
     changes: AtomicU64,
@@ -172,23 +172,16 @@ struct Shared {
 }
 
 impl Quotas {
-    /// Quotas of the instances of `plans` (plan id -> quotas), whose records `names` locate,
-    /// counted and read by `client` (the proxy's own user).
-    pub fn new(client: Client, names: Names, plans: BTreeMap<String, InstanceQuotas>) -> Self {
-        let plans = plans.into_iter().filter(|(_, q)| q.any()).collect();
+    /// Quotas of the instances whose records `names` locate, counted and read by `client`
+    /// (the proxy's own user).
+    pub fn new(client: Client, names: Names) -> Self {
         Quotas(Arc::new(Shared {
             client,
             names,
-            plans,
             instances: Mutex::default(),
             changes: AtomicU64::default(),
             refusals: Default::default(),
         }))
-    }
-
-    /// Whether any plan has quotas: otherwise nothing is checked, read or watched.
-    pub fn enabled(&self) -> bool {
-        !self.0.plans.is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Tracker>>> {
@@ -217,7 +210,7 @@ impl Quotas {
 
     /// The instance of `key`'s tracker, if the instance has quotas (the caller is a tenant).
     async fn tracker(&self, caller: &Caller, key: &[u8]) -> Result<Option<Arc<Tracker>>, Status> {
-        if !self.enabled() || matches!(caller, Caller::Admin(_)) {
+        if matches!(caller, Caller::Admin(_)) {
             return Ok(None);
         }
         let Some(instance) = instance_of(&self.0.names, key) else { return Ok(None) };
@@ -242,7 +235,7 @@ impl Quotas {
             Some(kv) => {
                 let record: Record =
                     serde_json::from_slice(kv.value()).map_err(|_| QuotaError::Unreadable.status())?;
-                self.0.plans.get(&record.plan_id).copied().unwrap_or_default()
+                record.quotas
             }
         };
         let tracker = Arc::new(self.start(instance, quotas));
@@ -386,12 +379,9 @@ impl Quotas {
         Ok((known, revision))
     }
 
-    /// Checks that the proxy's user may read the data prefix (to count usage), when any plan
-    /// has quotas: a proxy that could not count would refuse every write of those plans.
+    /// Checks that the proxy's user may read the data prefix (to count usage): a proxy that
+    /// cannot count refuses the writes of instances with quotas (UNAVAILABLE).
     pub async fn probe(&self) -> Result<(), QuotaError> {
-        if !self.enabled() {
-            return Ok(());
-        }
         let prefix = self.0.names.data_prefix().to_owned();
         policy::own_request(
             &self.0.client,
@@ -415,9 +405,6 @@ impl Quotas {
     /// deprovision), for as long as the process runs; everything is forgotten while it cannot
     /// watch (then read and counted again).
     pub async fn follow(self) {
-        if !self.enabled() {
-            return;
-        }
         let prefix = self.0.names.instances_prefix();
         loop {
             let mut client = self.0.client.clone();

@@ -22,7 +22,7 @@ use tonic::Request;
 pub const TENANTS: [&str; 2] = ["alice", "bob"];
 /// The proxy's own user: it may read and write the proxy's records, nothing else.
 pub const PROXY_USER: &str = "proxy";
-pub const PROXY_PASSWORD: &str = "proxy-password";
+const PROXY_PASSWORD: &str = "proxy-password";
 const PROXY_STATE: &str = "/etcd-broker/proxy/";
 /// The broker's binding records, which the proxy's user reads to revoke unbound bindings.
 pub const BROKER_BINDINGS: &str = "/etcd-broker/bindings/";

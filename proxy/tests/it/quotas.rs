@@ -156,22 +156,3 @@ async fn the_request_rate_quota_refuses_bursts() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     through.kv().range(through.req(range())).await.unwrap();
 }
-
-#[tokio::test]
-async fn a_proxy_whose_user_cannot_read_the_data_does_not_start_with_quotas() {
-    let etcd = start_etcd().await;
-    let mut root = etcd.root_client().await.unwrap();
-    let whole = etcd_client::RoleRevokePermissionOptions::new().with_range_end(prefix_end(BROKER_DATA));
-    root.role_revoke_permission(PROXY_USER, BROKER_DATA, Some(whole)).await.unwrap();
-    let broker = BrokerProcess::start_with(&etcd, Some("http://127.0.0.1:1")).await;
-    let listen = format!("127.0.0.1:{}", free_port());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-broker-proxy"))
-        .args(["--endpoints", &etcd.endpoint(), "--user", PROXY_USER, "--listen", &listen])
-        .args(["--broker-config", broker.config.to_str().unwrap()])
-        .env("ETCD_BROKER_PROXY_PASSWORD", PROXY_PASSWORD)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot read the tenants' data (/service_instances/)"), "{stderr}");
-}
