@@ -16,6 +16,7 @@
 //! - `data_keys`: `data-keys`, an encrypted instance's data keys added and retired, its values
 //!   rewritten through the tenant proxy under the newest.
 //! - `proxy_user`: `proxy-user`, the tenant proxy's own etcd user and role (not root).
+//! - `usage`: one instance's keys and bytes against its plan's quotas.
 //!
 //! Developers' tools (the local stack, the bench) live in the `xtask` crate, never here: this
 //! crate must not depend on local-etcd or the bench's crates (ARCHITECTURE.md).
@@ -32,3 +33,4 @@ pub mod registration;
 pub mod render;
 pub mod reseal;
 pub mod sealing;
+pub mod usage;

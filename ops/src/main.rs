@@ -11,6 +11,7 @@
 //! - `reseal` (reseal.rs): binding records rewritten sealed by the active key.
 //! - `reconcile` (reconcile.rs): records compared with etcd, the safe repairs.
 //! - `data-keys` (data_keys.rs): encrypted instances' data keys added, retired, values rewritten.
+//! - `usage` (usage.rs): one instance's keys and bytes against its plan's quotas.
 //!
 //! Exit codes: 0 success, 1 failure (the error chain is printed), 2 bad usage; `reseal` also
 //! 130 when Ctrl-C stopped it (`data-keys rewrite` too); `reconcile` 0 nothing found, 1 findings, 2 error.
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 use etcd_broker::broker::names::{Names, DEFAULT_DATA_PREFIX, DEFAULT_STATE_PREFIX};
 use etcd_broker::config::Config;
 use etcd_broker_ops::{
-    blackbox, check, data_keys, names, proxy_user, reconcile, registration, render, reseal, sealing,
+    blackbox, check, data_keys, names, proxy_user, reconcile, registration, render, reseal, sealing, usage,
 };
 
 /// Operators' tools for etcd-broker.
@@ -90,9 +91,16 @@ enum Command {
     },
     /// Make (or bring back) the tenant proxy's own etcd user and role with the broker's root
     /// credentials: read-write on the proxy's records, read on the broker's binding and
-    /// instance records, nothing else; the proxy never holds root credentials
-    /// (docs/proxy.md). Idempotent: an existing user gets the password again.
+    /// instance records and on the tenants' data (quotas), nothing else; the proxy never
+    /// holds root credentials (docs/proxy.md). Idempotent: an existing user gets the password
+    /// again.
     ProxyUser(proxy_user::ProxyUserArgs),
+    /// Print one instance's usage against its plan's quotas (docs/proxy.md#quotas): keys,
+    /// bytes (keys' and stored values' bytes), the plan's quota_keys, quota_bytes and
+    /// quota_requests_per_second, and the share of the fuller quota; counted by a range over
+    /// the instance's prefix with the config's credentials. Exit 0 when printed, 1 when the
+    /// instance or its cluster cannot be read.
+    Usage(usage::UsageArgs),
     /// Print the etcd key prefix, record keys, user and role that ids map to.
     Names {
         /// The service instance id.
@@ -214,6 +222,10 @@ fn run(command: Command) -> Result<()> {
         Command::DataKeys { what } => data_keys::run(&what).map(|_| ()),
         Command::ProxyUser(args) => proxy_user::run(&args),
         Command::Unseal(args) => sealing::unseal(&args),
+        Command::Usage(args) => {
+            print!("{}", usage::run(&args)?);
+            Ok(())
+        }
         Command::Names { instance_id, binding_id, parameters, config, data_prefix, state_prefix, json } => {
             let names = match config {
                 Some(path) => {
@@ -332,6 +344,19 @@ mod tests {
         ] {
             assert_eq!(parse(usage).unwrap_err().exit_code(), 2, "{usage:?}");
         }
+    }
+
+    #[test]
+    fn usage_needs_an_instance_and_a_config() {
+        let Ok(Command::Usage(args)) = parse(&["usage", "i-1", "--config", "b.toml", "--json"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (args.instance_id.as_str(), args.config, args.json),
+            ("i-1", PathBuf::from("b.toml"), true)
+        );
+        assert_eq!(parse(&["usage", "i-1"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["usage", "--config", "b.toml"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]

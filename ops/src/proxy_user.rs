@@ -51,7 +51,8 @@ pub struct ProxyAccess {
     pub user: String,
     /// The proxy's own records: read-write.
     pub state_prefix: String,
-    /// The broker's binding records and instance records: read-only.
+    /// The broker's binding records and instance records, and the tenants' data (quotas
+    /// count each instance's keys and bytes): read-only.
     pub read_only: Vec<String>,
 }
 
@@ -67,7 +68,11 @@ impl ProxyAccess {
         Ok(ProxyAccess {
             user: user.to_owned(),
             state_prefix: state_prefix.to_owned(),
-            read_only: vec![names.all_bindings_prefix(), names.instances_prefix()],
+            read_only: vec![
+                names.all_bindings_prefix(),
+                names.instances_prefix(),
+                names.data_prefix().to_owned(),
+            ],
         })
     }
 }

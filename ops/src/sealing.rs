@@ -159,12 +159,11 @@ struct RecordCounts {
     in_credential_store: u64,
 }
 
-/// Reads the broker's indexes (see docs/naming.md) in the state cluster: one single-key read
-/// per key name in use and one count per name, plus the count of all bindings; never a record.
-async fn record_counts(config: &Config) -> Result<RecordCounts> {
-    let name = &config.state_cluster;
+/// A client of the config's etcd cluster `name`, logged in with the config's (root)
+/// credentials; requests time out after 10 s.
+pub async fn cluster_client(config: &Config, name: &str) -> Result<etcd_client::Client> {
     let cluster =
-        config.clusters.get(name).with_context(|| format!("state_cluster '{name}' is not configured"))?;
+        config.clusters.get(name).with_context(|| format!("etcd cluster '{name}' is not configured"))?;
     let endpoints: Vec<String> =
         cluster.endpoints.iter().map(|url| url.as_str().trim_end_matches('/').to_owned()).collect();
     let timeout = std::time::Duration::from_secs(10);
@@ -172,9 +171,16 @@ async fn record_counts(config: &Config) -> Result<RecordCounts> {
         .with_user(&cluster.username, cluster.password.expose())
         .with_connect_timeout(timeout)
         .with_timeout(timeout);
-    let client = connect(&endpoints, options, &cluster.tls.clone().unwrap_or_default())
+    connect(&endpoints, options, &cluster.tls.clone().unwrap_or_default())
         .await
-        .with_context(|| format!("cannot connect to etcd cluster '{name}'"))?;
+        .with_context(|| format!("cannot connect to etcd cluster '{name}'"))
+}
+
+/// Reads the broker's indexes (see docs/naming.md) in the state cluster: one single-key read
+/// per key name in use and one count per name, plus the count of all bindings; never a record.
+async fn record_counts(config: &Config) -> Result<RecordCounts> {
+    let name = &config.state_cluster;
+    let client = cluster_client(config, name).await?;
     let names = Names::new(&config.prefixes.data, &config.prefixes.state);
     let count = |prefix: String| {
         let client = client.clone();

@@ -138,6 +138,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=MAX_LEASE_SWEEP_SECONDS))]
     pub lease_sweep_seconds: Option<u64>,
 
+    /// How many instances' quota usage shares the metrics export (the fullest ones); 0: none.
+    /// Bounds the series, whatever the number of instances [default: 10].
+    #[arg(long, env = "ETCD_BROKER_PROXY_QUOTA_TOP_INSTANCES")]
+    pub quota_top_instances: Option<usize>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing filter (`RUST_LOG` wins)
     /// [default: info].
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL")]
@@ -162,6 +167,7 @@ pub struct ConfigFile {
     pub broker_state_prefix: Option<String>,
     pub data_prefix: Option<String>,
     pub lease_sweep_seconds: Option<u64>,
+    pub quota_top_instances: Option<usize>,
     pub log_level: Option<String>,
     /// The broker's `[secrets]` format: keys (file, value, passphrase or transit), `active`,
     /// `[secrets.openbao]`. Only what unseals data keys; no etcd credentials.
@@ -211,6 +217,8 @@ pub struct Config {
     pub lease_sweep: std::time::Duration,
     /// The OpenBao of transit keys in `[secrets]`, whose token the server keeps renewed.
     pub openbao: Option<Arc<OpenBao>>,
+    /// How many instances' shares the quota metrics export.
+    pub quota_top_instances: usize,
     pub log_level: String,
 }
 
@@ -471,6 +479,12 @@ impl Args {
                 return Err(bad(name, format!("must be 1 to {MAX_LEASE_SWEEP_SECONDS} seconds")))
             }
         };
+        let quota_top_instances = pick(
+            ("--quota-top-instances", self.quota_top_instances),
+            ("quota_top_instances", file.quota_top_instances),
+            source,
+        )
+        .map_or(crate::quotas::metrics::DEFAULT_TOP_INSTANCES, |(_, top)| top);
         let (keychain, openbao) = match &file.secrets {
             None => (None, None),
             Some(secrets) => secrets.keychain().map_err(|e| bad(source.name("secrets"), e.to_string()))?,
@@ -489,6 +503,7 @@ impl Args {
             keychain,
             lease_sweep,
             openbao,
+            quota_top_instances,
             log_level,
         })
     }

@@ -150,7 +150,7 @@ impl Resolved {
 }
 
 /// The instance id of a key under `<data prefix><id>/`.
-fn instance_of<'a>(names: &Names, key: &'a [u8]) -> Option<&'a str> {
+pub(crate) fn instance_of<'a>(names: &Names, key: &'a [u8]) -> Option<&'a str> {
     let rest = key.strip_prefix(names.data_prefix().as_bytes())?;
     let end = rest.iter().position(|b| *b == b'/')?;
     std::str::from_utf8(&rest[..end]).ok()

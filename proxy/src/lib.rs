@@ -9,6 +9,8 @@
 //! - [`firewall`]: the tenant rules and their messages.
 //! - [`caller`]: who calls: tokens learnt from the Authenticate calls forwarded.
 //! - [`encryption`]: values of encrypting instances sealed under their data keys (AES-256-GCM).
+//! - [`quotas`]: per-instance quotas (keys, bytes, request rate): usage counted once and kept
+//!   current from a watch; its Prometheus collector.
 //! - [`leases`]: the owners of leases, recorded in etcd with the proxy's own user.
 //! - [`revocation`]: the broker's binding records followed: unbound and expired bindings'
 //!   users revoked at once.
@@ -28,6 +30,7 @@ pub mod leases;
 pub mod listener;
 pub mod pb;
 pub mod policy;
+pub mod quotas;
 pub mod revocation;
 pub mod server;
 pub mod service;

@@ -66,3 +66,24 @@ pub const MAX_REVOKED: usize = 100_000;
 /// How long the watch of the broker's binding records waits before it starts again after a
 /// failure (etcd unreachable); revocations meanwhile are applied when it resumes.
 pub const REVOCATION_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a write admitted under a quota keeps its reservation after etcd answered, at
+/// most: a safety net only. The watch shows a write within milliseconds, which releases it;
+/// one it never shows (a Txn whose puts did not run) is released when a write that does not
+/// fit makes the watch catch up with etcd ([`QUOTA_CATCH_UP`]). Short holds would let a
+/// lagging watch (a loaded proxy) admit writes beyond the quota.
+pub const QUOTA_RESERVATION_HOLD: Duration = Duration::from_secs(30);
+
+/// How long the quotas wait before counting an instance again, or watching the broker's
+/// instance records again, after a failure; requests meanwhile wait for the count (at most
+/// [`RECORD_TIMEOUT`], then UNAVAILABLE).
+pub const QUOTA_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a write that does not fit its quota waits for the instance's watch to catch up
+/// with etcd (a progress request) before it is refused: a delete answered just before is
+/// then counted, whatever the watch's delay.
+pub const QUOTA_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// Instances whose quotas are remembered; past it, those without quotas are forgotten (read
+/// again on their next request).
+pub const MAX_QUOTA_INSTANCES: usize = 100_000;

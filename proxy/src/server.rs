@@ -22,6 +22,7 @@ use crate::pb::etcdserverpb::{
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::policy;
+use crate::quotas::Quotas;
 use crate::revocation::Bindings;
 use crate::service::{Proxy, Shared};
 use crate::streams::OpenStreams;
@@ -65,8 +66,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(bindings.clone().follow(tokens.clone(), streams.clone()));
     let data_keys = DataKeys::new(client.clone(), config.broker_names.clone(), config.keychain.clone());
     tokio::spawn(data_keys.clone().follow());
-    let owners = LeaseOwners::new(client, &config.state_prefix);
+    let owners = LeaseOwners::new(client.clone(), &config.state_prefix);
     tokio::spawn(owners.clone().sweep_every(config.lease_sweep));
+    let quotas = Quotas::new(client.clone(), config.broker_names.clone());
+    if let Err(e) = quotas.probe().await {
+        // Not fatal: only instances with quotas need it (their writes are refused meanwhile).
+        tracing::warn!(
+            error = %e,
+            user = %config.user,
+            prefix = quotas.data_prefix(),
+            "the proxy's etcd user cannot read the tenants' data: instances with quotas cannot be \
+             counted and their writes will be refused (UNAVAILABLE)"
+        );
+    }
+    tokio::spawn(quotas.clone().follow());
     let proxy = Proxy::new(Shared {
         backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,
         tokens,
@@ -75,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         bindings,
         streams,
         data_keys,
+        quotas,
     });
     let router = Server::builder()
         .tcp_nodelay(true)

@@ -502,8 +502,9 @@ impl EtcdBroker {
                     &certificate,
                 )
             }
-            (_, _, Some(password)) if self.plan_options(&record.plan_id).encryption => {
-                // Values are encrypted by the proxy: the tenant talks to it only.
+            (_, _, Some(password)) if self.plan_options(&record.plan_id).proxied() => {
+                // Values are encrypted or quotas enforced by the proxy: the tenant talks to it
+                // only.
                 let proxied =
                     Cluster { public_endpoints: cluster.proxy_endpoints.clone(), ..cluster.clone() };
                 credentials(record, password, &proxied)

@@ -26,6 +26,7 @@ impl EtcdBroker {
             created_at: now,
             updated_at: now,
             data_keys: Vec::new(),
+            quotas: self.plan_options(&req.plan_id).quotas,
         };
         let mut record = record;
         if self.plan_options(&req.plan_id).encryption {
@@ -130,6 +131,7 @@ impl EtcdBroker {
                     )));
                 }
                 record.plan_id = plan_id.to_owned();
+                record.quotas = self.plan_options(plan_id).quotas;
                 changed = true;
             }
             if let Some(context) = req.context.as_ref().filter(|c| **c != record.context) {

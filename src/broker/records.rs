@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::credential_store::Location;
 use crate::osb::bind_parameters::BindAccess;
 use crate::osb::model::JsonObject;
+use crate::osb::plan_options::InstanceQuotas;
 use crate::osb::BrokerError;
 use crate::store::{Access, Permission};
 
@@ -48,6 +49,11 @@ pub struct InstanceRecord {
     /// unseals. Empty for other instances and in records written before encryption existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_keys: Vec<DataKey>,
+    /// The plan's per-instance quotas, copied at provision and plan change: the tenant proxy
+    /// enforces them from here (docs/proxy.md#quotas). Absent: no quota (also in records
+    /// written before quotas existed).
+    #[serde(default, skip_serializing_if = "InstanceQuotas::is_none")]
+    pub quotas: InstanceQuotas,
 }
 
 /// One version of an instance's data key: 256 random bits sealed by the broker's keychain

@@ -188,6 +188,7 @@ pub fn sample_context(shape: SampleShape) -> Value {
         context: Default::default(),
         parameters: Default::default(),
         data_keys: Vec::new(),
+        quotas: Default::default(),
         state: Default::default(),
         created_at: 0,
         updated_at: 0,

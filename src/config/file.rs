@@ -18,7 +18,9 @@ use super::{
 };
 use crate::broker::certificates::{Authority, CredentialKind};
 use crate::osb::catalog::Catalog;
-use crate::osb::plan_options::{BindingExpiry, BrokerLimits, CredentialStoreKind, PlanOptions};
+use crate::osb::plan_options::{
+    BindingExpiry, BrokerLimits, CredentialStoreKind, InstanceQuotas, PlanOptions,
+};
 use crate::pki::ClientCa;
 use crate::sealing::keychain::is_key_name;
 use crate::sealing::{Key, Keychain};
@@ -375,6 +377,15 @@ pub(super) struct PlanFile {
     /// plan's cluster): the tenant proxy encrypts their values.
     #[serde(default)]
     pub encryption: bool,
+    /// At most this many bytes (keys + stored values) per instance, enforced by the proxy.
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    /// At most this many keys per instance, enforced by the proxy.
+    #[serde(default)]
+    pub quota_keys: Option<u64>,
+    /// At most this many KV requests per second per instance (and proxy), enforced by the proxy.
+    #[serde(default)]
+    pub quota_requests_per_second: Option<u32>,
 }
 
 /// The longest ttl (and grace) of an expiring binding: ten years, far below where seconds since
@@ -405,6 +416,11 @@ impl PlanFile {
             encryption: self.encryption,
             credential_store: self.credential_store,
             credentials_by_reference: self.credentials_by_reference,
+            quotas: InstanceQuotas {
+                bytes: self.quota_bytes,
+                keys: self.quota_keys,
+                requests_per_second: self.quota_requests_per_second,
+            },
         }
     }
 
@@ -447,6 +463,30 @@ impl ConfigFile {
         let credential_store = self.credential_store(openbao.as_ref())?;
         let plan_options: BTreeMap<String, PlanOptions> =
             self.plan_configs.iter().map(|(plan, c)| (plan.clone(), c.options())).collect();
+        for (plan, config) in self.plan_configs.iter().filter(|(_, c)| c.options().quotas.any()) {
+            if clusters.get(&config.cluster).is_some_and(|c| c.proxy_endpoints.is_empty()) {
+                let name = if config.quota_bytes.is_some() {
+                    "quota_bytes"
+                } else if config.quota_keys.is_some() {
+                    "quota_keys"
+                } else {
+                    "quota_requests_per_second"
+                };
+                return Err(invalid(
+                    format!("plan_configs.\"{plan}\".{name}"),
+                    format!(
+                        "the tenant proxy enforces quotas: set clusters.{}.proxy_endpoints",
+                        config.cluster
+                    ),
+                ));
+            }
+            if config.quota_requests_per_second == Some(0) {
+                return Err(invalid(
+                    format!("plan_configs.\"{plan}\".quota_requests_per_second"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
         for (plan, config) in self.plan_configs.iter().filter(|(_, c)| c.encryption) {
             let field = format!("plan_configs.\"{plan}\".encryption");
             if sealing.keychain().is_none() {

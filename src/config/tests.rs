@@ -1,4 +1,5 @@
 use super::*;
+use crate::osb::plan_options::InstanceQuotas;
 
 const EXAMPLE: &str = include_str!("../../docs/etcd-broker.example.toml");
 
@@ -696,6 +697,35 @@ fn an_encrypting_plan_needs_a_keychain_and_the_proxys_urls() {
     assert!(error.contains(&field) && error.contains("password bindings"), "{error}");
     let cluster = &config.clusters[&config.plan_clusters[PLAN]];
     assert_eq!(cluster.proxy_endpoints[0].as_str(), "https://etcd-proxy.example.com:2379/");
+}
+
+#[test]
+fn quotas_are_plan_options_that_need_the_proxys_urls() {
+    const PLAN: &str = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
+    let limited = |proxy: bool, rate: i64| {
+        with(move |t| {
+            let plan = t["plan_configs"][PLAN].as_table_mut().unwrap();
+            plan.insert("quota_bytes".into(), 1_000_000.into());
+            plan.insert("quota_keys".into(), 100.into());
+            plan.insert("quota_requests_per_second".into(), rate.into());
+            let cluster = plan["cluster"].as_str().unwrap().to_owned();
+            if proxy {
+                let cluster = t["clusters"][&cluster].as_table_mut().unwrap();
+                cluster.insert("proxy_endpoints".into(), vec!["https://etcd-proxy.example.com:2379"].into());
+            }
+        })
+    };
+    assert_eq!(field_of(limited(false, 50)), format!("plan_configs.\"{PLAN}\".quota_bytes"));
+    assert_eq!(field_of(limited(true, 0)), format!("plan_configs.\"{PLAN}\".quota_requests_per_second"));
+    let config = limited(true, 50).unwrap();
+    let options = &config.plan_options[PLAN];
+    assert_eq!(
+        options.quotas,
+        InstanceQuotas { bytes: Some(1_000_000), keys: Some(100), requests_per_second: Some(50) }
+    );
+    assert!(options.proxied() && !options.encryption);
+    let plain = Config::from_toml(EXAMPLE).unwrap();
+    assert!(plain.plan_options.values().all(|o| !o.quotas.any() && !o.proxied()));
 }
 
 #[test]

@@ -142,6 +142,59 @@ fn entry(kv: &etcd_client::KeyValue) -> (String, Versioned) {
 /// public for the bench and the operators' tools, which page through prefixes the same way.
 pub use crate::store::prefix_end;
 
+/// What is stored under a prefix: its keys and their bytes, at one revision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixUsage {
+    pub keys: u64,
+    pub bytes: u64,
+    /// The revision counted at.
+    pub revision: i64,
+}
+
+/// Counts [`PrefixUsage`] under `prefix` with `client`, each key weighing `size(key, value)`
+/// bytes (the per-instance quotas' rule, `osb::plan_options::stored_bytes`, which this module
+/// may not import): ranges of [`USAGE_PAGE`] keys (values included: etcd keeps no size apart
+/// from the value), all at the first page's revision, so that the count is one consistent
+/// snapshot however long it takes. Shared by the tenant proxy (which then follows a watch from
+/// that revision) and `etcd-broker-ops usage`.
+pub async fn prefix_usage(
+    client: &etcd_client::Client,
+    prefix: &str,
+    size: fn(&[u8], &[u8]) -> u64,
+) -> Result<PrefixUsage, etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut usage = PrefixUsage::default();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(USAGE_PAGE);
+        if usage.revision > 0 {
+            options = options.with_revision(usage.revision);
+        }
+        let page = resend_on_auth_change(|| {
+            let (mut client, from, options) = (client.clone(), from.clone(), options.clone());
+            async move { client.get(from, Some(options)).await }
+        })
+        .await?;
+        if usage.revision == 0 {
+            usage.revision = page.header().map_or(0, |h| h.revision());
+        }
+        for kv in page.kvs() {
+            usage.keys += 1;
+            usage.bytes += size(kv.key(), kv.value());
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(usage),
+        }
+    }
+}
+
+/// Keys per range of [`prefix_usage`]: bounded responses.
+pub const USAGE_PAGE: i64 = 1000;
+
 /// A permission as the store hands it out.
 fn permission(p: &etcd_client::Permission) -> StorePermission {
     let access = match p.get_type() {

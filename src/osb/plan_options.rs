@@ -33,6 +33,65 @@ pub struct PlanOptions {
     /// instead of the secrets, for platforms whose apps read OpenBao themselves. Only with
     /// `credential_store = OpenBao`.
     pub credentials_by_reference: bool,
+    /// Limits on each instance's usage, enforced by the tenant proxy (docs/proxy.md#quotas);
+    /// bindings of a plan with any of them get the proxy's endpoints.
+    pub quotas: InstanceQuotas,
+}
+
+/// Per-instance quotas (`plan_configs.<plan>.quota_*`), enforced by the tenant proxy, which
+/// counts each instance's usage; `None`: no limit. Usage is what etcd stores under the
+/// instance's prefix: every key's bytes plus its value's bytes as stored (a value the proxy
+/// encrypts counts with its 37 bytes of envelope), so that the limit bounds the cluster's
+/// space a tenant can take.
+///
+/// The broker writes them into the instance record (`quotas`) at provision and plan change,
+/// where the proxy reads them: the proxy does not hold the broker's config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceQuotas {
+    /// At most this many bytes (keys + stored values) under the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// At most this many keys under the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+    /// At most this many KV requests (Range, Put, DeleteRange, Txn) per second and proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+}
+
+impl InstanceQuotas {
+    /// Whether any limit is set (then the plan's tenants must go through the proxy).
+    pub fn is_none(&self) -> bool {
+        !self.any()
+    }
+
+    /// Whether any limit is set (then the plan's tenants must go through the proxy).
+    pub fn any(&self) -> bool {
+        self.bytes.is_some() || self.keys.is_some() || self.requests_per_second.is_some()
+    }
+
+    /// How full an instance with `keys` keys and `bytes` bytes is: the larger of its shares
+    /// of the key and byte quotas (0 without either; above 1 when over a quota).
+    pub fn share(&self, keys: u64, bytes: u64) -> f64 {
+        let of = |used: u64, limit: Option<u64>| match limit {
+            Some(0) => {
+                if used == 0 {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            }
+            Some(limit) => used as f64 / limit as f64,
+            None => 0.0,
+        };
+        of(keys, self.keys).max(of(bytes, self.bytes))
+    }
+}
+
+/// What one key counts against a bytes quota: its key's and value's bytes as etcd stores them.
+/// The one rule the proxy and `etcd-broker-ops usage` both count with.
+pub fn stored_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
 }
 
 /// Where a plan's bindings keep their secret material (`plan_configs.<plan>.credential_store`).
@@ -76,6 +135,12 @@ pub struct BrokerLimits {
 }
 
 impl PlanOptions {
+    /// Whether the plan's tenants must talk to the tenant proxy (it encrypts their values or
+    /// enforces their quotas): their bindings get the cluster's `proxy_endpoints`.
+    pub fn proxied(&self) -> bool {
+        self.encryption || self.quotas.any()
+    }
+
     /// The catalog's `schemas` of the plan: only what the plan offers, `None` when nothing.
     pub fn schemas(&self) -> Option<Value> {
         self.binding_parameters.then(bind_parameters::plan_schemas)

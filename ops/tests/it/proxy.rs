@@ -76,7 +76,7 @@ fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
 
 /// `proxy-user` twice (idempotent; the second sets a new password) with the broker's config,
 /// then the user as etcd sees it: its records read-write, the broker's bindings and instances
-/// read-only, tenants' data and the rest of the broker's state out of reach.
+/// and the tenants' data (quotas) read-only, the rest of the broker's state out of reach.
 #[tokio::test]
 async fn proxy_user_grants_the_proxy_exactly_its_records_and_the_brokers_to_read() {
     let version = EtcdVersion::from_env().expect("ETCD_VERSION");
@@ -109,11 +109,11 @@ async fn proxy_user_grants_the_proxy_exactly_its_records_and_the_brokers_to_read
     let mut proxy =
         Client::connect([etcd.endpoint()], Some(options)).await.expect("the new password logs in");
     proxy.put("/etcd-broker/proxy/leases/1", "{}", None).await.expect("its records: read-write");
-    for readable in ["/etcd-broker/bindings/", "/etcd-broker/instances/"] {
+    for readable in ["/etcd-broker/bindings/", "/etcd-broker/instances/", "/service_instances/"] {
         proxy.get(readable, Some(GetOptions::new().with_prefix())).await.expect("the broker's records: read");
         assert!(proxy.put(format!("{readable}x"), "x", None).await.is_err(), "{readable} is writable");
     }
-    for hidden in ["/service_instances/", "/etcd-broker/"] {
+    for hidden in ["/etcd-broker/", "/etcd-broker/limits/"] {
         let denied = proxy.get(hidden, Some(GetOptions::new().with_prefix())).await.unwrap_err();
         assert!(denied.to_string().contains("permission denied"), "{hidden}: {denied}");
     }

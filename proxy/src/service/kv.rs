@@ -1,7 +1,8 @@
 //! The KV service: reads and writes forwarded (etcd's RBAC decides on keys); a Put or Txn that
 //! attaches a key to a lease only when the caller owns the lease; Compact for operators only.
 //! Values of encrypting instances are sealed on the way in and unsealed on the way out
-//! ([`crate::encryption`]).
+//! ([`crate::encryption`]); tenants' requests and writes are held to their instance's quotas
+//! ([`crate::quotas`]).
 
 use tonic::{Request, Response, Status};
 
@@ -14,12 +15,14 @@ use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RangeStreamResponse, TxnRequest, TxnResponse,
 };
+use crate::quotas;
 
 #[tonic::async_trait]
 impl Kv for Proxy {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata())?;
         let (metadata, _, message) = request.into_parts();
+        self.0.quotas.request(&caller, vec![message.key.clone()]).await?;
         self.0.data_keys.check_range(&message).await?;
         let mut answer = self.0.backend.kv().range(forward(&metadata, message)).await?;
         self.0.data_keys.unseal_kvs(answer.get_mut().kvs.iter_mut().collect()).await?;
@@ -42,8 +45,11 @@ impl Kv for Proxy {
         if message.lease != 0 {
             firewall::owns_lease(&caller, message.lease, &self.0.owners).await?;
         }
+        self.0.quotas.request(&caller, vec![message.key.clone()]).await?;
         self.0.data_keys.seal_put(&mut message).await?;
+        let admitted = self.0.quotas.admit_put(&caller, &message).await?;
         let mut answer = self.0.backend.kv().put(forward(&metadata, message)).await?;
+        admitted.answered(answer.get_ref().header.as_ref().map_or(0, |h| h.revision));
         self.0.data_keys.unseal_kvs(answer.get_mut().prev_kv.iter_mut().collect()).await?;
         Ok(answer)
     }
@@ -52,8 +58,9 @@ impl Kv for Proxy {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata())?;
         let (metadata, _, message) = request.into_parts();
+        self.0.quotas.request(&caller, vec![message.key.clone()]).await?;
         let mut answer = self.0.backend.kv().delete_range(forward(&metadata, message)).await?;
         self.0.data_keys.unseal_kvs(answer.get_mut().prev_kvs.iter_mut().collect()).await?;
         Ok(answer)
@@ -65,8 +72,11 @@ impl Kv for Proxy {
         for lease in firewall::leases_of_txn(&message) {
             firewall::owns_lease(&caller, lease, &self.0.owners).await?;
         }
+        self.0.quotas.request(&caller, quotas::txn_keys(&message)).await?;
         self.0.data_keys.seal_txn(&mut message).await?;
+        let admitted = self.0.quotas.admit_txn(&caller, &message).await?;
         let mut answer = self.0.backend.kv().txn(forward(&metadata, message)).await?;
+        admitted.answered(answer.get_ref().header.as_ref().map_or(0, |h| h.revision));
         let mut kvs = Vec::new();
         encryption::txn_response_kvs(answer.get_mut(), &mut kvs);
         self.0.data_keys.unseal_kvs(kvs).await?;

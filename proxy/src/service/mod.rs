@@ -3,7 +3,8 @@
 //! what is answered by the proxy itself or refused. Every RPC of etcd's API has an answer here;
 //! none hangs. Requests are never logged: some carry passwords (Authenticate) or values.
 //!
-//! - `kv`: Range, Put, DeleteRange, Txn forwarded (leases checked); Compact for operators only.
+//! - `kv`: Range, Put, DeleteRange, Txn forwarded (leases and quotas checked); Compact for
+//!   operators only.
 //! - `watch`: the watch stream, forwarded both ways, ended when its user is revoked.
 //! - `lease`: grants recorded with their owner; keep-alive, revoke, time-to-live and listing
 //!   only of the caller's own leases.
@@ -29,6 +30,7 @@ use crate::caller::{self, Caller, Tokens};
 use crate::encryption::DataKeys;
 use crate::firewall::PREFIX;
 use crate::leases::LeaseOwners;
+use crate::quotas::Quotas;
 use crate::revocation::Bindings;
 use crate::streams::OpenStreams;
 use crate::view::View;
@@ -77,6 +79,8 @@ pub struct Shared {
     pub streams: OpenStreams,
     /// Instances' data keys: values sealed and unsealed with them.
     pub data_keys: DataKeys,
+    /// Instances' quotas: writes beyond them refused.
+    pub quotas: Quotas,
 }
 
 /// The proxy: one value implementing all of etcd's services (cheap to clone).

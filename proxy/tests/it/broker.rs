@@ -21,6 +21,13 @@ pub const PLAN: &str = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b";
 pub const EXPIRING: &str = "1e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b";
 /// A plan whose values the proxy encrypts (only with a proxy URL, see [`BrokerProcess::start_with`]).
 pub const ENCRYPTED: &str = "2f4a5b6c-7d8e-4f9a-8b1c-2d3e4f5a6b7c";
+/// A plan with key and byte quotas (only with a proxy URL): [`QUOTA_KEYS`], [`QUOTA_BYTES`].
+pub const QUOTAS: &str = "3a5b6c7d-8e9f-4a0b-9c2d-3e4f5a6b7c8d";
+pub const QUOTA_KEYS: u64 = 5;
+pub const QUOTA_BYTES: u64 = 1000;
+/// A plan with a request rate quota (only with a proxy URL): [`QUOTA_RATE`] per second.
+pub const RATE_LIMITED: &str = "4b6c7d8e-9f0a-4b1c-8d3e-4f5a6b7c8d9e";
+pub const QUOTA_RATE: u32 = 10;
 const USER: &str = "broker";
 const PASSWORD: &str = "broker-password";
 const CONFIG_VAR: &str = "PROXY_IT_BROKER_CONFIG";
@@ -56,7 +63,8 @@ impl BrokerProcess {
         Self::start_with(etcd, None).await
     }
 
-    /// The same, and with `proxy_url` the plan [`ENCRYPTED`], whose bindings get that URL.
+    /// The same, and with `proxy_url` the plans [`ENCRYPTED`], [`QUOTAS`] and [`RATE_LIMITED`],
+    /// whose bindings get that URL.
     pub async fn start_with(etcd: &LocalEtcd, proxy_url: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics_port) = (free_port(), free_port());
@@ -117,6 +125,21 @@ description = "values encrypted by the proxy"
 [plan_configs."{ENCRYPTED}"]
 cluster = "main"
 encryption = true
+[[catalog.services.plans]]
+id = "{QUOTAS}"
+name = "quotas"
+description = "keys and bytes limited by the proxy"
+[plan_configs."{QUOTAS}"]
+cluster = "main"
+quota_keys = {QUOTA_KEYS}
+quota_bytes = {QUOTA_BYTES}
+[[catalog.services.plans]]
+id = "{RATE_LIMITED}"
+name = "rate-limited"
+description = "requests limited by the proxy"
+[plan_configs."{RATE_LIMITED}"]
+cluster = "main"
+quota_requests_per_second = {QUOTA_RATE}
 "#
             );
             config = config

@@ -28,6 +28,9 @@ const PROXY_STATE: &str = "/etcd-broker/proxy/";
 pub const BROKER_BINDINGS: &str = "/etcd-broker/bindings/";
 /// The broker's instance records, which hold the data keys of encrypting plans' instances.
 pub const BROKER_INSTANCES: &str = "/etcd-broker/instances/";
+/// The broker's data prefix (its default), which the proxy's user reads to count the usage of
+/// instances with quotas.
+pub const BROKER_DATA: &str = "/service_instances/";
 
 /// A tenant's key prefix.
 pub fn prefix(user: &str) -> String {
@@ -60,7 +63,7 @@ pub async fn start_etcd_with(options: Options) -> LocalEtcd {
             .unwrap();
         root.user_grant_role(user.as_str(), user.as_str()).await.unwrap();
     }
-    for records in [BROKER_BINDINGS, BROKER_INSTANCES] {
+    for records in [BROKER_BINDINGS, BROKER_INSTANCES, BROKER_DATA] {
         root.role_grant_permission(PROXY_USER, Permission::read(records).with_prefix()).await.unwrap();
     }
     etcd

@@ -10,6 +10,8 @@
 //! - `etcdctl`: unmodified etcdctl through the proxy with a tenant's credentials
 //! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
 //!   still working directly on etcd (why the proxy exists)
+//! - `quotas`: a plan's key, byte and rate quotas refusing etcdctl through the proxy; direct
+//!   writes counted; `etcd-broker-ops usage`'s figures
 //! - `leases`: lease ownership across a restart and across two proxies
 //! - `revocation`: unbound and expired bindings' watches ended within a second through the
 //!   proxy (a real broker unbinds), still open directly on etcd
@@ -30,6 +32,7 @@ mod encryption;
 mod etcdctl;
 mod firewall;
 mod leases;
+mod quotas;
 mod revocation;
 mod tls;
 mod watch_load;

@@ -159,6 +159,7 @@ impl EtcdBroker {
                     created_at: now,
                     updated_at: now,
                     data_keys: Vec::new(),
+                    quotas: Default::default(),
                 };
                 let guards = [Guard::Absent(key.clone())];
                 let claimed = state
