@@ -14,7 +14,8 @@
 //! - `policy`: every deadline, back-off and limit of the above, and how they nest.
 //!
 //! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
-//! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`].
+//! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`]; for the
+//! tenant proxy's own balancer, the health-checked endpoints ([`Endpoints`], [`health_probe`]).
 
 mod batch;
 mod call;
@@ -37,7 +38,8 @@ use etcd_client::{
 use tokio::sync::OnceCell;
 
 pub use call::resend_on_auth_change;
-pub use connection::connect;
+pub use connection::{connect, health_probe};
+pub use health::{Endpoints, HealthChecked, Probe, NO_ENDPOINT_ANSWERS};
 
 use batch::PendingCommit;
 use call::Call;
