@@ -100,6 +100,11 @@ pub struct Args {
     /// Log filter: error, warn, info, debug, trace, or a tracing filter (`RUST_LOG` wins).
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Address of the monitoring listener: /metrics (Prometheus), /health, /ready (plain
+    /// HTTP, no authentication; keep it off the tenants' network). Default: none.
+    #[arg(long, env = "ETCD_BROKER_PROXY_MONITORING_LISTEN")]
+    pub monitoring_listen: Option<SocketAddr>,
 }
 
 /// The proxy's settings, valid by construction.
@@ -125,6 +130,8 @@ pub struct Config {
     /// The broker's keychain, from --broker-config: it unseals instances' data keys.
     pub keychain: Option<Keychain>,
     pub log_level: String,
+    /// Where /metrics, /health and /ready are served, if anywhere.
+    pub monitoring_listen: Option<SocketAddr>,
 }
 
 /// A flag's value that cannot be used, named by its flag; never quotes a file's content.
@@ -227,6 +234,7 @@ impl Args {
             broker_names,
             keychain,
             log_level: self.log_level,
+            monitoring_listen: self.monitoring_listen,
         })
     }
 }

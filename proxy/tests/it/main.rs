@@ -9,6 +9,8 @@
 //! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
 //!   still working directly on etcd (why the proxy exists)
 //! - `leases`: lease ownership across a restart and across two proxies
+//! - `monitoring`: /metrics after etcdctl's calls (no secret in it), /ready while etcd is
+//!   frozen, a frozen member of a 3-member cluster left out while etcdctl keeps working
 //! - `revocation`: unbound and expired bindings' watches ended within a second through the
 //!   proxy (a real broker unbinds), still open directly on etcd
 //! - `tls`: TLS terminated by the proxy, TLS with a client certificate towards etcd
@@ -21,5 +23,6 @@ mod encryption;
 mod etcdctl;
 mod firewall;
 mod leases;
+mod monitoring;
 mod revocation;
 mod tls;
