@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use etcd_client::ConnectOptions;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::backend::Backend;
@@ -106,7 +105,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         match &config.tls {
             None => {
                 tracing::info!(%address, tls = false, "serving etcd's v3 API");
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal).await
+                router.serve_with_incoming_shutdown(crate::listener::plain_incoming(listener), signal).await
             }
             Some(identity) => {
                 let acceptor = crate::listener::acceptor(identity)?;
