@@ -409,6 +409,27 @@ impl LocalEtcd {
         self.child.as_ref()?.id()
     }
 
+    /// Freezes the member (SIGSTOP): it accepts connections but answers nothing, like a hung
+    /// or partitioned etcd. [`LocalEtcd::thaw`] lets it go on; a frozen one is still killed
+    /// when dropped.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen member go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe {
+                libc::kill(pid as libc::pid_t, signal);
+            }
+        }
+    }
+
     /// The client port on 127.0.0.1.
     pub fn client_port(&self) -> u16 {
         self.client_port

@@ -1,10 +1,12 @@
 //! The way to etcd for tenants' requests: one channel balanced over the cluster's endpoints
-//! (plain TCP or OpenSSL, TCP_NODELAY, like the broker's client), and the one rule of
-//! forwarding: a request to etcd carries the caller's own credentials metadata and nothing of
+//! that answer (plain TCP or OpenSSL, TCP_NODELAY, each endpoint health-checked by the
+//! broker's own [`etcd_broker::etcd::Endpoints`]: a stopped or hung member is left out until
+//! it answers again), and the one rule of forwarding: a request to etcd carries the caller's own credentials metadata and nothing of
 //! the proxy's, so etcd's RBAC decides as if the client had called it directly.
 
 use std::time::Duration;
 
+use etcd_broker::etcd::{health_probe, Endpoints, HealthChecked};
 use etcd_broker::tls::ClientTls;
 use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
@@ -70,26 +72,36 @@ pub struct BackendError(String);
 #[derive(Clone)]
 pub struct Backend {
     channel: Channel,
+    endpoints: Endpoints,
 }
 
 impl Backend {
-    /// A channel over `endpoints`, dialled lazily (a dead endpoint fails requests, not the
-    /// start), each request sent to one of two endpoints picked at random.
+    /// A channel over `endpoints`, dialled lazily (a dead endpoint fails no start), each
+    /// request sent to one of two endpoints picked at random among those whose health check
+    /// (or last request) answered; with none answering, to any (see
+    /// [`etcd_broker::etcd::Endpoints`]). Starts one prober per endpoint: call it inside the
+    /// tokio runtime.
     pub fn new(endpoints: &[Url], tls: &ClientTls) -> Result<Backend, BackendError> {
+        let health = Endpoints::with_heartbeat(policy::HEARTBEAT);
         let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         let channels = if endpoints.iter().all(|e| e.scheme() == "http") {
-            lazy_channels(endpoints, tcp)?
+            lazy_channels(endpoints, tcp, &health)?
         } else {
             let ssl = etcd_broker::tls::connector(tls).map_err(|e| BackendError(e.to_string()))?;
             let https = hyper_openssl::client::legacy::HttpsConnector::with_connector(tcp, ssl)
                 .map_err(|e| BackendError(format!("OpenSSL: {e}")))?;
-            lazy_channels(endpoints, https)?
+            lazy_channels(endpoints, https, &health)?
         };
         let balance = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(channels));
         let buffered = tower::buffer::Buffer::new(balance, policy::BALANCER_BUFFER);
-        Ok(Backend { channel: Channel(tower::util::BoxCloneSyncService::new(buffered)) })
+        Ok(Backend { channel: Channel(tower::util::BoxCloneSyncService::new(buffered)), endpoints: health })
+    }
+
+    /// How many endpoints answer now (readiness: none, and nothing can be served).
+    pub fn answering(&self) -> usize {
+        self.endpoints.answering()
     }
 
     pub fn kv(&self) -> KvClient<Channel> {
@@ -113,11 +125,12 @@ impl Backend {
     }
 }
 
-/// One lazily connected channel per endpoint, each with the same connector.
-fn lazy_channels<C>(
-    endpoints: &[Url],
-    connector: C,
-) -> Result<Vec<tower::load::Constant<tonic::transport::Channel, usize>>, BackendError>
+/// Health-checked channels of one endpoint each, connected lazily with the same connector.
+type Checked = tower::load::Constant<HealthChecked<tonic::transport::Channel>, usize>;
+
+/// One lazily connected channel per endpoint, each with the same connector, each probed
+/// (etcd's gRPC health check) as one of `health`.
+fn lazy_channels<C>(endpoints: &[Url], connector: C, health: &Endpoints) -> Result<Vec<Checked>, BackendError>
 where
     C: tower::Service<http::Uri> + Clone + Send + 'static,
     C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -135,7 +148,10 @@ where
                 .keep_alive_timeout(policy::KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
                 .tcp_keepalive(Some(Duration::from_secs(30)));
-            Ok(tower::load::Constant::new(endpoint.connect_with_connector_lazy(connector.clone()), 0))
+            let channel = endpoint.connect_with_connector_lazy(connector.clone());
+            let name = url.as_str().trim_end_matches('/').to_owned();
+            let checked = health.add(name, channel.clone(), health_probe(channel));
+            Ok(tower::load::Constant::new(checked, 0))
         })
         .collect()
 }

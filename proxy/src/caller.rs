@@ -62,6 +62,8 @@ pub fn token(metadata: &MetadataMap) -> Option<&str> {
 pub struct Tokens {
     admins: HashSet<String>,
     issued: Mutex<Issued>,
+    /// Users revoked (`etcd_broker_proxy_revocations_total`), registered by the server.
+    revocations: prometheus::IntCounter,
 }
 
 /// Token -> (user, when learned, as a sequence number: the oldest are forgotten first), and
@@ -110,7 +112,17 @@ impl fmt::Debug for Tokens {
 impl Tokens {
     /// An empty map; `admins` are the users the firewall treats as operators.
     pub fn new(admins: impl IntoIterator<Item = String>) -> Self {
-        Tokens { admins: admins.into_iter().collect(), issued: Mutex::default() }
+        let revocations = prometheus::IntCounter::new(
+            "etcd_broker_proxy_revocations_total",
+            "Users revoked because their binding was unbound or expired (each revocation once).",
+        )
+        .expect("valid metric");
+        Tokens { admins: admins.into_iter().collect(), issued: Mutex::default(), revocations }
+    }
+
+    /// The counter of revocations, to register.
+    pub fn revocations(&self) -> prometheus::IntCounter {
+        self.revocations.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Issued> {
@@ -183,7 +195,11 @@ impl Tokens {
         }
         let seq = issued.next;
         issued.next += 1;
-        issued.revoked.insert(user.to_owned(), Revocation { seq, current });
+        let before = issued.revoked.insert(user.to_owned(), Revocation { seq, current });
+        // A record marked `deleting` and then deleted is one revocation, not two.
+        if !before.is_some_and(|r| r.current) {
+            self.revocations.inc();
+        }
     }
 
     /// Lets `user` log in again (a new binding made with the same name): the tokens learnt

@@ -147,6 +147,11 @@ pub struct Args {
     /// [default: info].
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    /// Address of the monitoring listener: /metrics (Prometheus), /health, /ready (plain
+    /// HTTP, no authentication; keep it off the tenants' network). Default: none.
+    #[arg(long, env = "ETCD_BROKER_PROXY_MONITORING_LISTEN")]
+    pub monitoring_listen: Option<SocketAddr>,
 }
 
 /// The proxy's own config file (`--config`, or rendered from BOSH properties): the flags'
@@ -169,6 +174,7 @@ pub struct ConfigFile {
     pub lease_sweep_seconds: Option<u64>,
     pub quota_top_instances: Option<usize>,
     pub log_level: Option<String>,
+    pub monitoring_listen: Option<SocketAddr>,
     /// The broker's `[secrets]` format: keys (file, value, passphrase or transit), `active`,
     /// `[secrets.openbao]`. Only what unseals data keys; no etcd credentials.
     pub secrets: Option<SecretsSection>,
@@ -220,6 +226,8 @@ pub struct Config {
     /// How many instances' shares the quota metrics export.
     pub quota_top_instances: usize,
     pub log_level: String,
+    /// Where /metrics, /health and /ready are served, if anywhere.
+    pub monitoring_listen: Option<SocketAddr>,
 }
 
 /// A setting that cannot be used, named by its flag or by its key in the config file; never
@@ -485,6 +493,7 @@ impl Args {
             source,
         )
         .map_or(crate::quotas::metrics::DEFAULT_TOP_INSTANCES, |(_, top)| top);
+        let monitoring_listen = self.monitoring_listen.or(file.monitoring_listen);
         let (keychain, openbao) = match &file.secrets {
             None => (None, None),
             Some(secrets) => secrets.keychain().map_err(|e| bad(source.name("secrets"), e.to_string()))?,
@@ -505,6 +514,7 @@ impl Args {
             openbao,
             quota_top_instances,
             log_level,
+            monitoring_listen,
         })
     }
 

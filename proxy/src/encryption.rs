@@ -130,6 +130,32 @@ pub struct DataKeys {
     changes: Arc<AtomicU64>,
     /// Whether [`DataKeys::follow`] watches the records: nothing is cached otherwise.
     following: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes of clear values sealed and unsealed (`etcd_broker_proxy_{en,de}crypted_bytes_total`).
+    bytes: CryptoBytes,
+}
+
+/// The counters of bytes sealed and unsealed, registered by the server
+/// ([`crate::metrics::Metrics::register`]).
+#[derive(Clone)]
+pub struct CryptoBytes {
+    pub encrypted: prometheus::IntCounter,
+    pub decrypted: prometheus::IntCounter,
+}
+
+impl CryptoBytes {
+    fn new() -> Self {
+        let counter = |name: &str, help: &str| prometheus::IntCounter::new(name, help).expect("valid metric");
+        CryptoBytes {
+            encrypted: counter(
+                "etcd_broker_proxy_encrypted_bytes_total",
+                "Bytes of values sealed (in clear, before encryption) on their way to etcd.",
+            ),
+            decrypted: counter(
+                "etcd_broker_proxy_decrypted_bytes_total",
+                "Bytes of values unsealed (in clear, after decryption) on their way to clients.",
+            ),
+        }
+    }
 }
 
 /// The data keys of the instances a request touches, looked up before it is forwarded.
@@ -167,7 +193,13 @@ impl DataKeys {
             cache: Arc::default(),
             changes: Arc::default(),
             following: Arc::default(),
+            bytes: CryptoBytes::new(),
         }
+    }
+
+    /// The counters of bytes sealed and unsealed, to register.
+    pub fn bytes(&self) -> CryptoBytes {
+        self.bytes.clone()
     }
 
     pub fn names(&self) -> &Names {
@@ -322,7 +354,9 @@ impl DataKeys {
     /// A Put's value sealed when its key's instance encrypts.
     pub async fn seal_put(&self, put: &mut PutRequest) -> Result<(), Status> {
         let resolved = self.resolve(vec![put.key.clone()]).await?;
-        seal_put(&self.names, &resolved, put)
+        let sealed = seal_put(&self.names, &resolved, put)?;
+        self.bytes.encrypted.inc_by(sealed as u64);
+        Ok(())
     }
 
     /// A Txn's puts sealed (nested Txns too); compares of encrypted values refused.
@@ -330,7 +364,9 @@ impl DataKeys {
         let mut keys = Vec::new();
         txn_keys(txn, &mut keys);
         let resolved = self.resolve(keys).await?;
-        seal_txn(&self.names, &resolved, txn)
+        let sealed = seal_txn(&self.names, &resolved, txn)?;
+        self.bytes.encrypted.inc_by(sealed as u64);
+        Ok(())
     }
 
     /// Unseals the values of `kvs` (empty values, of keys-only ranges, stay empty).
@@ -346,19 +382,27 @@ impl DataKeys {
         }
         for kv in kvs {
             if let Some(keys) = resolved.of(&self.names, &kv.key) {
-                kv.value = keys.unseal(&kv.key, &kv.value)?;
+                if kv.value.starts_with(MAGIC) {
+                    kv.value = keys.unseal(&kv.key, &kv.value)?;
+                    self.bytes.decrypted.inc_by(kv.value.len() as u64);
+                }
             }
         }
         Ok(())
     }
 }
 
-fn seal_put(names: &Names, resolved: &Resolved, put: &mut PutRequest) -> Result<(), Status> {
+/// Seals a put's value if its instance encrypts; how many clear bytes were sealed.
+fn seal_put(names: &Names, resolved: &Resolved, put: &mut PutRequest) -> Result<usize, Status> {
     // ignore_value keeps the stored (sealed) value; its request carries none.
-    if let (Some(keys), false) = (resolved.of(names, &put.key), put.ignore_value) {
-        put.value = keys.seal(&put.key, &put.value)?;
+    match (resolved.of(names, &put.key), put.ignore_value) {
+        (Some(keys), false) if keys.encrypts() => {
+            let clear = put.value.len();
+            put.value = keys.seal(&put.key, &put.value)?;
+            Ok(clear)
+        }
+        _ => Ok(0),
     }
-    Ok(())
 }
 
 /// The keys of a Txn's puts and value compares, nested Txns included.
@@ -378,7 +422,9 @@ fn txn_keys(txn: &TxnRequest, keys: &mut Vec<Vec<u8>>) {
     }
 }
 
-fn seal_txn(names: &Names, resolved: &Resolved, txn: &mut TxnRequest) -> Result<(), Status> {
+/// Seals a Txn's puts (see [`DataKeys::seal_txn`]); how many clear bytes were sealed.
+fn seal_txn(names: &Names, resolved: &Resolved, txn: &mut TxnRequest) -> Result<usize, Status> {
+    let mut sealed = 0;
     for compare in &txn.compare {
         if compare.target == compare::CompareTarget::Value as i32
             && resolved.of(names, &compare.key).is_some()
@@ -388,18 +434,18 @@ fn seal_txn(names: &Names, resolved: &Resolved, txn: &mut TxnRequest) -> Result<
     }
     for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
         match &mut op.request {
-            Some(request_op::Request::RequestPut(put)) => seal_put(names, resolved, put)?,
+            Some(request_op::Request::RequestPut(put)) => sealed += seal_put(names, resolved, put)?,
             Some(request_op::Request::RequestRange(range))
                 if range.sort_target == range_request::SortTarget::Value as i32
                     && resolved.of(names, &range.key).is_some() =>
             {
                 return Err(value_sort_refused())
             }
-            Some(request_op::Request::RequestTxn(nested)) => seal_txn(names, resolved, nested)?,
+            Some(request_op::Request::RequestTxn(nested)) => sealed += seal_txn(names, resolved, nested)?,
             _ => {}
         }
     }
-    Ok(())
+    Ok(sealed)
 }
 
 /// Every key-value a Txn's response holds: ranges' kvs, puts' and deletes' previous ones,

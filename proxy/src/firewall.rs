@@ -18,13 +18,52 @@ use crate::pb::etcdserverpb::{request_op, TxnRequest};
 /// Every refusal starts so, to tell the proxy's answers from etcd's.
 pub const PREFIX: &str = "etcd-broker-proxy";
 
+/// The metadata key of a refusal's status that names its [`Rule`]: the request metrics
+/// ([`crate::measured`]) count refusals by it, and clients may read it too (it holds no more
+/// than the message says).
+pub const RULE_KEY: &str = "etcd-broker-proxy-refused";
+
+/// The firewall's rules, as the refusals metric names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// A cluster-wide operation refused to a tenant.
+    ClusterWide,
+    /// Another user's lease, or one granted elsewhere.
+    LeaseOwner,
+    /// Something only a user the proxy knows may do.
+    UnknownIdentity,
+}
+
+impl Rule {
+    const ALL: [Rule; 3] = [Rule::ClusterWide, Rule::LeaseOwner, Rule::UnknownIdentity];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Rule::ClusterWide => "cluster_wide",
+            Rule::LeaseOwner => "lease_owner",
+            Rule::UnknownIdentity => "unknown_identity",
+        }
+    }
+
+    /// The label of a [`RULE_KEY`] value; `other` for anything else (bounded cardinality).
+    pub fn label_of(value: &str) -> &'static str {
+        Rule::ALL.iter().map(|r| r.label()).find(|l| *l == value).unwrap_or("other")
+    }
+
+    /// `status` marked as refused by this rule.
+    pub fn mark(self, mut status: Status) -> Status {
+        status.metadata_mut().insert(RULE_KEY, tonic::metadata::MetadataValue::from_static(self.label()));
+        status
+    }
+}
+
 /// Refuses a cluster-wide RPC to tenants; `why` completes "it would ...".
 pub fn cluster_wide(caller: &Caller, rpc: &str, why: &str) -> Result<(), Status> {
     match caller {
         Caller::Admin(_) => Ok(()),
-        Caller::Tenant(_) => Err(Status::permission_denied(format!(
+        Caller::Tenant(_) => Err(Rule::ClusterWide.mark(Status::permission_denied(format!(
             "{PREFIX}: {rpc} is refused to tenants of a shared cluster: it would {why}"
-        ))),
+        )))),
     }
 }
 
@@ -57,19 +96,19 @@ pub async fn owns_lease(caller: &Caller, lease: i64, owners: &LeaseOwners) -> Re
     if owner.as_deref() == Some(user.as_str()) {
         Ok(())
     } else {
-        Err(Status::permission_denied(format!(
+        Err(Rule::LeaseOwner.mark(Status::permission_denied(format!(
             "{PREFIX}: lease {lease:x} was not granted to user {user} through the proxy: a tenant may \
              use only its own leases"
-        )))
+        ))))
     }
 }
 
 /// The refusal of something only a known user may do.
 pub fn unknown_identity(what: &str) -> Status {
-    Status::permission_denied(format!(
+    Rule::UnknownIdentity.mark(Status::permission_denied(format!(
         "{PREFIX}: the proxy does not know whose token this is (it was not issued through this proxy), \
          so it may not {what}: authenticate through the proxy"
-    ))
+    )))
 }
 
 /// Every lease a Txn would attach a key to, in either branch, nested Txns included.
@@ -119,6 +158,7 @@ mod tests {
         let refused =
             cluster_wide(&Caller::Tenant(Some("alice".into())), "Compact", "drop history").unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(refused.metadata().get(RULE_KEY).unwrap(), "cluster_wide");
         assert!(refused.message().contains("Compact is refused to tenants"), "{}", refused.message());
         assert_eq!(
             not_served(&Caller::Admin("root".into()), "Defragment", "x").code(),

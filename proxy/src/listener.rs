@@ -62,6 +62,20 @@ impl AsyncWrite for TlsStream {
     }
 }
 
+/// Plain TCP connections with TCP_NODELAY: tonic sets it only on listeners it binds itself,
+/// and without it each small response waits for the client's delayed ACK (~40 ms on Linux;
+/// measured: a Range through the proxy took 44 ms instead of 0.3).
+pub fn plain_incoming(
+    listener: TcpListener,
+) -> impl futures_util::Stream<Item = io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let tcp = accepted?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    })
+}
+
 /// The connections of `listener` after their TLS handshake, each handshake on a task of its
 /// own (a slow client holds up nobody); failed handshakes are logged and dropped.
 pub fn tls_incoming(listener: TcpListener, acceptor: SslAcceptor) -> ReceiverStream<io::Result<TlsStream>> {

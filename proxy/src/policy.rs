@@ -17,6 +17,13 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often each etcd endpoint that answers is probed (etcd's gRPC health check): one that
+/// stops (a frozen or partitioned member) is left out of the balancing within about this
+/// plus the broker's 3 s of silence, before many requests wait on it. A forwarded request
+/// is not sent again elsewhere (a Txn or a Put is not safe to repeat), so the ones already
+/// sent to it wait for their client's deadline.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Requests queued for the balancer over the endpoints.
 pub const BALANCER_BUFFER: usize = 1024;
 

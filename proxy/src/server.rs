@@ -1,6 +1,7 @@
 //! Wiring: config -> the proxy's own etcd client (its records, the broker's binding records
-//! it follows for revocations), the balanced channel for tenants' requests, the services -> a
-//! tonic server on the listener, until shutdown.
+//! it follows for revocations), the balanced channel for tenants' requests, the metrics and
+//! the monitoring listener, the services (measured by one layer) -> a tonic server on the
+//! listener, until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use etcd_client::ConnectOptions;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::backend::Backend;
@@ -17,11 +17,14 @@ use crate::caller::Tokens;
 use crate::config::Config;
 use crate::encryption::DataKeys;
 use crate::leases::LeaseOwners;
+use crate::measured::MeasureLayer;
+use crate::metrics::{Metrics, OpenStreamsGauge};
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::policy;
+use crate::quotas::metrics::QuotaCollector;
 use crate::quotas::Quotas;
 use crate::revocation::Bindings;
 use crate::service::{Proxy, Shared};
@@ -80,8 +83,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         );
     }
     tokio::spawn(quotas.clone().follow());
+    let backend = Backend::new(&config.endpoints, &config.endpoints_tls)?;
+    let metrics = Arc::new(Metrics::new());
+    let bytes = data_keys.bytes();
+    metrics.register(Box::new(bytes.encrypted));
+    metrics.register(Box::new(bytes.decrypted));
+    metrics.register(Box::new(tokens.revocations()));
+    metrics.register(Box::new(OpenStreamsGauge::new(streams.clone())));
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    if let Some(address) = config.monitoring_listen {
+        let monitoring =
+            crate::monitoring::serve(address, metrics.clone(), backend.clone(), stopped(stop.clone()));
+        tokio::spawn(monitoring.await?);
+    }
+    metrics.register(Box::new(QuotaCollector::new(quotas.clone(), config.quota_top_instances)));
     let proxy = Proxy::new(Shared {
-        backend: Backend::new(&config.endpoints, &config.endpoints_tls)?,
+        backend,
         tokens,
         owners,
         view: View::new(&config.advertise_client_urls),
@@ -92,6 +112,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
     let router = Server::builder()
         .tcp_nodelay(true)
+        .layer(MeasureLayer::new(metrics))
         .add_service(KvServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES))
         .add_service(WatchServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES))
         .add_service(LeaseServer::new(proxy.clone()).max_decoding_message_size(policy::MAX_REQUEST_BYTES))
@@ -101,18 +122,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )
         .add_service(ClusterServer::new(proxy).max_decoding_message_size(policy::MAX_REQUEST_BYTES));
 
-    let (stopping, stop) = tokio::sync::watch::channel(false);
-    let signal = {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        }
-    };
+    let signal = stopped(stop);
     let serve = async move {
         match &config.tls {
             None => {
                 tracing::info!(%address, tls = false, "serving etcd's v3 API");
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal).await
+                router.serve_with_incoming_shutdown(crate::listener::plain_incoming(listener), signal).await
             }
             Some(identity) => {
                 let acceptor = crate::listener::acceptor(identity)?;

@@ -184,7 +184,7 @@ where
 
 /// Asks an endpoint etcd's gRPC health check (no auth needed): it answers if it says it
 /// serves, or has no health service to ask (it still answered).
-fn health_probe(channel: tonic::transport::Channel) -> Probe {
+pub fn health_probe(channel: tonic::transport::Channel) -> Probe {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };

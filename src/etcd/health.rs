@@ -35,11 +35,11 @@ use super::policy::{FIRST_PROBE_BACKOFF, MAX_PROBE_BACKOFF, PROBE_TIMEOUT, SILEN
 use super::unpoisoned::lock;
 
 /// Asks an endpoint whether it answers (etcd's health check, say): `true` if it did.
-pub(crate) type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+pub type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// The endpoints of one channel: how many answer, and who waits for one to.
 #[derive(Clone, Default)]
-pub(crate) struct Endpoints {
+pub struct Endpoints {
     group: Arc<Group>,
 }
 
@@ -51,6 +51,8 @@ struct Group {
     unprobed: AtomicUsize,
     /// The balancer's tasks waiting for an endpoint to become usable.
     waiting: Mutex<Vec<Waker>>,
+    /// How often an answering endpoint is probed too (`None`: only after a failed request).
+    heartbeat: Option<std::time::Duration>,
 }
 
 impl Group {
@@ -64,15 +66,23 @@ impl Group {
 
 impl Endpoints {
     /// No endpoints yet.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No endpoints yet; each added one is probed every `every` while it answers too, so
+    /// that one that stops is left out within about `every` plus [`SILENCE`] even when no
+    /// request found it out (the tenant proxy: its requests are not retried elsewhere, so
+    /// the first request to a stopped member would wait for its client's deadline).
+    pub fn with_heartbeat(every: std::time::Duration) -> Self {
+        Endpoints { group: Arc::new(Group { heartbeat: Some(every), ..Group::default() }) }
     }
 
     /// Wraps one endpoint's service, not used until `probe` says it answers, and starts the
     /// endpoint's prober on the current tokio runtime (it ends with the endpoint).
     /// `name` (the endpoint's URL, which holds no secret) is for the log lines that say when
     /// it stops and starts answering its probes.
-    pub(crate) fn add<S>(&self, name: String, inner: S, probe: Probe) -> HealthChecked<S> {
+    pub fn add<S>(&self, name: String, inner: S, probe: Probe) -> HealthChecked<S> {
         self.group.unprobed.fetch_add(1, Ordering::SeqCst);
         let (wake_prober, probe_now) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let health = Arc::new(Health {
@@ -83,8 +93,22 @@ impl Endpoints {
             probe_failed: Notify::new(),
             last_answer: Mutex::new(None),
         });
-        tokio::spawn(probe_when_needed(name, Arc::downgrade(&health), wake_prober, probe_now, probe));
+        let heartbeat = self.group.heartbeat;
+        tokio::spawn(probe_when_needed(
+            name,
+            Arc::downgrade(&health),
+            wake_prober,
+            probe_now,
+            probe,
+            heartbeat,
+        ));
         HealthChecked { inner, health }
+    }
+
+    /// How many endpoints answered their last probe or request: a readiness check (none
+    /// answering: nothing can be served).
+    pub fn answering(&self) -> usize {
+        self.group.answering.load(Ordering::SeqCst)
     }
 }
 
@@ -193,27 +217,42 @@ impl Drop for Health {
 
 /// What a request that [`Health::unless_nothing_answers`] gave up on fails with (a gRPC
 /// `Unavailable`, so the broker answers 503).
-pub(crate) const NO_ENDPOINT_ANSWERS: &str = "no etcd endpoint answers its health check";
+pub const NO_ENDPOINT_ANSWERS: &str = "no etcd endpoint answers its health check";
 
 /// The prober of one endpoint: probes it at once, then whenever it fails, until it answers; a
-/// request waiting on it (`probe_now`) cuts the back-off short.
+/// request waiting on it (`probe_now`) cuts the back-off short. With a `heartbeat`, an
+/// answering endpoint is probed that often too.
 async fn probe_when_needed(
     name: String,
     health: Weak<Health>,
     wake: Arc<Notify>,
     probe_now: Arc<Notify>,
     probe: Probe,
+    heartbeat: Option<std::time::Duration>,
 ) {
     let mut backoff = FIRST_PROBE_BACKOFF;
     let mut probe_failed = false;
     loop {
         match health.upgrade().map(|h| h.state()) {
             None => return,
-            Some(State::Answering) => {
-                // A failure stores a permit if it comes before this waits.
-                wake.notified().await;
-                continue;
-            }
+            Some(State::Answering) => match heartbeat {
+                None => {
+                    // A failure stores a permit if it comes before this waits.
+                    wake.notified().await;
+                    continue;
+                }
+                Some(every) => {
+                    tokio::select! {
+                        _ = wake.notified() => continue,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    // Still answering when the heartbeat is due (a failure meanwhile loops
+                    // back here as failing): probe it.
+                    if health.upgrade().map(|h| h.state()) != Some(State::Answering) {
+                        continue;
+                    }
+                }
+            },
             Some(_) => {}
         }
         let probe_answered = tokio::time::timeout(PROBE_TIMEOUT, probe()).await.unwrap_or(false);
@@ -247,7 +286,7 @@ async fn probe_when_needed(
 
 /// A service that is not ready while its endpoint is out of use (see the module doc); made by
 /// [`Endpoints::add`].
-pub(crate) struct HealthChecked<S> {
+pub struct HealthChecked<S> {
     inner: S,
     health: Arc<Health>,
 }
@@ -534,6 +573,25 @@ mod tests {
         settle(SLOW_ANSWER + 3 * PROBE_TIMEOUT).await;
         assert!(!request.is_finished(), "another endpoint answers: the request keeps its own timeout");
         request.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_heartbeat_a_stopped_endpoint_is_left_out_without_a_request() {
+        let endpoints = Endpoints::with_heartbeat(Duration::from_secs(1));
+        let (stopped, live) = (Fake::default(), Fake::default());
+        let (mut endpoint, _live) = (stopped.add_to(&endpoints), live.add_to(&endpoints));
+        settle(Duration::from_millis(1)).await;
+        assert!(ready_now(&mut endpoint));
+        assert_eq!(endpoints.answering(), 2);
+        stopped.hung.store(true, Ordering::SeqCst);
+        settle(Duration::from_secs(1) + PROBE_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(!ready_now(&mut endpoint), "the heartbeat's probe found it stopped");
+        assert_eq!(endpoints.answering(), 1);
+        assert_eq!(stopped.calls.load(Ordering::SeqCst), 0, "no request was needed");
+        stopped.hung.store(false, Ordering::SeqCst);
+        settle(MAX_PROBE_BACKOFF + PROBE_TIMEOUT).await;
+        assert!(ready_now(&mut endpoint), "back in once it answers");
+        assert_eq!(endpoints.answering(), 2);
     }
 
     #[tokio::test(start_paused = true)]

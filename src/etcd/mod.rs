@@ -16,7 +16,8 @@
 //!   costs etcd O(keys) rather than O(keys²).
 //!
 //! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
-//! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`].
+//! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`]; for the
+//! tenant proxy's own balancer, the health-checked endpoints ([`Endpoints`], [`health_probe`]).
 
 mod batch;
 mod call;
@@ -40,7 +41,8 @@ use etcd_client::{
 use tokio::sync::OnceCell;
 
 pub use call::resend_on_auth_change;
-pub use connection::connect;
+pub use connection::{connect, health_probe};
+pub use health::{Endpoints, HealthChecked, Probe, NO_ENDPOINT_ANSWERS};
 
 use batch::PendingCommit;
 use call::Call;

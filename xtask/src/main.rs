@@ -38,6 +38,10 @@ enum Command {
     /// generated regions of docs/performance.md. Runs the release binaries next to this one
     /// (`make bench` builds them).
     BenchScenario(scenario::ScenarioArgs),
+    /// The tenant proxy against etcd directly, same run, same clients: put, range and
+    /// watch-event throughput and latency, encryption off and on; starts its own etcd and
+    /// the release proxy next to this program (docs/performance.md).
+    BenchProxy(bench::proxy::ProxyBenchArgs),
     /// Lifecycle churn against two brokers on one etcd for --minutes (30), sampling each
     /// broker's memory and file descriptors and etcd's keys, users and roles every minute;
     /// prints the table and slopes and writes them into --out (docs/reliability.md with make
@@ -137,6 +141,7 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::BenchProxy(args) => bench::proxy::run(args).map(|()| ExitCode::SUCCESS),
         Command::BenchScenario(args) => scenario::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
         Command::Soak(args) => xtask::soak::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
     }

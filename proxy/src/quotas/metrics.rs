@@ -13,14 +13,13 @@
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts};
 
 use etcd_broker::osb::plan_options::InstanceQuotas;
 
 use super::usage::{QuotaKind, Usage};
-use super::Quotas;
 
-/// What the metrics are computed from: [`Quotas`], or a fake in unit tests.
+/// What the metrics are computed from: [`super::Quotas`], or a fake in unit tests.
 pub trait QuotaSource: Send + Sync + 'static {
     /// (instance id, its quotas, its usage) of each instance with a keys or bytes quota whose
     /// usage is counted.
@@ -93,11 +92,6 @@ impl QuotaCollector {
     }
 }
 
-/// Registers the quota metrics of `quotas` in `registry` (the proxy's /metrics).
-pub fn register(registry: &Registry, quotas: &Quotas, top: usize) -> prometheus::Result<()> {
-    registry.register(Box::new(QuotaCollector::new(quotas.clone(), top)))
-}
-
 impl Collector for QuotaCollector {
     fn desc(&self) -> Vec<&Desc> {
         self.templates.collectors().into_iter().flat_map(|c| c.desc()).collect()
@@ -134,6 +128,7 @@ impl Collector for QuotaCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::Registry;
 
     struct Fake(Vec<(String, InstanceQuotas, Usage)>);
 

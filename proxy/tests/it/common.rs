@@ -52,6 +52,21 @@ pub async fn start_etcd_with(options: Options) -> LocalEtcd {
     let version = EtcdVersion::from_env().expect("ETCD_VERSION");
     let etcd =
         LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..options }).await.expect("etcd starts");
+    add_users(&etcd).await;
+    etcd
+}
+
+/// A cluster of `size` members of `ETCD_VERSION`, with root, the tenants and the proxy's user.
+pub async fn start_cluster(size: usize) -> Vec<LocalEtcd> {
+    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
+    let options = Options { version, bcrypt_cost: Some(4), ..Options::default() };
+    let members = LocalEtcd::start_cluster(size, options).await.expect("the cluster starts");
+    add_users(&members[0]).await;
+    members
+}
+
+/// The tenants and the proxy's user with their roles, added as root.
+async fn add_users(etcd: &LocalEtcd) {
     let mut root = etcd.root_client().await.unwrap();
     let grants = TENANTS.iter().map(|t| (t.to_string(), password(t), prefix(t)));
     let proxy = (PROXY_USER.to_owned(), PROXY_PASSWORD.to_owned(), PROXY_STATE.to_owned());
@@ -66,7 +81,6 @@ pub async fn start_etcd_with(options: Options) -> LocalEtcd {
     for records in [BROKER_BINDINGS, BROKER_INSTANCES, BROKER_DATA] {
         root.role_grant_permission(PROXY_USER, Permission::read(records).with_prefix()).await.unwrap();
     }
-    etcd
 }
 
 pub fn free_port() -> u16 {

@@ -13,6 +13,8 @@
 //! - `quotas`: a plan's key, byte and rate quotas refusing etcdctl through the proxy; direct
 //!   writes counted; `etcd-broker-ops usage`'s figures
 //! - `leases`: lease ownership across a restart and across two proxies
+//! - `monitoring`: /metrics after etcdctl's calls (no secret in it), /ready while etcd is
+//!   frozen, a frozen member of a 3-member cluster left out while etcdctl keeps working
 //! - `revocation`: unbound and expired bindings' watches ended within a second through the
 //!   proxy (a real broker unbinds), still open directly on etcd
 //! - `tls`: TLS terminated by the proxy, TLS with a client certificate towards etcd
@@ -32,6 +34,7 @@ mod encryption;
 mod etcdctl;
 mod firewall;
 mod leases;
+mod monitoring;
 mod quotas;
 mod revocation;
 mod tls;

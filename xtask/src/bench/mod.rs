@@ -5,11 +5,13 @@
 //! - `mod.rs`: flags, the run (phases in lifecycle order), the report (table and JSON);
 //! - `load.rs`: N concurrent clients over numbered items, latency histograms, progress bar;
 //! - `floor.rs`: the broker's etcd call mix per operation and its raw replay;
-//! - `cpu.rs`: CPU time per operation of the bench, and of a local broker and etcd.
+//! - `cpu.rs`: CPU time per operation of the bench, and of a local broker and etcd;
+//! - `proxy.rs`: `xtask bench-proxy`, the tenant proxy against etcd directly.
 
 mod cpu;
 mod floor;
 mod load;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::sync::Arc;

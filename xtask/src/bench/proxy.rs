@@ -1,0 +1,436 @@
+//! `xtask bench-proxy`: the tenant proxy against etcd directly, in the same run, with the same
+//! clients (etcd-client, one connection per target, logged in as the same tenant), on
+//! loopback: put, range (one key) and watch-event throughput and latency, through the proxy
+//! with encryption off (an instance without data keys) and on (an instance with one), and
+//! directly on etcd. Rounds alternate the targets so that a machine shared with other work
+//! disturbs them alike. The issue's targets: throughput at least 0.8x of direct, p50 at most
+//! 0.15 ms more than direct. See docs/performance.md.
+//!
+//! It starts its own etcd (local-etcd, auth on) and the release proxy binary next to this
+//! program (`--proxy-bin`), writes the instance record of the encrypted instance itself (a
+//! data key sealed by a fresh keychain, as the broker would), and gives the proxy a broker
+//! config holding that keychain.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use etcd_broker::broker::names::Names;
+use etcd_broker::broker::records::data_key_name;
+use etcd_broker::osb::ids::InstanceId;
+use etcd_broker::sealing::{Key, Keychain};
+use etcd_client::{Client, ConnectOptions, EventType, Permission, WatchOptions};
+use local_etcd::{EtcdVersion, LocalEtcd, Options};
+use serde_json::json;
+
+use super::load::{self, round, Measured};
+
+/// Flags of `xtask bench-proxy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyBenchArgs {
+    /// Operations per scenario, target and round.
+    #[arg(long, default_value_t = 5000)]
+    pub count: u64,
+    /// Concurrent clients (tasks sharing one connection per target); a list runs each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 8])]
+    pub clients: Vec<u64>,
+    /// Rounds; each runs every target once per scenario, in turn.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Bytes of each value put.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// etcd version: 3.5 or 3.4.
+    #[arg(long, default_value = "3.5")]
+    pub etcd_version: String,
+    /// The proxy binary; default: etcd-broker-proxy next to this program.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+const TENANT: &str = "bench-tenant";
+const TENANT_PASSWORD: &str = "bench-tenant-password";
+const PROXY_USER: &str = "bench-proxy";
+const PROXY_PASSWORD: &str = "bench-proxy-password";
+/// Instances of the broker's naming: one without data keys, one with.
+const PLAIN: &str = "bench-plain";
+const ENCRYPTED: &str = "bench-encrypted";
+
+/// Where a scenario's requests go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Direct,
+    Proxy,
+    ProxyEncrypted,
+}
+
+impl Target {
+    const ALL: [Target; 3] = [Target::Direct, Target::Proxy, Target::ProxyEncrypted];
+
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "etcd directly",
+            Target::Proxy => "proxy, encryption off",
+            Target::ProxyEncrypted => "proxy, encryption on",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Put,
+    Range,
+    WatchEvents,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 3] = [Scenario::Put, Scenario::Range, Scenario::WatchEvents];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Put => "put",
+            Scenario::Range => "range (1 key)",
+            Scenario::WatchEvents => "watch events",
+        }
+    }
+}
+
+pub fn run(args: ProxyBenchArgs) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: ProxyBenchArgs) -> Result<()> {
+    let proxy_bin = match &args.proxy_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("etcd-broker-proxy"),
+    };
+    ensure!(
+        proxy_bin.exists(),
+        "no proxy binary at {} (cargo build --release -p etcd-broker-proxy)",
+        proxy_bin.display()
+    );
+    let version = EtcdVersion::parse(&args.etcd_version).context("--etcd-version")?;
+    let etcd = LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() })
+        .await
+        .context("starting etcd")?;
+    let names = Names::default();
+    let dir = tempfile::tempdir()?;
+    let key_text = random_base64()?;
+    setup_etcd(&etcd, &names, &key_text).await?;
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, broker_config(&etcd, &key_text))?;
+    let proxy = ProxyChild::start(&proxy_bin, &etcd, &config, dir.path())?;
+
+    let direct = login(&etcd.endpoint()).await?;
+    let through = login(&proxy.url).await?;
+    let value = vec![b'v'; args.value_size];
+    let load = load_average();
+    println!(
+        "etcd {} on 127.0.0.1, proxy {}, load average before: {load}",
+        args.etcd_version,
+        proxy_bin.display()
+    );
+    let mut rows = Vec::new();
+    for &clients in &args.clients {
+        for scenario in Scenario::ALL {
+            let mut results: Vec<Measured> = Target::ALL.iter().map(|_| Measured::empty()).collect();
+            for round_number in 0..args.rounds {
+                // Each round starts with another target, so none is always first or last.
+                for step in 0..Target::ALL.len() {
+                    let t = (step + round_number as usize) % Target::ALL.len();
+                    let target = Target::ALL[t];
+                    let client = if target == Target::Direct { &direct } else { &through };
+                    let instance = if target == Target::ProxyEncrypted { ENCRYPTED } else { PLAIN };
+                    let prefix =
+                        format!("{}{instance}/{}/", names.data_prefix(), scenario.name().replace(' ', "-"));
+                    let measured =
+                        measure(scenario, client, &prefix, &value, args.count, clients as usize).await?;
+                    ensure!(
+                        measured.errors == 0,
+                        "{} via {}: {} errors, the first: {:?}",
+                        scenario.name(),
+                        target.name(),
+                        measured.errors,
+                        measured.first_error
+                    );
+                    results[t].absorb(measured);
+                }
+            }
+            let direct_result = results[0].clone();
+            for (target, measured) in Target::ALL.iter().zip(results) {
+                let ratio = measured.throughput() / direct_result.throughput();
+                let added = measured.quantile_ms(0.5) - direct_result.quantile_ms(0.5);
+                println!(
+                    "{:>14} {:>3} clients {:>22}: {:>8.0}/s ({:.2}x) p50 {:.3} ms (+{:.3}) p99 {:.3} ms",
+                    scenario.name(),
+                    clients,
+                    target.name(),
+                    measured.throughput(),
+                    ratio,
+                    measured.quantile_ms(0.5),
+                    added,
+                    measured.quantile_ms(0.99)
+                );
+                rows.push(json!({
+                    "scenario": scenario.name(),
+                    "clients": clients,
+                    "target": target.name(),
+                    "throughput_per_s": round(measured.throughput()),
+                    "throughput_vs_direct": round(ratio),
+                    "p50_ms": (measured.quantile_ms(0.5) * 1000.0).round() / 1000.0,
+                    "p50_added_ms": (added * 1000.0).round() / 1000.0,
+                    "p99_ms": (measured.quantile_ms(0.99) * 1000.0).round() / 1000.0,
+                }));
+            }
+        }
+    }
+    println!("load average after: {}", load_average());
+    if let Some(path) = &args.json {
+        let report =
+            json!({ "load_average_before": load, "load_average_after": load_average(), "rows": rows });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    drop(proxy);
+    etcd.stop().await;
+    Ok(())
+}
+
+/// One scenario on one target: `count` operations by `clients` concurrent tasks.
+async fn measure(
+    scenario: Scenario,
+    client: &Client,
+    prefix: &str,
+    value: &[u8],
+    count: u64,
+    clients: usize,
+) -> Result<Measured> {
+    match scenario {
+        Scenario::Put => {
+            let (client, prefix, value) = (client.clone(), prefix.to_owned(), value.to_vec());
+            Ok(load::run("put", count, clients, None, move |i| {
+                let (mut client, key, value) =
+                    (client.clone(), format!("{prefix}{}", i % 1000), value.clone());
+                async move {
+                    client.put(key, value, None).await?;
+                    Ok(())
+                }
+            })
+            .await)
+        }
+        Scenario::Range => {
+            let key = format!("{prefix}the-key");
+            client.clone().put(key.clone(), value.to_vec(), None).await?;
+            let client = client.clone();
+            Ok(load::run("range", count, clients, None, move |_| {
+                let (mut client, key) = (client.clone(), key.clone());
+                async move {
+                    let answer = client.get(key, None).await?;
+                    ensure!(answer.kvs().len() == 1, "the key is missing");
+                    Ok(())
+                }
+            })
+            .await)
+        }
+        Scenario::WatchEvents => watch_events(client, prefix, value, count, clients).await,
+    }
+}
+
+/// `clients` writers put `count` keys under `prefix` while one watch receives their events:
+/// throughput is events per second from the first put to the last event; latency, from a
+/// put's start to its event's arrival.
+async fn watch_events(
+    client: &Client,
+    prefix: &str,
+    value: &[u8],
+    count: u64,
+    clients: usize,
+) -> Result<Measured> {
+    let run = format!("{prefix}{}/", random_base64()?.replace(['/', '+', '='], ""));
+    let mut events = client.clone().watch(run.clone(), Some(WatchOptions::new().with_prefix())).await?;
+    let start = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
+    let receiver = {
+        let (sent, run) = (sent.clone(), run.clone());
+        tokio::spawn(async move {
+            let mut measured = Measured::empty();
+            while measured.ok < count {
+                let Some(answer) = events.message().await? else { bail!("the watch ended") };
+                let now = start.elapsed().as_micros() as u64;
+                for event in answer.events() {
+                    if event.event_type() != EventType::Put {
+                        continue;
+                    }
+                    let key = event.kv().map(|kv| kv.key_str().unwrap_or("")).unwrap_or("");
+                    let i: usize = key
+                        .strip_prefix(run.as_str())
+                        .and_then(|n| n.parse().ok())
+                        .context("an event of another key")?;
+                    let latency = now.saturating_sub(sent[i].load(Ordering::SeqCst)).max(1);
+                    let _ = measured.latencies.record(latency);
+                    measured.ok += 1;
+                }
+            }
+            measured.elapsed = start.elapsed();
+            Ok(measured)
+        })
+    };
+    let (writer, value) = (client.clone(), value.to_vec());
+    let written = load::run("watch", count, clients, None, move |i| {
+        let (mut client, key, value, sent) =
+            (writer.clone(), format!("{run}{i}"), value.clone(), sent.clone());
+        async move {
+            sent[i as usize].store(start.elapsed().as_micros() as u64, Ordering::SeqCst);
+            client.put(key, value, None).await?;
+            Ok(())
+        }
+    })
+    .await;
+    ensure!(written.errors == 0, "puts failed: {:?}", written.first_error);
+    tokio::time::timeout(Duration::from_secs(60), receiver).await.context("events missing after 60 s")??
+}
+
+/// A client logged in as the tenant, connected as the broker connects (TCP_NODELAY: with
+/// etcd-client's own OpenSSL connector every call waits ~40 ms for a delayed ACK).
+async fn login(endpoint: &str) -> Result<Client> {
+    let options = ConnectOptions::new().with_user(TENANT, TENANT_PASSWORD);
+    etcd_broker::etcd::connect(&[endpoint.to_owned()], options, &Default::default())
+        .await
+        .with_context(|| format!("logging in at {endpoint}"))
+}
+
+/// The tenant (read-write on both instances' prefixes), the proxy's user, and the encrypted
+/// instance's record with one data key sealed by the keychain of `key_text`.
+async fn setup_etcd(etcd: &LocalEtcd, names: &Names, key_text: &str) -> Result<()> {
+    let mut root = etcd.root_client().await?;
+    root.user_add(TENANT, TENANT_PASSWORD, None).await?;
+    root.role_add(TENANT).await?;
+    for instance in [PLAIN, ENCRYPTED] {
+        let prefix = format!("{}{instance}/", names.data_prefix());
+        root.role_grant_permission(TENANT, Permission::read_write(prefix).with_prefix()).await?;
+    }
+    root.user_grant_role(TENANT, TENANT).await?;
+    root.user_add(PROXY_USER, PROXY_PASSWORD, None).await?;
+    root.role_add(PROXY_USER).await?;
+    root.role_grant_permission(PROXY_USER, Permission::read_write("/etcd-broker/proxy/").with_prefix())
+        .await?;
+    for records in ["bindings/", "instances/"] {
+        let prefix = format!("{}{records}", etcd_broker::broker::names::DEFAULT_STATE_PREFIX);
+        root.role_grant_permission(PROXY_USER, Permission::read(prefix).with_prefix()).await?;
+    }
+    root.user_grant_role(PROXY_USER, PROXY_USER).await?;
+
+    let keychain = Keychain::new("bench", [Key::from_text("bench", key_text)?])?;
+    let record_key = names.instance_key(&InstanceId::parse(ENCRYPTED)?);
+    let mut data_key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut data_key)?;
+    let sealed = etcd_broker::sealing::seal(&keychain, &data_key_name(&record_key, 1), &data_key)?;
+    let record = json!({ "data_keys": [{ "version": 1, "sealed": sealed }] });
+    root.put(record_key, record.to_string(), None).await?;
+    Ok(())
+}
+
+/// 32 random bytes as base64: a keychain key's text.
+fn random_base64() -> Result<String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// A broker config the proxy takes its prefixes and keychain from (the rest only has to be
+/// valid: no broker runs).
+fn broker_config(etcd: &LocalEtcd, key_text: &str) -> String {
+    format!(
+        r#"state_cluster = "main"
+[listen]
+host = "127.0.0.1"
+port = 1
+[auth]
+username = "broker"
+password = "broker-password"
+[clusters.main]
+endpoints = [{endpoint:?}]
+username = "root"
+password = {root:?}
+[[catalog.services]]
+id = "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01"
+name = "etcd"
+description = "etcd namespaces"
+[[catalog.services.plans]]
+id = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"
+name = "shared"
+description = "shared"
+[plan_configs."0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"]
+cluster = "main"
+[secrets]
+active = "bench"
+[secrets.keys.bench]
+value = {key_text:?}
+"#,
+        endpoint = etcd.endpoint(),
+        root = etcd.root_password(),
+    )
+}
+
+/// The proxy process, killed when dropped.
+struct ProxyChild {
+    child: Child,
+    url: String,
+}
+
+impl ProxyChild {
+    fn start(
+        bin: &std::path::Path,
+        etcd: &LocalEtcd,
+        config: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::File::create(dir.join("proxy.log"))?;
+        let child = Command::new(bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--endpoints", &etcd.endpoint()])
+            .args(["--user", PROXY_USER, "--log-level", "warn", "--broker-config"])
+            .arg(config)
+            .env("ETCD_BROKER_PROXY_PASSWORD", PROXY_PASSWORD)
+            .stdout(log.try_clone()?)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut proxy = ProxyChild { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = proxy.child.try_wait()? {
+                let log = std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
+                bail!("the proxy exited ({status}):\n{log}");
+            }
+            ensure!(Instant::now() < deadline, "the proxy does not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(proxy)
+    }
+}
+
+impl Drop for ProxyChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// /proc/loadavg's first three fields: how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
