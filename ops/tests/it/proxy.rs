@@ -32,6 +32,7 @@ fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
     );
     assert_eq!(urls(&config.advertise_client_urls), ["https://etcd-proxy.example.com:2391/"]);
     assert_eq!(config.listen.to_string(), "0.0.0.0:2391");
+    assert_eq!(config.monitoring_listen.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:9181"));
     assert!(config.tls.is_some(), "the proxy serves TLS");
     assert_eq!(config.user, "etcd-broker-proxy");
     assert_eq!(config.password.expose(), "example-proxy-password");
