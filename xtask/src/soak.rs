@@ -169,12 +169,18 @@ async fn soak(
         let wait = next.min(duration).saturating_sub(started.elapsed());
         tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
         if started.elapsed() >= next {
-            samples.push(sample(&etcd, &pids, started, &churn).await?);
-            let last = samples.last().expect("just pushed");
-            eprintln!(
-                "soak: {:.0} s, {} lifecycles, broker RSS {:.1} / {:.1} MB",
-                last.at, last.lifecycles, last.broker_a.rss_mb, last.broker_b.rss_mb
-            );
+            // A sample etcd keeps refusing (its reads meet the brokers' auth changes) is taken
+            // again half a second later: half an hour of churn is not given up for one.
+            match sample(&etcd, &pids, started, &churn).await {
+                Ok(taken) => {
+                    eprintln!(
+                        "soak: {:.0} s, {} lifecycles, broker RSS {:.1} / {:.1} MB",
+                        taken.at, taken.lifecycles, taken.broker_a.rss_mb, taken.broker_b.rss_mb
+                    );
+                    samples.push(taken);
+                }
+                Err(e) => eprintln!("soak: a sample failed, taking it again: {e:#}"),
+            }
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -183,13 +189,26 @@ async fn soak(
     }
     // The role reaper deletes the last roles (then their queue entries) in the pause after the
     // traffic: give it a minute to leave only the leader key, then report what is left.
+    // While it drains, each role deletion changes auth: a refused sample is taken again.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = sample(&etcd, &pids, started, &churn).await?;
-    while (last.roles > 0 || last.keys > 1) && Instant::now() < deadline {
+    let mut last = None;
+    loop {
+        match sample(&etcd, &pids, started, &churn).await {
+            Ok(taken) => {
+                let settled = taken.roles == 0 && taken.keys <= 1;
+                last = Some(taken);
+                if settled {
+                    break;
+                }
+            }
+            Err(e) => eprintln!("soak: a sample failed, taking it again: {e:#}"),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        last = sample(&etcd, &pids, started, &churn).await?;
     }
-    samples.push(last);
+    samples.push(last.context("etcd refused every sample for a minute after the churn")?);
     let churn = Arc::try_unwrap(churn).unwrap_or_default();
     Ok((samples, churn))
 }
