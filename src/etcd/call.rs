@@ -10,7 +10,7 @@ use etcd_client::{AuthClient, Client, KvClient};
 use super::errors::{is_old_auth_revision, never_reached, no_answer_within};
 use super::policy::{
     stale_auth_pause, FAILOVER_ATTEMPTS_PER_ENDPOINT, FAILOVER_PAUSE, HEDGE_AFTER, OLD_REVISION_RETRIES,
-    QUIET_AUTH_AFTER, REQUEST_TIMEOUT,
+    QUIET_AUTH_AFTER, REQUEST_TIMEOUT, TOOLS_STALE_AUTH_PATIENCE,
 };
 use super::EtcdStore;
 
@@ -87,12 +87,21 @@ where
 
 /// Sends a request again while etcd refuses it because auth changed meanwhile: for the
 /// operators' tools, whose plain clients meet the broker's binds, unbinds and role deletions.
+/// For up to [`TOOLS_STALE_AUTH_PATIENCE`], not a number of times: a tool cannot hold the
+/// brokers' auth changes back as a broker holds its own, and a role reaper draining its queue
+/// changes auth back to back for many seconds.
 pub async fn resend_on_auth_change<T, F, Fut>(op: F) -> Result<T, etcd_client::Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    retrying(1, op).await
+    let until = tokio::time::Instant::now() + TOOLS_STALE_AUTH_PATIENCE;
+    loop {
+        match retrying(1, &op).await {
+            Err(e) if is_old_auth_revision(&e) && tokio::time::Instant::now() < until => {}
+            result => return result,
+        }
+    }
 }
 
 impl EtcdStore {

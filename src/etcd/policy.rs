@@ -71,6 +71,10 @@ pub(crate) const FAILOVER_ATTEMPTS_PER_ENDPOINT: usize = 3;
 pub(crate) const FAILOVER_PAUSE: Duration = Duration::from_millis(20);
 /// Auth changes can keep coming while the broker binds at full speed; this bounds the chase.
 pub(crate) const OLD_REVISION_RETRIES: usize = 30;
+/// How long the operators' tools (and the bench and soak) keep resending a request refused
+/// because auth changed: `OLD_REVISION_RETRIES` sends take about 1.5 s, which a role reaper
+/// draining hundreds of roles outlasts.
+pub(crate) const TOOLS_STALE_AUTH_PATIENCE: Duration = Duration::from_secs(60);
 /// Refusals of one request before it holds this broker's auth changes back.
 pub(crate) const QUIET_AUTH_AFTER: usize = 3;
 
