@@ -10,8 +10,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use etcd_broker::broker::names::Names;
 use etcd_broker::config::Config;
-use etcd_broker::etcd::connect;
-use etcd_client::{Client, ConnectOptions, Permission};
+use etcd_client::{Client, Permission};
 
 /// The proxy's default user and role name.
 pub const DEFAULT_USER: &str = "etcd-broker-proxy";
@@ -126,21 +125,9 @@ pub fn run(args: &ProxyUserArgs) -> Result<()> {
     if password.is_empty() {
         bail!("--password-file: the password is empty");
     }
-    let name = &config.state_cluster;
-    let cluster =
-        config.clusters.get(name).with_context(|| format!("state_cluster '{name}' is not configured"))?;
-    let endpoints: Vec<String> =
-        cluster.endpoints.iter().map(|url| url.as_str().trim_end_matches('/').to_owned()).collect();
-    let timeout = std::time::Duration::from_secs(10);
-    let options = ConnectOptions::new()
-        .with_user(&cluster.username, cluster.password.expose())
-        .with_connect_timeout(timeout)
-        .with_timeout(timeout);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut client = connect(&endpoints, options, &cluster.tls.clone().unwrap_or_default())
-            .await
-            .with_context(|| format!("cannot connect to etcd cluster '{name}'"))?;
+        let mut client = crate::sealing::cluster_client(&config, &config.state_cluster).await?;
         ensure(&mut client, &access, &password).await
     })?;
     println!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use etcd_client::{Client, ConnectOptions, OpenSslClientConfig};
-use local_etcd::{etcd_binary, EtcdVersion};
+use local_etcd::{etcd_binary, EtcdVersion, LocalEtcd};
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
@@ -76,6 +76,39 @@ fn pem(cert: &X509, key: &PKey<Private>) -> Pem {
         cert: String::from_utf8(cert.to_pem().unwrap()).unwrap(),
         key: String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
     }
+}
+
+/// A test CA, and the certificate for 127.0.0.1 it signs that the OSB listener serves.
+fn osb_server_certificate() -> (X509, Pem) {
+    let ca_key = key();
+    let ca = certificate("etcd-broker test CA", &ca_key, None, false);
+    let server_key = key();
+    let server = pem(&certificate("127.0.0.1", &server_key, Some((&ca, &ca_key)), true), &server_key);
+    (ca, server)
+}
+
+/// A broker config on `etcd` serving the OSB API over HTTPS with `cert` and `key`, `listen`'s
+/// lines added to its `[listen]`.
+fn https_config(etcd: &LocalEtcd, listen: &str, cert: &str, key: &str) -> etcd_broker::config::Config {
+    let text = config_toml(0, free_port(), etcd, None).replace("[listen]\n", &format!("[listen]\n{listen}"))
+        + &format!("\n[listen.tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n");
+    etcd_broker::config::Config::from_toml(&text).unwrap()
+}
+
+/// The catalog over HTTPS from the broker on `port`, trusting `ca` only.
+async fn catalog_over_https(ca: &X509, port: u16) -> StatusCode {
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca.to_pem().unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let catalog = https
+        .get(format!("https://127.0.0.1:{port}/v2/catalog"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("X-Broker-API-Version", VERSION)
+        .send()
+        .await
+        .unwrap();
+    catalog.status()
 }
 
 fn tls_client_options(ca: &str, client: &Pem) -> ConnectOptions {
@@ -219,33 +252,12 @@ key_file = "{key_file}"
 #[actix_web::test]
 async fn the_broker_serves_the_osb_api_over_https() {
     let etcd = start_etcd().await;
-    let ca_key = key();
-    let ca = certificate("etcd-broker test CA", &ca_key, None, false);
-    let server_key = key();
-    let server = pem(&certificate("127.0.0.1", &server_key, Some((&ca, &ca_key)), true), &server_key);
-    let ca_pem = String::from_utf8(ca.to_pem().unwrap()).unwrap();
-    let with_tls = |cert: &str, key: &str| {
-        let text = config_toml(0, free_port(), &etcd, None)
-            + &format!("\n[listen.tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n");
-        etcd_broker::config::Config::from_toml(&text).unwrap()
-    };
-
-    let running = etcd_broker::server::start(&with_tls(&server.cert, &server.key)).unwrap();
+    let (ca, server) = osb_server_certificate();
+    let running = etcd_broker::server::start(&https_config(&etcd, "", &server.cert, &server.key)).unwrap();
     let port = running.addr.port();
     let handles = running.handles();
     actix_web::rt::spawn(running.serve());
-    let https = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let catalog = https
-        .get(format!("https://127.0.0.1:{port}/v2/catalog"))
-        .basic_auth(USER, Some(PASSWORD))
-        .header("X-Broker-API-Version", VERSION)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(catalog.status(), StatusCode::OK);
+    assert_eq!(catalog_over_https(&ca, port).await, StatusCode::OK);
     let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/v2/catalog")).send().await;
     assert!(plain.is_err() || plain.unwrap().status() == StatusCode::BAD_REQUEST, "plain HTTP is not served");
     for handle in handles {
@@ -254,8 +266,10 @@ async fn the_broker_serves_the_osb_api_over_https() {
 
     let other_key = key();
     let other_key_pem = String::from_utf8(other_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    let error =
-        etcd_broker::server::start(&with_tls(&server.cert, &other_key_pem)).err().unwrap().to_string();
+    let error = etcd_broker::server::start(&https_config(&etcd, "", &server.cert, &other_key_pem))
+        .err()
+        .unwrap()
+        .to_string();
     assert_eq!(error, "listen.tls: the private key does not belong to the certificate");
     etcd.stop().await;
 }
@@ -269,14 +283,9 @@ async fn the_broker_serves_the_osb_api_over_https() {
 async fn connections_that_never_complete_a_tls_handshake_are_closed_after_its_timeout() {
     use tokio::io::AsyncReadExt;
     let etcd = start_etcd().await;
-    let ca_key = key();
-    let ca = certificate("etcd-broker test CA", &ca_key, None, false);
-    let server_key = key();
-    let server = pem(&certificate("127.0.0.1", &server_key, Some((&ca, &ca_key)), true), &server_key);
-    let text = config_toml(0, free_port(), &etcd, None)
-        .replace("[listen]\n", "[listen]\nmax_connection_rate = 3\ntls_handshake_timeout_seconds = 4\n")
-        + &format!("\n[listen.tls]\ncertificate = {:?}\nprivate_key = {:?}\n", server.cert, server.key);
-    let config = etcd_broker::config::Config::from_toml(&text).unwrap();
+    let (ca, server) = osb_server_certificate();
+    let listen = "max_connection_rate = 3\ntls_handshake_timeout_seconds = 4\n";
+    let config = https_config(&etcd, listen, &server.cert, &server.key);
     assert_eq!(config.listen.tls_handshake_timeout, Duration::from_secs(4));
     let running = etcd_broker::server::start(&config).unwrap();
     let port = running.addr.port();
@@ -293,18 +302,7 @@ async fn connections_that_never_complete_a_tls_handshake_are_closed_after_its_ti
             (read.is_ok(), started.elapsed())
         }));
     }
-    let https = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca.to_pem().unwrap()).unwrap())
-        .build()
-        .unwrap();
-    let catalog = https
-        .get(format!("https://127.0.0.1:{port}/v2/catalog"))
-        .basic_auth(USER, Some(PASSWORD))
-        .header("X-Broker-API-Version", VERSION)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(catalog.status(), StatusCode::OK);
+    assert_eq!(catalog_over_https(&ca, port).await, StatusCode::OK);
     for connection in silent {
         let (closed, after) = connection.await.unwrap();
         assert!(closed, "a connection without a handshake was still open after {after:?}");

@@ -132,16 +132,22 @@ fn a_bench_cut_short_by_its_duration_builds_only_on_what_was_done() {
     assert!(count("deprovision") <= provisioned);
 }
 
+/// docs/performance.md copied into `dir` (for a scenario to rewrite), and its text.
+fn copy_of_performance_doc(dir: &Path) -> (std::path::PathBuf, String) {
+    let doc = dir.join("performance.md");
+    let original =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md"))
+            .unwrap();
+    std::fs::write(&doc, &original).unwrap();
+    (doc, original)
+}
+
 /// A SIGTERM in the middle of `bench-scenario` stops it with 143, and the stack it measures
 /// and its work folder go with it; the document is left as it was.
 #[test]
 fn a_terminated_bench_scenario_leaves_no_stack_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let doc = dir.path().join("performance.md");
-    let original =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md"))
-            .unwrap();
-    std::fs::write(&doc, &original).unwrap();
+    let (doc, original) = copy_of_performance_doc(dir.path());
     let mut xtask = Command::new(XTASK)
         .args(["bench-scenario", "--allow-debug-build", "--count", "1", "--preload", "0", "--out"])
         .arg(&doc)
@@ -194,11 +200,7 @@ fn bench_scenario_refuses_a_debug_build() {
 #[test]
 fn a_scenario_limited_to_one_region_rewrites_only_that_region_and_the_machine() {
     let dir = tempfile::tempdir().unwrap();
-    let doc = dir.path().join("performance.md");
-    let original =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md"))
-            .unwrap();
-    std::fs::write(&doc, &original).unwrap();
+    let (doc, original) = copy_of_performance_doc(dir.path());
     let out = Command::new(XTASK)
         .args(["bench-scenario", "--allow-debug-build", "--only", "cost4-1", "--count", "5", "--out"])
         .arg(&doc)
