@@ -229,11 +229,35 @@ async fn kv_field(bao: &LocalBao, instance: &str, binding: &str, field: &str) ->
     value
 }
 
+/// `[secrets]` with a local key `k1` active (the keychain seals, not transit) and OpenBao for
+/// the credential store only, logging in with `auth`.
+fn keychain_and_openbao(bao: &LocalBao, auth: &str) -> String {
+    let key = etcd_broker::sealing::Key::generate("k1").unwrap().to_text().unwrap().as_str().to_owned();
+    format!(
+        "\n[secrets]\nactive = \"k1\"\n[secrets.keys.k1]\nvalue = {key:?}\n[secrets.openbao]\naddress = \
+         \"{}\"\ntimeout_seconds = 2\n{auth}\n",
+        bao.address()
+    )
+}
+
+/// Both OpenBao backends together: transit seals, KV stores.
 #[tokio::test]
 async fn a_plan_keeps_its_secrets_in_openbao_kv_and_unbind_and_deprovision_delete_them() {
+    kv_store_lifecycle(|bao, auth| transit_secrets(bao, auth)).await;
+}
+
+/// The KV credential store alone, beside the local keychain.
+#[tokio::test]
+async fn the_openbao_kv_store_works_beside_the_local_keychain() {
+    kv_store_lifecycle(keychain_and_openbao).await;
+}
+
+/// Bind, GET, unbind, OpenBao down, a bind by reference and deprovision with plans keeping
+/// their secrets in OpenBao KV, `secrets` making the `[secrets]` table.
+async fn kv_store_lifecycle(secrets: impl Fn(&LocalBao, &str) -> String) {
     let etcd = start_etcd().await;
     let (bao, role_id, secret_id) = openbao().await;
-    let secrets = transit_secrets(&bao, &approle(&role_id, &secret_id));
+    let secrets = secrets(&bao, &approle(&role_id, &secret_id));
     let broker =
         BrokerProcess::start_with_config(|port, metrics| kv_config(port, metrics, &etcd, &secrets), &[])
             .await;
