@@ -243,7 +243,7 @@ fn keychain_and_openbao(bao: &LocalBao, auth: &str) -> String {
 /// Both OpenBao backends together: transit seals, KV stores.
 #[tokio::test]
 async fn a_plan_keeps_its_secrets_in_openbao_kv_and_unbind_and_deprovision_delete_them() {
-    kv_store_lifecycle(|bao, auth| transit_secrets(bao, auth)).await;
+    kv_store_lifecycle(transit_secrets).await;
 }
 
 /// The KV credential store alone, beside the local keychain.
