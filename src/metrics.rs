@@ -37,6 +37,8 @@ pub struct Metrics {
     /// Copies of slow reads sent to another endpoint, by cluster: how often a member kept the
     /// broker's reads waiting.
     pub etcd_read_copies: IntCounterVec,
+    /// Writes sent again through another endpoint, their own not answering (the write fence).
+    pub etcd_write_resends: IntCounterVec,
     /// Roles the role reaper deleted, and the queue entries it could not handle.
     pub roles_deleted: IntCounter,
     pub role_deletion_failures: IntCounter,
@@ -108,6 +110,14 @@ impl Metrics {
             &["cluster"],
         )
         .expect("valid metric");
+        let etcd_write_resends = IntCounterVec::new(
+            Opts::new(
+                "etcd_broker_etcd_write_resends_total",
+                "Writes sent again through another etcd endpoint, their own not answering.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
         let roles_deleted =
             IntCounter::new("etcd_broker_roles_deleted_total", "Queued roles the role reaper deleted.")
                 .expect("valid metric");
@@ -160,6 +170,7 @@ impl Metrics {
             Box::new(etcd_errors.clone()),
             Box::new(etcd_batch_size.clone()),
             Box::new(etcd_read_copies.clone()),
+            Box::new(etcd_write_resends.clone()),
             Box::new(roles_deleted.clone()),
             Box::new(role_deletion_failures.clone()),
             Box::new(reconcile_findings.clone()),
@@ -182,6 +193,7 @@ impl Metrics {
             etcd_errors,
             etcd_batch_size,
             etcd_read_copies,
+            etcd_write_resends,
             roles_deleted,
             role_deletion_failures,
             reconcile_findings,

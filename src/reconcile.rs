@@ -18,8 +18,8 @@ use crate::store::Store;
 /// [`crate::broker::reconcile`]. `Err` when the check could not run to the end (a cluster
 /// failed, a TLS file is broken); it names the cluster and never a secret.
 pub async fn reconcile(config: &Config, settings: &Settings, repair: Repair) -> Result<Report, String> {
-    let broker = build_broker_with(config, &|name, cluster| {
-        let store: Arc<dyn Store> = EtcdStore::new(cluster, Observer::default())
+    let broker = build_broker_with(config, &|name, cluster, fence_key| {
+        let store: Arc<dyn Store> = EtcdStore::new(cluster, fence_key, Observer::default())
             .map_err(|e| StartError::Cluster { cluster: name.to_owned(), message: format!("TLS: {e}") })?;
         Ok(store)
     })

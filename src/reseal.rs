@@ -40,14 +40,9 @@ pub async fn reseal(
     let Some(cluster) = config.clusters.get(name) else {
         return Err(format!("state_cluster '{name}' is not configured"));
     };
-    let state: Arc<dyn Store> = EtcdStore::new(cluster, Observer::default())
+    let names = Names::new(&config.prefixes.data, &config.prefixes.state);
+    let state: Arc<dyn Store> = EtcdStore::new(cluster, &names.write_fence(), Observer::default())
         .map_err(|e| format!("etcd cluster '{name}': TLS: {e}"))?;
-    let run = Reseal {
-        state,
-        names: Names::new(&config.prefixes.data, &config.prefixes.state),
-        keychain: keychain.clone(),
-        dry_run,
-        pace,
-    };
+    let run = Reseal { state, names, keychain: keychain.clone(), dry_run, pace };
     Ok(run.run(stop, progress).await)
 }

@@ -58,24 +58,27 @@ pub fn run(config: &Config) -> Result<(), StartError> {
 
 /// Builds the broker for a config: one lazily connected, metered store per cluster.
 pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroker, StartError> {
-    build_broker_with(config, &|name, cluster| {
+    build_broker_with(config, &|name, cluster, fence_key| {
         // The series are looked up once here rather than on every batch or copy (which also
         // exports the copy counter at 0 from start-up).
         let batch_size = |call| metrics.etcd_batch_size.with_label_values(&[name, call]);
         let (gets, txns) = (batch_size("get"), batch_size("txn"));
         let copies = metrics.etcd_read_copies.with_label_values(&[name]);
+        let resends = metrics.etcd_write_resends.with_label_values(&[name]);
         let observer = Observer {
             batch: Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64)),
             read_copy: Arc::new(move || copies.inc()),
+            write_resend: Arc::new(move || resends.inc()),
         };
-        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, observer)
+        let etcd: Arc<dyn Store> = EtcdStore::new(cluster, fence_key, observer)
             .map_err(|e| StartError::Cluster { cluster: name.to_owned(), message: format!("TLS: {e}") })?;
         Ok(Arc::new(MeteredStore::new(etcd, metrics.clone(), name)))
     })
 }
 
-/// Makes the store of one configured cluster (by name).
-pub type StoreOf<'a> = dyn Fn(&str, &crate::config::Cluster) -> Result<Arc<dyn Store>, StartError> + 'a;
+/// Makes the store of one configured cluster (by name), with the cluster's write fence key
+/// (`Names::write_fence`).
+pub type StoreOf<'a> = dyn Fn(&str, &crate::config::Cluster, &str) -> Result<Arc<dyn Store>, StartError> + 'a;
 
 /// Builds the broker for a config with the store `store_of` makes for each cluster (by name):
 /// the server's are metered, the operators' tools' (`reconcile`) are not.
@@ -86,9 +89,10 @@ pub fn build_broker_with(config: &Config, store_of: &StoreOf<'_>) -> Result<Etcd
         authority: config.certificates.clone(),
         endpoints: HashMap::new(),
     };
+    let fence_key = Names::new(&config.prefixes.data, &config.prefixes.state).write_fence();
     for (name, cluster) in &config.clusters {
         certificates.endpoints.insert(name.clone(), cluster.certificate_endpoints.clone());
-        let store = store_of(name, cluster)?;
+        let store = store_of(name, cluster, &fence_key)?;
         let ca_certificate = cluster
             .tls
             .as_ref()

@@ -61,6 +61,13 @@ impl Names {
         format!("{}{}", self.bindings_prefix(instance), binding)
     }
 
+    /// The write fence of each cluster the broker writes to (`src/etcd/fence.rs`): every write
+    /// that may be sent again compares its revision, moved when a member stops answering one.
+    /// Under the state prefix, which only brokers and their tools write, on every cluster.
+    pub fn write_fence(&self) -> String {
+        format!("{}write-fence", self.state_prefix)
+    }
+
     /// Prefix of every binding record (all instances), walked by `reseal`.
     pub fn all_bindings_prefix(&self) -> String {
         format!("{}bindings/", self.state_prefix)

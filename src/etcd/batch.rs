@@ -104,26 +104,16 @@ impl EtcdStore {
     }
 
     /// Sends `commits` for [`Connection::commits`] (which batches only commits that fit
-    /// together, see [`PendingCommit::fits`]), answering them in order: one as its own Txn,
-    /// several as nested Txns of one.
+    /// together, see [`PendingCommit::fits`]) as nested Txns of one write behind the fence
+    /// (`fence.rs`), answering them in order.
     async fn commit_batch(self: Arc<Self>, commits: Vec<PendingCommit>) -> Vec<CommitResult> {
         (self.observer.batch)("txn", commits.len());
-        if let [commit] = commits.as_slice() {
-            return vec![self.commit_one(&commit.txn).await];
-        }
-        let nested: Vec<TxnOp> = commits.iter().map(|c| TxnOp::txn(c.txn.clone())).collect();
-        match self.send_txn(&Txn::new().and_then(nested)).await {
-            Ok(response) => {
-                // Every write of the outer Txn is at its revision.
-                let revision = response.header().map(|h| h.revision()).unwrap_or(0);
-                each_answer(&response, commits.len(), |nested| match nested {
-                    TxnOpResponse::Txn(txn) => Some(txn.succeeded().then_some(revision)),
-                    _ => None,
-                })
-            }
+        let txns: Vec<Txn> = commits.iter().map(|c| c.txn.clone()).collect();
+        match self.send_fenced(&txns).await {
+            Ok(response) => commit_answers(&response, commits.len()),
             // Above etcd's --max-txn-ops or --max-request-bytes: refused before anything was
             // applied, so each commit can go on its own.
-            Err(e) if refused_before_applying(&e) => {
+            Err(e) if refused_before_applying(&e) && commits.len() > 1 => {
                 futures_util::future::join_all(commits.iter().map(|c| self.commit_one(&c.txn))).await
             }
             // Anything else may have been applied: answering each commit with the error keeps
@@ -132,12 +122,10 @@ impl EtcdStore {
         }
     }
 
-    /// One commit as one Txn.
+    /// One commit as the only nested Txn of a write behind the fence.
     async fn commit_one(&self, txn: &Txn) -> CommitResult {
-        let response = self.send_txn(txn).await.map_err(classify)?;
-        // The header's revision is the store revision after the transaction: the mod_revision
-        // of every key it wrote.
-        Ok(response.succeeded().then(|| response.header().map(|h| h.revision()).unwrap_or(0)))
+        let response = self.send_fenced(std::slice::from_ref(txn)).await.map_err(classify)?;
+        commit_answers(&response, 1).remove(0)
     }
 
     /// Reads `keys` for [`Connection::reads`], answering them in order: one key as a Range,
@@ -159,15 +147,6 @@ impl EtcdStore {
             }
             Err(e) => vec![Err(e); keys.len()],
         }
-    }
-
-    /// One Txn request that writes (with [`Self::call`]'s retries): sent once.
-    pub(super) async fn send_txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-        self.kv(Call::Write, |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
     }
 
     /// One Txn request that only gets `keys`, so it may go out twice ([`Call::Read`]).
@@ -209,6 +188,17 @@ fn each_answer<T>(
         Err(StoreError::Failed("etcd answered fewer calls than the batch held".into()))
     });
     answers
+}
+
+/// Each commit's answer from the fenced write that carried them: the revision of its writes
+/// (every write of one Txn is at the header's revision, the store revision after it), or
+/// `None` when its own guards failed.
+fn commit_answers(response: &etcd_client::TxnResponse, count: usize) -> Vec<CommitResult> {
+    let revision = response.header().map_or(0, |h| h.revision());
+    each_answer(response, count, |nested| match nested {
+        TxnOpResponse::Txn(txn) => Some(txn.succeeded().then_some(revision)),
+        _ => None,
+    })
 }
 
 /// The value of a single-key Range, if the key exists.

@@ -1,5 +1,6 @@
-//! How one etcd request is sent: bounded in time, retried when that is safe, and a slow read
-//! copied to another endpoint ([`hedged`]). The deadlines and pauses are in [`super::policy`].
+//! How one etcd request is sent: bounded in time, retried when that is safe, a slow read
+//! copied to another endpoint ([`hedged`]) and a slow write sent again through another one
+//! ([`resent`]). The deadlines and pauses are in [`super::policy`].
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -22,8 +23,14 @@ pub(crate) enum Call {
     Read,
     /// Writes keys: sent once, since etcd may still apply it after a slow answer.
     Write,
-    /// Changes users or roles: sent once, and held back while a request that auth changes
-    /// keep refusing goes through ([`EtcdStore::auth_gate`]).
+    /// Writes keys behind the write fence at the revision given (`fence.rs`): when its
+    /// endpoint is slow to answer, the fence is moved past that revision, after which the
+    /// first copy can never apply, and it is sent again ([`resent`]).
+    Fenced(i64),
+    /// Changes users or roles: sent again like [`Call::Fenced`], without a fence (etcd's auth
+    /// calls take no compare; a second copy finds the first one's work done, and the broker
+    /// takes "already exists" or "not found" as done); held back while a request that auth
+    /// changes keep refusing goes through ([`EtcdStore::auth_gate`]).
     AuthChange,
 }
 
@@ -138,11 +145,18 @@ impl EtcdStore {
     {
         let connection = self.connection().await?;
         let client = &connection.client;
+        let spare = self.endpoints.len() - 1;
+        let resend = &*self.observer.write_resend;
         let send = || async {
             match kind {
-                Call::Read if self.endpoints.len() > 1 => {
-                    let spare = self.endpoints.len() - 1;
+                Call::Read if spare > 0 => {
                     hedged(|| op(client), spare, HEDGE_AFTER, &*self.observer.read_copy).await
+                }
+                Call::Fenced(seen) if spare > 0 => {
+                    resent(|| op(client), spare, HEDGE_AFTER, || self.move_fence(seen), resend).await
+                }
+                Call::AuthChange if spare > 0 => {
+                    resent(|| op(client), spare, HEDGE_AFTER, || async { Ok(()) }, resend).await
                 }
                 _ => bounded(op(client)).await,
             }
@@ -253,6 +267,49 @@ where
         }
     }
 }
+/// Sends a write, and each time `after` passes without an answer, `prepare`s and sends it
+/// again, at most `spare` more times, all within one [`REQUEST_TIMEOUT`]: by then the silent
+/// endpoint is out of use (as for [`hedged`]), so the balancer picks one that answers. Unlike
+/// a read's copies, each copy is dropped (its stream cancelled) once the next goes out:
+/// `prepare` makes sure it cannot apply any more (moves the write fence), or that applying it
+/// late changes nothing. An answer that arrives while `prepare` runs is still the answer; an
+/// error of `prepare` is. `resent` hears of each copy sent again.
+async fn resent<T, F, Fut, P, PFut>(
+    op: F,
+    spare: usize,
+    after: Duration,
+    prepare: P,
+    resent: &(dyn Fn() + Sync),
+) -> Result<T, etcd_client::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+    P: Fn() -> PFut,
+    PFut: Future<Output = Result<(), etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut spare = spare;
+    loop {
+        let attempt = bounded_until(deadline, op());
+        tokio::pin!(attempt);
+        if spare == 0 {
+            return attempt.await;
+        }
+        tokio::select! {
+            biased;
+            answer = &mut attempt => return answer,
+            () = tokio::time::sleep(after) => {}
+        }
+        tokio::select! {
+            biased;
+            answer = &mut attempt => return answer,
+            prepared = bounded_until(deadline, prepare()) => prepared?,
+        }
+        spare -= 1;
+        resent();
+    }
+}
+
 /// One etcd request, given up after [`REQUEST_TIMEOUT`] (dropping it cancels its stream), with
 /// an error that says so. tonic's own deadline (`ConnectOptions::with_timeout`) reports only
 /// "Timeout expired"; an operator reading the 503 should learn that etcd stopped answering.
@@ -392,5 +449,72 @@ mod tests {
         let answer = hedged(read(&copies, &[1, 0], |n| Err(unavailable(n))), 1, AFTER, &|| {}).await;
         assert!(answer.unwrap_err().to_string().contains("copy 0 failed"));
         assert_eq!(copies.sent.load(Ordering::SeqCst), 1, "the error came before a copy was due");
+    }
+
+    /// A `prepare` for [`resent`] that takes `wait` seconds, counts its runs and answers `answer`.
+    fn prepare<'a>(
+        runs: &'a AtomicUsize,
+        wait: u64,
+        answer: fn() -> Result<(), etcd_client::Error>,
+    ) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), etcd_client::Error>> + 'a {
+        move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                answer()
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_write_is_sent_once_and_nothing_prepared() {
+        let (copies, runs) = (Copies::default(), AtomicUsize::new(0));
+        let answer = resent(read(&copies, &[1, 0], Ok), 2, AFTER, prepare(&runs, 0, || Ok(())), &|| {}).await;
+        assert_eq!(answer.unwrap(), 0);
+        assert_eq!((copies.sent.load(Ordering::SeqCst), runs.load(Ordering::SeqCst)), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_write_is_prepared_dropped_and_sent_again() {
+        let (copies, runs, resends) = (Copies::default(), AtomicUsize::new(0), AtomicUsize::new(0));
+        let started = tokio::time::Instant::now();
+        let counted = || {
+            resends.fetch_add(1, Ordering::SeqCst);
+        };
+        // The first copy would answer after 60 s; preparing takes 1 s; the second answers at once.
+        let answer = resent(read(&copies, &[60, 0], Ok), 2, AFTER, prepare(&runs, 1, || Ok(())), &counted);
+        assert_eq!(answer.await.unwrap(), 1);
+        assert_eq!(started.elapsed(), AFTER + Duration::from_secs(1), "sent again once prepared");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(resends.load(Ordering::SeqCst), 1);
+        assert_eq!(copies.ended.load(Ordering::SeqCst), 2, "the silent copy was dropped, not left running");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_while_preparing_is_the_answer() {
+        let (copies, runs) = (Copies::default(), AtomicUsize::new(0));
+        // The first copy answers at 3 s, while preparing (from 2 s to 7 s) is under way.
+        let answer = resent(read(&copies, &[3, 0], Ok), 2, AFTER, prepare(&runs, 5, || Ok(())), &|| {}).await;
+        assert_eq!(answer.unwrap(), 0);
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 1, "not sent again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_preparation_is_the_answer_and_nothing_is_sent_again() {
+        let (copies, runs) = (Copies::default(), AtomicUsize::new(0));
+        let answer =
+            resent(read(&copies, &[60, 0], Ok), 2, AFTER, prepare(&runs, 0, || Err(unavailable(9))), &|| {});
+        assert!(answer.await.unwrap_err().to_string().contains("copy 9 failed"));
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resends_stop_at_spare_and_share_one_deadline() {
+        let (copies, runs, started) = (Copies::default(), AtomicUsize::new(0), tokio::time::Instant::now());
+        let answer =
+            resent(read(&copies, &[60, 60, 60, 60], Ok), 2, AFTER, prepare(&runs, 0, || Ok(())), &|| {});
+        assert!(answer.await.unwrap_err().to_string().contains("10 s"));
+        assert_eq!(copies.sent.load(Ordering::SeqCst), 3, "one write and two resends");
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT, "the resends had no time of their own");
     }
 }

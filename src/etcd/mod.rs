@@ -9,7 +9,10 @@
 //! - `batch`: gets and commits that arrive while one is in flight go out together as one
 //!   request (`coalesce` forms the batches and knows nothing of etcd);
 //! - `call`: each request is bounded in time, retried when etcd did not apply it (an auth
-//!   change under it, no endpoint reached), and a slow read is copied to another endpoint;
+//!   change under it, no endpoint reached), a slow read is copied to another endpoint, and a
+//!   slow write sent again through another one;
+//! - `fence`: every write that may be sent again compares the fence key's revision, moved
+//!   before it is sent again, so the first copy can never apply late;
 //! - `errors`: what etcd's messages mean, as [`StoreError`]s;
 //! - `policy`: every deadline, back-off and limit of the above, and how they nest;
 //! - `span`: a page of a prefix read in ranges with bounded ends, so a walk over many keys
@@ -24,6 +27,7 @@ mod call;
 mod coalesce;
 mod connection;
 mod errors;
+mod fence;
 mod health;
 mod policy;
 mod span;
@@ -62,12 +66,15 @@ pub struct Observer {
     /// Each copy of a slow read it sends to another endpoint (`call.rs`): a member that
     /// stopped answering while in use, or a cluster too slow for its reads.
     pub read_copy: Arc<dyn Fn() + Send + Sync>,
+    /// Each write (a batch of commits, a prefix deletion, a user or role change) sent again
+    /// through another endpoint because its own had not answered (`call.rs`, `fence.rs`).
+    pub write_resend: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Default for Observer {
     /// Hears nothing.
     fn default() -> Self {
-        Self { batch: Arc::new(|_, _| {}), read_copy: Arc::new(|| {}) }
+        Self { batch: Arc::new(|_, _| {}), read_copy: Arc::new(|| {}), write_resend: Arc::new(|| {}) }
     }
 }
 
@@ -97,14 +104,17 @@ pub struct EtcdStore {
     /// The width the last page of each walk (prefix, page size) spanned: where the next
     /// page's first range ends (`span`). A hint only; a few walks at a time.
     widths: std::sync::Mutex<HashMap<(String, usize), span::Width>>,
+    /// The key whose revision every write that may be sent again compares (`fence`).
+    fence: fence::Fence,
     observer: Observer,
 }
 
 impl EtcdStore {
     /// Prepares a connection; nothing is dialled until the first call, but the TLS material is
     /// checked now, so a broken one stops its caller at once instead of failing every request.
-    /// `observer` hears of its batches and read copies.
-    pub fn new(config: &Cluster, observer: Observer) -> Result<Arc<Self>, TlsError> {
+    /// `fence_key` is the cluster's write fence (`Names::write_fence`), shared by every broker
+    /// and tool that writes there; `observer` hears of its batches, read copies and resends.
+    pub fn new(config: &Cluster, fence_key: &str, observer: Observer) -> Result<Arc<Self>, TlsError> {
         if let Some(tls) = &config.tls {
             crate::tls::connector(tls)?;
         }
@@ -125,6 +135,7 @@ impl EtcdStore {
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
             widths: Default::default(),
+            fence: fence::Fence::new(fence_key.to_owned()),
             observer,
         }))
     }
@@ -321,12 +332,11 @@ impl Store for EtcdStore {
         self.batched(|c| &c.commits, PendingCommit { txn, guarded, written }).await
     }
 
+    /// Behind the write fence: a deprovision's deletion left in a stopped member must not
+    /// apply after the same instance id was provisioned again.
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        self.kv(Call::Write, |mut c| async move {
-            c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await
-        })
-        .await
-        .map_err(classify)?;
+        let delete = Txn::new().and_then([TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()))]);
+        self.send_fenced(&[delete]).await.map_err(classify)?;
         Ok(())
     }
 

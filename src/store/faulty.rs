@@ -20,6 +20,10 @@ use super::{Guard, Permission, Store, StoreError, Versioned, Write};
 pub enum FailMode {
     Before,
     After,
+    /// A commit that applied answers as if its guards had failed: what a write sent again
+    /// through another member sees when its first copy applied before the write fence moved
+    /// (`src/etcd/fence.rs`). Other calls run as usual (sent again, they find their work done).
+    AppliedAsLost,
 }
 
 /// The fault injector.
@@ -89,7 +93,7 @@ impl FaultyStore {
             self.paused.notify_one();
             self.resume.notified().await;
         }
-        let fail = self.fail_at == Some(n);
+        let fail = self.fail_at == Some(n) && self.mode != FailMode::AppliedAsLost;
         if fail && self.mode == FailMode::Before {
             return self.fail(format!("injected fault before call {n}")).await;
         }
@@ -122,7 +126,12 @@ impl Store for FaultyStore {
         self.run(self.inner.count(prefix)).await
     }
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
-        self.run(self.inner.commit(guards, writes)).await
+        let n = self.calls.load(Ordering::SeqCst);
+        let committed = self.run(self.inner.commit(guards, writes)).await;
+        if self.mode == FailMode::AppliedAsLost && self.fail_at == Some(n) {
+            return committed.map(|_| None);
+        }
+        committed
     }
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         self.run(self.inner.delete_prefix(prefix)).await

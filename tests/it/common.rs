@@ -44,7 +44,7 @@ pub fn store_on(etcd: &LocalEtcd, observer: Observer) -> Arc<EtcdStore> {
         password: Secret::new(etcd.root_password()),
         tls: None,
     };
-    EtcdStore::new(&cluster, observer).expect("no TLS to check")
+    EtcdStore::new(&cluster, "/etcd-broker/write-fence", observer).expect("no TLS to check")
 }
 
 /// The broker's `/metrics` text.
