@@ -15,7 +15,9 @@
 //!    answering, a request goes to one anyway, asks for a probe at once, and fails when that
 //!    probe fails ([`PROBE_TIMEOUT`]), long before [`REQUEST_TIMEOUT`].
 //! 4. A read with no answer after [`HEDGE_AFTER`] (later than [`SLOW_ANSWER`], so its endpoint
-//!    is usually out of use by then) is sent again, at most once per other endpoint.
+//!    is usually out of use by then) is sent again, at most once per other endpoint; a write
+//!    is sent again at the same moment, after the write fence moved (`fence.rs`), dropping
+//!    the copy before.
 //! 5. A request that reached no endpoint is sent again [`FAILOVER_ATTEMPTS_PER_ENDPOINT`] times
 //!    per other endpoint, [`FAILOVER_PAUSE`] apart. One refused because auth changed under it
 //!    is sent again up to [`OLD_REVISION_RETRIES`] times after a short random pause
@@ -23,8 +25,8 @@
 //!    own auth changes back while it goes through.
 //!
 //! So a call answers within [`BATCHED_TIMEOUT`] (batched) or one [`REQUEST_TIMEOUT`] plus the
-//! short retries of step 5, and an endpoint that stops costs at most the requests already sent
-//! to it [`HEDGE_AFTER`] (reads) or [`REQUEST_TIMEOUT`] (writes).
+//! short retries of step 5, and an endpoint that stops costs the requests already sent to it
+//! [`HEDGE_AFTER`] each (plus a fence move for a write), when other endpoints are listed.
 
 use std::time::Duration;
 

@@ -431,7 +431,8 @@ pub async fn tenant_client(credentials: &Value) -> Result<Client, etcd_client::E
 /// Everything a root client sees that the broker may have made: (keys, users, roles),
 /// without etcd's own `root` user and role, once the role reaper is done. Leader keys are left
 /// out: a running broker holds one on a lease (binding expiry), which etcd deletes once the
-/// broker is gone and its lease's ttl has passed.
+/// broker is gone and its lease's ttl has passed. So is the write fence: one key per cluster,
+/// which stays once a slow write moved it (docs/reliability.md).
 pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, Vec<String>) {
     role_queue_drained(etcd).await;
     let mut root = etcd.root_client().await.unwrap();
@@ -442,7 +443,7 @@ pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, 
         .kvs()
         .iter()
         .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .filter(|key| !key.starts_with("/etcd-broker/leaders/"))
+        .filter(|key| !key.starts_with("/etcd-broker/leaders/") && key != "/etcd-broker/write-fence")
         .collect();
     let users = root.user_list().await.unwrap().users().iter().filter(|u| *u != "root").cloned().collect();
     let roles = root.role_list().await.unwrap().roles().iter().filter(|r| *r != "root").cloned().collect();
