@@ -112,7 +112,7 @@ impl EtcdBroker {
         }
         // Its secret likewise, which such a bind may have written in the credential store.
         self.delete_secret(entry.secret_location.as_ref()).await?;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         store.delete_role(&entry.role).await.map_err(fail)?;
         let stall = started.elapsed();
         // Removed only as read: an entry queued again meanwhile is the next pass's work.

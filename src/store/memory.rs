@@ -30,6 +30,8 @@ pub struct MemoryStore {
     /// What [`Store::get_local`] answers from while set: the keys as a lagging member would
     /// still have them ([`MemoryStore::lag`]); `None`: the current keys, like `get`.
     pub lagging: Mutex<Option<BTreeMap<String, Versioned>>>,
+    /// How long each RoleDelete takes (on tokio's clock): etcd's, which the role reaper paces.
+    pub role_delete_takes: Mutex<std::time::Duration>,
 }
 
 impl MemoryStore {
@@ -164,6 +166,10 @@ impl Store for MemoryStore {
     }
 
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
+        let takes = *self.role_delete_takes.lock().unwrap();
+        if !takes.is_zero() {
+            tokio::time::sleep(takes).await;
+        }
         let mut s = self.state.lock().unwrap();
         s.roles.remove(role);
         for (_, roles) in s.users.values_mut() {
