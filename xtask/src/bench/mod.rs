@@ -13,6 +13,7 @@ mod floor;
 mod load;
 pub mod proxy;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +123,12 @@ pub struct BenchArgs {
     /// `--cpu-of broker=PID --cpu-of etcd=PID` (the bench's own is always reported, as "client").
     #[arg(long = "cpu-of", value_name = "NAME=PID")]
     pub cpu_of: Vec<Watched>,
+    /// Before the first phase, wait at most this long until every --cpu-of process has used
+    /// at most 5% of a core in each of 3 seconds in a row, printing each second's CPU: after a
+    /// preload etcd goes on working (its Go GC over the grown heap, bbolt's commits) and would
+    /// otherwise be measured as the first phases' latency. 0 does not wait.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub quiet: u64,
     /// Catalog service and plan names [default: the first bindable service, its first plan].
     #[arg(long)]
     pub service: Option<String>,
@@ -237,6 +244,7 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let rss_loaded = bench.rss().await;
 
     settled.push(bench.settle("the first phase").await);
+    settled.push(bench.quiet("the first phase").await);
     let rows = bench.clone().phases(&ops).await;
     // Cleaned up whatever happened in the phases, so a failure leaves nothing behind.
     bench.clean_up().await;
@@ -372,6 +380,40 @@ impl Bench {
             ),
         }
         Some(json!({ "before": before, "queued": first, "left": queued, "seconds": round(seconds) }))
+    }
+
+    /// Waits (up to `--quiet`) until the --cpu-of processes are quiet ([`cpu::wait_until_quiet`]),
+    /// printing each second's CPU; the JSON form `{before, quiet, seconds, cpu_ms}` (`cpu_ms`:
+    /// per process, its milliseconds of CPU in each second), or nothing when there is nothing
+    /// to watch or the wait is off.
+    async fn quiet(&self, before: &str) -> Option<Value> {
+        let watched: Vec<Watched> = self.watched.iter().filter(|w| w.name != "client").cloned().collect();
+        if watched.is_empty() || self.args.quiet == 0 {
+            return None;
+        }
+        let bound = Duration::from_secs(self.args.quiet);
+        let quiet = cpu::wait_until_quiet(&watched, QUIET_MS, QUIET_SECONDS, bound).await;
+        let per_process: BTreeMap<&str, Vec<u64>> = watched
+            .iter()
+            .map(|w| {
+                (
+                    w.name.as_str(),
+                    quiet.samples.iter().map(|s| s.get(&w.name).copied().unwrap_or(0)).collect(),
+                )
+            })
+            .collect();
+        let seconds = quiet.samples.len();
+        let shown: Vec<String> = per_process.iter().map(|(name, ms)| format!("{name} {ms:?}")).collect();
+        if quiet.reached {
+            eprintln!("quiet after {seconds} s before {before} (CPU ms per second: {})", shown.join(", "));
+        } else {
+            eprintln!(
+                "warning: not quiet after {seconds} s; {before} is measured while they work (see --quiet; \
+                 CPU ms per second: {})",
+                shown.join(", ")
+            );
+        }
+        Some(json!({ "before": before, "quiet": quiet.reached, "seconds": seconds, "cpu_ms": per_process }))
     }
 
     async fn preload(self: &Arc<Self>) -> Measured {
@@ -649,6 +691,13 @@ fn rounds(count: u64, rounds: u64) -> Vec<std::ops::Range<u64>> {
 /// How long one count of the role reaper's queue may take (the bench's etcd client has no
 /// request timeout of its own).
 const SETTLE_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A process using at most this many milliseconds of CPU in a second is quiet (5% of a core;
+/// an idle etcd or broker uses a few: leases, health checks, the role reaper's poll).
+const QUIET_MS: u64 = 50;
+
+/// Quiet seconds in a row before the first phase starts.
+const QUIET_SECONDS: usize = 3;
 
 /// The binding id every bench binding uses.
 const BINDING: &str = "b";
