@@ -244,13 +244,17 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let rss_loaded = bench.rss().await;
 
     settled.push(bench.settle("the first phase").await);
-    settled.push(bench.quiet("the first phase").await);
+    let quiet = bench.quiet("the first phase").await;
+    let quiet_line = quiet.as_ref().map(quiet_summary);
+    settled.push(quiet);
     let rows = bench.clone().phases(&ops).await;
     // Cleaned up whatever happened in the phases, so a failure leaves nothing behind.
     bench.clean_up().await;
     let rows = rows?;
     let rss_end = bench.rss().await;
+    let checking = std::time::Instant::now();
     let left = bench.leftovers().await?;
+    eprintln!("orphan check: {:.1} s", checking.elapsed().as_secs_f64());
     let orphans = left.as_ref().map(|l| l.orphans.clone());
 
     println!("{}", table(&rows));
@@ -269,6 +273,9 @@ async fn run_async(args: BenchArgs) -> Result<()> {
             l.queued_roles
         ))
     );
+    if let Some(line) = quiet_line {
+        println!("{line}");
+    }
     let report = json!({
         "run": run,
         "settings": {
@@ -738,6 +745,18 @@ async fn keys_under(client: &Client, prefix: &str) -> Result<Vec<String>> {
     }
 }
 
+/// One line for the report's text: how long the wait for quiet processes took and each
+/// second's CPU, from [`Bench::quiet`]'s JSON.
+fn quiet_summary(quiet: &Value) -> String {
+    let seconds = quiet["seconds"].as_u64().unwrap_or(0);
+    let samples = quiet["cpu_ms"]
+        .as_object()
+        .map(|by| by.iter().map(|(name, ms)| format!("{name} {ms}")).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let outcome = if quiet["quiet"].as_bool() == Some(true) { "quiet after" } else { "NOT quiet after" };
+    format!("before the first phase: {outcome} {seconds} s (CPU ms in each second: {samples})")
+}
+
 /// Whether a user/role lookup found it; "not found" is the answer hoped for.
 fn found<T>(lookup: Result<T, etcd_client::Error>) -> Result<bool> {
     match lookup {
@@ -858,5 +877,17 @@ mod tests {
         assert!(found(Ok(())).unwrap());
         let refused = etcd_client::Error::GRpcStatus(tonic::Status::permission_denied("permission denied"));
         assert!(found::<()>(Err(refused)).is_err());
+    }
+
+    #[test]
+    fn the_quiet_line_shows_each_seconds_cpu() {
+        let quiet =
+            json!({ "quiet": true, "seconds": 3, "cpu_ms": { "broker": [0, 1, 0], "etcd": [15, 5, 8] } });
+        assert_eq!(
+            quiet_summary(&quiet),
+            "before the first phase: quiet after 3 s (CPU ms in each second: broker [0,1,0], etcd [15,5,8])"
+        );
+        let busy = json!({ "quiet": false, "seconds": 120, "cpu_ms": { "etcd": [900] } });
+        assert!(quiet_summary(&busy).contains("NOT quiet after 120 s"), "{}", quiet_summary(&busy));
     }
 }
