@@ -19,7 +19,8 @@
 //!   costs etcd O(keys) rather than O(keys²).
 //!
 //! Public: [`EtcdStore`] and its [`Observer`], and for the operators' tools [`connect`],
-//! [`resend_on_auth_change`] (the broker's own retry policy) and [`prefix_end`]; for the
+//! [`resend_on_auth_change`] (the broker's own retry policy), [`prefix_end`] and [`span`]'s
+//! bounded pages (the bench's listing walks a million keys as the broker does); for the
 //! tenant proxy's own balancer, the health-checked endpoints ([`Endpoints`], [`health_probe`]).
 
 mod batch;
@@ -30,7 +31,7 @@ mod errors;
 mod fence;
 mod health;
 mod policy;
-mod span;
+pub mod span;
 mod unpoisoned;
 
 use std::collections::HashMap;

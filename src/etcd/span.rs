@@ -25,7 +25,7 @@ use crate::store::prefix_end;
 /// precision (below 2^16), so a width learned from one page fits the next one closely.
 /// `depth == 0`: no bound (the prefix's end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Width {
+pub struct Width {
     depth: usize,
     step: u32,
 }
@@ -118,7 +118,7 @@ impl Width {
 /// `range(start, end, limit)` (the keys in `[start, end)`, at most `limit`, in order) over
 /// adjacent bounded ranges starting at width `hint`; and the width to start the next page of
 /// the same walk with (`None`: nothing learned, keep the old one).
-pub(super) async fn page<V, E, F, Fut>(
+pub async fn page<V, E, F, Fut>(
     prefix: &str,
     from: &str,
     limit: usize,

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -118,6 +119,51 @@ impl CpuUse {
     }
 }
 
+/// One second of the watched processes' CPU, in milliseconds by name.
+pub type Sample = BTreeMap<String, u64>;
+
+/// How a wait for quiet processes ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quiet {
+    /// Whether the processes fell quiet before the bound.
+    pub reached: bool,
+    /// Each second's sample, oldest first.
+    pub samples: Vec<Sample>,
+}
+
+/// Samples each of `watched` once a second until every one of them used at most `busy_ms` of
+/// CPU in each of the last `in_a_row` seconds, or `at_most` has passed. What a preload leaves
+/// to do (etcd's Go GC over a grown heap, bbolt's commits and freelist, the broker's caches)
+/// would otherwise run during the first phase and be charged to its operations.
+pub async fn wait_until_quiet(
+    watched: &[Watched],
+    busy_ms: u64,
+    in_a_row: usize,
+    at_most: Duration,
+) -> Quiet {
+    let started = Instant::now();
+    let mut before: Vec<Option<u64>> = watched.iter().map(Watched::cpu_ns).collect();
+    let mut samples: Vec<Sample> = Vec::new();
+    loop {
+        let quiet_for = samples.iter().rev().take_while(|s| s.values().all(|ms| *ms <= busy_ms)).count();
+        if quiet_for >= in_a_row {
+            return Quiet { reached: true, samples };
+        }
+        if started.elapsed() >= at_most {
+            return Quiet { reached: false, samples };
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now: Vec<Option<u64>> = watched.iter().map(Watched::cpu_ns).collect();
+        let sample = watched
+            .iter()
+            .zip(before.iter().zip(&now))
+            .filter_map(|(w, (b, n))| Some((w.name.clone(), n.as_ref()?.saturating_sub((*b)?) / 1_000_000)))
+            .collect();
+        samples.push(sample);
+        before = now;
+    }
+}
+
 /// An operation's name, its CPU per operation by process with the broker, and without it (the
 /// floor's), as [`CpuUse::per_operation_us`] gives them.
 pub type PerOperation = (&'static str, BTreeMap<String, f64>, Option<BTreeMap<String, f64>>);
@@ -223,5 +269,25 @@ mod tests {
         assert_eq!(lines[1], ["get", "40", "60", "100", "200", "|", "50", "-", "75", "125", "1.60"]);
         assert_eq!(lines[2], ["catalog", "30", "15", "0", "45", "|", "-", "-", "-", "-", "-"]);
         assert_eq!(super::table(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_wait_ends_after_quiet_seconds_or_at_its_bound() {
+        let me = [Watched::this_process()];
+        let quiet = wait_until_quiet(&me, 500, 2, Duration::from_secs(30)).await;
+        assert!(quiet.reached, "{quiet:?}");
+        assert_eq!(quiet.samples.len(), 2, "{quiet:?}");
+        // While a thread spins, no second has 0 ms: the bound ends the wait.
+        let busy = std::thread::spawn(|| {
+            let until = Instant::now() + Duration::from_millis(2_500);
+            while Instant::now() < until {
+                std::hint::black_box(0u64);
+            }
+        });
+        let never = wait_until_quiet(&me, 0, 5, Duration::from_secs(2)).await;
+        busy.join().unwrap();
+        assert!(!never.reached, "{never:?}");
+        assert!((2..=3).contains(&never.samples.len()), "{never:?}");
+        assert!(never.samples.iter().any(|s| s["client"] > 0), "the spinning thread is counted: {never:?}");
     }
 }

@@ -13,6 +13,7 @@ mod floor;
 mod load;
 pub mod proxy;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use cpu::{CpuUse, Watched};
-use etcd_broker::etcd::prefix_end;
+use etcd_broker::etcd::span;
 use etcd_broker::osb::ids::{BindingId, InstanceId};
 use etcd_broker_ops::osb::{BrokerTarget, Offering, OsbClient};
 use load::{round, Measured};
@@ -122,6 +123,12 @@ pub struct BenchArgs {
     /// `--cpu-of broker=PID --cpu-of etcd=PID` (the bench's own is always reported, as "client").
     #[arg(long = "cpu-of", value_name = "NAME=PID")]
     pub cpu_of: Vec<Watched>,
+    /// Before the first phase, wait at most this long until every --cpu-of process has used
+    /// at most 5% of a core in each of 3 seconds in a row, printing each second's CPU: after a
+    /// preload etcd goes on working (its Go GC over the grown heap, bbolt's commits) and would
+    /// otherwise be measured as the first phases' latency. 0 does not wait.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub quiet: u64,
     /// Catalog service and plan names [default: the first bindable service, its first plan].
     #[arg(long)]
     pub service: Option<String>,
@@ -237,12 +244,17 @@ async fn run_async(args: BenchArgs) -> Result<()> {
     let rss_loaded = bench.rss().await;
 
     settled.push(bench.settle("the first phase").await);
+    let quiet = bench.quiet("the first phase").await;
+    let quiet_line = quiet.as_ref().map(quiet_summary);
+    settled.push(quiet);
     let rows = bench.clone().phases(&ops).await;
     // Cleaned up whatever happened in the phases, so a failure leaves nothing behind.
     bench.clean_up().await;
     let rows = rows?;
     let rss_end = bench.rss().await;
+    let checking = std::time::Instant::now();
     let left = bench.leftovers().await?;
+    eprintln!("orphan check: {:.1} s", checking.elapsed().as_secs_f64());
     let orphans = left.as_ref().map(|l| l.orphans.clone());
 
     println!("{}", table(&rows));
@@ -261,6 +273,9 @@ async fn run_async(args: BenchArgs) -> Result<()> {
             l.queued_roles
         ))
     );
+    if let Some(line) = quiet_line {
+        println!("{line}");
+    }
     let report = json!({
         "run": run,
         "settings": {
@@ -372,6 +387,40 @@ impl Bench {
             ),
         }
         Some(json!({ "before": before, "queued": first, "left": queued, "seconds": round(seconds) }))
+    }
+
+    /// Waits (up to `--quiet`) until the --cpu-of processes are quiet ([`cpu::wait_until_quiet`]),
+    /// printing each second's CPU; the JSON form `{before, quiet, seconds, cpu_ms}` (`cpu_ms`:
+    /// per process, its milliseconds of CPU in each second), or nothing when there is nothing
+    /// to watch or the wait is off.
+    async fn quiet(&self, before: &str) -> Option<Value> {
+        let watched: Vec<Watched> = self.watched.iter().filter(|w| w.name != "client").cloned().collect();
+        if watched.is_empty() || self.args.quiet == 0 {
+            return None;
+        }
+        let bound = Duration::from_secs(self.args.quiet);
+        let quiet = cpu::wait_until_quiet(&watched, QUIET_MS, QUIET_SECONDS, bound).await;
+        let per_process: BTreeMap<&str, Vec<u64>> = watched
+            .iter()
+            .map(|w| {
+                (
+                    w.name.as_str(),
+                    quiet.samples.iter().map(|s| s.get(&w.name).copied().unwrap_or(0)).collect(),
+                )
+            })
+            .collect();
+        let seconds = quiet.samples.len();
+        let shown: Vec<String> = per_process.iter().map(|(name, ms)| format!("{name} {ms:?}")).collect();
+        if quiet.reached {
+            eprintln!("quiet after {seconds} s before {before} (CPU ms per second: {})", shown.join(", "));
+        } else {
+            eprintln!(
+                "warning: not quiet after {seconds} s; {before} is measured while they work (see --quiet; \
+                 CPU ms per second: {})",
+                shown.join(", ")
+            );
+        }
+        Some(json!({ "before": before, "quiet": quiet.reached, "seconds": seconds, "cpu_ms": per_process }))
     }
 
     async fn preload(self: &Arc<Self>) -> Measured {
@@ -650,27 +699,62 @@ fn rounds(count: u64, rounds: u64) -> Vec<std::ops::Range<u64>> {
 /// request timeout of its own).
 const SETTLE_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A process using at most this many milliseconds of CPU in a second is quiet (5% of a core;
+/// an idle etcd or broker uses a few: leases, health checks, the role reaper's poll).
+const QUIET_MS: u64 = 50;
+
+/// Quiet seconds in a row before the first phase starts.
+const QUIET_SECONDS: usize = 3;
+
 /// The binding id every bench binding uses.
 const BINDING: &str = "b";
 
-/// Every key under `prefix`, a page at a time.
+/// Every key under `prefix`, a page at a time, each page read in bounded ranges as the broker
+/// reads its walks ([`span::page`]): a page read up to the prefix's end costs etcd every key
+/// after it, so a million keys' listing took about ten minutes that way.
 async fn keys_under(client: &Client, prefix: &str) -> Result<Vec<String>> {
-    const PAGE: i64 = 5_000;
-    let range_end = prefix_end(prefix.as_bytes());
-    let (mut from, mut keys) = (prefix.as_bytes().to_vec(), Vec::new());
+    const PAGE: usize = 5_000;
+    let (mut from, mut hint, mut keys) = (prefix.to_owned(), None, Vec::new());
     loop {
-        let options = GetOptions::new().with_range(range_end.clone()).with_keys_only().with_limit(PAGE);
-        let page = floor::resend(client, |mut c| {
-            let (from, options) = (from.clone(), options.clone());
-            async move { c.get(from, Some(options)).await }
-        })
-        .await?;
-        keys.extend(page.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()));
-        match page.kvs().last() {
-            Some(last) if page.more() => from = [last.key(), b"\0"].concat(),
+        let range = |start: Vec<u8>, end: Vec<u8>, limit: usize| async move {
+            let options = GetOptions::new()
+                .with_range(end)
+                .with_keys_only()
+                .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+            let response = floor::resend(client, |mut c| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { c.get(start, Some(options)).await }
+            })
+            .await?;
+            Ok::<_, anyhow::Error>(
+                response
+                    .kvs()
+                    .iter()
+                    .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), ()))
+                    .collect(),
+            )
+        };
+        let (page, learned) = span::page(prefix, &from, PAGE, hint, range).await?;
+        hint = learned.or(hint);
+        let full = page.len() == PAGE;
+        keys.extend(page.into_iter().map(|(key, ())| key));
+        match keys.last() {
+            Some(last) if full => from = format!("{last}\0"),
             _ => return Ok(keys),
         }
     }
+}
+
+/// One line for the report's text: how long the wait for quiet processes took and each
+/// second's CPU, from [`Bench::quiet`]'s JSON.
+fn quiet_summary(quiet: &Value) -> String {
+    let seconds = quiet["seconds"].as_u64().unwrap_or(0);
+    let samples = quiet["cpu_ms"]
+        .as_object()
+        .map(|by| by.iter().map(|(name, ms)| format!("{name} {ms}")).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let outcome = if quiet["quiet"].as_bool() == Some(true) { "quiet after" } else { "NOT quiet after" };
+    format!("before the first phase: {outcome} {seconds} s (CPU ms in each second: {samples})")
 }
 
 /// Whether a user/role lookup found it; "not found" is the answer hoped for.
@@ -737,6 +821,8 @@ fn table(rows: &[Row]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use etcd_broker::etcd::prefix_end;
+
     use super::*;
 
     #[test]
@@ -791,5 +877,17 @@ mod tests {
         assert!(found(Ok(())).unwrap());
         let refused = etcd_client::Error::GRpcStatus(tonic::Status::permission_denied("permission denied"));
         assert!(found::<()>(Err(refused)).is_err());
+    }
+
+    #[test]
+    fn the_quiet_line_shows_each_seconds_cpu() {
+        let quiet =
+            json!({ "quiet": true, "seconds": 3, "cpu_ms": { "broker": [0, 1, 0], "etcd": [15, 5, 8] } });
+        assert_eq!(
+            quiet_summary(&quiet),
+            "before the first phase: quiet after 3 s (CPU ms in each second: broker [0,1,0], etcd [15,5,8])"
+        );
+        let busy = json!({ "quiet": false, "seconds": 120, "cpu_ms": { "etcd": [900] } });
+        assert!(quiet_summary(&busy).contains("NOT quiet after 120 s"), "{}", quiet_summary(&busy));
     }
 }

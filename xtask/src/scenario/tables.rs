@@ -38,13 +38,25 @@ fn lookup(pairs: &[(String, Option<f64>)], op: &str) -> Option<f64> {
 }
 
 /// p50 per operation with the preload against the empty stack, with the floors' p50s (the bare
-/// etcd calls drift between two runs too).
+/// etcd calls drift between two runs too), and how the CPU per operation of the load generator
+/// and of the broker moved: the client does the same work at any deployment size, so its
+/// ratio is what the machine alone changed between the two runs (other load, caches), the
+/// control for the broker's.
 pub fn scale_table(empty: &Value, large: &Value) -> String {
     let (e, l) = (per_operation(empty, broker_p50), per_operation(large, broker_p50));
     let (fe, fl) = (per_operation(empty, floor_p50), per_operation(large, floor_p50));
+    let cpu = |report: &Value, process: &'static str| {
+        per_operation(report, move |o| o["cpu_us_per_operation"]["broker"][process].as_f64())
+    };
+    let (ce, cl) = (cpu(empty, "client"), cpu(large, "client"));
+    let (be, bl) = (cpu(empty, "broker"), cpu(large, "broker"));
+    let change = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => format!("{:.2}", b / a),
+        _ => "-".to_owned(),
+    };
     let mut out = String::from(
-        "| operation | p50 empty (ms) | p50 preloaded (ms) | preloaded / empty | floor: empty | preloaded | preloaded / empty |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| operation | p50 empty (ms) | p50 preloaded (ms) | preloaded / empty | floor: empty | preloaded | preloaded / empty | CPU/op preloaded / empty: client | broker |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (op, empty_p50) in &e {
         let (Some(empty_p50), Some(large_p50)) = (*empty_p50, lookup(&l, op)) else { continue };
@@ -55,8 +67,13 @@ pub fn scale_table(empty: &Value, large: &Value) -> String {
             (Some(a), Some(b)) if a != 0.0 && b != 0.0 => format!("| {a:.2} | {b:.2} | {:.2} |", b / a),
             _ => "| - | - | - |".to_owned(),
         };
-        let _ =
-            writeln!(out, "| {op} | {empty_p50:.2} | {large_p50:.2} | {:.2} {floors}", large_p50 / empty_p50);
+        let client = change(lookup(&ce, op), lookup(&cl, op));
+        let broker = change(lookup(&be, op), lookup(&bl, op));
+        let _ = writeln!(
+            out,
+            "| {op} | {empty_p50:.2} | {large_p50:.2} | {:.2} {floors} {client} | {broker} |",
+            large_p50 / empty_p50
+        );
     }
     out
 }
@@ -304,14 +321,24 @@ mod tests {
 
     #[test]
     fn the_scale_table_compares_each_operation_and_its_floor() {
-        let empty = json!({ "operations": [op("catalog", 0.25, None, None), op("bind", 20.0, Some(22.0), Some(0.9))] });
-        let large = json!({ "operations": [op("catalog", 0.33, None, None), op("bind", 25.0, Some(27.5), Some(0.9))] });
+        let with_cpu = |mut o: Value, client: f64, broker: f64| {
+            o["cpu_us_per_operation"] = json!({ "broker": { "client": client, "broker": broker } });
+            o
+        };
+        let empty = json!({ "operations": [
+            with_cpu(op("catalog", 0.25, None, None), 40.0, 20.0),
+            op("bind", 20.0, Some(22.0), Some(0.9)),
+        ] });
+        let large = json!({ "operations": [
+            with_cpu(op("catalog", 0.33, None, None), 50.0, 26.0),
+            op("bind", 25.0, Some(27.5), Some(0.9)),
+        ] });
         assert_eq!(
             scale_table(&empty, &large),
-            "| operation | p50 empty (ms) | p50 preloaded (ms) | preloaded / empty | floor: empty | preloaded | preloaded / empty |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n\
-             | catalog | 0.25 | 0.33 | 1.32 | - | - | - |\n\
-             | bind | 20.00 | 25.00 | 1.25 | 22.00 | 27.50 | 1.25 |\n"
+            "| operation | p50 empty (ms) | p50 preloaded (ms) | preloaded / empty | floor: empty | preloaded | preloaded / empty | CPU/op preloaded / empty: client | broker |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | catalog | 0.25 | 0.33 | 1.32 | - | - | - | 1.25 | 1.30 |\n\
+             | bind | 20.00 | 25.00 | 1.25 | 22.00 | 27.50 | 1.25 | - | - |\n"
         );
     }
 
