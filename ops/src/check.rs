@@ -468,6 +468,67 @@ struct OpsCheck {
     /// Link data files by link name, for links the ops file wires with `from:`.
     #[serde(default)]
     links: BTreeMap<String, String>,
+    /// Ops files this one patches on top of, in order (e.g. the proxy's half of a key
+    /// rotation needs the proxy's instance group and the broker's new key): "alone" renders
+    /// them first, and "all together" puts them before it.
+    #[serde(default)]
+    requires: Vec<String>,
+}
+
+/// The ops-file combinations manifests/check.yml asks for, each in the order the files are
+/// applied: none, each alone (after what it requires), all together (every file after what it
+/// requires, else in the file's order). A requirement that is not listed under `ops_files`,
+/// or a cycle, is an error.
+fn combinations(ops_files: &BTreeMap<String, OpsCheck>) -> Result<Vec<Vec<&String>>> {
+    fn place<'a>(
+        file: &'a String,
+        ops_files: &'a BTreeMap<String, OpsCheck>,
+        placed: &mut Vec<&'a String>,
+        visiting: &mut Vec<&'a String>,
+    ) -> Result<()> {
+        if placed.contains(&file) {
+            return Ok(());
+        }
+        if visiting.contains(&file) {
+            bail!("'{file}' requires itself (through {visiting:?})");
+        }
+        visiting.push(file);
+        for required in &ops_files[file].requires {
+            let Some((required, _)) = ops_files.get_key_value(required) else {
+                bail!("'{file}' requires '{required}', which is not listed under ops_files");
+            };
+            place(required, ops_files, placed, visiting)?;
+        }
+        visiting.pop();
+        placed.push(file);
+        Ok(())
+    }
+    let mut combinations = vec![Vec::new()];
+    for file in ops_files.keys() {
+        let mut alone = Vec::new();
+        place(file, ops_files, &mut alone, &mut Vec::new())?;
+        combinations.push(alone);
+    }
+    if ops_files.len() > 1 {
+        let mut all = Vec::new();
+        for file in ops_files.keys() {
+            place(file, ops_files, &mut all, &mut Vec::new())?;
+        }
+        combinations.push(all);
+    }
+    Ok(combinations)
+}
+
+/// The ops-file combinations `check release` renders for the release at `dir`
+/// (manifests/check.yml), as paths in the order they are applied: for tests that compare
+/// them with the real bosh CLI.
+pub fn ops_combinations(dir: &Path) -> Result<Vec<Vec<PathBuf>>> {
+    let checks: Checks = serde_json::from_value(yaml(dir, &format!("manifests/{CHECKS_FILE}"))?)?;
+    let manifests = dir.join("manifests");
+    Ok(combinations(&checks.ops_files)?
+        .into_iter()
+        .map(|files| files.into_iter().map(|file| manifests.join(file)).collect())
+        .collect())
 }
 
 fn check_manifests(dir: &Path, release: &str, report: &mut Report) -> Result<()> {
@@ -513,15 +574,23 @@ fn check_manifests(dir: &Path, release: &str, report: &mut Report) -> Result<()>
         }
     }
 
-    let ops: Vec<(&String, &OpsCheck)> =
-        checks.ops_files.iter().filter(|(file, _)| manifests.join(file).is_file()).collect();
-    let mut combinations: Vec<Vec<(&String, &OpsCheck)>> = vec![Vec::new()];
-    combinations.extend(ops.iter().map(|op| vec![*op]));
-    if ops.len() > 1 {
-        combinations.push(ops.clone());
-    }
+    let present: BTreeMap<String, OpsCheck> = checks
+        .ops_files
+        .iter()
+        .filter(|(file, _)| manifests.join(file).is_file())
+        .map(|(file, check)| (file.clone(), check.clone()))
+        .collect();
+    let combinations = match combinations(&present) {
+        Ok(combinations) => combinations,
+        Err(e) => {
+            report.problem(&checks_path, format!("{e:#}"));
+            return Ok(());
+        }
+    };
     for combination in combinations {
-        render_combination(dir, release, &checks, &combination, report);
+        let ops: Vec<(&String, &OpsCheck)> =
+            combination.into_iter().map(|file| (file, &present[file])).collect();
+        render_combination(dir, release, &checks, &ops, report);
     }
     Ok(())
 }
@@ -610,4 +679,57 @@ fn consumed_links(dir: &Path, job: &str) -> Vec<String> {
         .flatten()
         .filter_map(|link| link.get("name").and_then(Value::as_str).map(str::to_owned))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(entries: &[(&str, &[&str])]) -> BTreeMap<String, OpsCheck> {
+        entries
+            .iter()
+            .map(|(file, requires)| {
+                let requires = requires.iter().map(|r| r.to_string()).collect();
+                (file.to_string(), OpsCheck { requires, ..OpsCheck::default() })
+            })
+            .collect()
+    }
+
+    fn names(combinations: Vec<Vec<&String>>) -> Vec<Vec<&str>> {
+        combinations.into_iter().map(|c| c.into_iter().map(String::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn a_required_ops_file_is_applied_first_alone_and_all_together() {
+        let ops = checks(&[
+            ("a-half.yml", &["z-group.yml", "b-key.yml"]),
+            ("b-key.yml", &[]),
+            ("z-group.yml", &[]),
+        ]);
+        let expected: Vec<Vec<&str>> = vec![
+            vec![],
+            vec!["z-group.yml", "b-key.yml", "a-half.yml"],
+            vec!["b-key.yml"],
+            vec!["z-group.yml"],
+            vec!["z-group.yml", "b-key.yml", "a-half.yml"],
+        ];
+        assert_eq!(names(combinations(&ops).unwrap()), expected);
+        let plain = checks(&[("a.yml", &[]), ("b.yml", &[])]);
+        assert_eq!(
+            names(combinations(&plain).unwrap()),
+            vec![vec![], vec!["a.yml"], vec!["b.yml"], vec!["a.yml", "b.yml"]]
+        );
+    }
+
+    #[test]
+    fn an_unlisted_requirement_or_a_cycle_is_an_error() {
+        let missing = checks(&[("a.yml", &["gone.yml"])]);
+        let error = combinations(&missing).unwrap_err().to_string();
+        assert!(
+            error.contains("'a.yml' requires 'gone.yml', which is not listed under ops_files"),
+            "{error}"
+        );
+        let cycle = checks(&[("a.yml", &["b.yml"]), ("b.yml", &["a.yml"])]);
+        assert!(combinations(&cycle).unwrap_err().to_string().contains("requires itself"));
+    }
 }

@@ -93,7 +93,7 @@ enum Command {
     /// credentials: read-write on the proxy's records, read on the broker's binding and
     /// instance records and on the tenants' data (quotas), nothing else; the proxy never
     /// holds root credentials (docs/proxy.md). Idempotent: an existing user gets the password
-    /// again.
+    /// again. On BOSH the etcd-broker-proxy-user job's post-start runs it on every deploy.
     ProxyUser(proxy_user::ProxyUserArgs),
     /// Print one instance's usage against its plan's quotas (docs/proxy.md#quotas): keys,
     /// bytes (keys' and stored values' bytes), the plan's quota_keys, quota_bytes and
@@ -295,6 +295,25 @@ mod tests {
             &["keys", "generate", "k1"][..],
             &["keys", "generate", "--dir", "d"],
             &["keys", "generate", "k1", "--dir", "d", "--out", "f"],
+        ] {
+            let error = parse(usage).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{usage:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn proxy_user_takes_a_password_file_or_the_jobs_properties() {
+        let Ok(Command::ProxyUser(args)) =
+            parse(&["proxy-user", "--bosh-properties", "b.json", "--job-properties", "j.json"])
+        else {
+            panic!()
+        };
+        assert_eq!((args.job_properties, args.password_file), (Some(PathBuf::from("j.json")), None));
+        assert!(parse(&["proxy-user", "--config", "c.toml", "--password-file", "p"]).is_ok());
+        for usage in [
+            &["proxy-user", "--config", "c.toml"][..],
+            &["proxy-user", "--config", "c.toml", "--job-properties", "j", "--password-file", "p"],
+            &["proxy-user", "--config", "c.toml", "--job-properties", "j", "--user", "u"],
         ] {
             let error = parse(usage).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{usage:?}: {error}");

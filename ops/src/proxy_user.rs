@@ -37,11 +37,67 @@ pub struct ProxyUserArgs {
     #[arg(long, default_value = DEFAULT_USER)]
     pub user: String,
     /// File holding the proxy user's password (first line); set again when the user exists.
-    #[arg(long, value_name = "FILE")]
-    pub password_file: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "job_properties")]
+    pub password_file: Option<PathBuf>,
     /// The proxy's records prefix (its --state-prefix), granted read-write.
     #[arg(long, default_value = DEFAULT_STATE_PREFIX)]
     pub state_prefix: String,
+    /// The etcd-broker-proxy-user job's properties.json (its `user`, `password` and
+    /// `state_prefix`) in place of --user, --password-file and --state-prefix: what the job's
+    /// post-start passes on a broker VM.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["password_file", "user", "state_prefix"])]
+    pub job_properties: Option<PathBuf>,
+}
+
+/// What the etcd-broker-proxy-user job's properties.json holds (jobs/etcd-broker-proxy-user).
+#[derive(serde::Deserialize)]
+struct JobFile {
+    properties: JobProperties,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobProperties {
+    user: Option<String>,
+    password: Option<String>,
+    state_prefix: Option<String>,
+}
+
+/// The user, its password and the state prefix, from the flags or the job's properties.
+fn settings(args: &ProxyUserArgs) -> Result<(String, String, String)> {
+    if let Some(path) = &args.job_properties {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--job-properties: cannot read {}", path.display()))?;
+        // Only the position of what does not parse: serde's message may quote a value.
+        let file: JobFile = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "--job-properties: {} is not the etcd-broker-proxy-user job's properties.json (line {}, column {})",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        let job = file.properties;
+        let password = job.password.unwrap_or_default();
+        if password.is_empty() {
+            bail!("--job-properties: {}: the job's `password` is not set", path.display());
+        }
+        return Ok((
+            job.user.unwrap_or_else(|| DEFAULT_USER.to_owned()),
+            password,
+            job.state_prefix.unwrap_or_else(|| DEFAULT_STATE_PREFIX.to_owned()),
+        ));
+    }
+    let Some(path) = &args.password_file else {
+        bail!("--password-file or --job-properties: the proxy user's password is needed")
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--password-file: cannot read {}", path.display()))?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    if password.is_empty() {
+        bail!("--password-file: the password is empty");
+    }
+    Ok((args.user.clone(), password, args.state_prefix.clone()))
 }
 
 /// What the proxy's role may do: (key prefix, read-write?) pairs.
@@ -118,13 +174,8 @@ pub fn run(args: &ProxyUserArgs) -> Result<()> {
         (None, None) => bail!("--config or --bosh-properties: the broker's config is needed"),
     };
     let names = Names::new(&config.prefixes.data, &config.prefixes.state);
-    let access = ProxyAccess::new(&args.user, &args.state_prefix, &names)?;
-    let text = std::fs::read_to_string(&args.password_file)
-        .with_context(|| format!("--password-file: cannot read {}", args.password_file.display()))?;
-    let password = text.lines().next().unwrap_or("").to_owned();
-    if password.is_empty() {
-        bail!("--password-file: the password is empty");
-    }
+    let (user, password, state_prefix) = settings(args)?;
+    let access = ProxyAccess::new(&user, &state_prefix, &names)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut client = crate::sealing::cluster_client(&config, &config.state_cluster).await?;

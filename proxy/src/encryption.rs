@@ -272,15 +272,7 @@ impl DataKeys {
         };
         let mut keys = Vec::with_capacity(data_keys.len());
         for data_key in data_keys {
-            let name = data_key_name(record_key, data_key.version);
-            let bytes = etcd_broker::sealing::unseal_async(keychain, &name, &data_key.sealed)
-                .await
-                .map_err(|e| Status::unavailable(format!("{PREFIX}: the instance's data key: {e}")))?;
-            let bytes = Zeroizing::new(bytes);
-            let key: [u8; 32] = bytes[..].try_into().map_err(|_| {
-                Status::internal(format!("{PREFIX}: the instance's data key has the wrong length"))
-            })?;
-            keys.push((data_key.version, Zeroizing::new(key)));
+            keys.push((data_key.version, unseal_data_key(keychain, record_key, data_key).await?));
         }
         keys.sort_by_key(|(v, _)| *v);
         Ok(InstanceKeys { keys })
@@ -472,6 +464,26 @@ pub fn watch_response_kvs(response: &mut WatchResponse) -> Vec<&mut KeyValue> {
         kvs.extend(event.prev_kv.as_mut());
     }
     kvs
+}
+
+/// A data key of the instance record at `record_key`, unsealed by `keychain` (the broker's
+/// keys, from the proxy's `[secrets]`): public so that a deployment's rendered keychain can be
+/// tested against the broker's sealing. UNAVAILABLE when no key of the keychain unseals it
+/// (e.g. sealed by a key the proxy was not given).
+pub async fn unseal_data_key(
+    keychain: &Keychain,
+    record_key: &str,
+    data_key: &DataKey,
+) -> Result<Zeroizing<[u8; 32]>, Status> {
+    let name = data_key_name(record_key, data_key.version);
+    let bytes = etcd_broker::sealing::unseal_async(keychain, &name, &data_key.sealed)
+        .await
+        .map_err(|e| Status::unavailable(format!("{PREFIX}: the instance's data key: {e}")))?;
+    let bytes = Zeroizing::new(bytes);
+    let key: [u8; 32] = bytes[..]
+        .try_into()
+        .map_err(|_| Status::internal(format!("{PREFIX}: the instance's data key has the wrong length")))?;
+    Ok(Zeroizing::new(key))
 }
 
 #[cfg(test)]

@@ -76,9 +76,10 @@ pub const REVOCATION_RETRY: Duration = Duration::from_secs(1);
 
 /// How long a write admitted under a quota keeps its reservation after etcd answered, at
 /// most: a safety net only. The watch shows a write within milliseconds, which releases it;
-/// one it never shows (a Txn whose puts did not run) is released when a write that does not
-/// fit makes the watch catch up with etcd ([`QUOTA_CATCH_UP`]). Short holds would let a
-/// lagging watch (a loaded proxy) admit writes beyond the quota.
+/// a Txn whose branch taken put none of the instance's keys is released when answered; one
+/// the watch never shows otherwise is released by the next event under the prefix, or after
+/// this hold. Short holds would let a lagging watch (a loaded proxy) admit writes beyond the
+/// quota.
 pub const QUOTA_RESERVATION_HOLD: Duration = Duration::from_secs(30);
 
 /// How long the quotas wait before counting an instance again, or watching the broker's

@@ -13,7 +13,8 @@
 //!
 //! The index entries that a count reads are written whether or not a limit is configured, so a
 //! limit set later counts every record written since; the per-organization index exists from
-//! this version on (instances created before are not counted against an organization limit).
+//! this version on (instances created before are not counted against an organization limit
+//! until `reconcile --repair` adds their entries: reconcile/repair.rs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

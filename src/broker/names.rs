@@ -79,6 +79,16 @@ impl Names {
         format!("{}index/instances/{plan_id}/", self.state_prefix)
     }
 
+    /// Prefix of every plan's instance index (reconcile reads it whole).
+    pub fn instance_index_root(&self) -> String {
+        format!("{}index/instances/", self.state_prefix)
+    }
+
+    /// Prefix of every organization's instance index (reconcile reads it whole).
+    pub fn organization_index_root(&self) -> String {
+        format!("{}index/organizations/", self.state_prefix)
+    }
+
     /// The instance's key in the per-plan index (ids as stored in records, already validated).
     pub fn instance_index_key(&self, plan_id: &str, instance: &str) -> String {
         format!("{}{instance}", self.instance_index_prefix(plan_id))

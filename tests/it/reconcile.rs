@@ -225,3 +225,55 @@ async fn the_periodic_check_exports_findings_and_not_operations_in_flight() {
     assert!(!broker.log_text().contains("left-over"));
     broker.stop().await;
 }
+
+/// Instances made before the per-organization index existed (their entries deleted by hand)
+/// are not counted against the organization's limit: reconcile reports each missing entry,
+/// `--repair` adds it (compare-and-swap, twice is harmless), and the limit then counts them.
+#[tokio::test]
+async fn missing_index_entries_are_found_and_added_so_that_the_limit_counts_them() {
+    let etcd = start_etcd().await;
+    let mut toml = String::new();
+    let broker = BrokerProcess::start_with_config(
+        |port, metrics_port| {
+            toml = config_toml(port, metrics_port, &etcd, None)
+                + "\n[limits]\nmax_instances_per_organization = 2\n";
+            toml.clone()
+        },
+        &[],
+    )
+    .await;
+    let config = Config::from_toml(&toml).unwrap();
+    let osb = Osb::new(&broker.url);
+    for id in ["old-1", "old-2"] {
+        assert_eq!(osb.provision(id, SHARED).await.status, StatusCode::CREATED);
+    }
+    assert!(run(&config, Repair::Nothing).await.findings.is_empty());
+
+    // As before the index existed: no organization entries.
+    let mut root = etcd.root_client().await.unwrap();
+    let index = "/etcd-broker/index/organizations/org-1/";
+    let deleted = root.delete(index, Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(deleted.deleted(), 2);
+
+    let report = run(&config, Repair::Nothing).await;
+    let expected: Vec<(&str, String)> = ["old-1", "old-2"]
+        .iter()
+        .map(|id| ("missing_index_entry", format!("/etcd-broker/instances/{id}")))
+        .collect();
+    assert_eq!(found(&report), expected, "{report:#?}");
+    assert!(report.findings[0].detail.contains(&format!("{index}old-1")), "{}", report.findings[0].detail);
+    assert_eq!(report.findings[0].repair, None, "a read-only run repairs nothing");
+    assert_eq!(root.get(index, Some(GetOptions::new().with_prefix())).await.unwrap().kvs().len(), 0);
+
+    let repaired = run(&config, Repair::Safe).await;
+    assert!(repaired.findings.iter().all(|f| f.repair == Some(Repaired::Repaired)), "{repaired:#?}");
+    let entries = root.get(index, Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
+    let keys: Vec<&str> = entries.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+    assert_eq!(keys, [format!("{index}old-1"), format!("{index}old-2")]);
+    assert!(run(&config, Repair::Safe).await.findings.is_empty(), "a second repair finds nothing");
+
+    // The organization's limit now counts them: a third instance is refused.
+    let third = osb.provision("new-3", SHARED).await;
+    assert_eq!(third.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", third.body);
+    assert!(third.reason().contains("max_instances_per_organization"), "{}", third.reason());
+}

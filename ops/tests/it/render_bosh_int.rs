@@ -40,19 +40,11 @@ fn the_cli_is_found_on_path_too() {
     assert_eq!(find_bosh(Some(missing.clone().into()), &bosh, path), None, "a BOSH_CLI that does not exist");
 }
 
-/// The ops-file combinations `check release` renders: none, each alone, all together.
+/// The ops-file combinations `check release` renders: none, each alone (after the files it
+/// requires), all together.
 fn combinations(manifests: &Path) -> Vec<Vec<PathBuf>> {
-    let checks = read_yaml(&manifests.join("check.yml"), "check list").unwrap();
-    let files: Vec<PathBuf> = checks["ops_files"]
-        .as_object()
-        .expect("check.yml lists ops_files")
-        .keys()
-        .map(|file| manifests.join(file))
-        .collect();
-    assert!(files.len() >= 5, "check.yml lists the shipped ops files: {files:?}");
-    let mut combinations = vec![Vec::new()];
-    combinations.extend(files.iter().map(|file| vec![file.clone()]));
-    combinations.push(files);
+    let combinations = etcd_broker_ops::check::ops_combinations(manifests.parent().unwrap()).unwrap();
+    assert!(combinations.len() >= 7, "check.yml lists the shipped ops files: {combinations:?}");
     combinations
 }
 

@@ -41,7 +41,7 @@ use tonic::Status;
 use crate::caller::Caller;
 use crate::encryption::instance_of;
 use crate::firewall::PREFIX;
-use crate::pb::etcdserverpb::{request_op, PutRequest, TxnRequest};
+use crate::pb::etcdserverpb::{request_op, response_op, PutRequest, TxnRequest, TxnResponse};
 use crate::policy;
 use rate::RateLimit;
 use usage::{Change, Demand, Exceeded, InstanceUsage, QuotaKind, Usage};
@@ -134,26 +134,88 @@ impl Tracker {
 }
 
 /// Writes admitted under quotas; their reservations are released when dropped unless
-/// [`Admitted::answered`] hands them to the watch.
+/// [`Admitted::answered`] or [`Admitted::answered_txn`] hands them to the watch. Each with,
+/// for a Txn, which of its operations put keys of the reservation's instance.
 #[must_use]
 #[derive(Default)]
-pub struct Admitted(Vec<(Arc<Tracker>, u64)>);
+pub struct Admitted(Vec<(Arc<Tracker>, u64, Option<TxnPuts>)>);
 
 impl Admitted {
-    /// etcd answered at `revision`: the reservations last until the watch has seen it.
+    /// etcd answered a Put at `revision`: the reservations last until the watch's events
+    /// reach it.
     pub fn answered(mut self, revision: i64) {
         let now = Instant::now();
-        for (tracker, id) in self.0.drain(..) {
-            tracker.lock().answered(id, revision, now);
+        for (tracker, id, _) in self.0.drain(..) {
+            tracker.lock().answered(id, revision, true, now);
+        }
+    }
+
+    /// etcd answered a Txn: an instance whose keys the branches taken put holds its
+    /// reservation until the watch's events reach the answer's revision; the others' are
+    /// released (no event will come for them).
+    pub fn answered_txn(mut self, answer: &TxnResponse) {
+        let revision = answer.header.as_ref().map_or(0, |h| h.revision);
+        let now = Instant::now();
+        for (tracker, id, puts) in self.0.drain(..) {
+            let wrote = puts.map_or(true, |puts| puts.ran(answer));
+            tracker.lock().answered(id, revision, wrote, now);
         }
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        for (tracker, id) in self.0.drain(..) {
+        for (tracker, id, _) in self.0.drain(..) {
             tracker.lock().release(id);
         }
+    }
+}
+
+/// Which operations of a Txn's branches put keys of one instance (nested Txns included), so
+/// that its answer says whether they ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnPuts {
+    success: Vec<OpPuts>,
+    failure: Vec<OpPuts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OpPuts {
+    /// A put of a key of the instance.
+    Put,
+    Txn(TxnPuts),
+    /// Anything else (puts of other instances' keys too).
+    Other,
+}
+
+impl TxnPuts {
+    fn of(txn: &TxnRequest, mine: &dyn Fn(&[u8]) -> bool) -> TxnPuts {
+        let ops = |ops: &[crate::pb::etcdserverpb::RequestOp]| {
+            ops.iter()
+                .map(|op| match &op.request {
+                    Some(request_op::Request::RequestPut(put)) if mine(&put.key) => OpPuts::Put,
+                    Some(request_op::Request::RequestTxn(nested)) => OpPuts::Txn(TxnPuts::of(nested, mine)),
+                    _ => OpPuts::Other,
+                })
+                .collect()
+        };
+        TxnPuts { success: ops(&txn.success), failure: ops(&txn.failure) }
+    }
+
+    /// Whether a put of the instance ran, as `answer` (to this Txn) says.
+    fn ran(&self, answer: &TxnResponse) -> bool {
+        let taken = if answer.succeeded { &self.success } else { &self.failure };
+        taken.iter().zip(answer.responses.iter().map(|r| &r.response).chain(std::iter::repeat(&None))).any(
+            |(op, response)| match (op, response) {
+                (OpPuts::Put, _) => true,
+                (OpPuts::Txn(nested), Some(response_op::Response::ResponseTxn(nested_answer))) => {
+                    nested.ran(nested_answer)
+                }
+                // Not answered as expected: assume it ran (held until the events or the hold).
+                (OpPuts::Txn(_), _) => true,
+                (OpPuts::Other, _) => false,
+            },
+        )
     }
 }
 
@@ -303,7 +365,7 @@ impl Quotas {
         }
         let demand = |known: &Known| put_demand(put, known);
         let mut admitted = Admitted::default();
-        self.admit(&tracker, demand, vec![put.key.clone()], &mut admitted).await?;
+        self.admit(&tracker, demand, vec![put.key.clone()], None, &mut admitted).await?;
         Ok(admitted)
     }
 
@@ -325,9 +387,10 @@ impl Quotas {
             let demand = |known: &Known| {
                 txn_demand(txn, &|key: &[u8]| instance_of(names, key) == Some(instance.as_str()), known)
             };
-            let keys: Vec<Vec<u8>> =
-                puts.iter().filter(|k| instance_of(names, k) == Some(instance.as_str())).cloned().collect();
-            self.admit(&tracker, demand, keys, &mut admitted).await?;
+            let mine = |key: &[u8]| instance_of(names, key) == Some(instance.as_str());
+            let keys: Vec<Vec<u8>> = puts.iter().filter(|k| mine(k)).cloned().collect();
+            let shape = TxnPuts::of(txn, &mine);
+            self.admit(&tracker, demand, keys, Some(shape), &mut admitted).await?;
         }
         Ok(admitted)
     }
@@ -339,6 +402,7 @@ impl Quotas {
         tracker: &Arc<Tracker>,
         demand: impl Fn(&Known) -> Demand,
         keys: Vec<Vec<u8>>,
+        puts: Option<TxnPuts>,
         admitted: &mut Admitted,
     ) -> Result<(), Status> {
         tracker.counted().await.map_err(|e| e.status())?;
@@ -354,7 +418,7 @@ impl Quotas {
                 second.map_err(|exceeded| self.refused(&tracker.instance, exceeded))?
             }
         };
-        admitted.0.push((tracker.clone(), id));
+        admitted.0.push((tracker.clone(), id, puts));
         Ok(())
     }
 
@@ -588,15 +652,19 @@ async fn follow(
         if !group.is_empty() {
             lock().apply(at, group.drain(..));
         }
-        if answer.events().is_empty() {
+        if answer.events().is_empty() && !answer.created() {
             // A progress report: every change up to its revision has been delivered. (The
             // header of a response with events may be ahead of events still to come while
-            // the watch catches up, so only events count there.)
+            // the watch catches up, so only events count there. Nor does the creation's
+            // answer: its header is etcd's revision when the watch was made, and the events
+            // from the start revision up to it are still to come. Taking it for progress lost
+            // the writes between the count and the watch, so one proxy admitted a key beyond
+            // quota_keys.)
             if let Some(header) = answer.header() {
                 lock().seen(header.revision());
             }
         }
-        current.send_replace(lock().revision().max(1));
+        current.send_replace(lock().reported().max(1));
     }
     Err("the watch stream ended".into())
 }

@@ -5,9 +5,10 @@
 //! current by the watch's events ([`InstanceUsage::apply`]). Writes admitted but not yet seen
 //! by the watch are held as reservations, so that this proxy's concurrent writes cannot each
 //! take the same free space: a reservation lasts while the request is in flight, then until
-//! the watch reaches the write's revision (the write is then in the usage; for a Txn whose
-//! puts did not run, the revision of a progress report), or at most
-//! [`crate::policy::QUOTA_RESERVATION_HOLD`] after the answer.
+//! the watch's events reach the write's revision (the write is then in the usage; a Txn
+//! whose branch taken put none of the instance's keys is released when answered), or at most
+//! [`crate::policy::QUOTA_RESERVATION_HOLD`] after the answer. Progress reports never
+//! release one, nor move the usage's revision ([`InstanceUsage::seen`]).
 
 use std::time::Instant;
 
@@ -101,7 +102,7 @@ pub enum Change {
 struct Reservation {
     id: u64,
     demand: Demand,
-    /// Set when etcd answered: released once the watch reaches this revision.
+    /// Set when etcd answered: released once the watch's events reach this revision.
     until_revision: Option<i64>,
     /// When etcd answered: released [`policy::QUOTA_RESERVATION_HOLD`] later at the latest.
     answered: Option<Instant>,
@@ -113,8 +114,10 @@ pub struct InstanceUsage {
     quotas: InstanceQuotas,
     /// `None` until counted (and again while the count is being redone).
     usage: Option<Usage>,
-    /// The revision the usage is current at.
+    /// The revision the usage is current at: of the count, then of the events applied.
     revision: i64,
+    /// The highest revision a progress report gave: only for waiting (see [`Self::seen`]).
+    progress: i64,
     reservations: Vec<Reservation>,
     next_id: u64,
 }
@@ -131,6 +134,12 @@ impl InstanceUsage {
     /// The revision the usage is current at.
     pub fn revision(&self) -> i64 {
         self.revision
+    }
+
+    /// The revision the watch has reported, by events or by a progress report: what a write
+    /// refused waits for before it is refused for good.
+    pub fn reported(&self) -> i64 {
+        self.revision.max(self.progress)
     }
 
     /// The usage, once counted.
@@ -176,11 +185,15 @@ impl InstanceUsage {
         self.release_seen();
     }
 
-    /// The watch has seen everything up to `revision` (a response's header).
+    /// A progress report of the watch at `revision`. Recorded for waiting only: it neither
+    /// releases reservations nor moves the usage's revision, because etcd before 3.5.8 /
+    /// 3.4.25 (etcd issue 15220; the 3.5.1 and 3.4.23 of the tests among them) may send it
+    /// ahead of events up to that revision. Taking it for the usage's revision dropped those
+    /// events (undercounting for good), and releasing on it let a write still on its way be
+    /// counted by neither: either way one proxy admitted beyond a quota.
     pub fn seen(&mut self, revision: i64) {
-        if self.usage.is_some() && revision > self.revision {
-            self.revision = revision;
-            self.release_seen();
+        if self.usage.is_some() {
+            self.progress = self.progress.max(revision);
         }
     }
 
@@ -222,9 +235,11 @@ impl InstanceUsage {
         Ok(id)
     }
 
-    /// etcd answered the write at `revision`: its reservation lasts until the watch has seen it.
-    pub fn answered(&mut self, id: u64, revision: i64, now: Instant) {
-        if revision <= self.revision {
+    /// etcd answered the write at `revision`: its reservation lasts until the watch's events
+    /// have reached it. `wrote`: whether it changed keys of this instance (a Txn whose taken
+    /// branch has no put of them did not: released at once).
+    pub fn answered(&mut self, id: u64, revision: i64, wrote: bool, now: Instant) {
+        if !wrote || revision <= self.revision {
             return self.release(id);
         }
         if let Some(r) = self.reservations.iter_mut().find(|r| r.id == id) {
@@ -264,10 +279,10 @@ mod tests {
         let mut usage = limited(2, 100);
         let now = Instant::now();
         let first = usage.admit(put(40), now).unwrap();
-        usage.answered(first, 11, now);
+        usage.answered(first, 11, true, now);
         usage.apply(11, [Change::Put { bytes: 40, before: None }]);
         let second = usage.admit(put(40), now).unwrap();
-        usage.answered(second, 12, now);
+        usage.answered(second, 12, true, now);
         usage.apply(12, [Change::Put { bytes: 40, before: None }]);
         assert_eq!(usage.usage(), Some(Usage { keys: 2, bytes: 80 }));
         assert_eq!(usage.admit(put(1), now), Err(Exceeded { quota: QuotaKind::Keys, limit: 2, used: 2 }));
@@ -300,7 +315,7 @@ mod tests {
         let first = usage.admit(put(60), now).unwrap();
         // In flight, not yet seen by the watch: it still holds its share.
         assert_eq!(usage.admit(put(60), now).unwrap_err().quota, QuotaKind::Bytes);
-        usage.answered(first, 11, now);
+        usage.answered(first, 11, true, now);
         assert!(usage.admit(put(60), now).is_err(), "answered but not yet seen");
         usage.apply(11, [Change::Put { bytes: 60, before: None }]);
         assert_eq!(usage.committed(now), Usage { keys: 1, bytes: 60 }, "counted once");
@@ -315,17 +330,38 @@ mod tests {
         let mut usage = limited(10, 100);
         let now = Instant::now();
         let txn = usage.admit(put(100), now).unwrap();
-        // A Txn whose other branch ran: nothing under the prefix changed at revision 20.
-        usage.answered(txn, 20, now);
+        // A Txn whose put ran, yet no event comes (an instance record changed meanwhile).
+        usage.answered(txn, 20, true, now);
         assert!(usage.admit(put(1), now).is_err());
         let later = now + policy::QUOTA_RESERVATION_HOLD + Duration::from_millis(1);
         assert!(usage.admit(put(1), later).is_ok());
-        // A revision the watch has seen already releases at once.
+        // A revision the watch's events have passed releases at once.
         let mut usage = limited(10, 100);
-        usage.seen(30);
+        usage.apply(30, []);
         let old = usage.admit(put(100), now).unwrap();
-        usage.answered(old, 25, now);
+        usage.answered(old, 25, true, now);
+        let again = usage.admit(put(100), now).expect("released");
+        usage.release(again);
+        // A Txn whose taken branch put nothing of this instance releases at once.
+        let other_branch = usage.admit(put(100), now).unwrap();
+        usage.answered(other_branch, 40, false, now);
         assert!(usage.admit(put(100), now).is_ok());
+    }
+
+    #[test]
+    fn a_progress_report_ahead_of_events_neither_drops_them_nor_releases_writes() {
+        let mut usage = limited(2, 1000);
+        let now = Instant::now();
+        let first = usage.admit(put(10), now).unwrap();
+        usage.answered(first, 11, true, now);
+        // etcd 3.5.1 may report progress at 12 before the events of 11 and 12.
+        usage.seen(12);
+        assert_eq!(usage.reported(), 12);
+        assert!(usage.admit(put(10), now).is_ok(), "the second key fits");
+        assert!(usage.admit(put(10), now).is_err(), "the first write still holds its key");
+        usage.apply(11, [Change::Put { bytes: 10, before: None }]);
+        usage.apply(12, [Change::Put { bytes: 10, before: None }]);
+        assert_eq!(usage.usage(), Some(Usage { keys: 2, bytes: 20 }), "no event dropped");
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Kv for Proxy {
         self.0.data_keys.seal_txn(&mut message).await?;
         let admitted = self.0.quotas.admit_txn(&caller, &message).await?;
         let mut answer = self.0.backend.kv().txn(forward(&metadata, message)).await?;
-        admitted.answered(answer.get_ref().header.as_ref().map_or(0, |h| h.revision));
+        admitted.answered_txn(answer.get_ref());
         let mut kvs = Vec::new();
         encryption::txn_response_kvs(answer.get_mut(), &mut kvs);
         self.0.data_keys.unseal_kvs(kvs).await?;

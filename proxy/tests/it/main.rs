@@ -11,7 +11,8 @@
 //! - `firewall`: each attack of a tenant refused through the proxy and, in the same test,
 //!   still working directly on etcd (why the proxy exists)
 //! - `quotas`: a plan's key, byte and rate quotas refusing etcdctl through the proxy; direct
-//!   writes counted; `etcd-broker-ops usage`'s figures
+//!   writes counted; `etcd-broker-ops usage`'s figures; writers racing through two proxies
+//!   held to the documented bound
 //! - `leases`: lease ownership across a restart and across two proxies
 //! - `monitoring`: /metrics after etcdctl's calls (no secret in it), /ready while etcd is
 //!   frozen, a frozen member of a 3-member cluster left out while etcdctl keeps working

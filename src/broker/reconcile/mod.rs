@@ -108,11 +108,14 @@ pub enum Kind {
     UnreadableRecord,
     /// A binding record whose instance record is gone.
     BindingWithoutInstance,
+    /// An instance record without its entry in the per-plan or per-organization index, which
+    /// the limits count (instances made before the organization index existed have none).
+    MissingIndexEntry,
 }
 
 impl Kind {
     /// Every kind, in the order of the report.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::OrphanUser,
         Kind::OrphanRole,
         Kind::MissingUser,
@@ -125,6 +128,7 @@ impl Kind {
         Kind::SealedWithUnknownKey,
         Kind::UnreadableRecord,
         Kind::BindingWithoutInstance,
+        Kind::MissingIndexEntry,
     ];
 
     /// The name in the JSON and the gauge's label.
@@ -142,6 +146,7 @@ impl Kind {
             Kind::SealedWithUnknownKey => "sealed_with_unknown_key",
             Kind::UnreadableRecord => "unreadable_record",
             Kind::BindingWithoutInstance => "binding_without_instance",
+            Kind::MissingIndexEntry => "missing_index_entry",
         }
     }
 }
@@ -217,6 +222,9 @@ enum Target {
     /// A tenant prefix of this instance id without an instance record (`claim`: the revision
     /// of an interrupted repair's claim record, to finish).
     Data { instance: InstanceId, claim: Option<i64> },
+    /// A missing index entry of the instance record at `record`, read at `revision`; `limit`:
+    /// the key of the limit that counts that index, when the limit is configured.
+    Index { record: String, revision: i64, entry: String, limit: Option<String> },
 }
 
 /// How much the check looked at.
@@ -273,13 +281,23 @@ impl Report {
     }
 }
 
-/// What the walk over the records saw, for the checks of names and data.
+/// What the walk over the records saw, for the checks of names, data and indexes.
 #[derive(Default)]
 struct Seen {
     /// Instance id -> the cluster of its data.
     instances: BTreeMap<String, String>,
+    /// Each readable instance record, with the index entries it should have.
+    indexed: Vec<Indexed>,
     /// (cluster, name) of every user and role that a binding record or a queued deletion names.
     named: BTreeSet<(String, String)>,
+}
+
+/// An instance record as the walk read it, and its index entries: (entry key, the key of the
+/// limit that counts that index when the limit is configured).
+struct Indexed {
+    record: String,
+    revision: i64,
+    entries: Vec<(String, Option<String>)>,
 }
 
 /// Where a walk over records is: the key to read from next, `None` after the last page.
@@ -328,6 +346,10 @@ fn finding(kind: Kind, cluster: &str, subject: &str, detail: String) -> Finding 
         Kind::BindingWithoutInstance => {
             (Repairable::Manual, "unbind it (cf unbind-service), or inspect it with etcdctl (docs/naming.md)")
         }
+        Kind::MissingIndexEntry => (
+            Repairable::Safe,
+            "--repair adds the entry (compare-and-swap on the record), so the instance counts against its limits",
+        ),
     };
     Finding {
         kind,
@@ -366,6 +388,7 @@ impl EtcdBroker {
         self.check_instances(settings, now, &mut seen, &mut report).await?;
         self.check_bindings(settings, now, &mut seen, &mut report).await?;
         self.check_queue(settings, now, &mut seen, &mut report).await?;
+        self.check_indexes(&seen, &mut report).await?;
         let mut clusters: Vec<&String> = self.setup.clusters.keys().collect();
         clusters.sort();
         for cluster in clusters {
@@ -466,7 +489,58 @@ impl EtcdBroker {
             let detail = format!("deleting since {} s", now.saturating_sub(record.updated_at));
             report.findings.push(finding(Kind::StuckDeleting, state_cluster, key, detail));
         }
+        let mut entries = vec![(
+            self.names().instance_index_key(&record.plan_id, &id),
+            self.plan_options(&record.plan_id)
+                .max_instances
+                .map(|_| self.names().plan_limit_key(&record.plan_id)),
+        )];
+        entries.push((
+            self.names().organization_index_key(&record.organization_guid, &id),
+            self.setup
+                .limits
+                .max_instances_per_organization
+                .map(|_| self.names().organization_limit_key(&record.organization_guid)),
+        ));
+        seen.indexed.push(Indexed { record: key.to_owned(), revision: found.mod_revision, entries });
         seen.instances.insert(id, record.cluster);
+    }
+
+    /// Each instance record's entries in the per-plan and per-organization indexes (read
+    /// after the records: an instance created since has its entries, written with its record).
+    /// A missing entry is confirmed by reading the record and the entry again: a deprovision
+    /// deletes both at once.
+    async fn check_indexes(&self, seen: &Seen, report: &mut Report) -> BrokerResult<()> {
+        let mut present = BTreeSet::new();
+        for index in [self.names().instance_index_root(), self.names().organization_index_root()] {
+            self.walk(&index, &mut |key, _| {
+                present.insert(key);
+            })
+            .await?;
+        }
+        let state = &*self.setup.state;
+        for Indexed { record, revision, entries } in &seen.indexed {
+            for (entry, limit) in entries.iter().filter(|(entry, _)| !present.contains(entry)) {
+                if !self.unchanged(record, *revision).await?
+                    || state.get(entry).await.map_err(|e| self.state_failed(e))?.is_some()
+                {
+                    continue;
+                }
+                let detail = format!(
+                    "its index entry {entry} is missing: the instance is not counted against its limits"
+                );
+                let target = Target::Index {
+                    record: record.clone(),
+                    revision: *revision,
+                    entry: entry.clone(),
+                    limit: limit.clone(),
+                };
+                report.findings.push(
+                    finding(Kind::MissingIndexEntry, &self.setup.state_cluster, record, detail).with(target),
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn check_bindings(

@@ -13,6 +13,11 @@
 //!   check read: a concurrent unbind wins, and the bind's own clean-up applies;
 //! - a binding stuck in `deleting`: the unbind finished (what the platform asked for);
 //! - a stale queued role deletion: the reaper's step;
+//! - an instance record without its per-plan or per-organization index entry (made before
+//!   that index existed): the entry put in one transaction that holds only while the record
+//!   is unchanged and the entry absent, rewriting the key of the limit that counts the index
+//!   (when configured) so that a create that counted before it compares that key and counts
+//!   again, as two creates do;
 //! - orphan data (`--delete-orphan-data` only): the instance id claimed by an instance record
 //!   in `deleting` written only while none exists (provision guards on its absence, and
 //!   answers 422 while it is there), the tenant prefix deleted, then the claim by
@@ -49,6 +54,9 @@ impl EtcdBroker {
             Target::Queued { key } => self.reap(key).await,
             Target::Data { instance, claim } => {
                 self.delete_orphan_data(&finding.cluster, instance, *claim).await
+            }
+            Target::Index { record, revision, entry, limit } => {
+                self.add_index_entry(record, *revision, entry, limit.as_deref()).await
             }
         };
         let outcome = result.unwrap_or_else(|e| Repaired::Failed(e.to_string()));
@@ -120,6 +128,27 @@ impl EtcdBroker {
                 Ok(Repaired::Skipped("the binding changed meanwhile; run reconcile again".into()))
             }
         }
+    }
+
+    /// Puts the index `entry` of the instance record at `record` while the record is still at
+    /// `revision` and the entry absent, and rewrites the `limit` key that counts the index.
+    async fn add_index_entry(
+        &self,
+        record: &str,
+        revision: i64,
+        entry: &str,
+        limit: Option<&str>,
+    ) -> Result<Repaired, BrokerError> {
+        let guards = [Guard::Revision(record.to_owned(), revision), Guard::Absent(entry.to_owned())];
+        let mut writes = vec![Write::Put(entry.to_owned(), Vec::new())];
+        writes.extend(limit.map(|key| Write::Put(key.to_owned(), Vec::new())));
+        let written = self.setup.state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
+        Ok(match written {
+            Some(_) => Repaired::Repaired,
+            None => Repaired::Skipped(
+                "the instance changed meanwhile, or has its entry now; run reconcile again".into(),
+            ),
+        })
     }
 
     /// The role reaper's step on the queue entry at `key`, as it is now.
