@@ -33,5 +33,5 @@ soak: tools ## 30 minutes of lifecycle churn on two brokers, sampled for leaks; 
 	target/release/xtask soak --out docs/reliability.md
 
 bench: tools ## the standard benchmark scenario; rewrites docs/performance.md's tables (BENCH_PRELOAD=, BENCH_COUNT=, BENCH_ONLY=)
-	cargo build --locked --release -q -p etcd-broker -p etcd-broker-ops -p xtask
+	cargo build --locked --release -q -p etcd-broker -p etcd-broker-ops -p etcd-broker-proxy -p xtask
 	target/release/xtask bench-scenario

@@ -25,6 +25,9 @@ const DEFAULT_LEASE_SWEEP: std::time::Duration = std::time::Duration::from_secs(
 /// The longest pause between two sweeps: records of ended leases should not wait for days.
 const MAX_LEASE_SWEEP_SECONDS: u64 = 86_400;
 
+/// At most this many worker threads (`--workers`).
+const MAX_WORKERS: u16 = 256;
+
 /// The broker's state prefix unless told otherwise: the broker's own default.
 pub const DEFAULT_BROKER_STATE_PREFIX: &str = etcd_broker::broker::names::DEFAULT_STATE_PREFIX;
 
@@ -143,6 +146,13 @@ pub struct Args {
     #[arg(long, env = "ETCD_BROKER_PROXY_QUOTA_TOP_INSTANCES")]
     pub quota_top_instances: Option<usize>,
 
+    /// Threads serving requests (1-256). With 1, one thread does everything (no request's
+    /// tasks wake another thread): the least CPU per request; more only pay off with cores to
+    /// spare for the proxy alone [default: 1].
+    #[arg(long, env = "ETCD_BROKER_PROXY_WORKERS",
+          value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS as i64))]
+    pub workers: Option<u16>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing filter (`RUST_LOG` wins)
     /// [default: info].
     #[arg(long, env = "ETCD_BROKER_PROXY_LOG_LEVEL")]
@@ -173,6 +183,7 @@ pub struct ConfigFile {
     pub data_prefix: Option<String>,
     pub lease_sweep_seconds: Option<u64>,
     pub quota_top_instances: Option<usize>,
+    pub workers: Option<u16>,
     pub log_level: Option<String>,
     pub monitoring_listen: Option<SocketAddr>,
     /// The broker's `[secrets]` format: keys (file, value, passphrase or transit), `active`,
@@ -225,6 +236,8 @@ pub struct Config {
     pub openbao: Option<Arc<OpenBao>>,
     /// How many instances' shares the quota metrics export.
     pub quota_top_instances: usize,
+    /// Threads of the runtime: 1 is a current-thread runtime (see `--workers`).
+    pub workers: usize,
     pub log_level: String,
     /// Where /metrics, /health and /ready are served, if anywhere.
     pub monitoring_listen: Option<SocketAddr>,
@@ -493,6 +506,11 @@ impl Args {
             source,
         )
         .map_or(crate::quotas::metrics::DEFAULT_TOP_INSTANCES, |(_, top)| top);
+        let workers = match pick(("--workers", self.workers), ("workers", file.workers), source) {
+            None => 1,
+            Some((_, workers @ 1..=MAX_WORKERS)) => usize::from(workers),
+            Some((name, _)) => return Err(bad(name, format!("must be 1 to {MAX_WORKERS} threads"))),
+        };
         let monitoring_listen = self.monitoring_listen.or(file.monitoring_listen);
         let (keychain, openbao) = match &file.secrets {
             None => (None, None),
@@ -513,6 +531,7 @@ impl Args {
             lease_sweep,
             openbao,
             quota_top_instances,
+            workers,
             log_level,
             monitoring_listen,
         })
@@ -610,6 +629,19 @@ mod tests {
         assert_eq!(config.admin_users, ["root"]);
         assert_eq!(config.state_prefix, DEFAULT_STATE_PREFIX);
         assert_eq!(config.password.expose(), "pw");
+        assert_eq!(config.workers, 1);
+    }
+
+    #[test]
+    fn workers_are_1_to_256() {
+        let with = |workers: &str| {
+            let mut args = BASE.to_vec();
+            args.extend(["--workers", workers]);
+            parse(&args).map(|config| config.workers)
+        };
+        assert_eq!(with("4").unwrap(), 4);
+        assert!(with("0").is_err());
+        assert!(with("257").is_err());
     }
 
     #[test]

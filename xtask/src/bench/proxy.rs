@@ -8,8 +8,8 @@
 //!
 //! It starts its own etcd (local-etcd, auth on) and the release proxy binary next to this
 //! program (`--proxy-bin`), writes the instance record of the encrypted instance itself (a
-//! data key sealed by a fresh keychain, as the broker would), and gives the proxy a broker
-//! config holding that keychain.
+//! data key sealed by a fresh keychain, as the broker would), and gives the proxy a config file
+//! holding that keychain.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -27,6 +27,7 @@ use etcd_client::{Client, ConnectOptions, EventType, Permission, WatchOptions};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
 use serde_json::json;
 
+use super::cpu::{CpuUse, Watched};
 use super::load::{self, round, Measured};
 
 /// Flags of `xtask bench-proxy`.
@@ -128,23 +129,42 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let key_text = random_base64()?;
     setup_etcd(&etcd, &names, &key_text).await?;
-    let config = dir.path().join("broker.toml");
-    std::fs::write(&config, broker_config(&etcd, &key_text))?;
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, proxy_config(&key_text))?;
     let proxy = ProxyChild::start(&proxy_bin, &etcd, &config, dir.path())?;
 
     let direct = login(&etcd.endpoint()).await?;
     let through = login(&proxy.url).await?;
     let value = vec![b'v'; args.value_size];
+    let mut watched = vec![Watched::this_process(), format!("proxy={}", proxy.child.id()).parse()?];
+    if let Some(pid) = etcd.pid() {
+        watched.push(format!("etcd={pid}").parse()?);
+    }
     let load = load_average();
     println!(
-        "etcd {} on 127.0.0.1, proxy {}, load average before: {load}",
-        args.etcd_version,
-        proxy_bin.display()
+        "etcd {} on 127.0.0.1, {} operations per scenario, target and round, {} rounds, {}-byte values; \
+         load average before: {load}",
+        args.etcd_version, args.count, args.rounds, args.value_size
+    );
+    println!(
+        "{:<14} {:>7} {:<22} {:>8} {:>6} {:>7} {:>7} {:>7} | {:>5} {:>5} {:>6}",
+        "scenario",
+        "clients",
+        "target",
+        "ops/s",
+        "ratio",
+        "p50 ms",
+        "+p50",
+        "p99 ms",
+        "proxy",
+        "etcd",
+        "client"
     );
     let mut rows = Vec::new();
     for &clients in &args.clients {
         for scenario in Scenario::ALL {
             let mut results: Vec<Measured> = Target::ALL.iter().map(|_| Measured::empty()).collect();
+            let mut cpu: Vec<CpuUse> = Target::ALL.iter().map(|_| CpuUse::default()).collect();
             for round_number in 0..args.rounds {
                 // Each round starts with another target, so none is always first or last.
                 for step in 0..Target::ALL.len() {
@@ -154,8 +174,12 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                     let instance = if target == Target::ProxyEncrypted { ENCRYPTED } else { PLAIN };
                     let prefix =
                         format!("{}{instance}/{}/", names.data_prefix(), scenario.name().replace(' ', "-"));
-                    let measured =
-                        measure(scenario, client, &prefix, &value, args.count, clients as usize).await?;
+                    let (measured, used) = CpuUse::during(
+                        &watched,
+                        measure(scenario, client, &prefix, &value, args.count, clients as usize),
+                    )
+                    .await;
+                    let measured = measured?;
                     ensure!(
                         measured.errors == 0,
                         "{} via {}: {} errors, the first: {:?}",
@@ -165,14 +189,17 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                         measured.first_error
                     );
                     results[t].absorb(measured);
+                    cpu[t].absorb(used);
                 }
             }
             let direct_result = results[0].clone();
-            for (target, measured) in Target::ALL.iter().zip(results) {
+            for ((target, measured), used) in Target::ALL.iter().zip(results).zip(cpu) {
                 let ratio = measured.throughput() / direct_result.throughput();
                 let added = measured.quantile_ms(0.5) - direct_result.quantile_ms(0.5);
+                let us = used.per_operation_us(measured.ok);
+                let us_of = |name: &str| us.get(name).copied().unwrap_or(f64::NAN);
                 println!(
-                    "{:>14} {:>3} clients {:>22}: {:>8.0}/s ({:.2}x) p50 {:.3} ms (+{:.3}) p99 {:.3} ms",
+                    "{:<14} {:>7} {:<22} {:>8.0} {:>5.2}x {:>7.3} {:>+7.3} {:>7.3} | {:>5.0} {:>5.0} {:>6.0}",
                     scenario.name(),
                     clients,
                     target.name(),
@@ -180,7 +207,10 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                     ratio,
                     measured.quantile_ms(0.5),
                     added,
-                    measured.quantile_ms(0.99)
+                    measured.quantile_ms(0.99),
+                    us_of("proxy"),
+                    us_of("etcd"),
+                    us_of("client"),
                 );
                 rows.push(json!({
                     "scenario": scenario.name(),
@@ -191,11 +221,16 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                     "p50_ms": (measured.quantile_ms(0.5) * 1000.0).round() / 1000.0,
                     "p50_added_ms": (added * 1000.0).round() / 1000.0,
                     "p99_ms": (measured.quantile_ms(0.99) * 1000.0).round() / 1000.0,
+                    "cpu_us_per_op": us.iter().map(|(name, us)| (name.clone(), json!(round(*us)))).collect::<serde_json::Map<_, _>>(),
                 }));
             }
         }
     }
-    println!("load average after: {}", load_average());
+    println!(
+        "ratio: ops/s against etcd directly; +p50: ms added to direct's p50; CPU µs per operation of \
+         the proxy, etcd and the bench's clients (/proc/PID/task/*/schedstat); load average after: {}",
+        load_average()
+    );
     if let Some(path) = &args.json {
         let report =
             json!({ "load_average_before": load, "load_average_after": load_average(), "rows": rows });
@@ -348,38 +383,15 @@ fn random_base64() -> Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-/// A broker config the proxy takes its prefixes and keychain from (the rest only has to be
-/// valid: no broker runs).
-fn broker_config(etcd: &LocalEtcd, key_text: &str) -> String {
+/// The proxy's own config file: the keychain that unseals the encrypted instance's data key
+/// (the broker's `[secrets]` table); the prefixes are the defaults.
+fn proxy_config(key_text: &str) -> String {
     format!(
-        r#"state_cluster = "main"
-[listen]
-host = "127.0.0.1"
-port = 1
-[auth]
-username = "broker"
-password = "broker-password"
-[clusters.main]
-endpoints = [{endpoint:?}]
-username = "root"
-password = {root:?}
-[[catalog.services]]
-id = "6e2ab6a8-3b0c-4c52-9a6c-5f3f2c1d9e01"
-name = "etcd"
-description = "etcd namespaces"
-[[catalog.services.plans]]
-id = "0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"
-name = "shared"
-description = "shared"
-[plan_configs."0d2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b"]
-cluster = "main"
-[secrets]
+        r#"[secrets]
 active = "bench"
 [secrets.keys.bench]
 value = {key_text:?}
-"#,
-        endpoint = etcd.endpoint(),
-        root = etcd.root_password(),
+"#
     )
 }
 
@@ -400,7 +412,7 @@ impl ProxyChild {
         let log = std::fs::File::create(dir.join("proxy.log"))?;
         let child = Command::new(bin)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--endpoints", &etcd.endpoint()])
-            .args(["--user", PROXY_USER, "--log-level", "warn", "--broker-config"])
+            .args(["--user", PROXY_USER, "--log-level", "warn", "--config"])
             .arg(config)
             .env("ETCD_BROKER_PROXY_PASSWORD", PROXY_PASSWORD)
             .stdout(log.try_clone()?)

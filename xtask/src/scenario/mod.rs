@@ -11,7 +11,9 @@
 //!   second broker on the same config against the preloaded etcd;
 //! - on that stack, before the preload, what sealing costs: its broker (sealing on) and a second
 //!   one with sealing off, 8 clients, provision + bind + GET binding, in alternating runs;
-//! - CPU per operation of the bench, the broker and etcd (`--cpu-of`), all on this machine.
+//! - CPU per operation of the bench, the broker and etcd (`--cpu-of`), all on this machine;
+//! - the tenant proxy against etcd directly (`xtask bench-proxy`, its own etcd and proxy): put,
+//!   range and watch events, 1 and 8 clients, 3 rounds alternating the targets.
 //!
 //! Each stack is a `DevProcess` and each bench a process of its own (this binary's `bench`),
 //! so the CPU figures of client, broker and etcd are separate processes'. Figures depend on
@@ -61,7 +63,7 @@ pub struct ScenarioArgs {
 }
 
 /// The regions a run can measure, as `--only` names them.
-const MEASURED: [&str; 11] = [
+const MEASURED: [&str; 12] = [
     "default-8",
     "default-8-certificate",
     "default-64",
@@ -73,13 +75,14 @@ const MEASURED: [&str; 11] = [
     "preload-8",
     "scale",
     "startup",
+    "proxy",
 ];
 
 /// The build profile of this program, recorded with the figures.
 const PROFILE: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
 
 /// Regions of the document the scenario writes, checked before anything runs.
-const REGIONS: [&str; 13] = [
+const REGIONS: [&str; 14] = [
     "machine",
     "default-8",
     "default-8-certificate",
@@ -92,6 +95,7 @@ const REGIONS: [&str; 13] = [
     "catalog-wrk",
     "scale",
     "startup",
+    "proxy",
     "targets",
 ];
 
@@ -221,6 +225,12 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
         stop(stack);
     }
 
+    if wanted("proxy") {
+        let proxy = proxy_bench(xtask, args.count, work.path())?;
+        regions.push(("proxy", format!("```\n{}\n```\n", proxy.text.trim_end())));
+        runs.insert("proxy", proxy);
+    }
+
     for name in tables::RUNS {
         let Some(run) = runs.get(name).filter(|_| wanted(name)) else { continue };
         let mut text = String::new();
@@ -286,6 +296,31 @@ fn bench(
     }
     let report = std::fs::read_to_string(&json).with_context(|| format!("bench {name} wrote no report"))?;
     let report = serde_json::from_str(&report).with_context(|| format!("bench {name}'s report"))?;
+    Ok(BenchRun { text, report })
+}
+
+/// `xtask bench-proxy --count N --rounds 3 --json <work>/proxy.json`: its own etcd 3.5 and the
+/// release proxy next to this program (make bench builds it), printed as it comes and kept.
+fn proxy_bench(xtask: &Path, count: u64, work: &Path) -> Result<BenchRun> {
+    eprintln!("bench-scenario: proxy");
+    let proxy = xtask.with_file_name("etcd-broker-proxy");
+    ensure!(
+        proxy.is_file(),
+        "{} does not exist: build it with `cargo build --release -p etcd-broker-proxy` (make bench does)",
+        proxy.display()
+    );
+    let json = work.join("proxy.json");
+    let mut command = Command::new(xtask);
+    command.args(["bench-proxy", "--count", &count.to_string(), "--rounds", "3", "--json"]).arg(&json);
+    let out = output_unless_interrupted(&mut command, true)
+        .with_context(|| format!("cannot run {} bench-proxy", xtask.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{text}");
+    if !out.status.success() {
+        bail!("bench-proxy failed ({})", out.status);
+    }
+    let report = std::fs::read_to_string(&json).context("bench-proxy wrote no report")?;
+    let report = serde_json::from_str(&report).context("bench-proxy's report")?;
     Ok(BenchRun { text, report })
 }
 

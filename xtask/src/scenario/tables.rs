@@ -15,6 +15,14 @@ pub const RUNS: [&str; 6] =
 /// same run: at least this (a certificate user costs etcd no bcrypt hash).
 const CERTIFICATE_SPEEDUP_TARGET: f64 = 20.0;
 
+/// The tenant proxy (issue 20): throughput at least this share of etcd's directly, in the same
+/// run, every scenario, client count and encryption setting.
+const PROXY_THROUGHPUT_TARGET: f64 = 0.8;
+
+/// The tenant proxy: at most this many ms added to the p50 of etcd directly, with 1 client
+/// (latency without queueing, on loopback).
+const PROXY_ADDED_P50_TARGET_MS: f64 = 0.15;
+
 /// Each operation's target: broker p50 within this factor of its floor's p50.
 const RATIO_TARGETS: [(&str, f64); 5] =
     [("provision", 1.5), ("unbind", 1.5), ("deprovision", 1.5), ("get-binding", 1.5), ("bind", 1.2)];
@@ -301,9 +309,56 @@ pub fn targets_table(
             verdict(errors == 0 && orphans == Some(0)).to_owned(),
         ]);
     }
+    if let Some(proxy) = reports.get("proxy") {
+        rows.extend(proxy_targets(proxy));
+    }
     let mut out = String::from("| target | this run | |\n| --- | --- | --- |\n");
     for row in rows {
         let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    out
+}
+
+/// The proxy's two targets from `xtask bench-proxy`'s report: the lowest throughput ratio and
+/// the largest p50 added at 1 client, each naming its row.
+fn proxy_targets(report: &Value) -> Vec<[String; 3]> {
+    let rows = report["rows"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let through_proxy = rows.iter().filter(|r| r["target"].as_str().is_some_and(|t| t.starts_with("proxy")));
+    let name = |r: &Value| {
+        format!(
+            "{}, {} client(s), {}",
+            r["scenario"].as_str().unwrap_or("?"),
+            r["clients"].as_u64().unwrap_or(0),
+            r["target"].as_str().unwrap_or("?")
+        )
+    };
+    let mut out = Vec::new();
+    // The lowest ratio is the worst: negated, spread's largest is it.
+    let ratios: Vec<(String, f64)> =
+        through_proxy.clone().filter_map(|r| Some((name(r), -r["throughput_vs_direct"].as_f64()?))).collect();
+    let ratios: Vec<(&str, f64)> = ratios.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    if let Some((best, worst, which)) = spread(&ratios) {
+        out.push([
+            format!(
+                "proxy throughput >= {PROXY_THROUGHPUT_TARGET}x of etcd directly (put, range, watch events)"
+            ),
+            format!("{:.2}-{:.2}x (worst: {which})", -worst, -best),
+            verdict(-worst >= PROXY_THROUGHPUT_TARGET).to_owned(),
+        ]);
+    }
+    let added: Vec<(String, f64)> = through_proxy
+        .filter(|r| r["clients"].as_u64() == Some(1))
+        .filter_map(|r| Some((name(r), r["p50_added_ms"].as_f64()?)))
+        .collect();
+    let added: Vec<(&str, f64)> = added.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    if let Some((min, max, which)) = spread(&added) {
+        out.push([
+            format!(
+                "proxy p50 at most +{PROXY_ADDED_P50_TARGET_MS} ms over etcd directly (1 client, loopback)"
+            ),
+            format!("{min:+.3} to {max:+.3} ms (worst: {which})"),
+            verdict(max <= PROXY_ADDED_P50_TARGET_MS).to_owned(),
+        ]);
     }
     out
 }
@@ -340,6 +395,37 @@ mod tests {
              | catalog | 0.25 | 0.33 | 1.32 | - | - | - | 1.25 | 1.30 |\n\
              | bind | 20.00 | 25.00 | 1.25 | 22.00 | 27.50 | 1.25 | - | - |\n"
         );
+    }
+
+    #[test]
+    fn proxy_targets_name_the_worst_row_and_ignore_direct_and_8_clients_latency() {
+        let row = |scenario: &str, clients: u64, target: &str, ratio: f64, added: f64| {
+            json!({ "scenario": scenario, "clients": clients, "target": target,
+                    "throughput_vs_direct": ratio, "p50_added_ms": added })
+        };
+        let report = json!({ "rows": [
+            row("put", 1, "etcd directly", 1.0, 0.0),
+            row("put", 1, "proxy, encryption off", 0.91, 0.08),
+            row("range (1 key)", 1, "proxy, encryption on", 0.85, 0.12),
+            row("put", 8, "proxy, encryption off", 0.79, 0.9),
+        ]});
+        let rows = proxy_targets(&report);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0][1], "0.79-0.91x (worst: put, 8 client(s), proxy, encryption off)");
+        assert_eq!(rows[0][2], "**missed**");
+        assert_eq!(
+            rows[1][1],
+            "+0.080 to +0.120 ms (worst: range (1 key), 1 client(s), proxy, encryption on)"
+        );
+        assert_eq!(rows[1][2], "met");
+        let mut reports = BTreeMap::new();
+        reports.insert("proxy".to_owned(), report);
+        let table = targets_table(&reports, None, None, &[], &[]);
+        assert!(
+            table.contains("| proxy throughput >= 0.8x of etcd directly (put, range, watch events) |"),
+            "{table}"
+        );
+        assert!(proxy_targets(&json!({})).is_empty());
     }
 
     #[test]
