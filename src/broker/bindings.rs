@@ -261,10 +261,19 @@ impl EtcdBroker {
         let state = &*self.setup.state;
         if look == Look::Local {
             let instance_key = self.names().instance_key(instance);
-            let (found, existing) = tokio::join!(
-                self.read_local::<InstanceRecord>(state, &instance_key),
-                self.read_local::<BindingRecord>(state, key)
-            );
+            // Both in one request. A key left unanswered counts as absent, which is safe here
+            // like any stale answer: the commit guards it, or it is read again.
+            let (found, existing) = match state.get_local_all(&[&instance_key, key]).await {
+                Ok(answers) => {
+                    let mut answers = answers.into_iter();
+                    let (found, existing) = (answers.next().flatten(), answers.next().flatten());
+                    (
+                        self.record_from::<InstanceRecord>(&instance_key, Ok(found)),
+                        self.record_from::<BindingRecord>(key, Ok(existing)),
+                    )
+                }
+                Err(e) => (Err(self.state_failed(e)), Ok(None)),
+            };
             match (found, existing) {
                 (Ok(Some(found)), Ok(None)) if found.0.state != RecordState::Deleting => {
                     return (Ok(found), Ok(None));
