@@ -203,6 +203,9 @@ impl EtcdBroker {
                 req.plan_id, instance.cluster
             )));
         }
+        // The secrets in clear when the record holds them, for the steps after the record
+        // (they need not be unsealed from it again).
+        let mut fresh = None;
         match options.credential_store {
             // The record names where the secret goes; complete_binding writes it there.
             CredentialStoreKind::OpenBao => {
@@ -218,6 +221,7 @@ impl EtcdBroker {
                 {
                     self.store_certificate(&key, &mut record, certificate, private_key).await?;
                 }
+                fresh = Some(material);
             }
         }
         let queued_role = self.names().role_deletion_key(&record.role);
@@ -234,7 +238,7 @@ impl EtcdBroker {
         writes.extend(counted.writes);
         let created = state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
         match created {
-            Some(revision) => self.complete_binding(&key, record, revision).await,
+            Some(revision) => self.complete_binding_with(&key, record, revision, fresh).await,
             None => {
                 self.finish_queued_deletion(&record.role).await?;
                 Ok(Attempt::Retry)
@@ -297,9 +301,25 @@ impl EtcdBroker {
         record: BindingRecord,
         revision: i64,
     ) -> BrokerResult<Attempt> {
+        self.complete_binding_with(key, record, revision, None).await
+    }
+
+    /// [`Self::complete_binding`] with the secrets `record` holds, in clear, when the caller
+    /// has them (it just made them and wrote the record); otherwise they are taken from the
+    /// record or its credential store.
+    async fn complete_binding_with(
+        &self,
+        key: &str,
+        record: BindingRecord,
+        revision: i64,
+        known: Option<Material>,
+    ) -> BrokerResult<Attempt> {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
-        let material = self.material_for_bind(key, &record).await?;
+        let material = match known {
+            Some(material) => material,
+            None => self.material_for_bind(key, &record).await?,
+        };
         // A certificate binding has no password: etcd hashes none (`Store::ensure_certificate_user`).
         let created = store
             .ensure_binding_user(
