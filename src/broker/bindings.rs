@@ -203,6 +203,9 @@ impl EtcdBroker {
                 req.plan_id, instance.cluster
             )));
         }
+        // The secrets in clear when the record holds them, for the steps after the record
+        // (they need not be unsealed from it again).
+        let mut fresh = None;
         match options.credential_store {
             // The record names where the secret goes; complete_binding writes it there.
             CredentialStoreKind::OpenBao => {
@@ -218,6 +221,7 @@ impl EtcdBroker {
                 {
                     self.store_certificate(&key, &mut record, certificate, private_key).await?;
                 }
+                fresh = Some(material);
             }
         }
         let queued_role = self.names().role_deletion_key(&record.role);
@@ -234,7 +238,7 @@ impl EtcdBroker {
         writes.extend(counted.writes);
         let created = state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
         match created {
-            Some(revision) => self.complete_binding(&key, record, revision).await,
+            Some(revision) => self.complete_binding_with(&key, record, revision, fresh).await,
             None => {
                 self.finish_queued_deletion(&record.role).await?;
                 Ok(Attempt::Retry)
@@ -261,10 +265,19 @@ impl EtcdBroker {
         let state = &*self.setup.state;
         if look == Look::Local {
             let instance_key = self.names().instance_key(instance);
-            let (found, existing) = tokio::join!(
-                self.read_local::<InstanceRecord>(state, &instance_key),
-                self.read_local::<BindingRecord>(state, key)
-            );
+            // Both in one request. A key left unanswered counts as absent, which is safe here
+            // like any stale answer: the commit guards it, or it is read again.
+            let (found, existing) = match state.get_local_all(&[&instance_key, key]).await {
+                Ok(answers) => {
+                    let mut answers = answers.into_iter();
+                    let (found, existing) = (answers.next().flatten(), answers.next().flatten());
+                    (
+                        self.record_from::<InstanceRecord>(&instance_key, Ok(found)),
+                        self.record_from::<BindingRecord>(key, Ok(existing)),
+                    )
+                }
+                Err(e) => (Err(self.state_failed(e)), Ok(None)),
+            };
             match (found, existing) {
                 (Ok(Some(found)), Ok(None)) if found.0.state != RecordState::Deleting => {
                     return (Ok(found), Ok(None));
@@ -288,9 +301,25 @@ impl EtcdBroker {
         record: BindingRecord,
         revision: i64,
     ) -> BrokerResult<Attempt> {
+        self.complete_binding_with(key, record, revision, None).await
+    }
+
+    /// [`Self::complete_binding`] with the secrets `record` holds, in clear, when the caller
+    /// has them (it just made them and wrote the record); otherwise they are taken from the
+    /// record or its credential store.
+    async fn complete_binding_with(
+        &self,
+        key: &str,
+        record: BindingRecord,
+        revision: i64,
+        known: Option<Material>,
+    ) -> BrokerResult<Attempt> {
         let cluster = self.cluster(&record.cluster)?;
         let store = &*cluster.store;
-        let material = self.material_for_bind(key, &record).await?;
+        let material = match known {
+            Some(material) => material,
+            None => self.material_for_bind(key, &record).await?,
+        };
         // A certificate binding has no password: etcd hashes none (`Store::ensure_certificate_user`).
         let created = store
             .ensure_binding_user(

@@ -185,16 +185,6 @@ impl EtcdBroker {
         self.record_from(key, store.get(key).await)
     }
 
-    /// Reads and decodes a record as the answering member has it ([`Store::get_local`]): maybe
-    /// stale, so only for a look whose conclusions the next commit guards.
-    async fn read_local<T: serde::de::DeserializeOwned>(
-        &self,
-        store: &dyn Store,
-        key: &str,
-    ) -> BrokerResult<Option<(T, i64)>> {
-        self.record_from(key, store.get_local(key).await)
-    }
-
     fn record_from<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,

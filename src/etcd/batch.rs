@@ -171,7 +171,7 @@ impl EtcdStore {
 /// A batch's answers, one per request in order, from the responses of the Txn that carried
 /// it (`answer` reads one, `None` if it is of the wrong kind); a missing or wrong response is
 /// that request's error.
-fn each_answer<T>(
+pub(super) fn each_answer<T>(
     response: &etcd_client::TxnResponse,
     count: usize,
     answer: impl Fn(&TxnOpResponse) -> Option<T>,
@@ -202,6 +202,6 @@ fn commit_answers(response: &etcd_client::TxnResponse, count: usize) -> Vec<Comm
 }
 
 /// The value of a single-key Range, if the key exists.
-fn first_value(response: &GetResponse) -> Option<Versioned> {
+pub(super) fn first_value(response: &GetResponse) -> Option<Versioned> {
     response.kvs().first().map(super::versioned)
 }

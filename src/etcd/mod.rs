@@ -246,6 +246,33 @@ impl Store for EtcdStore {
         Ok(response.kvs().first().map(versioned))
     }
 
+    /// One read-only Txn of serializable Ranges: etcd serves it from the member's own state
+    /// like a single serializable Range (a Txn waits for a read-index round only when one of
+    /// its Ranges is linearizable), one request instead of one per key.
+    async fn get_local_all(&self, keys: &[&str]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        match keys {
+            [] => return Ok(Vec::new()),
+            [key] => return Ok(vec![self.get_local(key).await?]),
+            _ => {}
+        }
+        let serializable = || Some(GetOptions::new().with_serializable());
+        let ranges: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(*key, serializable())).collect();
+        let txn = Txn::new().and_then(ranges);
+        let response = self
+            .kv(Call::Read, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(classify)?;
+        batch::each_answer(&response, keys.len(), |answer| match answer {
+            etcd_client::TxnOpResponse::Get(range) => Some(batch::first_value(range)),
+            _ => None,
+        })
+        .into_iter()
+        .collect()
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let response = self
             .kv(Call::Read, |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })

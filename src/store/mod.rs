@@ -129,6 +129,18 @@ pub trait Store: Send + Sync + 'static {
         self.get(key).await
     }
 
+    /// [`Store::get_local`] of each of `keys`, answered in order: one request for all of them
+    /// where the store can (etcd: a read-only Txn of serializable Ranges, which the member
+    /// serves from its own state as it does a Range), so a first look of several keys costs
+    /// the store and the broker one request, not one per key.
+    async fn get_local_all(&self, keys: &[&str]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.get_local(key).await?);
+        }
+        Ok(found)
+    }
+
     /// Reads every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 

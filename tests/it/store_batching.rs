@@ -135,3 +135,23 @@ async fn a_commit_that_writes_what_another_compares_waits_for_the_next_batch() {
     assert!(largest(&batches, "txn") > 1, "batches: {batches:?}");
     etcd.stop().await;
 }
+
+#[tokio::test]
+async fn local_reads_of_several_keys_answer_each_in_order_in_one_request() {
+    let (etcd, store, _) = start(None).await;
+    let put = |k: &str, v: &str| Write::Put(k.to_owned(), v.as_bytes().to_vec());
+    let written =
+        store.commit(&[], &[put("/batching/a", "1"), put("/batching/c", "3")]).await.unwrap().unwrap();
+    let keys = ["/batching/c", "/batching/b", "/batching/a"];
+    let answers = store.get_local_all(&keys).await.unwrap();
+    let values: Vec<_> =
+        answers.iter().map(|a| a.as_ref().map(|v| (v.value.clone(), v.mod_revision))).collect();
+    assert_eq!(values, [Some((b"3".to_vec(), written)), None, Some((b"1".to_vec(), written))]);
+    // One key: a plain serializable Range, the same answer as get_local.
+    assert_eq!(
+        store.get_local_all(&["/batching/a"]).await.unwrap(),
+        [store.get_local("/batching/a").await.unwrap()]
+    );
+    assert_eq!(store.get_local_all(&[]).await.unwrap(), []);
+    etcd.stop().await;
+}
