@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use etcd_client::{GetResponse, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, GetResponse, Txn, TxnOp, TxnOpResponse};
 
 use super::call::Call;
 use super::coalesce::{Batching, Coalescer, SendBatch};
@@ -24,7 +24,9 @@ type CommitResult = Result<Option<i64>, StoreError>;
 /// A [`crate::store::Store::commit`] waiting for its batch: its transaction, the keys it compares and the
 /// keys it writes.
 pub(super) struct PendingCommit {
-    pub(super) txn: Txn,
+    /// Its guards as etcd compares, and its writes.
+    pub(super) compares: Vec<Compare>,
+    pub(super) ops: Vec<TxnOp>,
     pub(super) guarded: Vec<String>,
     pub(super) written: Vec<String>,
 }
@@ -104,17 +106,21 @@ impl EtcdStore {
     }
 
     /// Sends `commits` for [`Connection::commits`] (which batches only commits that fit
-    /// together, see [`PendingCommit::fits`]) as nested Txns of one write behind the fence
-    /// (`fence.rs`), answering them in order.
+    /// together, see [`PendingCommit::fits`]) behind the fence (`fence.rs`), answering them in
+    /// order: one as a Txn of its own, several as nested Txns of one.
     async fn commit_batch(self: Arc<Self>, commits: Vec<PendingCommit>) -> Vec<CommitResult> {
         (self.observer.batch)("txn", commits.len());
-        let txns: Vec<Txn> = commits.iter().map(|c| c.txn.clone()).collect();
+        if let [commit] = commits.as_slice() {
+            return vec![self.commit_one(commit).await];
+        }
+        let txns: Vec<Txn> =
+            commits.iter().map(|c| Txn::new().when(c.compares.clone()).and_then(c.ops.clone())).collect();
         match self.send_fenced(&txns).await {
             Ok(response) => commit_answers(&response, commits.len()),
             // Above etcd's --max-txn-ops or --max-request-bytes: refused before anything was
             // applied, so each commit can go on its own.
-            Err(e) if refused_before_applying(&e) && commits.len() > 1 => {
-                futures_util::future::join_all(commits.iter().map(|c| self.commit_one(&c.txn))).await
+            Err(e) if refused_before_applying(&e) => {
+                futures_util::future::join_all(commits.iter().map(|c| self.commit_one(c))).await
             }
             // Anything else may have been applied: answering each commit with the error keeps
             // its outcome open, as for a commit of its own.
@@ -122,10 +128,9 @@ impl EtcdStore {
         }
     }
 
-    /// One commit as the only nested Txn of a write behind the fence.
-    async fn commit_one(&self, txn: &Txn) -> CommitResult {
-        let response = self.send_fenced(std::slice::from_ref(txn)).await.map_err(classify)?;
-        commit_answers(&response, 1).remove(0)
+    /// One commit as one flat Txn behind the fence ([`EtcdStore::send_fenced_one`]).
+    async fn commit_one(&self, commit: &PendingCommit) -> CommitResult {
+        self.send_fenced_one(&commit.compares, &commit.ops).await.map_err(classify)
     }
 
     /// Reads `keys` for [`Connection::reads`], answering them in order: one key as a Range,

@@ -1,9 +1,10 @@
 //! Writes that fail over: a write whose member stops answering is sent again through another
 //! member, and still never applies twice.
 //!
-//! Every batch of commits, and every prefix deletion, is one Txn whose outer compare is the
-//! **fence key**'s `mod_revision` as this store last saw it; the commits' own guards are nested
-//! inside. A write with no answer after [`super::policy::HEDGE_AFTER`] has its member out of
+//! Every commit, batch of commits and prefix deletion is one Txn that also compares the
+//! **fence key**'s `mod_revision` as this store last saw it: beside a single commit's own
+//! guards (flat, because etcd 3.4 lets a Txn whose writes are all nested through its NOSPACE
+//! alarm), or around a batch's nested commits. A write with no answer after [`super::policy::HEDGE_AFTER`] has its member out of
 //! use by then ([`super::health`]): the store first moves the fence (a Put through a member
 //! that answers), then sends the write again with the fence's new revision. The copy left in
 //! the stopped member compares the old revision, which never recurs, so it cannot apply
@@ -57,12 +58,19 @@ impl Fence {
             .or_else([TxnOp::get(self.key.as_str(), None)])
     }
 
-    /// Learns the fence's revision from an [`Self::around`] Txn that found it moved.
-    fn learn(&self, missed: &TxnResponse) {
-        if let Some(TxnOpResponse::Get(fence)) = missed.op_responses().first() {
-            let revision = fence.kvs().first().map_or(0, etcd_client::KeyValue::mod_revision);
-            self.seen.store(revision, Ordering::Release);
+    /// The fence's revision as read by the else branch of a Txn that failed.
+    fn read_in(failed: &TxnResponse) -> Option<i64> {
+        match failed.op_responses().first() {
+            Some(TxnOpResponse::Get(fence)) => {
+                Some(fence.kvs().first().map_or(0, etcd_client::KeyValue::mod_revision))
+            }
+            _ => None,
         }
+    }
+
+    /// Learns the fence's revision from a fenced Txn that found it moved.
+    fn learn(&self, revision: i64) {
+        self.seen.store(revision, Ordering::Release);
     }
 }
 
@@ -83,12 +91,44 @@ impl EtcdStore {
             if response.succeeded() {
                 return Ok(response);
             }
-            self.fence.learn(&response);
+            self.fence.learn(Fence::read_in(&response).unwrap_or(0));
         }
-        Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!(
-            "etcd's write fence moved under each of {FENCE_MISSES} sends of one write (members keep \
-             stopping); nothing of it was applied"
-        ))))
+        Err(fence_kept_moving())
+    }
+
+    /// Sends one write as one flat Txn: the fence's compare beside `compares`, then `ops`; the
+    /// else branch reads the fence, which tells a moved fence (send again) from a compare of
+    /// `compares` that failed (revisions never recur). Answers the revision of the writes, or
+    /// `None` when `compares` failed.
+    pub(super) async fn send_fenced_one(
+        &self,
+        compares: &[Compare],
+        ops: &[TxnOp],
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        for _ in 0..FENCE_MISSES {
+            let seen = self.fence.seen();
+            let mut all = vec![Compare::mod_revision(self.fence.key.as_str(), CompareOp::Equal, seen)];
+            all.extend(compares.iter().cloned());
+            let txn = Txn::new()
+                .when(all)
+                .and_then(ops.to_vec())
+                .or_else([TxnOp::get(self.fence.key.as_str(), None)]);
+            let response = self
+                .kv(Call::Fenced(seen), |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            if response.succeeded() {
+                // The header's revision is the store revision after the Txn: every write's.
+                return Ok(Some(response.header().map_or(0, |h| h.revision())));
+            }
+            match Fence::read_in(&response) {
+                Some(revision) if revision != seen => self.fence.learn(revision),
+                _ => return Ok(None),
+            }
+        }
+        Err(fence_kept_moving())
     }
 
     /// Moves the fence past `seen`, the revision a write without an answer compared, unless
@@ -113,6 +153,14 @@ impl EtcdStore {
         self.fence.seen.store(revision, Ordering::Release);
         Ok(())
     }
+}
+
+/// The error of a write whose every send found the fence moved: nothing of it applied.
+fn fence_kept_moving() -> etcd_client::Error {
+    etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!(
+        "etcd's write fence moved under each of {FENCE_MISSES} sends of one write (members keep \
+         stopping); nothing of it was applied"
+    )))
 }
 
 /// What the fence holds, for an operator who finds it: only its revision matters.

@@ -344,7 +344,6 @@ impl Store for EtcdStore {
                 Write::Delete(k) => TxnOp::delete(k.as_str(), None),
             })
             .collect();
-        let txn = Txn::new().when(compares).and_then(ops);
         let guarded = guards
             .iter()
             .map(|g| match g {
@@ -357,14 +356,14 @@ impl Store for EtcdStore {
                 Write::Put(k, _) | Write::Delete(k) => k.clone(),
             })
             .collect();
-        self.batched(|c| &c.commits, PendingCommit { txn, guarded, written }).await
+        self.batched(|c| &c.commits, PendingCommit { compares, ops, guarded, written }).await
     }
 
     /// Behind the write fence: a deprovision's deletion left in a stopped member must not
     /// apply after the same instance id was provisioned again.
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        let delete = Txn::new().and_then([TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()))]);
-        self.send_fenced(&[delete]).await.map_err(classify)?;
+        let delete = TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()));
+        self.send_fenced_one(&[], &[delete]).await.map_err(classify)?;
         Ok(())
     }
 
