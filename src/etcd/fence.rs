@@ -48,14 +48,21 @@ impl Fence {
         self.seen.load(Ordering::Acquire)
     }
 
+    /// The compare every fenced Txn carries: the fence still at `seen`.
+    fn at(&self, seen: i64) -> Compare {
+        Compare::mod_revision(self.key.as_str(), CompareOp::Equal, seen)
+    }
+
+    /// Every fenced Txn's else branch: the fence read, for [`Self::read_in`].
+    fn read(&self) -> TxnOp {
+        TxnOp::get(self.key.as_str(), None)
+    }
+
     /// `txns` as one Txn that applies them (each a nested Txn with its own guards) only while
     /// the fence is at `seen`, and otherwise reads the fence.
     fn around(&self, seen: i64, txns: &[Txn]) -> Txn {
         let nested: Vec<TxnOp> = txns.iter().cloned().map(TxnOp::txn).collect();
-        Txn::new()
-            .when([Compare::mod_revision(self.key.as_str(), CompareOp::Equal, seen)])
-            .and_then(nested)
-            .or_else([TxnOp::get(self.key.as_str(), None)])
+        Txn::new().when([self.at(seen)]).and_then(nested).or_else([self.read()])
     }
 
     /// The fence's revision as read by the else branch of a Txn that failed.
@@ -81,13 +88,7 @@ impl EtcdStore {
     pub(super) async fn send_fenced(&self, txns: &[Txn]) -> Result<TxnResponse, etcd_client::Error> {
         for _ in 0..FENCE_MISSES {
             let seen = self.fence.seen();
-            let txn = self.fence.around(seen, txns);
-            let response = self
-                .kv(Call::Fenced(seen), |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await?;
+            let response = self.send_at(seen, self.fence.around(seen, txns)).await?;
             if response.succeeded() {
                 return Ok(response);
             }
@@ -107,18 +108,10 @@ impl EtcdStore {
     ) -> Result<Option<i64>, etcd_client::Error> {
         for _ in 0..FENCE_MISSES {
             let seen = self.fence.seen();
-            let mut all = vec![Compare::mod_revision(self.fence.key.as_str(), CompareOp::Equal, seen)];
+            let mut all = vec![self.fence.at(seen)];
             all.extend(compares.iter().cloned());
-            let txn = Txn::new()
-                .when(all)
-                .and_then(ops.to_vec())
-                .or_else([TxnOp::get(self.fence.key.as_str(), None)]);
-            let response = self
-                .kv(Call::Fenced(seen), |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await?;
+            let txn = Txn::new().when(all).and_then(ops.to_vec()).or_else([self.fence.read()]);
+            let response = self.send_at(seen, txn).await?;
             if response.succeeded() {
                 // The header's revision is the store revision after the Txn: every write's.
                 return Ok(Some(response.header().map_or(0, |h| h.revision())));
@@ -129,6 +122,16 @@ impl EtcdStore {
             }
         }
         Err(fence_kept_moving())
+    }
+
+    /// Sends `txn`, a Txn comparing the fence at `seen`, as a write that is sent again after a
+    /// fence move when its endpoint is silent ([`Call::Fenced`]).
+    async fn send_at(&self, seen: i64, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        self.kv(Call::Fenced(seen), |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     /// Moves the fence past `seen`, the revision a write without an answer compared, unless
