@@ -39,17 +39,8 @@ fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
     assert_eq!(config.keychain.expect("the broker's keys").active().name(), "k1");
     // The job's ERB writes what the offline render writes (director::properties_json).
     let offline = tempfile::tempdir().unwrap();
-    let out = Command::new(OPS)
-        .args(["render", "--instance-group", "etcd-broker-proxy", "--job", "etcd-broker-proxy", "--manifest"])
-        .arg(repo().join("manifests/etcd-broker.yml"))
-        .arg("-o")
-        .arg(repo().join(OPS_FILE))
-        .arg("-l")
-        .arg(repo().join("manifests/examples/vars.yml"))
-        .arg("--output-dir")
-        .arg(offline.path())
-        .output()
-        .unwrap();
+    let job = ["--instance-group", "etcd-broker-proxy", "--job", "etcd-broker-proxy", "--output-dir"];
+    let out = render_example(&[job.map(Into::into).as_slice(), &[offline.path().into()]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(offline.path().join("etcd-broker-proxy.toml").is_file());
     let json = |path: &std::path::Path| -> serde_json::Value {
@@ -61,15 +52,7 @@ fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
     assert!(!text.contains("example-root-password"), "the root password is in the proxy's properties");
 
     // The broker, with the same ops file, hands the proxy's URL to encrypting plans' bindings.
-    let out = Command::new(OPS)
-        .args(["render", "--manifest"])
-        .arg(repo().join("manifests/etcd-broker.yml"))
-        .arg("-o")
-        .arg(repo().join(OPS_FILE))
-        .arg("-l")
-        .arg(repo().join("manifests/examples/vars.yml"))
-        .output()
-        .unwrap();
+    let out = render_example(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let broker = Config::from_toml(&String::from_utf8(out.stdout).unwrap()).unwrap();
     assert_eq!(urls(&broker.clusters["main"].proxy_endpoints), ["https://etcd-proxy.example.com:2391/"]);
@@ -168,16 +151,7 @@ async fn a_proxy_rendered_with_the_rotation_unseals_data_keys_the_new_key_sealed
     assert_eq!(rotated.keys().map(|k| k.name()).collect::<Vec<_>>(), ["k1", "k2"]);
 
     // The broker of the same deployment, rendered by `etcd-broker-ops render`.
-    let out = Command::new(OPS)
-        .args(["render", "--manifest"])
-        .arg(repo().join("manifests/etcd-broker.yml"))
-        .arg("-o")
-        .arg(repo().join(OPS_FILE))
-        .args(with(&rotation))
-        .arg("-l")
-        .arg(repo().join("manifests/examples/vars.yml"))
-        .output()
-        .unwrap();
+    let out = render_example(&with(&rotation).into_iter().map(Into::into).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let broker = Config::from_toml(&String::from_utf8(out.stdout).unwrap()).unwrap();
     let etcd_broker::config::Sealing::On(broker_keys) = &broker.sealing else {
@@ -279,4 +253,19 @@ async fn the_brokers_post_start_makes_the_proxys_etcd_user_on_every_deploy() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the job's `password` is not set"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(etcd.root_password()));
+}
+
+/// `etcd-broker-ops render` of the example deployment with the proxy's ops file, then `extra`
+/// (more `-o` ops files after it, a job to render, an output folder).
+fn render_example(extra: &[std::ffi::OsString]) -> std::process::Output {
+    Command::new(OPS)
+        .args(["render", "--manifest"])
+        .arg(repo().join("manifests/etcd-broker.yml"))
+        .arg("-o")
+        .arg(repo().join(OPS_FILE))
+        .arg("-l")
+        .arg(repo().join("manifests/examples/vars.yml"))
+        .args(extra)
+        .output()
+        .unwrap()
 }
