@@ -202,7 +202,17 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
             runs.insert("preload-8", bench(&stack, "preload-8", &extra)?);
         }
         if wanted("scale") {
-            let scale = tables::scale_table(&runs["cost4-8"].report, &runs["preload-8"].report);
+            // The control: an empty stack measured while the preloaded one still holds its
+            // memory, so both runs see the same machine (the empty run above came before the
+            // preload filled etcd's heap and the page cache).
+            let beside = DevProcess::start(xtask, &cost4, &work.path().join("cost4-beside"))?;
+            runs.insert(tables::EMPTY_BESIDE, bench(&beside, tables::EMPTY_BESIDE, &["--clients", "8"])?);
+            stop(beside);
+            let scale = tables::scale_table(
+                &runs["cost4-8"].report,
+                &runs[tables::EMPTY_BESIDE].report,
+                &runs["preload-8"].report,
+            );
             regions.push(("scale", format!("Preloaded: {} instances.\n\n{scale}", args.preload)));
         }
         if wanted("startup") {
