@@ -281,13 +281,11 @@ impl Report {
     }
 }
 
-/// What the walk over the records saw, for the checks of names, data and indexes.
+/// What the walk over the records saw, for the checks of names and data.
 #[derive(Default)]
 struct Seen {
     /// Instance id -> the cluster of its data.
     instances: BTreeMap<String, String>,
-    /// Each readable instance record, with the index entries it should have.
-    indexed: Vec<Indexed>,
     /// (cluster, name) of every user and role that a binding record or a queued deletion names.
     named: BTreeSet<(String, String)>,
 }
@@ -388,7 +386,6 @@ impl EtcdBroker {
         self.check_instances(settings, now, &mut seen, &mut report).await?;
         self.check_bindings(settings, now, &mut seen, &mut report).await?;
         self.check_queue(settings, now, &mut seen, &mut report).await?;
-        self.check_indexes(&seen, &mut report).await?;
         let mut clusters: Vec<&String> = self.setup.clusters.keys().collect();
         clusters.sort();
         for cluster in clusters {
@@ -439,15 +436,24 @@ impl EtcdBroker {
         seen: &mut Seen,
         report: &mut Report,
     ) -> BrokerResult<()> {
-        let prefix = self.names().instances_prefix();
-        self.walk(&prefix, &mut |key, found| {
-            report.checked.instances += 1;
-            self.instance_seen(settings, now, &key, &found, seen, report);
-        })
-        .await
+        let mut pages = Pages::new(&self.names().instances_prefix());
+        // A page at a time: its records' index entries are checked before the next page, so
+        // memory stays one page whatever the number of instances.
+        loop {
+            let page = self.page(&mut pages).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            let mut indexed = Vec::with_capacity(page.len());
+            for (key, found) in page {
+                report.checked.instances += 1;
+                indexed.extend(self.instance_seen(settings, now, &key, &found, seen, report));
+            }
+            self.check_indexes(&indexed, report).await?;
+        }
     }
 
-    /// One instance record of the walk.
+    /// One instance record of the walk; the index entries it should have, when readable.
     fn instance_seen(
         &self,
         settings: &Settings,
@@ -456,7 +462,7 @@ impl EtcdBroker {
         found: &Versioned,
         seen: &mut Seen,
         report: &mut Report,
-    ) {
+    ) -> Option<Indexed> {
         let state_cluster = &self.setup.state_cluster;
         let id = key[self.names().instances_prefix().len()..].to_owned();
         let record: InstanceRecord = match decode(key, &found.value) {
@@ -465,7 +471,7 @@ impl EtcdBroker {
                 report.findings.push(finding(Kind::UnreadableRecord, state_cluster, key, e.to_string()));
                 // Its data and bindings are not orphans: we cannot tell its cluster.
                 seen.instances.insert(id, String::new());
-                return;
+                return None;
             }
         };
         if repair::is_claim(&record) {
@@ -479,7 +485,7 @@ impl EtcdBroker {
                         .with(Target::Data { instance, claim }),
                 );
             }
-            return;
+            return None;
         }
         if !self.setup.clusters.contains_key(&record.cluster) {
             let detail = format!("names cluster '{}', which the config does not have", record.cluster);
@@ -502,43 +508,42 @@ impl EtcdBroker {
                 .max_instances_per_organization
                 .map(|_| self.names().organization_limit_key(&record.organization_guid)),
         ));
-        seen.indexed.push(Indexed { record: key.to_owned(), revision: found.mod_revision, entries });
         seen.instances.insert(id, record.cluster);
+        Some(Indexed { record: key.to_owned(), revision: found.mod_revision, entries })
     }
 
-    /// Each instance record's entries in the per-plan and per-organization indexes (read
-    /// after the records: an instance created since has its entries, written with its record).
-    /// A missing entry is confirmed by reading the record and the entry again: a deprovision
-    /// deletes both at once.
-    async fn check_indexes(&self, seen: &Seen, report: &mut Report) -> BrokerResult<()> {
-        let mut present = BTreeSet::new();
-        for index in [self.names().instance_index_root(), self.names().organization_index_root()] {
-            self.walk(&index, &mut |key, _| {
-                present.insert(key);
-            })
-            .await?;
-        }
+    /// Each instance record's entries in the per-plan and per-organization indexes, for one
+    /// page of records: read after the records (an instance created since has its entries,
+    /// written with its record), all at once (the store sends concurrent reads as one etcd
+    /// request). A missing entry is confirmed by reading the record and the entry again: a
+    /// deprovision deletes both at once.
+    async fn check_indexes(&self, indexed: &[Indexed], report: &mut Report) -> BrokerResult<()> {
         let state = &*self.setup.state;
-        for Indexed { record, revision, entries } in &seen.indexed {
-            for (entry, limit) in entries.iter().filter(|(entry, _)| !present.contains(entry)) {
-                if !self.unchanged(record, *revision).await?
-                    || state.get(entry).await.map_err(|e| self.state_failed(e))?.is_some()
-                {
-                    continue;
-                }
-                let detail = format!(
-                    "its index entry {entry} is missing: the instance is not counted against its limits"
-                );
-                let target = Target::Index {
-                    record: record.clone(),
-                    revision: *revision,
-                    entry: entry.clone(),
-                    limit: limit.clone(),
-                };
-                report.findings.push(
-                    finding(Kind::MissingIndexEntry, &self.setup.state_cluster, record, detail).with(target),
-                );
+        let wanted =
+            indexed.iter().flat_map(|i| i.entries.iter().map(move |(entry, limit)| (i, entry, limit)));
+        let wanted: Vec<_> = wanted.collect();
+        let found = futures_util::future::join_all(wanted.iter().map(|(_, entry, _)| state.get(entry))).await;
+        for ((indexed, entry, limit), found) in wanted.into_iter().zip(found) {
+            if found.map_err(|e| self.state_failed(e))?.is_some() {
+                continue;
             }
+            let Indexed { record, revision, .. } = indexed;
+            if !self.unchanged(record, *revision).await?
+                || state.get(entry).await.map_err(|e| self.state_failed(e))?.is_some()
+            {
+                continue;
+            }
+            let detail =
+                format!("its index entry {entry} is missing: the instance is not counted against its limits");
+            let target = Target::Index {
+                record: record.clone(),
+                revision: *revision,
+                entry: entry.clone(),
+                limit: limit.clone(),
+            };
+            report.findings.push(
+                finding(Kind::MissingIndexEntry, &self.setup.state_cluster, record, detail).with(target),
+            );
         }
         Ok(())
     }
