@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use etcd_broker::etcd::{health_probe, Endpoints, HealthChecked};
 use etcd_broker::tls::ClientTls;
+use futures_util::TryFutureExt;
 use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Endpoint;
 use tonic::Request;
 use url::Url;
 
+use crate::balancer::RoundRobin;
 use crate::caller::TOKEN_KEYS;
 use crate::pb::etcdserverpb::{
     auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient,
@@ -26,19 +28,14 @@ use crate::policy;
 /// whatever else a client sends is not meant for etcd.
 pub const FORWARDED_KEYS: [&str; 3] = [TOKEN_KEYS[0], TOKEN_KEYS[1], "hasleader"];
 
-/// A gRPC channel to etcd, balanced over its endpoints.
+/// A gRPC channel to etcd, balanced over its endpoints ([`RoundRobin`]: no task between a
+/// request and its endpoint's channel).
 ///
 /// A newtype with an error type of its own: with the balancer's `BoxError` as error, the
 /// generated clients' futures are not provably `Send` inside `#[async_trait]` methods (a
 /// known limit of the compiler's reasoning about `Into<Box<dyn Error>>` across lifetimes).
 #[derive(Clone)]
-pub struct Channel(
-    tower::util::BoxCloneSyncService<
-        http::Request<tonic::body::Body>,
-        http::Response<tonic::body::Body>,
-        tower::BoxError,
-    >,
-);
+pub struct Channel(RoundRobin<tonic::transport::Channel>);
 
 /// A request that did not reach etcd; tonic reads the cause (e.g. a refused connection,
 /// UNAVAILABLE) from its source.
@@ -46,20 +43,23 @@ pub struct Channel(
 #[error("{0}")]
 pub struct ChannelError(#[source] tower::BoxError);
 
+/// The balancer's answer, its error wrapped (no allocation beyond the balancer's own).
+type ChannelFuture = futures_util::future::MapErr<
+    <RoundRobin<tonic::transport::Channel> as tower::Service<http::Request<tonic::body::Body>>>::Future,
+    fn(tower::BoxError) -> ChannelError,
+>;
+
 impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     type Response = http::Response<tonic::body::Body>;
     type Error = ChannelError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, ChannelError>> + Send + 'static>,
-    >;
+    type Future = ChannelFuture;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ChannelError>> {
         self.0.poll_ready(cx).map_err(ChannelError)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let response = self.0.call(request);
-        Box::pin(async move { response.await.map_err(ChannelError) })
+        self.0.call(request).map_err(ChannelError as fn(tower::BoxError) -> ChannelError)
     }
 }
 
@@ -77,9 +77,8 @@ pub struct Backend {
 
 impl Backend {
     /// A channel over `endpoints`, dialled lazily (a dead endpoint fails no start), each
-    /// request sent to one of two endpoints picked at random among those whose health check
-    /// (or last request) answered; with none answering, to any (see
-    /// [`etcd_broker::etcd::Endpoints`]). Starts one prober per endpoint: call it inside the
+    /// request sent to the next of the endpoints whose health check (or last request)
+    /// answered; with none answering, to any (see [`etcd_broker::etcd::Endpoints`]). Starts one prober per endpoint: call it inside the
     /// tokio runtime.
     pub fn new(endpoints: &[Url], tls: &ClientTls) -> Result<Backend, BackendError> {
         let health = Endpoints::with_heartbeat(policy::HEARTBEAT);
@@ -94,9 +93,8 @@ impl Backend {
                 .map_err(|e| BackendError(format!("OpenSSL: {e}")))?;
             lazy_channels(endpoints, https, &health)?
         };
-        let balance = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(channels));
-        let buffered = tower::buffer::Buffer::new(balance, policy::BALANCER_BUFFER);
-        Ok(Backend { channel: Channel(tower::util::BoxCloneSyncService::new(buffered)), endpoints: health })
+        let balancer = RoundRobin::new(channels).map_err(|e| BackendError(e.to_string()))?;
+        Ok(Backend { channel: Channel(balancer), endpoints: health })
     }
 
     /// How many endpoints answer now (readiness: none, and nothing can be served).
@@ -125,12 +123,13 @@ impl Backend {
     }
 }
 
-/// Health-checked channels of one endpoint each, connected lazily with the same connector.
-type Checked = tower::load::Constant<HealthChecked<tonic::transport::Channel>, usize>;
-
 /// One lazily connected channel per endpoint, each with the same connector, each probed
 /// (etcd's gRPC health check) as one of `health`.
-fn lazy_channels<C>(endpoints: &[Url], connector: C, health: &Endpoints) -> Result<Vec<Checked>, BackendError>
+fn lazy_channels<C>(
+    endpoints: &[Url],
+    connector: C,
+    health: &Endpoints,
+) -> Result<Vec<HealthChecked<tonic::transport::Channel>>, BackendError>
 where
     C: tower::Service<http::Uri> + Clone + Send + 'static,
     C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -150,8 +149,7 @@ where
                 .tcp_keepalive(Some(Duration::from_secs(30)));
             let channel = endpoint.connect_with_connector_lazy(connector.clone());
             let name = url.as_str().trim_end_matches('/').to_owned();
-            let checked = health.add(name, channel.clone(), health_probe(channel));
-            Ok(tower::load::Constant::new(checked, 0))
+            Ok(health.add(name, channel.clone(), health_probe(channel)))
         })
         .collect()
 }

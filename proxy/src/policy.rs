@@ -24,9 +24,6 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// sent to it wait for their client's deadline.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Requests queued for the balancer over the endpoints.
-pub const BALANCER_BUFFER: usize = 1024;
-
 /// The largest request the proxy decodes. etcd refuses requests above its own
 /// `--max-request-bytes` (1.5 MiB by default) with its own error, so the proxy lets larger
 /// ones through to etcd for that answer, up to this bound on its memory per request.

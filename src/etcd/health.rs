@@ -286,9 +286,29 @@ async fn probe_when_needed(
 
 /// A service that is not ready while its endpoint is out of use (see the module doc); made by
 /// [`Endpoints::add`].
+///
+/// Clones share the endpoint's health (and clone the inner service): a balancer shared by
+/// many callers without a task of its own (the tenant proxy's) hands each request a clone of
+/// the endpoint it picked.
 pub struct HealthChecked<S> {
     inner: S,
     health: Arc<Health>,
+}
+
+impl<S: Clone> Clone for HealthChecked<S> {
+    fn clone(&self) -> Self {
+        HealthChecked { inner: self.inner.clone(), health: self.health.clone() }
+    }
+}
+
+impl<S> HealthChecked<S> {
+    /// Whether a balancer may pick this endpoint now: it answers, or no endpoint of its group
+    /// does (then every one is tried; see the module doc). A balancer checks this before it
+    /// asks an endpoint to be ready, which for one out of use registers the caller to be
+    /// woken when the group changes.
+    pub fn is_usable(&self) -> bool {
+        self.health.usable()
+    }
 }
 
 impl<S, Request> tower::Service<Request> for HealthChecked<S>
@@ -481,6 +501,21 @@ mod tests {
         assert!(!ready_now(&mut endpoint), "no answer within SLOW_ANSWER");
         assert!(!request.is_finished(), "the request itself goes on waiting");
         request.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_share_their_endpoints_health() {
+        let endpoints = Endpoints::new();
+        let (flaky, other) = (Fake::default(), Fake::default());
+        let (endpoint, _other) = (flaky.add_to(&endpoints), other.add_to(&endpoints));
+        let mut clone = endpoint.clone();
+        assert!(!endpoint.is_usable() && !clone.is_usable(), "nothing is used before its probe");
+        settle(Duration::from_millis(1)).await;
+        assert!(endpoint.is_usable() && clone.is_usable(), "its probe answered, for both");
+        flaky.down.store(true, Ordering::SeqCst);
+        assert!(clone.call(()).await.is_err());
+        assert!(!endpoint.is_usable(), "a clone's failed request takes the endpoint out for every clone");
+        assert_eq!(endpoints.answering(), 1);
     }
 
     #[tokio::test(start_paused = true)]

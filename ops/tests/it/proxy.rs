@@ -37,6 +37,7 @@ fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
     assert_eq!(config.user, "etcd-broker-proxy");
     assert_eq!(config.password.expose(), "example-proxy-password");
     assert_eq!(config.keychain.expect("the broker's keys").active().name(), "k1");
+    assert_eq!(config.workers, 1, "the job's default: one thread");
     // The job's ERB writes what the offline render writes (director::properties_json).
     let offline = tempfile::tempdir().unwrap();
     let job = ["--instance-group", "etcd-broker-proxy", "--job", "etcd-broker-proxy", "--output-dir"];
@@ -56,6 +57,36 @@ fn the_proxy_job_renders_a_config_the_proxy_starts_with() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let broker = Config::from_toml(&String::from_utf8(out.stdout).unwrap()).unwrap();
     assert_eq!(urls(&broker.clusters["main"].proxy_endpoints), ["https://etcd-proxy.example.com:2391/"]);
+}
+
+/// The job's `workers` reaches the proxy's `--workers`; a value the proxy refuses fails the
+/// offline render (as it would the proxy's start), naming the property's key.
+#[test]
+fn the_proxy_jobs_workers_reach_the_proxy_and_bad_ones_fail_the_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let workers = |value: &str| {
+        let ops = dir.path().join(format!("workers-{value}.yml"));
+        let patch = "- type: replace\n  path: /instance_groups/name=etcd-broker-proxy/jobs/name=etcd-broker-proxy/properties/workers?\n";
+        std::fs::write(&ops, format!("{patch}  value: {value}\n")).unwrap();
+        ["-o".into(), ops.into_os_string()]
+    };
+    let out = dir.path().join("rendered");
+    std::fs::create_dir(&out).unwrap();
+    let extra = workers("4").map(|a| a.to_string_lossy().into_owned());
+    let file = errand_properties(&out, "etcd-broker-proxy", "etcd-broker-proxy", OPS_FILE, &extra);
+    let args = etcd_broker_proxy::config::Args::try_parse_from([
+        "etcd-broker-proxy",
+        "--bosh-properties",
+        file.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(args.into_config(None).expect("the proxy accepts its job's config").workers, 4);
+
+    let job = ["--instance-group", "etcd-broker-proxy", "--job", "etcd-broker-proxy"];
+    let refused = render_example(&[workers("0").as_slice(), &job.map(std::ffi::OsString::from)].concat());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "workers: 0 rendered");
+    assert!(stderr.contains("workers") && stderr.contains("must be 1 to 256"), "{stderr}");
 }
 
 /// `proxy-user` twice (idempotent; the second sets a new password) with the broker's config,
