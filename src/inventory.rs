@@ -2,17 +2,20 @@
 //! clear-text records, the keychain's keys) as a Prometheus collector over the broker's counts
 //! in etcd, with the configured limits and this process's refusals by them beside.
 //!
-//! They are counted when a scrape asks, with a few count-only requests, rather than kept in
-//! the process: other broker instances change them too. The monitoring listener calls
-//! [`Inventory::refresh`] before it renders; if etcd fails, the last values stay and the etcd
-//! error counters say why.
+//! A scrape sends etcd nothing: one broker at a time counts in etcd every
+//! `[metrics] inventory_seconds` and publishes the counts, every broker reads them as often
+//! (`broker/inventory.rs`), and [`Inventory::apply`] sets the gauges from what was read. The
+//! monitoring listener calls [`Inventory::before_scrape`], which only copies this process's
+//! refusal counts and the counts' age. If etcd fails, the last counts stay and their age grows.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
+use crate::broker::inventory::InventoryCounts;
 use crate::broker::limits::Limit;
 use crate::broker::EtcdBroker;
 
@@ -38,12 +41,18 @@ pub struct Inventory {
     plan_limits: IntGaugeVec,
     /// `max_instances_per_organization`, when configured. Fixed at start.
     organization_limit: IntGaugeVec,
-    /// Creates this process refused by a limit, by limit (caught up at each refresh).
+    /// Creates this process refused by a limit, by limit (caught up before each scrape).
     limit_refusals: IntCounterVec,
+    /// Seconds since the counts shown were taken; exported once there are counts.
+    age: IntGauge,
+    /// When the counts shown were taken (seconds since the epoch); 0 before the first.
+    counted_at: Arc<AtomicU64>,
+    /// 1 while this broker leads the inventory task (it counts), else 0.
+    leader: IntGauge,
 }
 
 impl Inventory {
-    /// The gauges of `broker`'s inventory, at 0 until the first refresh.
+    /// The gauges of `broker`'s inventory, at 0 until the first counts are applied.
     pub fn new(broker: Arc<EtcdBroker>) -> Self {
         let per_plan = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["service", "plan"]).expect("valid metric")
@@ -109,37 +118,57 @@ impl Inventory {
             )
             .expect("valid metric"),
             keychain_keys,
+            age: IntGauge::new(
+                "etcd_broker_inventory_age_seconds",
+                "Seconds since the inventory gauges' counts were taken in etcd.",
+            )
+            .expect("valid metric"),
+            counted_at: Arc::new(AtomicU64::new(0)),
+            leader: IntGauge::new(
+                "etcd_broker_inventory_leader",
+                "1 while this broker leads the inventory task (counts in etcd for every broker), else 0.",
+            )
+            .expect("valid metric"),
         }
     }
 
-    /// Counts again in etcd.
-    pub async fn refresh(&self) {
+    /// Sets the gauges to `counts` (taken by this broker or read from etcd).
+    pub fn apply(&self, counts: &InventoryCounts) {
+        for plan in self.broker.plan_inventory(counts) {
+            let labels = [plan.service.as_str(), plan.plan.as_str()];
+            self.instances.with_label_values(&labels).set(plan.instances as i64);
+            self.bindings.with_label_values(&labels).set(plan.bindings as i64);
+        }
+        self.roles_awaiting_deletion.set(counts.queued_roles as i64);
+        // A key whose records are all gone (and that is not configured) leaves the series.
+        self.sealed_records.reset();
+        for (key, records) in self.broker.sealed_per_key(counts) {
+            self.sealed_records.with_label_values(&[key.as_str()]).set(records as i64);
+            // A remote key's versions (`<name>.v<N>`) are held by the keychain's `<name>`:
+            // the alert on unknown keys compares by these names.
+            if self.broker.keychain_holds(&key) {
+                self.keychain_keys.with_label_values(&[key.as_str()]).set(1);
+            }
+        }
+        self.clear_text_records.set(counts.clear_text as i64);
+        self.counted_at.store(counts.counted_at, Ordering::Relaxed);
+    }
+
+    /// Whether this broker leads the inventory task now.
+    pub fn set_leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Brings what lives in this process up to date for a scrape, without asking etcd: the
+    /// refusals by limit, and the counts' age.
+    pub fn before_scrape(&self) {
         for (limit, refused) in self.broker.limit_refusals() {
             let counter = self.limit_refusals.with_label_values(&[limit.name()]);
             counter.inc_by(refused.saturating_sub(counter.get()));
         }
-        if let Ok(plans) = self.broker.inventory().await {
-            for plan in plans {
-                let labels = [plan.service.as_str(), plan.plan.as_str()];
-                self.instances.with_label_values(&labels).set(plan.instances as i64);
-                self.bindings.with_label_values(&labels).set(plan.bindings as i64);
-            }
-        }
-        if let Ok(queued) = self.broker.queued_roles().await {
-            self.roles_awaiting_deletion.set(queued as i64);
-        }
-        if let Ok(sealing) = self.broker.sealing_inventory().await {
-            // A key whose records are all gone (and that is not configured) leaves the series.
-            self.sealed_records.reset();
-            for (key, records) in sealing.sealed {
-                self.sealed_records.with_label_values(&[key.as_str()]).set(records as i64);
-                // A remote key's versions (`<name>.v<N>`) are held by the keychain's `<name>`:
-                // the alert on unknown keys compares by these names.
-                if self.broker.keychain_holds(&key) {
-                    self.keychain_keys.with_label_values(&[key.as_str()]).set(1);
-                }
-            }
-            self.clear_text_records.set(sealing.clear_text as i64);
+        let counted_at = self.counted_at.load(Ordering::Relaxed);
+        if counted_at > 0 {
+            self.age.set(i64::try_from(self.broker.inventory_age(counted_at)).unwrap_or(i64::MAX));
         }
     }
 }
@@ -155,6 +184,8 @@ impl Collector for Inventory {
         descs.extend(self.plan_limits.desc());
         descs.extend(self.organization_limit.desc());
         descs.extend(self.limit_refusals.desc());
+        descs.extend(self.age.desc());
+        descs.extend(self.leader.desc());
         descs
     }
 
@@ -168,6 +199,11 @@ impl Collector for Inventory {
         families.extend(self.plan_limits.collect());
         families.extend(self.organization_limit.collect());
         families.extend(self.limit_refusals.collect());
+        // No age before the first counts: the gauges' zeros are not counts yet.
+        if self.counted_at.load(Ordering::Relaxed) > 0 {
+            families.extend(self.age.collect());
+        }
+        families.extend(self.leader.collect());
         families
     }
 }
@@ -186,6 +222,12 @@ mod tests {
     use crate::sealing::{Keychain, Sealing};
     use crate::store::memory::MemoryStore;
 
+    /// What the inventory task and a scrape do: `counter` counts, `inventory` shows it.
+    async fn refresh(inventory: &Inventory, counter: &EtcdBroker) {
+        inventory.apply(&counter.count_inventory().await.unwrap());
+        inventory.before_scrape();
+    }
+
     #[tokio::test]
     async fn a_scrape_after_a_refresh_shows_what_etcd_holds() {
         let broker = Arc::new(broker_on(Arc::new(MemoryStore::default())));
@@ -198,7 +240,8 @@ mod tests {
         broker.bind(bind_req("i1", "b1")).await.unwrap();
         broker.bind(bind_req("i1", "b2")).await.unwrap();
         assert!(!metrics.render().contains(&format!("{instances} 1")), "counted before a refresh");
-        inventory.refresh().await;
+        assert!(!metrics.render().contains("etcd_broker_inventory_age_seconds "), "an age without counts");
+        refresh(&inventory, &broker).await;
 
         let text = metrics.render();
         let samples: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
@@ -206,6 +249,9 @@ mod tests {
         assert_eq!(samples.get(bindings.as_str()), Some(&"2"), "{text}");
         assert_eq!(samples.get("etcd_broker_roles_awaiting_deletion"), Some(&"0"), "{text}");
         assert_eq!(samples.get("etcd_broker_clear_text_records"), Some(&"2"), "{text}");
+        let age: u64 = samples.get("etcd_broker_inventory_age_seconds").expect("an age").parse().unwrap();
+        assert!(age <= 1, "{text}");
+        assert_eq!(samples.get("etcd_broker_inventory_leader"), Some(&"0"), "{text}");
     }
 
     #[tokio::test]
@@ -217,7 +263,7 @@ mod tests {
         for id in ["i1", "i2", "i3", "i4"] {
             let _ = broker.provision(provision_req(id, SMALL)).await;
         }
-        inventory.refresh().await;
+        refresh(&inventory, &broker).await;
         let text = metrics.render();
         let samples: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
         let plan = |limit: &str| {
@@ -231,8 +277,8 @@ mod tests {
         assert_eq!(samples.get(refusals("max_instances_per_organization").as_str()), Some(&"0"), "{text}");
         // A refresh catches up; it does not count twice.
         let _ = broker.provision(provision_req("i5", SMALL)).await;
-        inventory.refresh().await;
-        inventory.refresh().await;
+        refresh(&inventory, &broker).await;
+        refresh(&inventory, &broker).await;
         assert!(
             metrics.render().contains(&format!("{} 3", refusals("max_instances"))),
             "{}",
@@ -255,7 +301,8 @@ mod tests {
         let inventory = Inventory::new(lacking);
         let metrics = Metrics::new();
         metrics.register(Box::new(inventory.clone()));
-        inventory.refresh().await;
+        // Counted by another broker (which holds k1): what a follower shows.
+        refresh(&inventory, &sealed).await;
         let text = metrics.render();
         let samples: HashMap<&str, &str> = text.lines().filter_map(|l| l.rsplit_once(' ')).collect();
         assert_eq!(samples.get("etcd_broker_sealed_records{key=\"k1\"}"), Some(&"2"), "{text}");
@@ -266,7 +313,7 @@ mod tests {
         // Once k1's records are gone, its series goes too.
         sealed.unbind(unbind_req("i1", "b1")).await.unwrap();
         sealed.unbind(unbind_req("i1", "b2")).await.unwrap();
-        inventory.refresh().await;
+        refresh(&inventory, &sealed).await;
         assert!(!metrics.render().contains("key=\"k1\""), "{}", metrics.render());
     }
 }

@@ -11,7 +11,7 @@ use crate::activity::OsbActivity;
 use crate::broker::certificates::CertificateSetup;
 use crate::broker::names::Names;
 use crate::broker::role_reaper::{self, Pacing};
-use crate::broker::{expiry, reconcile};
+use crate::broker::{expiry, inventory, reconcile};
 use crate::broker::{BrokerSetup, Cluster, EtcdBroker};
 use crate::clock::SystemClock;
 use crate::config::{BindingExpiryConfig, Config, ReconcileConfig, Sealing};
@@ -131,7 +131,8 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     servers: Vec<actix_web::dev::Server>,
     broker: Arc<EtcdBroker>,
-    /// The role reaper and the periodic reconcile check, run for as long as the servers.
+    /// The role reaper, the periodic reconcile check, the expiry and inventory tasks, run for
+    /// as long as the servers.
     reaper: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 }
 
@@ -227,14 +228,39 @@ fn binding_expiry(
         revoked: Box::new(move |n| revoked.inc_by(n)),
         failed: Box::new(move || failures.inc()),
     };
-    // For operators reading the leader key: which host and process leads.
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
     let settings = expiry::Settings {
         every: Duration::from_secs(config.check_seconds),
         lease_ttl: Duration::from_secs(config.leader_lease_seconds),
-        holder: format!("{host}/{}", std::process::id()),
+        holder: leader_holder(),
     };
     expiry::run(broker, settings, observer)
+}
+
+/// Who this broker is in a leader key's value, for operators reading it: host and process.
+fn leader_holder() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+/// The inventory task ([`inventory::run`]) setting `gauges`: one broker at a time counts in
+/// etcd every `[metrics] inventory_seconds`, every broker reads the counts as often; never ends.
+fn inventory_counts(
+    broker: Arc<EtcdBroker>,
+    gauges: Inventory,
+    config: &Config,
+) -> impl std::future::Future<Output = ()> {
+    let settings = inventory::Settings {
+        every: Duration::from_secs(config.metrics.inventory_seconds),
+        // The expiry task's ttl: how long a dead leader's gauges go uncounted, about.
+        lease_ttl: Duration::from_secs(config.binding_expiry.leader_lease_seconds),
+        holder: leader_holder(),
+    };
+    let leading = gauges.clone();
+    let observer = inventory::Observer {
+        leading: Box::new(move |now| leading.set_leading(now)),
+        counted: Box::new(move |counts| gauges.apply(counts)),
+    };
+    inventory::run(broker, settings, observer)
 }
 
 /// The first address a bound server listens on.
@@ -281,8 +307,17 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
             bao.keep_renewed().await;
         }
     };
+    // The inventory gauges are counted only where a monitoring listener shows them.
+    let inventory = config.metrics.enabled.then(|| Inventory::new(broker.clone()));
+    let counting = inventory.clone().map(|gauges| inventory_counts(broker.clone(), gauges, config));
+    let counting = async move {
+        match counting {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let reaper = Box::pin(async move {
-        futures_util::future::join4(reaper, reconcile, expiry, renewal).await;
+        futures_util::future::join5(reaper, reconcile, expiry, renewal, counting).await;
     });
     let listen = format!("{}:{}", config.listen.host, config.listen.port);
     let api = HttpServer::new(move || App::new().configure(routes(state.clone())))
@@ -304,8 +339,7 @@ pub fn start(config: &Config) -> Result<RunningBroker, StartError> {
     let addr = first_addr(api.addrs(), &listen)?;
     let mut servers = vec![api.run()];
     let mut metrics_addr = None;
-    if config.metrics.enabled {
-        let inventory = Inventory::new(broker.clone());
+    if let Some(inventory) = inventory {
         metrics.register(Box::new(inventory.clone()));
         let state = MonitoringState { broker: broker.clone(), metrics, inventory };
         let listen = format!("{}:{}", config.metrics.host, config.metrics.port);

@@ -126,6 +126,11 @@ pub struct Options {
     /// etcd's `--quota-backend-bytes`: a small quota lets tests fill etcd's disk space until
     /// it raises its NOSPACE alarm and refuses writes.
     pub quota_backend_bytes: Option<u64>,
+    /// etcd's `--auto-compaction-mode periodic --auto-compaction-retention`: etcd compacts
+    /// away revisions older than this (in whole seconds), as production clusters are told to.
+    /// `None` (etcd's default) keeps every revision: memory and disk grow with every write,
+    /// which a long-running stack (`xtask dev`, the soak) must not do.
+    pub auto_compaction: Option<Duration>,
     /// Also serve https on a second free port with `--client-cert-auth`, where a client
     /// certificate signed by the trusted CA authenticates as the user its CN names (the
     /// broker's certificate bindings). The http endpoint stays as it is. [`Self`] of
@@ -156,6 +161,7 @@ impl Default for Options {
             signed_tokens: false,
             max_txn_ops: None,
             quota_backend_bytes: None,
+            auto_compaction: None,
             client_cert_auth: None,
         }
     }
@@ -673,6 +679,11 @@ fn spawn(
     }
     if let Some(bytes) = opts.quota_backend_bytes {
         cmd.args(["--quota-backend-bytes", &bytes.to_string()]);
+    }
+    if let Some(retention) = opts.auto_compaction {
+        // A Go duration: etcd reads a bare number as hours.
+        let retention = format!("{}s", retention.as_secs().max(1));
+        cmd.args(["--auto-compaction-mode", "periodic", "--auto-compaction-retention", &retention]);
     }
     cmd.stdin(Stdio::null()).stdout(log_file).stderr(log_err).kill_on_drop(true);
     cmd.spawn().map_err(io_err(format!("starting {}", bin.display())))

@@ -12,6 +12,7 @@ pub mod certificates;
 pub mod credentials;
 pub mod expiry;
 mod instances;
+pub mod inventory;
 pub mod leader;
 pub mod limits;
 mod material;
@@ -218,23 +219,12 @@ pub struct ClusterHealth {
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl EtcdBroker {
-    /// Counts instances and bindings per catalog plan from the per-plan index keys: a few
-    /// count-only requests, whatever the number of records.
+    /// Counts instances and bindings per catalog plan from the per-plan index keys: two
+    /// count-only requests per plan, each O(index entries) in etcd (so only the inventory
+    /// leader counts: `inventory.rs`).
     pub async fn inventory(&self) -> BrokerResult<Vec<PlanInventory>> {
-        let state = &*self.setup.state;
-        let mut out = Vec::new();
-        for (service, plan) in self.setup.catalog.plans() {
-            let count = |prefix: String| async move { state.count(&prefix).await };
-            let instances = count(self.names().instance_index_prefix(&plan.id)).await;
-            let bindings = count(self.names().binding_index_prefix(&plan.id)).await;
-            out.push(PlanInventory {
-                service: service.name.clone(),
-                plan: plan.name.clone(),
-                instances: instances.map_err(|e| self.state_failed(e))?,
-                bindings: bindings.map_err(|e| self.state_failed(e))?,
-            });
-        }
-        Ok(out)
+        let counts = inventory::InventoryCounts { plans: self.count_plans().await?, ..Default::default() };
+        Ok(self.plan_inventory(&counts))
     }
 
     /// Probes every cluster with one read using the broker's own credentials, then asks for its

@@ -160,6 +160,12 @@ impl Names {
         Some((at.parse().ok()?, instance, binding))
     }
 
+    /// The inventory leader's last counts (`broker/inventory.rs`): JSON, read by every broker
+    /// for its gauges.
+    pub fn inventory_key(&self) -> String {
+        format!("{}inventory", self.state_prefix)
+    }
+
     /// The key a background task's leader holds, attached to its lease.
     pub fn leader_key(&self, task: &str) -> String {
         format!("{}leaders/{task}", self.state_prefix)

@@ -670,6 +670,9 @@ impl ConfigFile {
         if self.metrics.enabled && self.metrics.port != 0 && self.metrics.port == self.listen.port {
             return Err(invalid("metrics.port", "must differ from listen.port"));
         }
+        if !(1..=3600).contains(&self.metrics.inventory_seconds) {
+            return Err(invalid("metrics.inventory_seconds", "must be between 1 and 3600"));
+        }
         Ok(())
     }
 

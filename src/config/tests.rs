@@ -654,6 +654,13 @@ fn expiry_options_are_checked_and_published() {
         });
         assert_eq!(field_of(expiry), format!("binding_expiry.{key}"));
     }
+    for value in [0, 3601] {
+        let metrics = with(|t| {
+            let metrics = t.entry("metrics").or_insert(toml::Value::Table(toml::Table::new()));
+            metrics.as_table_mut().unwrap().insert("inventory_seconds".into(), toml::Value::Integer(value));
+        });
+        assert_eq!(field_of(metrics), "metrics.inventory_seconds");
+    }
     // Plans without the option publish nothing about rotation.
     let plain = Config::from_toml(EXAMPLE).unwrap();
     let json = serde_json::to_value(&plain.catalog).unwrap();

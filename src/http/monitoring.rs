@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 pub struct MonitoringState {
     pub broker: Arc<EtcdBroker>,
     pub metrics: Arc<Metrics>,
-    /// Registered in `metrics`; counted again before each scrape.
+    /// Registered in `metrics`; set by the inventory task, never counted by a scrape.
     pub inventory: Inventory,
 }
 
@@ -31,7 +31,7 @@ pub fn routes(state: MonitoringState) -> impl FnOnce(&mut web::ServiceConfig) + 
 }
 
 async fn metrics(state: web::Data<MonitoringState>) -> HttpResponse {
-    state.inventory.refresh().await;
+    state.inventory.before_scrape();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 

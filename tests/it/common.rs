@@ -52,6 +52,21 @@ pub async fn scrape(broker: &BrokerProcess) -> String {
     reqwest::get(format!("{}/metrics", broker.metrics_url)).await.unwrap().text().await.unwrap()
 }
 
+/// [`scrape`] until every `(series, value)` of `expected` holds (the inventory gauges follow
+/// etcd within about two `[metrics] inventory_seconds`, or a lease ttl more after a broker
+/// that led stopped); fails after 20 s naming the text.
+pub async fn scrape_until(broker: &BrokerProcess, expected: &[(&str, f64)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(broker).await;
+        if expected.iter().all(|(series, value)| sample(&text, series) == *value) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never {expected:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The value of one sample line (`name{labels} value`) of [`scrape`]'s text, 0 when absent.
 pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -117,7 +132,8 @@ pub fn config_toml_without_secrets(
     text
 }
 
-/// The config's listeners (OSB API and metrics on loopback) and the broker's credentials.
+/// The config's listeners (OSB API and metrics on loopback; the inventory gauges counted every
+/// second, so that tests wait for them briefly) and the broker's credentials.
 pub fn listeners_toml(port: u16, metrics_port: u16) -> String {
     format!(
         r#"[listen]
@@ -126,6 +142,7 @@ port = {port}
 [metrics]
 host = "127.0.0.1"
 port = {metrics_port}
+inventory_seconds = 1
 [auth]
 username = "{USER}"
 password = {PASSWORD:?}
@@ -443,7 +460,11 @@ pub async fn broker_made_things(etcd: &LocalEtcd) -> (Vec<String>, Vec<String>, 
         .kvs()
         .iter()
         .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .filter(|key| !key.starts_with("/etcd-broker/leaders/") && key != "/etcd-broker/write-fence")
+        .filter(|key| {
+            !key.starts_with("/etcd-broker/leaders/")
+                && key != "/etcd-broker/write-fence"
+                && key != "/etcd-broker/inventory"
+        })
         .collect();
     let users = root.user_list().await.unwrap().users().iter().filter(|u| *u != "root").cloned().collect();
     let roles = root.role_list().await.unwrap().roles().iter().filter(|r| *r != "root").cloned().collect();

@@ -33,11 +33,22 @@ async fn scripted_sequence(osb: &Osb) {
     );
 }
 
+/// The etcd calls of one kind the broker made, from its `/metrics` text.
+fn etcd_calls(text: &str, call: &str) -> f64 {
+    sample(
+        text,
+        &format!("etcd_broker_etcd_request_duration_seconds_count{{call=\"{call}\",cluster=\"main\"}}"),
+    )
+}
+
 #[tokio::test]
 async fn counters_move_exactly_and_promtool_accepts_the_output() {
     let etcd = start_etcd().await;
-    let broker = BrokerProcess::start(&etcd, None).await;
+    // The inventory is counted once, at start, and read once: no background request meets the
+    // sequence's in a batch, and scrapes are seen to count nothing.
+    let broker = BrokerProcess::start_with_env(&etcd, None, &[INVENTORY_HOURLY]).await;
     let osb = Osb::new(&broker.url);
+    inventory_counted(&broker).await;
     let before = scrape(&broker).await;
     // The harness polled the catalog without credentials while waiting for the broker.
     let polls = requests(&before, "catalog", 401);
@@ -58,9 +69,10 @@ async fn counters_move_exactly_and_promtool_accepts_the_output() {
     assert_eq!(requests(&text, "deprovision", 200), 1.0);
     assert_eq!(sample(&text, "etcd_broker_osb_request_duration_seconds_count{operation=\"provision\"}"), 4.0);
     assert_eq!(sample(&text, "etcd_broker_osb_requests_in_flight"), 0.0);
-    assert_eq!(sample(&text, "etcd_broker_service_instances{plan=\"shared\",service=\"etcd\"}"), 1.0);
-    assert_eq!(sample(&text, "etcd_broker_service_bindings{plan=\"shared\",service=\"etcd\"}"), 1.0);
-    assert_eq!(sample(&text, "etcd_broker_service_instances{plan=\"large\",service=\"etcd\"}"), 0.0);
+    // The gauges show the count taken at start (nothing), not what the sequence made: a scrape
+    // does not count, it shows what the inventory task counted last.
+    assert_eq!(sample(&text, "etcd_broker_service_instances{plan=\"shared\",service=\"etcd\"}"), 0.0);
+    assert_eq!(sample(&text, "etcd_broker_service_bindings{plan=\"shared\",service=\"etcd\"}"), 0.0);
     assert!(
         sample(
             &text,
@@ -104,6 +116,81 @@ async fn counters_move_exactly_and_promtool_accepts_the_output() {
         String::from_utf8_lossy(&out.stderr)
     );
     broker.stop().await;
+}
+
+/// `[metrics] inventory_seconds` at its maximum.
+const INVENTORY_HOURLY: (&str, &str) = ("ETCD_BROKER__METRICS__INVENTORY_SECONDS", "3600");
+
+/// Waits until `broker` shows counts (taken by itself or read from etcd).
+async fn inventory_counted(broker: &BrokerProcess) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !scrape(broker).await.contains("etcd_broker_inventory_age_seconds ") {
+        assert!(Instant::now() < deadline, "no inventory counts after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_inventory_gauges_follow_etcd_and_only_the_leader_counts() {
+    let etcd = start_etcd().await;
+    let a = BrokerProcess::start(&etcd, None).await;
+    scrape_until(&a, &[("etcd_broker_inventory_leader", 1.0)]).await;
+    // b's role reaper counts its (empty) queue once at start and then only when b queues a
+    // role, which it never does here: every count b sends after that would be the inventory's.
+    let b = BrokerProcess::start_with_env(&etcd, None, &[("ETCD_BROKER__ROLE_REAPER__POLL_SECONDS", "3600")])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while etcd_calls(&scrape(&b).await, "count") < 1.0 {
+        assert!(Instant::now() < deadline, "b's role reaper never looked at its queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_counted = etcd_calls(&scrape(&b).await, "count");
+    let (osb_a, osb_b) = (Osb::new(&a.url), Osb::new(&b.url));
+    let instances = |plan: &str| format!("etcd_broker_service_instances{{plan=\"{plan}\",service=\"etcd\"}}");
+    let bindings = |plan: &str| format!("etcd_broker_service_bindings{{plan=\"{plan}\",service=\"etcd\"}}");
+    let (shared, large) = ("shared", "large");
+    for (osb, id, plan) in [(&osb_a, "i1", SHARED), (&osb_b, "i2", SHARED), (&osb_b, "i3", LARGE)] {
+        assert_eq!(osb.provision(id, plan).await.status, StatusCode::CREATED);
+    }
+    for (osb, id, binding) in [(&osb_a, "i1", "b1"), (&osb_b, "i1", "b2"), (&osb_b, "i3", "b3")] {
+        assert_eq!(osb.bind(id, binding).await.status, StatusCode::CREATED);
+    }
+    let expected = |i_shared: f64, b_shared: f64, i_large: f64, b_large: f64| {
+        [
+            (instances(shared), i_shared),
+            (bindings(shared), b_shared),
+            (instances(large), i_large),
+            (bindings(large), b_large),
+        ]
+    };
+    for broker in [&a, &b] {
+        // A binding counts under the plan its bind named (the harness's: shared).
+        let want = expected(2.0, 3.0, 1.0, 0.0);
+        let want: Vec<(&str, f64)> = want.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+        scrape_until(broker, &want).await;
+    }
+    // Only a queues roles (unbind, deprovision).
+    assert_eq!(osb_a.unbind("i1", "b2").await.status, StatusCode::OK);
+    assert_eq!(osb_a.deprovision("i3").await.status, StatusCode::OK);
+    assert_eq!(osb_a.deprovision("i2").await.status, StatusCode::OK);
+    for broker in [&a, &b] {
+        let want = expected(1.0, 1.0, 0.0, 0.0);
+        let mut want: Vec<(&str, f64)> = want.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+        want.push(("etcd_broker_sealed_records{key=\"test\"}", 1.0));
+        want.push(("etcd_broker_clear_text_records", 0.0));
+        let text = scrape_until(broker, &want).await;
+        assert!(sample(&text, "etcd_broker_inventory_age_seconds") <= 3.0, "{text}");
+    }
+    // a counts for both (it led first); b, which never led, has sent etcd no count since its
+    // reaper's, however often it was scraped.
+    let (text_a, text_b) = (scrape(&a).await, scrape(&b).await);
+    assert_eq!(sample(&text_a, "etcd_broker_inventory_leader"), 1.0, "{text_a}");
+    assert_eq!(sample(&text_b, "etcd_broker_inventory_leader"), 0.0, "{text_b}");
+    assert!(etcd_calls(&text_a, "count") > 10.0, "{text_a}");
+    assert_eq!(etcd_calls(&text_b, "count"), b_counted, "{text_b}");
+    a.stop().await;
+    b.stop().await;
+    etcd.stop().await;
 }
 
 #[tokio::test]

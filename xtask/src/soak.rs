@@ -1,14 +1,14 @@
 //! `xtask soak` (`make soak`, not in CI): lifecycle churn against two brokers on one etcd for a
 //! long while, sampling what grows when something leaks: each broker's resident memory and open
-//! file descriptors, etcd's memory, and its keys, users and roles. The report is a table per
-//! sample and the least-squares slope of each series, written into the `soak` region of
-//! docs/reliability.md ("flat" is a slope near zero, stated, not eyeballed).
+//! file descriptors, etcd's memory, and its keys, users, roles and queued role deletions. The
+//! report is a table per sample and the least-squares slope of each series, written into the
+//! `soak` region of docs/reliability.md ("flat" is a slope near zero, stated, not eyeballed).
 //!
 //! The stack is `xtask dev` (etcd with `--bcrypt-cost 4`, so the churn is not bcrypt-bound,
-//! and broker A in its process) plus broker B, an `etcd-broker serve` process on the same
-//! config. Each client runs provision, bind, unbind, deprovision with fresh ids, alternating
-//! between the brokers, until the time is up; then every instance is gone, so the last
-//! sample's keys, users and roles show what stayed behind.
+//! and five minutes of auto-compaction; broker A in its process) plus broker B, an
+//! `etcd-broker serve` process on the same config. Each client runs provision, bind, unbind,
+//! deprovision with fresh ids, alternating between the brokers, until the time is up; then
+//! every instance is gone, so the last sample's keys, users and roles show what stayed behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +63,8 @@ struct Sample {
     keys: u64,
     users: u64,
     roles: u64,
+    /// Entries of the role reaper's queue (`<state_prefix>role-deletions/`).
+    queued: u64,
 }
 
 /// What /proc says of a process.
@@ -188,14 +190,14 @@ async fn soak(
         client.await.context("a client task failed")?;
     }
     // The role reaper deletes the last roles (then their queue entries) in the pause after the
-    // traffic: give it a minute to leave only the leader key, then report what is left.
+    // traffic: give it a minute to leave only the brokers' own keys, then report what is left.
     // While it drains, each role deletion changes auth: a refused sample is taken again.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
     loop {
         match sample(&etcd, &pids, started, &churn).await {
             Ok(taken) => {
-                let settled = taken.roles == 0 && taken.keys <= 1;
+                let settled = taken.roles == 0 && taken.keys <= OWN_KEYS;
                 last = Some(taken);
                 if settled {
                     break;
@@ -227,6 +229,10 @@ async fn lifecycle(osb: &OsbClient, offering: &Offering, instance: &str) -> bool
     provisioned && bound && unbound && deprovisioned
 }
 
+/// Keys of the running brokers themselves, there with no instance: the leader keys of the
+/// expiry and inventory tasks and the inventory's counts.
+const OWN_KEYS: u64 = 3;
+
 /// etcd's root client, from the stack's env.
 async fn root_client(env: &std::collections::BTreeMap<String, String>) -> Result<Client> {
     let options =
@@ -252,6 +258,12 @@ async fn sample(etcd: &Client, pids: &[u32; 3], started: Instant, churn: &Churn)
     let keys = resend_on_auth_change(|| async { etcd.clone().get("", all()).await }).await?.count();
     let users = resend_on_auth_change(|| async { etcd.clone().user_list().await }).await?;
     let users = users.users().iter().filter(|u| *u != "root").count() as u64;
+    // xtask dev's broker runs with the default prefixes.
+    let queue_prefix = etcd_broker::broker::names::Names::default().role_deletions_prefix();
+    let queue = || Some(GetOptions::new().with_prefix().with_count_only());
+    let queued = resend_on_auth_change(|| async { etcd.clone().get(queue_prefix.as_str(), queue()).await })
+        .await?
+        .count();
     Ok(Sample {
         at: started.elapsed().as_secs_f64(),
         lifecycles: churn.lifecycles.load(Ordering::Relaxed),
@@ -261,6 +273,7 @@ async fn sample(etcd: &Client, pids: &[u32; 3], started: Instant, churn: &Churn)
         keys: u64::try_from(keys).unwrap_or(0),
         users,
         roles: count_roles(etcd).await?,
+        queued: u64::try_from(queued).unwrap_or(0),
     })
 }
 
@@ -308,10 +321,12 @@ fn report(samples: &[Sample], churn: &Churn, args: &SoakArgs, duration: Duration
         args.clients,
         lifecycles as f64 / duration.as_secs_f64().max(1.0),
     );
-    out.push_str("   min  lifecycles  A RSS MB  A fds  B RSS MB  B fds  etcd RSS MB   keys  users  roles\n");
+    out.push_str(
+        "   min  lifecycles  A RSS MB  A fds  B RSS MB  B fds  etcd RSS MB   keys  users  roles  queued\n",
+    );
     for s in samples {
         out.push_str(&format!(
-            "{:>6.1}  {:>10}  {:>8.1}  {:>5}  {:>8.1}  {:>5}  {:>11.1}  {:>5}  {:>5}  {:>5}\n",
+            "{:>6.1}  {:>10}  {:>8.1}  {:>5}  {:>8.1}  {:>5}  {:>11.1}  {:>5}  {:>5}  {:>5}  {:>6}\n",
             s.at / 60.0,
             s.lifecycles,
             s.broker_a.rss_mb,
@@ -321,7 +336,8 @@ fn report(samples: &[Sample], churn: &Churn, args: &SoakArgs, duration: Duration
             s.etcd_rss_mb,
             s.keys,
             s.users,
-            s.roles
+            s.roles,
+            s.queued
         ));
     }
     // The churn's samples after the first: not the start-up, not the drained end.
@@ -332,7 +348,7 @@ fn report(samples: &[Sample], churn: &Churn, args: &SoakArgs, duration: Duration
     out.push_str(&format!(
         "\nslopes per hour over the samples during the churn (least squares, {} samples):\n  \
          broker A RSS {:+.2} MB, fds {:+.1}; broker B RSS {:+.2} MB, fds {:+.1}; etcd RSS {:+.2} MB; \
-         keys {:+.1}, users {:+.1}, roles {:+.1}\n",
+         keys {:+.1}, users {:+.1}, roles {:+.1}, queued {:+.1}\n",
         during.len(),
         per_hour(&|s| s.broker_a.rss_mb),
         per_hour(&|s| s.broker_a.fds as f64),
@@ -342,12 +358,13 @@ fn report(samples: &[Sample], churn: &Churn, args: &SoakArgs, duration: Duration
         per_hour(&|s| s.keys as f64),
         per_hour(&|s| s.users as f64),
         per_hour(&|s| s.roles as f64),
+        per_hour(&|s| s.queued as f64),
     ));
     if let Some(last) = samples.last() {
         out.push_str(&format!(
-            "after the churn: {} keys, {} users, {} roles left (etcd's root excluded; the leader key of the \
-             running brokers' expiry task is one key)\n",
-            last.keys, last.users, last.roles
+            "after the churn: {} keys, {} users, {} roles, {} queued left (etcd's root excluded; the running \
+             brokers' own keys are {OWN_KEYS}: the expiry and inventory leaders', the inventory's counts)\n",
+            last.keys, last.users, last.roles, last.queued
         ));
     }
     out.push_str("```\n");

@@ -28,6 +28,8 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
         .arg(dir.path())
         .env("BROKER_PORT", "0")
         .env("ETCD_PORT", "0")
+        // The inventory gauges counted every second (a minute by default).
+        .env("ETCD_BROKER__METRICS__INVENTORY_SECONDS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -63,12 +65,20 @@ async fn dev_runs_a_usable_stack_and_stops_on_interrupt() {
     let (bound, creds) = osb.bind(&offering, "demo", "app1").await.unwrap();
     assert_eq!(bound, 201);
 
-    let metrics = reqwest::get(&env["METRICS_URL"]).await.unwrap().text().await.unwrap();
+    // The local stack seals binding passwords with its own key; the gauges follow within
+    // about two inventory intervals.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = reqwest::get(&env["METRICS_URL"]).await.unwrap().text().await.unwrap();
+        if metrics.contains("etcd_broker_sealed_records{key=\"dev\"} 1") || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         metrics.contains("etcd_broker_osb_requests_total{code=\"201\",operation=\"bind\"} 1"),
         "{metrics}"
     );
-    // The local stack seals binding passwords with its own key.
     assert!(metrics.contains("etcd_broker_sealed_records{key=\"dev\"} 1"), "{metrics}");
     assert!(metrics.contains("etcd_broker_clear_text_records 0"), "{metrics}");
 
