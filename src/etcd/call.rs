@@ -59,16 +59,11 @@ impl Retries {
         Self { stale_auth: 0, unreached: 0, max_unreached }
     }
 
-    /// Whether to send the request again after `error`; if so, waits the pause first (none
-    /// before the first resend after an auth change, [`stale_auth_pause`]).
+    /// Whether to send the request again after `error`; if so, waits the pause first.
     async fn again(&mut self, error: &etcd_client::Error) -> Option<Retry> {
         if is_old_auth_revision(error) && self.stale_auth < OLD_REVISION_RETRIES {
             self.stale_auth += 1;
-            let pause = stale_auth_pause(self.stale_auth);
-            // Even a zero sleep waits for the timer's next millisecond tick.
-            if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
+            tokio::time::sleep(stale_auth_pause(self.stale_auth)).await;
             Some(Retry::StaleAuth)
         } else if never_reached(error) && self.unreached < self.max_unreached {
             // The request never left, so sending it to the next endpoint is safe.
@@ -380,33 +375,6 @@ mod tests {
                 answer(n)
             })
         }
-    }
-
-    /// A request refused with "auth revision is old" `refusals` times, then answered: the
-    /// virtual time its resends waited, and how often it was sent.
-    async fn refused(refusals: usize) -> (Duration, usize) {
-        let (sent, started) = (AtomicUsize::new(0), tokio::time::Instant::now());
-        let answer = retrying(1, || {
-            let n = sent.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n < refusals {
-                    Err(etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(OLD_AUTH_REVISION[1])))
-                } else {
-                    Ok(n)
-                }
-            }
-        })
-        .await;
-        assert_eq!(answer.unwrap(), refusals);
-        (started.elapsed(), sent.load(Ordering::SeqCst))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_request_refused_once_for_an_auth_change_is_sent_again_at_once() {
-        assert_eq!(refused(1).await, (Duration::ZERO, 2));
-        // Refused again, it pauses: at most 4 ms before its third send.
-        let (waited, sent) = refused(2).await;
-        assert!(waited <= Duration::from_millis(4) && sent == 3, "{waited:?}, {sent} sends");
     }
 
     #[tokio::test(start_paused = true)]

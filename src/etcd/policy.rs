@@ -20,8 +20,8 @@
 //!    the copy before.
 //! 5. A request that reached no endpoint is sent again [`FAILOVER_ATTEMPTS_PER_ENDPOINT`] times
 //!    per other endpoint, [`FAILOVER_PAUSE`] apart. One refused because auth changed under it
-//!    is sent again up to [`OLD_REVISION_RETRIES`] times, at once the first time, then after a
-//!    short random pause ([`stale_auth_pause`]), and after [`QUIET_AUTH_AFTER`] refusals it holds this broker's
+//!    is sent again up to [`OLD_REVISION_RETRIES`] times after a short random pause
+//!    ([`stale_auth_pause`]), and after [`QUIET_AUTH_AFTER`] refusals it holds this broker's
 //!    own auth changes back while it goes through.
 //!
 //! So a call answers within [`BATCHED_TIMEOUT`] (batched) or one [`REQUEST_TIMEOUT`] plus the
@@ -102,17 +102,10 @@ const _: () = assert!(SLOW_ANSWER.as_millis() + PROBE_TIMEOUT.as_millis() <= SIL
 const _: () = assert!(FIRST_PROBE_BACKOFF.as_millis() <= MAX_PROBE_BACKOFF.as_millis());
 const _: () = assert!(BATCHED_TIMEOUT.as_millis() >= 2 * REQUEST_TIMEOUT.as_millis());
 
-/// The pause before the `attempt`th resend (from 1) of a request refused because auth
-/// changed. The first resend goes at once: the refusal means the change it met has applied,
-/// so the resend carries the new revision, and a pause would only add to the wait (under
-/// concurrent certificate binds about half the commit batches are refused once, and a pause
-/// of up to 2 ms took 1 to 3 ms on tokio's millisecond timer, docs/performance.md). A request
-/// refused again meets a stream of changes: up to 2^attempt ms (capped at 64 ms), uniformly
-/// random, so it does not meet the next change of the other writers head on.
+/// The pause before the `attempt`th resend of a request refused because auth changed: up to
+/// 2^attempt ms (capped at 64 ms), uniformly random, so it does not meet the next change of
+/// the other writers head on.
 pub(crate) fn stale_auth_pause(attempt: usize) -> Duration {
-    if attempt <= 1 {
-        return Duration::ZERO;
-    }
     let mut byte = [0u8; 2];
     openssl::rand::rand_bytes(&mut byte).expect("OpenSSL's random generator failed");
     let cap = 1u64 << attempt.min(6);
@@ -129,12 +122,5 @@ mod tests {
             let cap = Duration::from_millis(1 << attempt.min(6));
             assert!(stale_auth_pause(attempt) <= cap, "attempt {attempt}");
         }
-    }
-
-    #[test]
-    fn only_a_request_refused_again_pauses_before_its_resend() {
-        assert_eq!(stale_auth_pause(1), Duration::ZERO, "the first resend goes at once");
-        let later: Duration = (0..100).map(|_| stale_auth_pause(2)).sum();
-        assert!(later > Duration::ZERO, "a second refusal pauses, at random");
     }
 }
