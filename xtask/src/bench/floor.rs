@@ -11,6 +11,7 @@
 //! | kind | etcd requests |
 //! | --- | --- |
 //! | get, list, count, next | one Range (key, prefix, prefix count, first key after another) |
+//! | get_local | one serializable Range (a bind's first look: one Txn of such Ranges) |
 //! | txn | one Txn: compare a mod revision, put the record and an index key |
 //! | delete_prefix | one DeleteRange over a prefix |
 //! | ensure_role | RoleAdd + RoleGrantPermission (read-write on a prefix) |
@@ -36,6 +37,7 @@ use etcd_client::{
 /// Store call kinds in the order the floor replays them (reads, writes, auth, deletes).
 pub const KINDS: &[&str] = &[
     "get",
+    "get_local",
     "list",
     "next",
     "count",
@@ -142,6 +144,10 @@ async fn call(client: &Client, kind: &str, o: &FloorObjects) -> Result<(), etcd_
     let prefix = || Some(GetOptions::new().with_prefix());
     match kind {
         "get" => request(client, |mut c| async move { c.get(o.key.as_str(), None).await }).await,
+        "get_local" => {
+            let serializable = || Some(GetOptions::new().with_serializable());
+            request(client, |mut c| async move { c.get(o.key.as_str(), serializable()).await }).await
+        }
         "list" => request(client, |mut c| async move { c.get(o.prefix.as_str(), prefix()).await }).await,
         "next" => {
             let first = || Some(GetOptions::new().with_prefix().with_limit(1));
@@ -269,5 +275,14 @@ mod tests {
         assert_eq!(mix, CallMix::from([("get".into(), 3), ("txn".into(), 2)]));
         assert_eq!(describe(&mix), "get 3, txn 2");
         assert!(call_mix(&before, &after, 0).is_empty());
+    }
+
+    /// A bind's first look (`get_local`) was left out of the floor, which then replayed one
+    /// request fewer than the bind makes.
+    #[test]
+    fn a_binds_first_look_is_replayed_in_its_place() {
+        let mix =
+            CallMix::from([("txn".into(), 2), ("get_local".into(), 1), ("ensure_binding_user".into(), 1)]);
+        assert_eq!(describe(&mix), "get_local 1, txn 2, ensure_binding_user 1");
     }
 }
