@@ -41,9 +41,8 @@ use serde::Serialize;
 
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
 use crate::sealing;
-use crate::store::Versioned;
+use crate::store::{Store, StoreError, Versioned};
 
-use super::instances::list_names;
 use super::records::{decode, BindingRecord, InstanceRecord, RecordState, RoleDeletion};
 use super::{unavailable, EtcdBroker};
 
@@ -857,6 +856,24 @@ impl EtcdBroker {
             Err(BrokerError::Internal(_)) => true, // unreadable: reported as such
             Err(e) => return Err(e),
         })
+    }
+}
+
+/// The users and roles whose names start with `prefix`, or (inner `Err`) why etcd could not
+/// list them: its answer holds every user and role of the cluster and is refused when larger
+/// than gRPC's 4 MiB (about 45,000 users), which callers skip with a warning rather than fail.
+async fn list_names(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<Result<(Vec<String>, Vec<String>), String>, StoreError> {
+    let listed = match store.list_users(prefix).await {
+        Ok(users) => store.list_roles(prefix).await.map(|roles| (users, roles)),
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(found) => Ok(Ok(found)),
+        Err(StoreError::Failed(why)) => Ok(Err(why)),
+        Err(e) => Err(e),
     }
 }
 
