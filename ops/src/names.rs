@@ -24,11 +24,13 @@ pub fn report(
         ("tenant_prefix", names.tenant_prefix(&instance)),
         ("instance_record", names.instance_key(&instance)),
         ("binding_records_prefix", names.bindings_prefix(&instance)),
+        ("bind_markers_prefix", names.bind_markers_prefix(&instance)),
     ];
     if let Some(binding) = binding {
         let binding = BindingId::parse(binding)?;
         rows.push(("binding_id", binding.to_string()));
         rows.push(("binding_record", names.binding_key(&instance, &binding)));
+        rows.push(("bind_marker", names.bind_marker_key(instance.as_str(), binding.as_str())));
         rows.push(("etcd_user", names.user(&instance, &binding)));
         rows.push(("etcd_role", names.role(&instance, &binding)));
         let parameters: JsonObject = match parameters {
@@ -63,6 +65,7 @@ mod tests {
         assert!(text.contains("tenant_prefix:          /service_instances/abc/\n"), "{text}");
         assert!(text.contains("etcd_user:              etcd-broker.abc.b1\n"), "{text}");
         assert!(text.contains("binding_record:         /etcd-broker/bindings/abc/b1\n"), "{text}");
+        assert!(text.contains("bind_marker:            /etcd-broker/binds-in-flight/abc/b1\n"), "{text}");
         assert!(
             text.contains("role_permission:        readwrite prefix /service_instances/abc/\n"),
             "{text}"

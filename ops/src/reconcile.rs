@@ -143,8 +143,8 @@ fn read_errand_properties(path: &Path) -> Result<ErrandProperties> {
 pub fn report_text(report: &Report) -> String {
     let c = &report.checked;
     let mut out = format!(
-        "checked: {} instances, {} bindings, {} users, {} roles, {} tenant prefixes with keys, {} queued role deletions\n",
-        c.instances, c.bindings, c.users, c.roles, c.tenant_prefixes, c.queued_role_deletions
+        "checked: {} instances, {} bindings, {} users, {} roles, {} tenant prefixes with keys, {} queued role deletions, {} bind markers\n",
+        c.instances, c.bindings, c.users, c.roles, c.tenant_prefixes, c.queued_role_deletions, c.bind_markers
     );
     for kind in Kind::ALL {
         let findings: Vec<_> = report.findings.iter().filter(|f| f.kind == kind).collect();

@@ -13,7 +13,7 @@ use super::credentials::{
 };
 use super::instances::operation_of;
 use super::material::Material;
-use super::records::{BindingRecord, InstanceRecord, RecordState};
+use super::records::{encode, BindMarker, BindingRecord, InstanceRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, Cluster, EtcdBroker, CAS_ATTEMPTS};
 
 /// How a bind attempt that did not finish ended.
@@ -236,6 +236,13 @@ impl EtcdBroker {
         // The record and its index entries (per plan; per sealing key when sealed).
         let mut writes = self.record_writes(&key, &mut record).await?;
         writes.extend(counted.writes);
+        // The marker of this bind in flight: from here on, what the bind makes can be found
+        // from it even if an unbind deletes the record (deprovision's sweep reads it).
+        let marker = BindMarker { cluster: record.cluster.clone(), started_at: now };
+        writes.push(Write::Put(
+            self.names().bind_marker_key(&record.instance_id, &record.binding_id),
+            encode(&marker),
+        ));
         let created = state.commit(&guards, &writes).await.map_err(|e| self.state_failed(e))?;
         match created {
             Some(revision) => self.complete_binding_with(&key, record, revision, fresh).await,
@@ -337,7 +344,10 @@ impl EtcdBroker {
                 let mut ready = record.clone();
                 ready.state = RecordState::Ready;
                 ready.updated_at = self.now();
-                let writes = self.record_writes(key, &mut ready).await?;
+                let mut writes = self.record_writes(key, &mut ready).await?;
+                // The record names the user from now on: the marker goes in the same swap.
+                writes
+                    .push(Write::Delete(self.names().bind_marker_key(&ready.instance_id, &ready.binding_id)));
                 if self.swap(key, revision, &writes).await?.is_some() {
                     tracing::info!(instance_id = %ready.instance_id, binding_id = %ready.binding_id, "created service binding");
                     let binding = self.shaped(&ready, self.binding_from(key, &ready, &material)?).await?;
@@ -360,6 +370,7 @@ impl EtcdBroker {
             Some((now, _)) if now.state == RecordState::Deleting => {
                 // An unbind or deprovision is removing it; make sure what we created goes too.
                 self.drop_user_and_role(&record).await?;
+                self.drop_bind_marker(&record, revision).await?;
                 Err(deleted_while_binding(&record))
             }
             Some(_) => Err(lost_race("the service binding")),
@@ -375,6 +386,7 @@ impl EtcdBroker {
                     .map_err(|e| self.state_failed(e))?;
                 if claimed.is_some() {
                     self.remove_binding(key, None).await?;
+                    self.drop_bind_marker(&record, revision).await?;
                 }
                 Err(deleted_while_binding(&record))
             }
@@ -392,7 +404,8 @@ impl EtcdBroker {
 
     /// Marks a binding record `deleting`, deletes its user, then deletes the record and queues
     /// its role in one transaction. Idempotent; a record that is already gone is fine. `known`
-    /// is the record if the caller just read it.
+    /// is the record if the caller just read it. The binding's bind marker stays: a bind of it
+    /// may still be in flight, and may make the user again after this deleted it.
     pub(super) async fn remove_binding(
         &self,
         key: &str,
@@ -441,6 +454,17 @@ impl EtcdBroker {
         store.delete_user(&record.username).await.map_err(fail)?;
         self.delete_secret(record.secret_location.as_ref()).await?;
         store.delete_role(&record.role).await.map_err(fail)
+    }
+
+    /// Deletes a bind's marker once its clean-up removed the user and role it made. Only the
+    /// marker written with the record this attempt started from (at `revision`): a later bind
+    /// of the same id, after an unbind, has written its own, which must stay. A marker left
+    /// (a crash, or a record rewritten since) is removed by deprovision or reconcile.
+    async fn drop_bind_marker(&self, record: &BindingRecord, revision: i64) -> BrokerResult<()> {
+        let marker = self.names().bind_marker_key(&record.instance_id, &record.binding_id);
+        let guards = [Guard::Revision(marker.clone(), revision)];
+        self.setup.state.commit(&guards, &[Write::Delete(marker)]).await.map_err(|e| self.state_failed(e))?;
+        Ok(())
     }
 
     pub(super) async fn fetch_binding(

@@ -2,7 +2,7 @@
 
 use crate::osb::model::*;
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
-use crate::store::{Guard, Store, StoreError, Write};
+use crate::store::{Guard, Write};
 
 use super::records::{decode, encode, InstanceRecord, RecordState};
 use super::{lost_race, refuse_parameters, unavailable, EtcdBroker, CAS_ATTEMPTS};
@@ -199,8 +199,8 @@ impl EtcdBroker {
                 let record = decode(&binding_key, &found.value)?;
                 self.remove_binding(&binding_key, Some((record, found.mod_revision))).await?;
             }
-            // Still step 2: users and roles under the instance's names that no record names.
-            self.sweep_unrecorded(id, &record.cluster).await?;
+            // Still step 2: what binds interrupted after an unbind deleted their record made.
+            self.sweep_bind_markers(id, &record.cluster).await?;
             // And secrets in the credential store that no record names.
             self.sweep_secrets(id, &record.plan_id).await?;
             // Step 3: the tenant's data.
@@ -233,42 +233,49 @@ impl EtcdBroker {
         Err(lost_race("the service instance"))
     }
 
-    /// Deletes every user under the instance's names and queues every role under them that is
-    /// not queued yet, recorded or not. Run once the instance is `deleting` and its binding
-    /// records are gone, so each of them belongs to no binding: a bind that died after an unbind
-    /// removed its record leaves such a user, and etcd cannot tie a user creation to a record.
-    /// etcd answers the lists with every user and role of the cluster; an answer too large for
-    /// gRPC (about 45,000 users) skips the sweep with a warning rather than failing the delete.
-    async fn sweep_unrecorded(&self, id: &InstanceId, cluster_name: &str) -> BrokerResult<()> {
-        let store = &*self.cluster(cluster_name)?.store;
-        let fail = |e| unavailable(cluster_name, e);
-        let prefix = self.names().instance_names_prefix(id);
-        let (users, roles) = match list_names(store, &prefix).await.map_err(fail)? {
-            Ok(found) => found,
-            Err(why) => {
-                tracing::warn!(instance_id = %id, %why, "cannot list etcd users and roles; users and roles that no record names are not swept");
-                return Ok(());
-            }
-        };
-        for user in &users {
-            store.delete_user(user).await.map_err(fail)?;
-        }
+    /// Removes what the instance's bind markers name, then the markers: for each, the user is
+    /// deleted (one never made is fine) and the role queued, unless already queued. Run once
+    /// the instance is `deleting` (no bind can start: its first transaction guards on the
+    /// instance's revision) and its binding records are gone, so each marker is of a bind that
+    /// died after an unbind deleted its record, or that is still running and will find its
+    /// record gone. One range read, empty unless a bind was interrupted: users and roles
+    /// are never listed here (etcd answers such a list with every user of the cluster).
+    async fn sweep_bind_markers(&self, id: &InstanceId, cluster_name: &str) -> BrokerResult<()> {
         let state = &*self.setup.state;
-        let queue_prefix = self.names().role_deletion_key(&prefix);
-        let queued = state.list(&queue_prefix).await.map_err(|e| self.state_failed(e))?;
-        let mut swept = users.len();
-        for role in roles {
-            let entry = self.names().role_deletion_key(&role);
-            if queued.iter().any(|(key, _)| *key == entry) {
-                continue;
-            }
-            let write = self.queue_role_alone(&role, cluster_name);
-            state.commit(&[Guard::Absent(entry)], &[write]).await.map_err(|e| self.state_failed(e))?;
-            swept += 1;
+        let markers =
+            state.list(&self.names().bind_markers_prefix(id)).await.map_err(|e| self.state_failed(e))?;
+        for (key, _) in &markers {
+            self.sweep_bind_marker(key, cluster_name).await?;
         }
-        if swept > 0 {
+        if !markers.is_empty() {
             self.role_queued.notify_one();
-            tracing::warn!(instance_id = %id, users = users.len(), roles = swept - users.len(), "swept etcd users and roles that no record named");
+            tracing::warn!(instance_id = %id, binds = markers.len(), "swept the users and roles of interrupted binds");
+        }
+        Ok(())
+    }
+
+    /// One marker of [`Self::sweep_bind_markers`]: the user deleted, then the role queued and
+    /// the marker deleted in one transaction (only the marker if the role is queued already:
+    /// that entry may name more, such as a secret). The user and role share the binding's name.
+    /// Each step is safe to repeat. Only while no bind of that id can start (the instance
+    /// `deleting`): reconcile's repair queues first instead.
+    async fn sweep_bind_marker(&self, key: &str, cluster_name: &str) -> BrokerResult<()> {
+        let Some((instance, binding)) = self.names().parse_bind_marker_key(key) else {
+            // Never written by a broker (ids hold no '/'): reconcile reports it; the delete
+            // goes on.
+            tracing::warn!(key, "a bind marker names no binding; left alone");
+            return Ok(());
+        };
+        let name = self.names().user(&instance, &binding);
+        let store = &*self.cluster(cluster_name)?.store;
+        store.delete_user(&name).await.map_err(|e| unavailable(cluster_name, e))?;
+        let state = &*self.setup.state;
+        let entry = self.names().role_deletion_key(&name);
+        let writes = [self.queue_name(&name, cluster_name), Write::Delete(key.to_owned())];
+        let queued =
+            state.commit(&[Guard::Absent(entry)], &writes).await.map_err(|e| self.state_failed(e))?;
+        if queued.is_none() {
+            state.commit(&[], &[Write::Delete(key.to_owned())]).await.map_err(|e| self.state_failed(e))?;
         }
         Ok(())
     }
@@ -303,24 +310,6 @@ impl EtcdBroker {
             }
             Some(found) => Ok(found),
         }
-    }
-}
-
-/// The users and roles whose names start with `prefix`, or (inner `Err`) why etcd could not
-/// list them: its answer holds every user and role of the cluster and is refused when larger
-/// than gRPC's 4 MiB (about 45,000 users), which callers skip with a warning rather than fail.
-pub(super) async fn list_names(
-    store: &dyn Store,
-    prefix: &str,
-) -> Result<Result<(Vec<String>, Vec<String>), String>, StoreError> {
-    let listed = match store.list_users(prefix).await {
-        Ok(users) => store.list_roles(prefix).await.map(|roles| (users, roles)),
-        Err(e) => Err(e),
-    };
-    match listed {
-        Ok(found) => Ok(Ok(found)),
-        Err(StoreError::Failed(why)) => Ok(Err(why)),
-        Err(e) => Err(e),
     }
 }
 

@@ -199,6 +199,31 @@ impl Names {
         format!("{}limits/instances/{instance}", self.state_prefix)
     }
 
+    /// Prefix of every instance's bind markers (reconcile walks it whole).
+    pub fn bind_markers_root(&self) -> String {
+        format!("{}binds-in-flight/", self.state_prefix)
+    }
+
+    /// Prefix of one instance's bind markers: deprovision reads it (one range, usually empty)
+    /// instead of listing every etcd user and role.
+    pub fn bind_markers_prefix(&self, instance: &InstanceId) -> String {
+        format!("{}{}/", self.bind_markers_root(), instance)
+    }
+
+    /// The marker of a bind in flight: written with the bind's first record, deleted with the
+    /// swap that makes it `ready` (or once its clean-up removed its user and role), so a user
+    /// the bind made can be found from it after an unbind deleted the record.
+    /// Ids as stored in records, already validated.
+    pub fn bind_marker_key(&self, instance: &str, binding: &str) -> String {
+        format!("{}{instance}/{binding}", self.bind_markers_root())
+    }
+
+    /// The ids a bind marker's key was made from (`None` for a key of another shape).
+    pub fn parse_bind_marker_key(&self, key: &str) -> Option<(InstanceId, BindingId)> {
+        let (instance, binding) = key.strip_prefix(&self.bind_markers_root())?.split_once('/')?;
+        Some((InstanceId::parse(instance).ok()?, BindingId::parse(binding).ok()?))
+    }
+
     /// Prefix of the queue of roles waiting to be deleted (see `broker/role_deletions.rs`).
     pub fn role_deletions_prefix(&self) -> String {
         format!("{}role-deletions/", self.state_prefix)
@@ -214,8 +239,8 @@ impl Names {
         format!("{NAME_PREFIX}.{instance}.{binding}")
     }
 
-    /// The start of every user and role name of an instance's bindings: deprovision finds by
-    /// it the ones no record names. The final '.' keeps instance `abc` out of `abcd`'s names.
+    /// The start of every user and role name of an instance's bindings. The final '.' keeps
+    /// instance `abc` out of `abcd`'s names.
     pub fn instance_names_prefix(&self, instance: &InstanceId) -> String {
         format!("{NAME_PREFIX}.{instance}.")
     }
@@ -286,6 +311,12 @@ mod tests {
         let i10 = InstanceId::parse("i10").unwrap();
         assert!(!names.user(&i10, &b).starts_with(&names.instance_names_prefix(&i)));
         assert_eq!(names.role_deletion_key("etcd-broker.i1.b1"), "/s/role-deletions/etcd-broker.i1.b1");
+        assert_eq!(names.bind_marker_key("i1", "b1"), "/s/binds-in-flight/i1/b1");
+        assert!(names.bind_marker_key("i1", "b1").starts_with(&names.bind_markers_prefix(&i)));
+        assert!(!names.bind_marker_key("i10", "b1").starts_with(&names.bind_markers_prefix(&i)));
+        assert_eq!(names.parse_bind_marker_key("/s/binds-in-flight/i1/b1"), Some((i.clone(), b.clone())));
+        assert_eq!(names.parse_bind_marker_key("/s/binds-in-flight/i1/b1/x"), None);
+        assert!(!names.bind_markers_root().starts_with(&names.all_bindings_prefix()));
         assert_eq!(names.sealed_index_key("k1", "i1", "b1"), "/s/index/sealed/k1/i1/b1");
         assert!(names.binding_index_key("p", "i1", "b1").starts_with(&names.all_bindings_index_prefix()));
         assert_eq!(names.parse_name(&names.user(&i, &b)), Some((i.clone(), b.clone())));

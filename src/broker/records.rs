@@ -236,8 +236,9 @@ impl BindingRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleDeletion {
     pub role: String,
-    /// The binding's user; `None` in entries for a role alone (deprovision's sweep of roles
-    /// no record names) and in entries queued by brokers before this field existed.
+    /// The binding's user; `None` in entries for a role alone (queued by the deprovision
+    /// sweep of brokers before bind markers) and in entries queued by brokers before this
+    /// field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Name of the etcd cluster that holds the role.
@@ -248,6 +249,20 @@ pub struct RoleDeletion {
     pub secret_location: Option<Location>,
     /// Seconds since the Unix epoch.
     pub queued_at: u64,
+}
+
+/// A bind in flight (`names::bind_marker_key`), written in the transaction of the bind's first
+/// record: the record alone cannot name the user the bind goes on to make, because an unbind
+/// may delete the record meanwhile. Deprovision removes what its instance's markers name; a
+/// bind deletes its marker in the swap that makes its record `ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindMarker {
+    /// Name of the etcd cluster the bind makes its user and role on (the instance's), so that
+    /// reconcile finds them when the instance record is gone too.
+    pub cluster: String,
+    /// Seconds since the Unix epoch: a marker older than reconcile's threshold is no bind in
+    /// flight any more.
+    pub started_at: u64,
 }
 
 /// Serializes a record for etcd.

@@ -51,17 +51,17 @@ impl EtcdBroker {
         Write::Put(self.names().role_deletion_key(&record.role), encode(&entry))
     }
 
-    /// The write that queues a role no record names (deprovision's sweep); its user, if it
-    /// had one, is already deleted.
-    pub(super) fn queue_role_alone(&self, role: &str, cluster: &str) -> Write {
+    /// The write that queues the user and role of a binding no record names, by their name
+    /// (the same for both): deprovision's sweep of a bind marker.
+    pub(super) fn queue_name(&self, name: &str, cluster: &str) -> Write {
         let entry = RoleDeletion {
-            role: role.to_owned(),
-            user: None,
+            role: name.to_owned(),
+            user: Some(name.to_owned()),
             cluster: cluster.to_owned(),
             secret_location: None,
             queued_at: self.now(),
         };
-        Write::Put(self.names().role_deletion_key(role), encode(&entry))
+        Write::Put(self.names().role_deletion_key(name), encode(&entry))
     }
 
     /// Deletes the role of the first queue entry after the key `after` (from the start without

@@ -9,7 +9,7 @@ use serde_json::json;
 use url::Url;
 
 use super::fake_kv::FakeKv;
-use super::records::{BindingRecord, RecordState, RoleDeletion};
+use super::records::{encode, BindMarker, BindingRecord, RecordState, RoleDeletion};
 use super::role_deletions::QueueStep;
 use super::*;
 use crate::clock::SystemClock;
@@ -388,9 +388,12 @@ pub fn assert_indexes_match_records(state: &MemoryState) {
 /// Every etcd user belongs to a `ready` binding record, and every role to one or to the queue
 /// of roles to delete (then no user holds it); every record is `ready`, and every ready binding
 /// has its user (with the recorded password and role) and role, which is not queued. The
-/// indexes match the records.
+/// indexes match the records, and no bind marker is left (every bind finished).
 pub fn assert_consistent(state: &MemoryState) {
     assert_indexes_match_records(state);
+    let markers: Vec<&String> =
+        state.keys.keys().filter(|k| k.starts_with("/etcd-broker/binds-in-flight/")).collect();
+    assert!(markers.is_empty(), "bind markers left: {markers:?}");
     let mut bindings = Vec::new();
     let mut queued = Vec::new();
     for (key, v) in &state.keys {
@@ -1106,28 +1109,105 @@ async fn deprovision_removes_secrets_in_openbao_a_bind_killed_after_the_reaper_l
     bind_racing_unbind_then_killed(true, kv_broker_on).await;
 }
 
+/// A bind interrupted right after its first transaction (record `creating` and its marker, no
+/// user yet), on a fresh i1.
+async fn a_bind_interrupted_after_its_first_step() -> Arc<MemoryStore> {
+    for n in 0..10 {
+        let store = provisioned().await;
+        let faulty = Arc::new(FaultyStore::new(store.clone(), Some(n), FailMode::Before));
+        // The result is the fault's answer; what the bind left is what counts.
+        let _ = broker_on(faulty).bind(bind_req("i1", "b1")).await;
+        let state = store.snapshot();
+        if state.keys.contains_key("/etcd-broker/bindings/i1/b1") && state.users.is_empty() {
+            return store;
+        }
+    }
+    panic!("no call of the bind comes right after its first transaction")
+}
+
+/// A bind killed after it made its user, while an unbind deleted its record and the role
+/// reaper ran: the marker alone names the user, and deprovision removes the user, the role and
+/// the marker.
 #[tokio::test]
-async fn deprovision_removes_users_and_roles_no_record_names() {
+async fn deprovision_removes_the_user_a_bind_killed_after_its_unbind_made() {
+    let store = a_bind_interrupted_after_its_first_step().await;
+    let marker = "/etcd-broker/binds-in-flight/i1/b1";
+    let broker = broker_on(store.clone());
+    broker.unbind(unbind_req("i1", "b1")).await.unwrap();
+    drain_role_queue(&broker).await.unwrap();
+    // The bind, still in flight, makes its role and user, then dies.
+    store
+        .ensure_role("etcd-broker.i1.b1", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
+    store.ensure_user("etcd-broker.i1.b1", "pw", "etcd-broker.i1.b1").await.unwrap();
+    let state = store.snapshot();
+    let found: BindMarker = serde_json::from_slice(&state.keys[marker].value).unwrap();
+    assert_eq!(found.cluster, "main");
+    assert!(!state.keys.keys().any(|k| k.contains("/bindings/") || k.contains("/role-deletions/")));
+    broker.deprovision(deprovision_req("i1")).await.unwrap();
+    drain_role_queue(&broker).await.unwrap();
+    let state = store.snapshot();
+    assert!(state.users.is_empty() && state.roles.is_empty(), "{state:?}");
+    assert!(state.keys.is_empty(), "left: {:?}", state.keys.keys());
+}
+
+/// A retry of a bind interrupted after its first step finishes it, and its ready swap deletes
+/// the marker.
+#[tokio::test]
+async fn a_retried_bind_deletes_its_marker_when_it_becomes_ready() {
+    let store = a_bind_interrupted_after_its_first_step().await;
+    assert!(store.snapshot().keys.contains_key("/etcd-broker/binds-in-flight/i1/b1"));
+    broker_on(store.clone()).bind(bind_req("i1", "b1")).await.unwrap();
+    assert_consistent(&store.snapshot());
+}
+
+#[tokio::test]
+async fn deprovision_removes_what_bind_markers_name_and_no_other_users() {
     let store = provisioned().await;
     let broker = broker_on(store.clone());
     broker.provision(provision_req("i10", SMALL)).await.unwrap();
     broker.bind(bind_req("i1", "b1")).await.unwrap();
     broker.bind(bind_req("i10", "b1")).await.unwrap();
-    // What a bind killed after its unbind leaves: a user and role, and no record of either.
-    store
-        .ensure_role("etcd-broker.i1.lost", &Permission::read_write_prefix("/service_instances/i1/"))
-        .await
-        .unwrap();
+    let marker = |binding: &str| {
+        let value = encode(&BindMarker { cluster: "main".into(), started_at: 1 });
+        Write::Put(format!("/etcd-broker/binds-in-flight/i1/{binding}"), value)
+    };
+    // What binds killed after their unbind leave: a user and role, or a role alone, and the
+    // bind's marker; one with its role queued already.
+    let permission = Permission::read_write_prefix("/service_instances/i1/");
+    for name in ["etcd-broker.i1.lost", "etcd-broker.i1.role-only", "etcd-broker.i1.queued"] {
+        store.ensure_role(name, &permission).await.unwrap();
+    }
     store.ensure_user("etcd-broker.i1.lost", "pw", "etcd-broker.i1.lost").await.unwrap();
-    store
-        .ensure_role("etcd-broker.i1.role-only", &Permission::read_write_prefix("/service_instances/i1/"))
-        .await
-        .unwrap();
+    store.ensure_user("etcd-broker.i1.queued", "pw", "etcd-broker.i1.queued").await.unwrap();
+    let queued = RoleDeletion {
+        role: "etcd-broker.i1.queued".into(),
+        user: None,
+        cluster: "main".into(),
+        secret_location: None,
+        queued_at: 1,
+    };
+    let entry = Write::Put("/etcd-broker/role-deletions/etcd-broker.i1.queued".into(), encode(&queued));
+    store.commit(&[], &[marker("lost"), marker("role-only"), marker("queued"), entry]).await.unwrap();
+    // What an older broker's bind left, without a marker: reconcile's to find, not deprovision's.
+    store.ensure_role("etcd-broker.i1.legacy", &permission).await.unwrap();
+    store.ensure_user("etcd-broker.i1.legacy", "pw", "etcd-broker.i1.legacy").await.unwrap();
+
     broker.deprovision(deprovision_req("i1")).await.unwrap();
     drain_role_queue(&broker).await.unwrap();
     let state = store.snapshot();
+    assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i1.legacy", "etcd-broker.i10.b1"]);
+    assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i1.legacy", "etcd-broker.i10.b1"]);
+    assert!(!state.keys.keys().any(|k| k.contains("binds-in-flight")), "{:?}", state.keys.keys());
+    let settings = super::reconcile::Settings { stuck_after: 600, grants: false };
+    let report = broker.reconcile(&settings, super::reconcile::Repair::Safe).await.unwrap();
+    let found: Vec<(&str, &str)> =
+        report.findings.iter().map(|f| (f.kind.name(), f.subject.as_str())).collect();
+    assert_eq!(found, [("orphan_user", "etcd-broker.i1.legacy"), ("orphan_role", "etcd-broker.i1.legacy")]);
+    drain_role_queue(&broker).await.unwrap();
+    let state = store.snapshot();
     assert_eq!(state.users.keys().collect::<Vec<_>>(), ["etcd-broker.i10.b1"]);
-    assert_eq!(state.roles.keys().collect::<Vec<_>>(), ["etcd-broker.i10.b1"]);
     assert_consistent(&state);
 }
 

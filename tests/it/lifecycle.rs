@@ -171,11 +171,15 @@ async fn a_user_created_by_a_bind_killed_after_its_unbind_is_deleted() {
     assert_eq!(osb.deprovision("inst-k").await.status, StatusCode::OK);
 }
 
-/// Deprovision removes every user and role under the instance's names, recorded or not (what
-/// a bind killed after the role reaper took its unbind's entry leaves), and nothing of an
-/// instance whose id merely starts with the same letters.
+/// Deprovision removes the users and roles that the bind markers of its instance name (what a
+/// bind killed after the role reaper took its unbind's entry leaves: its user, made after the
+/// unbind, and its marker, written with its first record), and nothing of an instance whose
+/// id merely starts with the same letters. A user an older broker's bind left, without a
+/// marker, is reconcile's to find: deprovision no longer lists every user.
 #[tokio::test]
-async fn deprovision_deletes_users_and_roles_that_no_record_names() {
+async fn deprovision_deletes_the_users_and_roles_that_bind_markers_name() {
+    use etcd_broker::broker::names::Names;
+    use etcd_broker::broker::records::{encode, BindMarker};
     let etcd = start_etcd().await;
     let broker = BrokerProcess::start(&etcd, None).await;
     let osb = Osb::new(&broker.url);
@@ -183,17 +187,29 @@ async fn deprovision_deletes_users_and_roles_that_no_record_names() {
         assert_eq!(osb.provision(id, SHARED).await.status, StatusCode::CREATED);
         assert_eq!(osb.bind(id, "bind-1").await.status, StatusCode::CREATED);
     }
+    let (keys, _, _) = broker_made_things(&etcd).await;
+    assert!(!keys.iter().any(|k| k.contains("binds-in-flight")), "a finished bind left its marker: {keys:?}");
     let mut root = etcd.root_client().await.unwrap();
-    for name in ["etcd-broker.inst-s.lost", "etcd-broker.inst-s.role-only"] {
+    let names = Names::default();
+    for binding in ["lost", "role-only"] {
+        let marker = BindMarker { cluster: "main".into(), started_at: 1 };
+        root.put(names.bind_marker_key("inst-s", binding), encode(&marker), None).await.unwrap();
+    }
+    for name in ["etcd-broker.inst-s.lost", "etcd-broker.inst-s.role-only", "etcd-broker.inst-s.legacy"] {
         root.role_add(name).await.unwrap();
     }
-    root.user_add("etcd-broker.inst-s.lost", "pw", None).await.unwrap();
-    root.user_grant_role("etcd-broker.inst-s.lost", "etcd-broker.inst-s.lost").await.unwrap();
+    for name in ["etcd-broker.inst-s.lost", "etcd-broker.inst-s.legacy"] {
+        root.user_add(name, "pw", None).await.unwrap();
+        root.user_grant_role(name, name).await.unwrap();
+    }
 
     assert_eq!(osb.deprovision("inst-s").await.status, StatusCode::OK);
-    let (_, users, roles) = broker_made_things(&etcd).await;
-    assert_eq!(users, ["etcd-broker.inst-s2.bind-1"]);
-    assert_eq!(roles, ["etcd-broker.inst-s2.bind-1"]);
+    let (keys, users, roles) = broker_made_things(&etcd).await;
+    assert!(!keys.iter().any(|k| k.contains("binds-in-flight")), "markers left: {keys:?}");
+    assert_eq!(users, ["etcd-broker.inst-s.legacy", "etcd-broker.inst-s2.bind-1"]);
+    assert_eq!(roles, ["etcd-broker.inst-s.legacy", "etcd-broker.inst-s2.bind-1"]);
+    root.user_delete("etcd-broker.inst-s.legacy").await.unwrap();
+    root.role_delete("etcd-broker.inst-s.legacy").await.unwrap();
     assert_eq!(osb.deprovision("inst-s2").await.status, StatusCode::OK);
     let (keys, users, roles) = broker_made_things(&etcd).await;
     assert!(keys.is_empty() && users.is_empty() && roles.is_empty(), "{keys:?} {users:?} {roles:?}");

@@ -1,13 +1,13 @@
 //! `reconcile`: the broker's records compared with what etcd holds, and what is safe repaired.
 //!
 //! The crash-safety rules (docs/naming.md) promise that every user and role the broker made is
-//! named by a binding record or a queued role deletion, that a ready binding has its user with
-//! its one role and that role its one permission, and that tenant data lives only under an
-//! instance's prefix. This module checks each promise against a live deployment, read-only, and
+//! named by a binding record, a queued role deletion or a bind marker, that a ready binding
+//! has its user with its one role and that role its one permission, and that tenant data lives
+//! only under an instance's prefix. This module checks each promise against a live deployment, read-only, and
 //! reports what breaks it as [`Finding`]s of a [`Kind`]:
 //!
-//! - the records, in pages (`Store::scan`): instances, bindings, queued role deletions, with
-//!   their states and ages;
+//! - the records, in pages (`Store::scan`): instances, bindings, queued role deletions, bind
+//!   markers, with their states and ages;
 //! - per cluster, the users and roles named `etcd-broker.*` (two list requests) and the tenant
 //!   prefixes that hold keys (one single-key read per prefix: each read starts past the keys of
 //!   the prefix before);
@@ -41,10 +41,9 @@ use serde::Serialize;
 
 use crate::osb::{BrokerError, BrokerResult, InstanceId};
 use crate::sealing;
-use crate::store::Versioned;
+use crate::store::{Store, StoreError, Versioned};
 
-use super::instances::list_names;
-use super::records::{decode, BindingRecord, InstanceRecord, RecordState, RoleDeletion};
+use super::records::{decode, BindMarker, BindingRecord, InstanceRecord, RecordState, RoleDeletion};
 use super::{unavailable, EtcdBroker};
 
 pub use periodic::{run as run_periodically, Observer as PeriodicObserver};
@@ -102,6 +101,9 @@ pub enum Kind {
     StuckDeleting,
     /// A queued role deletion older than the threshold: no role reaper takes it.
     StaleRoleDeletion,
+    /// A bind marker older than the threshold, or of an instance without a record: a bind
+    /// that died (after an unbind deleted its record) may have left the user and role it names.
+    StaleBindMarker,
     /// A binding record sealed by a key the keychain does not hold: its binding cannot be read.
     SealedWithUnknownKey,
     /// A record that does not decode, or names a cluster the config does not have.
@@ -115,7 +117,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order of the report.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::OrphanUser,
         Kind::OrphanRole,
         Kind::MissingUser,
@@ -125,6 +127,7 @@ impl Kind {
         Kind::StuckCreating,
         Kind::StuckDeleting,
         Kind::StaleRoleDeletion,
+        Kind::StaleBindMarker,
         Kind::SealedWithUnknownKey,
         Kind::UnreadableRecord,
         Kind::BindingWithoutInstance,
@@ -143,6 +146,7 @@ impl Kind {
             Kind::StuckCreating => "stuck_creating",
             Kind::StuckDeleting => "stuck_deleting",
             Kind::StaleRoleDeletion => "stale_role_deletion",
+            Kind::StaleBindMarker => "stale_bind_marker",
             Kind::SealedWithUnknownKey => "sealed_with_unknown_key",
             Kind::UnreadableRecord => "unreadable_record",
             Kind::BindingWithoutInstance => "binding_without_instance",
@@ -219,6 +223,8 @@ enum Target {
     Deleting { key: String },
     /// A queue entry to process.
     Queued { key: String },
+    /// A bind marker at this key, read at this revision, whose user and role to remove.
+    Marker { key: String, revision: i64 },
     /// A tenant prefix of this instance id without an instance record (`claim`: the revision
     /// of an interrupted repair's claim record, to finish).
     Data { instance: InstanceId, claim: Option<i64> },
@@ -234,6 +240,8 @@ pub struct Checked {
     pub bindings: u64,
     /// Role deletions queued now, young and old: the role reaper's backlog.
     pub queued_role_deletions: u64,
+    /// Bind markers now, young (binds in flight) and old.
+    pub bind_markers: u64,
     pub users: u64,
     pub roles: u64,
     /// Tenant prefixes holding keys, over all clusters.
@@ -286,7 +294,8 @@ impl Report {
 struct Seen {
     /// Instance id -> the cluster of its data.
     instances: BTreeMap<String, String>,
-    /// (cluster, name) of every user and role that a binding record or a queued deletion names.
+    /// (cluster, name) of every user and role that a binding record, a queued deletion or a
+    /// bind marker names.
     named: BTreeSet<(String, String)>,
 }
 
@@ -335,6 +344,10 @@ fn finding(kind: Kind, cluster: &str, subject: &str, detail: String) -> Finding 
         Kind::StaleRoleDeletion => (
             Repairable::Safe,
             "is a broker running its role reaper? --repair deletes the queued user and role",
+        ),
+        Kind::StaleBindMarker => (
+            Repairable::Safe,
+            "--repair queues the user and role it names for deletion and deletes them (unless a binding record names them), then the marker",
         ),
         Kind::SealedWithUnknownKey => (
             Repairable::Manual,
@@ -386,6 +399,7 @@ impl EtcdBroker {
         self.check_instances(settings, now, &mut seen, &mut report).await?;
         self.check_bindings(settings, now, &mut seen, &mut report).await?;
         self.check_queue(settings, now, &mut seen, &mut report).await?;
+        self.check_bind_markers(settings, now, &mut seen, &mut report).await?;
         let mut clusters: Vec<&String> = self.setup.clusters.keys().collect();
         clusters.sort();
         for cluster in clusters {
@@ -749,6 +763,87 @@ impl EtcdBroker {
         .await
     }
 
+    /// Bind markers: each names its binding's user and role (a bind in flight may have made
+    /// them after an unbind deleted the record). A marker is a finding when its instance has
+    /// no record, or when it is older than the threshold and its user or role exists, and no
+    /// `creating` or `deleting` record of its binding answers for them instead (that record is
+    /// reported when stuck, and a platform's retry or unbind finishes it); all confirmed by
+    /// reading them again after the walk.
+    async fn check_bind_markers(
+        &self,
+        settings: &Settings,
+        now: u64,
+        seen: &mut Seen,
+        report: &mut Report,
+    ) -> BrokerResult<()> {
+        let prefix = self.names().bind_markers_root();
+        let state_cluster = self.setup.state_cluster.clone();
+        let mut candidates = Vec::new();
+        self.walk(&prefix, &mut |key, found| {
+            report.checked.bind_markers += 1;
+            let Some(marker) = self.decoded::<BindMarker>(&key, &found, report) else { return };
+            let Some((instance, binding)) = self.names().parse_bind_marker_key(&key) else {
+                let detail = "a bind marker whose key names no binding".to_owned();
+                report.findings.push(finding(Kind::UnreadableRecord, &state_cluster, &key, detail));
+                return;
+            };
+            seen.named.insert((marker.cluster.clone(), self.names().user(&instance, &binding)));
+            seen.named.insert((marker.cluster.clone(), self.names().role(&instance, &binding)));
+            let orphaned = !seen.instances.contains_key(instance.as_str());
+            if orphaned || stuck(settings, now, marker.started_at) {
+                candidates.push((key, found.mod_revision, marker, instance, binding));
+            }
+        })
+        .await?;
+        let state = &*self.setup.state;
+        for (key, revision, marker, instance, binding) in candidates {
+            let instance_gone = state
+                .get(&self.names().instance_key(&instance))
+                .await
+                .map_err(|e| self.state_failed(e))?
+                .is_none();
+            if !instance_gone && !stuck(settings, now, marker.started_at) {
+                continue; // provisioned after the walk: a bind in flight
+            }
+            let record = self.names().binding_key(&instance, &binding);
+            match self.read::<BindingRecord>(state, &record).await {
+                Ok(Some((record, _))) if record.state != RecordState::Ready => continue,
+                Ok(_) => {}
+                Err(BrokerError::Internal(_)) => continue, // unreadable: reported as such
+                Err(e) => return Err(e),
+            }
+            let Ok(cluster) = self.cluster(&marker.cluster) else {
+                let detail = format!("names cluster '{}', which the config does not have", marker.cluster);
+                report.findings.push(finding(Kind::UnreadableRecord, &state_cluster, &key, detail));
+                continue;
+            };
+            if !instance_gone {
+                // An unbind of a bind that died (a platform's orphan mitigation) deleted the
+                // user: a marker naming nothing harms nothing, and goes with the instance.
+                let store = &*cluster.store;
+                let name = self.names().user(&instance, &binding);
+                let fail = |e| unavailable(&marker.cluster, e);
+                if store.user_roles(&name).await.map_err(fail)?.is_none()
+                    && store.role_permissions(&name).await.map_err(fail)?.is_none()
+                {
+                    continue;
+                }
+            }
+            if !self.unchanged(&key, revision).await? {
+                continue; // its bind finished, or another began
+            }
+            let age = now.saturating_sub(marker.started_at);
+            let detail = if instance_gone {
+                format!("a bind started {age} s ago, of an instance that has no record")
+            } else {
+                format!("a bind started {age} s ago never finished")
+            };
+            let target = Target::Marker { key: key.clone(), revision };
+            report.findings.push(finding(Kind::StaleBindMarker, &marker.cluster, &key, detail).with(target));
+        }
+        Ok(())
+    }
+
     /// Users and roles named like the broker's that no record names, on one cluster.
     async fn check_names(&self, cluster: &str, seen: &Seen, report: &mut Report) -> BrokerResult<()> {
         let store = &*self.setup.clusters[cluster].store;
@@ -771,7 +866,7 @@ impl EtcdBroker {
                     continue;
                 }
                 let what = if kind == Kind::OrphanUser { "user" } else { "role" };
-                let detail = format!("no binding record or queued deletion names this {what}");
+                let detail = format!("no binding record, queued deletion or bind marker names this {what}");
                 let found = finding(kind, cluster, &name, detail);
                 report.findings.push(match self.names().parse_name(&name) {
                     Some(_) => found.with(Target::Name(name.clone())),
@@ -784,8 +879,8 @@ impl EtcdBroker {
         Ok(())
     }
 
-    /// Whether a binding record or queue entry on `cluster` names `name` now (read after the
-    /// lists: a bind that started after the walk has written its record by now).
+    /// Whether a binding record, queue entry or bind marker on `cluster` names `name` now (read
+    /// after the lists: a bind that started after the walk has written its record by now).
     async fn named_now(&self, cluster: &str, name: &str) -> BrokerResult<bool> {
         let Some((instance, binding)) = self.names().parse_name(name) else { return Ok(false) };
         let state = &*self.setup.state;
@@ -801,6 +896,13 @@ impl EtcdBroker {
         if let Some(found) = state.get(&queue_key).await.map_err(|e| self.state_failed(e))? {
             let entry: Option<RoleDeletion> = decode(&queue_key, &found.value).ok();
             if !matches!(entry, Some(e) if e.cluster != cluster) {
+                return Ok(true);
+            }
+        }
+        let marker_key = self.names().bind_marker_key(instance.as_str(), binding.as_str());
+        if let Some(found) = state.get(&marker_key).await.map_err(|e| self.state_failed(e))? {
+            let marker: Option<BindMarker> = decode(&marker_key, &found.value).ok();
+            if !matches!(marker, Some(m) if m.cluster != cluster) {
                 return Ok(true);
             }
         }
@@ -862,6 +964,24 @@ impl EtcdBroker {
             Err(BrokerError::Internal(_)) => true, // unreadable: reported as such
             Err(e) => return Err(e),
         })
+    }
+}
+
+/// The users and roles whose names start with `prefix`, or (inner `Err`) why etcd could not
+/// list them: its answer holds every user and role of the cluster and is refused when larger
+/// than gRPC's 4 MiB (about 45,000 users), which callers skip with a warning rather than fail.
+async fn list_names(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<Result<(Vec<String>, Vec<String>), String>, StoreError> {
+    let listed = match store.list_users(prefix).await {
+        Ok(users) => store.list_roles(prefix).await.map(|roles| (users, roles)),
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(found) => Ok(Ok(found)),
+        Err(StoreError::Failed(why)) => Ok(Err(why)),
+        Err(e) => Err(e),
     }
 }
 

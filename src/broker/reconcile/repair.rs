@@ -13,6 +13,12 @@
 //!   check read: a concurrent unbind wins, and the bind's own clean-up applies;
 //! - a binding stuck in `deleting`: the unbind finished (what the platform asked for);
 //! - a stale queued role deletion: the reaper's step;
+//! - a stale bind marker: with no binding record, its name queued and deleted as an orphan
+//!   user's (above: a bind of that id cannot start meanwhile, so it never loses its user); with
+//!   a ready record, which names the user, nothing but the marker; then the marker deleted by
+//!   compare-and-swap on the revision the check read (a bind that wrote it again keeps it).
+//!   Not deprovision's sweep, which deletes the user before queueing it: safe only while the
+//!   instance is `deleting`;
 //! - an instance record without its per-plan or per-organization index entry (made before
 //!   that index existed): the entry put in one transaction that holds only while the record
 //!   is unchanged and the entry absent, rewriting the key of the limit that counts the index
@@ -52,6 +58,9 @@ impl EtcdBroker {
             Target::Binding { key, revision } => self.rebind(key, *revision).await,
             Target::Deleting { key } => self.remove_binding(key, None).await.map(|()| Repaired::Repaired),
             Target::Queued { key } => self.reap(key).await,
+            Target::Marker { key, revision } => {
+                self.sweep_stale_marker(&finding.cluster, key, *revision).await
+            }
             Target::Data { instance, claim } => {
                 self.delete_orphan_data(&finding.cluster, instance, *claim).await
             }
@@ -99,6 +108,43 @@ impl EtcdBroker {
         self.role_queued.notify_one();
         self.delete_queued(&queued, &Versioned { value, mod_revision }).await?;
         Ok(Repaired::Repaired)
+    }
+
+    /// Removes what the stale bind marker at `key` (read at `revision`) names, then the marker.
+    async fn sweep_stale_marker(
+        &self,
+        cluster: &str,
+        key: &str,
+        revision: i64,
+    ) -> Result<Repaired, BrokerError> {
+        let Some((instance, binding)) = self.names().parse_bind_marker_key(key) else {
+            return Ok(Repaired::Skipped("the marker's key names no binding".into()));
+        };
+        let state = &*self.setup.state;
+        let record = self.names().binding_key(&instance, &binding);
+        match self.read::<BindingRecord>(state, &record).await? {
+            Some((record, _)) if record.state != RecordState::Ready => {
+                return Ok(Repaired::Skipped(
+                    "a binding record in creating or deleting names its user now; finish that first".into(),
+                ))
+            }
+            // The record names the user: the marker is all there is to remove.
+            Some(_) => {}
+            // Repaired, or skipped because a record or queue entry names the name now.
+            None => match self.delete_unnamed(cluster, &self.names().user(&instance, &binding)).await? {
+                Repaired::Failed(why) => return Ok(Repaired::Failed(why)),
+                Repaired::Repaired | Repaired::Skipped(_) => {}
+            },
+        }
+        let guards = [Guard::Revision(key.to_owned(), revision)];
+        let deleted = state
+            .commit(&guards, &[Write::Delete(key.to_owned())])
+            .await
+            .map_err(|e| self.state_failed(e))?;
+        Ok(match deleted {
+            Some(_) => Repaired::Repaired,
+            None => Repaired::Skipped("a bind of that id wrote the marker again; run reconcile again".into()),
+        })
     }
 
     /// Revokes what the broker never grants, then runs the bind's steps 2 to 4 again.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Kind, Repair, Repaired, Report, Settings};
-use crate::broker::records::{decode, encode, BindingRecord, RecordState, RoleDeletion};
+use crate::broker::records::{decode, encode, BindMarker, BindingRecord, RecordState, RoleDeletion};
 use crate::broker::tests::*;
 use crate::osb::ServiceBroker;
 use crate::store::faulty::{FailMode, FaultyStore};
@@ -39,7 +39,8 @@ async fn edit_binding(store: &MemoryStore, b: &str, edit: impl FnOnce(&mut Bindi
 
 /// Every kind a hand can make on the memory store: an orphan user and role, a missing user, a
 /// role with a foreign permission, a user with a foreign role, orphan data, a binding stuck in
-/// `creating` and one in `deleting`, a stale queue entry.
+/// `creating` and one in `deleting`, a stale queue entry, a stale bind marker naming a user and
+/// role (a bind killed after an unbind deleted its record), a bind marker of a gone instance.
 async fn broken() -> Arc<MemoryStore> {
     let store = healthy().await;
     let broker = sealed_broker_on(store.clone());
@@ -75,6 +76,20 @@ async fn broken() -> Arc<MemoryStore> {
         .await
         .unwrap();
     store
+        .ensure_role("etcd-broker.i1.b6", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
+    store.ensure_user("etcd-broker.i1.b6", "pw", "etcd-broker.i1.b6").await.unwrap();
+    put_marker(&store, "i1", "b6", 1).await;
+    put_marker(&store, "i8", "b8", now()).await;
+    store
+}
+
+/// A bind marker as a bind's first transaction writes it, started at `started_at`.
+async fn put_marker(store: &MemoryStore, instance: &str, binding: &str, started_at: u64) {
+    let marker = BindMarker { cluster: "main".into(), started_at };
+    let key = format!("/etcd-broker/binds-in-flight/{instance}/{binding}");
+    store.commit(&[], &[Write::Put(key, encode(&marker))]).await.unwrap();
 }
 
 #[tokio::test]
@@ -105,6 +120,8 @@ async fn each_inconsistency_is_found_and_only_the_safe_ones_repaired() {
         (Kind::StuckCreating, "/etcd-broker/bindings/i1/b4"),
         (Kind::StuckDeleting, "/etcd-broker/bindings/i1/b5"),
         (Kind::StaleRoleDeletion, "/etcd-broker/role-deletions/etcd-broker.i1.old"),
+        (Kind::StaleBindMarker, "/etcd-broker/binds-in-flight/i1/b6"),
+        (Kind::StaleBindMarker, "/etcd-broker/binds-in-flight/i8/b8"),
     ];
     let mut got = kinds(&found);
     got.sort();
@@ -131,6 +148,8 @@ async fn each_inconsistency_is_found_and_only_the_safe_ones_repaired() {
     assert!(state.keys.contains_key("/service_instances/gone/k"), "tenant data deleted without the flag");
     assert!(!state.users.contains_key("etcd-broker.i9.b9") && !state.roles.contains_key("etcd-broker.i9.b9"));
     assert!(!state.roles.contains_key("etcd-broker.i1.old"));
+    assert!(!state.users.contains_key("etcd-broker.i1.b6") && !state.roles.contains_key("etcd-broker.i1.b6"));
+    assert!(!state.keys.keys().any(|k| k.starts_with("/etcd-broker/binds-in-flight/")), "a marker is left");
     assert_eq!(state.users["etcd-broker.i1.b3"].1, ["etcd-broker.i1.b3".to_owned()].into());
     assert!(state.users.contains_key("etcd-broker.i1.b1"));
     // The recreated user has the recorded password: GET binding's credentials work.
@@ -166,14 +185,24 @@ async fn young_creating_and_deleting_records_are_operations_in_flight() {
     edit_binding(&store, "b2", |r| r.state = RecordState::Deleting).await;
     store.delete_user("etcd-broker.i1.b1").await.unwrap();
     store.delete_user("etcd-broker.i1.b2").await.unwrap();
+    // A bind whose record an unbind deleted, still running: its user is no orphan.
+    store
+        .ensure_role("etcd-broker.i1.b7", &Permission::read_write_prefix("/service_instances/i1/"))
+        .await
+        .unwrap();
+    store.ensure_user("etcd-broker.i1.b7", "pw", "etcd-broker.i1.b7").await.unwrap();
+    put_marker(&store, "i1", "b7", now()).await;
     let report = sealed_broker_on(store.clone()).reconcile(&CHECK, Repair::Nothing).await.unwrap();
     assert!(report.findings.is_empty(), "{report:#?}");
+    assert_eq!(report.checked.bind_markers, 1);
     let strict = Settings { stuck_after: 0, ..CHECK };
     let mut old = sealed_broker_on(store.clone());
     old.setup.clock = Arc::new(Later);
     let report = old.reconcile(&strict, Repair::Nothing).await.unwrap();
     assert_eq!(report.count_by_kind()[&Kind::StuckCreating], 1);
     assert_eq!(report.count_by_kind()[&Kind::StuckDeleting], 1);
+    assert_eq!(report.count_by_kind()[&Kind::StaleBindMarker], 1);
+    assert_eq!(report.count_by_kind()[&Kind::OrphanUser], 0, "the marker names the user");
 }
 
 /// A clock a day ahead.
@@ -235,4 +264,9 @@ async fn an_expired_bindings_missing_user_is_no_finding_and_never_made_again() {
     let report = broker.reconcile(&CHECK, Repair::Safe).await.unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     assert!(!store.snapshot().users.contains_key("etcd-broker.i1.b1"));
+}
+
+/// Now, by the clock brokers of these tests tell the time with.
+fn now() -> u64 {
+    crate::clock::Clock::now_unix(&crate::clock::SystemClock)
 }
