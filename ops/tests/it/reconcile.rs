@@ -50,7 +50,7 @@ async fn exit_codes_json_and_a_repair_as_the_binary_runs_them() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["version"], 1);
     assert_eq!(report["counts"]["orphan_user"], 1);
-    assert_eq!(report["counts"].as_object().unwrap().len(), 13, "every kind counted");
+    assert_eq!(report["counts"].as_object().unwrap().len(), 14, "every kind counted");
     assert_eq!(report["checked"]["users"], 1);
     let finding = &report["findings"][0];
     let mut fields: Vec<&str> = finding.as_object().unwrap().keys().map(String::as_str).collect();
