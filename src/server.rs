@@ -9,6 +9,7 @@ use actix_web::{App, HttpServer};
 
 use crate::activity::OsbActivity;
 use crate::broker::certificates::CertificateSetup;
+use crate::broker::leader::TaskSettings;
 use crate::broker::names::Names;
 use crate::broker::role_reaper::{self, Pacing};
 use crate::broker::{expiry, inventory, reconcile};
@@ -228,7 +229,7 @@ fn binding_expiry(
         revoked: Box::new(move |n| revoked.inc_by(n)),
         failed: Box::new(move || failures.inc()),
     };
-    let settings = expiry::Settings {
+    let settings = TaskSettings {
         every: Duration::from_secs(config.check_seconds),
         lease_ttl: Duration::from_secs(config.leader_lease_seconds),
         holder: leader_holder(),
@@ -249,7 +250,7 @@ fn inventory_counts(
     gauges: Inventory,
     config: &Config,
 ) -> impl std::future::Future<Output = ()> {
-    let settings = inventory::Settings {
+    let settings = TaskSettings {
         every: Duration::from_secs(config.metrics.inventory_seconds),
         // The expiry task's ttl: how long a dead leader's gauges go uncounted, about.
         lease_ttl: Duration::from_secs(config.binding_expiry.leader_lease_seconds),

@@ -14,9 +14,8 @@
 //! each other's idempotent steps.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::leader::{self, Leadership};
+use super::leader::{self, Leadership, TaskSettings};
 use super::records::{BindingRecord, RecordState};
 use super::{lost_race, unavailable, EtcdBroker, CAS_ATTEMPTS};
 use crate::osb::{BindingId, BrokerResult, InstanceId};
@@ -45,17 +44,6 @@ enum Outcome {
     Settled,
 }
 
-/// How the expiry task runs (`[binding_expiry]`).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Time between two passes of the leader.
-    pub every: Duration,
-    /// The leader's lease ttl.
-    pub lease_ttl: Duration,
-    /// Who this broker is, in the leader key's value.
-    pub holder: String,
-}
-
 /// What the expiry task tells the broker's metrics, without this module knowing about them.
 pub struct Observer {
     /// This broker became the leader (`true`) or stopped being it.
@@ -68,7 +56,7 @@ pub struct Observer {
 
 /// Runs forever: campaigns for the expiry task's leadership and, while leading, revokes due
 /// bindings every `settings.every`.
-pub async fn run(broker: Arc<EtcdBroker>, settings: Settings, observer: Observer) {
+pub async fn run(broker: Arc<EtcdBroker>, settings: TaskSettings, observer: Observer) {
     let leadership = Leadership {
         store: broker.setup.state.clone(),
         key: broker.names().leader_key(TASK),

@@ -14,11 +14,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::leader::{self, Leadership};
+use super::leader::{self, Leadership, TaskSettings};
 use super::{EtcdBroker, PlanInventory};
 use crate::osb::{BrokerError, BrokerResult};
 use crate::store::Write;
@@ -49,18 +48,6 @@ pub struct PlanCounts {
     pub bindings: u64,
 }
 
-/// How the inventory task runs (`[metrics] inventory_seconds`, the leader lease of
-/// `[binding_expiry]`).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Time between two counts of the leader, and between two reads of every broker.
-    pub every: Duration,
-    /// The leader's lease ttl.
-    pub lease_ttl: Duration,
-    /// Who this broker is, in the leader key's value.
-    pub holder: String,
-}
-
 /// What the inventory task tells the broker's gauges, without this module knowing about them.
 pub struct Observer {
     /// This broker became the inventory leader (`true`) or stopped being it.
@@ -71,7 +58,7 @@ pub struct Observer {
 
 /// Runs forever: while this broker leads the task, counts and publishes every `every`; on
 /// every broker, reads the published counts at once and then every `every`.
-pub async fn run(broker: Arc<EtcdBroker>, settings: Settings, observer: Observer) {
+pub async fn run(broker: Arc<EtcdBroker>, settings: TaskSettings, observer: Observer) {
     let leadership = Leadership {
         store: broker.setup.state.clone(),
         key: broker.names().leader_key(TASK),
@@ -191,6 +178,8 @@ impl EtcdBroker {
 mod tests {
     use std::sync::Mutex;
 
+    use std::time::Duration;
+
     use super::*;
     use crate::broker::tests::*;
     use crate::osb::ServiceBroker;
@@ -261,7 +250,7 @@ mod tests {
                 move |counts| seen.lock().unwrap().push(counts.clone())
             }),
         };
-        let settings = Settings {
+        let settings = TaskSettings {
             every: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(5),
             holder: holder.into(),

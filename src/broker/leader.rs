@@ -28,6 +28,18 @@ pub struct Observer {
     pub leading: Box<dyn Fn(bool) + Send + Sync>,
 }
 
+/// How a task that one broker at a time runs is scheduled (binding expiry: `[binding_expiry]`;
+/// inventory: `[metrics] inventory_seconds` with the expiry's lease).
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    /// Time between two runs of the leader's work.
+    pub every: Duration,
+    /// The leader's lease ttl.
+    pub lease_ttl: Duration,
+    /// Who this broker is, in the leader key's value.
+    pub holder: String,
+}
+
 /// One task's leadership, as seen from one broker.
 pub struct Leadership {
     pub store: Arc<dyn Store>,
