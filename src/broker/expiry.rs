@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use super::leader::{self, Leadership, TaskSettings};
+use super::leader::{self, TaskSettings};
 use super::records::{BindingRecord, RecordState};
 use super::{lost_race, unavailable, EtcdBroker, CAS_ATTEMPTS};
 use crate::osb::{BindingId, BrokerResult, InstanceId};
@@ -57,12 +57,7 @@ pub struct Observer {
 /// Runs forever: campaigns for the expiry task's leadership and, while leading, revokes due
 /// bindings every `settings.every`.
 pub async fn run(broker: Arc<EtcdBroker>, settings: TaskSettings, observer: Observer) {
-    let leadership = Leadership {
-        store: broker.setup.state.clone(),
-        key: broker.names().leader_key(TASK),
-        holder: settings.holder,
-        ttl: settings.lease_ttl,
-    };
+    let leadership = broker.leadership(TASK, &settings);
     let Observer { leading, revoked, failed } = observer;
     let pass = || async {
         match broker.revoke_expired_bindings().await {

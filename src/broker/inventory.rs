@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::leader::{self, Leadership, TaskSettings};
+use super::leader::{self, TaskSettings};
 use super::{EtcdBroker, PlanInventory};
 use crate::osb::{BrokerError, BrokerResult};
 use crate::store::Write;
@@ -59,12 +59,7 @@ pub struct Observer {
 /// Runs forever: while this broker leads the task, counts and publishes every `every`; on
 /// every broker, reads the published counts at once and then every `every`.
 pub async fn run(broker: Arc<EtcdBroker>, settings: TaskSettings, observer: Observer) {
-    let leadership = Leadership {
-        store: broker.setup.state.clone(),
-        key: broker.names().leader_key(TASK),
-        holder: settings.holder,
-        ttl: settings.lease_ttl,
-    };
+    let leadership = broker.leadership(TASK, &settings);
     let Observer { leading, counted } = observer;
     let count = || async {
         match broker.count_and_publish_inventory().await {

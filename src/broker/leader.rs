@@ -51,6 +51,19 @@ pub struct Leadership {
     pub ttl: Duration,
 }
 
+impl super::EtcdBroker {
+    /// The leadership of `task` (its key under the state prefix, on the state cluster), as a
+    /// task's `settings` say.
+    pub(super) fn leadership(&self, task: &str, settings: &TaskSettings) -> Leadership {
+        Leadership {
+            store: self.setup.state.clone(),
+            key: self.names().leader_key(task),
+            holder: settings.holder.clone(),
+            ttl: settings.lease_ttl,
+        }
+    }
+}
+
 impl Leadership {
     /// Runs forever: campaigns, and while this broker leads, runs `work` every `every` (the
     /// first time at once). `work` is dropped mid-way when leadership is lost.
