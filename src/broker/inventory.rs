@@ -1,26 +1,32 @@
 //! The inventory behind the gauges (instances and bindings per plan, roles awaiting deletion,
-//! sealed and clear-text records), counted by one broker at a time and published in etcd for
-//! the others, so that a scrape costs etcd nothing.
+//! sealed and clear-text records), kept by one broker at a time and published in etcd for the
+//! others, so that a scrape costs etcd nothing.
 //!
-//! Counting is O(index entries) in etcd (count-only ranges still visit every key: 0.7 to 1.3 s
-//! of etcd's time at 250,000 instances), so it is not done per scrape and per broker. The
-//! leader of the task [`TASK`] ([`super::leader`]) counts every `every` and writes the counts,
-//! with the time they were taken, to one key (`Names::inventory_key`); every broker reads that
-//! key every `every` (one single-key read) and its gauges show what it read. Counts are of the
-//! index entries that the records' own transactions write, so they are exact at the moment
-//! they are taken, whatever crashed before; they are at most about `2 * every` old, and the
-//! age is exported beside them. Two brokers that both think they lead for a moment both write
-//! exact counts: the later write wins, and nothing is lost but a little etcd time.
+//! The counts are of the index entries that the records' own transactions write, so they are
+//! exact whatever crashed before. Counting them is O(entries) in etcd, and etcd holds its
+//! in-memory index for a count's whole walk: every write waits behind it (0.35 s at a million
+//! instances). So the leader of the task [`TASK`] ([`super::leader`]) counts once, when it
+//! starts leading, all prefixes at one revision ([`Store::count_at_one_revision`]), and from
+//! then on follows the keys created and deleted after that revision ([`Store::follow_keys`]):
+//! O(changes), never a walk. A follow that breaks (etcd restarted, history compacted) is
+//! replaced by a new count. Every `every` the leader writes the counts, with the time, to one
+//! key (`Names::inventory_key`); every broker reads that key every `every` (one single-key
+//! read) and its gauges show what it read, at most about `2 * every` old (the age is exported
+//! beside them). Two brokers that both think they lead for a moment both write exact counts:
+//! the later write wins.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use tokio::sync::mpsc;
 
 use super::leader::{self, TaskSettings};
 use super::{EtcdBroker, PlanInventory};
 use crate::osb::{BrokerError, BrokerResult};
-use crate::store::Write;
+use crate::store::{KeyChange, Write};
 
 /// The name of the inventory task's leader key.
 pub const TASK: &str = "inventory";
@@ -28,7 +34,7 @@ pub const TASK: &str = "inventory";
 /// What the leader counted, as published in etcd (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryCounts {
-    /// When the counts were taken, in seconds since the epoch (the counting broker's clock).
+    /// When the counts were current, in seconds since the epoch (the leader's clock).
     pub counted_at: u64,
     /// Plan id -> its instances and bindings, for every plan of the counting broker's catalog.
     pub plans: BTreeMap<String, PlanCounts>,
@@ -56,17 +62,13 @@ pub struct Observer {
     pub counted: Box<dyn Fn(&InventoryCounts) + Send + Sync>,
 }
 
-/// Runs forever: while this broker leads the task, counts and publishes every `every`; on
-/// every broker, reads the published counts at once and then every `every`.
+/// Runs forever: while this broker leads the task, counts once, follows the changes and
+/// publishes every `every`; on every broker, reads the published counts at once and then
+/// every `every`.
 pub async fn run(broker: Arc<EtcdBroker>, settings: TaskSettings, observer: Observer) {
     let leadership = broker.leadership(TASK, &settings);
     let Observer { leading, counted } = observer;
-    let count = || async {
-        match broker.count_and_publish_inventory().await {
-            Ok(counts) => counted(&counts),
-            Err(e) => tracing::warn!(error = %e, "counting the inventory failed; trying again later"),
-        }
-    };
+    let keep = || keep_counts(&broker, settings.every, &counted);
     let read = async {
         loop {
             match broker.published_inventory().await {
@@ -78,50 +80,206 @@ pub async fn run(broker: Arc<EtcdBroker>, settings: TaskSettings, observer: Obse
         }
     };
     let leader_observer = leader::Observer { leading };
-    tokio::join!(leadership.run(settings.every, count, &leader_observer), read);
+    tokio::join!(leadership.lead(keep, &leader_observer), read);
+}
+
+/// The leader's work: a count, then the changes after it, published every `every`, until the
+/// follow breaks (then it returns, and [`leader::Leadership::lead`] runs it again: a new count).
+async fn keep_counts(
+    broker: &EtcdBroker,
+    every: Duration,
+    counted: &(dyn Fn(&InventoryCounts) + Send + Sync),
+) {
+    let mut tally = match broker.count_tally().await {
+        Ok(tally) => tally,
+        Err(e) => {
+            tracing::warn!(error = %e, "counting the inventory failed; trying again later");
+            tokio::time::sleep(every).await;
+            return;
+        }
+    };
+    let (sink, mut changes) = mpsc::unbounded_channel();
+    let state = &*broker.setup.state;
+    let revision = tally.revision;
+    let follows = tally.followed().into_iter().map(|prefix| {
+        let sink = sink.clone();
+        async move { state.follow_keys(&prefix, revision, sink).await }
+    });
+    let follow = futures_util::future::try_join_all(follows);
+    tokio::pin!(follow);
+    let mut publish = tokio::time::interval(every);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ended = loop {
+        tokio::select! {
+            Some(batch) = changes.recv() => tally.apply(&batch),
+            _ = publish.tick() => match broker.publish_inventory(&tally.counts(broker.now())).await {
+                Ok(counts) => counted(&counts),
+                Err(e) => tracing::warn!(error = %e, "publishing the inventory failed; trying again later"),
+            },
+            ended = &mut follow => break ended,
+        }
+    };
+    match ended {
+        Err(e) => tracing::warn!(error = %e, "following the inventory's keys stopped; counting again"),
+        // Only when every sink is closed, which this task never does while it runs.
+        Ok(_) => tracing::warn!("following the inventory's keys ended; counting again"),
+    }
+    // Not at once: a follow that cannot start (etcd unreachable) is not retried in a loop.
+    tokio::time::sleep(FOLLOW_AGAIN_AFTER.min(every)).await;
+}
+
+/// The pause between a broken follow and the next count.
+const FOLLOW_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// Which of the inventory's counts an index key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    Instances(String),
+    Bindings(String),
+    AllBindings,
+    InCredentialStore,
+    Sealed(String),
+    QueuedRoles,
+}
+
+/// The inventory's counts as of a revision plus every change followed since: each slot with
+/// the prefix whose keys it counts. A key may count in several slots (a binding's index
+/// entry counts for its plan and for all bindings).
+#[derive(Debug, Clone)]
+struct Tally {
+    slots: Vec<(Slot, String, u64)>,
+    /// Prefix of the sealed-records index, whose next segment is the sealing key's name: a
+    /// key that seals its first record after the count gets its slot then.
+    sealed_prefix: String,
+    /// The revision of the count.
+    revision: i64,
+}
+
+impl Tally {
+    /// Counts a created key +1 and a deleted one -1 in every slot whose prefix it has.
+    fn apply(&mut self, changes: &[KeyChange]) {
+        for change in changes {
+            let (KeyChange::Created(key) | KeyChange::Deleted(key)) = change;
+            if let Some(name) = key.strip_prefix(&self.sealed_prefix).and_then(|rest| rest.split_once('/')) {
+                let slot = Slot::Sealed(name.0.to_owned());
+                if !self.slots.iter().any(|(s, _, _)| *s == slot) {
+                    let prefix = format!("{}{}/", self.sealed_prefix, name.0);
+                    self.slots.push((slot, prefix, 0));
+                }
+            }
+            for (_, _, count) in
+                self.slots.iter_mut().filter(|(_, prefix, _)| key.starts_with(prefix.as_str()))
+            {
+                *count = match change {
+                    KeyChange::Created(_) => *count + 1,
+                    KeyChange::Deleted(_) => count.saturating_sub(1),
+                };
+            }
+        }
+    }
+
+    /// The prefixes to follow: the fewest whose keys include every slot's (and every sealing
+    /// key's, known now or not).
+    fn followed(&self) -> Vec<String> {
+        let mut all: Vec<&str> = self.slots.iter().map(|(_, prefix, _)| prefix.as_str()).collect();
+        all.push(&self.sealed_prefix);
+        all.sort_unstable();
+        let mut cover: Vec<String> = Vec::new();
+        for prefix in all {
+            if !cover.last().is_some_and(|kept| prefix.starts_with(kept.as_str())) {
+                cover.push(prefix.to_owned());
+            }
+        }
+        cover
+    }
+
+    /// The counts as published, taken at `counted_at`.
+    fn counts(&self, counted_at: u64) -> InventoryCounts {
+        let mut counts = InventoryCounts { counted_at, ..Default::default() };
+        let (mut all_bindings, mut stored) = (0, 0);
+        for (slot, _, count) in &self.slots {
+            match slot {
+                Slot::Instances(plan) => counts.plans.entry(plan.clone()).or_default().instances = *count,
+                Slot::Bindings(plan) => counts.plans.entry(plan.clone()).or_default().bindings = *count,
+                Slot::AllBindings => all_bindings = *count,
+                Slot::InCredentialStore => stored = *count,
+                Slot::Sealed(name) if *count > 0 => {
+                    counts.sealed.insert(name.clone(), *count);
+                }
+                Slot::Sealed(_) => {}
+                Slot::QueuedRoles => counts.queued_roles = *count,
+            }
+        }
+        let sealed: u64 = counts.sealed.values().sum();
+        counts.clear_text = all_bindings.saturating_sub(sealed + stored);
+        counts
+    }
 }
 
 impl EtcdBroker {
-    /// Counts the inventory in etcd: a few count-only requests per plan and key, each
-    /// O(entries) in etcd. Only the inventory leader calls it (and tests).
+    /// Counts the inventory in etcd: one request, O(index entries) in etcd. Only the inventory
+    /// leader calls it, when it starts leading (and tests).
     pub async fn count_inventory(&self) -> BrokerResult<InventoryCounts> {
-        let counted_at = self.now();
-        let plans = self.count_plans().await?;
-        let queued_roles = self.queued_roles().await?;
-        let sealing = self.sealing_inventory().await?;
-        Ok(InventoryCounts {
-            counted_at,
-            plans,
-            queued_roles,
-            sealed: sealing.sealed.into_iter().filter(|(_, records)| *records > 0).collect(),
-            clear_text: sealing.clear_text,
-        })
+        Ok(self.count_tally().await?.counts(self.now()))
     }
 
-    /// Instances and bindings of every catalog plan, from the per-plan index keys: two
-    /// count-only requests per plan.
-    pub(super) async fn count_plans(&self) -> BrokerResult<BTreeMap<String, PlanCounts>> {
-        let state = &*self.setup.state;
-        let mut plans = BTreeMap::new();
-        for (_, plan) in self.setup.catalog.plans() {
-            let count =
-                |prefix: String| async move { state.count(&prefix).await.map_err(|e| self.state_failed(e)) };
-            let instances = count(self.names().instance_index_prefix(&plan.id)).await?;
-            let bindings = count(self.names().binding_index_prefix(&plan.id)).await?;
-            plans.insert(plan.id.clone(), PlanCounts { instances, bindings });
+    /// Every count of the inventory at one revision. The sealing keys in use are looked up
+    /// before and after the count: a key that sealed its first record in between would be
+    /// missing from the count, so then it counts again with that key too.
+    async fn count_tally(&self) -> BrokerResult<Tally> {
+        let names = self.names();
+        let mut sealing_keys = self.sealing_keys_in_use().await?;
+        for key in self.setup.sealing.keychain().into_iter().flat_map(|k| k.keys()) {
+            if key.backend().is_none() {
+                sealing_keys.push(key.name().to_owned());
+            }
         }
-        Ok(plans)
+        loop {
+            sealing_keys.sort();
+            sealing_keys.dedup();
+            let mut slots = Vec::new();
+            for (_, plan) in self.setup.catalog.plans() {
+                slots.push((Slot::Instances(plan.id.clone()), names.instance_index_prefix(&plan.id)));
+                slots.push((Slot::Bindings(plan.id.clone()), names.binding_index_prefix(&plan.id)));
+            }
+            slots.push((Slot::AllBindings, names.all_bindings_index_prefix()));
+            slots.push((Slot::InCredentialStore, names.stored_index_prefix()));
+            slots.push((Slot::QueuedRoles, names.role_deletions_prefix()));
+            for key in &sealing_keys {
+                slots.push((Slot::Sealed(key.clone()), names.sealed_key_prefix(key)));
+            }
+            let prefixes: Vec<String> = slots.iter().map(|(_, prefix)| prefix.clone()).collect();
+            let (counts, revision) =
+                self.setup.state.count_at_one_revision(&prefixes).await.map_err(|e| self.state_failed(e))?;
+            let new_keys: Vec<String> =
+                self.sealing_keys_in_use().await?.into_iter().filter(|k| !sealing_keys.contains(k)).collect();
+            if new_keys.is_empty() {
+                let slots =
+                    slots.into_iter().zip(counts).map(|((slot, prefix), count)| (slot, prefix, count));
+                return Ok(Tally {
+                    slots: slots.collect(),
+                    sealed_prefix: names.sealed_index_prefix(),
+                    revision,
+                });
+            }
+            sealing_keys.extend(new_keys);
+        }
     }
 
-    /// Counts and writes the counts to the inventory key (a plain put: any broker's exact
-    /// counts may replace any other's).
+    /// Counts and writes the counts to the inventory key.
     pub async fn count_and_publish_inventory(&self) -> BrokerResult<InventoryCounts> {
         let counts = self.count_inventory().await?;
-        let value = serde_json::to_vec(&counts)
+        self.publish_inventory(&counts).await
+    }
+
+    /// Writes `counts` to the inventory key (a plain put: any broker's exact counts may replace
+    /// any other's).
+    async fn publish_inventory(&self, counts: &InventoryCounts) -> BrokerResult<InventoryCounts> {
+        let value = serde_json::to_vec(counts)
             .map_err(|e| BrokerError::Internal(format!("cannot encode the inventory: {e}")))?;
         let put = Write::Put(self.names().inventory_key(), value);
         self.setup.state.commit(&[], &[put]).await.map_err(|e| self.state_failed(e))?;
-        Ok(counts)
+        Ok(counts.clone())
     }
 
     /// The counts the inventory leader published last, if any: one single-key read.
@@ -281,5 +439,73 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(91)).await;
         let b_now = last(&b).unwrap();
         assert_eq!((b_now.plans[SMALL].instances, b_now.counted_at), (2, 1_121));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_counts_once_and_follows_every_change_after() {
+        let store = Arc::new(MemoryStore::default());
+        let clock = Arc::new(TestClock::default());
+        let (plain, sealed) = (broker_on(store.clone()), sealed_broker_on(store.clone()));
+        plain.provision(provision_req("i1", SMALL)).await.unwrap();
+        plain.bind(bind_req("i1", "b1")).await.unwrap();
+        let a = run_on(&store, "a", clock.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(*a.leading.lock().unwrap());
+        let counted = store.snapshot().revision;
+
+        // After the count: a sealing key the leader's keychain does not hold seals its first
+        // record, instances and bindings come and go, a role is queued.
+        plain.provision(provision_req("i2", LARGE)).await.unwrap();
+        sealed.bind(bind_req("i1", "b2")).await.unwrap();
+        sealed.bind(bind_req("i2", "b3")).await.unwrap();
+        plain.unbind(unbind_req("i1", "b1")).await.unwrap();
+        plain.deprovision(deprovision_req("i2")).await.unwrap();
+        assert!(store.snapshot().revision > counted);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+
+        let last = a.seen.lock().unwrap().last().cloned().unwrap();
+        let fresh = plain.count_inventory().await.unwrap();
+        assert_eq!(
+            InventoryCounts { counted_at: 0, ..last.clone() },
+            InventoryCounts { counted_at: 0, ..fresh }
+        );
+        assert_eq!(last.plans[SMALL], PlanCounts { instances: 1, bindings: 1 });
+        assert_eq!(last.plans[LARGE], PlanCounts { instances: 0, bindings: 0 });
+        assert_eq!(last.sealed, BTreeMap::from([("k1".to_owned(), 1)]));
+        assert_eq!((last.clear_text, last.queued_roles > 0), (0, true));
+    }
+
+    #[test]
+    fn a_tally_follows_the_fewest_prefixes_and_counts_each_change_in_every_slot_it_falls_in() {
+        let mut tally = Tally {
+            slots: vec![
+                (Slot::Bindings("p".into()), "/s/index/bindings/p/".into(), 2),
+                (Slot::AllBindings, "/s/index/bindings/".into(), 3),
+                (Slot::Instances("p".into()), "/s/index/instances/p/".into(), 1),
+                (Slot::Sealed("k1".into()), "/s/index/sealed/k1/".into(), 1),
+                (Slot::QueuedRoles, "/s/role-deletions/".into(), 0),
+            ],
+            sealed_prefix: "/s/index/sealed/".into(),
+            revision: 7,
+        };
+        assert_eq!(
+            tally.followed(),
+            ["/s/index/bindings/", "/s/index/instances/p/", "/s/index/sealed/", "/s/role-deletions/"]
+        );
+        let created = |k: &str| KeyChange::Created(k.into());
+        let deleted = |k: &str| KeyChange::Deleted(k.into());
+        tally.apply(&[
+            created("/s/index/bindings/p/i/b9"),
+            created("/s/index/sealed/k2/i/b9"),
+            deleted("/s/index/sealed/k1/i/b1"),
+            deleted("/s/index/instances/p/i0"),
+            deleted("/s/index/instances/p/i0"),
+            created("/s/role-deletions/r"),
+            created("/s/records/i/b9"),
+        ]);
+        let counts = tally.counts(5);
+        assert_eq!(counts.plans["p"], PlanCounts { instances: 0, bindings: 3 });
+        assert_eq!(counts.sealed, BTreeMap::from([("k2".to_owned(), 1)]));
+        assert_eq!((counts.clear_text, counts.queued_roles, counts.counted_at), (3, 1, 5));
     }
 }

@@ -72,6 +72,24 @@ impl Leadership {
         F: FnMut() -> Fut,
         Fut: Future<Output = ()>,
     {
+        let mut paced = || {
+            let once = work();
+            async move {
+                once.await;
+                tokio::time::sleep(every).await;
+            }
+        };
+        self.lead(&mut paced, observer).await;
+    }
+
+    /// Runs forever: campaigns, and while this broker leads, runs `work` (again each time it
+    /// returns): for work that lasts as long as the leadership, such as following changes.
+    /// `work` is dropped mid-way when leadership is lost.
+    pub async fn lead<F, Fut>(&self, mut work: F, observer: &Observer)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
         loop {
             let Some(lease) = self.campaign().await else {
                 tokio::time::sleep(FOLLOWER_POLL).await;
@@ -82,7 +100,6 @@ impl Leadership {
             let working = async {
                 loop {
                     work().await;
-                    tokio::time::sleep(every).await;
                 }
             };
             tokio::select! {

@@ -219,12 +219,10 @@ pub struct ClusterHealth {
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl EtcdBroker {
-    /// Counts instances and bindings per catalog plan from the per-plan index keys: two
-    /// count-only requests per plan, each O(index entries) in etcd (so only the inventory
-    /// leader counts: `inventory.rs`).
+    /// Counts instances and bindings per catalog plan from the per-plan index keys, O(index
+    /// entries) in etcd (so only the inventory leader counts, once: `inventory.rs`).
     pub async fn inventory(&self) -> BrokerResult<Vec<PlanInventory>> {
-        let counts = inventory::InventoryCounts { plans: self.count_plans().await?, ..Default::default() };
-        Ok(self.plan_inventory(&counts))
+        Ok(self.plan_inventory(&self.count_inventory().await?))
     }
 
     /// Probes every cluster with one read using the broker's own credentials, then asks for its

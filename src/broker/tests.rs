@@ -910,6 +910,17 @@ impl Store for HookedStore {
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.inner.count(prefix).await
     }
+    async fn count_at_one_revision(&self, prefixes: &[String]) -> Result<(Vec<u64>, i64), StoreError> {
+        self.inner.count_at_one_revision(prefixes).await
+    }
+    async fn follow_keys(
+        &self,
+        prefix: &str,
+        revision: i64,
+        sink: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::KeyChange>>,
+    ) -> Result<(), StoreError> {
+        self.inner.follow_keys(prefix, revision, sink).await
+    }
     async fn commit(
         &self,
         guards: &[crate::store::Guard],

@@ -56,7 +56,9 @@ use errors::{already_exists, classify, not_found, nothing_to_revoke, raced};
 use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
 
 use crate::config::Cluster;
-use crate::store::{Access, Guard, Permission as StorePermission, Store, StoreError, Versioned, Write};
+use crate::store::{
+    Access, Guard, KeyChange, Permission as StorePermission, Store, StoreError, Versioned, Write,
+};
 use crate::tls::{ClientTls, TlsError};
 
 /// What [`EtcdStore`] tells the broker's metrics, without this module knowing about them.
@@ -327,6 +329,86 @@ impl Store for EtcdStore {
             .await
             .map_err(classify)?;
         Ok(u64::try_from(response.count()).unwrap_or(0))
+    }
+
+    /// One read-only Txn of count-only Ranges: etcd answers all of them at one revision.
+    async fn count_at_one_revision(&self, prefixes: &[String]) -> Result<(Vec<u64>, i64), StoreError> {
+        let counts: Vec<TxnOp> = prefixes
+            .iter()
+            .map(|p| TxnOp::get(p.as_str(), Some(GetOptions::new().with_prefix().with_count_only())))
+            .collect();
+        let txn = Txn::new().and_then(counts);
+        let response = self
+            .kv(Call::Read, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(classify)?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let counts = batch::each_answer(&response, prefixes.len(), |answer| match answer {
+            etcd_client::TxnOpResponse::Get(range) => Some(u64::try_from(range.count()).unwrap_or(0)),
+            _ => None,
+        });
+        Ok((counts.into_iter().collect::<Result<Vec<_>, _>>()?, revision))
+    }
+
+    /// An etcd watch of the prefix from `revision + 1` on this thread's connection, for as long
+    /// as it runs (no request deadline: it is meant to last). etcd sends each revision's
+    /// events in one answer, so a transaction's changes arrive together.
+    async fn follow_keys(
+        &self,
+        prefix: &str,
+        revision: i64,
+        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
+    ) -> Result<(), StoreError> {
+        use futures_util::StreamExt;
+        let mut client = self.connection().await.map_err(classify)?.client.watch_client();
+        let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        let mut watch = tokio::select! {
+            opened = client.watch(prefix, Some(options)) => opened.map_err(classify)?,
+            () = sink.closed() => return Ok(()),
+        };
+        loop {
+            let answer = tokio::select! {
+                answer = watch.next() => answer,
+                () = sink.closed() => return Ok(()),
+            };
+            let answer = match answer {
+                Some(answer) => answer.map_err(classify)?,
+                None => return Err(StoreError::Unavailable("etcd ended a watch".into())),
+            };
+            if answer.compact_revision() > 0 {
+                return Err(StoreError::Failed(format!(
+                    "etcd compacted its history up to revision {} while a watch needed it from {}",
+                    answer.compact_revision(),
+                    revision + 1
+                )));
+            }
+            if answer.canceled() {
+                return Err(StoreError::Failed(format!(
+                    "etcd cancelled a watch: {}",
+                    answer.cancel_reason()
+                )));
+            }
+            let changes: Vec<KeyChange> = answer
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    match event.event_type() {
+                        // A key's first version: created (again, if it was deleted before).
+                        etcd_client::EventType::Put if kv.version() == 1 => Some(KeyChange::Created(key)),
+                        etcd_client::EventType::Put => None,
+                        etcd_client::EventType::Delete => Some(KeyChange::Deleted(key)),
+                    }
+                })
+                .collect();
+            if !changes.is_empty() && sink.send(changes).is_err() {
+                return Ok(());
+            }
+        }
     }
 
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {

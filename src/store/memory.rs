@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Guard, Permission, Store, StoreError, Versioned, Write};
+use super::{Guard, KeyChange, Permission, Store, StoreError, Versioned, Write};
 
 /// What the fake holds; public so tests can assert on the final state.
 #[derive(Debug, Default, Clone)]
@@ -21,6 +21,26 @@ pub struct MemoryState {
     pub leases: BTreeMap<i64, BTreeSet<String>>,
     /// The last lease id granted.
     pub last_lease: i64,
+    /// Every key created or deleted through the store's calls, with its revision, for
+    /// [`Store::follow_keys`] (etcd's history, never compacted here).
+    pub changes: Vec<(i64, KeyChange)>,
+}
+
+impl MemoryState {
+    /// Puts `key` at `revision`, noting it in [`Self::changes`] when it is new.
+    fn put(&mut self, key: &str, value: Vec<u8>, revision: i64) {
+        let created = self.keys.insert(key.to_owned(), Versioned { value, mod_revision: revision }).is_none();
+        if created {
+            self.changes.push((revision, KeyChange::Created(key.to_owned())));
+        }
+    }
+
+    /// Deletes `key` at `revision`, noting it in [`Self::changes`] when it existed.
+    fn delete(&mut self, key: &str, revision: i64) {
+        if self.keys.remove(key).is_some() {
+            self.changes.push((revision, KeyChange::Deleted(key.to_owned())));
+        }
+    }
 }
 
 /// The fake store.
@@ -32,6 +52,8 @@ pub struct MemoryStore {
     pub lagging: Mutex<Option<BTreeMap<String, Versioned>>>,
     /// How long each RoleDelete takes (on tokio's clock): etcd's, which the role reaper paces.
     pub role_delete_takes: Mutex<std::time::Duration>,
+    /// Woken at every change of the keys, for [`Store::follow_keys`].
+    changed: tokio::sync::Notify,
 }
 
 impl MemoryStore {
@@ -50,10 +72,13 @@ impl MemoryStore {
     /// Ends `lease` as etcd does when its ttl passes without a renewal: its keys go.
     pub fn end_lease(&self, lease: i64) {
         let mut s = self.state.lock().unwrap();
-        for key in s.leases.remove(&lease).unwrap_or_default() {
-            s.keys.remove(&key);
-        }
         s.revision += 1;
+        let revision = s.revision;
+        for key in s.leases.remove(&lease).unwrap_or_default() {
+            s.delete(&key, revision);
+        }
+        drop(s);
+        self.changed.notify_waiters();
     }
 }
 
@@ -115,21 +140,76 @@ impl Store for MemoryStore {
         let rev = s.revision;
         for w in writes {
             match w {
-                Write::Put(k, v) => {
-                    s.keys.insert(k.clone(), Versioned { value: v.clone(), mod_revision: rev });
-                }
-                Write::Delete(k) => {
-                    s.keys.remove(k);
-                }
+                Write::Put(k, v) => s.put(k, v.clone(), rev),
+                Write::Delete(k) => s.delete(k, rev),
             }
         }
+        drop(s);
+        self.changed.notify_waiters();
         Ok(Some(rev))
+    }
+
+    async fn count_at_one_revision(&self, prefixes: &[String]) -> Result<(Vec<u64>, i64), StoreError> {
+        let s = self.state.lock().unwrap();
+        let count = |prefix: &String| {
+            s.keys.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(prefix)).count()
+        };
+        Ok((prefixes.iter().map(|p| count(p) as u64).collect(), s.revision))
+    }
+
+    async fn follow_keys(
+        &self,
+        prefix: &str,
+        revision: i64,
+        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
+    ) -> Result<(), StoreError> {
+        let mut seen = revision;
+        loop {
+            // Registered before looking, so a change made between the look and the wait wakes it.
+            let changed = self.changed.notified();
+            let batches = {
+                let s = self.state.lock().unwrap();
+                let mut batches: Vec<(i64, Vec<KeyChange>)> = Vec::new();
+                for (at, change) in s.changes.iter().filter(|(at, _)| *at > seen) {
+                    let (KeyChange::Created(key) | KeyChange::Deleted(key)) = change;
+                    if !key.starts_with(prefix) {
+                        continue;
+                    }
+                    match batches.last_mut() {
+                        Some((last, batch)) if last == at => batch.push(change.clone()),
+                        _ => batches.push((*at, vec![change.clone()])),
+                    }
+                }
+                seen = s.revision;
+                batches
+            };
+            for (_, batch) in batches {
+                if sink.send(batch).is_err() {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                () = changed => {}
+                () = sink.closed() => return Ok(()),
+            }
+        }
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
-        s.keys.retain(|k, _| !k.starts_with(prefix));
         s.revision += 1;
+        let revision = s.revision;
+        let doomed: Vec<String> = s
+            .keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            s.delete(&key, revision);
+        }
+        drop(s);
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -240,7 +320,9 @@ impl Store for MemoryStore {
         attached.insert(key.to_owned());
         s.revision += 1;
         let mod_revision = s.revision;
-        s.keys.insert(key.to_owned(), Versioned { value: value.to_vec(), mod_revision });
+        s.put(key, value.to_vec(), mod_revision);
+        drop(s);
+        self.changed.notify_waiters();
         Ok(true)
     }
 }

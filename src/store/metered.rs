@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Guard, Permission, Store, StoreError, Versioned, Write};
+use super::{Guard, KeyChange, Permission, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
 /// The `call` label values: one per [`Store`] method.
@@ -102,6 +102,18 @@ impl Store for MeteredStore {
     }
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         self.observe("count", self.inner.count(prefix)).await
+    }
+    async fn count_at_one_revision(&self, prefixes: &[String]) -> Result<(Vec<u64>, i64), StoreError> {
+        self.observe("count_at_one_revision", self.inner.count_at_one_revision(prefixes)).await
+    }
+    /// Not timed: a follow lasts as long as its follower wants it.
+    async fn follow_keys(
+        &self,
+        prefix: &str,
+        revision: i64,
+        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
+    ) -> Result<(), StoreError> {
+        self.inner.follow_keys(prefix, revision, sink).await
     }
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {
         self.observe("txn", self.inner.commit(guards, writes)).await

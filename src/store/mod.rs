@@ -29,6 +29,14 @@ pub enum Guard {
     Revision(String, i64),
 }
 
+/// A key that came or went under a followed prefix ([`Store::follow_keys`]); a put of a key
+/// that exists already is no change: what is followed is which keys exist, for counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    Created(String),
+    Deleted(String),
+}
+
 /// A change made by [`Store::commit`] when every guard holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -171,6 +179,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts the keys starting with `prefix` without reading them.
     async fn count(&self, prefix: &str) -> Result<u64, StoreError>;
+
+    /// Counts the keys starting with each of `prefixes`, all at one revision of the store,
+    /// and returns that revision too: where [`Store::follow_keys`] takes over, so that counts
+    /// kept up to date from the changes stay exact. Each count is O(keys) in the store, like
+    /// [`Store::count`]; this is for a count taken once and then followed.
+    async fn count_at_one_revision(&self, prefixes: &[String]) -> Result<(Vec<u64>, i64), StoreError>;
+
+    /// Sends `sink` each batch of keys created or deleted under `prefix` after `revision`
+    /// (one batch per revision, in revision order) until `sink` closes, which ends the
+    /// follow with `Ok`. An error ends it when the store cannot say what changed any more (a
+    /// lost connection, the history after `revision` compacted away): the follower counts
+    /// again ([`Store::count_at_one_revision`]) and follows from the new count's revision.
+    async fn follow_keys(
+        &self,
+        prefix: &str,
+        revision: i64,
+        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
+    ) -> Result<(), StoreError>;
 
     /// Applies `writes` atomically if every guard holds; returns the revision of the write
     /// (the new `mod_revision` of every key it put), or `None` if a guard failed.

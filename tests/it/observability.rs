@@ -132,7 +132,7 @@ async fn inventory_counted(broker: &BrokerProcess) {
 
 #[tokio::test]
 async fn the_inventory_gauges_follow_etcd_and_only_the_leader_counts() {
-    let etcd = start_etcd().await;
+    let mut etcd = start_etcd().await;
     let a = BrokerProcess::start(&etcd, None).await;
     scrape_until(&a, &[("etcd_broker_inventory_leader", 1.0)]).await;
     // b's role reaper counts its (empty) queue once at start and then only when b queues a
@@ -169,6 +169,15 @@ async fn the_inventory_gauges_follow_etcd_and_only_the_leader_counts() {
         let want: Vec<(&str, f64)> = want.iter().map(|(s, v)| (s.as_str(), *v)).collect();
         scrape_until(broker, &want).await;
     }
+    // a counted once, when it started leading, and followed every change since; b never
+    // counted.
+    let once = "count_at_one_revision";
+    assert_eq!(etcd_calls(&scrape(&a).await, once), 1.0);
+    assert_eq!(etcd_calls(&scrape(&b).await, once), 0.0);
+
+    // etcd restarts: a's follow breaks, and a counts again once etcd answers.
+    etcd.kill().await.unwrap();
+    etcd.restart().await.unwrap();
     // Only a queues roles (unbind, deprovision).
     assert_eq!(osb_a.unbind("i1", "b2").await.status, StatusCode::OK);
     assert_eq!(osb_a.deprovision("i3").await.status, StatusCode::OK);
@@ -181,12 +190,13 @@ async fn the_inventory_gauges_follow_etcd_and_only_the_leader_counts() {
         let text = scrape_until(broker, &want).await;
         assert!(sample(&text, "etcd_broker_inventory_age_seconds") <= 3.0, "{text}");
     }
-    // a counts for both (it led first); b, which never led, has sent etcd no count since its
-    // reaper's, however often it was scraped.
+    // a counts for both (it led first), once per follow; b, which never led, has sent etcd no
+    // count since its reaper's, however often it was scraped.
     let (text_a, text_b) = (scrape(&a).await, scrape(&b).await);
     assert_eq!(sample(&text_a, "etcd_broker_inventory_leader"), 1.0, "{text_a}");
     assert_eq!(sample(&text_b, "etcd_broker_inventory_leader"), 0.0, "{text_b}");
-    assert!(etcd_calls(&text_a, "count") > 10.0, "{text_a}");
+    assert!(etcd_calls(&text_a, once) >= 2.0, "{text_a}");
+    assert_eq!(etcd_calls(&text_b, once), 0.0, "{text_b}");
     assert_eq!(etcd_calls(&text_b, "count"), b_counted, "{text_b}");
     a.stop().await;
     b.stop().await;
