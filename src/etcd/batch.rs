@@ -154,10 +154,18 @@ impl EtcdStore {
         }
     }
 
-    /// One Txn request that only gets `keys`, so it may go out twice ([`Call::Read`]).
+    /// One Txn request that only gets `keys`.
     async fn read_txn(&self, keys: &[String]) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-        let txn =
-            Txn::new().and_then(keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect::<Vec<_>>());
+        self.read_only_txn(keys.iter().map(|key| TxnOp::get(key.as_str(), None)).collect()).await
+    }
+
+    /// One Txn request of `ranges` only, so it may go out twice ([`Call::Read`]); etcd answers
+    /// all of them at one revision.
+    pub(super) async fn read_only_txn(
+        &self,
+        ranges: Vec<TxnOp>,
+    ) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        let txn = Txn::new().and_then(ranges);
         self.kv(Call::Read, |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }

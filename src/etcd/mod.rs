@@ -259,14 +259,7 @@ impl Store for EtcdStore {
         }
         let serializable = || Some(GetOptions::new().with_serializable());
         let ranges: Vec<TxnOp> = keys.iter().map(|key| TxnOp::get(*key, serializable())).collect();
-        let txn = Txn::new().and_then(ranges);
-        let response = self
-            .kv(Call::Read, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-            .map_err(classify)?;
+        let response = self.read_only_txn(ranges).await.map_err(classify)?;
         batch::each_answer(&response, keys.len(), |answer| match answer {
             etcd_client::TxnOpResponse::Get(range) => Some(batch::first_value(range)),
             _ => None,
@@ -337,14 +330,7 @@ impl Store for EtcdStore {
             .iter()
             .map(|p| TxnOp::get(p.as_str(), Some(GetOptions::new().with_prefix().with_count_only())))
             .collect();
-        let txn = Txn::new().and_then(counts);
-        let response = self
-            .kv(Call::Read, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-            .map_err(classify)?;
+        let response = self.read_only_txn(counts).await.map_err(classify)?;
         let revision = response.header().map_or(0, |h| h.revision());
         let counts = batch::each_answer(&response, prefixes.len(), |answer| match answer {
             etcd_client::TxnOpResponse::Get(range) => Some(u64::try_from(range.count()).unwrap_or(0)),
