@@ -50,7 +50,8 @@ pub struct SoakArgs {
     pub rate: f64,
     /// Minutes of churn before the steady part whose slopes and min..max the report also gives:
     /// etcd's first five-minute retention window of revisions, then its first compactions and
-    /// the role reaper's queue settling (docs/reliability.md, Soak).
+    /// (at 10/s) its first raft snapshot, and the role reaper's queue settling
+    /// (docs/reliability.md, Soak).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1440))]
     pub warm_up_minutes: u64,
     /// The document whose `soak` region receives the report; without it, the report is only

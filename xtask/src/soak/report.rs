@@ -14,7 +14,7 @@ pub(super) struct Run {
     pub clients: u64,
     /// Lifecycles per second asked (`--rate`); 0: as fast as the clients go.
     pub rate: f64,
-    /// Minutes from the start of the churn before the steady part.
+    /// How long the churn runs before its steady part.
     pub warm_up: Duration,
     pub lifecycles: u64,
     pub errors: u64,
