@@ -28,7 +28,7 @@ release: ## stage the workspace + vendored crates for the BOSH package; with bos
 bosh_scp: ## patch every broker VM of a deployment with a new binary (DRY_RUN=1, BOSH_DEPLOYMENT=...)
 	bash scripts/bosh-scp.sh
 
-soak: tools ## 30 minutes of lifecycle churn on two brokers, sampled for leaks; rewrites docs/reliability.md's soak table (SOAK_MINUTES=)
+soak: tools ## 30 minutes of lifecycle churn on two brokers, sampled for leaks; rewrites docs/reliability.md's soak table (SOAK_MINUTES=, SOAK_RATE=)
 	cargo build --locked --release -q -p etcd-broker -p xtask
 	target/release/xtask soak --out docs/reliability.md
 

@@ -7,9 +7,11 @@
 //! this broker queues a role, and polls for roles queued elsewhere. Each deletion waits for a
 //! pause in this broker's OSB traffic ([`QUIET`] without a request, for at most
 //! `role_reaper.yield_seconds`), so the stall lands between platform requests rather than in
-//! one. Once a wait has found no pause, the traffic is continuous: the rest of the queue is
-//! deleted without waiting (still within `busy_share`) until it is empty, or a soak's steady
-//! churn would queue roles faster than one per `yield_seconds` forever. With more than
+//! one. Once a wait has found no pause, the traffic is continuous: deletions stop waiting (still
+//! within `busy_share`) until the API is seen quiet or the queue has stayed empty for
+//! `yield_seconds`, or a soak's steady churn would queue roles faster than one per
+//! `yield_seconds` forever (and, with "until the queue is empty", pile up `yield_seconds` of
+//! unbinds each time the reaper caught up). With more than
 //! [`QUEUE_TARGET`] roles queued the share rises with the queue ([`share_for`]): unbinds that
 //! keep outpacing `busy_share` then cost more frequent stalls instead of a queue that grows
 //! forever (a soak's steady churn queued 15,000 roles in 30 minutes at the plain share), while
@@ -94,9 +96,19 @@ pub async fn run(broker: Arc<EtcdBroker>, pacing: Pacing, observer: Observer, ac
     let mut pass_failed = false;
     // The share for the queue as last counted, and the deletions since.
     let (mut share, mut since_count) = (busy_share, COUNT_EVERY);
-    // No pause came within `at_most` since the queue was last empty: do not wait for one.
+    // No pause came within `at_most`: the traffic is continuous, do not wait for one. That
+    // holds until the API is seen quiet, or the queue has stayed empty for `at_most` (then the
+    // next role waits for a pause again). Not merely until the queue is empty: under steady
+    // churn the reaper catches up again and again, and waiting `at_most` each time let that
+    // long's unbinds pile up before every drain.
     let mut continuous = false;
+    // When the queue was last found empty, if nothing was deleted since.
+    let mut drained_at: Option<Instant> = None;
     loop {
+        let drained_long = drained_at.is_some_and(|at| at.elapsed() >= at_most);
+        if continuous && (drained_long || activity.quiet_for() >= QUIET) {
+            continuous = false;
+        }
         if !continuous {
             continuous = !wait_for_quiet(&activity, at_most).await;
         }
@@ -111,6 +123,7 @@ pub async fn run(broker: Arc<EtcdBroker>, pacing: Pacing, observer: Observer, ac
         match broker.delete_next_queued_role(after.as_deref()).await {
             Ok(QueueStep::Deleted { key, stall }) => {
                 (observer.deleted)();
+                drained_at = None;
                 after = Some(key);
                 since_count += 1;
                 // The share bounds etcd's RoleDelete, the O(users) stall of every tenant's
@@ -133,7 +146,8 @@ pub async fn run(broker: Arc<EtcdBroker>, pacing: Pacing, observer: Observer, ac
                 continue;
             }
             Ok(QueueStep::Empty) => {
-                (after, pass_failed, continuous) = (None, false, false);
+                (after, pass_failed) = (None, false);
+                drained_at.get_or_insert_with(Instant::now);
                 idle(&broker, poll).await;
                 continue;
             }
@@ -194,6 +208,52 @@ mod tests {
         // One wait of `at_most` for a pause that never comes, then the queue without waiting
         // (before: one role per `at_most`).
         tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(roles(), 0);
+        reaper.abort();
+    }
+
+    /// Steady churn the reaper keeps up with: before, each time it emptied the queue it waited
+    /// `at_most` for a pause again, and that long's unbinds piled up before every drain (the
+    /// soak's queue at a steady rate saw-toothed with it).
+    #[tokio::test(start_paused = true)]
+    async fn under_continuous_traffic_a_refilled_queue_is_not_waited_for_again() {
+        use crate::broker::tests::{bind_req, broker_on, provision_req, unbind_req, SMALL};
+        use crate::osb::ServiceBroker;
+        let store = Arc::new(crate::store::memory::MemoryStore::default());
+        let broker = Arc::new(broker_on(store.clone()));
+        broker.provision(provision_req("i1", SMALL)).await.unwrap();
+        let churn = |bindings: &'static [&'static str]| {
+            let broker = broker.clone();
+            async move {
+                for b in bindings {
+                    broker.bind(bind_req("i1", b)).await.unwrap();
+                    broker.unbind(unbind_req("i1", b)).await.unwrap();
+                }
+            }
+        };
+        let roles = || store.snapshot().roles.keys().filter(|r| r.starts_with("etcd-broker.")).count();
+        churn(&["b1", "b2"]).await;
+        let activity = Arc::new(OsbActivity::default());
+        let never_ends = activity.begin();
+        let pacing =
+            Pacing { busy_share: 0.5, poll: Duration::from_secs(1), at_most: Duration::from_secs(10) };
+        let observer = Observer { deleted: Box::new(|| {}), failed: Box::new(|| {}) };
+        let reaper = tokio::spawn(run(broker.clone(), pacing, observer, activity.clone()));
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(roles(), 0, "one wait of at_most, then the queue");
+        // The traffic goes on and unbinds queue more roles: deleted at once.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        churn(&["b3", "b4"]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(roles(), 0, "the refilled queue waited for a pause again");
+        // The queue stays empty for longer than at_most: the next role waits for a pause again.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        churn(&["b5"]).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(roles(), 1, "after a long empty queue, a deletion waits for a pause");
+        // A pause: deleted within QUIET.
+        drop(never_ends);
+        tokio::time::sleep(QUIET + Duration::from_millis(100)).await;
         assert_eq!(roles(), 0);
         reaper.abort();
     }

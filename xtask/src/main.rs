@@ -42,10 +42,11 @@ enum Command {
     /// watch-event throughput and latency, encryption off and on; starts its own etcd and
     /// the release proxy next to this program (docs/performance.md).
     BenchProxy(bench::proxy::ProxyBenchArgs),
-    /// Lifecycle churn against two brokers on one etcd for --minutes (30), sampling each
-    /// broker's memory and file descriptors and etcd's keys, users and roles every minute;
-    /// prints the table and slopes and writes them into --out (docs/reliability.md with make
-    /// soak). Not part of the tests.
+    /// Lifecycle churn against two brokers on one etcd for --minutes (30) at --rate (10
+    /// lifecycles/s), sampling each broker's memory and file descriptors and etcd's keys, users
+    /// and roles every minute; prints the table, the rate per minute and the slopes (all the
+    /// churn and its steady part after --warm-up-minutes) and writes them into --out
+    /// (docs/reliability.md with make soak). Not part of the tests.
     Soak(xtask::soak::SoakArgs),
 }
 
@@ -198,5 +199,17 @@ mod tests {
         let cli = Cli::try_parse_from(["xtask", "bench-scenario", "--allow-debug-build"]).unwrap();
         let Command::BenchScenario(args) = cli.command else { panic!() };
         assert!(args.allow_debug_build);
+    }
+
+    #[test]
+    fn soak_parses_its_rate_and_warm_up() {
+        let cli = Cli::try_parse_from(["xtask", "soak", "--rate", "2.5", "--warm-up-minutes", "5"]).unwrap();
+        let Command::Soak(args) = cli.command else { panic!() };
+        assert_eq!((args.rate, args.warm_up_minutes), (2.5, 5));
+        let cli = Cli::try_parse_from(["xtask", "soak", "--rate", "0"]).unwrap();
+        let Command::Soak(args) = cli.command else { panic!() };
+        assert_eq!(args.rate, 0.0, "0: as fast as the clients go");
+        let refused = Cli::try_parse_from(["xtask", "soak", "--rate=-3"]).unwrap_err().to_string();
+        assert!(refused.contains("between 0 and 10000"), "{refused}");
     }
 }

@@ -1,18 +1,20 @@
 //! `xtask soak` (`make soak`, not in CI): lifecycle churn against two brokers on one etcd for a
 //! long while, sampling what grows when something leaks: each broker's resident memory and open
 //! file descriptors, etcd's memory, and its keys, users, roles and queued role deletions. The
-//! report is a table per sample and the least-squares slope of each series, written into the
-//! `soak` region of docs/reliability.md ("flat" is a slope near zero, stated, not eyeballed).
+//! report ([`report`]) is a table per sample and the least-squares slope of each series, over
+//! the churn and over its steady part, written into the `soak` region of docs/reliability.md
+//! ("flat" is a slope near zero, stated, not eyeballed).
 //!
 //! The stack is `xtask dev` (etcd with `--bcrypt-cost 4`, so the churn is not bcrypt-bound,
 //! and five minutes of auto-compaction; broker A in its process) plus broker B, an
 //! `etcd-broker serve` process on the same config. Each client runs provision, bind, unbind,
-//! deprovision with fresh ids, alternating between the brokers, until the time is up; then
+//! deprovision with fresh ids, alternating between the brokers, at the start times of one shared
+//! [`schedule`] (`--rate`), until the time is up; then
 //! every instance is gone, so the last sample's keys, users and roles show what stayed behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -22,6 +24,11 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use reqwest::StatusCode;
 
 use crate::scenario::doc;
+use report::Run;
+use schedule::Schedule;
+
+mod report;
+mod schedule;
 use crate::stack::{catch_stop_signals, caught_signal, DevProcess, Interrupted, SecondBroker, StackOptions};
 
 /// Flags of `xtask soak`.
@@ -36,6 +43,17 @@ pub struct SoakArgs {
     /// Clients running lifecycles at once (each alternates between the two brokers).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub clients: u64,
+    /// Lifecycles per second, all clients together, on one shared schedule: a client that falls
+    /// behind loses its slots rather than bursting to catch up, and minutes below 95 % of the
+    /// rate are flagged short in the report. 0: as fast as the clients go.
+    #[arg(long, env = "SOAK_RATE", default_value_t = 10.0, value_parser = schedule::parse_rate)]
+    pub rate: f64,
+    /// Minutes of churn before the steady part whose slopes and min..max the report also gives:
+    /// etcd's first five-minute retention window of revisions, then its first compactions and
+    /// (at 10/s) its first raft snapshot, and the role reaper's queue settling
+    /// (docs/reliability.md, Soak).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1440))]
+    pub warm_up_minutes: u64,
     /// The document whose `soak` region receives the report; without it, the report is only
     /// printed.
     #[arg(long, env = "SOAK_OUT")]
@@ -103,7 +121,17 @@ pub fn run(xtask: &Path, args: &SoakArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let (samples, churn) = runtime.block_on(soak(&stack, &second.env(&stack), args, duration))?;
-    let report = report(&samples, &churn, args, duration);
+    let report = report::report(
+        &samples,
+        &Run {
+            duration,
+            clients: args.clients,
+            rate: args.rate,
+            warm_up: Duration::from_secs(args.warm_up_minutes * 60),
+            lifecycles: churn.lifecycles.load(Ordering::Relaxed),
+            errors: churn.errors.load(Ordering::Relaxed),
+        },
+    );
     print!("{report}");
     if let Some(out) = &args.out {
         let text = std::fs::read_to_string(out)?;
@@ -140,13 +168,23 @@ async fn soak(
 
     let churn = Arc::new(Churn::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let schedule = Schedule::new(args.rate).map(|s| Arc::new(Mutex::new(s)));
+    let started = Instant::now();
     let mut clients = Vec::new();
     for client in 0..args.clients {
         let (brokers, offering) = (brokers.clone(), offering.clone());
-        let (churn, stop) = (churn.clone(), stop.clone());
+        let (churn, stop, schedule) = (churn.clone(), stop.clone(), schedule.clone());
         clients.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
+                if let Some(schedule) = &schedule {
+                    let slot =
+                        schedule.lock().unwrap_or_else(PoisonError::into_inner).take(started.elapsed());
+                    tokio::time::sleep_until((started + slot).into()).await;
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
                 let osb = &brokers[usize::try_from(n % 2).unwrap_or(0)];
                 let instance = format!("soak-{client}-{n}");
                 if lifecycle(osb, &offering, &instance).await {
@@ -159,7 +197,6 @@ async fn soak(
         }));
     }
 
-    let started = Instant::now();
     let every = Duration::from_secs(args.sample_seconds);
     let mut samples = vec![sample(&etcd, &pids, started, &churn).await?];
     while started.elapsed() < duration {
@@ -293,95 +330,9 @@ fn process(pid: u32) -> Result<Process> {
     Ok(Process { rss_mb: rss_kb / 1024.0, fds })
 }
 
-/// The least-squares slope of `ys` over `xs` (per unit of x); 0 with fewer than two points.
-fn slope(xs: &[f64], ys: &[f64]) -> f64 {
-    let n = xs.len().min(ys.len()) as f64;
-    if n < 2.0 {
-        return 0.0;
-    }
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let covariance: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let variance: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    if variance == 0.0 {
-        0.0
-    } else {
-        covariance / variance
-    }
-}
-
-/// The report: the run, a row per sample, and each series' slope per hour over the samples
-/// taken during the churn after the first (the start-up's growth is not a leak).
-fn report(samples: &[Sample], churn: &Churn, args: &SoakArgs, duration: Duration) -> String {
-    let lifecycles = churn.lifecycles.load(Ordering::Relaxed);
-    let errors = churn.errors.load(Ordering::Relaxed);
-    let mut out = format!(
-        "```\nsoak: {:.0} minutes, 2 brokers on one etcd (--bcrypt-cost 4), {} clients; {lifecycles} lifecycles \
-         ({:.1}/s), {errors} failed\n\n",
-        duration.as_secs_f64() / 60.0,
-        args.clients,
-        lifecycles as f64 / duration.as_secs_f64().max(1.0),
-    );
-    out.push_str(
-        "   min  lifecycles  A RSS MB  A fds  B RSS MB  B fds  etcd RSS MB   keys  users  roles  queued\n",
-    );
-    for s in samples {
-        out.push_str(&format!(
-            "{:>6.1}  {:>10}  {:>8.1}  {:>5}  {:>8.1}  {:>5}  {:>11.1}  {:>5}  {:>5}  {:>5}  {:>6}\n",
-            s.at / 60.0,
-            s.lifecycles,
-            s.broker_a.rss_mb,
-            s.broker_a.fds,
-            s.broker_b.rss_mb,
-            s.broker_b.fds,
-            s.etcd_rss_mb,
-            s.keys,
-            s.users,
-            s.roles,
-            s.queued
-        ));
-    }
-    // The churn's samples after the first: not the start-up, not the drained end.
-    let during: Vec<&Sample> = samples.iter().skip(1).take(samples.len().saturating_sub(2)).collect();
-    let hours: Vec<f64> = during.iter().map(|s| s.at / 3600.0).collect();
-    let per_hour =
-        |f: &dyn Fn(&Sample) -> f64| slope(&hours, &during.iter().map(|s| f(s)).collect::<Vec<_>>());
-    out.push_str(&format!(
-        "\nslopes per hour over the samples during the churn (least squares, {} samples):\n  \
-         broker A RSS {:+.2} MB, fds {:+.1}; broker B RSS {:+.2} MB, fds {:+.1}; etcd RSS {:+.2} MB; \
-         keys {:+.1}, users {:+.1}, roles {:+.1}, queued {:+.1}\n",
-        during.len(),
-        per_hour(&|s| s.broker_a.rss_mb),
-        per_hour(&|s| s.broker_a.fds as f64),
-        per_hour(&|s| s.broker_b.rss_mb),
-        per_hour(&|s| s.broker_b.fds as f64),
-        per_hour(&|s| s.etcd_rss_mb),
-        per_hour(&|s| s.keys as f64),
-        per_hour(&|s| s.users as f64),
-        per_hour(&|s| s.roles as f64),
-        per_hour(&|s| s.queued as f64),
-    ));
-    if let Some(last) = samples.last() {
-        out.push_str(&format!(
-            "after the churn: {} keys, {} users, {} roles, {} queued left (etcd's root excluded; the running \
-             brokers' own keys are {OWN_KEYS}: the expiry and inventory leaders', the inventory's counts)\n",
-            last.keys, last.users, last.roles, last.queued
-        ));
-    }
-    out.push_str("```\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_slope_of_a_line_is_its_gradient_and_of_a_flat_series_zero() {
-        assert!((slope(&[0.0, 1.0, 2.0, 3.0], &[1.0, 3.0, 5.0, 7.0]) - 2.0).abs() < 1e-9);
-        assert_eq!(slope(&[0.0, 1.0, 2.0], &[4.0, 4.0, 4.0]), 0.0);
-        assert_eq!(slope(&[1.0], &[4.0]), 0.0);
-        assert_eq!(slope(&[2.0, 2.0], &[1.0, 5.0]), 0.0);
-    }
 
     #[test]
     fn this_process_has_memory_and_descriptors() {
