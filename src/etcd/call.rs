@@ -29,13 +29,9 @@ pub(crate) enum Call {
     Fenced(i64),
     /// Changes users or roles: sent again like [`Call::Fenced`], without a fence (etcd's auth
     /// calls take no compare; a second copy finds the first one's work done, and the broker
-    /// takes "already exists" or "not found" as done); held back while a commit, or a request
-    /// that auth changes keep refusing, goes through ([`EtcdStore::auth_gate`]).
+    /// takes "already exists" or "not found" as done); held back while a request that auth
+    /// changes keep refusing goes through ([`EtcdStore::auth_gate`]).
     AuthChange,
-    /// A [`Call::AuthChange`] that keeps etcd busy long before or while it applies (a
-    /// password's bcrypt hash, a RoleDelete's walk over every user): writes are not held back
-    /// for that long.
-    SlowAuthChange,
 }
 
 /// The two failures after which a request is sent again, whatever it does: etcd did not apply
@@ -135,15 +131,10 @@ impl EtcdStore {
     /// JWTs are refreshed first, once for all concurrent requests (see
     /// [`super::connection::Connection`]).
     ///
-    /// Most refusals were of this broker's own commits by its own auth changes (a bind's adds
-    /// and grants, an unbind's user deletion), each costing a pause and a second send. So a
-    /// commit ([`Call::Fenced`]) waits until this broker's auth changes in flight are done and
-    /// keeps new ones back while it is sent ([`EtcdStore::auth_gate`]): its own changes never
-    /// refuse it. Slow auth changes ([`Call::SlowAuthChange`]: a password's bcrypt, a
-    /// RoleDelete) do not hold commits back for their whole time. Other brokers' changes still
-    /// refuse commits, and retrying alone can starve (at 64 concurrent binds etcd applies auth
-    /// changes faster than a request gets through): any request refused [`QUIET_AUTH_AFTER`]
-    /// times is sent again the same way.
+    /// Retrying alone can starve: at 64 concurrent binds etcd applies auth changes faster than
+    /// a request gets through. So a request refused [`QUIET_AUTH_AFTER`] times waits until this
+    /// broker's auth changes in flight are done and keeps new ones back while it is sent again
+    /// ([`EtcdStore::auth_gate`]).
     ///
     /// A request that could not reach an endpoint is sent again, a few times per endpoint; a
     /// read whose endpoint is slow to answer is sent to another one as well ([`hedged`]).
@@ -164,7 +155,7 @@ impl EtcdStore {
                 Call::Fenced(seen) if spare > 0 => {
                     resent(|| op(client), spare, HEDGE_AFTER, || self.move_fence(seen), resend).await
                 }
-                Call::AuthChange | Call::SlowAuthChange if spare > 0 => {
+                Call::AuthChange if spare > 0 => {
                     resent(|| op(client), spare, HEDGE_AFTER, || async { Ok(()) }, resend).await
                 }
                 _ => bounded(op(client)).await,
@@ -173,7 +164,7 @@ impl EtcdStore {
         let mut generation = connection.token_generation.load(Ordering::Acquire);
         let mut retries = Retries::new(self.endpoints.len());
         loop {
-            let outcome = if retries.stale_auth >= QUIET_AUTH_AFTER || matches!(kind, Call::Fenced(_)) {
+            let outcome = if retries.stale_auth >= QUIET_AUTH_AFTER {
                 let _quiet = self.auth_gate.write().await;
                 send().await
             } else if kind == Call::AuthChange {
@@ -185,10 +176,8 @@ impl EtcdStore {
             match outcome {
                 Err(e) => match retries.again(&e).await {
                     Some(Retry::StaleAuth) if connection.signed_tokens => {
-                        (self.observer.stale_auth)();
                         generation = connection.refresh_token_once(generation).await?;
                     }
-                    Some(Retry::StaleAuth) => (self.observer.stale_auth)(),
                     Some(_) => {}
                     None => return Err(e),
                 },

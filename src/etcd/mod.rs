@@ -72,20 +72,12 @@ pub struct Observer {
     /// Each write (a batch of commits, a prefix deletion, a user or role change) sent again
     /// through another endpoint because its own had not answered (`call.rs`, `fence.rs`).
     pub write_resend: Arc<dyn Fn() + Send + Sync>,
-    /// Each request etcd refused because a user or role changed while it was in flight
-    /// ("auth revision is old"; `call.rs` sends it again).
-    pub stale_auth: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Default for Observer {
     /// Hears nothing.
     fn default() -> Self {
-        Self {
-            batch: Arc::new(|_, _| {}),
-            read_copy: Arc::new(|| {}),
-            write_resend: Arc::new(|| {}),
-            stale_auth: Arc::new(|| {}),
-        }
+        Self { batch: Arc::new(|_, _| {}), read_copy: Arc::new(|| {}), write_resend: Arc::new(|| {}) }
     }
 }
 
@@ -108,10 +100,9 @@ pub struct EtcdStore {
     /// (two thread wake-ups per call). Each thread dials and logs in once, when it first needs
     /// etcd.
     connections: std::sync::Mutex<HashMap<ThreadId, Arc<OnceCell<Arc<Connection>>>>>,
-    /// Shared by each user/role change while it is in flight (slow ones excepted); taken
-    /// exclusively by each commit and by a request that auth changes keep refusing, so that
-    /// this broker's own changes do not refuse it (tokio's lock is fair: once it waits, new
-    /// changes queue behind it).
+    /// Shared by each user/role change while it is in flight; taken exclusively by a request
+    /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
+    /// waits, new changes queue behind it).
     auth_gate: tokio::sync::RwLock<()>,
     /// The width the last page of each walk (prefix, page size) spanned: where the next
     /// page's first range ends (`span`). A hint only; a few walks at a time.
@@ -507,21 +498,13 @@ impl Store for EtcdStore {
         let add_user = async {
             let options = || password.is_none().then(|| UserAddOptions::new().with_no_pwd());
             let given = password.unwrap_or(unused_password);
-            let kind = if password.is_some() { Call::SlowAuthChange } else { Call::AuthChange };
-            let added = self.call(kind, |c| {
-                let mut c = c.auth_client();
-                async move { c.user_add(user, given, options()).await }
-            });
-            match added.await {
+            match self.auth(|mut c| async move { c.user_add(user, given, options()).await }).await {
                 Ok(_) => Ok(()),
                 // An existing password user gets the recorded password again; an existing
                 // certificate user is kept as it is (as in ensure_certificate_user).
                 Err(e) if already_exists(&e) => match password {
                     Some(password) => self
-                        .call(Call::SlowAuthChange, |c| {
-                            let mut c = c.auth_client();
-                            async move { c.user_change_password(user, password).await }
-                        })
+                        .auth(|mut c| async move { c.user_change_password(user, password).await })
                         .await
                         .map(|_| ())
                         .map_err(raced),
@@ -553,11 +536,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
-        let deleted = self.call(Call::SlowAuthChange, |c| {
-            let mut c = c.auth_client();
-            async move { c.role_delete(role).await }
-        });
-        match deleted.await {
+        match self.auth(|mut c| async move { c.role_delete(role).await }).await {
             Err(e) if !not_found(&e) => Err(classify(e)),
             _ => Ok(()),
         }

@@ -22,7 +22,7 @@
 //!    per other endpoint, [`FAILOVER_PAUSE`] apart. One refused because auth changed under it
 //!    is sent again up to [`OLD_REVISION_RETRIES`] times after a short random pause
 //!    ([`stale_auth_pause`]), and after [`QUIET_AUTH_AFTER`] refusals it holds this broker's
-//!    own auth changes back while it goes through. A commit does so from its first send.
+//!    own auth changes back while it goes through.
 //!
 //! So a call answers within [`BATCHED_TIMEOUT`] (batched) or one [`REQUEST_TIMEOUT`] plus the
 //! short retries of step 5, and an endpoint that stops costs the requests already sent to it
