@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::leader::{self, TaskSettings};
-use super::{EtcdBroker, PlanInventory};
+use super::{EtcdBroker, PlanInventory, SealingInventory};
 use crate::osb::{BrokerError, BrokerResult};
 use crate::store::{KeyChange, Write};
 
@@ -112,10 +112,13 @@ async fn keep_counts(
     let ended = loop {
         tokio::select! {
             Some(batch) = changes.recv() => tally.apply(&batch),
-            _ = publish.tick() => match broker.publish_inventory(&tally.counts(broker.now())).await {
-                Ok(counts) => counted(&counts),
-                Err(e) => tracing::warn!(error = %e, "publishing the inventory failed; trying again later"),
-            },
+            _ = publish.tick() => {
+                let counts = tally.counts(broker.now());
+                match broker.publish_inventory(&counts).await {
+                    Ok(()) => counted(&counts),
+                    Err(e) => tracing::warn!(error = %e, "publishing the inventory failed; trying again later"),
+                }
+            }
             ended = &mut follow => break ended,
         }
     };
@@ -193,26 +196,45 @@ impl Tally {
         cover
     }
 
-    /// The counts as published, taken at `counted_at`.
+    /// The counts as published, taken at `counted_at`: sealing keys that seal nothing left out.
     fn counts(&self, counted_at: u64) -> InventoryCounts {
-        let mut counts = InventoryCounts { counted_at, ..Default::default() };
-        let (mut all_bindings, mut stored) = (0, 0);
+        let sealing = self.sealing();
+        let mut counts = InventoryCounts {
+            counted_at,
+            sealed: sealing.sealed.into_iter().filter(|(_, records)| *records > 0).collect(),
+            clear_text: sealing.clear_text,
+            ..Default::default()
+        };
         for (slot, _, count) in &self.slots {
             match slot {
                 Slot::Instances(plan) => counts.plans.entry(plan.clone()).or_default().instances = *count,
                 Slot::Bindings(plan) => counts.plans.entry(plan.clone()).or_default().bindings = *count,
-                Slot::AllBindings => all_bindings = *count,
-                Slot::InCredentialStore => stored = *count,
-                Slot::Sealed(name) if *count > 0 => {
-                    counts.sealed.insert(name.clone(), *count);
-                }
-                Slot::Sealed(_) => {}
                 Slot::QueuedRoles => counts.queued_roles = *count,
+                Slot::AllBindings | Slot::InCredentialStore | Slot::Sealed(_) => {}
             }
         }
-        let sealed: u64 = counts.sealed.values().sum();
-        counts.clear_text = all_bindings.saturating_sub(sealed + stored);
         counts
+    }
+
+    /// Sealed records per sealing key (every key counted, in name order, 0 included), records
+    /// in clear and records in a credential store.
+    fn sealing(&self) -> SealingInventory {
+        let count_of = |wanted: &Slot| {
+            self.slots.iter().find(|(slot, _, _)| slot == wanted).map_or(0, |(_, _, count)| *count)
+        };
+        let mut sealed: Vec<(String, u64)> = self
+            .slots
+            .iter()
+            .filter_map(|(slot, _, count)| match slot {
+                Slot::Sealed(name) => Some((name.clone(), *count)),
+                _ => None,
+            })
+            .collect();
+        sealed.sort();
+        let in_credential_store = count_of(&Slot::InCredentialStore);
+        let sealed_total: u64 = sealed.iter().map(|(_, records)| records).sum();
+        let clear_text = count_of(&Slot::AllBindings).saturating_sub(sealed_total + in_credential_store);
+        SealingInventory { sealed, clear_text, in_credential_store }
     }
 }
 
@@ -223,12 +245,21 @@ impl EtcdBroker {
         Ok(self.count_tally().await?.counts(self.now()))
     }
 
+    /// Sealed records per key (every key that seals records and every local key of the
+    /// keychain, 0 when it seals none) and records in clear, from the index at one revision:
+    /// one request, O(index entries) in etcd.
+    pub async fn sealing_inventory(&self) -> BrokerResult<SealingInventory> {
+        Ok(self.count_tally().await?.sealing())
+    }
+
     /// Every count of the inventory at one revision. The sealing keys in use are looked up
     /// before and after the count: a key that sealed its first record in between would be
     /// missing from the count, so then it counts again with that key too.
     async fn count_tally(&self) -> BrokerResult<Tally> {
         let names = self.names();
         let mut sealing_keys = self.sealing_keys_in_use().await?;
+        // A remote key's records are counted per version in use (`<name>.v<N>`), so its bare
+        // name has no count of its own.
         for key in self.setup.sealing.keychain().into_iter().flat_map(|k| k.keys()) {
             if key.backend().is_none() {
                 sealing_keys.push(key.name().to_owned());
@@ -269,17 +300,18 @@ impl EtcdBroker {
     /// Counts and writes the counts to the inventory key.
     pub async fn count_and_publish_inventory(&self) -> BrokerResult<InventoryCounts> {
         let counts = self.count_inventory().await?;
-        self.publish_inventory(&counts).await
+        self.publish_inventory(&counts).await?;
+        Ok(counts)
     }
 
     /// Writes `counts` to the inventory key (a plain put: any broker's exact counts may replace
     /// any other's).
-    async fn publish_inventory(&self, counts: &InventoryCounts) -> BrokerResult<InventoryCounts> {
+    async fn publish_inventory(&self, counts: &InventoryCounts) -> BrokerResult<()> {
         let value = serde_json::to_vec(counts)
             .map_err(|e| BrokerError::Internal(format!("cannot encode the inventory: {e}")))?;
         let put = Write::Put(self.names().inventory_key(), value);
         self.setup.state.commit(&[], &[put]).await.map_err(|e| self.state_failed(e))?;
-        Ok(counts.clone())
+        Ok(())
     }
 
     /// The counts the inventory leader published last, if any: one single-key read.

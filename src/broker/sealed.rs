@@ -60,8 +60,7 @@ pub struct SealingInventory {
     pub sealed: Vec<(String, u64)>,
     /// Binding records without a sealed password: all bindings (the per-plan index, which every
     /// record of this version and the one before sealing has) minus the sealed ones and those
-    /// whose secrets live in a credential store. Counts at slightly different moments: off by
-    /// the binds in between at most.
+    /// whose secrets live in a credential store.
     pub clear_text: u64,
     /// Binding records whose secrets live in a credential store (OpenBao KV): they hold none.
     pub in_credential_store: u64,
@@ -293,34 +292,5 @@ impl EtcdBroker {
                 many.join("', '")
             )),
         })
-    }
-
-    /// Sealed records per key and records in clear, from the index: a few count-only requests.
-    pub async fn sealing_inventory(&self) -> BrokerResult<SealingInventory> {
-        let state = &*self.setup.state;
-        let mut names = self.sealing_keys_in_use().await?;
-        // Every local key of the keychain (0 when it seals none); a remote key's records are
-        // counted per version in use (`<name>.v<N>`), so its bare name has no count of its own.
-        names.extend(
-            self.setup
-                .sealing
-                .keychain()
-                .into_iter()
-                .flat_map(|k| k.keys().filter(|k| k.backend().is_none()).map(|k| k.name().to_owned())),
-        );
-        names.sort();
-        names.dedup();
-        let mut sealed = Vec::new();
-        for name in names {
-            let count = state.count(&self.names().sealed_key_prefix(&name)).await;
-            sealed.push((name, count.map_err(|e| self.state_failed(e))?));
-        }
-        let bindings =
-            state.count(&self.names().all_bindings_index_prefix()).await.map_err(|e| self.state_failed(e))?;
-        let in_credential_store =
-            state.count(&self.names().stored_index_prefix()).await.map_err(|e| self.state_failed(e))?;
-        let clear_text =
-            bindings.saturating_sub(sealed.iter().map(|(_, n)| n).sum::<u64>() + in_credential_store);
-        Ok(SealingInventory { sealed, clear_text, in_credential_store })
     }
 }
