@@ -27,6 +27,11 @@ pub struct MemoryState {
 }
 
 impl MemoryState {
+    /// The keys starting with `prefix`, in key order.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Versioned)> + 'a {
+        self.keys.range(prefix.to_owned()..).take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
     /// Puts `key` at `revision`, noting it in [`Self::changes`] when it is new.
     fn put(&mut self, key: &str, value: Vec<u8>, revision: i64) {
         let created = self.keys.insert(key.to_owned(), Versioned { value, mod_revision: revision }).is_none();
@@ -96,11 +101,7 @@ impl Store for MemoryStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let s = self.state.lock().unwrap();
-        Ok(s.keys
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(s.under(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     async fn scan(
@@ -151,10 +152,7 @@ impl Store for MemoryStore {
 
     async fn count_at_one_revision(&self, prefixes: &[String]) -> Result<(Vec<u64>, i64), StoreError> {
         let s = self.state.lock().unwrap();
-        let count = |prefix: &String| {
-            s.keys.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(prefix)).count()
-        };
-        Ok((prefixes.iter().map(|p| count(p) as u64).collect(), s.revision))
+        Ok((prefixes.iter().map(|p| s.under(p).count() as u64).collect(), s.revision))
     }
 
     async fn follow_keys(
@@ -199,12 +197,7 @@ impl Store for MemoryStore {
         let mut s = self.state.lock().unwrap();
         s.revision += 1;
         let revision = s.revision;
-        let doomed: Vec<String> = s
-            .keys
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let doomed: Vec<String> = s.under(prefix).map(|(k, _)| k.clone()).collect();
         for key in doomed {
             s.delete(&key, revision);
         }
