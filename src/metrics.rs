@@ -39,6 +39,9 @@ pub struct Metrics {
     pub etcd_read_copies: IntCounterVec,
     /// Writes sent again through another endpoint, their own not answering (the write fence).
     pub etcd_write_resends: IntCounterVec,
+    /// Requests etcd refused because a user or role changed while they were in flight (sent
+    /// again), by cluster: how much auth changes cost the broker's other requests.
+    pub etcd_stale_auth_refusals: IntCounterVec,
     /// Roles the role reaper deleted, and the queue entries it could not handle.
     pub roles_deleted: IntCounter,
     pub role_deletion_failures: IntCounter,
@@ -118,6 +121,14 @@ impl Metrics {
             &["cluster"],
         )
         .expect("valid metric");
+        let etcd_stale_auth_refusals = IntCounterVec::new(
+            Opts::new(
+                "etcd_broker_etcd_stale_auth_refusals_total",
+                "Requests etcd refused because a user or role changed while they were in flight.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
         let roles_deleted =
             IntCounter::new("etcd_broker_roles_deleted_total", "Queued roles the role reaper deleted.")
                 .expect("valid metric");
@@ -171,6 +182,7 @@ impl Metrics {
             Box::new(etcd_batch_size.clone()),
             Box::new(etcd_read_copies.clone()),
             Box::new(etcd_write_resends.clone()),
+            Box::new(etcd_stale_auth_refusals.clone()),
             Box::new(roles_deleted.clone()),
             Box::new(role_deletion_failures.clone()),
             Box::new(reconcile_findings.clone()),
@@ -194,6 +206,7 @@ impl Metrics {
             etcd_batch_size,
             etcd_read_copies,
             etcd_write_resends,
+            etcd_stale_auth_refusals,
             roles_deleted,
             role_deletion_failures,
             reconcile_findings,

@@ -66,10 +66,12 @@ pub fn build_broker(config: &Config, metrics: &Arc<Metrics>) -> Result<EtcdBroke
         let (gets, txns) = (batch_size("get"), batch_size("txn"));
         let copies = metrics.etcd_read_copies.with_label_values(&[name]);
         let resends = metrics.etcd_write_resends.with_label_values(&[name]);
+        let refusals = metrics.etcd_stale_auth_refusals.with_label_values(&[name]);
         let observer = Observer {
             batch: Arc::new(move |call, size| if call == "get" { &gets } else { &txns }.observe(size as f64)),
             read_copy: Arc::new(move || copies.inc()),
             write_resend: Arc::new(move || resends.inc()),
+            stale_auth: Arc::new(move || refusals.inc()),
         };
         let etcd: Arc<dyn Store> = EtcdStore::new(cluster, fence_key, observer)
             .map_err(|e| StartError::Cluster { cluster: name.to_owned(), message: format!("TLS: {e}") })?;

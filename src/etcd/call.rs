@@ -13,6 +13,7 @@ use super::policy::{
     stale_auth_pause, FAILOVER_ATTEMPTS_PER_ENDPOINT, FAILOVER_PAUSE, HEDGE_AFTER, OLD_REVISION_RETRIES,
     QUIET_AUTH_AFTER, REQUEST_TIMEOUT, TOOLS_STALE_AUTH_PATIENCE,
 };
+use super::sides::Side;
 use super::EtcdStore;
 
 /// What an etcd request does: that decides whether it may be sent twice.
@@ -29,9 +30,14 @@ pub(crate) enum Call {
     Fenced(i64),
     /// Changes users or roles: sent again like [`Call::Fenced`], without a fence (etcd's auth
     /// calls take no compare; a second copy finds the first one's work done, and the broker
-    /// takes "already exists" or "not found" as done); held back while a request that auth
-    /// changes keep refusing goes through ([`EtcdStore::auth_gate`]).
+    /// takes "already exists" or "not found" as done); kept apart from this broker's commits
+    /// (`sides.rs`), and held back while a request that auth changes keep refusing goes
+    /// through ([`EtcdStore::auth_gate`]).
     AuthChange,
+    /// A [`Call::AuthChange`] that keeps etcd busy long before or while it applies (a
+    /// password's bcrypt hash, a RoleDelete's walk over every user): commits are not held
+    /// back for that long, so it is not kept apart from them.
+    SlowAuthChange,
 }
 
 /// The two failures after which a request is sent again, whatever it does: etcd did not apply
@@ -131,9 +137,15 @@ impl EtcdStore {
     /// JWTs are refreshed first, once for all concurrent requests (see
     /// [`super::connection::Connection`]).
     ///
-    /// Retrying alone can starve: at 64 concurrent binds etcd applies auth changes faster than
-    /// a request gets through. So a request refused [`QUIET_AUTH_AFTER`] times waits until this
-    /// broker's auth changes in flight are done and keeps new ones back while it is sent again
+    /// Most refusals were of this broker's own commits by its own auth changes (a bind's adds
+    /// and grants, an unbind's user deletion), each costing a pause and a second send. So
+    /// commits ([`Call::Fenced`]) and quick auth changes ([`Call::AuthChange`]) are kept
+    /// apart (`sides.rs`; commits still overlap each other): this broker's own quick changes
+    /// do not refuse its commits. Slow auth changes ([`Call::SlowAuthChange`]: a password's
+    /// bcrypt, a RoleDelete) and other brokers' changes still can, and retrying alone can
+    /// starve (at 64 concurrent binds etcd applies auth changes faster than a request gets
+    /// through): a request refused [`QUIET_AUTH_AFTER`] times waits until this broker's auth
+    /// changes in flight are done and keeps new ones back while it is sent again
     /// ([`EtcdStore::auth_gate`]).
     ///
     /// A request that could not reach an endpoint is sent again, a few times per endpoint; a
@@ -155,7 +167,7 @@ impl EtcdStore {
                 Call::Fenced(seen) if spare > 0 => {
                     resent(|| op(client), spare, HEDGE_AFTER, || self.move_fence(seen), resend).await
                 }
-                Call::AuthChange if spare > 0 => {
+                Call::AuthChange | Call::SlowAuthChange if spare > 0 => {
                     resent(|| op(client), spare, HEDGE_AFTER, || async { Ok(()) }, resend).await
                 }
                 _ => bounded(op(client)).await,
@@ -167,17 +179,31 @@ impl EtcdStore {
             let outcome = if retries.stale_auth >= QUIET_AUTH_AFTER {
                 let _quiet = self.auth_gate.write().await;
                 send().await
-            } else if kind == Call::AuthChange {
-                let _changing = self.auth_gate.read().await;
-                send().await
             } else {
-                send().await
+                match kind {
+                    Call::AuthChange => {
+                        let _changing = self.auth_gate.read().await;
+                        let _side = self.sides.enter(Side::AuthChanges).await;
+                        send().await
+                    }
+                    Call::SlowAuthChange => {
+                        let _changing = self.auth_gate.read().await;
+                        send().await
+                    }
+                    Call::Fenced(_) => {
+                        let _side = self.sides.enter(Side::Commits).await;
+                        send().await
+                    }
+                    Call::Read | Call::Write => send().await,
+                }
             };
             match outcome {
                 Err(e) => match retries.again(&e).await {
                     Some(Retry::StaleAuth) if connection.signed_tokens => {
+                        (self.observer.stale_auth)();
                         generation = connection.refresh_token_once(generation).await?;
                     }
+                    Some(Retry::StaleAuth) => (self.observer.stale_auth)(),
                     Some(_) => {}
                     None => return Err(e),
                 },
@@ -196,13 +222,22 @@ impl EtcdStore {
         self.call(kind, |c| op(c.kv_client())).await
     }
 
-    /// [`Self::call`] with the auth service only (users and roles).
+    /// [`Self::call`] with the auth service only, for a quick user or role change.
     pub(super) async fn auth<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(AuthClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.call(Call::AuthChange, |c| op(c.auth_client())).await
+        self.auth_as(Call::AuthChange, op).await
+    }
+
+    /// [`Self::call`] with the auth service only, for a change of `kind` (quick or slow).
+    pub(super) async fn auth_as<T, F, Fut>(&self, kind: Call, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(AuthClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(kind, |c| op(c.auth_client())).await
     }
 
     /// [`Self::call`] with the auth service, for a request that only reads users or roles.

@@ -31,6 +31,7 @@ mod errors;
 mod fence;
 mod health;
 mod policy;
+mod sides;
 pub mod span;
 mod unpoisoned;
 
@@ -72,12 +73,20 @@ pub struct Observer {
     /// Each write (a batch of commits, a prefix deletion, a user or role change) sent again
     /// through another endpoint because its own had not answered (`call.rs`, `fence.rs`).
     pub write_resend: Arc<dyn Fn() + Send + Sync>,
+    /// Each request etcd refused because a user or role changed while it was in flight
+    /// ("auth revision is old"; `call.rs` sends it again).
+    pub stale_auth: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Default for Observer {
     /// Hears nothing.
     fn default() -> Self {
-        Self { batch: Arc::new(|_, _| {}), read_copy: Arc::new(|| {}), write_resend: Arc::new(|| {}) }
+        Self {
+            batch: Arc::new(|_, _| {}),
+            read_copy: Arc::new(|| {}),
+            write_resend: Arc::new(|| {}),
+            stale_auth: Arc::new(|| {}),
+        }
     }
 }
 
@@ -104,6 +113,9 @@ pub struct EtcdStore {
     /// that auth changes keep refusing, so it gets through (tokio's lock is fair: once it
     /// waits, new changes queue behind it).
     auth_gate: tokio::sync::RwLock<()>,
+    /// Keeps commits and this broker's quick user/role changes from overlapping, so that its
+    /// own changes do not refuse its commits (`sides.rs`).
+    sides: sides::SideGate,
     /// The width the last page of each walk (prefix, page size) spanned: where the next
     /// page's first range ends (`span`). A hint only; a few walks at a time.
     widths: std::sync::Mutex<HashMap<(String, usize), span::Width>>,
@@ -137,6 +149,7 @@ impl EtcdStore {
             password: config.password.clone(),
             connections: Default::default(),
             auth_gate: tokio::sync::RwLock::new(()),
+            sides: sides::SideGate::new(policy::SIDE_PATIENCE),
             widths: Default::default(),
             fence: fence::Fence::new(fence_key.to_owned()),
             observer,
@@ -451,10 +464,11 @@ impl Store for EtcdStore {
     }
 
     async fn ensure_user(&self, user: &str, password: &str, role: &str) -> Result<(), StoreError> {
-        match self.auth(|mut c| async move { c.user_add(user, password, None).await }).await {
+        let slow = Call::SlowAuthChange;
+        match self.auth_as(slow, |mut c| async move { c.user_add(user, password, None).await }).await {
             Ok(_) => {}
             Err(e) if already_exists(&e) => {
-                self.auth(|mut c| async move { c.user_change_password(user, password).await })
+                self.auth_as(slow, |mut c| async move { c.user_change_password(user, password).await })
                     .await
                     .map_err(raced)?;
             }
@@ -498,13 +512,16 @@ impl Store for EtcdStore {
         let add_user = async {
             let options = || password.is_none().then(|| UserAddOptions::new().with_no_pwd());
             let given = password.unwrap_or(unused_password);
-            match self.auth(|mut c| async move { c.user_add(user, given, options()).await }).await {
+            let kind = if password.is_some() { Call::SlowAuthChange } else { Call::AuthChange };
+            match self.auth_as(kind, |mut c| async move { c.user_add(user, given, options()).await }).await {
                 Ok(_) => Ok(()),
                 // An existing password user gets the recorded password again; an existing
                 // certificate user is kept as it is (as in ensure_certificate_user).
                 Err(e) if already_exists(&e) => match password {
                     Some(password) => self
-                        .auth(|mut c| async move { c.user_change_password(user, password).await })
+                        .auth_as(Call::SlowAuthChange, |mut c| async move {
+                            c.user_change_password(user, password).await
+                        })
                         .await
                         .map(|_| ())
                         .map_err(raced),
@@ -536,7 +553,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete_role(&self, role: &str) -> Result<(), StoreError> {
-        match self.auth(|mut c| async move { c.role_delete(role).await }).await {
+        match self.auth_as(Call::SlowAuthChange, |mut c| async move { c.role_delete(role).await }).await {
             Err(e) if !not_found(&e) => Err(classify(e)),
             _ => Ok(()),
         }

@@ -22,7 +22,8 @@
 //!    per other endpoint, [`FAILOVER_PAUSE`] apart. One refused because auth changed under it
 //!    is sent again up to [`OLD_REVISION_RETRIES`] times after a short random pause
 //!    ([`stale_auth_pause`]), and after [`QUIET_AUTH_AFTER`] refusals it holds this broker's
-//!    own auth changes back while it goes through.
+//!    own auth changes back while it goes through. Commits and this broker's quick auth
+//!    changes wait for each other, at most [`SIDE_PATIENCE`] (`sides.rs`).
 //!
 //! So a call answers within [`BATCHED_TIMEOUT`] (batched) or one [`REQUEST_TIMEOUT`] plus the
 //! short retries of step 5, and an endpoint that stops costs the requests already sent to it
@@ -79,6 +80,11 @@ pub(crate) const OLD_REVISION_RETRIES: usize = 30;
 pub(crate) const TOOLS_STALE_AUTH_PATIENCE: Duration = Duration::from_secs(60);
 /// Refusals of one request before it holds this broker's auth changes back.
 pub(crate) const QUIET_AUTH_AFTER: usize = 3;
+/// The longest a commit waits for this broker's quick auth changes in flight, or one of them
+/// for the commits in flight (`sides.rs`): about ten times either's usual time, so the gate
+/// keeps them apart on a busy machine too, while a request stuck on a member that stopped
+/// holds the other side back this long and not for its whole timeout.
+pub(crate) const SIDE_PATIENCE: Duration = Duration::from_millis(50);
 
 /// Most keys read by one batched read: far below etcd's default `--max-txn-ops` (128), and 16
 /// of the largest records (a 64 KB request body stored twice) stay under gRPC's 4 MB answer
