@@ -206,14 +206,32 @@ pub fn run(xtask: &Path, args: &ScenarioArgs) -> Result<()> {
             // memory, so both runs see the same machine (the empty run above came before the
             // preload filled etcd's heap and the page cache).
             let beside = DevProcess::start(xtask, &cost4, &work.path().join("cost4-beside"))?;
-            runs.insert(tables::EMPTY_BESIDE, bench(&beside, tables::EMPTY_BESIDE, &["--clients", "8"])?);
+            let mut empty = vec![bench(&beside, tables::EMPTY_BESIDE, &["--clients", "8"])?.report];
+            let mut preloaded = vec![runs["preload-8"].report.clone()];
+            for turn in 2..=tables::SCALE_RUNS_PER_STACK {
+                preloaded.push(bench(&stack, &format!("preload-8-run-{turn}"), &["--clients", "8"])?.report);
+                let name = format!("{}-run-{turn}", tables::EMPTY_BESIDE);
+                empty.push(bench(&beside, &name, &["--clients", "8"])?.report);
+            }
             stop(beside);
+            let mean = |reports: &[Value]| tables::mean_report(&reports.iter().collect::<Vec<_>>());
+            let text = format!("(the mean of {} runs)", empty.len());
+            runs.insert(tables::EMPTY_BESIDE, BenchRun { text, report: mean(&empty) });
+            if let Some(run) = runs.get_mut("preload-8") {
+                run.report = mean(&preloaded);
+            }
             let scale = tables::scale_table(
                 &runs["cost4-8"].report,
                 &runs[tables::EMPTY_BESIDE].report,
                 &runs["preload-8"].report,
             );
-            regions.push(("scale", format!("Preloaded: {} instances.\n\n{scale}", args.preload)));
+            let heading = format!(
+                "Preloaded: {} instances. Preloaded and empty: the mean of {} runs each, measured in turn \
+                 (the preload-8 table above is the first).",
+                args.preload,
+                tables::SCALE_RUNS_PER_STACK
+            );
+            regions.push(("scale", format!("{heading}\n\n{scale}")));
         }
         if wanted("startup") {
             let startup = startup_time(&broker, &stack)?;

@@ -51,6 +51,59 @@ fn lookup(pairs: &[(String, Option<f64>)], op: &str) -> Option<f64> {
 /// and the load generator's own CPU per operation were slower after it.
 pub const EMPTY_BESIDE: &str = "cost4-8-beside";
 
+/// How many times the scale scenario measures the preloaded stack and the empty one beside it,
+/// in turn (preloaded, empty, preloaded, ...): one run per stack moved single ratios by up to
+/// 0.5 between two scenarios with nothing changed, so each side's figures are the mean of its
+/// runs ([`mean_report`]).
+pub const SCALE_RUNS_PER_STACK: usize = 2;
+
+/// One report whose operations' latency figures (the broker's and the floor's p50, their
+/// ratio, the CPU per operation) are the means of `reports`' (operations matched by name; a
+/// figure missing from a run is left out of its mean). Everything else (counts, errors, RSS,
+/// orphans) is the first report's.
+pub fn mean_report(reports: &[&Value]) -> Value {
+    let Some((first, _)) = reports.split_first() else { return Value::Null };
+    let mut merged = (*first).clone();
+    let Some(operations) = merged["operations"].as_array_mut() else { return merged };
+    for operation in operations {
+        let name = operation["operation"].clone();
+        let same: Vec<&Value> = reports
+            .iter()
+            .filter_map(|r| r["operations"].as_array()?.iter().find(|o| o["operation"] == name))
+            .collect();
+        for figure in ["/broker/p50_ms", "/floor/p50_ms", "/p50_ratio"] {
+            if let Some(value) = operation.pointer_mut(figure) {
+                average_into(value, &same.iter().filter_map(|o| o.pointer(figure)).collect::<Vec<_>>());
+            }
+        }
+        if let Some(cpu) = operation.get_mut("cpu_us_per_operation") {
+            let runs: Vec<&Value> = same.iter().map(|o| &o["cpu_us_per_operation"]).collect();
+            average_into(cpu, &runs);
+        }
+    }
+    merged
+}
+
+/// Replaces each number in `target` by the mean of the numbers at the same place in `runs`.
+fn average_into(target: &mut Value, runs: &[&Value]) {
+    match target {
+        Value::Number(_) => {
+            let numbers: Vec<f64> = runs.iter().filter_map(|v| v.as_f64()).collect();
+            let mean = numbers.iter().sum::<f64>() / numbers.len() as f64;
+            if let Some(mean) = serde_json::Number::from_f64(mean) {
+                *target = Value::Number(mean);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, value) in fields.iter_mut() {
+                let at: Vec<&Value> = runs.iter().map(|r| &r[key.as_str()]).collect();
+                average_into(value, &at);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// p50 per operation with the preload against an empty stack measured beside it
 /// ([`EMPTY_BESIDE`]), with the floors' p50s (the bare etcd calls drift between two runs too),
 /// how the CPU per operation of the load generator and of the broker moved (the client does the
@@ -386,6 +439,25 @@ mod tests {
     fn op(name: &str, p50: f64, floor: Option<f64>, ratio: Option<f64>) -> Value {
         json!({ "operation": name, "broker": { "p50_ms": p50, "errors": 0 },
                 "floor": floor.map(|f| json!({ "p50_ms": f })), "p50_ratio": ratio })
+    }
+
+    #[test]
+    fn a_mean_report_averages_the_latencies_and_keeps_the_rest() {
+        let run = |p50: f64, floor: Option<f64>, client: f64| {
+            let mut o = op("bind", p50, floor, floor.map(|f| p50 / f));
+            o["cpu_us_per_operation"] = json!({ "broker": { "client": client } });
+            json!({ "operations": [o, op("catalog", p50 / 10.0, None, None)], "rss_bytes": { "end": p50 } })
+        };
+        let (a, b) = (run(20.0, Some(10.0), 100.0), run(30.0, None, 200.0));
+        let mean = mean_report(&[&a, &b]);
+        let bind = &mean["operations"][0];
+        assert_eq!(bind["broker"]["p50_ms"], 25.0);
+        assert_eq!(bind["floor"]["p50_ms"], 10.0, "a run without the figure is left out");
+        assert_eq!(bind["p50_ratio"], 2.0);
+        assert_eq!(bind["cpu_us_per_operation"]["broker"]["client"], 150.0);
+        assert_eq!(bind["broker"]["errors"], 0, "counts are the first run's");
+        assert_eq!(mean["operations"][1]["broker"]["p50_ms"], 2.5);
+        assert_eq!(mean["rss_bytes"]["end"], 20.0);
     }
 
     #[test]
