@@ -5,9 +5,10 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use etcd_broker::etcd::Observer;
+use etcd_broker::etcd::{EtcdStore, Observer};
 use etcd_broker::store::{Guard, Permission, Store, Write};
 use local_etcd::{EtcdVersion, LocalEtcd, Options};
+use tokio::task::JoinHandle;
 
 use crate::common::store_on;
 
@@ -22,32 +23,10 @@ const COMMITS: usize = 20;
 /// chase the changes until their retries run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_get_through_while_auth_keeps_changing() {
-    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
-    let etcd = LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() })
-        .await
-        .expect("etcd starts");
+    let etcd = start_etcd().await;
     let store = store_on(&etcd, Observer::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let changers: Vec<_> = (0..CHANGERS)
-        .map(|i| {
-            let (store, stop) = (store.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (user, role) = (format!("user-{i}"), format!("role-{i}"));
-                let mut changes = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    store
-                        .ensure_role(&role, &Permission::read_write_prefix(&format!("/tenant-{i}/")))
-                        .await
-                        .expect("role added");
-                    store.ensure_user(&user, "password", &role).await.expect("user added");
-                    store.delete_user(&user).await.expect("user deleted");
-                    store.delete_role(&role).await.expect("role deleted");
-                    changes += 4;
-                }
-                changes
-            })
-        })
-        .collect();
+    let changers = churn_auth(&store, CHANGERS, Changes::WithSlow, &stop);
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let store = store.clone();
@@ -68,11 +47,7 @@ async fn commits_get_through_while_auth_keeps_changing() {
     for writer in writers {
         failures.extend(writer.await.unwrap());
     }
-    stop.store(true, Ordering::SeqCst);
-    let mut changes = 0;
-    for changer in changers {
-        changes += changer.await.unwrap();
-    }
+    let changes = stop_churn(&stop, changers).await;
     assert!(changes >= 4 * CHANGERS, "auth kept changing during the commits ({changes} changes)");
     assert!(
         failures.is_empty(),
@@ -93,10 +68,7 @@ async fn commits_get_through_while_auth_keeps_changing() {
 /// allowed, not half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stores_own_auth_changes_do_not_refuse_its_commits() {
-    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
-    let etcd = LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() })
-        .await
-        .expect("etcd starts");
+    let etcd = start_etcd().await;
     let refusals = Arc::new(AtomicUsize::new(0));
     let counted = refusals.clone();
     let observer = Observer {
@@ -109,23 +81,7 @@ async fn the_stores_own_auth_changes_do_not_refuse_its_commits() {
     let stop = Arc::new(AtomicBool::new(false));
     // A certificate bind's changes and an unbind's: none of them slow (no bcrypt, no
     // RoleDelete), so each is kept apart from commits.
-    let changers: Vec<_> = (0..16)
-        .map(|i| {
-            let (store, stop) = (store.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (user, role) = (format!("user-{i}"), format!("role-{i}"));
-                let permission = Permission::read_write_prefix(&format!("/tenant-{i}/"));
-                let mut changes = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    store.ensure_role(&role, &permission).await.expect("role added");
-                    store.ensure_certificate_user(&user, "unused", &role).await.expect("user added");
-                    store.delete_user(&user).await.expect("user deleted");
-                    changes += 3;
-                }
-                changes
-            })
-        })
-        .collect();
+    let changers = churn_auth(&store, 16, Changes::QuickOnly, &stop);
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let store = store.clone();
@@ -141,11 +97,7 @@ async fn the_stores_own_auth_changes_do_not_refuse_its_commits() {
     for writer in writers {
         writer.await.unwrap();
     }
-    stop.store(true, Ordering::SeqCst);
-    let mut changes = 0;
-    for changer in changers {
-        changes += changer.await.unwrap();
-    }
+    let changes = stop_churn(&stop, changers).await;
     assert!(changes >= 3 * 16, "auth kept changing during the commits ({changes} changes)");
     let refused = refusals.load(Ordering::SeqCst);
     assert!(
@@ -154,4 +106,65 @@ async fn the_stores_own_auth_changes_do_not_refuse_its_commits() {
         WRITERS * COMMITS
     );
     etcd.stop().await;
+}
+
+async fn start_etcd() -> LocalEtcd {
+    let version = EtcdVersion::from_env().expect("ETCD_VERSION");
+    LocalEtcd::start(Options { version, bcrypt_cost: Some(4), ..Options::default() })
+        .await
+        .expect("etcd starts")
+}
+
+/// Which user and role changes [`churn_auth`] makes.
+#[derive(Clone, Copy, PartialEq)]
+enum Changes {
+    /// A password bind's and a role reaper's too: a bcrypt'ed UserAdd, a RoleDelete.
+    WithSlow,
+    /// A certificate bind's and an unbind's only.
+    QuickOnly,
+}
+
+/// `tasks` tasks that change users and roles in a loop until `stop`, as binds and unbinds do;
+/// each answers how many changes it made.
+fn churn_auth(
+    store: &Arc<EtcdStore>,
+    tasks: usize,
+    changes: Changes,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<usize>> {
+    (0..tasks)
+        .map(|i| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (user, role) = (format!("user-{i}"), format!("role-{i}"));
+                let permission = Permission::read_write_prefix(&format!("/tenant-{i}/"));
+                let mut made = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    store.ensure_role(&role, &permission).await.expect("role added");
+                    match changes {
+                        Changes::WithSlow => store.ensure_user(&user, "password", &role).await,
+                        Changes::QuickOnly => store.ensure_certificate_user(&user, "unused", &role).await,
+                    }
+                    .expect("user added");
+                    store.delete_user(&user).await.expect("user deleted");
+                    made += 3;
+                    if changes == Changes::WithSlow {
+                        store.delete_role(&role).await.expect("role deleted");
+                        made += 1;
+                    }
+                }
+                made
+            })
+        })
+        .collect()
+}
+
+/// Stops the churn and answers how many changes it made in all.
+async fn stop_churn(stop: &AtomicBool, changers: Vec<JoinHandle<usize>>) -> usize {
+    stop.store(true, Ordering::SeqCst);
+    let mut changes = 0;
+    for changer in changers {
+        changes += changer.await.unwrap();
+    }
+    changes
 }
