@@ -54,7 +54,7 @@ use batch::PendingCommit;
 use call::Call;
 use connection::Connection;
 use errors::{already_exists, classify, not_found, nothing_to_revoke, raced};
-use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
+use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, WATCH_PROBE};
 
 use crate::config::Cluster;
 use crate::store::{
@@ -368,11 +368,26 @@ impl Store for EtcdStore {
             opened = client.watch(prefix, Some(options)) => opened.map_err(classify)?,
             () = sink.closed() => return Ok(()),
         };
+        // Whether the watch has been asked for its progress since it last said anything.
+        let mut probed = false;
         loop {
             let answer = tokio::select! {
-                answer = watch.next() => answer,
+                answer = watch.next() => Some(answer),
+                () = tokio::time::sleep(WATCH_PROBE) => None,
                 () = sink.closed() => return Ok(()),
             };
+            let Some(answer) = answer else {
+                if probed {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd answered nothing on a watch for {} s, not even a progress request",
+                        2 * WATCH_PROBE.as_secs()
+                    )));
+                }
+                watch.request_progress().await.map_err(classify)?;
+                probed = true;
+                continue;
+            };
+            probed = false;
             let answer = match answer {
                 Some(answer) => answer.map_err(classify)?,
                 None => return Err(StoreError::Unavailable("etcd ended a watch".into())),

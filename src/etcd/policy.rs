@@ -37,6 +37,11 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// peer is noticed between requests, not by the next request.
 pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A watch silent this long is asked for its progress, which a live etcd (3.4 and later)
+/// answers at once; one still silent after as long again ends in an error, and its follower
+/// opens another. A member that froze would otherwise hold the watch until keep-alive gives
+/// up (`KEEP_ALIVE_INTERVAL` + `KEEP_ALIVE_TIMEOUT`).
+pub(crate) const WATCH_PROBE: Duration = Duration::from_secs(5);
 
 /// How long one attempt of an etcd request may take, the copies of a read included; a request
 /// that times out is not retried, so the broker answers 503.

@@ -278,3 +278,39 @@ async fn reads_sent_to_a_member_that_stops_are_answered_by_another() {
     assert_eq!(osb.deprovision("r0").await.status, StatusCode::OK);
     broker.stop().await;
 }
+
+/// Issue 22: a watch on a member that freezes (SIGSTOP) stayed silent until HTTP/2 keep-alive
+/// gave up (30 to 40 s), and the inventory's gauges stood still that long. Now a silent watch
+/// is asked for its progress every 5 s, which a live etcd answers, and ends in an error when
+/// the question goes unanswered, so its follower counts again elsewhere.
+#[tokio::test]
+async fn a_watch_on_a_frozen_etcd_ends_within_two_progress_probes() {
+    use etcd_broker::etcd::Observer;
+    use etcd_broker::store::{KeyChange, Store, Write};
+
+    let etcd = start_etcd().await;
+    let store = store_on(&etcd, Observer::default());
+    let (sink, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let follower = {
+        let store = store.clone();
+        tokio::spawn(async move { store.follow_keys("/followed/", 0, sink).await })
+    };
+    store.commit(&[], &[Write::Put("/followed/a".into(), b"1".to_vec())]).await.unwrap();
+    assert_eq!(changes.recv().await, Some(vec![KeyChange::Created("/followed/a".into())]));
+    // Idle for longer than two probes on a live etcd: the probes are answered, the watch stays.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(!follower.is_finished(), "an idle watch on a live etcd ended: {:?}", follower.await);
+
+    let pid = etcd.pid().expect("etcd runs");
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    let frozen = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(25), follower)
+        .await
+        .expect("the watch ends before keep-alive would have ended it")
+        .unwrap();
+    let error = ended.expect_err("a watch on a frozen etcd ends in an error");
+    assert!(error.to_string().contains("not even a progress request"), "{error}");
+    eprintln!("a watch on a frozen etcd ended after {:?}: {error}", frozen.elapsed());
+    drop(resume);
+}
