@@ -319,12 +319,30 @@ impl LocalEtcd {
     /// Starts a cluster of `size` members (`m0`, `m1`, ...) on free ports, with auth enabled as
     /// [`Self::start`] does and one root password; for tests of what the broker does when a
     /// member stops. `opts.client_port` and `opts.data_dir` are not used (each member gets
-    /// free ports and a temporary directory); a member whose port is taken meanwhile fails
-    /// the start instead of being retried.
+    /// free ports and a temporary directory). If a port is taken meanwhile (another test's
+    /// etcd got it first), the whole cluster is started again on new ports, up to 3 times.
     pub async fn start_cluster(size: usize, opts: Options) -> Result<Vec<LocalEtcd>, Error> {
+        let root_password = opts.root_password.clone().unwrap_or_else(random_password);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_cluster_once(size, &opts, &root_password).await {
+                // The members started so far were dropped, which killed them.
+                Err(Error::Exited { log_tail, .. })
+                    if attempt < 3 && log_tail.contains("address already in use") => {}
+                started => return started,
+            }
+        }
+    }
+
+    /// One try of [`Self::start_cluster`] on free ports.
+    async fn start_cluster_once(
+        size: usize,
+        opts: &Options,
+        root_password: &str,
+    ) -> Result<Vec<LocalEtcd>, Error> {
         let etcd_bin = etcd_binary(opts.version)?;
         let etcdctl = etcdctl_binary(opts.version)?;
-        let root_password = opts.root_password.clone().unwrap_or_else(random_password);
         let mut ports = Vec::new();
         for _ in 0..size {
             ports.push((free_port()?, free_port()?));
@@ -360,7 +378,7 @@ impl LocalEtcd {
                     version: opts.version,
                     client_port,
                     tls_port: None,
-                    root_password: root_password.clone(),
+                    root_password: root_password.to_owned(),
                     etcdctl: etcdctl.clone(),
                     _temp: temp,
                 },
@@ -371,7 +389,7 @@ impl LocalEtcd {
         for (member, log) in &mut members {
             let child = member.child.as_mut().expect("just started");
             if let Err(exit) = wait_ready(child, member.client_port).await {
-                return Err(startup_error(opts.version, exit, member.client_port, log, &root_password));
+                return Err(startup_error(opts.version, exit, member.client_port, log, root_password));
             }
         }
         let members: Vec<LocalEtcd> = members.into_iter().map(|(member, _)| member).collect();
