@@ -297,13 +297,6 @@ impl EtcdBroker {
         }
     }
 
-    /// Counts and writes the counts to the inventory key.
-    pub async fn count_and_publish_inventory(&self) -> BrokerResult<InventoryCounts> {
-        let counts = self.count_inventory().await?;
-        self.publish_inventory(&counts).await?;
-        Ok(counts)
-    }
-
     /// Writes `counts` to the inventory key (a plain put: any broker's exact counts may replace
     /// any other's).
     async fn publish_inventory(&self, counts: &InventoryCounts) -> BrokerResult<()> {
@@ -383,7 +376,8 @@ mod tests {
         broker_on(store.clone()).bind(bind_req("i2", "b3")).await.unwrap();
         assert_eq!(broker.published_inventory().await.unwrap(), None);
 
-        let counts = broker.count_and_publish_inventory().await.unwrap();
+        let counts = broker.count_inventory().await.unwrap();
+        broker.publish_inventory(&counts).await.unwrap();
         let plan = |instances, bindings| PlanCounts { instances, bindings };
         // Bindings count under the plan their bind named (bind_req's: SMALL).
         assert_eq!(counts.plans[SMALL], plan(1, 2));
