@@ -58,7 +58,8 @@ use policy::{CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, WATCH_PRO
 
 use crate::config::Cluster;
 use crate::store::{
-    Access, Guard, KeyChange, Permission as StorePermission, Store, StoreError, Versioned, Write,
+    Access, Guard, KeyChange, KeyChangeSink, Permission as StorePermission, Store, StoreError, Versioned,
+    Write,
 };
 use crate::tls::{ClientTls, TlsError};
 
@@ -355,12 +356,7 @@ impl Store for EtcdStore {
     /// An etcd watch of the prefix from `revision + 1` on this thread's connection, for as long
     /// as it runs (no request deadline: it is meant to last). etcd sends each revision's
     /// events in one answer, so a transaction's changes arrive together.
-    async fn follow_keys(
-        &self,
-        prefix: &str,
-        revision: i64,
-        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
-    ) -> Result<(), StoreError> {
+    async fn follow_keys(&self, prefix: &str, revision: i64, sink: KeyChangeSink) -> Result<(), StoreError> {
         use futures_util::StreamExt;
         let mut client = self.connection().await.map_err(classify)?.client.watch_client();
         let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(revision + 1);

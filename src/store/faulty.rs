@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Guard, KeyChange, Permission, Store, StoreError, Versioned, Write};
+use super::{Guard, KeyChangeSink, Permission, Store, StoreError, Versioned, Write};
 
 /// Whether the failing call reaches the inner store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,12 +128,7 @@ impl Store for FaultyStore {
     async fn count_at_one_revision(&self, prefixes: &[String]) -> Result<(Vec<u64>, i64), StoreError> {
         self.run(self.inner.count_at_one_revision(prefixes)).await
     }
-    async fn follow_keys(
-        &self,
-        prefix: &str,
-        revision: i64,
-        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
-    ) -> Result<(), StoreError> {
+    async fn follow_keys(&self, prefix: &str, revision: i64, sink: KeyChangeSink) -> Result<(), StoreError> {
         self.run(self.inner.follow_keys(prefix, revision, sink)).await
     }
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Guard, KeyChange, Permission, Store, StoreError, Versioned, Write};
+use super::{Guard, KeyChange, KeyChangeSink, Permission, Store, StoreError, Versioned, Write};
 
 /// What the fake holds; public so tests can assert on the final state.
 #[derive(Debug, Default, Clone)]
@@ -155,12 +155,7 @@ impl Store for MemoryStore {
         Ok((prefixes.iter().map(|p| s.under(p).count() as u64).collect(), s.revision))
     }
 
-    async fn follow_keys(
-        &self,
-        prefix: &str,
-        revision: i64,
-        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
-    ) -> Result<(), StoreError> {
+    async fn follow_keys(&self, prefix: &str, revision: i64, sink: KeyChangeSink) -> Result<(), StoreError> {
         let mut seen = revision;
         loop {
             // Registered before looking, so a change made between the look and the wait wakes it.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Guard, KeyChange, Permission, Store, StoreError, Versioned, Write};
+use super::{Guard, KeyChangeSink, Permission, Store, StoreError, Versioned, Write};
 use crate::metrics::Metrics;
 
 /// The `call` label values: one per [`Store`] method.
@@ -107,12 +107,7 @@ impl Store for MeteredStore {
         self.observe("count_at_one_revision", self.inner.count_at_one_revision(prefixes)).await
     }
     /// Not timed: a follow lasts as long as its follower wants it.
-    async fn follow_keys(
-        &self,
-        prefix: &str,
-        revision: i64,
-        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
-    ) -> Result<(), StoreError> {
+    async fn follow_keys(&self, prefix: &str, revision: i64, sink: KeyChangeSink) -> Result<(), StoreError> {
         self.inner.follow_keys(prefix, revision, sink).await
     }
     async fn commit(&self, guards: &[Guard], writes: &[Write]) -> Result<Option<i64>, StoreError> {

@@ -37,6 +37,9 @@ pub enum KeyChange {
     Deleted(String),
 }
 
+/// Where [`Store::follow_keys`] sends each revision's key changes.
+pub type KeyChangeSink = tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>;
+
 /// A change made by [`Store::commit`] when every guard holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -191,12 +194,7 @@ pub trait Store: Send + Sync + 'static {
     /// follow with `Ok`. An error ends it when the store cannot say what changed any more (a
     /// lost connection, the history after `revision` compacted away): the follower counts
     /// again ([`Store::count_at_one_revision`]) and follows from the new count's revision.
-    async fn follow_keys(
-        &self,
-        prefix: &str,
-        revision: i64,
-        sink: tokio::sync::mpsc::UnboundedSender<Vec<KeyChange>>,
-    ) -> Result<(), StoreError>;
+    async fn follow_keys(&self, prefix: &str, revision: i64, sink: KeyChangeSink) -> Result<(), StoreError>;
 
     /// Applies `writes` atomically if every guard holds; returns the revision of the write
     /// (the new `mod_revision` of every key it put), or `None` if a guard failed.
