@@ -199,12 +199,13 @@ impl EtcdStore {
             };
             match outcome {
                 Err(e) => match retries.again(&e).await {
-                    Some(Retry::StaleAuth) if connection.signed_tokens => {
+                    Some(Retry::StaleAuth) => {
                         (self.observer.stale_auth)();
-                        generation = connection.refresh_token_once(generation).await?;
+                        if connection.signed_tokens {
+                            generation = connection.refresh_token_once(generation).await?;
+                        }
                     }
-                    Some(Retry::StaleAuth) => (self.observer.stale_auth)(),
-                    Some(_) => {}
+                    Some(Retry::Unreached) => {}
                     None => return Err(e),
                 },
                 answer => return answer,
