@@ -44,6 +44,12 @@ say() { printf 'release: %s\n' "$*" >&2; }
 command -v cargo >/dev/null || { say "cargo is not installed"; exit 1; }
 command -v git >/dev/null || { say "git is not installed"; exit 1; }
 
+# Every locked crate of every platform into cargo's cache, from the registry if missing: the
+# staged workspace is resolved offline below, and a machine that only ever built for Linux has
+# never downloaded the Windows-only ones (e.g. anstyle-wincon).
+say "fetching the locked crates (cargo fetch)"
+cargo fetch --locked --quiet --manifest-path "$root/Cargo.toml"
+
 say "staging the workspace into $stage_dir"
 rm -rf "$stage_dir"
 mkdir -p "$stage_dir"
