@@ -42,6 +42,10 @@ enum Command {
     /// watch-event throughput and latency, encryption off and on; starts its own etcd and
     /// the release proxy next to this program (docs/performance.md).
     BenchProxy(bench::proxy::ProxyBenchArgs),
+    /// bench-proxy's TCP relay: copies bytes between each connection to --listen and one to
+    /// --to, on one thread, without reading them.
+    #[command(hide = true)]
+    TcpRelay(bench::proxy::RelayArgs),
     /// Lifecycle churn against two brokers on one etcd for --minutes (30) at --rate (10
     /// lifecycles/s), sampling each broker's memory and file descriptors and etcd's keys, users
     /// and roles every minute; prints the table, the rate per minute and the slopes (all the
@@ -143,6 +147,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Bench(args) => bench::run(*args).map(|()| ExitCode::SUCCESS),
         Command::BenchProxy(args) => bench::proxy::run(args).map(|()| ExitCode::SUCCESS),
+        Command::TcpRelay(args) => bench::proxy::relay(args).map(|()| ExitCode::SUCCESS),
         Command::BenchScenario(args) => scenario::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
         Command::Soak(args) => xtask::soak::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
     }

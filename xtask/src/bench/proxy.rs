@@ -6,6 +6,11 @@
 //! disturbs them alike. The issue's targets: throughput at least 0.8x of direct, p50 at most
 //! 0.15 ms more than direct. See docs/performance.md.
 //!
+//! A fourth target, a TCP relay (`xtask tcp-relay`: a process of its own on one thread that
+//! copies bytes without reading them), shows in the same run what a second process and two
+//! more loopback hops cost by themselves; the rest of the proxy's cost is its HTTP/2 and gRPC
+//! on both sides.
+//!
 //! It starts its own etcd (local-etcd, auth on) and the release proxy binary next to this
 //! program (`--proxy-bin`), writes the instance record of the encrypted instance itself (a
 //! data key sealed by a fresh keychain, as the broker would), and gives the proxy a config file
@@ -68,18 +73,29 @@ const ENCRYPTED: &str = "bench-encrypted";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Direct,
+    Relay,
     Proxy,
     ProxyEncrypted,
 }
 
 impl Target {
-    const ALL: [Target; 3] = [Target::Direct, Target::Proxy, Target::ProxyEncrypted];
+    const ALL: [Target; 4] = [Target::Direct, Target::Relay, Target::Proxy, Target::ProxyEncrypted];
 
     fn name(self) -> &'static str {
         match self {
             Target::Direct => "etcd directly",
+            Target::Relay => "TCP relay, no gRPC",
             Target::Proxy => "proxy, encryption off",
             Target::ProxyEncrypted => "proxy, encryption on",
+        }
+    }
+
+    /// The process between the clients and etcd, as named in the CPU figures.
+    fn middle(self) -> Option<&'static str> {
+        match self {
+            Target::Direct => None,
+            Target::Relay => Some("relay"),
+            Target::Proxy | Target::ProxyEncrypted => Some("proxy"),
         }
     }
 }
@@ -132,11 +148,17 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, proxy_config(&key_text))?;
     let proxy = ProxyChild::start(&proxy_bin, &etcd, &config, dir.path())?;
+    let relay = ProxyChild::start_relay(&etcd, dir.path())?;
 
     let direct = login(&etcd.endpoint()).await?;
+    let relayed = login(&relay.url).await?;
     let through = login(&proxy.url).await?;
     let value = vec![b'v'; args.value_size];
-    let mut watched = vec![Watched::this_process(), format!("proxy={}", proxy.child.id()).parse()?];
+    let mut watched = vec![
+        Watched::this_process(),
+        format!("proxy={}", proxy.child.id()).parse()?,
+        format!("relay={}", relay.child.id()).parse()?,
+    ];
     if let Some(pid) = etcd.pid() {
         watched.push(format!("etcd={pid}").parse()?);
     }
@@ -170,7 +192,11 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                 for step in 0..Target::ALL.len() {
                     let t = (step + round_number as usize) % Target::ALL.len();
                     let target = Target::ALL[t];
-                    let client = if target == Target::Direct { &direct } else { &through };
+                    let client = match target {
+                        Target::Direct => &direct,
+                        Target::Relay => &relayed,
+                        Target::Proxy | Target::ProxyEncrypted => &through,
+                    };
                     let instance = if target == Target::ProxyEncrypted { ENCRYPTED } else { PLAIN };
                     let prefix =
                         format!("{}{instance}/{}/", names.data_prefix(), scenario.name().replace(' ', "-"));
@@ -199,7 +225,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                 let us = used.per_operation_us(measured.ok);
                 let us_of = |name: &str| us.get(name).copied().unwrap_or(f64::NAN);
                 println!(
-                    "{:<14} {:>7} {:<22} {:>8.0} {:>5.2}x {:>7.3} {:>+7.3} {:>7.3} | {:>5.0} {:>5.0} {:>6.0}",
+                    "{:<14} {:>7} {:<22} {:>8.0} {:>5.2}x {:>7.3} {:>+7.3} {:>7.3} | {:>5} {:>5.0} {:>6.0}",
                     scenario.name(),
                     clients,
                     target.name(),
@@ -208,7 +234,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                     measured.quantile_ms(0.5),
                     added,
                     measured.quantile_ms(0.99),
-                    us_of("proxy"),
+                    target.middle().map_or("-".to_owned(), |name| format!("{:.0}", us_of(name))),
                     us_of("etcd"),
                     us_of("client"),
                 );
@@ -228,7 +254,8 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     }
     println!(
         "ratio: ops/s against etcd directly; +p50: ms added to direct's p50; CPU µs per operation of \
-         the proxy, etcd and the bench's clients (/proc/PID/task/*/schedstat); load average after: {}",
+         the proxy (of the relay in its rows), etcd and the bench's clients (/proc/PID/task/*/schedstat); \
+         load average after: {}",
         load_average()
     );
     if let Some(path) = &args.json {
@@ -237,6 +264,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     drop(proxy);
+    drop(relay);
     etcd.stop().await;
     Ok(())
 }
@@ -395,7 +423,7 @@ value = {key_text:?}
     )
 }
 
-/// The proxy process, killed when dropped.
+/// The proxy's (or the relay's) process, killed when dropped.
 struct ProxyChild {
     child: Child,
     url: String,
@@ -408,28 +436,80 @@ impl ProxyChild {
         config: &std::path::Path,
         dir: &std::path::Path,
     ) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(dir.join("proxy.log"))?;
-        let child = Command::new(bin)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--endpoints", &etcd.endpoint()])
+        let mut command = Command::new(bin);
+        command
+            .args(["--endpoints", &etcd.endpoint()])
             .args(["--user", PROXY_USER, "--log-level", "warn", "--config"])
             .arg(config)
-            .env("ETCD_BROKER_PROXY_PASSWORD", PROXY_PASSWORD)
+            .env("ETCD_BROKER_PROXY_PASSWORD", PROXY_PASSWORD);
+        Self::listening(command, "proxy", dir)
+    }
+
+    /// `xtask tcp-relay` (this program) from a port of its own to etcd's.
+    fn start_relay(etcd: &LocalEtcd, dir: &std::path::Path) -> Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["tcp-relay", "--to", etcd.endpoint().trim_start_matches("http://")]);
+        Self::listening(command, "relay", dir)
+    }
+
+    /// Runs `command --listen 127.0.0.1:<a free port>` and waits until it accepts there.
+    fn listening(mut command: Command, name: &str, dir: &std::path::Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(log.try_clone()?)
             .stderr(Stdio::from(log))
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut proxy = ProxyChild { child, url: format!("http://127.0.0.1:{port}") };
+            .with_context(|| format!("starting the {name}"))?;
+        let mut started = ProxyChild { child, url: format!("http://127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = proxy.child.try_wait()? {
-                let log = std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
-                bail!("the proxy exited ({status}):\n{log}");
+            if let Some(status) = started.child.try_wait()? {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("the {name} exited ({status}):\n{log}");
             }
-            ensure!(Instant::now() < deadline, "the proxy does not listen");
+            ensure!(Instant::now() < deadline, "the {name} does not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(proxy)
+        Ok(started)
+    }
+}
+
+/// Flags of `xtask tcp-relay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    /// Where clients connect, e.g. 127.0.0.1:2479.
+    #[arg(long)]
+    pub listen: String,
+    /// Where each client's bytes go, e.g. 127.0.0.1:2379.
+    #[arg(long)]
+    pub to: String,
+}
+
+/// The relay: each accepted connection gets one to `to` (TCP_NODELAY on both, as the proxy's),
+/// and the bytes are copied both ways as they come, on one thread like the proxy's default.
+pub fn relay(args: RelayArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        serve_relay(listener, args.to).await
+    })
+}
+
+/// [`relay`]'s loop on a bound listener; returns only when accepting fails.
+async fn serve_relay(listener: tokio::net::TcpListener, to: String) -> Result<()> {
+    loop {
+        let (mut client, _) = listener.accept().await?;
+        let to = to.clone();
+        tokio::spawn(async move {
+            let Ok(mut server) = tokio::net::TcpStream::connect(&to).await else { return };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        });
     }
 }
 
@@ -445,4 +525,33 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_relay_carries_bytes_both_ways() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = server.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut connection, _) = server.accept().await.unwrap();
+            let mut asked = [0u8; 4];
+            connection.read_exact(&mut asked).await.unwrap();
+            connection.write_all(&[asked, *b"pong"].concat()).await.unwrap();
+        });
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = relay.local_addr().unwrap();
+        tokio::spawn(serve_relay(relay, to));
+
+        let mut client = tokio::net::TcpStream::connect(listen).await.unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let mut answer = [0u8; 8];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"pingpong");
+    }
 }
