@@ -431,9 +431,10 @@ impl Bench {
     /// (`xtask dev`: every five minutes) would remove them in the middle of a phase, holding
     /// etcd's index and backend for seconds, and measure that instead of the broker. Then
     /// defragments, as operators do after a large compaction (etcd's maintenance guide): the
-    /// freed pages stay scattered between the live ones otherwise, and every backend commit
-    /// of the phases would pay for that one-off history. Failing is only a warning: the
-    /// phases are then measured with the history, or the fragmentation, in place.
+    /// freed pages otherwise stay in the database between the live ones, and without it the
+    /// phases after the preload were measured up to 1.36x slower in etcd alone (the floors;
+    /// docs/performance.md). Failing is only a warning: the phases are then measured with the
+    /// history, or the freed pages, in place.
     async fn compact_preload(&self) {
         let Some(client) = self.etcd.as_ref() else { return };
         let started = std::time::Instant::now();
@@ -742,9 +743,9 @@ fn rounds(count: u64, rounds: u64) -> Vec<std::ops::Range<u64>> {
 /// request timeout of its own).
 const SETTLE_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the compaction (and the defragmentation after it) after a preload may take: etcd
-/// walks every revision up to it, in
-/// batches with pauses between them (about a minute for a million).
+/// How long compacting a preload's history and defragmenting after it may take: etcd walks
+/// every revision up to the compaction's, in batches with pauses between them (about 40 s for
+/// a million), and the defragmentation rewrites the database (about 10 s).
 const COMPACT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A process using at most this many milliseconds of CPU in a second is quiet (5% of a core;
