@@ -45,7 +45,11 @@ enum Command {
     /// bench-proxy's TCP relay: copies bytes between each connection to --listen and one to
     /// --to, on one thread, without reading them.
     #[command(hide = true)]
-    TcpRelay(bench::proxy::RelayArgs),
+    TcpRelay(bench::relay::RelayArgs),
+    /// bench-proxy's HTTP/2 relay: passes each HTTP/2 stream of a connection to --listen on to
+    /// one to --to, frame by frame, on one thread, without decoding gRPC.
+    #[command(hide = true)]
+    Http2Relay(bench::relay::RelayArgs),
     /// Lifecycle churn against two brokers on one etcd for --minutes (30) at --rate (10
     /// lifecycles/s), sampling each broker's memory and file descriptors and etcd's keys, users
     /// and roles every minute; prints the table, the rate per minute and the slopes (all the
@@ -147,7 +151,8 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Bench(args) => bench::run(*args).map(|()| ExitCode::SUCCESS),
         Command::BenchProxy(args) => bench::proxy::run(args).map(|()| ExitCode::SUCCESS),
-        Command::TcpRelay(args) => bench::proxy::relay(args).map(|()| ExitCode::SUCCESS),
+        Command::TcpRelay(args) => bench::relay::tcp(args).map(|()| ExitCode::SUCCESS),
+        Command::Http2Relay(args) => bench::relay::http2(args).map(|()| ExitCode::SUCCESS),
         Command::BenchScenario(args) => scenario::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
         Command::Soak(args) => xtask::soak::run(&current_exe()?, &args).map(|()| ExitCode::SUCCESS),
     }

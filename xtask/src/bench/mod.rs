@@ -6,12 +6,14 @@
 //! - `load.rs`: N concurrent clients over numbered items, latency histograms, progress bar;
 //! - `floor.rs`: the broker's etcd call mix per operation and its raw replay;
 //! - `cpu.rs`: CPU time per operation of the bench, and of a local broker and etcd;
-//! - `proxy.rs`: `xtask bench-proxy`, the tenant proxy against etcd directly.
+//! - `proxy.rs`: `xtask bench-proxy`, the tenant proxy against etcd directly;
+//! - `relay.rs`: its relays, which do less than the proxy in its place.
 
 mod cpu;
 mod floor;
 mod load;
 pub mod proxy;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

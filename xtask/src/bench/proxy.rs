@@ -6,10 +6,9 @@
 //! disturbs them alike. The issue's targets: throughput at least 0.8x of direct, p50 at most
 //! 0.15 ms more than direct. See docs/performance.md.
 //!
-//! A fourth target, a TCP relay (`xtask tcp-relay`: a process of its own on one thread that
-//! copies bytes without reading them), shows in the same run what a second process and two
-//! more loopback hops cost by themselves; the rest of the proxy's cost is its HTTP/2 and gRPC
-//! on both sides.
+//! Two more targets put a relay of `relay.rs` in the proxy's place, in the same run: a TCP
+//! relay (what a second process and two more loopback hops cost by themselves) and an HTTP/2
+//! relay (what terminating HTTP/2 on both sides costs, without tonic, hyper or gRPC above it).
 //!
 //! It starts its own etcd (local-etcd, auth on) and the release proxy binary next to this
 //! program (`--proxy-bin`), writes the instance record of the encrypted instance itself (a
@@ -74,17 +73,20 @@ const ENCRYPTED: &str = "bench-encrypted";
 enum Target {
     Direct,
     Relay,
+    Http2Relay,
     Proxy,
     ProxyEncrypted,
 }
 
 impl Target {
-    const ALL: [Target; 4] = [Target::Direct, Target::Relay, Target::Proxy, Target::ProxyEncrypted];
+    const ALL: [Target; 5] =
+        [Target::Direct, Target::Relay, Target::Http2Relay, Target::Proxy, Target::ProxyEncrypted];
 
     fn name(self) -> &'static str {
         match self {
             Target::Direct => "etcd directly",
             Target::Relay => "TCP relay, no gRPC",
+            Target::Http2Relay => "HTTP/2 relay, no gRPC",
             Target::Proxy => "proxy, encryption off",
             Target::ProxyEncrypted => "proxy, encryption on",
         }
@@ -95,6 +97,7 @@ impl Target {
         match self {
             Target::Direct => None,
             Target::Relay => Some("relay"),
+            Target::Http2Relay => Some("http2relay"),
             Target::Proxy | Target::ProxyEncrypted => Some("proxy"),
         }
     }
@@ -148,16 +151,19 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, proxy_config(&key_text))?;
     let proxy = ProxyChild::start(&proxy_bin, &etcd, &config, dir.path())?;
-    let relay = ProxyChild::start_relay(&etcd, dir.path())?;
+    let relay = ProxyChild::start_relay("tcp-relay", &etcd, dir.path())?;
+    let http2_relay = ProxyChild::start_relay("http2-relay", &etcd, dir.path())?;
 
     let direct = login(&etcd.endpoint()).await?;
     let relayed = login(&relay.url).await?;
+    let http2_relayed = login(&http2_relay.url).await?;
     let through = login(&proxy.url).await?;
     let value = vec![b'v'; args.value_size];
     let mut watched = vec![
         Watched::this_process(),
         format!("proxy={}", proxy.child.id()).parse()?,
         format!("relay={}", relay.child.id()).parse()?,
+        format!("http2relay={}", http2_relay.child.id()).parse()?,
     ];
     if let Some(pid) = etcd.pid() {
         watched.push(format!("etcd={pid}").parse()?);
@@ -195,6 +201,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                     let client = match target {
                         Target::Direct => &direct,
                         Target::Relay => &relayed,
+                        Target::Http2Relay => &http2_relayed,
                         Target::Proxy | Target::ProxyEncrypted => &through,
                     };
                     let instance = if target == Target::ProxyEncrypted { ENCRYPTED } else { PLAIN };
@@ -254,7 +261,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     }
     println!(
         "ratio: ops/s against etcd directly; +p50: ms added to direct's p50; CPU µs per operation of \
-         the proxy (of the relay in its rows), etcd and the bench's clients (/proc/PID/task/*/schedstat); \
+         the proxy (of the relay in the relays' rows), etcd and the bench's clients (/proc/PID/task/*/schedstat); \
          load average after: {}",
         load_average()
     );
@@ -265,6 +272,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     }
     drop(proxy);
     drop(relay);
+    drop(http2_relay);
     etcd.stop().await;
     Ok(())
 }
@@ -445,11 +453,12 @@ impl ProxyChild {
         Self::listening(command, "proxy", dir)
     }
 
-    /// `xtask tcp-relay` (this program) from a port of its own to etcd's.
-    fn start_relay(etcd: &LocalEtcd, dir: &std::path::Path) -> Result<Self> {
+    /// `xtask <relay>` (this program: `tcp-relay` or `http2-relay`) from a port of its own to
+    /// etcd's.
+    fn start_relay(relay: &str, etcd: &LocalEtcd, dir: &std::path::Path) -> Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
-        command.args(["tcp-relay", "--to", etcd.endpoint().trim_start_matches("http://")]);
-        Self::listening(command, "relay", dir)
+        command.args([relay, "--to", etcd.endpoint().trim_start_matches("http://")]);
+        Self::listening(command, relay, dir)
     }
 
     /// Runs `command --listen 127.0.0.1:<a free port>` and waits until it accepts there.
@@ -477,42 +486,6 @@ impl ProxyChild {
     }
 }
 
-/// Flags of `xtask tcp-relay`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RelayArgs {
-    /// Where clients connect, e.g. 127.0.0.1:2479.
-    #[arg(long)]
-    pub listen: String,
-    /// Where each client's bytes go, e.g. 127.0.0.1:2379.
-    #[arg(long)]
-    pub to: String,
-}
-
-/// The relay: each accepted connection gets one to `to` (TCP_NODELAY on both, as the proxy's),
-/// and the bytes are copied both ways as they come, on one thread like the proxy's default.
-pub fn relay(args: RelayArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        serve_relay(listener, args.to).await
-    })
-}
-
-/// [`relay`]'s loop on a bound listener; returns only when accepting fails.
-async fn serve_relay(listener: tokio::net::TcpListener, to: String) -> Result<()> {
-    loop {
-        let (mut client, _) = listener.accept().await?;
-        let to = to.clone();
-        tokio::spawn(async move {
-            let Ok(mut server) = tokio::net::TcpStream::connect(&to).await else { return };
-            let _ = (client.set_nodelay(true), server.set_nodelay(true));
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-        });
-    }
-}
-
 impl Drop for ProxyChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -525,33 +498,4 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn the_relay_carries_bytes_both_ways() {
-        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let to = server.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let (mut connection, _) = server.accept().await.unwrap();
-            let mut asked = [0u8; 4];
-            connection.read_exact(&mut asked).await.unwrap();
-            connection.write_all(&[asked, *b"pong"].concat()).await.unwrap();
-        });
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let listen = relay.local_addr().unwrap();
-        tokio::spawn(serve_relay(relay, to));
-
-        let mut client = tokio::net::TcpStream::connect(listen).await.unwrap();
-        client.write_all(b"ping").await.unwrap();
-        let mut answer = [0u8; 8];
-        client.read_exact(&mut answer).await.unwrap();
-        assert_eq!(&answer, b"pingpong");
-    }
 }
