@@ -22,7 +22,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-tools.sh
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it starts (minutes into the run): where a slow run spends its time.
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 # Every cargo test run is copied here, so the totals can be printed at the end.
 results=$(mktemp)
@@ -81,5 +82,6 @@ step "BOSH release: stage the package source, check the release tree"
 bash scripts/release.sh --stage-only
 cargo run --locked -q -p etcd-broker-ops -- check release
 
-# One closing line over all runs: "tests: N passed, N failed".
-awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$results"
+# One closing line over all runs: "tests: N passed, N failed in XmYYs".
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed", p, f }' "$results"
+printf ' in %dm%02ds\n' $((SECONDS / 60)) $((SECONDS % 60))
