@@ -72,7 +72,7 @@ const ENCRYPTED: &str = "bench-encrypted";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Direct,
-    Relay,
+    TcpRelay,
     Http2Relay,
     Proxy,
     ProxyEncrypted,
@@ -80,12 +80,12 @@ enum Target {
 
 impl Target {
     const ALL: [Target; 5] =
-        [Target::Direct, Target::Relay, Target::Http2Relay, Target::Proxy, Target::ProxyEncrypted];
+        [Target::Direct, Target::TcpRelay, Target::Http2Relay, Target::Proxy, Target::ProxyEncrypted];
 
     fn name(self) -> &'static str {
         match self {
             Target::Direct => "etcd directly",
-            Target::Relay => "TCP relay, no gRPC",
+            Target::TcpRelay => "TCP relay, no gRPC",
             Target::Http2Relay => "HTTP/2 relay, no gRPC",
             Target::Proxy => "proxy, encryption off",
             Target::ProxyEncrypted => "proxy, encryption on",
@@ -96,7 +96,7 @@ impl Target {
     fn middle(self) -> Option<&'static str> {
         match self {
             Target::Direct => None,
-            Target::Relay => Some("relay"),
+            Target::TcpRelay => Some("relay"),
             Target::Http2Relay => Some("http2relay"),
             Target::Proxy | Target::ProxyEncrypted => Some("proxy"),
         }
@@ -155,7 +155,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     let http2_relay = ProxyChild::start_relay("http2-relay", &etcd, dir.path())?;
 
     let direct = login(&etcd.endpoint()).await?;
-    let relayed = login(&relay.url).await?;
+    let tcp_relayed = login(&relay.url).await?;
     let http2_relayed = login(&http2_relay.url).await?;
     let through = login(&proxy.url).await?;
     let value = vec![b'v'; args.value_size];
@@ -200,7 +200,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
                     let target = Target::ALL[t];
                     let client = match target {
                         Target::Direct => &direct,
-                        Target::Relay => &relayed,
+                        Target::TcpRelay => &tcp_relayed,
                         Target::Http2Relay => &http2_relayed,
                         Target::Proxy | Target::ProxyEncrypted => &through,
                     };
@@ -261,7 +261,7 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     }
     println!(
         "ratio: ops/s against etcd directly; +p50: ms added to direct's p50; CPU µs per operation of \
-         the proxy (of the relay in the relays' rows), etcd and the bench's clients (/proc/PID/task/*/schedstat); \
+         the proxy (of each relay in its rows), etcd and the bench's clients (/proc/PID/task/*/schedstat); \
          load average after: {}",
         load_average()
     );
