@@ -29,63 +29,54 @@ pub struct RelayArgs {
 
 /// The TCP relay: runs until accepting fails.
 pub fn tcp(args: RelayArgs) -> Result<()> {
-    on_one_thread(&args.listen, |listener| serve_tcp(listener, args.to))
+    run(Relay::Tcp, args)
 }
 
 /// The HTTP/2 relay: runs until accepting fails.
 pub fn http2(args: RelayArgs) -> Result<()> {
-    on_one_thread(&args.listen, |listener| serve_http2(listener, args.to))
+    run(Relay::Http2, args)
 }
 
-/// Binds `listen` and runs `serve` on it in a current-thread runtime.
-fn on_one_thread<F, S>(listen: &str, serve: S) -> Result<()>
-where
-    S: FnOnce(TcpListener) -> F,
-    F: std::future::Future<Output = Result<()>>,
-{
+/// What a relay does with each connection.
+#[derive(Debug, Clone, Copy)]
+enum Relay {
+    Tcp,
+    Http2,
+}
+
+/// Binds `args.listen` (a failure names it) and runs `relay` there.
+fn run(relay: Relay, args: RelayArgs) -> Result<()> {
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    on_one_thread(relay, listener, args.to)
+}
+
+/// Accepts connections on `listener` in a current-thread runtime and gives each one its own
+/// connection to `to`, both with TCP_NODELAY; returns only when accepting fails.
+fn on_one_thread(relay: Relay, listener: std::net::TcpListener, to: String) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let listener =
-            TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        serve(listener).await
-    })
-}
-
-/// Accepts connections and gives each one to `to`, both with TCP_NODELAY, to `carry`.
-async fn serve_with<F, C>(listener: TcpListener, to: String, carry: C) -> Result<()>
-where
-    C: Fn(TcpStream, TcpStream) -> F,
-    F: std::future::Future<Output = ()> + 'static,
-{
-    loop {
-        let (client, _) = listener.accept().await?;
-        let Ok(server) = TcpStream::connect(&to).await else { continue };
-        let _ = (client.set_nodelay(true), server.set_nodelay(true));
-        tokio::task::spawn_local(carry(client, server));
-    }
-}
-
-/// [`tcp`]'s loop on a bound listener.
-async fn serve_tcp(listener: TcpListener, to: String) -> Result<()> {
-    local(serve_with(listener, to, |mut client, mut server| async move {
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-    }))
-    .await
-}
-
-/// [`http2`]'s loop on a bound listener.
-async fn serve_http2(listener: TcpListener, to: String) -> Result<()> {
-    local(serve_with(listener, to, |client, server| async move {
-        if let Err(e) = carry_http2(client, server).await {
-            eprintln!("http2-relay: a connection ended: {e:#}");
+    let tasks = tokio::task::LocalSet::new();
+    tasks.block_on(&runtime, async move {
+        let listener = TcpListener::from_std(listener)?;
+        loop {
+            let (mut client, _) = listener.accept().await?;
+            let Ok(mut server) = TcpStream::connect(&to).await else { continue };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            tokio::task::spawn_local(async move {
+                match relay {
+                    Relay::Tcp => {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                    Relay::Http2 => {
+                        if let Err(e) = carry_http2(client, server).await {
+                            eprintln!("http2-relay: a connection ended: {e:#}");
+                        }
+                    }
+                }
+            });
         }
-    }))
-    .await
-}
-
-/// Runs `future` where [`tokio::task::spawn_local`] works.
-async fn local<F: std::future::Future<Output = Result<()>>>(future: F) -> Result<()> {
-    tokio::task::LocalSet::new().run_until(future).await
+    })
 }
 
 /// One client connection: each stream it opens is opened on `server` with the same headers,
@@ -177,7 +168,7 @@ mod tests {
         let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         relay.set_nonblocking(true).unwrap();
         let listen = relay.local_addr().unwrap();
-        std::thread::spawn(move || on_one_thread_for_test(relay, to, false));
+        std::thread::spawn(move || on_one_thread(Relay::Tcp, relay, to));
 
         let mut client = TcpStream::connect(listen).await.unwrap();
         client.write_all(b"ping").await.unwrap();
@@ -208,7 +199,7 @@ mod tests {
         let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         relay.set_nonblocking(true).unwrap();
         let listen = relay.local_addr().unwrap();
-        std::thread::spawn(move || on_one_thread_for_test(relay, to, true));
+        std::thread::spawn(move || on_one_thread(Relay::Http2, relay, to));
 
         let (client, connection) =
             h2::client::handshake(TcpStream::connect(listen).await.unwrap()).await.unwrap();
@@ -222,14 +213,5 @@ mod tests {
         let mut body = response.await.unwrap().into_body();
         assert_eq!(&body.data().await.unwrap().unwrap()[..], b"pingpong");
         assert_eq!(body.trailers().await.unwrap().unwrap()["grpc-status"], "0");
-    }
-
-    /// The relay of `http2` or not on `listener`, in a runtime of its own as in its process.
-    fn on_one_thread_for_test(listener: std::net::TcpListener, to: String, http2: bool) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            let _ = if http2 { serve_http2(listener, to).await } else { serve_tcp(listener, to).await };
-        });
     }
 }
