@@ -92,13 +92,14 @@ impl Target {
         }
     }
 
-    /// The process between the clients and etcd, as named in the CPU figures.
+    /// The process between the clients and etcd: its [`ProxyChild::name`], which names its
+    /// CPU figures too.
     fn middle(self) -> Option<&'static str> {
         match self {
             Target::Direct => None,
-            Target::TcpRelay => Some("relay"),
-            Target::Http2Relay => Some("http2relay"),
-            Target::Proxy | Target::ProxyEncrypted => Some("proxy"),
+            Target::TcpRelay => Some(TCP_RELAY),
+            Target::Http2Relay => Some(HTTP2_RELAY),
+            Target::Proxy | Target::ProxyEncrypted => Some(PROXY),
         }
     }
 }
@@ -151,20 +152,16 @@ async fn run_async(args: ProxyBenchArgs) -> Result<()> {
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, proxy_config(&key_text))?;
     let proxy = ProxyChild::start(&proxy_bin, &etcd, &config, dir.path())?;
-    let relay = ProxyChild::start_relay("tcp-relay", &etcd, dir.path())?;
-    let http2_relay = ProxyChild::start_relay("http2-relay", &etcd, dir.path())?;
+    let relay = ProxyChild::start_relay(TCP_RELAY, &etcd, dir.path())?;
+    let http2_relay = ProxyChild::start_relay(HTTP2_RELAY, &etcd, dir.path())?;
 
     let direct = login(&etcd.endpoint()).await?;
     let tcp_relayed = login(&relay.url).await?;
     let http2_relayed = login(&http2_relay.url).await?;
     let through = login(&proxy.url).await?;
     let value = vec![b'v'; args.value_size];
-    let mut watched = vec![
-        Watched::this_process(),
-        format!("proxy={}", proxy.child.id()).parse()?,
-        format!("relay={}", relay.child.id()).parse()?,
-        format!("http2relay={}", http2_relay.child.id()).parse()?,
-    ];
+    let mut watched =
+        vec![Watched::this_process(), proxy.watched()?, relay.watched()?, http2_relay.watched()?];
     if let Some(pid) = etcd.pid() {
         watched.push(format!("etcd={pid}").parse()?);
     }
@@ -431,10 +428,18 @@ value = {key_text:?}
     )
 }
 
-/// The proxy's (or the relay's) process, killed when dropped.
+/// The names of the processes between the clients and etcd: the relays' are their `xtask`
+/// subcommands.
+const PROXY: &str = "proxy";
+const TCP_RELAY: &str = "tcp-relay";
+const HTTP2_RELAY: &str = "http2-relay";
+
+/// The proxy's (or a relay's) process, killed when dropped.
 struct ProxyChild {
     child: Child,
     url: String,
+    /// Names its log file and its CPU figures.
+    name: &'static str,
 }
 
 impl ProxyChild {
@@ -450,19 +455,19 @@ impl ProxyChild {
             .args(["--user", PROXY_USER, "--log-level", "warn", "--config"])
             .arg(config)
             .env("ETCD_BROKER_PROXY_PASSWORD", PROXY_PASSWORD);
-        Self::listening(command, "proxy", dir)
+        Self::listening(command, PROXY, dir)
     }
 
     /// `xtask <relay>` (this program: `tcp-relay` or `http2-relay`) from a port of its own to
     /// etcd's.
-    fn start_relay(relay: &str, etcd: &LocalEtcd, dir: &std::path::Path) -> Result<Self> {
+    fn start_relay(relay: &'static str, etcd: &LocalEtcd, dir: &std::path::Path) -> Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         command.args([relay, "--to", etcd.endpoint().trim_start_matches("http://")]);
         Self::listening(command, relay, dir)
     }
 
     /// Runs `command --listen 127.0.0.1:<a free port>` and waits until it accepts there.
-    fn listening(mut command: Command, name: &str, dir: &std::path::Path) -> Result<Self> {
+    fn listening(mut command: Command, name: &'static str, dir: &std::path::Path) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
@@ -472,7 +477,7 @@ impl ProxyChild {
             .stderr(Stdio::from(log))
             .spawn()
             .with_context(|| format!("starting the {name}"))?;
-        let mut started = ProxyChild { child, url: format!("http://127.0.0.1:{port}") };
+        let mut started = ProxyChild { child, url: format!("http://127.0.0.1:{port}"), name };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = started.child.try_wait()? {
@@ -483,6 +488,11 @@ impl ProxyChild {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(started)
+    }
+
+    /// This process for [`CpuUse::during`], under its name.
+    fn watched(&self) -> Result<Watched> {
+        format!("{}={}", self.name, self.child.id()).parse()
     }
 }
 
